@@ -1,0 +1,12 @@
+import { defineConfig } from "vitest/config"
+
+export default defineConfig({
+  test: {
+    include: ["test/**/*.test.ts"],
+    reporters: ["default", "./test/support/SummaryReporter.ts"],
+    testTimeout: 120_000,
+    hookTimeout: 300_000,
+    // ORT sessions live in worker threads; forks keep one test file's native state away from another's.
+    pool: "forks"
+  }
+})
