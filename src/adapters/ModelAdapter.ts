@@ -1,0 +1,59 @@
+/**
+ * The contract between the engine and a model family. An adapter turns a checkpoint into everything the engine
+ * needs — a tokenizer, a prompt format, a shard plan and a runtime (the worker module that executes shard steps) —
+ * and holds no scheduling or HTTP code. Llama 3 (`src/adapters/llama3`) is the reference implementation;
+ * `examples/custom-adapter.ts` shows another.
+ *
+ * @since 0.1.0
+ */
+import type { Effect } from "effect"
+import type { CheckpointError, ConversionError, ModelConfigError } from "../core/Errors.ts"
+import type { ShardLoad } from "../core/shard/StepProtocol.ts"
+import type { ChatMessage } from "../core/text/ChatMessage.ts"
+
+/** Text <-> token ids, as the engine needs it (detokenization, stop strings, counting). */
+export interface TextCodec {
+  readonly encode: (text: string) => ReadonlyArray<number>
+  readonly decode: (ids: ReadonlyArray<number>, options?: { readonly skipSpecialTokens?: boolean }) => string
+}
+
+/**
+ * One shard of the plan: what its worker loads. The engine adds the runtime settings (`maxSeqs`, `maxLen`, `threads`).
+ *
+ * @category models
+ */
+export type ShardSpec = Omit<ShardLoad, "maxSeqs" | "maxLen" | "threads">
+
+/**
+ * A model ready to run: the result of `ModelAdapter.load`.
+ *
+ * @category models
+ */
+export interface LoadedModel {
+  /** The name clients use for it (`model` in OpenAI requests). */
+  readonly id: string
+  /** The most tokens (prompt + generated) one sequence may hold; graphs support no more. */
+  readonly contextLength: number
+  readonly vocabSize: number
+  /** Token ids that end a generation (end of turn, end of text). */
+  readonly stopTokenIds: ReadonlyArray<number>
+  readonly codec: TextCodec
+  /** Prompt token ids of a chat, in the model's own chat format. */
+  readonly formatChat: (messages: ReadonlyArray<ChatMessage>) => ReadonlyArray<number>
+  /** Prompt token ids of a plain completion prompt. */
+  readonly formatCompletion: (text: string) => ReadonlyArray<number>
+  /** Consecutive layer ranges, first to last; logits and sampling live in the last. */
+  readonly shards: ReadonlyArray<ShardSpec>
+  /** The runtime factory: the worker module that implements `load` / `step` / `release` of `StepProtocol.ts`. */
+  readonly workerUrl: URL
+}
+
+/**
+ * A model family. `load` resolves a checkpoint (converting it when needed) into a `LoadedModel`.
+ *
+ * @category models
+ */
+export interface ModelAdapter<Options> {
+  readonly name: string
+  readonly load: (options: Options) => Effect.Effect<LoadedModel, CheckpointError | ModelConfigError | ConversionError>
+}

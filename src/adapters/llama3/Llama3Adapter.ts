@@ -1,0 +1,70 @@
+/**
+ * The Llama 3 adapter: Hugging Face checkpoint in, `LoadedModel` out. Converts the checkpoint to ONNX shards (cached
+ * on disk, keyed by content and options), loads the real Llama 3 tokenizer and the checkpoint's chat template, and
+ * names the generic shard worker as its runtime. Without a model folder it uses the embedded default model.
+ *
+ * @since 0.1.0
+ */
+import { Effect } from "effect"
+import * as path from "node:path"
+import type { LoadedModel, ModelAdapter } from "../ModelAdapter.ts"
+import { convertCheckpoint, type ConvertProgress } from "./Converter.ts"
+import { ensureDefaultModel } from "./DefaultModel.ts"
+import { formatCompletion, makeChatFormatter } from "./PromptFormat.ts"
+import { loadTokenizer } from "./Tokenizer.ts"
+
+/** @category models */
+export interface Llama3Options {
+  /** A Hugging Face checkpoint folder; omitted: the embedded default model (random weights, real vocabulary). */
+  readonly modelDir?: string | undefined
+  readonly dtype?: "float32" | "float16" | undefined
+  /** Split the layers over this many shards (worker threads; GPUs later). Default 1. */
+  readonly shards?: number | undefined
+  /** Longest sequence the graphs support; default min(max_position_embeddings, 8192). */
+  readonly maxContext?: number | undefined
+  readonly onProgress?: ((progress: ConvertProgress) => void) | undefined
+}
+
+const workerUrl = new URL("../../core/shard/ShardWorker.ts", import.meta.url)
+
+/** @category models */
+export const Llama3Adapter: ModelAdapter<Llama3Options> = {
+  name: "llama3",
+  load: (options) =>
+    Effect.gen(function*() {
+      const modelDir = options.modelDir === undefined ? yield* ensureDefaultModel() : path.resolve(options.modelDir)
+      const converted = yield* convertCheckpoint({
+        modelDir,
+        dtype: options.dtype ?? "float32",
+        shards: options.shards ?? 1,
+        ...(options.maxContext === undefined ? {} : { maxContext: options.maxContext }),
+        ...(options.onProgress === undefined ? {} : { onProgress: options.onProgress })
+      })
+      const config = converted.manifest.config
+      const tokenizer = yield* loadTokenizer(modelDir)
+      const formatChat = yield* makeChatFormatter(tokenizer)
+      const stopTokenIds = [...new Set([...config.eosTokenIds, ...tokenizer.eotTokenIds])].filter((id) => id < config.vocabSize)
+      const model: LoadedModel = {
+        id: options.modelDir === undefined ? "chorus-default-llama3" : path.basename(modelDir),
+        contextLength: converted.manifest.maxContext,
+        vocabSize: config.vocabSize,
+        stopTokenIds,
+        codec: tokenizer,
+        formatChat,
+        formatCompletion: (text) => formatCompletion(text, tokenizer),
+        workerUrl,
+        shards: converted.manifest.shards.map((shard) => ({
+          graphPath: path.join(converted.dir, shard.file),
+          layers: [shard.layers[0], shard.layers[1]] as const,
+          isFirst: shard.first,
+          isLast: shard.last,
+          dtype: converted.manifest.dtype,
+          hiddenSize: config.hiddenSize,
+          vocabSize: config.vocabSize,
+          numKvHeads: config.numKvHeads,
+          headDim: config.headDim
+        }))
+      }
+      return model
+    })
+}

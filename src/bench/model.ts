@@ -1,0 +1,89 @@
+/**
+ * `npm run bench:model`: prompt and generated tokens/s of a model on this machine at several batch sizes.
+ * Default: the embedded model on the CPU, batches 1, 4 and 16, 128-token prompts, 64 generated tokens, greedy.
+ *
+ *   node src/bench/model.ts [--model DIR] [--batches 1,4,16] [--prompt-len 128] [--gen-len 64] [--json FILE]
+ */
+import { Effect, Layer, ManagedRuntime, Stream } from "effect"
+import * as fs from "node:fs"
+import * as os from "node:os"
+import { Llama3Adapter } from "../adapters/llama3/Llama3Adapter.ts"
+import { Engine } from "../core/Engine.ts"
+import type { GenerateRequest } from "../core/Request.ts"
+import { parseFlags } from "../cli/Args.ts"
+
+const flags = parseFlags("bench:model", process.argv.slice(2), {
+  model: { kind: "string", description: "checkpoint folder (default: embedded model)" },
+  batches: { kind: "list", description: "batch sizes" },
+  "prompt-len": { kind: "integer", description: "prompt tokens per sequence" },
+  "gen-len": { kind: "integer", description: "generated tokens per sequence" },
+  json: { kind: "string", description: "write the results here" }
+})
+const batches = flags.batches ?? [1, 4, 16]
+const promptLen = flags["prompt-len"] ?? 128
+const genLen = flags["gen-len"] ?? 64
+
+// Deterministic prompts of ordinary-word ids, different per sequence so no two rows are identical.
+const prompt = (i: number) => Array.from({ length: promptLen }, (_, j) => 1000 + ((i * 7919 + j * 104729) % 50000))
+
+const request = (i: number, maxTokens: number): GenerateRequest => ({
+  input: { type: "tokens", tokenIds: prompt(i) },
+  maxTokens,
+  sampling: { temperature: 0 },
+  ignoreEos: true
+})
+
+const main = async () => {
+  const model = await Effect.runPromise(Llama3Adapter.load({ modelDir: flags.model }))
+  const rows: Array<Record<string, number>> = []
+  for (const batch of batches) {
+    const runtime = ManagedRuntime.make(Layer.fresh(Engine.layerFor(model, { maxNumSeqs: batch, maxNumBatchedTokens: promptLen })))
+    const run = (reqs: ReadonlyArray<GenerateRequest>, onStarted?: () => void) =>
+      runtime.runPromise(
+        Engine.use((engine) =>
+          Effect.all(
+            reqs.map((r) => Stream.runForEach(engine.generate(r), (e) => Effect.sync(() => e._tag === "Started" && onStarted?.()))),
+            { concurrency: "unbounded" }
+          )
+        )
+      )
+    await run([request(99, 4)]) // warm-up: session init, first-run allocations
+    // Prompt throughput: prefill only (one generated token each).
+    let t = performance.now()
+    await run(Array.from({ length: batch }, (_, i) => request(i, 1)))
+    const promptSeconds = (performance.now() - t) / 1000
+    // Generation throughput: from the moment every sequence has its first token to the end.
+    let started = 0
+    let decodeStart = 0
+    t = performance.now()
+    await run(Array.from({ length: batch }, (_, i) => request(i + batch, genLen)), () => {
+      if (++started === batch) decodeStart = performance.now()
+    })
+    const decodeSeconds = (performance.now() - decodeStart) / 1000
+    await runtime.dispose()
+    const row = {
+      batch,
+      promptTokensPerSecond: (batch * promptLen) / promptSeconds,
+      generatedTokensPerSecond: (batch * (genLen - 1)) / decodeSeconds,
+      msPerDecodeStep: (decodeSeconds * 1000) / (genLen - 1)
+    }
+    rows.push(row)
+    process.stdout.write(
+      `batch ${String(batch).padStart(3)}: prompt ${row.promptTokensPerSecond.toFixed(0).padStart(7)} tok/s, generated ${
+        row.generatedTokensPerSecond.toFixed(1).padStart(8)
+      } tok/s (${row.msPerDecodeStep.toFixed(2)} ms/step)\n`
+    )
+  }
+  const base = rows.find((r) => r.batch === 1)
+  const top = rows[rows.length - 1]!
+  if (base !== undefined && top !== base) {
+    process.stdout.write(`batch ${top.batch} / batch 1 generated tokens/s: ${(top.generatedTokensPerSecond! / base.generatedTokensPerSecond!).toFixed(2)}x\n`)
+  }
+  const machine = `${os.cpus()[0]?.model ?? "cpu"}, ${os.availableParallelism()} cores, ${(os.totalmem() / 2 ** 30).toFixed(0)} GiB`
+  process.stdout.write(`model ${model.id}, ${promptLen}-token prompts, ${genLen} generated, greedy; ${machine}\n`)
+  if (flags.json !== undefined) {
+    fs.writeFileSync(flags.json, JSON.stringify({ model: model.id, machine, date: new Date().toISOString(), promptLen, genLen, rows }, null, 2))
+  }
+}
+
+await main()

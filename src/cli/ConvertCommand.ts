@@ -1,0 +1,40 @@
+/**
+ * `chorus convert`: turn a Hugging Face checkpoint into ONNX shards ahead of time (serving converts on demand and
+ * caches; this writes to a folder of your choice).
+ */
+import { Effect } from "effect"
+import { convertCheckpoint } from "../adapters/llama3/Converter.ts"
+import { ValidationError } from "../core/Errors.ts"
+import type { FlagSpecs, ParsedFlags } from "./Args.ts"
+import { ProgressBar } from "./ProgressBar.ts"
+
+export const convertFlags = {
+  model: { kind: "string", description: "Hugging Face Llama 3 checkpoint folder (required)" },
+  out: { kind: "string", description: "output folder (required)" },
+  dtype: { kind: "string", description: "float32 | float16 (default float32)" },
+  shards: { kind: "integer", description: "split the layers over N shards (default 1)" },
+  "context-length": { kind: "integer", description: "longest sequence the graphs support (default min(model's, 8192))" }
+} as const satisfies FlagSpecs
+
+export const runConvert = (flags: ParsedFlags<typeof convertFlags>) =>
+  Effect.gen(function*() {
+    const bad = (field: string, message: string) => Effect.fail(new ValidationError({ field, message }))
+    if (flags.model === undefined) return yield* bad("--model", "--model DIR is required")
+    if (flags.out === undefined) return yield* bad("--out", "--out DIR is required")
+    const dtype = flags.dtype ?? "float32"
+    if (dtype !== "float32" && dtype !== "float16") return yield* bad("--dtype", `--dtype must be float32 or float16, got '${dtype}'`)
+    if (flags.shards !== undefined && flags.shards < 1) return yield* bad("--shards", `--shards must be at least 1, got ${flags.shards}`)
+    const bar = new ProgressBar("converting")
+    const started = performance.now()
+    const converted = yield* convertCheckpoint({
+      modelDir: flags.model,
+      outDir: flags.out,
+      dtype,
+      shards: flags.shards ?? 1,
+      ...(flags["context-length"] === undefined ? {} : { maxContext: flags["context-length"] }),
+      onProgress: (p) => bar.update(p)
+    })
+    bar.done()
+    const seconds = ((performance.now() - started) / 1000).toFixed(1)
+    process.stdout.write(`converted ${flags.model} -> ${converted.dir} (${converted.manifest.shards.length} shard(s), ${dtype}, ${seconds} s)\n`)
+  })

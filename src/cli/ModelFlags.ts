@@ -1,0 +1,45 @@
+/**
+ * Flags shared by every command that loads a model, and how they become adapter and engine options.
+ */
+import { Effect } from "effect"
+import type { Llama3Options } from "../adapters/llama3/Llama3Adapter.ts"
+import { ValidationError } from "../core/Errors.ts"
+import type { EngineOptions } from "../core/Engine.ts"
+import type { FlagSpecs, ParsedFlags } from "./Args.ts"
+import { ProgressBar } from "./ProgressBar.ts"
+
+export const modelFlags = {
+  model: { kind: "string", description: "Hugging Face Llama 3 checkpoint folder (default: the embedded small model)" },
+  dtype: { kind: "string", description: "float32 | float16 (default float32)" },
+  shards: { kind: "integer", description: "split the layers over N shard workers (default 1)" },
+  "max-batch": { kind: "integer", description: "most sequences decoding together (default 16)" },
+  "context-length": { kind: "integer", description: "tokens per sequence (default: the model's, at most 8192)" }
+} as const satisfies FlagSpecs
+
+const bad = (field: string, message: string) => Effect.fail(new ValidationError({ field, message }))
+
+export const resolveModelFlags = (flags: ParsedFlags<typeof modelFlags>) =>
+  Effect.gen(function*() {
+    const dtype = flags.dtype ?? "float32"
+    if (dtype !== "float32" && dtype !== "float16") return yield* bad("--dtype", `--dtype must be float32 or float16, got '${dtype}'`)
+    if (flags.shards !== undefined && flags.shards < 1) return yield* bad("--shards", `--shards must be at least 1, got ${flags.shards}`)
+    if (flags["max-batch"] !== undefined && flags["max-batch"] < 1) {
+      return yield* bad("--max-batch", `--max-batch must be at least 1, got ${flags["max-batch"]}`)
+    }
+    if (flags["context-length"] !== undefined && flags["context-length"] < 2) {
+      return yield* bad("--context-length", `--context-length must be at least 2, got ${flags["context-length"]}`)
+    }
+    const bar = new ProgressBar("converting")
+    const adapter: Llama3Options = {
+      modelDir: flags.model,
+      dtype,
+      shards: flags.shards,
+      maxContext: flags["context-length"],
+      onProgress: (p) => bar.update(p)
+    }
+    const engine: EngineOptions = {
+      ...(flags["max-batch"] === undefined ? {} : { maxNumSeqs: flags["max-batch"] }),
+      ...(flags["context-length"] === undefined ? {} : { contextLength: flags["context-length"] })
+    }
+    return { adapter, engine, done: () => bar.done() }
+  })

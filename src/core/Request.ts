@@ -1,0 +1,72 @@
+/**
+ * What a caller asks the engine for, and what comes back. Protocol layers (CLI, OpenAI, AIME) build a
+ * `GenerateRequest`; `Validation.ts` resolves it into a `ValidatedRequest`; the engine streams `GenerationEvent`s.
+ *
+ * @since 0.1.0
+ */
+import type { SamplingParams } from "./sampling/SamplingParams.ts"
+import type { ChatMessage } from "./text/ChatMessage.ts"
+
+/** @category models */
+export type PromptInput =
+  | { readonly type: "chat"; readonly messages: ReadonlyArray<ChatMessage> }
+  | { readonly type: "text"; readonly text: string }
+  | { readonly type: "tokens"; readonly tokenIds: ReadonlyArray<number> }
+
+/** @category models */
+export interface GenerateRequest {
+  readonly input: PromptInput
+  /** Most tokens to generate; default: as many as the context allows. */
+  readonly maxTokens?: number
+  readonly sampling?: Partial<SamplingParams>
+  /** Stop strings: generation ends before the first occurrence, which is not returned. */
+  readonly stop?: ReadonlyArray<string>
+  /** Keep generating past end-of-turn / end-of-text tokens (benchmarks). */
+  readonly ignoreEos?: boolean
+  /** Also return float32 logits at the last prompt position (`"last"`) or at every prompt position (`"all"`). */
+  readonly promptLogits?: "none" | "last" | "all"
+}
+
+/** A request with defaults applied, ranges checked and the prompt tokenized. The scheduler accepts nothing else. */
+export interface ValidatedRequest {
+  readonly promptTokenIds: Int32Array
+  readonly maxTokens: number
+  readonly sampling: SamplingParams
+  readonly stop: ReadonlyArray<string>
+  readonly ignoreEos: boolean
+  readonly promptLogits: "none" | "last" | "all"
+  /** Messages dropped from the front of a chat to fit the context. */
+  readonly truncatedMessages: number
+}
+
+/** Why a generation ended: `stop` (end-of-turn token or stop string) or `length` (max tokens or context). */
+export type FinishReason = "stop" | "length"
+
+export interface Usage {
+  readonly promptTokens: number
+  readonly completionTokens: number
+}
+
+/** @category models */
+export type GenerationEvent =
+  | {
+    readonly _tag: "Started"
+    readonly promptTokens: number
+    /** Present when the request asked for prompt logits: `[positions, vocab]` float32. */
+    readonly promptLogits?: Float32Array
+  }
+  | {
+    readonly _tag: "Token"
+    readonly tokenId: number
+    /** New text this token completes (may be empty while a multi-byte character or a possible stop string is pending). */
+    readonly text: string
+  }
+  | {
+    readonly _tag: "Finished"
+    readonly finishReason: FinishReason
+    /** Finer reason: `eos`, `stop_string`, `max_tokens` or `context`. */
+    readonly stopReason: "eos" | "stop_string" | "max_tokens" | "context"
+    /** Trailing text held back until the end (an incomplete stop-string prefix). */
+    readonly text: string
+    readonly usage: Usage
+  }

@@ -1,0 +1,110 @@
+/**
+ * Turns a `GenerateRequest` into a `ValidatedRequest`: defaults resolved, seed fixed, ranges checked, prompt
+ * tokenized and fitted to the context. Messages name the field, the limit and the value given.
+ */
+import { Effect } from "effect"
+import type { LoadedModel } from "../adapters/ModelAdapter.ts"
+import { ContextLengthError, ValidationError } from "./Errors.ts"
+import type { GenerateRequest, ValidatedRequest } from "./Request.ts"
+import type { SamplingParams } from "./sampling/SamplingParams.ts"
+import { fitChat } from "./text/ChatTruncation.ts"
+
+/** Engine-level defaults; protocol layers pass their own (OpenAI: temperature 1, AIME: its documented values). */
+export const defaultSampling: Omit<SamplingParams, "seed"> = {
+  temperature: 1,
+  topK: 0,
+  topP: 1,
+  minP: 0,
+  repetitionPenalty: 1,
+  presencePenalty: 0,
+  frequencyPenalty: 0
+}
+
+const invalid = (field: string, message: string) => Effect.fail(new ValidationError({ field, message }))
+
+const checkRange = (field: string, value: number, min: number, max: number, opts: { integer?: boolean; minExclusive?: boolean } = {}) => {
+  if (typeof value !== "number" || !Number.isFinite(value)) return invalid(field, `${field} must be a number, got ${String(value)}`)
+  if (opts.integer === true && !Number.isInteger(value)) return invalid(field, `${field} must be an integer, got ${value}`)
+  const belowMin = opts.minExclusive === true ? value <= min : value < min
+  if (belowMin || value > max) {
+    const lower = opts.minExclusive === true ? `greater than ${min}` : `at least ${min}`
+    return invalid(field, `${field} must be ${lower} and at most ${max}, got ${value}`)
+  }
+  return Effect.void
+}
+
+/** Checks sampling parameters and fills in defaults; a missing seed is drawn at random. */
+export const resolveSampling = (given: Partial<SamplingParams> | undefined): Effect.Effect<SamplingParams, ValidationError> =>
+  Effect.gen(function*() {
+    const p = { ...defaultSampling, seed: Math.floor(Math.random() * 2 ** 31), ...given }
+    yield* checkRange("temperature", p.temperature, 0, 100)
+    yield* checkRange("top_k", p.topK, 0, 1_000_000, { integer: true })
+    yield* checkRange("top_p", p.topP, 0, 1, { minExclusive: true })
+    yield* checkRange("min_p", p.minP, 0, 1)
+    yield* checkRange("repetition_penalty", p.repetitionPenalty, 0, 10, { minExclusive: true })
+    yield* checkRange("presence_penalty", p.presencePenalty, -2, 2)
+    yield* checkRange("frequency_penalty", p.frequencyPenalty, -2, 2)
+    yield* checkRange("seed", p.seed, -(2 ** 53), 2 ** 53, { integer: true })
+    return p
+  })
+
+export const validateRequest = (
+  request: GenerateRequest,
+  model: LoadedModel
+): Effect.Effect<ValidatedRequest, ValidationError | ContextLengthError> =>
+  Effect.gen(function*() {
+    const context = model.contextLength
+    if (request.maxTokens !== undefined) {
+      yield* checkRange("max_tokens", request.maxTokens, 1, context - 1, { integer: true })
+    }
+    const sampling = yield* resolveSampling(request.sampling)
+    const stop = request.stop ?? []
+    if (stop.length > 16) return yield* invalid("stop", `stop may hold at most 16 strings, got ${stop.length}`)
+    if (stop.some((s) => typeof s !== "string" || s.length === 0)) return yield* invalid("stop", "stop strings must be non-empty")
+
+    let prompt: ReadonlyArray<number>
+    let truncatedMessages = 0
+    const input = request.input
+    switch (input.type) {
+      case "chat": {
+        if (input.messages.length === 0) return yield* invalid("messages", "messages must hold at least one message")
+        // Keep room for at least the requested answer (or one token) after the prompt.
+        const budget = context - Math.min(request.maxTokens ?? 1, context - 1)
+        const fitted = yield* fitChat(input.messages, budget, (m) => model.formatChat(m).length)
+        truncatedMessages = input.messages.length - fitted.length
+        prompt = model.formatChat(fitted)
+        break
+      }
+      case "text":
+        prompt = model.formatCompletion(input.text)
+        break
+      case "tokens": {
+        if (input.tokenIds.length === 0) return yield* invalid("prompt", "the prompt must hold at least one token")
+        const bad = input.tokenIds.find((t) => !Number.isInteger(t) || t < 0 || t >= model.vocabSize)
+        if (bad !== undefined) {
+          return yield* invalid("prompt", `token id ${bad} is outside the vocabulary [0, ${model.vocabSize})`)
+        }
+        prompt = input.tokenIds
+        break
+      }
+    }
+    if (prompt.length === 0) return yield* invalid("prompt", "the prompt must not be empty")
+    if (prompt.length >= context) {
+      return yield* Effect.fail(
+        new ContextLengthError({
+          promptTokens: prompt.length,
+          contextLength: context,
+          message: `the prompt has ${prompt.length} tokens but the context holds ${context} (prompt + at least 1 generated token)`
+        })
+      )
+    }
+    return {
+      promptTokenIds: Int32Array.from(prompt),
+      maxTokens: request.maxTokens ?? context,
+      sampling,
+      stop,
+      ignoreEos: request.ignoreEos ?? false,
+      promptLogits: request.promptLogits ?? "none",
+      truncatedMessages
+    }
+  })

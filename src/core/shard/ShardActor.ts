@@ -1,0 +1,81 @@
+/**
+ * A shard actor: one piscina pool of exactly one worker thread that owns the shard's ORT session and KV cache.
+ * Steps go through `step`; a worker that dies (crash, out of memory) fails the step with a GenerationError and
+ * `restart` brings up a fresh thread with the same load, so the engine can serve again.
+ *
+ * The pool is closed with `close()` (never `destroy()`): terminating a worker while ORT is inside `run` aborts the
+ * whole process (stack-notes §3).
+ */
+import { Effect, Ref, Scope } from "effect"
+import { Piscina } from "piscina"
+import { GenerationError } from "../Errors.ts"
+import type { ShardLoad, ShardLoadResult, StepPlan, StepResult } from "./StepProtocol.ts"
+
+export interface ShardActor {
+  readonly index: number
+  readonly load: ShardLoad
+  readonly step: (plan: StepPlan) => Effect.Effect<StepResult, GenerationError>
+  readonly release: (rows: ReadonlyArray<number>) => Effect.Effect<void, GenerationError>
+  /** Replaces the worker thread with a fresh one and reloads the shard (its KV cache starts empty). */
+  readonly restart: Effect.Effect<ShardLoadResult, GenerationError>
+  /** The worker's thread ids, for fault-injection tests. */
+  readonly threadIds: Effect.Effect<ReadonlyArray<number>>
+  readonly loaded: Effect.Effect<ShardLoadResult>
+}
+
+const failure = (index: number, what: string) => (cause: unknown) =>
+  new GenerationError({
+    message: `shard ${index} ${what} failed: ${cause instanceof Error ? cause.message : String(cause)}`
+  })
+
+const openPool = (workerUrl: URL, index: number) =>
+  new Piscina({
+    filename: workerUrl.href,
+    minThreads: 1,
+    maxThreads: 1,
+    // An idle worker must never be reaped: it holds the model.
+    idleTimeout: Number.POSITIVE_INFINITY,
+    // One task at a time per shard: steps are ordered by the engine loop.
+    concurrentTasksPerWorker: 1,
+    workerData: { shard: index }
+  })
+
+export const makeShardActor = (
+  index: number,
+  workerUrl: URL,
+  load: ShardLoad
+): Effect.Effect<ShardActor, GenerationError, Scope.Scope> =>
+  Effect.gen(function*() {
+    const loadOn = (pool: Piscina) =>
+      Effect.tryPromise({ try: () => pool.run(load, { name: "load" }) as Promise<ShardLoadResult>, catch: failure(index, "load") })
+
+    const pool = yield* Ref.make(openPool(workerUrl, index))
+    yield* Effect.addFinalizer(() => Ref.get(pool).pipe(Effect.flatMap((p) => Effect.promise(() => p.close()))))
+    const first = yield* loadOn(yield* Ref.get(pool))
+    const loaded = yield* Ref.make(first)
+
+    const run = <A>(name: string, task: unknown) =>
+      Ref.get(pool).pipe(
+        Effect.flatMap((p) => Effect.tryPromise({ try: () => p.run(task, { name }) as Promise<A>, catch: failure(index, name) }))
+      )
+
+    const restart = Effect.gen(function*() {
+      const old = yield* Ref.get(pool)
+      yield* Effect.promise(() => old.close({ force: true }).catch(() => undefined))
+      const fresh = openPool(workerUrl, index)
+      yield* Ref.set(pool, fresh)
+      const result = yield* loadOn(fresh)
+      yield* Ref.set(loaded, result)
+      return result
+    })
+
+    return {
+      index,
+      load,
+      step: (plan) => run<StepResult>("step", plan),
+      release: (rows) => run<void>("release", rows),
+      restart,
+      threadIds: Ref.get(pool).pipe(Effect.map((p) => p.threads.map((t) => t.threadId))),
+      loaded: Ref.get(loaded)
+    } satisfies ShardActor
+  })

@@ -1,0 +1,77 @@
+/**
+ * The records that cross the thread boundary between the engine (main thread) and a shard worker.
+ * Plain data only (structured clone, typed arrays transferred): no classes, functions or Effect values.
+ * Logits and KV never leave the worker; a step returns sampled token ids (or hidden states to the next shard).
+ */
+import type { SamplingParams } from "../sampling/SamplingParams.ts"
+
+/** How a shard worker is loaded. One worker thread per shard; the worker owns its ORT session and KV slots. */
+export interface ShardLoad {
+  /** Path of the shard's `.onnx` graph (weights in external data next to it). */
+  readonly graphPath: string
+  /** Decoder layers [start, end) this shard runs. */
+  readonly layers: readonly [number, number]
+  readonly isFirst: boolean
+  readonly isLast: boolean
+  readonly dtype: "float32" | "float16"
+  readonly hiddenSize: number
+  readonly vocabSize: number
+  readonly numKvHeads: number
+  readonly headDim: number
+  /** KV slots: the most sequences this shard holds at once (rows of the cache). */
+  readonly maxSeqs: number
+  /** Tokens per slot (the context length). */
+  readonly maxLen: number
+  /** ORT intra-op threads for this worker. */
+  readonly threads: number
+}
+
+export interface ShardLoadResult {
+  /** Bytes of KV cache allocated by this shard. */
+  readonly kvBytes: number
+  readonly loadMs: number
+}
+
+/** A new sequence registered in the last shard: its sampler lives there. */
+export interface NewSequence {
+  readonly row: number
+  readonly params: SamplingParams
+  readonly promptTokenIds: Int32Array
+}
+
+/**
+ * One forward pass.
+ * - `prefill`: one row (`firstRow`), `seqLen` new tokens appended after `pastLens[0]` cached tokens (a prompt chunk).
+ * - `decode`: rows [0, numRows), one token each; rows not listed in `sampleRows` are idle or mid-prefill and only
+ *   keep the batch contiguous (their write lands at their own next position and is overwritten later).
+ */
+export interface StepPlan {
+  readonly kind: "prefill" | "decode"
+  readonly firstRow: number
+  readonly numRows: number
+  readonly seqLen: number
+  /** First shard: token ids, `numRows * seqLen` row-major. */
+  readonly tokenIds: Int32Array
+  /** Other shards: the previous shard's hidden states, `numRows * seqLen * hidden`. */
+  readonly hidden?: Float32Array | Uint16Array
+  /** Per row: tokens already in the cache before this step. */
+  readonly pastLens: Int32Array
+  /** Last shard: rows (relative to firstRow) to sample a token for. */
+  readonly sampleRows: Int32Array
+  /** Last shard: samplers to create before sampling (prefill of a new sequence). */
+  readonly newSequences: ReadonlyArray<NewSequence>
+  /** Last shard: also return the float32 logits of the sampled positions (`"last"`) or of every position of a prefill chunk (`"all"`). */
+  readonly returnLogits: "none" | "last" | "all"
+}
+
+export interface StepResult {
+  /** Last shard: one sampled token per entry of `sampleRows`. */
+  readonly tokens?: Int32Array
+  /** Last shard, when asked: float32 logits, `[entries, vocab]`. */
+  readonly logits?: Float32Array
+  /** Other shards: hidden states for the next shard. */
+  readonly hidden?: Float32Array | Uint16Array
+  /** Milliseconds inside ORT `run`, and in sampling. */
+  readonly runMs: number
+  readonly sampleMs: number
+}
