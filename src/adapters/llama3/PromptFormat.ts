@@ -1,0 +1,189 @@
+/**
+ * Prompt token ids for Llama 3. Chat prompts are rendered with the checkpoint's own Jinja chat template when its
+ * tokenizer config has one (as transformers' `apply_chat_template` does), else with the Llama 3 instruct format
+ * written out below, which is exactly what Meta's Llama 3 template renders.
+ */
+import { Environment, Interpreter, Template } from "@huggingface/jinja"
+import { Effect } from "effect"
+import { CheckpointError } from "../../core/Errors.ts"
+import type { ChatMessage } from "../../core/text/ChatMessage.ts"
+import type { Llama3Tokenizer } from "./Tokenizer.ts"
+
+/** What prompt formatting needs of a tokenizer. */
+export type PromptTokenizer =
+  & Pick<Llama3Tokenizer, "encode" | "bosToken" | "bosTokenId" | "eosToken" | "chatTemplate">
+  & Partial<Pick<Llama3Tokenizer, "files">>
+
+export interface ChatFormatOptions {
+  /** The clock for templates that print today's date (Llama 3.1+); defaults to now. */
+  readonly now?: Date
+}
+
+export type ChatFormatter = (messages: ReadonlyArray<ChatMessage>) => number[]
+
+const HEADER = (role: string): string => `<|start_header_id|>${role}<|end_header_id|>\n\n`
+
+/** The Llama 3 instruct format by hand: BOS, one header + trimmed content + `<|eot_id|>` per message, then the
+ *  assistant header as the generation prompt. */
+export const llama3ChatText = (messages: ReadonlyArray<ChatMessage>, bosToken = "<|begin_of_text|>"): string =>
+  bosToken + messages.map((m) => `${HEADER(m.role)}${m.content.trim()}<|eot_id|>`).join("") + HEADER("assistant")
+
+const MONTHS = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
+const MONTHS_LONG = [
+  "January",
+  "February",
+  "March",
+  "April",
+  "May",
+  "June",
+  "July",
+  "August",
+  "September",
+  "October",
+  "November",
+  "December"
+]
+const DAYS = ["Sunday", "Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday"]
+
+/**
+ * The strftime subset chat templates use. @huggingface/jinja has its own `strftime_now`, but it names months in
+ * the host's locale; Python (and so every published prompt) uses English names.
+ */
+export const strftime = (date: Date, format: string): string => {
+  const pad = (n: number): string => String(n).padStart(2, "0")
+  return format.replace(/%[YmdbBaAHMSyje%]/g, (token) => {
+    switch (token) {
+      case "%Y":
+        return String(date.getFullYear())
+      case "%y":
+        return pad(date.getFullYear() % 100)
+      case "%m":
+        return pad(date.getMonth() + 1)
+      case "%d":
+        return pad(date.getDate())
+      case "%e":
+        return String(date.getDate()).padStart(2, " ")
+      case "%b":
+        return MONTHS[date.getMonth()]
+      case "%B":
+        return MONTHS_LONG[date.getMonth()]
+      case "%a":
+        return DAYS[date.getDay()].slice(0, 3)
+      case "%A":
+        return DAYS[date.getDay()]
+      case "%H":
+        return pad(date.getHours())
+      case "%M":
+        return pad(date.getMinutes())
+      case "%S":
+        return pad(date.getSeconds())
+      case "%j": {
+        const start = new Date(date.getFullYear(), 0, 1)
+        return String(Math.floor((date.getTime() - start.getTime()) / 86_400_000) + 1).padStart(3, "0")
+      }
+      default:
+        return "%"
+    }
+  })
+}
+
+/** Python's `range`, as Jinja templates call it. */
+const range = (start: number, stop?: number, step = 1): number[] => {
+  const [from, to] = stop === undefined ? [0, start] : [start, stop]
+  if (step === 0) throw new Error("range() step must not be zero")
+  const out: number[] = []
+  for (let i = from; step > 0 ? i < to : i > to; i += step) out.push(i)
+  return out
+}
+
+/**
+ * Renders a compiled chat template with the variables transformers passes (tools left undefined).
+ * `Template.render` cannot replace its built-in `strftime_now` (redeclaring a global throws), so this builds the
+ * environment itself with the same globals.
+ */
+const renderTemplate = (
+  template: Template,
+  messages: ReadonlyArray<ChatMessage>,
+  tokenizer: PromptTokenizer,
+  options: ChatFormatOptions | undefined
+): string => {
+  const now = options?.now ?? new Date()
+  const env = new Environment()
+  const globals: Record<string, unknown> = {
+    true: true,
+    false: false,
+    none: null,
+    True: true,
+    False: false,
+    None: null,
+    range,
+    raise_exception: (message: unknown) => {
+      throw new Error(String(message))
+    },
+    strftime_now: (format: string) => strftime(now, format),
+    messages: messages.map((m) => ({ role: m.role, content: m.content })),
+    add_generation_prompt: true,
+    bos_token: tokenizer.bosToken,
+    eos_token: tokenizer.eosToken ?? "",
+    // Llama 3.1 templates print `date_string` (else a fixed "26 Jul 2024"); 3.2+ call strftime_now("%d %b %Y").
+    date_string: strftime(now, "%d %b %Y")
+  }
+  for (const [name, value] of Object.entries(globals)) env.set(name, value)
+  const out = new Interpreter(env).run(template.parsed).value
+  if (typeof out !== "string") throw new Error(`chat template rendered ${typeof out}, expected a string`)
+  return out
+}
+
+/** The chat prompt as text, specials spelled out. Throws when the checkpoint's template raises an exception. */
+export const renderChat = (
+  messages: ReadonlyArray<ChatMessage>,
+  tokenizer: PromptTokenizer,
+  options?: ChatFormatOptions
+): string =>
+  tokenizer.chatTemplate === undefined
+    ? llama3ChatText(messages, tokenizer.bosToken)
+    : renderTemplate(new Template(tokenizer.chatTemplate), messages, tokenizer, options)
+
+/** Chat prompt text to ids: specials in the text become special tokens, and BOS is added only if missing. */
+const encodePrompt = (text: string, tokenizer: PromptTokenizer): number[] =>
+  tokenizer.encode(text, { addSpecialTokens: true })
+
+/**
+ * The prompt token ids of a chat, ending with the assistant header. Compiles the template on each call; use
+ * `makeChatFormatter` on a hot path. Throws when the checkpoint's template raises an exception.
+ */
+export const formatChat = (
+  messages: ReadonlyArray<ChatMessage>,
+  tokenizer: PromptTokenizer,
+  options?: ChatFormatOptions
+): number[] => encodePrompt(renderChat(messages, tokenizer, options), tokenizer)
+
+/**
+ * Compiles the checkpoint's chat template once and checks it renders a small chat, so a broken template is a
+ * CheckpointError at load time rather than a failure on the first request.
+ */
+export const makeChatFormatter = (
+  tokenizer: PromptTokenizer,
+  options?: ChatFormatOptions
+): Effect.Effect<ChatFormatter, CheckpointError> =>
+  Effect.try({
+    try: (): ChatFormatter => {
+      const source = tokenizer.chatTemplate
+      if (source === undefined) return (messages) => encodePrompt(llama3ChatText(messages, tokenizer.bosToken), tokenizer)
+      const template = new Template(source)
+      renderTemplate(template, [{ role: "system", content: "s" }, { role: "user", content: "u" }], tokenizer, options)
+      return (messages) => encodePrompt(renderTemplate(template, messages, tokenizer, options), tokenizer)
+    },
+    catch: (e) => {
+      const file = tokenizer.files?.tokenizerConfig ?? "tokenizer_config.json"
+      const why = (e instanceof Error ? e.message : String(e)).replace(/\s+/g, " ")
+      return new CheckpointError({
+        path: file,
+        message: `${file}: chat_template does not render a system + user chat: ${why}`
+      })
+    }
+  })
+
+/** The prompt token ids of a plain completion: BOS then the text (no second BOS if the text starts with one). */
+export const formatCompletion = (text: string, tokenizer: PromptTokenizer): number[] =>
+  tokenizer.encode(text, { addSpecialTokens: true })
