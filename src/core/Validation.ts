@@ -89,6 +89,10 @@ export const validateRequest = (
       }
     }
     if (prompt.length === 0) return yield* invalid("prompt", "the prompt must not be empty")
+    const outside = prompt.find((t) => t >= model.vocabSize)
+    if (outside !== undefined) {
+      return yield* invalid("prompt", `the tokenizer produced id ${outside}, outside the model's vocabulary [0, ${model.vocabSize}): give the checkpoint its own tokenizer.json`)
+    }
     if (prompt.length >= context) {
       return yield* Effect.fail(
         new ContextLengthError({

@@ -1,26 +1,40 @@
 /**
  * The piscina entry of a shard: runs on its own worker thread, never on the event loop (ORT `run` is synchronous).
  *
- * The thread owns the ORT session and the KV cache of its sequences: one buffer per layer for keys and one for
- * values, `[maxSeqs, kvHeads, maxLen, headDim]`, bound as both `past_*` input and `present_*` output so that
- * GroupQueryAttention appends in place (share-buffer mode) and nothing is copied between steps. The last shard also
- * owns each sequence's sampler: logits stay here, only token ids go back.
+ * The thread owns the ORT session and the KV cache of its sequences: per layer and slot (row), keys and values
+ * `[kvHeads, capacity, headDim]`, grown by doubling up to `maxLen`, so memory follows what sequences really hold.
+ * onnxruntime-node copies every output back into JS memory (a pre-allocated output is a copy too, so
+ * GroupQueryAttention never sees a shared past/present buffer here): each step therefore passes a compact past of
+ * exactly the longest row's length and writes back only the new positions, keeping the per-step cost proportional
+ * to the tokens in use, not to the context window. The last shard also owns each sequence's sampler: logits stay
+ * here, only token ids go back.
  */
 import { ort } from "../onnx/OrtFloat16Fix.ts"
 import { Sampler } from "../sampling/Sampler.ts"
 import type { ShardLoad, ShardLoadResult, StepPlan, StepResult } from "./StepProtocol.ts"
 
+type KvArray = Float32Array | Uint16Array
+
+/** One slot's keys or values for one layer: `[kvHeads, capacity, headDim]`. */
+interface SlotCache {
+  capacity: number
+  data: KvArray
+}
+
 interface ShardState {
   readonly load: ShardLoad
   readonly session: ort.InferenceSession
-  readonly keys: Array<Float32Array | Uint16Array>
-  readonly values: Array<Float32Array | Uint16Array>
+  /** [layer][row] */
+  readonly keys: Array<Array<SlotCache>>
+  readonly values: Array<Array<SlotCache>>
   readonly samplers: Map<number, Sampler>
 }
 
 let state: ShardState | undefined
 
 const kvType = (load: ShardLoad) => (load.dtype === "float16" ? "float16" : "float32") as "float16" | "float32"
+const allocate = (load: ShardLoad, n: number): KvArray => (load.dtype === "float16" ? new Uint16Array(n) : new Float32Array(n))
+const INITIAL_CAPACITY = 64
 
 export async function load(task: ShardLoad): Promise<ShardLoadResult> {
   const started = performance.now()
@@ -30,14 +44,56 @@ export async function load(task: ShardLoad): Promise<ShardLoadResult> {
     graphOptimizationLevel: "all",
     logSeverityLevel: 3
   })
-  const perLayer = task.maxSeqs * task.numKvHeads * task.maxLen * task.headDim
-  const make = () => (task.dtype === "float16" ? new Uint16Array(perLayer) : new Float32Array(perLayer))
   const numLayers = task.layers[1] - task.layers[0]
-  const keys = Array.from({ length: numLayers }, make)
-  const values = Array.from({ length: numLayers }, make)
-  state = { load: task, session, keys, values, samplers: new Map() }
-  const bytesPer = task.dtype === "float16" ? 2 : 4
-  return { kvBytes: 2 * numLayers * perLayer * bytesPer, loadMs: performance.now() - started }
+  const empty = () => Array.from({ length: numLayers }, () => Array.from({ length: task.maxSeqs }, (): SlotCache => ({ capacity: 0, data: allocate(task, 0) })))
+  state = { load: task, session, keys: empty(), values: empty(), samplers: new Map() }
+  return { kvBytes: 0, loadMs: performance.now() - started }
+}
+
+/** Makes room for `needed` positions in a slot, keeping what it holds. */
+const reserve = (cfg: ShardLoad, slot: SlotCache, needed: number) => {
+  if (needed <= slot.capacity) return
+  const capacity = Math.min(cfg.maxLen, Math.max(needed, INITIAL_CAPACITY, slot.capacity * 2))
+  const data = allocate(cfg, cfg.numKvHeads * capacity * cfg.headDim)
+  const hd = cfg.headDim
+  for (let h = 0; h < cfg.numKvHeads; h++) {
+    data.set(slot.data.subarray(h * slot.capacity * hd, (h * slot.capacity + slot.capacity) * hd), h * capacity * hd)
+  }
+  slot.capacity = capacity
+  slot.data = data
+}
+
+/** The past of rows [firstRow, firstRow + rows) as one `[rows, kvHeads, past, headDim]` array. */
+const gatherPast = (cfg: ShardLoad, slots: Array<SlotCache>, firstRow: number, rows: number, pastLens: Int32Array, past: number): KvArray => {
+  const hd = cfg.headDim
+  const out = allocate(cfg, rows * cfg.numKvHeads * past * hd)
+  if (past === 0) return out
+  for (let r = 0; r < rows; r++) {
+    const slot = slots[firstRow + r]!
+    const n = Math.min(pastLens[r]!, slot.capacity)
+    if (n === 0) continue
+    for (let h = 0; h < cfg.numKvHeads; h++) {
+      const from = h * slot.capacity * hd
+      out.set(slot.data.subarray(from, from + n * hd), ((r * cfg.numKvHeads + h) * past) * hd)
+    }
+  }
+  return out
+}
+
+/** Copies the positions this step wrote, `[pastLen, pastLen + seqLen)` of each row, from `present` into the slots. */
+const scatterNew = (cfg: ShardLoad, slots: Array<SlotCache>, plan: StepPlan, present: KvArray, presentLen: number) => {
+  const hd = cfg.headDim
+  for (let r = 0; r < plan.numRows; r++) {
+    const start = plan.pastLens[r]!
+    const end = Math.min(start + plan.seqLen, cfg.maxLen, presentLen)
+    if (end <= start) continue
+    const slot = slots[plan.firstRow + r]!
+    reserve(cfg, slot, end)
+    for (let h = 0; h < cfg.numKvHeads; h++) {
+      const from = ((r * cfg.numKvHeads + h) * presentLen + start) * hd
+      slot.data.set(present.subarray(from, from + (end - start) * hd), (h * slot.capacity + start) * hd)
+    }
+  }
 }
 
 export async function step(plan: StepPlan): Promise<StepResult> {
@@ -46,7 +102,6 @@ export async function step(plan: StepPlan): Promise<StepResult> {
   const { load: cfg } = s
   const rows = plan.numRows
   const feeds: Record<string, ort.Tensor> = {}
-  const fetches: Record<string, ort.Tensor> = {}
 
   if (cfg.isFirst) {
     feeds.input_ids = new ort.Tensor("int64", BigInt64Array.from(plan.tokenIds, (t) => BigInt(t)), [rows, plan.seqLen])
@@ -56,24 +111,20 @@ export async function step(plan: StepPlan): Promise<StepResult> {
   }
   const seqlens = new Int32Array(rows)
   let total = 0
+  let past = 0
   for (let r = 0; r < rows; r++) {
     seqlens[r] = plan.pastLens[r]! + plan.seqLen - 1
     total = Math.max(total, seqlens[r]! + 1)
+    past = Math.max(past, plan.pastLens[r]!)
   }
   feeds.seqlens_k = new ort.Tensor("int32", seqlens, [rows])
   feeds.total_sequence_length = new ort.Tensor("int32", Int32Array.of(total), [])
 
-  // Views of the slot rows this step touches: contiguous, so no copy in or out.
-  const rowElems = cfg.numKvHeads * cfg.maxLen * cfg.headDim
-  const kvDims = [rows, cfg.numKvHeads, cfg.maxLen, cfg.headDim]
+  const kvDims = [rows, cfg.numKvHeads, past, cfg.headDim]
   for (let i = 0; i < s.keys.length; i++) {
     const layer = cfg.layers[0] + i
-    const k = new ort.Tensor(kvType(cfg), s.keys[i]!.subarray(plan.firstRow * rowElems, (plan.firstRow + rows) * rowElems), kvDims)
-    const v = new ort.Tensor(kvType(cfg), s.values[i]!.subarray(plan.firstRow * rowElems, (plan.firstRow + rows) * rowElems), kvDims)
-    feeds[`past_key.${layer}`] = k
-    feeds[`past_value.${layer}`] = v
-    fetches[`present_key.${layer}`] = k
-    fetches[`present_value.${layer}`] = v
+    feeds[`past_key.${layer}`] = new ort.Tensor(kvType(cfg), gatherPast(cfg, s.keys[i]!, plan.firstRow, rows, plan.pastLens, past), kvDims)
+    feeds[`past_value.${layer}`] = new ort.Tensor(kvType(cfg), gatherPast(cfg, s.values[i]!, plan.firstRow, rows, plan.pastLens, past), kvDims)
   }
 
   const allLogits = cfg.isLast && plan.kind === "prefill" && plan.returnLogits === "all"
@@ -85,8 +136,15 @@ export async function step(plan: StepPlan): Promise<StepResult> {
   }
 
   const t0 = performance.now()
-  const out = await s.session.run(feeds, { ...fetches, [cfg.isLast ? "logits" : "hidden_out"]: null } as never)
+  const out = await s.session.run(feeds)
   const runMs = performance.now() - t0
+  for (let i = 0; i < s.keys.length; i++) {
+    const layer = cfg.layers[0] + i
+    const presentKey = out[`present_key.${layer}`]!
+    const presentLen = presentKey.dims[2]!
+    scatterNew(cfg, s.keys[i]!, plan, presentKey.data as KvArray, presentLen)
+    scatterNew(cfg, s.values[i]!, plan, out[`present_value.${layer}`]!.data as KvArray, presentLen)
+  }
 
   if (!cfg.isLast) {
     const hidden = out.hidden_out!.data as Float32Array | Uint16Array
