@@ -1,0 +1,353 @@
+/**
+ * Converts a Hugging Face Llama 3 checkpoint into pipeline-shard ONNX graphs plus a manifest, and caches the
+ * result by content so that a restart with the same checkpoint and options loads at once.
+ *
+ * Cache layout (`$CHORUS_CACHE` or `~/.cache/chorus`): `converted/<key>/{chorus-model.json, shard-k.onnx,
+ * shard-k.onnx.data}` and `hashes.json` (file hashes memoized by realpath + size + mtime, because hashing a
+ * 16 GB checkpoint on every start is too slow). A conversion writes into a temporary sibling folder and renames
+ * it at the end; any failure or interruption removes the temporary folder, so the cache never holds half a model.
+ */
+import { Effect, Schema } from "effect"
+import * as crypto from "node:crypto"
+import * as fs from "node:fs"
+import * as os from "node:os"
+import * as path from "node:path"
+import { openCheckpoint } from "../../core/checkpoint/Safetensors.ts"
+import { type CheckpointError, ConversionError, type ModelConfigError } from "../../core/Errors.ts"
+import { buildShardGraph, graphTensors, type ModelDType, type ShardGraph, validateTensors, weightBytes, writeShard } from "./GraphBuilder.ts"
+import { type LlamaConfig, loadLlamaConfig } from "./LlamaConfig.ts"
+
+/** Bumped whenever the graph layout changes: it is part of the cache key, so old conversions are not reused. */
+export const FORMAT_VERSION = 1
+export const MANIFEST_FILE = "chorus-model.json"
+export const DEFAULT_MAX_CONTEXT = 8192
+
+const Int = Schema.Int
+const RopeScalingSchema = Schema.Struct({
+  factor: Schema.Finite,
+  lowFreqFactor: Schema.Finite,
+  highFreqFactor: Schema.Finite,
+  originalMaxPositionEmbeddings: Int
+})
+
+/** The normalized `LlamaConfig`, as stored in the manifest. */
+export const LlamaConfigSchema = Schema.Struct({
+  modelType: Schema.Literal("llama"),
+  vocabSize: Int,
+  hiddenSize: Int,
+  intermediateSize: Int,
+  numLayers: Int,
+  numHeads: Int,
+  numKvHeads: Int,
+  headDim: Int,
+  rmsNormEps: Schema.Finite,
+  ropeTheta: Schema.Finite,
+  ropeScaling: Schema.NullOr(RopeScalingSchema),
+  maxPositionEmbeddings: Int,
+  tieWordEmbeddings: Schema.Boolean,
+  bosTokenId: Schema.NullOr(Int),
+  eosTokenIds: Schema.Array(Int),
+  dtype: Schema.Literals(["float32", "float16", "bfloat16"])
+})
+
+export const ShardEntry = Schema.Struct({
+  /** Graph file name, relative to the manifest's folder; its weights are in `<file>.data`. */
+  file: Schema.String,
+  layers: Schema.Tuple([Int, Int]),
+  first: Schema.Boolean,
+  last: Schema.Boolean
+})
+export type ShardEntry = typeof ShardEntry.Type
+
+export const ModelManifest = Schema.Struct({
+  formatVersion: Schema.Literal(FORMAT_VERSION),
+  /** Content key: sha256 over config.json, the checkpoint files and the options. */
+  key: Schema.String,
+  sourceDir: Schema.String,
+  config: LlamaConfigSchema,
+  dtype: Schema.Literals(["float32", "float16"]),
+  maxContext: Int,
+  shards: Schema.Array(ShardEntry)
+})
+export type ModelManifest = typeof ModelManifest.Type
+
+export interface ConvertedModel {
+  /** Folder holding the manifest and the shards. */
+  readonly dir: string
+  readonly manifest: ModelManifest
+  /** Absolute path of each shard's `.onnx`, in pipeline order. */
+  readonly shardPaths: ReadonlyArray<string>
+  /** True when the conversion was found in the cache. */
+  readonly cached: boolean
+}
+
+export interface ConvertProgress {
+  readonly bytesDone: number
+  readonly bytesTotal: number
+  /** The initializer just written. */
+  readonly tensor: string
+}
+
+export interface ConvertOptions {
+  readonly modelDir: string
+  /** Write here instead of the cache (no content-key lookup; the folder is created if needed). */
+  readonly outDir?: string
+  readonly dtype: ModelDType
+  readonly shards: number
+  /** Defaults to min(max_position_embeddings, 8192). */
+  readonly maxContext?: number
+  readonly onProgress?: (progress: ConvertProgress) => void
+}
+
+/** `$CHORUS_CACHE`, else `~/.cache/chorus`. */
+export const chorusCacheDir = (): string => {
+  const env = process.env["CHORUS_CACHE"]
+  return env !== undefined && env !== "" ? path.resolve(env) : path.join(os.homedir(), ".cache", "chorus")
+}
+
+/**
+ * Splits `numLayers` decoder layers into `n` contiguous `[l0, l1)` ranges whose sizes differ by at most one
+ * (earlier shards take the extra layers: the last one also carries the LM head). Throws a RangeError for an
+ * `n` outside `1..numLayers`.
+ */
+export const planShards = (numLayers: number, n: number): Array<readonly [number, number]> => {
+  if (!Number.isInteger(n) || n < 1 || n > numLayers) {
+    throw new RangeError(`shards must be an integer from 1 to ${numLayers} (the number of layers), found ${n}`)
+  }
+  const base = Math.floor(numLayers / n)
+  const extra = numLayers % n
+  const ranges: Array<readonly [number, number]> = []
+  let l0 = 0
+  for (let k = 0; k < n; k++) {
+    const l1 = l0 + base + (k < extra ? 1 : 0)
+    ranges.push([l0, l1])
+    l0 = l1
+  }
+  return ranges
+}
+
+const message = (cause: unknown): string => (cause instanceof Error ? cause.message : String(cause))
+const conversionError = (what: string) => (cause: unknown) => new ConversionError({ message: `${what}: ${message(cause)}` })
+
+// ---------------------------------------------------------------------------------------------- content key
+
+const HashMemo = Schema.Record(Schema.String, Schema.Struct({ size: Schema.Number, mtimeMs: Schema.Number, sha256: Schema.String }))
+type HashMemo = typeof HashMemo.Type
+
+const readMemo = async (file: string): Promise<Record<string, HashMemo[string]>> => {
+  try {
+    const decoded = Schema.decodeUnknownExit(HashMemo)(JSON.parse(await fs.promises.readFile(file, "utf8")))
+    return decoded._tag === "Success" ? { ...decoded.value } : {}
+  } catch {
+    return {} // missing or corrupt memo: rehash
+  }
+}
+
+const sha256File = (file: string): Promise<string> =>
+  new Promise((resolve, reject) => {
+    const hash = crypto.createHash("sha256")
+    fs.createReadStream(file, { highWaterMark: 1 << 22 })
+      .on("data", (chunk) => hash.update(chunk))
+      .on("error", reject)
+      .on("end", () => resolve(hash.digest("hex")))
+  })
+
+/** sha256 of each file, reusing `<cache>/hashes.json` entries whose realpath, size and mtime still match. */
+const hashFiles = (cacheDir: string, files: ReadonlyArray<string>): Effect.Effect<Array<string>, ConversionError> =>
+  Effect.tryPromise({
+    try: async () => {
+      const memoFile = path.join(cacheDir, "hashes.json")
+      const memo = await readMemo(memoFile)
+      let changed = false
+      const hashes: Array<string> = []
+      for (const file of files) {
+        const real = await fs.promises.realpath(file)
+        const stat = await fs.promises.stat(real)
+        const hit = memo[real]
+        if (hit !== undefined && hit.size === stat.size && hit.mtimeMs === stat.mtimeMs) {
+          hashes.push(hit.sha256)
+          continue
+        }
+        const sha256 = await sha256File(real)
+        memo[real] = { size: stat.size, mtimeMs: stat.mtimeMs, sha256 }
+        changed = true
+        hashes.push(sha256)
+      }
+      if (changed) {
+        // Forget files that are gone (deleted checkpoints, temporary copies) so the memo does not grow forever.
+        for (const file of Object.keys(memo)) if (!fs.existsSync(file)) delete memo[file]
+        await fs.promises.mkdir(cacheDir, { recursive: true })
+        const tmp = `${memoFile}.${process.pid}.${crypto.randomBytes(4).toString("hex")}.tmp`
+        await fs.promises.writeFile(tmp, JSON.stringify(memo, null, 1))
+        await fs.promises.rename(tmp, memoFile)
+      }
+      return hashes
+    },
+    catch: conversionError(`cannot hash the checkpoint files (hash memo in ${cacheDir})`)
+  })
+
+interface KeyInput {
+  readonly cacheDir: string
+  readonly modelDir: string
+  readonly files: ReadonlyArray<string>
+  readonly config: LlamaConfig
+  readonly dtype: ModelDType
+  readonly shards: number
+  readonly maxContext: number
+}
+
+const contentKey = (k: KeyInput): Effect.Effect<string, ConversionError> =>
+  Effect.gen(function*() {
+    const configFile = path.join(k.modelDir, "config.json")
+    const generationFile = path.join(k.modelDir, "generation_config.json")
+    const extra = fs.existsSync(generationFile) ? [generationFile] : []
+    const sources = [...new Set([configFile, ...extra, ...k.files])]
+    const hashes = yield* hashFiles(k.cacheDir, sources)
+    const material = JSON.stringify({
+      formatVersion: FORMAT_VERSION,
+      dtype: k.dtype,
+      shards: k.shards,
+      maxContext: k.maxContext,
+      config: k.config,
+      files: sources.map((f, i) => [path.basename(f), hashes[i]])
+    })
+    return crypto.createHash("sha256").update(material).digest("hex")
+  })
+
+// ---------------------------------------------------------------------------------------------- manifest
+
+/** Reads and validates `chorus-model.json` in `dir` and checks that every shard file is there. */
+export const loadConvertedModel = (dir: string): Effect.Effect<ConvertedModel, ConversionError> =>
+  Effect.gen(function*() {
+    const file = path.join(dir, MANIFEST_FILE)
+    const text = yield* Effect.tryPromise({
+      try: () => fs.promises.readFile(file, "utf8"),
+      catch: conversionError(`cannot read the converted-model manifest ${file}`)
+    })
+    const json = yield* Effect.try({ try: (): unknown => JSON.parse(text), catch: conversionError(`${file} is not valid JSON`) })
+    const manifest = yield* Schema.decodeUnknownEffect(ModelManifest)(json).pipe(
+      Effect.mapError((e) => new ConversionError({ message: `invalid manifest ${file}: ${e.message.replace(/\s*\n\s*/g, " ")}` }))
+    )
+    const shardPaths = manifest.shards.map((s) => path.join(dir, s.file))
+    for (const p of shardPaths.flatMap((p) => [p, `${p}.data`])) {
+      if (!fs.existsSync(p)) return yield* Effect.fail(new ConversionError({ message: `converted model in ${dir} is incomplete: ${p} is missing` }))
+    }
+    return { dir, manifest, shardPaths, cached: false }
+  })
+
+// ---------------------------------------------------------------------------------------------- conversion
+
+interface Plan {
+  readonly config: LlamaConfig
+  readonly graphs: ReadonlyArray<ShardGraph>
+}
+
+/** Writes every shard and then the manifest into `dir` (which exists). */
+const writeAll = (
+  dir: string,
+  plan: Plan,
+  manifest: ModelManifest,
+  source: Parameters<typeof writeShard>[0],
+  onProgress: ConvertOptions["onProgress"]
+): Effect.Effect<void, CheckpointError | ConversionError> =>
+  Effect.gen(function*() {
+    const bytesTotal = plan.graphs.reduce((n, g) => n + g.weights.reduce((m, w) => m + weightBytes(w, g.options.dtype), 0), 0)
+    let bytesDone = 0
+    for (const [k, graph] of plan.graphs.entries()) {
+      yield* writeShard(source, plan.config, graph, path.join(dir, manifest.shards[k].file), {
+        onTensor: (tensor, bytes) => {
+          bytesDone += bytes
+          onProgress?.({ bytesDone, bytesTotal, tensor })
+        }
+      })
+    }
+    const text = JSON.stringify(Schema.encodeSync(ModelManifest)(manifest), null, 2)
+    yield* Effect.uninterruptible(Effect.tryPromise({
+      try: () => fs.promises.writeFile(path.join(dir, MANIFEST_FILE), text),
+      catch: conversionError(`cannot write ${path.join(dir, MANIFEST_FILE)}`)
+    }))
+  })
+
+/**
+ * Converts `modelDir` into `shards` ONNX shard graphs (or finds the conversion in the cache). Shapes of every
+ * tensor are checked before anything is written.
+ */
+export const convertCheckpoint = (
+  options: ConvertOptions
+): Effect.Effect<ConvertedModel, CheckpointError | ModelConfigError | ConversionError> =>
+  Effect.gen(function*() {
+    const modelDir = path.resolve(options.modelDir)
+    const config = yield* loadLlamaConfig(modelDir)
+    const maxContext = options.maxContext ?? Math.min(config.maxPositionEmbeddings, DEFAULT_MAX_CONTEXT)
+    if (!Number.isInteger(maxContext) || maxContext < 1 || maxContext > config.maxPositionEmbeddings) {
+      return yield* Effect.fail(
+        new ConversionError({
+          message: `maxContext must be an integer from 1 to ${config.maxPositionEmbeddings} (max_position_embeddings in ${path.join(modelDir, "config.json")}), found ${maxContext}`
+        })
+      )
+    }
+    const ranges = yield* Effect.try({ try: () => planShards(config.numLayers, options.shards), catch: conversionError(`cannot split ${modelDir}`) })
+    const graphs = ranges.map((layers) => buildShardGraph(config, { layers, dtype: options.dtype, maxContext }))
+    const source = yield* openCheckpoint(modelDir)
+    yield* validateTensors(source, config, graphTensors(graphs))
+
+    const cacheDir = chorusCacheDir()
+    const key = yield* contentKey({ cacheDir, modelDir, files: source.files, config, dtype: options.dtype, shards: options.shards, maxContext })
+    const manifest: ModelManifest = {
+      formatVersion: FORMAT_VERSION,
+      key,
+      sourceDir: modelDir,
+      config: { ...config, eosTokenIds: [...config.eosTokenIds] },
+      dtype: options.dtype,
+      maxContext,
+      shards: ranges.map(([l0, l1], k) => ({ file: `shard-${k}.onnx`, layers: [l0, l1] as const, first: l0 === 0, last: l1 === config.numLayers }))
+    }
+    const plan: Plan = { config, graphs }
+
+    if (options.outDir !== undefined) {
+      const outDir = path.resolve(options.outDir)
+      yield* Effect.tryPromise({ try: () => fs.promises.mkdir(outDir, { recursive: true }), catch: conversionError(`cannot create ${outDir}`) })
+      yield* writeAll(outDir, plan, manifest, source, options.onProgress)
+      return yield* loadConvertedModel(outDir)
+    }
+
+    const convertedDir = path.join(cacheDir, "converted")
+    const finalDir = path.join(convertedDir, key)
+    if (fs.existsSync(path.join(finalDir, MANIFEST_FILE))) {
+      const hit = yield* Effect.result(loadConvertedModel(finalDir))
+      if (hit._tag === "Success") return { ...hit.success, cached: true }
+      // An unreadable entry (edited by hand, files deleted) is replaced.
+      yield* Effect.promise(() => fs.promises.rm(finalDir, { recursive: true, force: true }).catch(() => undefined))
+    }
+    yield* Effect.acquireUseRelease(
+      Effect.tryPromise({
+        try: async () => {
+          await fs.promises.mkdir(convertedDir, { recursive: true })
+          return fs.promises.mkdtemp(path.join(convertedDir, `.tmp-${key.slice(0, 16)}-`))
+        },
+        catch: conversionError(`cannot create a temporary folder in ${convertedDir}`)
+      }),
+      (tmp) =>
+        Effect.gen(function*() {
+          yield* writeAll(tmp, plan, manifest, source, options.onProgress)
+          yield* Effect.uninterruptible(Effect.tryPromise({
+            try: async () => {
+              try {
+                await fs.promises.rename(tmp, finalDir)
+              } catch (cause) {
+                const code = (cause as { code?: unknown }).code
+                if (code !== "ENOTEMPTY" && code !== "EEXIST") throw cause
+                // Another process finished the same conversion first: keep theirs. Otherwise the entry is stale.
+                if (fs.existsSync(path.join(finalDir, MANIFEST_FILE))) return
+                await fs.promises.rm(finalDir, { recursive: true, force: true })
+                await fs.promises.rename(tmp, finalDir)
+              }
+            },
+            catch: conversionError(`cannot move the converted model into ${finalDir}`)
+          }))
+        }),
+      // After a successful rename the temporary folder is gone and this does nothing.
+      (tmp) => Effect.promise(() => fs.promises.rm(tmp, { recursive: true, force: true }).catch(() => undefined))
+    )
+    return yield* loadConvertedModel(finalDir)
+  })

@@ -1,0 +1,367 @@
+/**
+ * Builds the ONNX graph of one pipeline shard of a Llama 3 model (a contiguous range of decoder layers) and
+ * streams its weights from a checkpoint into one external data file.
+ *
+ * Contract with the shard worker (names are exact):
+ * - inputs: `input_ids` int64 [batch, seq] (first shard) or `hidden_in` T [batch, seq, hidden] (others);
+ *   `seqlens_k` int32 [batch] (per row: past + new - 1); `total_sequence_length` int32 [] (max over rows of past + new);
+ *   `past_key.{i}` / `past_value.{i}` T [batch, kv_heads, max_len, head_dim] for each layer i of the shard;
+ *   `logits_index` int64 [batch, n_logits] (last shard: positions within `seq` whose logits are returned).
+ * - outputs: `logits` float32 [batch, n_logits, vocab] (last shard) or `hidden_out` T [batch, seq, hidden];
+ *   `present_key.{i}` / `present_value.{i}` (bind the past buffers as these outputs: GroupQueryAttention then
+ *   writes the new tokens' KV in place).
+ * T is float32 or float16 (the shard's dtype).
+ */
+import { Effect } from "effect"
+import * as fs from "node:fs"
+import * as path from "node:path"
+import type { TensorSource } from "../../core/checkpoint/TensorSource.ts"
+import { CheckpointError, ConversionError } from "../../core/Errors.ts"
+import {
+  encodeModel,
+  type ExternalInitializer,
+  type GraphSpec,
+  type InlineInitializer,
+  type NodeSpec,
+  type ValueSpec
+} from "../../core/onnx/OnnxWriter.ts"
+import { expectedTensorShapes, type LlamaConfig } from "./LlamaConfig.ts"
+import { ropeCache } from "./Rope.ts"
+
+export type ModelDType = "float32" | "float16"
+
+export interface ShardOptions {
+  /** Decoder layers `[l0, l1)`; `l0 = 0` adds the embedding, `l1 = numLayers` the final norm and LM head. */
+  readonly layers: readonly [number, number]
+  readonly dtype: ModelDType
+  /** Rows of the RoPE caches: the longest sequence (past + new) the shard can run. */
+  readonly maxContext: number
+}
+
+/** How an initializer's values come out of the checkpoint. */
+export type WeightRecipe =
+  /** The tensor as stored (embedding table, norm weights). */
+  | { readonly kind: "copy"; readonly tensor: string }
+  /** HF linear weights `[out_k, in]`, concatenated along `out` and transposed to `[in, sum(out_k)]` for MatMul. */
+  | { readonly kind: "linear"; readonly tensors: ReadonlyArray<string> }
+  /** Computed RoPE cache. */
+  | { readonly kind: "rope"; readonly part: "cos" | "sin" }
+
+export interface WeightSpec {
+  readonly name: string
+  readonly dims: ReadonlyArray<number>
+  readonly recipe: WeightRecipe
+}
+
+/** A shard graph whose weights are still recipes; `writeShard` turns them into external initializers. */
+export interface ShardGraph extends Omit<GraphSpec, "external"> {
+  readonly options: ShardOptions
+  readonly weights: ReadonlyArray<WeightSpec>
+}
+
+export const pastKeyName = (layer: number): string => `past_key.${layer}`
+export const pastValueName = (layer: number): string => `past_value.${layer}`
+export const presentKeyName = (layer: number): string => `present_key.${layer}`
+export const presentValueName = (layer: number): string => `present_value.${layer}`
+
+/** Alignment of every tensor in the external data file (lets ORT map it and use aligned loads). */
+export const DATA_ALIGNMENT = 64
+
+const bytesPerElement = (dtype: ModelDType): number => (dtype === "float32" ? 4 : 2)
+const count = (dims: ReadonlyArray<number>): number => dims.reduce((a, b) => a * b, 1)
+
+/** Bytes a weight occupies in the data file, padding excluded. */
+export const weightBytes = (w: WeightSpec, dtype: ModelDType): number => count(w.dims) * bytesPerElement(dtype)
+
+/** Checks the layer range against the config; throws a one-line message (callers wrap it). */
+const checkRange = (config: LlamaConfig, options: ShardOptions): void => {
+  const [l0, l1] = options.layers
+  if (!Number.isInteger(l0) || !Number.isInteger(l1) || l0 < 0 || l1 > config.numLayers || l0 >= l1) {
+    throw new Error(`shard layers [${l0}, ${l1}) are not a non-empty range within [0, ${config.numLayers})`)
+  }
+  if (!Number.isInteger(options.maxContext) || options.maxContext < 1) {
+    throw new Error(`maxContext must be a positive integer, found ${options.maxContext}`)
+  }
+}
+
+/** Describes the graph of one shard (pure; no weights are read). Throws on an invalid layer range. */
+export const buildShardGraph = (config: LlamaConfig, options: ShardOptions): ShardGraph => {
+  checkRange(config, options)
+  const [l0, l1] = options.layers
+  const first = l0 === 0
+  const last = l1 === config.numLayers
+  const T = options.dtype
+  const { hiddenSize: H, intermediateSize: I, numHeads, numKvHeads, headDim, vocabSize: V } = config
+  const kvDims = ["batch", numKvHeads, "max_len", headDim] as const
+  const presentDims = ["batch", numKvHeads, "present_len", headDim] as const
+  const eps = { float: config.rmsNormEps }
+
+  const nodes: Array<NodeSpec> = []
+  const weights: Array<WeightSpec> = []
+  const inline: Array<InlineInitializer> = []
+  const inputs: Array<ValueSpec> = []
+  const outputs: Array<ValueSpec> = []
+  const node = (n: NodeSpec) => nodes.push({ ...n, name: n.name ?? `${n.op}_${nodes.length}` })
+
+  let residual: string
+  if (first) {
+    inputs.push({ name: "input_ids", type: "int64", dims: ["batch", "seq"] })
+    weights.push({ name: "embed_tokens", dims: [V, H], recipe: { kind: "copy", tensor: "model.embed_tokens.weight" } })
+    node({ op: "Gather", inputs: ["embed_tokens", "input_ids"], outputs: ["embedded"], attributes: { axis: 0 }, name: "embed" })
+    residual = "embedded"
+  } else {
+    inputs.push({ name: "hidden_in", type: T, dims: ["batch", "seq", H] })
+    residual = "hidden_in"
+  }
+  inputs.push({ name: "seqlens_k", type: "int32", dims: ["batch"] })
+  inputs.push({ name: "total_sequence_length", type: "int32", dims: [] })
+
+  weights.push({ name: "rope_cos", dims: [options.maxContext, headDim / 2], recipe: { kind: "rope", part: "cos" } })
+  weights.push({ name: "rope_sin", dims: [options.maxContext, headDim / 2], recipe: { kind: "rope", part: "sin" } })
+  inline.push({ name: "mlp_split", type: "int64", dims: [2], values: [I, I] })
+
+  // Each sublayer's output is added to the residual by the next norm (SkipSimplifiedLayerNormalization), so
+  // `pending` is the sublayer output not yet added.
+  let pending: string | null = null
+  const norm = (weight: string, out: string, prefix: string) => {
+    if (pending === null) {
+      node({ op: "SimplifiedLayerNormalization", inputs: [residual, weight], outputs: [out], attributes: { axis: -1, epsilon: eps, stash_type: 1 }, name: `${prefix}` })
+    } else {
+      const sum = `${prefix}.residual`
+      node({ op: "SkipSimplifiedLayerNormalization", domain: "com.microsoft", inputs: [pending, residual, weight], outputs: [out, "", "", sum], attributes: { epsilon: eps }, name: `${prefix}` })
+      residual = sum
+    }
+  }
+
+  for (let i = l0; i < l1; i++) {
+    const p = `layers.${i}`
+    const hf = `model.layers.${i}`
+    weights.push(
+      { name: `${p}.input_norm`, dims: [H], recipe: { kind: "copy", tensor: `${hf}.input_layernorm.weight` } },
+      { name: `${p}.qkv`, dims: [H, (numHeads + 2 * numKvHeads) * headDim], recipe: { kind: "linear", tensors: [`${hf}.self_attn.q_proj.weight`, `${hf}.self_attn.k_proj.weight`, `${hf}.self_attn.v_proj.weight`] } },
+      { name: `${p}.o_proj`, dims: [numHeads * headDim, H], recipe: { kind: "linear", tensors: [`${hf}.self_attn.o_proj.weight`] } },
+      { name: `${p}.post_norm`, dims: [H], recipe: { kind: "copy", tensor: `${hf}.post_attention_layernorm.weight` } },
+      { name: `${p}.gate_up`, dims: [H, 2 * I], recipe: { kind: "linear", tensors: [`${hf}.mlp.gate_proj.weight`, `${hf}.mlp.up_proj.weight`] } },
+      { name: `${p}.down`, dims: [I, H], recipe: { kind: "linear", tensors: [`${hf}.mlp.down_proj.weight`] } }
+    )
+    inputs.push({ name: pastKeyName(i), type: T, dims: kvDims }, { name: pastValueName(i), type: T, dims: kvDims })
+    outputs.push({ name: presentKeyName(i), type: T, dims: presentDims }, { name: presentValueName(i), type: T, dims: presentDims })
+
+    norm(`${p}.input_norm`, `${p}.attn_in`, `${p}.input_norm`)
+    node({ op: "MatMul", inputs: [`${p}.attn_in`, `${p}.qkv`], outputs: [`${p}.qkv_out`], name: `${p}.qkv` })
+    node({
+      op: "GroupQueryAttention",
+      domain: "com.microsoft",
+      // packed QKV: key and value are omitted
+      inputs: [`${p}.qkv_out`, "", "", pastKeyName(i), pastValueName(i), "seqlens_k", "total_sequence_length", "rope_cos", "rope_sin"],
+      outputs: [`${p}.attn`, presentKeyName(i), presentValueName(i)],
+      attributes: {
+        num_heads: numHeads,
+        kv_num_heads: numKvHeads,
+        scale: { float: 1 / Math.sqrt(headDim) },
+        do_rotary: 1,
+        rotary_interleaved: 0
+      },
+      name: `${p}.attention`
+    })
+    node({ op: "MatMul", inputs: [`${p}.attn`, `${p}.o_proj`], outputs: [`${p}.attn_out`], name: `${p}.o_proj` })
+    pending = `${p}.attn_out`
+    norm(`${p}.post_norm`, `${p}.mlp_in`, `${p}.post_norm`)
+    node({ op: "MatMul", inputs: [`${p}.mlp_in`, `${p}.gate_up`], outputs: [`${p}.gate_up_out`], name: `${p}.gate_up` })
+    node({ op: "Split", inputs: [`${p}.gate_up_out`, "mlp_split"], outputs: [`${p}.gate`, `${p}.up`], attributes: { axis: -1 }, name: `${p}.split` })
+    node({ op: "Sigmoid", inputs: [`${p}.gate`], outputs: [`${p}.gate_sigmoid`], name: `${p}.sigmoid` })
+    node({ op: "Mul", inputs: [`${p}.gate`, `${p}.gate_sigmoid`], outputs: [`${p}.silu`], name: `${p}.silu` })
+    node({ op: "Mul", inputs: [`${p}.silu`, `${p}.up`], outputs: [`${p}.swiglu`], name: `${p}.swiglu` })
+    node({ op: "MatMul", inputs: [`${p}.swiglu`, `${p}.down`], outputs: [`${p}.mlp_out`], name: `${p}.down` })
+    pending = `${p}.mlp_out`
+  }
+
+  if (last) {
+    inputs.push({ name: "logits_index", type: "int64", dims: ["batch", "n_logits"] })
+    weights.push({ name: "final_norm", dims: [H], recipe: { kind: "copy", tensor: "model.norm.weight" } })
+    const head = config.tieWordEmbeddings ? "model.embed_tokens.weight" : "lm_head.weight"
+    weights.push({ name: "lm_head", dims: [H, V], recipe: { kind: "linear", tensors: [head] } })
+    inline.push({ name: "last_axis", type: "int64", dims: [1], values: [-1] })
+    node({ op: "SkipSimplifiedLayerNormalization", domain: "com.microsoft", inputs: [pending ?? residual, residual, "final_norm"], outputs: ["normed"], attributes: { epsilon: eps }, name: "final_norm" })
+    // Select the requested positions before the LM head: [batch, seq, H] -> [batch, n_logits, H].
+    node({ op: "Unsqueeze", inputs: ["logits_index", "last_axis"], outputs: ["logits_index_3d"], name: "logits_index_3d" })
+    node({ op: "GatherND", inputs: ["normed", "logits_index_3d"], outputs: ["selected"], attributes: { batch_dims: 1 }, name: "select" })
+    if (T === "float32") {
+      node({ op: "MatMul", inputs: ["selected", "lm_head"], outputs: ["logits"], name: "lm_head" })
+    } else {
+      node({ op: "MatMul", inputs: ["selected", "lm_head"], outputs: ["logits_half"], name: "lm_head" })
+      node({ op: "Cast", inputs: ["logits_half"], outputs: ["logits"], attributes: { to: 1 }, name: "logits_f32" })
+    }
+    outputs.unshift({ name: "logits", type: "float32", dims: ["batch", "n_logits", V] })
+  } else {
+    node({ op: "Add", inputs: [pending ?? residual, residual], outputs: ["hidden_out"], name: "hidden_out" })
+    outputs.unshift({ name: "hidden_out", type: T, dims: ["batch", "seq", H] })
+  }
+
+  return {
+    name: `llama3-layers-${l0}-${l1}`,
+    nodes,
+    inputs,
+    outputs,
+    inline,
+    opsets: { "": 17, "com.microsoft": 1 },
+    options,
+    weights
+  }
+}
+
+const formatShape = (s: ReadonlyArray<number>): string => `[${s.join(", ")}]`
+
+/** Checkpoint tensors a recipe reads. */
+const recipeTensors = (r: WeightRecipe): ReadonlyArray<string> =>
+  r.kind === "copy" ? [r.tensor] : r.kind === "linear" ? r.tensors : []
+
+/**
+ * Checks that every tensor `tensors` names exists with the shape `expectedTensorShapes` gives, before anything
+ * is written. The error names the tensor, its file, the expected and the found shape.
+ */
+export const validateTensors = (
+  source: TensorSource,
+  config: LlamaConfig,
+  tensors: Iterable<string>
+): Effect.Effect<void, CheckpointError> =>
+  Effect.suspend(() => {
+    const expected = expectedTensorShapes(config)
+    for (const name of tensors) {
+      const shape = expected.get(name)
+      const info = source.info(name)
+      const where = source.files[0] === undefined ? "the checkpoint" : path.dirname(source.files[0])
+      if (info === undefined) {
+        return Effect.fail(new CheckpointError({ path: where, message: `tensor '${name}' is missing from the checkpoint in ${where}` }))
+      }
+      if (shape === undefined) {
+        return Effect.fail(new CheckpointError({ path: info.file, message: `tensor '${name}' in ${info.file} is not part of this model's config` }))
+      }
+      if (shape.length !== info.shape.length || shape.some((d, k) => d !== info.shape[k])) {
+        return Effect.fail(
+          new CheckpointError({
+            path: info.file,
+            message: `tensor '${name}' in ${info.file}: expected shape ${formatShape(shape)} from config.json, found ${formatShape(info.shape)}`
+          })
+        )
+      }
+    }
+    return Effect.void
+  })
+
+/** Every checkpoint tensor the given shard graphs read. */
+export const graphTensors = (graphs: ReadonlyArray<ShardGraph>): Set<string> =>
+  new Set(graphs.flatMap((g) => g.weights.flatMap((w) => recipeTensors(w.recipe))))
+
+/** `[rows, cols]` -> `[cols, rows]` into `out` at column offset `colOffset` of a row length `outCols`. */
+const transposeInto = (src: Float32Array, rows: number, cols: number, out: Float32Array, outCols: number, colOffset: number) => {
+  const B = 64 // blocked so both sides stay in cache
+  for (let r0 = 0; r0 < rows; r0 += B) {
+    const r1 = Math.min(rows, r0 + B)
+    for (let c0 = 0; c0 < cols; c0 += B) {
+      const c1 = Math.min(cols, c0 + B)
+      for (let r = r0; r < r1; r++) {
+        const srcRow = r * cols
+        for (let c = c0; c < c1; c++) out[c * outCols + colOffset + r] = src[srcRow + c]
+      }
+    }
+  }
+}
+
+const produce = (
+  source: TensorSource,
+  config: LlamaConfig,
+  w: WeightSpec,
+  rope: () => { cos: Float32Array; sin: Float32Array }
+): Effect.Effect<Float32Array, CheckpointError> => {
+  const expected = expectedTensorShapes(config)
+  const r = w.recipe
+  switch (r.kind) {
+    case "copy":
+      return source.readFloat32(r.tensor, expected.get(r.tensor))
+    case "rope":
+      return Effect.sync(() => rope()[r.part])
+    case "linear":
+      return Effect.gen(function*() {
+        const [inDim, outDim] = w.dims as [number, number]
+        const out = new Float32Array(inDim * outDim)
+        let offset = 0
+        for (const name of r.tensors) {
+          const shape = expected.get(name) ?? []
+          const data = yield* source.readFloat32(name, shape)
+          const rows = shape[0] ?? 0
+          transposeInto(data, rows, inDim, out, outDim, offset)
+          offset += rows
+        }
+        return out
+      })
+  }
+}
+
+const toBytes = (data: Float32Array, dtype: ModelDType): Uint8Array => {
+  if (dtype === "float32") return new Uint8Array(data.buffer, data.byteOffset, data.byteLength)
+  const half = new Float16Array(data.length)
+  half.set(data)
+  return new Uint8Array(half.buffer)
+}
+
+const ioError = (file: string, what: string) => (cause: unknown) =>
+  new ConversionError({ message: `cannot ${what} ${file}: ${cause instanceof Error ? cause.message : String(cause)}` })
+
+export interface WriteShardOptions {
+  /** Called after each tensor lands in the data file, with its byte size. */
+  readonly onTensor?: (name: string, bytes: number) => void
+}
+
+/**
+ * Writes `<onnxPath>` (graph, metadata only) and `<onnxPath>.data` (every weight, one at a time, each at a
+ * 64-byte aligned offset). Reads one checkpoint tensor at a time, so memory stays at about one tensor.
+ */
+export const writeShard = (
+  source: TensorSource,
+  config: LlamaConfig,
+  graph: ShardGraph,
+  onnxPath: string,
+  writeOptions: WriteShardOptions = {}
+): Effect.Effect<void, CheckpointError | ConversionError> =>
+  Effect.gen(function*() {
+    yield* validateTensors(source, config, graphTensors([graph]))
+    const dataPath = `${onnxPath}.data`
+    const location = path.basename(dataPath)
+    const dtype = graph.options.dtype
+    let ropeValues: { cos: Float32Array; sin: Float32Array } | undefined
+    const rope = () => (ropeValues ??= ropeCache(config, graph.options.maxContext))
+    const external: Array<ExternalInitializer> = []
+
+    yield* Effect.acquireUseRelease(
+      Effect.tryPromise({ try: () => fs.promises.open(dataPath, "w"), catch: ioError(dataPath, "create") }),
+      (handle) =>
+        Effect.gen(function*() {
+          let offset = 0
+          for (const w of graph.weights) {
+            const values = yield* produce(source, config, w, rope)
+            const bytes = toBytes(values, dtype)
+            const start = Math.ceil(offset / DATA_ALIGNMENT) * DATA_ALIGNMENT
+            // Uninterruptible so that an interrupt never leaves a write in flight while the caller removes the folder.
+            yield* Effect.uninterruptible(Effect.tryPromise({
+              try: async () => {
+                let done = 0
+                while (done < bytes.byteLength) {
+                  const { bytesWritten } = await handle.write(bytes, done, bytes.byteLength - done, start + done)
+                  done += bytesWritten
+                }
+              },
+              catch: ioError(dataPath, "write")
+            }))
+            external.push({ name: w.name, type: dtype, dims: w.dims, location, offset: start, length: bytes.byteLength })
+            offset = start + bytes.byteLength
+            writeOptions.onTensor?.(w.name, bytes.byteLength)
+          }
+        }),
+      (handle) => Effect.promise(() => handle.close().catch(() => undefined))
+    )
+
+    const { options: _options, weights: _weights, ...spec } = graph
+    const model = encodeModel({ ...spec, external })
+    yield* Effect.uninterruptible(Effect.tryPromise({ try: () => fs.promises.writeFile(onnxPath, model), catch: ioError(onnxPath, "write") }))
+  })
