@@ -41,10 +41,14 @@ const chatLoop = async (
   let answering: Fiber.Fiber<string, unknown> | undefined
   const out = (s: string) => process.stdout.write(s)
 
-  rl.on("SIGINT", () => {
+  // Ctrl-C stops the answer being streamed, never the program. A terminal delivers it to readline; a pipe or a
+  // `kill -INT` delivers it to the process.
+  const onInterrupt = () => {
     if (answering !== undefined) void runtime.runPromise(Fiber.interrupt(answering))
     else out("\n(type /exit or press Ctrl-D to quit)\n> ")
-  })
+  }
+  rl.on("SIGINT", onInterrupt)
+  process.on("SIGINT", onInterrupt)
   out(`chorus chat: ${engine.model.id}, context ${engine.model.contextLength} tokens. /reset clears the chat, /exit quits.\n`)
 
   const ask = () => new Promise<string | undefined>((resolve) => {
@@ -89,5 +93,6 @@ const chatLoop = async (
     // A stopped answer stays in the history as far as it got, so the next turn sees what the user saw.
     history.push({ role: "assistant", content: answer })
   }
+  process.off("SIGINT", onInterrupt)
   rl.close()
 }

@@ -1,0 +1,25 @@
+// The examples are part of the product: they must type-check (tsc includes examples/) and run as users run them.
+import { spawnSync } from "node:child_process"
+import * as path from "node:path"
+import { describe, expect, it } from "vitest"
+import { repoRoot } from "../support/fixtures.ts"
+
+const run = (file: string) =>
+  spawnSync(process.execPath, [path.join(repoRoot, "examples", file)], { cwd: repoRoot, encoding: "utf8", timeout: 120_000 })
+
+describe("examples", () => {
+  it("embed-engine.ts answers three users in shared decode steps", () => {
+    const r = run("embed-engine.ts")
+    expect(r.status).toBe(0)
+    expect(r.stdout.match(/^Q: /gm)).toHaveLength(3)
+    const [, steps, shared] = r.stdout.match(/tokens in (\d+) steps, (\d+) of them shared/)!
+    expect(Number(shared)).toBeGreaterThan(0)
+    expect(Number(shared)).toBeLessThanOrEqual(Number(steps))
+  })
+
+  it("custom-adapter.ts runs the engine over a custom adapter", () => {
+    const r = run("custom-adapter.ts")
+    expect(r.status).toBe(0)
+    expect(r.stdout).toMatch(/^chorus-default-llama3-plain: ".*"$/m)
+  })
+})
