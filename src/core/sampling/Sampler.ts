@@ -1,0 +1,451 @@
+/**
+ * Sampler: picks the next token of one sequence from one row of logits, inside a shard worker thread.
+ *
+ * Order matches vLLM / Hugging Face: repetition penalty (prompt + output), presence / frequency penalties
+ * (output only), temperature (0 = greedy argmax, lowest id on ties), then top-k, top-p, min-p, one draw.
+ *
+ * Rows are 128256 wide and come every decode step, so:
+ * - the caller's row is only read. Penalties change a sparse set of ids; their values are computed apart and
+ *   every full-row loop walks the gaps between those ids (kept sorted) instead of copying the row;
+ * - probabilities are kept as float32 whose bit patterns order like their values, so top-p and large top-k
+ *   are a radix selection by mass / count (3 levels of histograms), and only a boundary bucket of at most
+ *   SORT_CUTOFF entries is ever sorted; small top-k keeps a heap over logits and skips the full exp pass.
+ * Scratch buffers are shared by every sampler of the thread: sample() is synchronous, so no two use them at once.
+ */
+import { Rng } from "./Rng.ts"
+import type { SamplingParams } from "./SamplingParams.ts"
+
+/** top-k up to this size selects with a heap over logits; larger k goes through the full probability pass. */
+const HEAP_TOP_K = 256
+/** Boundary buckets at most this large are sorted rather than split by the next radix level. */
+const SORT_CUTOFF = 256
+/** First-level radix key (bits >>> 16) of 1.0f, the largest probability: exp(max - max). */
+const TOP_KEY = 0x3f80
+
+// ---- thread-wide scratch, grown to the widest vocabulary seen ----
+let capacity = 0
+let probs = new Float32Array(0)
+let bits = new Uint32Array(0)
+let kept = new Int32Array(0)
+let cand = new Int32Array(0)
+let bound: [Int32Array, Int32Array] = [new Int32Array(0), new Int32Array(0)]
+const hist = new Float64Array(TOP_KEY + 1)
+let heapV = new Float64Array(0)
+let heapI = new Int32Array(0)
+
+const ensureScratch = (vocab: number): void => {
+  if (vocab <= capacity) return
+  capacity = vocab
+  probs = new Float32Array(vocab)
+  bits = new Uint32Array(probs.buffer)
+  kept = new Int32Array(vocab)
+  cand = new Int32Array(vocab)
+  bound = [new Int32Array(vocab), new Int32Array(vocab)]
+}
+
+const byProbDesc = (a: number, b: number): number => probs[b] - probs[a] || a - b
+
+/**
+ * Appends to `kept` (from index nk) the entries of list[0..n) with the largest probabilities, as few as make
+ * their weight (probability, or 1 each when byCount) reach `need`; returns the new length of `kept`.
+ * Level 1 keys on bits >>> 16 (sign, exponent, 7 mantissa bits), levels 2 and 3 on the next bytes; past
+ * level 3 the remaining entries have equal probability and are taken in list order.
+ */
+const selectTop = (list: Int32Array, n: number, need: number, byCount: boolean, level: number, nk: number): number => {
+  if (n <= SORT_CUTOFF || level > 3) {
+    if (level <= 3) list.subarray(0, n).sort(byProbDesc)
+    let acc = 0
+    for (let j = 0; j < n; j++) {
+      const id = list[j]
+      kept[nk++] = id
+      acc += byCount ? 1 : probs[id]
+      if (acc >= need) break
+    }
+    return nk
+  }
+  const shift = level === 1 ? 16 : level === 2 ? 8 : 0
+  const mask = level === 1 ? 0xffff : 0xff
+  const top = level === 1 ? TOP_KEY : 0xff
+  hist.fill(0, 0, top + 1)
+  for (let j = 0; j < n; j++) {
+    const id = list[j]
+    hist[(bits[id] >>> shift) & mask] += byCount ? 1 : probs[id]
+  }
+  let acc = 0
+  let b = top
+  for (; b > 0; b--) {
+    if (acc + hist[b] >= need) break
+    acc += hist[b]
+  }
+  const next = bound[level & 1]
+  let m = 0
+  for (let j = 0; j < n; j++) {
+    const id = list[j]
+    const key = (bits[id] >>> shift) & mask
+    if (key > b) kept[nk++] = id
+    else if (key === b) next[m++] = id
+  }
+  return selectTop(next, m, need - acc, byCount, level + 1, nk)
+}
+
+/** Same as selectTop at level 1 over the whole row 0..vocab, without materialising the id list. */
+const selectTopRow = (vocab: number, fraction: number, count: number, byCount: boolean): number => {
+  // a pass of its own: fusing the histogram into the exp pass measured slower
+  hist.fill(0)
+  let need = count
+  if (byCount) for (let i = 0; i < vocab; i++) hist[bits[i] >>> 16] += 1
+  else {
+    for (let i = 0; i < vocab; i++) hist[bits[i] >>> 16] += probs[i]
+    let total = 0
+    for (let b = 0; b <= TOP_KEY; b++) total += hist[b]
+    need = fraction * total
+  }
+  let acc = 0
+  let b = TOP_KEY
+  for (; b > 0; b--) {
+    if (acc + hist[b] >= need) break
+    acc += hist[b]
+  }
+  const next = bound[1]
+  let nk = 0
+  let m = 0
+  for (let i = 0; i < vocab; i++) {
+    const key = bits[i] >>> 16
+    // one rarely-taken branch measured faster than branch-free appends to both lists
+    if (key >= b) {
+      if (key > b) kept[nk++] = i
+      else next[m++] = i
+    }
+  }
+  return selectTop(next, m, need - acc, byCount, 2, nk)
+}
+
+/** Inserts (value, id) into the min-heap of the k largest values; returns the new heap size. */
+const heapOffer = (v: number, id: number, size: number, k: number): number => {
+  let i: number
+  if (size < k) {
+    i = size++
+    while (i > 0) {
+      const p = (i - 1) >> 1
+      if (heapV[p] <= v) break
+      heapV[i] = heapV[p]
+      heapI[i] = heapI[p]
+      i = p
+    }
+  } else {
+    i = 0
+    for (;;) {
+      let c = 2 * i + 1
+      if (c >= size) break
+      if (c + 1 < size && heapV[c + 1] < heapV[c]) c++
+      if (heapV[c] >= v) break
+      heapV[i] = heapV[c]
+      heapI[i] = heapI[c]
+      i = c
+    }
+  }
+  heapV[i] = v
+  heapI[i] = id
+  return size
+}
+
+// exp(x) for x <= 0 to ~1e-13 relative error, about 4x faster than Math.exp: x = (k + j/64) ln2 + r with
+// |r| <= ln2/128, so exp(x) = 2^k * 2^(j/64) * (degree-4 Taylor of e^r). Below -104 the float32 result is 0
+// anyway, and clamping there also maps NaN to 0 and keeps the 2^k table index in range.
+const EXP_TAB = Float64Array.from({ length: 64 }, (_, j) => Math.pow(2, j / 64))
+const EXP_POW2 = Float64Array.from({ length: 160 }, (_, e) => Math.pow(2, e - 159))
+const EXP_K = 64 / Math.LN2
+const EXP_L = Math.LN2 / 64
+const ROUND_MAGIC = 6755399441055744.0 // 1.5 * 2^52: adding and subtracting it rounds a double to an integer
+
+const expNeg = (x: number): number => {
+  const y = x > -104 ? x : -104
+  const kf = y * EXP_K + ROUND_MAGIC - ROUND_MAGIC
+  const k = kf | 0
+  const r = y - kf * EXP_L
+  return EXP_TAB[k & 63] * EXP_POW2[(k >> 6) + 159] * (1 + r * (1 + r * (0.5 + r * (1 / 6 + r * (1 / 24)))))
+}
+
+const rangeError = (message: string): RangeError => new RangeError(`Sampler: ${message}`)
+
+/** kept count meaning "no filter: draw from the whole row". */
+const WHOLE_ROW = -1
+/** kept count meaning "degenerate row (all -Infinity, or a +Infinity): take the argmax". */
+const ARGMAX = -2
+
+export class Sampler {
+  readonly params: SamplingParams
+  readonly #rng: Rng
+  /** 0: no penalty, 1: prompt and output ids are penalised (repetition), 2: output ids only. */
+  readonly #mode: 0 | 1 | 2
+  /** Penalised ids, sorted ascending, and their effective logits for the current row. */
+  #ids = new Int32Array(64)
+  #count = 0
+  #vals = new Float64Array(64)
+  /** How often each id was generated (only tracked while a penalty is on). */
+  readonly #generated = new Map<number, number>()
+  #max = 0
+  #argmax = 0
+  #total = 0
+
+  constructor(params: SamplingParams, promptTokenIds: ArrayLike<number>) {
+    const { temperature, topK, topP, minP, repetitionPenalty } = params
+    if (!(temperature >= 0)) throw rangeError(`temperature must be >= 0, found ${temperature}`)
+    if (!(topK >= 0) || !Number.isInteger(topK)) throw rangeError(`topK must be an integer >= 0, found ${topK}`)
+    if (!(topP > 0 && topP <= 1)) throw rangeError(`topP must be in (0, 1], found ${topP}`)
+    if (!(minP >= 0 && minP <= 1)) throw rangeError(`minP must be in [0, 1], found ${minP}`)
+    if (!(repetitionPenalty > 0)) throw rangeError(`repetitionPenalty must be > 0, found ${repetitionPenalty}`)
+    this.params = params
+    this.#rng = new Rng(params.seed)
+    this.#mode = repetitionPenalty !== 1 ? 1 : params.presencePenalty !== 0 || params.frequencyPenalty !== 0 ? 2 : 0
+    if (this.#mode === 1) {
+      const sorted = Int32Array.from(promptTokenIds).sort()
+      let n = 0
+      for (let i = 0; i < sorted.length; i++) {
+        if (sorted[i] >= 0 && (n === 0 || sorted[i] !== sorted[n - 1])) sorted[n++] = sorted[i] // unique, non-negative
+      }
+      this.#ids = new Int32Array(Math.max(n, 64))
+      this.#ids.set(sorted.subarray(0, n))
+      this.#vals = new Float64Array(this.#ids.length)
+      this.#count = n
+    }
+  }
+
+  /** Picks the next token from logits[offset .. offset+vocab) and records it for the penalties. */
+  sample(logits: Float32Array, offset = 0, vocab = logits.length - offset): number {
+    const np = this.#prepare(logits, offset, vocab)
+    const n = this.#filter(logits, offset, vocab, np)
+    const token = n === ARGMAX ? this.#argmax : n === WHOLE_ROW ? this.#drawRow(vocab) : this.#drawKept(n)
+    this.accept(token)
+    return token
+  }
+
+  /**
+   * The ids sample() would draw from for this row, sorted, without drawing or recording anything: the argmax
+   * alone when greedy, every id when no filter is on. For tests and diagnostics; allocates.
+   */
+  keptSet(logits: Float32Array, offset = 0, vocab = logits.length - offset): Int32Array {
+    const np = this.#prepare(logits, offset, vocab)
+    const n = this.#filter(logits, offset, vocab, np)
+    if (n === ARGMAX) return Int32Array.of(this.#argmax)
+    return n === WHOLE_ROW ? Int32Array.from({ length: vocab }, (_, i) => i) : kept.slice(0, n).sort()
+  }
+
+  /** The row after penalties (a full copy). For tests and diagnostics. */
+  penalizedLogits(logits: Float32Array, offset = 0, vocab = logits.length - offset): Float64Array {
+    const np = this.#prepare(logits, offset, vocab)
+    const out = Float64Array.from(logits.subarray(offset, offset + vocab))
+    for (let s = 0; s < np; s++) out[this.#ids[s]] = this.#vals[s]
+    return out
+  }
+
+  /** Records a generated token for the penalties; sample() calls it, call it directly for forced tokens. */
+  accept(token: number): void {
+    if (this.#mode === 0) return
+    const seen = this.#generated.get(token) ?? 0
+    this.#generated.set(token, seen + 1)
+    if (this.#mode === 1 || seen === 0) this.#insert(token)
+  }
+
+  #insert(id: number): void {
+    let lo = 0
+    let hi = this.#count
+    while (lo < hi) {
+      const mid = (lo + hi) >> 1
+      if (this.#ids[mid] < id) lo = mid + 1
+      else hi = mid
+    }
+    if (lo < this.#count && this.#ids[lo] === id) return
+    if (this.#count === this.#ids.length) {
+      const grown = new Int32Array(this.#count * 2)
+      grown.set(this.#ids)
+      this.#ids = grown
+      this.#vals = new Float64Array(grown.length)
+    }
+    this.#ids.copyWithin(lo + 1, lo, this.#count)
+    this.#ids[lo] = id
+    this.#count++
+  }
+
+  /** Checks the row and computes the penalised values; returns how many ids (those < vocab) are penalised. */
+  #prepare(logits: Float32Array, off: number, vocab: number): number {
+    if (!(vocab >= 1 && off >= 0 && off + vocab <= logits.length) || !Number.isInteger(off + vocab)) {
+      throw rangeError(`row [${off}, ${off + vocab}) must be non-empty and lie within logits of length ${logits.length}`)
+    }
+    ensureScratch(vocab)
+    const ids = this.#ids
+    const vals = this.#vals
+    const { repetitionPenalty: rep, presencePenalty: presence, frequencyPenalty: frequency } = this.params
+    const outputPenalty = presence !== 0 || frequency !== 0
+    let np = 0
+    while (np < this.#count && ids[np] < vocab) np++
+    for (let s = 0; s < np; s++) {
+      let l = logits[off + ids[s]]
+      if (rep !== 1) l = l > 0 ? l / rep : l * rep
+      const c = outputPenalty ? (this.#generated.get(ids[s]) ?? 0) : 0
+      if (c > 0) l -= presence + frequency * c
+      vals[s] = l
+    }
+    return np
+  }
+
+  /** Max and first argmax of the effective row: the gaps between penalised ids, then those ids. */
+  #findMax(logits: Float32Array, off: number, vocab: number, np: number): void {
+    const ids = this.#ids
+    let best = -Infinity
+    let arg = -1
+    let start = 0
+    for (let s = 0; s <= np; s++) {
+      const end = s < np ? ids[s] : vocab
+      for (let i = start; i < end; i++) {
+        const v = logits[off + i]
+        if (v > best) {
+          best = v
+          arg = i
+        }
+      }
+      start = end + 1
+    }
+    for (let s = 0; s < np; s++) {
+      const v = this.#vals[s]
+      if (v > best || (v === best && (ids[s] < arg || arg < 0))) {
+        best = v
+        arg = ids[s]
+      }
+    }
+    this.#max = best
+    this.#argmax = arg < 0 ? 0 : arg
+  }
+
+  /**
+   * Applies temperature, top-k, top-p, min-p. Returns how many ids it left in `kept`, WHOLE_ROW when no filter
+   * is on (probs then holds the whole row), or ARGMAX when greedy or the row is degenerate.
+   */
+  #filter(logits: Float32Array, off: number, vocab: number, np: number): number {
+    const { temperature, topK, topP, minP } = this.params
+    const k = topK > 0 && topK < vocab ? topK : 0
+    const invT = 1 / temperature
+    let n: number
+    if (temperature > 0 && k > 0 && k <= HEAP_TOP_K) {
+      const size = this.#heapTopK(logits, off, vocab, np, k)
+      let max = -Infinity
+      for (let j = 0; j < size; j++) max = Math.max(max, heapV[j])
+      if (!Number.isFinite(max)) {
+        this.#findMax(logits, off, vocab, np)
+        return ARGMAX
+      }
+      let mass = 0
+      for (let j = 0; j < size; j++) {
+        const p = Math.fround(expNeg((heapV[j] - max) * invT))
+        probs[heapI[j]] = p
+        cand[j] = heapI[j]
+        mass += p
+      }
+      if (topP < 1) n = selectTop(cand, size, topP * mass, false, 1, 0)
+      else {
+        kept.set(cand.subarray(0, size))
+        n = size
+      }
+    } else {
+      this.#findMax(logits, off, vocab, np)
+      if (!(temperature > 0) || !Number.isFinite(this.#max)) return ARGMAX
+      const byMass = k === 0 && topP < 1
+      this.#fillProbs(logits, off, vocab, np)
+      if (k > 0) {
+        n = selectTopRow(vocab, 0, k, true)
+        if (topP < 1) {
+          let mass = 0
+          for (let j = 0; j < n; j++) mass += probs[(cand[j] = kept[j])]
+          n = selectTop(cand, n, topP * mass, false, 1, 0)
+        }
+      } else if (byMass) n = selectTopRow(vocab, topP, 0, false)
+      else if (minP > 0) {
+        n = 0
+        for (let i = 0; i < vocab; i++) if (probs[i] >= minP) kept[n++] = i
+        return n
+      } else return WHOLE_ROW
+    }
+    // min-p: the max token has probability exp(0) = 1 before normalisation, so the bound is minP itself
+    if (minP > 0) {
+      let m = 0
+      for (let j = 0; j < n; j++) if (probs[kept[j]] >= minP) kept[m++] = kept[j]
+      n = m
+    }
+    return n
+  }
+
+  /** Fills probs[0..vocab) with exp((l - max) / T) (unnormalised, float32) and their sum into #total. */
+  #fillProbs(logits: Float32Array, off: number, vocab: number, np: number): void {
+    const ids = this.#ids
+    const max = this.#max
+    const invT = 1 / this.params.temperature
+    let total = 0
+    let start = 0
+    for (let s = 0; s <= np; s++) {
+      const end = s < np ? ids[s] : vocab
+      for (let i = start; i < end; i++) {
+        const p = Math.fround(expNeg((logits[off + i] - max) * invT))
+        probs[i] = p
+        total += p
+      }
+      if (s < np) total += probs[end] = Math.fround(expNeg((this.#vals[s] - max) * invT))
+      start = end + 1
+    }
+    this.#total = total
+  }
+
+  /** Leaves the k largest effective logits in heapV / heapI; returns how many (fewer when some are -Infinity). */
+  #heapTopK(logits: Float32Array, off: number, vocab: number, np: number, k: number): number {
+    if (heapV.length < k) {
+      heapV = new Float64Array(k)
+      heapI = new Int32Array(k)
+    }
+    const ids = this.#ids
+    let size = 0
+    let threshold = -Infinity
+    let start = 0
+    for (let s = 0; s <= np; s++) {
+      const end = s < np ? ids[s] : vocab
+      for (let i = start; i < end; i++) {
+        const v = logits[off + i]
+        if (v > threshold) {
+          size = heapOffer(v, i, size, k)
+          if (size === k) threshold = heapV[0]
+        }
+      }
+      if (s < np && this.#vals[s] > threshold) {
+        size = heapOffer(this.#vals[s], end, size, k)
+        if (size === k) threshold = heapV[0]
+      }
+      start = end + 1
+    }
+    return size
+  }
+
+  /** Draws from the whole row of probs, weighted. */
+  #drawRow(vocab: number): number {
+    const r = this.#rng.next() * this.#total
+    let acc = 0
+    let last = this.#argmax
+    for (let i = 0; i < vocab; i++) {
+      const p = probs[i]
+      acc += p
+      if (acc > r) return i
+      if (p > 0) last = i
+    }
+    return last // rounding left r just above the running sum: the last id with weight
+  }
+
+  /** Draws from kept[0..n), weighted by probs. */
+  #drawKept(n: number): number {
+    let total = 0
+    for (let j = 0; j < n; j++) total += probs[kept[j]]
+    const r = this.#rng.next() * total
+    let acc = 0
+    for (let j = 0; j < n; j++) {
+      acc += probs[kept[j]]
+      if (acc > r) return kept[j]
+    }
+    return kept[n - 1]
+  }
+}
