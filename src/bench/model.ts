@@ -2,7 +2,7 @@
  * `npm run bench:model`: prompt and generated tokens/s of a model on this machine at several batch sizes.
  * Default: the embedded model on the CPU, batches 1, 4 and 16, 128-token prompts, 64 generated tokens, greedy.
  *
- *   node src/bench/model.ts [--model DIR] [--batches 1,4,16] [--prompt-len 128] [--gen-len 64] [--json FILE]
+ *   node src/bench/model.ts [--model DIR] [--batches 1,4,16] [--prompt-len 128] [--gen-len 64] [--json FILE] [--chart FILE.svg]
  */
 import { Effect, Layer, ManagedRuntime, Stream } from "effect"
 import * as fs from "node:fs"
@@ -11,13 +11,15 @@ import { Llama3Adapter } from "../adapters/llama3/Llama3Adapter.ts"
 import { Engine } from "../core/Engine.ts"
 import type { GenerateRequest } from "../core/Request.ts"
 import { parseFlags } from "../cli/Args.ts"
+import { renderBarChart } from "./SvgChart.ts"
 
 const flags = parseFlags("bench:model", process.argv.slice(2), {
   model: { kind: "string", description: "checkpoint folder (default: embedded model)" },
   batches: { kind: "list", description: "batch sizes" },
   "prompt-len": { kind: "integer", description: "prompt tokens per sequence" },
   "gen-len": { kind: "integer", description: "generated tokens per sequence" },
-  json: { kind: "string", description: "write the results here" }
+  json: { kind: "string", description: "write the results here" },
+  chart: { kind: "string", description: "write an SVG bar chart here" }
 })
 const batches = flags.batches ?? [1, 4, 16]
 const promptLen = flags["prompt-len"] ?? 128
@@ -81,6 +83,18 @@ const main = async () => {
   }
   const machine = `${os.cpus()[0]?.model ?? "cpu"}, ${os.availableParallelism()} cores, ${(os.totalmem() / 2 ** 30).toFixed(0)} GiB`
   process.stdout.write(`model ${model.id}, ${promptLen}-token prompts, ${genLen} generated, greedy; ${machine}\n`)
+  if (flags.chart !== undefined) {
+    fs.writeFileSync(flags.chart, renderBarChart({
+      title: `Chorus on the CPU: ${model.id} (${machine})`,
+      groups: rows.map((r) => `batch ${r.batch}`),
+      xLabel: "concurrent sequences",
+      yLabel: "tokens/s",
+      series: [
+        { name: "generated tokens/s", values: rows.map((r) => r.generatedTokensPerSecond!) },
+        { name: "prompt tokens/s ÷ 10", values: rows.map((r) => r.promptTokensPerSecond! / 10) }
+      ]
+    }))
+  }
   if (flags.json !== undefined) {
     fs.writeFileSync(flags.json, JSON.stringify({ model: model.id, machine, date: new Date().toISOString(), promptLen, genLen, rows }, null, 2))
   }
