@@ -7,7 +7,7 @@
  *   `seqlens_k` int32 [batch] (per row: past + new - 1); `total_sequence_length` int32 [] (max over rows of past + new);
  *   `past_key.{i}` / `past_value.{i}` T [batch, kv_heads, max_len, head_dim] for each layer i of the shard;
  *   `logits_index` int64 [batch, n_logits] (last shard: positions within `seq` whose logits are returned).
- * - outputs: `logits` float32 [batch, n_logits, vocab] (last shard) or `hidden_out` T [batch, seq, hidden];
+ * - outputs: `logits` float32 [batch, n_logits, vocab] and `greedy_token` int64 [batch, n_logits] (last shard), or `hidden_out` T [batch, seq, hidden];
  *   `present_key.{i}` / `present_value.{i}` (bind the past buffers as these outputs: GroupQueryAttention then
  *   writes the new tokens' KV in place).
  * T is float32 or float16 (the shard's dtype).
@@ -192,7 +192,10 @@ export const buildShardGraph = (config: LlamaConfig, options: ShardOptions): Sha
       node({ op: "MatMul", inputs: ["selected", "lm_head"], outputs: ["logits_half"], name: "lm_head" })
       node({ op: "Cast", inputs: ["logits_half"], outputs: ["logits"], attributes: { to: 1 }, name: "logits_f32" })
     }
-    outputs.unshift({ name: "logits", type: "float32", dims: ["batch", "n_logits", V] })
+    // Greedy rows need one id, not a vocabulary of logits: fetching only this output spares the copy of
+    // [batch, vocab] floats out of ORT and a JS pass over them. Ties go to the lowest id, as in the sampler.
+    node({ op: "ArgMax", inputs: ["logits"], outputs: ["greedy_token"], attributes: { axis: -1, keepdims: 0, select_last_index: 0 }, name: "greedy" })
+    outputs.unshift({ name: "logits", type: "float32", dims: ["batch", "n_logits", V] }, { name: "greedy_token", type: "int64", dims: ["batch", "n_logits"] })
   } else {
     node({ op: "Add", inputs: [pending ?? residual, residual], outputs: ["hidden_out"], name: "hidden_out" })
     outputs.unshift({ name: "hidden_out", type: T, dims: ["batch", "seq", H] })

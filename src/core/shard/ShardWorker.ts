@@ -28,7 +28,14 @@ interface ShardState {
   readonly keys: Array<Array<SlotCache>>
   readonly values: Array<Array<SlotCache>>
   readonly samplers: Map<number, Sampler>
+  /** Output names of this shard's KV, fetched on every step. */
+  readonly presentNames: ReadonlyArray<string>
 }
+
+/** Greedy with no penalties: the graph's ArgMax gives the same token as the sampler would. */
+const isPlainGreedy = (sampler: Sampler | undefined): boolean =>
+  sampler !== undefined && sampler.params.temperature === 0 && sampler.params.repetitionPenalty === 1 &&
+  sampler.params.presencePenalty === 0 && sampler.params.frequencyPenalty === 0
 
 let state: ShardState | undefined
 
@@ -46,7 +53,8 @@ export async function load(task: ShardLoad): Promise<ShardLoadResult> {
   })
   const numLayers = task.layers[1] - task.layers[0]
   const empty = () => Array.from({ length: numLayers }, () => Array.from({ length: task.maxSeqs }, (): SlotCache => ({ capacity: 0, data: allocate(task, 0) })))
-  state = { load: task, session, keys: empty(), values: empty(), samplers: new Map() }
+  const presentNames = Array.from({ length: numLayers }, (_, i) => [`present_key.${task.layers[0] + i}`, `present_value.${task.layers[0] + i}`]).flat()
+  state = { load: task, session, keys: empty(), values: empty(), samplers: new Map(), presentNames }
   return { kvBytes: 0, loadMs: performance.now() - started }
 }
 
@@ -135,8 +143,14 @@ export async function step(plan: StepPlan): Promise<StepResult> {
     feeds.logits_index = new ort.Tensor("int64", index, [rows, n])
   }
 
+  // Register new samplers first: whether this step needs full logits depends on every sampled row's parameters.
+  if (cfg.isLast) for (const seq of plan.newSequences) s.samplers.set(seq.row, new Sampler(seq.params, seq.promptTokenIds))
+  const greedyOnly = cfg.isLast && plan.returnLogits === "none" &&
+    Array.from(plan.sampleRows).every((rel) => isPlainGreedy(s.samplers.get(plan.firstRow + rel)))
+  const fetches = [...s.presentNames, cfg.isLast ? (greedyOnly ? "greedy_token" : "logits") : "hidden_out"]
+
   const t0 = performance.now()
-  const out = await s.session.run(feeds)
+  const out = await s.session.run(feeds, fetches)
   const runMs = performance.now() - t0
   for (let i = 0; i < s.keys.length; i++) {
     const layer = cfg.layers[0] + i
@@ -151,12 +165,20 @@ export async function step(plan: StepPlan): Promise<StepResult> {
     return { hidden, runMs, sampleMs: 0 }
   }
 
+  const t1 = performance.now()
+  const tokens = new Int32Array(plan.sampleRows.length)
+  if (greedyOnly) {
+    const ids = out.greedy_token!.data as BigInt64Array
+    for (let i = 0; i < plan.sampleRows.length; i++) {
+      const rel = plan.sampleRows[i]!
+      tokens[i] = Number(ids[rel]!)
+      s.samplers.get(plan.firstRow + rel)!.accept(tokens[i]!)
+    }
+    return { tokens, runMs, sampleMs: performance.now() - t1 }
+  }
   const logits = out.logits!.data as Float32Array
   const vocab = cfg.vocabSize
   const perRow = allLogits ? plan.seqLen : 1
-  const t1 = performance.now()
-  for (const seq of plan.newSequences) s.samplers.set(seq.row, new Sampler(seq.params, seq.promptTokenIds))
-  const tokens = new Int32Array(plan.sampleRows.length)
   for (let i = 0; i < plan.sampleRows.length; i++) {
     const rel = plan.sampleRows[i]!
     const sampler = s.samplers.get(plan.firstRow + rel)
