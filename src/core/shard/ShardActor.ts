@@ -1,12 +1,13 @@
 /**
- * A shard actor: one piscina pool of exactly one worker thread that owns the shard's ORT session and KV cache.
- * Steps go through `step`; a worker that dies (crash, out of memory) fails the step with a GenerationError and
- * `restart` brings up a fresh thread with the same load, so the engine can serve again.
+ * A shard actor: a supervised fiber draining a bounded mailbox, and one piscina pool of exactly one worker thread
+ * that owns the shard's ORT session and KV cache. Callers `step` by posting a message and awaiting its reply, so
+ * the worker sees one step at a time in mailbox order. A worker that dies (crash, out of memory) fails the step
+ * with a GenerationError; `restart` brings up a fresh thread with the same load so the engine can serve again.
  *
  * The pool is closed with `close()` (never `destroy()`): terminating a worker while ORT is inside `run` aborts the
  * whole process (stack-notes §3).
  */
-import { Effect, Ref, Scope } from "effect"
+import { Deferred, Effect, Queue, Ref, Scope } from "effect"
 import { Piscina } from "piscina"
 import { GenerationError } from "../Errors.ts"
 import type { ShardLoad, ShardLoadResult, StepPlan, StepResult } from "./StepProtocol.ts"
@@ -23,6 +24,12 @@ export interface ShardActor {
   readonly loaded: Effect.Effect<ShardLoadResult>
 }
 
+interface Envelope {
+  readonly name: "step" | "release"
+  readonly task: unknown
+  readonly reply: Deferred.Deferred<unknown, GenerationError>
+}
+
 const failure = (index: number, what: string) => (cause: unknown) =>
   new GenerationError({
     message: `shard ${index} ${what} failed: ${cause instanceof Error ? cause.message : String(cause)}`
@@ -35,7 +42,6 @@ const openPool = (workerUrl: URL, index: number) =>
     maxThreads: 1,
     // An idle worker must never be reaped: it holds the model.
     idleTimeout: Number.POSITIVE_INFINITY,
-    // One task at a time per shard: steps are ordered by the engine loop.
     concurrentTasksPerWorker: 1,
     workerData: { shard: index }
   })
@@ -51,13 +57,27 @@ export const makeShardActor = (
 
     const pool = yield* Ref.make(openPool(workerUrl, index))
     yield* Effect.addFinalizer(() => Ref.get(pool).pipe(Effect.flatMap((p) => Effect.promise(() => p.close()))))
-    const first = yield* loadOn(yield* Ref.get(pool))
-    const loaded = yield* Ref.make(first)
+    const loaded = yield* Ref.make(yield* loadOn(yield* Ref.get(pool)))
 
-    const run = <A>(name: string, task: unknown) =>
-      Ref.get(pool).pipe(
-        Effect.flatMap((p) => Effect.tryPromise({ try: () => p.run(task, { name }) as Promise<A>, catch: failure(index, name) }))
+    // The mailbox: one fiber, scoped to the actor, delivers messages to the worker one at a time.
+    const mailbox = yield* Queue.bounded<Envelope>(64)
+    yield* Effect.forkScoped(
+      Effect.forever(
+        Effect.gen(function*() {
+          const { name, task, reply } = yield* Queue.take(mailbox)
+          const p = yield* Ref.get(pool)
+          const exit = yield* Effect.exit(Effect.tryPromise({ try: () => p.run(task, { name }), catch: failure(index, name) }))
+          yield* Deferred.done(reply, exit)
+        })
       )
+    )
+
+    const ask = <A>(name: Envelope["name"], task: unknown) =>
+      Effect.gen(function*() {
+        const reply = yield* Deferred.make<unknown, GenerationError>()
+        yield* Queue.offer(mailbox, { name, task, reply })
+        return (yield* Deferred.await(reply)) as A
+      })
 
     const restart = Effect.gen(function*() {
       const old = yield* Ref.get(pool)
@@ -72,8 +92,8 @@ export const makeShardActor = (
     return {
       index,
       load,
-      step: (plan) => run<StepResult>("step", plan),
-      release: (rows) => run<void>("release", rows),
+      step: (plan) => ask<StepResult>("step", plan),
+      release: (rows) => ask<void>("release", rows),
       restart,
       threadIds: Ref.get(pool).pipe(Effect.map((p) => p.threads.map((t) => t.threadId))),
       loaded: Ref.get(loaded)
