@@ -1,8 +1,8 @@
 /**
  * `npm run bench:model`: prompt and generated tokens/s of a model on this machine at several batch sizes.
- * Default: the embedded model on the CPU, batches 1, 4 and 16, 128-token prompts, 64 generated tokens, greedy.
+ * Default: the embedded model on the CPU, batches 1, 4 and 16, 128-token prompts, 128 generated tokens, greedy, median of 3.
  *
- *   node src/bench/model.ts [--model DIR] [--batches 1,4,16] [--prompt-len 128] [--gen-len 64] [--json FILE] [--chart FILE.svg]
+ *   node src/bench/model.ts [--model DIR] [--batches 1,4,16] [--prompt-len 128] [--gen-len 128] [--repeat 3] [--json FILE] [--chart FILE.svg]
  */
 import { Effect, Layer, ManagedRuntime, Stream } from "effect"
 import * as fs from "node:fs"
@@ -18,12 +18,15 @@ const flags = parseFlags("bench:model", process.argv.slice(2), {
   batches: { kind: "list", description: "batch sizes" },
   "prompt-len": { kind: "integer", description: "prompt tokens per sequence" },
   "gen-len": { kind: "integer", description: "generated tokens per sequence" },
+  repeat: { kind: "integer", description: "measurements per batch size; the median is reported" },
   json: { kind: "string", description: "write the results here" },
   chart: { kind: "string", description: "write an SVG bar chart here" }
 })
 const batches = flags.batches ?? [1, 4, 16]
 const promptLen = flags["prompt-len"] ?? 128
-const genLen = flags["gen-len"] ?? 64
+const genLen = flags["gen-len"] ?? 128
+const repeat = flags.repeat ?? 3
+const median = (xs: ReadonlyArray<number>) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!
 
 // Deterministic prompts of ordinary-word ids, different per sequence so no two rows are identical.
 const prompt = (i: number) => Array.from({ length: promptLen }, (_, j) => 1000 + ((i * 7919 + j * 104729) % 50000))
@@ -49,25 +52,29 @@ const main = async () => {
           )
         )
       )
-    await run([request(99, 4)]) // warm-up: session init, first-run allocations
-    // Prompt throughput: prefill only (one generated token each).
-    let t = performance.now()
-    await run(Array.from({ length: batch }, (_, i) => request(i, 1)))
-    const promptSeconds = (performance.now() - t) / 1000
-    // Generation throughput: from the moment every sequence has its first token to the end.
-    let started = 0
-    let decodeStart = 0
-    t = performance.now()
-    await run(Array.from({ length: batch }, (_, i) => request(i + batch, genLen)), () => {
-      if (++started === batch) decodeStart = performance.now()
-    })
-    const decodeSeconds = (performance.now() - decodeStart) / 1000
+    // Warm-up at this batch size: session init, first-run allocations, KV slots grown.
+    await run(Array.from({ length: batch }, (_, i) => request(1000 + i, 8)))
+    const promptRates: Array<number> = []
+    const decodeRates: Array<number> = []
+    for (let k = 0; k < repeat; k++) {
+      // Prompt throughput: prefill only (one generated token each).
+      const t = performance.now()
+      await run(Array.from({ length: batch }, (_, i) => request(k * 100 + i, 1)))
+      promptRates.push((batch * promptLen) / ((performance.now() - t) / 1000))
+      // Generation throughput: from the moment every sequence has its first token to the end.
+      let started = 0
+      let decodeStart = 0
+      await run(Array.from({ length: batch }, (_, i) => request(k * 100 + i + 50, genLen)), () => {
+        if (++started === batch) decodeStart = performance.now()
+      })
+      decodeRates.push((batch * (genLen - 1)) / ((performance.now() - decodeStart) / 1000))
+    }
     await runtime.dispose()
     const row = {
       batch,
-      promptTokensPerSecond: (batch * promptLen) / promptSeconds,
-      generatedTokensPerSecond: (batch * (genLen - 1)) / decodeSeconds,
-      msPerDecodeStep: (decodeSeconds * 1000) / (genLen - 1)
+      promptTokensPerSecond: median(promptRates),
+      generatedTokensPerSecond: median(decodeRates),
+      msPerDecodeStep: (1000 * batch) / median(decodeRates)
     }
     rows.push(row)
     process.stdout.write(
@@ -82,7 +89,7 @@ const main = async () => {
     process.stdout.write(`batch ${top.batch} / batch 1 generated tokens/s: ${(top.generatedTokensPerSecond! / base.generatedTokensPerSecond!).toFixed(2)}x\n`)
   }
   const machine = `${os.cpus()[0]?.model ?? "cpu"}, ${os.availableParallelism()} cores, ${(os.totalmem() / 2 ** 30).toFixed(0)} GiB`
-  process.stdout.write(`model ${model.id}, ${promptLen}-token prompts, ${genLen} generated, greedy; ${machine}\n`)
+  process.stdout.write(`model ${model.id}, ${promptLen}-token prompts, ${genLen} generated, greedy, median of ${repeat}; ${machine}\n`)
   if (flags.chart !== undefined) {
     fs.writeFileSync(flags.chart, renderBarChart({
       title: `Chorus on the CPU: ${model.id} (${machine})`,
