@@ -4,12 +4,15 @@
  *
  * Contract with the shard worker (names are exact):
  * - inputs: `input_ids` int64 [batch, seq] (first shard) or `hidden_in` T [batch, seq, hidden] (others);
+ *   `position_ids` int64 [batch, seq] (per row: past, past + 1, ...);
  *   `seqlens_k` int32 [batch] (per row: past + new - 1); `total_sequence_length` int32 [] (max over rows of past + new);
  *   `past_key.{i}` / `past_value.{i}` T [batch, kv_heads, max_len, head_dim] for each layer i of the shard;
  *   `logits_index` int64 [batch, n_logits] (last shard: positions within `seq` whose logits are returned).
  * - outputs: `logits` float32 [batch, n_logits, vocab] and `greedy_token` int64 [batch, n_logits] (last shard), or `hidden_out` T [batch, seq, hidden];
- *   `present_key.{i}` / `present_value.{i}` (bind the past buffers as these outputs: GroupQueryAttention then
- *   writes the new tokens' KV in place).
+ *   `present_key.{i}` / `present_value.{i}` T [batch, kv_heads, present_len, head_dim] (the whole cache after the step;
+ *   bound to the past buffers, GroupQueryAttention writes in place where a runtime can share them), and
+ *   `new_key.{i}` / `new_value.{i}` T [batch, seq, kv_heads * head_dim] (the rotated keys and values of this step's
+ *   tokens alone: what a runtime that keeps its own cache appends).
  * T is float32 or float16 (the shard's dtype).
  */
 import { Effect } from "effect"
@@ -63,6 +66,9 @@ export const pastKeyName = (layer: number): string => `past_key.${layer}`
 export const pastValueName = (layer: number): string => `past_value.${layer}`
 export const presentKeyName = (layer: number): string => `present_key.${layer}`
 export const presentValueName = (layer: number): string => `present_value.${layer}`
+/** Keys (rotated) and values of this step's new tokens, `[batch, seq, kv_heads * head_dim]`. */
+export const newKeyName = (layer: number): string => `new_key.${layer}`
+export const newValueName = (layer: number): string => `new_value.${layer}`
 
 /** Alignment of every tensor in the external data file (lets ORT map it and use aligned loads). */
 export const DATA_ALIGNMENT = 64
@@ -113,12 +119,14 @@ export const buildShardGraph = (config: LlamaConfig, options: ShardOptions): Sha
     inputs.push({ name: "hidden_in", type: T, dims: ["batch", "seq", H] })
     residual = "hidden_in"
   }
+  inputs.push({ name: "position_ids", type: "int64", dims: ["batch", "seq"] })
   inputs.push({ name: "seqlens_k", type: "int32", dims: ["batch"] })
   inputs.push({ name: "total_sequence_length", type: "int32", dims: [] })
 
   weights.push({ name: "rope_cos", dims: [options.maxContext, headDim / 2], recipe: { kind: "rope", part: "cos" } })
   weights.push({ name: "rope_sin", dims: [options.maxContext, headDim / 2], recipe: { kind: "rope", part: "sin" } })
   inline.push({ name: "mlp_split", type: "int64", dims: [2], values: [I, I] })
+  inline.push({ name: "qkv_split", type: "int64", dims: [3], values: [numHeads * headDim, numKvHeads * headDim, numKvHeads * headDim] })
 
   // Each sublayer's output is added to the residual by the next norm (SkipSimplifiedLayerNormalization), so
   // `pending` is the sublayer output not yet added.
@@ -145,22 +153,31 @@ export const buildShardGraph = (config: LlamaConfig, options: ShardOptions): Sha
       { name: `${p}.down`, dims: [I, H], recipe: { kind: "linear", tensors: [`${hf}.mlp.down_proj.weight`] } }
     )
     inputs.push({ name: pastKeyName(i), type: T, dims: kvDims }, { name: pastValueName(i), type: T, dims: kvDims })
-    outputs.push({ name: presentKeyName(i), type: T, dims: presentDims }, { name: presentValueName(i), type: T, dims: presentDims })
+    outputs.push(
+      { name: presentKeyName(i), type: T, dims: presentDims },
+      { name: presentValueName(i), type: T, dims: presentDims },
+      { name: newKeyName(i), type: T, dims: ["batch", "seq", numKvHeads * headDim] },
+      { name: newValueName(i), type: T, dims: ["batch", "seq", numKvHeads * headDim] }
+    )
 
     norm(`${p}.input_norm`, `${p}.attn_in`, `${p}.input_norm`)
     node({ op: "MatMul", inputs: [`${p}.attn_in`, `${p}.qkv`], outputs: [`${p}.qkv_out`], name: `${p}.qkv` })
+    // Rotary embeddings are applied before attention (not inside it) so that the rotated keys of the new tokens
+    // are a graph output of their own: a runtime can keep its cache by appending just these, instead of fetching
+    // the whole present cache after every step.
+    node({ op: "Split", inputs: [`${p}.qkv_out`, "qkv_split"], outputs: [`${p}.q`, `${p}.k`, newValueName(i)], attributes: { axis: -1 }, name: `${p}.qkv_split` })
+    node({ op: "RotaryEmbedding", domain: "com.microsoft", inputs: [`${p}.q`, "position_ids", "rope_cos", "rope_sin"], outputs: [`${p}.q_rot`], attributes: { interleaved: 0, num_heads: numHeads }, name: `${p}.q_rotary` })
+    node({ op: "RotaryEmbedding", domain: "com.microsoft", inputs: [`${p}.k`, "position_ids", "rope_cos", "rope_sin"], outputs: [newKeyName(i)], attributes: { interleaved: 0, num_heads: numKvHeads }, name: `${p}.k_rotary` })
     node({
       op: "GroupQueryAttention",
       domain: "com.microsoft",
-      // packed QKV: key and value are omitted
-      inputs: [`${p}.qkv_out`, "", "", pastKeyName(i), pastValueName(i), "seqlens_k", "total_sequence_length", "rope_cos", "rope_sin"],
+      inputs: [`${p}.q_rot`, newKeyName(i), newValueName(i), pastKeyName(i), pastValueName(i), "seqlens_k", "total_sequence_length"],
       outputs: [`${p}.attn`, presentKeyName(i), presentValueName(i)],
       attributes: {
         num_heads: numHeads,
         kv_num_heads: numKvHeads,
         scale: { float: 1 / Math.sqrt(headDim) },
-        do_rotary: 1,
-        rotary_interleaved: 0
+        do_rotary: 0
       },
       name: `${p}.attention`
     })

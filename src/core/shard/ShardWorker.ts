@@ -5,9 +5,9 @@
  * `[kvHeads, capacity, headDim]`, grown by doubling up to `maxLen`, so memory follows what sequences really hold.
  * onnxruntime-node copies every output back into JS memory (a pre-allocated output is a copy too, so
  * GroupQueryAttention never sees a shared past/present buffer here): each step therefore passes a compact past of
- * exactly the longest row's length and writes back only the new positions, keeping the per-step cost proportional
- * to the tokens in use, not to the context window. The last shard also owns each sequence's sampler: logits stay
- * here, only token ids go back.
+ * exactly the longest row's length and fetches only the new tokens' keys and values (`new_key.{i}`), never the
+ * whole present cache, keeping the per-step cost proportional to the tokens in use, not to the context window.
+ * The last shard also owns each sequence's sampler: logits stay here, only token ids go back.
  */
 import { ort } from "../onnx/OrtFloat16Fix.ts"
 import { Sampler } from "../sampling/Sampler.ts"
@@ -28,8 +28,8 @@ interface ShardState {
   readonly keys: Array<Array<SlotCache>>
   readonly values: Array<Array<SlotCache>>
   readonly samplers: Map<number, Sampler>
-  /** Output names of this shard's KV, fetched on every step. */
-  readonly presentNames: ReadonlyArray<string>
+  /** Output names of this step's new keys and values, fetched on every step (never the whole present cache). */
+  readonly newKvNames: ReadonlyArray<string>
 }
 
 /** Greedy with no penalties: the graph's ArgMax gives the same token as the sampler would. */
@@ -53,8 +53,8 @@ export async function load(task: ShardLoad): Promise<ShardLoadResult> {
   })
   const numLayers = task.layers[1] - task.layers[0]
   const empty = () => Array.from({ length: numLayers }, () => Array.from({ length: task.maxSeqs }, (): SlotCache => ({ capacity: 0, data: allocate(task, 0) })))
-  const presentNames = Array.from({ length: numLayers }, (_, i) => [`present_key.${task.layers[0] + i}`, `present_value.${task.layers[0] + i}`]).flat()
-  state = { load: task, session, keys: empty(), values: empty(), samplers: new Map(), presentNames }
+  const newKvNames = Array.from({ length: numLayers }, (_, i) => [`new_key.${task.layers[0] + i}`, `new_value.${task.layers[0] + i}`]).flat()
+  state = { load: task, session, keys: empty(), values: empty(), samplers: new Map(), newKvNames }
   return { kvBytes: 0, loadMs: performance.now() - started }
 }
 
@@ -88,18 +88,21 @@ const gatherPast = (cfg: ShardLoad, slots: Array<SlotCache>, firstRow: number, r
   return out
 }
 
-/** Copies the positions this step wrote, `[pastLen, pastLen + seqLen)` of each row, from `present` into the slots. */
-const scatterNew = (cfg: ShardLoad, slots: Array<SlotCache>, plan: StepPlan, present: KvArray, presentLen: number) => {
+/** Appends this step's keys or values (`[rows, seqLen, kvHeads * headDim]`) to the slots at each row's past length. */
+const appendNew = (cfg: ShardLoad, slots: Array<SlotCache>, plan: StepPlan, fresh: KvArray) => {
   const hd = cfg.headDim
+  const rowStride = plan.seqLen * cfg.numKvHeads * hd
   for (let r = 0; r < plan.numRows; r++) {
     const start = plan.pastLens[r]!
-    const end = Math.min(start + plan.seqLen, cfg.maxLen, presentLen)
+    const end = Math.min(start + plan.seqLen, cfg.maxLen)
     if (end <= start) continue
     const slot = slots[plan.firstRow + r]!
     reserve(cfg, slot, end)
-    for (let h = 0; h < cfg.numKvHeads; h++) {
-      const from = ((r * cfg.numKvHeads + h) * presentLen + start) * hd
-      slot.data.set(present.subarray(from, from + (end - start) * hd), (h * slot.capacity + start) * hd)
+    for (let t = start; t < end; t++) {
+      const from = r * rowStride + (t - start) * cfg.numKvHeads * hd
+      for (let h = 0; h < cfg.numKvHeads; h++) {
+        slot.data.set(fresh.subarray(from + h * hd, from + (h + 1) * hd), (h * slot.capacity + t) * hd)
+      }
     }
   }
 }
@@ -125,6 +128,9 @@ export async function step(plan: StepPlan): Promise<StepResult> {
     total = Math.max(total, seqlens[r]! + 1)
     past = Math.max(past, plan.pastLens[r]!)
   }
+  const positions = new BigInt64Array(rows * plan.seqLen)
+  for (let r = 0; r < rows; r++) for (let j = 0; j < plan.seqLen; j++) positions[r * plan.seqLen + j] = BigInt(plan.pastLens[r]! + j)
+  feeds.position_ids = new ort.Tensor("int64", positions, [rows, plan.seqLen])
   feeds.seqlens_k = new ort.Tensor("int32", seqlens, [rows])
   feeds.total_sequence_length = new ort.Tensor("int32", Int32Array.of(total), [])
 
@@ -147,17 +153,15 @@ export async function step(plan: StepPlan): Promise<StepResult> {
   if (cfg.isLast) for (const seq of plan.newSequences) s.samplers.set(seq.row, new Sampler(seq.params, seq.promptTokenIds))
   const greedyOnly = cfg.isLast && plan.returnLogits === "none" &&
     Array.from(plan.sampleRows).every((rel) => isPlainGreedy(s.samplers.get(plan.firstRow + rel)))
-  const fetches = [...s.presentNames, cfg.isLast ? (greedyOnly ? "greedy_token" : "logits") : "hidden_out"]
+  const fetches = [...s.newKvNames, cfg.isLast ? (greedyOnly ? "greedy_token" : "logits") : "hidden_out"]
 
   const t0 = performance.now()
   const out = await s.session.run(feeds, fetches)
   const runMs = performance.now() - t0
   for (let i = 0; i < s.keys.length; i++) {
     const layer = cfg.layers[0] + i
-    const presentKey = out[`present_key.${layer}`]!
-    const presentLen = presentKey.dims[2]!
-    scatterNew(cfg, s.keys[i]!, plan, presentKey.data as KvArray, presentLen)
-    scatterNew(cfg, s.values[i]!, plan, out[`present_value.${layer}`]!.data as KvArray, presentLen)
+    appendNew(cfg, s.keys[i]!, plan, out[`new_key.${layer}`]!.data as KvArray)
+    appendNew(cfg, s.values[i]!, plan, out[`new_value.${layer}`]!.data as KvArray)
   }
 
   if (!cfg.isLast) {

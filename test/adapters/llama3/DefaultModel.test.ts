@@ -68,6 +68,7 @@ describe("ensureDefaultModel", () => {
     const kv = () => new ort.Tensor("float32", new Float32Array(2 * 64 * 32), [1, 2, 64, 32])
     const feeds: Record<string, ort.Tensor> = {
       input_ids: new ort.Tensor("int64", BigInt64Array.of(128000n, 9906n, 1917n), [1, 3]),
+      position_ids: new ort.Tensor("int64", BigInt64Array.of(0n, 1n, 2n), [1, 3]),
       seqlens_k: new ort.Tensor("int32", Int32Array.of(2), [1]),
       total_sequence_length: new ort.Tensor("int32", Int32Array.of(3), []),
       logits_index: new ort.Tensor("int64", BigInt64Array.of(0n, 2n), [1, 2])

@@ -52,6 +52,7 @@ class Pipeline {
     const ids = new BigInt64Array(rows.length * seq)
     rows.forEach((r, b) => r.forEach((t, s) => (ids[b * seq + s] = BigInt(t))))
     const common: Record<string, ort.Tensor> = {
+      position_ids: new ort.Tensor("int64", BigInt64Array.from({ length: rows.length * seq }, (_, j) => BigInt(past[Math.floor(j / seq)]! + (j % seq))), [rows.length, seq]),
       seqlens_k: new ort.Tensor("int32", Int32Array.from(rows.map((r, b) => past[b] + r.length - 1)), [rows.length]),
       total_sequence_length: new ort.Tensor("int32", Int32Array.of(Math.max(...rows.map((r, b) => past[b] + r.length))), [])
     }
