@@ -1,0 +1,90 @@
+/**
+ * The bench adapter: a model whose steps cost no model time, for measuring Chorus's own overhead. Everything but
+ * the model math is real — the Llama 3 tokenizer and chat format, the engine, scheduler, shard actors on piscina
+ * threads, detokenizer and streaming — so the throughput it reaches is the ceiling the serving path allows.
+ * `stepDelayMs` adds a fixed simulated model time per step, spent blocked in the shard threads.
+ *
+ * @since 0.1.0
+ */
+import { Effect } from "effect"
+import { ModelConfigError } from "../../core/Errors.ts"
+import { planShards } from "../llama3/Converter.ts"
+import { formatCompletion, makeChatFormatter } from "../llama3/PromptFormat.ts"
+import { loadTokenizer } from "../llama3/Tokenizer.ts"
+import type { LoadedModel, ModelAdapter, ShardSpec } from "../ModelAdapter.ts"
+import type { BenchShardLoad } from "./BenchWorker.ts"
+
+/** @category models */
+export interface BenchOptions {
+  /** Longest sequence (prompt + generated). Default 8192. */
+  readonly contextLength?: number | undefined
+  /** Simulated model time per step in milliseconds, spent in the worker threads (split over shards by layers). Default 0. */
+  readonly stepDelayMs?: number | undefined
+  /** Worker threads the (notional) 32 layers are split over, like the real adapter. Default 1. */
+  readonly shards?: number | undefined
+}
+
+/** Llama 3 8B's layer count: shard layer ranges look like the real model's. */
+const NUM_LAYERS = 32
+const VOCAB_SIZE = 128256
+
+const workerUrl = new URL("./BenchWorker.ts", import.meta.url)
+
+const invalid = (field: string, expected: string, found: unknown) =>
+  new ModelConfigError({ path: `BenchOptions.${field}`, message: `BenchOptions.${field}: expected ${expected}, found ${String(found)}` })
+
+const checkOptions = (options: BenchOptions) =>
+  Effect.gen(function*() {
+    const contextLength = options.contextLength ?? 8192
+    const stepDelayMs = options.stepDelayMs ?? 0
+    const shards = options.shards ?? 1
+    if (!Number.isInteger(contextLength) || contextLength < 2) {
+      return yield* Effect.fail(invalid("contextLength", "an integer >= 2", contextLength))
+    }
+    if (!Number.isFinite(stepDelayMs) || stepDelayMs < 0) {
+      return yield* Effect.fail(invalid("stepDelayMs", "a finite number >= 0", stepDelayMs))
+    }
+    if (!Number.isInteger(shards) || shards < 1 || shards > NUM_LAYERS) {
+      return yield* Effect.fail(invalid("shards", `an integer from 1 to ${NUM_LAYERS}`, shards))
+    }
+    return { contextLength, stepDelayMs, shards }
+  })
+
+/** @category models */
+export const BenchAdapter: ModelAdapter<BenchOptions> = {
+  name: "bench",
+  load: (options) =>
+    Effect.gen(function*() {
+      const { contextLength, stepDelayMs, shards } = yield* checkOptions(options)
+      const tokenizer = yield* loadTokenizer(undefined)
+      const formatChat = yield* makeChatFormatter(tokenizer)
+      const specs = planShards(NUM_LAYERS, shards).map(([l0, l1]): ShardSpec => {
+        // The worker reads its share of the step time from the extra field; the engine passes specs through whole.
+        const spec: Omit<BenchShardLoad, "maxSeqs" | "maxLen" | "threads"> = {
+          graphPath: "",
+          layers: [l0, l1] as const,
+          isFirst: l0 === 0,
+          isLast: l1 === NUM_LAYERS,
+          dtype: "float32",
+          hiddenSize: 8,
+          vocabSize: VOCAB_SIZE,
+          numKvHeads: 1,
+          headDim: 8,
+          stepDelayMs: (stepDelayMs * (l1 - l0)) / NUM_LAYERS
+        }
+        return spec
+      })
+      const model: LoadedModel = {
+        id: "chorus-bench",
+        contextLength,
+        vocabSize: VOCAB_SIZE,
+        stopTokenIds: tokenizer.eotTokenIds,
+        codec: tokenizer,
+        formatChat,
+        formatCompletion: (text) => formatCompletion(text, tokenizer),
+        shards: specs,
+        workerUrl
+      }
+      return model
+    })
+}
