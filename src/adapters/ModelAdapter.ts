@@ -15,6 +15,11 @@ import type { ChatMessage } from "../core/text/ChatMessage.ts"
 export interface TextCodec {
   readonly encode: (text: string) => ReadonlyArray<number>
   readonly decode: (ids: ReadonlyArray<number>, options?: { readonly skipSpecialTokens?: boolean }) => string
+  /**
+   * Optional fast path for streaming: the bytes of each token (byte-level BPE), undefined for tokens that produce
+   * no text. Without it, streaming re-decodes a small window of tokens per step.
+   */
+  readonly tokenBytes?: ((id: number) => Uint8Array | undefined) | undefined
 }
 
 /**

@@ -5,15 +5,25 @@
  *
  * @since 0.1.0
  */
-import { Cause, Context, Effect, Layer, Queue, Stream } from "effect"
+import { Cause, Context, Effect, Fiber, Layer, Queue, Stream } from "effect"
 import * as os from "node:os"
 import { createActor } from "xstate"
 import type { LoadedModel, ModelAdapter } from "../adapters/ModelAdapter.ts"
-import type { CheckpointError, ContextLengthError, ConversionError, GenerationError, ModelConfigError, ValidationError } from "./Errors.ts"
+import { type EngineObserver, silentObserver } from "./EngineObserver.ts"
+import {
+  type CheckpointError,
+  type ContextLengthError,
+  type ConversionError,
+  DeadlineExceeded,
+  type GenerationError,
+  type ModelConfigError,
+  Overloaded,
+  type ValidationError
+} from "./Errors.ts"
 import { jobMachine } from "./JobMachine.ts"
 import type { GenerateRequest, GenerationEvent } from "./Request.ts"
 import { type DecodeWork, type PrefillWork, Scheduler, type Sequence } from "./Scheduler.ts"
-import { type SequenceOutput, makeSequenceOutput } from "./SequenceOutput.ts"
+import { makeSequenceOutput, type SequenceOutput } from "./SequenceOutput.ts"
 import { makeShardActor, type ShardActor } from "./shard/ShardActor.ts"
 import type { StepPlan, StepResult } from "./shard/StepProtocol.ts"
 import { validateRequest } from "./Validation.ts"
@@ -28,6 +38,11 @@ export interface EngineOptions {
   readonly contextLength?: number
   /** ORT threads per shard; default: cores / shards. */
   readonly threadsPerShard?: number
+  /** Waiting requests beyond which new ones fail at once with Overloaded. Default 1024. */
+  readonly maxQueue?: number
+  /** Default per-request deadline in milliseconds (requests may ask for less). Default: none. */
+  readonly timeoutMs?: number
+  readonly observer?: EngineObserver
 }
 
 /** @category models */
@@ -39,9 +54,12 @@ export interface EngineStats {
   readonly numBatchedSteps: number
   readonly promptTokens: number
   readonly generatedTokens: number
+  readonly maxNumSeqs: number
+  /** Shard restarts after a worker failure. */
+  readonly restarts: number
 }
 
-export type EngineError = ValidationError | ContextLengthError | GenerationError
+export type EngineError = ValidationError | ContextLengthError | GenerationError | Overloaded | DeadlineExceeded
 
 /**
  * @category services
@@ -50,6 +68,13 @@ export class Engine extends Context.Service<Engine, {
   readonly model: { readonly id: string; readonly contextLength: number; readonly vocabSize: number }
   readonly codec: LoadedModel["codec"]
   readonly generate: (request: GenerateRequest) => Stream.Stream<GenerationEvent, EngineError>
+  /**
+   * Validates and admits a request now, failing at once on bad input or a full queue; the returned stream then
+   * carries its events (protocols use this to answer 4xx before sending a first byte).
+   */
+  readonly submit: (request: GenerateRequest) => Effect.Effect<Stream.Stream<GenerationEvent, EngineError>, EngineError>
+  /** 1-based position of a waiting request (from its `Queued` event), 0 once it runs, -1 when unknown. */
+  readonly queuePosition: (requestId: number) => number
   readonly stats: Effect.Effect<EngineStats>
   readonly shards: ReadonlyArray<ShardActor>
 }>()("chorus/core/Engine") {
@@ -67,15 +92,21 @@ export class Engine extends Context.Service<Engine, {
 }
 
 interface Sink {
-  readonly queue: Queue.Queue<GenerationEvent, GenerationError | Cause.Done>
+  readonly queue: Queue.Queue<GenerationEvent, EngineError | Cause.Done>
   readonly output: SequenceOutput
   readonly actor: ReturnType<typeof createActor<typeof jobMachine>>
+  readonly arrivedAt: number
+  admittedAt: number
+  firstTokenAt: number
+  lastTokenAt: number
 }
 
 const makeEngine = (model: LoadedModel, options: EngineOptions) =>
   Effect.gen(function*() {
     const contextLength = Math.min(options.contextLength ?? model.contextLength, model.contextLength)
     const maxNumSeqs = options.maxNumSeqs ?? 16
+    const maxQueue = options.maxQueue ?? 1024
+    const observer = options.observer ?? silentObserver
     const threads = options.threadsPerShard ?? Math.max(1, Math.floor(os.availableParallelism() / model.shards.length))
     const shards: Array<ShardActor> = []
     for (const [i, spec] of model.shards.entries()) {
@@ -85,8 +116,10 @@ const makeEngine = (model: LoadedModel, options: EngineOptions) =>
     const scheduler = new Scheduler({ maxNumSeqs, maxNumBatchedTokens: options.maxNumBatchedTokens ?? 512 })
     const sinks = new Map<number, Sink>()
     const wake = yield* Queue.unbounded<void>()
-    const stats = { numSteps: 0, numBatchedSteps: 0, promptTokens: 0, generatedTokens: 0 }
+    const stats = { numSteps: 0, numBatchedSteps: 0, promptTokens: 0, generatedTokens: 0, restarts: 0 }
     const sized: LoadedModel = { ...model, contextLength }
+    const stopTokenIds = new Set(model.stopTokenIds)
+    const seconds = (ms: number) => ms / 1000
 
     /** Runs one plan through every shard in order; hidden states flow from shard to shard. */
     const runPlan = (plan: StepPlan) =>
@@ -100,20 +133,62 @@ const makeEngine = (model: LoadedModel, options: EngineOptions) =>
       })
 
     const end = (sequence: Sequence) => {
-      scheduler.finish(sequence)
+      if (sequence.status === "waiting") scheduler.removeWaiting(sequence)
+      else scheduler.finish(sequence)
       sinks.delete(sequence.id)
     }
 
-    /** Feeds a sampled token to its sequence: text out, stop checks, finish. */
-    const accept = (sequence: Sequence, tokenId: number) => {
+    /** Ends a sequence with an error on its stream (the text so far has already been streamed). */
+    const fail = (sequence: Sequence, error: EngineError, reason: "error" | "timeout") => {
       const sink = sinks.get(sequence.id)
-      if (sink === undefined) return
+      if (sink !== undefined) {
+        const now = performance.now()
+        if (reason === "timeout") sink.actor.send({ type: "EXPIRE" })
+        else sink.actor.send({ type: "FAIL", error: error.message })
+        observer.failed(error.errorType)
+        observer.finished(reason, seconds(now - sink.arrivedAt), 0, 0)
+        Queue.failCauseUnsafe(sink.queue, Cause.fail(error))
+      }
+      end(sequence)
+    }
+
+    /**
+     * Phase A of a sampled token, right after its step: record the id and apply the stops that need no text
+     * (end-of-turn token, max tokens, context), so the next step can be scheduled without it. False when the token
+     * is to be dropped (the sequence ended meanwhile: a stop string, an abort, a deadline).
+     */
+    const record = (sequence: Sequence, tokenId: number): boolean => {
+      if (sequence.status === "finished" || !sinks.has(sequence.id)) return false
       sequence.outputTokenIds.push(tokenId)
       stats.generatedTokens++
-      const step = sink.output.push(tokenId, sequence.numComputedTokens + 1)
+      const r = sequence.request
+      const eos = !r.ignoreEos && stopTokenIds.has(tokenId)
+      if (eos || sequence.outputTokenIds.length >= r.maxTokens || sequence.numComputedTokens + 1 >= contextLength) {
+        scheduler.finish(sequence)
+      }
+      return true
+    }
+
+    /** Phase B: text out, stop strings, the finish event. Runs while the next step is already on the shards. */
+    const emit = (sequence: Sequence, tokenId: number, totalTokens: number) => {
+      const sink = sinks.get(sequence.id)
+      if (sink === undefined) return
+      const now = performance.now()
+      if (sink.firstTokenAt === 0) {
+        sink.firstTokenAt = now
+        observer.firstToken(seconds(sink.admittedAt - sink.arrivedAt), seconds(now - sink.arrivedAt))
+      } else observer.token(seconds(now - sink.lastTokenAt))
+      sink.lastTokenAt = now
+      const step = sink.output.push(tokenId, totalTokens)
       Queue.offerUnsafe(sink.queue, { _tag: "Token", tokenId, text: step.text })
       if (step.finish !== undefined) {
         sink.actor.send({ type: "FINISH" })
+        observer.finished(
+          step.finish.finishReason,
+          seconds(now - sink.arrivedAt),
+          seconds(sink.firstTokenAt - sink.admittedAt),
+          seconds(now - sink.firstTokenAt)
+        )
         Queue.offerUnsafe(sink.queue, {
           _tag: "Finished",
           finishReason: step.finish.finishReason,
@@ -124,6 +199,14 @@ const makeEngine = (model: LoadedModel, options: EngineOptions) =>
         Queue.endUnsafe(sink.queue)
         end(sequence)
       }
+    }
+
+    /** Tokens recorded but not yet emitted: [sequence, token id, total tokens after it]. */
+    let pending: Array<readonly [Sequence, number, number]> = []
+    const flushPending = () => {
+      const batch = pending
+      pending = []
+      for (const [sequence, tokenId, total] of batch) emit(sequence, tokenId, total)
     }
 
     const prefillPlan = (w: PrefillWork): StepPlan => {
@@ -158,6 +241,7 @@ const makeEngine = (model: LoadedModel, options: EngineOptions) =>
         const result = yield* runPlan(prefillPlan(w))
         scheduler.completePrefill(w)
         stats.promptTokens += w.numScheduledTokens
+        observer.promptTokens(w.numScheduledTokens)
         const sink = sinks.get(w.sequence.id)
         if (sink === undefined) return
         if (result.logits !== undefined) sink.output.addPromptLogits(result.logits)
@@ -168,73 +252,110 @@ const makeEngine = (model: LoadedModel, options: EngineOptions) =>
           ...(sink.output.promptLogits === undefined ? {} : { promptLogits: sink.output.promptLogits })
         })
         sink.actor.send({ type: "FIRST_TOKEN" })
-        accept(w.sequence, result.tokens![0]!)
+        const tokenId = result.tokens![0]!
+        if (record(w.sequence, tokenId)) emit(w.sequence, tokenId, w.sequence.numComputedTokens + 1)
       })
 
-    const runDecode = (w: DecodeWork) =>
-      Effect.gen(function*() {
-        const result = yield* runPlan(decodePlan(w))
-        scheduler.completeDecode(w)
-        if (w.sequences.length > 1) stats.numBatchedSteps++
-        for (let i = 0; i < w.sequences.length; i++) accept(w.sequences[i]!, result.tokens![i]!)
-      })
+    /** The decode step on the shards while the loop emits the previous step's text (vLLM's async scheduling). */
+    let inflight: { readonly work: DecodeWork; readonly fiber: Fiber.Fiber<StepResult, GenerationError> } | undefined
+
+    const completeInflight = Effect.gen(function*() {
+      if (inflight === undefined) return
+      const { work, fiber } = inflight
+      inflight = undefined
+      const result = yield* Fiber.join(fiber)
+      scheduler.completeDecode(work)
+      observer.decodeStep(work.sequences.length)
+      if (work.sequences.length > 1) stats.numBatchedSteps++
+      for (let i = 0; i < work.sequences.length; i++) {
+        const s = work.sequences[i]!
+        if (record(s, result.tokens![i]!)) pending.push([s, result.tokens![i]!, s.numComputedTokens + 1])
+      }
+    })
 
     /** A shard failed: every running sequence ends with the error, the shards come back, the queue goes on. */
     const recover = (error: GenerationError) =>
       Effect.gen(function*() {
-        for (const s of scheduler.running()) {
-          const sink = sinks.get(s.id)
-          if (sink !== undefined) {
-            sink.actor.send({ type: "FAIL", error: error.message })
-            Queue.failCauseUnsafe(sink.queue, Cause.fail(error))
-          }
-          end(s)
-        }
+        inflight = undefined
+        flushPending()
+        for (const s of scheduler.running()) fail(s, error, "error")
         yield* Effect.logWarning(`${error.message}; restarting shards`)
+        stats.restarts++
         for (const shard of shards) yield* shard.restart.pipe(Effect.catch((e) => Effect.logError(e.message)))
       })
 
+    const expire = () => {
+      const now = performance.now()
+      for (const s of scheduler.expired(now)) {
+        const timeoutMs = s.request.timeoutMs
+        fail(s, new DeadlineExceeded({ timeoutMs, message: `the request exceeded its deadline of ${timeoutMs} ms` }), "timeout")
+      }
+    }
+
     const iteration = Effect.gen(function*() {
-      if (!scheduler.hasWork) {
+      if (!scheduler.hasWork && inflight === undefined && pending.length === 0) {
         yield* Queue.take(wake)
         return
       }
+      yield* completeInflight
       const dropped = scheduler.dropAborted()
       for (const s of dropped) sinks.delete(s.id)
-      if (dropped.length > 0) yield* last.release(dropped.map((s) => s.row).filter((r) => r >= 0))
-      for (const s of scheduler.admit()) sinks.get(s.id)?.actor.send({ type: "ADMIT" })
+      if (dropped.length > 0) {
+        for (const _ of dropped) observer.finished("abort", 0, 0, 0)
+        yield* last.release(dropped.map((s) => s.row).filter((r) => r >= 0))
+      }
+      expire()
+      const now = performance.now()
+      for (const s of scheduler.admit()) {
+        const sink = sinks.get(s.id)
+        if (sink === undefined) continue
+        sink.admittedAt = now
+        observer.admitted(seconds(now - sink.arrivedAt))
+        sink.actor.send({ type: "ADMIT" })
+      }
       for (const w of scheduler.schedulePrefill()) yield* runPrefill(w)
       const decode = scheduler.scheduleDecode()
-      if (decode !== undefined) yield* runDecode(decode)
+      if (decode !== undefined) inflight = { work: decode, fiber: yield* Effect.forkChild(runPlan(decodePlan(decode))) }
+      flushPending()
       // Let request fibers run between steps (new arrivals, consumers).
       yield* Effect.yieldNow
     }).pipe(Effect.catchTag("GenerationError", recover))
 
     yield* Effect.forkScoped(Effect.forever(iteration))
 
-    const generate = (request: GenerateRequest): Stream.Stream<GenerationEvent, EngineError> =>
-      Stream.unwrap(
-        Effect.map(validateRequest(request, sized), (validated) =>
-          Stream.callback<GenerationEvent, GenerationError>((queue) =>
+    const defaultTimeout = options.timeoutMs ?? Number.POSITIVE_INFINITY
+
+    const submit = (request: GenerateRequest): Effect.Effect<Stream.Stream<GenerationEvent, EngineError>, EngineError> =>
+        Effect.gen(function*() {
+          // Admission before work: a full queue refuses at once, before tokenizing.
+          if (scheduler.numWaiting >= maxQueue) {
+            observer.failed("overloaded")
+            return yield* Effect.fail(new Overloaded({ maxQueue, message: `the queue is full (${maxQueue} requests waiting); retry later` }))
+          }
+          const validated = yield* validateRequest(request, sized).pipe(Effect.tapError((e) => Effect.sync(() => observer.failed(e.errorType))))
+          return Stream.callback<GenerationEvent, EngineError>((queue) =>
             Effect.gen(function*() {
-              const sequence = scheduler.add(validated)
+              const arrivedAt = performance.now()
+              const timeoutMs = Math.min(validated.timeoutMs, defaultTimeout)
+              const sequence = scheduler.add({ ...validated, timeoutMs }, arrivedAt + timeoutMs)
               const actor = createActor(jobMachine, { input: { jobId: String(sequence.id) } }).start()
               sinks.set(sequence.id, {
                 queue,
                 actor,
-                output: makeSequenceOutput({
-                  codec: model.codec,
-                  request: validated,
-                  stopTokenIds: model.stopTokenIds,
-                  contextLength
-                })
+                arrivedAt,
+                admittedAt: 0,
+                firstTokenAt: 0,
+                lastTokenAt: 0,
+                output: makeSequenceOutput({ codec: model.codec, request: validated, stopTokenIds: model.stopTokenIds, contextLength })
               })
+              observer.queued()
+              Queue.offerUnsafe(queue, { _tag: "Queued", requestId: sequence.id })
               Queue.offerUnsafe(wake, undefined)
               // A consumer that goes away (client disconnect, interrupt) aborts the sequence before the next step.
               yield* Effect.addFinalizer(() =>
                 Effect.sync(() => {
                   if (sequence.status !== "finished") {
-                    actor.send({ type: "CANCEL" })
+                    if (actor.getSnapshot().status !== "done") actor.send({ type: "CANCEL" })
                     scheduler.abort(sequence)
                     Queue.offerUnsafe(wake, undefined)
                   }
@@ -242,14 +363,24 @@ const makeEngine = (model: LoadedModel, options: EngineOptions) =>
               )
             })
           )
-        )
-      )
+        })
+
+    const generate = (request: GenerateRequest): Stream.Stream<GenerationEvent, EngineError> => Stream.unwrap(submit(request))
+
+    const queuePosition = (requestId: number) => {
+      const waiting = scheduler.waitingSequences()
+      const i = waiting.findIndex((s) => s.id === requestId)
+      if (i >= 0) return i + 1
+      return sinks.has(requestId) ? 0 : -1
+    }
 
     return Engine.of({
       model: { id: model.id, contextLength, vocabSize: model.vocabSize },
       codec: model.codec,
       generate,
+      submit,
+      queuePosition,
       shards,
-      stats: Effect.sync(() => ({ numRunning: scheduler.numRunning, numWaiting: scheduler.numWaiting, ...stats }))
+      stats: Effect.sync(() => ({ numRunning: scheduler.numRunning, numWaiting: scheduler.numWaiting, maxNumSeqs, ...stats }))
     })
   })

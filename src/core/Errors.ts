@@ -53,3 +53,19 @@ export class ConversionError extends Schema.TaggedError<ConversionError>()("Conv
 }) {
   readonly errorType = "conversion_error"
 }
+
+/** The waiting queue is full: the request is refused at once instead of waiting without bound. */
+export class Overloaded extends Schema.TaggedError<Overloaded>()("Overloaded", {
+  maxQueue: Schema.Number,
+  message: Schema.String
+}) {
+  readonly errorType = "overloaded"
+}
+
+/** The request outlived its deadline (queued or generating); what was generated so far has been streamed. */
+export class DeadlineExceeded extends Schema.TaggedError<DeadlineExceeded>()("DeadlineExceeded", {
+  timeoutMs: Schema.Number,
+  message: Schema.String
+}) {
+  readonly errorType = "timeout"
+}

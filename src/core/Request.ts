@@ -25,6 +25,10 @@ export interface GenerateRequest {
   readonly ignoreEos?: boolean
   /** Also return float32 logits at the last prompt position (`"last"`) or at every prompt position (`"all"`). */
   readonly promptLogits?: "none" | "last" | "all"
+  /** Lower runs first among waiting requests; FIFO within a priority. Default 0. */
+  readonly priority?: number
+  /** Milliseconds from submission after which the request ends with DeadlineExceeded; default: the engine's. */
+  readonly timeoutMs?: number
 }
 
 /** A request with defaults applied, ranges checked and the prompt tokenized. The scheduler accepts nothing else. */
@@ -37,6 +41,9 @@ export interface ValidatedRequest {
   readonly promptLogits: "none" | "last" | "all"
   /** Messages dropped from the front of a chat to fit the context. */
   readonly truncatedMessages: number
+  readonly priority: number
+  /** Milliseconds after submission; Infinity for none. */
+  readonly timeoutMs: number
 }
 
 /** Why a generation ended: `stop` (end-of-turn token or stop string) or `length` (max tokens or context). */
@@ -49,6 +56,11 @@ export interface Usage {
 
 /** @category models */
 export type GenerationEvent =
+  | {
+    /** First event: the request is accepted and waiting; `requestId` names it for `Engine.queuePosition`. */
+    readonly _tag: "Queued"
+    readonly requestId: number
+  }
   | {
     readonly _tag: "Started"
     readonly promptTokens: number

@@ -25,6 +25,8 @@ export interface Sequence {
   /** Lower runs first among waiting sequences (FIFO within a priority). */
   readonly priority: number
   readonly arrival: number
+  /** Absolute time (ms, `performance.now()` clock) after which the sequence expires; Infinity for none. */
+  readonly deadline: number
 }
 
 export interface PrefillWork {
@@ -66,7 +68,8 @@ export class Scheduler {
     this.slots = new Array(config.maxNumSeqs).fill(undefined)
   }
 
-  add(request: ValidatedRequest, priority = 0): Sequence {
+  add(request: ValidatedRequest, deadline = Number.POSITIVE_INFINITY): Sequence {
+    const priority = request.priority
     const sequence: Sequence = {
       id: this.nextId++,
       request,
@@ -76,7 +79,8 @@ export class Scheduler {
       outputTokenIds: [],
       aborted: false,
       priority,
-      arrival: this.nextId
+      arrival: this.nextId,
+      deadline
     }
     // Stable insertion by priority keeps FIFO among equals.
     let at = this.waiting.length
@@ -115,6 +119,30 @@ export class Scheduler {
     }
     for (const s of this.slots) if (s !== undefined && s.aborted) dropped.push(s), this.finish(s)
     return dropped
+  }
+
+  /** Sequences (waiting or running) whose deadline has passed at `now`; the caller ends them. */
+  expired(now: number): Array<Sequence> {
+    const out = this.waiting.filter((s) => s.deadline < now)
+    for (const s of this.slots) if (s !== undefined && s.deadline < now) out.push(s)
+    return out
+  }
+
+  /** Removes a waiting sequence from the queue (expiry, shutdown). */
+  removeWaiting(sequence: Sequence): void {
+    const i = this.waiting.indexOf(sequence)
+    if (i >= 0) this.waiting.splice(i, 1)
+    sequence.status = "finished"
+  }
+
+  /** Every waiting sequence. */
+  waitingSequences(): ReadonlyArray<Sequence> {
+    return this.waiting
+  }
+
+  /** Fraction of KV slots in use, 0..1. */
+  get slotUsage(): number {
+    return this.numRunning / this.slots.length
   }
 
   /** Moves waiting sequences into free slots. */

@@ -5,6 +5,7 @@
  */
 import type { TextCodec } from "../adapters/ModelAdapter.ts"
 import type { FinishReason, ValidatedRequest } from "./Request.ts"
+import { ByteTokenDecoder } from "./text/ByteTokenDecoder.ts"
 import { IncrementalDecoder } from "./text/IncrementalDecoder.ts"
 import { StopMatcher } from "./text/StopMatcher.ts"
 
@@ -35,7 +36,10 @@ export const makeSequenceOutput = (options: {
 }): SequenceOutput => {
   const { request, contextLength } = options
   const stopIds = new Set(request.ignoreEos ? [] : options.stopTokenIds)
-  const decoder = new IncrementalDecoder(options.codec, { context: Array.from(request.promptTokenIds) })
+  const tokenBytes = options.codec.tokenBytes
+  const decoder = tokenBytes !== undefined
+    ? new ByteTokenDecoder(tokenBytes)
+    : new IncrementalDecoder(options.codec, { context: Array.from(request.promptTokenIds) })
   const matcher = new StopMatcher(request.stop)
   let generated = 0
   let promptLogits: Float32Array | undefined

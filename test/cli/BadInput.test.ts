@@ -80,6 +80,6 @@ describe("chorus generate with bad input", () => {
   it("an unknown command is one line, exit 2", () => {
     const r = chorus("frobnicate")
     expect(r.code).toBe(2)
-    expect(r.stderr.trim()).toBe("chorus: unknown command 'frobnicate' (commands: generate, chat, convert)")
+    expect(r.stderr.trim()).toBe("chorus: unknown command 'frobnicate' (commands: serve, generate, chat, convert, bench)")
   })
 })

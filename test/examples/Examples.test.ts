@@ -17,6 +17,18 @@ describe("examples", () => {
     expect(Number(shared)).toBeLessThanOrEqual(Number(steps))
   })
 
+  it("server-in-node-app.ts starts the server, asks it, stops it", () => {
+    const r = run("server-in-node-app.ts")
+    expect(r.status).toBe(0)
+    expect(r.stdout).toMatch(/^serving at http:\/\/127\.0\.0\.1:\d+\nanswer: ".*" \(8 tokens\)\nstopped\n$/)
+  })
+
+  it("server-in-effect-app.ts runs the server as a layer of an Effect app", () => {
+    const r = run("server-in-effect-app.ts")
+    expect(r.status).toBe(0)
+    expect(r.stdout).toMatch(/chorus-bench at http:\/\/127\.0\.0\.1:\d+: ready=\{"status":"ready"\}; chorus:generation_tokens_total 5/)
+  })
+
   it("custom-adapter.ts runs the engine over a custom adapter", () => {
     const r = run("custom-adapter.ts")
     expect(r.status).toBe(0)

@@ -10,6 +10,7 @@ import { readFile } from "node:fs/promises"
 import { createRequire } from "node:module"
 import * as path from "node:path"
 import { CheckpointError } from "../../core/Errors.ts"
+import { byteLevelTokenBytes, type TokenBytes } from "../../core/text/ByteTokenDecoder.ts"
 
 export interface EncodeOptions {
   /** Prepend BOS unless the text already starts with it. Default false (chat templates write BOS themselves). */
@@ -38,6 +39,8 @@ export interface Llama3Tokenizer {
   readonly chatTemplate: string | undefined
   /** Where the files came from, for logs. */
   readonly files: { readonly tokenizerJson: string; readonly tokenizerConfig: string | undefined }
+  /** The bytes of each token for streaming detokenization (byte-level BPE only); undefined for special tokens. */
+  readonly tokenBytes?: TokenBytes
 }
 
 const END_TOKENS = ["<|eot_id|>", "<|end_of_text|>", "<|eom_id|>"] as const
@@ -132,8 +135,33 @@ export const loadTokenizer = (modelDir: string | undefined): Effect.Effect<Llama
       catch: (e) =>
         new CheckpointError({ path: tokenizerJson, message: `${tokenizerJson}: not a usable tokenizer: ${oneLine(e)}` })
     })
-    return yield* fromHf(hf, config, { tokenizerJson, tokenizerConfig }, jinja)
+    const tokenizer = yield* fromHf(hf, config, { tokenizerJson, tokenizerConfig }, jinja)
+    const bytes = byteTable(json)
+    return bytes === undefined ? tokenizer : { ...tokenizer, tokenBytes: (id: number) => bytes[id] }
   })
+
+/**
+ * For a byte-level BPE tokenizer (decoder `ByteLevel`, as Llama 3's): each id's bytes, special tokens left out.
+ * Undefined when the tokenizer is of another kind or an entry is not byte-level text (then streaming falls back to
+ * window re-decoding).
+ */
+const byteTable = (json: Json): Array<Uint8Array | undefined> | undefined => {
+  const decoder = json["decoder"] as Json | null | undefined
+  const model = json["model"] as Json | undefined
+  const vocab = model?.["vocab"] as Record<string, number> | undefined
+  if (decoder?.["type"] !== "ByteLevel" || vocab === undefined || typeof vocab !== "object") return undefined
+  const table: Array<Uint8Array | undefined> = []
+  for (const [token, id] of Object.entries(vocab)) {
+    const bytes = byteLevelTokenBytes(token)
+    if (bytes === undefined) return undefined
+    table[id] = bytes
+  }
+  const encoder = new TextEncoder()
+  for (const added of (json["added_tokens"] as Array<{ id: number; content: string; special?: boolean }> | undefined) ?? []) {
+    table[added.id] = added.special === true ? undefined : encoder.encode(added.content)
+  }
+  return table
+}
 
 const fromHf = (
   hf: HfTokenizer,

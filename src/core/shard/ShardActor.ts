@@ -21,11 +21,13 @@ export interface ShardActor {
   readonly restart: Effect.Effect<ShardLoadResult, GenerationError>
   /** The worker's thread ids, for fault-injection tests. */
   readonly threadIds: Effect.Effect<ReadonlyArray<number>>
+  /** Fault injection: the worker thread dies between two steps (its module's `crash` export). */
+  readonly crash: Effect.Effect<void>
   readonly loaded: Effect.Effect<ShardLoadResult>
 }
 
 interface Envelope {
-  readonly name: "step" | "release"
+  readonly name: "step" | "release" | "crash"
   readonly task: unknown
   readonly reply: Deferred.Deferred<unknown, GenerationError>
 }
@@ -59,14 +61,28 @@ export const makeShardActor = (
     yield* Effect.addFinalizer(() => Ref.get(pool).pipe(Effect.flatMap((p) => Effect.promise(() => p.close()))))
     const loaded = yield* Ref.make(yield* loadOn(yield* Ref.get(pool)))
 
+    // Set when the worker thread died: piscina replaces it with a fresh, unloaded thread, which must not be used
+    // as if it still held the model and the KV cache.
+    let died: string | undefined
+    const dead = (cause: unknown) => {
+      const text = cause instanceof Error ? cause.message : String(cause)
+      if (/exit|terminat/i.test(text)) died = text
+    }
+
     // The mailbox: one fiber, scoped to the actor, delivers messages to the worker one at a time.
     const mailbox = yield* Queue.bounded<Envelope>(64)
     yield* Effect.forkScoped(
       Effect.forever(
         Effect.gen(function*() {
           const { name, task, reply } = yield* Queue.take(mailbox)
+          if (died !== undefined) {
+            yield* Deferred.fail(reply, new GenerationError({ message: `shard ${index} worker thread died (${died})` }))
+            return
+          }
           const p = yield* Ref.get(pool)
-          const exit = yield* Effect.exit(Effect.tryPromise({ try: () => p.run(task, { name }), catch: failure(index, name) }))
+          const exit = yield* Effect.exit(
+            Effect.tryPromise({ try: () => p.run(task, { name }), catch: (cause) => (dead(cause), failure(index, name)(cause)) })
+          )
           yield* Deferred.done(reply, exit)
         })
       )
@@ -85,6 +101,7 @@ export const makeShardActor = (
       const fresh = openPool(workerUrl, index)
       yield* Ref.set(pool, fresh)
       const result = yield* loadOn(fresh)
+      died = undefined
       yield* Ref.set(loaded, result)
       return result
     })
@@ -96,6 +113,7 @@ export const makeShardActor = (
       release: (rows) => ask<void>("release", rows),
       restart,
       threadIds: Ref.get(pool).pipe(Effect.map((p) => p.threads.map((t) => t.threadId))),
+      crash: Effect.ignore(ask<void>("crash", undefined)),
       loaded: Ref.get(loaded)
     } satisfies ShardActor
   })

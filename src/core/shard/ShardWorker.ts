@@ -208,3 +208,11 @@ export async function step(plan: StepPlan): Promise<StepResult> {
 export async function release(rows: ReadonlyArray<number>): Promise<void> {
   for (const r of rows) state?.samplers.delete(r)
 }
+
+/**
+ * Fault injection: ends this worker thread abruptly, as a native crash or an out-of-memory kill would, between two
+ * steps (never inside ORT's `run`, which would take the whole process down). Used by fault tests and chaos drills.
+ */
+export function crash(): never {
+  process.exit(1)
+}

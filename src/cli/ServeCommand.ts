@@ -1,0 +1,109 @@
+/**
+ * `chorus serve` (= `npm start`): the HTTP server on a model. Flags override the config file (`--config`, JSON).
+ */
+import { Effect, Schema } from "effect"
+import * as fs from "node:fs"
+import { BenchAdapter } from "../adapters/bench/BenchAdapter.ts"
+import { Llama3Adapter } from "../adapters/llama3/Llama3Adapter.ts"
+import { ValidationError } from "../core/Errors.ts"
+import { runServer } from "../http/Server.ts"
+import { decodeJson } from "../http/JsonBody.ts"
+import type { FlagSpecs, ParsedFlags } from "./Args.ts"
+import { modelFlags, resolveModelFlags } from "./ModelFlags.ts"
+
+export const serveFlags = {
+  ...modelFlags,
+  config: { kind: "string", description: "JSON config file with any of these options (flags win)" },
+  host: { kind: "string", description: "address to listen on (default 127.0.0.1; 0.0.0.0 for all)" },
+  port: { kind: "integer", description: "port (default 8080; 0 picks a free one)" },
+  "max-queue": { kind: "integer", description: "waiting requests before new ones get 429 (default 1024)" },
+  timeout: { kind: "number", description: "seconds a request may take in all before it fails (default 600)" },
+  "api-key": { kind: "string", repeatable: true, description: "accepted API key (repeatable); none: the API is open" },
+  grace: { kind: "number", description: "seconds running requests may finish after SIGTERM (default 30)" },
+  "aime-endpoint": { kind: "string", description: "AIME endpoint name (default llama3_chat)" },
+  adapter: { kind: "string", description: "llama3 (default) | bench (no model time: measures the server itself)" }
+} as const satisfies FlagSpecs
+
+/** The config file: the same options, camelCase. */
+const ServeConfig = Schema.Struct({
+  model: Schema.optional(Schema.String),
+  dtype: Schema.optional(Schema.String),
+  shards: Schema.optional(Schema.Int),
+  maxBatch: Schema.optional(Schema.Int),
+  contextLength: Schema.optional(Schema.Int),
+  host: Schema.optional(Schema.String),
+  port: Schema.optional(Schema.Int),
+  maxQueue: Schema.optional(Schema.Int),
+  timeout: Schema.optional(Schema.Number),
+  apiKeys: Schema.optional(Schema.Array(Schema.String)),
+  grace: Schema.optional(Schema.Number),
+  aimeEndpoint: Schema.optional(Schema.String),
+  adapter: Schema.optional(Schema.Literals(["llama3", "bench"]))
+})
+
+const bad = (field: string, message: string) => Effect.fail(new ValidationError({ field, message }))
+
+const readConfig = (file: string) =>
+  Effect.gen(function*() {
+    const text = yield* Effect.try({
+      try: () => fs.readFileSync(file, "utf8"),
+      catch: () => new ValidationError({ field: "--config", message: `cannot read the config file ${file}` })
+    })
+    const json = yield* Effect.try({
+      try: () => JSON.parse(text) as unknown,
+      catch: (e) => new ValidationError({ field: "--config", message: `${file} is not valid JSON: ${e instanceof Error ? e.message : String(e)}` })
+    })
+    return yield* decodeJson(ServeConfig, json).pipe(
+      Effect.mapError((e) => new ValidationError({ field: "--config", message: `${file}: ${e.message}` }))
+    )
+  })
+
+export const runServe = (given: ParsedFlags<typeof serveFlags>) =>
+  Effect.gen(function*() {
+    const file = given.config === undefined ? {} : yield* readConfig(given.config)
+    const flags: ParsedFlags<typeof serveFlags> = {
+      ...(file.model === undefined ? {} : { model: file.model }),
+      ...(file.dtype === undefined ? {} : { dtype: file.dtype }),
+      ...(file.shards === undefined ? {} : { shards: file.shards }),
+      ...(file.maxBatch === undefined ? {} : { "max-batch": file.maxBatch }),
+      ...(file.contextLength === undefined ? {} : { "context-length": file.contextLength }),
+      ...(file.host === undefined ? {} : { host: file.host }),
+      ...(file.port === undefined ? {} : { port: file.port }),
+      ...(file.maxQueue === undefined ? {} : { "max-queue": file.maxQueue }),
+      ...(file.timeout === undefined ? {} : { timeout: file.timeout }),
+      ...(file.apiKeys === undefined ? {} : { "api-key": file.apiKeys }),
+      ...(file.grace === undefined ? {} : { grace: file.grace }),
+      ...(file.aimeEndpoint === undefined ? {} : { "aime-endpoint": file.aimeEndpoint }),
+      ...(file.adapter === undefined ? {} : { adapter: file.adapter }),
+      ...given
+    }
+    const port = flags.port ?? 8080
+    if (port < 0 || port > 65535) return yield* bad("--port", `--port must be between 0 and 65535, got ${port}`)
+    if (flags["max-queue"] !== undefined && flags["max-queue"] < 1) return yield* bad("--max-queue", `--max-queue must be at least 1, got ${flags["max-queue"]}`)
+    if (flags.timeout !== undefined && !(flags.timeout > 0)) return yield* bad("--timeout", `--timeout must be a positive number of seconds, got ${flags.timeout}`)
+    if (flags.grace !== undefined && !(flags.grace >= 0)) return yield* bad("--grace", `--grace must be zero or more seconds, got ${flags.grace}`)
+    const endpoint = flags["aime-endpoint"] ?? "llama3_chat"
+    if (!/^[A-Za-z0-9_-]+$/.test(endpoint)) return yield* bad("--aime-endpoint", `--aime-endpoint must be letters, digits, '_' or '-', got '${endpoint}'`)
+    const adapterName = flags.adapter ?? "llama3"
+    if (adapterName !== "llama3" && adapterName !== "bench") return yield* bad("--adapter", `--adapter must be llama3 or bench, got '${adapterName}'`)
+    const model = yield* resolveModelFlags(flags)
+    const engine = {
+      ...model.engine,
+      maxQueue: flags["max-queue"] ?? 1024,
+      timeoutMs: (flags.timeout ?? 600) * 1000
+    }
+    const common = {
+      host: flags.host ?? "127.0.0.1",
+      port,
+      apiKeys: flags["api-key"] ?? [],
+      engine,
+      aimeEndpoint: endpoint,
+      graceMs: (flags.grace ?? 30) * 1000
+    }
+    if (adapterName === "bench") {
+      const benchOptions = model.adapter.maxContext === undefined ? {} : { contextLength: model.adapter.maxContext }
+      yield* runServer({ ...common, adapter: BenchAdapter, adapterOptions: benchOptions })
+    } else {
+      yield* runServer({ ...common, adapter: Llama3Adapter, adapterOptions: model.adapter })
+    }
+  })

@@ -1,0 +1,143 @@
+/**
+ * The Chorus server: OpenAI- and AIME-compatible APIs, operations routes and the web chat page over one engine.
+ * The port opens first (so `/health` and `/ready` answer while the model loads); SIGTERM stops taking requests,
+ * lets running ones finish within a grace period, then closes everything and resolves.
+ *
+ * @since 0.1.0
+ */
+import { NodeHttpServer } from "@effect/platform-node"
+import { Effect, Layer, ManagedRuntime } from "effect"
+import { HttpRouter, HttpServer } from "effect/http"
+import { createServer } from "node:http"
+import type { ModelAdapter } from "../adapters/ModelAdapter.ts"
+import type { EngineOptions } from "../core/Engine.ts"
+import { AimeRoutes } from "./aime/Routes.ts"
+import { OpenAiRoutes } from "./openai/Routes.ts"
+import { OpsRoutes } from "./ops/Routes.ts"
+import { Serving } from "./Serving.ts"
+import { StaticRoutes } from "./StaticFiles.ts"
+
+/** @category models */
+export interface ServerOptions<O> {
+  readonly adapter: ModelAdapter<O>
+  readonly adapterOptions: O
+  readonly host?: string
+  /** 0 picks a free port. Default 8080. */
+  readonly port?: number
+  readonly apiKeys?: ReadonlyArray<string>
+  readonly engine?: EngineOptions
+  /** AIME endpoint name (route `/<name>`). Default `llama3_chat`. */
+  readonly aimeEndpoint?: string
+  /** How long running requests may finish after SIGTERM. Default 30 s. */
+  readonly graceMs?: number
+}
+
+/**
+ * The whole server as a layer; also exposes `Serving` (readiness, metrics) and `HttpServer` (the bound address).
+ *
+ * @category layers
+ */
+export const serverLayer = <O>(options: ServerOptions<O>) => {
+  const aime = AimeRoutes(options.aimeEndpoint ?? "llama3_chat", {
+    ...(options.engine?.maxQueue === undefined ? {} : { maxQueue: options.engine.maxQueue }),
+    ...(options.engine?.timeoutMs === undefined ? {} : { timeoutMs: options.engine.timeoutMs })
+  })
+  const routes = Layer.mergeAll(OpenAiRoutes, aime, OpsRoutes, StaticRoutes)
+  return HttpRouter.serve(routes, { disableLogger: true, disableListenLog: true }).pipe(
+    Layer.provideMerge(Serving.layer(options.adapter, options.adapterOptions, { apiKeys: options.apiKeys ?? [], engine: options.engine ?? {} })),
+    Layer.provideMerge(NodeHttpServer.layer(createServer, { port: options.port ?? 8080, host: options.host ?? "127.0.0.1" }))
+  )
+}
+
+/** Waits for the first of SIGTERM / SIGINT. */
+const shutdownSignal = Effect.callback<string>((resume) => {
+  const on = (signal: string) => () => resume(Effect.succeed(signal))
+  const term = on("SIGTERM")
+  const int = on("SIGINT")
+  process.once("SIGTERM", term)
+  process.once("SIGINT", int)
+  return Effect.sync(() => {
+    process.off("SIGTERM", term)
+    process.off("SIGINT", int)
+  })
+})
+
+/** Waits until no request is running or waiting, at most `graceMs`. */
+const drained = (graceMs: number) =>
+  Effect.gen(function*() {
+    const serving = yield* Serving
+    const engine = yield* Effect.option(serving.loadedEngine)
+    if (engine._tag === "None") return
+    const deadline = Date.now() + graceMs
+    while (Date.now() < deadline) {
+      const s = yield* engine.value.stats
+      if (s.numRunning + s.numWaiting === 0) return
+      yield* Effect.sleep("50 millis")
+    }
+  })
+
+/**
+ * Runs the server until SIGTERM/SIGINT, then drains and closes. `onReady` gets the base URL once the model is loaded.
+ *
+ * @category constructors
+ */
+export const runServer = <O>(options: ServerOptions<O>, log: (line: string) => void = (l) => process.stdout.write(`${l}\n`)) =>
+  Effect.gen(function*() {
+    const serving = yield* Serving
+    const server = yield* HttpServer.HttpServer
+    const url = HttpServer.formatAddress(server.address)
+    const ready = serving.ready.pipe(
+      Effect.tap((engine) =>
+        Effect.sync(() => {
+          const aime = options.aimeEndpoint ?? "llama3_chat"
+          log(`chorus: serving ${engine.model.id} at ${url}/ (OpenAI /v1, AIME /${aime}, web chat /, metrics /metrics)`)
+          log(serving.isOpen ? "chorus: no API keys configured: the API is open to anyone who can reach it" : `chorus: ${serving.keys.size} API key(s) configured`)
+        })
+      ),
+      Effect.andThen(Effect.never)
+    )
+    const signal = yield* Effect.raceFirst(ready, shutdownSignal)
+    log(`chorus: ${signal}: draining (up to ${(options.graceMs ?? 30_000) / 1000} s for running requests)`)
+    yield* serving.drain
+    yield* drained(options.graceMs ?? 30_000)
+    log("chorus: stopped")
+  }).pipe(Effect.provide(serverLayer(options)))
+
+/** A server started from plain Node code: its base URL, the loaded engine, and how to stop it. */
+export interface RunningServer {
+  readonly url: string
+  readonly serving: Serving["Service"]
+  readonly engine: Effect.Success<Serving["Service"]["ready"]>
+  /** Stops taking requests, closes the port and the model's worker threads. */
+  readonly close: () => Promise<void>
+}
+
+/**
+ * Starts the server for a plain Node app (no Effect in sight): resolves once the model is loaded.
+ *
+ * @example
+ * ```ts
+ * const server = await startServer({ adapter: Llama3Adapter, adapterOptions: {}, port: 8080 })
+ * console.log(server.url)  // http://127.0.0.1:8080
+ * await server.close()
+ * ```
+ *
+ * @category constructors
+ */
+export const startServer = async <O>(options: ServerOptions<O>): Promise<RunningServer> => {
+  const runtime = ManagedRuntime.make(serverLayer(options))
+  try {
+    const started = await runtime.runPromise(
+      Effect.gen(function*() {
+        const serving = yield* Serving
+        const engine = yield* serving.ready
+        const server = yield* HttpServer.HttpServer
+        return { url: HttpServer.formatAddress(server.address), engine, serving }
+      })
+    )
+    return { ...started, close: () => runtime.dispose() }
+  } catch (error) {
+    await runtime.dispose()
+    throw error
+  }
+}

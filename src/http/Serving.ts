@@ -1,0 +1,115 @@
+/**
+ * The server's view of the model: loading in the background while the HTTP port is already open (so `/health`
+ * and `/ready` answer from the first second), then ready, then draining on shutdown. Routes ask it for the engine
+ * and get NotReady or Draining instead while the model cannot take requests. It also owns API keys and metrics.
+ *
+ * @since 0.1.0
+ */
+import { Context, Deferred, Effect, Layer, Ref } from "effect"
+import type { ModelAdapter } from "../adapters/ModelAdapter.ts"
+import { Engine, type EngineOptions } from "../core/Engine.ts"
+import type { EngineObserver } from "../core/EngineObserver.ts"
+import type { CheckpointError, ConversionError, GenerationError, ModelConfigError } from "../core/Errors.ts"
+import { type EngineMetrics, makeEngineMetrics } from "../core/metrics/EngineMetrics.ts"
+import { Draining, NotReady, Unauthorized } from "./ServerErrors.ts"
+
+export type ServingStatus = "loading" | "ready" | "draining"
+export type LoadError = CheckpointError | ModelConfigError | ConversionError | GenerationError
+
+/** @category models */
+export interface ServingOptions {
+  /** API keys; empty means the API is open. */
+  readonly apiKeys: ReadonlyArray<string>
+  readonly engine: EngineOptions
+}
+
+type EngineService = Engine["Service"]
+
+/**
+ * @category services
+ */
+export class Serving extends Context.Service<Serving, {
+  readonly status: Effect.Effect<ServingStatus>
+  /** The engine, for a new request: fails while loading or draining. */
+  readonly engine: Effect.Effect<EngineService, NotReady | Draining>
+  /** The engine regardless of draining (progress polls, metrics); fails only while loading. */
+  readonly loadedEngine: Effect.Effect<EngineService, NotReady>
+  /** Completes when the model is loaded; fails with the load error. */
+  readonly ready: Effect.Effect<EngineService, LoadError>
+  /** Stops taking new requests. */
+  readonly drain: Effect.Effect<void>
+  readonly checkKey: (key: string | undefined) => Effect.Effect<void, Unauthorized>
+  readonly isOpen: boolean
+  readonly keys: ReadonlySet<string>
+  readonly metrics: EngineMetrics
+}>()("chorus/http/Serving") {
+  static readonly layer = <O>(adapter: ModelAdapter<O>, adapterOptions: O, options: ServingOptions): Layer.Layer<Serving> =>
+    Layer.effect(
+      Serving,
+      Effect.gen(function*() {
+        const metrics = makeEngineMetrics()
+        const observer: EngineObserver = {
+          queued: () => {},
+          admitted: () => {},
+          promptTokens: (n) => metrics.promptTokens(n),
+          firstToken: (queue, ttft) => metrics.firstToken(queue, ttft),
+          token: (itl) => metrics.token(itl),
+          decodeStep: (n) => metrics.decodeStep(n),
+          finished: (reason, e2e, prefill, decode) => metrics.finished(reason, e2e, prefill, decode),
+          failed: (errorType) => metrics.failed(errorType)
+        }
+        const status = yield* Ref.make<ServingStatus>("loading")
+        const loaded = yield* Deferred.make<EngineService, LoadError>()
+        let current: EngineService | undefined
+        const engineLayer = Engine.layer(adapter, adapterOptions, { ...options.engine, observer })
+        // Load in the background, in the layer's scope: the engine lives as long as the server.
+        yield* Effect.forkScoped(
+          Layer.build(engineLayer).pipe(
+            Effect.map((ctx) => Context.get(ctx, Engine)),
+            Effect.tap((engine) =>
+              Effect.sync(() =>
+                metrics.bindGauges({
+                  running: () => Effect.runSync(engine.stats).numRunning,
+                  waiting: () => Effect.runSync(engine.stats).numWaiting,
+                  kvUsage: () => {
+                    const s = Effect.runSync(engine.stats)
+                    return s.numRunning / s.maxNumSeqs
+                  }
+                })
+              )
+            ),
+            Effect.tap((engine) => Effect.sync(() => (current = engine))),
+            Effect.tap(() => Ref.update(status, (s) => (s === "loading" ? "ready" : s))),
+            Effect.exit,
+            Effect.flatMap((exit) => Deferred.done(loaded, exit)),
+            Effect.andThen(Effect.never)
+          )
+        )
+        const keys = new Set(options.apiKeys)
+        const loadedEngine = Effect.suspend(() =>
+          current === undefined
+            ? Effect.fail(new NotReady({ message: "the model is still loading; retry in a moment" }))
+            : Effect.succeed(current)
+        )
+        return Serving.of({
+          status: Ref.get(status),
+          loadedEngine,
+          engine: Effect.gen(function*() {
+            if ((yield* Ref.get(status)) === "draining") {
+              return yield* Effect.fail(new Draining({ message: "the server is shutting down and takes no new requests" }))
+            }
+            return yield* loadedEngine
+          }),
+          ready: Deferred.await(loaded),
+          drain: Ref.set(status, "draining"),
+          checkKey: (key) =>
+            keys.size === 0 || (key !== undefined && keys.has(key))
+              ? Effect.void
+              : Effect.fail(new Unauthorized({ message: key === undefined ? "an API key is required" : "the API key is not valid" })),
+          isOpen: keys.size === 0,
+          keys,
+          metrics
+        })
+      })
+    )
+}

@@ -1,0 +1,110 @@
+// Behaviour under faults: a shard worker dying mid-generation, a client going away, a full queue.
+import { Effect } from "effect"
+import { describe, expect, it } from "vitest"
+import { BenchAdapter } from "../../src/adapters/bench/BenchAdapter.ts"
+import { Llama3Adapter } from "../../src/adapters/llama3/Llama3Adapter.ts"
+import { readSse, startServer } from "../support/server.ts"
+
+const post = (url: string, body: unknown, signal?: AbortSignal) =>
+  fetch(url, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(body), ...(signal ? { signal } : {}) })
+
+const waitUntil = async (check: () => Promise<boolean>, ms: number) => {
+  const start = performance.now()
+  while (performance.now() - start < ms) {
+    if (await check()) return performance.now() - start
+    await new Promise((r) => setTimeout(r, 5))
+  }
+  throw new Error(`condition not met within ${ms} ms`)
+}
+
+describe("faults", () => {
+  it("a shard worker killed mid-generation: its request gets an error event within 5 s, the shard comes back, the next request succeeds", async () => {
+    const server = await startServer({ adapter: Llama3Adapter, adapterOptions: {}, engine: { maxNumSeqs: 4 } })
+    try {
+      const r = await post(`${server.url}/v1/completions`, { prompt: "Tell me everything", max_tokens: 4000, ignore_eos: true, stream: true })
+      const reader = r.body!.getReader()
+      const decoder = new TextDecoder()
+      let text = ""
+      while ((text.match(/data: /g) ?? []).length < 5) text += decoder.decode((await reader.read()).value, { stream: true })
+      const killedAt = performance.now()
+      await Effect.runPromise(server.engine.shards[0]!.crash)
+      let done = false
+      while (!done) {
+        const chunk = await reader.read()
+        done = chunk.done
+        if (chunk.value) text += decoder.decode(chunk.value, { stream: true })
+      }
+      const elapsed = performance.now() - killedAt
+      expect(elapsed).toBeLessThan(5000)
+      const error = text.split("\n").filter((l) => l.startsWith("data: {\"error\"")).map((l) => JSON.parse(l.slice(6)))[0]
+      expect(error.error.message).toMatch(/shard 0 worker thread died/)
+      expect(error.error.code).toBe("generation_error")
+      await waitUntil(async () => (await Effect.runPromise(server.engine.stats)).restarts >= 1, 10_000)
+      const next = await post(`${server.url}/v1/completions`, { prompt: "Again", max_tokens: 8 })
+      expect(next.status).toBe(200)
+      expect(((await next.json()) as { usage: { completion_tokens: number } }).usage.completion_tokens).toBe(8)
+      expect(await (await fetch(`${server.url}/metrics`)).text()).toMatch(/chorus:request_failure_total\{error_type="generation_error"\} 1/)
+    } finally {
+      await server.close()
+    }
+  })
+
+  it("a client that disconnects frees its slot within one decode step", async () => {
+    const server = await startServer({ adapter: BenchAdapter, adapterOptions: { stepDelayMs: 20 }, engine: { maxNumSeqs: 4 } })
+    try {
+      const abort = new AbortController()
+      const r = await post(`${server.url}/v1/completions`, { prompt: "x", max_tokens: 8000, stream: true }, abort.signal)
+      const reader = r.body!.getReader()
+      await reader.read()
+      await reader.read()
+      expect((await Effect.runPromise(server.engine.stats)).numRunning).toBe(1)
+      abort.abort()
+      // One step is 20 ms here: the slot must be free within about one step (scheduling slack allowed).
+      const freedIn = await waitUntil(async () => (await Effect.runPromise(server.engine.stats)).numRunning === 0, 1000)
+      expect(freedIn).toBeLessThan(100)
+    } finally {
+      await server.close()
+    }
+  })
+
+  it("a full queue answers 429 at once", async () => {
+    const server = await startServer({ adapter: BenchAdapter, adapterOptions: { stepDelayMs: 20 }, engine: { maxNumSeqs: 1, maxQueue: 1 } })
+    try {
+      const long = { prompt: "x", max_tokens: 8000, stream: true }
+      const abort = new AbortController()
+      const running = await post(`${server.url}/v1/completions`, long, abort.signal)
+      await running.body!.getReader().read()
+      // The second request waits for the only slot; its response has not started, so do not await it.
+      const waiting = post(`${server.url}/v1/completions`, long, abort.signal).catch(() => undefined)
+      await waitUntil(async () => (await Effect.runPromise(server.engine.stats)).numWaiting === 1, 1000)
+      const started = performance.now()
+      const refused = await post(`${server.url}/v1/completions`, { prompt: "y", max_tokens: 5 })
+      expect(performance.now() - started).toBeLessThan(200)
+      expect(refused.status).toBe(429)
+      expect(await refused.json()).toMatchObject({ error: { type: "rate_limit_error", code: "overloaded" } })
+      abort.abort()
+      await waiting
+    } finally {
+      await server.close()
+    }
+  })
+
+  it("a request past its deadline ends with a clear error: 504 before the first byte, an SSE error event after", async () => {
+    const server = await startServer({ adapter: BenchAdapter, adapterOptions: { stepDelayMs: 10 }, engine: { maxNumSeqs: 2, timeoutMs: 300 } })
+    try {
+      const started = performance.now()
+      const r = await post(`${server.url}/v1/completions`, { prompt: "x", max_tokens: 4000 })
+      expect(r.status).toBe(504)
+      expect(await r.json()).toMatchObject({ error: { code: "timeout", message: "the request exceeded its deadline of 300 ms" } })
+      expect(performance.now() - started).toBeLessThan(2000)
+      const streamed = await readSse(await post(`${server.url}/v1/completions`, { prompt: "x", max_tokens: 4000, stream: true }))
+      const last = streamed.map((e) => e.data)
+      expect(last[last.length - 1]).toBe("[DONE]")
+      expect(JSON.parse(last[last.length - 2]!)).toMatchObject({ error: { code: "timeout" } })
+      expect(last.length).toBeGreaterThan(3)
+      expect(await (await fetch(`${server.url}/metrics`)).text()).toMatch(/chorus:request_success_total\{finished_reason="timeout"\} 2/)
+    } finally {
+      await server.close()
+    }
+  })
+})
