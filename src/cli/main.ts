@@ -5,6 +5,7 @@
  */
 import { Effect, Exit } from "effect"
 import { type FlagSpecs, parseFlags, usage } from "./Args.ts"
+import { benchCommand } from "./BenchCommand.ts"
 import { chatFlags, runChat } from "./ChatCommand.ts"
 import { report } from "./CliError.ts"
 import { convertFlags, runConvert } from "./ConvertCommand.ts"
@@ -33,7 +34,8 @@ const command = <S extends FlagSpecs>(
 const commands = new Map<string, Command>([
   command("generate", "[--model DIR] (--prompt TEXT | --token-ids 1,2,3) [options]", "generate a continuation", generateFlags, runGenerate),
   command("chat", "[--model DIR] [--system TEXT] [options]", "chat in the terminal", chatFlags, runChat),
-  command("convert", "--model DIR --out DIR [--dtype float32|float16] [--shards N]", "convert a checkpoint to ONNX shards", convertFlags, runConvert)
+  command("convert", "--model DIR --out DIR [--dtype float32|float16] [--shards N]", "convert a checkpoint to ONNX shards", convertFlags, runConvert),
+  ["bench", benchCommand]
 ])
 
 const topUsage = () =>
