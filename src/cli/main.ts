@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 /**
- * The `chorus` command: generate, chat, convert (and serve, bench in later modules). Each command declares its
+ * The `chorus` command: serve, generate, chat, convert, bench. Each command declares its
  * flags once; every error is one line on stderr with exit code 2 for bad input, 1 for a failure while running.
  */
 import { Effect, Exit } from "effect"
@@ -10,6 +10,7 @@ import { chatFlags, runChat } from "./ChatCommand.ts"
 import { report } from "./CliError.ts"
 import { convertFlags, runConvert } from "./ConvertCommand.ts"
 import { generateFlags, runGenerate } from "./GenerateCommand.ts"
+import { runServe, serveFlags } from "./ServeCommand.ts"
 
 interface Command {
   readonly synopsis: string
@@ -32,6 +33,7 @@ const command = <S extends FlagSpecs>(
 }]
 
 const commands = new Map<string, Command>([
+  command("serve", "[--model DIR] [--host H] [--port P] [--api-key K]... [options]", "serve the OpenAI and AIME APIs and the web chat", serveFlags, runServe),
   command("generate", "[--model DIR] (--prompt TEXT | --token-ids 1,2,3) [options]", "generate a continuation", generateFlags, runGenerate),
   command("chat", "[--model DIR] [--system TEXT] [options]", "chat in the terminal", chatFlags, runChat),
   command("convert", "--model DIR --out DIR [--dtype float32|float16] [--shards N]", "convert a checkpoint to ONNX shards", convertFlags, runConvert),
