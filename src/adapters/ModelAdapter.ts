@@ -27,7 +27,7 @@ export interface TextCodec {
  *
  * @category models
  */
-export type ShardSpec = Omit<ShardLoad, "maxSeqs" | "maxLen" | "threads">
+export type ShardSpec = Omit<ShardLoad, "maxSeqs" | "maxLen" | "threads" | "device">
 
 /**
  * A model ready to run: the result of `ModelAdapter.load`.
@@ -51,6 +51,8 @@ export interface LoadedModel {
   readonly shards: ReadonlyArray<ShardSpec>
   /** The runtime factory: the worker module that implements `load` / `step` / `release` of `StepProtocol.ts`. */
   readonly workerUrl: URL
+  /** The same contract on an accelerator (device-resident KV cache), used with `--device cuda`; absent: CPU only. */
+  readonly deviceWorkerUrl?: URL | undefined
 }
 
 /**

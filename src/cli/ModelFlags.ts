@@ -5,6 +5,7 @@ import { Effect } from "effect"
 import type { Llama3Options } from "../adapters/llama3/Llama3Adapter.ts"
 import { ValidationError } from "../core/Errors.ts"
 import type { EngineOptions } from "../core/Engine.ts"
+import { parseDevice } from "../core/shard/StepProtocol.ts"
 import type { FlagSpecs, ParsedFlags } from "./Args.ts"
 import { ProgressBar } from "./ProgressBar.ts"
 
@@ -13,7 +14,8 @@ export const modelFlags = {
   dtype: { kind: "string", description: "float32 | float16 (default float32)" },
   shards: { kind: "integer", description: "split the layers over N shard workers (default 1)" },
   "max-batch": { kind: "integer", description: "most sequences decoding together (default 16)" },
-  "context-length": { kind: "integer", description: "tokens per sequence (default: the model's, at most 8192)" }
+  "context-length": { kind: "integer", description: "tokens per sequence (default: the model's, at most 8192)" },
+  device: { kind: "string", description: "cpu (default) | cuda | cuda:N (needs npm run build:native and the CUDA EP)" }
 } as const satisfies FlagSpecs
 
 const bad = (field: string, message: string) => Effect.fail(new ValidationError({ field, message }))
@@ -29,6 +31,8 @@ export const resolveModelFlags = (flags: ParsedFlags<typeof modelFlags>) =>
     if (flags["context-length"] !== undefined && flags["context-length"] < 2) {
       return yield* bad("--context-length", `--context-length must be at least 2, got ${flags["context-length"]}`)
     }
+    const device = parseDevice(flags.device ?? "cpu")
+    if (device === undefined) return yield* bad("--device", `--device must be cpu, cuda or cuda:N, got '${flags.device}'`)
     const bar = new ProgressBar("converting")
     const adapter: Llama3Options = {
       modelDir: flags.model,
@@ -38,6 +42,7 @@ export const resolveModelFlags = (flags: ParsedFlags<typeof modelFlags>) =>
       onProgress: (p) => bar.update(p)
     }
     const engine: EngineOptions = {
+      device,
       ...(flags["max-batch"] === undefined ? {} : { maxNumSeqs: flags["max-batch"] }),
       ...(flags["context-length"] === undefined ? {} : { contextLength: flags["context-length"] })
     }

@@ -15,7 +15,7 @@ import {
   type ContextLengthError,
   type ConversionError,
   DeadlineExceeded,
-  type GenerationError,
+  GenerationError,
   type ModelConfigError,
   Overloaded,
   type ValidationError
@@ -25,7 +25,7 @@ import type { GenerateRequest, GenerationEvent } from "./Request.ts"
 import { type DecodeWork, type PrefillWork, Scheduler, type Sequence } from "./Scheduler.ts"
 import { makeSequenceOutput, type SequenceOutput } from "./SequenceOutput.ts"
 import { makeShardActor, type ShardActor } from "./shard/ShardActor.ts"
-import type { StepPlan, StepResult } from "./shard/StepProtocol.ts"
+import type { Device, StepPlan, StepResult } from "./shard/StepProtocol.ts"
 import { validateRequest } from "./Validation.ts"
 
 /** @category models */
@@ -38,6 +38,11 @@ export interface EngineOptions {
   readonly contextLength?: number
   /** ORT threads per shard; default: cores / shards. */
   readonly threadsPerShard?: number
+  /**
+   * Where shards run: `cpu` (default) or `cuda`; with several shards on CUDA, shard i uses device `id + i` (one GPU
+   * per shard), so `--shards 2 --device cuda` splits a model over GPUs 0 and 1.
+   */
+  readonly device?: Device
   /** Waiting requests beyond which new ones fail at once with Overloaded. Default 1024. */
   readonly maxQueue?: number
   /** Default per-request deadline in milliseconds (requests may ask for less). Default: none. */
@@ -109,8 +114,14 @@ const makeEngine = (model: LoadedModel, options: EngineOptions) =>
     const observer = options.observer ?? silentObserver
     const threads = options.threadsPerShard ?? Math.max(1, Math.floor(os.availableParallelism() / model.shards.length))
     const shards: Array<ShardActor> = []
+    const device = options.device ?? { kind: "cpu" }
+    if (device.kind === "cuda" && model.deviceWorkerUrl === undefined) {
+      return yield* Effect.fail(new GenerationError({ message: `the ${model.id} adapter has no device runtime; use --device cpu` }))
+    }
     for (const [i, spec] of model.shards.entries()) {
-      shards.push(yield* makeShardActor(i, model.workerUrl, { ...spec, maxSeqs: maxNumSeqs, maxLen: contextLength, threads }))
+      const shardDevice: Device = device.kind === "cuda" ? { ...device, id: device.id + i } : device
+      const workerUrl = device.kind === "cuda" ? model.deviceWorkerUrl! : model.workerUrl
+      shards.push(yield* makeShardActor(i, workerUrl, { ...spec, maxSeqs: maxNumSeqs, maxLen: contextLength, threads, device: shardDevice }))
     }
     const last = shards[shards.length - 1]!
     const scheduler = new Scheduler({ maxNumSeqs, maxNumBatchedTokens: options.maxNumBatchedTokens ?? 512 })

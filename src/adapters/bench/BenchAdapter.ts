@@ -60,7 +60,7 @@ export const BenchAdapter: ModelAdapter<BenchOptions> = {
       const formatChat = yield* makeChatFormatter(tokenizer)
       const specs = planShards(NUM_LAYERS, shards).map(([l0, l1]): ShardSpec => {
         // The worker reads its share of the step time from the extra field; the engine passes specs through whole.
-        const spec: Omit<BenchShardLoad, "maxSeqs" | "maxLen" | "threads"> = {
+        const spec: Omit<BenchShardLoad, "maxSeqs" | "maxLen" | "threads" | "device"> = {
           graphPath: "",
           layers: [l0, l1] as const,
           isFirst: l0 === 0,

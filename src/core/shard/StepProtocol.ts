@@ -5,6 +5,22 @@
  */
 import type { SamplingParams } from "../sampling/SamplingParams.ts"
 
+/**
+ * Where a shard runs. `cpu` uses onnxruntime-node's CPU EP (no build step); `cuda` uses the native IO-binding addon
+ * (`npm run build:native`) with the CUDA EP and a device-resident KV cache. `options` are CUDA EP provider options
+ * (`gpu_mem_limit`, `arena_extend_strategy`, `cudnn_conv_algo_search`, `use_tf32`, `enable_cuda_graph`, ...).
+ */
+export type Device =
+  | { readonly kind: "cpu" }
+  | { readonly kind: "cuda"; readonly id: number; readonly options?: Readonly<Record<string, string>> }
+
+/** `cpu`, `cuda` or `cuda:N`. */
+export const parseDevice = (text: string): Device | undefined => {
+  if (text === "cpu") return { kind: "cpu" }
+  const m = /^cuda(?::(\d+))?$/.exec(text)
+  return m === null ? undefined : { kind: "cuda", id: m[1] === undefined ? 0 : Number(m[1]) }
+}
+
 /** How a shard worker is loaded. One worker thread per shard; the worker owns its ORT session and KV slots. */
 export interface ShardLoad {
   /** Path of the shard's `.onnx` graph (weights in external data next to it). */
@@ -24,6 +40,7 @@ export interface ShardLoad {
   readonly maxLen: number
   /** ORT intra-op threads for this worker. */
   readonly threads: number
+  readonly device: Device
 }
 
 export interface ShardLoadResult {
