@@ -44,7 +44,7 @@ const connect = (s: BenchSettings): Promise<LoadClient> => {
   const timeoutMs = s.timeoutS * 1000
   return s.api === "openai"
     ? openAiClient({ url, apiKey: s.apiKey, model: s.model, temperature: s.temperature, maxSockets, timeoutMs })
-    : aimeClient({ url, endpoint: s.endpoint, apiKey: s.apiKey, pollIntervalMs: s.pollIntervalMs, maxSockets, timeoutMs })
+    : aimeClient({ url, endpoint: s.endpoint, apiKey: s.apiKey, pollIntervalMs: s.pollIntervalMs, temperature: s.temperature, maxSockets, timeoutMs })
 }
 
 /** Runs every level of the settings and writes the outputs; resolves with the result. */

@@ -177,7 +177,8 @@ describe("chorus bench against Chorus (default model)", () => {
     // Level "concurrency 1" exists only in A; "concurrency 2" only in B: both are listed, ratios "-".
     expect(r.stdout).toMatch(/concurrency 1 /)
     expect(r.stdout).toMatch(/concurrency 2 /)
-    const line = r.stdout.split("\n").find((l) => l.trim().startsWith("output tokens/s") && l.includes(a[0].output_throughput.toFixed(0)))
+    const shown = (v: number) => (v >= 100 ? v.toFixed(0) : v.toFixed(2))
+    const line = r.stdout.split("\n").find((l) => l.trim().startsWith("output tokens/s") && l.includes(shown(a[0].output_throughput)))
     expect(line).toBeDefined()
     expect(b[0].concurrency).toBe(2)
     const svg = fs.readFileSync(file("compare.svg"), "utf8")

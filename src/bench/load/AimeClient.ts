@@ -1,6 +1,7 @@
 /**
  * The AIME-compatible target, driven as AIME's own benchmark does: `POST /<ep>` with `wait_for_result: false` and
- * the chat as a `chat_context` JSON string, greedy (`top_k: 1, top_p: 1`), then `POST /<ep>/progress` every poll
+ * the chat as a `chat_context` JSON string, greedy (`top_k: 1, top_p: 1`, and `temperature` 0 by default where
+ * AIME's benchmark leaves the endpoint's 0.8: same tokens, but a server may skip sampling at 0), then `POST /<ep>/progress` every poll
  * interval after each answer until `job_result` arrives. Tokens arrive in bundles, one per poll: the first poll
  * that shows generated tokens is the first output (TTFT, at poll resolution), and each later bundle of k tokens
  * after a gap g adds k inter-token gaps of g/k. Counts come from `num_generated_tokens` and `prompt_length`
@@ -16,6 +17,8 @@ export interface AimeTarget {
   readonly endpoint: string
   readonly apiKey: string | undefined
   readonly pollIntervalMs: number
+  /** Sent with top_k 1 (greedy either way); 0 lets a server take its argmax fast path, as on the OpenAI route. */
+  readonly temperature: number
   readonly maxSockets: number
   readonly timeoutMs: number
 }
@@ -56,6 +59,7 @@ const runJob = async (t: Transport, target: AimeTarget, prompt: Prompt, o: Reque
       max_gen_tokens: prompt.maxTokens,
       top_k: 1,
       top_p: 1,
+      temperature: target.temperature,
       wait_for_result: false,
       ...key
     }, {})

@@ -22,7 +22,7 @@ export const benchFlags = {
   rate: { kind: "number", description: "open loop: Poisson arrivals per second (--concurrency then caps in-flight)" },
   warmup: { kind: "integer", description: "warm-up requests sent at once before each level, not counted (default: concurrency)" },
   seed: { kind: "integer", description: "seed of random prompts and arrival times (default 0)" },
-  temperature: { kind: "number", description: "OpenAI sampling temperature (default 0: greedy; AIME runs greedy: top_k 1)" },
+  temperature: { kind: "number", description: "sampling temperature (default 0: greedy; AIME: 0 to 1, sent with top_k 1)" },
   "poll-interval": { kind: "integer", description: "AIME: milliseconds between progress polls (default 300, as AIME's benchmark)" },
   timeout: { kind: "number", description: "seconds a request may take before it counts as failed (default 600)" },
   json: { kind: "string", description: "write every figure and the settings to this JSON file" },
@@ -83,6 +83,7 @@ export const settingsFromFlags = (f: BenchFlags): BenchSettings => {
   positive("--timeout", f.timeout, false)
   if (f.warmup !== undefined && f.warmup < 0) bad("--warmup", `--warmup must be 0 or more, got ${f.warmup}`)
   if (f.temperature !== undefined && !(f.temperature >= 0)) bad("--temperature", `--temperature must be 0 or more, got ${f.temperature}`)
+  if (api === "aime" && f.temperature !== undefined && f.temperature > 1) bad("--temperature", `--temperature must be at most 1 for the AIME API, got ${f.temperature}`)
   // With a rate and no --concurrency, nothing caps the requests in flight.
   const concurrency = f.concurrency ?? (f.rate === undefined ? [1] : [])
   for (const c of concurrency) if (!(c >= 1)) bad("--concurrency", `--concurrency values must be positive integers, got ${c}`)

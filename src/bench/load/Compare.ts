@@ -28,7 +28,7 @@ export const FIGURES: ReadonlyArray<Figure> = [
 export const ratio = (value: number | null, baseline: number | null): number | null =>
   value === null || baseline === null || baseline === 0 ? null : value / baseline
 
-const num = (v: number | null) => (v === null ? "-" : Math.abs(v) >= 100 ? v.toFixed(0) : v.toFixed(2))
+const num = (v: number | null) => (v === null ? "-" : Number.isInteger(v) || Math.abs(v) >= 100 ? v.toFixed(0) : v.toFixed(2))
 
 export const renderCompare = (results: ReadonlyArray<BenchResult>): string => {
   const [base] = results

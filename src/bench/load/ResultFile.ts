@@ -105,7 +105,7 @@ export const resultRecord = (s: BenchSettings, label: string, model: string | un
     rate: s.rate ?? null,
     warmup: s.warmup ?? null,
     seed: s.seed,
-    temperature: s.api === "openai" ? s.temperature : null,
+    temperature: s.temperature,
     poll_interval_ms: s.api === "aime" ? s.pollIntervalMs : null,
     timeout_s: s.timeoutS,
     api_key: s.apiKey === undefined ? null : "(set)"
