@@ -32,10 +32,13 @@ interface ShardState {
   readonly newKvNames: ReadonlyArray<string>
 }
 
-/** Greedy with no penalties: the graph's ArgMax gives the same token as the sampler would. */
+/**
+ * Greedy with no penalties — temperature 0, or top-k 1 (AIME's benchmark sends that) — so the graph's ArgMax gives
+ * the same token as the sampler would.
+ */
 const isPlainGreedy = (sampler: Sampler | undefined): boolean =>
-  sampler !== undefined && sampler.params.temperature === 0 && sampler.params.repetitionPenalty === 1 &&
-  sampler.params.presencePenalty === 0 && sampler.params.frequencyPenalty === 0
+  sampler !== undefined && (sampler.params.temperature === 0 || sampler.params.topK === 1) &&
+  sampler.params.repetitionPenalty === 1 && sampler.params.presencePenalty === 0 && sampler.params.frequencyPenalty === 0
 
 let state: ShardState | undefined
 
