@@ -10,7 +10,8 @@
  * The last shard also owns each sequence's sampler: logits stay here, only token ids go back.
  */
 import { ort } from "../onnx/OrtFloat16Fix.ts"
-import { Sampler } from "../sampling/Sampler.ts"
+import { SamplerTable } from "./SamplerTable.ts"
+import { stepInputs } from "./StepInputs.ts"
 import type { ShardLoad, ShardLoadResult, StepPlan, StepResult } from "./StepProtocol.ts"
 
 type KvArray = Float32Array | Uint16Array
@@ -27,18 +28,11 @@ interface ShardState {
   /** [layer][row] */
   readonly keys: Array<Array<SlotCache>>
   readonly values: Array<Array<SlotCache>>
-  readonly samplers: Map<number, Sampler>
+  readonly samplers: SamplerTable
   /** Output names of this step's new keys and values, fetched on every step (never the whole present cache). */
   readonly newKvNames: ReadonlyArray<string>
 }
 
-/**
- * Greedy with no penalties — temperature 0, or top-k 1 (AIME's benchmark sends that) — so the graph's ArgMax gives
- * the same token as the sampler would.
- */
-const isPlainGreedy = (sampler: Sampler | undefined): boolean =>
-  sampler !== undefined && (sampler.params.temperature === 0 || sampler.params.topK === 1) &&
-  sampler.params.repetitionPenalty === 1 && sampler.params.presencePenalty === 0 && sampler.params.frequencyPenalty === 0
 
 let state: ShardState | undefined
 
@@ -57,7 +51,7 @@ export async function load(task: ShardLoad): Promise<ShardLoadResult> {
   const numLayers = task.layers[1] - task.layers[0]
   const empty = () => Array.from({ length: numLayers }, () => Array.from({ length: task.maxSeqs }, (): SlotCache => ({ capacity: 0, data: allocate(task, 0) })))
   const newKvNames = Array.from({ length: numLayers }, (_, i) => [`new_key.${task.layers[0] + i}`, `new_value.${task.layers[0] + i}`]).flat()
-  state = { load: task, session, keys: empty(), values: empty(), samplers: new Map(), newKvNames }
+  state = { load: task, session, keys: empty(), values: empty(), samplers: new SamplerTable(), newKvNames }
   return { kvBytes: 0, loadMs: performance.now() - started }
 }
 
@@ -115,47 +109,22 @@ export async function step(plan: StepPlan): Promise<StepResult> {
   if (s === undefined) throw new Error("shard worker used before load")
   const { load: cfg } = s
   const rows = plan.numRows
+  const { inputs, maxPast, allLogits } = stepInputs(cfg, plan)
   const feeds: Record<string, ort.Tensor> = {}
-
-  if (cfg.isFirst) {
-    feeds.input_ids = new ort.Tensor("int64", BigInt64Array.from(plan.tokenIds, (t) => BigInt(t)), [rows, plan.seqLen])
-  } else {
-    if (plan.hidden === undefined) throw new Error("a non-first shard needs hidden states")
-    feeds.hidden_in = new ort.Tensor(kvType(cfg), plan.hidden, [rows, plan.seqLen, cfg.hiddenSize])
+  for (const [name, t] of Object.entries(inputs)) {
+    const type = t.data instanceof BigInt64Array ? "int64" : t.data instanceof Int32Array ? "int32" : kvType(cfg)
+    feeds[name] = new ort.Tensor(type, t.data, [...t.dims])
   }
-  const seqlens = new Int32Array(rows)
-  let total = 0
-  let past = 0
-  for (let r = 0; r < rows; r++) {
-    seqlens[r] = plan.pastLens[r]! + plan.seqLen - 1
-    total = Math.max(total, seqlens[r]! + 1)
-    past = Math.max(past, plan.pastLens[r]!)
-  }
-  const positions = new BigInt64Array(rows * plan.seqLen)
-  for (let r = 0; r < rows; r++) for (let j = 0; j < plan.seqLen; j++) positions[r * plan.seqLen + j] = BigInt(plan.pastLens[r]! + j)
-  feeds.position_ids = new ort.Tensor("int64", positions, [rows, plan.seqLen])
-  feeds.seqlens_k = new ort.Tensor("int32", seqlens, [rows])
-  feeds.total_sequence_length = new ort.Tensor("int32", Int32Array.of(total), [])
-
-  const kvDims = [rows, cfg.numKvHeads, past, cfg.headDim]
+  const kvDims = [rows, cfg.numKvHeads, maxPast, cfg.headDim]
   for (let i = 0; i < s.keys.length; i++) {
     const layer = cfg.layers[0] + i
-    feeds[`past_key.${layer}`] = new ort.Tensor(kvType(cfg), gatherPast(cfg, s.keys[i]!, plan.firstRow, rows, plan.pastLens, past), kvDims)
-    feeds[`past_value.${layer}`] = new ort.Tensor(kvType(cfg), gatherPast(cfg, s.values[i]!, plan.firstRow, rows, plan.pastLens, past), kvDims)
-  }
-
-  const allLogits = cfg.isLast && plan.kind === "prefill" && plan.returnLogits === "all"
-  if (cfg.isLast) {
-    const n = allLogits ? plan.seqLen : 1
-    const index = new BigInt64Array(rows * n)
-    for (let r = 0; r < rows; r++) for (let j = 0; j < n; j++) index[r * n + j] = BigInt(allLogits ? j : plan.seqLen - 1)
-    feeds.logits_index = new ort.Tensor("int64", index, [rows, n])
+    feeds[`past_key.${layer}`] = new ort.Tensor(kvType(cfg), gatherPast(cfg, s.keys[i]!, plan.firstRow, rows, plan.pastLens, maxPast), kvDims)
+    feeds[`past_value.${layer}`] = new ort.Tensor(kvType(cfg), gatherPast(cfg, s.values[i]!, plan.firstRow, rows, plan.pastLens, maxPast), kvDims)
   }
 
   // Register new samplers first: whether this step needs full logits depends on every sampled row's parameters.
-  if (cfg.isLast) for (const seq of plan.newSequences) s.samplers.set(seq.row, new Sampler(seq.params, seq.promptTokenIds))
-  const greedyOnly = cfg.isLast && plan.returnLogits === "none" &&
-    Array.from(plan.sampleRows).every((rel) => isPlainGreedy(s.samplers.get(plan.firstRow + rel)))
+  if (cfg.isLast) s.samplers.register(plan.newSequences)
+  const greedyOnly = cfg.isLast && s.samplers.greedyOnly(plan)
   const fetches = [...s.newKvNames, cfg.isLast ? (greedyOnly ? "greedy_token" : "logits") : "hidden_out"]
 
   const t0 = performance.now()
@@ -167,49 +136,14 @@ export async function step(plan: StepPlan): Promise<StepResult> {
     appendNew(cfg, s.values[i]!, plan, out[`new_value.${layer}`]!.data as KvArray)
   }
 
-  if (!cfg.isLast) {
-    const hidden = out.hidden_out!.data as Float32Array | Uint16Array
-    return { hidden, runMs, sampleMs: 0 }
-  }
-
-  const t1 = performance.now()
-  const tokens = new Int32Array(plan.sampleRows.length)
-  if (greedyOnly) {
-    const ids = out.greedy_token!.data as BigInt64Array
-    for (let i = 0; i < plan.sampleRows.length; i++) {
-      const rel = plan.sampleRows[i]!
-      tokens[i] = Number(ids[rel]!)
-      s.samplers.get(plan.firstRow + rel)!.accept(tokens[i]!)
-    }
-    return { tokens, runMs, sampleMs: performance.now() - t1 }
-  }
-  const logits = out.logits!.data as Float32Array
-  const vocab = cfg.vocabSize
-  const perRow = allLogits ? plan.seqLen : 1
-  for (let i = 0; i < plan.sampleRows.length; i++) {
-    const rel = plan.sampleRows[i]!
-    const sampler = s.samplers.get(plan.firstRow + rel)
-    if (sampler === undefined) throw new Error(`no sampler registered for row ${plan.firstRow + rel}`)
-    tokens[i] = sampler.sample(logits, (rel * perRow + perRow - 1) * vocab, vocab)
-  }
-  const sampleMs = performance.now() - t1
-
-  let returned: Float32Array | undefined
-  if (plan.returnLogits === "all") returned = logits.slice()
-  else if (plan.returnLogits === "last") {
-    returned = new Float32Array(plan.sampleRows.length * vocab)
-    for (let i = 0; i < plan.sampleRows.length; i++) {
-      const off = (plan.sampleRows[i]! * perRow + perRow - 1) * vocab
-      returned.set(logits.subarray(off, off + vocab), i * vocab)
-    }
-  }
-  const result: StepResult = returned === undefined ? { tokens, runMs, sampleMs } : { tokens, logits: returned, runMs, sampleMs }
-  return result
+  if (!cfg.isLast) return { hidden: out.hidden_out!.data as Float32Array | Uint16Array, runMs, sampleMs: 0 }
+  if (greedyOnly) return s.samplers.fromGreedy(plan, out.greedy_token!.data as BigInt64Array, runMs)
+  return s.samplers.fromLogits(plan, out.logits!.data as Float32Array, cfg.vocabSize, allLogits ? plan.seqLen : 1, runMs)
 }
 
 /** Forgets the samplers of rows whose sequences finished (their KV rows are simply reused). */
 export async function release(rows: ReadonlyArray<number>): Promise<void> {
-  for (const r of rows) state?.samplers.delete(r)
+  state?.samplers.release(rows)
 }
 
 /**
