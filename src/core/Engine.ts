@@ -43,6 +43,11 @@ export interface EngineOptions {
    * per shard), so `--shards 2 --device cuda` splits a model over GPUs 0 and 1.
    */
   readonly device?: Device
+  /**
+   * Run CPU shards through the native IO-binding runtime too (the KV cache then stays in place in native memory);
+   * default false: onnxruntime-node, which needs no build step. CUDA shards always use the native runtime.
+   */
+  readonly nativeRuntime?: boolean
   /** Waiting requests beyond which new ones fail at once with Overloaded. Default 1024. */
   readonly maxQueue?: number
   /** Default per-request deadline in milliseconds (requests may ask for less). Default: none. */
@@ -115,12 +120,13 @@ const makeEngine = (model: LoadedModel, options: EngineOptions) =>
     const threads = options.threadsPerShard ?? Math.max(1, Math.floor(os.availableParallelism() / model.shards.length))
     const shards: Array<ShardActor> = []
     const device = options.device ?? { kind: "cpu" }
-    if (device.kind === "cuda" && model.deviceWorkerUrl === undefined) {
+    const native = device.kind === "cuda" || options.nativeRuntime === true
+    if (native && model.deviceWorkerUrl === undefined) {
       return yield* Effect.fail(new GenerationError({ message: `the ${model.id} adapter has no device runtime; use --device cpu` }))
     }
     for (const [i, spec] of model.shards.entries()) {
       const shardDevice: Device = device.kind === "cuda" ? { ...device, id: device.id + i } : device
-      const workerUrl = device.kind === "cuda" ? model.deviceWorkerUrl! : model.workerUrl
+      const workerUrl = native ? model.deviceWorkerUrl! : model.workerUrl
       shards.push(yield* makeShardActor(i, workerUrl, { ...spec, maxSeqs: maxNumSeqs, maxLen: contextLength, threads, device: shardDevice }))
     }
     const last = shards[shards.length - 1]!

@@ -26,6 +26,7 @@ export interface Llama3Options {
 }
 
 const workerUrl = new URL("../../core/shard/ShardWorker.ts", import.meta.url)
+const deviceWorkerUrl = new URL("../../core/shard/DeviceShardWorker.ts", import.meta.url)
 
 /** @category models */
 export const Llama3Adapter: ModelAdapter<Llama3Options> = {
@@ -53,6 +54,7 @@ export const Llama3Adapter: ModelAdapter<Llama3Options> = {
         formatChat,
         formatCompletion: (text) => formatCompletion(text, tokenizer),
         workerUrl,
+        deviceWorkerUrl,
         shards: converted.manifest.shards.map((shard) => ({
           graphPath: path.join(converted.dir, shard.file),
           layers: [shard.layers[0], shard.layers[1]] as const,

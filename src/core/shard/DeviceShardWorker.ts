@@ -1,0 +1,88 @@
+/**
+ * The piscina entry of a shard on an accelerator (and, through the same addon, on the CPU with IO binding): the
+ * native addon (`src/core/native/NativeOrt.ts`) runs the session with IO binding, so the KV cache stays in device
+ * memory for the shard's whole life. One buffer per layer for keys and one for values,
+ * `[maxSeqs, kvHeads, maxLen, headDim]`, is bound as both `past_*` input and `present_*` output: GroupQueryAttention
+ * appends the new tokens in place (share-buffer mode). Per step only token ids, positions and lengths go in, and
+ * only sampled tokens (the graph's ArgMax) or, when a row samples, its logits come out.
+ */
+import { type DeviceTensor, type HostTensor, NativeOrt, type NativeSession } from "../native/NativeOrt.ts"
+import { SamplerTable } from "./SamplerTable.ts"
+import { stepInputs } from "./StepInputs.ts"
+import type { ShardLoad, ShardLoadResult, StepPlan, StepResult } from "./StepProtocol.ts"
+
+interface DeviceShard {
+  readonly load: ShardLoad
+  readonly session: NativeSession
+  /** [layer] -> the whole slot buffer of keys / values. */
+  readonly keys: ReadonlyArray<DeviceTensor>
+  readonly values: ReadonlyArray<DeviceTensor>
+  readonly samplers: SamplerTable
+  /** Elements of one row (one sequence's slot) of a KV buffer. */
+  readonly rowElements: number
+}
+
+let shard: DeviceShard | undefined
+
+export async function load(task: ShardLoad): Promise<ShardLoadResult> {
+  const started = performance.now()
+  const device = task.device
+  const session = NativeOrt.load().createSession(task.graphPath, {
+    provider: device.kind,
+    ...(device.kind === "cuda" ? { deviceId: device.id, cuda: { arena_extend_strategy: "kSameAsRequested", ...device.options } } : {}),
+    intraOpThreads: task.threads,
+    graphOptimization: "all"
+  })
+  const dtype = task.dtype === "float16" ? "float16" : "float32"
+  const dims = [task.maxSeqs, task.numKvHeads, task.maxLen, task.headDim]
+  const numLayers = task.layers[1] - task.layers[0]
+  const keys = Array.from({ length: numLayers }, () => session.allocate(dtype, dims))
+  const values = Array.from({ length: numLayers }, () => session.allocate(dtype, dims))
+  const rowElements = task.numKvHeads * task.maxLen * task.headDim
+  shard = { load: task, session, keys, values, samplers: new SamplerTable(), rowElements }
+  const bytes = 2 * numLayers * task.maxSeqs * rowElements * (dtype === "float16" ? 2 : 4)
+  return { kvBytes: bytes, loadMs: performance.now() - started }
+}
+
+export async function step(plan: StepPlan): Promise<StepResult> {
+  const s = shard
+  if (s === undefined) throw new Error("shard worker used before load")
+  const cfg = s.load
+  const { inputs, allLogits } = stepInputs(cfg, plan)
+  const feeds: Record<string, HostTensor | DeviceTensor> = { ...inputs }
+  const outputs: Record<string, DeviceTensor | "host"> = {}
+  // The rows this step touches, [firstRow, firstRow + numRows), are contiguous in every slot buffer: a view, no copy.
+  const offset = plan.firstRow * s.rowElements
+  const dims = [plan.numRows, cfg.numKvHeads, cfg.maxLen, cfg.headDim]
+  for (let i = 0; i < s.keys.length; i++) {
+    const layer = cfg.layers[0] + i
+    const k = s.keys[i]!.view(offset, dims)
+    const v = s.values[i]!.view(offset, dims)
+    feeds[`past_key.${layer}`] = k
+    feeds[`past_value.${layer}`] = v
+    outputs[`present_key.${layer}`] = k
+    outputs[`present_value.${layer}`] = v
+  }
+  if (cfg.isLast) s.samplers.register(plan.newSequences)
+  const greedyOnly = cfg.isLast && s.samplers.greedyOnly(plan)
+  const wanted = cfg.isLast ? (greedyOnly ? "greedy_token" : "logits") : "hidden_out"
+  outputs[wanted] = "host"
+
+  const t0 = performance.now()
+  const out = s.session.run(feeds, outputs)
+  const runMs = performance.now() - t0
+  const result = out[wanted]!
+
+  if (!cfg.isLast) return { hidden: result.data as Float32Array | Uint16Array, runMs, sampleMs: 0 }
+  if (greedyOnly) return s.samplers.fromGreedy(plan, result.data as BigInt64Array, runMs)
+  return s.samplers.fromLogits(plan, result.data as Float32Array, cfg.vocabSize, allLogits ? plan.seqLen : 1, runMs)
+}
+
+export async function release(rows: ReadonlyArray<number>): Promise<void> {
+  shard?.samplers.release(rows)
+}
+
+/** Fault injection, as in the CPU worker: the thread ends between two steps. */
+export function crash(): never {
+  process.exit(1)
+}
