@@ -11,6 +11,7 @@ import { Llama3Adapter } from "../adapters/llama3/Llama3Adapter.ts"
 import { Engine } from "../core/Engine.ts"
 import type { GenerateRequest } from "../core/Request.ts"
 import { parseFlags } from "../cli/Args.ts"
+import { parseDevice } from "../core/shard/StepProtocol.ts"
 import { renderBarChart } from "./SvgChart.ts"
 
 const flags = parseFlags("bench:model", process.argv.slice(2), {
@@ -19,6 +20,9 @@ const flags = parseFlags("bench:model", process.argv.slice(2), {
   "prompt-len": { kind: "integer", description: "prompt tokens per sequence" },
   "gen-len": { kind: "integer", description: "generated tokens per sequence" },
   repeat: { kind: "integer", description: "measurements per batch size; the median is reported" },
+  device: { kind: "string", description: "cpu (default) | cuda | cuda:N" },
+  native: { kind: "boolean", description: "CPU shards through the native IO-binding runtime (npm run build:native)" },
+  dtype: { kind: "string", description: "float32 (default) | float16" },
   json: { kind: "string", description: "write the results here" },
   chart: { kind: "string", description: "write an SVG bar chart here" }
 })
@@ -39,10 +43,13 @@ const request = (i: number, maxTokens: number): GenerateRequest => ({
 })
 
 const main = async () => {
-  const model = await Effect.runPromise(Llama3Adapter.load({ modelDir: flags.model }))
+  const device = parseDevice(flags.device ?? "cpu")
+  if (device === undefined) throw new Error(`--device must be cpu, cuda or cuda:N, got '${flags.device}'`)
+  const dtype = flags.dtype === "float16" ? "float16" : "float32"
+  const model = await Effect.runPromise(Llama3Adapter.load({ modelDir: flags.model, dtype }))
   const rows: Array<Record<string, number>> = []
   for (const batch of batches) {
-    const runtime = ManagedRuntime.make(Layer.fresh(Engine.layerFor(model, { maxNumSeqs: batch, maxNumBatchedTokens: promptLen })))
+    const runtime = ManagedRuntime.make(Layer.fresh(Engine.layerFor(model, { maxNumSeqs: batch, maxNumBatchedTokens: promptLen, device, nativeRuntime: flags.native === true })))
     const run = (reqs: ReadonlyArray<GenerateRequest>, onStarted?: () => void) =>
       runtime.runPromise(
         Engine.use((engine) =>
@@ -89,7 +96,8 @@ const main = async () => {
     process.stdout.write(`batch ${top.batch} / batch 1 generated tokens/s: ${(top.generatedTokensPerSecond! / base.generatedTokensPerSecond!).toFixed(2)}x\n`)
   }
   const machine = `${os.cpus()[0]?.model ?? "cpu"}, ${os.availableParallelism()} cores, ${(os.totalmem() / 2 ** 30).toFixed(0)} GiB`
-  process.stdout.write(`model ${model.id}, ${promptLen}-token prompts, ${genLen} generated, greedy, median of ${repeat}; ${machine}\n`)
+  const runtime = device.kind === "cuda" ? `cuda:${device.id}` : flags.native === true ? "cpu, native runtime" : "cpu, onnxruntime-node"
+  process.stdout.write(`runtime ${runtime}, ${dtype}; model ${model.id}, ${promptLen}-token prompts, ${genLen} generated, greedy, median of ${repeat}; ${machine}\n`)
   if (flags.chart !== undefined) {
     fs.writeFileSync(flags.chart, renderBarChart({
       title: `Chorus on the CPU: ${model.id} (${machine})`,
