@@ -4,7 +4,9 @@ import * as path from "node:path"
 import { fileURLToPath } from "node:url"
 
 export const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..")
-export const fixtureDir = (name: "tiny-llama3-a" | "tiny-llama3-b") => path.resolve(repoRoot, "../shared/fixtures", name)
+/** The reference checkpoints: `../shared/fixtures`, or `$CHORUS_FIXTURES` where they were carried elsewhere (GPU hosts). */
+export const fixtureDir = (name: "tiny-llama3-a" | "tiny-llama3-b") =>
+  path.resolve(process.env.CHORUS_FIXTURES ?? path.resolve(repoRoot, "../shared/fixtures"), name)
 
 export interface ReferencePrompt {
   readonly input_ids: ReadonlyArray<number>
