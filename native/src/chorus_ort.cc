@@ -587,6 +587,8 @@ Napi::Value Addon::CreateSession(const Napi::CallbackInfo& info) {
     if (provider != "cpu" && provider != "cuda") throw UsageError("createSession: provider must be cpu or cuda, found " + provider);
     int device = opts.Get("deviceId").IsNumber() ? opts.Get("deviceId").As<Napi::Number>().Int32Value() : 0;
 
+    // The environment first: CUDA provider options log through its default logger.
+    Ort::Env& ortEnv = env();
     Ort::SessionOptions so;
     so.SetLogSeverityLevel(3);
     so.SetInterOpNumThreads(1);
@@ -642,7 +644,7 @@ Napi::Value Addon::CreateSession(const Napi::CallbackInfo& info) {
     core->cuda = provider == "cuda";
     core->device = device;
     try {
-      core->session = Ort::Session(env(), path.c_str(), so);
+      core->session = Ort::Session(ortEnv, path.c_str(), so);
     } catch (const Ort::Exception& ex) {
       std::string msg = trimmed(ex.what());
       if (core->cuda && isLoadFailure(msg))
