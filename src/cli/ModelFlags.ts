@@ -39,6 +39,7 @@ export const resolveModelFlags = (flags: ParsedFlags<typeof modelFlags>) =>
       dtype,
       shards: flags.shards,
       maxContext: flags["context-length"],
+      attention: device.kind === "cuda" ? "fused" : undefined,
       onProgress: (p) => bar.update(p)
     }
     const engine: EngineOptions = {

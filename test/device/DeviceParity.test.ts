@@ -31,7 +31,7 @@ const greedy = (tokenIds: ReadonlyArray<number>, maxTokens = 24): GenerateReques
 
 const engineFor = (name: "tiny-llama3-a" | "tiny-llama3-b", dtype: "float32" | "float16", shards = 1) =>
   ManagedRuntime.make(
-    Engine.layer(Llama3Adapter, { modelDir: fixtureDir(name), dtype, shards, maxContext: 512 }, { device, nativeRuntime: true, maxNumSeqs: 4, maxNumBatchedTokens: 512 })
+    Engine.layer(Llama3Adapter, { modelDir: fixtureDir(name), dtype, shards, maxContext: 512, attention: "fused" }, { device, nativeRuntime: true, maxNumSeqs: 4, maxNumBatchedTokens: 512 })
   )
 
 const run = (rt: ManagedRuntime.ManagedRuntime<Engine, unknown>, request: GenerateRequest) =>

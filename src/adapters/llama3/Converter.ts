@@ -14,7 +14,7 @@ import * as os from "node:os"
 import * as path from "node:path"
 import { openCheckpoint } from "../../core/checkpoint/Safetensors.ts"
 import { type CheckpointError, ConversionError, type ModelConfigError } from "../../core/Errors.ts"
-import { buildShardGraph, graphTensors, type ModelDType, type ShardGraph, validateTensors, weightBytes, writeShard } from "./GraphBuilder.ts"
+import { type AttentionLayout, buildShardGraph, graphTensors, type ModelDType, type ShardGraph, validateTensors, weightBytes, writeShard } from "./GraphBuilder.ts"
 import { type LlamaConfig, loadLlamaConfig } from "./LlamaConfig.ts"
 
 /** Bumped whenever the graph layout changes: it is part of the cache key, so old conversions are not reused. */
@@ -67,6 +67,8 @@ export const ModelManifest = Schema.Struct({
   config: LlamaConfigSchema,
   dtype: Schema.Literals(["float32", "float16"]),
   maxContext: Int,
+  /** Attention layout of the graphs (GraphBuilder's `AttentionLayout`); absent in manifests of earlier conversions. */
+  attention: Schema.optional(Schema.Literals(["rotary-outside", "fused"])),
   shards: Schema.Array(ShardEntry)
 })
 export type ModelManifest = typeof ModelManifest.Type
@@ -96,6 +98,8 @@ export interface ConvertOptions {
   readonly shards: number
   /** Defaults to min(max_position_embeddings, 8192). */
   readonly maxContext?: number
+  /** `rotary-outside` (default, for onnxruntime-node) or `fused` (for the device runtime). */
+  readonly attention?: AttentionLayout
   readonly onProgress?: (progress: ConvertProgress) => void
 }
 
@@ -194,6 +198,7 @@ interface KeyInput {
   readonly dtype: ModelDType
   readonly shards: number
   readonly maxContext: number
+  readonly attention: AttentionLayout
 }
 
 const contentKey = (k: KeyInput): Effect.Effect<string, ConversionError> =>
@@ -208,6 +213,7 @@ const contentKey = (k: KeyInput): Effect.Effect<string, ConversionError> =>
       dtype: k.dtype,
       shards: k.shards,
       maxContext: k.maxContext,
+      attention: k.attention,
       config: k.config,
       files: sources.map((f, i) => [path.basename(f), hashes[i]])
     })
@@ -287,12 +293,13 @@ export const convertCheckpoint = (
       )
     }
     const ranges = yield* Effect.try({ try: () => planShards(config.numLayers, options.shards), catch: conversionError(`cannot split ${modelDir}`) })
-    const graphs = ranges.map((layers) => buildShardGraph(config, { layers, dtype: options.dtype, maxContext }))
+    const attention = options.attention ?? "rotary-outside"
+    const graphs = ranges.map((layers) => buildShardGraph(config, { layers, dtype: options.dtype, maxContext, attention }))
     const source = yield* openCheckpoint(modelDir)
     yield* validateTensors(source, config, graphTensors(graphs))
 
     const cacheDir = chorusCacheDir()
-    const key = yield* contentKey({ cacheDir, modelDir, files: source.files, config, dtype: options.dtype, shards: options.shards, maxContext })
+    const key = yield* contentKey({ cacheDir, modelDir, files: source.files, config, dtype: options.dtype, shards: options.shards, maxContext, attention })
     const manifest: ModelManifest = {
       formatVersion: FORMAT_VERSION,
       key,
@@ -300,6 +307,7 @@ export const convertCheckpoint = (
       config: { ...config, eosTokenIds: [...config.eosTokenIds] },
       dtype: options.dtype,
       maxContext,
+      attention,
       shards: ranges.map(([l0, l1], k) => ({ file: `shard-${k}.onnx`, layers: [l0, l1] as const, first: l0 === 0, last: l1 === config.numLayers }))
     }
     const plan: Plan = { config, graphs }

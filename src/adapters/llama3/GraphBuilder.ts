@@ -39,7 +39,17 @@ export interface ShardOptions {
   readonly dtype: ModelDType
   /** Rows of the RoPE caches: the longest sequence (past + new) the shard can run. */
   readonly maxContext: number
+  /**
+   * `rotary-outside` (default): rotary embeddings as their own nodes before attention, and the new tokens' keys and
+   * values as outputs (`new_key.{i}`), for runtimes that keep the cache themselves (onnxruntime-node, which copies
+   * every output). `fused`: packed QKV straight into GroupQueryAttention with rotary inside it, no `position_ids`
+   * input and no `new_*` outputs — fewer nodes and kernels, for runtimes that bind past and present to one buffer
+   * (the device runtime).
+   */
+  readonly attention?: AttentionLayout
 }
+
+export type AttentionLayout = "rotary-outside" | "fused"
 
 /** How an initializer's values come out of the checkpoint. */
 export type WeightRecipe =
@@ -119,14 +129,15 @@ export const buildShardGraph = (config: LlamaConfig, options: ShardOptions): Sha
     inputs.push({ name: "hidden_in", type: T, dims: ["batch", "seq", H] })
     residual = "hidden_in"
   }
-  inputs.push({ name: "position_ids", type: "int64", dims: ["batch", "seq"] })
+  const fused = options.attention === "fused"
+  if (!fused) inputs.push({ name: "position_ids", type: "int64", dims: ["batch", "seq"] })
   inputs.push({ name: "seqlens_k", type: "int32", dims: ["batch"] })
   inputs.push({ name: "total_sequence_length", type: "int32", dims: [] })
 
   weights.push({ name: "rope_cos", dims: [options.maxContext, headDim / 2], recipe: { kind: "rope", part: "cos" } })
   weights.push({ name: "rope_sin", dims: [options.maxContext, headDim / 2], recipe: { kind: "rope", part: "sin" } })
   inline.push({ name: "mlp_split", type: "int64", dims: [2], values: [I, I] })
-  inline.push({ name: "qkv_split", type: "int64", dims: [3], values: [numHeads * headDim, numKvHeads * headDim, numKvHeads * headDim] })
+  if (!fused) inline.push({ name: "qkv_split", type: "int64", dims: [3], values: [numHeads * headDim, numKvHeads * headDim, numKvHeads * headDim] })
 
   // Each sublayer's output is added to the residual by the next norm (SkipSimplifiedLayerNormalization), so
   // `pending` is the sublayer output not yet added.
@@ -153,34 +164,47 @@ export const buildShardGraph = (config: LlamaConfig, options: ShardOptions): Sha
       { name: `${p}.down`, dims: [I, H], recipe: { kind: "linear", tensors: [`${hf}.mlp.down_proj.weight`] } }
     )
     inputs.push({ name: pastKeyName(i), type: T, dims: kvDims }, { name: pastValueName(i), type: T, dims: kvDims })
-    outputs.push(
-      { name: presentKeyName(i), type: T, dims: presentDims },
-      { name: presentValueName(i), type: T, dims: presentDims },
-      { name: newKeyName(i), type: T, dims: ["batch", "seq", numKvHeads * headDim] },
-      { name: newValueName(i), type: T, dims: ["batch", "seq", numKvHeads * headDim] }
-    )
+    outputs.push({ name: presentKeyName(i), type: T, dims: presentDims }, { name: presentValueName(i), type: T, dims: presentDims })
+    if (!fused) {
+      outputs.push(
+        { name: newKeyName(i), type: T, dims: ["batch", "seq", numKvHeads * headDim] },
+        { name: newValueName(i), type: T, dims: ["batch", "seq", numKvHeads * headDim] }
+      )
+    }
 
     norm(`${p}.input_norm`, `${p}.attn_in`, `${p}.input_norm`)
     node({ op: "MatMul", inputs: [`${p}.attn_in`, `${p}.qkv`], outputs: [`${p}.qkv_out`], name: `${p}.qkv` })
-    // Rotary embeddings are applied before attention (not inside it) so that the rotated keys of the new tokens
-    // are a graph output of their own: a runtime can keep its cache by appending just these, instead of fetching
-    // the whole present cache after every step.
-    node({ op: "Split", inputs: [`${p}.qkv_out`, "qkv_split"], outputs: [`${p}.q`, `${p}.k`, newValueName(i)], attributes: { axis: -1 }, name: `${p}.qkv_split` })
-    node({ op: "RotaryEmbedding", domain: "com.microsoft", inputs: [`${p}.q`, "position_ids", "rope_cos", "rope_sin"], outputs: [`${p}.q_rot`], attributes: { interleaved: 0, num_heads: numHeads }, name: `${p}.q_rotary` })
-    node({ op: "RotaryEmbedding", domain: "com.microsoft", inputs: [`${p}.k`, "position_ids", "rope_cos", "rope_sin"], outputs: [newKeyName(i)], attributes: { interleaved: 0, num_heads: numKvHeads }, name: `${p}.k_rotary` })
-    node({
-      op: "GroupQueryAttention",
-      domain: "com.microsoft",
-      inputs: [`${p}.q_rot`, newKeyName(i), newValueName(i), pastKeyName(i), pastValueName(i), "seqlens_k", "total_sequence_length"],
-      outputs: [`${p}.attn`, presentKeyName(i), presentValueName(i)],
-      attributes: {
-        num_heads: numHeads,
-        kv_num_heads: numKvHeads,
-        scale: { float: 1 / Math.sqrt(headDim) },
-        do_rotary: 0
-      },
-      name: `${p}.attention`
-    })
+    if (fused) {
+      node({
+        op: "GroupQueryAttention",
+        domain: "com.microsoft",
+        // packed QKV: key and value are omitted; rotary positions come from each row's cached length
+        inputs: [`${p}.qkv_out`, "", "", pastKeyName(i), pastValueName(i), "seqlens_k", "total_sequence_length", "rope_cos", "rope_sin"],
+        outputs: [`${p}.attn`, presentKeyName(i), presentValueName(i)],
+        attributes: { num_heads: numHeads, kv_num_heads: numKvHeads, scale: { float: 1 / Math.sqrt(headDim) }, do_rotary: 1, rotary_interleaved: 0 },
+        name: `${p}.attention`
+      })
+    } else {
+      // Rotary embeddings are applied before attention (not inside it) so that the rotated keys of the new tokens
+      // are a graph output of their own: a runtime can keep its cache by appending just these, instead of fetching
+      // the whole present cache after every step.
+      node({ op: "Split", inputs: [`${p}.qkv_out`, "qkv_split"], outputs: [`${p}.q`, `${p}.k`, newValueName(i)], attributes: { axis: -1 }, name: `${p}.qkv_split` })
+      node({ op: "RotaryEmbedding", domain: "com.microsoft", inputs: [`${p}.q`, "position_ids", "rope_cos", "rope_sin"], outputs: [`${p}.q_rot`], attributes: { interleaved: 0, num_heads: numHeads }, name: `${p}.q_rotary` })
+      node({ op: "RotaryEmbedding", domain: "com.microsoft", inputs: [`${p}.k`, "position_ids", "rope_cos", "rope_sin"], outputs: [newKeyName(i)], attributes: { interleaved: 0, num_heads: numKvHeads }, name: `${p}.k_rotary` })
+      node({
+        op: "GroupQueryAttention",
+        domain: "com.microsoft",
+        inputs: [`${p}.q_rot`, newKeyName(i), newValueName(i), pastKeyName(i), pastValueName(i), "seqlens_k", "total_sequence_length"],
+        outputs: [`${p}.attn`, presentKeyName(i), presentValueName(i)],
+        attributes: {
+          num_heads: numHeads,
+          kv_num_heads: numKvHeads,
+          scale: { float: 1 / Math.sqrt(headDim) },
+          do_rotary: 0
+        },
+        name: `${p}.attention`
+      })
+    }
     node({ op: "MatMul", inputs: [`${p}.attn`, `${p}.o_proj`], outputs: [`${p}.attn_out`], name: `${p}.o_proj` })
     pending = `${p}.attn_out`
     norm(`${p}.post_norm`, `${p}.mlp_in`, `${p}.post_norm`)

@@ -10,6 +10,7 @@ import * as path from "node:path"
 import type { LoadedModel, ModelAdapter } from "../ModelAdapter.ts"
 import { convertCheckpoint, type ConvertProgress } from "./Converter.ts"
 import { ensureDefaultModel } from "./DefaultModel.ts"
+import type { AttentionLayout } from "./GraphBuilder.ts"
 import { formatCompletion, makeChatFormatter } from "./PromptFormat.ts"
 import { loadTokenizer } from "./Tokenizer.ts"
 
@@ -23,6 +24,11 @@ export interface Llama3Options {
   /** Longest sequence the graphs support; default min(max_position_embeddings, 8192). */
   readonly maxContext?: number | undefined
   readonly onProgress?: ((progress: ConvertProgress) => void) | undefined
+  /**
+   * Graph layout: `rotary-outside` for the CPU runtime (default), `fused` for the device runtime (`--device cuda`),
+   * whose KV cache is bound in place and which runs fewer, larger kernels.
+   */
+  readonly attention?: AttentionLayout | undefined
 }
 
 const workerUrl = new URL("../../core/shard/ShardWorker.ts", import.meta.url)
@@ -39,6 +45,7 @@ export const Llama3Adapter: ModelAdapter<Llama3Options> = {
         dtype: options.dtype ?? "float32",
         shards: options.shards ?? 1,
         ...(options.maxContext === undefined ? {} : { maxContext: options.maxContext }),
+        ...(options.attention === undefined ? {} : { attention: options.attention }),
         ...(options.onProgress === undefined ? {} : { onProgress: options.onProgress })
       })
       const config = converted.manifest.config

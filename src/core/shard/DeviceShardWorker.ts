@@ -20,6 +20,7 @@ interface DeviceShard {
   readonly samplers: SamplerTable
   /** Elements of one row (one sequence's slot) of a KV buffer. */
   readonly rowElements: number
+  readonly inputNames: ReadonlySet<string>
 }
 
 let shard: DeviceShard | undefined
@@ -42,7 +43,7 @@ export async function load(task: ShardLoad): Promise<ShardLoadResult> {
   const keys = Array.from({ length: numLayers }, () => session.allocate(dtype, dims))
   const values = Array.from({ length: numLayers }, () => session.allocate(dtype, dims))
   const rowElements = task.numKvHeads * task.maxLen * task.headDim
-  shard = { load: task, session, keys, values, samplers: new SamplerTable(), rowElements }
+  shard = { load: task, session, keys, values, samplers: new SamplerTable(), rowElements, inputNames: new Set(session.inputNames) }
   const bytes = 2 * numLayers * task.maxSeqs * rowElements * (dtype === "float16" ? 2 : 4)
   return { kvBytes: bytes, loadMs: performance.now() - started }
 }
@@ -52,7 +53,9 @@ export async function step(plan: StepPlan): Promise<StepResult> {
   if (s === undefined) throw new Error("shard worker used before load")
   const cfg = s.load
   const { inputs, allLogits } = stepInputs(cfg, plan)
-  const feeds: Record<string, HostTensor | DeviceTensor> = { ...inputs }
+  // A fused-attention graph takes no position_ids (rotary happens inside attention): feed only what it declares.
+  const feeds: Record<string, HostTensor | DeviceTensor> = {}
+  for (const [name, t] of Object.entries(inputs)) if (s.inputNames.has(name)) feeds[name] = t
   const outputs: Record<string, DeviceTensor | "host"> = {}
   // The rows this step touches, [firstRow, firstRow + numRows), are contiguous in every slot buffer: a view, no copy.
   const offset = plan.firstRow * s.rowElements
