@@ -117,6 +117,8 @@ export const runChorusBench = async (o: ChorusBenchOptions): Promise<ChorusResul
     modelDir: o.modelDir,
     dtype: o.dtype,
     maxContext: o.maxContext,
+    // The device runtime binds the KV cache in place and runs the fused attention layout.
+    ...(o.device.kind === "cuda" ? { attention: "fused" as const } : {}),
     onProgress: (p) => {
       const percent = Math.floor((20 * p.bytesDone) / Math.max(1, p.bytesTotal)) * 5
       if (percent !== lastPercent) o.log(`converting: ${percent}% of ${(p.bytesTotal / 1e9).toFixed(2)} GB`)
@@ -136,8 +138,12 @@ export const runChorusBench = async (o: ChorusBenchOptions): Promise<ChorusResul
 
   const engines = [...new Set([1, ...o.batches])]
   for (const batch of engines) {
+    // CHORUS_CUDA_GRAPHS=1 replays decode steps from captured CUDA graphs (DeviceShardWorker).
+    const device = o.device.kind === "cuda" && process.env.CHORUS_CUDA_GRAPHS === "1"
+      ? { ...o.device, options: { ...o.device.options, enable_cuda_graph: "1" } }
+      : o.device
     const runtime = ManagedRuntime.make(Layer.fresh(Engine.layerFor(model, {
-      device: o.device,
+      device,
       maxNumSeqs: batch,
       maxNumBatchedTokens: o.maxBatchedTokens
     })))

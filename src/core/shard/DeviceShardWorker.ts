@@ -5,11 +5,31 @@
  * `[maxSeqs, kvHeads, maxLen, headDim]`, is bound as both `past_*` input and `present_*` output: GroupQueryAttention
  * appends the new tokens in place (share-buffer mode). Per step only token ids, positions and lengths go in, and
  * only sampled tokens (the graph's ArgMax) or, when a row samples, its logits come out.
+ *
+ * With the CUDA EP option `enable_cuda_graph: "1"`, greedy decode steps replay one captured CUDA graph: every slot
+ * row runs (idle rows ride along at length 0), the small inputs live in device tensors at fixed addresses refreshed
+ * by one upload each, and `total_sequence_length` is the slot length, so the step has one shape and one set of
+ * addresses. Prefill and sampled steps run uncaptured. If capture fails, the shard says so once and runs uncaptured.
  */
 import { type DeviceTensor, type HostTensor, NativeOrt, type NativeSession } from "../native/NativeOrt.ts"
 import { SamplerTable } from "./SamplerTable.ts"
 import { stepInputs } from "./StepInputs.ts"
 import type { ShardLoad, ShardLoadResult, StepPlan, StepResult } from "./StepProtocol.ts"
+
+/** Fixed-address inputs and output of the captured decode step (all `maxSeqs` rows). */
+interface DecodeGraph {
+  readonly inputIds: DeviceTensor<"int64">
+  readonly seqlens: DeviceTensor<"int32">
+  readonly logitsIndex: DeviceTensor<"int64">
+  readonly positions: DeviceTensor<"int64"> | undefined
+  readonly greedy: DeviceTensor<"int64">
+  readonly total: HostTensor
+  disabled: boolean
+}
+
+/** The graph id of the captured greedy decode step; -1 tells ONNX Runtime not to capture a run. */
+const DECODE_GRAPH_ID = 1
+const NO_GRAPH = -1
 
 interface DeviceShard {
   readonly load: ShardLoad
@@ -21,6 +41,7 @@ interface DeviceShard {
   /** Elements of one row (one sequence's slot) of a KV buffer. */
   readonly rowElements: number
   readonly inputNames: ReadonlySet<string>
+  readonly graph: DecodeGraph | undefined
 }
 
 let shard: DeviceShard | undefined
@@ -43,15 +64,72 @@ export async function load(task: ShardLoad): Promise<ShardLoadResult> {
   const keys = Array.from({ length: numLayers }, () => session.allocate(dtype, dims))
   const values = Array.from({ length: numLayers }, () => session.allocate(dtype, dims))
   const rowElements = task.numKvHeads * task.maxLen * task.headDim
-  shard = { load: task, session, keys, values, samplers: new SamplerTable(), rowElements, inputNames: new Set(session.inputNames) }
+  const inputNames = new Set(session.inputNames)
+  const graphs = device.kind === "cuda" && device.options?.enable_cuda_graph === "1" && task.isFirst && task.isLast
+  const graph: DecodeGraph | undefined = graphs
+    ? {
+      inputIds: session.allocate("int64", [task.maxSeqs, 1]),
+      seqlens: session.allocate("int32", [task.maxSeqs]),
+      logitsIndex: session.allocate("int64", [task.maxSeqs, 1]),
+      positions: inputNames.has("position_ids") ? session.allocate("int64", [task.maxSeqs, 1]) : undefined,
+      greedy: session.allocate("int64", [task.maxSeqs, 1]),
+      total: { data: Int32Array.of(task.maxLen), dims: [] },
+      disabled: false
+    }
+    : undefined
+  shard = { load: task, session, keys, values, samplers: new SamplerTable(), rowElements, inputNames, graph }
   const bytes = 2 * numLayers * task.maxSeqs * rowElements * (dtype === "float16" ? 2 : 4)
   return { kvBytes: bytes, loadMs: performance.now() - started }
+}
+
+/** A greedy decode step through the captured graph: all slot rows, fixed addresses, one shape. */
+const graphDecode = (s: DeviceShard, g: DecodeGraph, plan: StepPlan): StepResult => {
+  const cfg = s.load
+  const rows = cfg.maxSeqs
+  const ids = new BigInt64Array(rows)
+  const lens = new Int32Array(rows)
+  for (let r = 0; r < plan.numRows; r++) {
+    ids[r] = BigInt(plan.tokenIds[r]!)
+    lens[r] = plan.pastLens[r]!
+  }
+  g.inputIds.upload(ids)
+  g.seqlens.upload(lens)
+  if (g.positions !== undefined) g.positions.upload(BigInt64Array.from(lens, (n) => BigInt(n)))
+  const feeds: Record<string, HostTensor | DeviceTensor> = {
+    input_ids: g.inputIds,
+    seqlens_k: g.seqlens,
+    total_sequence_length: g.total,
+    logits_index: g.logitsIndex
+  }
+  if (g.positions !== undefined) feeds.position_ids = g.positions
+  const outputs: Record<string, DeviceTensor | "host"> = { greedy_token: g.greedy }
+  for (let i = 0; i < s.keys.length; i++) {
+    const layer = cfg.layers[0] + i
+    feeds[`past_key.${layer}`] = s.keys[i]!
+    feeds[`past_value.${layer}`] = s.values[i]!
+    outputs[`present_key.${layer}`] = s.keys[i]!
+    outputs[`present_value.${layer}`] = s.values[i]!
+  }
+  const t0 = performance.now()
+  s.session.run(feeds, outputs, { cudaGraphId: DECODE_GRAPH_ID })
+  const greedy = g.greedy.download()
+  return s.samplers.fromGreedy(plan, greedy, performance.now() - t0)
 }
 
 export async function step(plan: StepPlan): Promise<StepResult> {
   const s = shard
   if (s === undefined) throw new Error("shard worker used before load")
   const cfg = s.load
+  const g = s.graph
+  if (g !== undefined && !g.disabled && plan.kind === "decode" && plan.firstRow === 0 && s.samplers.greedyOnly(plan)) {
+    try {
+      return graphDecode(s, g, plan)
+    } catch (e) {
+      // Capture can fail on an ONNX Runtime or driver that does not support it for this graph: serve uncaptured.
+      g.disabled = true
+      console.warn(`chorus: CUDA graph decode disabled on this shard: ${e instanceof Error ? e.message : String(e)}`)
+    }
+  }
   const { inputs, allLogits } = stepInputs(cfg, plan)
   // A fused-attention graph takes no position_ids (rotary happens inside attention): feed only what it declares.
   const feeds: Record<string, HostTensor | DeviceTensor> = {}
@@ -75,7 +153,7 @@ export async function step(plan: StepPlan): Promise<StepResult> {
   outputs[wanted] = "host"
 
   const t0 = performance.now()
-  const out = s.session.run(feeds, outputs)
+  const out = s.session.run(feeds, outputs, g === undefined ? {} : { cudaGraphId: NO_GRAPH })
   const runMs = performance.now() - t0
   const result = out[wanted]!
 
