@@ -15,7 +15,8 @@ export const modelFlags = {
   shards: { kind: "integer", description: "split the layers over N shard workers (default 1)" },
   "max-batch": { kind: "integer", description: "most sequences decoding together (default 16)" },
   "context-length": { kind: "integer", description: "tokens per sequence (default: the model's, at most 8192)" },
-  device: { kind: "string", description: "cpu (default) | cuda | cuda:N (needs npm run build:native and the CUDA EP)" }
+  device: { kind: "string", description: "cpu (default) | cuda | cuda:N (needs npm run build:native and the CUDA EP)" },
+  "cuda-graphs": { kind: "boolean", description: "with --device cuda: replay greedy decode steps from a captured CUDA graph" }
 } as const satisfies FlagSpecs
 
 const bad = (field: string, message: string) => Effect.fail(new ValidationError({ field, message }))
@@ -31,8 +32,10 @@ export const resolveModelFlags = (flags: ParsedFlags<typeof modelFlags>) =>
     if (flags["context-length"] !== undefined && flags["context-length"] < 2) {
       return yield* bad("--context-length", `--context-length must be at least 2, got ${flags["context-length"]}`)
     }
-    const device = parseDevice(flags.device ?? "cpu")
-    if (device === undefined) return yield* bad("--device", `--device must be cpu, cuda or cuda:N, got '${flags.device}'`)
+    const parsed = parseDevice(flags.device ?? "cpu")
+    if (parsed === undefined) return yield* bad("--device", `--device must be cpu, cuda or cuda:N, got '${flags.device}'`)
+    if (flags["cuda-graphs"] === true && parsed.kind !== "cuda") return yield* bad("--cuda-graphs", "--cuda-graphs needs --device cuda")
+    const device = flags["cuda-graphs"] === true && parsed.kind === "cuda" ? { ...parsed, options: { enable_cuda_graph: "1" } } : parsed
     const bar = new ProgressBar("converting")
     const adapter: Llama3Options = {
       modelDir: flags.model,
