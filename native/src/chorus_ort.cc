@@ -327,6 +327,7 @@ class Session : public Napi::ObjectWrap<Session> {
                         InstanceAccessor<&Session::OutputNames>("outputNames"),
                         InstanceAccessor<&Session::Provider>("provider"),
                         InstanceMethod<&Session::Allocate>("allocate"), InstanceMethod<&Session::Run>("run"),
+                        InstanceMethod<&Session::EndProfiling>("endProfiling"),
                         InstanceMethod<&Session::Release>("release")});
   }
 
@@ -361,6 +362,14 @@ class Session : public Napi::ObjectWrap<Session> {
 
   Napi::Value Allocate(const Napi::CallbackInfo& info);
   Napi::Value Run(const Napi::CallbackInfo& info);
+
+  Napi::Value EndProfiling(const Napi::CallbackInfo& info) {
+    return guarded(info.Env(), [&]() -> Napi::Value {
+      Ort::AllocatorWithDefaultOptions a;
+      auto file = core().session.EndProfilingAllocated(a);
+      return Napi::String::New(info.Env(), file.get());
+    });
+  }
 
   Napi::Value Release(const Napi::CallbackInfo& info) {
     // Tensors still alive keep the session (whose allocator owns their memory) until they are released too.
@@ -602,6 +611,8 @@ Napi::Value Addon::CreateSession(const Napi::CallbackInfo& info) {
       else if (g != "all") throw UsageError("createSession: graphOptimization must be disabled, basic, extended or all, found " + g);
     }
     so.SetGraphOptimizationLevel(level);
+    // ORT's per-node profiler (a Chrome trace JSON named after this prefix, written by endProfiling()).
+    if (opts.Get("profile").IsString()) so.EnableProfiling(opts.Get("profile").As<Napi::String>().Utf8Value().c_str());
     if (opts.Get("sessionConfig").IsObject()) {
       auto cfg = opts.Get("sessionConfig").As<Napi::Object>();
       auto keys = cfg.GetPropertyNames();

@@ -25,7 +25,7 @@ import type { GenerateRequest, GenerationEvent } from "./Request.ts"
 import { type DecodeWork, type PrefillWork, Scheduler, type Sequence } from "./Scheduler.ts"
 import { makeSequenceOutput, type SequenceOutput } from "./SequenceOutput.ts"
 import { makeShardActor, type ShardActor } from "./shard/ShardActor.ts"
-import type { Device, StepPlan, StepResult } from "./shard/StepProtocol.ts"
+import { type Device, shardDevice, type StepPlan, type StepResult } from "./shard/StepProtocol.ts"
 import { validateRequest } from "./Validation.ts"
 
 /** @category models */
@@ -39,8 +39,8 @@ export interface EngineOptions {
   /** ORT threads per shard; default: cores / shards. */
   readonly threadsPerShard?: number
   /**
-   * Where shards run: `cpu` (default) or `cuda`; with several shards on CUDA, shard i uses device `id + i` (one GPU
-   * per shard), so `--shards 2 --device cuda` splits a model over GPUs 0 and 1.
+   * Where shards run: `cpu` (default) or `cuda`. With several shards, `cuda:0,1` puts shard i on GPU `ids[i % n]`
+   * (`--shards 2 --device cuda:0,1` splits a model over two GPUs); `cuda:N` keeps every shard on GPU N.
    */
   readonly device?: Device
   /**
@@ -125,9 +125,8 @@ const makeEngine = (model: LoadedModel, options: EngineOptions) =>
       return yield* Effect.fail(new GenerationError({ message: `the ${model.id} adapter has no device runtime; use --device cpu` }))
     }
     for (const [i, spec] of model.shards.entries()) {
-      const shardDevice: Device = device.kind === "cuda" ? { ...device, id: device.id + i } : device
       const workerUrl = native ? model.deviceWorkerUrl! : model.workerUrl
-      shards.push(yield* makeShardActor(i, workerUrl, { ...spec, maxSeqs: maxNumSeqs, maxLen: contextLength, threads, device: shardDevice }))
+      shards.push(yield* makeShardActor(i, workerUrl, { ...spec, maxSeqs: maxNumSeqs, maxLen: contextLength, threads, device: shardDevice(device, i) }))
     }
     const last = shards[shards.length - 1]!
     const scheduler = new Scheduler({ maxNumSeqs, maxNumBatchedTokens: options.maxNumBatchedTokens ?? 512 })

@@ -18,7 +18,7 @@ import { type AttentionLayout, buildShardGraph, graphTensors, type ModelDType, t
 import { type LlamaConfig, loadLlamaConfig } from "./LlamaConfig.ts"
 
 /** Bumped whenever the graph layout changes: it is part of the cache key, so old conversions are not reused. */
-export const FORMAT_VERSION = 3
+export const FORMAT_VERSION = 4
 export const MANIFEST_FILE = "chorus-model.json"
 export const DEFAULT_MAX_CONTEXT = 8192
 

@@ -56,6 +56,8 @@ export interface NativeSessionOptions {
    * (`kSameAsRequested`), `cudnn_conv_algo_search`, `do_copy_in_default_stream`, `use_tf32`, `enable_cuda_graph`.
    */
   readonly cuda?: Readonly<Record<string, string>>
+  /** Turn on ORT's per-node profiler; `endProfiling()` writes `<prefix>_<date>.json` (a Chrome trace). */
+  readonly profile?: string
   /** Session config entries (`AddConfigEntry`), e.g. `session.disable_prepacking`. */
   readonly sessionConfig?: Readonly<Record<string, string>>
 }
@@ -81,6 +83,8 @@ export interface NativeSession {
     outputs: Readonly<Record<string, DeviceTensor | "host">>,
     options?: NativeRunOptions
   ): Record<string, HostTensor>
+  /** With `profile`: stops ORT's profiler and returns the trace file it wrote. */
+  endProfiling(): string
   /** Drops the session; tensors still alive keep its allocator (and so the session) until they are released. */
   release(): void
 }

@@ -48,7 +48,14 @@ let shard: DeviceShard | undefined
 
 export async function load(task: ShardLoad): Promise<ShardLoadResult> {
   const started = performance.now()
-  const device = task.device
+  // CUDA graphs need every node on the GPU, and ORT 1.29 has no float32 GroupQueryAttention kernel on CUDA, so float32
+  // shards never capture; a shard of several captures nothing either (its hidden states cross between sessions).
+  // With the option on, ORT captures every run that does not opt out, so it is removed where graphs are not used.
+  const useGraphs = task.device.kind === "cuda" && task.device.options?.enable_cuda_graph === "1" && task.dtype === "float16" &&
+    task.isFirst && task.isLast
+  const device = task.device.kind === "cuda" && !useGraphs && task.device.options?.enable_cuda_graph !== undefined
+    ? { ...task.device, options: Object.fromEntries(Object.entries(task.device.options).filter(([k]) => k !== "enable_cuda_graph")) }
+    : task.device
   const session = NativeOrt.load().createSession(task.graphPath, {
     provider: device.kind,
     // TF32 would cost float32 graphs about 1e-3 relative error on the logits: exact float32 is what float32 asks for.
@@ -65,8 +72,7 @@ export async function load(task: ShardLoad): Promise<ShardLoadResult> {
   const values = Array.from({ length: numLayers }, () => session.allocate(dtype, dims))
   const rowElements = task.numKvHeads * task.maxLen * task.headDim
   const inputNames = new Set(session.inputNames)
-  const graphs = device.kind === "cuda" && device.options?.enable_cuda_graph === "1" && task.isFirst && task.isLast
-  const graph: DecodeGraph | undefined = graphs
+  const graph: DecodeGraph | undefined = useGraphs
     ? {
       inputIds: session.allocate("int64", [task.maxSeqs, 1]),
       seqlens: session.allocate("int32", [task.maxSeqs]),

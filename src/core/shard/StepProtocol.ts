@@ -12,14 +12,26 @@ import type { SamplingParams } from "../sampling/SamplingParams.ts"
  */
 export type Device =
   | { readonly kind: "cpu" }
-  | { readonly kind: "cuda"; readonly id: number; readonly options?: Readonly<Record<string, string>> }
+  | {
+    readonly kind: "cuda"
+    readonly id: number
+    /** Several GPUs (`cuda:0,1`): shard i runs on `ids[i % ids.length]`; absent: every shard on `id`. */
+    readonly ids?: ReadonlyArray<number>
+    readonly options?: Readonly<Record<string, string>>
+  }
 
-/** `cpu`, `cuda` or `cuda:N`. */
+/** `cpu`, `cuda`, `cuda:N` or `cuda:A,B,...` (one GPU per shard, round robin). */
 export const parseDevice = (text: string): Device | undefined => {
   if (text === "cpu") return { kind: "cpu" }
-  const m = /^cuda(?::(\d+))?$/.exec(text)
-  return m === null ? undefined : { kind: "cuda", id: m[1] === undefined ? 0 : Number(m[1]) }
+  const m = /^cuda(?::(\d+(?:,\d+)*))?$/.exec(text)
+  if (m === null) return undefined
+  const ids = m[1] === undefined ? [0] : m[1].split(",").map(Number)
+  return ids.length === 1 ? { kind: "cuda", id: ids[0]! } : { kind: "cuda", id: ids[0]!, ids }
 }
+
+/** The device of shard `index` of a model placed on `device`. */
+export const shardDevice = (device: Device, index: number): Device =>
+  device.kind === "cuda" && device.ids !== undefined ? { ...device, id: device.ids[index % device.ids.length]! } : device
 
 /** How a shard worker is loaded. One worker thread per shard; the worker owns its ORT session and KV slots. */
 export interface ShardLoad {
