@@ -21,11 +21,11 @@ const COLORS = ["#3b6fb6", "#e07b39", "#4a9d5b", "#9b59b6", "#c0392b", "#7f8c8d"
 
 const escape = (s: string) => s.replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;")
 
-/** A "nice" axis maximum: 1, 2 or 5 times a power of ten at or above `max`. */
+/** A "nice" axis maximum: 1, 1.5, 2, 2.5, 3, 4, 5, 6 or 8 times a power of ten at or above `max`. */
 const niceMax = (max: number): number => {
   if (max <= 0) return 1
   const p = 10 ** Math.floor(Math.log10(max))
-  return [1, 2, 5, 10].map((m) => m * p).find((v) => v >= max)!
+  return [1, 1.5, 2, 2.5, 3, 4, 5, 6, 8, 10].map((m) => m * p).find((v) => v >= max)!
 }
 
 const format = (v: number) => (v >= 1000 ? `${(v / 1000).toFixed(v >= 10000 ? 0 : 1)}k` : v >= 10 ? v.toFixed(0) : v.toFixed(1))
