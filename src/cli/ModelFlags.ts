@@ -16,7 +16,12 @@ export const modelFlags = {
   "max-batch": { kind: "integer", description: "most sequences decoding together (default 16)" },
   "context-length": { kind: "integer", description: "tokens per sequence (default: the model's, at most 8192)" },
   device: { kind: "string", description: "cpu (default) | cuda | cuda:N (needs npm run build:native and the CUDA EP)" },
-  "cuda-graphs": { kind: "boolean", description: "with --device cuda: replay greedy decode steps from a captured CUDA graph" }
+  "cuda-graphs": { kind: "boolean", description: "with --device cuda: replay greedy decode steps from a captured CUDA graph" },
+  "cuda-option": {
+    kind: "string",
+    repeatable: true,
+    description: "with --device cuda: a CUDA EP option KEY=VALUE (gpu_mem_limit, arena_extend_strategy, cudnn_conv_algo_search, use_tf32, ...)"
+  }
 } as const satisfies FlagSpecs
 
 const bad = (field: string, message: string) => Effect.fail(new ValidationError({ field, message }))
@@ -35,7 +40,15 @@ export const resolveModelFlags = (flags: ParsedFlags<typeof modelFlags>) =>
     const parsed = parseDevice(flags.device ?? "cpu")
     if (parsed === undefined) return yield* bad("--device", `--device must be cpu, cuda or cuda:N, got '${flags.device}'`)
     if (flags["cuda-graphs"] === true && parsed.kind !== "cuda") return yield* bad("--cuda-graphs", "--cuda-graphs needs --device cuda")
-    const device = flags["cuda-graphs"] === true && parsed.kind === "cuda" ? { ...parsed, options: { enable_cuda_graph: "1" } } : parsed
+    const cudaOptions: Record<string, string> = {}
+    for (const kv of flags["cuda-option"] ?? []) {
+      const eq = kv.indexOf("=")
+      if (eq <= 0) return yield* bad("--cuda-option", `--cuda-option expects KEY=VALUE, got '${kv}'`)
+      cudaOptions[kv.slice(0, eq)] = kv.slice(eq + 1)
+    }
+    if (flags["cuda-option"] !== undefined && parsed.kind !== "cuda") return yield* bad("--cuda-option", "--cuda-option needs --device cuda")
+    if (flags["cuda-graphs"] === true) cudaOptions.enable_cuda_graph = "1"
+    const device = parsed.kind === "cuda" && Object.keys(cudaOptions).length > 0 ? { ...parsed, options: cudaOptions } : parsed
     const bar = new ProgressBar("converting")
     const adapter: Llama3Options = {
       modelDir: flags.model,

@@ -60,6 +60,8 @@ describe("chorus generate with bad input", () => {
     ["a negative temperature", ["--model", model, "--token-ids", "1,2", "--temperature", "-1"], /temperature must be at least 0 and at most 100, got -1/],
     ["a non-numeric flag", ["--model", model, "--token-ids", "1,x"], /--token-ids expects a number, got 'x'/],
     ["an unknown flag", ["--model", model, "--token-ids", "1", "--bogus", "1"], /unknown option --bogus/],
+    ["an unknown device", ["--model", model, "--token-ids", "1,2", "--device", "tpu"], /--device must be cpu, cuda or cuda:N, got 'tpu'/],
+    ["a CUDA option without a CUDA device", ["--model", model, "--token-ids", "1,2", "--cuda-option", "use_tf32=0"], /--cuda-option needs --device cuda/],
     ["a token id outside the vocabulary", ["--model", model, "--token-ids", "1,99999"], /token id 99999 is outside the vocabulary \[0, 512\)/]
   ])("%s: one line, exit 2", (_, args, message) => {
     const before = cacheEntries().filter((e) => e.startsWith("converted"))
