@@ -56,7 +56,8 @@ describe("server lifecycle", () => {
     let out = ""
     child.stdout.on("data", (d) => (out += d))
     const exited = new Promise<number | null>((resolve) => child.on("exit", resolve))
-    while (!/at (http:\/\/127\.0\.0\.1:\d+)\//.test(out)) await new Promise((r) => setTimeout(r, 20))
+    // Both start-up lines: where it serves, then whether the API is open (they may arrive in separate chunks).
+    while (!/at (http:\/\/127\.0\.0\.1:\d+)\//.test(out) || !/API key/.test(out)) await new Promise((r) => setTimeout(r, 20))
     expect(out).toMatch(/no API keys configured: the API is open/)
     const url = /at (http:\/\/127\.0\.0\.1:\d+)\//.exec(out)![1]!
     // A long request is running when SIGTERM arrives.
