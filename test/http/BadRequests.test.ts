@@ -61,6 +61,20 @@ const openai: ReadonlyArray<Case> = [
   { name: "completion with an empty prompt", path: "/v1/completions", body: JSON.stringify({ prompt: [] }), status: 400, names: /prompt/ }
 ]
 
+const aime: ReadonlyArray<Case> = [
+  { name: "AIME: bad JSON", path: "/llama3_chat", body: "{chat_context", status: 400, names: /JSON/ },
+  { name: "AIME: an unknown parameter", path: "/llama3_chat", body: JSON.stringify({ prompt_input: "hi", colour: "red" }), status: 400, names: /Invalid input parameter\(s\): colour/ },
+  { name: "AIME: chat_context that is not JSON", path: "/llama3_chat", body: JSON.stringify({ chat_context: "[{nope" }), status: 400, names: /chat_context/ },
+  { name: "AIME: a message with an unknown role", path: "/llama3_chat", body: JSON.stringify({ chat_context: JSON.stringify([{ role: "robot", content: "x" }]) }), status: 400, names: /role/ },
+  { name: "AIME: temperature above 1", path: "/llama3_chat", body: JSON.stringify({ prompt_input: "hi", temperature: 1.5 }), status: 400, names: /temperature/ },
+  { name: "AIME: top_k 0", path: "/llama3_chat", body: JSON.stringify({ prompt_input: "hi", top_k: 0 }), status: 400, names: /top_k/ },
+  { name: "AIME: max_gen_tokens as a string", path: "/llama3_chat", body: JSON.stringify({ prompt_input: "hi", max_gen_tokens: "many" }), status: 400, names: /max_gen_tokens/ },
+  { name: "AIME: text and chat together", path: "/llama3_chat", body: JSON.stringify({ text_context: "a", chat_context: JSON.stringify([{ role: "user", content: "b" }]) }), status: 400, names: /text_context/ },
+  { name: "AIME: progress without a job id", path: "/llama3_chat/progress", body: JSON.stringify({}), status: 402, names: /No job_id given/ },
+  { name: "AIME: progress of an unknown job", path: "/llama3_chat/progress", body: JSON.stringify({ job_id: "nope#1" }), status: 402, names: /no active request with this job id nope#1/ },
+  { name: "AIME: cancel of an unknown job", path: "/llama3_chat/cancel", body: JSON.stringify({ job_id: "nope#2" }), status: 402, names: /nope#2/ }
+]
+
 const run = async (c: Case) => {
   const r = await fetch(`${server.url}${c.path}`, {
     method: c.method ?? "POST",
@@ -70,13 +84,26 @@ const run = async (c: Case) => {
   return { status: r.status, text: await r.text() }
 }
 
-describe("malformed OpenAI requests", () => {
+describe("malformed requests over every route", () => {
   it.each(openai.map((c) => [c.name, c] as const))("%s", async (_, c) => {
     const r = await run(c)
     expect(r.status).toBe(c.status)
     const body = JSON.parse(r.text) as { error: { message: string; type: string } }
     expect(body.error.message).toMatch(c.names)
     expect(body.error.message.includes("\n")).toBe(false)
+  })
+
+  it.each(aime.map((c) => [c.name, c] as const))("%s", async (_, c) => {
+    const r = await run(c)
+    expect(r.status).toBe(c.status)
+    const body = JSON.parse(r.text) as { success: boolean; error: string | Array<string> }
+    expect(body.success).toBe(false)
+    expect([body.error].flat().join(" ")).toMatch(c.names)
+  })
+
+  it("an unknown route is a 404, not a 5xx", async () => {
+    const r = await fetch(`${server.url}/v2/chat`, { method: "POST", body: "{}" })
+    expect(r.status).toBe(404)
   })
 
   it("the server still serves after all of them", async () => {
