@@ -34,9 +34,9 @@ const greedy = (tokenIds: ReadonlyArray<number>, maxTokens = 24): GenerateReques
   promptLogits: "last"
 })
 
-const engineFor = (name: "tiny-llama3-a" | "tiny-llama3-b", dtype: "float32" | "float16", shards = 1) =>
+const engineFor = (name: "tiny-llama3-a" | "tiny-llama3-b", dtype: "float32" | "float16", shards = 1, maxNumBatchedTokens = 512) =>
   ManagedRuntime.make(
-    Engine.layer(Llama3Adapter, { modelDir: fixtureDir(name), dtype, shards, maxContext: 512, attention: "fused" }, { device, nativeRuntime: true, maxNumSeqs: 4, maxNumBatchedTokens: 512 })
+    Engine.layer(Llama3Adapter, { modelDir: fixtureDir(name), dtype, shards, maxContext: 512, attention: "fused" }, { device, nativeRuntime: true, maxNumSeqs: 4, maxNumBatchedTokens })
   )
 
 const run = (rt: ManagedRuntime.ManagedRuntime<Engine, unknown>, request: GenerateRequest) =>
@@ -78,5 +78,36 @@ describe.each([
     const sorted = Array.from(at.logits!).sort((a, b) => b - a)
     const scale = Math.max(...Array.from(at.logits!, Math.abs))
     expect((sorted[0]! - sorted[1]!) / scale).toBeLessThan(0.01)
+  })
+})
+
+describe(`${device.kind}: long prompts prefilled in chunks`, () => {
+  const reference = readReference("tiny-llama3-b")
+  // 64-token chunks: the 300-token prompt takes five, each attending to the chunks already in the cache.
+  const f32 = engineFor("tiny-llama3-b", "float32", 1, 64)
+  const f16Chunked = engineFor("tiny-llama3-b", "float16", 1, 64)
+  const f16Whole = engineFor("tiny-llama3-b", "float16", 1, 512)
+  afterAll(async () => {
+    await f32.dispose()
+    await f16Chunked.dispose()
+    await f16Whole.dispose()
+  })
+
+  it("float16 (attention on the device): chunked prefill gives what a whole prefill gives", async () => {
+    for (const prompt of reference.prompts) {
+      const chunked = await run(f16Chunked, greedy(prompt.input_ids))
+      const whole = await run(f16Whole, greedy(prompt.input_ids))
+      expect(relativeError(chunked.logits!, prompt.prefill_logits_last)).toBeLessThan(1e-2)
+      expect(chunked.tokens.slice(0, 16)).toEqual(whole.tokens.slice(0, 16))
+    }
+  })
+
+  it("float32: logits within 1e-4 and greedy exact, while other sequences decode", async () => {
+    const results = await Promise.all(reference.prompts.map((p) => run(f32, greedy(p.input_ids))))
+    results.forEach((r, i) => {
+      const prompt = reference.prompts[i]!
+      expect(relativeError(r.logits!, prompt.prefill_logits_last)).toBeLessThan(1e-4)
+      expect(r.tokens).toEqual(prompt.greedy_continuation)
+    })
   })
 })
