@@ -33,6 +33,8 @@ struct DtypeInfo {
 const DtypeInfo kDtypes[] = {
     {"float32", ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, 4, napi_float32_array},
     {"float16", ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16, 2, napi_uint16_array},
+    // After float16: a bare Uint16Array means float16; bfloat16 host data says so with `dtype`.
+    {"bfloat16", ONNX_TENSOR_ELEMENT_DATA_TYPE_BFLOAT16, 2, napi_uint16_array},
     {"int32", ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32, 4, napi_int32_array},
     {"int64", ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64, 8, napi_bigint64_array},
 };
@@ -443,7 +445,7 @@ Napi::Value Session::Allocate(const Napi::CallbackInfo& info) {
     if (info.Length() < 2 || !info[0].IsString()) throw UsageError("Session.allocate(dtype, dims): expected a dtype and dims");
     auto name = info[0].As<Napi::String>().Utf8Value();
     const DtypeInfo* dtype = dtypeByName(name);
-    if (dtype == nullptr) throw UsageError("Session.allocate: dtype must be float32, float16, int32 or int64, found " + name);
+    if (dtype == nullptr) throw UsageError("Session.allocate: dtype must be float32, float16, bfloat16, int32 or int64, found " + name);
     auto dims = readDims(info[1], "Session.allocate");
     auto block = std::make_shared<Block>();
     block->core = core_;
@@ -509,6 +511,12 @@ Napi::Value Session::Run(const Napi::CallbackInfo& info) {
         throw UsageError("Session.run: input " + name + ".data must be a Float32Array, Uint16Array (float16), Int32Array or BigInt64Array");
       auto ta = data.As<Napi::TypedArray>();
       const DtypeInfo* dtype = dtypeByArray(ta.TypedArrayType());
+      if (o.Has("dtype") && o.Get("dtype").IsString()) {
+        const DtypeInfo* named = dtypeByName(o.Get("dtype").As<Napi::String>().Utf8Value());
+        if (named == nullptr || named->array != ta.TypedArrayType())
+          throw UsageError("Session.run: input " + name + ".dtype does not fit its " + arrayName(ta.TypedArrayType()));
+        dtype = named;
+      }
       if (dtype == nullptr)
         throw UsageError("Session.run: input " + name + ".data is a " + arrayName(ta.TypedArrayType()) +
                          "; expected Float32Array, Uint16Array (float16), Int32Array or BigInt64Array");

@@ -11,7 +11,7 @@ import { ProgressBar } from "./ProgressBar.ts"
 export const convertFlags = {
   model: { kind: "string", description: "Hugging Face Llama 3 checkpoint folder (required)" },
   out: { kind: "string", description: "output folder (required)" },
-  dtype: { kind: "string", description: "float32 | float16 (default float32)" },
+  dtype: { kind: "string", description: "float32 | float16 | bfloat16 (default float32; bfloat16 runs with --device cuda)" },
   shards: { kind: "integer", description: "split the layers over N shards (default 1)" },
   "context-length": { kind: "integer", description: "longest sequence the graphs support (default min(model's, 8192))" }
 } as const satisfies FlagSpecs
@@ -22,7 +22,9 @@ export const runConvert = (flags: ParsedFlags<typeof convertFlags>) =>
     if (flags.model === undefined) return yield* bad("--model", "--model DIR is required")
     if (flags.out === undefined) return yield* bad("--out", "--out DIR is required")
     const dtype = flags.dtype ?? "float32"
-    if (dtype !== "float32" && dtype !== "float16") return yield* bad("--dtype", `--dtype must be float32 or float16, got '${dtype}'`)
+    if (dtype !== "float32" && dtype !== "float16" && dtype !== "bfloat16") {
+      return yield* bad("--dtype", `--dtype must be float32, float16 or bfloat16, got '${dtype}'`)
+    }
     if (flags.shards !== undefined && flags.shards < 1) return yield* bad("--shards", `--shards must be at least 1, got ${flags.shards}`)
     const bar = new ProgressBar("converting")
     const started = performance.now()

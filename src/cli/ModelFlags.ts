@@ -11,7 +11,7 @@ import { ProgressBar } from "./ProgressBar.ts"
 
 export const modelFlags = {
   model: { kind: "string", description: "Hugging Face Llama 3 checkpoint folder (default: the embedded small model)" },
-  dtype: { kind: "string", description: "float32 | float16 (default float32)" },
+  dtype: { kind: "string", description: "float32 | float16 | bfloat16 (default float32; bfloat16 with --device cuda)" },
   shards: { kind: "integer", description: "split the layers over N shard workers (default 1)" },
   "max-batch": { kind: "integer", description: "most sequences decoding together (default 16)" },
   "context-length": { kind: "integer", description: "tokens per sequence (default: the model's, at most 8192)" },
@@ -29,7 +29,9 @@ const bad = (field: string, message: string) => Effect.fail(new ValidationError(
 export const resolveModelFlags = (flags: ParsedFlags<typeof modelFlags>) =>
   Effect.gen(function*() {
     const dtype = flags.dtype ?? "float32"
-    if (dtype !== "float32" && dtype !== "float16") return yield* bad("--dtype", `--dtype must be float32 or float16, got '${dtype}'`)
+    if (dtype !== "float32" && dtype !== "float16" && dtype !== "bfloat16") {
+      return yield* bad("--dtype", `--dtype must be float32, float16 or bfloat16, got '${dtype}'`)
+    }
     if (flags.shards !== undefined && flags.shards < 1) return yield* bad("--shards", `--shards must be at least 1, got ${flags.shards}`)
     if (flags["max-batch"] !== undefined && flags["max-batch"] < 1) {
       return yield* bad("--max-batch", `--max-batch must be at least 1, got ${flags["max-batch"]}`)
@@ -49,6 +51,9 @@ export const resolveModelFlags = (flags: ParsedFlags<typeof modelFlags>) =>
     if (flags["cuda-option"] !== undefined && parsed.kind !== "cuda") return yield* bad("--cuda-option", "--cuda-option needs --device cuda")
     if (flags["cuda-graphs"] === true) cudaOptions.enable_cuda_graph = "1"
     const device = parsed.kind === "cuda" && Object.keys(cudaOptions).length > 0 ? { ...parsed, options: cudaOptions } : parsed
+    if (dtype === "bfloat16" && device.kind !== "cuda") {
+      return yield* bad("--dtype", "--dtype bfloat16 needs --device cuda (the CPU runtime has no bfloat16 kernels)")
+    }
     const bar = new ProgressBar("converting")
     const adapter: Llama3Options = {
       modelDir: flags.model,

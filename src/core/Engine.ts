@@ -121,6 +121,9 @@ const makeEngine = (model: LoadedModel, options: EngineOptions) =>
     const shards: Array<ShardActor> = []
     const device = options.device ?? { kind: "cpu" }
     const native = device.kind === "cuda" || options.nativeRuntime === true
+    if (model.shards.some((s) => s.dtype === "bfloat16") && device.kind !== "cuda") {
+      return yield* Effect.fail(new GenerationError({ message: "bfloat16 runs on the device runtime only (--device cuda); use float32 or float16 on the CPU" }))
+    }
     if (native && model.deviceWorkerUrl === undefined) {
       return yield* Effect.fail(new GenerationError({ message: `the ${model.id} adapter has no device runtime; use --device cpu` }))
     }

@@ -34,7 +34,7 @@ const greedy = (tokenIds: ReadonlyArray<number>, maxTokens = 24): GenerateReques
   promptLogits: "last"
 })
 
-const engineFor = (name: "tiny-llama3-a" | "tiny-llama3-b", dtype: "float32" | "float16", shards = 1, maxNumBatchedTokens = 512) =>
+const engineFor = (name: "tiny-llama3-a" | "tiny-llama3-b", dtype: "float32" | "float16" | "bfloat16", shards = 1, maxNumBatchedTokens = 512) =>
   ManagedRuntime.make(
     Engine.layer(Llama3Adapter, { modelDir: fixtureDir(name), dtype, shards, maxContext: 512, attention: "fused" }, { device, nativeRuntime: true, maxNumSeqs: 4, maxNumBatchedTokens })
   )
@@ -111,3 +111,29 @@ describe(`${device.kind}: long prompts prefilled in chunks`, () => {
     })
   })
 })
+
+// bfloat16 runs on the device runtime only (ORT's CPU EP has no bfloat16 MatMul): CUDA hosts.
+if (device.kind === "cuda") {
+  describe("cuda: bfloat16", () => {
+    const reference = readReference("tiny-llama3-b")
+    const bf16 = engineFor("tiny-llama3-b", "bfloat16")
+    const f32 = engineFor("tiny-llama3-b", "float32")
+    afterAll(async () => {
+      await bf16.dispose()
+      await f32.dispose()
+    })
+
+    it.each(reference.prompts.map((p, i) => [i, p] as const))("prompt %i: logits within 2e-2, greedy equal for 16 tokens or up to a near-tie", async (_, prompt) => {
+      const r = await run(bf16, greedy(prompt.input_ids))
+      // bfloat16 keeps 8 bits of mantissa (float16: 11), hence the wider tolerance.
+      expect(relativeError(r.logits!, prompt.prefill_logits_last)).toBeLessThan(2e-2)
+      const want = prompt.greedy_continuation
+      const diverge = r.tokens.findIndex((t, i) => t !== want[i])
+      if (diverge === -1 || diverge >= 16) return
+      const at = await run(f32, greedy([...prompt.input_ids, ...want.slice(0, diverge)], 1))
+      const sorted = Array.from(at.logits!).sort((a, b) => b - a)
+      const scale = Math.max(...Array.from(at.logits!, Math.abs))
+      expect((sorted[0]! - sorted[1]!) / scale).toBeLessThan(0.02)
+    })
+  })
+}

@@ -65,7 +65,7 @@ export const ModelManifest = Schema.Struct({
   key: Schema.String,
   sourceDir: Schema.String,
   config: LlamaConfigSchema,
-  dtype: Schema.Literals(["float32", "float16"]),
+  dtype: Schema.Literals(["float32", "float16", "bfloat16"]),
   maxContext: Int,
   /** Attention layout of the graphs (GraphBuilder's `AttentionLayout`); absent in manifests of earlier conversions. */
   attention: Schema.optional(Schema.Literals(["rotary-outside", "fused"])),

@@ -13,11 +13,12 @@
  *   bound to the past buffers, GroupQueryAttention writes in place where a runtime can share them), and
  *   `new_key.{i}` / `new_value.{i}` T [batch, seq, kv_heads * head_dim] (the rotated keys and values of this step's
  *   tokens alone: what a runtime that keeps its own cache appends).
- * T is float32 or float16 (the shard's dtype).
+ * T is float32, float16 or bfloat16 (the shard's dtype).
  */
 import { Effect } from "effect"
 import * as fs from "node:fs"
 import * as path from "node:path"
+import { encodeFloat32 } from "../../core/checkpoint/Safetensors.ts"
 import type { TensorSource } from "../../core/checkpoint/TensorSource.ts"
 import { CheckpointError, ConversionError } from "../../core/Errors.ts"
 import {
@@ -31,7 +32,8 @@ import {
 import { expectedTensorShapes, type LlamaConfig } from "./LlamaConfig.ts"
 import { ropeCache } from "./Rope.ts"
 
-export type ModelDType = "float32" | "float16"
+/** bfloat16 runs on the device runtime only: ORT's CPU EP lacks bfloat16 kernels (MatMul among them). */
+export type ModelDType = "float32" | "float16" | "bfloat16"
 
 export interface ShardOptions {
   /** Decoder layers `[l0, l1)`; `l0 = 0` adds the embedding, `l1 = numLayers` the final norm and LM head. */
@@ -372,12 +374,8 @@ const produce = (
   }
 }
 
-const toBytes = (data: Float32Array, dtype: ModelDType): Uint8Array => {
-  if (dtype === "float32") return new Uint8Array(data.buffer, data.byteOffset, data.byteLength)
-  const half = new Float16Array(data.length)
-  half.set(data)
-  return new Uint8Array(half.buffer)
-}
+const toBytes = (data: Float32Array, dtype: ModelDType): Uint8Array =>
+  encodeFloat32(dtype === "float32" ? "F32" : dtype === "float16" ? "F16" : "BF16", data)
 
 const ioError = (file: string, what: string) => (cause: unknown) =>
   new ConversionError({ message: `cannot ${what} ${file}: ${cause instanceof Error ? cause.message : String(cause)}` })

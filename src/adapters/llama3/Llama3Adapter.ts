@@ -18,7 +18,8 @@ import { loadTokenizer } from "./Tokenizer.ts"
 export interface Llama3Options {
   /** A Hugging Face checkpoint folder; omitted: the embedded default model (random weights, real vocabulary). */
   readonly modelDir?: string | undefined
-  readonly dtype?: "float32" | "float16" | undefined
+  /** bfloat16 needs the device runtime (`--device cuda`). */
+  readonly dtype?: "float32" | "float16" | "bfloat16" | undefined
   /** Split the layers over this many shards (worker threads; GPUs later). Default 1. */
   readonly shards?: number | undefined
   /** Longest sequence the graphs support; default min(max_position_embeddings, 8192). */

@@ -309,7 +309,8 @@ const toBf16Bytes = (data: Float32Array): Uint8Array => {
   return new Uint8Array(out.buffer)
 }
 
-const encode = (dtype: StorageDType, data: Float32Array): Uint8Array => {
+/** float32 values as the bytes of a storage dtype (F16 and BF16 round to nearest even). */
+export const encodeFloat32 = (dtype: StorageDType, data: Float32Array): Uint8Array => {
   switch (dtype) {
     case "F32":
       return new Uint8Array(data.buffer, data.byteOffset, data.byteLength)
@@ -357,7 +358,7 @@ const writeAsync = async (
   try {
     await handle.write(prefix)
     await handle.write(headerBytes)
-    for (const t of tensors) await handle.write(encode(t.dtype, t.data))
+    for (const t of tensors) await handle.write(encodeFloat32(t.dtype, t.data))
   } finally {
     await handle.close()
   }

@@ -12,12 +12,13 @@ import { createRequire } from "node:module"
 import * as path from "node:path"
 import { fileURLToPath } from "node:url"
 
-export type NativeDtype = "float32" | "float16" | "int32" | "int64"
+export type NativeDtype = "float32" | "float16" | "bfloat16" | "int32" | "int64"
 
 /** The JS array of each dtype (float16 travels as its raw bits in a Uint16Array). */
 export interface NativeArrayOf {
   readonly float32: Float32Array
   readonly float16: Uint16Array
+  readonly bfloat16: Uint16Array
   readonly int32: Int32Array
   readonly int64: BigInt64Array
 }
@@ -27,6 +28,8 @@ export type NativeArray = NativeArrayOf[NativeDtype]
 export interface HostTensor<A extends NativeArray = NativeArray> {
   readonly data: A
   readonly dims: ReadonlyArray<number>
+  /** Needed only where the array class is ambiguous: a Uint16Array is float16 unless this says bfloat16. */
+  readonly dtype?: NativeDtype
 }
 
 /** A tensor in the memory of the session that allocated it; views share that memory. */

@@ -51,7 +51,7 @@ export async function load(task: ShardLoad): Promise<ShardLoadResult> {
   // CUDA graphs need every node on the GPU, and ORT 1.29 has no float32 GroupQueryAttention kernel on CUDA, so float32
   // shards never capture; a shard of several captures nothing either (its hidden states cross between sessions).
   // With the option on, ORT captures every run that does not opt out, so it is removed where graphs are not used.
-  const useGraphs = task.device.kind === "cuda" && task.device.options?.enable_cuda_graph === "1" && task.dtype === "float16" &&
+  const useGraphs = task.device.kind === "cuda" && task.device.options?.enable_cuda_graph === "1" && task.dtype !== "float32" &&
     task.isFirst && task.isLast
   const device = task.device.kind === "cuda" && !useGraphs && task.device.options?.enable_cuda_graph !== undefined
     ? { ...task.device, options: Object.fromEntries(Object.entries(task.device.options).filter(([k]) => k !== "enable_cuda_graph")) }
@@ -65,7 +65,7 @@ export async function load(task: ShardLoad): Promise<ShardLoadResult> {
     intraOpThreads: task.threads,
     graphOptimization: "all"
   })
-  const dtype = task.dtype === "float16" ? "float16" : "float32"
+  const dtype = task.dtype
   const dims = [task.maxSeqs, task.numKvHeads, task.maxLen, task.headDim]
   const numLayers = task.layers[1] - task.layers[0]
   const keys = Array.from({ length: numLayers }, () => session.allocate(dtype, dims))
@@ -84,7 +84,7 @@ export async function load(task: ShardLoad): Promise<ShardLoadResult> {
     }
     : undefined
   shard = { load: task, session, keys, values, samplers: new SamplerTable(), rowElements, inputNames, graph }
-  const bytes = 2 * numLayers * task.maxSeqs * rowElements * (dtype === "float16" ? 2 : 4)
+  const bytes = 2 * numLayers * task.maxSeqs * rowElements * (dtype === "float32" ? 4 : 2)
   return { kvBytes: bytes, loadMs: performance.now() - started }
 }
 

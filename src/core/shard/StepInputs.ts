@@ -8,6 +8,8 @@ import type { ShardLoad, StepPlan } from "./StepProtocol.ts"
 export interface HostInput {
   readonly data: BigInt64Array | Int32Array | Float32Array | Uint16Array
   readonly dims: ReadonlyArray<number>
+  /** Set where the array class is ambiguous: 16-bit hidden states of a bfloat16 model. */
+  readonly dtype?: "bfloat16"
 }
 
 export interface StepInputs {
@@ -25,7 +27,9 @@ export const stepInputs = (cfg: ShardLoad, plan: StepPlan): StepInputs => {
     inputs.input_ids = { data: BigInt64Array.from(plan.tokenIds, (t) => BigInt(t)), dims: [rows, plan.seqLen] }
   } else {
     if (plan.hidden === undefined) throw new Error("a non-first shard needs hidden states")
-    inputs.hidden_in = { data: plan.hidden, dims: [rows, plan.seqLen, cfg.hiddenSize] }
+    inputs.hidden_in = cfg.dtype === "bfloat16"
+      ? { data: plan.hidden, dims: [rows, plan.seqLen, cfg.hiddenSize], dtype: "bfloat16" }
+      : { data: plan.hidden, dims: [rows, plan.seqLen, cfg.hiddenSize] }
   }
   const seqlens = new Int32Array(rows)
   const positions = new BigInt64Array(rows * plan.seqLen)

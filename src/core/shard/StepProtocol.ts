@@ -41,7 +41,7 @@ export interface ShardLoad {
   readonly layers: readonly [number, number]
   readonly isFirst: boolean
   readonly isLast: boolean
-  readonly dtype: "float32" | "float16"
+  readonly dtype: "float32" | "float16" | "bfloat16"
   readonly hiddenSize: number
   readonly vocabSize: number
   readonly numKvHeads: number

@@ -32,7 +32,7 @@ class Pipeline {
   readonly stages: ReadonlyArray<{ session: ort.InferenceSession; layers: readonly [number, number] }>
   constructor(
     config: LlamaConfig,
-    dtype: ModelDType,
+    dtype: Exclude<ModelDType, "bfloat16">,
     stages: ReadonlyArray<{ session: ort.InferenceSession; layers: readonly [number, number] }>,
     batch: number
   ) {
@@ -82,7 +82,7 @@ class Pipeline {
 const built = new Map<string, Promise<Array<{ file: string; layers: readonly [number, number] }>>>()
 
 /** Converts a fixture into `shards` shard graphs (once per combination) and opens a pipeline over them. */
-const openPipeline = async (name: string, dtype: ModelDType, shards: number, batch = 1) => {
+const openPipeline = async (name: string, dtype: Exclude<ModelDType, "bfloat16">, shards: number, batch = 1) => {
   const dir = fixture(name)
   const config = await Effect.runPromise(loadLlamaConfig(dir))
   const key = `${name}-${dtype}-${shards}`
