@@ -300,7 +300,8 @@ if (built) describe("NativeOrt API errors and lifetimes", () => {
     expect(() => s.run({ x, y: x, w: x }, { z: "host" })).toThrow("Session.run: the model has no input w (its inputs: x, y)")
     expect(() => s.run({ x, y: host(new Float64Array(4) as unknown as Float32Array, [4]) }, { z: "host" })).toThrow(/input y.data is a Float64Array/)
     expect(() => s.run({ x, y: host(new Float32Array(3), [4]) }, { z: "host" })).toThrow("Session.run: input y has dims [4] (4 elements) but 3 values")
-    expect(() => s.allocate("bfloat16" as "float16", [1])).toThrow(/dtype must be float32, float16, int32 or int64, found bfloat16/)
+    expect(() => s.allocate("float64" as "float16", [1])).toThrow(/dtype must be float32, float16, bfloat16, int32 or int64, found float64/)
+    expect(() => s.run({ x, y: { data: new Float32Array(4), dims: [4], dtype: "bfloat16" } }, { z: "host" })).toThrow(/input y.dtype does not fit its Float32Array/)
     expect(() => s.run({ x, y: s.allocate("int32", [4]) }, { z: "host" })).toThrow(/ONNX Runtime: .*(type|Type)/)
     // Tensors outlive the session that allocated them; the session itself is gone.
     s.release()
