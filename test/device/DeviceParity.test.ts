@@ -39,8 +39,33 @@ const engineFor = (name: "tiny-llama3-a" | "tiny-llama3-b", dtype: "float32" | "
     Engine.layer(Llama3Adapter, { modelDir: fixtureDir(name), dtype, shards, maxContext: 512, attention: "fused" }, { device, nativeRuntime: true, maxNumSeqs: 4, maxNumBatchedTokens })
   )
 
-const run = (rt: ManagedRuntime.ManagedRuntime<Engine, unknown>, request: GenerateRequest) =>
+const run = (rt: ManagedRuntime.ManagedRuntime<Engine, unknown>, request: GenerateRequest): Promise<ReturnType<typeof collect>> =>
   rt.runPromise(Engine.use((engine) => Stream.runCollect(engine.generate(request))).pipe(Effect.map(collect)))
+
+type Runtime = ManagedRuntime.ManagedRuntime<Engine, unknown>
+
+/**
+ * Half precision against transformers: prompt logits within `logitsTolerance`, and greedy tokens equal for 16 tokens
+ * unless they part at a float32 near-tie (the two best logits within `tieMargin` of the largest), which half
+ * precision cannot be expected to order.
+ */
+const expectHalfPrecisionParity = async (
+  half: Runtime,
+  f32: Runtime,
+  prompt: ReturnType<typeof readReference>["prompts"][number],
+  logitsTolerance: number,
+  tieMargin: number
+) => {
+  const r = await run(half, greedy(prompt.input_ids))
+  expect(relativeError(r.logits!, prompt.prefill_logits_last)).toBeLessThan(logitsTolerance)
+  const want = prompt.greedy_continuation
+  const diverge = r.tokens.findIndex((t, i) => t !== want[i])
+  if (diverge === -1 || diverge >= 16) return
+  const at = await run(f32, greedy([...prompt.input_ids, ...want.slice(0, diverge)], 1))
+  const sorted = Array.from(at.logits!).sort((a, b) => b - a)
+  const scale = Math.max(...Array.from(at.logits!, Math.abs))
+  expect((sorted[0]! - sorted[1]!) / scale).toBeLessThan(tieMargin)
+}
 
 describe.each([
   ["tiny-llama3-a", 1],
@@ -67,17 +92,7 @@ describe.each([
   })
 
   it.each(reference.prompts.map((p, i) => [i, p] as const))("float16, prompt %i: logits within 1e-2, greedy equal for 16 tokens or up to a near-tie", async (_, prompt) => {
-    const r = await run(f16, greedy(prompt.input_ids))
-    expect(relativeError(r.logits!, prompt.prefill_logits_last)).toBeLessThan(1e-2)
-    const want = prompt.greedy_continuation
-    const diverge = r.tokens.findIndex((t, i) => t !== want[i])
-    if (diverge === -1 || diverge >= 16) return
-    // Before 16 tokens, a divergence is only acceptable where the float32 model itself is at a near-tie: the two
-    // best logits within 1% of the largest logit, which half precision cannot be expected to order.
-    const at = await run(f32, greedy([...prompt.input_ids, ...want.slice(0, diverge)], 1))
-    const sorted = Array.from(at.logits!).sort((a, b) => b - a)
-    const scale = Math.max(...Array.from(at.logits!, Math.abs))
-    expect((sorted[0]! - sorted[1]!) / scale).toBeLessThan(0.01)
+    await expectHalfPrecisionParity(f16, f32, prompt, 1e-2, 0.01)
   })
 })
 
@@ -124,16 +139,8 @@ if (device.kind === "cuda") {
     })
 
     it.each(reference.prompts.map((p, i) => [i, p] as const))("prompt %i: logits within 2e-2, greedy equal for 16 tokens or up to a near-tie", async (_, prompt) => {
-      const r = await run(bf16, greedy(prompt.input_ids))
-      // bfloat16 keeps 8 bits of mantissa (float16: 11), hence the wider tolerance.
-      expect(relativeError(r.logits!, prompt.prefill_logits_last)).toBeLessThan(2e-2)
-      const want = prompt.greedy_continuation
-      const diverge = r.tokens.findIndex((t, i) => t !== want[i])
-      if (diverge === -1 || diverge >= 16) return
-      const at = await run(f32, greedy([...prompt.input_ids, ...want.slice(0, diverge)], 1))
-      const sorted = Array.from(at.logits!).sort((a, b) => b - a)
-      const scale = Math.max(...Array.from(at.logits!, Math.abs))
-      expect((sorted[0]! - sorted[1]!) / scale).toBeLessThan(0.02)
+      // bfloat16 keeps 8 bits of mantissa (float16: 11), hence the wider tolerances.
+      await expectHalfPrecisionParity(bf16, f32, prompt, 2e-2, 0.02)
     })
   })
 }
