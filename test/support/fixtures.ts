@@ -1,12 +1,16 @@
-// Paths and readers for the reference checkpoints in ../shared/fixtures (made by transformers; see its README).
+// Paths and readers for the reference checkpoints in test/fixtures (made by transformers: scripts/make_fixtures.py, test/fixtures/README.md).
 import * as fs from "node:fs"
 import * as path from "node:path"
 import { fileURLToPath } from "node:url"
 
 export const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..")
-/** The reference checkpoints: `../shared/fixtures`, or `$CHORUS_FIXTURES` where they were carried elsewhere (GPU hosts). */
-export const fixtureDir = (name: "tiny-llama3-a" | "tiny-llama3-b") =>
-  path.resolve(process.env.CHORUS_FIXTURES ?? path.resolve(repoRoot, "../shared/fixtures"), name)
+/** The repository's own reference checkpoints; `$CHORUS_FIXTURES` names a folder of extra (or replacement) fixtures. */
+export const fixturesRoot = path.resolve(repoRoot, "test/fixtures")
+export const fixtureDir = (name: string): string => {
+  const extra = process.env.CHORUS_FIXTURES
+  if (extra !== undefined && fs.existsSync(path.join(extra, name))) return path.resolve(extra, name)
+  return path.resolve(fixturesRoot, name)
+}
 
 export interface ReferencePrompt {
   readonly input_ids: ReadonlyArray<number>
@@ -15,7 +19,7 @@ export interface ReferencePrompt {
   readonly greedy_continuation: ReadonlyArray<number>
 }
 
-export const readReference = (name: "tiny-llama3-a" | "tiny-llama3-b"): { readonly prompts: ReadonlyArray<ReferencePrompt> } =>
+export const readReference = (name: string): { readonly prompts: ReadonlyArray<ReferencePrompt> } =>
   JSON.parse(fs.readFileSync(path.join(fixtureDir(name), "reference.json"), "utf8"))
 
 /** max |a - b| / max |b|: the relative error the fixtures' README asks to keep under 1e-4. */

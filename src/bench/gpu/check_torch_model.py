@@ -1,5 +1,5 @@
 """Checks that the PyTorch baseline (llama_torch.py) is a correct Llama 3 before its numbers are trusted: runs a fixture
-checkpoint (../shared/fixtures/tiny-llama3-*) in float32 and compares with the transformers reference in its
+checkpoint (test/fixtures/tiny-llama3-*) in float32 and compares with the transformers reference in its
 reference.json: last-position prompt logits, logits of the last 8 positions, and the 24-token greedy continuation,
 through both attention paths (eager slices; graph-safe masked decode) and, on CUDA, a captured CUDA graph.
 

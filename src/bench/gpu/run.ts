@@ -57,7 +57,7 @@ const flagSpecs = {
   "weights-timeout-s": { kind: "integer", description: "time limit of make_weights (default 600)" },
   "torch-timeout-s": { kind: "integer", description: "time limit of the PyTorch stage (default 600)" },
   "chorus-timeout-s": { kind: "integer", description: "time limit of the Chorus stage (default 1200)" },
-  fixture: { kind: "string", description: "fixture for the PyTorch model check (default: ../shared/fixtures/tiny-llama3-a)" },
+  fixture: { kind: "string", description: "fixture for the PyTorch model check (default: test/fixtures/tiny-llama3-a)" },
   "dry-run-cpu": { kind: "boolean", description: "Chorus on the CPU over tiny-llama3-b with made-up PyTorch numbers" },
   "with-torch": { kind: "boolean", description: "with --dry-run-cpu: run the real PyTorch script on the CPU" },
   stage: { kind: "string", description: "internal: run one stage in this process (chorus)" },
@@ -77,7 +77,7 @@ if (flags.help === true) {
   process.exit(0)
 }
 const dry = flags["dry-run-cpu"] === true
-const fixturesDir = [path.resolve(repoRoot, "../shared/fixtures"), path.resolve(repoRoot, "shared/fixtures")].find((d) => fs.existsSync(d))
+const fixturesDir = [path.resolve(repoRoot, "test/fixtures")].find((d) => fs.existsSync(d))
 const checkpoint = path.resolve(
   flags.checkpoint ?? (dry && fixturesDir !== undefined ? path.join(fixturesDir, "tiny-llama3-b") : fail("--checkpoint DIR is required"))
 )
@@ -231,7 +231,7 @@ const main = async () => {
     const torchDevice = dry ? ["--device", "cpu"] : ["--device", device.kind === "cuda" ? `cuda:${device.id}` : "cpu"]
     if (fixture !== undefined && fs.existsSync(fixture)) {
       stages.push(await runStage("check", python, [script("check_torch_model.py"), fixture, ...torchDevice], 300))
-    } else log("check: no fixture found (../shared/fixtures/tiny-llama3-a or --fixture); the PyTorch model is not checked")
+    } else log("check: no fixture found (test/fixtures/tiny-llama3-a or --fixture); the PyTorch model is not checked")
     const extra = dry
       ? ["--dtype", "float32", "--copy-gib", "0.01", "--matmul-n", "256"]
       : flags["eager-only"] === true ? [] : ["--cuda-graphs"]

@@ -6,7 +6,7 @@ import * as path from "node:path"
 import { afterAll, afterEach, beforeEach, describe, expect, it } from "vitest"
 import { convertCheckpoint, type ConvertProgress, loadConvertedModel, MANIFEST_FILE, planShards } from "../../../src/adapters/llama3/Converter.ts"
 
-const fixture = (name: string) => path.resolve(import.meta.dirname, "../../../../shared/fixtures", name)
+const fixture = (name: string) => path.resolve(import.meta.dirname, "../../fixtures", name)
 const root = fs.mkdtempSync(path.join(os.tmpdir(), "chorus-convert-"))
 afterAll(() => fs.rmSync(root, { recursive: true, force: true }))
 

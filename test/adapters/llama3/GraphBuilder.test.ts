@@ -11,7 +11,7 @@ import { buildShardGraph, type ModelDType, writeShard } from "../../../src/adapt
 import { type LlamaConfig, loadLlamaConfig } from "../../../src/adapters/llama3/LlamaConfig.ts"
 import { openCheckpoint } from "../../../src/core/checkpoint/Safetensors.ts"
 
-const fixture = (name: string) => path.resolve(import.meta.dirname, "../../../../shared/fixtures", name)
+const fixture = (name: string) => path.resolve(import.meta.dirname, "../../fixtures", name)
 
 interface RefPrompt {
   readonly input_ids: ReadonlyArray<number>

@@ -13,7 +13,7 @@ import {
 } from "../../../src/adapters/llama3/LlamaConfig.ts"
 import { openCheckpoint } from "../../../src/core/checkpoint/Safetensors.ts"
 
-const fixtures = fileURLToPath(new URL("../../../../shared/fixtures", import.meta.url))
+const fixtures = fileURLToPath(new URL("../../fixtures", import.meta.url))
 const fixtureA = path.join(fixtures, "tiny-llama3-a")
 const fixtureB = path.join(fixtures, "tiny-llama3-b")
 

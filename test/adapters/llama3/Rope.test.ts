@@ -5,7 +5,7 @@ import { describe, expect, it } from "vitest"
 import { type LlamaConfig, loadLlamaConfig } from "../../../src/adapters/llama3/LlamaConfig.ts"
 import { inverseFrequencies, ropeCache } from "../../../src/adapters/llama3/Rope.ts"
 
-const fixture = (name: string) => path.resolve(import.meta.dirname, "../../../../shared/fixtures", name)
+const fixture = (name: string) => path.resolve(import.meta.dirname, "../../fixtures", name)
 const load = (name: string) => Effect.runPromise(loadLlamaConfig(fixture(name)))
 
 /** Element-wise ops on float32 "tensors", as torch evaluates them (`scalar / t` is `t.reciprocal() * scalar`). */

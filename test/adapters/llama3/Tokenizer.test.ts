@@ -8,7 +8,7 @@ import { CheckpointError } from "../../../src/core/Errors.ts"
 import { loadTokenizer, shippedModelsDir } from "../../../src/adapters/llama3/Tokenizer.ts"
 import type { Llama3Tokenizer } from "../../../src/adapters/llama3/Tokenizer.ts"
 
-const fixture = fileURLToPath(new URL("../../../../shared/fixtures/tiny-llama3-a", import.meta.url))
+const fixture = fileURLToPath(new URL("../../fixtures/tiny-llama3-a", import.meta.url))
 
 const failure = (dir: string): Promise<CheckpointError> => Effect.runPromise(Effect.flip(loadTokenizer(dir)))
 

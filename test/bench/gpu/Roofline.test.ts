@@ -14,7 +14,7 @@ import {
   weightBytesPerStep
 } from "../../../src/bench/gpu/Roofline.ts"
 
-const fixtures = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../../../../shared/fixtures")
+const fixtures = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../../fixtures")
 
 // Meta-Llama-3-8B: 8,030,261,248 parameters, of which the embedding table is 128256 x 4096.
 const llama8b: ModelShape = {

@@ -1,4 +1,4 @@
-// Safetensors reading and writing against the shared tiny Llama 3 fixtures and checkpoints made in temp folders.
+// Safetensors reading and writing against the tiny Llama 3 fixtures in test/fixtures and checkpoints made in temp folders.
 import { Effect } from "effect"
 import * as fs from "node:fs"
 import * as os from "node:os"
@@ -13,7 +13,7 @@ import {
   writeSafetensors
 } from "../../../src/core/checkpoint/Safetensors.ts"
 
-const fixtures = fileURLToPath(new URL("../../../../shared/fixtures", import.meta.url))
+const fixtures = fileURLToPath(new URL("../../fixtures", import.meta.url))
 const fixtureA = path.join(fixtures, "tiny-llama3-a")
 const fixtureB = path.join(fixtures, "tiny-llama3-b")
 
