@@ -131,9 +131,9 @@ if has_stage torch || has_stage chorus; then
   has_stage torch || flags+=(--skip-torch)
   has_stage chorus || flags+=(--skip-chorus)
   # 30 s stay in reserve to print the table from whatever the stages left if the bench is cut short.
-  stage bench $(($(left) - 30)) "$NODE" src/bench/gpu/run.ts "${flags[@]}" "$@"
+  stage bench $(($(left) - 30)) "$NODE" tools/bench-gpu/run.ts "${flags[@]}" "$@"
   if [[ ! -f "$OUT/bench/bench-gpu.md" ]]; then
-    stage table 30 "$NODE" src/bench/gpu/run.ts "${flags[@]}" --skip-weights --skip-torch --skip-chorus "$@"
+    stage table 30 "$NODE" tools/bench-gpu/run.ts "${flags[@]}" --skip-weights --skip-torch --skip-chorus "$@"
   fi
 fi
 

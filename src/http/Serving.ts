@@ -10,7 +10,7 @@ import type { ModelAdapter } from "../adapters/ModelAdapter.ts"
 import { Engine, type EngineOptions } from "../core/Engine.ts"
 import type { EngineObserver } from "../core/EngineObserver.ts"
 import type { CheckpointError, ConversionError, GenerationError, ModelConfigError } from "../core/Errors.ts"
-import { type EngineMetrics, makeEngineMetrics } from "../core/metrics/EngineMetrics.ts"
+import { type EngineMetrics, makeEngineMetrics } from "./metrics/EngineMetrics.ts"
 import { Draining, NotReady, Unauthorized } from "./ServerErrors.ts"
 
 export type ServingStatus = "loading" | "ready" | "draining"

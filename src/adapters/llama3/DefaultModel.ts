@@ -10,7 +10,7 @@ import { Effect } from "effect"
 import * as fs from "node:fs"
 import { createRequire } from "node:module"
 import * as path from "node:path"
-import { type SafetensorsTensor, writeSafetensors } from "../../core/checkpoint/Safetensors.ts"
+import { type SafetensorsTensor, writeSafetensors } from "../../checkpoint/Safetensors.ts"
 import { ConversionError } from "../../core/Errors.ts"
 import { chorusCacheDir } from "./Converter.ts"
 

@@ -18,8 +18,8 @@
 import { Effect } from "effect"
 import * as fs from "node:fs"
 import * as path from "node:path"
-import { encodeFloat32 } from "../../core/checkpoint/Safetensors.ts"
-import type { TensorSource } from "../../core/checkpoint/TensorSource.ts"
+import { encodeFloat32 } from "../../checkpoint/Safetensors.ts"
+import type { TensorSource } from "../../checkpoint/TensorSource.ts"
 import { CheckpointError, ConversionError } from "../../core/Errors.ts"
 import {
   encodeModel,
@@ -28,7 +28,7 @@ import {
   type InlineInitializer,
   type NodeSpec,
   type ValueSpec
-} from "../../core/onnx/OnnxWriter.ts"
+} from "../../onnx/OnnxWriter.ts"
 import { expectedTensorShapes, type LlamaConfig } from "./LlamaConfig.ts"
 import { ropeCache } from "./Rope.ts"
 

@@ -9,7 +9,7 @@
  * whole present cache, keeping the per-step cost proportional to the tokens in use, not to the context window.
  * The last shard also owns each sequence's sampler: logits stay here, only token ids go back.
  */
-import { ort } from "../onnx/OrtFloat16Fix.ts"
+import { ort } from "../../onnx/OrtFloat16Fix.ts"
 import { SamplerTable } from "./SamplerTable.ts"
 import { stepInputs } from "./StepInputs.ts"
 import type { ShardLoad, ShardLoadResult, StepPlan, StepResult } from "./StepProtocol.ts"

@@ -4,7 +4,7 @@
  */
 import { Effect } from "effect"
 import { HttpRouter, HttpServerResponse } from "effect/http"
-import { PROMETHEUS_CONTENT_TYPE } from "../../core/metrics/Prometheus.ts"
+import { PROMETHEUS_CONTENT_TYPE } from "../metrics/Prometheus.ts"
 import { Serving } from "../Serving.ts"
 
 export const OpsRoutes = HttpRouter.use(Effect.fn(function*(router) {

@@ -1,5 +1,5 @@
 // The generated default checkpoint: byte-identical on every run and machine, a valid Llama 3.1 config, and runnable.
-import "../../../src/core/onnx/OrtFloat16Fix.ts"
+import "../../../src/onnx/OrtFloat16Fix.ts"
 import { Effect } from "effect"
 import * as ort from "onnxruntime-node"
 import * as crypto from "node:crypto"

@@ -1,5 +1,5 @@
 // Parity of the generated shard graphs with transformers' reference outputs for the tiny Llama 3 fixtures.
-import "../../../src/core/onnx/OrtFloat16Fix.ts" // before any ort.Tensor exists (float16 inputs)
+import "../../../src/onnx/OrtFloat16Fix.ts" // before any ort.Tensor exists (float16 inputs)
 import { Effect } from "effect"
 import * as ort from "onnxruntime-node"
 import * as fs from "node:fs"
@@ -9,7 +9,7 @@ import { afterAll, describe, expect, it } from "vitest"
 import { planShards } from "../../../src/adapters/llama3/Converter.ts"
 import { buildShardGraph, type ModelDType, writeShard } from "../../../src/adapters/llama3/GraphBuilder.ts"
 import { type LlamaConfig, loadLlamaConfig } from "../../../src/adapters/llama3/LlamaConfig.ts"
-import { openCheckpoint } from "../../../src/core/checkpoint/Safetensors.ts"
+import { openCheckpoint } from "../../../src/checkpoint/Safetensors.ts"
 
 const fixture = (name: string) => path.resolve(import.meta.dirname, "../../fixtures", name)
 

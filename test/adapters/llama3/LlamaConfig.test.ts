@@ -11,7 +11,7 @@ import {
   loadLlamaConfig,
   parseLlamaConfig
 } from "../../../src/adapters/llama3/LlamaConfig.ts"
-import { openCheckpoint } from "../../../src/core/checkpoint/Safetensors.ts"
+import { openCheckpoint } from "../../../src/checkpoint/Safetensors.ts"
 
 const fixtures = fileURLToPath(new URL("../../fixtures", import.meta.url))
 const fixtureA = path.join(fixtures, "tiny-llama3-a")

@@ -1,0 +1,30 @@
+/**
+ * Read access to the named tensors of a checkpoint, without loading the whole checkpoint.
+ * Implemented by `Safetensors.ts` (single file or sharded with an index); graph builders consume it.
+ */
+import type { Effect } from "effect"
+import type { CheckpointError } from "../core/Errors.ts"
+
+/** Storage dtypes as safetensors names them. */
+export type StorageDType = "F32" | "F16" | "BF16"
+
+export interface TensorInfo {
+  readonly name: string
+  readonly dtype: StorageDType
+  readonly shape: ReadonlyArray<number>
+  /** The file that holds the tensor (for error messages). */
+  readonly file: string
+}
+
+export interface TensorSource {
+  /** Every tensor name in the checkpoint. */
+  readonly names: ReadonlyArray<string>
+  readonly info: (name: string) => TensorInfo | undefined
+  /**
+   * Reads one tensor converted to float32. Fails with a CheckpointError naming the file and the tensor when the
+   * tensor is missing, when `expectedShape` is given and differs, or when the file is shorter than its header says.
+   */
+  readonly readFloat32: (name: string, expectedShape?: ReadonlyArray<number>) => Effect.Effect<Float32Array, CheckpointError>
+  /** Bytes of every file, for a content key (graph conversion cache). */
+  readonly files: ReadonlyArray<string>
+}
