@@ -10,8 +10,8 @@
 import { Effect, Schema } from "effect"
 import * as crypto from "node:crypto"
 import * as fs from "node:fs"
-import * as os from "node:os"
 import * as path from "node:path"
+import { chorusCacheDir, writeCacheFile, writeCacheFolder } from "../../checkpoint/CacheEntry.ts"
 import { openCheckpoint } from "../../checkpoint/Safetensors.ts"
 import { type CheckpointError, ConversionError, type ModelConfigError } from "../../core/Errors.ts"
 import { type AttentionLayout, buildShardGraph, graphTensors, type ModelDType, type ShardGraph, validateTensors, weightBytes, writeShard } from "./GraphBuilder.ts"
@@ -103,11 +103,7 @@ export interface ConvertOptions {
   readonly onProgress?: (progress: ConvertProgress) => void
 }
 
-/** `$CHORUS_CACHE`, else `~/.cache/chorus`. */
-export const chorusCacheDir = (): string => {
-  const env = process.env["CHORUS_CACHE"]
-  return env !== undefined && env !== "" ? path.resolve(env) : path.join(os.homedir(), ".cache", "chorus")
-}
+export { chorusCacheDir } from "../../checkpoint/CacheEntry.ts"
 
 /**
  * Splits `numLayers` decoder layers into `n` contiguous `[l0, l1)` ranges whose sizes differ by at most one
@@ -180,10 +176,7 @@ const hashFiles = (cacheDir: string, files: ReadonlyArray<string>): Effect.Effec
       if (changed) {
         // Forget files that are gone (deleted checkpoints, temporary copies) so the memo does not grow forever.
         for (const file of Object.keys(memo)) if (!fs.existsSync(file)) delete memo[file]
-        await fs.promises.mkdir(cacheDir, { recursive: true })
-        const tmp = `${memoFile}.${process.pid}.${crypto.randomBytes(4).toString("hex")}.tmp`
-        await fs.promises.writeFile(tmp, JSON.stringify(memo, null, 1))
-        await fs.promises.rename(tmp, memoFile)
+        await writeCacheFile(memoFile, JSON.stringify(memo, null, 1))
       }
       return hashes
     },
@@ -327,35 +320,10 @@ export const convertCheckpoint = (
       // An unreadable entry (edited by hand, files deleted) is replaced.
       yield* Effect.promise(() => fs.promises.rm(finalDir, { recursive: true, force: true }).catch(() => undefined))
     }
-    yield* Effect.acquireUseRelease(
-      Effect.tryPromise({
-        try: async () => {
-          await fs.promises.mkdir(convertedDir, { recursive: true })
-          return fs.promises.mkdtemp(path.join(convertedDir, `.tmp-${key.slice(0, 16)}-`))
-        },
-        catch: conversionError(`cannot create a temporary folder in ${convertedDir}`)
-      }),
-      (tmp) =>
-        Effect.gen(function*() {
-          yield* writeAll(tmp, plan, manifest, source, options.onProgress)
-          yield* Effect.uninterruptible(Effect.tryPromise({
-            try: async () => {
-              try {
-                await fs.promises.rename(tmp, finalDir)
-              } catch (cause) {
-                const code = (cause as { code?: unknown }).code
-                if (code !== "ENOTEMPTY" && code !== "EEXIST") throw cause
-                // Another process finished the same conversion first: keep theirs. Otherwise the entry is stale.
-                if (fs.existsSync(path.join(finalDir, MANIFEST_FILE))) return
-                await fs.promises.rm(finalDir, { recursive: true, force: true })
-                await fs.promises.rename(tmp, finalDir)
-              }
-            },
-            catch: conversionError(`cannot move the converted model into ${finalDir}`)
-          }))
-        }),
-      // After a successful rename the temporary folder is gone and this does nothing.
-      (tmp) => Effect.promise(() => fs.promises.rm(tmp, { recursive: true, force: true }).catch(() => undefined))
+    yield* writeCacheFolder(
+      finalDir,
+      (dir) => fs.existsSync(path.join(dir, MANIFEST_FILE)),
+      (tmp) => writeAll(tmp, plan, manifest, source, options.onProgress)
     )
     return yield* loadConvertedModel(finalDir)
   })
