@@ -21,8 +21,16 @@ export interface RawOptions {
 
 const HEAD_END = "\r\n\r\n"
 
+/** A `100 Continue` (or other 1xx) ahead of the real response is skipped. */
+const finalResponse = (data: string): string => {
+  let rest = data
+  while (/^HTTP\/1\.[01] 1\d\d /.test(rest) && rest.includes(HEAD_END)) rest = rest.slice(rest.indexOf(HEAD_END) + 4)
+  return rest
+}
+
 /** Whether `data` (latin1) holds a complete response: its head plus the whole framed body. */
-const complete = (data: string): boolean => {
+const complete = (all: string): boolean => {
+  const data = finalResponse(all)
   const at = data.indexOf(HEAD_END)
   if (at < 0) return false
   const head = data.slice(0, at).toLowerCase()
@@ -33,7 +41,8 @@ const complete = (data: string): boolean => {
   return false
 }
 
-const parse = (data: string, end: RawAnswer["end"]): RawAnswer => {
+const parse = (all: string, end: RawAnswer["end"]): RawAnswer => {
+  const data = finalResponse(all)
   const status = /^HTTP\/1\.[01] (\d{3})/.exec(data)
   const at = data.indexOf(HEAD_END)
   return {
