@@ -8,10 +8,10 @@
 import { NodeHttpServer } from "@effect/platform-node"
 import { Effect, Layer, ManagedRuntime } from "effect"
 import { HttpRouter, HttpServer } from "effect/http"
-import { createServer } from "node:http"
 import type { ModelAdapter } from "../adapters/ModelAdapter.ts"
 import type { EngineOptions } from "../core/Engine.ts"
 import { AimeRoutes } from "./aime/Routes.ts"
+import { createNodeServer } from "./NodeServer.ts"
 import { OpenAiRoutes } from "./openai/Routes.ts"
 import { OpsRoutes } from "./ops/Routes.ts"
 import { Serving } from "./Serving.ts"
@@ -45,7 +45,7 @@ export const serverLayer = <O>(options: ServerOptions<O>) => {
   const routes = Layer.mergeAll(OpenAiRoutes, aime, OpsRoutes, StaticRoutes)
   return HttpRouter.serve(routes, { disableLogger: true, disableListenLog: true }).pipe(
     Layer.provideMerge(Serving.layer(options.adapter, options.adapterOptions, { apiKeys: options.apiKeys ?? [], engine: options.engine ?? {} })),
-    Layer.provideMerge(NodeHttpServer.layer(createServer, { port: options.port ?? 8080, host: options.host ?? "127.0.0.1" }))
+    Layer.provideMerge(NodeHttpServer.layer(createNodeServer, { port: options.port ?? 8080, host: options.host ?? "127.0.0.1" }))
   )
 }
 

@@ -10,6 +10,7 @@ import type { ModelAdapter } from "../adapters/ModelAdapter.ts"
 import { Engine, type EngineOptions } from "../core/Engine.ts"
 import type { EngineObserver } from "../core/EngineObserver.ts"
 import type { CheckpointError, ConversionError, GenerationError, ModelConfigError } from "../core/Errors.ts"
+import { makeKeyMatcher } from "./ApiKeys.ts"
 import { type EngineMetrics, makeEngineMetrics } from "./metrics/EngineMetrics.ts"
 import { Draining, NotReady, Unauthorized } from "./ServerErrors.ts"
 
@@ -39,6 +40,8 @@ export class Serving extends Context.Service<Serving, {
   /** Stops taking new requests. */
   readonly drain: Effect.Effect<void>
   readonly checkKey: (key: string | undefined) => Effect.Effect<void, Unauthorized>
+  /** Whether `key` is a configured API key, in constant time (see ApiKeys.ts); false on an open server. */
+  readonly isKey: (key: string) => boolean
   readonly isOpen: boolean
   readonly keys: ReadonlySet<string>
   readonly metrics: EngineMetrics
@@ -86,6 +89,7 @@ export class Serving extends Context.Service<Serving, {
           )
         )
         const keys = new Set(options.apiKeys)
+        const isKey = makeKeyMatcher(keys)
         const loadedEngine = Effect.suspend(() =>
           current === undefined
             ? Effect.fail(new NotReady({ message: "the model is still loading; retry in a moment" }))
@@ -103,9 +107,10 @@ export class Serving extends Context.Service<Serving, {
           ready: Deferred.await(loaded),
           drain: Ref.set(status, "draining"),
           checkKey: (key) =>
-            keys.size === 0 || (key !== undefined && keys.has(key))
+            keys.size === 0 || (key !== undefined && isKey(key))
               ? Effect.void
               : Effect.fail(new Unauthorized({ message: key === undefined ? "an API key is required" : "the API key is not valid" })),
+          isKey,
           isOpen: keys.size === 0,
           keys,
           metrics

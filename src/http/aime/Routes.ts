@@ -4,11 +4,18 @@
  * `/api/validate_key`, `/api/endpoints`, `/api/endpoints/<ep>` and its alias `/api/<ep>`. All answer GET and POST.
  * Thin: read parameters, authenticate, decode, hand the engine stream to the job table, encode. See docs/api.md.
  *
+ * Where the edge checks happen: the protocol carries credentials (`key`, `client_session_auth_key`) among the
+ * parameters, in the query or the JSON body, so unlike the OpenAI routes (which authenticate from the headers
+ * before reading a byte) these read the body first. That read is bounded all the same: the size limit holds while
+ * the body streams in and the nesting limit before it is parsed (JsonBody.ts); authentication then comes before
+ * any parameter is decoded or any work reaches the engine. Keys are compared in constant time (ApiKeys.ts).
+ *
  * @since 0.1.0
  */
 import { Effect } from "effect"
 import { HttpRouter, HttpServerRequest, HttpServerResponse } from "effect/http"
 import { randomUUID } from "node:crypto"
+import { describeValue } from "../ChatInput.ts"
 import { readJsonBody } from "../JsonBody.ts"
 import { Unauthorized, UnknownJob } from "../ServerErrors.ts"
 import { Serving } from "../Serving.ts"
@@ -46,7 +53,7 @@ const readParams = Effect.gen(function*() {
   if (request.method !== "POST" || !hasBody) return params
   const body = yield* readJsonBody
   if (body === null || typeof body !== "object" || Array.isArray(body)) {
-    return yield* Effect.fail(new AimeInputError({ messages: [`the request body must be a JSON object of parameters, got ${JSON.stringify(body)}`] }))
+    return yield* Effect.fail(new AimeInputError({ messages: [`the request body must be a JSON object of parameters, got ${describeValue(body)}`] }))
   }
   return { ...params, ...(body as Record<string, unknown>) }
 })
@@ -77,7 +84,7 @@ export const AimeRoutes = (endpoint: string, options: AimeRoutesOptions = {}) =>
     const sessions = new Map<string, string | undefined>()
 
     const keyValid = (key: string | undefined) =>
-      Serving.use((serving) => Effect.succeed(serving.isOpen || (key !== undefined && serving.keys.has(key))))
+      Serving.use((serving) => Effect.succeed(serving.isOpen || (key !== undefined && serving.isKey(key))))
 
     /** The API key a request acts for: `key` first, else a registered session key (reference §2.2). */
     const identify = (c: Credentials) =>
@@ -87,7 +94,7 @@ export const AimeRoutes = (endpoint: string, options: AimeRoutesOptions = {}) =>
         const session = c.session === "" || c.session === undefined ? undefined : c.session
         if (serving.isOpen) return key ?? (session === undefined ? undefined : sessions.get(session))
         if (key !== undefined) {
-          if (serving.keys.has(key)) return key
+          if (serving.isKey(key)) return key
           return yield* Effect.fail(new Unauthorized({ message: KEY_NOT_VALID }))
         }
         if (session !== undefined && sessions.has(session)) return sessions.get(session)

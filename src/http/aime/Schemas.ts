@@ -9,7 +9,8 @@ import { Effect, Exit, Schema } from "effect"
 import type { PromptInput } from "../../core/Request.ts"
 import type { SamplingParams } from "../../core/sampling/SamplingParams.ts"
 import type { ChatMessage } from "../../core/text/ChatMessage.ts"
-import { schemaErrorToValidation } from "../JsonBody.ts"
+import { describeValue, flattenMessages } from "../ChatInput.ts"
+import { MAX_JSON_DEPTH, nestsDeeperThan, schemaErrorToValidation } from "../JsonBody.ts"
 import { AimeInputError } from "./Errors.ts"
 
 /** The endpoint version Chorus implements (`ep_version` in every answer). */
@@ -116,14 +117,6 @@ export const credentialsOf = (params: Readonly<Record<string, unknown>>): Creden
   session: optionalString(params["client_session_auth_key"])
 })
 
-const describeValue = (value: unknown): string => {
-  const text = JSON.stringify(value)
-  return text === undefined ? String(value) : text.length > 60 ? `${text.slice(0, 57)}...` : text
-}
-
-const flatten = (messages: ReadonlyArray<typeof ChatMessageIn.Type>): Array<ChatMessage> =>
-  messages.map((m) => ({ role: m.role, content: typeof m.content === "string" ? m.content : m.content.map((p) => p.text).join("") }))
-
 const mediaPart = (messages: unknown): string | undefined => {
   if (!Array.isArray(messages)) return undefined
   for (const [i, m] of messages.entries()) {
@@ -140,11 +133,17 @@ const mediaPart = (messages: unknown): string | undefined => {
   return undefined
 }
 
-/** chat_context: a string holding a JSON array (what AIME clients send) or the array itself. */
+/**
+ * chat_context: a string holding a JSON array (what AIME clients send) or the array itself. The string gets the
+ * same nesting limit as a request body (an array in the body was already checked with the body).
+ */
 const decodeChatContext = (value: unknown): { readonly messages: Array<ChatMessage> } | { readonly error: string } => {
   let parsed: unknown = value
   if (typeof value === "string") {
     if (value.trim() === "") return { messages: [] }
+    if (nestsDeeperThan(value, MAX_JSON_DEPTH)) {
+      return { error: `chat_context: the JSON nests arrays or objects deeper than ${MAX_JSON_DEPTH} levels, the limit` }
+    }
     try {
       parsed = JSON.parse(value)
     } catch (e) {
@@ -154,7 +153,7 @@ const decodeChatContext = (value: unknown): { readonly messages: Array<ChatMessa
   const media = mediaPart(parsed)
   if (media !== undefined) return { error: media }
   const exit = Schema.decodeUnknownExit(Schema.Struct({ chat_context: ChatContext }))({ chat_context: parsed })
-  if (Exit.isSuccess(exit)) return { messages: flatten(exit.value.chat_context) }
+  if (Exit.isSuccess(exit)) return { messages: flattenMessages(exit.value.chat_context) }
   const error = exit.cause.reasons.find((r) => r._tag === "Fail")
   return { error: error?._tag === "Fail" ? schemaErrorToValidation(error.error, { chat_context: parsed }).message : "chat_context: invalid" }
 }

@@ -8,7 +8,8 @@ import { randomUUID } from "node:crypto"
 import type { EngineError } from "../../core/Engine.ts"
 import type { GenerateRequest, GenerationEvent, Usage } from "../../core/Request.ts"
 import type { SamplingParams } from "../../core/sampling/SamplingParams.ts"
-import type { ChatMessage } from "../../core/text/ChatMessage.ts"
+import { bearerKey } from "../ApiKeys.ts"
+import { flattenMessages } from "../ChatInput.ts"
 import { decodeJson, readJsonBody } from "../JsonBody.ts"
 import { UnknownModel } from "../ServerErrors.ts"
 import { Serving } from "../Serving.ts"
@@ -22,18 +23,21 @@ const errorResponse = (e: OpenAiError) => {
   return HttpServerResponse.jsonUnsafe(body, { status })
 }
 
-const bearer = (request: HttpServerRequest.HttpServerRequest): string | undefined => {
-  const header = request.headers["authorization"]
-  if (header === undefined) return undefined
-  const m = /^Bearer\s+(.+)$/i.exec(header.trim())
-  return m === null ? header.trim() : m[1]!.trim()
-}
+/**
+ * The caller's key, from the headers alone: it runs before any body byte is read, so a client without a valid key
+ * cannot make the server read (or buffer) anything. On an open server the header is not looked at.
+ */
+const authorize = Effect.gen(function*() {
+  const serving = yield* Serving
+  if (serving.isOpen) return
+  const request = yield* HttpServerRequest.HttpServerRequest
+  yield* serving.checkKey(yield* bearerKey(request.headers["authorization"]))
+})
 
-/** The engine for an authorized request to `model` (or the served model when omitted). */
+/** The engine for a request to `model` (or the served model when omitted). */
 const engineFor = (model: string | undefined) =>
   Effect.gen(function*() {
     const serving = yield* Serving
-    yield* serving.checkKey(bearer(yield* HttpServerRequest.HttpServerRequest))
     const engine = yield* serving.engine
     if (model !== undefined && model !== engine.model.id) {
       return yield* Effect.fail(new UnknownModel({ model, message: `the model '${model}' does not exist; this server serves '${engine.model.id}'` }))
@@ -61,12 +65,6 @@ const controls = (r: Common, maxTokens: number | null | undefined): Omit<Generat
   ...(r.ignore_eos === undefined ? {} : { ignoreEos: r.ignore_eos }),
   ...(r.priority === undefined ? {} : { priority: r.priority })
 })
-
-const messages = (r: ChatCompletionRequest): Array<ChatMessage> =>
-  r.messages.map((m) => ({
-    role: m.role === "developer" ? "system" : m.role,
-    content: typeof m.content === "string" ? m.content : m.content.map((p) => p.text).join("")
-  }))
 
 interface Collected {
   readonly text: string
@@ -138,9 +136,10 @@ const streamFrames = (
 }
 
 const chatCompletions = Effect.gen(function*() {
+  yield* authorize
   const req = yield* decodeJson(ChatCompletionRequest, yield* readJsonBody)
   const engine = yield* engineFor(req.model)
-  const events = yield* engine.submit({ input: { type: "chat", messages: messages(req) }, ...controls(req, req.max_completion_tokens ?? req.max_tokens) })
+  const events = yield* engine.submit({ input: { type: "chat", messages: flattenMessages(req.messages) }, ...controls(req, req.max_completion_tokens ?? req.max_tokens) })
   const head = { id: `chatcmpl-${randomUUID()}`, created: Math.floor(Date.now() / 1000), model: engine.model.id }
   if (req.stream === true) {
     return sse(
@@ -162,6 +161,7 @@ const chatCompletions = Effect.gen(function*() {
 })
 
 const completions = Effect.gen(function*() {
+  yield* authorize
   const req = yield* decodeJson(CompletionRequest, yield* readJsonBody)
   const engine = yield* engineFor(req.model)
   const prompt = req.prompt
@@ -188,8 +188,8 @@ const completions = Effect.gen(function*() {
 })
 
 const models = Effect.gen(function*() {
+  yield* authorize
   const serving = yield* Serving
-  yield* serving.checkKey(bearer(yield* HttpServerRequest.HttpServerRequest))
   const engine = yield* serving.loadedEngine
   return HttpServerResponse.jsonUnsafe({
     object: "list",
