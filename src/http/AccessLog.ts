@@ -11,6 +11,7 @@
  */
 import { Context, Effect, Option, Stream } from "effect"
 import { HttpEffect, HttpServerError, HttpServerRequest, HttpServerResponse } from "effect/http"
+import { NodeHttpServerRequest } from "@effect/platform-node"
 import { randomUUID } from "node:crypto"
 import type { Engine } from "../core/Engine.ts"
 
@@ -72,6 +73,18 @@ const SANE_ID = /^[A-Za-z0-9._~:@+=\/-]{1,128}$/
 
 const requestIdOf = (header: string | undefined): string => (header !== undefined && SANE_ID.test(header) ? header : randomUUID())
 
+/** nginx's status for "the client closed the connection before the response ended"; effect/http uses it too. */
+const CLIENT_CLOSED_REQUEST = 499
+
+/**
+ * Once a stream has started, its status is 200 whatever happens next: the Node response that was never ended
+ * tells a client that went away from one that got everything.
+ */
+const clientWentAway = (request: HttpServerRequest.HttpServerRequest): boolean => {
+  const response = NodeHttpServerRequest.toServerResponse(request)
+  return !response.writableEnded && response.destroyed
+}
+
 const withRequestId = (id: string) => (response: HttpServerResponse.HttpServerResponse) => HttpServerResponse.setHeader(response, "x-request-id", id)
 
 /**
@@ -86,6 +99,8 @@ export const accessLog = (options: { readonly log: boolean }) =>
     const request = yield* HttpServerRequest.HttpServerRequest
     const id = requestIdOf(request.headers["x-request-id"])
     const started = performance.now()
+    // Read now: once the client has gone, the socket no longer knows its peer.
+    const client = Option.getOrElse(request.remoteAddress, () => "-")
     const usage: RequestUsage = { promptTokens: undefined, completionTokens: undefined }
     yield* HttpEffect.appendPreResponseHandler((_request, response) => Effect.succeed(withRequestId(id)(response)))
     const served = app.pipe(
@@ -97,9 +112,13 @@ export const accessLog = (options: { readonly log: boolean }) =>
     if (!options.log) return yield* served
     return yield* served.pipe(
       Effect.onExit((exit) => {
-        // A failure here has not been turned into a response yet: its status is the one the server will send
-        // (499 when the client went away first).
-        const status = exit._tag === "Success" ? exit.value.status : HttpServerError.causeResponseStripped(exit.cause)[0].status
+        // A failure has already been sent as a response (or the connection dropped): its status is the one the
+        // server derived from the cause.
+        const status = clientWentAway(request)
+          ? CLIENT_CLOSED_REQUEST
+          : exit._tag === "Success"
+          ? exit.value.status
+          : HttpServerError.causeResponseStripped(exit.cause)[0].status
         const questionMark = request.url.indexOf("?")
         return Effect.logInfo("request").pipe(
           Effect.annotateLogs({
@@ -111,7 +130,7 @@ export const accessLog = (options: { readonly log: boolean }) =>
             duration_ms: Math.round((performance.now() - started) * 10) / 10,
             ...(usage.promptTokens === undefined ? {} : { prompt_tokens: usage.promptTokens }),
             ...(usage.completionTokens === undefined ? {} : { completion_tokens: usage.completionTokens }),
-            client: Option.getOrElse(request.remoteAddress, () => "-")
+            client
           })
         )
       })
