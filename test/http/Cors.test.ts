@@ -9,7 +9,9 @@ import type { AddressInfo } from "node:net"
 import * as path from "node:path"
 import { chromium, type Browser, type Page } from "playwright-core"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
+import { BenchAdapter } from "../../src/adapters/bench/BenchAdapter.ts"
 import { repoRoot } from "../support/fixtures.ts"
+import { startServer } from "../support/server.ts"
 import { type ServeProcess, serveFailing, startServeProcess } from "../support/serveProcess.ts"
 
 const API_KEY = "k-browser"
@@ -178,6 +180,32 @@ describe("CORS with --cors-origin", () => {
     const plain = await fetch(`${chorus.url}/v1/models`, { headers: { origin: "https://app.example.com", authorization: `Bearer ${API_KEY}` } })
     expect(plain.headers.get("access-control-allow-origin")).toBe("https://app.example.com")
     expect(plain.headers.get("access-control-expose-headers")).toBe("x-request-id")
+  }, 60_000)
+})
+
+describe("corsOrigins on an embedded server", () => {
+  it("`*` answers any origin with that origin; no Origin header, no CORS headers", async () => {
+    const server = await startServer({ adapter: BenchAdapter, adapterOptions: {}, corsOrigins: ["*"] })
+    try {
+      const preflight = await fetch(`${server.url}/llama3_chat`, {
+        method: "OPTIONS",
+        headers: { origin: "http://anything.test:1234", "access-control-request-method": "POST", "access-control-request-headers": "content-type" }
+      })
+      expect(preflight.status).toBe(204)
+      expect(preflight.headers.get("access-control-allow-origin")).toBe("http://anything.test:1234")
+      const sse = await fetch(`${server.url}/v1/completions`, {
+        method: "POST",
+        headers: { origin: "https://elsewhere.test", "content-type": "application/json" },
+        body: JSON.stringify({ prompt: "x", max_tokens: 3, stream: true })
+      })
+      expect(sse.headers.get("content-type")).toBe("text/event-stream")
+      expect(sse.headers.get("access-control-allow-origin")).toBe("https://elsewhere.test")
+      expect(await sse.text()).toContain("data: [DONE]")
+      const noOrigin = await fetch(`${server.url}/health`)
+      expect([...noOrigin.headers.keys()].filter((h) => h.startsWith("access-control-"))).toEqual([])
+    } finally {
+      await server.close()
+    }
   }, 60_000)
 })
 
