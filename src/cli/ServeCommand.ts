@@ -3,9 +3,12 @@
  */
 import { Effect, Schema } from "effect"
 import * as fs from "node:fs"
+import { createSecureContext } from "node:tls"
 import { BenchAdapter } from "../adapters/bench/BenchAdapter.ts"
 import { Llama3Adapter } from "../adapters/llama3/Llama3Adapter.ts"
 import { ValidationError } from "../core/Errors.ts"
+import { isCorsOrigin } from "../http/Cors.ts"
+import { LOG_FORMATS, LOG_LEVELS, type LogFormat, type LogLevelName } from "../http/Logging.ts"
 import { runServer } from "../http/Server.ts"
 import { decodeJson } from "../http/JsonBody.ts"
 import type { FlagSpecs, ParsedFlags } from "./Args.ts"
@@ -21,7 +24,12 @@ export const serveFlags = {
   "api-key": { kind: "string", repeatable: true, description: "accepted API key (repeatable); none: the API is open" },
   grace: { kind: "number", description: "seconds running requests may finish after SIGTERM (default 30)" },
   "aime-endpoint": { kind: "string", description: "AIME endpoint name (default llama3_chat)" },
-  adapter: { kind: "string", description: "llama3 (default) | bench (no model time: measures the server itself)" }
+  adapter: { kind: "string", description: "llama3 (default) | bench (no model time: measures the server itself)" },
+  "cors-origin": { kind: "string", repeatable: true, description: "origin whose web pages may call the API, e.g. https://app.example.com (repeatable; * for any; default none: CORS off)" },
+  "log-format": { kind: "string", description: "text (default) | json: one object per line" },
+  "log-level": { kind: "string", description: "debug | info (default; includes one access-log line per request) | warn | error" },
+  "tls-cert": { kind: "string", description: "PEM certificate file: serve HTTPS (with --tls-key)" },
+  "tls-key": { kind: "string", description: "PEM private key file for --tls-cert" }
 } as const satisfies FlagSpecs
 
 /** The config file: the same options, camelCase. */
@@ -38,7 +46,12 @@ const ServeConfig = Schema.Struct({
   apiKeys: Schema.optional(Schema.Array(Schema.String)),
   grace: Schema.optional(Schema.Number),
   aimeEndpoint: Schema.optional(Schema.String),
-  adapter: Schema.optional(Schema.Literals(["llama3", "bench"]))
+  adapter: Schema.optional(Schema.Literals(["llama3", "bench"])),
+  corsOrigins: Schema.optional(Schema.Array(Schema.String)),
+  logFormat: Schema.optional(Schema.String),
+  logLevel: Schema.optional(Schema.String),
+  tlsCert: Schema.optional(Schema.String),
+  tlsKey: Schema.optional(Schema.String)
 })
 
 const bad = (field: string, message: string) => Effect.fail(new ValidationError({ field, message }))
@@ -58,6 +71,47 @@ const readConfig = (file: string) =>
     )
   })
 
+const readPem = (flag: string, file: string) =>
+  Effect.try({
+    try: () => fs.readFileSync(file, "utf8"),
+    catch: (e) => new ValidationError({ field: flag, message: `cannot read ${flag} ${file}: ${(e as NodeJS.ErrnoException).code ?? String(e)}` })
+  })
+
+/** CORS, logging and TLS: checked here so that a mistake is one line before anything starts. */
+const operationsOptions = (flags: ParsedFlags<typeof serveFlags>) =>
+  Effect.gen(function*() {
+    const origins = flags["cors-origin"] ?? []
+    const badOrigin = origins.find((o) => !isCorsOrigin(o))
+    if (badOrigin !== undefined) {
+      return yield* bad("--cors-origin", `--cors-origin must be * or an origin such as https://app.example.com (scheme, host, optional port; no path), got '${badOrigin}'`)
+    }
+    const format = flags["log-format"] ?? "text"
+    if (!LOG_FORMATS.includes(format as LogFormat)) return yield* bad("--log-format", `--log-format must be ${LOG_FORMATS.join(" or ")}, got '${format}'`)
+    const level = flags["log-level"] ?? "info"
+    if (!LOG_LEVELS.includes(level as LogLevelName)) return yield* bad("--log-level", `--log-level must be one of ${LOG_LEVELS.join(", ")}, got '${level}'`)
+    const certFile = flags["tls-cert"]
+    const keyFile = flags["tls-key"]
+    if ((certFile === undefined) !== (keyFile === undefined)) {
+      return yield* bad(certFile === undefined ? "--tls-cert" : "--tls-key", "--tls-cert and --tls-key go together: give both files or neither")
+    }
+    let tls: { cert: string; key: string } | undefined
+    if (certFile !== undefined && keyFile !== undefined) {
+      tls = { cert: yield* readPem("--tls-cert", certFile), key: yield* readPem("--tls-key", keyFile) }
+      const pair = tls
+      yield* Effect.try({
+        try: () => createSecureContext(pair),
+        catch: (e) => new ValidationError({ field: "--tls-cert", message: `--tls-cert ${certFile} and --tls-key ${keyFile} are not a usable PEM certificate and key: ${e instanceof Error ? e.message : String(e)}` })
+      })
+    }
+    return {
+      corsOrigins: origins,
+      logFormat: format as LogFormat,
+      logLevel: level as LogLevelName,
+      accessLog: true,
+      ...(tls === undefined ? {} : { tls })
+    }
+  })
+
 export const runServe = (given: ParsedFlags<typeof serveFlags>) =>
   Effect.gen(function*() {
     const file = given.config === undefined ? {} : yield* readConfig(given.config)
@@ -75,6 +129,11 @@ export const runServe = (given: ParsedFlags<typeof serveFlags>) =>
       ...(file.grace === undefined ? {} : { grace: file.grace }),
       ...(file.aimeEndpoint === undefined ? {} : { "aime-endpoint": file.aimeEndpoint }),
       ...(file.adapter === undefined ? {} : { adapter: file.adapter }),
+      ...(file.corsOrigins === undefined ? {} : { "cors-origin": file.corsOrigins }),
+      ...(file.logFormat === undefined ? {} : { "log-format": file.logFormat }),
+      ...(file.logLevel === undefined ? {} : { "log-level": file.logLevel }),
+      ...(file.tlsCert === undefined ? {} : { "tls-cert": file.tlsCert }),
+      ...(file.tlsKey === undefined ? {} : { "tls-key": file.tlsKey }),
       ...given
     }
     const port = flags.port ?? 8080
@@ -86,6 +145,7 @@ export const runServe = (given: ParsedFlags<typeof serveFlags>) =>
     if (!/^[A-Za-z0-9_-]+$/.test(endpoint)) return yield* bad("--aime-endpoint", `--aime-endpoint must be letters, digits, '_' or '-', got '${endpoint}'`)
     const adapterName = flags.adapter ?? "llama3"
     if (adapterName !== "llama3" && adapterName !== "bench") return yield* bad("--adapter", `--adapter must be llama3 or bench, got '${adapterName}'`)
+    const operations = yield* operationsOptions(flags)
     const model = yield* resolveModelFlags(flags)
     const engine = {
       ...model.engine,
@@ -98,7 +158,8 @@ export const runServe = (given: ParsedFlags<typeof serveFlags>) =>
       apiKeys: flags["api-key"] ?? [],
       engine,
       aimeEndpoint: endpoint,
-      graceMs: (flags.grace ?? 30) * 1000
+      graceMs: (flags.grace ?? 30) * 1000,
+      ...operations
     }
     if (adapterName === "bench") {
       const benchOptions = model.adapter.maxContext === undefined ? {} : { contextLength: model.adapter.maxContext }

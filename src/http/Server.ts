@@ -7,11 +7,15 @@
  */
 import { NodeHttpServer } from "@effect/platform-node"
 import { Effect, Layer, ManagedRuntime } from "effect"
-import { HttpRouter, HttpServer } from "effect/http"
+import { HttpRouter, HttpServer, type HttpServerResponse } from "effect/http"
+import * as https from "node:https"
 import type { ModelAdapter } from "../adapters/ModelAdapter.ts"
 import type { EngineOptions } from "../core/Engine.ts"
+import { accessLog } from "./AccessLog.ts"
 import { AimeRoutes } from "./aime/Routes.ts"
-import { createNodeServer } from "./NodeServer.ts"
+import { createNodeServer, refuseTunnels } from "./NodeServer.ts"
+import { cors } from "./Cors.ts"
+import { type LogFormat, type LogLevelName, loggingLayer } from "./Logging.ts"
 import { OpenAiRoutes } from "./openai/Routes.ts"
 import { OpsRoutes } from "./ops/Routes.ts"
 import { Serving } from "./Serving.ts"
@@ -30,7 +34,26 @@ export interface ServerOptions<O> {
   readonly aimeEndpoint?: string
   /** How long running requests may finish after SIGTERM. Default 30 s. */
   readonly graceMs?: number
+  /** Origins whose pages may call the API (`*` for any); CORS is off when empty. Default none. */
+  readonly corsOrigins?: ReadonlyArray<string>
+  /** Format of every log line (start-up, access log, warnings). Default `text`. */
+  readonly logFormat?: LogFormat
+  /** Lines below this level are dropped. Default `info`. */
+  readonly logLevel?: LogLevelName
+  /** One log line per request. Default false (`chorus serve` turns it on); `x-request-id` is returned either way. */
+  readonly accessLog?: boolean
+  /** Serve HTTPS with this certificate and key (PEM). Default: plain HTTP. */
+  readonly tls?: { readonly cert: string | Buffer; readonly key: string | Buffer }
 }
+
+/** The base URL of a bound server (`HttpServer.formatAddress` knows nothing of TLS). */
+const baseUrl = (address: HttpServer.HttpServer["Service"]["address"], tls: boolean) => {
+  const url = HttpServer.formatAddress(address)
+  return tls ? url.replace(/^http:/, "https:") : url
+}
+
+const logging = <O>(options: ServerOptions<O>) =>
+  loggingLayer({ ...(options.logFormat === undefined ? {} : { format: options.logFormat }), ...(options.logLevel === undefined ? {} : { level: options.logLevel }) })
 
 /**
  * The whole server as a layer; also exposes `Serving` (readiness, metrics) and `HttpServer` (the bound address).
@@ -43,9 +66,15 @@ export const serverLayer = <O>(options: ServerOptions<O>) => {
     ...(options.engine?.timeoutMs === undefined ? {} : { timeoutMs: options.engine.timeoutMs })
   })
   const routes = Layer.mergeAll(OpenAiRoutes, aime, OpsRoutes, StaticRoutes)
-  return HttpRouter.serve(routes, { disableLogger: true, disableListenLog: true }).pipe(
+  const origins = options.corsOrigins ?? []
+  const logRequests = accessLog({ log: options.accessLog === true })
+  const middleware = origins.length === 0 ? logRequests : <E, R>(app: Effect.Effect<HttpServerResponse.HttpServerResponse, E, R>) => logRequests(cors(origins)(app))
+  const tls = options.tls
+  const listen = tls === undefined ? createNodeServer : () => refuseTunnels(https.createServer({ cert: tls.cert, key: tls.key }))
+  return HttpRouter.serve(routes, { disableLogger: true, disableListenLog: true, middleware }).pipe(
     Layer.provideMerge(Serving.layer(options.adapter, options.adapterOptions, { apiKeys: options.apiKeys ?? [], engine: options.engine ?? {} })),
-    Layer.provideMerge(NodeHttpServer.layer(createNodeServer, { port: options.port ?? 8080, host: options.host ?? "127.0.0.1" }))
+    Layer.provideMerge(NodeHttpServer.layer(listen, { port: options.port ?? 8080, host: options.host ?? "127.0.0.1" })),
+    Layer.provide(logging(options))
   )
 }
 
@@ -81,27 +110,27 @@ const drained = (graceMs: number) =>
  *
  * @category constructors
  */
-export const runServer = <O>(options: ServerOptions<O>, log: (line: string) => void = (l) => process.stdout.write(`${l}\n`)) =>
+export const runServer = <O>(options: ServerOptions<O>) =>
   Effect.gen(function*() {
     const serving = yield* Serving
     const server = yield* HttpServer.HttpServer
-    const url = HttpServer.formatAddress(server.address)
+    const url = baseUrl(server.address, options.tls !== undefined)
     const ready = serving.ready.pipe(
       Effect.tap((engine) =>
-        Effect.sync(() => {
+        Effect.gen(function*() {
           const aime = options.aimeEndpoint ?? "llama3_chat"
-          log(`chorus: serving ${engine.model.id} at ${url}/ (OpenAI /v1, AIME /${aime}, web chat /, metrics /metrics)`)
-          log(serving.isOpen ? "chorus: no API keys configured: the API is open to anyone who can reach it" : `chorus: ${serving.keys.size} API key(s) configured`)
+          yield* Effect.logInfo(`chorus: serving ${engine.model.id} at ${url}/ (OpenAI /v1, AIME /${aime}, web chat /, metrics /metrics)`)
+          yield* Effect.logInfo(serving.isOpen ? "chorus: no API keys configured: the API is open to anyone who can reach it" : `chorus: ${serving.keys.size} API key(s) configured`)
         })
       ),
       Effect.andThen(Effect.never)
     )
     const signal = yield* Effect.raceFirst(ready, shutdownSignal)
-    log(`chorus: ${signal}: draining (up to ${(options.graceMs ?? 30_000) / 1000} s for running requests)`)
+    yield* Effect.logInfo(`chorus: ${signal}: draining (up to ${(options.graceMs ?? 30_000) / 1000} s for running requests)`)
     yield* serving.drain
     yield* drained(options.graceMs ?? 30_000)
-    log("chorus: stopped")
-  }).pipe(Effect.provide(serverLayer(options)))
+    yield* Effect.logInfo("chorus: stopped")
+  }).pipe(Effect.provide(serverLayer(options)), Effect.provide(logging(options)))
 
 /** A server started from plain Node code: its base URL, the loaded engine, and how to stop it. */
 export interface RunningServer {
@@ -132,7 +161,7 @@ export const startServer = async <O>(options: ServerOptions<O>): Promise<Running
         const serving = yield* Serving
         const engine = yield* serving.ready
         const server = yield* HttpServer.HttpServer
-        return { url: HttpServer.formatAddress(server.address), engine, serving }
+        return { url: baseUrl(server.address, options.tls !== undefined), engine, serving }
       })
     )
     return { ...started, close: () => runtime.dispose() }

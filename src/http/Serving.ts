@@ -11,6 +11,7 @@ import { Engine, type EngineOptions } from "../core/Engine.ts"
 import type { EngineObserver } from "../core/EngineObserver.ts"
 import type { CheckpointError, ConversionError, GenerationError, ModelConfigError } from "../core/Errors.ts"
 import { makeKeyMatcher } from "./ApiKeys.ts"
+import { recordingUsage } from "./AccessLog.ts"
 import { type EngineMetrics, makeEngineMetrics } from "./metrics/EngineMetrics.ts"
 import { Draining, NotReady, Unauthorized } from "./ServerErrors.ts"
 
@@ -102,7 +103,7 @@ export class Serving extends Context.Service<Serving, {
             if ((yield* Ref.get(status)) === "draining") {
               return yield* Effect.fail(new Draining({ message: "the server is shutting down and takes no new requests" }))
             }
-            return yield* loadedEngine
+            return recordingUsage(yield* loadedEngine)
           }),
           ready: Deferred.await(loaded),
           drain: Ref.set(status, "draining"),
