@@ -12,6 +12,7 @@ import { createServer } from "node:http"
 import type { ModelAdapter } from "../adapters/ModelAdapter.ts"
 import type { EngineOptions } from "../core/Engine.ts"
 import { AimeRoutes } from "./aime/Routes.ts"
+import { HttpMetricsMiddleware } from "./metrics/HttpMetrics.ts"
 import { OpenAiRoutes } from "./openai/Routes.ts"
 import { OpsRoutes } from "./ops/Routes.ts"
 import { Serving } from "./Serving.ts"
@@ -42,7 +43,7 @@ export const serverLayer = <O>(options: ServerOptions<O>) => {
     ...(options.engine?.maxQueue === undefined ? {} : { maxQueue: options.engine.maxQueue }),
     ...(options.engine?.timeoutMs === undefined ? {} : { timeoutMs: options.engine.timeoutMs })
   })
-  const routes = Layer.mergeAll(OpenAiRoutes, aime, OpsRoutes, StaticRoutes)
+  const routes = Layer.mergeAll(OpenAiRoutes, aime, OpsRoutes, StaticRoutes, HttpMetricsMiddleware)
   return HttpRouter.serve(routes, { disableLogger: true, disableListenLog: true }).pipe(
     Layer.provideMerge(Serving.layer(options.adapter, options.adapterOptions, { apiKeys: options.apiKeys ?? [], engine: options.engine ?? {} })),
     Layer.provideMerge(NodeHttpServer.layer(createServer, { port: options.port ?? 8080, host: options.host ?? "127.0.0.1" }))
