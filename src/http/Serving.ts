@@ -45,8 +45,6 @@ export class Serving extends Context.Service<Serving, {
   readonly keys: ReadonlySet<string>
   /** Everything `/metrics` serves: process metrics from the start, the model's once it is loaded, HTTP counts. */
   readonly registry: Registry
-  /** The loaded model's metrics; undefined while loading. */
-  readonly engineMetrics: () => EngineMetrics | undefined
 }>()("chorus/http/Serving") {
   static readonly layer = <O>(adapter: ModelAdapter<O>, adapterOptions: O, options: ServingOptions): Layer.Layer<Serving> =>
     Layer.effect(
@@ -118,8 +116,7 @@ export class Serving extends Context.Service<Serving, {
               : Effect.fail(new Unauthorized({ message: key === undefined ? "an API key is required" : "the API key is not valid" })),
           isOpen: keys.size === 0,
           keys,
-          registry,
-          engineMetrics: () => metrics
+          registry
         })
       })
     )
