@@ -19,7 +19,7 @@ const program = Effect.gen(function*() {
     fetch(`${url}/v1/completions`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ prompt: "Hi", max_tokens: 5 }) })
   )
   const metrics = yield* Effect.promise(() => fetch(`${url}/metrics`).then((r) => r.text()))
-  const generated = metrics.split("\n").find((l) => l.startsWith("chorus:generation_tokens_total "))
+  const generated = metrics.split("\n").find((l) => l.startsWith("chorus:generation_tokens_total{"))
   yield* Effect.log(`${engine.model.id} at ${url}: ready=${JSON.stringify(ready)}; ${generated}`)
 })
 

@@ -9,7 +9,7 @@ import { Cause, Context, Effect, Fiber, Layer, Queue, Stream } from "effect"
 import * as os from "node:os"
 import { createActor } from "xstate"
 import type { LoadedModel, ModelAdapter } from "../adapters/ModelAdapter.ts"
-import { type EngineObserver, silentObserver } from "./EngineObserver.ts"
+import { type EngineObserver, type FinishedReason, silentObserver } from "./EngineObserver.ts"
 import {
   type CheckpointError,
   type ContextLengthError,
@@ -140,6 +140,18 @@ const makeEngine = (model: LoadedModel, options: EngineOptions) =>
     const stopTokenIds = new Set(model.stopTokenIds)
     const seconds = (ms: number) => ms / 1000
 
+    /** Reports a sequence that left the engine; phases it never reached stay undefined. */
+    const report = (sequence: Sequence, sink: Sink, reason: FinishedReason, now: number) =>
+      observer.finished({
+        reason,
+        e2eSeconds: seconds(now - sink.arrivedAt),
+        prefillSeconds: sink.firstTokenAt === 0 ? undefined : seconds(sink.firstTokenAt - sink.admittedAt),
+        decodeSeconds: sink.firstTokenAt === 0 ? undefined : seconds(now - sink.firstTokenAt),
+        promptTokens: sequence.request.promptTokenIds.length,
+        generationTokens: sequence.outputTokenIds.length,
+        maxTokens: sequence.request.maxTokens
+      })
+
     /** Runs one plan through every shard in order; hidden states flow from shard to shard. */
     const runPlan = (plan: StepPlan) =>
       Effect.gen(function*() {
@@ -165,7 +177,7 @@ const makeEngine = (model: LoadedModel, options: EngineOptions) =>
         if (reason === "timeout") sink.actor.send({ type: "EXPIRE" })
         else sink.actor.send({ type: "FAIL", error: error.message })
         observer.failed(error.errorType)
-        observer.finished(reason, seconds(now - sink.arrivedAt), 0, 0)
+        report(sequence, sink, reason, now)
         Queue.failCauseUnsafe(sink.queue, Cause.fail(error))
       }
       end(sequence)
@@ -202,12 +214,7 @@ const makeEngine = (model: LoadedModel, options: EngineOptions) =>
       Queue.offerUnsafe(sink.queue, { _tag: "Token", tokenId, text: step.text })
       if (step.finish !== undefined) {
         sink.actor.send({ type: "FINISH" })
-        observer.finished(
-          step.finish.finishReason,
-          seconds(now - sink.arrivedAt),
-          seconds(sink.firstTokenAt - sink.admittedAt),
-          seconds(now - sink.firstTokenAt)
-        )
+        report(sequence, sink, step.finish.finishReason, now)
         Queue.offerUnsafe(sink.queue, {
           _tag: "Finished",
           finishReason: step.finish.finishReason,
@@ -318,9 +325,13 @@ const makeEngine = (model: LoadedModel, options: EngineOptions) =>
       }
       yield* completeInflight
       const dropped = scheduler.dropAborted()
-      for (const s of dropped) sinks.delete(s.id)
       if (dropped.length > 0) {
-        for (const _ of dropped) observer.finished("abort", 0, 0, 0)
+        const at = performance.now()
+        for (const s of dropped) {
+          const sink = sinks.get(s.id)
+          if (sink !== undefined) report(s, sink, "abort", at)
+          sinks.delete(s.id)
+        }
         yield* last.release(dropped.map((s) => s.row).filter((r) => r >= 0))
       }
       expire()
@@ -332,9 +343,17 @@ const makeEngine = (model: LoadedModel, options: EngineOptions) =>
         observer.admitted(seconds(now - sink.arrivedAt))
         sink.actor.send({ type: "ADMIT" })
       }
-      for (const w of scheduler.schedulePrefill()) yield* runPrefill(w)
+      let stepTokens = 0
+      for (const w of scheduler.schedulePrefill()) {
+        stepTokens += w.numScheduledTokens
+        yield* runPrefill(w)
+      }
       const decode = scheduler.scheduleDecode()
-      if (decode !== undefined) inflight = { work: decode, fiber: yield* Effect.forkChild(runPlan(decodePlan(decode))) }
+      if (decode !== undefined) {
+        stepTokens += decode.sequences.length
+        inflight = { work: decode, fiber: yield* Effect.forkChild(runPlan(decodePlan(decode))) }
+      }
+      if (stepTokens > 0) observer.engineStep(stepTokens)
       flushPending()
       // Let request fibers run between steps (new arrivals, consumers).
       yield* Effect.yieldNow

@@ -6,6 +6,21 @@
  */
 export type FinishedReason = "stop" | "length" | "abort" | "error" | "timeout"
 
+/** One request that left the engine, however it ended: every sequence the engine took is reported exactly once. */
+export interface FinishedRequest {
+  readonly reason: FinishedReason
+  /** Arrival to the end. */
+  readonly e2eSeconds: number
+  /** Admission to the first token; undefined when it never got one (aborted or failed before it). */
+  readonly prefillSeconds: number | undefined
+  /** First token to the end; undefined without a first token. */
+  readonly decodeSeconds: number | undefined
+  readonly promptTokens: number
+  readonly generationTokens: number
+  /** The request's token limit (its `max_tokens`). */
+  readonly maxTokens: number
+}
+
 /** @category models */
 export interface EngineObserver {
   /** A request entered the waiting queue. */
@@ -20,8 +35,10 @@ export interface EngineObserver {
   readonly token: (itlSeconds: number) => void
   /** One decode step over `numSeqs` sequences. */
   readonly decodeStep: (numSeqs: number) => void
-  /** A request ended; prefill = admission to first token, decode = first token to the end. */
-  readonly finished: (reason: FinishedReason, e2eSeconds: number, prefillSeconds: number, decodeSeconds: number) => void
+  /** One engine iteration computed `numTokens` tokens: prompt tokens of its prefill chunks plus one per decoding row. */
+  readonly engineStep: (numTokens: number) => void
+  /** A request ended (stop, length, abort by its client or while queued, error, deadline). */
+  readonly finished: (request: FinishedRequest) => void
   /** A request failed with a core error of this `errorType` (validation, overloaded, timeout, generation ...). */
   readonly failed: (errorType: string) => void
 }
@@ -33,6 +50,7 @@ export const silentObserver: EngineObserver = {
   firstToken: () => {},
   token: () => {},
   decodeStep: () => {},
+  engineStep: () => {},
   finished: () => {},
   failed: () => {}
 }

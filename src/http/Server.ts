@@ -16,6 +16,7 @@ import { AimeRoutes } from "./aime/Routes.ts"
 import { createNodeServer, refuseTunnels } from "./NodeServer.ts"
 import { cors } from "./Cors.ts"
 import { type LogFormat, type LogLevelName, loggingLayer } from "./Logging.ts"
+import { HttpMetricsMiddleware } from "./metrics/HttpMetrics.ts"
 import { OpenAiRoutes } from "./openai/Routes.ts"
 import { OpsRoutes } from "./ops/Routes.ts"
 import { Serving } from "./Serving.ts"
@@ -65,7 +66,7 @@ export const serverLayer = <O>(options: ServerOptions<O>) => {
     ...(options.engine?.maxQueue === undefined ? {} : { maxQueue: options.engine.maxQueue }),
     ...(options.engine?.timeoutMs === undefined ? {} : { timeoutMs: options.engine.timeoutMs })
   })
-  const routes = Layer.mergeAll(OpenAiRoutes, aime, OpsRoutes, StaticRoutes)
+  const routes = Layer.mergeAll(OpenAiRoutes, aime, OpsRoutes, StaticRoutes, HttpMetricsMiddleware)
   const origins = options.corsOrigins ?? []
   const logRequests = accessLog({ log: options.accessLog === true })
   const middleware = origins.length === 0 ? logRequests : <E, R>(app: Effect.Effect<HttpServerResponse.HttpServerResponse, E, R>) => logRequests(cors(origins)(app))

@@ -12,7 +12,9 @@ import type { EngineObserver } from "../core/EngineObserver.ts"
 import type { CheckpointError, ConversionError, GenerationError, ModelConfigError } from "../core/Errors.ts"
 import { makeKeyMatcher } from "./ApiKeys.ts"
 import { recordingUsage } from "./AccessLog.ts"
-import { type EngineMetrics, makeEngineMetrics } from "./metrics/EngineMetrics.ts"
+import { EngineMetrics } from "./metrics/EngineMetrics.ts"
+import { registerProcessMetrics } from "./metrics/ProcessMetrics.ts"
+import { Registry } from "./metrics/Prometheus.ts"
 import { Draining, NotReady, Unauthorized } from "./ServerErrors.ts"
 
 export type ServingStatus = "loading" | "ready" | "draining"
@@ -45,22 +47,27 @@ export class Serving extends Context.Service<Serving, {
   readonly isKey: (key: string) => boolean
   readonly isOpen: boolean
   readonly keys: ReadonlySet<string>
-  readonly metrics: EngineMetrics
+  /** Everything `/metrics` serves: process metrics from the start, the model's once it is loaded, HTTP counts. */
+  readonly registry: Registry
 }>()("chorus/http/Serving") {
   static readonly layer = <O>(adapter: ModelAdapter<O>, adapterOptions: O, options: ServingOptions): Layer.Layer<Serving> =>
     Layer.effect(
       Serving,
       Effect.gen(function*() {
-        const metrics = makeEngineMetrics()
+        const registry = new Registry()
+        yield* registerProcessMetrics(registry)
+        // The series are labelled with the model's id, known once it is loaded; the engine reports nothing before.
+        let metrics: EngineMetrics | undefined
         const observer: EngineObserver = {
           queued: () => {},
           admitted: () => {},
-          promptTokens: (n) => metrics.promptTokens(n),
-          firstToken: (queue, ttft) => metrics.firstToken(queue, ttft),
-          token: (itl) => metrics.token(itl),
-          decodeStep: (n) => metrics.decodeStep(n),
-          finished: (reason, e2e, prefill, decode) => metrics.finished(reason, e2e, prefill, decode),
-          failed: (errorType) => metrics.failed(errorType)
+          promptTokens: (n) => metrics?.promptTokens(n),
+          firstToken: (queue, ttft) => metrics?.firstToken(queue, ttft),
+          token: (itl) => metrics?.token(itl),
+          decodeStep: (n) => metrics?.decodeStep(n),
+          engineStep: (n) => metrics?.engineStep(n),
+          finished: (request) => metrics?.finished(request),
+          failed: (errorType) => metrics?.failed(errorType)
         }
         const status = yield* Ref.make<ServingStatus>("loading")
         const loaded = yield* Deferred.make<EngineService, LoadError>()
@@ -71,7 +78,8 @@ export class Serving extends Context.Service<Serving, {
           Layer.build(engineLayer).pipe(
             Effect.map((ctx) => Context.get(ctx, Engine)),
             Effect.tap((engine) =>
-              Effect.sync(() =>
+              Effect.sync(() => {
+                metrics = new EngineMetrics(registry, { modelName: engine.model.id, maxModelLen: engine.model.contextLength })
                 metrics.bindGauges({
                   running: () => Effect.runSync(engine.stats).numRunning,
                   waiting: () => Effect.runSync(engine.stats).numWaiting,
@@ -80,7 +88,7 @@ export class Serving extends Context.Service<Serving, {
                     return s.numRunning / s.maxNumSeqs
                   }
                 })
-              )
+              })
             ),
             Effect.tap((engine) => Effect.sync(() => (current = engine))),
             Effect.tap(() => Ref.update(status, (s) => (s === "loading" ? "ready" : s))),
@@ -114,7 +122,7 @@ export class Serving extends Context.Service<Serving, {
           isKey,
           isOpen: keys.size === 0,
           keys,
-          metrics
+          registry
         })
       })
     )

@@ -56,9 +56,9 @@ const scrape = async (url: string) => {
   const text = await (await fetch(`${url}/metrics`)).text()
   const value = (re: RegExp) => [...text.matchAll(re)].reduce((s, m) => s + Number(m[1]), 0)
   return {
-    prompt: value(/^chorus:prompt_tokens_total (\S+)$/gm),
-    generation: value(/^chorus:generation_tokens_total (\S+)$/gm),
-    success: value(/^chorus:request_success_total\{finished_reason="(?:stop|length)"\} (\S+)$/gm)
+    prompt: value(/^chorus:prompt_tokens_total\{model_name="[^"]*"\} (\S+)$/gm),
+    generation: value(/^chorus:generation_tokens_total\{model_name="[^"]*"\} (\S+)$/gm),
+    success: value(/^chorus:request_success_total\{model_name="[^"]*",finished_reason="(?:stop|length)"\} (\S+)$/gm)
   }
 }
 

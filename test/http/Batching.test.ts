@@ -26,7 +26,7 @@ const streamText = async (prompt: string) => {
 
 const metric = async (name: string) => {
   const text = await (await fetch(`${server.url}/metrics`)).text()
-  const line = text.split("\n").find((l) => l.startsWith(`${name} `))
+  const line = text.split("\n").find((l) => l.startsWith(`${name}{`))
   return Number(line?.split(" ")[1])
 }
 
@@ -34,14 +34,14 @@ describe("batching", () => {
   it("8 concurrent streamed requests produce what each produces alone, in shared decode steps", async () => {
     const alone: Array<string> = []
     for (const p of prompts) alone.push(await streamText(p))
-    const before = await metric("chorus:num_batched_decode_steps_total")
+    const before = await metric("chorus:engine_batched_decode_steps_total")
     const together = await Promise.all(prompts.map(streamText))
     expect(together).toEqual(alone)
-    const after = await metric("chorus:num_batched_decode_steps_total")
+    const after = await metric("chorus:engine_batched_decode_steps_total")
     // 8 x 32 tokens decoded together: most of the ~31 decode steps carried several sequences.
     expect(after - before).toBeGreaterThanOrEqual(20)
     const metrics = await (await fetch(`${server.url}/metrics`)).text()
-    expect(metrics).toMatch(/chorus:iteration_tokens_total_bucket\{le="8"\} \d+/)
+    expect(metrics).toMatch(/chorus:engine_decode_step_sequences_bucket\{model_name="[^"]+",le="8"\} \d+/)
     expect(await metric("chorus:generation_tokens_total")).toBeGreaterThanOrEqual(16 * 32)
   })
 })

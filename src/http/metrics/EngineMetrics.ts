@@ -1,15 +1,20 @@
 /**
- * The serving metrics of a Chorus engine, named as vLLM names them (`vllm:` -> `chorus:`) so existing
- * dashboards and alerts carry over, plus a few of Chorus's own about decode-step batching.
+ * The serving metrics of one served model. Where a name is vLLM's, so is its meaning, its label
+ * (`model_name`, the served model's id) and its buckets: renaming the prefix `vllm:` to `chorus:` in vLLM's
+ * Grafana dashboard makes every panel work. Chorus's own figures about decode-step batching carry names vLLM
+ * does not have (`chorus:engine_...`), so nobody mistakes them for vLLM's.
  *
  * Every time is in seconds. The engine calls the typed methods; live queue and KV-cache figures are read from
  * callbacks at scrape time (`bindGauges`) so the engine never has to keep gauges in sync.
  *
  * @since 0.1.0
  */
-import { type Counter, type CounterChild, type Histogram, type HistogramChild, Registry } from "./Prometheus.ts"
+import type { FinishedReason, FinishedRequest } from "../../core/EngineObserver.ts"
+import { type CounterChild, type HistogramChild, Registry } from "./Prometheus.ts"
 
-/** vLLM's default time-to-first-token buckets (seconds). */
+export type { FinishedReason } from "../../core/EngineObserver.ts"
+
+/** vLLM's time-to-first-token buckets (seconds). */
 export const TTFT_BUCKETS: ReadonlyArray<number> = [
   0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10, 20, 40, 80, 160, 640, 2560
 ]
@@ -20,16 +25,27 @@ export const ITL_BUCKETS: ReadonlyArray<number> = [
   0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1, 2.5, 5, 7.5, 10, 20, 40, 80
 ]
 
-/** vLLM's request latency buckets (seconds), used for queue, prefill, decode and end-to-end times. */
+/** vLLM's request latency buckets (seconds), used for queue, prefill, decode, inference and end-to-end times. */
 export const REQUEST_LATENCY_BUCKETS: ReadonlyArray<number> = [
   0.3, 0.5, 0.8, 1, 1.5, 2, 2.5, 5, 10, 15, 20, 30, 40, 50, 60, 120, 240, 480, 960, 1920, 7680
 ]
 
-/** Sequences per decode step. */
-export const ITERATION_BUCKETS: ReadonlyArray<number> = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512]
+/** vLLM's `iteration_tokens_total` buckets: tokens computed in one engine step. */
+export const ITERATION_TOKEN_BUCKETS: ReadonlyArray<number> = [1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384]
 
-/** Why a request ended, as `chorus:request_success_total{finished_reason}` reports it. */
-export type FinishedReason = "stop" | "length" | "abort" | "error" | "timeout"
+/** Sequences per decode step (Chorus's own histogram). */
+export const DECODE_STEP_SEQUENCE_BUCKETS: ReadonlyArray<number> = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512]
+
+/** vLLM's token-count buckets: 1, 2, 5, 10, 20, 50, ... up to `max` (the context length). */
+export const buckets125 = (max: number): Array<number> => {
+  const out: Array<number> = []
+  for (let scale = 1; ; scale *= 10) {
+    for (const m of [1, 2, 5]) {
+      if (m * scale > max) return out
+      out.push(m * scale)
+    }
+  }
+}
 
 const FINISHED_REASONS: ReadonlyArray<FinishedReason> = ["stop", "length", "abort", "error", "timeout"]
 
@@ -43,6 +59,14 @@ export interface LiveGauges {
   readonly kvUsage: () => number
 }
 
+/** The served model the series are labelled with. */
+export interface ServedModel {
+  /** The id clients send as `model`; the `model_name` label. */
+  readonly modelName: string
+  /** Context length: the top of the token-count buckets. */
+  readonly maxModelLen: number
+}
+
 /** `CheckpointError` -> `checkpoint_error`, `KVCacheFull` -> `kv_cache_full`; snake_case input is unchanged. */
 export const toErrorType = (s: string): string =>
   s
@@ -53,73 +77,110 @@ export const toErrorType = (s: string): string =>
     .replace(/_+/g, "_")
     .replace(/^_|_$/g, "") || "unknown"
 
-/** The engine's metrics, all registered in `registry` (render it to serve `/metrics`). */
+/** The engine's metrics for one model, all registered in `registry` (render it to serve `/metrics`). */
 export class EngineMetrics {
   readonly registry: Registry
-  private readonly ttft: Histogram
+  readonly model: ServedModel
+  private readonly ttft: HistogramChild
   private readonly itl: HistogramChild
-  private readonly queueTime: Histogram
-  private readonly e2e: Histogram
-  private readonly prefillTime: Histogram
-  private readonly decodeTime: Histogram
-  private readonly iterationSeqs: HistogramChild
-  private readonly promptTokensTotal: Counter
+  private readonly tpot: HistogramChild
+  private readonly queueTime: HistogramChild
+  private readonly e2e: HistogramChild
+  private readonly prefillTime: HistogramChild
+  private readonly decodeTime: HistogramChild
+  private readonly inferenceTime: HistogramChild
+  private readonly promptTokensTotal: CounterChild
   private readonly generationTokensTotal: CounterChild
   private readonly success: Record<FinishedReason, CounterChild>
-  private readonly failures: Counter
+  private readonly promptTokensRequest: HistogramChild
+  private readonly generationTokensRequest: HistogramChild
+  private readonly maxGenerationTokensRequest: HistogramChild
+  private readonly maxTokensParam: HistogramChild
+  private readonly iterationTokens: HistogramChild
+  private readonly failures: (errorType: string) => CounterChild
   private readonly decodeSteps: CounterChild
   private readonly batchedDecodeSteps: CounterChild
+  private readonly decodeStepSeqs: HistogramChild
   private live: LiveGauges = { running: () => 0, waiting: () => 0, kvUsage: () => 0 }
 
-  constructor(registry: Registry = new Registry()) {
+  constructor(registry: Registry, model: ServedModel) {
     const r = registry
     this.registry = r
-    this.ttft = r.histogram("chorus:time_to_first_token_seconds", "Histogram of time to first token in seconds.", TTFT_BUCKETS)
-    this.itl = r
-      .histogram("chorus:inter_token_latency_seconds", "Histogram of inter-token latency in seconds.", ITL_BUCKETS)
-      .child({})
-    this.queueTime = r.histogram(
+    this.model = model
+    const label = { model_name: model.modelName }
+    const M = ["model_name"]
+    const histogram = (name: string, help: string, buckets: ReadonlyArray<number>) =>
+      r.histogram(name, help, buckets, M).child(label)
+    const counter = (name: string, help: string) => r.counter(name, help, M).child(label)
+    const tokenBuckets = buckets125(Math.max(1, model.maxModelLen))
+
+    this.ttft = histogram("chorus:time_to_first_token_seconds", "Histogram of time to first token in seconds.", TTFT_BUCKETS)
+    this.itl = histogram("chorus:inter_token_latency_seconds", "Histogram of inter-token latency in seconds.", ITL_BUCKETS)
+    this.tpot = histogram(
+      "chorus:request_time_per_output_token_seconds",
+      "Histogram of time per output token in seconds, one observation per request (decode time / (tokens - 1)).",
+      ITL_BUCKETS
+    )
+    this.queueTime = histogram(
       "chorus:request_queue_time_seconds",
-      "Histogram of time spent waiting in the queue in seconds.",
+      "Histogram of time spent in WAITING phase for request.",
       REQUEST_LATENCY_BUCKETS
     )
-    this.e2e = r.histogram(
-      "chorus:e2e_request_latency_seconds",
-      "Histogram of end to end request latency in seconds.",
-      REQUEST_LATENCY_BUCKETS
-    )
-    this.prefillTime = r.histogram(
+    this.e2e = histogram("chorus:e2e_request_latency_seconds", "Histogram of e2e request latency in seconds.", REQUEST_LATENCY_BUCKETS)
+    this.prefillTime = histogram(
       "chorus:request_prefill_time_seconds",
-      "Histogram of time spent in the prefill phase of a request in seconds.",
+      "Histogram of time spent in PREFILL phase for request.",
       REQUEST_LATENCY_BUCKETS
     )
-    this.decodeTime = r.histogram(
+    this.decodeTime = histogram(
       "chorus:request_decode_time_seconds",
-      "Histogram of time spent in the decode phase of a request in seconds.",
+      "Histogram of time spent in DECODE phase for request.",
       REQUEST_LATENCY_BUCKETS
     )
-    r.gaugeFn("chorus:num_requests_running", "Number of requests running (prefill or decode).", () => this.live.running())
-    r.gaugeFn("chorus:num_requests_waiting", "Number of requests waiting for a slot.", () => this.live.waiting())
-    r.gaugeFn("chorus:kv_cache_usage_perc", "KV-cache usage: slots in use / slots, 0 to 1.", () => this.live.kvUsage())
-    this.promptTokensTotal = r.counter("chorus:prompt_tokens_total", "Number of prefill tokens processed.")
-    this.generationTokensTotal = r
-      .counter("chorus:generation_tokens_total", "Number of generation tokens processed.")
-      .child({})
-    const success = r.counter("chorus:request_success_total", "Count of finished requests by finish reason.", [
-      "finished_reason"
-    ])
+    this.inferenceTime = histogram(
+      "chorus:request_inference_time_seconds",
+      "Histogram of time spent in RUNNING phase for request.",
+      REQUEST_LATENCY_BUCKETS
+    )
+    r.gaugeFn("chorus:num_requests_running", "Number of requests in model execution batches.", () => this.live.running(), label)
+    r.gaugeFn("chorus:num_requests_waiting", "Number of requests waiting to be processed.", () => this.live.waiting(), label)
+    r.gaugeFn("chorus:kv_cache_usage_perc", "KV-cache usage. 1 means 100 percent usage.", () => this.live.kvUsage(), label)
+    this.promptTokensTotal = counter("chorus:prompt_tokens_total", "Number of prefill tokens processed.")
+    this.generationTokensTotal = counter("chorus:generation_tokens_total", "Number of generation tokens processed.")
+    const success = r.counter(
+      "chorus:request_success_total",
+      "Count of finished requests by finish reason (abort: the client left or cancelled, queued or running).",
+      ["model_name", "finished_reason"]
+    )
     // every reason is present from the start, so rate() sees 0 rather than a missing series
     this.success = Object.fromEntries(
-      FINISHED_REASONS.map((reason) => [reason, success.child({ finished_reason: reason })])
+      FINISHED_REASONS.map((reason) => [reason, success.child({ ...label, finished_reason: reason })])
     ) as Record<FinishedReason, CounterChild>
-    this.decodeSteps = r.counter("chorus:num_decode_steps_total", "Number of decode steps run.").child({})
-    this.batchedDecodeSteps = r
-      .counter("chorus:num_batched_decode_steps_total", "Number of decode steps that carried more than one sequence.")
-      .child({})
-    this.iterationSeqs = r
-      .histogram("chorus:iteration_tokens_total", "Histogram of sequences per decode step.", ITERATION_BUCKETS)
-      .child({})
-    this.failures = r.counter("chorus:request_failure_total", "Count of failed requests by error type.", ["error_type"])
+    this.promptTokensRequest = histogram("chorus:request_prompt_tokens", "Number of prefill tokens processed.", tokenBuckets)
+    this.generationTokensRequest = histogram("chorus:request_generation_tokens", "Number of generation tokens processed.", tokenBuckets)
+    this.maxGenerationTokensRequest = histogram(
+      "chorus:request_max_num_generation_tokens",
+      "Histogram of maximum number of requested generation tokens.",
+      tokenBuckets
+    )
+    this.maxTokensParam = histogram("chorus:request_params_max_tokens", "Histogram of the max_tokens request parameter.", tokenBuckets)
+    this.iterationTokens = histogram(
+      "chorus:iteration_tokens_total",
+      "Histogram of number of tokens per engine_step.",
+      ITERATION_TOKEN_BUCKETS
+    )
+    const failures = r.counter("chorus:request_failure_total", "Count of failed requests by error type.", ["model_name", "error_type"])
+    this.failures = (errorType) => failures.child({ ...label, error_type: toErrorType(errorType) })
+    this.decodeSteps = counter("chorus:engine_decode_steps_total", "Number of decode steps run.")
+    this.batchedDecodeSteps = counter(
+      "chorus:engine_batched_decode_steps_total",
+      "Number of decode steps that carried more than one sequence."
+    )
+    this.decodeStepSeqs = histogram(
+      "chorus:engine_decode_step_sequences",
+      "Histogram of sequences per decode step.",
+      DECODE_STEP_SEQUENCE_BUCKETS
+    )
   }
 
   /** Reads running/waiting requests and KV-cache usage (0..1) from these callbacks at every scrape. */
@@ -145,26 +206,43 @@ export class EngineMetrics {
     this.generationTokensTotal.inc()
   }
 
-  /** A request ended: end-to-end, prefill and decode seconds (pass undefined for a phase it never reached). */
-  finished(reason: FinishedReason, e2eSeconds: number, prefillSeconds?: number, decodeSeconds?: number): void {
-    this.success[reason].inc()
-    this.e2e.observe(e2eSeconds)
-    if (prefillSeconds !== undefined) this.prefillTime.observe(prefillSeconds)
-    if (decodeSeconds !== undefined) this.decodeTime.observe(decodeSeconds)
+  /** A request left the engine, however it ended: counted once by reason, with its sizes and the phases it reached. */
+  finished(r: FinishedRequest): void {
+    this.success[r.reason].inc()
+    this.e2e.observe(r.e2eSeconds)
+    this.promptTokensRequest.observe(r.promptTokens)
+    this.generationTokensRequest.observe(r.generationTokens)
+    // one sequence per engine request (no n > 1 fan-out inside the engine), so the maximum is its own count
+    this.maxGenerationTokensRequest.observe(r.generationTokens)
+    this.maxTokensParam.observe(r.maxTokens)
+    if (r.prefillSeconds !== undefined) {
+      this.prefillTime.observe(r.prefillSeconds)
+      this.inferenceTime.observe(r.prefillSeconds + (r.decodeSeconds ?? 0))
+    }
+    if (r.decodeSeconds !== undefined) {
+      this.decodeTime.observe(r.decodeSeconds)
+      if (r.generationTokens > 1) this.tpot.observe(r.decodeSeconds / (r.generationTokens - 1))
+    }
+  }
+
+  /** One engine iteration that computed `numTokens` tokens (prompt chunks plus decoding rows). */
+  engineStep(numTokens: number): void {
+    this.iterationTokens.observe(numTokens)
   }
 
   /** One decode step carrying `numSeqs` sequences. */
   decodeStep(numSeqs: number): void {
     this.decodeSteps.inc()
     if (numSeqs > 1) this.batchedDecodeSteps.inc()
-    this.iterationSeqs.observe(numSeqs)
+    this.decodeStepSeqs.observe(numSeqs)
   }
 
   /** A request failed with this error (an error tag such as `DeadlineExceeded` is snake_cased). */
   failed(errorType: string): void {
-    this.failures.inc({ error_type: toErrorType(errorType) })
+    this.failures(errorType).inc()
   }
 }
 
-/** `new EngineMetrics(registry)`: a fresh registry unless one is given. */
-export const makeEngineMetrics = (registry?: Registry): EngineMetrics => new EngineMetrics(registry)
+/** `new EngineMetrics(registry, model)`: a fresh registry unless one is given. */
+export const makeEngineMetrics = (model: ServedModel, registry: Registry = new Registry()): EngineMetrics =>
+  new EngineMetrics(registry, model)

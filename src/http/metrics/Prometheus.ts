@@ -204,16 +204,24 @@ export class Gauge extends Family<GaugeChild> {
   }
 }
 
-/** A label-less gauge whose value is read from `read` at every scrape; a throwing callback renders NaN. */
+/**
+ * One series whose value is read from `read` at every scrape, with fixed labels (such as the served model's name);
+ * a gauge, or a counter for totals kept elsewhere (CPU seconds). A throwing callback renders NaN.
+ */
 export class CallbackGauge implements Metric {
   readonly name: string
   readonly help: string
+  readonly type: "gauge" | "counter"
+  private readonly labelText: string
   private readonly read: () => number
-  constructor(name: string, help: string, read: () => number) {
-    checkName(name, [], [])
+  constructor(name: string, help: string, read: () => number, labels: Labels = {}, type: "gauge" | "counter" = "gauge") {
+    const names = Object.keys(labels)
+    checkName(name, names, [])
     this.name = name
     this.help = help
     this.read = read
+    this.type = type
+    this.labelText = names.map((n) => `${n}="${escapeLabelValue(labels[n])}"`).join(",")
   }
   get(): number {
     try {
@@ -224,7 +232,11 @@ export class CallbackGauge implements Metric {
     }
   }
   render(out: Array<string>): void {
-    out.push(`# HELP ${this.name} ${escapeHelp(this.help)}`, `# TYPE ${this.name} gauge`, `${this.name} ${formatValue(this.get())}`)
+    out.push(
+      `# HELP ${this.name} ${escapeHelp(this.help)}`,
+      `# TYPE ${this.name} ${this.type}`,
+      `${this.name}${braced(this.labelText)} ${formatValue(this.get())}`
+    )
   }
 }
 
@@ -314,9 +326,13 @@ export class Registry {
   gauge(name: string, help: string, labelNames?: ReadonlyArray<string>): Gauge {
     return this.add(new Gauge(name, help, labelNames))
   }
-  /** A gauge read from `read` at each `render()`. */
-  gaugeFn(name: string, help: string, read: () => number): CallbackGauge {
-    return this.add(new CallbackGauge(name, help, read))
+  /** A gauge read from `read` at each `render()`, with these fixed labels. */
+  gaugeFn(name: string, help: string, read: () => number, labels?: Labels): CallbackGauge {
+    return this.add(new CallbackGauge(name, help, read, labels))
+  }
+  /** A counter whose running total is kept elsewhere and read at each `render()`. */
+  counterFn(name: string, help: string, read: () => number, labels?: Labels): CallbackGauge {
+    return this.add(new CallbackGauge(name, help, read, labels, "counter"))
   }
   histogram(name: string, help: string, buckets: ReadonlyArray<number>, labelNames?: ReadonlyArray<string>): Histogram {
     return this.add(new Histogram(name, help, buckets, labelNames))

@@ -23,7 +23,7 @@ export const OpsRoutes = HttpRouter.use(Effect.fn(function*(router) {
     "/metrics",
     Effect.gen(function*() {
       const serving = yield* Serving
-      return HttpServerResponse.text(serving.metrics.registry.render(), { contentType: PROMETHEUS_CONTENT_TYPE })
+      return HttpServerResponse.text(serving.registry.render(), { contentType: PROMETHEUS_CONTENT_TYPE })
     })
   )
 }))

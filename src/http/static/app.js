@@ -1,5 +1,8 @@
 // Chorus web chat: keeps the conversation in the page, streams each answer from the server's OpenAI-compatible
-// /v1/chat/completions (SSE), and never renders model text as HTML (text nodes only).
+// /v1/chat/completions (SSE), and shows answers as sanitized Markdown (markdown.js); the user's own text stays
+// plain text nodes.
+
+import { renderMarkdown } from "./markdown.js"
 
 const $ = (id) => {
   const el = document.querySelector(`[data-testid="${id}"]`)
@@ -250,8 +253,21 @@ const send = async () => {
   const user = addBubble("user", text)
   const answer = addBubble("assistant", "")
   answer.item.classList.add("pending")
-  const textNode = document.createTextNode("")
-  answer.bubble.append(textNode)
+  // The whole answer is rendered again as it grows (a list or code block changes shape as tokens arrive), at
+  // most once per frame however fast tokens come.
+  let renderQueued = false
+  const render = () => {
+    renderQueued = false
+    answer.bubble.innerHTML = renderMarkdown(assistantMessage.content)
+    answer.bubble.dataset.source = assistantMessage.content
+  }
+  const queueRender = () => {
+    if (renderQueued) return
+    renderQueued = true
+    requestAnimationFrame(() => {
+      if (renderQueued) render()
+    })
+  }
 
   const turn = { controller: new AbortController(), started: performance.now(), firstAt: undefined, chunks: 0, usage: undefined }
   current = turn
@@ -298,11 +314,13 @@ const send = async () => {
           answer.item.classList.remove("pending")
         }
         turn.chunks++
-        textNode.appendData(delta)
         assistantMessage.content += delta
-        if (stick) scrollToBottom()
+        queueRender()
+        if (stick) requestAnimationFrame(scrollToBottom)
       }
       if (choice.finish_reason === "length") outcome = "max tokens reached"
+      // The text is complete: show all of it now rather than at the next frame.
+      if (choice.finish_reason != null && renderQueued) render()
     }
     if (turn.controller.signal.aborted) outcome = "stopped"
   } catch (e) {
@@ -320,6 +338,8 @@ const send = async () => {
       outcome = "cut off"
     }
   } finally {
+    // A stream cut short (Stop, an error) still shows every token that arrived.
+    if (renderQueued || answer.bubble.dataset.source !== assistantMessage.content) render()
     if (current === turn) {
       current = null
       setBusy(false)
