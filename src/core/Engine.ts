@@ -7,7 +7,6 @@
  */
 import { Cause, Context, Effect, Fiber, Layer, Queue, Stream } from "effect"
 import * as os from "node:os"
-import { createActor } from "xstate"
 import type { LoadedModel, ModelAdapter } from "../adapters/ModelAdapter.ts"
 import { type EngineObserver, silentObserver } from "./EngineObserver.ts"
 import {
@@ -20,7 +19,7 @@ import {
   Overloaded,
   type ValidationError
 } from "./Errors.ts"
-import { jobMachine } from "./JobMachine.ts"
+import { type Job, type JobView, startJob } from "./JobMachine.ts"
 import type { GenerateRequest, GenerationEvent } from "./Request.ts"
 import { type DecodeWork, type PrefillWork, Scheduler, type Sequence } from "./Scheduler.ts"
 import { makeSequenceOutput, type SequenceOutput } from "./SequenceOutput.ts"
@@ -83,8 +82,13 @@ export class Engine extends Context.Service<Engine, {
    * carries its events (protocols use this to answer 4xx before sending a first byte).
    */
   readonly submit: (request: GenerateRequest) => Effect.Effect<Stream.Stream<GenerationEvent, EngineError>, EngineError>
-  /** 1-based position of a waiting request (from its `Queued` event), 0 once it runs, -1 when unknown. */
+  /**
+   * 1-based position of a request whose job machine is `queued` (from its `Queued` event), 0 once the machine left
+   * `queued`, -1 when unknown.
+   */
   readonly queuePosition: (requestId: number) => number
+  /** The lifecycle machine of a live request (from its `Queued` event); undefined once it ended. */
+  readonly job: (requestId: number) => JobView | undefined
   readonly stats: Effect.Effect<EngineStats>
   readonly shards: ReadonlyArray<ShardActor>
 }>()("chorus/core/Engine") {
@@ -104,7 +108,7 @@ export class Engine extends Context.Service<Engine, {
 interface Sink {
   readonly queue: Queue.Queue<GenerationEvent, EngineError | Cause.Done>
   readonly output: SequenceOutput
-  readonly actor: ReturnType<typeof createActor<typeof jobMachine>>
+  readonly job: Job
   readonly arrivedAt: number
   admittedAt: number
   firstTokenAt: number
@@ -160,10 +164,9 @@ const makeEngine = (model: LoadedModel, options: EngineOptions) =>
     /** Ends a sequence with an error on its stream (the text so far has already been streamed). */
     const fail = (sequence: Sequence, error: EngineError, reason: "error" | "timeout") => {
       const sink = sinks.get(sequence.id)
-      if (sink !== undefined) {
+      // The machine takes a failure only before the job ended: a job ends once.
+      if (sink !== undefined && sink.job.send(reason === "timeout" ? { type: "EXPIRE" } : { type: "FAIL", error: error.message })) {
         const now = performance.now()
-        if (reason === "timeout") sink.actor.send({ type: "EXPIRE" })
-        else sink.actor.send({ type: "FAIL", error: error.message })
         observer.failed(error.errorType)
         observer.finished(reason, seconds(now - sink.arrivedAt), 0, 0)
         Queue.failCauseUnsafe(sink.queue, Cause.fail(error))
@@ -201,13 +204,15 @@ const makeEngine = (model: LoadedModel, options: EngineOptions) =>
       const step = sink.output.push(tokenId, totalTokens)
       Queue.offerUnsafe(sink.queue, { _tag: "Token", tokenId, text: step.text })
       if (step.finish !== undefined) {
-        sink.actor.send({ type: "FINISH" })
-        observer.finished(
-          step.finish.finishReason,
-          seconds(now - sink.arrivedAt),
-          seconds(sink.firstTokenAt - sink.admittedAt),
-          seconds(now - sink.firstTokenAt)
-        )
+        // Refused only when the consumer cancelled between the last step and this text: count it as the abort it was.
+        if (sink.job.send({ type: "FINISH" })) {
+          observer.finished(
+            step.finish.finishReason,
+            seconds(now - sink.arrivedAt),
+            seconds(sink.firstTokenAt - sink.admittedAt),
+            seconds(now - sink.firstTokenAt)
+          )
+        } else observer.finished("abort", 0, 0, 0)
         Queue.offerUnsafe(sink.queue, {
           _tag: "Finished",
           finishReason: step.finish.finishReason,
@@ -270,7 +275,7 @@ const makeEngine = (model: LoadedModel, options: EngineOptions) =>
           promptTokens: w.sequence.request.promptTokenIds.length,
           ...(sink.output.promptLogits === undefined ? {} : { promptLogits: sink.output.promptLogits })
         })
-        sink.actor.send({ type: "FIRST_TOKEN" })
+        sink.job.send({ type: "FIRST_TOKEN" })
         const tokenId = result.tokens![0]!
         if (record(w.sequence, tokenId)) emit(w.sequence, tokenId, w.sequence.numComputedTokens + 1)
       })
@@ -330,7 +335,7 @@ const makeEngine = (model: LoadedModel, options: EngineOptions) =>
         if (sink === undefined) continue
         sink.admittedAt = now
         observer.admitted(seconds(now - sink.arrivedAt))
-        sink.actor.send({ type: "ADMIT" })
+        sink.job.send({ type: "ADMIT" })
       }
       for (const w of scheduler.schedulePrefill()) yield* runPrefill(w)
       const decode = scheduler.scheduleDecode()
@@ -357,10 +362,10 @@ const makeEngine = (model: LoadedModel, options: EngineOptions) =>
               const arrivedAt = performance.now()
               const timeoutMs = Math.min(validated.timeoutMs, defaultTimeout)
               const sequence = scheduler.add({ ...validated, timeoutMs }, arrivedAt + timeoutMs)
-              const actor = createActor(jobMachine, { input: { jobId: String(sequence.id) } }).start()
+              const job = startJob(String(sequence.id))
               sinks.set(sequence.id, {
                 queue,
-                actor,
+                job,
                 arrivedAt,
                 admittedAt: 0,
                 firstTokenAt: 0,
@@ -368,14 +373,15 @@ const makeEngine = (model: LoadedModel, options: EngineOptions) =>
                 output: makeSequenceOutput({ codec: model.codec, request: validated, stopTokenIds: model.stopTokenIds, contextLength })
               })
               observer.queued()
-              Queue.offerUnsafe(queue, { _tag: "Queued", requestId: sequence.id })
+              Queue.offerUnsafe(queue, { _tag: "Queued", requestId: sequence.id, job })
               Queue.offerUnsafe(wake, undefined)
               // A consumer that goes away (client disconnect, interrupt) aborts the sequence before the next step.
               yield* Effect.addFinalizer(() =>
                 Effect.sync(() => {
-                  if (sequence.status !== "finished") {
-                    if (actor.getSnapshot().status !== "done") actor.send({ type: "CANCEL" })
-                    scheduler.abort(sequence)
+                  // The machine refuses a cancel once the job ended (finished, failed, expired): nothing to stop then.
+                  if (job.send({ type: "CANCEL" })) {
+                    // A sequence past its last step still has its text to flush; the loop drops it after that.
+                    if (sequence.status !== "finished") scheduler.abort(sequence)
                     Queue.offerUnsafe(wake, undefined)
                   }
                 })
@@ -387,10 +393,10 @@ const makeEngine = (model: LoadedModel, options: EngineOptions) =>
     const generate = (request: GenerateRequest): Stream.Stream<GenerationEvent, EngineError> => Stream.unwrap(submit(request))
 
     const queuePosition = (requestId: number) => {
-      const waiting = scheduler.waitingSequences()
-      const i = waiting.findIndex((s) => s.id === requestId)
-      if (i >= 0) return i + 1
-      return sinks.has(requestId) ? 0 : -1
+      const sink = sinks.get(requestId)
+      if (sink === undefined) return -1
+      if (sink.job.state() !== "queued") return 0
+      return scheduler.waitingSequences().findIndex((s) => s.id === requestId) + 1
     }
 
     return Engine.of({
@@ -399,6 +405,7 @@ const makeEngine = (model: LoadedModel, options: EngineOptions) =>
       generate,
       submit,
       queuePosition,
+      job: (requestId) => sinks.get(requestId)?.job,
       shards,
       stats: Effect.sync(() => ({ numRunning: scheduler.numRunning, numWaiting: scheduler.numWaiting, maxNumSeqs, ...stats }))
     })
