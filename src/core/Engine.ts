@@ -24,6 +24,7 @@ import type { GenerateRequest, GenerationEvent } from "./Request.ts"
 import { type DecodeWork, type PrefillWork, Scheduler, type Sequence } from "./Scheduler.ts"
 import { makeSequenceOutput, type SequenceOutput } from "./SequenceOutput.ts"
 import { makeShardActor, type ShardActor } from "./shard/ShardActor.ts"
+import type { RestartPolicy } from "./shard/ShardLifecycle.ts"
 import { type Device, shardDevice, type StepPlan, type StepResult } from "./shard/StepProtocol.ts"
 import { validateRequest } from "./Validation.ts"
 
@@ -51,6 +52,8 @@ export interface EngineOptions {
   readonly maxQueue?: number
   /** Default per-request deadline in milliseconds (requests may ask for less). Default: none. */
   readonly timeoutMs?: number
+  /** When a shard whose worker died is brought back, and after how many crashes it stays down. */
+  readonly shardRestarts?: RestartPolicy
   readonly observer?: EngineObserver
 }
 
@@ -64,7 +67,7 @@ export interface EngineStats {
   readonly promptTokens: number
   readonly generatedTokens: number
   readonly maxNumSeqs: number
-  /** Shard restarts after a worker failure. */
+  /** Shard restarts after a worker failure (the sum over the shards' lifecycle machines). */
   readonly restarts: number
 }
 
@@ -133,13 +136,14 @@ const makeEngine = (model: LoadedModel, options: EngineOptions) =>
     }
     for (const [i, spec] of model.shards.entries()) {
       const workerUrl = native ? model.deviceWorkerUrl! : model.workerUrl
-      shards.push(yield* makeShardActor(i, workerUrl, { ...spec, maxSeqs: maxNumSeqs, maxLen: contextLength, threads, device: shardDevice(device, i) }))
+      const load = { ...spec, maxSeqs: maxNumSeqs, maxLen: contextLength, threads, device: shardDevice(device, i) }
+      shards.push(yield* makeShardActor(i, workerUrl, load, options.shardRestarts))
     }
     const last = shards[shards.length - 1]!
     const scheduler = new Scheduler({ maxNumSeqs, maxNumBatchedTokens: options.maxNumBatchedTokens ?? 512 })
     const sinks = new Map<number, Sink>()
     const wake = yield* Queue.unbounded<void>()
-    const stats = { numSteps: 0, numBatchedSteps: 0, promptTokens: 0, generatedTokens: 0, restarts: 0 }
+    const stats = { numSteps: 0, numBatchedSteps: 0, promptTokens: 0, generatedTokens: 0 }
     const sized: LoadedModel = { ...model, contextLength }
     const stopTokenIds = new Set(model.stopTokenIds)
     const seconds = (ms: number) => ms / 1000
@@ -297,16 +301,26 @@ const makeEngine = (model: LoadedModel, options: EngineOptions) =>
       }
     })
 
-    /** A shard failed: every running sequence ends with the error, the shards come back, the queue goes on. */
+    /**
+     * A step failed: every running sequence ends with the error. A shard whose worker died is brought back by its
+     * lifecycle machine; the loop waits until every shard is ready again (or has failed for good), then goes on.
+     */
     const recover = (error: GenerationError) =>
       Effect.gen(function*() {
         inflight = undefined
         flushPending()
         for (const s of scheduler.running()) fail(s, error, "error")
-        yield* Effect.logWarning(`${error.message}; restarting shards`)
-        stats.restarts++
-        for (const shard of shards) yield* shard.restart.pipe(Effect.catch((e) => Effect.logError(e.message)))
+        yield* Effect.logWarning(`${error.message}; ${shards.map((s) => `shard ${s.index} ${s.status().state}`).join(", ")}`)
+        for (const shard of shards) yield* shard.settled
       })
+
+    /** A shard that stays down: the engine cannot serve, and says why. */
+    const downShard = () => {
+      const down = shards.find((s) => s.status().state === "failed")
+      return down === undefined
+        ? undefined
+        : new GenerationError({ message: `shard ${down.index} has failed and stays down (${down.status().lastError ?? "unknown"})` })
+    }
 
     const expire = () => {
       const now = performance.now()
@@ -322,6 +336,8 @@ const makeEngine = (model: LoadedModel, options: EngineOptions) =>
         return
       }
       yield* completeInflight
+      // A shard being brought back after a crash: new work waits for it instead of failing on its refusal.
+      for (const shard of shards) if (shard.status().state !== "ready") yield* shard.settled
       const dropped = scheduler.dropAborted()
       for (const s of dropped) sinks.delete(s.id)
       if (dropped.length > 0) {
@@ -351,6 +367,11 @@ const makeEngine = (model: LoadedModel, options: EngineOptions) =>
 
     const submit = (request: GenerateRequest): Effect.Effect<Stream.Stream<GenerationEvent, EngineError>, EngineError> =>
         Effect.gen(function*() {
+          const down = downShard()
+          if (down !== undefined) {
+            observer.failed(down.errorType)
+            return yield* Effect.fail(down)
+          }
           // Admission before work: a full queue refuses at once, before tokenizing.
           if (scheduler.numWaiting >= maxQueue) {
             observer.failed("overloaded")
@@ -407,6 +428,12 @@ const makeEngine = (model: LoadedModel, options: EngineOptions) =>
       queuePosition,
       job: (requestId) => sinks.get(requestId)?.job,
       shards,
-      stats: Effect.sync(() => ({ numRunning: scheduler.numRunning, numWaiting: scheduler.numWaiting, maxNumSeqs, ...stats }))
+      stats: Effect.sync(() => ({
+        numRunning: scheduler.numRunning,
+        numWaiting: scheduler.numWaiting,
+        maxNumSeqs,
+        ...stats,
+        restarts: shards.reduce((n, s) => n + s.status().restarts, 0)
+      }))
     })
   })
