@@ -7,7 +7,6 @@
  */
 import { Cause, Context, Effect, Fiber, Layer, Queue, Stream } from "effect"
 import * as os from "node:os"
-import { createActor } from "xstate"
 import type { LoadedModel, ModelAdapter } from "../adapters/ModelAdapter.ts"
 import { type EngineObserver, type FinishedReason, silentObserver } from "./EngineObserver.ts"
 import {
@@ -20,11 +19,12 @@ import {
   Overloaded,
   type ValidationError
 } from "./Errors.ts"
-import { jobMachine } from "./JobMachine.ts"
+import { type Job, type JobView, startJob } from "./JobMachine.ts"
 import type { GenerateRequest, GenerationEvent } from "./Request.ts"
 import { type DecodeWork, type PrefillWork, Scheduler, type Sequence } from "./Scheduler.ts"
 import { makeSequenceOutput, type SequenceOutput } from "./SequenceOutput.ts"
 import { makeShardActor, type ShardActor } from "./shard/ShardActor.ts"
+import type { RestartPolicy } from "./shard/ShardLifecycle.ts"
 import { type Device, shardDevice, type StepPlan, type StepResult } from "./shard/StepProtocol.ts"
 import { validateRequest } from "./Validation.ts"
 
@@ -52,6 +52,8 @@ export interface EngineOptions {
   readonly maxQueue?: number
   /** Default per-request deadline in milliseconds (requests may ask for less). Default: none. */
   readonly timeoutMs?: number
+  /** When a shard whose worker died is brought back, and after how many crashes it stays down. */
+  readonly shardRestarts?: RestartPolicy
   readonly observer?: EngineObserver
 }
 
@@ -65,7 +67,7 @@ export interface EngineStats {
   readonly promptTokens: number
   readonly generatedTokens: number
   readonly maxNumSeqs: number
-  /** Shard restarts after a worker failure. */
+  /** Shard restarts after a worker failure (the sum over the shards' lifecycle machines). */
   readonly restarts: number
 }
 
@@ -83,8 +85,13 @@ export class Engine extends Context.Service<Engine, {
    * carries its events (protocols use this to answer 4xx before sending a first byte).
    */
   readonly submit: (request: GenerateRequest) => Effect.Effect<Stream.Stream<GenerationEvent, EngineError>, EngineError>
-  /** 1-based position of a waiting request (from its `Queued` event), 0 once it runs, -1 when unknown. */
+  /**
+   * 1-based position of a request whose job machine is `queued` (from its `Queued` event), 0 once the machine left
+   * `queued`, -1 when unknown.
+   */
   readonly queuePosition: (requestId: number) => number
+  /** The lifecycle machine of a live request (from its `Queued` event); undefined once it ended. */
+  readonly job: (requestId: number) => JobView | undefined
   readonly stats: Effect.Effect<EngineStats>
   readonly shards: ReadonlyArray<ShardActor>
 }>()("chorus/core/Engine") {
@@ -104,7 +111,7 @@ export class Engine extends Context.Service<Engine, {
 interface Sink {
   readonly queue: Queue.Queue<GenerationEvent, EngineError | Cause.Done>
   readonly output: SequenceOutput
-  readonly actor: ReturnType<typeof createActor<typeof jobMachine>>
+  readonly job: Job
   readonly arrivedAt: number
   admittedAt: number
   firstTokenAt: number
@@ -129,13 +136,14 @@ const makeEngine = (model: LoadedModel, options: EngineOptions) =>
     }
     for (const [i, spec] of model.shards.entries()) {
       const workerUrl = native ? model.deviceWorkerUrl! : model.workerUrl
-      shards.push(yield* makeShardActor(i, workerUrl, { ...spec, maxSeqs: maxNumSeqs, maxLen: contextLength, threads, device: shardDevice(device, i) }))
+      const load = { ...spec, maxSeqs: maxNumSeqs, maxLen: contextLength, threads, device: shardDevice(device, i) }
+      shards.push(yield* makeShardActor(i, workerUrl, load, options.shardRestarts))
     }
     const last = shards[shards.length - 1]!
     const scheduler = new Scheduler({ maxNumSeqs, maxNumBatchedTokens: options.maxNumBatchedTokens ?? 512 })
     const sinks = new Map<number, Sink>()
     const wake = yield* Queue.unbounded<void>()
-    const stats = { numSteps: 0, numBatchedSteps: 0, promptTokens: 0, generatedTokens: 0, restarts: 0 }
+    const stats = { numSteps: 0, numBatchedSteps: 0, promptTokens: 0, generatedTokens: 0 }
     const sized: LoadedModel = { ...model, contextLength }
     const stopTokenIds = new Set(model.stopTokenIds)
     const seconds = (ms: number) => ms / 1000
@@ -172,10 +180,9 @@ const makeEngine = (model: LoadedModel, options: EngineOptions) =>
     /** Ends a sequence with an error on its stream (the text so far has already been streamed). */
     const fail = (sequence: Sequence, error: EngineError, reason: "error" | "timeout") => {
       const sink = sinks.get(sequence.id)
-      if (sink !== undefined) {
+      // The machine takes a failure only before the job ended: a job ends once.
+      if (sink !== undefined && sink.job.send(reason === "timeout" ? { type: "EXPIRE" } : { type: "FAIL", error: error.message })) {
         const now = performance.now()
-        if (reason === "timeout") sink.actor.send({ type: "EXPIRE" })
-        else sink.actor.send({ type: "FAIL", error: error.message })
         observer.failed(error.errorType)
         report(sequence, sink, reason, now)
         Queue.failCauseUnsafe(sink.queue, Cause.fail(error))
@@ -213,8 +220,8 @@ const makeEngine = (model: LoadedModel, options: EngineOptions) =>
       const step = sink.output.push(tokenId, totalTokens)
       Queue.offerUnsafe(sink.queue, { _tag: "Token", tokenId, text: step.text })
       if (step.finish !== undefined) {
-        sink.actor.send({ type: "FINISH" })
-        report(sequence, sink, step.finish.finishReason, now)
+        // Refused only when the consumer cancelled between the last step and this text: count it as the abort it was.
+        report(sequence, sink, sink.job.send({ type: "FINISH" }) ? step.finish.finishReason : "abort", now)
         Queue.offerUnsafe(sink.queue, {
           _tag: "Finished",
           finishReason: step.finish.finishReason,
@@ -277,7 +284,7 @@ const makeEngine = (model: LoadedModel, options: EngineOptions) =>
           promptTokens: w.sequence.request.promptTokenIds.length,
           ...(sink.output.promptLogits === undefined ? {} : { promptLogits: sink.output.promptLogits })
         })
-        sink.actor.send({ type: "FIRST_TOKEN" })
+        sink.job.send({ type: "FIRST_TOKEN" })
         const tokenId = result.tokens![0]!
         if (record(w.sequence, tokenId)) emit(w.sequence, tokenId, w.sequence.numComputedTokens + 1)
       })
@@ -299,16 +306,26 @@ const makeEngine = (model: LoadedModel, options: EngineOptions) =>
       }
     })
 
-    /** A shard failed: every running sequence ends with the error, the shards come back, the queue goes on. */
+    /**
+     * A step failed: every running sequence ends with the error. A shard whose worker died is brought back by its
+     * lifecycle machine; the loop waits until every shard is ready again (or has failed for good), then goes on.
+     */
     const recover = (error: GenerationError) =>
       Effect.gen(function*() {
         inflight = undefined
         flushPending()
         for (const s of scheduler.running()) fail(s, error, "error")
-        yield* Effect.logWarning(`${error.message}; restarting shards`)
-        stats.restarts++
-        for (const shard of shards) yield* shard.restart.pipe(Effect.catch((e) => Effect.logError(e.message)))
+        yield* Effect.logWarning(`${error.message}; ${shards.map((s) => `shard ${s.index} ${s.status().state}`).join(", ")}`)
+        for (const shard of shards) yield* shard.settled
       })
+
+    /** A shard that stays down: the engine cannot serve, and says why. */
+    const downShard = () => {
+      const down = shards.find((s) => s.status().state === "failed")
+      return down === undefined
+        ? undefined
+        : new GenerationError({ message: `shard ${down.index} has failed and stays down (${down.status().lastError ?? "unknown"})` })
+    }
 
     const expire = () => {
       const now = performance.now()
@@ -324,6 +341,8 @@ const makeEngine = (model: LoadedModel, options: EngineOptions) =>
         return
       }
       yield* completeInflight
+      // A shard being brought back after a crash: new work waits for it instead of failing on its refusal.
+      for (const shard of shards) if (shard.status().state !== "ready") yield* shard.settled
       const dropped = scheduler.dropAborted()
       if (dropped.length > 0) {
         const at = performance.now()
@@ -341,7 +360,7 @@ const makeEngine = (model: LoadedModel, options: EngineOptions) =>
         if (sink === undefined) continue
         sink.admittedAt = now
         observer.admitted(seconds(now - sink.arrivedAt))
-        sink.actor.send({ type: "ADMIT" })
+        sink.job.send({ type: "ADMIT" })
       }
       let stepTokens = 0
       for (const w of scheduler.schedulePrefill()) {
@@ -365,6 +384,11 @@ const makeEngine = (model: LoadedModel, options: EngineOptions) =>
 
     const submit = (request: GenerateRequest): Effect.Effect<Stream.Stream<GenerationEvent, EngineError>, EngineError> =>
         Effect.gen(function*() {
+          const down = downShard()
+          if (down !== undefined) {
+            observer.failed(down.errorType)
+            return yield* Effect.fail(down)
+          }
           // Admission before work: a full queue refuses at once, before tokenizing.
           if (scheduler.numWaiting >= maxQueue) {
             observer.failed("overloaded")
@@ -376,10 +400,10 @@ const makeEngine = (model: LoadedModel, options: EngineOptions) =>
               const arrivedAt = performance.now()
               const timeoutMs = Math.min(validated.timeoutMs, defaultTimeout)
               const sequence = scheduler.add({ ...validated, timeoutMs }, arrivedAt + timeoutMs)
-              const actor = createActor(jobMachine, { input: { jobId: String(sequence.id) } }).start()
+              const job = startJob(String(sequence.id))
               sinks.set(sequence.id, {
                 queue,
-                actor,
+                job,
                 arrivedAt,
                 admittedAt: 0,
                 firstTokenAt: 0,
@@ -387,14 +411,15 @@ const makeEngine = (model: LoadedModel, options: EngineOptions) =>
                 output: makeSequenceOutput({ codec: model.codec, request: validated, stopTokenIds: model.stopTokenIds, contextLength })
               })
               observer.queued()
-              Queue.offerUnsafe(queue, { _tag: "Queued", requestId: sequence.id })
+              Queue.offerUnsafe(queue, { _tag: "Queued", requestId: sequence.id, job })
               Queue.offerUnsafe(wake, undefined)
               // A consumer that goes away (client disconnect, interrupt) aborts the sequence before the next step.
               yield* Effect.addFinalizer(() =>
                 Effect.sync(() => {
-                  if (sequence.status !== "finished") {
-                    if (actor.getSnapshot().status !== "done") actor.send({ type: "CANCEL" })
-                    scheduler.abort(sequence)
+                  // The machine refuses a cancel once the job ended (finished, failed, expired): nothing to stop then.
+                  if (job.send({ type: "CANCEL" })) {
+                    // A sequence past its last step still has its text to flush; the loop drops it after that.
+                    if (sequence.status !== "finished") scheduler.abort(sequence)
                     Queue.offerUnsafe(wake, undefined)
                   }
                 })
@@ -406,10 +431,10 @@ const makeEngine = (model: LoadedModel, options: EngineOptions) =>
     const generate = (request: GenerateRequest): Stream.Stream<GenerationEvent, EngineError> => Stream.unwrap(submit(request))
 
     const queuePosition = (requestId: number) => {
-      const waiting = scheduler.waitingSequences()
-      const i = waiting.findIndex((s) => s.id === requestId)
-      if (i >= 0) return i + 1
-      return sinks.has(requestId) ? 0 : -1
+      const sink = sinks.get(requestId)
+      if (sink === undefined) return -1
+      if (sink.job.state() !== "queued") return 0
+      return scheduler.waitingSequences().findIndex((s) => s.id === requestId) + 1
     }
 
     return Engine.of({
@@ -418,7 +443,14 @@ const makeEngine = (model: LoadedModel, options: EngineOptions) =>
       generate,
       submit,
       queuePosition,
+      job: (requestId) => sinks.get(requestId)?.job,
       shards,
-      stats: Effect.sync(() => ({ numRunning: scheduler.numRunning, numWaiting: scheduler.numWaiting, maxNumSeqs, ...stats }))
+      stats: Effect.sync(() => ({
+        numRunning: scheduler.numRunning,
+        numWaiting: scheduler.numWaiting,
+        maxNumSeqs,
+        ...stats,
+        restarts: shards.reduce((n, s) => n + s.status().restarts, 0)
+      }))
     })
   })

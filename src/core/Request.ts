@@ -4,6 +4,7 @@
  *
  * @since 0.1.0
  */
+import type { JobView } from "./JobMachine.ts"
 import type { SamplingParams } from "./sampling/SamplingParams.ts"
 import type { ChatMessage } from "./text/ChatMessage.ts"
 
@@ -60,6 +61,8 @@ export type GenerationEvent =
     /** First event: the request is accepted and waiting; `requestId` names it for `Engine.queuePosition`. */
     readonly _tag: "Queued"
     readonly requestId: number
+    /** The job's lifecycle machine: where its state (queued, prefilling, decoding, done, ...) is to be read. */
+    readonly job: JobView
   }
   | {
     readonly _tag: "Started"

@@ -26,7 +26,7 @@ describe("examples", () => {
   it("server-in-effect-app.ts runs the server as a layer of an Effect app", () => {
     const r = run("server-in-effect-app.ts")
     expect(r.status).toBe(0)
-    expect(r.stdout).toMatch(/chorus-bench at http:\/\/127\.0\.0\.1:\d+: ready=\{"status":"ready"\}; chorus:generation_tokens_total\{model_name="chorus-bench"\} 5/)
+    expect(r.stdout).toMatch(/chorus-bench at http:\/\/127\.0\.0\.1:\d+: ready=\{"status":"ready","shards":\[\{"index":0,"state":"ready","restarts":0\}\]\}; chorus:generation_tokens_total\{model_name="chorus-bench"\} 5/)
   })
 
   it("custom-adapter.ts runs the engine over a custom adapter", () => {

@@ -3,6 +3,7 @@ import { Effect } from "effect"
 import { describe, expect, it } from "vitest"
 import { BenchAdapter } from "../../src/adapters/bench/BenchAdapter.ts"
 import { Llama3Adapter } from "../../src/adapters/llama3/Llama3Adapter.ts"
+import type { ShardState } from "../../src/core/shard/ShardLifecycle.ts"
 import { readSse, startServer } from "../support/server.ts"
 
 const post = (url: string, body: unknown, signal?: AbortSignal) =>
@@ -18,9 +19,14 @@ const waitUntil = async (check: () => Promise<boolean>, ms: number) => {
 }
 
 describe("faults", () => {
-  it("a shard worker killed mid-generation: its request gets an error event within 5 s, the shard comes back, the next request succeeds", async () => {
-    const server = await startServer({ adapter: Llama3Adapter, adapterOptions: {}, engine: { maxNumSeqs: 4 } })
+  it("a shard worker killed mid-generation: its request gets an error event within 5 s, /ready reports the shard crashed, restarting, ready again, the next request succeeds", async () => {
+    // A restart delay long enough for the polls below to see `crashed` on a busy machine.
+    const server = await startServer({ adapter: Llama3Adapter, adapterOptions: {}, engine: { maxNumSeqs: 4, shardRestarts: { restartDelayMs: 300 } } })
     try {
+      const ready = async () => (await fetch(`${server.url}/ready`)).json() as Promise<{ status: string; shards: Array<{ index: number; state: ShardState; restarts: number }> }>
+      expect(await ready()).toEqual({ status: "ready", shards: [{ index: 0, state: "ready", restarts: 0 }] })
+      const machine: Array<ShardState> = []
+      const unwatch = server.engine.shards[0]!.watch((s) => machine.push(s.state))
       const r = await post(`${server.url}/v1/completions`, { prompt: "Tell me everything", max_tokens: 4000, ignore_eos: true, stream: true })
       const reader = r.body!.getReader()
       const decoder = new TextDecoder()
@@ -28,6 +34,16 @@ describe("faults", () => {
       while ((text.match(/data: /g) ?? []).length < 5) text += decoder.decode((await reader.read()).value, { stream: true })
       const killedAt = performance.now()
       await Effect.runPromise(server.engine.shards[0]!.crash)
+      // What /ready reports while the shard comes back, polled until it is ready again.
+      const reported: Array<ShardState> = []
+      const polling = (async () => {
+        for (let i = 0; i < 2000; i++) {
+          const state = (await ready()).shards[0]!.state
+          if (reported[reported.length - 1] !== state) reported.push(state)
+          if (state === "ready") return
+          await new Promise((r) => setTimeout(r, 5))
+        }
+      })()
       let done = false
       while (!done) {
         const chunk = await reader.read()
@@ -40,10 +56,51 @@ describe("faults", () => {
       expect(error.error.message).toMatch(/shard 0 worker thread died/)
       expect(error.error.code).toBe("generation_error")
       await waitUntil(async () => (await Effect.runPromise(server.engine.stats)).restarts >= 1, 10_000)
+      await polling
+      unwatch()
+      expect(machine).toEqual(["ready", "crashed", "restarting", "ready"])
+      // Every state /ready showed is one the machine went through, in its order; `restarting` may be too short to see.
+      expect(reported[0]).toBe("crashed")
+      expect(reported[reported.length - 1]).toBe("ready")
+      expect(reported.filter((s) => s !== "restarting")).toEqual(["crashed", "ready"])
+      const after = await ready()
+      expect(after.status).toBe("ready")
+      expect(after.shards[0]).toMatchObject({ index: 0, state: "ready", restarts: 1, last_error: expect.stringMatching(/exit/) })
       const next = await post(`${server.url}/v1/completions`, { prompt: "Again", max_tokens: 8 })
       expect(next.status).toBe(200)
       expect(((await next.json()) as { usage: { completion_tokens: number } }).usage.completion_tokens).toBe(8)
       expect(await (await fetch(`${server.url}/metrics`)).text()).toMatch(/chorus:request_failure_total\{model_name="[^"]+",error_type="generation_error"\} 1/)
+    } finally {
+      await server.close()
+    }
+  })
+
+  it("a shard that keeps crashing stays down: /ready answers 503 with its state, new requests fail at once naming it", async () => {
+    const server = await startServer({
+      adapter: BenchAdapter,
+      adapterOptions: { stepDelayMs: 5 },
+      engine: { maxNumSeqs: 2, shardRestarts: { maxCrashes: 2, windowMs: 60_000, restartDelayMs: 10 } }
+    })
+    try {
+      const shard = server.engine.shards[0]!
+      await Effect.runPromise(shard.crash)
+      expect(shard.status().state).toBe("crashed")
+      await waitUntil(async () => shard.status().state === "ready", 5000)
+      const served = await post(`${server.url}/v1/completions`, { prompt: "x", max_tokens: 3 })
+      expect(served.status).toBe(200)
+      await Effect.runPromise(shard.crash)
+      expect(shard.status().state).toBe("failed")
+      const ready = await fetch(`${server.url}/ready`)
+      expect(ready.status).toBe(503)
+      expect(await ready.json()).toEqual({
+        status: "failed",
+        shards: [{ index: 0, state: "failed", restarts: 1, last_error: expect.stringMatching(/exit/) }]
+      })
+      const started = performance.now()
+      const refused = await post(`${server.url}/v1/completions`, { prompt: "x", max_tokens: 3 })
+      expect(performance.now() - started).toBeLessThan(1000)
+      expect(refused.status).toBe(500)
+      expect(await refused.json()).toMatchObject({ error: { code: "generation_error", message: expect.stringMatching(/^shard 0 has failed and stays down/) } })
     } finally {
       await server.close()
     }

@@ -1,15 +1,26 @@
 /**
  * A shard actor: a supervised fiber draining a bounded mailbox, and one piscina pool of exactly one worker thread
  * that owns the shard's ORT session and KV cache. Callers `step` by posting a message and awaiting its reply, so
- * the worker sees one step at a time in mailbox order. A worker that dies (crash, out of memory) fails the step
- * with a GenerationError; `restart` brings up a fresh thread with the same load so the engine can serve again.
+ * the worker sees one step at a time in mailbox order. The shard's lifecycle machine (`ShardLifecycle.ts`) decides
+ * what may run: messages are delivered only while it is `ready`; a worker thread that dies (crash, out of memory)
+ * fails its message with a GenerationError and tells the machine, which brings up a fresh thread with the same load
+ * after a backoff, or gives up after too many crashes.
  *
  * The pool is closed with `close()` (never `destroy()`): terminating a worker while ORT is inside `run` aborts the
  * whole process (stack-notes §3).
  */
-import { Deferred, Effect, Queue, Ref, Scope } from "effect"
+import { Deferred, Effect, FiberSet, Queue, Ref, Scope } from "effect"
 import { Piscina } from "piscina"
+import { fromPromise } from "xstate"
 import { GenerationError } from "../Errors.ts"
+import {
+  type RestartPolicy,
+  type ShardLifecycle,
+  shardLifecycleMachine,
+  type ShardState,
+  type ShardStatus,
+  startShardLifecycle
+} from "./ShardLifecycle.ts"
 import type { ShardLoad, ShardLoadResult, StepPlan, StepResult } from "./StepProtocol.ts"
 
 export interface ShardActor {
@@ -17,8 +28,12 @@ export interface ShardActor {
   readonly load: ShardLoad
   readonly step: (plan: StepPlan) => Effect.Effect<StepResult, GenerationError>
   readonly release: (rows: ReadonlyArray<number>) => Effect.Effect<void, GenerationError>
-  /** Replaces the worker thread with a fresh one and reloads the shard (its KV cache starts empty). */
-  readonly restart: Effect.Effect<ShardLoadResult, GenerationError>
+  /** The lifecycle machine's current status (what `/ready` reports). */
+  readonly status: () => ShardStatus
+  /** Calls `listener` with the current status and on every change of the lifecycle machine; returns the unsubscribe. */
+  readonly watch: (listener: (status: ShardStatus) => void) => () => void
+  /** Waits until the machine is `ready` or `failed` (a crashed worker is being brought back meanwhile). */
+  readonly settled: Effect.Effect<ShardState>
   /** The worker's thread ids, for fault-injection tests. */
   readonly threadIds: Effect.Effect<ReadonlyArray<number>>
   /** Fault injection: the worker thread dies between two steps (its module's `crash` export). */
@@ -32,10 +47,25 @@ interface Envelope {
   readonly reply: Deferred.Deferred<unknown, GenerationError>
 }
 
+const messageOf = (cause: unknown) => (cause instanceof Error ? cause.message : String(cause))
+
 const failure = (index: number, what: string) => (cause: unknown) =>
-  new GenerationError({
-    message: `shard ${index} ${what} failed: ${cause instanceof Error ? cause.message : String(cause)}`
-  })
+  new GenerationError({ message: `shard ${index} ${what} failed: ${messageOf(cause)}` })
+
+/** Why a message is not delivered, by the machine's state. */
+const refusal = (status: ShardStatus) => {
+  const why = status.lastError ?? "unknown"
+  switch (status.state) {
+    case "loading":
+      return `shard ${status.index} is still loading`
+    case "crashed":
+      return `shard ${status.index} worker thread died (${why})`
+    case "restarting":
+      return `shard ${status.index} is restarting after its worker thread died (${why})`
+    default:
+      return `shard ${status.index} has failed and stays down (${why})`
+  }
+}
 
 const openPool = (workerUrl: URL, index: number) =>
   new Piscina({
@@ -51,23 +81,55 @@ const openPool = (workerUrl: URL, index: number) =>
 export const makeShardActor = (
   index: number,
   workerUrl: URL,
-  load: ShardLoad
+  load: ShardLoad,
+  policy: RestartPolicy = {}
 ): Effect.Effect<ShardActor, GenerationError, Scope.Scope> =>
   Effect.gen(function*() {
-    const loadOn = (pool: Piscina) =>
-      Effect.tryPromise({ try: () => pool.run(load, { name: "load" }) as Promise<ShardLoadResult>, catch: failure(index, "load") })
-
     const pool = yield* Ref.make(openPool(workerUrl, index))
     yield* Effect.addFinalizer(() => Ref.get(pool).pipe(Effect.flatMap((p) => Effect.promise(() => p.close()))))
-    const loaded = yield* Ref.make(yield* loadOn(yield* Ref.get(pool)))
+    const loaded = yield* Ref.make<ShardLoadResult | undefined>(undefined)
 
-    // Set when the worker thread died: piscina replaces it with a fresh, unloaded thread, which must not be used
-    // as if it still held the model and the KV cache.
-    let died: string | undefined
-    const dead = (cause: unknown) => {
-      const text = cause instanceof Error ? cause.message : String(cause)
-      if (/exit|terminat/i.test(text)) died = text
+    /** The machine's `load`: the first load, or a fresh thread in place of a dead one (its KV cache starts empty). */
+    const bringUp = (restart: boolean) =>
+      Effect.gen(function*() {
+        if (restart) {
+          // piscina has already replaced the dead thread with an unloaded one; start over with a fresh pool.
+          const old = yield* Ref.get(pool)
+          yield* Effect.promise(() => old.close({ force: true }).catch(() => undefined))
+          yield* Ref.set(pool, openPool(workerUrl, index))
+        }
+        const p = yield* Ref.get(pool)
+        const result = yield* Effect.tryPromise({ try: () => p.run(load, { name: "load" }) as Promise<ShardLoadResult>, catch: failure(index, "load") })
+        yield* Ref.set(loaded, result)
+      })
+
+    // Loads run as fibers of this actor's scope, so closing the engine stops a restart under way.
+    const runPromise = yield* FiberSet.makeRuntimePromise<never, void, GenerationError>()
+    const lifecycle: ShardLifecycle = startShardLifecycle(
+      shardLifecycleMachine.provide({ actors: { load: fromPromise(({ input }) => runPromise(bringUp(input.restart))) } }),
+      { index, policy }
+    )
+    yield* Effect.addFinalizer(() => Effect.sync(() => lifecycle.stop()))
+
+    const settled = Effect.callback<ShardState>((resume) => {
+      let unsubscribe: (() => void) | undefined
+      let done = false
+      unsubscribe = lifecycle.watch((status) => {
+        if (done || (status.state !== "ready" && status.state !== "failed")) return
+        done = true
+        unsubscribe?.()
+        resume(Effect.succeed(status.state))
+      })
+      if (done) unsubscribe()
+      return Effect.sync(() => unsubscribe?.())
+    })
+
+    if ((yield* settled) === "failed") {
+      return yield* Effect.fail(new GenerationError({ message: lifecycle.status().lastError ?? `shard ${index} load failed` }))
     }
+
+    /** A task that failed because the thread itself exited (not an error thrown inside the worker). */
+    const threadExited = (cause: unknown) => /exit|terminat/i.test(messageOf(cause))
 
     // The mailbox: one fiber, scoped to the actor, delivers messages to the worker one at a time.
     const mailbox = yield* Queue.bounded<Envelope>(64)
@@ -75,13 +137,20 @@ export const makeShardActor = (
       Effect.forever(
         Effect.gen(function*() {
           const { name, task, reply } = yield* Queue.take(mailbox)
-          if (died !== undefined) {
-            yield* Deferred.fail(reply, new GenerationError({ message: `shard ${index} worker thread died (${died})` }))
+          const status = lifecycle.status()
+          if (status.state !== "ready") {
+            yield* Deferred.fail(reply, new GenerationError({ message: refusal(status) }))
             return
           }
           const p = yield* Ref.get(pool)
           const exit = yield* Effect.exit(
-            Effect.tryPromise({ try: () => p.run(task, { name }), catch: (cause) => (dead(cause), failure(index, name)(cause)) })
+            Effect.tryPromise({
+              try: () => p.run(task, { name }),
+              catch: (cause) => {
+                if (threadExited(cause)) lifecycle.lost(messageOf(cause))
+                return failure(index, name)(cause)
+              }
+            })
           )
           yield* Deferred.done(reply, exit)
         })
@@ -95,25 +164,17 @@ export const makeShardActor = (
         return (yield* Deferred.await(reply)) as A
       })
 
-    const restart = Effect.gen(function*() {
-      const old = yield* Ref.get(pool)
-      yield* Effect.promise(() => old.close({ force: true }).catch(() => undefined))
-      const fresh = openPool(workerUrl, index)
-      yield* Ref.set(pool, fresh)
-      const result = yield* loadOn(fresh)
-      died = undefined
-      yield* Ref.set(loaded, result)
-      return result
-    })
-
     return {
       index,
       load,
       step: (plan) => ask<StepResult>("step", plan),
       release: (rows) => ask<void>("release", rows),
-      restart,
+      status: lifecycle.status,
+      watch: lifecycle.watch,
+      settled,
       threadIds: Ref.get(pool).pipe(Effect.map((p) => p.threads.map((t) => t.threadId))),
       crash: Effect.ignore(ask<void>("crash", undefined)),
-      loaded: Ref.get(loaded)
+      // Set before the machine first enters `ready`, which the constructor waited for.
+      loaded: Ref.get(loaded).pipe(Effect.map((r) => r!))
     } satisfies ShardActor
   })

@@ -9,9 +9,13 @@
 import { Cause, Deferred, Effect, FiberMap, type Scope, Stream } from "effect"
 import { randomUUID } from "node:crypto"
 import type { EngineError } from "../../core/Engine.ts"
+import type { JobView } from "../../core/JobMachine.ts"
 import type { GenerationEvent } from "../../core/Request.ts"
 
-/** Internal states; `finished` is the reference's "result arrived, not yet handed out", shown as `done`. */
+/**
+ * A job's state in AIME's terms, read from the engine's job machine; `finished` is the reference's "result arrived,
+ * not yet handed out", shown as `done`.
+ */
 export type JobState = "queued" | "processing" | "finished" | "done" | "lapsed" | "canceled"
 
 /** The final result object (reference §2.10). */
@@ -54,8 +58,13 @@ export interface JobInfo {
 export interface Job {
   readonly id: string
   readonly info: JobInfo
+  /** From the job machine (`machine`), and whether the result was handed out. */
   readonly state: JobState
   readonly requestId: number | undefined
+  /** The engine's lifecycle machine of this job (from its `Queued` event). */
+  readonly machine: JobView | undefined
+  readonly outcome: JobOutcome | undefined
+  readonly handedOut: boolean
   readonly text: string
   readonly generated: number
   readonly promptLength: number
@@ -66,7 +75,30 @@ export interface Job {
   readonly endedAt: number | undefined
 }
 
-type MutableJob = { -readonly [K in keyof Job]: Job[K] }
+type MutableJob = { -readonly [K in Exclude<keyof Job, "state">]: Job[K] } & { readonly state: JobState }
+
+/** AIME's name for the machine's state; an ended job counts as `done` only once its result was handed out. */
+const stateOf = (job: MutableJob): JobState => {
+  if (job.machine === undefined) {
+    // A stream that ended before naming its machine (not one from the engine): its outcome is all there is.
+    const tag = job.outcome?._tag
+    return tag === undefined ? "queued" : tag === "Lapsed" ? "lapsed" : tag === "Canceled" ? "canceled" : job.handedOut ? "done" : "finished"
+  }
+  switch (job.machine.state()) {
+    case "queued":
+      return "queued"
+    case "prefilling":
+    case "decoding":
+      return "processing"
+    case "done":
+    case "failed":
+      return job.handedOut ? "done" : "finished"
+    case "expired":
+      return "lapsed"
+    case "cancelled":
+      return "canceled"
+  }
+}
 
 /** The engine facts a progress answer needs. */
 export interface EngineView {
@@ -104,8 +136,8 @@ export interface JobTable {
   /** Waits for the end of a job; a result counts as handed out. */
   readonly await: (id: string) => Effect.Effect<JobOutcome>
   /** The progress answer; the first poll after the end carries the result, later ones do not. */
-  readonly poll: (id: string, engine: EngineView | undefined) => PollAnswer | undefined
-  /** Stops a queued or running job (its generation stops); no effect on a job that already ended. */
+  readonly poll: (id: string, engine: EngineView | undefined) => Effect.Effect<PollAnswer | undefined>
+  /** Stops a queued or running job (its generation stops); the job machine refuses it once the job ended. */
   readonly cancel: (id: string) => Effect.Effect<JobState | undefined>
   readonly size: Effect.Effect<number>
 }
@@ -123,8 +155,8 @@ export const makeJobTable = (options: JobTableOptions): Effect.Effect<JobTable, 
     /** Smoothed seconds from first token to the end of a job, for queue estimates; undefined until one finished. */
     let meanCompute: number | undefined
 
-    const finish = (job: MutableJob, state: JobState, outcome: JobOutcome) => {
-      job.state = state
+    const finish = (job: MutableJob, outcome: JobOutcome) => {
+      job.outcome = outcome
       job.endedAt = now()
       if (outcome._tag === "Result") {
         results.set(job.id, outcome.result)
@@ -160,13 +192,14 @@ export const makeJobTable = (options: JobTableOptions): Effect.Effect<JobTable, 
       }
     }
 
-    const onEvent = (job: MutableJob, e: GenerationEvent): void => {
+    const onEvent = (job: MutableJob, e: GenerationEvent, known: Deferred.Deferred<void>): void => {
       switch (e._tag) {
         case "Queued":
           job.requestId = e.requestId
+          job.machine = e.job
+          Deferred.doneUnsafe(known, Effect.void)
           return
         case "Started":
-          job.state = "processing"
           job.promptLength = e.promptTokens
           job.startCompute = now()
           return
@@ -179,31 +212,39 @@ export const makeJobTable = (options: JobTableOptions): Effect.Effect<JobTable, 
           job.text += e.text
           job.generated = e.usage.completionTokens
           job.promptLength = e.usage.promptTokens
-          finish(job, "finished", { _tag: "Result", result: resultOf(job, e.finishReason, undefined) })
+          finish(job, { _tag: "Result", result: resultOf(job, e.finishReason, undefined) })
           return
       }
     }
 
-    const run = (job: MutableJob, events: Stream.Stream<GenerationEvent, EngineError>) =>
-      Stream.runForEach(events, (e) => Effect.sync(() => onEvent(job, e))).pipe(
+    const run = (job: MutableJob, events: Stream.Stream<GenerationEvent, EngineError>, known: Deferred.Deferred<void>) =>
+      Stream.runForEach(events, (e) => Effect.sync(() => onEvent(job, e, known))).pipe(
         Effect.catch((error: EngineError) =>
           Effect.sync(() => {
-            if (error._tag === "DeadlineExceeded") finish(job, "lapsed", { _tag: "Lapsed" })
+            if (error._tag === "DeadlineExceeded") finish(job, { _tag: "Lapsed" })
             // As in the reference, a failed generation is a result with an in-band error.
-            else finish(job, "finished", { _tag: "Result", result: resultOf(job, "error", error.message) })
+            else finish(job, { _tag: "Result", result: resultOf(job, "error", error.message) })
           })
         ),
         Effect.catchCause((cause) =>
           Cause.hasInterruptsOnly(cause)
             ? Effect.failCause(cause)
-            : Effect.sync(() => finish(job, "finished", { _tag: "Result", result: resultOf(job, "error", String(Cause.squash(cause))) }))
+            : Effect.sync(() => finish(job, { _tag: "Result", result: resultOf(job, "error", String(Cause.squash(cause))) }))
         ),
         Effect.onInterrupt(() =>
           Effect.sync(() => {
-            if (job.endedAt === undefined) finish(job, "canceled", { _tag: "Canceled" })
+            if (job.endedAt === undefined) finish(job, { _tag: "Canceled" })
           })
-        )
+        ),
+        Effect.ensuring(Deferred.succeed(known, undefined))
       )
+
+    /**
+     * The machine can reach its final state a moment before this table has read the last events (the result text);
+     * a poll or cancel that sees an ended machine waits for them, so it never reports an end without its result.
+     */
+    const settled = (job: MutableJob) =>
+      job.machine?.ended() === true && job.endedAt === undefined ? Deferred.await(ends.get(job.id)!).pipe(Effect.asVoid) : Effect.void
 
     const estimate = (job: MutableJob, position: number, engine: EngineView): number => {
       const t = now()
@@ -247,14 +288,38 @@ export const makeJobTable = (options: JobTableOptions): Effect.Effect<JobTable, 
     })
     yield* Effect.forkScoped(Effect.forever(Effect.sleep(Math.max(10, Math.min(5000, options.resultLifetimeMs / 2))).pipe(Effect.andThen(sweep))))
 
+    const answer = (job: MutableJob, engine: EngineView | undefined): PollAnswer => {
+      const id = job.id
+      switch (job.state) {
+        case "finished":
+          job.handedOut = true
+          return { state: "done", result: results.get(id) }
+        case "done":
+          return { state: "done", result: undefined }
+        case "queued":
+        case "processing": {
+          const progress = progressOf(job, engine)
+          return { state: progress.queue_position === 0 ? "processing" : "queued", progress }
+        }
+        case "lapsed":
+        case "canceled":
+          return { state: job.state, progress: progressOf(job, engine) }
+      }
+    }
+
     const table: JobTable = {
       start: (events, info) =>
         Effect.gen(function*() {
           const job: MutableJob = {
             id: `${randomUUID()}#${++counter}`,
             info,
-            state: "queued",
+            get state() {
+              return stateOf(job)
+            },
             requestId: undefined,
+            machine: undefined,
+            outcome: undefined,
+            handedOut: false,
             text: "",
             generated: 0,
             promptLength: 0,
@@ -265,7 +330,10 @@ export const makeJobTable = (options: JobTableOptions): Effect.Effect<JobTable, 
           }
           jobs.set(job.id, job)
           ends.set(job.id, yield* Deferred.make<JobOutcome>())
-          yield* FiberMap.run(fibers, job.id, run(job, events))
+          const known = yield* Deferred.make<void>()
+          yield* FiberMap.run(fibers, job.id, run(job, events, known))
+          // The engine names the job's machine in its first event, at once: from here on its state is the machine's.
+          yield* Deferred.await(known)
           return job
         }),
       get: (id) => jobs.get(id),
@@ -275,40 +343,30 @@ export const makeJobTable = (options: JobTableOptions): Effect.Effect<JobTable, 
           if (end === undefined) return { _tag: "Canceled" } as const
           const outcome = yield* Deferred.await(end)
           const job = jobs.get(id)
-          if (outcome._tag === "Result" && job !== undefined && job.state === "finished") job.state = "done"
+          if (outcome._tag === "Result" && job !== undefined) job.handedOut = true
           return outcome
         }),
-      poll: (id, engine) => {
-        const job = jobs.get(id)
-        if (job === undefined) return undefined
-        switch (job.state) {
-          case "finished":
-            job.state = "done"
-            return { state: "done", result: results.get(id) }
-          case "done":
-            return { state: "done", result: undefined }
-          case "queued":
-          case "processing": {
-            const progress = progressOf(job, engine)
-            return { state: progress.queue_position === 0 ? "processing" : "queued", progress }
-          }
-          case "lapsed":
-          case "canceled":
-            return { state: job.state, progress: progressOf(job, engine) }
-        }
-      },
+      poll: (id, engine) =>
+        Effect.gen(function*() {
+          const job = jobs.get(id)
+          if (job === undefined) return undefined
+          yield* settled(job)
+          return answer(job, engine)
+        }),
       cancel: (id) =>
         Effect.gen(function*() {
           const job = jobs.get(id)
           if (job === undefined) return undefined
-          if (job.endedAt === undefined) {
-            finish(job, "canceled", { _tag: "Canceled" })
-            // Interrupting the fiber closes the engine stream, which aborts the sequence before its next step.
+          if (job.machine === undefined ? job.endedAt === undefined : job.machine.cancellable()) {
+            // Interrupting the fiber closes the engine stream, whose end sends the machine CANCEL and aborts the
+            // sequence before its next step.
             yield* FiberMap.remove(fibers, id)
           }
+          yield* settled(job)
           return job.state
         }),
       size: Effect.sync(() => jobs.size)
     }
+
     return table
   })

@@ -164,7 +164,7 @@ export const AimeRoutes = (endpoint: string, options: AimeRoutesOptions = {}) =>
     const progress = Effect.gen(function*() {
       const job = yield* ownJob(yield* readParams)
       const view = yield* engineView
-      const answer = jobs.poll(job.id, view)
+      const answer = yield* jobs.poll(job.id, view)
       if (answer === undefined) {
         return yield* Effect.fail(new UnknownJob({ jobId: job.id, message: `Client has no active request with this job id ${job.id}` }))
       }

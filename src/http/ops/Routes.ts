@@ -1,6 +1,7 @@
 /**
  * Operations routes, open without an API key: `GET /health` (the process answers), `GET /ready` (the model is
- * loaded and requests are taken; 503 before and while draining), `GET /metrics` (Prometheus text).
+ * loaded and requests are taken; 503 before, while draining, and once a shard has failed for good; each shard's
+ * lifecycle state as its machine has it), `GET /metrics` (Prometheus text).
  */
 import { Effect } from "effect"
 import { HttpRouter, HttpServerResponse } from "effect/http"
@@ -14,8 +15,17 @@ export const OpsRoutes = HttpRouter.use(Effect.fn(function*(router) {
     "/ready",
     Effect.gen(function*() {
       const serving = yield* Serving
-      const status = yield* serving.status
-      return HttpServerResponse.jsonUnsafe({ status }, { status: status === "ready" ? 200 : 503 })
+      const served = yield* serving.status
+      const engine = yield* Effect.option(serving.loadedEngine)
+      // No shards to report while the model loads.
+      if (engine._tag === "None") return HttpServerResponse.jsonUnsafe({ status: served }, { status: served === "ready" ? 200 : 503 })
+      const shards = engine.value.shards.map((shard) => {
+        const { index, state, restarts, lastError } = shard.status()
+        return { index, state, restarts, ...(lastError === undefined ? {} : { last_error: lastError }) }
+      })
+      // A crashed shard is being brought back (requests wait for it); a failed one will not come back.
+      const status = served === "ready" && shards.some((s) => s.state === "failed") ? "failed" : served
+      return HttpServerResponse.jsonUnsafe({ status, shards }, { status: status === "ready" ? 200 : 503 })
     })
   )
   yield* router.add(

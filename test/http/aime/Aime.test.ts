@@ -3,6 +3,7 @@
 import { Effect, Stream } from "effect"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import { BenchAdapter } from "../../../src/adapters/bench/BenchAdapter.ts"
+import { startJob } from "../../../src/core/JobMachine.ts"
 import type { GenerationEvent } from "../../../src/core/Request.ts"
 import { makeJobTable } from "../../../src/http/aime/Jobs.ts"
 import { startServer, type TestServer } from "../../support/server.ts"
@@ -329,8 +330,11 @@ describe("AIME API (open server, short deadline, tiny queue)", () => {
 
 describe("AIME job table", () => {
   it("forgets an ended job after the result lifetime", async () => {
+    // The engine drives a job's machine as it runs; here the job has already ended when the table reads it.
+    const machine = startJob("1")
+    for (const type of ["ADMIT", "FIRST_TOKEN", "FINISH"] as const) machine.send({ type })
     const events: ReadonlyArray<GenerationEvent> = [
-      { _tag: "Queued", requestId: 1 },
+      { _tag: "Queued", requestId: 1, job: machine },
       { _tag: "Started", promptTokens: 3 },
       { _tag: "Token", tokenId: 1, text: "a" },
       { _tag: "Finished", finishReason: "stop", stopReason: "eos", text: "b", usage: { promptTokens: 3, completionTokens: 1 } }
@@ -341,9 +345,9 @@ describe("AIME job table", () => {
           const table = yield* makeJobTable({ epVersion: 3, resultLifetimeMs: 50, workerName: "w", workerVersion: "v" })
           const job = yield* table.start(Stream.fromIterable(events), { owner: undefined, maxTokens: 5, modelName: "m", maxSeqLen: 10 })
           const outcome = yield* table.await(job.id)
-          const right = table.poll(job.id, undefined)
+          const right = yield* table.poll(job.id, undefined)
           yield* Effect.sleep("300 millis")
-          return { outcome, right, after: table.poll(job.id, undefined), size: yield* table.size }
+          return { outcome, right, after: yield* table.poll(job.id, undefined), size: yield* table.size }
         })
       )
     )
