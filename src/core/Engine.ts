@@ -52,6 +52,11 @@ export interface EngineOptions {
   readonly maxQueue?: number
   /** Default per-request deadline in milliseconds (requests may ask for less). Default: none. */
   readonly timeoutMs?: number
+  /**
+   * Special-token strings in prompts and messages (`<|eot_id|>`) become special tokens, as a trusted caller may
+   * want. Default false: they are encoded as text, and only the chat format writes control tokens.
+   */
+  readonly allowSpecialTokens?: boolean
   readonly observer?: EngineObserver
 }
 
@@ -92,7 +97,7 @@ export class Engine extends Context.Service<Engine, {
   static readonly layerFor = (model: LoadedModel, options: EngineOptions = {}): Layer.Layer<Engine, GenerationError> =>
     Layer.effect(Engine, makeEngine(model, options))
 
-  /** Loads a model through an adapter, then runs the engine over it. */
+  /** Loads a model through an adapter, then runs the engine over it; the model's resources share the layer's scope. */
   static readonly layer = <Options>(
     adapter: ModelAdapter<Options>,
     adapterOptions: Options,
@@ -343,6 +348,7 @@ const makeEngine = (model: LoadedModel, options: EngineOptions) =>
     yield* Effect.forkScoped(Effect.forever(iteration))
 
     const defaultTimeout = options.timeoutMs ?? Number.POSITIVE_INFINITY
+    const promptOptions = { allowSpecialTokens: options.allowSpecialTokens ?? false }
 
     const submit = (request: GenerateRequest): Effect.Effect<Stream.Stream<GenerationEvent, EngineError>, EngineError> =>
         Effect.gen(function*() {
@@ -351,7 +357,7 @@ const makeEngine = (model: LoadedModel, options: EngineOptions) =>
             observer.failed("overloaded")
             return yield* Effect.fail(new Overloaded({ maxQueue, message: `the queue is full (${maxQueue} requests waiting); retry later` }))
           }
-          const validated = yield* validateRequest(request, sized).pipe(Effect.tapError((e) => Effect.sync(() => observer.failed(e.errorType))))
+          const validated = yield* validateRequest(request, sized, promptOptions).pipe(Effect.tapError((e) => Effect.sync(() => observer.failed(e.errorType))))
           return Stream.callback<GenerationEvent, EngineError>((queue) =>
             Effect.gen(function*() {
               const arrivedAt = performance.now()

@@ -19,7 +19,15 @@ export interface ChatFormatOptions {
   readonly now?: Date
 }
 
+/** What rendering a chat template needs of a tokenizer. */
+export type TemplateTokenizer =
+  & Pick<Llama3Tokenizer, "bosToken" | "eosToken" | "chatTemplate">
+  & Partial<Pick<Llama3Tokenizer, "files">>
+
 export type ChatFormatter = (messages: ReadonlyArray<ChatMessage>) => number[]
+
+/** A chat as prompt text, special tokens spelled out. */
+export type ChatRenderer = (messages: ReadonlyArray<ChatMessage>) => string
 
 const HEADER = (role: string): string => `<|start_header_id|>${role}<|end_header_id|>\n\n`
 
@@ -104,7 +112,7 @@ const range = (start: number, stop?: number, step = 1): number[] => {
 const renderTemplate = (
   template: Template,
   messages: ReadonlyArray<ChatMessage>,
-  tokenizer: PromptTokenizer,
+  tokenizer: TemplateTokenizer,
   options: ChatFormatOptions | undefined
 ): string => {
   const now = options?.now ?? new Date()
@@ -162,17 +170,17 @@ export const formatChat = (
  * Compiles the checkpoint's chat template once and checks it renders a small chat, so a broken template is a
  * CheckpointError at load time rather than a failure on the first request.
  */
-export const makeChatFormatter = (
-  tokenizer: PromptTokenizer,
+export const makeChatRenderer = (
+  tokenizer: TemplateTokenizer,
   options?: ChatFormatOptions
-): Effect.Effect<ChatFormatter, CheckpointError> =>
+): Effect.Effect<ChatRenderer, CheckpointError> =>
   Effect.try({
-    try: (): ChatFormatter => {
+    try: (): ChatRenderer => {
       const source = tokenizer.chatTemplate
-      if (source === undefined) return (messages) => encodePrompt(llama3ChatText(messages, tokenizer.bosToken), tokenizer)
+      if (source === undefined) return (messages) => llama3ChatText(messages, tokenizer.bosToken)
       const template = new Template(source)
       renderTemplate(template, [{ role: "system", content: "s" }, { role: "user", content: "u" }], tokenizer, options)
-      return (messages) => encodePrompt(renderTemplate(template, messages, tokenizer, options), tokenizer)
+      return (messages) => renderTemplate(template, messages, tokenizer, options)
     },
     catch: (e) => {
       const file = tokenizer.files?.tokenizerConfig ?? "tokenizer_config.json"
@@ -183,6 +191,13 @@ export const makeChatFormatter = (
       })
     }
   })
+
+/** `makeChatRenderer` followed by the tokenizer's own encode (special tokens written anywhere are parsed). */
+export const makeChatFormatter = (
+  tokenizer: PromptTokenizer,
+  options?: ChatFormatOptions
+): Effect.Effect<ChatFormatter, CheckpointError> =>
+  Effect.map(makeChatRenderer(tokenizer, options), (render) => (messages) => encodePrompt(render(messages), tokenizer))
 
 /** The prompt token ids of a plain completion: BOS then the text (no second BOS if the text starts with one). */
 export const formatCompletion = (text: string, tokenizer: PromptTokenizer): number[] =>
