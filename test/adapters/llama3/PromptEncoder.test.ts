@@ -103,4 +103,15 @@ describe("the prompt pool", () => {
     // The timer kept firing through the whole tokenization (at least half its nominal rate).
     expect(ticks).toBeGreaterThanOrEqual(Math.floor(elapsed / 20))
   }, 60_000)
+
+  it("a caller that goes away stops its tokenization, and the pool serves the next prompt", async () => {
+    const started = performance.now()
+    const exit = await Effect.runPromiseExit(
+      pool.formatCompletion("x".repeat(2_000_000), { allowSpecialTokens: false }).pipe(Effect.timeout("100 millis"))
+    )
+    expect(exit._tag).toBe("Failure")
+    expect(performance.now() - started).toBeLessThan(2000)
+    const ids = await Effect.runPromise(pool.formatCompletion("Hello world", { allowSpecialTokens: false }))
+    expect(ids).toEqual([BOS, 9906, 1917])
+  }, 60_000)
 })
