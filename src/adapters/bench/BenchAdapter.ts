@@ -56,9 +56,10 @@ export const BenchAdapter: ModelAdapter<BenchOptions> = {
   load: (options) =>
     Effect.gen(function*() {
       const { contextLength, stepDelayMs, shards } = yield* checkOptions(options)
-      const tokenizer = yield* loadTokenizer(undefined)
       // The real prompt path (worker threads), so that the bench measures what serving costs.
       const prompts = yield* makePromptPool(undefined)
+      const tokenizer = yield* loadTokenizer(undefined)
+      yield* prompts.ready
       const specs = planShards(NUM_LAYERS, shards).map(([l0, l1]): ShardSpec => {
         // The worker reads its share of the step time from the extra field; the engine passes specs through whole.
         const spec: Omit<BenchShardLoad, "maxSeqs" | "maxLen" | "threads" | "device"> = {

