@@ -16,10 +16,11 @@ const plainChat: ModelAdapter<Llama3Options> = {
     Effect.map(Llama3Adapter.load(options), (model) => ({
       ...model,
       id: `${model.id}-plain`,
-      formatChat: (messages) =>
+      formatChat: (messages, promptOptions) =>
         model.formatCompletion(
           messages.map((m) => `### ${m.role === "assistant" ? "Assistant" : m.role === "system" ? "System" : "User"}\n${m.content}\n`).join("") +
-            "### Assistant\n"
+            "### Assistant\n",
+          promptOptions
         )
     }))
 }

@@ -4,7 +4,7 @@
  *
  *   node tools/bench-model.ts [--model DIR] [--batches 1,4,16] [--prompt-len 128] [--gen-len 128] [--repeat 3] [--json FILE] [--chart FILE.svg]
  */
-import { Effect, Layer, ManagedRuntime, Stream } from "effect"
+import { Effect, Layer, ManagedRuntime, Scope, Stream } from "effect"
 import * as fs from "node:fs"
 import * as os from "node:os"
 import { Llama3Adapter } from "../src/adapters/llama3/Llama3Adapter.ts"
@@ -46,7 +46,9 @@ const main = async () => {
   const device = parseDevice(flags.device ?? "cpu")
   if (device === undefined) throw new Error(`--device must be cpu, cuda or cuda:N, got '${flags.device}'`)
   const dtype = flags.dtype === "float16" ? "float16" : "float32"
-  const model = await Effect.runPromise(Llama3Adapter.load({ modelDir: flags.model, dtype }))
+  // The model's prompt workers live as long as this process: its scope is never closed.
+  const modelScope = Effect.runSync(Scope.make())
+  const model = await Effect.runPromise(Llama3Adapter.load({ modelDir: flags.model, dtype }).pipe(Scope.provide(modelScope)))
   const rows: Array<Record<string, number>> = []
   for (const batch of batches) {
     const runtime = ManagedRuntime.make(Layer.fresh(Engine.layerFor(model, { maxNumSeqs: batch, maxNumBatchedTokens: promptLen, device, nativeRuntime: flags.native === true })))

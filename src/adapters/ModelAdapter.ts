@@ -6,8 +6,8 @@
  *
  * @since 0.1.0
  */
-import type { Effect } from "effect"
-import type { CheckpointError, ConversionError, ModelConfigError } from "../core/Errors.ts"
+import type { Effect, Scope } from "effect"
+import type { CheckpointError, ConversionError, GenerationError, ModelConfigError, ValidationError } from "../core/Errors.ts"
 import type { ShardLoad } from "../core/shard/StepProtocol.ts"
 import type { ChatMessage } from "../core/text/ChatMessage.ts"
 
@@ -20,6 +20,20 @@ export interface TextCodec {
    * no text. Without it, streaming re-decodes a small window of tokens per step.
    */
   readonly tokenBytes?: ((id: number) => Uint8Array | undefined) | undefined
+}
+
+/**
+ * How the engine asks for a prompt.
+ *
+ * @category models
+ */
+export interface PromptOptions {
+  /**
+   * Special-token strings in the caller's text (`<|eot_id|>`) become the special tokens. Off (the default of the
+   * engine): they are encoded as ordinary text, so only the chat format itself writes control tokens and a message
+   * cannot end its turn or forge another one. On for trusted callers only.
+   */
+  readonly allowSpecialTokens: boolean
 }
 
 /**
@@ -43,10 +57,22 @@ export interface LoadedModel {
   /** Token ids that end a generation (end of turn, end of text). */
   readonly stopTokenIds: ReadonlyArray<number>
   readonly codec: TextCodec
-  /** Prompt token ids of a chat, in the model's own chat format. */
-  readonly formatChat: (messages: ReadonlyArray<ChatMessage>) => ReadonlyArray<number>
-  /** Prompt token ids of a plain completion prompt. */
-  readonly formatCompletion: (text: string) => ReadonlyArray<number>
+  /**
+   * Prompt token ids of a chat, in the model's own chat format. Prompts may be megabytes long: run the work off the
+   * event loop (the Llama 3 adapter uses a worker pool). Fails with a ValidationError when the format refuses the
+   * messages.
+   */
+  readonly formatChat: (
+    messages: ReadonlyArray<ChatMessage>,
+    options: PromptOptions
+  ) => Effect.Effect<ReadonlyArray<number>, ValidationError | GenerationError>
+  /** Prompt token ids of a plain completion prompt; off the event loop like `formatChat`. */
+  readonly formatCompletion: (text: string, options: PromptOptions) => Effect.Effect<ReadonlyArray<number>, GenerationError>
+  /**
+   * The most UTF-8 bytes of text one prompt token can stand for (byte-level BPE: the longest vocabulary entry).
+   * When given, the engine refuses a prompt whose bytes cannot fit the context before any tokenizer runs.
+   */
+  readonly maxTokenBytes?: number | undefined
   /** Consecutive layer ranges, first to last; logits and sampling live in the last. */
   readonly shards: ReadonlyArray<ShardSpec>
   /** The runtime factory: the worker module that implements `load` / `step` / `release` of `StepProtocol.ts`. */
@@ -56,11 +82,14 @@ export interface LoadedModel {
 }
 
 /**
- * A model family. `load` resolves a checkpoint (converting it when needed) into a `LoadedModel`.
+ * A model family. `load` resolves a checkpoint (converting it when needed) into a `LoadedModel`. Resources the model
+ * needs (worker threads for prompts) live in the scope `load` runs in.
  *
  * @category models
  */
 export interface ModelAdapter<Options> {
   readonly name: string
-  readonly load: (options: Options) => Effect.Effect<LoadedModel, CheckpointError | ModelConfigError | ConversionError>
+  readonly load: (
+    options: Options
+  ) => Effect.Effect<LoadedModel, CheckpointError | ModelConfigError | ConversionError, Scope.Scope>
 }

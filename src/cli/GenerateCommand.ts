@@ -98,4 +98,4 @@ export const runGenerate = (flags: ParsedFlags<typeof generateFlags>) =>
         process.stdout.write(`${JSON.stringify(out)}\n`)
       }
     }).pipe(Effect.provide(Engine.layerFor(model, { ...options.engine, maxNumSeqs: options.engine.maxNumSeqs ?? 1 })))
-  })
+  }).pipe(Effect.scoped)

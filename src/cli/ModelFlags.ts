@@ -17,6 +17,10 @@ export const modelFlags = {
   "context-length": { kind: "integer", description: "tokens per sequence (default: the model's, at most 8192)" },
   device: { kind: "string", description: "cpu (default) | cuda | cuda:N (needs npm run build:native and the CUDA EP)" },
   "cuda-graphs": { kind: "boolean", description: "with --device cuda: replay greedy decode steps from a captured CUDA graph" },
+  "allow-special-tokens": {
+    kind: "boolean",
+    description: "parse special tokens (<|eot_id|>) written in prompts and messages; default: they are plain text"
+  },
   "cuda-option": {
     kind: "string",
     repeatable: true,
@@ -66,7 +70,8 @@ export const resolveModelFlags = (flags: ParsedFlags<typeof modelFlags>) =>
     const engine: EngineOptions = {
       device,
       ...(flags["max-batch"] === undefined ? {} : { maxNumSeqs: flags["max-batch"] }),
-      ...(flags["context-length"] === undefined ? {} : { contextLength: flags["context-length"] })
+      ...(flags["context-length"] === undefined ? {} : { contextLength: flags["context-length"] }),
+      ...(flags["allow-special-tokens"] === true ? { allowSpecialTokens: true } : {})
     }
     return { adapter, engine, done: () => bar.done() }
   })

@@ -54,6 +54,11 @@ export interface EngineOptions {
   readonly timeoutMs?: number
   /** When a shard whose worker died is brought back, and after how many crashes it stays down. */
   readonly shardRestarts?: RestartPolicy
+  /**
+   * Special-token strings in prompts and messages (`<|eot_id|>`) become special tokens, as a trusted caller may
+   * want. Default false: they are encoded as text, and only the chat format writes control tokens.
+   */
+  readonly allowSpecialTokens?: boolean
   readonly observer?: EngineObserver
 }
 
@@ -99,7 +104,7 @@ export class Engine extends Context.Service<Engine, {
   static readonly layerFor = (model: LoadedModel, options: EngineOptions = {}): Layer.Layer<Engine, GenerationError> =>
     Layer.effect(Engine, makeEngine(model, options))
 
-  /** Loads a model through an adapter, then runs the engine over it. */
+  /** Loads a model through an adapter, then runs the engine over it; the model's resources share the layer's scope. */
   static readonly layer = <Options>(
     adapter: ModelAdapter<Options>,
     adapterOptions: Options,
@@ -381,6 +386,7 @@ const makeEngine = (model: LoadedModel, options: EngineOptions) =>
     yield* Effect.forkScoped(Effect.forever(iteration))
 
     const defaultTimeout = options.timeoutMs ?? Number.POSITIVE_INFINITY
+    const promptOptions = { allowSpecialTokens: options.allowSpecialTokens ?? false }
 
     const submit = (request: GenerateRequest): Effect.Effect<Stream.Stream<GenerationEvent, EngineError>, EngineError> =>
         Effect.gen(function*() {
@@ -394,7 +400,7 @@ const makeEngine = (model: LoadedModel, options: EngineOptions) =>
             observer.failed("overloaded")
             return yield* Effect.fail(new Overloaded({ maxQueue, message: `the queue is full (${maxQueue} requests waiting); retry later` }))
           }
-          const validated = yield* validateRequest(request, sized).pipe(Effect.tapError((e) => Effect.sync(() => observer.failed(e.errorType))))
+          const validated = yield* validateRequest(request, sized, promptOptions).pipe(Effect.tapError((e) => Effect.sync(() => observer.failed(e.errorType))))
           return Stream.callback<GenerationEvent, EngineError>((queue) =>
             Effect.gen(function*() {
               const arrivedAt = performance.now()

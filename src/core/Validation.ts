@@ -3,11 +3,13 @@
  * tokenized and fitted to the context. Messages name the field, the limit and the value given.
  */
 import { Effect } from "effect"
-import type { LoadedModel } from "../adapters/ModelAdapter.ts"
-import { ContextLengthError, ValidationError } from "./Errors.ts"
+import type { LoadedModel, PromptOptions } from "../adapters/ModelAdapter.ts"
+import { ContextLengthError, type GenerationError, ValidationError } from "./Errors.ts"
 import type { GenerateRequest, ValidatedRequest } from "./Request.ts"
 import type { SamplingParams } from "./sampling/SamplingParams.ts"
-import { fitChat } from "./text/ChatTruncation.ts"
+import type { ChatMessage } from "./text/ChatMessage.ts"
+import { droppableMessages, dropOldest, fitChat } from "./text/ChatTruncation.ts"
+import { chatDropsForBound, leastTextTokens } from "./text/PromptBound.ts"
 
 /** Engine-level defaults; protocol layers pass their own (OpenAI: temperature 1, AIME: its documented values). */
 export const defaultSampling: Omit<SamplingParams, "seed"> = {
@@ -48,10 +50,55 @@ export const resolveSampling = (given: Partial<SamplingParams> | undefined): Eff
     return p
   })
 
+const tooLong = (least: number, bytes: number, maxTokenBytes: number, budget: number, context: number) =>
+  Effect.fail(
+    new ContextLengthError({
+      promptTokens: least,
+      contextLength: context,
+      message: `the prompt has ${bytes} bytes of text, at least ${least} tokens (a token covers at most ` +
+        `${maxTokenBytes} bytes), but the context holds ${context} tokens` +
+        (budget === context - 1 ? " (prompt + at least 1 generated token)" : ` and the prompt may use ${budget}`)
+    })
+  )
+
+/**
+ * The chat's prompt ids, the oldest messages dropped as needed. With the model's bytes-per-token bound, messages
+ * that cannot fit go before any tokenizer runs, so a huge history costs no tokenization.
+ */
+const chatPrompt = (
+  messages: ReadonlyArray<ChatMessage>,
+  budget: number,
+  context: number,
+  model: LoadedModel,
+  options: PromptOptions
+) =>
+  Effect.gen(function*() {
+    let candidates = messages
+    const bound = model.maxTokenBytes
+    if (bound !== undefined) {
+      const { drop, least } = chatDropsForBound(messages, droppableMessages(messages), budget, bound)
+      if (least.tokens > budget) return yield* tooLong(least.tokens, least.bytes, bound, budget, context)
+      if (drop > 0) candidates = dropOldest(messages, drop)
+    }
+    // fitChat counts the whole chat first; when it fits, those ids are the prompt (no second tokenization).
+    let last: { readonly messages: ReadonlyArray<ChatMessage>; readonly ids: ReadonlyArray<number> } | undefined
+    const count = (m: ReadonlyArray<ChatMessage>) =>
+      Effect.map(model.formatChat(m, options), (ids) => {
+        last = { messages: m, ids }
+        return ids.length
+      })
+    const fitted = yield* fitChat(candidates, budget, count)
+    const same = last !== undefined && last.messages.length === fitted.length &&
+      last.messages.every((m, i) => m === fitted[i])
+    const ids = same ? last!.ids : yield* model.formatChat(fitted, options)
+    return { ids, truncatedMessages: messages.length - fitted.length }
+  })
+
 export const validateRequest = (
   request: GenerateRequest,
-  model: LoadedModel
-): Effect.Effect<ValidatedRequest, ValidationError | ContextLengthError> =>
+  model: LoadedModel,
+  promptOptions: PromptOptions = { allowSpecialTokens: false }
+): Effect.Effect<ValidatedRequest, ValidationError | ContextLengthError | GenerationError> =>
   Effect.gen(function*() {
     const context = model.contextLength
     if (request.maxTokens !== undefined) {
@@ -72,14 +119,20 @@ export const validateRequest = (
         if (input.messages.length === 0) return yield* invalid("messages", "messages must hold at least one message")
         // Keep room for at least the requested answer (or one token) after the prompt.
         const budget = context - Math.min(request.maxTokens ?? 1, context - 1)
-        const fitted = yield* fitChat(input.messages, budget, (m) => model.formatChat(m).length)
-        truncatedMessages = input.messages.length - fitted.length
-        prompt = model.formatChat(fitted)
+        const chat = yield* chatPrompt(input.messages, budget, context, model, promptOptions)
+        truncatedMessages = chat.truncatedMessages
+        prompt = chat.ids
         break
       }
-      case "text":
-        prompt = model.formatCompletion(input.text)
+      case "text": {
+        const bound = model.maxTokenBytes
+        if (bound !== undefined) {
+          const least = leastTextTokens(input.text, bound)
+          if (least.tokens >= context) return yield* tooLong(least.tokens, least.bytes, bound, context - 1, context)
+        }
+        prompt = yield* model.formatCompletion(input.text, promptOptions)
         break
+      }
       case "tokens": {
         if (input.tokenIds.length === 0) return yield* invalid("prompt", "the prompt must hold at least one token")
         const bad = input.tokenIds.find((t) => !Number.isInteger(t) || t < 0 || t >= model.vocabSize)

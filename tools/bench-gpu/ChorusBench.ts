@@ -10,7 +10,7 @@
  * - time to first token: a PROMPT_LEN prompt alone, submit to first token event, median.
  * One engine per concurrency (maxNumSeqs = B) over a model loaded once.
  */
-import { Effect, Layer, ManagedRuntime, Stream } from "effect"
+import { Effect, Layer, ManagedRuntime, Scope, Stream } from "effect"
 import { Llama3Adapter } from "../../src/adapters/llama3/Llama3Adapter.ts"
 import type { LoadedModel } from "../../src/adapters/ModelAdapter.ts"
 import { Engine } from "../../src/core/Engine.ts"
@@ -113,6 +113,8 @@ const message = (e: unknown): string => (e instanceof Error ? e.message : String
 export const runChorusBench = async (o: ChorusBenchOptions): Promise<ChorusResults> => {
   const t0 = performance.now()
   let lastPercent = -1
+  // The model's prompt workers live as long as this process: its scope is never closed.
+  const modelScope = Effect.runSync(Scope.make())
   const model: LoadedModel = await Effect.runPromise(Llama3Adapter.load({
     modelDir: o.modelDir,
     dtype: o.dtype,
@@ -124,7 +126,7 @@ export const runChorusBench = async (o: ChorusBenchOptions): Promise<ChorusResul
       if (percent !== lastPercent) o.log(`converting: ${percent}% of ${(p.bytesTotal / 1e9).toFixed(2)} GB`)
       lastPercent = percent
     }
-  }))
+  }).pipe(Scope.provide(modelScope)))
   const device = o.device.kind === "cpu" ? "cpu" : `cuda:${o.device.id}`
   let results: ChorusResults = { device, model: model.id, dtype: o.dtype, loadSeconds: (performance.now() - t0) / 1000, batches: [] }
   o.log(`loaded ${model.id} (${o.dtype}) in ${results.loadSeconds.toFixed(1)} s`)

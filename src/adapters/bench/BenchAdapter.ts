@@ -9,7 +9,7 @@
 import { Effect } from "effect"
 import { ModelConfigError } from "../../core/Errors.ts"
 import { planShards } from "../llama3/Converter.ts"
-import { formatCompletion, makeChatFormatter } from "../llama3/PromptFormat.ts"
+import { makePromptPool } from "../llama3/PromptPool.ts"
 import { loadTokenizer } from "../llama3/Tokenizer.ts"
 import type { LoadedModel, ModelAdapter, ShardSpec } from "../ModelAdapter.ts"
 import type { BenchShardLoad } from "./BenchWorker.ts"
@@ -56,8 +56,10 @@ export const BenchAdapter: ModelAdapter<BenchOptions> = {
   load: (options) =>
     Effect.gen(function*() {
       const { contextLength, stepDelayMs, shards } = yield* checkOptions(options)
+      // The real prompt path (worker threads), so that the bench measures what serving costs.
+      const prompts = yield* makePromptPool(undefined)
       const tokenizer = yield* loadTokenizer(undefined)
-      const formatChat = yield* makeChatFormatter(tokenizer)
+      yield* prompts.ready
       const specs = planShards(NUM_LAYERS, shards).map(([l0, l1]): ShardSpec => {
         // The worker reads its share of the step time from the extra field; the engine passes specs through whole.
         const spec: Omit<BenchShardLoad, "maxSeqs" | "maxLen" | "threads" | "device"> = {
@@ -80,8 +82,9 @@ export const BenchAdapter: ModelAdapter<BenchOptions> = {
         vocabSize: VOCAB_SIZE,
         stopTokenIds: tokenizer.eotTokenIds,
         codec: tokenizer,
-        formatChat,
-        formatCompletion: (text) => formatCompletion(text, tokenizer),
+        formatChat: prompts.formatChat,
+        formatCompletion: prompts.formatCompletion,
+        maxTokenBytes: tokenizer.maxTokenBytes,
         shards: specs,
         workerUrl
       }

@@ -11,7 +11,8 @@ import type { LoadedModel, ModelAdapter } from "../ModelAdapter.ts"
 import { convertCheckpoint, type ConvertProgress } from "./Converter.ts"
 import { ensureDefaultModel } from "./DefaultModel.ts"
 import type { AttentionLayout } from "./GraphBuilder.ts"
-import { formatCompletion, makeChatFormatter } from "./PromptFormat.ts"
+import { makeChatRenderer } from "./PromptFormat.ts"
+import { makePromptPool } from "./PromptPool.ts"
 import { loadTokenizer } from "./Tokenizer.ts"
 
 /** @category models */
@@ -30,6 +31,8 @@ export interface Llama3Options {
    * whose KV cache is bound in place and which runs fewer, larger kernels.
    */
   readonly attention?: AttentionLayout | undefined
+  /** Threads that render and tokenize prompts off the event loop; default: one per four cores, 1 to 4. */
+  readonly promptThreads?: number | undefined
 }
 
 const workerUrl = new URL("../../core/shard/ShardWorker.ts", import.meta.url)
@@ -50,8 +53,11 @@ export const Llama3Adapter: ModelAdapter<Llama3Options> = {
         ...(options.onProgress === undefined ? {} : { onProgress: options.onProgress })
       })
       const config = converted.manifest.config
+      const prompts = yield* makePromptPool(modelDir, options.promptThreads)
       const tokenizer = yield* loadTokenizer(modelDir)
-      const formatChat = yield* makeChatFormatter(tokenizer)
+      // A broken chat template fails the load here, in the caller's thread, with the file named.
+      yield* makeChatRenderer(tokenizer)
+      yield* prompts.ready
       const stopTokenIds = [...new Set([...config.eosTokenIds, ...tokenizer.eotTokenIds])].filter((id) => id < config.vocabSize)
       const model: LoadedModel = {
         id: options.modelDir === undefined ? "chorus-default-llama3" : path.basename(modelDir),
@@ -59,8 +65,9 @@ export const Llama3Adapter: ModelAdapter<Llama3Options> = {
         vocabSize: config.vocabSize,
         stopTokenIds,
         codec: tokenizer,
-        formatChat,
-        formatCompletion: (text) => formatCompletion(text, tokenizer),
+        formatChat: prompts.formatChat,
+        formatCompletion: prompts.formatCompletion,
+        maxTokenBytes: tokenizer.maxTokenBytes,
         workerUrl,
         deviceWorkerUrl,
         shards: converted.manifest.shards.map((shard) => ({

@@ -7,19 +7,21 @@ import { Environment, Interpreter, Template } from "@huggingface/jinja"
 import { Effect } from "effect"
 import { CheckpointError } from "../../core/Errors.ts"
 import type { ChatMessage } from "../../core/text/ChatMessage.ts"
-import type { Llama3Tokenizer } from "./Tokenizer.ts"
-
-/** What prompt formatting needs of a tokenizer. */
-export type PromptTokenizer =
-  & Pick<Llama3Tokenizer, "encode" | "bosToken" | "bosTokenId" | "eosToken" | "chatTemplate">
-  & Partial<Pick<Llama3Tokenizer, "files">>
+import { makePromptEncoder, type PromptEncodeOptions } from "./PromptEncoder.ts"
+import { chatSettings, type Llama3Tokenizer, type TokenizerFiles } from "./Tokenizer.ts"
 
 export interface ChatFormatOptions {
   /** The clock for templates that print today's date (Llama 3.1+); defaults to now. */
   readonly now?: Date
 }
 
-export type ChatFormatter = (messages: ReadonlyArray<ChatMessage>) => number[]
+/** What rendering a chat template needs of a tokenizer. */
+export type TemplateTokenizer =
+  & Pick<Llama3Tokenizer, "bosToken" | "eosToken" | "chatTemplate">
+  & Partial<Pick<Llama3Tokenizer, "files">>
+
+/** A chat as prompt text, special tokens spelled out. */
+export type ChatRenderer = (messages: ReadonlyArray<ChatMessage>) => string
 
 const HEADER = (role: string): string => `<|start_header_id|>${role}<|end_header_id|>\n\n`
 
@@ -104,7 +106,7 @@ const range = (start: number, stop?: number, step = 1): number[] => {
 const renderTemplate = (
   template: Template,
   messages: ReadonlyArray<ChatMessage>,
-  tokenizer: PromptTokenizer,
+  tokenizer: TemplateTokenizer,
   options: ChatFormatOptions | undefined
 ): string => {
   const now = options?.now ?? new Date()
@@ -137,42 +139,28 @@ const renderTemplate = (
 /** The chat prompt as text, specials spelled out. Throws when the checkpoint's template raises an exception. */
 export const renderChat = (
   messages: ReadonlyArray<ChatMessage>,
-  tokenizer: PromptTokenizer,
+  tokenizer: TemplateTokenizer,
   options?: ChatFormatOptions
 ): string =>
   tokenizer.chatTemplate === undefined
     ? llama3ChatText(messages, tokenizer.bosToken)
     : renderTemplate(new Template(tokenizer.chatTemplate), messages, tokenizer, options)
 
-/** Chat prompt text to ids: specials in the text become special tokens, and BOS is added only if missing. */
-const encodePrompt = (text: string, tokenizer: PromptTokenizer): number[] =>
-  tokenizer.encode(text, { addSpecialTokens: true })
-
-/**
- * The prompt token ids of a chat, ending with the assistant header. Compiles the template on each call; use
- * `makeChatFormatter` on a hot path. Throws when the checkpoint's template raises an exception.
- */
-export const formatChat = (
-  messages: ReadonlyArray<ChatMessage>,
-  tokenizer: PromptTokenizer,
-  options?: ChatFormatOptions
-): number[] => encodePrompt(renderChat(messages, tokenizer, options), tokenizer)
-
 /**
  * Compiles the checkpoint's chat template once and checks it renders a small chat, so a broken template is a
  * CheckpointError at load time rather than a failure on the first request.
  */
-export const makeChatFormatter = (
-  tokenizer: PromptTokenizer,
+export const makeChatRenderer = (
+  tokenizer: TemplateTokenizer,
   options?: ChatFormatOptions
-): Effect.Effect<ChatFormatter, CheckpointError> =>
+): Effect.Effect<ChatRenderer, CheckpointError> =>
   Effect.try({
-    try: (): ChatFormatter => {
+    try: (): ChatRenderer => {
       const source = tokenizer.chatTemplate
-      if (source === undefined) return (messages) => encodePrompt(llama3ChatText(messages, tokenizer.bosToken), tokenizer)
+      if (source === undefined) return (messages) => llama3ChatText(messages, tokenizer.bosToken)
       const template = new Template(source)
       renderTemplate(template, [{ role: "system", content: "s" }, { role: "user", content: "u" }], tokenizer, options)
-      return (messages) => encodePrompt(renderTemplate(template, messages, tokenizer, options), tokenizer)
+      return (messages) => renderTemplate(template, messages, tokenizer, options)
     },
     catch: (e) => {
       const file = tokenizer.files?.tokenizerConfig ?? "tokenizer_config.json"
@@ -184,6 +172,38 @@ export const makeChatFormatter = (
     }
   })
 
-/** The prompt token ids of a plain completion: BOS then the text (no second BOS if the text starts with one). */
-export const formatCompletion = (text: string, tokenizer: PromptTokenizer): number[] =>
-  tokenizer.encode(text, { addSpecialTokens: true })
+/** Prompt token ids, BOS first; what the prompt workers run. */
+export interface PromptFormatter {
+  /** The chat in the checkpoint's template, ending with the assistant header. Throws when the template raises. */
+  readonly formatChat: (messages: ReadonlyArray<ChatMessage>, options?: PromptEncodeOptions) => number[]
+  /** BOS, then the text (no second BOS when a trusted caller's text starts with one). */
+  readonly formatCompletion: (text: string, options?: PromptEncodeOptions) => number[]
+}
+
+/**
+ * The chat template and the encoder over a tokenizer's files. Special-token strings in message content and prompt
+ * text are text unless `allowSpecialTokens` (see `PromptEncoder.ts`).
+ */
+export const makePromptFormatter = (
+  files: TokenizerFiles,
+  options?: ChatFormatOptions
+): Effect.Effect<PromptFormatter, CheckpointError> =>
+  Effect.gen(function*() {
+    const settings = chatSettings(files)
+    const render = yield* makeChatRenderer(settings, options)
+    const encoder = yield* Effect.try({
+      try: () => makePromptEncoder(files.json, files.config),
+      catch: (e) =>
+        new CheckpointError({
+          path: files.files.tokenizerJson,
+          message: `${files.files.tokenizerJson}: not a usable tokenizer: ${e instanceof Error ? e.message : String(e)}`
+        })
+    })
+    const bosTokenId = encoder.specialTokenId(settings.bosToken)
+    // The template usually writes BOS; a plain completion prompt never does.
+    const withBos = (ids: number[]): number[] => (bosTokenId === undefined || ids[0] === bosTokenId ? ids : [bosTokenId, ...ids])
+    return {
+      formatChat: (messages, encodeOptions) => withBos(encoder.encodeChat(messages, render, encodeOptions)),
+      formatCompletion: (text, encodeOptions) => withBos(encoder.encodeText(text, encodeOptions))
+    }
+  })

@@ -41,6 +41,8 @@ export interface Llama3Tokenizer {
   readonly files: { readonly tokenizerJson: string; readonly tokenizerConfig: string | undefined }
   /** The bytes of each token for streaming detokenization (byte-level BPE only); undefined for special tokens. */
   readonly tokenBytes?: TokenBytes
+  /** The most bytes one token stands for, special tokens included (byte-level BPE only): 128 for Llama 3. */
+  readonly maxTokenBytes?: number
 }
 
 const END_TOKENS = ["<|eot_id|>", "<|end_of_text|>", "<|eom_id|>"] as const
@@ -53,7 +55,7 @@ export const shippedModelsDir = (): string => {
   return path.resolve(path.dirname(main), "..", "models")
 }
 
-type Json = Record<string, unknown>
+export type Json = Record<string, unknown>
 
 const readJson = (file: string): Effect.Effect<Json, CheckpointError> =>
   Effect.tryPromise({
@@ -96,7 +98,16 @@ const templateFromConfig = (value: unknown): string | undefined => {
 
 const isFile = (file: string): boolean => existsSync(file) && statSync(file).isFile()
 
-export const loadTokenizer = (modelDir: string | undefined): Effect.Effect<Llama3Tokenizer, CheckpointError> =>
+/** The raw files a tokenizer is built from; prompt workers read them again in their own thread. */
+export interface TokenizerFiles {
+  readonly json: Json
+  readonly config: Json
+  /** `chat_template.jinja` beside the checkpoint, which wins over the config's template. */
+  readonly jinja: string | undefined
+  readonly files: Llama3Tokenizer["files"]
+}
+
+export const readTokenizerFiles = (modelDir: string | undefined): Effect.Effect<TokenizerFiles, CheckpointError> =>
   Effect.gen(function*() {
     if (modelDir !== undefined && !(existsSync(modelDir) && statSync(modelDir).isDirectory())) {
       return yield* Effect.fail(
@@ -129,15 +140,40 @@ export const loadTokenizer = (modelDir: string | undefined): Effect.Effect<Llama
         catch: (e) => new CheckpointError({ path: localTemplate, message: `${localTemplate}: ${oneLine(e)}` })
       })
       : undefined
+    return { json, config, jinja, files: { tokenizerJson, tokenizerConfig } }
+  })
 
+/** What a chat template renders with: the BOS and EOS strings and the template (see `fromHf`). */
+export const chatSettings = ({ config, jinja, files }: TokenizerFiles) => ({
+  bosToken: tokenContent(config["bos_token"]) ?? DEFAULT_BOS,
+  eosToken: tokenContent(config["eos_token"]),
+  chatTemplate: jinja ?? templateFromConfig(config["chat_template"]),
+  files
+})
+
+export const loadTokenizer = (modelDir: string | undefined): Effect.Effect<Llama3Tokenizer, CheckpointError> =>
+  Effect.flatMap(readTokenizerFiles(modelDir), tokenizerFromFiles)
+
+export const tokenizerFromFiles = ({ json, config, jinja, files }: TokenizerFiles): Effect.Effect<Llama3Tokenizer, CheckpointError> =>
+  Effect.gen(function*() {
     const hf = yield* Effect.try({
       try: () => new HfTokenizer(json, config),
       catch: (e) =>
-        new CheckpointError({ path: tokenizerJson, message: `${tokenizerJson}: not a usable tokenizer: ${oneLine(e)}` })
+        new CheckpointError({
+          path: files.tokenizerJson,
+          message: `${files.tokenizerJson}: not a usable tokenizer: ${oneLine(e)}`
+        })
     })
-    const tokenizer = yield* fromHf(hf, config, { tokenizerJson, tokenizerConfig }, jinja)
+    const tokenizer = yield* fromHf(hf, config, files, jinja)
     const bytes = byteTable(json)
-    return bytes === undefined ? tokenizer : { ...tokenizer, tokenBytes: (id: number) => bytes[id] }
+    if (bytes === undefined) return tokenizer
+    const encoder = new TextEncoder()
+    let maxTokenBytes = 1
+    for (const b of bytes) if (b !== undefined && b.length > maxTokenBytes) maxTokenBytes = b.length
+    for (const added of (json["added_tokens"] as Array<{ content: string }> | undefined) ?? []) {
+      maxTokenBytes = Math.max(maxTokenBytes, encoder.encode(added.content).length)
+    }
+    return { ...tokenizer, tokenBytes: (id: number) => bytes[id], maxTokenBytes }
   })
 
 /**
@@ -145,7 +181,7 @@ export const loadTokenizer = (modelDir: string | undefined): Effect.Effect<Llama
  * Undefined when the tokenizer is of another kind or an entry is not byte-level text (then streaming falls back to
  * window re-decoding).
  */
-const byteTable = (json: Json): Array<Uint8Array | undefined> | undefined => {
+export const byteTable = (json: Json): Array<Uint8Array | undefined> | undefined => {
   const decoder = json["decoder"] as Json | null | undefined
   const model = json["model"] as Json | undefined
   const vocab = model?.["vocab"] as Record<string, number> | undefined

@@ -8,32 +8,40 @@ import { Effect } from "effect"
 import { ContextLengthError } from "../Errors.ts"
 import type { ChatMessage } from "./ChatMessage.ts"
 
-/** Token count of the prompt that `messages` format to. */
-export type CountChatTokens = (messages: ReadonlyArray<ChatMessage>) => number
+/** Token count of the prompt that `messages` format to (tokenizing may run elsewhere, and fail). */
+export type CountChatTokens<E> = (messages: ReadonlyArray<ChatMessage>) => Effect.Effect<number, E>
 
-export const fitChat = (
+/**
+ * How many of the oldest non-system messages may go: all before the last user message (and any assistant prefill
+ * after it), which is the request itself.
+ */
+export const droppableMessages = (messages: ReadonlyArray<ChatMessage>): number => {
+  const rest = messages.filter((m) => m.role !== "system")
+  let lastUser = rest.length - 1
+  while (lastUser > 0 && rest[lastUser].role !== "user") lastUser--
+  return Math.max(lastUser, 0)
+}
+
+/** The chat without its `drop` oldest non-system messages; system messages stay where they were. */
+export const dropOldest = (messages: ReadonlyArray<ChatMessage>, drop: number): ChatMessage[] => {
+  let seen = 0
+  return messages.filter((m) => m.role === "system" || seen++ >= drop)
+}
+
+export const fitChat = <E>(
   messages: ReadonlyArray<ChatMessage>,
   budgetTokens: number,
-  countTokens: CountChatTokens
-): Effect.Effect<ChatMessage[], ContextLengthError> =>
-  Effect.suspend(() => {
-    const total = countTokens(messages)
-    if (total <= budgetTokens) return Effect.succeed([...messages])
+  countTokens: CountChatTokens<E>
+): Effect.Effect<ChatMessage[], ContextLengthError | E> =>
+  Effect.gen(function*() {
+    const total = yield* countTokens(messages)
+    if (total <= budgetTokens) return [...messages]
 
-    const rest = messages.filter((m) => m.role !== "system")
-    // The last user message (and any assistant prefill after it) is the request itself: never dropped.
-    let lastUser = rest.length - 1
-    while (lastUser > 0 && rest[lastUser].role !== "user") lastUser--
-    // Drops the `drop` oldest non-system messages, leaving system messages where they were.
-    const keep = (drop: number): ChatMessage[] => {
-      let seen = 0
-      return messages.filter((m) => m.role === "system" || seen++ >= drop)
-    }
-
-    const minimal = Math.max(lastUser, 0)
-    const minimalTokens = countTokens(keep(minimal))
+    const minimal = droppableMessages(messages)
+    const keep = (drop: number) => dropOldest(messages, drop)
+    const minimalTokens = yield* countTokens(keep(minimal))
     if (minimalTokens > budgetTokens) {
-      return Effect.fail(
+      return yield* Effect.fail(
         new ContextLengthError({
           promptTokens: minimalTokens,
           contextLength: budgetTokens,
@@ -48,8 +56,8 @@ export const fitChat = (
     let hi = minimal // dropping `minimal` fits
     while (lo < hi) {
       const mid = (lo + hi) >>> 1
-      if (countTokens(keep(mid)) <= budgetTokens) hi = mid
+      if ((yield* countTokens(keep(mid))) <= budgetTokens) hi = mid
       else lo = mid + 1
     }
-    return Effect.succeed(keep(hi))
+    return keep(hi)
   })

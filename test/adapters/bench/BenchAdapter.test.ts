@@ -142,7 +142,7 @@ describe("BenchAdapter with simulated model time and shards", () => {
 
   it("rejects invalid options with a ModelConfigError naming the field", async () => {
     for (const [options, field] of [[{ shards: 0 }, "shards"], [{ shards: 33 }, "shards"], [{ stepDelayMs: -1 }, "stepDelayMs"], [{ contextLength: 1.5 }, "contextLength"]] as const) {
-      const exit = await Effect.runPromiseExit(BenchAdapter.load(options))
+      const exit = await Effect.runPromiseExit(Effect.scoped(BenchAdapter.load(options)))
       expect(Exit.isFailure(exit)).toBe(true)
       expect(JSON.stringify(exit)).toContain(`BenchOptions.${field}`)
     }

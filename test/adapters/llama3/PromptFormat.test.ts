@@ -1,21 +1,31 @@
 import { Effect } from "effect"
 import { beforeAll, describe, expect, it } from "vitest"
 import {
-  formatChat,
-  formatCompletion,
+  type ChatFormatOptions,
   llama3ChatText,
-  makeChatFormatter,
+  makePromptFormatter,
+  type PromptFormatter,
   renderChat,
   strftime
 } from "../../../src/adapters/llama3/PromptFormat.ts"
-import { loadTokenizer } from "../../../src/adapters/llama3/Tokenizer.ts"
+import { readTokenizerFiles, tokenizerFromFiles, type TokenizerFiles } from "../../../src/adapters/llama3/Tokenizer.ts"
 import type { Llama3Tokenizer } from "../../../src/adapters/llama3/Tokenizer.ts"
 import type { ChatMessage } from "../../../src/core/text/ChatMessage.ts"
 
+let files: TokenizerFiles
 let tok: Llama3Tokenizer
+let shipped: PromptFormatter
 beforeAll(async () => {
-  tok = await Effect.runPromise(loadTokenizer(undefined))
+  files = await Effect.runPromise(readTokenizerFiles(undefined))
+  tok = await Effect.runPromise(tokenizerFromFiles(files))
+  shipped = await Effect.runPromise(makePromptFormatter(files))
 })
+
+/** The shipped files with another chat template (undefined: none at all, the hand-written format). */
+const withTemplate = (template: string | undefined, options?: ChatFormatOptions) =>
+  Effect.runPromise(
+    makePromptFormatter({ ...files, jinja: template, config: { ...files.config, chat_template: undefined } }, options)
+  )
 
 const withSystem: ReadonlyArray<ChatMessage> = [
   { role: "system", content: "  You are a terse assistant.\n" },
@@ -76,7 +86,7 @@ describe("renderChat with the shipped Meta Llama 3 template", () => {
 
 describe("formatChat", () => {
   it("gives the prompt ids with a single BOS and the assistant header at the end", () => {
-    const ids = formatChat(withSystem, tok)
+    const ids = shipped.formatChat(withSystem)
     expect(ids.slice(0, 5)).toEqual([128000, 128006, 9125, 128007, 271])
     expect(ids.slice(-4)).toEqual(GENERATION_PROMPT)
     expect(ids.filter((id) => id === 128000)).toHaveLength(1)
@@ -84,17 +94,17 @@ describe("formatChat", () => {
     expect(ids).toEqual(tok.encode(llama3ChatText(withSystem)))
   })
 
-  it("uses the hand-written format when the tokenizer has no template", () => {
-    const plain = { ...tok, chatTemplate: undefined }
-    expect(formatChat(withoutSystem, plain)).toEqual(formatChat(withoutSystem, tok))
+  it("uses the hand-written format when the checkpoint has no template", async () => {
+    const plain = await withTemplate(undefined)
+    expect(plain.formatChat(withoutSystem)).toEqual(shipped.formatChat(withoutSystem))
   })
 
-  it("adds BOS once when the template does not write it", () => {
-    const noBos = { ...tok, chatTemplate: "{% for m in messages %}{{ m.content }}{% endfor %}" }
-    expect(formatChat([{ role: "user", content: "Hi" }], noBos)).toEqual([128000, 13347])
+  it("adds BOS once when the template does not write it", async () => {
+    const noBos = await withTemplate("{% for m in messages %}{{ m.content }}{% endfor %}")
+    expect(noBos.formatChat([{ role: "user", content: "Hi" }])).toEqual([128000, 13347])
   })
 
-  it("renders a Llama 3.1-style template with today's date", () => {
+  it("renders a Llama 3.1-style template with today's date", async () => {
     const t31 = { ...tok, chatTemplate: LLAMA31_STYLE }
     const now = new Date(2025, 2, 5, 12, 0, 0)
     const expected = "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\n" +
@@ -105,7 +115,7 @@ describe("formatChat", () => {
       "<|start_header_id|>user<|end_header_id|>\n\nAnd in 日本語?<|eot_id|>" +
       "<|start_header_id|>assistant<|end_header_id|>\n\n"
     expect(renderChat(withSystem, t31, { now })).toBe(expected)
-    expect(formatChat(withSystem, t31, { now })).toEqual(tok.encode(expected))
+    expect((await withTemplate(LLAMA31_STYLE, { now })).formatChat(withSystem)).toEqual(tok.encode(expected))
     // Without a system prompt the system block is still written, empty.
     expect(renderChat(withoutSystem, t31, { now })).toContain("Today Date: 05 Mar 2025\n\n<|eot_id|><|start_header_id|>user")
   })
@@ -114,36 +124,41 @@ describe("formatChat", () => {
     const t32 = { ...tok, chatTemplate: `{{ bos_token }}{{ strftime_now("%d %b %Y / %B %A") }}` }
     expect(renderChat([], t32, { now: new Date(2024, 6, 26) })).toBe("<|begin_of_text|>26 Jul 2024 / July Friday")
   })
-})
 
-describe("makeChatFormatter", () => {
-  it("formats like formatChat", async () => {
-    const format = await Effect.runPromise(makeChatFormatter(tok))
-    expect(format(withSystem)).toEqual(formatChat(withSystem, tok))
-    const format31 = await Effect.runPromise(makeChatFormatter({ ...tok, chatTemplate: LLAMA31_STYLE }))
+  it("reads the date per call, not once when the template is compiled", async () => {
+    const format31 = await withTemplate(LLAMA31_STYLE)
     const before = strftime(new Date(), "%d %b %Y")
-    const text = tok.decode(format31(withoutSystem))
+    const text = tok.decode(format31.formatChat(withoutSystem))
     const after = strftime(new Date(), "%d %b %Y")
-    // The date is read per call (not frozen at creation); either side of a midnight is accepted.
+    // Either side of a midnight is accepted.
     expect([`Today Date: ${before}`, `Today Date: ${after}`].some((line) => text.includes(line))).toBe(true)
   })
+})
 
+describe("makePromptFormatter", () => {
   it("fails with a CheckpointError for a template that does not parse or raises", async () => {
-    const broken = await Effect.runPromise(Effect.flip(makeChatFormatter({ ...tok, chatTemplate: "{% for m in %}" })))
+    const broken = await Effect.runPromise(Effect.flip(makePromptFormatter({ ...files, jinja: "{% for m in %}" })))
     expect(broken._tag).toBe("CheckpointError")
-    expect(broken.path).toBe(tok.files.tokenizerConfig)
+    expect(broken.path).toBe(files.files.tokenizerConfig)
     expect(broken.message).toContain("chat_template")
     const raising = await Effect.runPromise(
-      Effect.flip(makeChatFormatter({ ...tok, chatTemplate: `{{ raise_exception("roles must alternate") }}` }))
+      Effect.flip(makePromptFormatter({ ...files, jinja: `{{ raise_exception("roles must alternate") }}` }))
     )
     expect(raising.message).toContain("roles must alternate")
   })
 })
 
 describe("formatCompletion", () => {
-  it("is BOS then the text, without a second BOS", () => {
-    expect(formatCompletion("Hello world", tok)).toEqual([128000, 9906, 1917])
-    expect(formatCompletion("<|begin_of_text|>Hello world", tok)).toEqual([128000, 9906, 1917])
+  it("is BOS then the text", () => {
+    expect(shipped.formatCompletion("Hello world")).toEqual([128000, 9906, 1917])
+  })
+
+  it("spells out a BOS written in the text, unless special tokens are allowed (then no second BOS)", () => {
+    const asText = shipped.formatCompletion("<|begin_of_text|>Hello world")
+    expect(asText[0]).toBe(128000)
+    expect(asText.slice(1).every((id) => id < 128000)).toBe(true)
+    expect(tok.decode(asText.slice(1))).toBe("<|begin_of_text|>Hello world")
+    expect(shipped.formatCompletion("<|begin_of_text|>Hello world", { allowSpecialTokens: true })).toEqual([128000, 9906, 1917])
   })
 })
 

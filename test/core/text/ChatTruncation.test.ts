@@ -19,7 +19,7 @@ const chat: ReadonlyArray<ChatMessage> = [
 ] // total 5 + 65 = 70
 
 const fit = (messages: ReadonlyArray<ChatMessage>, budget: number, counter = count) =>
-  Effect.runPromise(fitChat(messages, budget, counter))
+  Effect.runPromise(fitChat(messages, budget, (m) => Effect.sync(() => counter(m))))
 
 describe("fitChat", () => {
   it("returns the chat unchanged when it fits", async () => {
@@ -49,7 +49,7 @@ describe("fitChat", () => {
   })
 
   it("fails with the token counts when the system prompt and last message do not fit", async () => {
-    const error = await Effect.runPromise(Effect.flip(fitChat(chat, 17, count)))
+    const error = await Effect.runPromise(Effect.flip(fitChat(chat, 17, (m) => Effect.sync(() => count(m)))))
     expect(error._tag).toBe("ContextLengthError")
     expect(error.promptTokens).toBe(18)
     expect(error.contextLength).toBe(17)
