@@ -100,7 +100,15 @@ const compare = (argv: ReadonlyArray<string>) => {
   if (chart !== undefined) writeChart(chart, renderCompareChart(results))
 }
 
+/** `compare` reads its own arguments; this is what its help shows. */
+const compareHelp = {
+  synopsis: "A.json B.json ... [--chart FILE.svg]",
+  summary: "compare result files of chorus bench --json (a table, and a chart with --chart)",
+  flags: { chart: { kind: "string", description: "write an SVG chart comparing the results (the name must end in .svg)" } }
+} as const
+
 export const benchCommand = {
+  subcommands: new Map([["compare", compareHelp]]),
   synopsis: "[--url URL] [--api openai|aime] [--concurrency 1,4,16] [options]\n       chorus bench compare A.json B.json ... [--chart FILE.svg]",
   summary: "load-test an OpenAI or AIME server (tokens/s, TTFT, TPOT, ITL); compare results",
   flags: benchFlags,

@@ -1,6 +1,6 @@
 /**
  * `chorus chat`: an interactive terminal chat. Streams answers, keeps the multi-turn history, `/reset` clears it,
- * `/exit` (or Ctrl-D) quits, and Ctrl-C stops the current answer but not the program.
+ * `/exit` (or Ctrl-D, or the end of piped input) quits, and Ctrl-C stops the current answer but not the program.
  */
 import { Effect, Exit, Fiber, Layer, ManagedRuntime, Stream } from "effect"
 import * as readline from "node:readline"
@@ -45,16 +45,21 @@ const chatLoop = async (
   // `kill -INT` delivers it to the process.
   const onInterrupt = () => {
     if (answering !== undefined) void runtime.runPromise(Fiber.interrupt(answering))
-    else out("\n(type /exit or press Ctrl-D to quit)\n> ")
+    else out(`\n(type /exit or press Ctrl-D to quit)\n${interactive ? "> " : ""}`)
   }
   rl.on("SIGINT", onInterrupt)
   process.on("SIGINT", onInterrupt)
   out(`chorus chat: ${engine.model.id}, context ${engine.model.contextLength} tokens. /reset clears the chat, /exit quits.\n`)
 
-  const ask = () => new Promise<string | undefined>((resolve) => {
-    rl.question("> ", resolve)
-    rl.once("close", () => resolve(undefined))
-  })
+  // The line iterator buffers what arrives while an answer streams, so piped input (`printf 'a\nb\n' | chorus chat`)
+  // is answered line by line, in order, until its end; the prompt is for people only.
+  const lines = rl[Symbol.asyncIterator]()
+  rl.setPrompt("> ")
+  const ask = async (): Promise<string | undefined> => {
+    if (interactive) rl.prompt()
+    const next = await lines.next()
+    return next.done === true ? undefined : next.value
+  }
   for (;;) {
     const line = await ask()
     if (line === undefined) break

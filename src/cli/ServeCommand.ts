@@ -1,5 +1,6 @@
 /**
- * `chorus serve` (= `npm start`): the HTTP server on a model. Flags override the config file (`--config`, JSON).
+ * `chorus serve` (= `npm start`): the HTTP server on a model. Flags override the environment (`CHORUS_HOST`,
+ * `CHORUS_PORT`, `CHORUS_API_KEYS`), which overrides the config file (`--config`, JSON).
  */
 import { Effect, Schema } from "effect"
 import * as fs from "node:fs"
@@ -13,6 +14,7 @@ import { runServer } from "../http/Server.ts"
 import { decodeJson } from "../http/JsonBody.ts"
 import type { FlagSpecs, ParsedFlags } from "./Args.ts"
 import { modelFlags, resolveModelFlags } from "./ModelFlags.ts"
+import { fromEnvironment, readApiKeyFile } from "./ServeEnvironment.ts"
 
 export const serveFlags = {
   ...modelFlags,
@@ -22,6 +24,7 @@ export const serveFlags = {
   "max-queue": { kind: "integer", description: "waiting requests before new ones get 429 (default 1024)" },
   timeout: { kind: "number", description: "seconds a request may take in all before it fails (default 600)" },
   "api-key": { kind: "string", repeatable: true, description: "accepted API key (repeatable); none: the API is open" },
+  "api-key-file": { kind: "string", description: "file of accepted API keys, one per line (# comments); keeps keys out of ps" },
   grace: { kind: "number", description: "seconds running requests may finish after SIGTERM (default 30)" },
   "aime-endpoint": { kind: "string", description: "AIME endpoint name (default llama3_chat)" },
   adapter: { kind: "string", description: "llama3 (default) | bench (no model time: measures the server itself)" },
@@ -31,6 +34,14 @@ export const serveFlags = {
   "tls-cert": { kind: "string", description: "PEM certificate file: serve HTTPS (with --tls-key)" },
   "tls-key": { kind: "string", description: "PEM private key file for --tls-cert" }
 } as const satisfies FlagSpecs
+
+/** The `--help` text after the flags. */
+export const serveNotes = `environment (flags win over these, and these over --config):
+  CHORUS_HOST        address to listen on, as --host
+  CHORUS_PORT        port, as --port
+  CHORUS_API_KEYS    accepted API keys, comma-separated; not used when --api-key or --api-key-file is given
+A variable that is set must hold a usable value (an empty one is an error, exit code 2).
+`
 
 /** The config file: the same options, camelCase. */
 const ServeConfig = Schema.Struct({
@@ -115,6 +126,10 @@ const operationsOptions = (flags: ParsedFlags<typeof serveFlags>) =>
 export const runServe = (given: ParsedFlags<typeof serveFlags>) =>
   Effect.gen(function*() {
     const file = given.config === undefined ? {} : yield* readConfig(given.config)
+    const env = yield* fromEnvironment(process.env)
+    const keyFile = given["api-key-file"] === undefined ? undefined : yield* readApiKeyFile(given["api-key-file"])
+    // Keys given on the command line replace those of the environment and the config file, as every flag does.
+    const flagKeys = given["api-key"] === undefined && keyFile === undefined ? {} : { "api-key": [...(given["api-key"] ?? []), ...(keyFile ?? [])] }
     const flags: ParsedFlags<typeof serveFlags> = {
       ...(file.model === undefined ? {} : { model: file.model }),
       ...(file.dtype === undefined ? {} : { dtype: file.dtype }),
@@ -134,7 +149,11 @@ export const runServe = (given: ParsedFlags<typeof serveFlags>) =>
       ...(file.logLevel === undefined ? {} : { "log-level": file.logLevel }),
       ...(file.tlsCert === undefined ? {} : { "tls-cert": file.tlsCert }),
       ...(file.tlsKey === undefined ? {} : { "tls-key": file.tlsKey }),
-      ...given
+      ...(env.host === undefined ? {} : { host: env.host }),
+      ...(env.port === undefined ? {} : { port: env.port }),
+      ...(env.apiKeys === undefined ? {} : { "api-key": env.apiKeys }),
+      ...given,
+      ...flagKeys
     }
     const port = flags.port ?? 8080
     if (port < 0 || port > 65535) return yield* bad("--port", `--port must be between 0 and 65535, got ${port}`)

@@ -1,6 +1,6 @@
 // `chorus chat` as a user drives it: lines on stdin, streamed answers, /reset, Ctrl-C (SIGINT) stopping an answer
-// without ending the program, /exit.
-import { spawn } from "node:child_process"
+// without ending the program, /exit; and a pipe of lines answered in order until its end.
+import { spawn, spawnSync } from "node:child_process"
 import * as path from "node:path"
 import { describe, expect, it } from "vitest"
 import { repoRoot } from "../support/fixtures.ts"
@@ -42,5 +42,28 @@ describe("chorus chat", () => {
     child.stdin.write("/exit\n")
     expect(await exited).toBe(0)
     expect(stderr).toBe("")
+  })
+
+  it("answers every line of piped input in order and exits 0 at its end", () => {
+    // The same first question after /reset, with the same seed, must get the same answer: that shows the lines were
+    // taken in order and the reset came between them.
+    const r = spawnSync(process.execPath, [path.join(repoRoot, "src/cli/main.ts"), "chat", "--max-tokens", "4", "--seed", "7"], {
+      input: "Hello there\n/reset\nHello there\nAnd a second question\n",
+      encoding: "utf8",
+      timeout: 120_000
+    })
+    expect(r.stderr).toBe("")
+    expect(r.status).toBe(0)
+    const [head, tail] = r.stdout.split("\n(chat cleared)\n") as [string, string]
+    expect(tail).toBeDefined()
+    const first = head.replace(/^chorus chat: chorus-default-llama3[^\n]*\n/, "")
+    expect(first).not.toBe(head)
+    expect(first.trim()).not.toBe("")
+    expect(tail.startsWith(`${first}\n`)).toBe(true)
+    // Then the answer to the last line, and nothing else: no prompts, no error.
+    const last = tail.slice(first.length + 1)
+    expect(last.endsWith("\n")).toBe(true)
+    expect(last.trim()).not.toBe("")
+    expect(r.stdout).not.toContain("> ")
   })
 })

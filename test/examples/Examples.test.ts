@@ -1,11 +1,12 @@
-// The examples are part of the product: they must type-check (tsc includes examples/) and run as users run them.
+// The examples are part of the product: they must type-check (tsc includes examples/) and run as users run them;
+// the `chorus-source` condition makes their `import "chorus"` load src/ rather than a possibly stale dist/.
 import { spawnSync } from "node:child_process"
 import * as path from "node:path"
 import { describe, expect, it } from "vitest"
 import { repoRoot } from "../support/fixtures.ts"
 
 const run = (file: string) =>
-  spawnSync(process.execPath, [path.join(repoRoot, "examples", file)], { cwd: repoRoot, encoding: "utf8", timeout: 120_000 })
+  spawnSync(process.execPath, ["--conditions=chorus-source", path.join(repoRoot, "examples", file)], { cwd: repoRoot, encoding: "utf8", timeout: 120_000 })
 
 describe("examples", () => {
   it("embed-engine.ts answers three users in shared decode steps", () => {

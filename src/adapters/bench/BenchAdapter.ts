@@ -8,6 +8,7 @@
  */
 import { Effect } from "effect"
 import { ModelConfigError } from "../../core/Errors.ts"
+import { moduleUrl } from "../../core/ModuleUrl.ts"
 import { planShards } from "../llama3/Converter.ts"
 import { makePromptPool } from "../llama3/PromptPool.ts"
 import { loadTokenizer } from "../llama3/Tokenizer.ts"
@@ -28,7 +29,7 @@ export interface BenchOptions {
 const NUM_LAYERS = 32
 const VOCAB_SIZE = 128256
 
-const workerUrl = new URL("./BenchWorker.ts", import.meta.url)
+const workerUrl = moduleUrl("./BenchWorker.ts", import.meta.url)
 
 const invalid = (field: string, expected: string, found: unknown) =>
   new ModelConfigError({ path: `BenchOptions.${field}`, message: `BenchOptions.${field}: expected ${expected}, found ${String(found)}` })

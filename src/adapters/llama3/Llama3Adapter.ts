@@ -7,6 +7,7 @@
  */
 import { Effect } from "effect"
 import * as path from "node:path"
+import { moduleUrl } from "../../core/ModuleUrl.ts"
 import type { LoadedModel, ModelAdapter } from "../ModelAdapter.ts"
 import { convertCheckpoint, type ConvertProgress } from "./Converter.ts"
 import { ensureDefaultModel } from "./DefaultModel.ts"
@@ -35,8 +36,8 @@ export interface Llama3Options {
   readonly promptThreads?: number | undefined
 }
 
-const workerUrl = new URL("../../core/shard/ShardWorker.ts", import.meta.url)
-const deviceWorkerUrl = new URL("../../core/shard/DeviceShardWorker.ts", import.meta.url)
+const workerUrl = moduleUrl("../../core/shard/ShardWorker.ts", import.meta.url)
+const deviceWorkerUrl = moduleUrl("../../core/shard/DeviceShardWorker.ts", import.meta.url)
 
 /** @category models */
 export const Llama3Adapter: ModelAdapter<Llama3Options> = {

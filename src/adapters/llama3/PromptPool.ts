@@ -6,6 +6,7 @@ import { Effect, Fiber, type Scope } from "effect"
 import * as os from "node:os"
 import { Piscina } from "piscina"
 import { CheckpointError, GenerationError, ValidationError } from "../../core/Errors.ts"
+import { moduleUrl } from "../../core/ModuleUrl.ts"
 import type { ChatMessage } from "../../core/text/ChatMessage.ts"
 import type { PromptOptions } from "../ModelAdapter.ts"
 import type { PromptResult, PromptTask, PromptWorkerData } from "./PromptWorker.ts"
@@ -26,7 +27,7 @@ export interface PromptPool {
 /** One thread per four cores, at least one and at most four: shard threads need the cores more. */
 export const defaultPromptThreads = (): number => Math.min(4, Math.max(1, Math.floor(os.availableParallelism() / 4)))
 
-const workerUrl = new URL("./PromptWorker.ts", import.meta.url)
+const workerUrl = moduleUrl("./PromptWorker.ts", import.meta.url)
 
 const oneLine = (e: unknown): string => (e instanceof Error ? e.message : String(e)).replace(/\s+/g, " ").trim()
 
