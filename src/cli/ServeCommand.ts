@@ -21,6 +21,8 @@ export const serveFlags = {
   "api-key": { kind: "string", repeatable: true, description: "accepted API key (repeatable); none: the API is open" },
   grace: { kind: "number", description: "seconds running requests may finish after SIGTERM (default 30)" },
   "aime-endpoint": { kind: "string", description: "AIME endpoint name (default llama3_chat)" },
+  "session-ttl": { kind: "number", description: "seconds an unused AIME session key stays valid (default 3600; each use renews it)" },
+  "max-sessions-per-key": { kind: "integer", description: "live AIME session keys per API key; more logins drop its oldest (default 1000)" },
   adapter: { kind: "string", description: "llama3 (default) | bench (no model time: measures the server itself)" }
 } as const satisfies FlagSpecs
 
@@ -38,6 +40,8 @@ const ServeConfig = Schema.Struct({
   apiKeys: Schema.optional(Schema.Array(Schema.String)),
   grace: Schema.optional(Schema.Number),
   aimeEndpoint: Schema.optional(Schema.String),
+  sessionTtl: Schema.optional(Schema.Number),
+  maxSessionsPerKey: Schema.optional(Schema.Int),
   adapter: Schema.optional(Schema.Literals(["llama3", "bench"]))
 })
 
@@ -75,6 +79,8 @@ export const runServe = (given: ParsedFlags<typeof serveFlags>) =>
       ...(file.grace === undefined ? {} : { grace: file.grace }),
       ...(file.aimeEndpoint === undefined ? {} : { "aime-endpoint": file.aimeEndpoint }),
       ...(file.adapter === undefined ? {} : { adapter: file.adapter }),
+      ...(file.sessionTtl === undefined ? {} : { "session-ttl": file.sessionTtl }),
+      ...(file.maxSessionsPerKey === undefined ? {} : { "max-sessions-per-key": file.maxSessionsPerKey }),
       ...given
     }
     const port = flags.port ?? 8080
@@ -82,6 +88,8 @@ export const runServe = (given: ParsedFlags<typeof serveFlags>) =>
     if (flags["max-queue"] !== undefined && flags["max-queue"] < 1) return yield* bad("--max-queue", `--max-queue must be at least 1, got ${flags["max-queue"]}`)
     if (flags.timeout !== undefined && !(flags.timeout > 0)) return yield* bad("--timeout", `--timeout must be a positive number of seconds, got ${flags.timeout}`)
     if (flags.grace !== undefined && !(flags.grace >= 0)) return yield* bad("--grace", `--grace must be zero or more seconds, got ${flags.grace}`)
+    if (flags["session-ttl"] !== undefined && !(flags["session-ttl"] > 0)) return yield* bad("--session-ttl", `--session-ttl must be a positive number of seconds, got ${flags["session-ttl"]}`)
+    if (flags["max-sessions-per-key"] !== undefined && flags["max-sessions-per-key"] < 1) return yield* bad("--max-sessions-per-key", `--max-sessions-per-key must be at least 1, got ${flags["max-sessions-per-key"]}`)
     const endpoint = flags["aime-endpoint"] ?? "llama3_chat"
     if (!/^[A-Za-z0-9_-]+$/.test(endpoint)) return yield* bad("--aime-endpoint", `--aime-endpoint must be letters, digits, '_' or '-', got '${endpoint}'`)
     const adapterName = flags.adapter ?? "llama3"
@@ -98,7 +106,9 @@ export const runServe = (given: ParsedFlags<typeof serveFlags>) =>
       apiKeys: flags["api-key"] ?? [],
       engine,
       aimeEndpoint: endpoint,
-      graceMs: (flags.grace ?? 30) * 1000
+      graceMs: (flags.grace ?? 30) * 1000,
+      sessionTtlMs: (flags["session-ttl"] ?? 3600) * 1000,
+      ...(flags["max-sessions-per-key"] === undefined ? {} : { maxSessionsPerKey: flags["max-sessions-per-key"] })
     }
     if (adapterName === "bench") {
       const benchOptions = model.adapter.maxContext === undefined ? {} : { contextLength: model.adapter.maxContext }

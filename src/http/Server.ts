@@ -30,6 +30,9 @@ export interface ServerOptions<O> {
   readonly aimeEndpoint?: string
   /** How long running requests may finish after SIGTERM. Default 30 s. */
   readonly graceMs?: number
+  /** AIME session keys: idle lifetime (sliding; default 1 h) and live sessions per API key (default 1,000). */
+  readonly sessionTtlMs?: number
+  readonly maxSessionsPerKey?: number
 }
 
 /**
@@ -40,7 +43,9 @@ export interface ServerOptions<O> {
 export const serverLayer = <O>(options: ServerOptions<O>) => {
   const aime = AimeRoutes(options.aimeEndpoint ?? "llama3_chat", {
     ...(options.engine?.maxQueue === undefined ? {} : { maxQueue: options.engine.maxQueue }),
-    ...(options.engine?.timeoutMs === undefined ? {} : { timeoutMs: options.engine.timeoutMs })
+    ...(options.engine?.timeoutMs === undefined ? {} : { timeoutMs: options.engine.timeoutMs }),
+    ...(options.sessionTtlMs === undefined ? {} : { sessionTtlMs: options.sessionTtlMs }),
+    ...(options.maxSessionsPerKey === undefined ? {} : { maxSessionsPerKey: options.maxSessionsPerKey })
   })
   const routes = Layer.mergeAll(OpenAiRoutes, aime, OpsRoutes, StaticRoutes)
   return HttpRouter.serve(routes, { disableLogger: true, disableListenLog: true }).pipe(

@@ -7,7 +7,7 @@
  * @since 0.1.0
  */
 import { Cause, Deferred, Effect, FiberMap, type Scope, Stream } from "effect"
-import { randomUUID } from "node:crypto"
+import { randomBytes } from "node:crypto"
 import type { EngineError } from "../../core/Engine.ts"
 import type { GenerationEvent } from "../../core/Request.ts"
 
@@ -110,6 +110,9 @@ export interface JobTable {
   readonly size: Effect.Effect<number>
 }
 
+/** `JID` + 128 random bits (base64url): unguessable, and unlike a counter it tells nothing about request volume. */
+export const newJobId = (): string => `JID${randomBytes(16).toString("base64url")}`
+
 const round = (x: number, digits: number) => Math.round(x * 10 ** digits) / 10 ** digits
 const now = () => Date.now() / 1000
 
@@ -119,7 +122,6 @@ export const makeJobTable = (options: JobTableOptions): Effect.Effect<JobTable, 
     const jobs = new Map<string, MutableJob>()
     const ends = new Map<string, Deferred.Deferred<JobOutcome>>()
     const results = new Map<string, JobResult>()
-    let counter = 0
     /** Smoothed seconds from first token to the end of a job, for queue estimates; undefined until one finished. */
     let meanCompute: number | undefined
 
@@ -251,7 +253,7 @@ export const makeJobTable = (options: JobTableOptions): Effect.Effect<JobTable, 
       start: (events, info) =>
         Effect.gen(function*() {
           const job: MutableJob = {
-            id: `${randomUUID()}#${++counter}`,
+            id: newJobId(),
             info,
             state: "queued",
             requestId: undefined,
