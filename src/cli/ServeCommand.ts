@@ -23,7 +23,8 @@ export const serveFlags = {
   "aime-endpoint": { kind: "string", description: "AIME endpoint name (default llama3_chat)" },
   "session-ttl": { kind: "number", description: "seconds an unused AIME session key stays valid (default 3600; each use renews it)" },
   "max-sessions-per-key": { kind: "integer", description: "live AIME session keys per API key; more logins drop its oldest (default 1000)" },
-  adapter: { kind: "string", description: "llama3 (default) | bench (no model time: measures the server itself)" }
+  adapter: { kind: "string", description: "llama3 (default) | bench (no model time: measures the server itself)" },
+  "bench-step-delay": { kind: "number", description: "bench adapter only: simulated model time per step in ms (default 0)" }
 } as const satisfies FlagSpecs
 
 /** The config file: the same options, camelCase. */
@@ -94,6 +95,9 @@ export const runServe = (given: ParsedFlags<typeof serveFlags>) =>
     if (!/^[A-Za-z0-9_-]+$/.test(endpoint)) return yield* bad("--aime-endpoint", `--aime-endpoint must be letters, digits, '_' or '-', got '${endpoint}'`)
     const adapterName = flags.adapter ?? "llama3"
     if (adapterName !== "llama3" && adapterName !== "bench") return yield* bad("--adapter", `--adapter must be llama3 or bench, got '${adapterName}'`)
+    const stepDelay = flags["bench-step-delay"]
+    if (stepDelay !== undefined && !(stepDelay >= 0)) return yield* bad("--bench-step-delay", `--bench-step-delay must be zero or more milliseconds, got ${stepDelay}`)
+    if (stepDelay !== undefined && adapterName !== "bench") return yield* bad("--bench-step-delay", "--bench-step-delay needs --adapter bench")
     const model = yield* resolveModelFlags(flags)
     const engine = {
       ...model.engine,
@@ -111,7 +115,10 @@ export const runServe = (given: ParsedFlags<typeof serveFlags>) =>
       ...(flags["max-sessions-per-key"] === undefined ? {} : { maxSessionsPerKey: flags["max-sessions-per-key"] })
     }
     if (adapterName === "bench") {
-      const benchOptions = model.adapter.maxContext === undefined ? {} : { contextLength: model.adapter.maxContext }
+      const benchOptions = {
+        ...(model.adapter.maxContext === undefined ? {} : { contextLength: model.adapter.maxContext }),
+        ...(stepDelay === undefined ? {} : { stepDelayMs: stepDelay })
+      }
       yield* runServer({ ...common, adapter: BenchAdapter, adapterOptions: benchOptions })
     } else {
       yield* runServer({ ...common, adapter: Llama3Adapter, adapterOptions: model.adapter })

@@ -6,7 +6,7 @@
  * @since 0.1.0
  */
 import { NodeHttpServer } from "@effect/platform-node"
-import { Effect, Layer, ManagedRuntime } from "effect"
+import { Duration, Effect, Layer, ManagedRuntime } from "effect"
 import { HttpRouter, HttpServer } from "effect/http"
 import { createServer } from "node:http"
 import type { ModelAdapter } from "../adapters/ModelAdapter.ts"
@@ -50,7 +50,12 @@ export const serverLayer = <O>(options: ServerOptions<O>) => {
   const routes = Layer.mergeAll(OpenAiRoutes, aime, OpsRoutes, StaticRoutes)
   return HttpRouter.serve(routes, { disableLogger: true, disableListenLog: true }).pipe(
     Layer.provideMerge(Serving.layer(options.adapter, options.adapterOptions, { apiKeys: options.apiKeys ?? [], engine: options.engine ?? {} })),
-    Layer.provideMerge(NodeHttpServer.layer(createServer, { port: options.port ?? 8080, host: options.host ?? "127.0.0.1" }))
+    Layer.provideMerge(NodeHttpServer.layer(createServer, {
+      port: options.port ?? 8080,
+      host: options.host ?? "127.0.0.1",
+      // Requests have ended by now (runServer stops them after the grace); this only bounds a stuck connection.
+      gracefulShutdownTimeout: Duration.millis(STOP_MS / 2)
+    }))
   )
 }
 
@@ -66,6 +71,9 @@ const shutdownSignal = Effect.callback<string>((resume) => {
     process.off("SIGINT", int)
   })
 })
+
+/** After the grace: streams end with their error event and the engine drops their sequences within this. */
+const STOP_MS = 1000
 
 /** Waits until no request is running or waiting, at most `graceMs`. */
 const drained = (graceMs: number) =>
@@ -105,6 +113,9 @@ export const runServer = <O>(options: ServerOptions<O>, log: (line: string) => v
     log(`chorus: ${signal}: draining (up to ${(options.graceMs ?? 30_000) / 1000} s for running requests)`)
     yield* serving.drain
     yield* drained(options.graceMs ?? 30_000)
+    // Whatever still runs ends now with an error its client sees (SSE error event + [DONE], 503, AIME error result).
+    yield* serving.stop
+    yield* drained(STOP_MS / 2)
     log("chorus: stopped")
   }).pipe(Effect.provide(serverLayer(options)))
 

@@ -11,7 +11,7 @@ import { Engine, type EngineOptions } from "../core/Engine.ts"
 import type { EngineObserver } from "../core/EngineObserver.ts"
 import type { CheckpointError, ConversionError, GenerationError, ModelConfigError } from "../core/Errors.ts"
 import { type EngineMetrics, makeEngineMetrics } from "./metrics/EngineMetrics.ts"
-import { Draining, NotReady, Unauthorized } from "./ServerErrors.ts"
+import { Draining, NotReady, ShutDown, Unauthorized } from "./ServerErrors.ts"
 
 export type ServingStatus = "loading" | "ready" | "draining"
 export type LoadError = CheckpointError | ModelConfigError | ConversionError | GenerationError
@@ -38,6 +38,13 @@ export class Serving extends Context.Service<Serving, {
   readonly ready: Effect.Effect<EngineService, LoadError>
   /** Stops taking new requests. */
   readonly drain: Effect.Effect<void>
+  /**
+   * Fails with ShutDown once the grace period after SIGTERM is over, and never completes before: a running request
+   * races it so that it ends with an error its client can see instead of being cut off.
+   */
+  readonly shutdown: Effect.Effect<never, ShutDown>
+  /** Ends the grace period: every request racing `shutdown` ends now. */
+  readonly stop: Effect.Effect<void>
   readonly checkKey: (key: string | undefined) => Effect.Effect<void, Unauthorized>
   readonly isOpen: boolean
   readonly keys: ReadonlySet<string>
@@ -60,6 +67,7 @@ export class Serving extends Context.Service<Serving, {
         }
         const status = yield* Ref.make<ServingStatus>("loading")
         const loaded = yield* Deferred.make<EngineService, LoadError>()
+        const stopped = yield* Deferred.make<never, ShutDown>()
         let current: EngineService | undefined
         const engineLayer = Engine.layer(adapter, adapterOptions, { ...options.engine, observer })
         // Load in the background, in the layer's scope: the engine lives as long as the server.
@@ -102,6 +110,8 @@ export class Serving extends Context.Service<Serving, {
           }),
           ready: Deferred.await(loaded),
           drain: Ref.set(status, "draining"),
+          shutdown: Deferred.await(stopped),
+          stop: Deferred.fail(stopped, new ShutDown({ message: "the server is shutting down and its grace period for running requests is over" })).pipe(Effect.asVoid),
           checkKey: (key) =>
             keys.size === 0 || (key !== undefined && keys.has(key))
               ? Effect.void

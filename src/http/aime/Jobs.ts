@@ -10,6 +10,7 @@ import { Cause, Deferred, Effect, FiberMap, type Scope, Stream } from "effect"
 import { randomBytes } from "node:crypto"
 import type { EngineError } from "../../core/Engine.ts"
 import type { GenerationEvent } from "../../core/Request.ts"
+import type { ShutDown } from "../ServerErrors.ts"
 
 /** Internal states; `finished` is the reference's "result arrived, not yet handed out", shown as `done`. */
 export type JobState = "queued" | "processing" | "finished" | "done" | "lapsed" | "canceled"
@@ -95,6 +96,8 @@ export interface JobTableOptions {
   /** Named in results as the reference names its worker (`auth`, `worker_interface_version`). */
   readonly workerName: string
   readonly workerVersion: string
+  /** Fails when the server's shutdown grace is over: a job still running then ends with an in-band error result. */
+  readonly shutdown?: Effect.Effect<never, ShutDown>
 }
 
 export interface JobTable {
@@ -187,8 +190,8 @@ export const makeJobTable = (options: JobTableOptions): Effect.Effect<JobTable, 
     }
 
     const run = (job: MutableJob, events: Stream.Stream<GenerationEvent, EngineError>) =>
-      Stream.runForEach(events, (e) => Effect.sync(() => onEvent(job, e))).pipe(
-        Effect.catch((error: EngineError) =>
+      Stream.runForEach(events.pipe(Stream.interruptWhen(options.shutdown ?? Effect.never)), (e) => Effect.sync(() => onEvent(job, e))).pipe(
+        Effect.catch((error: EngineError | ShutDown) =>
           Effect.sync(() => {
             if (error._tag === "DeadlineExceeded") finish(job, "lapsed", { _tag: "Lapsed" })
             // As in the reference, a failed generation is a result with an in-band error.

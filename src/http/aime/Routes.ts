@@ -69,7 +69,9 @@ const handle = <R>(effect: Effect.Effect<HttpServerResponse.HttpServerResponse, 
 
 export const AimeRoutes = (endpoint: string, options: AimeRoutesOptions = {}) =>
   HttpRouter.use(Effect.fn(function*(router) {
+    const { shutdown } = yield* Serving
     const jobs = yield* makeJobTable({
+      shutdown,
       epVersion: EP_VERSION,
       resultLifetimeMs: options.resultLifetimeMs ?? 900_000,
       workerName: WORKER_NAME,

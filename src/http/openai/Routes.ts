@@ -10,7 +10,7 @@ import type { GenerateRequest, GenerationEvent, Usage } from "../../core/Request
 import type { SamplingParams } from "../../core/sampling/SamplingParams.ts"
 import type { ChatMessage } from "../../core/text/ChatMessage.ts"
 import { decodeJson, readJsonBody } from "../JsonBody.ts"
-import { UnknownModel } from "../ServerErrors.ts"
+import { type ShutDown, UnknownModel } from "../ServerErrors.ts"
 import { Serving } from "../Serving.ts"
 import { type OpenAiError, toOpenAiError } from "./Errors.ts"
 import { ChatCompletionRequest, CompletionRequest } from "./Schemas.ts"
@@ -90,12 +90,16 @@ const usageOf = (u: Usage) => ({ prompt_tokens: u.promptTokens, completion_token
 
 const frame = (chunk: unknown) => `data: ${JSON.stringify(chunk)}\n\n`
 
-/** An SSE response from a stream of ready-made frames (each `data: ...\n\n`, possibly several per element). */
-const sse = (frames: Stream.Stream<string, EngineError>) =>
+/**
+ * An SSE response from a stream of ready-made frames (each `data: ...\n\n`, possibly several per element). At the
+ * end of the shutdown grace period the stream stops and ends like any failed one: an error event, then [DONE].
+ */
+const sse = (frames: Stream.Stream<string, EngineError>, shutdown: Effect.Effect<never, ShutDown>) =>
   HttpServerResponse.stream(
     frames.pipe(
+      Stream.interruptWhen(shutdown),
       // An error after the first byte can no longer change the status: it becomes an SSE error event.
-      Stream.catch((e: EngineError) => Stream.succeed(frame(toOpenAiError(e).body))),
+      Stream.catch((e: EngineError | ShutDown) => Stream.succeed(frame(toOpenAiError(e).body))),
       Stream.concat(Stream.succeed("data: [DONE]\n\n")),
       Stream.encodeText
     ),
@@ -142,6 +146,7 @@ const chatCompletions = Effect.gen(function*() {
   const engine = yield* engineFor(req.model)
   const events = yield* engine.submit({ input: { type: "chat", messages: messages(req) }, ...controls(req, req.max_completion_tokens ?? req.max_tokens) })
   const head = { id: `chatcmpl-${randomUUID()}`, created: Math.floor(Date.now() / 1000), model: engine.model.id }
+  const { shutdown } = yield* Serving
   if (req.stream === true) {
     return sse(
       streamFrames(events, { ...head, object: "chat.completion.chunk" }, (text, first, finish) => ({
@@ -149,10 +154,11 @@ const chatCompletions = Effect.gen(function*() {
         delta: finish !== null && text === "" ? {} : first ? { role: "assistant", content: text } : { content: text },
         logprobs: null,
         finish_reason: finish
-      }), req.stream_options?.include_usage === true)
+      }), req.stream_options?.include_usage === true),
+      shutdown
     )
   }
-  const done = yield* collect(events)
+  const done = yield* Effect.raceFirst(collect(events), shutdown)
   return HttpServerResponse.jsonUnsafe({
     ...head,
     object: "chat.completion",
@@ -173,12 +179,14 @@ const completions = Effect.gen(function*() {
   // OpenAI's legacy default is 16 tokens.
   const events = yield* engine.submit({ input, ...controls(req, req.max_tokens ?? 16) })
   const head = { id: `cmpl-${randomUUID()}`, created: Math.floor(Date.now() / 1000), model: engine.model.id }
+  const { shutdown } = yield* Serving
   if (req.stream === true) {
     return sse(
-      streamFrames(events, { ...head, object: "text_completion" }, (text, _first, finish) => ({ index: 0, text, logprobs: null, finish_reason: finish }), req.stream_options?.include_usage === true)
+      streamFrames(events, { ...head, object: "text_completion" }, (text, _first, finish) => ({ index: 0, text, logprobs: null, finish_reason: finish }), req.stream_options?.include_usage === true),
+      shutdown
     )
   }
-  const done = yield* collect(events)
+  const done = yield* Effect.raceFirst(collect(events), shutdown)
   return HttpServerResponse.jsonUnsafe({
     ...head,
     object: "text_completion",
