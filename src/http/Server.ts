@@ -15,6 +15,7 @@ import { AimeRoutes } from "./aime/Routes.ts"
 import { OpenAiRoutes } from "./openai/Routes.ts"
 import { OpsRoutes } from "./ops/Routes.ts"
 import { Serving } from "./Serving.ts"
+import type { SlowReaderLimits } from "./SlowReader.ts"
 import { StaticRoutes } from "./StaticFiles.ts"
 
 /** @category models */
@@ -33,6 +34,8 @@ export interface ServerOptions<O> {
   /** AIME session keys: idle lifetime (sliding; default 1 h) and live sessions per API key (default 1,000). */
   readonly sessionTtlMs?: number
   readonly maxSessionsPerKey?: number
+  /** When a stream whose client stopped reading is cut (default 1 MiB outstanding or 30 s stuck). */
+  readonly slowReader?: SlowReaderLimits
 }
 
 /**
@@ -49,7 +52,11 @@ export const serverLayer = <O>(options: ServerOptions<O>) => {
   })
   const routes = Layer.mergeAll(OpenAiRoutes, aime, OpsRoutes, StaticRoutes)
   return HttpRouter.serve(routes, { disableLogger: true, disableListenLog: true }).pipe(
-    Layer.provideMerge(Serving.layer(options.adapter, options.adapterOptions, { apiKeys: options.apiKeys ?? [], engine: options.engine ?? {} })),
+    Layer.provideMerge(Serving.layer(options.adapter, options.adapterOptions, {
+      apiKeys: options.apiKeys ?? [],
+      engine: options.engine ?? {},
+      ...(options.slowReader === undefined ? {} : { slowReader: options.slowReader })
+    })),
     Layer.provideMerge(NodeHttpServer.layer(createServer, {
       port: options.port ?? 8080,
       host: options.host ?? "127.0.0.1",

@@ -12,6 +12,7 @@ import type { EngineObserver } from "../core/EngineObserver.ts"
 import type { CheckpointError, ConversionError, GenerationError, ModelConfigError } from "../core/Errors.ts"
 import { type EngineMetrics, makeEngineMetrics } from "./metrics/EngineMetrics.ts"
 import { Draining, NotReady, ShutDown, Unauthorized } from "./ServerErrors.ts"
+import { defaultSlowReaderLimits, type SlowReaderLimits } from "./SlowReader.ts"
 
 export type ServingStatus = "loading" | "ready" | "draining"
 export type LoadError = CheckpointError | ModelConfigError | ConversionError | GenerationError
@@ -21,6 +22,8 @@ export interface ServingOptions {
   /** API keys; empty means the API is open. */
   readonly apiKeys: ReadonlyArray<string>
   readonly engine: EngineOptions
+  /** When a streamed response whose client stopped reading is cut. Default `defaultSlowReaderLimits`. */
+  readonly slowReader?: SlowReaderLimits
 }
 
 type EngineService = Engine["Service"]
@@ -49,12 +52,18 @@ export class Serving extends Context.Service<Serving, {
   readonly isOpen: boolean
   readonly keys: ReadonlySet<string>
   readonly metrics: EngineMetrics
+  readonly slowReader: SlowReaderLimits
+  /** Counts a stream cut because its client stopped reading (`chorus:stream_aborted_slow_reader_total`). */
+  readonly slowReaderAborted: () => void
 }>()("chorus/http/Serving") {
   static readonly layer = <O>(adapter: ModelAdapter<O>, adapterOptions: O, options: ServingOptions): Layer.Layer<Serving> =>
     Layer.effect(
       Serving,
       Effect.gen(function*() {
         const metrics = makeEngineMetrics()
+        const slowReaderAborted = metrics.registry
+          .counter("chorus:stream_aborted_slow_reader_total", "Number of streamed responses aborted because their client stopped reading.")
+          .child({})
         const observer: EngineObserver = {
           queued: () => {},
           admitted: () => {},
@@ -118,7 +127,9 @@ export class Serving extends Context.Service<Serving, {
               : Effect.fail(new Unauthorized({ message: key === undefined ? "an API key is required" : "the API key is not valid" })),
           isOpen: keys.size === 0,
           keys,
-          metrics
+          metrics,
+          slowReader: options.slowReader ?? defaultSlowReaderLimits,
+          slowReaderAborted: () => slowReaderAborted.inc()
         })
       })
     )

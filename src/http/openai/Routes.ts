@@ -12,6 +12,7 @@ import type { ChatMessage } from "../../core/text/ChatMessage.ts"
 import { decodeJson, readJsonBody } from "../JsonBody.ts"
 import { type ShutDown, UnknownModel } from "../ServerErrors.ts"
 import { Serving } from "../Serving.ts"
+import { currentResponseSink, guardSlowReader } from "../SlowReader.ts"
 import { type OpenAiError, toOpenAiError } from "./Errors.ts"
 import { ChatCompletionRequest, CompletionRequest } from "./Schemas.ts"
 
@@ -94,7 +95,14 @@ const frame = (chunk: unknown) => `data: ${JSON.stringify(chunk)}\n\n`
  * An SSE response from a stream of ready-made frames (each `data: ...\n\n`, possibly several per element). At the
  * end of the shutdown grace period the stream stops and ends like any failed one: an error event, then [DONE].
  */
-const sse = (frames: Stream.Stream<string, EngineError>, shutdown: Effect.Effect<never, ShutDown>) =>
+const sse = (frames: Stream.Stream<string, EngineError>) =>
+  Effect.gen(function*() {
+    const serving = yield* Serving
+    const guarded = guardSlowReader(frames, yield* currentResponseSink, serving.slowReader, serving.slowReaderAborted)
+    return streamResponse(guarded, serving.shutdown)
+  })
+
+const streamResponse = (frames: Stream.Stream<string, EngineError>, shutdown: Effect.Effect<never, ShutDown>) =>
   HttpServerResponse.stream(
     frames.pipe(
       Stream.interruptWhen(shutdown),
@@ -148,14 +156,13 @@ const chatCompletions = Effect.gen(function*() {
   const head = { id: `chatcmpl-${randomUUID()}`, created: Math.floor(Date.now() / 1000), model: engine.model.id }
   const { shutdown } = yield* Serving
   if (req.stream === true) {
-    return sse(
+    return yield* sse(
       streamFrames(events, { ...head, object: "chat.completion.chunk" }, (text, first, finish) => ({
         index: 0,
         delta: finish !== null && text === "" ? {} : first ? { role: "assistant", content: text } : { content: text },
         logprobs: null,
         finish_reason: finish
-      }), req.stream_options?.include_usage === true),
-      shutdown
+      }), req.stream_options?.include_usage === true)
     )
   }
   const done = yield* Effect.raceFirst(collect(events), shutdown)
@@ -181,9 +188,8 @@ const completions = Effect.gen(function*() {
   const head = { id: `cmpl-${randomUUID()}`, created: Math.floor(Date.now() / 1000), model: engine.model.id }
   const { shutdown } = yield* Serving
   if (req.stream === true) {
-    return sse(
-      streamFrames(events, { ...head, object: "text_completion" }, (text, _first, finish) => ({ index: 0, text, logprobs: null, finish_reason: finish }), req.stream_options?.include_usage === true),
-      shutdown
+    return yield* sse(
+      streamFrames(events, { ...head, object: "text_completion" }, (text, _first, finish) => ({ index: 0, text, logprobs: null, finish_reason: finish }), req.stream_options?.include_usage === true)
     )
   }
   const done = yield* Effect.raceFirst(collect(events), shutdown)
