@@ -92,8 +92,9 @@ const usageOf = (u: Usage) => ({ prompt_tokens: u.promptTokens, completion_token
 const frame = (chunk: unknown) => `data: ${JSON.stringify(chunk)}\n\n`
 
 /**
- * An SSE response from a stream of ready-made frames (each `data: ...\n\n`, possibly several per element). At the
- * end of the shutdown grace period the stream stops and ends like any failed one: an error event, then [DONE].
+ * An SSE response from a stream of ready-made frames (each `data: ...\n\n`, possibly several per element). The
+ * frames run ahead of the socket only within the slow-reader limits; at the end of the shutdown grace period the
+ * stream stops and ends like any failed one: an error event, then [DONE].
  */
 const sse = (frames: Stream.Stream<string, EngineError>) =>
   Effect.gen(function*() {
@@ -154,7 +155,6 @@ const chatCompletions = Effect.gen(function*() {
   const engine = yield* engineFor(req.model)
   const events = yield* engine.submit({ input: { type: "chat", messages: messages(req) }, ...controls(req, req.max_completion_tokens ?? req.max_tokens) })
   const head = { id: `chatcmpl-${randomUUID()}`, created: Math.floor(Date.now() / 1000), model: engine.model.id }
-  const { shutdown } = yield* Serving
   if (req.stream === true) {
     return yield* sse(
       streamFrames(events, { ...head, object: "chat.completion.chunk" }, (text, first, finish) => ({
@@ -165,6 +165,7 @@ const chatCompletions = Effect.gen(function*() {
       }), req.stream_options?.include_usage === true)
     )
   }
+  const { shutdown } = yield* Serving
   const done = yield* Effect.raceFirst(collect(events), shutdown)
   return HttpServerResponse.jsonUnsafe({
     ...head,
@@ -186,12 +187,12 @@ const completions = Effect.gen(function*() {
   // OpenAI's legacy default is 16 tokens.
   const events = yield* engine.submit({ input, ...controls(req, req.max_tokens ?? 16) })
   const head = { id: `cmpl-${randomUUID()}`, created: Math.floor(Date.now() / 1000), model: engine.model.id }
-  const { shutdown } = yield* Serving
   if (req.stream === true) {
     return yield* sse(
       streamFrames(events, { ...head, object: "text_completion" }, (text, _first, finish) => ({ index: 0, text, logprobs: null, finish_reason: finish }), req.stream_options?.include_usage === true)
     )
   }
+  const { shutdown } = yield* Serving
   const done = yield* Effect.raceFirst(collect(events), shutdown)
   return HttpServerResponse.jsonUnsafe({
     ...head,
