@@ -72,6 +72,13 @@ const rssOf = (pid: number): number => {
   return m === null ? Number.NaN : Number(m[1]) * 1024
 }
 
+/** CPU seconds (user + system) the process has used, all its threads together. */
+const cpuSecondsOf = (pid: number): number => {
+  const fields = fs.readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1]!.split(" ")
+  // utime and stime are fields 14 and 15 of /proc/<pid>/stat, in clock ticks (100 per second on Linux).
+  return (Number(fields[11]) + Number(fields[12])) / 100
+}
+
 interface StreamResult {
   readonly ok: boolean
   readonly problem?: string
@@ -136,6 +143,7 @@ const main = async () => {
   let failed = 0
   let tokens = 0
   const started = performance.now()
+  const cpuAtStart = cpuSecondsOf(pid)
   progress = { started, completed: 0 }
   const sampler = setInterval(() => samples.push({ atS: (performance.now() - started) / 1000, completed, rss: rssOf(pid) }), 1000)
   samples.push({ atS: 0, completed: 0, rss: rssOf(pid) })
@@ -159,6 +167,7 @@ const main = async () => {
   }
   await Promise.all(Array.from({ length: concurrency }, worker))
   const seconds = (performance.now() - started) / 1000
+  const serverCpuSeconds = cpuSecondsOf(pid) - cpuAtStart
   clearInterval(sampler)
   samples.push({ atS: seconds, completed, rss: rssOf(pid) })
   // Let the server count the last ends, and its probe report once more after them (it reports every 5 s).
@@ -180,7 +189,11 @@ const main = async () => {
   }
   /** Median of one series over a window of the run (by completed share), and the growth from warm to end. */
   const windowed = (series: ReadonlyArray<readonly [number, number]>) => {
-    const within = (from: number, to: number) => median(series.filter(([done]) => done >= requests * from && done <= requests * to).map(([, v]) => v))
+    const within = (from: number, to: number) => {
+      const inside = series.filter(([done]) => done >= requests * from && done <= requests * to).map(([, v]) => v)
+      // A short run may have no sample inside a window: the first one after its start stands for it.
+      return inside.length > 0 ? median(inside) : series.find(([done]) => done >= requests * from)?.[1] ?? Number.NaN
+    }
     const warm = within(WARM, WARM + 0.15)
     const end = within(0.85, 1)
     const max = Math.max(...series.filter(([done]) => done >= requests * WARM).map(([, v]) => v))
@@ -204,6 +217,8 @@ const main = async () => {
     command: `node tools/bench-soak.ts --requests ${requests} --concurrency ${concurrency} --output-len ${outputLen} --max-batch ${maxBatch}`,
     requests, concurrency, outputLen, seconds: Math.round(seconds * 10) / 10,
     streamsPerSecond: Math.round(requests / seconds), tokensPerSecond: Math.round(tokens / seconds),
+    serverCpuSeconds: Math.round(serverCpuSeconds * 10) / 10,
+    serverCpuMicrosecondsPerToken: Math.round((serverCpuSeconds / tokens) * 1e6 * 10) / 10,
     client: { completed, failed, tokens, ends: ended.count, endedTwice: ended.twice, problems: Object.fromEntries(problems) },
     server: server_,
     memoryMiB: { rssStart: Math.round(samples[0]!.rss / 2 ** 20), rssAfterGc, heapAfterGc, rssAsSampled: rss },

@@ -23,8 +23,7 @@ export const serveFlags = {
   grace: { kind: "number", description: "seconds running requests may finish after SIGTERM (default 30)" },
   "aime-endpoint": { kind: "string", description: "AIME endpoint name (default llama3_chat)" },
   "session-ttl": { kind: "number", description: "seconds an unused AIME session key stays valid (default 3600; each use renews it)" },
-  "slow-reader-bytes": { kind: "integer", description: "bytes a stream's client may leave unread (past the kernel's socket buffers) before it is cut (default 1048576)" },
-  "slow-reader-timeout": { kind: "number", description: "seconds a stream may wait for its client to read before it is cut (default 30)" },
+  "slow-reader-timeout": { kind: "number", description: "seconds a stream's socket may stay full (its client not reading) before it is cut (default 30)" },
   "max-sessions-per-key": { kind: "integer", description: "live AIME session keys per API key; more logins drop its oldest (default 1000)" },
   adapter: { kind: "string", description: "llama3 (default) | bench (no model time: measures the server itself)" },
   "bench-step-delay": { kind: "number", description: "bench adapter only: simulated model time per step in ms (default 0)" }
@@ -46,7 +45,6 @@ const ServeConfig = Schema.Struct({
   aimeEndpoint: Schema.optional(Schema.String),
   sessionTtl: Schema.optional(Schema.Number),
   maxSessionsPerKey: Schema.optional(Schema.Int),
-  slowReaderBytes: Schema.optional(Schema.Int),
   slowReaderTimeout: Schema.optional(Schema.Number),
   adapter: Schema.optional(Schema.Literals(["llama3", "bench"]))
 })
@@ -87,7 +85,6 @@ export const runServe = (given: ParsedFlags<typeof serveFlags>) =>
       ...(file.adapter === undefined ? {} : { adapter: file.adapter }),
       ...(file.sessionTtl === undefined ? {} : { "session-ttl": file.sessionTtl }),
       ...(file.maxSessionsPerKey === undefined ? {} : { "max-sessions-per-key": file.maxSessionsPerKey }),
-      ...(file.slowReaderBytes === undefined ? {} : { "slow-reader-bytes": file.slowReaderBytes }),
       ...(file.slowReaderTimeout === undefined ? {} : { "slow-reader-timeout": file.slowReaderTimeout }),
       ...given
     }
@@ -98,7 +95,6 @@ export const runServe = (given: ParsedFlags<typeof serveFlags>) =>
     if (flags.grace !== undefined && !(flags.grace >= 0)) return yield* bad("--grace", `--grace must be zero or more seconds, got ${flags.grace}`)
     if (flags["session-ttl"] !== undefined && !(flags["session-ttl"] > 0)) return yield* bad("--session-ttl", `--session-ttl must be a positive number of seconds, got ${flags["session-ttl"]}`)
     if (flags["max-sessions-per-key"] !== undefined && flags["max-sessions-per-key"] < 1) return yield* bad("--max-sessions-per-key", `--max-sessions-per-key must be at least 1, got ${flags["max-sessions-per-key"]}`)
-    if (flags["slow-reader-bytes"] !== undefined && flags["slow-reader-bytes"] < 1) return yield* bad("--slow-reader-bytes", `--slow-reader-bytes must be at least 1, got ${flags["slow-reader-bytes"]}`)
     if (flags["slow-reader-timeout"] !== undefined && !(flags["slow-reader-timeout"] > 0)) return yield* bad("--slow-reader-timeout", `--slow-reader-timeout must be a positive number of seconds, got ${flags["slow-reader-timeout"]}`)
     const endpoint = flags["aime-endpoint"] ?? "llama3_chat"
     if (!/^[A-Za-z0-9_-]+$/.test(endpoint)) return yield* bad("--aime-endpoint", `--aime-endpoint must be letters, digits, '_' or '-', got '${endpoint}'`)
@@ -121,10 +117,7 @@ export const runServe = (given: ParsedFlags<typeof serveFlags>) =>
       aimeEndpoint: endpoint,
       graceMs: (flags.grace ?? 30) * 1000,
       sessionTtlMs: (flags["session-ttl"] ?? 3600) * 1000,
-      slowReader: {
-        maxBufferedBytes: flags["slow-reader-bytes"] ?? defaultSlowReaderLimits.maxBufferedBytes,
-        maxStallMs: flags["slow-reader-timeout"] === undefined ? defaultSlowReaderLimits.maxStallMs : flags["slow-reader-timeout"] * 1000
-      },
+      slowReader: { maxStallMs: flags["slow-reader-timeout"] === undefined ? defaultSlowReaderLimits.maxStallMs : flags["slow-reader-timeout"] * 1000 },
       ...(flags["max-sessions-per-key"] === undefined ? {} : { maxSessionsPerKey: flags["max-sessions-per-key"] })
     }
     if (adapterName === "bench") {

@@ -34,7 +34,7 @@ export interface ServerOptions<O> {
   /** AIME session keys: idle lifetime (sliding; default 1 h) and live sessions per API key (default 1,000). */
   readonly sessionTtlMs?: number
   readonly maxSessionsPerKey?: number
-  /** When a stream whose client stopped reading is cut (default 1 MiB outstanding or 30 s stuck). */
+  /** When a stream whose client stopped reading is cut (default: its socket stayed full for 30 s). */
   readonly slowReader?: SlowReaderLimits
 }
 

@@ -12,7 +12,7 @@ import type { EngineObserver } from "../core/EngineObserver.ts"
 import type { CheckpointError, ConversionError, GenerationError, ModelConfigError } from "../core/Errors.ts"
 import { type EngineMetrics, makeEngineMetrics } from "./metrics/EngineMetrics.ts"
 import { Draining, NotReady, ShutDown, Unauthorized } from "./ServerErrors.ts"
-import { defaultSlowReaderLimits, type SlowReaderLimits } from "./SlowReader.ts"
+import { defaultSlowReaderLimits, makeSlowReaderWatch, type SlowReaderLimits, type SlowReaderWatch } from "./SlowReader.ts"
 
 export type ServingStatus = "loading" | "ready" | "draining"
 export type LoadError = CheckpointError | ModelConfigError | ConversionError | GenerationError
@@ -52,9 +52,8 @@ export class Serving extends Context.Service<Serving, {
   readonly isOpen: boolean
   readonly keys: ReadonlySet<string>
   readonly metrics: EngineMetrics
-  readonly slowReader: SlowReaderLimits
-  /** Counts a stream cut because its client stopped reading (`chorus:stream_aborted_slow_reader_total`). */
-  readonly slowReaderAborted: () => void
+  /** Cuts streams whose client stopped reading; counts them in `chorus:stream_aborted_slow_reader_total`. */
+  readonly slowReader: SlowReaderWatch
 }>()("chorus/http/Serving") {
   static readonly layer = <O>(adapter: ModelAdapter<O>, adapterOptions: O, options: ServingOptions): Layer.Layer<Serving> =>
     Layer.effect(
@@ -64,6 +63,7 @@ export class Serving extends Context.Service<Serving, {
         const slowReaderAborted = metrics.registry
           .counter("chorus:stream_aborted_slow_reader_total", "Number of streamed responses aborted because their client stopped reading.")
           .child({})
+        const slowReader = yield* makeSlowReaderWatch(options.slowReader ?? defaultSlowReaderLimits, () => slowReaderAborted.inc())
         const observer: EngineObserver = {
           queued: () => {},
           admitted: () => {},
@@ -128,8 +128,7 @@ export class Serving extends Context.Service<Serving, {
           isOpen: keys.size === 0,
           keys,
           metrics,
-          slowReader: options.slowReader ?? defaultSlowReaderLimits,
-          slowReaderAborted: () => slowReaderAborted.inc()
+          slowReader
         })
       })
     )

@@ -1,94 +1,85 @@
 /**
- * Backpressure for streamed responses. The engine produces a stream's events as fast as decode steps run, whatever
- * the client reads; a client that stops reading would otherwise have its whole generation buffered in the server
- * (about 2.3 MB for 8,000 tokens) while its sequence keeps a KV slot. The guard consumes the frames itself, counts
- * the bytes not yet taken by the response writer plus those waiting in the socket's user-space buffer, and aborts
- * the response once that passes a byte bound or the writer has been stuck for a time bound: the connection closes,
- * which ends the engine stream and frees the slot before the next step.
+ * Backpressure for streamed responses. The response writer waits for the socket to drain, so the engine's events
+ * for a client that stops reading pile up in the server (about 2.3 MB for 8,000 tokens, on top of the kernel's
+ * socket buffers) while its sequence keeps a KV slot. The watch cuts such a response once its socket has made no
+ * progress for a time bound: the connection closes, which ends the engine stream and frees the slot before the
+ * next step. A client that reads, however slowly, is left alone.
+ *
+ * One sweep over the open streams a few times per stall bound, no work per token: the streaming path stays as
+ * fast as without the watch.
  *
  * @since 0.1.0
  */
-import { Cause, Effect, Queue, Stream } from "effect"
-import { HttpServerRequest } from "effect/http"
 import { NodeHttpServerRequest } from "@effect/platform-node"
+import { Effect, type Scope, Stream } from "effect"
+import { HttpServerRequest } from "effect/http"
+import type { ServerResponse } from "node:http"
+import type { Http2ServerResponse } from "node:http2"
 
 /** @category models */
 export interface SlowReaderLimits {
-  /** Bytes produced but not yet written to the socket beyond which the stream is aborted. */
-  readonly maxBufferedBytes: number
-  /** Milliseconds the writer may wait for the client to read before the stream is aborted. */
+  /** Milliseconds a stream's socket may stay full without draining before the stream is cut. */
   readonly maxStallMs: number
 }
 
-/** Default limits: far beyond what a reader that keeps up (even at a few KB/s) ever has outstanding. */
-export const defaultSlowReaderLimits: SlowReaderLimits = { maxBufferedBytes: 1024 * 1024, maxStallMs: 30_000 }
+/** Default: far beyond a pause of a reading client on a bad network. */
+export const defaultSlowReaderLimits: SlowReaderLimits = { maxStallMs: 30_000 }
 
-/** The response side the guard watches and, when it gives up, closes. */
-export interface ResponseSink {
-  /** Bytes accepted by the socket writer but not yet handed to the kernel. */
-  readonly pendingBytes: () => number
-  /** True while the writer waits for the socket to drain. */
-  readonly needsDrain: () => boolean
-  /** Closes the connection. */
-  readonly abort: () => void
+/** @category models */
+export interface SlowReaderWatch {
+  /** `frames` as the current request's response body, cut when its client stops reading. */
+  readonly guard: <A, E, R>(frames: Stream.Stream<A, E, R>) => Effect.Effect<Stream.Stream<A, E, R>, never, HttpServerRequest.HttpServerRequest>
 }
 
-/** The Node response behind the current request. */
-export const currentResponseSink = Effect.map(HttpServerRequest.HttpServerRequest, (request): ResponseSink => {
-  const response = NodeHttpServerRequest.toServerResponse(request)
-  return {
-    pendingBytes: () => response.writableLength,
-    needsDrain: () => response.writableNeedDrain,
-    abort: () => response.destroy()
-  }
-})
+interface Watched {
+  readonly response: ServerResponse | Http2ServerResponse
+  /** Since when the socket has been full with no drain; undefined while it takes data. */
+  stalledSince: number | undefined
+}
 
 /**
- * Runs `frames` ahead of the response writer, within the limits; `onAbort` is called once when a slow reader is cut.
+ * A watch whose sweep lives in the current scope; `onAbort` is called for each stream it cuts.
  *
- * @category combinators
+ * @category constructors
  */
-export const guardSlowReader = <E>(
-  frames: Stream.Stream<string, E>,
-  sink: ResponseSink,
-  limits: SlowReaderLimits,
-  onAbort: () => void
-): Stream.Stream<string, E> =>
-  Stream.callback<string, E>((queue) =>
-    Effect.gen(function*() {
-      // Sizes of the frames still in the queue, oldest first: the writer takes from the front.
-      const sizes: Array<number> = []
-      let queued = 0
-      let stalledSince: number | undefined
-      let aborted = false
-      const settle = () => {
-        const inQueue = Queue.sizeUnsafe(queue)
-        while (sizes.length > inQueue) queued -= sizes.shift()!
-      }
-      const offer = (frame: string) => {
-        if (aborted) return
-        settle()
-        const now = performance.now()
-        if (sizes.length === 0 && !sink.needsDrain()) stalledSince = undefined
-        else stalledSince ??= now
-        const size = Buffer.byteLength(frame)
-        sizes.push(size)
-        queued += size
-        Queue.offerUnsafe(queue, frame)
-        if (queued + sink.pendingBytes() > limits.maxBufferedBytes || (stalledSince !== undefined && now - stalledSince > limits.maxStallMs)) {
-          aborted = true
-          sizes.length = 0
+export const makeSlowReaderWatch = (limits: SlowReaderLimits, onAbort: () => void): Effect.Effect<SlowReaderWatch, never, Scope.Scope> =>
+  Effect.gen(function*() {
+    const watched = new Set<Watched>()
+    const sweep = () => {
+      const now = performance.now()
+      for (const w of watched) {
+        if (!w.response.writableNeedDrain) w.stalledSince = undefined
+        else if (w.stalledSince === undefined) w.stalledSince = now
+        else if (now - w.stalledSince > limits.maxStallMs) {
+          watched.delete(w)
           onAbort()
-          // Closing the connection interrupts the request, which ends the engine stream and frees the sequence's slot.
-          sink.abort()
+          // Closing the connection interrupts the request, which ends the engine stream and frees its slot.
+          w.response.destroy()
         }
       }
-      yield* Stream.runForEach(frames, (frame) => Effect.sync(() => offer(frame))).pipe(
-        Effect.matchCause({
-          onSuccess: () => Queue.endUnsafe(queue),
-          onFailure: (cause) => Queue.failCauseUnsafe(queue, cause as Cause.Cause<E>)
-        }),
-        Effect.forkScoped
-      )
-    })
-  )
+    }
+    const period = Math.min(1000, Math.max(10, limits.maxStallMs / 4))
+    yield* Effect.forkScoped(Effect.forever(Effect.sleep(period).pipe(Effect.andThen(Effect.sync(sweep)))))
+
+    const guard = <A, E, R>(frames: Stream.Stream<A, E, R>) =>
+      Effect.map(HttpServerRequest.HttpServerRequest, (request) => {
+        const response = NodeHttpServerRequest.toServerResponse(request)
+        const watch = Effect.acquireRelease(
+          Effect.sync(() => {
+            const w: Watched = { response, stalledSince: undefined }
+            // Any drain is progress: a slow reader that keeps reading is never cut.
+            const onDrain = () => (w.stalledSince = undefined)
+            response.on("drain", onDrain)
+            watched.add(w)
+            return { w, onDrain }
+          }),
+          ({ onDrain, w }) =>
+            Effect.sync(() => {
+              watched.delete(w)
+              response.off("drain", onDrain)
+            })
+        )
+        return Stream.unwrap(Effect.as(watch, frames))
+      })
+    return { guard }
+  })

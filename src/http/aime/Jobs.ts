@@ -190,7 +190,7 @@ export const makeJobTable = (options: JobTableOptions): Effect.Effect<JobTable, 
     }
 
     const run = (job: MutableJob, events: Stream.Stream<GenerationEvent, EngineError>) =>
-      Stream.runForEach(events.pipe(Stream.interruptWhen(options.shutdown ?? Effect.never)), (e) => Effect.sync(() => onEvent(job, e))).pipe(
+      Effect.raceFirst(Stream.runForEach(events, (e) => Effect.sync(() => onEvent(job, e))), options.shutdown ?? Effect.never).pipe(
         Effect.catch((error: EngineError | ShutDown) =>
           Effect.sync(() => {
             if (error._tag === "DeadlineExceeded") finish(job, "lapsed", { _tag: "Lapsed" })

@@ -12,7 +12,6 @@ import type { ChatMessage } from "../../core/text/ChatMessage.ts"
 import { decodeJson, readJsonBody } from "../JsonBody.ts"
 import { type ShutDown, UnknownModel } from "../ServerErrors.ts"
 import { Serving } from "../Serving.ts"
-import { currentResponseSink, guardSlowReader } from "../SlowReader.ts"
 import { type OpenAiError, toOpenAiError } from "./Errors.ts"
 import { ChatCompletionRequest, CompletionRequest } from "./Schemas.ts"
 
@@ -92,21 +91,22 @@ const usageOf = (u: Usage) => ({ prompt_tokens: u.promptTokens, completion_token
 const frame = (chunk: unknown) => `data: ${JSON.stringify(chunk)}\n\n`
 
 /**
- * An SSE response from a stream of ready-made frames (each `data: ...\n\n`, possibly several per element). The
- * frames run ahead of the socket only within the slow-reader limits; at the end of the shutdown grace period the
- * stream stops and ends like any failed one: an error event, then [DONE].
+ * An SSE response from a stream of ready-made frames (each `data: ...\n\n`, possibly several per element), cut
+ * when its client stops reading. At the end of the shutdown grace period the stream stops and ends like any failed
+ * one: an error event, then [DONE].
  */
 const sse = (frames: Stream.Stream<string, EngineError>) =>
   Effect.gen(function*() {
     const serving = yield* Serving
-    const guarded = guardSlowReader(frames, yield* currentResponseSink, serving.slowReader, serving.slowReaderAborted)
-    return streamResponse(guarded, serving.shutdown)
+    return streamResponse(yield* serving.slowReader.guard(frames), serving.shutdown)
   })
 
 const streamResponse = (frames: Stream.Stream<string, EngineError>, shutdown: Effect.Effect<never, ShutDown>) =>
   HttpServerResponse.stream(
     frames.pipe(
-      Stream.interruptWhen(shutdown),
+      // Checked before each pull, not raced with it (a race per token would cost a fiber hop per token): a stream
+      // stops at its next frame, which comes within a step for a running sequence.
+      Stream.haltWhen(shutdown),
       // An error after the first byte can no longer change the status: it becomes an SSE error event.
       Stream.catch((e: EngineError | ShutDown) => Stream.succeed(frame(toOpenAiError(e).body))),
       Stream.concat(Stream.succeed("data: [DONE]\n\n")),
