@@ -77,8 +77,8 @@ export const AimeRoutes = (endpoint: string, options: AimeRoutesOptions = {}) =>
       workerName: WORKER_NAME,
       workerVersion: WORKER_VERSION
     })
-    /** client_session_auth_key -> the API key it was issued for (undefined on an open server without a key). */
     const sessionTtlMs = options.sessionTtlMs ?? 3_600_000
+    /** client_session_auth_key -> the API key it was issued for (undefined on an open server without a key). */
     const sessions = makeSessionTable({ ttlMs: sessionTtlMs, maxPerKey: options.maxSessionsPerKey ?? 1000 })
     // Expired sessions also go on use; the sweep bounds the memory of sessions nobody uses again.
     yield* Effect.forkScoped(Effect.forever(
