@@ -12,6 +12,7 @@ import { isCorsOrigin } from "../http/Cors.ts"
 import { LOG_FORMATS, LOG_LEVELS, type LogFormat, type LogLevelName } from "../http/Logging.ts"
 import { runServer } from "../http/Server.ts"
 import { decodeJson } from "../http/JsonBody.ts"
+import { defaultSlowReaderLimits } from "../http/SlowReader.ts"
 import type { FlagSpecs, ParsedFlags } from "./Args.ts"
 import { modelFlags, resolveModelFlags } from "./ModelFlags.ts"
 import { fromEnvironment, readApiKeyFile } from "./ServeEnvironment.ts"
@@ -32,7 +33,11 @@ export const serveFlags = {
   "log-format": { kind: "string", description: "text (default) | json: one object per line" },
   "log-level": { kind: "string", description: "debug | info (default; includes one access-log line per request) | warn | error" },
   "tls-cert": { kind: "string", description: "PEM certificate file: serve HTTPS (with --tls-key)" },
-  "tls-key": { kind: "string", description: "PEM private key file for --tls-cert" }
+  "tls-key": { kind: "string", description: "PEM private key file for --tls-cert" },
+  "session-ttl": { kind: "number", description: "seconds an unused AIME session key stays valid (default 3600; each use renews it)" },
+  "slow-reader-timeout": { kind: "number", description: "seconds a stream's socket may stay full (its client not reading) before it is cut (default 30)" },
+  "max-sessions-per-key": { kind: "integer", description: "live AIME session keys per API key; more logins drop its oldest (default 1000)" },
+  "bench-step-delay": { kind: "number", description: "bench adapter only: simulated model time per step in ms (default 0)" }
 } as const satisfies FlagSpecs
 
 /** The `--help` text after the flags. */
@@ -62,7 +67,10 @@ const ServeConfig = Schema.Struct({
   logFormat: Schema.optional(Schema.String),
   logLevel: Schema.optional(Schema.String),
   tlsCert: Schema.optional(Schema.String),
-  tlsKey: Schema.optional(Schema.String)
+  tlsKey: Schema.optional(Schema.String),
+  sessionTtl: Schema.optional(Schema.Number),
+  maxSessionsPerKey: Schema.optional(Schema.Int),
+  slowReaderTimeout: Schema.optional(Schema.Number)
 })
 
 const bad = (field: string, message: string) => Effect.fail(new ValidationError({ field, message }))
@@ -144,6 +152,9 @@ export const runServe = (given: ParsedFlags<typeof serveFlags>) =>
       ...(file.grace === undefined ? {} : { grace: file.grace }),
       ...(file.aimeEndpoint === undefined ? {} : { "aime-endpoint": file.aimeEndpoint }),
       ...(file.adapter === undefined ? {} : { adapter: file.adapter }),
+      ...(file.sessionTtl === undefined ? {} : { "session-ttl": file.sessionTtl }),
+      ...(file.maxSessionsPerKey === undefined ? {} : { "max-sessions-per-key": file.maxSessionsPerKey }),
+      ...(file.slowReaderTimeout === undefined ? {} : { "slow-reader-timeout": file.slowReaderTimeout }),
       ...(file.corsOrigins === undefined ? {} : { "cors-origin": file.corsOrigins }),
       ...(file.logFormat === undefined ? {} : { "log-format": file.logFormat }),
       ...(file.logLevel === undefined ? {} : { "log-level": file.logLevel }),
@@ -160,10 +171,16 @@ export const runServe = (given: ParsedFlags<typeof serveFlags>) =>
     if (flags["max-queue"] !== undefined && flags["max-queue"] < 1) return yield* bad("--max-queue", `--max-queue must be at least 1, got ${flags["max-queue"]}`)
     if (flags.timeout !== undefined && !(flags.timeout > 0)) return yield* bad("--timeout", `--timeout must be a positive number of seconds, got ${flags.timeout}`)
     if (flags.grace !== undefined && !(flags.grace >= 0)) return yield* bad("--grace", `--grace must be zero or more seconds, got ${flags.grace}`)
+    if (flags["session-ttl"] !== undefined && !(flags["session-ttl"] > 0)) return yield* bad("--session-ttl", `--session-ttl must be a positive number of seconds, got ${flags["session-ttl"]}`)
+    if (flags["max-sessions-per-key"] !== undefined && flags["max-sessions-per-key"] < 1) return yield* bad("--max-sessions-per-key", `--max-sessions-per-key must be at least 1, got ${flags["max-sessions-per-key"]}`)
+    if (flags["slow-reader-timeout"] !== undefined && !(flags["slow-reader-timeout"] > 0)) return yield* bad("--slow-reader-timeout", `--slow-reader-timeout must be a positive number of seconds, got ${flags["slow-reader-timeout"]}`)
     const endpoint = flags["aime-endpoint"] ?? "llama3_chat"
     if (!/^[A-Za-z0-9_-]+$/.test(endpoint)) return yield* bad("--aime-endpoint", `--aime-endpoint must be letters, digits, '_' or '-', got '${endpoint}'`)
     const adapterName = flags.adapter ?? "llama3"
     if (adapterName !== "llama3" && adapterName !== "bench") return yield* bad("--adapter", `--adapter must be llama3 or bench, got '${adapterName}'`)
+    const stepDelay = flags["bench-step-delay"]
+    if (stepDelay !== undefined && !(stepDelay >= 0)) return yield* bad("--bench-step-delay", `--bench-step-delay must be zero or more milliseconds, got ${stepDelay}`)
+    if (stepDelay !== undefined && adapterName !== "bench") return yield* bad("--bench-step-delay", "--bench-step-delay needs --adapter bench")
     const operations = yield* operationsOptions(flags)
     const model = yield* resolveModelFlags(flags)
     const engine = {
@@ -178,10 +195,16 @@ export const runServe = (given: ParsedFlags<typeof serveFlags>) =>
       engine,
       aimeEndpoint: endpoint,
       graceMs: (flags.grace ?? 30) * 1000,
-      ...operations
+      ...operations,
+      sessionTtlMs: (flags["session-ttl"] ?? 3600) * 1000,
+      slowReader: { maxStallMs: flags["slow-reader-timeout"] === undefined ? defaultSlowReaderLimits.maxStallMs : flags["slow-reader-timeout"] * 1000 },
+      ...(flags["max-sessions-per-key"] === undefined ? {} : { maxSessionsPerKey: flags["max-sessions-per-key"] })
     }
     if (adapterName === "bench") {
-      const benchOptions = model.adapter.maxContext === undefined ? {} : { contextLength: model.adapter.maxContext }
+      const benchOptions = {
+        ...(model.adapter.maxContext === undefined ? {} : { contextLength: model.adapter.maxContext }),
+        ...(stepDelay === undefined ? {} : { stepDelayMs: stepDelay })
+      }
       yield* runServer({ ...common, adapter: BenchAdapter, adapterOptions: benchOptions })
     } else {
       yield* runServer({ ...common, adapter: Llama3Adapter, adapterOptions: model.adapter })

@@ -6,7 +6,7 @@
  * @since 0.1.0
  */
 import { NodeHttpServer } from "@effect/platform-node"
-import { Effect, Layer, ManagedRuntime } from "effect"
+import { Duration, Effect, Layer, ManagedRuntime } from "effect"
 import { HttpRouter, HttpServer, type HttpServerResponse } from "effect/http"
 import * as https from "node:https"
 import type { ModelAdapter } from "../adapters/ModelAdapter.ts"
@@ -20,6 +20,7 @@ import { HttpMetricsMiddleware } from "./metrics/HttpMetrics.ts"
 import { OpenAiRoutes } from "./openai/Routes.ts"
 import { OpsRoutes } from "./ops/Routes.ts"
 import { Serving } from "./Serving.ts"
+import type { SlowReaderLimits } from "./SlowReader.ts"
 import { StaticRoutes } from "./StaticFiles.ts"
 
 /** @category models */
@@ -45,6 +46,11 @@ export interface ServerOptions<O> {
   readonly accessLog?: boolean
   /** Serve HTTPS with this certificate and key (PEM). Default: plain HTTP. */
   readonly tls?: { readonly cert: string | Buffer; readonly key: string | Buffer }
+  /** AIME session keys: idle lifetime (sliding; default 1 h) and live sessions per API key (default 1,000). */
+  readonly sessionTtlMs?: number
+  readonly maxSessionsPerKey?: number
+  /** When a stream whose client stopped reading is cut (default: its socket stayed full for 30 s). */
+  readonly slowReader?: SlowReaderLimits
 }
 
 /** The base URL of a bound server (`HttpServer.formatAddress` knows nothing of TLS). */
@@ -64,7 +70,9 @@ const logging = <O>(options: ServerOptions<O>) =>
 export const serverLayer = <O>(options: ServerOptions<O>) => {
   const aime = AimeRoutes(options.aimeEndpoint ?? "llama3_chat", {
     ...(options.engine?.maxQueue === undefined ? {} : { maxQueue: options.engine.maxQueue }),
-    ...(options.engine?.timeoutMs === undefined ? {} : { timeoutMs: options.engine.timeoutMs })
+    ...(options.engine?.timeoutMs === undefined ? {} : { timeoutMs: options.engine.timeoutMs }),
+    ...(options.sessionTtlMs === undefined ? {} : { sessionTtlMs: options.sessionTtlMs }),
+    ...(options.maxSessionsPerKey === undefined ? {} : { maxSessionsPerKey: options.maxSessionsPerKey })
   })
   const routes = Layer.mergeAll(OpenAiRoutes, aime, OpsRoutes, StaticRoutes, HttpMetricsMiddleware)
   const origins = options.corsOrigins ?? []
@@ -73,8 +81,17 @@ export const serverLayer = <O>(options: ServerOptions<O>) => {
   const tls = options.tls
   const listen = tls === undefined ? createNodeServer : () => refuseTunnels(https.createServer({ cert: tls.cert, key: tls.key }))
   return HttpRouter.serve(routes, { disableLogger: true, disableListenLog: true, middleware }).pipe(
-    Layer.provideMerge(Serving.layer(options.adapter, options.adapterOptions, { apiKeys: options.apiKeys ?? [], engine: options.engine ?? {} })),
-    Layer.provideMerge(NodeHttpServer.layer(listen, { port: options.port ?? 8080, host: options.host ?? "127.0.0.1" })),
+    Layer.provideMerge(Serving.layer(options.adapter, options.adapterOptions, {
+      apiKeys: options.apiKeys ?? [],
+      engine: options.engine ?? {},
+      ...(options.slowReader === undefined ? {} : { slowReader: options.slowReader })
+    })),
+    Layer.provideMerge(NodeHttpServer.layer(listen, {
+      port: options.port ?? 8080,
+      host: options.host ?? "127.0.0.1",
+      // Requests have ended by now (runServer stops them after the grace); this only bounds a stuck connection.
+      gracefulShutdownTimeout: Duration.millis(STOP_MS / 2)
+    })),
     Layer.provide(logging(options))
   )
 }
@@ -91,6 +108,9 @@ const shutdownSignal = Effect.callback<string>((resume) => {
     process.off("SIGINT", int)
   })
 })
+
+/** After the grace: streams end with their error event and the engine drops their sequences within this. */
+const STOP_MS = 1000
 
 /** Waits until no request is running or waiting, at most `graceMs`. */
 const drained = (graceMs: number) =>
@@ -130,6 +150,9 @@ export const runServer = <O>(options: ServerOptions<O>) =>
     yield* Effect.logInfo(`chorus: ${signal}: draining (up to ${(options.graceMs ?? 30_000) / 1000} s for running requests)`)
     yield* serving.drain
     yield* drained(options.graceMs ?? 30_000)
+    // Whatever still runs ends now with an error its client sees (SSE error event + [DONE], 503, AIME error result).
+    yield* serving.stop
+    yield* drained(STOP_MS / 2)
     yield* Effect.logInfo("chorus: stopped")
   }).pipe(Effect.provide(serverLayer(options)), Effect.provide(logging(options)))
 

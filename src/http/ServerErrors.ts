@@ -29,6 +29,11 @@ export class Draining extends Schema.TaggedError<Draining>()("Draining", { messa
   readonly errorType = "draining"
 }
 
+/** The grace period after SIGTERM ran out while this request was still running. */
+export class ShutDown extends Schema.TaggedError<ShutDown>()("ShutDown", { message: Schema.String }) {
+  readonly errorType = "shutdown"
+}
+
 /** The request body is larger than the server accepts. */
 export class PayloadTooLarge extends Schema.TaggedError<PayloadTooLarge>()("PayloadTooLarge", { limit: Schema.Number, message: Schema.String }) {
   readonly errorType = "payload_too_large"

@@ -15,7 +15,8 @@ import { recordingUsage } from "./AccessLog.ts"
 import { EngineMetrics } from "./metrics/EngineMetrics.ts"
 import { registerProcessMetrics } from "./metrics/ProcessMetrics.ts"
 import { Registry } from "./metrics/Prometheus.ts"
-import { Draining, NotReady, Unauthorized } from "./ServerErrors.ts"
+import { Draining, NotReady, ShutDown, Unauthorized } from "./ServerErrors.ts"
+import { defaultSlowReaderLimits, makeSlowReaderWatch, type SlowReaderLimits, type SlowReaderWatch } from "./SlowReader.ts"
 
 export type ServingStatus = "loading" | "ready" | "draining"
 export type LoadError = CheckpointError | ModelConfigError | ConversionError | GenerationError
@@ -25,6 +26,8 @@ export interface ServingOptions {
   /** API keys; empty means the API is open. */
   readonly apiKeys: ReadonlyArray<string>
   readonly engine: EngineOptions
+  /** When a streamed response whose client stopped reading is cut. Default `defaultSlowReaderLimits`. */
+  readonly slowReader?: SlowReaderLimits
 }
 
 type EngineService = Engine["Service"]
@@ -42,6 +45,13 @@ export class Serving extends Context.Service<Serving, {
   readonly ready: Effect.Effect<EngineService, LoadError>
   /** Stops taking new requests. */
   readonly drain: Effect.Effect<void>
+  /**
+   * Fails with ShutDown once the grace period after SIGTERM is over, and never completes before: a running request
+   * races it so that it ends with an error its client can see instead of being cut off.
+   */
+  readonly shutdown: Effect.Effect<never, ShutDown>
+  /** Ends the grace period: every request racing `shutdown` ends now. */
+  readonly stop: Effect.Effect<void>
   readonly checkKey: (key: string | undefined) => Effect.Effect<void, Unauthorized>
   /** Whether `key` is a configured API key, in constant time (see ApiKeys.ts); false on an open server. */
   readonly isKey: (key: string) => boolean
@@ -49,6 +59,8 @@ export class Serving extends Context.Service<Serving, {
   readonly keys: ReadonlySet<string>
   /** Everything `/metrics` serves: process metrics from the start, the model's once it is loaded, HTTP counts. */
   readonly registry: Registry
+  /** Cuts streams whose client stopped reading; counts them in `chorus:stream_aborted_slow_reader_total`. */
+  readonly slowReader: SlowReaderWatch
 }>()("chorus/http/Serving") {
   static readonly layer = <O>(adapter: ModelAdapter<O>, adapterOptions: O, options: ServingOptions): Layer.Layer<Serving> =>
     Layer.effect(
@@ -58,6 +70,10 @@ export class Serving extends Context.Service<Serving, {
         yield* registerProcessMetrics(registry)
         // The series are labelled with the model's id, known once it is loaded; the engine reports nothing before.
         let metrics: EngineMetrics | undefined
+        const slowReaderAborted = registry
+          .counter("chorus:stream_aborted_slow_reader_total", "Number of streamed responses aborted because their client stopped reading.")
+          .child({})
+        const slowReader = yield* makeSlowReaderWatch(options.slowReader ?? defaultSlowReaderLimits, () => slowReaderAborted.inc())
         const observer: EngineObserver = {
           queued: () => {},
           admitted: () => {},
@@ -71,6 +87,7 @@ export class Serving extends Context.Service<Serving, {
         }
         const status = yield* Ref.make<ServingStatus>("loading")
         const loaded = yield* Deferred.make<EngineService, LoadError>()
+        const stopped = yield* Deferred.make<never, ShutDown>()
         let current: EngineService | undefined
         const engineLayer = Engine.layer(adapter, adapterOptions, { ...options.engine, observer })
         // Load in the background, in the layer's scope: the engine lives as long as the server.
@@ -115,6 +132,8 @@ export class Serving extends Context.Service<Serving, {
           }),
           ready: Deferred.await(loaded),
           drain: Ref.set(status, "draining"),
+          shutdown: Deferred.await(stopped),
+          stop: Deferred.fail(stopped, new ShutDown({ message: "the server is shutting down and its grace period for running requests is over" })).pipe(Effect.asVoid),
           checkKey: (key) =>
             keys.size === 0 || (key !== undefined && isKey(key))
               ? Effect.void
@@ -122,7 +141,8 @@ export class Serving extends Context.Service<Serving, {
           isKey,
           isOpen: keys.size === 0,
           keys,
-          registry
+          registry,
+          slowReader
         })
       })
     )

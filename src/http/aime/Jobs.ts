@@ -7,10 +7,11 @@
  * @since 0.1.0
  */
 import { Cause, Deferred, Effect, FiberMap, type Scope, Stream } from "effect"
-import { randomUUID } from "node:crypto"
+import { randomBytes } from "node:crypto"
 import type { EngineError } from "../../core/Engine.ts"
 import type { JobView } from "../../core/JobMachine.ts"
 import type { GenerationEvent } from "../../core/Request.ts"
+import type { ShutDown } from "../ServerErrors.ts"
 
 /**
  * A job's state in AIME's terms, read from the engine's job machine; `finished` is the reference's "result arrived,
@@ -127,6 +128,8 @@ export interface JobTableOptions {
   /** Named in results as the reference names its worker (`auth`, `worker_interface_version`). */
   readonly workerName: string
   readonly workerVersion: string
+  /** Fails when the server's shutdown grace is over: a job still running then ends with an in-band error result. */
+  readonly shutdown?: Effect.Effect<never, ShutDown>
 }
 
 export interface JobTable {
@@ -142,6 +145,9 @@ export interface JobTable {
   readonly size: Effect.Effect<number>
 }
 
+/** `JID` + 128 random bits (base64url): unguessable, and unlike a counter it tells nothing about request volume. */
+export const newJobId = (): string => `JID${randomBytes(16).toString("base64url")}`
+
 const round = (x: number, digits: number) => Math.round(x * 10 ** digits) / 10 ** digits
 const now = () => Date.now() / 1000
 
@@ -151,7 +157,6 @@ export const makeJobTable = (options: JobTableOptions): Effect.Effect<JobTable, 
     const jobs = new Map<string, MutableJob>()
     const ends = new Map<string, Deferred.Deferred<JobOutcome>>()
     const results = new Map<string, JobResult>()
-    let counter = 0
     /** Smoothed seconds from first token to the end of a job, for queue estimates; undefined until one finished. */
     let meanCompute: number | undefined
 
@@ -218,8 +223,8 @@ export const makeJobTable = (options: JobTableOptions): Effect.Effect<JobTable, 
     }
 
     const run = (job: MutableJob, events: Stream.Stream<GenerationEvent, EngineError>, known: Deferred.Deferred<void>) =>
-      Stream.runForEach(events, (e) => Effect.sync(() => onEvent(job, e, known))).pipe(
-        Effect.catch((error: EngineError) =>
+      Effect.raceFirst(Stream.runForEach(events, (e) => Effect.sync(() => onEvent(job, e, known))), options.shutdown ?? Effect.never).pipe(
+        Effect.catch((error: EngineError | ShutDown) =>
           Effect.sync(() => {
             if (error._tag === "DeadlineExceeded") finish(job, { _tag: "Lapsed" })
             // As in the reference, a failed generation is a result with an in-band error.
@@ -311,7 +316,7 @@ export const makeJobTable = (options: JobTableOptions): Effect.Effect<JobTable, 
       start: (events, info) =>
         Effect.gen(function*() {
           const job: MutableJob = {
-            id: `${randomUUID()}#${++counter}`,
+            id: newJobId(),
             info,
             get state() {
               return stateOf(job)

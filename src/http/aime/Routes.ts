@@ -12,15 +12,15 @@
  *
  * @since 0.1.0
  */
-import { Effect } from "effect"
+import { Clock, Effect } from "effect"
 import { HttpRouter, HttpServerRequest, HttpServerResponse } from "effect/http"
-import { randomUUID } from "node:crypto"
 import { describeValue } from "../ChatInput.ts"
 import { readJsonBody } from "../JsonBody.ts"
 import { Unauthorized, UnknownJob } from "../ServerErrors.ts"
 import { Serving } from "../Serving.ts"
 import { type AimeError, AimeInputError, JobCanceled, JobLapsed, toAimeError } from "./Errors.ts"
 import { type EngineView, type JobState, makeJobTable, type PollAnswer } from "./Jobs.ts"
+import { makeSessionTable } from "./Sessions.ts"
 import { coerceQuery, type Credentials, credentialsOf, decodeJobInput, EP_VERSION, parameterDescription } from "./Schemas.ts"
 
 /** @category models */
@@ -31,14 +31,16 @@ export interface AimeRoutesOptions {
   readonly maxQueue?: number
   /** Reported as `max_time_in_queue` in seconds (the engine's `timeoutMs`). Default: none (null). */
   readonly timeoutMs?: number
+  /** Idle time after which a session key (`/<ep>/login`) stops working; every use renews it. Default 1 h. */
+  readonly sessionTtlMs?: number
+  /** Live session keys per API key; a login beyond it drops that key's least recently used one. Default 1,000. */
+  readonly maxSessionsPerKey?: number
 }
 
 const WORKER_NAME = "chorus"
 const WORKER_VERSION = "chorus 0.1.0"
 const KEY_NOT_VALID = "Key not valid"
 const NO_CREDENTIALS = "API Key missing and client session authentication key not registered in API Server"
-/** Session keys never expire (as in the reference); the oldest go once there are this many. */
-const MAX_SESSIONS = 100_000
 
 const json = (body: unknown, status = 200) => HttpServerResponse.jsonUnsafe(body, { status })
 
@@ -74,14 +76,25 @@ const handle = <R>(effect: Effect.Effect<HttpServerResponse.HttpServerResponse, 
 
 export const AimeRoutes = (endpoint: string, options: AimeRoutesOptions = {}) =>
   HttpRouter.use(Effect.fn(function*(router) {
+    const { shutdown } = yield* Serving
     const jobs = yield* makeJobTable({
+      shutdown,
       epVersion: EP_VERSION,
       resultLifetimeMs: options.resultLifetimeMs ?? 900_000,
       workerName: WORKER_NAME,
       workerVersion: WORKER_VERSION
     })
+    const sessionTtlMs = options.sessionTtlMs ?? 3_600_000
     /** client_session_auth_key -> the API key it was issued for (undefined on an open server without a key). */
-    const sessions = new Map<string, string | undefined>()
+    const sessions = makeSessionTable({ ttlMs: sessionTtlMs, maxPerKey: options.maxSessionsPerKey ?? 1000 })
+    // Expired sessions also go on use; the sweep bounds the memory of sessions nobody uses again.
+    yield* Effect.forkScoped(Effect.forever(
+      Effect.sleep(Math.max(10, Math.min(60_000, sessionTtlMs / 2))).pipe(
+        Effect.andThen(Clock.currentTimeMillis),
+        Effect.map((now) => sessions.sweep(now))
+      )
+    ))
+    const sessionKey = (session: string) => Effect.map(Clock.currentTimeMillis, (now) => sessions.resolve(session, now))
 
     const keyValid = (key: string | undefined) =>
       Serving.use((serving) => Effect.succeed(serving.isOpen || (key !== undefined && serving.isKey(key))))
@@ -92,12 +105,11 @@ export const AimeRoutes = (endpoint: string, options: AimeRoutesOptions = {}) =>
         const serving = yield* Serving
         const key = c.key === "" ? undefined : c.key
         const session = c.session === "" || c.session === undefined ? undefined : c.session
-        if (serving.isOpen) return key ?? (session === undefined ? undefined : sessions.get(session))
-        if (key !== undefined) {
-          if (serving.isKey(key)) return key
-          return yield* Effect.fail(new Unauthorized({ message: KEY_NOT_VALID }))
-        }
-        if (session !== undefined && sessions.has(session)) return sessions.get(session)
+        if (key !== undefined && !serving.isOpen && !serving.isKey(key)) return yield* Effect.fail(new Unauthorized({ message: KEY_NOT_VALID }))
+        if (key !== undefined) return key
+        const resolved = session === undefined ? undefined : yield* sessionKey(session)
+        if (resolved?.found === true) return resolved.apiKey
+        if (serving.isOpen) return undefined
         return yield* Effect.fail(new Unauthorized({ message: NO_CREDENTIALS }))
       })
 
@@ -180,9 +192,7 @@ export const AimeRoutes = (endpoint: string, options: AimeRoutesOptions = {}) =>
     const login = Effect.gen(function*() {
       const key = yield* queryKey
       if (!(yield* keyValid(key))) return json({ success: false, error: KEY_NOT_VALID })
-      const session = randomUUID()
-      if (sessions.size >= MAX_SESSIONS) sessions.delete(sessions.keys().next().value!)
-      sessions.set(session, key === "" ? undefined : key)
+      const session = sessions.issue(key === "" ? undefined : key, yield* Clock.currentTimeMillis)
       return json({ success: true, ep_version: EP_VERSION, client_session_auth_key: session, key: key ?? null })
     })
 

@@ -3,9 +3,9 @@
  * the SSE error event for a stream that already started.
  */
 import type { EngineError } from "../../core/Engine.ts"
-import type { Draining, NotReady, PayloadTooLarge, Unauthorized, UnknownModel } from "../ServerErrors.ts"
+import type { Draining, NotReady, PayloadTooLarge, ShutDown, Unauthorized, UnknownModel } from "../ServerErrors.ts"
 
-export type OpenAiError = EngineError | Unauthorized | UnknownModel | NotReady | Draining | PayloadTooLarge
+export type OpenAiError = EngineError | Unauthorized | UnknownModel | NotReady | Draining | ShutDown | PayloadTooLarge
 
 export interface OpenAiErrorBody {
   readonly error: { readonly message: string; readonly type: string; readonly param: string | null; readonly code: string | null }
@@ -30,6 +30,8 @@ export const toOpenAiError = (e: OpenAiError): { readonly status: number; readon
       return { status: 503, body: body("server_error", null, "not_ready") }
     case "Draining":
       return { status: 503, body: body("server_error", null, "draining") }
+    case "ShutDown":
+      return { status: 503, body: body("server_error", null, "shutdown") }
     case "DeadlineExceeded":
       return { status: 504, body: body("timeout_error", null, "timeout") }
     case "GenerationError":

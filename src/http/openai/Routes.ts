@@ -11,7 +11,7 @@ import type { SamplingParams } from "../../core/sampling/SamplingParams.ts"
 import { bearerKey } from "../ApiKeys.ts"
 import { flattenMessages } from "../ChatInput.ts"
 import { decodeJson, readJsonBody } from "../JsonBody.ts"
-import { UnknownModel } from "../ServerErrors.ts"
+import { type ShutDown, UnknownModel } from "../ServerErrors.ts"
 import { Serving } from "../Serving.ts"
 import { type OpenAiError, toOpenAiError } from "./Errors.ts"
 import { ChatCompletionRequest, CompletionRequest } from "./Schemas.ts"
@@ -88,12 +88,25 @@ const usageOf = (u: Usage) => ({ prompt_tokens: u.promptTokens, completion_token
 
 const frame = (chunk: unknown) => `data: ${JSON.stringify(chunk)}\n\n`
 
-/** An SSE response from a stream of ready-made frames (each `data: ...\n\n`, possibly several per element). */
+/**
+ * An SSE response from a stream of ready-made frames (each `data: ...\n\n`, possibly several per element), cut
+ * when its client stops reading. At the end of the shutdown grace period the stream stops and ends like any failed
+ * one: an error event, then [DONE].
+ */
 const sse = (frames: Stream.Stream<string, EngineError>) =>
+  Effect.gen(function*() {
+    const serving = yield* Serving
+    return streamResponse(yield* serving.slowReader.guard(frames), serving.shutdown)
+  })
+
+const streamResponse = (frames: Stream.Stream<string, EngineError>, shutdown: Effect.Effect<never, ShutDown>) =>
   HttpServerResponse.stream(
     frames.pipe(
+      // Checked before each pull, not raced with it (a race per token would cost a fiber hop per token): a stream
+      // stops at its next frame, which comes within a step for a running sequence.
+      Stream.haltWhen(shutdown),
       // An error after the first byte can no longer change the status: it becomes an SSE error event.
-      Stream.catch((e: EngineError) => Stream.succeed(frame(toOpenAiError(e).body))),
+      Stream.catch((e: EngineError | ShutDown) => Stream.succeed(frame(toOpenAiError(e).body))),
       Stream.concat(Stream.succeed("data: [DONE]\n\n")),
       Stream.encodeText
     ),
@@ -142,7 +155,7 @@ const chatCompletions = Effect.gen(function*() {
   const events = yield* engine.submit({ input: { type: "chat", messages: flattenMessages(req.messages) }, ...controls(req, req.max_completion_tokens ?? req.max_tokens) })
   const head = { id: `chatcmpl-${randomUUID()}`, created: Math.floor(Date.now() / 1000), model: engine.model.id }
   if (req.stream === true) {
-    return sse(
+    return yield* sse(
       streamFrames(events, { ...head, object: "chat.completion.chunk" }, (text, first, finish) => ({
         index: 0,
         delta: finish !== null && text === "" ? {} : first ? { role: "assistant", content: text } : { content: text },
@@ -151,7 +164,8 @@ const chatCompletions = Effect.gen(function*() {
       }), req.stream_options?.include_usage === true)
     )
   }
-  const done = yield* collect(events)
+  const { shutdown } = yield* Serving
+  const done = yield* Effect.raceFirst(collect(events), shutdown)
   return HttpServerResponse.jsonUnsafe({
     ...head,
     object: "chat.completion",
@@ -174,11 +188,12 @@ const completions = Effect.gen(function*() {
   const events = yield* engine.submit({ input, ...controls(req, req.max_tokens ?? 16) })
   const head = { id: `cmpl-${randomUUID()}`, created: Math.floor(Date.now() / 1000), model: engine.model.id }
   if (req.stream === true) {
-    return sse(
+    return yield* sse(
       streamFrames(events, { ...head, object: "text_completion" }, (text, _first, finish) => ({ index: 0, text, logprobs: null, finish_reason: finish }), req.stream_options?.include_usage === true)
     )
   }
-  const done = yield* collect(events)
+  const { shutdown } = yield* Serving
+  const done = yield* Effect.raceFirst(collect(events), shutdown)
   return HttpServerResponse.jsonUnsafe({
     ...head,
     object: "text_completion",

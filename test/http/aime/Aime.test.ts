@@ -47,7 +47,7 @@ describe("AIME API (server with API keys)", () => {
     expect(submitted.body.success).toBe(true)
     expect(submitted.body.ep_version).toBe(3)
     const jobId: string = submitted.body.job_id
-    expect(jobId).toMatch(/^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}#\d+$/)
+    expect(jobId).toMatch(/^JID[A-Za-z0-9_-]{22}$/)
 
     const texts: Array<string> = []
     let result: Json | undefined
@@ -324,7 +324,7 @@ describe("AIME API (open server, short deadline, tiny queue)", () => {
     expect(blocking.status).toBe(400)
     expect(Object.keys(blocking.body).sort()).toEqual(["ep_version", "error", "success"])
     expect(blocking.body.success).toBe(false)
-    expect(blocking.body.error).toMatch(new RegExp(`^Job [0-9a-f-]{36}#\\d+ on ${EP} lapsed!$`))
+    expect(blocking.body.error).toMatch(new RegExp(`^Job JID[A-Za-z0-9_-]{22} on ${EP} lapsed!$`))
   })
 })
 
