@@ -127,9 +127,18 @@ const streamOne = (agent: http.Agent, url: URL, i: number, ended: { count: numbe
     req.end(body)
   })
 
-const metricValue = (text: string, series: string): number => {
-  const line = text.split("\n").find((l) => l.startsWith(`${series} `))
-  return line === undefined ? 0 : Number(line.slice(series.length + 1))
+/** The sum of the series of `selector` (`name` or `name{label="value",...}`): other labels (model_name) may be present. */
+const metricValue = (text: string, selector: string): number => {
+  const [, name, wanted = ""] = /^([^{]+)(?:\{(.*)\})?$/.exec(selector)!
+  const pairs = wanted === "" ? [] : wanted.split(",")
+  let sum = 0
+  for (const line of text.split("\n")) {
+    const m = /^([^{\s]+)(?:\{(.*)\})? (\S+)$/.exec(line)
+    if (m === null || m[1] !== name) continue
+    const labels = (m[2] ?? "").split(",")
+    if (pairs.every((p) => labels.includes(p))) sum += Number(m[3])
+  }
+  return sum
 }
 
 const main = async () => {

@@ -42,7 +42,7 @@ const metric = async (url: string, line: RegExp): Promise<number> => {
   return m === null ? Number.NaN : Number(m[1])
 }
 const SLOW_ABORTS = /^chorus:stream_aborted_slow_reader_total (\d+)$/m
-const ABORTED = /^chorus:request_success_total\{finished_reason="abort"\} (\d+)$/m
+const ABORTED = /^chorus:request_success_total\{[^}]*finished_reason="abort"[^}]*\} (\d+)$/m
 
 const waitFor = async (what: () => Promise<boolean>, withinMs: number) => {
   const started = performance.now()
