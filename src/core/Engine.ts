@@ -388,6 +388,8 @@ const makeEngine = (model: LoadedModel, options: EngineOptions) =>
     const defaultTimeout = options.timeoutMs ?? Number.POSITIVE_INFINITY
     const promptOptions = { allowSpecialTokens: options.allowSpecialTokens ?? false }
 
+    /** Requests between admission and the scheduler: their prompts are being rendered and tokenized. */
+    let validating = 0
     const submit = (request: GenerateRequest): Effect.Effect<Stream.Stream<GenerationEvent, EngineError>, EngineError> =>
         Effect.gen(function*() {
           const down = downShard()
@@ -395,12 +397,17 @@ const makeEngine = (model: LoadedModel, options: EngineOptions) =>
             observer.failed(down.errorType)
             return yield* Effect.fail(down)
           }
-          // Admission before work: a full queue refuses at once, before tokenizing.
-          if (scheduler.numWaiting >= maxQueue) {
+          // Admission before work: a full queue refuses at once, before tokenizing. Prompts still being tokenized
+          // count as waiting, so a burst of large prompts cannot pile up in front of the tokenizer threads.
+          if (scheduler.numWaiting + validating >= maxQueue) {
             observer.failed("overloaded")
             return yield* Effect.fail(new Overloaded({ maxQueue, message: `the queue is full (${maxQueue} requests waiting); retry later` }))
           }
-          const validated = yield* validateRequest(request, sized, promptOptions).pipe(Effect.tapError((e) => Effect.sync(() => observer.failed(e.errorType))))
+          validating++
+          const validated = yield* validateRequest(request, sized, promptOptions).pipe(
+            Effect.tapError((e) => Effect.sync(() => observer.failed(e.errorType))),
+            Effect.ensuring(Effect.sync(() => validating--))
+          )
           return Stream.callback<GenerationEvent, EngineError>((queue) =>
             Effect.gen(function*() {
               const arrivedAt = performance.now()

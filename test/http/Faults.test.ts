@@ -146,6 +146,29 @@ describe("faults", () => {
     }
   })
 
+  it("prompts still being tokenized count against the queue: a burst of large prompts gets 429s, not a pile-up", async () => {
+    const server = await startServer({ adapter: BenchAdapter, adapterOptions: {}, engine: { maxNumSeqs: 1, maxQueue: 2 } })
+    try {
+      const abort = new AbortController()
+      // 600 KB of text passes the byte pre-check (8,192 tokens x 128 bytes) and takes the tokenizer thread seconds.
+      const big = { prompt: "word ".repeat(120_000), max_tokens: 1 }
+      const tokenizing = [post(`${server.url}/v1/completions`, big, abort.signal), post(`${server.url}/v1/completions`, big, abort.signal)]
+        .map((p) => p.catch(() => undefined))
+      await new Promise((r) => setTimeout(r, 300))
+      const started = performance.now()
+      const refused = await post(`${server.url}/v1/completions`, { prompt: "y", max_tokens: 5 })
+      expect(performance.now() - started).toBeLessThan(200)
+      expect(refused.status).toBe(429)
+      expect(await refused.json()).toMatchObject({ error: { code: "overloaded" } })
+      abort.abort()
+      await Promise.all(tokenizing)
+      // Once the tokenizing requests are gone, the queue takes requests again.
+      await waitUntil(async () => (await post(`${server.url}/v1/completions`, { prompt: "y", max_tokens: 2 })).status === 200, 5000)
+    } finally {
+      await server.close()
+    }
+  })
+
   it("a request past its deadline ends with a clear error: 504 before the first byte, an SSE error event after", async () => {
     const server = await startServer({ adapter: BenchAdapter, adapterOptions: { stepDelayMs: 10 }, engine: { maxNumSeqs: 2, timeoutMs: 300 } })
     try {
