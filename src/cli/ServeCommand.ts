@@ -22,7 +22,7 @@ export const serveFlags = {
   config: { kind: "string", description: "JSON config file with any of these options (flags win)" },
   host: { kind: "string", description: "address to listen on (default 127.0.0.1; 0.0.0.0 for all)" },
   port: { kind: "integer", description: "port (default 8080; 0 picks a free one)" },
-  "max-queue": { kind: "integer", description: "waiting requests before new ones get 429 (default 1024)" },
+  "max-queue": { kind: "integer", description: "waiting requests, prompts being tokenized included, before new ones get 429 (default 1024)" },
   timeout: { kind: "number", description: "seconds a request may take in all before it fails (default 600)" },
   "api-key": { kind: "string", repeatable: true, description: "accepted API key (repeatable); none: the API is open" },
   "api-key-file": { kind: "string", description: "file of accepted API keys, one per line (# comments); keeps keys out of ps" },
