@@ -147,11 +147,11 @@ describe("faults", () => {
   })
 
   it("prompts still being tokenized count against the queue: a burst of large prompts gets 429s, not a pile-up", async () => {
-    const server = await startServer({ adapter: BenchAdapter, adapterOptions: {}, engine: { maxNumSeqs: 1, maxQueue: 2 } })
+    // Each prompt takes 3 s to process (a slow tokenizer, simulated so that no machine is fast enough to race it).
+    const server = await startServer({ adapter: BenchAdapter, adapterOptions: { promptDelayMs: 3000 }, engine: { maxNumSeqs: 1, maxQueue: 2 } })
     try {
       const abort = new AbortController()
-      // 600 KB of text passes the byte pre-check (8,192 tokens x 128 bytes) and takes the tokenizer thread seconds.
-      const big = { prompt: "word ".repeat(120_000), max_tokens: 1 }
+      const big = { prompt: "word ".repeat(1000), max_tokens: 1 }
       const tokenizing = [post(`${server.url}/v1/completions`, big, abort.signal), post(`${server.url}/v1/completions`, big, abort.signal)]
         .map((p) => p.catch(() => undefined))
       await new Promise((r) => setTimeout(r, 300))

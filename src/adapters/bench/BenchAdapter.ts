@@ -2,7 +2,8 @@
  * The bench adapter: a model whose steps cost no model time, for measuring Chorus's own overhead. Everything but
  * the model math is real — the Llama 3 tokenizer and chat format, the engine, scheduler, shard actors on piscina
  * threads, detokenizer and streaming — so the throughput it reaches is the ceiling the serving path allows.
- * `stepDelayMs` adds a fixed simulated model time per step, spent blocked in the shard threads.
+ * `stepDelayMs` adds a fixed simulated model time per step, spent blocked in the shard threads; `promptDelayMs` a
+ * simulated prompt-processing time per request (a slow tokenizer), during which the request counts as queued.
  *
  * @since 0.1.0
  */
@@ -21,6 +22,8 @@ export interface BenchOptions {
   readonly contextLength?: number | undefined
   /** Simulated model time per step in milliseconds, spent in the worker threads (split over shards by layers). Default 0. */
   readonly stepDelayMs?: number | undefined
+  /** Simulated prompt rendering and tokenizing time per request in milliseconds, after the real tokenizer. Default 0. */
+  readonly promptDelayMs?: number | undefined
   /** Worker threads the (notional) 32 layers are split over, like the real adapter. Default 1. */
   readonly shards?: number | undefined
 }
@@ -39,16 +42,20 @@ const checkOptions = (options: BenchOptions) =>
     const contextLength = options.contextLength ?? 8192
     const stepDelayMs = options.stepDelayMs ?? 0
     const shards = options.shards ?? 1
+    const promptDelayMs = options.promptDelayMs ?? 0
     if (!Number.isInteger(contextLength) || contextLength < 2) {
       return yield* Effect.fail(invalid("contextLength", "an integer >= 2", contextLength))
     }
     if (!Number.isFinite(stepDelayMs) || stepDelayMs < 0) {
       return yield* Effect.fail(invalid("stepDelayMs", "a finite number >= 0", stepDelayMs))
     }
+    if (!Number.isFinite(promptDelayMs) || promptDelayMs < 0) {
+      return yield* Effect.fail(invalid("promptDelayMs", "a finite number >= 0", promptDelayMs))
+    }
     if (!Number.isInteger(shards) || shards < 1 || shards > NUM_LAYERS) {
       return yield* Effect.fail(invalid("shards", `an integer from 1 to ${NUM_LAYERS}`, shards))
     }
-    return { contextLength, stepDelayMs, shards }
+    return { contextLength, stepDelayMs, promptDelayMs, shards }
   })
 
 /** @category models */
@@ -56,7 +63,7 @@ export const BenchAdapter: ModelAdapter<BenchOptions> = {
   name: "bench",
   load: (options) =>
     Effect.gen(function*() {
-      const { contextLength, stepDelayMs, shards } = yield* checkOptions(options)
+      const { contextLength, stepDelayMs, promptDelayMs, shards } = yield* checkOptions(options)
       // The real prompt path (worker threads), so that the bench measures what serving costs.
       const prompts = yield* makePromptPool(undefined)
       const tokenizer = yield* loadTokenizer(undefined)
@@ -83,8 +90,10 @@ export const BenchAdapter: ModelAdapter<BenchOptions> = {
         vocabSize: VOCAB_SIZE,
         stopTokenIds: tokenizer.eotTokenIds,
         codec: tokenizer,
-        formatChat: prompts.formatChat,
-        formatCompletion: prompts.formatCompletion,
+        formatChat: promptDelayMs === 0 ? prompts.formatChat : (...a) => Effect.delay(prompts.formatChat(...a), promptDelayMs),
+        formatCompletion: promptDelayMs === 0
+          ? prompts.formatCompletion
+          : (...a) => Effect.delay(prompts.formatCompletion(...a), promptDelayMs),
         maxTokenBytes: tokenizer.maxTokenBytes,
         shards: specs,
         workerUrl
