@@ -15,5 +15,5 @@ export {
   ModelConfigError,
   ValidationError
 } from "./core/Errors.ts"
-export type { LoadedModel, ModelAdapter, PromptOptions, ShardSpec, TextCodec } from "./adapters/ModelAdapter.ts"
+export type { LoadedModel, ModelAdapter, PromptOptions, ShardSpec, TextCodec } from "./core/ModelAdapter.ts"
 export type { ShardLoad, StepPlan, StepResult } from "./core/shard/StepProtocol.ts"

@@ -7,7 +7,7 @@
  */
 import { Cause, Context, Effect, Fiber, Layer, Queue, Stream } from "effect"
 import * as os from "node:os"
-import type { LoadedModel, ModelAdapter } from "../adapters/ModelAdapter.ts"
+import type { LoadedModel, ModelAdapter } from "./ModelAdapter.ts"
 import { type EngineObserver, type FinishedReason, silentObserver } from "./EngineObserver.ts"
 import {
   type CheckpointError,

@@ -3,7 +3,7 @@
  * strings (held back across token boundaries), max tokens, the context limit. Runs on the main thread, where text
  * lives; the shard only ever sends token ids.
  */
-import type { TextCodec } from "../adapters/ModelAdapter.ts"
+import type { TextCodec } from "./ModelAdapter.ts"
 import type { FinishReason, ValidatedRequest } from "./Request.ts"
 import { ByteTokenDecoder } from "./text/ByteTokenDecoder.ts"
 import { IncrementalDecoder } from "./text/IncrementalDecoder.ts"

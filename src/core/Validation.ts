@@ -3,7 +3,7 @@
  * tokenized and fitted to the context. Messages name the field, the limit and the value given.
  */
 import { Effect } from "effect"
-import type { LoadedModel, PromptOptions } from "../adapters/ModelAdapter.ts"
+import type { LoadedModel, PromptOptions } from "./ModelAdapter.ts"
 import { ContextLengthError, type GenerationError, ValidationError } from "./Errors.ts"
 import type { GenerateRequest, ValidatedRequest } from "./Request.ts"
 import type { SamplingParams } from "./sampling/SamplingParams.ts"

@@ -6,7 +6,7 @@
  * @since 0.1.0
  */
 import { Context, Deferred, Effect, Layer, Ref } from "effect"
-import type { ModelAdapter } from "../adapters/ModelAdapter.ts"
+import type { ModelAdapter } from "../core/ModelAdapter.ts"
 import { Engine, type EngineOptions } from "../core/Engine.ts"
 import type { EngineObserver } from "../core/EngineObserver.ts"
 import type { CheckpointError, ConversionError, GenerationError, ModelConfigError } from "../core/Errors.ts"

@@ -25,9 +25,15 @@ const run = (command: string, args: ReadonlyArray<string>, options: SpawnSyncOpt
   return { code: r.status, stdout: String(r.stdout), stderr: String(r.stderr) }
 }
 
-const CONSUMER_TS = `import { Engine } from "chorus"
-import { Llama3Adapter } from "chorus/adapters/llama3"
+const CONSUMER_TS = `import { Engine, type LoadedModel, type ModelAdapter, type PromptOptions, type ShardSpec, type TextCodec } from "chorus"
+import { Llama3Adapter, type Llama3Options } from "chorus/adapters/llama3"
 import { Effect, Stream } from "effect"
+
+// The model-adapter contract is exported from the package root (it lives in core), and the Llama 3 adapter meets it.
+export const contract: ModelAdapter<Llama3Options> = Llama3Adapter
+export type ContractParts = readonly [LoadedModel, PromptOptions, ShardSpec, TextCodec]
+// @ts-expect-error The contract's types are real: a number is not an adapter (this fails if ModelAdapter were any).
+export const notAnAdapter: ModelAdapter<Llama3Options> = 1
 
 const answer = Effect.gen(function*() {
   const engine = yield* Engine

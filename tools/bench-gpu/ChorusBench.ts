@@ -12,7 +12,7 @@
  */
 import { Effect, Layer, ManagedRuntime, Scope, Stream } from "effect"
 import { Llama3Adapter } from "../../src/adapters/llama3/Llama3Adapter.ts"
-import type { LoadedModel } from "../../src/adapters/ModelAdapter.ts"
+import type { LoadedModel } from "../../src/core/ModelAdapter.ts"
 import { Engine } from "../../src/core/Engine.ts"
 import type { GenerateRequest } from "../../src/core/Request.ts"
 import type { Device } from "../../src/core/shard/StepProtocol.ts"

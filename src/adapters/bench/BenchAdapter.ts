@@ -13,7 +13,7 @@ import { moduleUrl } from "../../core/ModuleUrl.ts"
 import { planShards } from "../llama3/Converter.ts"
 import { makePromptPool } from "../llama3/PromptPool.ts"
 import { loadTokenizer } from "../llama3/Tokenizer.ts"
-import type { LoadedModel, ModelAdapter, ShardSpec } from "../ModelAdapter.ts"
+import type { LoadedModel, ModelAdapter, ShardSpec } from "../../core/ModelAdapter.ts"
 import type { BenchShardLoad } from "./BenchWorker.ts"
 
 /** @category models */

@@ -2,7 +2,8 @@
  * Builds the ONNX graph of one pipeline shard of a Llama 3 model (a contiguous range of decoder layers) and
  * streams its weights from a checkpoint into one external data file.
  *
- * Contract with the shard worker (names are exact):
+ * Contract with the shard workers: core's `src/core/shard/TensorNames.ts` names every input and output, and this
+ * builder uses those names (never its own literals), so the graphs it writes are the ones the workers feed:
  * - inputs: `input_ids` int64 [batch, seq] (first shard) or `hidden_in` T [batch, seq, hidden] (others);
  *   `position_ids` int64 [batch, seq] (per row: past, past + 1, ...);
  *   `seqlens_k` int32 [batch] (per row: past + new - 1); `total_sequence_length` int32 [] (max over rows of past + new);
@@ -21,6 +22,7 @@ import * as path from "node:path"
 import { encodeFloat32 } from "../../checkpoint/Safetensors.ts"
 import type { TensorSource } from "../../checkpoint/TensorSource.ts"
 import { CheckpointError, ConversionError } from "../../core/Errors.ts"
+import * as TensorNames from "../../core/shard/TensorNames.ts"
 import {
   encodeModel,
   type ExternalInitializer,
@@ -74,14 +76,6 @@ export interface ShardGraph extends Omit<GraphSpec, "external"> {
   readonly weights: ReadonlyArray<WeightSpec>
 }
 
-export const pastKeyName = (layer: number): string => `past_key.${layer}`
-export const pastValueName = (layer: number): string => `past_value.${layer}`
-export const presentKeyName = (layer: number): string => `present_key.${layer}`
-export const presentValueName = (layer: number): string => `present_value.${layer}`
-/** Keys (rotated) and values of this step's new tokens, `[batch, seq, kv_heads * head_dim]`. */
-export const newKeyName = (layer: number): string => `new_key.${layer}`
-export const newValueName = (layer: number): string => `new_value.${layer}`
-
 /** Alignment of every tensor in the external data file (lets ORT map it and use aligned loads). */
 export const DATA_ALIGNMENT = 64
 
@@ -130,18 +124,18 @@ export const buildShardGraph = (config: LlamaConfig, options: ShardOptions): Sha
 
   let residual: string
   if (first) {
-    inputs.push({ name: "input_ids", type: "int64", dims: ["batch", "seq"] })
+    inputs.push({ name: TensorNames.inputIds, type: "int64", dims: ["batch", "seq"] })
     weights.push({ name: "embed_tokens", dims: [V, H], recipe: { kind: "copy", tensor: "model.embed_tokens.weight" } })
-    node({ op: "Gather", inputs: ["embed_tokens", "input_ids"], outputs: ["embedded"], attributes: { axis: 0 }, name: "embed" })
+    node({ op: "Gather", inputs: ["embed_tokens", TensorNames.inputIds], outputs: ["embedded"], attributes: { axis: 0 }, name: "embed" })
     residual = "embedded"
   } else {
-    inputs.push({ name: "hidden_in", type: T, dims: ["batch", "seq", H] })
-    residual = "hidden_in"
+    inputs.push({ name: TensorNames.hiddenIn, type: T, dims: ["batch", "seq", H] })
+    residual = TensorNames.hiddenIn
   }
   const fused = options.attention === "fused"
-  if (!fused) inputs.push({ name: "position_ids", type: "int64", dims: ["batch", "seq"] })
-  inputs.push({ name: "seqlens_k", type: "int32", dims: ["batch"] })
-  inputs.push({ name: "total_sequence_length", type: "int32", dims: [] })
+  if (!fused) inputs.push({ name: TensorNames.positionIds, type: "int64", dims: ["batch", "seq"] })
+  inputs.push({ name: TensorNames.seqlensK, type: "int32", dims: ["batch"] })
+  inputs.push({ name: TensorNames.totalSequenceLength, type: "int32", dims: [] })
 
   weights.push({ name: "rope_cos", dims: [options.maxContext, headDim / 2], recipe: { kind: "rope", part: "cos" } })
   weights.push({ name: "rope_sin", dims: [options.maxContext, headDim / 2], recipe: { kind: "rope", part: "sin" } })
@@ -172,12 +166,12 @@ export const buildShardGraph = (config: LlamaConfig, options: ShardOptions): Sha
       { name: `${p}.gate_up`, dims: [H, 2 * I], recipe: { kind: "linear", tensors: [`${hf}.mlp.gate_proj.weight`, `${hf}.mlp.up_proj.weight`] } },
       { name: `${p}.down`, dims: [I, H], recipe: { kind: "linear", tensors: [`${hf}.mlp.down_proj.weight`] } }
     )
-    inputs.push({ name: pastKeyName(i), type: T, dims: kvDims }, { name: pastValueName(i), type: T, dims: kvDims })
-    outputs.push({ name: presentKeyName(i), type: T, dims: presentDims }, { name: presentValueName(i), type: T, dims: presentDims })
+    inputs.push({ name: TensorNames.pastKey(i), type: T, dims: kvDims }, { name: TensorNames.pastValue(i), type: T, dims: kvDims })
+    outputs.push({ name: TensorNames.presentKey(i), type: T, dims: presentDims }, { name: TensorNames.presentValue(i), type: T, dims: presentDims })
     if (!fused) {
       outputs.push(
-        { name: newKeyName(i), type: T, dims: ["batch", "seq", numKvHeads * headDim] },
-        { name: newValueName(i), type: T, dims: ["batch", "seq", numKvHeads * headDim] }
+        { name: TensorNames.newKey(i), type: T, dims: ["batch", "seq", numKvHeads * headDim] },
+        { name: TensorNames.newValue(i), type: T, dims: ["batch", "seq", numKvHeads * headDim] }
       )
     }
 
@@ -188,8 +182,8 @@ export const buildShardGraph = (config: LlamaConfig, options: ShardOptions): Sha
         op: "GroupQueryAttention",
         domain: "com.microsoft",
         // packed QKV: key and value are omitted; rotary positions come from each row's cached length
-        inputs: [`${p}.qkv_out`, "", "", pastKeyName(i), pastValueName(i), "seqlens_k", "total_sequence_length", "rope_cos", "rope_sin"],
-        outputs: [`${p}.attn`, presentKeyName(i), presentValueName(i)],
+        inputs: [`${p}.qkv_out`, "", "", TensorNames.pastKey(i), TensorNames.pastValue(i), TensorNames.seqlensK, TensorNames.totalSequenceLength, "rope_cos", "rope_sin"],
+        outputs: [`${p}.attn`, TensorNames.presentKey(i), TensorNames.presentValue(i)],
         attributes: { num_heads: numHeads, kv_num_heads: numKvHeads, scale: { float: 1 / Math.sqrt(headDim) }, do_rotary: 1, rotary_interleaved: 0 },
         name: `${p}.attention`
       })
@@ -197,14 +191,14 @@ export const buildShardGraph = (config: LlamaConfig, options: ShardOptions): Sha
       // Rotary embeddings are applied before attention (not inside it) so that the rotated keys of the new tokens
       // are a graph output of their own: a runtime can keep its cache by appending just these, instead of fetching
       // the whole present cache after every step.
-      node({ op: "Split", inputs: [`${p}.qkv_out`, "qkv_split"], outputs: [`${p}.q`, `${p}.k`, newValueName(i)], attributes: { axis: -1 }, name: `${p}.qkv_split` })
-      node({ op: "RotaryEmbedding", domain: "com.microsoft", inputs: [`${p}.q`, "position_ids", "rope_cos", "rope_sin"], outputs: [`${p}.q_rot`], attributes: { interleaved: 0, num_heads: numHeads }, name: `${p}.q_rotary` })
-      node({ op: "RotaryEmbedding", domain: "com.microsoft", inputs: [`${p}.k`, "position_ids", "rope_cos", "rope_sin"], outputs: [newKeyName(i)], attributes: { interleaved: 0, num_heads: numKvHeads }, name: `${p}.k_rotary` })
+      node({ op: "Split", inputs: [`${p}.qkv_out`, "qkv_split"], outputs: [`${p}.q`, `${p}.k`, TensorNames.newValue(i)], attributes: { axis: -1 }, name: `${p}.qkv_split` })
+      node({ op: "RotaryEmbedding", domain: "com.microsoft", inputs: [`${p}.q`, TensorNames.positionIds, "rope_cos", "rope_sin"], outputs: [`${p}.q_rot`], attributes: { interleaved: 0, num_heads: numHeads }, name: `${p}.q_rotary` })
+      node({ op: "RotaryEmbedding", domain: "com.microsoft", inputs: [`${p}.k`, TensorNames.positionIds, "rope_cos", "rope_sin"], outputs: [TensorNames.newKey(i)], attributes: { interleaved: 0, num_heads: numKvHeads }, name: `${p}.k_rotary` })
       node({
         op: "GroupQueryAttention",
         domain: "com.microsoft",
-        inputs: [`${p}.q_rot`, newKeyName(i), newValueName(i), pastKeyName(i), pastValueName(i), "seqlens_k", "total_sequence_length"],
-        outputs: [`${p}.attn`, presentKeyName(i), presentValueName(i)],
+        inputs: [`${p}.q_rot`, TensorNames.newKey(i), TensorNames.newValue(i), TensorNames.pastKey(i), TensorNames.pastValue(i), TensorNames.seqlensK, TensorNames.totalSequenceLength],
+        outputs: [`${p}.attn`, TensorNames.presentKey(i), TensorNames.presentValue(i)],
         attributes: {
           num_heads: numHeads,
           kv_num_heads: numKvHeads,
@@ -227,26 +221,26 @@ export const buildShardGraph = (config: LlamaConfig, options: ShardOptions): Sha
   }
 
   if (last) {
-    inputs.push({ name: "logits_index", type: "int64", dims: ["batch", "n_logits"] })
+    inputs.push({ name: TensorNames.logitsIndex, type: "int64", dims: ["batch", "n_logits"] })
     weights.push({ name: "final_norm", dims: [H], recipe: { kind: "copy", tensor: "model.norm.weight" } })
     const head = config.tieWordEmbeddings ? "model.embed_tokens.weight" : "lm_head.weight"
     weights.push({ name: "lm_head", dims: [H, V], recipe: { kind: "linear", tensors: [head] } })
     inline.push({ name: "last_axis", type: "int64", dims: [1], values: [-1] })
     node({ op: "SkipSimplifiedLayerNormalization", domain: "com.microsoft", inputs: [pending ?? residual, residual, "final_norm"], outputs: ["normed"], attributes: { epsilon: eps }, name: "final_norm" })
     // Select the requested positions before the LM head: [batch, seq, H] -> [batch, n_logits, H].
-    node({ op: "Unsqueeze", inputs: ["logits_index", "last_axis"], outputs: ["logits_index_3d"], name: "logits_index_3d" })
+    node({ op: "Unsqueeze", inputs: [TensorNames.logitsIndex, "last_axis"], outputs: ["logits_index_3d"], name: "logits_index_3d" })
     node({ op: "GatherND", inputs: ["normed", "logits_index_3d"], outputs: ["selected"], attributes: { batch_dims: 1 }, name: "select" })
     if (T === "float32") {
-      node({ op: "MatMul", inputs: ["selected", "lm_head"], outputs: ["logits"], name: "lm_head" })
+      node({ op: "MatMul", inputs: ["selected", "lm_head"], outputs: [TensorNames.logits], name: "lm_head" })
     } else {
       node({ op: "MatMul", inputs: ["selected", "lm_head"], outputs: ["logits_half"], name: "lm_head" })
-      node({ op: "Cast", inputs: ["logits_half"], outputs: ["logits"], attributes: { to: 1 }, name: "logits_f32" })
+      node({ op: "Cast", inputs: ["logits_half"], outputs: [TensorNames.logits], attributes: { to: 1 }, name: "logits_f32" })
     }
     // Greedy rows need one id, not a vocabulary of logits: fetching only this output spares the copy of
     // [batch, vocab] floats out of ORT and a JS pass over them. Ties go to the lowest id, as in the sampler.
     const chunks = argmaxChunks(V)
     if (chunks === 1) {
-      node({ op: "ArgMax", inputs: ["logits"], outputs: ["greedy_token"], attributes: { axis: -1, keepdims: 0, select_last_index: 0 }, name: "greedy" })
+      node({ op: "ArgMax", inputs: [TensorNames.logits], outputs: [TensorNames.greedyToken], attributes: { axis: -1, keepdims: 0, select_last_index: 0 }, name: "greedy" })
     } else {
       // ArgMax over a whole 128k-entry row runs one thread block per row on the CUDA EP: about 150 us a row,
       // 9.7 ms of a 16.5 ms step at batch 64 on an H200 (ncu). Two short reductions keep every block busy:
@@ -257,7 +251,7 @@ export const buildShardGraph = (config: LlamaConfig, options: ShardOptions): Sha
         { name: "argmax_out_shape", type: "int64", dims: [2], values: [0, -1] },
         { name: "argmax_chunk_len", type: "int64", dims: [], values: [L] }
       )
-      node({ op: "Reshape", inputs: ["logits", "argmax_chunked_shape"], outputs: ["argmax_chunked"], name: "greedy_chunks" })
+      node({ op: "Reshape", inputs: [TensorNames.logits, "argmax_chunked_shape"], outputs: ["argmax_chunked"], name: "greedy_chunks" })
       node({ op: "ArgMax", inputs: ["argmax_chunked"], outputs: ["argmax_in_chunk"], attributes: { axis: 2, keepdims: 1, select_last_index: 0 }, name: "greedy_in_chunk" })
       node({ op: "ReduceMax", inputs: ["argmax_chunked"], outputs: ["argmax_chunk_max"], attributes: { axes: [2], keepdims: 1 }, name: "greedy_chunk_max" })
       node({ op: "ArgMax", inputs: ["argmax_chunk_max"], outputs: ["argmax_best_chunk"], attributes: { axis: 1, keepdims: 1, select_last_index: 0 }, name: "greedy_best_chunk" })
@@ -265,13 +259,13 @@ export const buildShardGraph = (config: LlamaConfig, options: ShardOptions): Sha
       node({ op: "Mul", inputs: ["argmax_best_chunk", "argmax_chunk_len"], outputs: ["argmax_base"], name: "greedy_base" })
       node({ op: "Add", inputs: ["argmax_base", "argmax_offset"], outputs: ["argmax_flat"], name: "greedy_flat" })
       // [batch * n_logits, 1, 1] -> [batch, n_logits]
-      node({ op: "Shape", inputs: ["logits_index"], outputs: ["argmax_index_shape"], name: "greedy_index_shape" })
-      node({ op: "Reshape", inputs: ["argmax_flat", "argmax_index_shape"], outputs: ["greedy_token"], name: "greedy" })
+      node({ op: "Shape", inputs: [TensorNames.logitsIndex], outputs: ["argmax_index_shape"], name: "greedy_index_shape" })
+      node({ op: "Reshape", inputs: ["argmax_flat", "argmax_index_shape"], outputs: [TensorNames.greedyToken], name: "greedy" })
     }
-    outputs.unshift({ name: "logits", type: "float32", dims: ["batch", "n_logits", V] }, { name: "greedy_token", type: "int64", dims: ["batch", "n_logits"] })
+    outputs.unshift({ name: TensorNames.logits, type: "float32", dims: ["batch", "n_logits", V] }, { name: TensorNames.greedyToken, type: "int64", dims: ["batch", "n_logits"] })
   } else {
-    node({ op: "Add", inputs: [pending ?? residual, residual], outputs: ["hidden_out"], name: "hidden_out" })
-    outputs.unshift({ name: "hidden_out", type: T, dims: ["batch", "seq", H] })
+    node({ op: "Add", inputs: [pending ?? residual, residual], outputs: [TensorNames.hiddenOut], name: "hidden_out" })
+    outputs.unshift({ name: TensorNames.hiddenOut, type: T, dims: ["batch", "seq", H] })
   }
 
   return {

@@ -8,7 +8,7 @@
 import { Effect } from "effect"
 import * as path from "node:path"
 import { moduleUrl } from "../../core/ModuleUrl.ts"
-import type { LoadedModel, ModelAdapter } from "../ModelAdapter.ts"
+import type { LoadedModel, ModelAdapter } from "../../core/ModelAdapter.ts"
 import { convertCheckpoint, type ConvertProgress } from "./Converter.ts"
 import { ensureDefaultModel } from "./DefaultModel.ts"
 import type { AttentionLayout } from "./GraphBuilder.ts"

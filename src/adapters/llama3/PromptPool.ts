@@ -8,7 +8,7 @@ import { Piscina } from "piscina"
 import { CheckpointError, GenerationError, ValidationError } from "../../core/Errors.ts"
 import { moduleUrl } from "../../core/ModuleUrl.ts"
 import type { ChatMessage } from "../../core/text/ChatMessage.ts"
-import type { PromptOptions } from "../ModelAdapter.ts"
+import type { PromptOptions } from "../../core/ModelAdapter.ts"
 import type { PromptResult, PromptTask, PromptWorkerData } from "./PromptWorker.ts"
 
 export interface PromptPool {

@@ -15,6 +15,7 @@ import { type DeviceTensor, type HostTensor, NativeOrt, type NativeSession } fro
 import { SamplerTable } from "./SamplerTable.ts"
 import { stepInputs } from "./StepInputs.ts"
 import type { ShardLoad, ShardLoadResult, StepPlan, StepResult } from "./StepProtocol.ts"
+import * as TensorNames from "./TensorNames.ts"
 
 /** Fixed-address inputs and output of the captured decode step (all `maxSeqs` rows). */
 interface DecodeGraph {
@@ -77,7 +78,7 @@ export async function load(task: ShardLoad): Promise<ShardLoadResult> {
       inputIds: session.allocate("int64", [task.maxSeqs, 1]),
       seqlens: session.allocate("int32", [task.maxSeqs]),
       logitsIndex: session.allocate("int64", [task.maxSeqs, 1]),
-      positions: inputNames.has("position_ids") ? session.allocate("int64", [task.maxSeqs, 1]) : undefined,
+      positions: inputNames.has(TensorNames.positionIds) ? session.allocate("int64", [task.maxSeqs, 1]) : undefined,
       greedy: session.allocate("int64", [task.maxSeqs, 1]),
       total: { data: Int32Array.of(task.maxLen), dims: [] },
       disabled: false
@@ -102,19 +103,19 @@ const graphDecode = (s: DeviceShard, g: DecodeGraph, plan: StepPlan): StepResult
   g.seqlens.upload(lens)
   if (g.positions !== undefined) g.positions.upload(BigInt64Array.from(lens, (n) => BigInt(n)))
   const feeds: Record<string, HostTensor | DeviceTensor> = {
-    input_ids: g.inputIds,
-    seqlens_k: g.seqlens,
-    total_sequence_length: g.total,
-    logits_index: g.logitsIndex
+    [TensorNames.inputIds]: g.inputIds,
+    [TensorNames.seqlensK]: g.seqlens,
+    [TensorNames.totalSequenceLength]: g.total,
+    [TensorNames.logitsIndex]: g.logitsIndex
   }
-  if (g.positions !== undefined) feeds.position_ids = g.positions
-  const outputs: Record<string, DeviceTensor | "host"> = { greedy_token: g.greedy }
+  if (g.positions !== undefined) feeds[TensorNames.positionIds] = g.positions
+  const outputs: Record<string, DeviceTensor | "host"> = { [TensorNames.greedyToken]: g.greedy }
   for (let i = 0; i < s.keys.length; i++) {
     const layer = cfg.layers[0] + i
-    feeds[`past_key.${layer}`] = s.keys[i]!
-    feeds[`past_value.${layer}`] = s.values[i]!
-    outputs[`present_key.${layer}`] = s.keys[i]!
-    outputs[`present_value.${layer}`] = s.values[i]!
+    feeds[TensorNames.pastKey(layer)] = s.keys[i]!
+    feeds[TensorNames.pastValue(layer)] = s.values[i]!
+    outputs[TensorNames.presentKey(layer)] = s.keys[i]!
+    outputs[TensorNames.presentValue(layer)] = s.values[i]!
   }
   const t0 = performance.now()
   s.session.run(feeds, outputs, { cudaGraphId: DECODE_GRAPH_ID })
@@ -148,14 +149,14 @@ export async function step(plan: StepPlan): Promise<StepResult> {
     const layer = cfg.layers[0] + i
     const k = s.keys[i]!.view(offset, dims)
     const v = s.values[i]!.view(offset, dims)
-    feeds[`past_key.${layer}`] = k
-    feeds[`past_value.${layer}`] = v
-    outputs[`present_key.${layer}`] = k
-    outputs[`present_value.${layer}`] = v
+    feeds[TensorNames.pastKey(layer)] = k
+    feeds[TensorNames.pastValue(layer)] = v
+    outputs[TensorNames.presentKey(layer)] = k
+    outputs[TensorNames.presentValue(layer)] = v
   }
   if (cfg.isLast) s.samplers.register(plan.newSequences)
   const greedyOnly = cfg.isLast && s.samplers.greedyOnly(plan)
-  const wanted = cfg.isLast ? (greedyOnly ? "greedy_token" : "logits") : "hidden_out"
+  const wanted = cfg.isLast ? (greedyOnly ? TensorNames.greedyToken : TensorNames.logits) : TensorNames.hiddenOut
   outputs[wanted] = "host"
 
   const t0 = performance.now()

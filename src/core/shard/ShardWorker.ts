@@ -13,6 +13,7 @@ import { ort } from "../../onnx/OrtFloat16Fix.ts"
 import { SamplerTable } from "./SamplerTable.ts"
 import { stepInputs } from "./StepInputs.ts"
 import type { ShardLoad, ShardLoadResult, StepPlan, StepResult } from "./StepProtocol.ts"
+import * as TensorNames from "./TensorNames.ts"
 
 type KvArray = Float32Array | Uint16Array
 
@@ -50,7 +51,7 @@ export async function load(task: ShardLoad): Promise<ShardLoadResult> {
   })
   const numLayers = task.layers[1] - task.layers[0]
   const empty = () => Array.from({ length: numLayers }, () => Array.from({ length: task.maxSeqs }, (): SlotCache => ({ capacity: 0, data: allocate(task, 0) })))
-  const newKvNames = Array.from({ length: numLayers }, (_, i) => [`new_key.${task.layers[0] + i}`, `new_value.${task.layers[0] + i}`]).flat()
+  const newKvNames = Array.from({ length: numLayers }, (_, i) => [TensorNames.newKey(task.layers[0] + i), TensorNames.newValue(task.layers[0] + i)]).flat()
   state = { load: task, session, keys: empty(), values: empty(), samplers: new SamplerTable(), newKvNames }
   return { kvBytes: 0, loadMs: performance.now() - started }
 }
@@ -118,27 +119,27 @@ export async function step(plan: StepPlan): Promise<StepResult> {
   const kvDims = [rows, cfg.numKvHeads, maxPast, cfg.headDim]
   for (let i = 0; i < s.keys.length; i++) {
     const layer = cfg.layers[0] + i
-    feeds[`past_key.${layer}`] = new ort.Tensor(kvType(cfg), gatherPast(cfg, s.keys[i]!, plan.firstRow, rows, plan.pastLens, maxPast), kvDims)
-    feeds[`past_value.${layer}`] = new ort.Tensor(kvType(cfg), gatherPast(cfg, s.values[i]!, plan.firstRow, rows, plan.pastLens, maxPast), kvDims)
+    feeds[TensorNames.pastKey(layer)] = new ort.Tensor(kvType(cfg), gatherPast(cfg, s.keys[i]!, plan.firstRow, rows, plan.pastLens, maxPast), kvDims)
+    feeds[TensorNames.pastValue(layer)] = new ort.Tensor(kvType(cfg), gatherPast(cfg, s.values[i]!, plan.firstRow, rows, plan.pastLens, maxPast), kvDims)
   }
 
   // Register new samplers first: whether this step needs full logits depends on every sampled row's parameters.
   if (cfg.isLast) s.samplers.register(plan.newSequences)
   const greedyOnly = cfg.isLast && s.samplers.greedyOnly(plan)
-  const fetches = [...s.newKvNames, cfg.isLast ? (greedyOnly ? "greedy_token" : "logits") : "hidden_out"]
+  const fetches = [...s.newKvNames, cfg.isLast ? (greedyOnly ? TensorNames.greedyToken : TensorNames.logits) : TensorNames.hiddenOut]
 
   const t0 = performance.now()
   const out = await s.session.run(feeds, fetches)
   const runMs = performance.now() - t0
   for (let i = 0; i < s.keys.length; i++) {
     const layer = cfg.layers[0] + i
-    appendNew(cfg, s.keys[i]!, plan, out[`new_key.${layer}`]!.data as KvArray)
-    appendNew(cfg, s.values[i]!, plan, out[`new_value.${layer}`]!.data as KvArray)
+    appendNew(cfg, s.keys[i]!, plan, out[TensorNames.newKey(layer)]!.data as KvArray)
+    appendNew(cfg, s.values[i]!, plan, out[TensorNames.newValue(layer)]!.data as KvArray)
   }
 
-  if (!cfg.isLast) return { hidden: out.hidden_out!.data as Float32Array | Uint16Array, runMs, sampleMs: 0 }
-  if (greedyOnly) return s.samplers.fromGreedy(plan, out.greedy_token!.data as BigInt64Array, runMs)
-  return s.samplers.fromLogits(plan, out.logits!.data as Float32Array, cfg.vocabSize, allLogits ? plan.seqLen : 1, runMs)
+  if (!cfg.isLast) return { hidden: out[TensorNames.hiddenOut]!.data as Float32Array | Uint16Array, runMs, sampleMs: 0 }
+  if (greedyOnly) return s.samplers.fromGreedy(plan, out[TensorNames.greedyToken]!.data as BigInt64Array, runMs)
+  return s.samplers.fromLogits(plan, out[TensorNames.logits]!.data as Float32Array, cfg.vocabSize, allLogits ? plan.seqLen : 1, runMs)
 }
 
 /** Forgets the samplers of rows whose sequences finished (their KV rows are simply reused). */

@@ -1,15 +1,18 @@
 /**
  * The contract between the engine and a model family. An adapter turns a checkpoint into everything the engine
  * needs — a tokenizer, a prompt format, a shard plan and a runtime (the worker module that executes shard steps) —
- * and holds no scheduling or HTTP code. Llama 3 (`src/adapters/llama3`) is the reference implementation;
+ * and holds no scheduling or HTTP code. The Llama 3 adapter (`Llama3Adapter.ts`) is the reference implementation;
  * `examples/custom-adapter.ts` shows another.
+ *
+ * It lives in core because it is core's interface (what the engine needs from a model): adapters depend on core,
+ * never the other way round, so nothing under `src/core` imports from `src/adapters`.
  *
  * @since 0.1.0
  */
 import type { Effect, Scope } from "effect"
-import type { CheckpointError, ConversionError, GenerationError, ModelConfigError, ValidationError } from "../core/Errors.ts"
-import type { ShardLoad } from "../core/shard/StepProtocol.ts"
-import type { ChatMessage } from "../core/text/ChatMessage.ts"
+import type { CheckpointError, ConversionError, GenerationError, ModelConfigError, ValidationError } from "./Errors.ts"
+import type { ShardLoad } from "./shard/StepProtocol.ts"
+import type { ChatMessage } from "./text/ChatMessage.ts"
 
 /** Text <-> token ids, as the engine needs it (detokenization, stop strings, counting). */
 export interface TextCodec {
