@@ -3,7 +3,7 @@
  *
  * @since 0.1.0
  */
-export { Engine, type EngineError, type EngineOptions, type EngineStats } from "./core/Engine.ts"
+export { describeCapacity, Engine, type EngineCapacity, type EngineError, type EngineOptions, type EngineStats } from "./core/Engine.ts"
 export type { FinishReason, GenerateRequest, GenerationEvent, PromptInput, Usage } from "./core/Request.ts"
 export type { SamplingParams } from "./core/sampling/SamplingParams.ts"
 export type { ChatMessage } from "./core/text/ChatMessage.ts"

@@ -15,6 +15,17 @@ export const modelFlags = {
   shards: { kind: "integer", description: "split the layers over N shard workers (default 1)" },
   "max-batch": { kind: "integer", description: "most sequences decoding together (default 16)" },
   "context-length": { kind: "integer", description: "tokens per sequence (default: the model's, at most 8192)" },
+  "max-num-batched-tokens": {
+    kind: "integer",
+    description: "tokens per engine step, decodes plus prompt chunks (default 8192 on cuda, 512 on cpu)"
+  },
+  "block-size": { kind: "integer", description: "tokens per KV-cache block (default 16; a power of two >= 16 on cuda)" },
+  "gpu-memory-utilization": {
+    kind: "number",
+    description: "with --device cuda: fraction of GPU memory for weights, activations and the KV cache (default 0.9)"
+  },
+  "num-gpu-blocks": { kind: "integer", description: "KV-cache blocks, overriding the size from free memory" },
+  "no-prefix-caching": { kind: "boolean", description: "do not reuse the KV blocks of cached prompt prefixes" },
   device: { kind: "string", description: "cpu (default) | cuda | cuda:N (needs npm run build:native and the CUDA EP)" },
   "cuda-graphs": { kind: "boolean", description: "with --device cuda: replay greedy decode steps from a captured CUDA graph" },
   "allow-special-tokens": {
@@ -43,9 +54,22 @@ export const resolveModelFlags = (flags: ParsedFlags<typeof modelFlags>) =>
     if (flags["context-length"] !== undefined && flags["context-length"] < 2) {
       return yield* bad("--context-length", `--context-length must be at least 2, got ${flags["context-length"]}`)
     }
+    const tokens = flags["max-num-batched-tokens"]
+    if (tokens !== undefined && tokens < 1) return yield* bad("--max-num-batched-tokens", `--max-num-batched-tokens must be at least 1, got ${tokens}`)
+    const blockSize = flags["block-size"]
+    if (blockSize !== undefined && (blockSize < 1 || (blockSize & (blockSize - 1)) !== 0)) {
+      return yield* bad("--block-size", `--block-size must be a power of two, got ${blockSize}`)
+    }
+    const util = flags["gpu-memory-utilization"]
+    if (util !== undefined && !(util > 0 && util <= 1)) {
+      return yield* bad("--gpu-memory-utilization", `--gpu-memory-utilization must be in (0, 1], got ${util}`)
+    }
+    const blocks = flags["num-gpu-blocks"]
+    if (blocks !== undefined && blocks < 2) return yield* bad("--num-gpu-blocks", `--num-gpu-blocks must be at least 2, got ${blocks}`)
     const parsed = parseDevice(flags.device ?? "cpu")
     if (parsed === undefined) return yield* bad("--device", `--device must be cpu, cuda or cuda:N, got '${flags.device}'`)
     if (flags["cuda-graphs"] === true && parsed.kind !== "cuda") return yield* bad("--cuda-graphs", "--cuda-graphs needs --device cuda")
+    if (util !== undefined && parsed.kind !== "cuda") return yield* bad("--gpu-memory-utilization", "--gpu-memory-utilization needs --device cuda")
     const cudaOptions: Record<string, string> = {}
     for (const kv of flags["cuda-option"] ?? []) {
       const eq = kv.indexOf("=")
@@ -71,6 +95,11 @@ export const resolveModelFlags = (flags: ParsedFlags<typeof modelFlags>) =>
       device,
       ...(flags["max-batch"] === undefined ? {} : { maxNumSeqs: flags["max-batch"] }),
       ...(flags["context-length"] === undefined ? {} : { contextLength: flags["context-length"] }),
+      ...(tokens === undefined ? {} : { maxNumBatchedTokens: tokens }),
+      ...(blockSize === undefined ? {} : { blockSize }),
+      ...(util === undefined ? {} : { gpuMemoryUtilization: util }),
+      ...(blocks === undefined ? {} : { numBlocks: blocks }),
+      ...(flags["no-prefix-caching"] === true ? { enablePrefixCaching: false } : {}),
       ...(flags["allow-special-tokens"] === true ? { allowSpecialTokens: true } : {})
     }
     return { adapter, engine, done: () => bar.done() }

@@ -3,7 +3,7 @@
  * The `chorus` command: serve, generate, chat, convert, bench; `--version`, and `help` for any command or subcommand.
  * Each command declares its flags once; every error is one line on stderr with exit code 2 for bad input, 1 for a failure while running.
  */
-import { Effect, Exit } from "effect"
+import { Effect, Exit, References } from "effect"
 import { type FlagSpecs, parseFlags, usage } from "./Args.ts"
 import { benchCommand } from "./BenchCommand.ts"
 import { chatFlags, runChat } from "./ChatCommand.ts"
@@ -104,7 +104,8 @@ const main = async (argv: ReadonlyArray<string>): Promise<number> => {
     return 2
   }
   if (rest.some(isHelpFlag)) return printHelp([name, ...rest.filter((a) => !isHelpFlag(a))], false)
-  const exit = await Effect.runPromiseExit(cmd.run(rest))
+  // The terminal commands print their results, not the engine's start-up log; `serve` sets its own logger and level.
+  const exit = await Effect.runPromiseExit(cmd.run(rest).pipe(Effect.provideService(References.MinimumLogLevel, "Warn")))
   return Exit.isSuccess(exit) ? 0 : report(exit.cause)
 }
 

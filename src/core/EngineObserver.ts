@@ -39,6 +39,8 @@ export interface EngineObserver {
   readonly engineStep: (numTokens: number) => void
   /** A request ended (stop, length, abort by its client or while queued, error, deadline). */
   readonly finished: (request: FinishedRequest) => void
+  /** A running sequence lost its KV blocks to make room; it waits to be recomputed. */
+  readonly preempted: () => void
   /** A request failed with a core error of this `errorType` (validation, overloaded, timeout, generation ...). */
   readonly failed: (errorType: string) => void
 }
@@ -52,5 +54,6 @@ export const silentObserver: EngineObserver = {
   decodeStep: () => {},
   engineStep: () => {},
   finished: () => {},
+  preempted: () => {},
   failed: () => {}
 }

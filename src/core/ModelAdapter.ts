@@ -44,7 +44,7 @@ export interface PromptOptions {
  *
  * @category models
  */
-export type ShardSpec = Omit<ShardLoad, "maxSeqs" | "maxLen" | "threads" | "device">
+export type ShardSpec = Omit<ShardLoad, "maxSeqs" | "maxLen" | "threads" | "device" | "blockSize" | "numBlocks" | "kvMemory">
 
 /**
  * A model ready to run: the result of `ModelAdapter.load`.

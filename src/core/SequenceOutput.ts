@@ -1,10 +1,11 @@
 /**
- * Turns one sequence's sampled token ids into streamed text and decides when it stops: end-of-turn tokens, stop
- * strings (held back across token boundaries), max tokens, the context limit. Runs on the main thread, where text
- * lives; the shard only ever sends token ids.
+ * Turns one sequence's sampled token ids into streamed text and finishes it: on the scheduler's token stop (end of
+ * turn, max tokens, context: `StopRule.ts`) or on a stop string, the one stop that needs the text (held back across
+ * token boundaries). Runs on the main thread, where text lives; the shard only ever sends token ids.
  */
 import type { TextCodec } from "./ModelAdapter.ts"
 import type { FinishReason, ValidatedRequest } from "./Request.ts"
+import type { TokenStop } from "./StopRule.ts"
 import { ByteTokenDecoder } from "./text/ByteTokenDecoder.ts"
 import { IncrementalDecoder } from "./text/IncrementalDecoder.ts"
 import { StopMatcher } from "./text/StopMatcher.ts"
@@ -22,8 +23,8 @@ export interface OutputStep {
 }
 
 export interface SequenceOutput {
-  /** Feeds one sampled token; `totalTokens` is prompt + generated so far including this one. */
-  readonly push: (tokenId: number, totalTokens: number) => OutputStep
+  /** Feeds one sampled token and the scheduler's verdict on it (a token stop, or undefined to go on). */
+  readonly push: (tokenId: number, stop: TokenStop | undefined) => OutputStep
   readonly addPromptLogits: (logits: Float32Array) => void
   readonly promptLogits: Float32Array | undefined
 }
@@ -31,33 +32,24 @@ export interface SequenceOutput {
 export const makeSequenceOutput = (options: {
   readonly codec: TextCodec
   readonly request: ValidatedRequest
-  readonly stopTokenIds: ReadonlyArray<number>
-  readonly contextLength: number
 }): SequenceOutput => {
-  const { request, contextLength } = options
-  const stopIds = new Set(request.ignoreEos ? [] : options.stopTokenIds)
+  const { request } = options
   const tokenBytes = options.codec.tokenBytes
   const decoder = tokenBytes !== undefined
     ? new ByteTokenDecoder(tokenBytes)
     : new IncrementalDecoder(options.codec, { context: Array.from(request.promptTokenIds) })
   const matcher = new StopMatcher(request.stop)
-  let generated = 0
   let promptLogits: Float32Array | undefined
 
   const rest = () => matcher.push(decoder.flush()).emit + matcher.flush()
 
   return {
-    push: (tokenId, totalTokens) => {
-      generated++
-      if (stopIds.has(tokenId)) return { text: "", finish: { finishReason: "stop", stopReason: "eos", trailingText: rest() } }
+    push: (tokenId, stop) => {
+      // An end-of-turn token is not text.
+      if (stop === "eos") return { text: "", finish: { finishReason: "stop", stopReason: "eos", trailingText: rest() } }
       const step = matcher.push(decoder.push(tokenId))
       if (step.stopped) return { text: step.emit, finish: { finishReason: "stop", stopReason: "stop_string", trailingText: "" } }
-      if (generated >= request.maxTokens) {
-        return { text: step.emit, finish: { finishReason: "length", stopReason: "max_tokens", trailingText: rest() } }
-      }
-      if (totalTokens >= contextLength) {
-        return { text: step.emit, finish: { finishReason: "length", stopReason: "context", trailingText: rest() } }
-      }
+      if (stop !== undefined) return { text: step.emit, finish: { finishReason: "length", stopReason: stop, trailingText: rest() } }
       return { text: step.emit }
     },
     addPromptLogits: (logits) => {

@@ -7,7 +7,7 @@
  */
 import { Context, Deferred, Effect, Layer, Ref } from "effect"
 import type { ModelAdapter } from "../core/ModelAdapter.ts"
-import { Engine, type EngineOptions } from "../core/Engine.ts"
+import { describeCapacity, Engine, type EngineOptions } from "../core/Engine.ts"
 import type { EngineObserver } from "../core/EngineObserver.ts"
 import type { CheckpointError, ConversionError, GenerationError, ModelConfigError } from "../core/Errors.ts"
 import { makeKeyMatcher } from "./ApiKeys.ts"
@@ -83,6 +83,7 @@ export class Serving extends Context.Service<Serving, {
           decodeStep: (n) => metrics?.decodeStep(n),
           engineStep: (n) => metrics?.engineStep(n),
           finished: (request) => metrics?.finished(request),
+          preempted: () => metrics?.preempted(),
           failed: (errorType) => metrics?.failed(errorType)
         }
         const status = yield* Ref.make<ServingStatus>("loading")
@@ -100,14 +101,14 @@ export class Serving extends Context.Service<Serving, {
                 metrics.bindGauges({
                   running: () => Effect.runSync(engine.stats).numRunning,
                   waiting: () => Effect.runSync(engine.stats).numWaiting,
-                  kvUsage: () => {
-                    const s = Effect.runSync(engine.stats)
-                    return s.numRunning / s.maxNumSeqs
-                  }
+                  kvUsage: () => Effect.runSync(engine.stats).kvUsage,
+                  prefixCacheQueries: () => Effect.runSync(engine.stats).prefixCacheQueries,
+                  prefixCacheHits: () => Effect.runSync(engine.stats).prefixCacheHits
                 })
               })
             ),
             Effect.tap((engine) => Effect.sync(() => (current = engine))),
+            Effect.tap((engine) => Effect.logInfo(describeCapacity(engine.capacity, engine.model.contextLength))),
             Effect.tap(() => Ref.update(status, (s) => (s === "loading" ? "ready" : s))),
             Effect.exit,
             Effect.flatMap((exit) => Deferred.done(loaded, exit)),

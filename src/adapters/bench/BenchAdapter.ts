@@ -70,7 +70,7 @@ export const BenchAdapter: ModelAdapter<BenchOptions> = {
       yield* prompts.ready
       const specs = planShards(NUM_LAYERS, shards).map(([l0, l1]): ShardSpec => {
         // The worker reads its share of the step time from the extra field; the engine passes specs through whole.
-        const spec: Omit<BenchShardLoad, "maxSeqs" | "maxLen" | "threads" | "device"> = {
+        const spec: Omit<BenchShardLoad, "maxSeqs" | "maxLen" | "threads" | "device" | "blockSize" | "numBlocks" | "kvMemory"> = {
           graphPath: "",
           layers: [l0, l1] as const,
           isFirst: l0 === 0,

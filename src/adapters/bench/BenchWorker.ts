@@ -9,7 +9,7 @@
  * fixed list of ordinary English words, one token per position. None of them is a stop token, so benchmarks set
  * their length with max tokens.
  */
-import type { ShardLoad, ShardLoadResult, StepPlan, StepResult } from "../../core/shard/StepProtocol.ts"
+import { planTokens, type ShardLoad, type ShardLoadResult, type StepPlan, type StepResult } from "../../core/shard/StepProtocol.ts"
 
 /** What the bench adapter's shard specs carry beyond `ShardLoad`: this shard's share of the simulated step time. */
 export interface BenchShardLoad extends ShardLoad {
@@ -108,15 +108,16 @@ const spend = (ms: number) => {
 export async function load(task: BenchShardLoad): Promise<ShardLoadResult> {
   const started = performance.now()
   state = { load: task, delayMs: Math.max(0, task.stepDelayMs ?? 0), seeds: new Map() }
-  return { kvBytes: 0, loadMs: performance.now() - started }
+  return { kvBytes: 0, loadMs: performance.now() - started, layout: "blocks", numBlocks: task.numBlocks }
 }
 
 export async function step(plan: StepPlan): Promise<StepResult> {
   const s = state
   if (s === undefined) throw new Error("bench worker used before load")
   const cfg = s.load
-  if (cfg.isFirst && plan.tokenIds.length !== plan.numRows * plan.seqLen) {
-    throw new Error(`bench worker: tokenIds has ${plan.tokenIds.length} ids, expected numRows * seqLen = ${plan.numRows * plan.seqLen}`)
+  const total = planTokens(plan)
+  if (cfg.isFirst && plan.tokenIds.length !== total) {
+    throw new Error(`bench worker: tokenIds has ${plan.tokenIds.length} ids, expected the sum of numTokens = ${total}`)
   }
   if (!cfg.isFirst && plan.hidden === undefined) throw new Error("a non-first shard needs hidden states")
 
@@ -124,33 +125,33 @@ export async function step(plan: StepPlan): Promise<StepResult> {
   spend(s.delayMs)
   const runMs = performance.now() - t0
 
-  if (!cfg.isLast) return { hidden: new Float32Array(plan.numRows * plan.seqLen * cfg.hiddenSize), runMs, sampleMs: 0 }
+  if (!cfg.isLast) return { hidden: new Float32Array(total * cfg.hiddenSize), runMs, sampleMs: 0 }
 
   const t1 = performance.now()
-  for (const seq of plan.newSequences) s.seeds.set(seq.row, promptSeed(seq.promptTokenIds))
-  const tokens = new Int32Array(plan.sampleRows.length)
-  for (let i = 0; i < plan.sampleRows.length; i++) {
-    const rel = plan.sampleRows[i]!
-    const seed = s.seeds.get(plan.firstRow + rel)
-    if (seed === undefined) throw new Error(`no sampler registered for row ${plan.firstRow + rel}`)
-    // The sampled token sits right after the step's last position.
-    tokens[i] = benchToken(seed, plan.pastLens[rel]! + plan.seqLen)
+  for (const seq of plan.newSequences) s.seeds.set(seq.seqId, promptSeed(seq.promptTokenIds))
+  const tokens = new Int32Array(plan.sampleEntries.length)
+  for (let i = 0; i < plan.sampleEntries.length; i++) {
+    const e = plan.sampleEntries[i]!
+    const seed = s.seeds.get(plan.seqIds[e]!)
+    if (seed === undefined) throw new Error(`no sampler registered for sequence ${plan.seqIds[e]}`)
+    // The sampled token sits right after the entry's last position.
+    tokens[i] = benchToken(seed, plan.pastLens[e]! + plan.numTokens[e]!)
   }
   const sampleMs = performance.now() - t1
 
-  // Same shapes as the real worker: "all" is every position of the step, "last" one row per sampled entry.
-  const vocab = cfg.vocabSize
-  if (plan.returnLogits === "all") {
-    const positions = plan.kind === "prefill" ? plan.numRows * plan.seqLen : plan.numRows
-    return { tokens, logits: new Float32Array(positions * vocab), runMs, sampleMs }
+  // Same shapes as the real worker: per entry, its last position (1) or every new position (2).
+  let positions = 0
+  for (let e = 0; e < plan.returnLogits.length; e++) {
+    if (plan.returnLogits[e] === 1) positions += 1
+    else if (plan.returnLogits[e] === 2) positions += plan.numTokens[e]!
   }
-  if (plan.returnLogits === "last") return { tokens, logits: new Float32Array(plan.sampleRows.length * vocab), runMs, sampleMs }
+  if (positions > 0) return { tokens, logits: new Float32Array(positions * cfg.vocabSize), runMs, sampleMs }
   return { tokens, runMs, sampleMs }
 }
 
-/** Forgets the seeds of rows whose sequences finished. */
-export async function release(rows: ReadonlyArray<number>): Promise<void> {
-  for (const r of rows) state?.seeds.delete(r)
+/** Forgets the seeds of sequences that finished. */
+export async function release(seqIds: ReadonlyArray<number>): Promise<void> {
+  for (const id of seqIds) state?.seeds.delete(id)
 }
 
 /** Fault injection: ends this worker thread abruptly (in a worker thread `process.exit` ends only the thread). */

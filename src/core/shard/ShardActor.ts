@@ -27,7 +27,7 @@ export interface ShardActor {
   readonly index: number
   readonly load: ShardLoad
   readonly step: (plan: StepPlan) => Effect.Effect<StepResult, GenerationError>
-  readonly release: (rows: ReadonlyArray<number>) => Effect.Effect<void, GenerationError>
+  readonly release: (seqIds: ReadonlyArray<number>) => Effect.Effect<void, GenerationError>
   /** The lifecycle machine's current status (what `/ready` reports). */
   readonly status: () => ShardStatus
   /** Calls `listener` with the current status and on every change of the lifecycle machine; returns the unsubscribe. */
@@ -168,7 +168,7 @@ export const makeShardActor = (
       index,
       load,
       step: (plan) => ask<StepResult>("step", plan),
-      release: (rows) => ask<void>("release", rows),
+      release: (seqIds) => ask<void>("release", seqIds),
       status: lifecycle.status,
       watch: lifecycle.watch,
       settled,

@@ -1,45 +1,39 @@
 /**
  * The piscina entry of a shard: runs on its own worker thread, never on the event loop (ORT `run` is synchronous).
  *
- * The thread owns the ORT session and the KV cache of its sequences: per layer and slot (row), keys and values
- * `[kvHeads, capacity, headDim]`, grown by doubling up to `maxLen`, so memory follows what sequences really hold.
- * onnxruntime-node copies every output back into JS memory (a pre-allocated output is a copy too, so
- * GroupQueryAttention never sees a shared past/present buffer here): each step therefore passes a compact past of
- * exactly the longest row's length and fetches only the new tokens' keys and values (`new_key.{i}`), never the
- * whole present cache, keeping the per-step cost proportional to the tokens in use, not to the context window.
- * The last shard also owns each sequence's sampler: logits stay here, only token ids go back.
+ * The thread owns the ORT session and the KV blocks of its sequences: per layer and block id, keys and values
+ * `[kvHeads, blockSize, headDim]`, allocated when first written, so memory follows what sequences really hold. The
+ * engine's block manager says which blocks a sequence owns (the plan's block tables); blocks shared by a cached
+ * prefix are only read. onnxruntime-node copies every output back into JS memory (a pre-allocated output is a copy
+ * too, so GroupQueryAttention never sees a shared past/present buffer here): each run therefore passes a compact past
+ * gathered from the blocks, exactly the longest row's length, and fetches only the new tokens' keys and values
+ * (`new_key.{i}`), never the whole present cache. A packed plan runs as one ORT call for its decoding entries and
+ * one per prompt chunk (the graph batches rows of equal length). The last shard also owns each sequence's sampler:
+ * logits stay here, only token ids go back.
  */
 import { ort } from "../../onnx/OrtFloat16Fix.ts"
-import { SamplerTable } from "./SamplerTable.ts"
-import { stepInputs } from "./StepInputs.ts"
+import { SamplerTable, StepOutputs } from "./SamplerTable.ts"
+import { type EntryGroup, entryGroups, groupInputs, tokenOffsets } from "./StepInputs.ts"
 import type { ShardLoad, ShardLoadResult, StepPlan, StepResult } from "./StepProtocol.ts"
 import * as TensorNames from "./TensorNames.ts"
 
 type KvArray = Float32Array | Uint16Array
 
-/** One slot's keys or values for one layer: `[kvHeads, capacity, headDim]`. */
-interface SlotCache {
-  capacity: number
-  data: KvArray
-}
-
 interface ShardState {
   readonly load: ShardLoad
   readonly session: ort.InferenceSession
-  /** [layer][row] */
-  readonly keys: Array<Array<SlotCache>>
-  readonly values: Array<Array<SlotCache>>
+  /** [layer] -> block id -> `[kvHeads, blockSize, headDim]` (undefined until first written). */
+  readonly keys: Array<Array<KvArray | undefined>>
+  readonly values: Array<Array<KvArray | undefined>>
   readonly samplers: SamplerTable
-  /** Output names of this step's new keys and values, fetched on every step (never the whole present cache). */
+  /** Output names of this step's new keys and values, fetched on every run (never the whole present cache). */
   readonly newKvNames: ReadonlyArray<string>
 }
-
 
 let state: ShardState | undefined
 
 const kvType = (load: ShardLoad) => (load.dtype === "float16" ? "float16" : "float32") as "float16" | "float32"
 const allocate = (load: ShardLoad, n: number): KvArray => (load.dtype === "float16" ? new Uint16Array(n) : new Float32Array(n))
-const INITIAL_CAPACITY = 64
 
 export async function load(task: ShardLoad): Promise<ShardLoadResult> {
   const started = performance.now()
@@ -50,101 +44,116 @@ export async function load(task: ShardLoad): Promise<ShardLoadResult> {
     logSeverityLevel: 3
   })
   const numLayers = task.layers[1] - task.layers[0]
-  const empty = () => Array.from({ length: numLayers }, () => Array.from({ length: task.maxSeqs }, (): SlotCache => ({ capacity: 0, data: allocate(task, 0) })))
+  const empty = () => Array.from({ length: numLayers }, () => new Array<KvArray | undefined>(task.numBlocks).fill(undefined))
   const newKvNames = Array.from({ length: numLayers }, (_, i) => [TensorNames.newKey(task.layers[0] + i), TensorNames.newValue(task.layers[0] + i)]).flat()
   state = { load: task, session, keys: empty(), values: empty(), samplers: new SamplerTable(), newKvNames }
-  return { kvBytes: 0, loadMs: performance.now() - started }
+  return { kvBytes: 0, loadMs: performance.now() - started, layout: "blocks", numBlocks: task.numBlocks }
 }
 
-/** Makes room for `needed` positions in a slot, keeping what it holds. */
-const reserve = (cfg: ShardLoad, slot: SlotCache, needed: number) => {
-  if (needed <= slot.capacity) return
-  const capacity = Math.min(cfg.maxLen, Math.max(needed, INITIAL_CAPACITY, slot.capacity * 2))
-  const data = allocate(cfg, cfg.numKvHeads * capacity * cfg.headDim)
+/** The past of a group's entries as one `[rows, kvHeads, past, headDim]` array, gathered through their block tables. */
+const gatherPast = (cfg: ShardLoad, blocks: Array<KvArray | undefined>, plan: StepPlan, group: EntryGroup, past: number): KvArray => {
   const hd = cfg.headDim
-  for (let h = 0; h < cfg.numKvHeads; h++) {
-    data.set(slot.data.subarray(h * slot.capacity * hd, (h * slot.capacity + slot.capacity) * hd), h * capacity * hd)
-  }
-  slot.capacity = capacity
-  slot.data = data
-}
-
-/** The past of rows [firstRow, firstRow + rows) as one `[rows, kvHeads, past, headDim]` array. */
-const gatherPast = (cfg: ShardLoad, slots: Array<SlotCache>, firstRow: number, rows: number, pastLens: Int32Array, past: number): KvArray => {
-  const hd = cfg.headDim
-  const out = allocate(cfg, rows * cfg.numKvHeads * past * hd)
+  const bs = cfg.blockSize
+  const heads = cfg.numKvHeads
+  const rows = group.entries.length
+  const out = allocate(cfg, rows * heads * past * hd)
   if (past === 0) return out
   for (let r = 0; r < rows; r++) {
-    const slot = slots[firstRow + r]!
-    const n = Math.min(pastLens[r]!, slot.capacity)
-    if (n === 0) continue
-    for (let h = 0; h < cfg.numKvHeads; h++) {
-      const from = h * slot.capacity * hd
-      out.set(slot.data.subarray(from, from + n * hd), ((r * cfg.numKvHeads + h) * past) * hd)
+    const e = group.entries[r]!
+    const n = plan.pastLens[e]!
+    for (let t0 = 0; t0 < n; t0 += bs) {
+      const block = blocks[plan.blockTables[e * plan.blocksPerEntry + t0 / bs]!]
+      if (block === undefined) throw new Error(`KV block ${plan.blockTables[e * plan.blocksPerEntry + t0 / bs]} read before it was written`)
+      const len = Math.min(bs, n - t0)
+      for (let h = 0; h < heads; h++) {
+        out.set(block.subarray(h * bs * hd, (h * bs + len) * hd), ((r * heads + h) * past + t0) * hd)
+      }
     }
   }
   return out
 }
 
-/** Appends this step's keys or values (`[rows, seqLen, kvHeads * headDim]`) to the slots at each row's past length. */
-const appendNew = (cfg: ShardLoad, slots: Array<SlotCache>, plan: StepPlan, fresh: KvArray) => {
+/** Writes a group's new keys or values (`[rows, seqLen, kvHeads * headDim]`) into its entries' blocks. */
+const writeNew = (cfg: ShardLoad, blocks: Array<KvArray | undefined>, plan: StepPlan, group: EntryGroup, fresh: KvArray) => {
   const hd = cfg.headDim
-  const rowStride = plan.seqLen * cfg.numKvHeads * hd
-  for (let r = 0; r < plan.numRows; r++) {
-    const start = plan.pastLens[r]!
-    const end = Math.min(start + plan.seqLen, cfg.maxLen)
-    if (end <= start) continue
-    const slot = slots[plan.firstRow + r]!
-    reserve(cfg, slot, end)
-    for (let t = start; t < end; t++) {
-      const from = r * rowStride + (t - start) * cfg.numKvHeads * hd
-      for (let h = 0; h < cfg.numKvHeads; h++) {
-        slot.data.set(fresh.subarray(from + h * hd, from + (h + 1) * hd), (h * slot.capacity + t) * hd)
-      }
+  const bs = cfg.blockSize
+  const heads = cfg.numKvHeads
+  const rowStride = group.seqLen * heads * hd
+  for (let r = 0; r < group.entries.length; r++) {
+    const e = group.entries[r]!
+    const start = plan.pastLens[e]!
+    for (let t = start; t < start + group.seqLen; t++) {
+      const id = plan.blockTables[e * plan.blocksPerEntry + Math.floor(t / bs)]!
+      const block = blocks[id] ?? (blocks[id] = allocate(cfg, heads * bs * hd))
+      const from = r * rowStride + (t - start) * heads * hd
+      const slot = t % bs
+      for (let h = 0; h < heads; h++) block.set(fresh.subarray(from + h * hd, from + (h + 1) * hd), (h * bs + slot) * hd)
     }
   }
+}
+
+/** Hidden states of every group, back in the plan's packed token order. */
+const packHidden = (cfg: ShardLoad, plan: StepPlan, parts: ReadonlyArray<[EntryGroup, KvArray]>, offsets: Int32Array): KvArray => {
+  const h = cfg.hiddenSize
+  const out = parts[0]![1] instanceof Float32Array ? new Float32Array(offsets[offsets.length - 1]! * h) : new Uint16Array(offsets[offsets.length - 1]! * h)
+  for (const [group, data] of parts) {
+    for (let r = 0; r < group.entries.length; r++) {
+      const e = group.entries[r]!
+      out.set(data.subarray(r * group.seqLen * h, (r + 1) * group.seqLen * h), offsets[e]! * h)
+    }
+  }
+  return out
 }
 
 export async function step(plan: StepPlan): Promise<StepResult> {
   const s = state
   if (s === undefined) throw new Error("shard worker used before load")
   const { load: cfg } = s
-  const rows = plan.numRows
-  const { inputs, maxPast, allLogits } = stepInputs(cfg, plan)
-  const feeds: Record<string, ort.Tensor> = {}
-  for (const [name, t] of Object.entries(inputs)) {
-    const type = t.data instanceof BigInt64Array ? "int64" : t.data instanceof Int32Array ? "int32" : kvType(cfg)
-    feeds[name] = new ort.Tensor(type, t.data, [...t.dims])
-  }
-  const kvDims = [rows, cfg.numKvHeads, maxPast, cfg.headDim]
-  for (let i = 0; i < s.keys.length; i++) {
-    const layer = cfg.layers[0] + i
-    feeds[TensorNames.pastKey(layer)] = new ort.Tensor(kvType(cfg), gatherPast(cfg, s.keys[i]!, plan.firstRow, rows, plan.pastLens, maxPast), kvDims)
-    feeds[TensorNames.pastValue(layer)] = new ort.Tensor(kvType(cfg), gatherPast(cfg, s.values[i]!, plan.firstRow, rows, plan.pastLens, maxPast), kvDims)
-  }
-
-  // Register new samplers first: whether this step needs full logits depends on every sampled row's parameters.
+  // Register new samplers first: whether this step needs full logits depends on every sampled entry's parameters.
   if (cfg.isLast) s.samplers.register(plan.newSequences)
   const greedyOnly = cfg.isLast && s.samplers.greedyOnly(plan)
-  const fetches = [...s.newKvNames, cfg.isLast ? (greedyOnly ? TensorNames.greedyToken : TensorNames.logits) : TensorNames.hiddenOut]
+  const outputs = new StepOutputs(plan, s.samplers)
+  const offsets = tokenOffsets(plan)
+  const hiddenParts: Array<[EntryGroup, KvArray]> = []
+  let runMs = 0
 
-  const t0 = performance.now()
-  const out = await s.session.run(feeds, fetches)
-  const runMs = performance.now() - t0
-  for (let i = 0; i < s.keys.length; i++) {
-    const layer = cfg.layers[0] + i
-    appendNew(cfg, s.keys[i]!, plan, out[TensorNames.newKey(layer)]!.data as KvArray)
-    appendNew(cfg, s.values[i]!, plan, out[TensorNames.newValue(layer)]!.data as KvArray)
+  for (const group of entryGroups(plan)) {
+    const { inputs, maxPast } = groupInputs(cfg, plan, group, offsets)
+    const feeds: Record<string, ort.Tensor> = {}
+    for (const [name, t] of Object.entries(inputs)) {
+      const type = t.data instanceof BigInt64Array ? "int64" : t.data instanceof Int32Array ? "int32" : kvType(cfg)
+      feeds[name] = new ort.Tensor(type, t.data, [...t.dims])
+    }
+    const kvDims = [group.entries.length, cfg.numKvHeads, maxPast, cfg.headDim]
+    for (let i = 0; i < s.keys.length; i++) {
+      const layer = cfg.layers[0] + i
+      feeds[TensorNames.pastKey(layer)] = new ort.Tensor(kvType(cfg), gatherPast(cfg, s.keys[i]!, plan, group, maxPast), kvDims)
+      feeds[TensorNames.pastValue(layer)] = new ort.Tensor(kvType(cfg), gatherPast(cfg, s.values[i]!, plan, group, maxPast), kvDims)
+    }
+    const fetches = [...s.newKvNames, cfg.isLast ? (greedyOnly ? TensorNames.greedyToken : TensorNames.logits) : TensorNames.hiddenOut]
+
+    const t0 = performance.now()
+    const out = await s.session.run(feeds, fetches)
+    runMs += performance.now() - t0
+    for (let i = 0; i < s.keys.length; i++) {
+      const layer = cfg.layers[0] + i
+      writeNew(cfg, s.keys[i]!, plan, group, out[TensorNames.newKey(layer)]!.data as KvArray)
+      writeNew(cfg, s.values[i]!, plan, group, out[TensorNames.newValue(layer)]!.data as KvArray)
+    }
+    if (!cfg.isLast) hiddenParts.push([group, out[TensorNames.hiddenOut]!.data as KvArray])
+    else if (greedyOnly) outputs.greedy(group.entries, out[TensorNames.greedyToken]!.data as BigInt64Array)
+    else {
+      const perEntry = group.allLogits ? group.seqLen : 1
+      outputs.logits(group.entries, new Int32Array(group.entries.length).fill(perEntry), out[TensorNames.logits]!.data as Float32Array, cfg.vocabSize)
+    }
   }
-
-  if (!cfg.isLast) return { hidden: out[TensorNames.hiddenOut]!.data as Float32Array | Uint16Array, runMs, sampleMs: 0 }
-  if (greedyOnly) return s.samplers.fromGreedy(plan, out[TensorNames.greedyToken]!.data as BigInt64Array, runMs)
-  return s.samplers.fromLogits(plan, out[TensorNames.logits]!.data as Float32Array, cfg.vocabSize, allLogits ? plan.seqLen : 1, runMs)
+  if (!cfg.isLast) return { hidden: packHidden(cfg, plan, hiddenParts, offsets), runMs, sampleMs: 0 }
+  return outputs.result(runMs)
 }
 
-/** Forgets the samplers of rows whose sequences finished (their KV rows are simply reused). */
-export async function release(rows: ReadonlyArray<number>): Promise<void> {
-  state?.samplers.release(rows)
+/** Forgets the samplers of sequences that left (their blocks are simply reused). */
+export async function release(seqIds: ReadonlyArray<number>): Promise<void> {
+  state?.samplers.release(seqIds)
 }
 
 /**

@@ -55,8 +55,11 @@ export interface LiveGauges {
   readonly running: () => number
   /** Requests waiting for a slot. */
   readonly waiting: () => number
-  /** KV-cache slots in use / slots, 0..1. */
+  /** KV blocks in use / blocks, 0..1. */
   readonly kvUsage: () => number
+  /** Prompt tokens looked up in the prefix cache, and those found (counters, read at scrape). */
+  readonly prefixCacheQueries: () => number
+  readonly prefixCacheHits: () => number
 }
 
 /** The served model the series are labelled with. */
@@ -101,7 +104,8 @@ export class EngineMetrics {
   private readonly decodeSteps: CounterChild
   private readonly batchedDecodeSteps: CounterChild
   private readonly decodeStepSeqs: HistogramChild
-  private live: LiveGauges = { running: () => 0, waiting: () => 0, kvUsage: () => 0 }
+  private readonly preemptions: CounterChild
+  private live: LiveGauges = { running: () => 0, waiting: () => 0, kvUsage: () => 0, prefixCacheQueries: () => 0, prefixCacheHits: () => 0 }
 
   constructor(registry: Registry, model: ServedModel) {
     const r = registry
@@ -144,7 +148,15 @@ export class EngineMetrics {
     )
     r.gaugeFn("chorus:num_requests_running", "Number of requests in model execution batches.", () => this.live.running(), label)
     r.gaugeFn("chorus:num_requests_waiting", "Number of requests waiting to be processed.", () => this.live.waiting(), label)
-    r.gaugeFn("chorus:kv_cache_usage_perc", "KV-cache usage. 1 means 100 percent usage.", () => this.live.kvUsage(), label)
+    r.gaugeFn("chorus:kv_cache_usage_perc", "KV-cache usage (blocks in use). 1 means 100 percent usage.", () => this.live.kvUsage(), label)
+    r.counterFn(
+      "chorus:prefix_cache_queries_total",
+      "Prefix cache queries, in terms of number of queried tokens.",
+      () => this.live.prefixCacheQueries(),
+      label
+    )
+    r.counterFn("chorus:prefix_cache_hits_total", "Prefix cache hits, in terms of number of cached tokens.", () => this.live.prefixCacheHits(), label)
+    this.preemptions = counter("chorus:num_preemptions_total", "Cumulative number of preemption from the engine.")
     this.promptTokensTotal = counter("chorus:prompt_tokens_total", "Number of prefill tokens processed.")
     this.generationTokensTotal = counter("chorus:generation_tokens_total", "Number of generation tokens processed.")
     const success = r.counter(
@@ -186,6 +198,11 @@ export class EngineMetrics {
   /** Reads running/waiting requests and KV-cache usage (0..1) from these callbacks at every scrape. */
   bindGauges(live: LiveGauges): void {
     this.live = live
+  }
+
+  /** A running sequence was preempted (its KV blocks freed for others). */
+  preempted(): void {
+    this.preemptions.inc()
   }
 
   /** Counts `n` prompt (prefill) tokens. */

@@ -155,7 +155,7 @@ describe("BenchWorker crash hook", () => {
     try {
       const load: BenchShardLoad = {
         graphPath: "", layers: [0, 32], isFirst: true, isLast: true, dtype: "float32", hiddenSize: 8, vocabSize: 128256,
-        numKvHeads: 1, headDim: 8, maxSeqs: 1, maxLen: 64, threads: 1, device: { kind: "cpu" }
+        numKvHeads: 1, headDim: 8, maxSeqs: 1, maxLen: 64, blockSize: 16, numBlocks: 5, threads: 1, device: { kind: "cpu" }
       }
       await pool.run(load, { name: "load" })
       const threadBefore = pool.threads[0]!.threadId

@@ -6,7 +6,7 @@ import * as path from "node:path"
 import { assert, describe, it } from "vitest"
 import { type AttentionLayout, buildShardGraph } from "../../../src/adapters/llama3/GraphBuilder.ts"
 import { loadLlamaConfig } from "../../../src/adapters/llama3/LlamaConfig.ts"
-import { stepInputs } from "../../../src/core/shard/StepInputs.ts"
+import { entryGroups, groupInputs, tokenOffsets } from "../../../src/core/shard/StepInputs.ts"
 import type { ShardLoad, StepPlan } from "../../../src/core/shard/StepProtocol.ts"
 import * as TensorNames from "../../../src/core/shard/TensorNames.ts"
 
@@ -30,20 +30,23 @@ const shardOf = (layers: readonly [number, number]) => {
     headDim: config.headDim,
     maxSeqs: 1,
     maxLen: 64,
+    blockSize: 16,
+    numBlocks: 5,
     threads: 1,
     device: { kind: "cpu" }
   }
   const plan: StepPlan = {
-    kind: "prefill",
-    firstRow: 0,
-    numRows: 1,
-    seqLen: 3,
+    seqIds: Int32Array.of(0),
+    rows: Int32Array.of(0),
+    numTokens: Int32Array.of(3),
+    pastLens: Int32Array.of(2),
     tokenIds: Int32Array.of(5, 6, 7),
     ...(load.isFirst ? {} : { hidden: new Float32Array(3 * config.hiddenSize) }),
-    pastLens: Int32Array.of(2),
-    sampleRows: Int32Array.of(0),
+    blockTables: Int32Array.of(1),
+    blocksPerEntry: 1,
+    sampleEntries: Int32Array.of(0),
     newSequences: [],
-    returnLogits: "none"
+    returnLogits: Uint8Array.of(0)
   }
   return { load, plan }
 }
@@ -66,7 +69,7 @@ describe.each(layouts)("%s graphs", (attention) => {
 
     // StepInputs computes position ids for every graph; the device worker feeds only the inputs a graph declares
     // (fused attention takes none), the CPU worker feeds them all (its graphs are rotary-outside).
-    const fed = [...Object.keys(stepInputs(load, plan).inputs), ...kvInputs]
+    const fed = [...Object.keys(groupInputs(load, plan, entryGroups(plan)[0]!, tokenOffsets(plan)).inputs), ...kvInputs]
     const declared = attention === "fused" ? fed.filter((n) => n !== TensorNames.positionIds) : fed
     assert.deepStrictEqual(sorted(graphInputs), sorted(declared))
     assert.strictEqual(graphInputs.has(TensorNames.positionIds), attention === "rotary-outside")

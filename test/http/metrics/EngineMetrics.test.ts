@@ -34,6 +34,9 @@ describe("EngineMetrics", () => {
       ["chorus:num_requests_running", "gauge"],
       ["chorus:num_requests_waiting", "gauge"],
       ["chorus:kv_cache_usage_perc", "gauge"],
+      ["chorus:prefix_cache_queries_total", "counter"],
+      ["chorus:prefix_cache_hits_total", "counter"],
+      ["chorus:num_preemptions_total", "counter"],
       ["chorus:prompt_tokens_total", "counter"],
       ["chorus:generation_tokens_total", "counter"],
       ["chorus:request_success_total", "counter"],
@@ -132,11 +135,13 @@ describe("EngineMetrics", () => {
     const m = makeEngineMetrics(MODEL, new Registry())
     expect(lines(m.registry.render())).toContain(`chorus:kv_cache_usage_perc{${M}} 0`)
     let running = 2
-    m.bindGauges({ running: () => running, waiting: () => 5, kvUsage: () => 0.75 })
+    m.bindGauges({ running: () => running, waiting: () => 5, kvUsage: () => 0.75, prefixCacheQueries: () => 40, prefixCacheHits: () => 32 })
     let text = lines(m.registry.render())
     expect(text).toContain(`chorus:num_requests_running{${M}} 2`)
     expect(text).toContain(`chorus:num_requests_waiting{${M}} 5`)
     expect(text).toContain(`chorus:kv_cache_usage_perc{${M}} 0.75`)
+    expect(text).toContain(`chorus:prefix_cache_queries_total{${M}} 40`)
+    expect(text).toContain(`chorus:prefix_cache_hits_total{${M}} 32`)
     running = 4
     text = lines(m.registry.render())
     expect(text).toContain(`chorus:num_requests_running{${M}} 4`)

@@ -1,0 +1,303 @@
+/**
+ * The engine's loop: one fiber that owns the scheduler and drives the shards. Each iteration asks the scheduler for a
+ * step, packs it into a plan, runs it through every shard in order, and hands the sampled tokens back to the
+ * scheduler. While a step is on the shards the loop streams the previous step's text (vLLM's async scheduling), so
+ * detokenizing and stop strings never delay the GPU. Requests only enqueue and wake it.
+ */
+import { Cause, Effect, Fiber, Queue } from "effect"
+import type { EngineObserver, FinishedReason } from "./EngineObserver.ts"
+import { type ContextLengthError, DeadlineExceeded, type GenerationError, type Overloaded, type ValidationError } from "./Errors.ts"
+import type { Job } from "./JobMachine.ts"
+import type { GenerationEvent } from "./Request.ts"
+import { type SampledToken, Scheduler, type SchedulerConfig, type SchedulerOutput, type Sequence, tokenAt } from "./Scheduler.ts"
+import type { SequenceOutput } from "./SequenceOutput.ts"
+import type { ShardActor } from "./shard/ShardActor.ts"
+import type { StepPlan, StepResult } from "./shard/StepProtocol.ts"
+
+export type EngineError = ValidationError | ContextLengthError | GenerationError | Overloaded | DeadlineExceeded
+
+/** Where a request's events go, and its timings. */
+export interface Sink {
+  readonly queue: Queue.Queue<GenerationEvent, EngineError | Cause.Done>
+  readonly output: SequenceOutput
+  readonly job: Job
+  readonly arrivedAt: number
+  admittedAt: number
+  firstTokenAt: number
+  lastTokenAt: number
+}
+
+export interface LoopStats {
+  numSteps: number
+  numBatchedSteps: number
+  promptTokens: number
+  generatedTokens: number
+}
+
+export interface EngineLoop {
+  readonly scheduler: Scheduler
+  readonly sinks: Map<number, Sink>
+  readonly stats: LoopStats
+  /** Wakes the loop (a request arrived or left). */
+  readonly wake: () => void
+  /** The loop itself, to fork into the engine's scope. */
+  readonly run: Effect.Effect<never>
+}
+
+const seconds = (ms: number) => ms / 1000
+
+export const makeEngineLoop = (options: {
+  readonly shards: ReadonlyArray<ShardActor>
+  readonly scheduler: SchedulerConfig
+  readonly observer: EngineObserver
+}) =>
+  Effect.gen(function*() {
+    const { shards, observer } = options
+    const last = shards[shards.length - 1]!
+    const scheduler = new Scheduler(options.scheduler)
+    const sinks = new Map<number, Sink>()
+    const wakeQueue = yield* Queue.unbounded<void>()
+    const stats: LoopStats = { numSteps: 0, numBatchedSteps: 0, promptTokens: 0, generatedTokens: 0 }
+    /** Sequences that left since the last step: their samplers are released in the last shard. */
+    let leftSeqIds: Array<number> = []
+
+    /** Reports a sequence that left the engine; phases it never reached stay undefined. */
+    const report = (sequence: Sequence, sink: Sink, reason: FinishedReason, now: number) =>
+      observer.finished({
+        reason,
+        e2eSeconds: seconds(now - sink.arrivedAt),
+        prefillSeconds: sink.firstTokenAt === 0 ? undefined : seconds(sink.firstTokenAt - sink.admittedAt),
+        decodeSeconds: sink.firstTokenAt === 0 ? undefined : seconds(now - sink.firstTokenAt),
+        promptTokens: sequence.promptTokenIds.length,
+        generationTokens: sequence.outputTokenIds.length,
+        maxTokens: sequence.request.maxTokens
+      })
+
+    /** A sequence leaves: the scheduler frees it before the next step; its sink is gone. */
+    const end = (sequence: Sequence) => {
+      scheduler.drop(sequence)
+      sinks.delete(sequence.id)
+    }
+
+    /** Ends a sequence with an error on its stream (the text so far has already been streamed). */
+    const fail = (sequence: Sequence, error: EngineError, reason: "error" | "timeout") => {
+      const sink = sinks.get(sequence.id)
+      // The machine takes a failure only before the job ended: a job ends once.
+      if (sink !== undefined && sink.job.send(reason === "timeout" ? { type: "EXPIRE" } : { type: "FAIL", error: error.message })) {
+        observer.failed(error.errorType)
+        report(sequence, sink, reason, performance.now())
+        Queue.failCauseUnsafe(sink.queue, Cause.fail(error))
+      }
+      end(sequence)
+    }
+
+    /** Text out, stop strings, the finish event. Runs while the next step is already on the shards. */
+    const emit = ({ sequence, tokenId, stop }: SampledToken) => {
+      const sink = sinks.get(sequence.id)
+      if (sink === undefined) return
+      const now = performance.now()
+      if (sink.firstTokenAt === 0) {
+        sink.firstTokenAt = now
+        observer.firstToken(seconds(sink.admittedAt - sink.arrivedAt), seconds(now - sink.arrivedAt))
+      } else observer.token(seconds(now - sink.lastTokenAt))
+      sink.lastTokenAt = now
+      const step = sink.output.push(tokenId, stop)
+      Queue.offerUnsafe(sink.queue, { _tag: "Token", tokenId, text: step.text })
+      if (step.finish !== undefined) {
+        // Refused only when the consumer cancelled between the step and this text: count it as the abort it was.
+        report(sequence, sink, sink.job.send({ type: "FINISH" }) ? step.finish.finishReason : "abort", now)
+        Queue.offerUnsafe(sink.queue, {
+          _tag: "Finished",
+          finishReason: step.finish.finishReason,
+          stopReason: step.finish.stopReason,
+          text: step.finish.trailingText,
+          usage: { promptTokens: sequence.promptTokenIds.length, completionTokens: sequence.outputTokenIds.length }
+        })
+        Queue.endUnsafe(sink.queue)
+        end(sequence)
+      }
+    }
+
+    /** Tokens sampled by the last step, streamed while the next one runs. */
+    let pending: Array<SampledToken> = []
+    const flushPending = () => {
+      const batch = pending
+      pending = []
+      for (const t of batch) emit(t)
+    }
+
+    const planOf = (out: SchedulerOutput): StepPlan => {
+      const n = out.entries.length
+      const seqIds = new Int32Array(n)
+      const rows = new Int32Array(n)
+      const numTokens = new Int32Array(n)
+      const pastLens = new Int32Array(n)
+      const tokenIds = new Int32Array(out.numTokens)
+      const returnLogits = new Uint8Array(n)
+      let blocksPerEntry = 1
+      for (const e of out.entries) blocksPerEntry = Math.max(blocksPerEntry, e.blockIds.length)
+      const blockTables = new Int32Array(n * blocksPerEntry)
+      const sampleEntries: Array<number> = []
+      const newSequences: Array<StepPlan["newSequences"][number]> = []
+      let at = 0
+      out.entries.forEach((e, i) => {
+        const s = e.sequence
+        seqIds[i] = s.id
+        rows[i] = s.row
+        numTokens[i] = e.numTokens
+        pastLens[i] = e.start
+        returnLogits[i] = e.returnLogits
+        for (let t = 0; t < e.numTokens; t++) tokenIds[at++] = tokenAt(s, e.start + t)
+        const ids = e.blockIds
+        for (let b = 0; b < blocksPerEntry; b++) blockTables[i * blocksPerEntry + b] = ids[Math.min(b, ids.length - 1)] ?? 0
+        if (e.samples) sampleEntries.push(i)
+        if (e.isNew) newSequences.push({ seqId: s.id, params: s.request.sampling, promptTokenIds: s.promptTokenIds })
+      })
+      return {
+        seqIds,
+        rows,
+        numTokens,
+        pastLens,
+        tokenIds,
+        blockTables,
+        blocksPerEntry,
+        sampleEntries: Int32Array.from(sampleEntries),
+        newSequences,
+        returnLogits
+      }
+    }
+
+    /** Runs one plan through every shard in order; hidden states flow from shard to shard. */
+    const runPlan = (plan: StepPlan) =>
+      Effect.gen(function*() {
+        let result: StepResult | undefined
+        for (const shard of shards) {
+          result = yield* shard.step(result?.hidden === undefined ? plan : { ...plan, hidden: result.hidden })
+        }
+        return result!
+      })
+
+    /** Prompt logits asked for by entries of a step, routed to their sequences' outputs. */
+    const routeLogits = (out: SchedulerOutput, logits: Float32Array) => {
+      const vocab = last.load.vocabSize
+      let at = 0
+      for (const e of out.entries) {
+        if (e.returnLogits === 0) continue
+        const size = (e.returnLogits === 2 ? e.numTokens : 1) * vocab
+        sinks.get(e.sequence.id)?.output.addPromptLogits(logits.subarray(at, at + size))
+        at += size
+      }
+    }
+
+    /** What a finished step did: chunks in the cache, tokens recorded, first tokens announced. */
+    const complete = (out: SchedulerOutput, result: StepResult) => {
+      stats.numSteps++
+      if (result.logits !== undefined) routeLogits(out, result.logits)
+      let decoding = 0
+      for (const e of out.entries) if (e.numTokens === 1 && e.sequence.outputTokenIds.length > 0) decoding++
+      if (decoding > 0) {
+        observer.decodeStep(decoding)
+        if (decoding > 1) stats.numBatchedSteps++
+      }
+      observer.engineStep(out.numTokens)
+      const firstTokens = new Set<number>()
+      for (const e of out.entries) if (e.samples && e.sequence.outputTokenIds.length === 0) firstTokens.add(e.sequence.id)
+      for (const t of scheduler.update(out, result.tokens ?? new Int32Array(0))) {
+        stats.generatedTokens++
+        if (t.stop !== undefined) leftSeqIds.push(t.sequence.id)
+        const sink = sinks.get(t.sequence.id)
+        if (firstTokens.has(t.sequence.id)) {
+          // Prompt tokens count whole at the first token, cached or computed (vLLM's prompt_tokens_total).
+          stats.promptTokens += t.sequence.promptTokenIds.length
+          observer.promptTokens(t.sequence.promptTokenIds.length)
+        }
+        if (sink !== undefined && firstTokens.has(t.sequence.id)) {
+          Queue.offerUnsafe(sink.queue, {
+            _tag: "Started",
+            promptTokens: t.sequence.promptTokenIds.length,
+            ...(sink.output.promptLogits === undefined ? {} : { promptLogits: sink.output.promptLogits })
+          })
+          sink.job.send({ type: "FIRST_TOKEN" })
+        }
+        pending.push(t)
+      }
+    }
+
+    /**
+     * A step failed: every running sequence ends with the error. A shard whose worker died is brought back by its
+     * lifecycle machine; the loop waits until every shard is ready again (or has failed for good), then goes on with
+     * an empty prefix cache (the new workers hold no blocks).
+     */
+    const recover = (error: GenerationError) =>
+      Effect.gen(function*() {
+        flushPending()
+        for (const s of scheduler.runningSequences()) fail(s, error, "error")
+        scheduler.kv.clearCache()
+        yield* Effect.logWarning(`${error.message}; ${shards.map((s) => `shard ${s.index} ${s.status().state}`).join(", ")}`)
+        for (const shard of shards) yield* shard.settled
+      })
+
+    const expire = () => {
+      for (const s of scheduler.expired(performance.now())) {
+        const timeoutMs = s.request.timeoutMs
+        fail(s, new DeadlineExceeded({ timeoutMs, message: `the request exceeded its deadline of ${timeoutMs} ms` }), "timeout")
+      }
+    }
+
+    /** Removes the sequences that left; those that left without a report (client gone) count as aborts. */
+    const collect = Effect.gen(function*() {
+      const at = performance.now()
+      for (const s of scheduler.collectDropped()) {
+        leftSeqIds.push(s.id)
+        const sink = sinks.get(s.id)
+        if (sink !== undefined) report(s, sink, "abort", at)
+        sinks.delete(s.id)
+      }
+      if (leftSeqIds.length > 0) {
+        const ids = leftSeqIds
+        leftSeqIds = []
+        yield* last.release(ids)
+      }
+    })
+
+    const iteration = Effect.gen(function*() {
+      if (!scheduler.hasWork && pending.length === 0) {
+        yield* Queue.take(wakeQueue)
+        return
+      }
+      // A shard being brought back after a crash: new work waits for it instead of failing on its refusal.
+      for (const shard of shards) if (shard.status().state !== "ready") yield* shard.settled
+      expire()
+      yield* collect
+      const out = scheduler.schedule()
+      const now = performance.now()
+      for (const s of out.admitted) {
+        const sink = sinks.get(s.id)
+        if (sink === undefined || sink.admittedAt !== 0) continue
+        sink.admittedAt = now
+        observer.admitted(seconds(now - sink.arrivedAt))
+        sink.job.send({ type: "ADMIT" })
+      }
+      for (const _ of out.preempted) observer.preempted()
+      if (out.entries.length === 0) {
+        flushPending()
+        yield* Effect.yieldNow
+        return
+      }
+      const fiber = yield* Effect.forkChild(runPlan(planOf(out)))
+      flushPending()
+      const result = yield* Fiber.join(fiber)
+      complete(out, result)
+      // Let request fibers run between steps (new arrivals, consumers).
+      yield* Effect.yieldNow
+    }).pipe(Effect.catchTag("GenerationError", recover))
+
+    return {
+      scheduler,
+      sinks,
+      stats,
+      wake: () => Queue.offerUnsafe(wakeQueue, undefined),
+      run: Effect.forever(iteration)
+    } satisfies EngineLoop
+  })
+

@@ -1,0 +1,189 @@
+// The scheduler alone, no model: each step's work from `schedule()`, sampled tokens back through `update()`.
+// Admission, token-budget chunking, decode + prefill in one step, preemption when blocks run out, prefix hits,
+// frees on abort, the stop rule.
+import { describe, expect, it } from "vitest"
+import type { ValidatedRequest } from "../../src/core/Request.ts"
+import { greedy } from "../../src/core/sampling/SamplingParams.ts"
+import { Scheduler, type SchedulerConfig, type SchedulerOutput } from "../../src/core/Scheduler.ts"
+
+const EOS = 999
+const request = (prompt: ReadonlyArray<number>, overrides: Partial<ValidatedRequest> = {}): ValidatedRequest => ({
+  promptTokenIds: Int32Array.from(prompt),
+  maxTokens: 100,
+  sampling: greedy,
+  stop: [],
+  ignoreEos: false,
+  promptLogits: "none",
+  truncatedMessages: 0,
+  priority: 0,
+  timeoutMs: Number.POSITIVE_INFINITY,
+  ...overrides
+})
+const range = (from: number, n: number) => Array.from({ length: n }, (_, i) => from + i)
+const make = (config: Partial<SchedulerConfig> = {}) =>
+  new Scheduler({
+    maxNumSeqs: 8,
+    maxNumBatchedTokens: 64,
+    contextLength: 128,
+    blockSize: 4,
+    numBlocks: 1 + 8 * 32,
+    enablePrefixCaching: true,
+    stopTokenIds: [EOS],
+    ...config
+  })
+/** Runs a step as a model would: every sampling entry gets `token`. */
+const step = (s: Scheduler, token = 7) => {
+  const out = s.schedule()
+  const sampled = s.update(out, new Int32Array(out.entries.filter((e) => e.samples).length).fill(token))
+  return { out, sampled }
+}
+const shape = (out: SchedulerOutput) => out.entries.map((e) => [e.sequence.id, e.start, e.numTokens, e.samples])
+
+describe("Scheduler", () => {
+  it("prefills a prompt in one step, then decodes one token per step", () => {
+    const s = make()
+    const a = s.add(request(range(0, 10)))
+    const first = step(s)
+    expect(shape(first.out)).toEqual([[a.id, 0, 10, true]])
+    expect(first.out.entries[0]!.isNew).toBe(true)
+    expect(first.sampled.map((t) => t.tokenId)).toEqual([7])
+    const second = step(s)
+    expect(shape(second.out)).toEqual([[a.id, 10, 1, true]])
+    expect(second.out.entries[0]!.isNew).toBe(false)
+    expect(a.outputTokenIds).toEqual([7, 7])
+  })
+
+  it("one rule per step: decodes and a new prompt's chunk share a step, within the token budget", () => {
+    const s = make({ maxNumBatchedTokens: 16 })
+    const a = s.add(request(range(0, 5)))
+    step(s)
+    const b = s.add(request(range(100, 40)))
+    const { out } = step(s)
+    // a decodes (1 token), b's first chunk takes the remaining 15.
+    expect(shape(out)).toEqual([[a.id, 5, 1, true], [b.id, 0, 15, false]])
+    expect(out.numTokens).toBe(16)
+    expect(shape(step(s).out)).toEqual([[a.id, 6, 1, true], [b.id, 15, 15, false]])
+    expect(shape(step(s).out)).toEqual([[a.id, 7, 1, true], [b.id, 30, 10, true]])
+    expect(b.outputTokenIds).toEqual([7])
+  })
+
+  it("admits no more than maxNumSeqs at once; the rest wait in order", () => {
+    const s = make({ maxNumSeqs: 2 })
+    const seqs = [0, 1, 2].map((i) => s.add(request([i, i, i])))
+    const { out } = step(s)
+    expect(out.admitted).toEqual(seqs.slice(0, 2))
+    expect(s.numWaiting).toBe(1)
+    expect(s.waitingSequences()[0]).toBe(seqs[2])
+  })
+
+  it("stops on end of turn, max tokens and the context, and frees the blocks at once", () => {
+    const s = make({ contextLength: 12 })
+    const a = s.add(request([1, 2, 3], { maxTokens: 2, ignoreEos: true }))
+    const b = s.add(request([1, 2, 3], { maxTokens: 50 }))
+    const c = s.add(request(range(0, 10), { maxTokens: 50, ignoreEos: true }))
+    step(s)
+    const { sampled } = step(s, EOS)
+    expect(sampled.find((t) => t.sequence === a)!.stop).toBe("max_tokens")
+    expect(sampled.find((t) => t.sequence === b)!.stop).toBe("eos")
+    // c: 10 prompt + 2 tokens = 12 = the context.
+    expect(sampled.find((t) => t.sequence === c)!.stop).toBe("context")
+    expect(s.numRunning).toBe(0)
+    expect(s.kv.pool.numFree).toBe(s.kv.pool.capacity)
+  })
+
+  it("ignore_eos keeps going past the end-of-turn token", () => {
+    const s = make()
+    const a = s.add(request([1], { ignoreEos: true, maxTokens: 3 }))
+    step(s, EOS)
+    expect(step(s, EOS).sampled[0]!.stop).toBeUndefined()
+    expect(step(s, EOS).sampled[0]!.stop).toBe("max_tokens")
+    expect(a.outputTokenIds).toEqual([EOS, EOS, EOS])
+  })
+
+  it("a dropped sequence (abort) leaves before the next step and its blocks are freed; its in-flight token is discarded", () => {
+    const s = make()
+    const a = s.add(request(range(0, 9)))
+    const b = s.add(request(range(50, 9)))
+    step(s)
+    const out = s.schedule()
+    s.drop(a) // the client left while the step ran
+    const sampled = s.update(out, Int32Array.of(3, 4))
+    expect(sampled.map((t) => t.sequence)).toEqual([b])
+    expect(s.collectDropped()).toEqual([a])
+    expect(s.kv.numBlocksOf(a)).toBe(0)
+    expect(shape(s.schedule())).toEqual([[b.id, 10, 1, true]])
+  })
+
+  it("when blocks run out, the newest running sequence is preempted and later recomputed with its output", () => {
+    // 6 usable blocks of 4 tokens: two sequences of 9 tokens take 3 each; the first to grow past 12 needs a 4th.
+    const s = make({ numBlocks: 7, contextLength: 24, enablePrefixCaching: false })
+    const a = s.add(request(range(0, 9)))
+    const b = s.add(request(range(50, 9)))
+    step(s) // both prefilled: 9 in cache, a first token each
+    for (let i = 0; i < 3; i++) step(s) // 12 in cache each: 3 blocks full
+    const { out } = step(s) // a's 13th token needs a 4th block: b is preempted
+    expect(out.preempted).toEqual([b])
+    expect(shape(out)).toEqual([[a.id, 12, 1, true]])
+    expect(b.status).toBe("waiting")
+    expect(b.numComputedTokens).toBe(0)
+    expect(b.outputTokenIds.length).toBe(4)
+    expect(s.numPreemptions).toBe(1)
+    // a finishes; b comes back and recomputes prompt + its 4 tokens in one chunk, then samples its 5th.
+    s.drop(a)
+    s.collectDropped()
+    const again = step(s)
+    expect(shape(again.out)).toEqual([[b.id, 0, 13, true]])
+    expect(again.out.entries[0]!.isNew).toBe(false)
+    expect(b.outputTokenIds.length).toBe(5)
+  })
+
+  it("a second turn reuses the first turn's cached blocks and computes only the rest", () => {
+    const s = make()
+    const history = range(0, 20)
+    const t1 = s.add(request(history, { maxTokens: 4 }))
+    for (let i = 0; i < 4; i++) step(s, 40 + i)
+    expect(t1.status).toBe("finished")
+    // Turn 2: the history, the answer and a new question.
+    const t2 = s.add(request([...history, 40, 41, 42, 43, 60, 61, 62]))
+    const { out } = step(s)
+    // 20 + 3 answer tokens have KV (the last answer token never ran): 5 full blocks = 20 tokens cached, 7 to compute.
+    expect(shape(out)).toEqual([[t2.id, 20, 7, true]])
+    expect(s.kv.hits).toBe(20)
+  })
+
+  it("no prefix reuse when prefix caching is off, or when the request wants its prompt logits", () => {
+    const off = make({ enablePrefixCaching: false })
+    off.add(request(range(0, 12), { maxTokens: 1 }))
+    step(off)
+    expect(shape(off.schedule()).length).toBe(0)
+    off.add(request(range(0, 13)))
+    expect(off.schedule().entries[0]!.start).toBe(0)
+
+    const on = make()
+    on.add(request(range(0, 12), { maxTokens: 1 }))
+    step(on)
+    const wantsLogits = on.add(request(range(0, 13), { promptLogits: "all" }))
+    const e = on.schedule().entries[0]!
+    expect([e.sequence, e.start, e.returnLogits]).toEqual([wantsLogits, 0, 2])
+  })
+
+  it("priority orders the queue; equal priorities stay first come, first served", () => {
+    const s = make({ maxNumSeqs: 1 })
+    const low = s.add(request([1], { priority: 5 }))
+    const high = s.add(request([2], { priority: -1 }))
+    const high2 = s.add(request([3], { priority: -1 }))
+    expect(s.waitingSequences()).toEqual([high, high2, low])
+  })
+
+  it("rows: sequences take the lowest free row", () => {
+    const s = make()
+    const [a, b, c] = [1, 2, 3].map((i) => s.add(request([i])))
+    step(s)
+    expect([a!.row, b!.row, c!.row]).toEqual([0, 1, 2])
+    s.drop(a!)
+    s.collectDropped()
+    const d = s.add(request([4]))
+    step(s)
+    expect(d.row).toBe(0)
+  })
+})
