@@ -1,7 +1,7 @@
 /**
- * The samplers of the sequences a last shard holds, by KV row, and the one way a step's output becomes token ids:
- * from the graph's ArgMax when every sampled row is plain greedy, else from the logits through each row's sampler.
- * Logits never leave the shard unless the plan asks for them.
+ * The samplers of the sequences a last shard holds, by sequence id, and the one way a step's output becomes token
+ * ids: from the graph's ArgMax when every sampled entry is plain greedy, else from the logits through each sequence's
+ * sampler. Logits never leave the shard unless the plan asks for them.
  */
 import { Sampler } from "../sampling/Sampler.ts"
 import type { NewSequence, StepPlan, StepResult } from "./StepProtocol.ts"
@@ -18,51 +18,83 @@ export class SamplerTable {
   private readonly samplers = new Map<number, Sampler>()
 
   register(sequences: ReadonlyArray<NewSequence>): void {
-    for (const seq of sequences) this.samplers.set(seq.row, new Sampler(seq.params, seq.promptTokenIds))
+    for (const seq of sequences) this.samplers.set(seq.seqId, new Sampler(seq.params, seq.promptTokenIds))
   }
 
-  release(rows: ReadonlyArray<number>): void {
-    for (const r of rows) this.samplers.delete(r)
+  release(seqIds: ReadonlyArray<number>): void {
+    for (const id of seqIds) this.samplers.delete(id)
   }
 
   /** Whether the step can fetch `greedy_token` instead of the logits. */
   greedyOnly(plan: StepPlan): boolean {
-    if (plan.returnLogits !== "none") return false
-    for (const rel of plan.sampleRows) if (!isPlainGreedy(this.samplers.get(plan.firstRow + rel))) return false
+    for (const mode of plan.returnLogits) if (mode !== 0) return false
+    for (const e of plan.sampleEntries) if (!isPlainGreedy(this.samplers.get(plan.seqIds[e]!))) return false
     return true
   }
 
-  fromGreedy(plan: StepPlan, ids: BigInt64Array, runMs: number): StepResult {
-    const t = performance.now()
-    const tokens = new Int32Array(plan.sampleRows.length)
-    for (let i = 0; i < plan.sampleRows.length; i++) {
-      const rel = plan.sampleRows[i]!
-      tokens[i] = Number(ids[rel]!)
-      this.samplers.get(plan.firstRow + rel)!.accept(tokens[i]!)
-    }
-    return { tokens, runMs, sampleMs: performance.now() - t }
+  get(seqId: number): Sampler {
+    const sampler = this.samplers.get(seqId)
+    if (sampler === undefined) throw new Error(`no sampler registered for sequence ${seqId}`)
+    return sampler
+  }
+}
+
+/**
+ * Collects one step's sampled tokens and returned logits over the ORT runs that make it up (a runtime may run a
+ * plan's entries in several groups), in the plan's order: tokens by `sampleEntries`, logits by entry.
+ */
+export class StepOutputs {
+  private readonly tokens: Int32Array
+  private readonly sampleIndex = new Map<number, number>()
+  private readonly logitsByEntry = new Map<number, Float32Array>()
+  private sampleMs = 0
+
+  constructor(private readonly plan: StepPlan, private readonly table: SamplerTable) {
+    this.tokens = new Int32Array(plan.sampleEntries.length)
+    plan.sampleEntries.forEach((e, i) => this.sampleIndex.set(e, i))
   }
 
-  /** `logits` is `[rows, perRow, vocab]`; each sampled row uses its last position. */
-  fromLogits(plan: StepPlan, logits: Float32Array, vocab: number, perRow: number, runMs: number): StepResult {
+  /** Greedy ids of `entries`, one per entry (their last position), from the graph's ArgMax. */
+  greedy(entries: ArrayLike<number>, ids: BigInt64Array, perEntry = 1): void {
     const t = performance.now()
-    const tokens = new Int32Array(plan.sampleRows.length)
-    for (let i = 0; i < plan.sampleRows.length; i++) {
-      const rel = plan.sampleRows[i]!
-      const sampler = this.samplers.get(plan.firstRow + rel)
-      if (sampler === undefined) throw new Error(`no sampler registered for row ${plan.firstRow + rel}`)
-      tokens[i] = sampler.sample(logits, (rel * perRow + perRow - 1) * vocab, vocab)
+    for (let r = 0; r < entries.length; r++) {
+      const e = entries[r]!
+      const i = this.sampleIndex.get(e)
+      if (i === undefined) continue
+      const token = Number(ids[r * perEntry + perEntry - 1]!)
+      this.table.get(this.plan.seqIds[e]!).accept(token)
+      this.tokens[i] = token
     }
-    const sampleMs = performance.now() - t
-    if (plan.returnLogits === "all") return { tokens, logits: logits.slice(), runMs, sampleMs }
-    if (plan.returnLogits === "last") {
-      const returned = new Float32Array(plan.sampleRows.length * vocab)
-      for (let i = 0; i < plan.sampleRows.length; i++) {
-        const off = (plan.sampleRows[i]! * perRow + perRow - 1) * vocab
-        returned.set(logits.subarray(off, off + vocab), i * vocab)
-      }
-      return { tokens, logits: returned, runMs, sampleMs }
+    this.sampleMs += performance.now() - t
+  }
+
+  /**
+   * Logits of `entries`, `positions[r]` consecutive rows of `vocab` each, entry after entry; each sampling entry
+   * samples from its last row, and entries that asked keep theirs for the result.
+   */
+  logits(entries: ArrayLike<number>, positions: ArrayLike<number>, logits: Float32Array, vocab: number): void {
+    const t = performance.now()
+    let row = 0
+    for (let r = 0; r < entries.length; r++) {
+      const e = entries[r]!
+      const n = positions[r]!
+      const last = (row + n - 1) * vocab
+      const i = this.sampleIndex.get(e)
+      if (i !== undefined) this.tokens[i] = this.table.get(this.plan.seqIds[e]!).sample(logits, last, vocab)
+      const mode = this.plan.returnLogits[e]
+      if (mode === 1) this.logitsByEntry.set(e, logits.slice(last, last + vocab))
+      else if (mode === 2) this.logitsByEntry.set(e, logits.slice(row * vocab, (row + n) * vocab))
+      row += n
     }
-    return { tokens, runMs, sampleMs }
+    this.sampleMs += performance.now() - t
+  }
+
+  result(runMs: number): StepResult {
+    if (this.logitsByEntry.size === 0) return { tokens: this.tokens, runMs, sampleMs: this.sampleMs }
+    const parts = [...this.logitsByEntry.entries()].sort((a, b) => a[0] - b[0]).map(([, l]) => l)
+    const joined = new Float32Array(parts.reduce((n, p) => n + p.length, 0))
+    let at = 0
+    for (const p of parts) joined.set(p, at), at += p.length
+    return { tokens: this.tokens, logits: joined, runMs, sampleMs: this.sampleMs }
   }
 }

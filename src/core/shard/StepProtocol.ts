@@ -33,7 +33,15 @@ export const parseDevice = (text: string): Device | undefined => {
 export const shardDevice = (device: Device, index: number): Device =>
   device.kind === "cuda" && device.ids !== undefined ? { ...device, id: device.ids[index % device.ids.length]! } : device
 
-/** How a shard worker is loaded. One worker thread per shard; the worker owns its ORT session and KV slots. */
+/**
+ * How a shard worker is loaded. One worker thread per shard; the worker owns its ORT session and its KV cache.
+ *
+ * KV lives in blocks of `blockSize` tokens, `numBlocks` per layer; the engine's block manager decides which blocks a
+ * sequence owns (its block table) and the worker only reads and writes where the table says. A runtime whose
+ * attention needs one contiguous row per sequence (GroupQueryAttention share-buffer on a device) holds `maxSeqs` rows
+ * of `maxLen` tokens instead and uses the plan's `rows`; it reports `layout: "rows"` and the engine then gives every
+ * sequence a row and turns prefix caching off.
+ */
 export interface ShardLoad {
   /** Path of the shard's `.onnx` graph (weights in external data next to it). */
   readonly graphPath: string
@@ -46,61 +54,90 @@ export interface ShardLoad {
   readonly vocabSize: number
   readonly numKvHeads: number
   readonly headDim: number
-  /** KV slots: the most sequences this shard holds at once (rows of the cache). */
+  /** The most sequences in one step (rows of a row-layout cache). */
   readonly maxSeqs: number
-  /** Tokens per slot (the context length). */
+  /** Tokens per sequence (the context length). */
   readonly maxLen: number
+  /** Tokens per KV block. */
+  readonly blockSize: number
+  /**
+   * KV blocks per layer. A device runtime may size its pool itself (`kvMemory`) and report the number it allocated;
+   * the engine then uses the smallest over the shards.
+   */
+  readonly numBlocks: number
+  /** Device runtimes: size the pool from free memory after weights and a warm-up step (vLLM's `gpu_memory_utilization`). */
+  readonly kvMemory?: { readonly utilization: number; readonly maxNumBatchedTokens: number } | undefined
   /** ORT intra-op threads for this worker. */
   readonly threads: number
   readonly device: Device
 }
 
 export interface ShardLoadResult {
-  /** Bytes of KV cache allocated by this shard. */
+  /** Bytes of KV cache allocated by this shard (0 where blocks are allocated as they are first written). */
   readonly kvBytes: number
   readonly loadMs: number
+  /** `blocks`: reads and writes through block tables (prefix caching works); `rows`: one row per sequence. */
+  readonly layout: "blocks" | "rows"
+  /** Blocks per layer this shard holds (its `numBlocks`, or what it sized from free memory). */
+  readonly numBlocks: number
 }
 
-/** A new sequence registered in the last shard: its sampler lives there. */
+/** A new sequence registered in the last shard: its sampler lives there until `release`. */
 export interface NewSequence {
-  readonly row: number
+  readonly seqId: number
   readonly params: SamplingParams
   readonly promptTokenIds: Int32Array
 }
 
 /**
- * One forward pass.
- * - `prefill`: one row (`firstRow`), `seqLen` new tokens appended after `pastLens[0]` cached tokens (a prompt chunk).
- * - `decode`: rows [0, numRows), one token each; rows not listed in `sampleRows` are idle or mid-prefill and only
- *   keep the batch contiguous (their write lands at their own next position and is overwritten later).
+ * One forward pass over a packed batch (vLLM v1's one rule): each entry is a sequence that appends `numTokens` tokens
+ * after the `pastLens` tokens already cached — 1 for a decoding sequence, a prompt chunk for a prefilling one — and
+ * every entry's tokens sit back to back in `tokenIds` (or `hidden`). Entries that complete their known tokens sample
+ * the next one (`sampleEntries`). A runtime may split an entry group into several ORT runs where its graph needs
+ * equal lengths per batch (the CPU's GroupQueryAttention); a paged device graph runs the whole plan at once.
  */
 export interface StepPlan {
-  readonly kind: "prefill" | "decode"
-  readonly firstRow: number
-  readonly numRows: number
-  readonly seqLen: number
-  /** First shard: token ids, `numRows * seqLen` row-major. */
-  readonly tokenIds: Int32Array
-  /** Other shards: the previous shard's hidden states, `numRows * seqLen * hidden`. */
-  readonly hidden?: Float32Array | Uint16Array
-  /** Per row: tokens already in the cache before this step. */
+  /** Per entry: the sequence (sampler key). */
+  readonly seqIds: Int32Array
+  /** Per entry: its row in a row-layout cache (unused by block layouts). */
+  readonly rows: Int32Array
+  /** Per entry: new tokens in this step. */
+  readonly numTokens: Int32Array
+  /** Per entry: tokens already in the cache before this step. */
   readonly pastLens: Int32Array
-  /** Last shard: rows (relative to firstRow) to sample a token for. */
-  readonly sampleRows: Int32Array
-  /** Last shard: samplers to create before sampling (prefill of a new sequence). */
+  /** First shard: the new tokens, packed in entry order (`sum(numTokens)`). */
+  readonly tokenIds: Int32Array
+  /** Other shards: the previous shard's hidden states, packed `[sum(numTokens), hidden]`. */
+  readonly hidden?: Float32Array | Uint16Array
+  /** Per entry: its block ids, `[entries, blocksPerEntry]` row-major (padding repeats the entry's last block). */
+  readonly blockTables: Int32Array
+  readonly blocksPerEntry: number
+  /** Last shard: entries that sample a token, in the order the result's `tokens` come back. */
+  readonly sampleEntries: Int32Array
+  /** Last shard: samplers to create before sampling (first chunk of a new sequence). */
   readonly newSequences: ReadonlyArray<NewSequence>
-  /** Last shard: also return the float32 logits of the sampled positions (`"last"`) or of every position of a prefill chunk (`"all"`). */
-  readonly returnLogits: "none" | "last" | "all"
+  /**
+   * Last shard, per entry: 0 no logits back; 1 the float32 logits of its last position; 2 of every new position
+   * (a prompt's logits for echo and prompt logprobs). Returned packed in entry order.
+   */
+  readonly returnLogits: Uint8Array
 }
 
 export interface StepResult {
-  /** Last shard: one sampled token per entry of `sampleRows`. */
+  /** Last shard: one sampled token per entry of `sampleEntries`. */
   readonly tokens?: Int32Array
-  /** Last shard, when asked: float32 logits, `[entries, vocab]`. */
+  /** Last shard, when any entry asked: float32 logits `[positions, vocab]`, entries in order. */
   readonly logits?: Float32Array
-  /** Other shards: hidden states for the next shard. */
+  /** Other shards: hidden states for the next shard, packed like the plan's tokens. */
   readonly hidden?: Float32Array | Uint16Array
   /** Milliseconds inside ORT `run`, and in sampling. */
   readonly runMs: number
   readonly sampleMs: number
+}
+
+/** Total new tokens of a plan. */
+export const planTokens = (plan: StepPlan): number => {
+  let n = 0
+  for (const t of plan.numTokens) n += t
+  return n
 }
