@@ -164,6 +164,9 @@ export async function load(task: ShardLoad): Promise<ShardLoadResult> {
     const numBlocks = task.kvMemory !== undefined && task.device.kind === "cuda"
       ? sizePool(task, session, task.device.id, useGraphs)
       : task.numBlocks
+    if (!(numBlocks >= 2)) {
+      throw new Error(`a paged shard needs at least 2 KV blocks (block 0 is reserved), got numBlocks ${numBlocks} and no kvMemory sizing`)
+    }
     const dims = [numBlocks, task.blockSize, task.numKvHeads, task.headDim]
     const keys = Array.from({ length: numLayers }, () => session.allocate(task.dtype, dims))
     const values = Array.from({ length: numLayers }, () => session.allocate(task.dtype, dims))
