@@ -321,6 +321,11 @@ const main = async (): Promise<void> => {
     if (exited === undefined) server.kill("SIGKILL")
   }
   process.on("SIGINT", () => void stopServer().then(() => process.exit(130)))
+  process.on("SIGTERM", () => void stopServer().then(() => process.exit(143)))
+  // Whatever ends this process (an exception included) ends the server too.
+  process.on("exit", () => {
+    if (exited === undefined) server.kill("SIGKILL")
+  })
 
   let readySeconds: number | null = null
   const ready = await timed("ready", async () => {
