@@ -141,6 +141,7 @@ struct Cudart {
   int (*memset)(void*, int, size_t) = nullptr;
   int (*deviceSynchronize)() = nullptr;
   const char* (*errorString)(int) = nullptr;
+  int (*memGetInfo)(size_t*, size_t*) = nullptr;
 };
 std::mutex g_cudartMutex;
 Cudart* g_cudart = nullptr;
@@ -161,7 +162,8 @@ const Cudart& cudart() {
   c->memset = reinterpret_cast<int (*)(void*, int, size_t)>(dlsym(h, "cudaMemset"));
   c->deviceSynchronize = reinterpret_cast<int (*)()>(dlsym(h, "cudaDeviceSynchronize"));
   c->errorString = reinterpret_cast<const char* (*)(int)>(dlsym(h, "cudaGetErrorString"));
-  if (!c->setDevice || !c->memcpy || !c->memset || !c->deviceSynchronize || !c->errorString)
+  c->memGetInfo = reinterpret_cast<int (*)(size_t*, size_t*)>(dlsym(h, "cudaMemGetInfo"));
+  if (!c->setDevice || !c->memcpy || !c->memset || !c->deviceSynchronize || !c->errorString || !c->memGetInfo)
     throw UsageError("the CUDA runtime found lacks cudaMemcpy/cudaMemset/cudaSetDevice");
   g_cudart = c;
   return *c;
@@ -398,6 +400,7 @@ class Addon : public Napi::Addon<Addon> {
     tensorClass = Napi::Persistent(DeviceTensor::Define(env));
     sessionClass = Napi::Persistent(Session::Define(env));
     DefineAddon(exports, {InstanceMethod<&Addon::CreateSession>("createSession"),
+                          InstanceMethod<&Addon::DeviceMemory>("deviceMemory"),
                           InstanceValue("ortVersion", Napi::String::New(env, OrtGetApiBase()->GetVersionString())),
                           InstanceValue("apiVersion", Napi::Number::New(env, ORT_API_VERSION))});
   }
@@ -413,6 +416,20 @@ class Addon : public Napi::Addon<Addon> {
 
  private:
   Napi::Value CreateSession(const Napi::CallbackInfo& info);
+  // deviceMemory(deviceId) -> { free, total } in bytes (cudaMemGetInfo on that device; the runtime is dlopen'ed).
+  Napi::Value DeviceMemory(const Napi::CallbackInfo& info) {
+    return guarded(info.Env(), [&]() -> Napi::Value {
+      int device = info.Length() > 0 && info[0].IsNumber() ? info[0].As<Napi::Number>().Int32Value() : 0;
+      const Cudart& c = cudart();
+      cudaCheck(c.setDevice(device), "cudaSetDevice");
+      size_t freeBytes = 0, totalBytes = 0;
+      cudaCheck(c.memGetInfo(&freeBytes, &totalBytes), "cudaMemGetInfo");
+      Napi::Object out = Napi::Object::New(info.Env());
+      out.Set("free", Napi::Number::New(info.Env(), static_cast<double>(freeBytes)));
+      out.Set("total", Napi::Number::New(info.Env(), static_cast<double>(totalBytes)));
+      return out;
+    });
+  }
 };
 
 // ---------------------------------------------------------------------------------------------------------------

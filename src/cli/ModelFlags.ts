@@ -28,6 +28,10 @@ export const modelFlags = {
   "no-prefix-caching": { kind: "boolean", description: "do not reuse the KV blocks of cached prompt prefixes" },
   device: { kind: "string", description: "cpu (default) | cuda | cuda:N (needs npm run build:native and the CUDA EP)" },
   "cuda-graphs": { kind: "boolean", description: "with --device cuda: replay greedy decode steps from a captured CUDA graph" },
+  attention: {
+    kind: "string",
+    description: "with --device cuda: paged (block pool, prefix caching; default for float16/bfloat16) | fused (one row per sequence; float32 always). Env CHORUS_ATTENTION sets the default"
+  },
   "allow-special-tokens": {
     kind: "boolean",
     description: "parse special tokens (<|eot_id|>) written in prompts and messages; default: they are plain text"
@@ -82,13 +86,24 @@ export const resolveModelFlags = (flags: ParsedFlags<typeof modelFlags>) =>
     if (dtype === "bfloat16" && device.kind !== "cuda") {
       return yield* bad("--dtype", "--dtype bfloat16 needs --device cuda (the CPU runtime has no bfloat16 kernels)")
     }
+    // The device runtime's attention layout: PagedAttention over a block pool where ORT has the kernel (float16 and
+    // bfloat16), GroupQueryAttention with a row cache otherwise; the CPU runtime always uses rotary-outside graphs.
+    const asked = flags.attention ?? process.env.CHORUS_ATTENTION
+    if (asked !== undefined && asked !== "paged" && asked !== "fused") {
+      return yield* bad("--attention", `--attention must be paged or fused, got '${asked}'`)
+    }
+    if (flags.attention !== undefined && device.kind !== "cuda") return yield* bad("--attention", "--attention needs --device cuda")
+    if (asked === "paged" && dtype === "float32") {
+      return yield* bad("--attention", "--attention paged needs --dtype float16 or bfloat16 (PagedAttention has no float32 kernel)")
+    }
+    const attention = device.kind !== "cuda" ? undefined : dtype === "float32" ? "fused" as const : asked ?? "paged"
     const bar = new ProgressBar("converting")
     const adapter: Llama3Options = {
       modelDir: flags.model,
       dtype,
       shards: flags.shards,
       maxContext: flags["context-length"],
-      attention: device.kind === "cuda" ? "fused" : undefined,
+      attention,
       onProgress: (p) => bar.update(p)
     }
     const engine: EngineOptions = {

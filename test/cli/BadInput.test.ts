@@ -62,6 +62,9 @@ describe("chorus generate with bad input", () => {
     ["an unknown flag", ["--model", model, "--token-ids", "1", "--bogus", "1"], /unknown option --bogus/],
     ["an unknown device", ["--model", model, "--token-ids", "1,2", "--device", "tpu"], /--device must be cpu, cuda or cuda:N, got 'tpu'/],
     ["a CUDA option without a CUDA device", ["--model", model, "--token-ids", "1,2", "--cuda-option", "use_tf32=0"], /--cuda-option needs --device cuda/],
+    ["an attention layout without a CUDA device", ["--model", model, "--token-ids", "1,2", "--attention", "paged"], /--attention needs --device cuda/],
+    ["an unknown attention layout", ["--model", model, "--token-ids", "1,2", "--device", "cuda", "--attention", "flash"], /--attention must be paged or fused, got 'flash'/],
+    ["paged attention in float32", ["--model", model, "--token-ids", "1,2", "--device", "cuda", "--attention", "paged"], /--attention paged needs --dtype float16 or bfloat16/],
     ["a token id outside the vocabulary", ["--model", model, "--token-ids", "1,99999"], /token id 99999 is outside the vocabulary \[0, 512\)/]
   ])("%s: one line, exit 2", (_, args, message) => {
     const before = cacheEntries().filter((e) => e.startsWith("converted"))

@@ -119,8 +119,11 @@ export const runChorusBench = async (o: ChorusBenchOptions): Promise<ChorusResul
     modelDir: o.modelDir,
     dtype: o.dtype,
     maxContext: o.maxContext,
-    // The device runtime binds the KV cache in place and runs the fused attention layout.
-    ...(o.device.kind === "cuda" ? { attention: "fused" as const } : {}),
+    // The device runtime binds the KV cache in place: block pools (paged) in half precision, as `chorus serve` does;
+    // CHORUS_ATTENTION=fused picks the row cache. float32 has no PagedAttention kernel.
+    ...(o.device.kind === "cuda"
+      ? { attention: o.dtype === "float32" || process.env.CHORUS_ATTENTION === "fused" ? "fused" as const : "paged" as const }
+      : {}),
     onProgress: (p) => {
       const percent = Math.floor((20 * p.bytesDone) / Math.max(1, p.bytesTotal)) * 5
       if (percent !== lastPercent) o.log(`converting: ${percent}% of ${(p.bytesTotal / 1e9).toFixed(2)} GB`)

@@ -9,6 +9,8 @@
  *   check    check_torch_model.py proves the PyTorch baseline right on a fixture (skipped when no fixture is found)
  *   torch    torch_baseline.py: the workloads in PyTorch, eager and CUDA graphs, plus copy bandwidth and matmul rate
  *   chorus   this file with --stage chorus: the same workloads through the Chorus engine API
+ *   server   with --server-sweep: server-sweep.ts (the real `chorus serve` measured by `chorus bench`, and prefix
+ *            reuse) into --out/server; its own table is in --out/server/server-sweep.md
  * then one markdown table on stdout and `bench-gpu.json`, `bench-gpu.md` in --out. Each stage writes its results
  * as it goes (torch.json, chorus.json in --out); --skip-torch / --skip-chorus reuse files an earlier run left there.
  * `--dry-run-cpu` runs Chorus on the CPU over the tiny fixture tiny-llama3-b (float32) with made-up PyTorch numbers
@@ -60,6 +62,9 @@ const flagSpecs = {
   fixture: { kind: "string", description: "fixture for the PyTorch model check (default: test/fixtures/tiny-llama3-a)" },
   "dry-run-cpu": { kind: "boolean", description: "Chorus on the CPU over tiny-llama3-b with made-up PyTorch numbers" },
   "with-torch": { kind: "boolean", description: "with --dry-run-cpu: run the real PyTorch script on the CPU" },
+  "server-sweep": { kind: "boolean", description: "then run server-sweep.ts (chorus serve + chorus bench + prefix reuse) into --out/server" },
+  "sweep-arg": { kind: "string", repeatable: true, description: "with --server-sweep: one flag for server-sweep.ts, e.g. --sweep-arg=--max-batch=128" },
+  "sweep-timeout-s": { kind: "integer", description: "time limit of the server sweep (default 3600)" },
   stage: { kind: "string", description: "internal: run one stage in this process (chorus)" },
   help: { kind: "boolean", description: "print this help" }
 } as const
@@ -251,6 +256,14 @@ const main = async () => {
     else args.push("--device", device.kind === "cuda" ? `cuda:${device.id}` : "cpu")
     stages.push(await runStage("chorus", process.execPath, args, flags["chorus-timeout-s"] ?? 1200))
     chorus = readJson<ChorusResults>(chorusFile)
+  }
+
+  if (flags["server-sweep"] === true && !dry) {
+    const args = [
+      script("server-sweep.ts"), "--checkpoint", checkpoint, "--out", path.join(out, "server"), "--skip-weights",
+      "--device", device.kind === "cuda" ? `cuda:${device.id}` : "cpu", ...(flags["sweep-arg"] ?? [])
+    ]
+    stages.push(await runStage("server", process.execPath, args, flags["sweep-timeout-s"] ?? 3600))
   }
 
   let shape: ModelShape | undefined

@@ -68,7 +68,7 @@ export const ModelManifest = Schema.Struct({
   dtype: Schema.Literals(["float32", "float16", "bfloat16"]),
   maxContext: Int,
   /** Attention layout of the graphs (GraphBuilder's `AttentionLayout`); absent in manifests of earlier conversions. */
-  attention: Schema.optional(Schema.Literals(["rotary-outside", "fused"])),
+  attention: Schema.optional(Schema.Literals(["rotary-outside", "fused", "paged"])),
   shards: Schema.Array(ShardEntry)
 })
 export type ModelManifest = typeof ModelManifest.Type
@@ -98,7 +98,7 @@ export interface ConvertOptions {
   readonly shards: number
   /** Defaults to min(max_position_embeddings, 8192). */
   readonly maxContext?: number
-  /** `rotary-outside` (default, for onnxruntime-node) or `fused` (for the device runtime). */
+  /** `rotary-outside` (default, for onnxruntime-node), `fused` (device runtime, row cache) or `paged` (device runtime, block pool; float16/bfloat16). */
   readonly attention?: AttentionLayout
   readonly onProgress?: (progress: ConvertProgress) => void
 }

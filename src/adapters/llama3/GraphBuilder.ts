@@ -48,12 +48,13 @@ export interface ShardOptions {
    * values as outputs (`new_key.{i}`), for runtimes that keep the cache themselves (onnxruntime-node, which copies
    * every output). `fused`: packed QKV straight into GroupQueryAttention with rotary inside it, no `position_ids`
    * input and no `new_*` outputs — fewer nodes and kernels, for runtimes that bind past and present to one buffer
-   * (the device runtime).
+   * (the device runtime). `paged`: packed tokens (no batch axis) into PagedAttention over a block pool (float16 and
+   * bfloat16 only; the device runtime on CUDA); see `TensorNames.ts` for its inputs and outputs.
    */
   readonly attention?: AttentionLayout
 }
 
-export type AttentionLayout = "rotary-outside" | "fused"
+export type AttentionLayout = "rotary-outside" | "fused" | "paged"
 
 /** How an initializer's values come out of the checkpoint. */
 export type WeightRecipe =
@@ -94,6 +95,9 @@ const checkRange = (config: LlamaConfig, options: ShardOptions): void => {
   if (!Number.isInteger(options.maxContext) || options.maxContext < 1) {
     throw new Error(`maxContext must be a positive integer, found ${options.maxContext}`)
   }
+  if (options.attention === "paged" && options.dtype === "float32") {
+    throw new Error("the paged attention layout needs float16 or bfloat16 (ONNX Runtime's PagedAttention has no float32 kernel)")
+  }
 }
 
 /** Describes the graph of one shard (pure; no weights are read). Throws on an invalid layer range. */
@@ -111,8 +115,12 @@ export const buildShardGraph = (config: LlamaConfig, options: ShardOptions): Sha
   const last = l1 === config.numLayers
   const T = options.dtype
   const { hiddenSize: H, intermediateSize: I, numHeads, numKvHeads, headDim, vocabSize: V } = config
+  const paged = options.attention === "paged"
   const kvDims = ["batch", numKvHeads, "max_len", headDim] as const
   const presentDims = ["batch", numKvHeads, "present_len", headDim] as const
+  const poolDims = ["num_blocks", "block_size", numKvHeads, headDim] as const
+  // Token axes: [batch, seq] for the GroupQueryAttention layouts, one packed axis for the paged one.
+  const tokenDims: ReadonlyArray<string> = paged ? ["tokens"] : ["batch", "seq"]
   const eps = { float: config.rmsNormEps }
 
   const nodes: Array<NodeSpec> = []
@@ -124,18 +132,28 @@ export const buildShardGraph = (config: LlamaConfig, options: ShardOptions): Sha
 
   let residual: string
   if (first) {
-    inputs.push({ name: TensorNames.inputIds, type: "int64", dims: ["batch", "seq"] })
+    inputs.push({ name: TensorNames.inputIds, type: "int64", dims: tokenDims })
     weights.push({ name: "embed_tokens", dims: [V, H], recipe: { kind: "copy", tensor: "model.embed_tokens.weight" } })
     node({ op: "Gather", inputs: ["embed_tokens", TensorNames.inputIds], outputs: ["embedded"], attributes: { axis: 0 }, name: "embed" })
     residual = "embedded"
   } else {
-    inputs.push({ name: TensorNames.hiddenIn, type: T, dims: ["batch", "seq", H] })
+    inputs.push({ name: TensorNames.hiddenIn, type: T, dims: [...tokenDims, H] })
     residual = TensorNames.hiddenIn
   }
-  const fused = options.attention === "fused"
-  if (!fused) inputs.push({ name: TensorNames.positionIds, type: "int64", dims: ["batch", "seq"] })
-  inputs.push({ name: TensorNames.seqlensK, type: "int32", dims: ["batch"] })
-  inputs.push({ name: TensorNames.totalSequenceLength, type: "int32", dims: [] })
+  // `fused` and `paged` both apply rotary inside attention on packed QKV.
+  const fused = options.attention === "fused" || paged
+  if (paged) {
+    inputs.push(
+      { name: TensorNames.cumulativeSequenceLength, type: "int32", dims: ["entries_plus_one"] },
+      { name: TensorNames.pastSeqlens, type: "int32", dims: ["entries"] },
+      { name: TensorNames.blockTable, type: "int32", dims: ["entries", "max_blocks"] },
+      { name: TensorNames.attentionMetadata, type: "int32", dims: [2] }
+    )
+  } else {
+    if (!fused) inputs.push({ name: TensorNames.positionIds, type: "int64", dims: ["batch", "seq"] })
+    inputs.push({ name: TensorNames.seqlensK, type: "int32", dims: ["batch"] })
+    inputs.push({ name: TensorNames.totalSequenceLength, type: "int32", dims: [] })
+  }
 
   weights.push({ name: "rope_cos", dims: [options.maxContext, headDim / 2], recipe: { kind: "rope", part: "cos" } })
   weights.push({ name: "rope_sin", dims: [options.maxContext, headDim / 2], recipe: { kind: "rope", part: "sin" } })
@@ -166,8 +184,13 @@ export const buildShardGraph = (config: LlamaConfig, options: ShardOptions): Sha
       { name: `${p}.gate_up`, dims: [H, 2 * I], recipe: { kind: "linear", tensors: [`${hf}.mlp.gate_proj.weight`, `${hf}.mlp.up_proj.weight`] } },
       { name: `${p}.down`, dims: [I, H], recipe: { kind: "linear", tensors: [`${hf}.mlp.down_proj.weight`] } }
     )
-    inputs.push({ name: TensorNames.pastKey(i), type: T, dims: kvDims }, { name: TensorNames.pastValue(i), type: T, dims: kvDims })
-    outputs.push({ name: TensorNames.presentKey(i), type: T, dims: presentDims }, { name: TensorNames.presentValue(i), type: T, dims: presentDims })
+    if (paged) {
+      inputs.push({ name: TensorNames.keyCache(i), type: T, dims: poolDims }, { name: TensorNames.valueCache(i), type: T, dims: poolDims })
+      outputs.push({ name: TensorNames.keyCacheOut(i), type: T, dims: poolDims }, { name: TensorNames.valueCacheOut(i), type: T, dims: poolDims })
+    } else {
+      inputs.push({ name: TensorNames.pastKey(i), type: T, dims: kvDims }, { name: TensorNames.pastValue(i), type: T, dims: kvDims })
+      outputs.push({ name: TensorNames.presentKey(i), type: T, dims: presentDims }, { name: TensorNames.presentValue(i), type: T, dims: presentDims })
+    }
     if (!fused) {
       outputs.push(
         { name: TensorNames.newKey(i), type: T, dims: ["batch", "seq", numKvHeads * headDim] },
@@ -177,7 +200,22 @@ export const buildShardGraph = (config: LlamaConfig, options: ShardOptions): Sha
 
     norm(`${p}.input_norm`, `${p}.attn_in`, `${p}.input_norm`)
     node({ op: "MatMul", inputs: [`${p}.attn_in`, `${p}.qkv`], outputs: [`${p}.qkv_out`], name: `${p}.qkv` })
-    if (fused) {
+    if (paged) {
+      // Inputs by slot: 0 packed QKV (key/value omitted), 3-4 the block pools (updated in place), 5 cumulative lengths,
+      // 6 past lengths, 7 block table, 8-9 rotary caches (position = past + offset in the entry), 10-15 unused,
+      // 16 attention_metadata (host bounds: no device-to-host read of the lengths, so the run can be captured).
+      node({
+        op: "PagedAttention",
+        domain: "com.microsoft",
+        inputs: [
+          `${p}.qkv_out`, "", "", TensorNames.keyCache(i), TensorNames.valueCache(i), TensorNames.cumulativeSequenceLength,
+          TensorNames.pastSeqlens, TensorNames.blockTable, "rope_cos", "rope_sin", "", "", "", "", "", "", TensorNames.attentionMetadata
+        ],
+        outputs: [`${p}.attn`, TensorNames.keyCacheOut(i), TensorNames.valueCacheOut(i)],
+        attributes: { num_heads: numHeads, kv_num_heads: numKvHeads, scale: { float: 1 / Math.sqrt(headDim) }, do_rotary: 1, rotary_interleaved: 0 },
+        name: `${p}.attention`
+      })
+    } else if (fused) {
       node({
         op: "GroupQueryAttention",
         domain: "com.microsoft",
@@ -221,15 +259,20 @@ export const buildShardGraph = (config: LlamaConfig, options: ShardOptions): Sha
   }
 
   if (last) {
-    inputs.push({ name: TensorNames.logitsIndex, type: "int64", dims: ["batch", "n_logits"] })
+    inputs.push({ name: TensorNames.logitsIndex, type: "int64", dims: paged ? ["n_logits"] : ["batch", "n_logits"] })
     weights.push({ name: "final_norm", dims: [H], recipe: { kind: "copy", tensor: "model.norm.weight" } })
     const head = config.tieWordEmbeddings ? "model.embed_tokens.weight" : "lm_head.weight"
     weights.push({ name: "lm_head", dims: [H, V], recipe: { kind: "linear", tensors: [head] } })
-    inline.push({ name: "last_axis", type: "int64", dims: [1], values: [-1] })
+    if (!paged) inline.push({ name: "last_axis", type: "int64", dims: [1], values: [-1] })
     node({ op: "SkipSimplifiedLayerNormalization", domain: "com.microsoft", inputs: [pending ?? residual, residual, "final_norm"], outputs: ["normed"], attributes: { epsilon: eps }, name: "final_norm" })
-    // Select the requested positions before the LM head: [batch, seq, H] -> [batch, n_logits, H].
-    node({ op: "Unsqueeze", inputs: [TensorNames.logitsIndex, "last_axis"], outputs: ["logits_index_3d"], name: "logits_index_3d" })
-    node({ op: "GatherND", inputs: ["normed", "logits_index_3d"], outputs: ["selected"], attributes: { batch_dims: 1 }, name: "select" })
+    if (paged) {
+      // Select the requested packed positions before the LM head: [tokens, H] -> [n_logits, H].
+      node({ op: "Gather", inputs: ["normed", TensorNames.logitsIndex], outputs: ["selected"], attributes: { axis: 0 }, name: "select" })
+    } else {
+      // Select the requested positions before the LM head: [batch, seq, H] -> [batch, n_logits, H].
+      node({ op: "Unsqueeze", inputs: [TensorNames.logitsIndex, "last_axis"], outputs: ["logits_index_3d"], name: "logits_index_3d" })
+      node({ op: "GatherND", inputs: ["normed", "logits_index_3d"], outputs: ["selected"], attributes: { batch_dims: 1 }, name: "select" })
+    }
     if (T === "float32") {
       node({ op: "MatMul", inputs: ["selected", "lm_head"], outputs: [TensorNames.logits], name: "lm_head" })
     } else {
@@ -258,14 +301,15 @@ export const buildShardGraph = (config: LlamaConfig, options: ShardOptions): Sha
       node({ op: "GatherElements", inputs: ["argmax_in_chunk", "argmax_best_chunk"], outputs: ["argmax_offset"], attributes: { axis: 1 }, name: "greedy_offset" })
       node({ op: "Mul", inputs: ["argmax_best_chunk", "argmax_chunk_len"], outputs: ["argmax_base"], name: "greedy_base" })
       node({ op: "Add", inputs: ["argmax_base", "argmax_offset"], outputs: ["argmax_flat"], name: "greedy_flat" })
-      // [batch * n_logits, 1, 1] -> [batch, n_logits]
+      // [batch * n_logits, 1, 1] -> [batch, n_logits] ([n_logits] in the paged layout)
       node({ op: "Shape", inputs: [TensorNames.logitsIndex], outputs: ["argmax_index_shape"], name: "greedy_index_shape" })
       node({ op: "Reshape", inputs: ["argmax_flat", "argmax_index_shape"], outputs: [TensorNames.greedyToken], name: "greedy" })
     }
-    outputs.unshift({ name: TensorNames.logits, type: "float32", dims: ["batch", "n_logits", V] }, { name: TensorNames.greedyToken, type: "int64", dims: ["batch", "n_logits"] })
+    const logitsDims: ReadonlyArray<string> = paged ? ["n_logits"] : ["batch", "n_logits"]
+    outputs.unshift({ name: TensorNames.logits, type: "float32", dims: [...logitsDims, V] }, { name: TensorNames.greedyToken, type: "int64", dims: logitsDims })
   } else {
     node({ op: "Add", inputs: [pending ?? residual, residual], outputs: [TensorNames.hiddenOut], name: "hidden_out" })
-    outputs.unshift({ name: TensorNames.hiddenOut, type: T, dims: ["batch", "seq", H] })
+    outputs.unshift({ name: TensorNames.hiddenOut, type: T, dims: [...tokenDims, H] })
   }
 
   return {

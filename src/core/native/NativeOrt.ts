@@ -98,6 +98,17 @@ export interface NativeOrtModule {
   readonly apiVersion: number
   /** Throws an Error naming what to install when provider "cuda" cannot load. */
   createSession(modelPath: string, options: NativeSessionOptions): NativeSession
+  /**
+   * Free and total bytes of CUDA device `deviceId` (`cudaMemGetInfo`; the CUDA runtime is loaded on first use, never
+   * linked). Throws where no CUDA runtime or device is present.
+   */
+  deviceMemory(deviceId: number): DeviceMemory
+}
+
+/** A CUDA device's memory in bytes, as `cudaMemGetInfo` reports it (free counts other processes' use too). */
+export interface DeviceMemory {
+  readonly free: number
+  readonly total: number
 }
 
 /** The addon could not be loaded: not built, or built but unable to load its libraries. */

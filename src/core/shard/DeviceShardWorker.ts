@@ -1,51 +1,141 @@
 /**
  * The piscina entry of a shard on an accelerator (and, through the same addon, on the CPU with IO binding): the
  * native addon (`src/core/native/NativeOrt.ts`) runs the session with IO binding, so the KV cache stays in device
- * memory for the shard's whole life. One buffer per layer for keys and one for values,
- * `[maxSeqs, kvHeads, maxLen, headDim]`, is bound as both `past_*` input and `present_*` output: GroupQueryAttention
- * appends the new tokens in place (share-buffer mode). Per step only token ids, positions and lengths go in, and
- * only sampled tokens (the graph's ArgMax) or, when a row samples, its logits come out.
+ * memory for the shard's whole life. Two cache layouts, chosen by the graph the shard was given:
  *
- * With the CUDA EP option `enable_cuda_graph: "1"`, greedy decode steps replay one captured CUDA graph: every slot
- * row runs (idle rows ride along at length 0), the small inputs live in device tensors at fixed addresses refreshed
- * by one upload each, and `total_sequence_length` is the slot length, so the step has one shape and one set of
- * addresses. Prefill and sampled steps run uncaptured. If capture fails, the shard says so once and runs uncaptured.
+ * - `blocks` (a `paged` graph, PagedAttention): per layer one key and one value pool `[numBlocks, blockSize, kvHeads,
+ *   headDim]`, bound as both `key_cache.{i}` input and `key_cache_out.{i}` output (the op writes in place). A whole
+ *   packed plan runs in one call; the engine's block tables say where each sequence's tokens live. With `kvMemory`
+ *   the pool is sized from the device memory left after the weights and a warm-up step of `maxNumBatchedTokens`.
+ * - `rows` (a `fused` graph, GroupQueryAttention share-buffer): per layer `[maxSeqs, kvHeads, maxLen, headDim]`, one
+ *   row per sequence. A plan runs as its `entryGroups`: the decoding entries together over rows `[0, maxRow]` (rows
+ *   not decoding ride along with a dummy token written where their next token will land, so nothing cached is
+ *   touched), then each prompt chunk alone on a one-row view.
+ *
+ * CUDA graphs (CUDA EP option `enable_cuda_graph: "1"`, one shard holding the whole model, half precision): greedy
+ * decode-only steps replay a graph captured per batch-size bucket (1, 2, 4, ... up to `maxSeqs`), with the small
+ * inputs in device tensors at fixed addresses refreshed by one upload each, and PagedAttention's host bounds
+ * (`attention_metadata`) fixed at `[1, maxLen]`. Other steps run uncaptured (graph id -1). If capture fails, the shard
+ * says so once and runs uncaptured from then on.
  */
 import { type DeviceTensor, type HostTensor, NativeOrt, type NativeSession } from "../native/NativeOrt.ts"
-import { SamplerTable } from "./SamplerTable.ts"
-import { stepInputs } from "./StepInputs.ts"
+import { pagedInputs } from "./PagedInputs.ts"
+import { SamplerTable, StepOutputs } from "./SamplerTable.ts"
+import { entryGroups, groupInputs, tokenOffsets } from "./StepInputs.ts"
 import type { ShardLoad, ShardLoadResult, StepPlan, StepResult } from "./StepProtocol.ts"
 import * as TensorNames from "./TensorNames.ts"
 
-/** Fixed-address inputs and output of the captured decode step (all `maxSeqs` rows). */
-interface DecodeGraph {
+/** -1 tells ONNX Runtime not to capture a run. */
+const NO_GRAPH = -1
+const GiB = 1024 ** 3
+
+type Feeds = Record<string, HostTensor | DeviceTensor>
+type Outputs = Record<string, DeviceTensor | "host">
+
+/** Fixed-address inputs and output of one captured decode bucket of the block layout. */
+interface BlockBucket {
+  readonly size: number
+  readonly graphId: number
+  readonly inputIds: DeviceTensor<"int64">
+  readonly cumulative: DeviceTensor<"int32">
+  readonly past: DeviceTensor<"int32">
+  readonly table: DeviceTensor<"int32">
+  readonly logitsIndex: DeviceTensor<"int64">
+  readonly greedy: DeviceTensor<"int64">
+}
+
+/** Fixed-address inputs and output of one captured decode bucket of the row layout (rows `[0, size)`). */
+interface RowBucket {
+  readonly size: number
+  readonly graphId: number
   readonly inputIds: DeviceTensor<"int64">
   readonly seqlens: DeviceTensor<"int32">
-  readonly logitsIndex: DeviceTensor<"int64">
   readonly positions: DeviceTensor<"int64"> | undefined
+  readonly logitsIndex: DeviceTensor<"int64">
   readonly greedy: DeviceTensor<"int64">
-  readonly total: HostTensor
-  disabled: boolean
 }
 
-/** The graph id of the captured greedy decode step; -1 tells ONNX Runtime not to capture a run. */
-const DECODE_GRAPH_ID = 1
-const NO_GRAPH = -1
-
-interface DeviceShard {
+interface Common {
   readonly load: ShardLoad
   readonly session: NativeSession
-  /** [layer] -> the whole slot buffer of keys / values. */
+  readonly samplers: SamplerTable
+  readonly inputNames: ReadonlySet<string>
+  /** [layer of the shard] -> its key / value cache (pool or row buffer). */
   readonly keys: ReadonlyArray<DeviceTensor>
   readonly values: ReadonlyArray<DeviceTensor>
-  readonly samplers: SamplerTable
-  /** Elements of one row (one sequence's slot) of a KV buffer. */
-  readonly rowElements: number
-  readonly inputNames: ReadonlySet<string>
-  readonly graph: DecodeGraph | undefined
+  /** Bucket sizes for captured decode steps (ascending; the last is the largest batch); empty: no graphs. */
+  readonly bucketSizes: ReadonlyArray<number>
+  graphsDisabled: boolean
 }
 
+interface BlockShard extends Common {
+  readonly layout: "blocks"
+  readonly numBlocks: number
+  /** Table columns of a captured step: blocks of one full-context sequence. */
+  readonly maxBlocksPerSeq: number
+  readonly buckets: Map<number, BlockBucket>
+}
+
+interface RowShard extends Common {
+  readonly layout: "rows"
+  /** Elements of one row (one sequence's slot) of a KV buffer. */
+  readonly rowElements: number
+  /** Per row: tokens written so far (where the row's next token lands); 0 for a free row. */
+  readonly rowLen: Int32Array
+  /** Per row: the sequence that last wrote it (-1 none), so `release` can free its row. */
+  readonly rowSeq: Int32Array
+  readonly buckets: Map<number, RowBucket>
+}
+
+type DeviceShard = BlockShard | RowShard
+
 let shard: DeviceShard | undefined
+
+const nextPow2 = (n: number): number => {
+  let p = 1
+  while (p < n) p *= 2
+  return p
+}
+
+/** 1, 2, 4, ... and the top one: `maxSeqs` rounded up to a power of two (blocks) or `maxSeqs` itself (rows). */
+const bucketSizesOf = (top: number): Array<number> => {
+  const sizes: Array<number> = []
+  for (let b = 1; b < top; b *= 2) sizes.push(b)
+  sizes.push(top)
+  return sizes
+}
+
+const bucketFor = (sizes: ReadonlyArray<number>, n: number): { size: number; graphId: number } | undefined => {
+  const i = sizes.findIndex((b) => b >= n)
+  return i < 0 ? undefined : { size: sizes[i]!, graphId: i + 1 }
+}
+
+const elementBytes = (dtype: ShardLoad["dtype"]): number => (dtype === "float32" ? 4 : 2)
+const gib = (bytes: number): string => (bytes / GiB).toFixed(2)
+
+const message = (e: unknown): string => (e instanceof Error ? e.message : String(e))
+
+/** Binds each layer's cache buffers both as input and as output (written in place). */
+const bindCaches = (s: Common, feeds: Feeds, outputs: Outputs, keys: ReadonlyArray<DeviceTensor> = s.keys, values: ReadonlyArray<DeviceTensor> = s.values): void => {
+  const cfg = s.load
+  const paged = s.inputNames.has(TensorNames.keyCache(cfg.layers[0]))
+  for (let i = 0; i < keys.length; i++) {
+    const layer = cfg.layers[0] + i
+    if (paged) {
+      feeds[TensorNames.keyCache(layer)] = keys[i]!
+      feeds[TensorNames.valueCache(layer)] = values[i]!
+      outputs[TensorNames.keyCacheOut(layer)] = keys[i]!
+      outputs[TensorNames.valueCacheOut(layer)] = values[i]!
+    } else {
+      feeds[TensorNames.pastKey(layer)] = keys[i]!
+      feeds[TensorNames.pastValue(layer)] = values[i]!
+      outputs[TensorNames.presentKey(layer)] = keys[i]!
+      outputs[TensorNames.presentValue(layer)] = values[i]!
+    }
+  }
+}
+
+// ------------------------------------------------------------------------------------------------ load
 
 export async function load(task: ShardLoad): Promise<ShardLoadResult> {
   const started = performance.now()
@@ -66,111 +156,399 @@ export async function load(task: ShardLoad): Promise<ShardLoadResult> {
     intraOpThreads: task.threads,
     graphOptimization: "all"
   })
-  const dtype = task.dtype
-  const dims = [task.maxSeqs, task.numKvHeads, task.maxLen, task.headDim]
-  const numLayers = task.layers[1] - task.layers[0]
-  const keys = Array.from({ length: numLayers }, () => session.allocate(dtype, dims))
-  const values = Array.from({ length: numLayers }, () => session.allocate(dtype, dims))
-  const rowElements = task.numKvHeads * task.maxLen * task.headDim
   const inputNames = new Set(session.inputNames)
-  const graph: DecodeGraph | undefined = useGraphs
-    ? {
-      inputIds: session.allocate("int64", [task.maxSeqs, 1]),
-      seqlens: session.allocate("int32", [task.maxSeqs]),
-      logitsIndex: session.allocate("int64", [task.maxSeqs, 1]),
-      positions: inputNames.has(TensorNames.positionIds) ? session.allocate("int64", [task.maxSeqs, 1]) : undefined,
-      greedy: session.allocate("int64", [task.maxSeqs, 1]),
-      total: { data: Int32Array.of(task.maxLen), dims: [] },
-      disabled: false
+  const numLayers = task.layers[1] - task.layers[0]
+  const common = { load: task, session, samplers: new SamplerTable(), inputNames, graphsDisabled: false }
+
+  if (inputNames.has(TensorNames.keyCache(task.layers[0]))) {
+    const numBlocks = task.kvMemory !== undefined && task.device.kind === "cuda"
+      ? sizePool(task, session, task.device.id, useGraphs)
+      : task.numBlocks
+    if (!(numBlocks >= 2)) {
+      throw new Error(`a paged shard needs at least 2 KV blocks (block 0 is reserved), got numBlocks ${numBlocks} and no kvMemory sizing`)
     }
-    : undefined
-  shard = { load: task, session, keys, values, samplers: new SamplerTable(), rowElements, inputNames, graph }
-  const bytes = 2 * numLayers * task.maxSeqs * rowElements * (dtype === "float32" ? 4 : 2)
-  return { kvBytes: bytes, loadMs: performance.now() - started }
+    const dims = [numBlocks, task.blockSize, task.numKvHeads, task.headDim]
+    const keys = Array.from({ length: numLayers }, () => session.allocate(task.dtype, dims))
+    const values = Array.from({ length: numLayers }, () => session.allocate(task.dtype, dims))
+    shard = {
+      ...common,
+      layout: "blocks",
+      keys,
+      values,
+      numBlocks,
+      maxBlocksPerSeq: Math.ceil(task.maxLen / task.blockSize),
+      bucketSizes: useGraphs ? bucketSizesOf(nextPow2(task.maxSeqs)) : [],
+      buckets: new Map()
+    }
+    const kvBytes = 2 * numLayers * numBlocks * task.blockSize * task.numKvHeads * task.headDim * elementBytes(task.dtype)
+    return { kvBytes, loadMs: performance.now() - started, layout: "blocks", numBlocks }
+  }
+
+  const dims = [task.maxSeqs, task.numKvHeads, task.maxLen, task.headDim]
+  const keys = Array.from({ length: numLayers }, () => session.allocate(task.dtype, dims))
+  const values = Array.from({ length: numLayers }, () => session.allocate(task.dtype, dims))
+  const rowElements = task.numKvHeads * task.maxLen * task.headDim
+  shard = {
+    ...common,
+    layout: "rows",
+    keys,
+    values,
+    rowElements,
+    rowLen: new Int32Array(task.maxSeqs),
+    rowSeq: new Int32Array(task.maxSeqs).fill(-1),
+    bucketSizes: useGraphs ? bucketSizesOf(task.maxSeqs) : [],
+    buckets: new Map()
+  }
+  const kvBytes = 2 * numLayers * task.maxSeqs * rowElements * elementBytes(task.dtype)
+  // A row layout holds `maxSeqs` whole rows: the engine sees it as `maxSeqs * maxLen / blockSize` blocks.
+  return { kvBytes, loadMs: performance.now() - started, layout: "rows", numBlocks: task.maxSeqs * Math.ceil(task.maxLen / task.blockSize) }
 }
 
-/** A greedy decode step through the captured graph: all slot rows, fixed addresses, one shape. */
-const graphDecode = (s: DeviceShard, g: DecodeGraph, plan: StepPlan): StepResult => {
-  const cfg = s.load
-  const rows = cfg.maxSeqs
-  const ids = new BigInt64Array(rows)
-  const lens = new Int32Array(rows)
-  for (let r = 0; r < plan.numRows; r++) {
-    ids[r] = BigInt(plan.tokenIds[r]!)
-    lens[r] = plan.pastLens[r]!
+/**
+ * Blocks per layer that fit: one uncaptured warm-up step of `maxNumBatchedTokens` tokens (prompt-sized entries of at
+ * most `maxLen`, over a scratch pool of one sequence's blocks they all share) leaves ORT's arena holding the
+ * activation memory of the largest step; then what `utilization` of the device allows beyond everything in use goes
+ * to the pool. Throws a one-line Error when not even one full-context sequence fits.
+ */
+const sizePool = (task: ShardLoad, session: NativeSession, deviceId: number, graphs: boolean): number => {
+  const kvMemory = task.kvMemory!
+  const numLayers = task.layers[1] - task.layers[0]
+  const perSeqBlocks = Math.ceil(task.maxLen / task.blockSize)
+  const tokens = Math.max(1, kvMemory.maxNumBatchedTokens)
+  const chunk = Math.min(task.maxLen, tokens)
+  const numTokens: Array<number> = []
+  for (let left = tokens; left > 0; left -= chunk) numTokens.push(Math.min(chunk, left))
+  const entries = numTokens.length
+  const scratchBlocks = Math.ceil(chunk / task.blockSize)
+  const dims = [scratchBlocks, task.blockSize, task.numKvHeads, task.headDim]
+  const keys = Array.from({ length: numLayers }, () => session.allocate(task.dtype, dims))
+  const values = Array.from({ length: numLayers }, () => session.allocate(task.dtype, dims))
+  const cumulative = new Int32Array(entries + 1)
+  numTokens.forEach((n, e) => (cumulative[e + 1] = cumulative[e]! + n))
+  const table = new Int32Array(entries * scratchBlocks)
+  for (let e = 0; e < entries; e++) for (let b = 0; b < scratchBlocks; b++) table[e * scratchBlocks + b] = b
+  const feeds: Feeds = {
+    [TensorNames.cumulativeSequenceLength]: { data: cumulative, dims: [entries + 1] },
+    [TensorNames.pastSeqlens]: { data: new Int32Array(entries), dims: [entries] },
+    [TensorNames.blockTable]: { data: table, dims: [entries, scratchBlocks] },
+    [TensorNames.attentionMetadata]: { data: Int32Array.of(chunk, chunk), dims: [2] }
   }
-  g.inputIds.upload(ids)
-  g.seqlens.upload(lens)
-  if (g.positions !== undefined) g.positions.upload(BigInt64Array.from(lens, (n) => BigInt(n)))
-  const feeds: Record<string, HostTensor | DeviceTensor> = {
-    [TensorNames.inputIds]: g.inputIds,
-    [TensorNames.seqlensK]: g.seqlens,
-    [TensorNames.totalSequenceLength]: g.total,
-    [TensorNames.logitsIndex]: g.logitsIndex
+  if (task.isFirst) feeds[TensorNames.inputIds] = { data: new BigInt64Array(tokens), dims: [tokens] }
+  else {
+    feeds[TensorNames.hiddenIn] = task.dtype === "bfloat16"
+      ? { data: new Uint16Array(tokens * task.hiddenSize), dims: [tokens, task.hiddenSize], dtype: "bfloat16" }
+      : { data: new Uint16Array(tokens * task.hiddenSize), dims: [tokens, task.hiddenSize] }
   }
-  if (g.positions !== undefined) feeds[TensorNames.positionIds] = g.positions
-  const outputs: Record<string, DeviceTensor | "host"> = { [TensorNames.greedyToken]: g.greedy }
-  for (let i = 0; i < s.keys.length; i++) {
-    const layer = cfg.layers[0] + i
-    feeds[TensorNames.pastKey(layer)] = s.keys[i]!
-    feeds[TensorNames.pastValue(layer)] = s.values[i]!
-    outputs[TensorNames.presentKey(layer)] = s.keys[i]!
-    outputs[TensorNames.presentValue(layer)] = s.values[i]!
+  const outputs: Outputs = {}
+  if (task.isLast) {
+    // As many logits rows as the widest decode step samples, so the LM head's output is in the arena too.
+    const n = Math.min(tokens, Math.max(1, task.maxSeqs))
+    feeds[TensorNames.logitsIndex] = { data: BigInt64Array.from({ length: n }, (_, i) => BigInt(i)), dims: [n] }
+    outputs[TensorNames.logits] = "host"
+  } else outputs[TensorNames.hiddenOut] = "host"
+  const common = { load: task, session, inputNames: new Set(session.inputNames) } as unknown as Common
+  bindCaches(common, feeds, outputs, keys, values)
+  session.run(feeds, outputs, graphs ? { cudaGraphId: NO_GRAPH } : {})
+  for (const t of [...keys, ...values]) t.release()
+
+  const { free, total } = NativeOrt.load().deviceMemory(deviceId)
+  const bytesPerBlock = 2 * numLayers * task.blockSize * task.numKvHeads * task.headDim * elementBytes(task.dtype)
+  const budget = total * kvMemory.utilization - (total - free)
+  let numBlocks = Math.floor(Math.max(0, budget) / bytesPerBlock)
+  if (task.numBlocks > 0) numBlocks = Math.min(numBlocks, task.numBlocks)
+  // One full-context sequence, plus block 0 that the engine keeps back as padding.
+  const needed = perSeqBlocks + 1
+  if (numBlocks < needed) {
+    throw new Error(
+      `not enough GPU memory for the KV cache on cuda:${deviceId}: one ${task.maxLen}-token sequence needs ${gib(needed * bytesPerBlock)} GiB ` +
+        `but ${gib(Math.max(0, budget))} GiB is left (${gib(free)} GiB free of ${gib(total)} GiB after weights and a ` +
+        `${tokens}-token warm-up, utilization ${kvMemory.utilization}); raise --gpu-memory-utilization or lower --context-length or --max-batch`
+    )
   }
-  const t0 = performance.now()
-  s.session.run(feeds, outputs, { cudaGraphId: DECODE_GRAPH_ID })
-  const greedy = g.greedy.download()
-  return s.samplers.fromGreedy(plan, greedy, performance.now() - t0)
+  return numBlocks
 }
+
+// ------------------------------------------------------------------------------------------------ blocks
+
+const blockBucket = (s: BlockShard, size: number, graphId: number): BlockBucket => {
+  const found = s.buckets.get(size)
+  if (found !== undefined) return found
+  const b: BlockBucket = {
+    size,
+    graphId,
+    inputIds: s.session.allocate("int64", [size]),
+    cumulative: s.session.allocate("int32", [size + 1]),
+    past: s.session.allocate("int32", [size]),
+    table: s.session.allocate("int32", [size, s.maxBlocksPerSeq]),
+    logitsIndex: s.session.allocate("int64", [size]),
+    greedy: s.session.allocate("int64", [size])
+  }
+  // Every entry, padding included, has exactly one token: the packed layout and the logits rows never change.
+  b.cumulative.upload(Int32Array.from({ length: size + 1 }, (_, i) => i))
+  b.logitsIndex.upload(BigInt64Array.from({ length: size }, (_, i) => BigInt(i)))
+  s.buckets.set(size, b)
+  return b
+}
+
+/** A greedy decode-only step through the bucket's captured graph; padding entries write into reserved block 0. */
+const blockGraphStep = (s: BlockShard, plan: StepPlan, outs: StepOutputs, bucket: { size: number; graphId: number }): number => {
+  const b = blockBucket(s, bucket.size, bucket.graphId)
+  const n = plan.numTokens.length
+  const ids = new BigInt64Array(b.size)
+  const past = new Int32Array(b.size)
+  const table = new Int32Array(b.size * s.maxBlocksPerSeq)
+  const width = Math.min(plan.blocksPerEntry, s.maxBlocksPerSeq)
+  for (let e = 0; e < n; e++) {
+    ids[e] = BigInt(plan.tokenIds[e]!)
+    past[e] = plan.pastLens[e]!
+    table.set(plan.blockTables.subarray(e * plan.blocksPerEntry, e * plan.blocksPerEntry + width), e * s.maxBlocksPerSeq)
+  }
+  b.inputIds.upload(ids)
+  b.past.upload(past)
+  b.table.upload(table)
+  const feeds: Feeds = {
+    [TensorNames.inputIds]: b.inputIds,
+    [TensorNames.cumulativeSequenceLength]: b.cumulative,
+    [TensorNames.pastSeqlens]: b.past,
+    [TensorNames.blockTable]: b.table,
+    [TensorNames.attentionMetadata]: { data: Int32Array.of(1, s.load.maxLen), dims: [2] },
+    [TensorNames.logitsIndex]: b.logitsIndex
+  }
+  const outputs: Outputs = { [TensorNames.greedyToken]: b.greedy }
+  bindCaches(s, feeds, outputs)
+  const t0 = performance.now()
+  s.session.run(feeds, outputs, { cudaGraphId: b.graphId })
+  const greedy = b.greedy.download()
+  const runMs = performance.now() - t0
+  outs.greedy(Int32Array.from({ length: n }, (_, e) => e), greedy, 1)
+  return runMs
+}
+
+const blockStep = (s: BlockShard, plan: StepPlan): StepResult => {
+  const cfg = s.load
+  if (cfg.isLast) s.samplers.register(plan.newSequences)
+  const greedyOnly = cfg.isLast && s.samplers.greedyOnly(plan)
+  const outs = new StepOutputs(plan, s.samplers)
+  if (s.bucketSizes.length > 0 && !s.graphsDisabled && greedyOnly && plan.numTokens.every((n) => n === 1)) {
+    const bucket = bucketFor(s.bucketSizes, plan.numTokens.length)
+    if (bucket !== undefined) {
+      try {
+        return outs.result(blockGraphStep(s, plan, outs, bucket))
+      } catch (e) {
+        // Capture can fail on an ONNX Runtime or driver that does not support it for this graph: serve uncaptured.
+        s.graphsDisabled = true
+        console.warn(`chorus: CUDA graph decode disabled on this shard: ${message(e)}`)
+      }
+    }
+  }
+  const { inputs, logitsEntries, logitsRows } = pagedInputs(cfg, plan)
+  const feeds: Feeds = { ...inputs }
+  const outputs: Outputs = {}
+  bindCaches(s, feeds, outputs)
+  const wanted = cfg.isLast ? (greedyOnly ? TensorNames.greedyToken : TensorNames.logits) : TensorNames.hiddenOut
+  outputs[wanted] = "host"
+  const t0 = performance.now()
+  const out = s.session.run(feeds, outputs, s.bucketSizes.length > 0 ? { cudaGraphId: NO_GRAPH } : {})
+  const runMs = performance.now() - t0
+  const result = out[wanted]!
+  if (!cfg.isLast) return { hidden: result.data as Float32Array | Uint16Array, runMs, sampleMs: 0 }
+  if (logitsEntries.length > 0) {
+    if (greedyOnly) outs.greedy(logitsEntries, result.data as BigInt64Array, 1)
+    else outs.logits(logitsEntries, logitsRows, result.data as Float32Array, cfg.vocabSize)
+  }
+  return outs.result(runMs)
+}
+
+// ------------------------------------------------------------------------------------------------ rows
+
+const rowBucket = (s: RowShard, size: number, graphId: number): RowBucket => {
+  const found = s.buckets.get(size)
+  if (found !== undefined) return found
+  const b: RowBucket = {
+    size,
+    graphId,
+    inputIds: s.session.allocate("int64", [size, 1]),
+    seqlens: s.session.allocate("int32", [size]),
+    positions: s.inputNames.has(TensorNames.positionIds) ? s.session.allocate("int64", [size, 1]) : undefined,
+    logitsIndex: s.session.allocate("int64", [size, 1]),
+    greedy: s.session.allocate("int64", [size, 1])
+  }
+  s.buckets.set(size, b)
+  return b
+}
+
+/** Views of rows `[first, first + count)` of every layer's buffers. */
+const rowViews = (s: RowShard, first: number, count: number) => {
+  const cfg = s.load
+  const dims = [count, cfg.numKvHeads, cfg.maxLen, cfg.headDim]
+  return {
+    keys: s.keys.map((k) => k.view(first * s.rowElements, dims)),
+    values: s.values.map((v) => v.view(first * s.rowElements, dims))
+  }
+}
+
+/**
+ * The decode group's token and length per row of `[0, rows)`: a decoding row gets its token after its cached
+ * length; any other row a dummy token at its written length (where its own next token will overwrite it, so nothing
+ * cached is touched, and a free row costs one position of attention).
+ */
+const decodeRows = (s: RowShard, plan: StepPlan, entries: Int32Array, rows: number) => {
+  const ids = new BigInt64Array(rows)
+  const seqlens = new Int32Array(rows)
+  const entryOfRow = new Int32Array(rows).fill(-1)
+  for (let r = 0; r < rows; r++) seqlens[r] = Math.min(s.rowLen[r]!, s.load.maxLen - 1)
+  for (const e of entries) {
+    const r = plan.rows[e]!
+    entryOfRow[r] = e
+    ids[r] = BigInt(plan.tokenIds[tokenOffsetOf(plan, e)]!)
+    seqlens[r] = plan.pastLens[e]!
+  }
+  return { ids, seqlens, entryOfRow }
+}
+
+let offsetsCache: { plan: StepPlan; offsets: Int32Array } | undefined
+const offsetsOf = (plan: StepPlan): Int32Array => {
+  if (offsetsCache?.plan !== plan) offsetsCache = { plan, offsets: tokenOffsets(plan) }
+  return offsetsCache.offsets
+}
+const tokenOffsetOf = (plan: StepPlan, e: number): number => offsetsOf(plan)[e]!
+
+const rowGraphStep = (s: RowShard, plan: StepPlan, outs: StepOutputs, entries: Int32Array, bucket: { size: number; graphId: number }): number => {
+  const b = rowBucket(s, bucket.size, bucket.graphId)
+  const { ids, seqlens, entryOfRow } = decodeRows(s, plan, entries, b.size)
+  b.inputIds.upload(ids)
+  b.seqlens.upload(seqlens)
+  if (b.positions !== undefined) b.positions.upload(BigInt64Array.from(seqlens, (n) => BigInt(n)))
+  const feeds: Feeds = {
+    [TensorNames.inputIds]: b.inputIds,
+    [TensorNames.seqlensK]: b.seqlens,
+    [TensorNames.totalSequenceLength]: { data: Int32Array.of(s.load.maxLen), dims: [] },
+    [TensorNames.logitsIndex]: b.logitsIndex
+  }
+  if (b.positions !== undefined) feeds[TensorNames.positionIds] = b.positions
+  const outputs: Outputs = { [TensorNames.greedyToken]: b.greedy }
+  // Rows [0, size) start where the buffers start: the same addresses at every replay.
+  const views = rowViews(s, 0, b.size)
+  bindCaches(s, feeds, outputs, views.keys, views.values)
+  const t0 = performance.now()
+  s.session.run(feeds, outputs, { cudaGraphId: b.graphId })
+  const greedy = b.greedy.download()
+  const runMs = performance.now() - t0
+  outs.greedy(entryOfRow, greedy, 1)
+  return runMs
+}
+
+const rowStep = (s: RowShard, plan: StepPlan): StepResult => {
+  const cfg = s.load
+  if (cfg.isLast) s.samplers.register(plan.newSequences)
+  const greedyOnly = cfg.isLast && s.samplers.greedyOnly(plan)
+  const outs = new StepOutputs(plan, s.samplers)
+  const offsets = offsetsOf(plan)
+  const groups = entryGroups(plan)
+  const totalTokens = offsets[plan.numTokens.length]!
+  const hidden = cfg.isLast ? undefined : cfg.dtype === "float32" ? new Float32Array(totalTokens * cfg.hiddenSize) : new Uint16Array(totalTokens * cfg.hiddenSize)
+  const graphOpts = s.bucketSizes.length > 0 ? { cudaGraphId: NO_GRAPH } : {}
+  const wanted = cfg.isLast ? (greedyOnly ? TensorNames.greedyToken : TensorNames.logits) : TensorNames.hiddenOut
+  let runMs = 0
+
+  for (const group of groups) {
+    if (group.seqLen === 1 && !group.allLogits) {
+      let maxRow = 0
+      for (const e of group.entries) maxRow = Math.max(maxRow, plan.rows[e]!)
+      const bucket = groups.length === 1 && greedyOnly && s.bucketSizes.length > 0 && !s.graphsDisabled
+        ? bucketFor(s.bucketSizes, maxRow + 1)
+        : undefined
+      let done = false
+      if (bucket !== undefined) {
+        try {
+          runMs += rowGraphStep(s, plan, outs, group.entries, bucket)
+          done = true
+        } catch (e) {
+          s.graphsDisabled = true
+          console.warn(`chorus: CUDA graph decode disabled on this shard: ${message(e)}`)
+        }
+      }
+      if (!done) {
+        const rows = maxRow + 1
+        const { ids, seqlens, entryOfRow } = decodeRows(s, plan, group.entries, rows)
+        const feeds: Feeds = {}
+        if (cfg.isFirst) feeds[TensorNames.inputIds] = { data: ids, dims: [rows, 1] }
+        else {
+          const h = cfg.hiddenSize
+          const src = plan.hidden!
+          const rowsHidden = src instanceof Float32Array ? new Float32Array(rows * h) : new Uint16Array(rows * h)
+          for (const e of group.entries) rowsHidden.set(src.subarray(offsets[e]! * h, (offsets[e]! + 1) * h), plan.rows[e]! * h)
+          feeds[TensorNames.hiddenIn] = cfg.dtype === "bfloat16"
+            ? { data: rowsHidden, dims: [rows, 1, h], dtype: "bfloat16" }
+            : { data: rowsHidden, dims: [rows, 1, h] }
+        }
+        let total = 1
+        for (const n of seqlens) total = Math.max(total, n + 1)
+        if (s.inputNames.has(TensorNames.positionIds)) feeds[TensorNames.positionIds] = { data: BigInt64Array.from(seqlens, (n) => BigInt(n)), dims: [rows, 1] }
+        feeds[TensorNames.seqlensK] = { data: seqlens, dims: [rows] }
+        feeds[TensorNames.totalSequenceLength] = { data: Int32Array.of(total), dims: [] }
+        if (cfg.isLast) feeds[TensorNames.logitsIndex] = { data: new BigInt64Array(rows), dims: [rows, 1] }
+        const outputs: Outputs = { [wanted]: "host" }
+        const views = rowViews(s, 0, rows)
+        bindCaches(s, feeds, outputs, views.keys, views.values)
+        const t0 = performance.now()
+        const out = s.session.run(feeds, outputs, graphOpts)[wanted]!
+        runMs += performance.now() - t0
+        if (hidden !== undefined) {
+          const h = cfg.hiddenSize
+          for (const e of group.entries) hidden.set((out.data as Float32Array | Uint16Array).subarray(plan.rows[e]! * h, (plan.rows[e]! + 1) * h), offsets[e]! * h)
+        } else if (greedyOnly) outs.greedy(entryOfRow, out.data as BigInt64Array, 1)
+        else outs.logits(entryOfRow, new Int32Array(rows).fill(1), out.data as Float32Array, cfg.vocabSize)
+      }
+    } else {
+      // A prompt chunk: its row alone, through a one-row view.
+      const e = group.entries[0]!
+      const { inputs } = groupInputs(cfg, plan, group, offsets)
+      const feeds: Feeds = {}
+      for (const [name, t] of Object.entries(inputs)) if (s.inputNames.has(name)) feeds[name] = t
+      const outputs: Outputs = { [wanted]: "host" }
+      const views = rowViews(s, plan.rows[e]!, 1)
+      bindCaches(s, feeds, outputs, views.keys, views.values)
+      const t0 = performance.now()
+      const out = s.session.run(feeds, outputs, graphOpts)[wanted]!
+      runMs += performance.now() - t0
+      const n = group.allLogits ? group.seqLen : 1
+      if (hidden !== undefined) hidden.set(out.data as Float32Array | Uint16Array, offsets[e]! * cfg.hiddenSize)
+      else if (greedyOnly) outs.greedy(group.entries, out.data as BigInt64Array, n)
+      else outs.logits(group.entries, Int32Array.of(n), out.data as Float32Array, cfg.vocabSize)
+    }
+    for (const e of group.entries) {
+      const r = plan.rows[e]!
+      s.rowLen[r] = plan.pastLens[e]! + plan.numTokens[e]!
+      s.rowSeq[r] = plan.seqIds[e]!
+    }
+  }
+  if (hidden !== undefined) return { hidden, runMs, sampleMs: 0 }
+  return outs.result(runMs)
+}
+
+// ------------------------------------------------------------------------------------------------ entry points
 
 export async function step(plan: StepPlan): Promise<StepResult> {
   const s = shard
   if (s === undefined) throw new Error("shard worker used before load")
-  const cfg = s.load
-  const g = s.graph
-  if (g !== undefined && !g.disabled && plan.kind === "decode" && plan.firstRow === 0 && s.samplers.greedyOnly(plan)) {
-    try {
-      return graphDecode(s, g, plan)
-    } catch (e) {
-      // Capture can fail on an ONNX Runtime or driver that does not support it for this graph: serve uncaptured.
-      g.disabled = true
-      console.warn(`chorus: CUDA graph decode disabled on this shard: ${e instanceof Error ? e.message : String(e)}`)
-    }
-  }
-  const { inputs, allLogits } = stepInputs(cfg, plan)
-  // A fused-attention graph takes no position_ids (rotary happens inside attention): feed only what it declares.
-  const feeds: Record<string, HostTensor | DeviceTensor> = {}
-  for (const [name, t] of Object.entries(inputs)) if (s.inputNames.has(name)) feeds[name] = t
-  const outputs: Record<string, DeviceTensor | "host"> = {}
-  // The rows this step touches, [firstRow, firstRow + numRows), are contiguous in every slot buffer: a view, no copy.
-  const offset = plan.firstRow * s.rowElements
-  const dims = [plan.numRows, cfg.numKvHeads, cfg.maxLen, cfg.headDim]
-  for (let i = 0; i < s.keys.length; i++) {
-    const layer = cfg.layers[0] + i
-    const k = s.keys[i]!.view(offset, dims)
-    const v = s.values[i]!.view(offset, dims)
-    feeds[TensorNames.pastKey(layer)] = k
-    feeds[TensorNames.pastValue(layer)] = v
-    outputs[TensorNames.presentKey(layer)] = k
-    outputs[TensorNames.presentValue(layer)] = v
-  }
-  if (cfg.isLast) s.samplers.register(plan.newSequences)
-  const greedyOnly = cfg.isLast && s.samplers.greedyOnly(plan)
-  const wanted = cfg.isLast ? (greedyOnly ? TensorNames.greedyToken : TensorNames.logits) : TensorNames.hiddenOut
-  outputs[wanted] = "host"
-
-  const t0 = performance.now()
-  const out = s.session.run(feeds, outputs, g === undefined ? {} : { cudaGraphId: NO_GRAPH })
-  const runMs = performance.now() - t0
-  const result = out[wanted]!
-
-  if (!cfg.isLast) return { hidden: result.data as Float32Array | Uint16Array, runMs, sampleMs: 0 }
-  if (greedyOnly) return s.samplers.fromGreedy(plan, result.data as BigInt64Array, runMs)
-  return s.samplers.fromLogits(plan, result.data as Float32Array, cfg.vocabSize, allLogits ? plan.seqLen : 1, runMs)
+  return s.layout === "blocks" ? blockStep(s, plan) : rowStep(s, plan)
 }
 
-export async function release(rows: ReadonlyArray<number>): Promise<void> {
-  shard?.samplers.release(rows)
+/** Drops the samplers of finished sequences (and, in a row layout, marks their rows free). */
+export async function release(seqIds: ReadonlyArray<number>): Promise<void> {
+  const s = shard
+  if (s === undefined) return
+  s.samplers.release(seqIds)
+  if (s.layout === "rows") {
+    const gone = new Set(seqIds)
+    for (let r = 0; r < s.rowSeq.length; r++) {
+      if (gone.has(s.rowSeq[r]!)) {
+        s.rowSeq[r] = -1
+        s.rowLen[r] = 0
+      }
+    }
+  }
 }
 
 /** Fault injection, as in the CPU worker: the thread ends between two steps. */

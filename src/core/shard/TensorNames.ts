@@ -52,3 +52,29 @@ export const presentValue = (layer: number): string => `present_value.${layer}`
 export const newKey = (layer: number): string => `new_key.${layer}`
 /** Layer `layer`'s values of this step's tokens alone. */
 export const newValue = (layer: number): string => `new_value.${layer}`
+
+// ---- the `paged` layout (PagedAttention over a block pool; packed tokens, no batch axis) ----
+// inputs: `input_ids` int64 [tokens] or `hidden_in` T [tokens, hidden]; `cumulative_sequence_length` int32 [entries + 1];
+// `past_seqlens` int32 [entries]; `block_table` int32 [entries, max_blocks]; `attention_metadata` int32 [2] in CPU
+// memory ([max new tokens of an entry, max past + new]: bounds, which keep the op from reading lengths back, so a run
+// can be captured); `key_cache.{i}` / `value_cache.{i}` T [num_blocks, block_size, kv_heads, head_dim];
+// `logits_index` int64 [n_logits] (packed positions, last shard).
+// outputs: `logits` float32 [n_logits, vocab] and `greedy_token` int64 [n_logits], or `hidden_out` T [tokens, hidden];
+// `key_cache_out.{i}` / `value_cache_out.{i}` (the op writes the pool in place: bind them to the input buffers).
+
+/** Paged: per entry, where its tokens start in the packed tokens (`[entries + 1]`, starting at 0). */
+export const cumulativeSequenceLength = "cumulative_sequence_length"
+/** Paged: per entry, tokens already cached. */
+export const pastSeqlens = "past_seqlens"
+/** Paged: per entry, its block ids `[entries, max_blocks]`. */
+export const blockTable = "block_table"
+/** Paged: `[max new tokens of an entry, max cached + new]`, int32 in CPU memory. */
+export const attentionMetadata = "attention_metadata"
+/** Paged: layer `layer`'s key block pool, input. */
+export const keyCache = (layer: number): string => `key_cache.${layer}`
+/** Paged: layer `layer`'s value block pool, input. */
+export const valueCache = (layer: number): string => `value_cache.${layer}`
+/** Paged: layer `layer`'s key block pool after the step, output (must be bound to the input buffer). */
+export const keyCacheOut = (layer: number): string => `key_cache_out.${layer}`
+/** Paged: layer `layer`'s value block pool after the step, output. */
+export const valueCacheOut = (layer: number): string => `value_cache_out.${layer}`

@@ -1,11 +1,12 @@
 // The Llama 3 graph builder meets core's shard-graph contract (src/core/shard/TensorNames.ts): every input the
-// workers feed (StepInputs plus the KV caches) is exactly what a built graph declares, and every output a worker
-// fetches or binds is one the graph produces. Pure graph descriptions: no weights are written, no session runs.
+// workers feed (StepInputs or PagedInputs plus the KV caches) is exactly what a built graph declares, and every output
+// a worker fetches or binds is one the graph produces. Pure graph descriptions: no weights are written, no session runs.
 import { Effect } from "effect"
 import * as path from "node:path"
 import { assert, describe, it } from "vitest"
-import { type AttentionLayout, buildShardGraph } from "../../../src/adapters/llama3/GraphBuilder.ts"
+import { type AttentionLayout, buildShardGraph, type ModelDType } from "../../../src/adapters/llama3/GraphBuilder.ts"
 import { loadLlamaConfig } from "../../../src/adapters/llama3/LlamaConfig.ts"
+import { pagedInputs } from "../../../src/core/shard/PagedInputs.ts"
 import { entryGroups, groupInputs, tokenOffsets } from "../../../src/core/shard/StepInputs.ts"
 import type { ShardLoad, StepPlan } from "../../../src/core/shard/StepProtocol.ts"
 import * as TensorNames from "../../../src/core/shard/TensorNames.ts"
@@ -16,37 +17,40 @@ const L = config.numLayers
 const range = (layers: readonly [number, number]) => Array.from({ length: layers[1] - layers[0] }, (_, i) => layers[0] + i)
 const sorted = (names: Iterable<string>) => [...names].sort()
 
-/** A shard of `layers` as the engine loads it, and a 3-token prefill of one row after 2 cached tokens. */
-const shardOf = (layers: readonly [number, number]) => {
+/**
+ * A shard of `layers` as the engine loads it, and a packed step: a 3-token prompt chunk after 2 cached tokens
+ * (sampling), and a decode of 1 token after 5 cached.
+ */
+const shardOf = (layers: readonly [number, number], dtype: ModelDType) => {
   const load: ShardLoad = {
     graphPath: "unused.onnx",
     layers,
     isFirst: layers[0] === 0,
     isLast: layers[1] === L,
-    dtype: "float32",
+    dtype,
     hiddenSize: config.hiddenSize,
     vocabSize: config.vocabSize,
     numKvHeads: config.numKvHeads,
     headDim: config.headDim,
-    maxSeqs: 1,
+    maxSeqs: 2,
     maxLen: 64,
     blockSize: 16,
-    numBlocks: 5,
+    numBlocks: 9,
     threads: 1,
     device: { kind: "cpu" }
   }
   const plan: StepPlan = {
-    seqIds: Int32Array.of(0),
-    rows: Int32Array.of(0),
-    numTokens: Int32Array.of(3),
-    pastLens: Int32Array.of(2),
-    tokenIds: Int32Array.of(5, 6, 7),
-    ...(load.isFirst ? {} : { hidden: new Float32Array(3 * config.hiddenSize) }),
-    blockTables: Int32Array.of(1),
+    seqIds: Int32Array.of(10, 11),
+    rows: Int32Array.of(0, 1),
+    numTokens: Int32Array.of(3, 1),
+    pastLens: Int32Array.of(2, 5),
+    tokenIds: Int32Array.of(5, 6, 7, 8),
+    ...(load.isFirst ? {} : { hidden: new Float32Array(4 * config.hiddenSize) }),
+    blockTables: Int32Array.of(1, 2),
     blocksPerEntry: 1,
-    sampleEntries: Int32Array.of(0),
+    sampleEntries: Int32Array.of(0, 1),
     newSequences: [],
-    returnLogits: Uint8Array.of(0)
+    returnLogits: Uint8Array.of(0, 0)
   }
   return { load, plan }
 }
@@ -57,30 +61,72 @@ const shards: ReadonlyArray<readonly [string, readonly [number, number]]> = [
   ["middle", [1, 2]],
   ["last", [2, L]]
 ]
-const layouts: ReadonlyArray<AttentionLayout> = ["rotary-outside", "fused"]
+const layouts: ReadonlyArray<AttentionLayout> = ["rotary-outside", "fused", "paged"]
 
 describe.each(layouts)("%s graphs", (attention) => {
+  const dtype: ModelDType = attention === "paged" ? "float16" : "float32"
   it.each(shards)("%s shard: the workers' inputs are exactly the graph's, their outputs all exist", (_, layers) => {
-    const graph = buildShardGraph(config, { layers, dtype: "float32", maxContext: 64, attention })
-    const { load, plan } = shardOf(layers)
+    const graph = buildShardGraph(config, { layers, dtype, maxContext: 64, attention })
+    const { load, plan } = shardOf(layers, dtype)
     const graphInputs = new Set(graph.inputs.map((v) => v.name))
     const graphOutputs = new Set(graph.outputs.map((v) => v.name))
-    const kvInputs = range(layers).flatMap((l) => [TensorNames.pastKey(l), TensorNames.pastValue(l)])
+    const paged = attention === "paged"
+    const kvInputs = range(layers).flatMap((l) =>
+      paged ? [TensorNames.keyCache(l), TensorNames.valueCache(l)] : [TensorNames.pastKey(l), TensorNames.pastValue(l)]
+    )
 
-    // StepInputs computes position ids for every graph; the device worker feeds only the inputs a graph declares
-    // (fused attention takes none), the CPU worker feeds them all (its graphs are rotary-outside).
-    const fed = [...Object.keys(groupInputs(load, plan, entryGroups(plan)[0]!, tokenOffsets(plan)).inputs), ...kvInputs]
+    // GQA layouts: StepInputs computes position ids for every group; the device worker feeds only the inputs a graph
+    // declares (fused attention takes none), the CPU worker feeds them all (its graphs are rotary-outside).
+    // Paged: PagedInputs is the whole plan in one run.
+    const stepNames = paged
+      ? Object.keys(pagedInputs(load, plan).inputs)
+      : [...new Set(entryGroups(plan).flatMap((g) => Object.keys(groupInputs(load, plan, g, tokenOffsets(plan)).inputs)))]
+    const fed = [...stepNames, ...kvInputs]
     const declared = attention === "fused" ? fed.filter((n) => n !== TensorNames.positionIds) : fed
     assert.deepStrictEqual(sorted(graphInputs), sorted(declared))
     assert.strictEqual(graphInputs.has(TensorNames.positionIds), attention === "rotary-outside")
     assert.strictEqual(graphInputs.has(TensorNames.inputIds), load.isFirst)
     assert.strictEqual(graphInputs.has(TensorNames.hiddenIn), !load.isFirst)
 
-    // What a step takes out: the sampled or forwarded result, and per layer the present cache (device worker, bound
-    // in place) or the new keys and values (CPU worker, rotary-outside graphs only).
+    // What a step takes out: the sampled or forwarded result, and per layer the present cache or block pool (device
+    // worker, bound in place) or the new keys and values (CPU worker, rotary-outside graphs only).
     const results = load.isLast ? [TensorNames.logits, TensorNames.greedyToken] : [TensorNames.hiddenOut]
-    const present = range(layers).flatMap((l) => [TensorNames.presentKey(l), TensorNames.presentValue(l)])
+    const present = range(layers).flatMap((l) =>
+      paged ? [TensorNames.keyCacheOut(l), TensorNames.valueCacheOut(l)] : [TensorNames.presentKey(l), TensorNames.presentValue(l)]
+    )
     const fresh = range(layers).flatMap((l) => [TensorNames.newKey(l), TensorNames.newValue(l)])
-    assert.deepStrictEqual(sorted(graphOutputs), sorted([...results, ...present, ...(attention === "fused" ? [] : fresh)]))
+    assert.deepStrictEqual(sorted(graphOutputs), sorted([...results, ...present, ...(attention === "rotary-outside" ? fresh : [])]))
+  })
+})
+
+describe("paged graphs", () => {
+  it("declare packed shapes and one PagedAttention per layer with the metadata input", () => {
+    const graph = buildShardGraph(config, { layers: [0, L], dtype: "float16", maxContext: 64, attention: "paged" })
+    const dims = (name: string) => graph.inputs.find((v) => v.name === name)?.dims
+    assert.deepStrictEqual(dims(TensorNames.inputIds), ["tokens"])
+    assert.deepStrictEqual(dims(TensorNames.logitsIndex), ["n_logits"])
+    assert.deepStrictEqual(dims(TensorNames.keyCache(0)), ["num_blocks", "block_size", config.numKvHeads, config.headDim])
+    const attention = graph.nodes.filter((n) => n.op === "PagedAttention")
+    assert.strictEqual(attention.length, L)
+    for (const n of attention) {
+      assert.strictEqual(n.inputs.length, 17)
+      assert.strictEqual(n.inputs[16], TensorNames.attentionMetadata)
+      assert.strictEqual(n.inputs[8], "rope_cos")
+    }
+  })
+
+  it("refuse float32", () => {
+    assert.throws(() => buildShardGraph(config, { layers: [0, L], dtype: "float32", maxContext: 64, attention: "paged" }), /float16 or bfloat16/)
+  })
+
+  it("pagedInputs: cumulative lengths, bounds and the logits positions of sampling entries", () => {
+    const { load, plan } = shardOf([0, L], "float16")
+    const { inputs, logitsEntries, logitsRows } = pagedInputs(load, { ...plan, returnLogits: Uint8Array.of(2, 0) })
+    assert.deepStrictEqual([...inputs[TensorNames.cumulativeSequenceLength]!.data], [0, 3, 4])
+    assert.deepStrictEqual([...inputs[TensorNames.attentionMetadata]!.data], [3, 6])
+    assert.deepStrictEqual([...inputs[TensorNames.logitsIndex]!.data], [0n, 1n, 2n, 3n])
+    assert.deepStrictEqual([...logitsEntries], [0, 1])
+    assert.deepStrictEqual([...logitsRows], [3, 1])
+    assert.deepStrictEqual(inputs[TensorNames.blockTable]!.dims, [2, 1])
   })
 })
