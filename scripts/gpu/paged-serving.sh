@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Issue 8 on a GPU host, in two device calls back to back on the same warm host (one call is limited to 600 s):
+#
+#   PHASE=A OUT=$OUT bash scripts/gpu/paged-serving.sh   # set-up, CUDA parity (paged path included), the
+#                                                        # PagedAttention probe, the 8B checkpoint, PyTorch baseline
+#   PHASE=B OUT=$OUT bash scripts/gpu/paged-serving.sh   # chorus serve --max-batch 256 (default context) measured by
+#                                                        # chorus bench (1..256 streams) + prefix reuse; a pool that
+#                                                        # cannot fit exits 1 with one line
+#
+# Phase B serves with --attention paged when phase A's paged parity passed, else with the row cache (fused), and says so.
+set -uo pipefail
+: "${OUT:?OUT must name the folder for the results}"
+: "${PHASE:?PHASE must be A or B}"
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+cd "$REPO" || exit 2
+export BENCH_DIR="${BENCH_DIR:-/tmp/chorus-gpu-bench}"
+export CHORUS_CACHE="$BENCH_DIR/chorus-cache"
+NODE="$REPO/node_modules/node/bin/node"
+CKPT="$BENCH_DIR/llama3-8b-random"
+mkdir -p "$OUT" "$BENCH_DIR"
+exec > >(tee -a "$OUT/log-$PHASE") 2>&1
+START=$SECONDS
+say() { printf '\n=== [%s %ss] %s\n' "$PHASE" "$((SECONDS - START))" "$*"; }
+export LD_LIBRARY_PATH="/usr/local/cuda-13.0/targets/x86_64-linux/lib:/usr/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+export PATH="$REPO/node_modules/.bin:$PATH"
+
+if [[ "$PHASE" == A ]]; then
+  # Set-up and the CUDA parity tests (every device test: the row cache, the paged layout, graphs per bucket).
+  STAGES="parity" DEADLINE_S=330 PARITY_TIMEOUT_S=300 OUT="$OUT/run-all" bash scripts/gpu/run-all.sh
+  if grep -q "PagedShard" "$OUT/run-all/log" && ! grep -qE "FAIL .*PagedShard|×.*paged" "$OUT/run-all/log"; then
+    touch "$BENCH_DIR/paged-ok"
+    say "paged parity passed"
+  else
+    rm -f "$BENCH_DIR/paged-ok"
+    say "paged parity did not pass: phase B will serve the row cache"
+  fi
+  say "PagedAttention probe"
+  timeout 120 "$NODE" native/probes/paged-attention.ts > "$OUT/probe.jsonl" 2>"$OUT/probe.err"; say "probe exit $?"
+  cat "$OUT/probe.jsonl"
+  say "8B checkpoint and the PyTorch baseline"
+  timeout $((570 - (SECONDS - START))) "$NODE" tools/bench-gpu/run.ts --checkpoint "$CKPT" --out "$OUT/bench" --skip-chorus
+  say "bench exit $?"
+  cp -f "$OUT"/bench/torch.json "$BENCH_DIR/" 2>/dev/null
+  say "done"
+  exit 0
+fi
+
+attention=paged
+[[ -f "$BENCH_DIR/paged-ok" ]] || attention=fused
+say "serving with --attention $attention"
+timeout 500 "$NODE" tools/bench-gpu/server-sweep.ts --checkpoint "$CKPT" --out "$OUT/server" --skip-weights \
+  --max-batch 256 --attention "$attention" --ready-timeout-s 300 --bench-timeout-s 300 --prefix-repeats 3
+say "sweep exit $?"
+say "a KV pool that cannot fit: --gpu-memory-utilization 0.05"
+timeout 60 "$NODE" src/cli/main.ts serve --model "$CKPT" --dtype float16 --device cuda --port 0 --gpu-memory-utilization 0.05 \
+  > "$OUT/nofit.out" 2> "$OUT/nofit.err"
+echo "exit $?" >> "$OUT/nofit.err"
+cat "$OUT/nofit.err" | tail -5
+say "done"
