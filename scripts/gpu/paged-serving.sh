@@ -45,12 +45,19 @@ if [[ "$PHASE" == A ]]; then
   exit 0
 fi
 
-attention=paged
-[[ -f "$BENCH_DIR/paged-ok" ]] || attention=fused
-say "serving with --attention $attention"
-timeout 500 "$NODE" tools/bench-gpu/server-sweep.ts --checkpoint "$CKPT" --out "$OUT/server" --skip-weights \
-  --max-batch 256 --attention "$attention" --ready-timeout-s 300 --bench-timeout-s 300 --prefix-repeats 3
-say "sweep exit $?"
+say "CUDA parity through the engine with the paged layout (float16, bfloat16; near-ties allowed as for the row cache)"
+CHORUS_TEST_ATTENTION=paged CHORUS_TEST_DEVICE=cuda timeout 200 "$NODE" node_modules/vitest/vitest.mjs run --config vitest.device.config.ts \
+  test/device/DeviceParity.test.ts > "$OUT/parity-paged.log" 2>&1
+say "paged parity exit $?"; grep -E "Tests |×" "$OUT/parity-paged.log" | head -20
+CHORUS_TEST_ATTENTION=paged CHORUS_TEST_CUDA_GRAPHS=1 CHORUS_TEST_DEVICE=cuda timeout 120 "$NODE" node_modules/vitest/vitest.mjs run \
+  --config vitest.device.config.ts test/device/DeviceParity.test.ts > "$OUT/parity-paged-graphs.log" 2>&1
+say "paged parity with CUDA graphs exit $?"; grep -E "Tests |×" "$OUT/parity-paged-graphs.log" | head -20
+for attention in ${ATTENTION:-paged}; do
+  say "serving with --attention $attention"
+  timeout $((560 - (SECONDS - START) - 60)) "$NODE" tools/bench-gpu/server-sweep.ts --checkpoint "$CKPT" --out "$OUT/server-$attention" --skip-weights \
+    --max-batch 256 --attention "$attention" --ready-timeout-s 300 --bench-timeout-s 300 --prefix-repeats 3
+  say "sweep exit $?"
+done
 say "a KV pool that cannot fit: --gpu-memory-utilization 0.05"
 timeout 60 "$NODE" src/cli/main.ts serve --model "$CKPT" --dtype float16 --device cuda --port 0 --gpu-memory-utilization 0.05 \
   > "$OUT/nofit.out" 2> "$OUT/nofit.err"

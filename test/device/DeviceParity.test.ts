@@ -34,9 +34,17 @@ const greedy = (tokenIds: ReadonlyArray<number>, maxTokens = 24): GenerateReques
   promptLogits: "last"
 })
 
+// CHORUS_TEST_ATTENTION=paged: half-precision engines run the paged layout (PagedAttention over a block pool, CUDA
+// only); float32, the reference for near-ties, always runs the row cache (PagedAttention has no float32 kernel).
+const halfAttention = process.env.CHORUS_TEST_ATTENTION === "paged" ? "paged" : "fused"
+
 const engineFor = (name: "tiny-llama3-a" | "tiny-llama3-b", dtype: "float32" | "float16" | "bfloat16", shards = 1, maxNumBatchedTokens = 512) =>
   ManagedRuntime.make(
-    Engine.layer(Llama3Adapter, { modelDir: fixtureDir(name), dtype, shards, maxContext: 512, attention: "fused" }, { device, nativeRuntime: true, maxNumSeqs: 4, maxNumBatchedTokens })
+    Engine.layer(
+      Llama3Adapter,
+      { modelDir: fixtureDir(name), dtype, shards, maxContext: 512, attention: dtype === "float32" ? "fused" : halfAttention },
+      { device, nativeRuntime: true, maxNumSeqs: 4, maxNumBatchedTokens }
+    )
   )
 
 const run = (rt: ManagedRuntime.ManagedRuntime<Engine, unknown>, request: GenerateRequest): Promise<ReturnType<typeof collect>> =>
