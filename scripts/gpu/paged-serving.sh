@@ -54,7 +54,7 @@ CHORUS_TEST_ATTENTION=paged CHORUS_TEST_CUDA_GRAPHS=1 CHORUS_TEST_DEVICE=cuda ti
 say "paged parity with CUDA graphs exit $?"; grep -E "Tests |×" "$OUT/parity-paged-graphs.log" | head -20
 for attention in ${ATTENTION:-paged}; do
   say "serving with --attention $attention"
-  timeout $((560 - (SECONDS - START) - 60)) "$NODE" tools/bench-gpu/server-sweep.ts --checkpoint "$CKPT" --out "$OUT/server-$attention" --skip-weights \
+  timeout $((560 - (SECONDS - START) - 60)) "$NODE" tools/bench-gpu/server-sweep.ts --checkpoint "$CKPT" --out "$OUT/server-$attention" \
     --max-batch 256 --attention "$attention" --ready-timeout-s 300 --bench-timeout-s 300 --prefix-repeats 3
   say "sweep exit $?"
 done
