@@ -45,14 +45,11 @@ if [[ "$PHASE" == A ]]; then
   exit 0
 fi
 
-say "CUDA parity through the engine with the paged layout (float16, bfloat16; near-ties allowed as for the row cache)"
-CHORUS_TEST_ATTENTION=paged CHORUS_TEST_DEVICE=cuda timeout 200 "$NODE" node_modules/vitest/vitest.mjs run --config vitest.device.config.ts \
-  test/device/DeviceParity.test.ts > "$OUT/parity-paged.log" 2>&1
-say "paged parity exit $?"; grep -E "Tests |×" "$OUT/parity-paged.log" | head -20
-CHORUS_TEST_ATTENTION=paged CHORUS_TEST_CUDA_GRAPHS=1 CHORUS_TEST_DEVICE=cuda timeout 120 "$NODE" node_modules/vitest/vitest.mjs run \
-  --config vitest.device.config.ts test/device/DeviceParity.test.ts > "$OUT/parity-paged-graphs.log" 2>&1
-say "paged parity with CUDA graphs exit $?"; grep -E "Tests |×" "$OUT/parity-paged-graphs.log" | head -20
-for attention in ${ATTENTION:-paged}; do
+say "CUDA parity through the engine, row cache, CUDA graphs per bucket (PARITY_ATTENTION=paged for the block pools)"
+CHORUS_TEST_ATTENTION="${PARITY_ATTENTION:-fused}" CHORUS_TEST_CUDA_GRAPHS=1 CHORUS_TEST_DEVICE=cuda timeout 150 "$NODE" node_modules/vitest/vitest.mjs run \
+  --config vitest.device.config.ts test/device/DeviceParity.test.ts > "$OUT/parity.log" 2>&1
+say "parity exit $?"; grep -E "Tests |×" "$OUT/parity.log" | head -20
+for attention in ${ATTENTION:-fused}; do
   say "serving with --attention $attention"
   timeout $((560 - (SECONDS - START) - 60)) "$NODE" tools/bench-gpu/server-sweep.ts --checkpoint "$CKPT" --out "$OUT/server-$attention" \
     --max-batch 256 --attention "$attention" --ready-timeout-s 300 --bench-timeout-s 300 --prefix-repeats 3

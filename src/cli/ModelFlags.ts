@@ -30,7 +30,7 @@ export const modelFlags = {
   "cuda-graphs": { kind: "boolean", description: "with --device cuda: replay greedy decode steps from a captured CUDA graph" },
   attention: {
     kind: "string",
-    description: "with --device cuda: paged (block pool, prefix caching; default for float16/bfloat16) | fused (one row per sequence; float32 always). Env CHORUS_ATTENTION sets the default"
+    description: "with --device cuda: fused (default: one row per sequence, GroupQueryAttention; float32 always) | paged (block pool with prefix caching through ORT's PagedAttention, float16/bfloat16; slower decode in ORT 1.29, see docs/benchmarks.md). Env CHORUS_ATTENTION sets the default"
   },
   "allow-special-tokens": {
     kind: "boolean",
@@ -96,7 +96,7 @@ export const resolveModelFlags = (flags: ParsedFlags<typeof modelFlags>) =>
     if (asked === "paged" && dtype === "float32") {
       return yield* bad("--attention", "--attention paged needs --dtype float16 or bfloat16 (PagedAttention has no float32 kernel)")
     }
-    const attention = device.kind !== "cuda" ? undefined : dtype === "float32" ? "fused" as const : asked ?? "paged"
+    const attention = device.kind !== "cuda" ? undefined : dtype === "float32" ? "fused" as const : asked ?? "fused"
     const bar = new ProgressBar("converting")
     const adapter: Llama3Options = {
       modelDir: flags.model,

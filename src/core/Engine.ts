@@ -166,27 +166,36 @@ const makeEngine = (model: LoadedModel, options: EngineOptions) =>
       return yield* Effect.fail(new GenerationError({ message: `the ${model.id} adapter has no device runtime; use --device cpu` }))
     }
     const shards: Array<ShardActor> = []
+    const deviceOf = (i: number) => shardDevice(device, i)
+    const gpuOf = (i: number) => {
+      const d = deviceOf(i)
+      return d.kind === "cuda" ? d.id : -1
+    }
     for (const [i, spec] of model.shards.entries()) {
       const workerUrl = native ? model.deviceWorkerUrl! : model.workerUrl
+      // Shards still to load on this shard's GPU, itself included: each takes its share of what is left.
+      const sameGpuLeft = model.shards.filter((_, j) => j >= i && gpuOf(j) === gpuOf(i)).length
       const load = {
         ...spec,
         maxSeqs: maxNumSeqs,
         maxLen: contextLength,
         blockSize,
-        // A device sizes its pool from free memory unless told; elsewhere blocks are allocated as first written.
-        numBlocks: options.numBlocks ?? (device.kind === "cuda" ? 0 : maxNumSeqs * blocksPerSeq + 1),
+        // The most blocks worth holding: every sequence at the full context. A device sizes its pool from free
+        // memory up to that unless told a number; elsewhere blocks are allocated as first written.
+        numBlocks: options.numBlocks ?? maxNumSeqs * blocksPerSeq + 1,
         kvMemory: device.kind === "cuda" && options.numBlocks === undefined
-          ? { utilization: options.gpuMemoryUtilization ?? 0.9, maxNumBatchedTokens }
+          ? { utilization: options.gpuMemoryUtilization ?? 0.9, maxNumBatchedTokens, share: 1 / sameGpuLeft }
           : undefined,
         threads,
-        device: shardDevice(device, i)
+        device: deviceOf(i)
       }
       shards.push(yield* makeShardActor(i, workerUrl, load, options.shardRestarts))
     }
     const loads = yield* Effect.forEach(shards, (s) => s.loaded)
     const rows = loads.some((l) => l.layout === "rows")
-    // A row cache holds every sequence at the full context: blocks then only count tokens, enough for every row.
-    const numBlocks = rows ? maxNumSeqs * blocksPerSeq + 1 : Math.min(...loads.map((l) => l.numBlocks))
+    // A row cache holds sequences at the full context, as many as every shard's memory allowed.
+    const maxSeqs = Math.min(maxNumSeqs, ...loads.map((l) => l.maxSeqs ?? maxNumSeqs))
+    const numBlocks = rows ? maxSeqs * blocksPerSeq + 1 : Math.min(...loads.map((l) => l.numBlocks))
     const enablePrefixCaching = !rows && (options.enablePrefixCaching ?? true)
     if ((numBlocks - 1) * blockSize < contextLength) {
       return yield* Effect.fail(
@@ -201,13 +210,13 @@ const makeEngine = (model: LoadedModel, options: EngineOptions) =>
       numBlocks: numBlocks - 1,
       blockSize,
       kvBytes,
-      fullContextSequences: Math.floor(((numBlocks - 1) * blockSize) / contextLength),
+      fullContextSequences: Math.min(maxSeqs, Math.floor(((numBlocks - 1) * blockSize) / contextLength)),
       prefixCaching: enablePrefixCaching
     }
     const loop = yield* makeEngineLoop({
       shards,
       observer,
-      scheduler: { maxNumSeqs, maxNumBatchedTokens, contextLength, blockSize, numBlocks, enablePrefixCaching, stopTokenIds: model.stopTokenIds }
+      scheduler: { maxNumSeqs: maxSeqs, maxNumBatchedTokens, contextLength, blockSize, numBlocks, enablePrefixCaching, stopTokenIds: model.stopTokenIds }
     })
     const { scheduler, sinks, stats } = loop
     yield* Effect.forkScoped(loop.run)
@@ -297,7 +306,7 @@ const makeEngine = (model: LoadedModel, options: EngineOptions) =>
       stats: Effect.sync(() => ({
         numRunning: scheduler.numRunning,
         numWaiting: scheduler.numWaiting,
-        maxNumSeqs,
+        maxNumSeqs: maxSeqs,
         ...stats,
         restarts: shards.reduce((n, s) => n + s.status().restarts, 0),
         numBlocks: numBlocks - 1,

@@ -119,10 +119,10 @@ export const runChorusBench = async (o: ChorusBenchOptions): Promise<ChorusResul
     modelDir: o.modelDir,
     dtype: o.dtype,
     maxContext: o.maxContext,
-    // The device runtime binds the KV cache in place: block pools (paged) in half precision, as `chorus serve` does;
-    // CHORUS_ATTENTION=fused picks the row cache. float32 has no PagedAttention kernel.
+    // The device runtime binds the KV cache in place: one row per sequence (fused), as `chorus serve` does by default;
+    // CHORUS_ATTENTION=paged picks the block pools (half precision only: float32 has no PagedAttention kernel).
     ...(o.device.kind === "cuda"
-      ? { attention: o.dtype === "float32" || process.env.CHORUS_ATTENTION === "fused" ? "fused" as const : "paged" as const }
+      ? { attention: o.dtype !== "float32" && process.env.CHORUS_ATTENTION === "paged" ? "paged" as const : "fused" as const }
       : {}),
     onProgress: (p) => {
       const percent = Math.floor((20 * p.bytesDone) / Math.max(1, p.bytesTotal)) * 5

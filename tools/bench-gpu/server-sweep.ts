@@ -193,7 +193,9 @@ const prefixCheck = async (base: string, model: string): Promise<PrefixResult> =
       { role: "system", content: "You are a helpful assistant." },
       { role: "user", content: `Here are my notes: ${words(historyWords, seed)}\n\nSummarize them in one sentence.` }
     ]
-    return answer === undefined ? first : [...first, { role: "assistant", content: answer }, { role: "user", content: "Which word comes up most often?" }]
+    // Random weights may answer with tokens that have no text (reserved special tokens): a message cannot be empty.
+    const said = answer === undefined || answer.trim() === "" ? "(no answer)" : answer
+    return answer === undefined ? first : [...first, { role: "assistant", content: said }, { role: "user", content: "Which word comes up most often?" }]
   }
   for (let i = 0; i < prefixRepeats; i++) {
     const seed = 1000 + i

@@ -184,24 +184,79 @@ export async function load(task: ShardLoad): Promise<ShardLoadResult> {
     return { kvBytes, loadMs: performance.now() - started, layout: "blocks", numBlocks }
   }
 
-  const dims = [task.maxSeqs, task.numKvHeads, task.maxLen, task.headDim]
+  // Rows the device holds: all `maxSeqs`, or fewer when free memory after weights and a warm-up is short.
+  const maxSeqs = task.kvMemory !== undefined && task.device.kind === "cuda" ? sizeRows(task, session, task.device.id, useGraphs) : task.maxSeqs
+  const dims = [maxSeqs, task.numKvHeads, task.maxLen, task.headDim]
   const keys = Array.from({ length: numLayers }, () => session.allocate(task.dtype, dims))
   const values = Array.from({ length: numLayers }, () => session.allocate(task.dtype, dims))
   const rowElements = task.numKvHeads * task.maxLen * task.headDim
   shard = {
     ...common,
+    load: { ...task, maxSeqs },
     layout: "rows",
     keys,
     values,
     rowElements,
-    rowLen: new Int32Array(task.maxSeqs),
-    rowSeq: new Int32Array(task.maxSeqs).fill(-1),
-    bucketSizes: useGraphs ? bucketSizesOf(task.maxSeqs) : [],
+    rowLen: new Int32Array(maxSeqs),
+    rowSeq: new Int32Array(maxSeqs).fill(-1),
+    bucketSizes: useGraphs ? bucketSizesOf(maxSeqs) : [],
     buckets: new Map()
   }
-  const kvBytes = 2 * numLayers * task.maxSeqs * rowElements * elementBytes(task.dtype)
+  const kvBytes = 2 * numLayers * maxSeqs * rowElements * elementBytes(task.dtype)
   // A row layout holds `maxSeqs` whole rows: the engine sees it as `maxSeqs * maxLen / blockSize` blocks.
-  return { kvBytes, loadMs: performance.now() - started, layout: "rows", numBlocks: task.maxSeqs * Math.ceil(task.maxLen / task.blockSize) }
+  return { kvBytes, loadMs: performance.now() - started, layout: "rows", numBlocks: maxSeqs * Math.ceil(task.maxLen / task.blockSize) + 1, maxSeqs }
+}
+
+/** What `utilization` (times this shard's share) of the device allows beyond everything in use now. */
+const kvBudget = (task: ShardLoad, deviceId: number) => {
+  const { free, total } = NativeOrt.load().deviceMemory(deviceId)
+  const kvMemory = task.kvMemory!
+  return { free, total, budget: Math.max(0, total * kvMemory.utilization - (total - free)) * kvMemory.share }
+}
+
+/**
+ * Rows that fit: one uncaptured warm-up prompt chunk of `maxNumBatchedTokens` tokens (at most `maxLen`, the largest
+ * single run of a row layout) over a scratch row leaves ORT's arena holding the activation memory; the rows then take
+ * what `utilization` allows beyond everything in use. Throws a one-line Error when not even one row fits.
+ */
+const sizeRows = (task: ShardLoad, session: NativeSession, deviceId: number, graphs: boolean): number => {
+  const numLayers = task.layers[1] - task.layers[0]
+  const chunk = Math.max(1, Math.min(task.maxLen, task.kvMemory!.maxNumBatchedTokens))
+  const dims = [1, task.numKvHeads, task.maxLen, task.headDim]
+  const keys = Array.from({ length: numLayers }, () => session.allocate(task.dtype, dims))
+  const values = Array.from({ length: numLayers }, () => session.allocate(task.dtype, dims))
+  const plan: StepPlan = {
+    seqIds: Int32Array.of(0),
+    rows: Int32Array.of(0),
+    numTokens: Int32Array.of(chunk),
+    pastLens: Int32Array.of(0),
+    tokenIds: new Int32Array(chunk),
+    ...(task.isFirst ? {} : { hidden: new Uint16Array(chunk * task.hiddenSize) }),
+    blockTables: Int32Array.of(0),
+    blocksPerEntry: 1,
+    sampleEntries: Int32Array.of(0),
+    newSequences: [],
+    returnLogits: Uint8Array.of(0)
+  }
+  const inputNames = new Set(session.inputNames)
+  const { inputs } = groupInputs(task, plan, { entries: Int32Array.of(0), seqLen: chunk, allLogits: false }, tokenOffsets(plan))
+  const feeds: Feeds = {}
+  for (const [name, t] of Object.entries(inputs)) if (inputNames.has(name)) feeds[name] = t
+  const outputs: Outputs = { [task.isLast ? TensorNames.logits : TensorNames.hiddenOut]: "host" }
+  bindCaches({ load: task, session, inputNames } as unknown as Common, feeds, outputs, keys, values)
+  session.run(feeds, outputs, graphs ? { cudaGraphId: NO_GRAPH } : {})
+  for (const t of [...keys, ...values]) t.release()
+  const { free, total, budget } = kvBudget(task, deviceId)
+  const bytesPerRow = 2 * numLayers * task.numKvHeads * task.maxLen * task.headDim * elementBytes(task.dtype)
+  const rows = Math.min(task.maxSeqs, Math.floor(budget / bytesPerRow))
+  if (rows < 1) {
+    throw new Error(
+      `not enough GPU memory for the KV cache on cuda:${deviceId}: one ${task.maxLen}-token sequence needs ${gib(bytesPerRow)} GiB ` +
+        `but ${gib(budget)} GiB is left (${gib(free)} GiB free of ${gib(total)} GiB after weights and a ` +
+        `${chunk}-token warm-up, utilization ${task.kvMemory!.utilization}); raise --gpu-memory-utilization or lower --context-length`
+    )
+  }
+  return rows
 }
 
 /**
@@ -251,9 +306,8 @@ const sizePool = (task: ShardLoad, session: NativeSession, deviceId: number, gra
   session.run(feeds, outputs, graphs ? { cudaGraphId: NO_GRAPH } : {})
   for (const t of [...keys, ...values]) t.release()
 
-  const { free, total } = NativeOrt.load().deviceMemory(deviceId)
+  const { free, total, budget } = kvBudget(task, deviceId)
   const bytesPerBlock = 2 * numLayers * task.blockSize * task.numKvHeads * task.headDim * elementBytes(task.dtype)
-  const budget = total * kvMemory.utilization - (total - free)
   let numBlocks = Math.floor(Math.max(0, budget) / bytesPerBlock)
   if (task.numBlocks > 0) numBlocks = Math.min(numBlocks, task.numBlocks)
   // One full-context sequence, plus block 0 that the engine keeps back as padding.

@@ -66,7 +66,15 @@ export interface ShardLoad {
    */
   readonly numBlocks: number
   /** Device runtimes: size the pool from free memory after weights and a warm-up step (vLLM's `gpu_memory_utilization`). */
-  readonly kvMemory?: { readonly utilization: number; readonly maxNumBatchedTokens: number } | undefined
+  readonly kvMemory?: {
+    readonly utilization: number
+    readonly maxNumBatchedTokens: number
+    /**
+     * The part of what is left that this shard takes: 1 / (shards still to load on its device, itself included), so
+     * shards sharing a GPU split its memory instead of the first taking it all.
+     */
+    readonly share: number
+  } | undefined
   /** ORT intra-op threads for this worker. */
   readonly threads: number
   readonly device: Device
@@ -80,6 +88,8 @@ export interface ShardLoadResult {
   readonly layout: "blocks" | "rows"
   /** Blocks per layer this shard holds (its `numBlocks`, or what it sized from free memory). */
   readonly numBlocks: number
+  /** Row layouts: the rows (sequences at the full context) it holds, `maxSeqs` or fewer where memory is short. */
+  readonly maxSeqs?: number
 }
 
 /** A new sequence registered in the last shard: its sampler lives there until `release`. */
