@@ -3,6 +3,9 @@
 #
 #   PHASE=A OUT=$OUT bash scripts/gpu/paged-serving.sh   # set-up, CUDA parity (paged path included), the
 #                                                        # PagedAttention probe, the 8B checkpoint, PyTorch baseline
+#   PHASE=C OUT=$OUT bash scripts/gpu/paged-serving.sh   # the paged layout alone: engine parity (with and without
+#                                                        # CUDA graphs), decode attention time per block size, and
+#                                                        # the sweep with the fastest block size
 #   PHASE=B OUT=$OUT bash scripts/gpu/paged-serving.sh   # chorus serve --max-batch 256 (default context) measured by
 #                                                        # chorus bench (1..256 streams) + prefix reuse; a pool that
 #                                                        # cannot fit exits 1 with one line
@@ -42,6 +45,26 @@ if [[ "$PHASE" == A ]]; then
   say "bench exit $?"
   cp -f "$OUT"/bench/torch.json "$BENCH_DIR/" 2>/dev/null
   say "done"
+  exit 0
+fi
+
+if [[ "$PHASE" == C ]]; then
+  for graphs in 0 1; do
+    CHORUS_TEST_ATTENTION=paged CHORUS_TEST_CUDA_GRAPHS=$graphs CHORUS_TEST_DEVICE=cuda timeout 120 "$NODE" node_modules/vitest/vitest.mjs run \
+      --config vitest.device.config.ts test/device/DeviceParity.test.ts > "$OUT/parity-paged-graphs$graphs.log" 2>&1
+    say "paged parity (CUDA graphs $graphs) exit $?"; grep -E "Tests |×" "$OUT/parity-paged-graphs$graphs.log" | head -12
+  done
+  best=16; best_ms=1e9
+  for bs in 16 128 256; do
+    timeout 60 "$NODE" native/probes/paged-attention.ts --block-size $bs --cases b,d > "$OUT/probe-bs$bs.jsonl" 2>/dev/null
+    ms=$("$NODE" -e 'const l=require("fs").readFileSync(process.argv[1],"utf8").split("\n").filter(Boolean).map(JSON.parse).find(r=>r.case==="d-paged-meta"); console.log(l?.ok ? l.ms : 1e9)' "$OUT/probe-bs$bs.jsonl")
+    say "block size $bs: decode attention (batch 64, past 1000) $ms ms"; grep -h '"case":"b"' "$OUT/probe-bs$bs.jsonl" | cut -c1-160
+    if "$NODE" -e 'process.exit(Number(process.argv[1]) < Number(process.argv[2]) ? 0 : 1)' "$ms" "$best_ms"; then best=$bs; best_ms=$ms; fi
+  done
+  say "serving paged with --block-size $best"
+  timeout $((580 - (SECONDS - START))) "$NODE" tools/bench-gpu/server-sweep.ts --checkpoint "$CKPT" --out "$OUT/server-paged-bs$best" \
+    --max-batch 256 --attention paged --serve-arg=--block-size=$best --ready-timeout-s 240 --bench-timeout-s 200 --prefix-repeats 3
+  say "sweep exit $?"
   exit 0
 fi
 

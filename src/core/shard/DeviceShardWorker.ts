@@ -231,7 +231,7 @@ const sizeRows = (task: ShardLoad, session: NativeSession, deviceId: number, gra
     numTokens: Int32Array.of(chunk),
     pastLens: Int32Array.of(0),
     tokenIds: new Int32Array(chunk),
-    ...(task.isFirst ? {} : { hidden: new Uint16Array(chunk * task.hiddenSize) }),
+    ...(task.isFirst ? {} : { hidden: task.dtype === "float32" ? new Float32Array(chunk * task.hiddenSize) : new Uint16Array(chunk * task.hiddenSize) }),
     blockTables: Int32Array.of(0),
     blocksPerEntry: 1,
     sampleEntries: Int32Array.of(0),
