@@ -57,7 +57,7 @@ if [[ "$PHASE" == C ]]; then
   best=16; best_ms=1e9
   for bs in 16 128 256; do
     timeout 60 "$NODE" native/probes/paged-attention.ts --block-size $bs --cases b,d > "$OUT/probe-bs$bs.jsonl" 2>/dev/null
-    ms=$("$NODE" -e 'const l=require("fs").readFileSync(process.argv[1],"utf8").split("\n").filter(Boolean).map(JSON.parse).find(r=>r.case==="d-paged-meta"); console.log(l?.ok ? l.ms : 1e9)' "$OUT/probe-bs$bs.jsonl")
+    ms=$("$NODE" -e 'const l=require("fs").readFileSync(process.argv[1],"utf8").split("\n").filter((x)=>x.startsWith("{")).map(JSON.parse).find(r=>r.case==="d-paged-meta"); console.log(l?.ok ? l.ms : 1e9)' "$OUT/probe-bs$bs.jsonl")
     say "block size $bs: decode attention (batch 64, past 1000) $ms ms"; grep -h '"case":"b"' "$OUT/probe-bs$bs.jsonl" | cut -c1-160
     if "$NODE" -e 'process.exit(Number(process.argv[1]) < Number(process.argv[2]) ? 0 : 1)' "$ms" "$best_ms"; then best=$bs; best_ms=$ms; fi
   done

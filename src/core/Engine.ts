@@ -32,13 +32,17 @@ export interface EngineCapacity {
   /** Sequences at the full context the pool holds at once. */
   readonly fullContextSequences: number
   readonly prefixCaching: boolean
+  /** The most sequences running at once, and what was asked (`maxNumSeqs`) where memory lowered it. */
+  readonly maxNumSeqs: number
+  readonly requestedMaxNumSeqs: number
 }
 
 /** One line for the start-up log: the KV pool and what it holds. */
 export const describeCapacity = (c: EngineCapacity, contextLength: number): string =>
   `KV cache: ${c.numBlocks} blocks of ${c.blockSize} tokens (${c.numBlocks * c.blockSize} tokens` +
   (c.kvBytes > 0 ? `, ${(c.kvBytes / 2 ** 30).toFixed(2)} GiB` : "") +
-  `), ${c.fullContextSequences} sequences at the full context of ${contextLength}; prefix caching ${c.prefixCaching ? "on" : "off"}`
+  `), ${c.fullContextSequences} sequences at the full context of ${contextLength}; prefix caching ${c.prefixCaching ? "on" : "off"}` +
+  (c.maxNumSeqs < c.requestedMaxNumSeqs ? `; --max-batch ${c.requestedMaxNumSeqs} lowered to ${c.maxNumSeqs} by memory (lower --context-length for more)` : "")
 
 /** @category models */
 export interface EngineOptions {
@@ -211,7 +215,9 @@ const makeEngine = (model: LoadedModel, options: EngineOptions) =>
       blockSize,
       kvBytes,
       fullContextSequences: Math.min(maxSeqs, Math.floor(((numBlocks - 1) * blockSize) / contextLength)),
-      prefixCaching: enablePrefixCaching
+      prefixCaching: enablePrefixCaching,
+      maxNumSeqs: maxSeqs,
+      requestedMaxNumSeqs: maxNumSeqs
     }
     const loop = yield* makeEngineLoop({
       shards,
