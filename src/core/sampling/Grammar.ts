@@ -33,6 +33,7 @@ interface VectorInt extends Deletable {}
 interface NativeCompiled extends Deletable {}
 interface NativeMatcher extends Deletable {
   AcceptToken(id: number, verbose: boolean): boolean
+  AcceptString(text: string, verbose: boolean): boolean
   GetNextTokenBitmask(vocabSize: number): VectorInt
   IsTerminated(): boolean
 }
@@ -113,18 +114,126 @@ const SCHEMA_OPTIONS = { anyWhitespace: false, separators: { first: ",", second:
 
 const JSON_OBJECT = JSON.stringify({ type: "object" })
 
+// ---- exact integer ranges ----
+
+/** EBNF of the decimal numbers of one length n from s to t (equal-length digit strings, s <= t). */
+const sameLength = (s: string, t: string): string => {
+  if (s === t) return `"${s}"`
+  if (s.length === 1) return `[${s}-${t}]`
+  const rest = s.length - 1
+  if (s[0] === t[0]) return `"${s[0]}" (${sameLength(s.slice(1), t.slice(1))})`
+  const zeros = "0".repeat(rest)
+  const nines = "9".repeat(rest)
+  if (s.slice(1) === zeros && t.slice(1) === nines) return `[${s[0]}-${t[0]}] [0-9]{${rest}}`
+  const parts: Array<string> = []
+  const s0 = Number(s[0])
+  const t0 = Number(t[0])
+  let from = s0
+  let to = t0
+  if (s.slice(1) !== zeros) {
+    parts.push(`"${s0}" (${sameLength(s.slice(1), nines)})`)
+    from = s0 + 1
+  }
+  if (t.slice(1) !== nines) to = t0 - 1
+  if (from <= to) parts.push(`[${from}-${to}] [0-9]{${rest}}`)
+  if (t.slice(1) !== nines) parts.push(`"${t0}" (${sameLength(zeros, t.slice(1))})`)
+  return parts.join(" | ")
+}
+
+/** EBNF of the canonical decimals (no leading zero) of the integers a..b, 0 <= a <= b (b may be Infinity). */
+const nonNegative = (a: number, b: number): string => {
+  const parts: Array<string> = []
+  const digits = (n: number) => String(n).length
+  const last = Number.isFinite(b) ? digits(b) : digits(a)
+  for (let len = digits(a); len <= last; len++) {
+    const lo = Math.max(a, len === 1 ? 0 : 10 ** (len - 1))
+    const hi = Math.min(b, 10 ** len - 1)
+    if (lo <= hi) parts.push(sameLength(String(lo), String(hi)))
+  }
+  if (!Number.isFinite(b)) parts.push(`[1-9] [0-9]{${last}} [0-9]*`)
+  return parts.map((p) => `(${p})`).join(" | ")
+}
+
+/** EBNF of the JSON integers lo..hi (either may be infinite); undefined when the range is empty. */
+export const integerRangeEbnf = (lo: number, hi: number): string | undefined => {
+  if (lo > hi) return undefined
+  const parts: Array<string> = []
+  if (lo < 0) parts.push(`"-" (${nonNegative(hi < 0 ? -hi : 1, -lo)})`)
+  if (hi >= 0) parts.push(nonNegative(Math.max(lo, 0), hi))
+  return parts.join(" | ")
+}
+
+const PLACEHOLDER = "chorus-exact-integer-range"
+
 /**
- * The grammar of a schema, as EBNF. xgrammar 0.1.27 writes a length-bounded string (`maxLength`) as
- * `[^"\\\r\n]{0,n}`, which lets raw control characters (a tab) into the string: invalid JSON. Its unbounded strings
- * already exclude U+0000-U+001F; bounded ones are made to as well.
+ * xgrammar 0.1.27 bounds integers inexactly (`maximum: 120` admits 121-129, `minimum: 5` admits 1-4, `minimum: -120`
+ * refuses -1). Every integer schema with bounds (and nothing else that constrains the value) becomes a placeholder
+ * constant here, and its exact grammar replaces the placeholder in xgrammar's EBNF.
  */
-const schemaEbnf = (schema: string, strict: boolean): string =>
-  binding._JSONSchemaToEBNF(schema, SCHEMA_OPTIONS.anyWhitespace, undefined, SCHEMA_OPTIONS.separators, strict, undefined, binding.JSONFormat.kJSON)
+const exactIntegers = (schema: string): { readonly schema: string; readonly ranges: ReadonlyArray<string> } => {
+  const ranges: Array<string> = []
+  const skip = new Set(["enum", "const", "default", "examples"])
+  const walk = (node: unknown): unknown => {
+    if (Array.isArray(node)) return node.map(walk)
+    if (typeof node !== "object" || node === null) return node
+    const o = node as Record<string, unknown>
+    const num = (k: string) => (typeof o[k] === "number" && Number.isFinite(o[k]) ? (o[k] as number) : undefined)
+    const bounded = ["minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"].some((k) => num(k) !== undefined)
+    const others = ["enum", "const", "multipleOf", "anyOf", "oneOf", "allOf", "not", "$ref"].some((k) => k in o)
+    if (o["type"] === "integer" && bounded && !others) {
+      let lo = -Infinity
+      let hi = Infinity
+      if (num("minimum") !== undefined) lo = Math.ceil(num("minimum")!)
+      if (num("exclusiveMinimum") !== undefined) lo = Math.max(lo, Math.floor(num("exclusiveMinimum")!) + 1)
+      if (num("maximum") !== undefined) hi = Math.floor(num("maximum")!)
+      if (num("exclusiveMaximum") !== undefined) hi = Math.min(hi, Math.ceil(num("exclusiveMaximum")!) - 1)
+      const safe = (n: number) => !Number.isFinite(n) || Math.abs(n) <= Number.MAX_SAFE_INTEGER
+      const ebnf = safe(lo) && safe(hi) ? integerRangeEbnf(lo, hi) : undefined
+      if (ebnf !== undefined) {
+        ranges.push(ebnf)
+        const { type: _t, minimum: _a, maximum: _b, exclusiveMinimum: _c, exclusiveMaximum: _d, ...rest } = o
+        return { ...rest, const: `${PLACEHOLDER}-${ranges.length - 1}` }
+      }
+    }
+    return Object.fromEntries(Object.entries(o).map(([k, v]) => [k, skip.has(k) ? v : walk(v)]))
+  }
+  const rewritten = walk(JSON.parse(schema))
+  return ranges.length === 0 ? { schema, ranges } : { schema: JSON.stringify(rewritten), ranges }
+}
+
+/**
+ * The grammar of a schema, as EBNF, with two fixes to xgrammar 0.1.27: exact integer bounds (above), and strings of
+ * bounded length (`maxLength`), which it writes as `[^"\\\r\n]{0,n}` and so lets raw control characters (a tab)
+ * in: invalid JSON. Its unbounded strings already exclude U+0000-U+001F; bounded ones are made to as well.
+ */
+const schemaEbnf = (schema: string, strict: boolean): string => {
+  const exact = exactIntegers(schema)
+  let ebnf = binding._JSONSchemaToEBNF(exact.schema, SCHEMA_OPTIONS.anyWhitespace, undefined, SCHEMA_OPTIONS.separators, strict, undefined, binding.JSONFormat.kJSON)
     .replaceAll(String.raw`[^"\\\r\n]`, String.raw`[^\0-\x1f"\\]`)
+  exact.ranges.forEach((range, i) => {
+    ebnf = ebnf.replaceAll(`"\\"${PLACEHOLDER}-${i}\\""`, `(${range})`)
+  })
+  return ebnf
+}
 
 /** The grammar of a schema, parsed (a failed check throws with xgrammar's reason). */
 const schemaGrammar = (schema: string, strict: boolean): Deletable =>
   guarded("invalid JSON schema", () => new binding.Grammar.FromEBNF(schemaEbnf(schema, strict), "root"))
+
+/** Whether the grammar of `schema` (as the worker compiles it) accepts `text` whole. For tests: slow. */
+export const schemaAccepts = (schema: string, text: string): boolean => {
+  const strings = binding.vecStringFromJSArray([])
+  const info = new binding.TokenizerInfo(strings, "RAW", 0, undefined, false)
+  const compiler = new binding.GrammarCompiler(info, 1, false)
+  const grammar = schemaGrammar(schema, true)
+  const compiled = compiler.CompileGrammar(grammar)
+  const matcher = new binding.GrammarMatcher(compiled, undefined, true, -1)
+  try {
+    return matcher.AcceptString(text, false) && matcher.IsTerminated()
+  } finally {
+    for (const d of [matcher, compiled, grammar, compiler, info, strings]) d.delete()
+  }
+}
 
 /** Results of checkJsonSchema by schema text, the latest few. */
 const checked = new Map<string, string | undefined>()

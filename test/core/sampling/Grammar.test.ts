@@ -4,7 +4,7 @@
 import { Effect } from "effect"
 import { beforeAll, describe, expect, it } from "vitest"
 import { loadTokenizer } from "../../../src/adapters/llama3/Tokenizer.ts"
-import { checkJsonSchema, GrammarCompiler, grammarVocab } from "../../../src/core/sampling/Grammar.ts"
+import { checkJsonSchema, GrammarCompiler, grammarVocab, schemaAccepts } from "../../../src/core/sampling/Grammar.ts"
 import { Sampler } from "../../../src/core/sampling/Sampler.ts"
 import { greedy } from "../../../src/core/sampling/SamplingParams.ts"
 import { SamplerTable } from "../../../src/core/shard/SamplerTable.ts"
@@ -60,6 +60,27 @@ describe("constrained sampling", () => {
     expect(table.greedyOnly(plan([1]))).toBe(true)
     expect(table.greedyOnly(plan([1, 2]))).toBe(false)
     table.release([1, 2])
+  })
+
+  it("integer bounds are exact (xgrammar 0.1.27 alone lets maximum 120 admit 121-129) and bounded strings take no raw control characters", () => {
+    let seed = 42
+    const next = (n: number) => (seed = (seed * 1103515245 + 12345) % 2 ** 31) % n
+    const bounds: Array<Record<string, number>> = [{ minimum: 0, maximum: 120 }, { maximum: 120 }, { minimum: -120 }, { minimum: 5 }, { exclusiveMinimum: -1, exclusiveMaximum: 10 }]
+    for (let i = 0; i < 25; i++) {
+      const a = next(4000) - 2000
+      bounds.push(next(5) === 0 ? { minimum: a } : { minimum: a, maximum: a + next(3000) })
+    }
+    for (const b of bounds) {
+      const lo = b["minimum"] ?? (b["exclusiveMinimum"] !== undefined ? b["exclusiveMinimum"] + 1 : -Infinity)
+      const hi = b["maximum"] ?? (b["exclusiveMaximum"] !== undefined ? b["exclusiveMaximum"] - 1 : Infinity)
+      const schema = JSON.stringify({ type: "integer", ...b })
+      const probes = [lo, hi, 0, -1, 1].filter(Number.isFinite).flatMap((v) => [v - 10, v - 1, v, v + 1, v + 9])
+      for (const v of probes) expect(schemaAccepts(schema, String(v)), `${schema} ${v}`).toBe(v >= lo && v <= hi)
+      for (const text of ["-0", "01", "1.5", "+1"]) expect(schemaAccepts(schema, text), `${schema} ${text}`).toBe(false)
+    }
+    const bounded = JSON.stringify({ type: "string", maxLength: 8 })
+    expect(schemaAccepts(bounded, `"a b"`)).toBe(true)
+    expect(schemaAccepts(bounded, "\"a\tb\"")).toBe(false) // a raw one
   })
 
   it("checks schemas before admission", () => {
