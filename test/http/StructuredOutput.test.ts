@@ -172,6 +172,21 @@ describe("response_format", () => {
     for (const c of constrained) expect(violation(SCHEMAS[0]!, JSON.parse(c.text))).toBeUndefined()
   })
 
+  it("streams constrained text; json_schema without a schema is any JSON object", async () => {
+    const r = await fetch(`${server.url}/v1/chat/completions`, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({ messages: [{ role: "user", content: "JSON" }], stream: true, temperature: 1, seed: 5, max_tokens: 128, response_format: schemaFormat(SCHEMAS[13]!) })
+    })
+    const events = (await r.text()).split("\n").filter((l) => l.startsWith("data: {")).map((l) => JSON.parse(l.slice(6)))
+    const text = events.map((e) => e.choices[0]?.delta?.content ?? "").join("")
+    expect(events.at(-1).choices[0].finish_reason).toBe("stop")
+    expect(violation(SCHEMAS[13]!, JSON.parse(text))).toBeUndefined()
+    const free = await post("completions", { temperature: 0, max_tokens: 64, response_format: { type: "json_schema", json_schema: { name: "any" } } })
+    expect(free.status).toBe(200)
+    expect(free.text.startsWith("{")).toBe(true)
+  })
+
   it("text is accepted as no constraint; a bad schema is a 400 naming response_format.json_schema.schema", async () => {
     const text = await post("chat", { temperature: 0, max_tokens: 8, response_format: { type: "text" } })
     expect(text.status).toBe(200)

@@ -264,6 +264,7 @@ export class Sampler {
           const base = w * 32
           const end = Math.min(base + 32, vocab)
           if (bitsW === 0) masked.fill(-Infinity, base, end)
+          else if (bitsW === -1 && end === base + 32) masked.set(logits.subarray(offset + base, offset + end), base)
           else for (let i = base; i < end; i++) masked[i] = ((bitsW >>> (i - base)) & 1) === 1 ? logits[offset + i]! : -Infinity
         }
         masked.fill(-Infinity, words * 32, vocab)
