@@ -18,6 +18,7 @@ import { makeSequenceOutput } from "./SequenceOutput.ts"
 import { makeShardActor, type ShardActor } from "./shard/ShardActor.ts"
 import type { RestartPolicy } from "./shard/ShardLifecycle.ts"
 import { type Device, shardDevice } from "./shard/StepProtocol.ts"
+import { grammarVocab } from "./sampling/Grammar.ts"
 import { validateRequest } from "./Validation.ts"
 
 export type { EngineError } from "./EngineLoop.ts"
@@ -175,6 +176,9 @@ const makeEngine = (model: LoadedModel, options: EngineOptions) =>
       const d = deviceOf(i)
       return d.kind === "cuda" ? d.id : -1
     }
+    // Constrained decoding: the last shard gets the vocabulary (token bytes) to build its grammar compiler from.
+    const tokenBytes = model.codec.tokenBytes
+    const vocab = tokenBytes === undefined ? undefined : grammarVocab(model.vocabSize, tokenBytes, model.stopTokenIds)
     for (const [i, spec] of model.shards.entries()) {
       const workerUrl = native ? model.deviceWorkerUrl! : model.workerUrl
       // Shards still to load on this shard's GPU, itself included: each takes its share of what is left.
@@ -191,7 +195,8 @@ const makeEngine = (model: LoadedModel, options: EngineOptions) =>
           ? { utilization: options.gpuMemoryUtilization ?? 0.9, maxNumBatchedTokens, share: 1 / sameGpuLeft }
           : undefined,
         threads,
-        device: deviceOf(i)
+        device: deviceOf(i),
+        grammar: spec.isLast ? vocab : undefined
       }
       shards.push(yield* makeShardActor(i, workerUrl, load, options.shardRestarts))
     }

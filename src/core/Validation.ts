@@ -6,6 +6,7 @@ import { Effect } from "effect"
 import type { LoadedModel, PromptOptions } from "./ModelAdapter.ts"
 import { ContextLengthError, type GenerationError, ValidationError } from "./Errors.ts"
 import type { GenerateRequest, ValidatedRequest } from "./Request.ts"
+import { checkJsonSchema } from "./sampling/Grammar.ts"
 import type { SamplingParams } from "./sampling/SamplingParams.ts"
 import type { ChatMessage } from "./text/ChatMessage.ts"
 import { droppableMessages, dropOldest, fitChat } from "./text/ChatTruncation.ts"
@@ -47,6 +48,12 @@ export const resolveSampling = (given: Partial<SamplingParams> | undefined): Eff
     yield* checkRange("presence_penalty", p.presencePenalty, -2, 2)
     yield* checkRange("frequency_penalty", p.frequencyPenalty, -2, 2)
     yield* checkRange("seed", p.seed, -(2 ** 53), 2 ** 53, { integer: true })
+    const grammar = p.grammar
+    if (grammar === undefined) delete p.grammar
+    else if (grammar.kind === "json_schema") {
+      const reason = checkJsonSchema(grammar.schema)
+      if (reason !== undefined) return yield* invalid("response_format.json_schema.schema", `response_format.json_schema.schema: ${reason}`)
+    } else if (grammar.kind !== "json") return yield* invalid("response_format", `unknown grammar kind ${String((grammar as { kind: unknown }).kind)}`)
     return p
   })
 
@@ -105,6 +112,9 @@ export const validateRequest = (
       yield* checkRange("max_tokens", request.maxTokens, 1, context - 1, { integer: true })
     }
     const sampling = yield* resolveSampling(request.sampling)
+    if (sampling.grammar !== undefined && model.codec.tokenBytes === undefined) {
+      return yield* invalid("response_format", `response_format is not supported by ${model.id}: its tokenizer gives no token bytes`)
+    }
     if (request.priority !== undefined) yield* checkRange("priority", request.priority, -1_000_000, 1_000_000, { integer: true })
     if (request.timeoutMs !== undefined) yield* checkRange("timeout", request.timeoutMs, 1, 7 * 24 * 3600 * 1000)
     const stop = request.stop ?? []

@@ -12,6 +12,7 @@
  *   SORT_CUTOFF entries is ever sorted; small top-k keeps a heap over logits and skips the full exp pass.
  * Scratch buffers are shared by every sampler of the thread: sample() is synchronous, so no two use them at once.
  */
+import type { GrammarMatcher } from "./Grammar.ts"
 import { Rng } from "./Rng.ts"
 import type { SamplingParams } from "./SamplingParams.ts"
 
@@ -32,6 +33,8 @@ let bound: [Int32Array, Int32Array] = [new Int32Array(0), new Int32Array(0)]
 const hist = new Float64Array(TOP_KEY + 1)
 let heapV = new Float64Array(0)
 let heapI = new Int32Array(0)
+/** A constrained row: the logits where the grammar allows the id, -Infinity elsewhere. */
+let masked = new Float32Array(0)
 
 const ensureScratch = (vocab: number): void => {
   if (vocab <= capacity) return
@@ -187,8 +190,10 @@ export class Sampler {
   #max = 0
   #argmax = 0
   #total = 0
+  /** Constrained decoding: the sequence's grammar matcher (see `Grammar.ts`). */
+  readonly #grammar: GrammarMatcher | undefined
 
-  constructor(params: SamplingParams, promptTokenIds: ArrayLike<number>) {
+  constructor(params: SamplingParams, promptTokenIds: ArrayLike<number>, grammar?: GrammarMatcher) {
     const { temperature, topK, topP, minP, repetitionPenalty } = params
     if (!(temperature >= 0)) throw rangeError(`temperature must be >= 0, found ${temperature}`)
     if (!(topK >= 0) || !Number.isInteger(topK)) throw rangeError(`topK must be an integer >= 0, found ${topK}`)
@@ -196,6 +201,7 @@ export class Sampler {
     if (!(minP >= 0 && minP <= 1)) throw rangeError(`minP must be in [0, 1], found ${minP}`)
     if (!(repetitionPenalty > 0)) throw rangeError(`repetitionPenalty must be > 0, found ${repetitionPenalty}`)
     this.params = params
+    this.#grammar = grammar
     this.#rng = new Rng(params.seed)
     this.#mode = repetitionPenalty !== 1 ? 1 : params.presencePenalty !== 0 || params.frequencyPenalty !== 0 ? 2 : 0
     if (this.#mode === 1) {
@@ -213,9 +219,61 @@ export class Sampler {
 
   /** Picks the next token from logits[offset .. offset+vocab) and records it for the penalties. */
   sample(logits: Float32Array, offset = 0, vocab = logits.length - offset): number {
+    if (this.#grammar !== undefined) return this.#sampleConstrained(this.#grammar, logits, offset, vocab)
+    return this.#sampleRow(logits, offset, vocab)
+  }
+
+  #sampleRow(logits: Float32Array, offset: number, vocab: number): number {
     const np = this.#prepare(logits, offset, vocab)
     const n = this.#filter(logits, offset, vocab, np)
     const token = n === ARGMAX ? this.#argmax : n === WHOLE_ROW ? this.#drawRow(vocab) : this.#drawKept(n)
+    this.accept(token)
+    return token
+  }
+
+  /**
+   * Masks the row to the ids the grammar allows, then samples as usual (penalties, temperature, filters over the
+   * allowed ids only). Once the grammar is complete and allows nothing but stop tokens, a stop token is forced: the
+   * first of the model's stop ids that the grammar allows.
+   */
+  #sampleConstrained(grammar: GrammarMatcher, logits: Float32Array, offset: number, vocab: number): number {
+    let token: number | undefined
+    if (grammar.terminated) token = grammar.stopTokenIds[0] ?? 0
+    else {
+      const mask = grammar.nextTokenBitmask()
+      const allowed = (id: number) => id < vocab && ((mask[id >> 5]! >>> (id & 31)) & 1) === 1
+      let count = 0
+      for (let w = 0; w < mask.length; w++) {
+        let m = mask[w]! - ((mask[w]! >>> 1) & 0x55555555)
+        m = (m & 0x33333333) + ((m >>> 2) & 0x33333333)
+        count += (((m + (m >>> 4)) & 0x0f0f0f0f) * 0x01010101) >>> 24
+      }
+      let stops = 0
+      for (const id of grammar.stopTokenIds) {
+        if (allowed(id)) {
+          stops++
+          token ??= id
+        }
+      }
+      if (count > stops || token === undefined) {
+        token = undefined
+        if (masked.length < vocab) masked = new Float32Array(vocab)
+        const words = Math.min(mask.length, Math.ceil(vocab / 32))
+        for (let w = 0; w < words; w++) {
+          const bitsW = mask[w]!
+          const base = w * 32
+          const end = Math.min(base + 32, vocab)
+          if (bitsW === 0) masked.fill(-Infinity, base, end)
+          else if (bitsW === -1 && end === base + 32) masked.set(logits.subarray(offset + base, offset + end), base)
+          else for (let i = base; i < end; i++) masked[i] = ((bitsW >>> (i - base)) & 1) === 1 ? logits[offset + i]! : -Infinity
+        }
+        masked.fill(-Infinity, words * 32, vocab)
+        token = this.#sampleRow(masked, 0, vocab)
+        grammar.accept(token)
+        return token
+      }
+    }
+    grammar.accept(token)
     this.accept(token)
     return token
   }

@@ -1,3 +1,5 @@
+import type { GrammarSpec } from "./Grammar.ts"
+
 /**
  * Sampling parameters of one sequence, resolved (defaults applied, ranges checked) before they reach a shard.
  * Plain data: it crosses the worker-thread boundary by structured clone.
@@ -18,6 +20,8 @@ export interface SamplingParams {
   readonly frequencyPenalty: number
   /** Seed of the per-sequence random generator: same seed, same prompt, same tokens. */
   readonly seed: number
+  /** Constrained decoding (`response_format`): only tokens the grammar allows are sampled. Absent: unconstrained. */
+  readonly grammar?: GrammarSpec | undefined
 }
 
 export const greedy: SamplingParams = {

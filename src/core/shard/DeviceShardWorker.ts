@@ -158,7 +158,7 @@ export async function load(task: ShardLoad): Promise<ShardLoadResult> {
   })
   const inputNames = new Set(session.inputNames)
   const numLayers = task.layers[1] - task.layers[0]
-  const common = { load: task, session, samplers: new SamplerTable(), inputNames, graphsDisabled: false }
+  const common = { load: task, session, samplers: new SamplerTable(task), inputNames, graphsDisabled: false }
 
   if (inputNames.has(TensorNames.keyCache(task.layers[0]))) {
     const numBlocks = task.kvMemory !== undefined && task.device.kind === "cuda"

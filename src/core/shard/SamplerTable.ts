@@ -3,26 +3,56 @@
  * ids: from the graph's ArgMax when every sampled entry is plain greedy, else from the logits through each sequence's
  * sampler. Logits never leave the shard unless the plan asks for them.
  */
+import { GrammarCompiler } from "../sampling/Grammar.ts"
 import { Sampler } from "../sampling/Sampler.ts"
-import type { NewSequence, StepPlan, StepResult } from "./StepProtocol.ts"
+import type { NewSequence, ShardLoad, StepPlan, StepResult } from "./StepProtocol.ts"
 
 /**
  * Greedy with no penalties — temperature 0, or top-k 1 (AIME's benchmark sends that) — so the graph's ArgMax gives
  * the same token as the sampler would.
  */
 const isPlainGreedy = (sampler: Sampler | undefined): boolean =>
-  sampler !== undefined && (sampler.params.temperature === 0 || sampler.params.topK === 1) &&
+  sampler !== undefined && sampler.params.grammar === undefined && (sampler.params.temperature === 0 || sampler.params.topK === 1) &&
   sampler.params.repetitionPenalty === 1 && sampler.params.presencePenalty === 0 && sampler.params.frequencyPenalty === 0
 
 export class SamplerTable {
   private readonly samplers = new Map<number, Sampler>()
+  /** Sequences under a grammar: their matchers, freed with the sequence. */
+  private readonly matchers = new Map<number, { dispose(): void }>()
+  private compiler: GrammarCompiler | undefined
+  private readonly load: Pick<ShardLoad, "grammar" | "vocabSize"> | undefined
+
+  /** `load`: the last shard's, whose `grammar` vocabulary (built into a compiler when first needed) serves grammars. */
+  constructor(load?: Pick<ShardLoad, "grammar" | "vocabSize">) {
+    this.load = load
+  }
 
   register(sequences: ReadonlyArray<NewSequence>): void {
-    for (const seq of sequences) this.samplers.set(seq.seqId, new Sampler(seq.params, seq.promptTokenIds))
+    for (const seq of sequences) {
+      const spec = seq.params.grammar
+      if (spec === undefined) {
+        this.samplers.set(seq.seqId, new Sampler(seq.params, seq.promptTokenIds))
+        continue
+      }
+      const matcher = this.grammarCompiler().matcher(spec)
+      this.matchers.get(seq.seqId)?.dispose()
+      this.matchers.set(seq.seqId, matcher)
+      this.samplers.set(seq.seqId, new Sampler(seq.params, seq.promptTokenIds, matcher))
+    }
+  }
+
+  private grammarCompiler(): GrammarCompiler {
+    if (this.compiler !== undefined) return this.compiler
+    if (this.load?.grammar === undefined) throw new Error("constrained decoding needs the vocabulary in the last shard's load (the model's codec gives no token bytes)")
+    return this.compiler = new GrammarCompiler(this.load.grammar, this.load.vocabSize)
   }
 
   release(seqIds: ReadonlyArray<number>): void {
-    for (const id of seqIds) this.samplers.delete(id)
+    for (const id of seqIds) {
+      this.samplers.delete(id)
+      this.matchers.get(id)?.dispose()
+      this.matchers.delete(id)
+    }
   }
 
   /** Whether the step can fetch `greedy_token` instead of the logits. */

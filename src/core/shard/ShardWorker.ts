@@ -46,7 +46,7 @@ export async function load(task: ShardLoad): Promise<ShardLoadResult> {
   const numLayers = task.layers[1] - task.layers[0]
   const empty = () => Array.from({ length: numLayers }, () => new Array<KvArray | undefined>(task.numBlocks).fill(undefined))
   const newKvNames = Array.from({ length: numLayers }, (_, i) => [TensorNames.newKey(task.layers[0] + i), TensorNames.newValue(task.layers[0] + i)]).flat()
-  state = { load: task, session, keys: empty(), values: empty(), samplers: new SamplerTable(), newKvNames }
+  state = { load: task, session, keys: empty(), values: empty(), samplers: new SamplerTable(task), newKvNames }
   return { kvBytes: 0, loadMs: performance.now() - started, layout: "blocks", numBlocks: task.numBlocks }
 }
 

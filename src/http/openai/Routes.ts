@@ -55,6 +55,12 @@ const sampling = (r: Common): Partial<SamplingParams> => {
   if (r.presence_penalty != null) out.presencePenalty = r.presence_penalty
   if (r.frequency_penalty != null) out.frequencyPenalty = r.frequency_penalty
   if (r.seed != null) out.seed = r.seed
+  const format = r.response_format
+  if (format?.type === "json_object") out.grammar = { kind: "json" }
+  else if (format?.type === "json_schema") {
+    const schema = format.json_schema.schema
+    out.grammar = schema === undefined ? { kind: "json" } : { kind: "json_schema", schema: JSON.stringify(schema) }
+  }
   return out
 }
 

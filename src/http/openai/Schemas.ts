@@ -20,6 +20,26 @@ export const ChatMessageIn = Schema.Struct({
 const Stop = Schema.Union([Schema.String, Schema.Array(Schema.String).check(Schema.isMaxLength(16))])
 const MaxTokens = Schema.Int.check(Schema.isGreaterThanOrEqualTo(1))
 
+/**
+ * Structured output: `text` (no constraint), `json_object` (any JSON object) or `json_schema` (JSON valid against
+ * `json_schema.schema`; a missing schema means any JSON). The schema is checked, and refused with a 400 naming
+ * `response_format.json_schema.schema`, when the request is validated.
+ */
+const ResponseFormat = Schema.Union([
+  Schema.Struct({ type: Schema.Literal("text") }),
+  Schema.Struct({ type: Schema.Literal("json_object") }),
+  Schema.Struct({
+    type: Schema.Literal("json_schema"),
+    json_schema: Schema.Struct({
+      name: Schema.String,
+      description: Schema.optional(Schema.String),
+      schema: Schema.optional(Schema.Record(Schema.String, Schema.Unknown)),
+      strict: Schema.optional(Schema.NullOr(Schema.Boolean))
+    })
+  })
+])
+export type ResponseFormat = typeof ResponseFormat.Type
+
 /** Sampling and control fields shared by both routes. */
 const common = {
   model: Schema.optional(Schema.String),
@@ -34,6 +54,7 @@ const common = {
   frequency_penalty: Schema.optional(Schema.NullOr(Schema.Number.check(Schema.isBetween({ minimum: -2, maximum: 2 })))),
   n: Schema.optional(Schema.NullOr(Schema.Literal(1))),
   user: Schema.optional(Schema.String),
+  response_format: Schema.optional(Schema.NullOr(ResponseFormat)),
   // Extensions, named as vLLM names them.
   top_k: Schema.optional(Schema.NullOr(Schema.Int.check(Schema.isGreaterThanOrEqualTo(-1)))),
   min_p: Schema.optional(Schema.NullOr(Schema.Number.check(Schema.isBetween({ minimum: 0, maximum: 1 })))),
