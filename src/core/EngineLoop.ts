@@ -122,7 +122,9 @@ export const makeEngineLoop = (options: {
       } else observer.token(seconds(now - sink.lastTokenAt))
       sink.lastTokenAt = now
       const step = sink.output.push(tokenId, stop)
-      Queue.offerUnsafe(sink.queue, { _tag: "Token", tokenId, text: step.text, ...(logprobs === undefined ? {} : { logprobs }) })
+      // An end-of-turn token is not text, and OpenAI reports no logprob for it.
+      const lp = logprobs === undefined || stop === "eos" ? {} : { logprobs }
+      Queue.offerUnsafe(sink.queue, { _tag: "Token", tokenId, text: step.text, ...lp })
       if (step.finish !== undefined) {
         // Refused only when the consumer cancelled between the step and this text: count it as the abort it was.
         report(sequence, sink, sink.job.send({ type: "FINISH" }) ? step.finish.finishReason : "abort", now)
@@ -239,7 +241,7 @@ export const makeEngineLoop = (options: {
           Queue.offerUnsafe(sink.queue, {
             _tag: "Started",
             promptTokens: t.sequence.promptTokenIds.length,
-            ...(sink.output.promptLogits === undefined ? {} : { promptLogits: sink.output.promptLogits })
+            ...(sink.output.promptLogits === undefined ? {} : { promptLogits: sink.output.promptLogits, promptTokenIds: t.sequence.promptTokenIds })
           })
           sink.job.send({ type: "FIRST_TOKEN" })
         }

@@ -83,6 +83,8 @@ export type GenerationEvent =
     readonly promptTokens: number
     /** Present when the request asked for prompt logits: `[positions, vocab]` float32. */
     readonly promptLogits?: Float32Array
+    /** With `promptLogits`: the prompt's token ids (position i's logits predict token i + 1). */
+    readonly promptTokenIds?: Int32Array
   }
   | {
     readonly _tag: "Token"
