@@ -62,15 +62,21 @@ const baseUrl = (address: HttpServer.HttpServer["Service"]["address"], tls: bool
 const logging = <O>(options: ServerOptions<O>) =>
   loggingLayer({ ...(options.logFormat === undefined ? {} : { format: options.logFormat }), ...(options.logLevel === undefined ? {} : { level: options.logLevel }) })
 
-/** An unknown route answers 404 with an OpenAI-style JSON error body instead of an empty one. */
-const jsonNotFound = <E, R>(app: Effect.Effect<HttpServerResponse.HttpServerResponse, E, R>): Effect.Effect<HttpServerResponse.HttpServerResponse, E, R> =>
-  Effect.catch(app, (e: E) => {
-    if (typeof e !== "object" || e === null || (e as { readonly _tag?: unknown })._tag !== "RouteNotFound") return Effect.fail(e)
-    const request = (e as unknown as { readonly request: { readonly method: string; readonly url: string } }).request
+/**
+ * An unknown route answers 404 with an OpenAI-style JSON error body instead of an empty one. Router middleware (the
+ * server's own middleware only sees a response already sent).
+ */
+const JsonNotFound = HttpRouter.middleware((app) =>
+  Effect.catch(app, (e) => {
+    const reason = typeof e === "object" && e !== null && (e as { readonly _tag?: unknown })._tag === "HttpServerError"
+      ? (e as unknown as { readonly reason: { readonly _tag: string; readonly request: { readonly method: string; readonly url: string } } }).reason
+      : undefined
+    if (reason?._tag !== "RouteNotFound") return Effect.fail(e)
+    const request = reason.request
     return Effect.succeed(HttpServerResponse.jsonUnsafe({
       error: { message: `no route for ${request.method} ${request.url.split("?")[0]}`, type: "invalid_request_error", param: null, code: "not_found" }
     }, { status: 404 }))
-  })
+  }), { global: true })
 
 /**
  * The whole server as a layer; also exposes `Serving` (readiness, metrics) and `HttpServer` (the bound address).
@@ -84,12 +90,10 @@ export const serverLayer = <O>(options: ServerOptions<O>) => {
     ...(options.sessionTtlMs === undefined ? {} : { sessionTtlMs: options.sessionTtlMs }),
     ...(options.maxSessionsPerKey === undefined ? {} : { maxSessionsPerKey: options.maxSessionsPerKey })
   })
-  const routes = Layer.mergeAll(OpenAiRoutes, aime, OpsRoutes, StaticRoutes, HttpMetricsMiddleware)
+  const routes = Layer.mergeAll(OpenAiRoutes, aime, OpsRoutes, StaticRoutes, HttpMetricsMiddleware, JsonNotFound)
   const origins = options.corsOrigins ?? []
   const logRequests = accessLog({ log: options.accessLog === true })
-  const middleware = origins.length === 0
-    ? <E, R>(app: Effect.Effect<HttpServerResponse.HttpServerResponse, E, R>) => logRequests(jsonNotFound(app))
-    : <E, R>(app: Effect.Effect<HttpServerResponse.HttpServerResponse, E, R>) => logRequests(cors(origins)(jsonNotFound(app)))
+  const middleware = origins.length === 0 ? logRequests : <E, R>(app: Effect.Effect<HttpServerResponse.HttpServerResponse, E, R>) => logRequests(cors(origins)(app))
   const tls = options.tls
   const listen = tls === undefined ? createNodeServer : () => refuseTunnels(https.createServer({ cert: tls.cert, key: tls.key }))
   return HttpRouter.serve(routes, { disableLogger: true, disableListenLog: true, middleware }).pipe(
