@@ -291,6 +291,9 @@ const chatCompletions = Effect.gen(function*() {
   })
 })
 
+/** The most prompt logits (bytes) an echo with logprobs may bring to the main thread. */
+const MAX_ECHO_LOGITS_BYTES = 256 * 1024 * 1024
+
 const completions = Effect.gen(function*() {
   yield* authorize
   const req = yield* decodeBody(CompletionRequest)
@@ -309,6 +312,14 @@ const completions = Effect.gen(function*() {
   const echo = req.echo === true
   const logprobs = req.logprobs ?? undefined
   const echoText = !echo ? "" : input.type === "text" ? input.text : input.type === "tokens" ? codec.decode(input.tokenIds) : ""
+  if (echo && logprobs !== undefined) {
+    // The prompt's logprobs come from its logits, all of them ([positions, vocab] float32) on the main thread: bounded.
+    const promptTokens = (yield* engine.tokenize(input)).length
+    const most = Math.floor(MAX_ECHO_LOGITS_BYTES / (4 * engine.model.vocabSize))
+    if (promptTokens > most) {
+      return yield* Effect.fail(new ValidationError({ field: "echo", message: `echo with logprobs takes prompts of at most ${most} tokens, got ${promptTokens}` }))
+    }
+  }
   const choices = yield* submitN(engine, {
     input,
     // OpenAI's legacy default is 16 tokens.

@@ -138,6 +138,12 @@ describe("echo", () => {
     expect(lp.tokens.slice(promptTokens)).toEqual(gen.body.choices[0].logprobs.tokens)
     expect(withLp.body.choices[0].text).toBe(echoed.body.choices[0].text)
   })
+
+  it("bounds the prompt of an echo with logprobs (its logits come to the main thread)", async () => {
+    const r = await post("/v1/completions", { prompt: "word ".repeat(2000), max_tokens: 1, echo: true, logprobs: 1 })
+    expect(r.status).toBe(400)
+    expect(r.body.error.message).toMatch(/echo with logprobs takes prompts of at most \d+ tokens/)
+  })
 })
 
 describe("lenient inputs", () => {
