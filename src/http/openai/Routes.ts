@@ -389,23 +389,31 @@ const completions = Effect.gen(function*() {
 
 const modelCard = (engine: Engine["Service"]) => ({ id: engine.model.id, object: "model", created: 0, owned_by: "chorus", max_model_len: engine.model.contextLength })
 
+/** `GET /v1/models` and `GET /v1/models/{id}`. */
 const models = Effect.gen(function*() {
   yield* authorize
   const serving = yield* Serving
   const engine = yield* serving.loadedEngine
+  const request = yield* HttpServerRequest.HttpServerRequest
+  const path = request.url.split("?")[0]!.replace(/^\/v1\/models\/?/, "")
+  if (path !== "") return yield* model(engine, path)
   return HttpServerResponse.jsonUnsafe({ object: "list", data: [modelCard(engine)] })
 })
 
-const model = Effect.gen(function*() {
-  yield* authorize
-  const serving = yield* Serving
-  const engine = yield* serving.loadedEngine
-  const { id } = yield* HttpRouter.params
-  if (id !== engine.model.id) {
-    return yield* Effect.fail(new UnknownModel({ model: id ?? "", message: `the model '${id}' does not exist; this server serves '${engine.model.id}'` }))
-  }
-  return HttpServerResponse.jsonUnsafe(modelCard(engine))
-})
+/** `GET /v1/models/{id}`: the rest of the path is the id (model ids often hold a slash). */
+const model = (engine: Engine["Service"], path: string) =>
+  Effect.gen(function*() {
+    let id = path
+    try {
+      id = decodeURIComponent(path)
+    } catch {
+      // Not valid percent-encoding: compared as given.
+    }
+    if (id !== engine.model.id) {
+      return yield* Effect.fail(new UnknownModel({ model: id, message: `the model '${id}' does not exist; this server serves '${engine.model.id}'` }))
+    }
+    return HttpServerResponse.jsonUnsafe(modelCard(engine))
+  })
 
 /** vLLM's `POST /tokenize`: the prompt's token ids, chat template applied for messages. */
 const tokenize = Effect.gen(function*() {
@@ -561,8 +569,8 @@ export const OpenAiRoutes = HttpRouter.use(Effect.fn(function*(router) {
   yield* router.add("POST", "/v1/chat/completions", handle(chatCompletions))
   yield* router.add("POST", "/v1/completions", handle(completions))
   yield* router.add("POST", "/v1/responses", handle(responses))
-  yield* router.add("GET", "/v1/models", handle(models))
-  yield* router.add("GET", "/v1/models/:id", handle(model))
+  // One route for both: the router takes `/v1/models/*` to cover `/v1/models` too.
+  yield* router.add("GET", "/v1/models/*", handle(models))
   yield* router.add("POST", "/tokenize", handle(tokenize))
   yield* router.add("POST", "/detokenize", handle(detokenize))
   yield* router.add("GET", "/version", version)

@@ -189,6 +189,9 @@ describe("models, tokenize, detokenize, version, 404", () => {
     const missing = await fetch(`${server.url}/v1/models/gpt-4o`)
     expect(missing.status).toBe(404)
     expect(((await missing.json()) as any).error.code).toBe("model_not_found")
+    const slashed = await fetch(`${server.url}/v1/models/meta-llama/Meta-Llama-3-8B`)
+    expect(slashed.status).toBe(404)
+    expect(((await slashed.json()) as any).error.message).toMatch(/'meta-llama\/Meta-Llama-3-8B' does not exist/)
   })
 
   it("/tokenize round-trips through /detokenize; messages count as the chat prompt", async () => {
