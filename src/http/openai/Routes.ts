@@ -569,8 +569,10 @@ export const OpenAiRoutes = HttpRouter.use(Effect.fn(function*(router) {
   yield* router.add("POST", "/v1/chat/completions", handle(chatCompletions))
   yield* router.add("POST", "/v1/completions", handle(completions))
   yield* router.add("POST", "/v1/responses", handle(responses))
-  // One route for both: the router takes `/v1/models/*` to cover `/v1/models` too.
-  yield* router.add("GET", "/v1/models/*", handle(models))
+  yield* router.add("GET", "/v1/models", handle(models))
+  // Model ids often hold one slash (`meta-llama/Meta-Llama-3-8B-Instruct`); the handler reads the id from the path.
+  yield* router.add("GET", "/v1/models/:id", handle(models))
+  yield* router.add("GET", "/v1/models/:org/:name", handle(models))
   yield* router.add("POST", "/tokenize", handle(tokenize))
   yield* router.add("POST", "/detokenize", handle(detokenize))
   yield* router.add("GET", "/version", version)
