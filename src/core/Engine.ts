@@ -13,7 +13,7 @@ import { type EngineError, makeEngineLoop } from "./EngineLoop.ts"
 import { type CheckpointError, type ConversionError, GenerationError, type ModelConfigError, Overloaded } from "./Errors.ts"
 import { type JobView, startJob } from "./JobMachine.ts"
 import type { LoadedModel, ModelAdapter } from "./ModelAdapter.ts"
-import type { GenerateRequest, GenerationEvent } from "./Request.ts"
+import type { GenerateRequest, GenerationEvent, PromptInput } from "./Request.ts"
 import { makeSequenceOutput } from "./SequenceOutput.ts"
 import { makeShardActor, type ShardActor } from "./shard/ShardActor.ts"
 import type { RestartPolicy } from "./shard/ShardLifecycle.ts"
@@ -127,6 +127,8 @@ export class Engine extends Context.Service<Engine, {
    * carries its events (protocols use this to answer 4xx before sending a first byte).
    */
   readonly submit: (request: GenerateRequest) => Effect.Effect<Stream.Stream<GenerationEvent, EngineError>, EngineError>
+  /** The prompt token ids `submit` would run for this input (chat template applied, checked against the context). */
+  readonly tokenize: (input: PromptInput) => Effect.Effect<Int32Array, EngineError>
   /**
    * 1-based position of a request whose job machine is `queued` (from its `Queued` event), 0 once the machine left
    * `queued`, -1 when unknown.
@@ -310,6 +312,7 @@ const makeEngine = (model: LoadedModel, options: EngineOptions) =>
       codec: model.codec,
       generate,
       submit,
+      tokenize: (input) => Effect.map(validateRequest({ input }, sized, promptOptions), (v) => v.promptTokenIds),
       queuePosition,
       job: (requestId) => sinks.get(requestId)?.job,
       shards,

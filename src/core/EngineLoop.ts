@@ -8,7 +8,7 @@ import { Cause, Effect, Fiber, Queue } from "effect"
 import type { EngineObserver, FinishedReason } from "./EngineObserver.ts"
 import { type ContextLengthError, DeadlineExceeded, type GenerationError, type Overloaded, type ValidationError } from "./Errors.ts"
 import type { Job } from "./JobMachine.ts"
-import type { GenerationEvent } from "./Request.ts"
+import type { GenerationEvent, TokenLogprobs } from "./Request.ts"
 import { type SampledToken, Scheduler, type SchedulerConfig, type SchedulerOutput, type Sequence, tokenAt } from "./Scheduler.ts"
 import type { SequenceOutput } from "./SequenceOutput.ts"
 import type { ShardActor } from "./shard/ShardActor.ts"
@@ -45,6 +45,26 @@ export interface EngineLoop {
 }
 
 const seconds = (ms: number) => ms / 1000
+
+/** A sampled token and, when its sequence asked, its logprobs (from the shard's `StepResult.logprobs`). */
+type Sampled = SampledToken & { readonly logprobs?: TokenLogprobs }
+
+/** Unpacks a step's `StepResult.logprobs` by sequence id: sample entries come in plan order, as `tokens` do. */
+const logprobsBySequence = (out: SchedulerOutput, packed: NonNullable<StepResult["logprobs"]>): Map<number, TokenLogprobs> => {
+  const bySeq = new Map<number, TokenLogprobs>()
+  let k = 0
+  let at = 0
+  for (const e of out.entries) {
+    if (!e.samples) continue
+    const n = packed.counts[k++] ?? 0
+    if (n === 0) continue
+    const top: Array<{ tokenId: number; logprob: number }> = []
+    for (let j = 1; j < n; j++) top.push({ tokenId: packed.ids[at + j]!, logprob: packed.values[at + j]! })
+    bySeq.set(e.sequence.id, { logprob: packed.values[at]!, top })
+    at += n
+  }
+  return bySeq
+}
 
 export const makeEngineLoop = (options: {
   readonly shards: ReadonlyArray<ShardActor>
@@ -92,7 +112,7 @@ export const makeEngineLoop = (options: {
     }
 
     /** Text out, stop strings, the finish event. Runs while the next step is already on the shards. */
-    const emit = ({ sequence, tokenId, stop }: SampledToken) => {
+    const emit = ({ sequence, tokenId, stop, logprobs }: Sampled) => {
       const sink = sinks.get(sequence.id)
       if (sink === undefined) return
       const now = performance.now()
@@ -102,7 +122,9 @@ export const makeEngineLoop = (options: {
       } else observer.token(seconds(now - sink.lastTokenAt))
       sink.lastTokenAt = now
       const step = sink.output.push(tokenId, stop)
-      Queue.offerUnsafe(sink.queue, { _tag: "Token", tokenId, text: step.text })
+      // An end-of-turn token is not text, and OpenAI reports no logprob for it.
+      const lp = logprobs === undefined || stop === "eos" ? {} : { logprobs }
+      Queue.offerUnsafe(sink.queue, { _tag: "Token", tokenId, text: step.text, ...lp })
       if (step.finish !== undefined) {
         // Refused only when the consumer cancelled between the step and this text: count it as the abort it was.
         report(sequence, sink, sink.job.send({ type: "FINISH" }) ? step.finish.finishReason : "abort", now)
@@ -119,7 +141,7 @@ export const makeEngineLoop = (options: {
     }
 
     /** Tokens sampled by the last step, streamed while the next one runs. */
-    let pending: Array<SampledToken> = []
+    let pending: Array<Sampled> = []
     const flushPending = () => {
       const batch = pending
       pending = []
@@ -151,7 +173,10 @@ export const makeEngineLoop = (options: {
         const ids = e.blockIds
         for (let b = 0; b < blocksPerEntry; b++) blockTables[i * blocksPerEntry + b] = ids[Math.min(b, ids.length - 1)] ?? 0
         if (e.samples) sampleEntries.push(i)
-        if (e.isNew) newSequences.push({ seqId: s.id, params: s.request.sampling, promptTokenIds: s.promptTokenIds })
+        if (e.isNew) {
+          const logprobs = s.request.logprobs
+          newSequences.push({ seqId: s.id, params: s.request.sampling, promptTokenIds: s.promptTokenIds, ...(logprobs === undefined ? {} : { logprobs }) })
+        }
       })
       return {
         seqIds,
@@ -200,6 +225,7 @@ export const makeEngineLoop = (options: {
         if (decoding > 1) stats.numBatchedSteps++
       }
       observer.engineStep(out.numTokens)
+      const logprobs = result.logprobs === undefined ? undefined : logprobsBySequence(out, result.logprobs)
       const firstTokens = new Set<number>()
       for (const e of out.entries) if (e.samples && e.sequence.outputTokenIds.length === 0) firstTokens.add(e.sequence.id)
       for (const t of scheduler.update(out, result.tokens ?? new Int32Array(0))) {
@@ -215,11 +241,13 @@ export const makeEngineLoop = (options: {
           Queue.offerUnsafe(sink.queue, {
             _tag: "Started",
             promptTokens: t.sequence.promptTokenIds.length,
-            ...(sink.output.promptLogits === undefined ? {} : { promptLogits: sink.output.promptLogits })
+            ...(sink.output.promptLogits === undefined ? {} : { promptLogits: sink.output.promptLogits, promptTokenIds: t.sequence.promptTokenIds })
           })
           sink.job.send({ type: "FIRST_TOKEN" })
         }
-        pending.push(t)
+        // Logprobs (when the sequence asked) travel with the token to its Token event.
+        const lp = logprobs?.get(t.sequence.id)
+        pending.push(lp === undefined ? t : { ...t, logprobs: lp })
       }
     }
 

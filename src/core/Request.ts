@@ -24,6 +24,11 @@ export interface GenerateRequest {
   readonly stop?: ReadonlyArray<string>
   /** Keep generating past end-of-turn / end-of-text tokens (benchmarks). */
   readonly ignoreEos?: boolean
+  /**
+   * Return each generated token's logprob and this many most likely alternatives (0..20) with it, in its `Token`
+   * event. Computed in the shard from the raw model logits (before temperature and penalties).
+   */
+  readonly logprobs?: number
   /** Also return float32 logits at the last prompt position (`"last"`) or at every prompt position (`"all"`). */
   readonly promptLogits?: "none" | "last" | "all"
   /** Lower runs first among waiting requests; FIFO within a priority. Default 0. */
@@ -40,11 +45,20 @@ export interface ValidatedRequest {
   readonly stop: ReadonlyArray<string>
   readonly ignoreEos: boolean
   readonly promptLogits: "none" | "last" | "all"
+  /** Top alternatives to return with each token's logprob; absent: no logprobs. */
+  readonly logprobs?: number
   /** Messages dropped from the front of a chat to fit the context. */
   readonly truncatedMessages: number
   readonly priority: number
   /** Milliseconds after submission; Infinity for none. */
   readonly timeoutMs: number
+}
+
+/** A sampled token's logprob (natural log, over the raw model logits) and the most likely ids at its position. */
+export interface TokenLogprobs {
+  readonly logprob: number
+  /** Most likely first. */
+  readonly top: ReadonlyArray<{ readonly tokenId: number; readonly logprob: number }>
 }
 
 /** Why a generation ended: `stop` (end-of-turn token or stop string) or `length` (max tokens or context). */
@@ -69,12 +83,16 @@ export type GenerationEvent =
     readonly promptTokens: number
     /** Present when the request asked for prompt logits: `[positions, vocab]` float32. */
     readonly promptLogits?: Float32Array
+    /** With `promptLogits`: the prompt's token ids (position i's logits predict token i + 1). */
+    readonly promptTokenIds?: Int32Array
   }
   | {
     readonly _tag: "Token"
     readonly tokenId: number
     /** New text this token completes (may be empty while a multi-byte character or a possible stop string is pending). */
     readonly text: string
+    /** When the request asked for logprobs: this token's, and the top alternatives'. */
+    readonly logprobs?: TokenLogprobs
   }
   | {
     readonly _tag: "Finished"

@@ -117,6 +117,7 @@ export const validateRequest = (
     }
     if (request.priority !== undefined) yield* checkRange("priority", request.priority, -1_000_000, 1_000_000, { integer: true })
     if (request.timeoutMs !== undefined) yield* checkRange("timeout", request.timeoutMs, 1, 7 * 24 * 3600 * 1000)
+    if (request.logprobs !== undefined) yield* checkRange("logprobs", request.logprobs, 0, 20, { integer: true })
     const stop = request.stop ?? []
     if (stop.length > 16) return yield* invalid("stop", `stop may hold at most 16 strings, got ${stop.length}`)
     if (stop.some((s) => typeof s !== "string" || s.length === 0)) return yield* invalid("stop", "stop strings must be non-empty")
@@ -174,6 +175,7 @@ export const validateRequest = (
       stop,
       ignoreEos: request.ignoreEos ?? false,
       promptLogits: request.promptLogits ?? "none",
+      ...(request.logprobs === undefined ? {} : { logprobs: request.logprobs }),
       truncatedMessages,
       priority: request.priority ?? 0,
       timeoutMs: request.timeoutMs ?? Number.POSITIVE_INFINITY

@@ -118,3 +118,30 @@ export const readJsonBody: Effect.Effect<unknown, ValidationError | PayloadTooLa
     return yield* parseJsonText(text, "body")
   }
 )
+
+/**
+ * Decodes like OpenAI reads a body: top-level fields outside `known` are ignored (logged at debug level) and so are
+ * unknown fields nested deeper, except the `refused` ones holding a value (not null, not empty): those name a
+ * feature the server lacks, and a client relying on one must hear about it.
+ */
+export const decodeJsonLenient = <S extends Schema.Top & { readonly DecodingServices: never }>(
+  schema: S,
+  input: unknown,
+  options: { readonly known: ReadonlyArray<string>; readonly refused: ReadonlyArray<string> }
+): Effect.Effect<S["Type"], ValidationError> =>
+  Effect.gen(function*() {
+    if (input !== null && typeof input === "object" && !Array.isArray(input)) {
+      const extra = Object.keys(input).filter((k) => !options.known.includes(k))
+      for (const k of extra) {
+        const v = (input as Record<string, unknown>)[k]
+        const empty = v === null || (Array.isArray(v) && v.length === 0) || (typeof v === "object" && v !== null && Object.keys(v).length === 0)
+        if (options.refused.includes(k) && !empty) {
+          return yield* Effect.fail(new ValidationError({ field: k, message: `unsupported field '${k}': this server does not implement it` }))
+        }
+      }
+      if (extra.length > 0) yield* Effect.logDebug(`ignored unknown request fields: ${extra.join(", ")}`)
+    }
+    return yield* Schema.decodeUnknownEffect(schema)(input, { onExcessProperty: "ignore" }).pipe(
+      Effect.mapError((e) => schemaErrorToValidation(e, input))
+    ) as Effect.Effect<S["Type"], ValidationError>
+  })

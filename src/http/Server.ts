@@ -7,7 +7,7 @@
  */
 import { NodeHttpServer } from "@effect/platform-node"
 import { Duration, Effect, Layer, ManagedRuntime } from "effect"
-import { HttpRouter, HttpServer, type HttpServerResponse } from "effect/http"
+import { HttpRouter, HttpServer, HttpServerResponse } from "effect/http"
 import * as https from "node:https"
 import type { ModelAdapter } from "../core/ModelAdapter.ts"
 import type { EngineOptions } from "../core/Engine.ts"
@@ -63,6 +63,22 @@ const logging = <O>(options: ServerOptions<O>) =>
   loggingLayer({ ...(options.logFormat === undefined ? {} : { format: options.logFormat }), ...(options.logLevel === undefined ? {} : { level: options.logLevel }) })
 
 /**
+ * An unknown route answers 404 with an OpenAI-style JSON error body instead of an empty one. Router middleware (the
+ * server's own middleware only sees a response already sent).
+ */
+const JsonNotFound = HttpRouter.middleware((app) =>
+  Effect.catch(app, (e) => {
+    const reason = typeof e === "object" && e !== null && (e as { readonly _tag?: unknown })._tag === "HttpServerError"
+      ? (e as unknown as { readonly reason: { readonly _tag: string; readonly request: { readonly method: string; readonly url: string } } }).reason
+      : undefined
+    if (reason?._tag !== "RouteNotFound") return Effect.fail(e)
+    const request = reason.request
+    return Effect.succeed(HttpServerResponse.jsonUnsafe({
+      error: { message: `no route for ${request.method} ${request.url.split("?")[0]}`, type: "invalid_request_error", param: null, code: "not_found" }
+    }, { status: 404 }))
+  }), { global: true })
+
+/**
  * The whole server as a layer; also exposes `Serving` (readiness, metrics) and `HttpServer` (the bound address).
  *
  * @category layers
@@ -74,7 +90,7 @@ export const serverLayer = <O>(options: ServerOptions<O>) => {
     ...(options.sessionTtlMs === undefined ? {} : { sessionTtlMs: options.sessionTtlMs }),
     ...(options.maxSessionsPerKey === undefined ? {} : { maxSessionsPerKey: options.maxSessionsPerKey })
   })
-  const routes = Layer.mergeAll(OpenAiRoutes, aime, OpsRoutes, StaticRoutes, HttpMetricsMiddleware)
+  const routes = Layer.mergeAll(OpenAiRoutes, aime, OpsRoutes, StaticRoutes, HttpMetricsMiddleware, JsonNotFound)
   const origins = options.corsOrigins ?? []
   const logRequests = accessLog({ log: options.accessLog === true })
   const middleware = origins.length === 0 ? logRequests : <E, R>(app: Effect.Effect<HttpServerResponse.HttpServerResponse, E, R>) => logRequests(cors(origins)(app))

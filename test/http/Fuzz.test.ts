@@ -75,7 +75,7 @@ const jsonRoutes: ReadonlyArray<JsonRoute> = [
       ["messages", "[{\"role\":\"user\",\"content\":[{\"type\":\"image_url\",\"image_url\":\"x\"}]}]"], ["messages", "[{\"role\":\"user\",\"content\":null}]"],
       ["max_tokens", "\"3\""], ["max_tokens", "true"], ["max_tokens", "[]"], ["max_tokens", "0"], ["max_tokens", "1e309"], ["max_tokens", "123456789012345678901234567890"],
       ["temperature", "1e308"], ["temperature", "-1e308"], ["temperature", "\"hot\""], ["top_p", "0"], ["top_p", "1e300"], ["stream", "\"yes\""],
-      ["model", "5"], ["model", "[]"], ["n", "2"], ["stop", "{}"], ["tools", "[]"], ["logprobs", "true"], ["seed", "1e309"], ["seed", "\"1\""]
+      ["model", "5"], ["model", "[]"], ["n", "9"], ["stop", "{}"], ["tools", "[{\"type\":\"function\"}]"], ["logprobs", "\"yes\""], ["seed", "1e309"], ["seed", "\"1\""]
     ]
   },
   {
@@ -84,7 +84,7 @@ const jsonRoutes: ReadonlyArray<JsonRoute> = [
     aime: false,
     bad: [
       ["prompt", "5"], ["prompt", "null"], ["prompt", "[]"], ["prompt", "[\"a\",\"b\"]"], ["prompt", "[1.5]"], ["prompt", "[99999999999]"], ["prompt", "{}"],
-      ["max_tokens", "-1e400"], ["max_tokens", "1e20"], ["echo", "true"], ["best_of", "3"], ["suffix", "\"x\""], ["temperature", "3"], ["top_k", "-5"]
+      ["max_tokens", "-1e400"], ["max_tokens", "1e20"], ["echo", "\"yes\""], ["best_of", "3"], ["suffix", "\"x\""], ["temperature", "3"], ["top_k", "-5"]
     ]
   },
   {

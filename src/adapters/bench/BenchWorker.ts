@@ -90,6 +90,8 @@ interface BenchState {
   readonly delayMs: number
   /** Last shard: row -> its sequence's prompt seed (the "sampler"). */
   readonly seeds: Map<number, number>
+  /** Last shard: sequences that asked for logprobs, and how many top alternatives. */
+  readonly logprobs: Map<number, number>
 }
 
 let state: BenchState | undefined
@@ -107,7 +109,7 @@ const spend = (ms: number) => {
 
 export async function load(task: BenchShardLoad): Promise<ShardLoadResult> {
   const started = performance.now()
-  state = { load: task, delayMs: Math.max(0, task.stepDelayMs ?? 0), seeds: new Map() }
+  state = { load: task, delayMs: Math.max(0, task.stepDelayMs ?? 0), seeds: new Map(), logprobs: new Map() }
   return { kvBytes: 0, loadMs: performance.now() - started, layout: "blocks", numBlocks: task.numBlocks }
 }
 
@@ -128,7 +130,10 @@ export async function step(plan: StepPlan): Promise<StepResult> {
   if (!cfg.isLast) return { hidden: new Float32Array(total * cfg.hiddenSize), runMs, sampleMs: 0 }
 
   const t1 = performance.now()
-  for (const seq of plan.newSequences) s.seeds.set(seq.seqId, promptSeed(seq.promptTokenIds))
+  for (const seq of plan.newSequences) {
+    s.seeds.set(seq.seqId, promptSeed(seq.promptTokenIds))
+    if (seq.logprobs !== undefined) s.logprobs.set(seq.seqId, seq.logprobs)
+  }
   const tokens = new Int32Array(plan.sampleEntries.length)
   for (let i = 0; i < plan.sampleEntries.length; i++) {
     const e = plan.sampleEntries[i]!
@@ -138,6 +143,17 @@ export async function step(plan: StepPlan): Promise<StepResult> {
     tokens[i] = benchToken(seed, plan.pastLens[e]! + plan.numTokens[e]!)
   }
   const sampleMs = performance.now() - t1
+  // The bench "model" is certain of its token: logprob 0, and it is the one alternative with any probability.
+  const counts = new Int32Array(plan.sampleEntries.length)
+  const ids: Array<number> = []
+  for (let i = 0; i < plan.sampleEntries.length; i++) {
+    const top = s.logprobs.get(plan.seqIds[plan.sampleEntries[i]!]!)
+    if (top === undefined) continue
+    counts[i] = top > 0 ? 2 : 1
+    ids.push(tokens[i]!)
+    if (top > 0) ids.push(tokens[i]!)
+  }
+  const withLogprobs = ids.length === 0 ? {} : { logprobs: { counts, ids: Int32Array.from(ids), values: new Float32Array(ids.length) } }
 
   // Same shapes as the real worker: per entry, its last position (1) or every new position (2).
   let positions = 0
@@ -145,13 +161,13 @@ export async function step(plan: StepPlan): Promise<StepResult> {
     if (plan.returnLogits[e] === 1) positions += 1
     else if (plan.returnLogits[e] === 2) positions += plan.numTokens[e]!
   }
-  if (positions > 0) return { tokens, logits: new Float32Array(positions * cfg.vocabSize), runMs, sampleMs }
-  return { tokens, runMs, sampleMs }
+  if (positions > 0) return { tokens, logits: new Float32Array(positions * cfg.vocabSize), ...withLogprobs, runMs, sampleMs }
+  return { tokens, ...withLogprobs, runMs, sampleMs }
 }
 
 /** Forgets the seeds of sequences that finished. */
 export async function release(seqIds: ReadonlyArray<number>): Promise<void> {
-  for (const id of seqIds) state?.seeds.delete(id)
+  for (const id of seqIds) state?.seeds.delete(id), state?.logprobs.delete(id)
 }
 
 /** Fault injection: ends this worker thread abruptly (in a worker thread `process.exit` ends only the thread). */

@@ -103,6 +103,11 @@ export interface NewSequence {
   readonly seqId: number
   readonly params: SamplingParams
   readonly promptTokenIds: Int32Array
+  /**
+   * Set when the sequence asked for logprobs: how many top alternatives to return with each sampled token's own
+   * logprob (0..20). Such a sequence is always sampled from the logits (never the graph's ArgMax).
+   */
+  readonly logprobs?: number
 }
 
 /**
@@ -146,6 +151,13 @@ export interface StepResult {
   readonly logits?: Float32Array
   /** Other shards: hidden states for the next shard, packed like the plan's tokens. */
   readonly hidden?: Float32Array | Uint16Array
+  /**
+   * Last shard, when a sampled entry's sequence asked for logprobs: per sample entry (the order of `tokens`) the
+   * number of values it has (0: none; else 1 + its top alternatives), then those values packed in that order: first
+   * the sampled token's id and logprob, then the top ids and logprobs, most likely first. Computed in the worker
+   * from the raw logits the token was sampled from; the logits themselves stay there.
+   */
+  readonly logprobs?: { readonly counts: Int32Array; readonly ids: Int32Array; readonly values: Float32Array }
   /** Milliseconds inside ORT `run`, and in sampling. */
   readonly runMs: number
   readonly sampleMs: number

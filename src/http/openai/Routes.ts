@@ -1,20 +1,35 @@
 /**
- * OpenAI-compatible routes: `POST /v1/chat/completions`, `POST /v1/completions` (streamed as SSE or not) and
- * `GET /v1/models`. Thin: decode the wire shape, submit to the engine, encode its events.
+ * OpenAI-compatible routes: `POST /v1/chat/completions`, `POST /v1/completions` (streamed as SSE or not, `n`
+ * choices, logprobs, echo), `POST /v1/responses` (the stateless subset), `GET /v1/models[/{id}]`, and vLLM's
+ * `POST /tokenize`, `POST /detokenize` and `GET /version`. Thin: decode the wire shape, submit to the engine, encode
+ * its events.
  */
-import { Effect, Stream } from "effect"
+import { Effect, type Schema, Stream } from "effect"
 import { HttpRouter, HttpServerRequest, HttpServerResponse } from "effect/http"
 import { randomUUID } from "node:crypto"
-import type { EngineError } from "../../core/Engine.ts"
-import type { GenerateRequest, GenerationEvent, Usage } from "../../core/Request.ts"
+import { createRequire } from "node:module"
+import type { Engine, EngineError } from "../../core/Engine.ts"
+import { ValidationError } from "../../core/Errors.ts"
+import type { GenerateRequest, GenerationEvent, TokenLogprobs, Usage } from "../../core/Request.ts"
 import type { SamplingParams } from "../../core/sampling/SamplingParams.ts"
+import type { ChatMessage } from "../../core/text/ChatMessage.ts"
 import { bearerKey } from "../ApiKeys.ts"
-import { flattenMessages } from "../ChatInput.ts"
-import { decodeJson, readJsonBody } from "../JsonBody.ts"
+import { flattenContent } from "../ChatInput.ts"
+import { decodeJsonLenient, readJsonBody } from "../JsonBody.ts"
 import { type ShutDown, UnknownModel } from "../ServerErrors.ts"
 import { Serving } from "../Serving.ts"
 import { type OpenAiError, toOpenAiError } from "./Errors.ts"
-import { ChatCompletionRequest, CompletionRequest } from "./Schemas.ts"
+import { chatLogprob, type CompletionLogprobs, CompletionLogprobsBuilder, promptLogprobs } from "./Logprobs.ts"
+import {
+  ChatCompletionRequest,
+  type ChatMessageIn,
+  CompletionRequest,
+  DetokenizeRequest,
+  ResponsesRequest,
+  type ResponseFormat,
+  TokenizeRequest,
+  type ToolCallIn
+} from "./Schemas.ts"
 
 type Common = ChatCompletionRequest | CompletionRequest
 
@@ -35,17 +50,17 @@ const authorize = Effect.gen(function*() {
 })
 
 /** The engine for a request to `model` (or the served model when omitted). */
-const engineFor = (model: string | undefined) =>
+const engineFor = (model: string | null | undefined) =>
   Effect.gen(function*() {
     const serving = yield* Serving
     const engine = yield* serving.engine
-    if (model !== undefined && model !== engine.model.id) {
+    if (model != null && model !== engine.model.id) {
       return yield* Effect.fail(new UnknownModel({ model, message: `the model '${model}' does not exist; this server serves '${engine.model.id}'` }))
     }
     return engine
   })
 
-const sampling = (r: Common): Partial<SamplingParams> => {
+const sampling = (r: SamplingFields): Partial<SamplingParams> => {
   const out: { -readonly [K in keyof SamplingParams]?: SamplingParams[K] } = {}
   if (r.temperature != null) out.temperature = r.temperature
   if (r.top_p != null) out.topP = r.top_p
@@ -64,159 +79,496 @@ const sampling = (r: Common): Partial<SamplingParams> => {
   return out
 }
 
+/** The sampling fields both routes share with the Responses API (a subset). */
+interface SamplingFields {
+  readonly temperature?: number | null | undefined
+  readonly top_p?: number | null | undefined
+  readonly top_k?: number | null | undefined
+  readonly min_p?: number | null | undefined
+  readonly repetition_penalty?: number | null | undefined
+  readonly presence_penalty?: number | null | undefined
+  readonly frequency_penalty?: number | null | undefined
+  readonly seed?: number | null | undefined
+  readonly response_format?: ResponseFormat | null | undefined
+}
+
 const controls = (r: Common, maxTokens: number | null | undefined): Omit<GenerateRequest, "input"> => ({
   sampling: sampling(r),
   ...(maxTokens == null ? {} : { maxTokens }),
   ...(r.stop == null ? {} : { stop: typeof r.stop === "string" ? [r.stop] : r.stop }),
-  ...(r.ignore_eos === undefined ? {} : { ignoreEos: r.ignore_eos }),
-  ...(r.priority === undefined ? {} : { priority: r.priority })
+  ...(r.ignore_eos == null ? {} : { ignoreEos: r.ignore_eos }),
+  ...(r.priority == null ? {} : { priority: r.priority })
 })
 
+/**
+ * Submits `n` independent samples of one request (all validated and queued before any is streamed, so a full queue
+ * refuses the whole request). With a seed, sample i uses seed + i: sample 0 is what `n: 1` gives, and the whole
+ * answer is reproducible. Prefix caching lets later samples reuse the first one's prompt blocks.
+ */
+const submitN = (engine: Engine["Service"], request: GenerateRequest, n: number) =>
+  Effect.forEach(Array.from({ length: n }, (_, i) => i), (i) => {
+    const seed = request.sampling?.seed
+    return engine.submit(i === 0 || seed === undefined ? request : { ...request, sampling: { ...request.sampling, seed: seed + i } })
+  })
+
+/** Every OpenAI field Chorus lacks: refused when given a value, so no client silently loses a feature. */
+const REFUSED = ["tools", "tool_choice", "functions", "function_call", "parallel_tool_calls", "logit_bias", "prediction", "audio", "modalities", "previous_response_id", "conversation", "background"]
+
+const decodeBody = <S extends Schema.Top & { readonly DecodingServices: never; readonly fields: Schema.Struct.Fields }>(schema: S) =>
+  Effect.flatMap(readJsonBody, (body) => decodeJsonLenient(schema, body, { known: Object.keys(schema.fields), refused: REFUSED }))
+
+/** An assistant turn's tool calls as Llama 3's JSON call lines (`{"name": ..., "parameters": ...}`). */
+const toolCallText = (calls: ReadonlyArray<ToolCallIn>): string =>
+  calls.map((c) => {
+    let parameters: unknown = c.function.arguments
+    try {
+      parameters = JSON.parse(c.function.arguments)
+    } catch {
+      // Kept as the string the client sent.
+    }
+    return JSON.stringify({ name: c.function.name, parameters })
+  }).join("\n")
+
+/** Chat messages as the engine takes them: null content is empty, tool calls become text. */
+export const chatMessages = (messages: ReadonlyArray<ChatMessageIn>): Array<ChatMessage> =>
+  messages.map((m) => {
+    const role = m.role === "developer" ? "system" : m.role
+    let content = m.content == null ? "" : flattenContent(m.content)
+    if (m.role === "assistant" && m.tool_calls != null && m.tool_calls.length > 0) {
+      const calls = toolCallText(m.tool_calls)
+      content = content === "" ? calls : `${content}\n${calls}`
+    }
+    return { role, content }
+  })
+
 interface Collected {
-  readonly text: string
-  readonly finishReason: string
-  readonly usage: Usage
+  text: string
+  finishReason: string
+  usage: Usage
+  /** Generated tokens that came with logprobs. */
+  readonly tokens: Array<{ readonly tokenId: number; readonly logprobs: TokenLogprobs }>
+  prompt: { readonly ids: Int32Array; readonly logits: Float32Array } | undefined
 }
 
 const collect = (events: Stream.Stream<GenerationEvent, EngineError>) =>
-  Stream.runFold(events, () => ({ text: "", finishReason: "stop", usage: { promptTokens: 0, completionTokens: 0 } }) as Collected, (acc, e) => {
-    switch (e._tag) {
-      case "Token":
-        return { ...acc, text: acc.text + e.text }
-      case "Finished":
-        return { text: acc.text + e.text, finishReason: e.finishReason, usage: e.usage }
-      default:
-        return acc
-    }
+  Effect.suspend(() => {
+    const acc: Collected = { text: "", finishReason: "stop", usage: { promptTokens: 0, completionTokens: 0 }, tokens: [], prompt: undefined }
+    return Stream.runForEach(events, (e) =>
+      Effect.sync(() => {
+        switch (e._tag) {
+          case "Started":
+            if (e.promptLogits !== undefined && e.promptTokenIds !== undefined) acc.prompt = { ids: e.promptTokenIds, logits: e.promptLogits }
+            break
+          case "Token":
+            acc.text += e.text
+            if (e.logprobs !== undefined) acc.tokens.push({ tokenId: e.tokenId, logprobs: e.logprobs })
+            break
+          case "Finished":
+            acc.text += e.text
+            acc.finishReason = e.finishReason
+            acc.usage = e.usage
+            break
+        }
+      })).pipe(Effect.as(acc))
   })
 
-const usageOf = (u: Usage) => ({ prompt_tokens: u.promptTokens, completion_tokens: u.completionTokens, total_tokens: u.promptTokens + u.completionTokens })
+/** All choices collected, or the shutdown. */
+const collectAll = (choices: ReadonlyArray<Stream.Stream<GenerationEvent, EngineError>>) =>
+  Effect.gen(function*() {
+    const { shutdown } = yield* Serving
+    return yield* Effect.raceFirst(Effect.all(choices.map(collect), { concurrency: "unbounded" }), shutdown)
+  })
+
+/** Usage of one response: the prompt once, every choice's completion tokens. */
+const usageOf = (usages: ReadonlyArray<Usage>) => {
+  const prompt = usages[0]?.promptTokens ?? 0
+  const completion = usages.reduce((n, u) => n + u.completionTokens, 0)
+  return { prompt_tokens: prompt, completion_tokens: completion, total_tokens: prompt + completion }
+}
 
 const frame = (chunk: unknown) => `data: ${JSON.stringify(chunk)}\n\n`
 
 /**
  * An SSE response from a stream of ready-made frames (each `data: ...\n\n`, possibly several per element), cut
  * when its client stops reading. At the end of the shutdown grace period the stream stops and ends like any failed
- * one: an error event, then [DONE].
+ * one: an error event, then [DONE] (chat and completions) or the Responses API's `error` event.
  */
-const sse = (frames: Stream.Stream<string, EngineError>) =>
+const sse = (frames: Stream.Stream<string, EngineError>, ending: Ending = chatEnding) =>
   Effect.gen(function*() {
     const serving = yield* Serving
-    return streamResponse(yield* serving.slowReader.guard(frames), serving.shutdown)
+    return streamResponse(yield* serving.slowReader.guard(frames), serving.shutdown, ending)
   })
 
-const streamResponse = (frames: Stream.Stream<string, EngineError>, shutdown: Effect.Effect<never, ShutDown>) =>
+interface Ending {
+  readonly error: (e: EngineError | ShutDown) => string
+  readonly done: string
+}
+
+const chatEnding: Ending = { error: (e) => frame(toOpenAiError(e).body), done: "data: [DONE]\n\n" }
+
+const streamResponse = (frames: Stream.Stream<string, EngineError>, shutdown: Effect.Effect<never, ShutDown>, ending: Ending) =>
   HttpServerResponse.stream(
     frames.pipe(
       // Checked before each pull, not raced with it (a race per token would cost a fiber hop per token): a stream
       // stops at its next frame, which comes within a step for a running sequence.
       Stream.haltWhen(shutdown),
       // An error after the first byte can no longer change the status: it becomes an SSE error event.
-      Stream.catch((e: EngineError | ShutDown) => Stream.succeed(frame(toOpenAiError(e).body))),
-      Stream.concat(Stream.succeed("data: [DONE]\n\n")),
+      Stream.catch((e: EngineError | ShutDown) => Stream.succeed(ending.error(e))),
+      Stream.concat(ending.done === "" ? Stream.empty : Stream.succeed(ending.done)),
       Stream.encodeText
     ),
     { contentType: "text/event-stream", headers: { "cache-control": "no-cache", "x-accel-buffering": "no" } }
   )
 
 /**
- * The SSE frames of one generation: one chunk per token (the first carries the role), a final chunk with the
- * finish reason, and the usage chunk when asked for. Plain functions, no per-event streams: this runs per token.
+ * One choice's SSE frames: `toFrame` per event, events that arrived together (a slow reader, a burst) joined into
+ * one write: fewer syscalls under load, and no added latency when the reader keeps up (then each pull holds one
+ * event). Plain functions, no per-event streams: this runs per token.
  */
-const streamFrames = (
-  events: Stream.Stream<GenerationEvent, EngineError>,
-  head: Record<string, unknown>,
-  choice: (text: string, first: boolean, finish: string | null) => Record<string, unknown>,
-  includeUsage: boolean
-): Stream.Stream<string, EngineError> => {
-  let first = true
-  const toFrame = (e: GenerationEvent): string => {
-    switch (e._tag) {
-      case "Token": {
-        if (e.text === "" && !first) return ""
-        const out = frame({ ...head, choices: [choice(e.text, first, null)] })
-        first = false
-        return out
-      }
-      case "Finished": {
-        const done = frame({ ...head, choices: [choice(e.text, first, e.finishReason)] })
-        return includeUsage ? done + frame({ ...head, choices: [], usage: usageOf(e.usage) }) : done
-      }
-      default:
-        return ""
-    }
-  }
-  return events.pipe(
-    // Events that arrived together (a slow reader, a burst) become one write: fewer syscalls under load, and no
-    // added latency when the reader keeps up (then each pull holds one event).
+const framesOf = (events: Stream.Stream<GenerationEvent, EngineError>, toFrame: (e: GenerationEvent) => string): Stream.Stream<string, EngineError> =>
+  events.pipe(
     Stream.mapArray((batch) => [batch.map(toFrame).join("")] as const),
     Stream.filter((f) => f.length > 0)
   )
+
+/** The choices' frames interleaved as they come, then the usage chunk when asked for (after every choice ended). */
+const mergeChoices = (
+  choices: ReadonlyArray<Stream.Stream<string, EngineError>>,
+  usages: Array<Usage>,
+  head: Record<string, unknown>,
+  includeUsage: boolean
+): Stream.Stream<string, EngineError> => {
+  const merged = choices.length === 1 ? choices[0]! : Stream.mergeAll(choices, { concurrency: "unbounded" })
+  return includeUsage ? Stream.concat(merged, Stream.suspend(() => Stream.succeed(frame({ ...head, choices: [], usage: usageOf(usages) })))) : merged
 }
 
 const chatCompletions = Effect.gen(function*() {
   yield* authorize
-  const req = yield* decodeJson(ChatCompletionRequest, yield* readJsonBody)
+  const req = yield* decodeBody(ChatCompletionRequest)
+  const top = req.top_logprobs ?? 0
+  if (top > 0 && req.logprobs !== true) {
+    return yield* Effect.fail(new ValidationError({ field: "top_logprobs", message: "top_logprobs needs logprobs: true" }))
+  }
+  const wantLogprobs = req.logprobs === true
   const engine = yield* engineFor(req.model)
-  const events = yield* engine.submit({ input: { type: "chat", messages: flattenMessages(req.messages) }, ...controls(req, req.max_completion_tokens ?? req.max_tokens) })
+  const codec = engine.codec
+  const n = req.n ?? 1
+  const choices = yield* submitN(engine, {
+    input: { type: "chat", messages: chatMessages(req.messages) },
+    ...controls(req, req.max_completion_tokens ?? req.max_tokens),
+    ...(wantLogprobs ? { logprobs: top } : {})
+  }, n)
   const head = { id: `chatcmpl-${randomUUID()}`, created: Math.floor(Date.now() / 1000), model: engine.model.id }
   if (req.stream === true) {
-    return yield* sse(
-      streamFrames(events, { ...head, object: "chat.completion.chunk" }, (text, first, finish) => ({
-        index: 0,
-        delta: finish !== null && text === "" ? {} : first ? { role: "assistant", content: text } : { content: text },
-        logprobs: null,
-        finish_reason: finish
-      }), req.stream_options?.include_usage === true)
-    )
+    const chunk = { ...head, object: "chat.completion.chunk" }
+    const usages: Array<Usage> = []
+    const frames = choices.map((events, index) => {
+      let first = true
+      return framesOf(events, (e) => {
+        switch (e._tag) {
+          case "Token": {
+            if (e.text === "" && !first && e.logprobs === undefined) return ""
+            const delta = first ? { role: "assistant", content: e.text } : { content: e.text }
+            first = false
+            const logprobs = wantLogprobs ? { content: e.logprobs === undefined ? [] : [chatLogprob(codec, e.tokenId, e.logprobs)] } : null
+            return frame({ ...chunk, choices: [{ index, delta, logprobs, finish_reason: null }] })
+          }
+          case "Finished": {
+            usages[index] = e.usage
+            const delta = e.text === "" ? {} : first ? { role: "assistant", content: e.text } : { content: e.text }
+            return frame({ ...chunk, choices: [{ index, delta, logprobs: null, finish_reason: e.finishReason }] })
+          }
+          default:
+            return ""
+        }
+      })
+    })
+    return yield* sse(mergeChoices(frames, usages, chunk, req.stream_options?.include_usage === true))
   }
-  const { shutdown } = yield* Serving
-  const done = yield* Effect.raceFirst(collect(events), shutdown)
+  const done = yield* collectAll(choices)
   return HttpServerResponse.jsonUnsafe({
     ...head,
     object: "chat.completion",
-    choices: [{ index: 0, message: { role: "assistant", content: done.text }, logprobs: null, finish_reason: done.finishReason }],
-    usage: usageOf(done.usage)
+    choices: done.map((c, index) => ({
+      index,
+      message: { role: "assistant", content: c.text },
+      logprobs: wantLogprobs ? { content: c.tokens.map((t) => chatLogprob(codec, t.tokenId, t.logprobs)) } : null,
+      finish_reason: c.finishReason
+    })),
+    usage: usageOf(done.map((c) => c.usage))
   })
 })
 
+/** The most prompt logits (bytes) an echo with logprobs may bring to the main thread. */
+const MAX_ECHO_LOGITS_BYTES = 256 * 1024 * 1024
+
 const completions = Effect.gen(function*() {
   yield* authorize
-  const req = yield* decodeJson(CompletionRequest, yield* readJsonBody)
+  const req = yield* decodeBody(CompletionRequest)
+  const n = req.n ?? 1
+  if (req.best_of != null && req.best_of !== n) {
+    return yield* Effect.fail(new ValidationError({ field: "best_of", message: `best_of must equal n (${n}): ranking extra samples is not supported, got ${req.best_of}` }))
+  }
   const engine = yield* engineFor(req.model)
+  const codec = engine.codec
   const prompt = req.prompt
   const input: GenerateRequest["input"] = typeof prompt === "string"
     ? { type: "text", text: prompt }
     : typeof prompt[0] === "string"
     ? { type: "text", text: prompt[0] }
     : { type: "tokens", tokenIds: prompt as ReadonlyArray<number> }
-  // OpenAI's legacy default is 16 tokens.
-  const events = yield* engine.submit({ input, ...controls(req, req.max_tokens ?? 16) })
+  const echo = req.echo === true
+  const logprobs = req.logprobs ?? undefined
+  const echoText = !echo ? "" : input.type === "text" ? input.text : input.type === "tokens" ? codec.decode(input.tokenIds) : ""
+  if (echo && logprobs !== undefined) {
+    // The prompt's logprobs come from its logits, all of them ([positions, vocab] float32) on the main thread: bounded.
+    const promptTokens = (yield* engine.tokenize(input)).length
+    const most = Math.floor(MAX_ECHO_LOGITS_BYTES / (4 * engine.model.vocabSize))
+    if (promptTokens > most) {
+      return yield* Effect.fail(new ValidationError({ field: "echo", message: `echo with logprobs takes prompts of at most ${most} tokens, got ${promptTokens}` }))
+    }
+  }
+  const choices = yield* submitN(engine, {
+    input,
+    // OpenAI's legacy default is 16 tokens.
+    ...controls(req, req.max_tokens ?? 16),
+    ...(logprobs === undefined ? {} : { logprobs }),
+    // Echoed prompt logprobs come from the prompt's logits (the engine then skips prefix caching for it).
+    ...(echo && logprobs !== undefined ? { promptLogits: "all" as const } : {})
+  }, n)
+  /** The echoed prompt's logprobs, from the prompt logits of the Started event. */
+  const echoed = (builder: CompletionLogprobsBuilder, into: CompletionLogprobs, ids: Int32Array, logits: Float32Array) => {
+    const lps = promptLogprobs(ids, logits, engine.model.vocabSize, logprobs ?? 0)
+    ids.forEach((id, i) => builder.add(into, id, lps[i]))
+  }
   const head = { id: `cmpl-${randomUUID()}`, created: Math.floor(Date.now() / 1000), model: engine.model.id }
   if (req.stream === true) {
-    return yield* sse(
-      streamFrames(events, { ...head, object: "text_completion" }, (text, _first, finish) => ({ index: 0, text, logprobs: null, finish_reason: finish }), req.stream_options?.include_usage === true)
-    )
+    const chunk = { ...head, object: "text_completion" }
+    const usages: Array<Usage> = []
+    const frames = choices.map((events, index) => {
+      const builder = new CompletionLogprobsBuilder(codec)
+      return framesOf(events, (e) => {
+        switch (e._tag) {
+          case "Started": {
+            if (!echo) return ""
+            let lp: CompletionLogprobs | null = null
+            if (logprobs !== undefined && e.promptTokenIds !== undefined && e.promptLogits !== undefined) {
+              lp = CompletionLogprobsBuilder.empty()
+              echoed(builder, lp, e.promptTokenIds, e.promptLogits)
+            }
+            return frame({ ...chunk, choices: [{ index, text: echoText, logprobs: lp, finish_reason: null }] })
+          }
+          case "Token": {
+            if (e.text === "" && e.logprobs === undefined) return ""
+            let lp: CompletionLogprobs | null = null
+            if (logprobs !== undefined) {
+              lp = CompletionLogprobsBuilder.empty()
+              if (e.logprobs !== undefined) builder.add(lp, e.tokenId, e.logprobs)
+            }
+            return frame({ ...chunk, choices: [{ index, text: e.text, logprobs: lp, finish_reason: null }] })
+          }
+          case "Finished":
+            usages[index] = e.usage
+            return frame({ ...chunk, choices: [{ index, text: e.text, logprobs: null, finish_reason: e.finishReason }] })
+          default:
+            return ""
+        }
+      })
+    })
+    return yield* sse(mergeChoices(frames, usages, chunk, req.stream_options?.include_usage === true))
   }
-  const { shutdown } = yield* Serving
-  const done = yield* Effect.raceFirst(collect(events), shutdown)
+  const done = yield* collectAll(choices)
   return HttpServerResponse.jsonUnsafe({
     ...head,
     object: "text_completion",
-    choices: [{ index: 0, text: done.text, logprobs: null, finish_reason: done.finishReason }],
-    usage: usageOf(done.usage)
+    choices: done.map((c, index) => {
+      let lp: CompletionLogprobs | null = null
+      if (logprobs !== undefined) {
+        const builder = new CompletionLogprobsBuilder(codec)
+        lp = CompletionLogprobsBuilder.empty()
+        if (echo && c.prompt !== undefined) echoed(builder, lp, c.prompt.ids, c.prompt.logits)
+        for (const t of c.tokens) builder.add(lp, t.tokenId, t.logprobs)
+      }
+      return { index, text: echoText + c.text, logprobs: lp, finish_reason: c.finishReason }
+    }),
+    usage: usageOf(done.map((c) => c.usage))
   })
 })
 
+const modelCard = (engine: Engine["Service"]) => ({ id: engine.model.id, object: "model", created: 0, owned_by: "chorus", max_model_len: engine.model.contextLength })
+
+/** `GET /v1/models` and `GET /v1/models/{id}`. */
 const models = Effect.gen(function*() {
   yield* authorize
   const serving = yield* Serving
   const engine = yield* serving.loadedEngine
-  return HttpServerResponse.jsonUnsafe({
-    object: "list",
-    data: [{ id: engine.model.id, object: "model", created: 0, owned_by: "chorus", max_model_len: engine.model.contextLength }]
-  })
+  const request = yield* HttpServerRequest.HttpServerRequest
+  const path = request.url.split("?")[0]!.replace(/^\/v1\/models\/?/, "")
+  if (path !== "") return yield* model(engine, path)
+  return HttpServerResponse.jsonUnsafe({ object: "list", data: [modelCard(engine)] })
 })
+
+/** `GET /v1/models/{id}`: the rest of the path is the id (model ids often hold a slash). */
+const model = (engine: Engine["Service"], path: string) =>
+  Effect.gen(function*() {
+    let id = path
+    try {
+      id = decodeURIComponent(path)
+    } catch {
+      // Not valid percent-encoding: compared as given.
+    }
+    if (id !== engine.model.id) {
+      return yield* Effect.fail(new UnknownModel({ model: id, message: `the model '${id}' does not exist; this server serves '${engine.model.id}'` }))
+    }
+    return HttpServerResponse.jsonUnsafe(modelCard(engine))
+  })
+
+/** vLLM's `POST /tokenize`: the prompt's token ids, chat template applied for messages. */
+const tokenize = Effect.gen(function*() {
+  yield* authorize
+  const body = yield* readJsonBody
+  const req = yield* decodeJsonLenient(TokenizeRequest, body, { known: ["model", "prompt", "messages", "add_special_tokens", "add_generation_prompt"], refused: [] })
+  const engine = yield* engineFor(req.model)
+  const ids = yield* engine.tokenize("prompt" in req ? { type: "text", text: req.prompt } : { type: "chat", messages: chatMessages(req.messages) })
+  return HttpServerResponse.jsonUnsafe({ count: ids.length, max_model_len: engine.model.contextLength, tokens: Array.from(ids), token_strs: null })
+})
+
+/** vLLM's `POST /detokenize`. */
+const detokenize = Effect.gen(function*() {
+  yield* authorize
+  const req = yield* decodeBody(DetokenizeRequest)
+  const engine = yield* engineFor(req.model)
+  const bad = req.tokens.find((t) => t < 0 || t >= engine.model.vocabSize)
+  if (bad !== undefined) {
+    return yield* Effect.fail(new ValidationError({ field: "tokens", message: `token id ${bad} is outside the vocabulary [0, ${engine.model.vocabSize})` }))
+  }
+  return HttpServerResponse.jsonUnsafe({ prompt: engine.codec.decode(req.tokens) })
+})
+
+
+/** A Responses API input message's text: a string, or its text parts joined as OpenAI joins them. */
+const responseText = (content: string | ReadonlyArray<{ readonly text: string }>) => typeof content === "string" ? content : content.map((p) => p.text).join("")
+
+/** The stateless Response object (`store` and `previous_response_id` play no part: nothing is kept). */
+const responseObject = (
+  req: ResponsesRequest,
+  at: { readonly id: string; readonly createdAt: number; readonly model: string },
+  state: {
+    readonly status: "in_progress" | "completed" | "incomplete"
+    readonly output: ReadonlyArray<unknown>
+    readonly usage?: Usage | undefined
+  }
+) => ({
+  id: at.id,
+  object: "response",
+  created_at: at.createdAt,
+  status: state.status,
+  ...(state.status === "in_progress" ? {} : { completed_at: Math.floor(Date.now() / 1000) }),
+  error: null,
+  incomplete_details: state.status === "incomplete" ? { reason: "max_output_tokens" } : null,
+  instructions: req.instructions ?? null,
+  max_output_tokens: req.max_output_tokens ?? null,
+  model: at.model,
+  output: state.output,
+  parallel_tool_calls: false,
+  previous_response_id: null,
+  reasoning: null,
+  store: false,
+  temperature: req.temperature ?? null,
+  text: { format: { type: "text" } },
+  tool_choice: "none",
+  tools: [],
+  top_p: req.top_p ?? null,
+  truncation: "disabled",
+  metadata: req.metadata ?? {},
+  usage: state.usage === undefined ? null : {
+    input_tokens: state.usage.promptTokens,
+    input_tokens_details: { cached_tokens: 0 },
+    output_tokens: state.usage.completionTokens,
+    output_tokens_details: { reasoning_tokens: 0 },
+    total_tokens: state.usage.promptTokens + state.usage.completionTokens
+  }
+})
+
+const outputMessage = (id: string, text: string, status: "in_progress" | "completed" | "incomplete") => ({
+  id,
+  type: "message",
+  role: "assistant",
+  status,
+  content: [{ type: "output_text", text, annotations: [], logprobs: [] }]
+})
+
+/** `event: <type>` + `data:` frames, as the Responses API streams. */
+const responseEvent = (type: string, sequence: number, body: Record<string, unknown>) =>
+  `event: ${type}\ndata: ${JSON.stringify({ type, sequence_number: sequence, ...body })}\n\n`
+
+/** `POST /v1/responses`, stateless: input (a string or messages), instructions, sampling; streamed or not. */
+const responses = Effect.gen(function*() {
+  yield* authorize
+  const req = yield* decodeBody(ResponsesRequest)
+  const engine = yield* engineFor(req.model)
+  const messages: Array<ChatMessage> = []
+  if (req.instructions != null) messages.push({ role: "system", content: req.instructions })
+  if (typeof req.input === "string") messages.push({ role: "user", content: req.input })
+  else for (const m of req.input) messages.push({ role: m.role === "developer" ? "system" : m.role, content: responseText(m.content) })
+  const [events] = yield* submitN(engine, {
+    input: { type: "chat", messages },
+    sampling: sampling(req),
+    ...(req.max_output_tokens == null ? {} : { maxTokens: req.max_output_tokens })
+  }, 1)
+  const at = { id: `resp_${randomUUID().replaceAll("-", "")}`, createdAt: Math.floor(Date.now() / 1000), model: engine.model.id }
+  const itemId = `msg_${randomUUID().replaceAll("-", "")}`
+  if (req.stream === true) {
+    let sequence = 0
+    let text = ""
+    const ev = (type: string, body: Record<string, unknown>) => responseEvent(type, sequence++, body)
+    const where = { item_id: itemId, output_index: 0, content_index: 0 }
+    const start = Stream.suspend(() => {
+      const created = responseObject(req, at, { status: "in_progress", output: [] })
+      return Stream.succeed(
+        ev("response.created", { response: created }) +
+          ev("response.in_progress", { response: created }) +
+          ev("response.output_item.added", { output_index: 0, item: { ...outputMessage(itemId, "", "in_progress"), content: [] } }) +
+          ev("response.content_part.added", { ...where, part: { type: "output_text", text: "", annotations: [], logprobs: [] } })
+      )
+    })
+    const body = framesOf(events, (e) => {
+      switch (e._tag) {
+        case "Token":
+          if (e.text === "") return ""
+          text += e.text
+          return ev("response.output_text.delta", { ...where, delta: e.text, logprobs: [] })
+        case "Finished": {
+          const delta = e.text === "" ? "" : ev("response.output_text.delta", { ...where, delta: e.text, logprobs: [] })
+          text += e.text
+          const status = e.finishReason === "length" ? "incomplete" : "completed"
+          const message = outputMessage(itemId, text, status)
+          return delta +
+            ev("response.output_text.done", { ...where, text, logprobs: [] }) +
+            ev("response.content_part.done", { ...where, part: message.content[0] }) +
+            ev("response.output_item.done", { output_index: 0, item: message }) +
+            ev(`response.${status}`, { response: responseObject(req, at, { status, output: [message], usage: e.usage }) })
+        }
+        default:
+          return ""
+      }
+    })
+    return yield* sse(Stream.concat(start, body), {
+      error: (e) => {
+        const { error } = toOpenAiError(e).body
+        return ev("error", { code: error.code, message: error.message, param: error.param })
+      },
+      done: ""
+    })
+  }
+  const [done] = yield* collectAll([events])
+  const status = done!.finishReason === "length" ? "incomplete" : "completed"
+  return HttpServerResponse.jsonUnsafe(responseObject(req, at, { status, output: [outputMessage(itemId, done!.text, status)], usage: done!.usage }))
+})
+
+const VERSION: string = (createRequire(import.meta.url)("../../../package.json") as { version: string }).version
+
+const version = Effect.succeed(HttpServerResponse.jsonUnsafe({ version: VERSION }))
 
 const handle = <R>(effect: Effect.Effect<HttpServerResponse.HttpServerResponse, OpenAiError, R>) =>
   effect.pipe(Effect.catch((e: OpenAiError) => Effect.succeed(errorResponse(e))))
@@ -224,5 +576,12 @@ const handle = <R>(effect: Effect.Effect<HttpServerResponse.HttpServerResponse, 
 export const OpenAiRoutes = HttpRouter.use(Effect.fn(function*(router) {
   yield* router.add("POST", "/v1/chat/completions", handle(chatCompletions))
   yield* router.add("POST", "/v1/completions", handle(completions))
+  yield* router.add("POST", "/v1/responses", handle(responses))
   yield* router.add("GET", "/v1/models", handle(models))
+  // Model ids often hold one slash (`meta-llama/Meta-Llama-3-8B-Instruct`); the handler reads the id from the path.
+  yield* router.add("GET", "/v1/models/:id", handle(models))
+  yield* router.add("GET", "/v1/models/:org/:name", handle(models))
+  yield* router.add("POST", "/tokenize", handle(tokenize))
+  yield* router.add("POST", "/detokenize", handle(detokenize))
+  yield* router.add("GET", "/version", version)
 }))

@@ -1,21 +1,41 @@
 /**
- * The OpenAI wire shapes Chorus accepts, as Schemas (decoding rejects unknown fields, so a client asking for a
- * feature Chorus lacks hears about it instead of being silently ignored). Fields that OpenAI defines but Chorus
- * does not implement are accepted only with their neutral value (`n: 1`, `logprobs: false`) and otherwise refused.
+ * The OpenAI wire shapes Chorus accepts, as Schemas. Lenient as OpenAI is: `null` stands for any optional field,
+ * content may be empty, an assistant turn may carry `content: null` with `tool_calls`, and fields Chorus does not
+ * know are ignored (the routes log them at debug level; `Lenient.ts`). Fields that name an OpenAI feature Chorus
+ * lacks (tools, ...) are still refused, so a client relying on one hears about it instead of being silently ignored.
  */
 import { Schema } from "effect"
 
-// An empty message says nothing a model could answer: refused rather than passed through.
+// Empty content is taken as OpenAI takes it (an empty turn).
 const Content = Schema.Union([
-  Schema.String.check(Schema.isMinLength(1)),
-  Schema.Array(Schema.Struct({ type: Schema.Literal("text"), text: Schema.String })).check(Schema.isMinLength(1))
+  Schema.String,
+  Schema.Array(Schema.Struct({ type: Schema.Literal("text"), text: Schema.String }))
 ])
 
-export const ChatMessageIn = Schema.Struct({
-  role: Schema.Literals(["system", "developer", "user", "assistant"]),
-  content: Content,
-  name: Schema.optional(Schema.String)
+/** A tool call of an earlier assistant turn; kept in the history as text until Chorus has tools. */
+export const ToolCallIn = Schema.Struct({
+  id: Schema.optional(Schema.NullOr(Schema.String)),
+  type: Schema.optional(Schema.NullOr(Schema.String)),
+  function: Schema.Struct({ name: Schema.String, arguments: Schema.String })
 })
+export type ToolCallIn = typeof ToolCallIn.Type
+
+export const ChatMessageIn = Schema.Union([
+  Schema.Struct({
+    role: Schema.Literals(["system", "developer", "user"]),
+    content: Content,
+    name: Schema.optional(Schema.NullOr(Schema.String))
+  }),
+  // An assistant turn may have no content (it only called tools, or only refused).
+  Schema.Struct({
+    role: Schema.Literal("assistant"),
+    content: Schema.optional(Schema.NullOr(Content)),
+    name: Schema.optional(Schema.NullOr(Schema.String)),
+    refusal: Schema.optional(Schema.NullOr(Schema.String)),
+    tool_calls: Schema.optional(Schema.NullOr(Schema.Array(ToolCallIn)))
+  })
+])
+export type ChatMessageIn = typeof ChatMessageIn.Type
 
 const Stop = Schema.Union([Schema.String, Schema.Array(Schema.String).check(Schema.isMaxLength(16))])
 const MaxTokens = Schema.Int.check(Schema.isGreaterThanOrEqualTo(1))
@@ -40,11 +60,14 @@ const ResponseFormat = Schema.Union([
 ])
 export type ResponseFormat = typeof ResponseFormat.Type
 
+/** The most choices (`n`) one request may ask for. */
+export const MAX_N = 8
+
 /** Sampling and control fields shared by both routes. */
 const common = {
-  model: Schema.optional(Schema.String),
-  stream: Schema.optional(Schema.Boolean),
-  stream_options: Schema.optional(Schema.NullOr(Schema.Struct({ include_usage: Schema.optional(Schema.Boolean) }))),
+  model: Schema.optional(Schema.NullOr(Schema.String)),
+  stream: Schema.optional(Schema.NullOr(Schema.Boolean)),
+  stream_options: Schema.optional(Schema.NullOr(Schema.Struct({ include_usage: Schema.optional(Schema.NullOr(Schema.Boolean)) }))),
   max_tokens: Schema.optional(Schema.NullOr(MaxTokens)),
   temperature: Schema.optional(Schema.NullOr(Schema.Number.check(Schema.isBetween({ minimum: 0, maximum: 2 })))),
   top_p: Schema.optional(Schema.NullOr(Schema.Number.check(Schema.isGreaterThan(0), Schema.isLessThanOrEqualTo(1)))),
@@ -52,22 +75,24 @@ const common = {
   seed: Schema.optional(Schema.NullOr(Schema.Int)),
   presence_penalty: Schema.optional(Schema.NullOr(Schema.Number.check(Schema.isBetween({ minimum: -2, maximum: 2 })))),
   frequency_penalty: Schema.optional(Schema.NullOr(Schema.Number.check(Schema.isBetween({ minimum: -2, maximum: 2 })))),
-  n: Schema.optional(Schema.NullOr(Schema.Literal(1))),
-  user: Schema.optional(Schema.String),
+  /** Independent samples of the prompt, answered as choices 0..n-1. */
+  n: Schema.optional(Schema.NullOr(Schema.Int.check(Schema.isBetween({ minimum: 1, maximum: MAX_N })))),
+  user: Schema.optional(Schema.NullOr(Schema.String)),
   response_format: Schema.optional(Schema.NullOr(ResponseFormat)),
   // Extensions, named as vLLM names them.
   top_k: Schema.optional(Schema.NullOr(Schema.Int.check(Schema.isGreaterThanOrEqualTo(-1)))),
   min_p: Schema.optional(Schema.NullOr(Schema.Number.check(Schema.isBetween({ minimum: 0, maximum: 1 })))),
   repetition_penalty: Schema.optional(Schema.NullOr(Schema.Number.check(Schema.isGreaterThan(0), Schema.isLessThanOrEqualTo(10)))),
-  ignore_eos: Schema.optional(Schema.Boolean),
-  priority: Schema.optional(Schema.Int)
+  ignore_eos: Schema.optional(Schema.NullOr(Schema.Boolean)),
+  priority: Schema.optional(Schema.NullOr(Schema.Int))
 }
 
 export const ChatCompletionRequest = Schema.Struct({
   ...common,
   messages: Schema.Array(ChatMessageIn).check(Schema.isMinLength(1)),
   max_completion_tokens: Schema.optional(Schema.NullOr(MaxTokens)),
-  logprobs: Schema.optional(Schema.NullOr(Schema.Literal(false)))
+  logprobs: Schema.optional(Schema.NullOr(Schema.Boolean)),
+  top_logprobs: Schema.optional(Schema.NullOr(Schema.Int.check(Schema.isBetween({ minimum: 0, maximum: 20 }))))
 })
 export type ChatCompletionRequest = typeof ChatCompletionRequest.Type
 
@@ -78,9 +103,50 @@ export const CompletionRequest = Schema.Struct({
     Schema.Array(Schema.String).check(Schema.isMinLength(1), Schema.isMaxLength(1)),
     Schema.Array(Schema.Int).check(Schema.isMinLength(1))
   ]),
-  echo: Schema.optional(Schema.NullOr(Schema.Literal(false))),
-  logprobs: Schema.optional(Schema.NullOr(Schema.Literal(0))),
-  best_of: Schema.optional(Schema.NullOr(Schema.Literal(1))),
+  echo: Schema.optional(Schema.NullOr(Schema.Boolean)),
+  logprobs: Schema.optional(Schema.NullOr(Schema.Int.check(Schema.isBetween({ minimum: 0, maximum: 5 })))),
+  // Only its neutral value (n, or 1): Chorus does not rank extra samples server-side.
+  best_of: Schema.optional(Schema.NullOr(Schema.Int.check(Schema.isGreaterThanOrEqualTo(1)))),
   suffix: Schema.optional(Schema.NullOr(Schema.Literal("")))
 })
 export type CompletionRequest = typeof CompletionRequest.Type
+
+/** A Responses API input part: text the user gave, or text an earlier answer gave. */
+const ResponseInputPart = Schema.Struct({
+  type: Schema.Literals(["input_text", "output_text", "text"]),
+  text: Schema.String
+})
+
+const ResponseInputMessage = Schema.Struct({
+  type: Schema.optional(Schema.NullOr(Schema.Literal("message"))),
+  role: Schema.Literals(["system", "developer", "user", "assistant"]),
+  content: Schema.Union([Schema.String, Schema.Array(ResponseInputPart)])
+})
+
+/** `POST /v1/responses`, the stateless subset: no `previous_response_id`, no tools; `store` is accepted and ignored. */
+export const ResponsesRequest = Schema.Struct({
+  model: Schema.optional(Schema.NullOr(Schema.String)),
+  input: Schema.Union([Schema.String, Schema.Array(ResponseInputMessage)]),
+  instructions: Schema.optional(Schema.NullOr(Schema.String)),
+  max_output_tokens: Schema.optional(Schema.NullOr(MaxTokens)),
+  temperature: Schema.optional(Schema.NullOr(Schema.Number.check(Schema.isBetween({ minimum: 0, maximum: 2 })))),
+  top_p: Schema.optional(Schema.NullOr(Schema.Number.check(Schema.isGreaterThan(0), Schema.isLessThanOrEqualTo(1)))),
+  stream: Schema.optional(Schema.NullOr(Schema.Boolean)),
+  store: Schema.optional(Schema.NullOr(Schema.Boolean)),
+  metadata: Schema.optional(Schema.NullOr(Schema.Record(Schema.String, Schema.String))),
+  user: Schema.optional(Schema.NullOr(Schema.String)),
+  seed: Schema.optional(Schema.NullOr(Schema.Int))
+})
+export type ResponsesRequest = typeof ResponsesRequest.Type
+
+/** vLLM's `POST /tokenize`: a completion prompt or chat messages. */
+export const TokenizeRequest = Schema.Union([
+  Schema.Struct({ model: Schema.optional(Schema.NullOr(Schema.String)), prompt: Schema.String }),
+  Schema.Struct({ model: Schema.optional(Schema.NullOr(Schema.String)), messages: Schema.Array(ChatMessageIn).check(Schema.isMinLength(1)) })
+])
+
+/** vLLM's `POST /detokenize`. */
+export const DetokenizeRequest = Schema.Struct({
+  model: Schema.optional(Schema.NullOr(Schema.String)),
+  tokens: Schema.Array(Schema.Int)
+})
