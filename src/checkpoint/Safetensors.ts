@@ -8,7 +8,7 @@ import { Effect } from "effect"
 import * as fs from "node:fs"
 import * as path from "node:path"
 import { CheckpointError } from "../core/Errors.ts"
-import type { StorageDType, TensorInfo, TensorSource } from "./TensorSource.ts"
+import type { StorageDType, TensorInfo, TensorLocation, TensorSource } from "./TensorSource.ts"
 
 const DTYPE_BYTES: Readonly<Record<StorageDType, number>> = { F32: 4, F16: 2, BF16: 2 }
 const MAX_HEADER_BYTES = 100 * 1024 * 1024
@@ -157,7 +157,7 @@ export const readSafetensorsHeader = (file: string): Effect.Effect<SafetensorsHe
   Effect.tryPromise({ try: () => readHeaderAsync(file), catch: toCheckpointError(file) })
 
 /** Converts raw little-endian storage bytes (a fresh, aligned buffer) to float32. */
-const toFloat32 = (dtype: StorageDType, bytes: Uint8Array): Float32Array => {
+export const toFloat32 = (dtype: StorageDType, bytes: Uint8Array): Float32Array => {
   switch (dtype) {
     case "F32":
       return new Float32Array(bytes.buffer, bytes.byteOffset, bytes.byteLength / 4)
@@ -284,7 +284,14 @@ const openAsync = async (dir: string): Promise<TensorSource> => {
     })
   }
 
-  return { names, info: (name) => infos.get(name), readFloat32, files }
+  const locate = (name: string): TensorLocation | undefined => {
+    const found = located.get(name)
+    if (found === undefined) return undefined
+    const { entry, header } = found
+    return { file: header.file, position: header.dataStart + entry.begin, byteLength: entry.end - entry.begin, dtype: entry.dtype, shape: entry.shape }
+  }
+
+  return { names, info: (name) => infos.get(name), readFloat32, locate, files }
 }
 
 /**
