@@ -11,7 +11,7 @@
  */
 import * as fs from "node:fs"
 import * as path from "node:path"
-import { encodeFloat32, toFloat32 } from "../../checkpoint/Safetensors.ts"
+import { encodeFloat32, toFloat32 } from "../../checkpoint/FloatCodec.ts"
 import type { StorageDType, TensorLocation } from "../../checkpoint/TensorSource.ts"
 import { hasNaN, transpose16Into, transpose32Into, transposeInto } from "./WeightBytes.ts"
 
