@@ -23,6 +23,10 @@ export const transposeInto = (src: Float32Array, rows: number, cols: number, out
 
 /** The same transpose on raw 16-bit words (float16 or bfloat16 bits, no conversion). */
 export const transpose16Into = (src: Uint16Array, rows: number, cols: number, out: Uint16Array, outCols: number, colOffset: number): void => {
+  if (rows % 2 === 0 && cols % 2 === 0 && outCols % 2 === 0 && colOffset % 2 === 0 && src.byteOffset % 4 === 0 && out.byteOffset % 4 === 0) {
+    transposePairs(new Uint32Array(src.buffer, src.byteOffset, src.length >>> 1), rows, cols, new Uint32Array(out.buffer, out.byteOffset, out.length >>> 1), outCols, colOffset)
+    return
+  }
   for (let c0 = 0; c0 < cols; c0 += B) {
     const c1 = Math.min(cols, c0 + B)
     for (let r0 = 0; r0 < rows; r0 += B) {
@@ -30,6 +34,32 @@ export const transpose16Into = (src: Uint16Array, rows: number, cols: number, ou
       for (let c = c0; c < c1; c++) {
         const o = c * outCols + colOffset
         for (let r = r0; r < r1; r++) out[o + r] = src[r * cols + c]
+      }
+    }
+  }
+}
+
+/**
+ * `transpose16Into` two by two: a 2x2 block of 16-bit values is two 32-bit words in and two out (half the loads and
+ * stores). Every dimension and offset even (the Llama shapes always are).
+ */
+const transposePairs = (src: Uint32Array, rows: number, cols: number, out: Uint32Array, outCols: number, colOffset: number): void => {
+  const sw = cols >>> 1 // source row length in words
+  const ow = outCols >>> 1
+  const oOff = colOffset >>> 1
+  for (let c0 = 0; c0 < sw; c0 += B / 2) {
+    const c1 = Math.min(sw, c0 + B / 2)
+    for (let r0 = 0; r0 < rows; r0 += B) {
+      const r1 = Math.min(rows, r0 + B)
+      for (let c = c0; c < c1; c++) {
+        const o0 = 2 * c * ow + oOff // word index of out row 2c, column colOffset
+        const o1 = o0 + ow
+        for (let r = r0; r < r1; r += 2) {
+          const a = src[r * sw + c] // (r, 2c) low, (r, 2c+1) high
+          const b = src[(r + 1) * sw + c] // (r+1, 2c) low, (r+1, 2c+1) high
+          out[o0 + (r >>> 1)] = (a & 0xffff) | (b << 16)
+          out[o1 + (r >>> 1)] = (a >>> 16) | (b & 0xffff0000)
+        }
       }
     }
   }
@@ -55,13 +85,22 @@ export const transpose32Into = (src: Uint32Array, rows: number, cols: number, ou
  * NaN take that path to stay byte-identical; every other value survives the round trip bit for bit.
  */
 export const hasNaN = (dtype: "F32" | "F16" | "BF16", bytes: Uint8Array): boolean => {
+  // Branchless: with K = 0x7fff - (all-ones exponent), (v & 0x7fff) + K sets bit 15 exactly for a NaN; OR-ing
+  // these over the tensor tells whether any is one. Two 16-bit values per 32-bit word (no carry between halves).
   if (dtype === "F32") {
     const w = new Uint32Array(bytes.buffer, bytes.byteOffset, bytes.byteLength >>> 2)
-    for (let i = 0; i < w.length; i++) if ((w[i] & 0x7fffffff) > 0x7f800000) return true
-    return false
+    const K = 0x7fffffff - 0x7f800000
+    let acc = 0
+    for (let i = 0; i < w.length; i++) acc |= (w[i] & 0x7fffffff) + K
+    return (acc & 0x80000000) !== 0
   }
-  const w = new Uint16Array(bytes.buffer, bytes.byteOffset, bytes.byteLength >>> 1)
-  const inf = dtype === "F16" ? 0x7c00 : 0x7f80
-  for (let i = 0; i < w.length; i++) if ((w[i] & 0x7fff) > inf) return true
-  return false
+  const K = 0x7fff - (dtype === "F16" ? 0x7c00 : 0x7f80)
+  const words = (bytes.byteOffset & 3) === 0 ? bytes.byteLength >>> 2 : 0
+  const w = new Uint32Array(bytes.buffer, words === 0 ? 0 : bytes.byteOffset, words)
+  const K2 = K * 0x10001
+  let acc = 0
+  for (let i = 0; i < words; i++) acc |= (w[i] & 0x7fff7fff) + K2
+  const h = new Uint16Array(bytes.buffer, bytes.byteOffset, bytes.byteLength >>> 1)
+  for (let i = words * 2; i < h.length; i++) acc |= (h[i] & 0x7fff) + K
+  return (acc & 0x80008000) !== 0
 }
