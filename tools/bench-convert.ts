@@ -8,9 +8,11 @@
  *     [--source F16] [--dtype float16] [--shards 1] [--threads 2] [--repeats 1] [--dir /tmp/x]
  *
  * The checkpoint was just written, so it is read from the page cache, and the .data files go to the page cache too
- * (neither path syncs): this measures the conversion's own cost, not the disk's.
+ * (neither path syncs; the bench syncs before each run, untimed): this measures the conversion's own cost and the
+ * page cache's, not the disk's.
  */
 import { Effect } from "effect"
+import { execSync } from "node:child_process"
 import * as crypto from "node:crypto"
 import * as fs from "node:fs"
 import * as os from "node:os"
@@ -113,6 +115,8 @@ const dataBytes = (dir: string) =>
 
 const run = async (threads: number, outDir: string) => {
   fs.rmSync(outDir, { recursive: true, force: true })
+  // Flush the previous run's dirty pages first, so that its writeback does not throttle this run's writes.
+  execSync("sync")
   const t0 = performance.now()
   await Effect.runPromise(convertCheckpoint({ modelDir, outDir, dtype, shards: Number(values.shards), maxContext: 8192, threads }))
   const s = (performance.now() - t0) / 1000

@@ -7,7 +7,9 @@
  *
  * Bytes are those of the sequential path (read -> float32 -> transpose -> target dtype) exactly. Where the source
  * dtype is the target dtype, the words are copied or transposed as they are (that round trip is the identity for
- * every value but NaN payloads; a tensor holding a NaN takes the float32 path).
+ * every value but NaN payloads); a linear of another dtype is transposed as raw source words and then cast, which
+ * is the same elementwise cast in another order. A tensor holding a NaN takes the float32 path (V8 may rewrite
+ * NaN payloads in float conversions, so only that path reproduces the sequential one's NaN bytes).
  */
 import * as fs from "node:fs"
 import * as path from "node:path"
@@ -124,9 +126,13 @@ const copyRaw = (task: ConvertTask, read: Read, out: number): boolean => {
   return true
 }
 
-/** A same-dtype linear, transposed as raw words; undefined when a source holds a NaN. */
+/**
+ * A linear whose sources share one dtype, transposed as raw words of that dtype, then cast element by element to
+ * the target dtype where it differs (a cast commutes with a transpose); undefined when a source holds a NaN.
+ */
 const linearRaw = (task: ConvertTask, read: Read, dtype: StorageDType): Uint8Array | undefined => {
-  const wide = dtype === "F32"
+  const from = task.sources[0].dtype
+  const wide = from === "F32"
   const out = new Uint8Array(task.inDim * task.outDim * (wide ? 4 : 2))
   let colOffset = 0
   for (const s of task.sources) {
@@ -138,16 +144,16 @@ const linearRaw = (task: ConvertTask, read: Read, dtype: StorageDType): Uint8Arr
     else transpose16Into(new Uint16Array(bytes.buffer), rows, task.inDim, new Uint16Array(out.buffer), task.outDim, colOffset)
     colOffset += rows
   }
-  return out
+  return from === dtype ? out : encodeFloat32(dtype, toFloat32(from, out))
 }
 
 export const runTask = (task: ConvertTask): ConvertResult => {
   try {
     return withFiles(task, (read, out) => {
       const dtype = storage(task.dtype)
-      const raw = task.sources.every((s) => s.dtype === dtype)
-      if (raw && task.kind === "copy" && copyRaw(task, read, out)) return { ok: true, bytes: task.sources[0].byteLength, fast: true }
-      if (raw && task.kind === "linear") {
+      const same = task.sources.every((s) => s.dtype === dtype)
+      if (same && task.kind === "copy" && copyRaw(task, read, out)) return { ok: true, bytes: task.sources[0].byteLength, fast: true }
+      if (task.kind === "linear" && task.sources.every((s) => s.dtype === task.sources[0].dtype)) {
         const bytes = linearRaw(task, read, dtype)
         if (bytes !== undefined) {
           writeAt(out, bytes, task.offset)

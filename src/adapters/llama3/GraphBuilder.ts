@@ -565,11 +565,17 @@ export const writeShards = (
         catch: ioError(job.dataPath, "write")
       })
 
-    // Memory bound: a linear holds its output and one source (about twice its size), a copy one 64 MiB chunk.
+    // Memory bound, in MiB: a same-dtype linear holds its output and one source (about twice its size), a
+    // same-dtype copy one 64 MiB chunk; a cast also holds float32 values (about three times, to be safe).
     const budget = Math.max(1, Math.floor((writeOptions.memoryBytes ?? defaultMemoryBytes()) / MiB))
     const permits = yield* Semaphore.make(budget)
     const cost = (job: Job): number => {
-      const bytes = "task" in job ? (job.task.kind === "linear" ? 2 * job.bytes : Math.min(job.bytes, 64 * MiB)) : job.bytes
+      let bytes = job.bytes
+      if ("task" in job) {
+        const target = job.task.dtype === "float32" ? "F32" : job.task.dtype === "float16" ? "F16" : "BF16"
+        const cast = job.task.sources.some((s) => s.dtype !== target)
+        bytes = cast ? 3 * job.bytes : job.task.kind === "linear" ? 2 * job.bytes : Math.min(job.bytes, 64 * MiB)
+      }
       return Math.min(budget, Math.max(1, Math.ceil(bytes / MiB)))
     }
     yield* Effect.forEach(
