@@ -1,6 +1,6 @@
 // The parallel converter (worker threads, positional writes, raw 16-bit transposes) writes exactly the bytes of the
 // sequential float32 path (threads: 0), for every source dtype x target dtype, across shards, NaNs included.
-import { Effect } from "effect"
+import { Deferred, Effect, Exit, Fiber } from "effect"
 import * as fs from "node:fs"
 import * as os from "node:os"
 import * as path from "node:path"
@@ -102,5 +102,40 @@ describe("parallel conversion", () => {
     )
     expect(error._tag).toBe("CheckpointError")
     expect(error.message).toContain("model.safetensors is truncated")
+  })
+
+  it("an interrupt starts no new tensor and returns only once the tensors in flight are written", async () => {
+    const dir = fixtureDir("tiny-llama3-b")
+    const config = await Effect.runPromise(loadLlamaConfig(dir))
+    const source = await Effect.runPromise(openCheckpoint(dir))
+    const graph = buildShardGraph(config, { layers: [0, 3], dtype: "float16", maxContext: 64 })
+    const out = fs.mkdtempSync(path.join(root, "interrupt-"))
+    let inFlight = 0
+    let started = 0
+    const program = Effect.scoped(
+      Effect.gen(function*() {
+        const pool = yield* makeConvertPool(2)
+        const runner = {
+          threads: pool.threads,
+          run: (task: Parameters<typeof pool.run>[0]) =>
+            Effect.sync(() => (inFlight++, started++)).pipe(
+              Effect.andThen(pool.run(task)),
+              Effect.ensuring(Effect.sync(() => inFlight--))
+            )
+        }
+        const firstDone = yield* Deferred.make<void>()
+        const fiber = yield* Effect.forkChild(
+          writeShards(source, config, [graph], [path.join(out, "shard-0.onnx")], runner, { onTensor: () => Deferred.doneUnsafe(firstDone, Effect.void) })
+        )
+        yield* Deferred.await(firstDone)
+        yield* Fiber.interrupt(fiber)
+        return yield* Fiber.await(fiber)
+      })
+    )
+    const exit = await Effect.runPromise(program)
+    expect(Exit.hasInterrupts(exit)).toBe(true)
+    expect(inFlight).toBe(0)
+    expect(started).toBeLessThan(graph.weights.length - 2) // stopped early (two of the weights are RoPE caches)
+    expect(fs.existsSync(path.join(out, "shard-0.onnx"))).toBe(false) // the graph is written only after every tensor
   })
 })
