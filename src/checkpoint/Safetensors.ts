@@ -8,7 +8,10 @@ import { Effect } from "effect"
 import * as fs from "node:fs"
 import * as path from "node:path"
 import { CheckpointError } from "../core/Errors.ts"
-import type { StorageDType, TensorInfo, TensorSource } from "./TensorSource.ts"
+import { encodeFloat32, toFloat32 } from "./FloatCodec.ts"
+import type { StorageDType, TensorInfo, TensorLocation, TensorSource } from "./TensorSource.ts"
+
+export { encodeFloat32, toFloat32 } from "./FloatCodec.ts"
 
 const DTYPE_BYTES: Readonly<Record<StorageDType, number>> = { F32: 4, F16: 2, BF16: 2 }
 const MAX_HEADER_BYTES = 100 * 1024 * 1024
@@ -156,23 +159,6 @@ const readHeaderAsync = async (file: string): Promise<SafetensorsHeader> => {
 export const readSafetensorsHeader = (file: string): Effect.Effect<SafetensorsHeader, CheckpointError> =>
   Effect.tryPromise({ try: () => readHeaderAsync(file), catch: toCheckpointError(file) })
 
-/** Converts raw little-endian storage bytes (a fresh, aligned buffer) to float32. */
-const toFloat32 = (dtype: StorageDType, bytes: Uint8Array): Float32Array => {
-  switch (dtype) {
-    case "F32":
-      return new Float32Array(bytes.buffer, bytes.byteOffset, bytes.byteLength / 4)
-    case "F16":
-      return new Float32Array(new Float16Array(bytes.buffer, bytes.byteOffset, bytes.byteLength / 2))
-    case "BF16": {
-      // bfloat16 is the top half of a float32: shift it into place.
-      const src = new Uint16Array(bytes.buffer, bytes.byteOffset, bytes.byteLength / 2)
-      const out = new Uint32Array(src.length)
-      for (let i = 0; i < src.length; i++) out[i] = src[i] << 16
-      return new Float32Array(out.buffer)
-    }
-  }
-}
-
 const readTensorAsync = async (file: string, dataStart: number, entry: SafetensorsEntry): Promise<Float32Array> => {
   const handle = await fs.promises.open(file, "r")
   try {
@@ -284,7 +270,14 @@ const openAsync = async (dir: string): Promise<TensorSource> => {
     })
   }
 
-  return { names, info: (name) => infos.get(name), readFloat32, files }
+  const locate = (name: string): TensorLocation | undefined => {
+    const found = located.get(name)
+    if (found === undefined) return undefined
+    const { entry, header } = found
+    return { file: header.file, position: header.dataStart + entry.begin, byteLength: entry.end - entry.begin, dtype: entry.dtype, shape: entry.shape }
+  }
+
+  return { names, info: (name) => infos.get(name), readFloat32, locate, files }
 }
 
 /**
@@ -293,36 +286,6 @@ const openAsync = async (dir: string): Promise<TensorSource> => {
  */
 export const openCheckpoint = (dir: string): Effect.Effect<TensorSource, CheckpointError> =>
   Effect.tryPromise({ try: () => openAsync(dir), catch: toCheckpointError(dir) })
-
-/** float32 -> bfloat16 bits with round-to-nearest-even (NaN stays a quiet NaN). */
-const toBf16Bytes = (data: Float32Array): Uint8Array => {
-  const bits = new Uint32Array(data.buffer, data.byteOffset, data.length)
-  const out = new Uint16Array(data.length)
-  for (let i = 0; i < bits.length; i++) {
-    const u = bits[i]
-    if ((u & 0x7fffffff) > 0x7f800000) {
-      out[i] = (u >>> 16) | 0x0040
-    } else {
-      out[i] = ((u + 0x7fff + ((u >>> 16) & 1)) >>> 16) & 0xffff
-    }
-  }
-  return new Uint8Array(out.buffer)
-}
-
-/** float32 values as the bytes of a storage dtype (F16 and BF16 round to nearest even). */
-export const encodeFloat32 = (dtype: StorageDType, data: Float32Array): Uint8Array => {
-  switch (dtype) {
-    case "F32":
-      return new Uint8Array(data.buffer, data.byteOffset, data.byteLength)
-    case "F16": {
-      const half = new Float16Array(data.length)
-      half.set(data)
-      return new Uint8Array(half.buffer)
-    }
-    case "BF16":
-      return toBf16Bytes(data)
-  }
-}
 
 const writeAsync = async (
   file: string,

@@ -16,6 +16,16 @@ export interface TensorInfo {
   readonly file: string
 }
 
+/** Where a tensor's raw bytes lie, as plain data (a worker thread can read them itself). */
+export interface TensorLocation {
+  readonly file: string
+  /** Absolute byte offset of the tensor in `file`. */
+  readonly position: number
+  readonly byteLength: number
+  readonly dtype: StorageDType
+  readonly shape: ReadonlyArray<number>
+}
+
 export interface TensorSource {
   /** Every tensor name in the checkpoint. */
   readonly names: ReadonlyArray<string>
@@ -25,6 +35,8 @@ export interface TensorSource {
    * tensor is missing, when `expectedShape` is given and differs, or when the file is shorter than its header says.
    */
   readonly readFloat32: (name: string, expectedShape?: ReadonlyArray<number>) => Effect.Effect<Float32Array, CheckpointError>
+  /** The file and byte range of a tensor (undefined when missing); no bytes are read. */
+  readonly locate: (name: string) => TensorLocation | undefined
   /** Bytes of every file, for a content key (graph conversion cache). */
   readonly files: ReadonlyArray<string>
 }

@@ -13,8 +13,10 @@ import * as fs from "node:fs"
 import * as path from "node:path"
 import { chorusCacheDir, writeCacheFile, writeCacheFolder } from "../../checkpoint/CacheEntry.ts"
 import { openCheckpoint } from "../../checkpoint/Safetensors.ts"
+import type { TensorSource } from "../../checkpoint/TensorSource.ts"
 import { type CheckpointError, ConversionError, type ModelConfigError } from "../../core/Errors.ts"
-import { type AttentionLayout, buildShardGraph, graphTensors, type ModelDType, type ShardGraph, validateTensors, weightBytes, writeShard } from "./GraphBuilder.ts"
+import { defaultConvertThreads, makeConvertPool } from "./ConvertPool.ts"
+import { type AttentionLayout, buildShardGraph, graphTensors, type ModelDType, type ShardGraph, validateTensors, weightBytes, writeShard, writeShards } from "./GraphBuilder.ts"
 import { type LlamaConfig, loadLlamaConfig } from "./LlamaConfig.ts"
 
 /** Bumped whenever the graph layout changes: it is part of the cache key, so old conversions are not reused. */
@@ -101,6 +103,11 @@ export interface ConvertOptions {
   /** `rotary-outside` (default, for onnxruntime-node), `fused` (device runtime, row cache) or `paged` (device runtime, block pool; float16/bfloat16). */
   readonly attention?: AttentionLayout
   readonly onProgress?: (progress: ConvertProgress) => void
+  /**
+   * Conversion worker threads (default: `defaultConvertThreads()`, one per core, at most 8). `0` runs the
+   * sequential path on the main thread (one tensor at a time; the reference the parallel path matches byte for byte).
+   */
+  readonly threads?: number
 }
 
 export { chorusCacheDir } from "../../checkpoint/CacheEntry.ts"
@@ -246,19 +253,24 @@ const writeAll = (
   dir: string,
   plan: Plan,
   manifest: ModelManifest,
-  source: Parameters<typeof writeShard>[0],
-  onProgress: ConvertOptions["onProgress"]
+  source: TensorSource,
+  onProgress: ConvertOptions["onProgress"],
+  threads: number
 ): Effect.Effect<void, CheckpointError | ConversionError> =>
   Effect.gen(function*() {
     const bytesTotal = plan.graphs.reduce((n, g) => n + g.weights.reduce((m, w) => m + weightBytes(w, g.options.dtype), 0), 0)
     let bytesDone = 0
-    for (const [k, graph] of plan.graphs.entries()) {
-      yield* writeShard(source, plan.config, graph, path.join(dir, manifest.shards[k].file), {
-        onTensor: (tensor, bytes) => {
-          bytesDone += bytes
-          onProgress?.({ bytesDone, bytesTotal, tensor })
-        }
-      })
+    const onTensor = (tensor: string, bytes: number) => {
+      bytesDone += bytes
+      onProgress?.({ bytesDone, bytesTotal, tensor })
+    }
+    const onnxPaths = manifest.shards.map((s) => path.join(dir, s.file))
+    if (threads === 0) {
+      for (const [k, graph] of plan.graphs.entries()) yield* writeShard(source, plan.config, graph, onnxPaths[k], { onTensor })
+    } else {
+      yield* Effect.scoped(
+        Effect.flatMap(makeConvertPool(threads), (pool) => writeShards(source, plan.config, plan.graphs, onnxPaths, pool, { onTensor }))
+      )
     }
     const text = JSON.stringify(Schema.encodeSync(ModelManifest)(manifest), null, 2)
     yield* Effect.uninterruptible(Effect.tryPromise({
@@ -287,6 +299,10 @@ export const convertCheckpoint = (
     }
     const ranges = yield* Effect.try({ try: () => planShards(config.numLayers, options.shards), catch: conversionError(`cannot split ${modelDir}`) })
     const attention = options.attention ?? "rotary-outside"
+    const threads = options.threads ?? defaultConvertThreads()
+    if (!Number.isInteger(threads) || threads < 0) {
+      return yield* Effect.fail(new ConversionError({ message: `threads must be a non-negative integer, found ${threads}` }))
+    }
     const graphs = ranges.map((layers) => buildShardGraph(config, { layers, dtype: options.dtype, maxContext, attention }))
     const source = yield* openCheckpoint(modelDir)
     yield* validateTensors(source, config, graphTensors(graphs))
@@ -308,7 +324,7 @@ export const convertCheckpoint = (
     if (options.outDir !== undefined) {
       const outDir = path.resolve(options.outDir)
       yield* Effect.tryPromise({ try: () => fs.promises.mkdir(outDir, { recursive: true }), catch: conversionError(`cannot create ${outDir}`) })
-      yield* writeAll(outDir, plan, manifest, source, options.onProgress)
+      yield* writeAll(outDir, plan, manifest, source, options.onProgress, threads)
       return yield* loadConvertedModel(outDir)
     }
 
@@ -323,7 +339,7 @@ export const convertCheckpoint = (
     yield* writeCacheFolder(
       finalDir,
       (dir) => fs.existsSync(path.join(dir, MANIFEST_FILE)),
-      (tmp) => writeAll(tmp, plan, manifest, source, options.onProgress)
+      (tmp) => writeAll(tmp, plan, manifest, source, options.onProgress, threads)
     )
     return yield* loadConvertedModel(finalDir)
   })

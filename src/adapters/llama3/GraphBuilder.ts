@@ -16,11 +16,12 @@
  *   tokens alone: what a runtime that keeps its own cache appends).
  * T is float32, float16 or bfloat16 (the shard's dtype).
  */
-import { Effect } from "effect"
+import { Effect, Semaphore } from "effect"
 import * as fs from "node:fs"
+import * as os from "node:os"
 import * as path from "node:path"
 import { encodeFloat32 } from "../../checkpoint/Safetensors.ts"
-import type { TensorSource } from "../../checkpoint/TensorSource.ts"
+import type { TensorLocation, TensorSource } from "../../checkpoint/TensorSource.ts"
 import { CheckpointError, ConversionError } from "../../core/Errors.ts"
 import * as TensorNames from "../../core/shard/TensorNames.ts"
 import {
@@ -32,7 +33,9 @@ import {
   type ValueSpec
 } from "../../onnx/OnnxWriter.ts"
 import { expectedTensorShapes, type LlamaConfig } from "./LlamaConfig.ts"
+import type { ConvertTask } from "./ConvertWorker.ts"
 import { ropeCache } from "./Rope.ts"
+import { transposeInto } from "./WeightBytes.ts"
 
 /** bfloat16 runs on the device runtime only: ORT's CPU EP lacks bfloat16 kernels (MatMul among them). */
 export type ModelDType = "float32" | "float16" | "bfloat16"
@@ -367,21 +370,6 @@ export const validateTensors = (
 export const graphTensors = (graphs: ReadonlyArray<ShardGraph>): Set<string> =>
   new Set(graphs.flatMap((g) => g.weights.flatMap((w) => recipeTensors(w.recipe))))
 
-/** `[rows, cols]` -> `[cols, rows]` into `out` at column offset `colOffset` of a row length `outCols`. */
-const transposeInto = (src: Float32Array, rows: number, cols: number, out: Float32Array, outCols: number, colOffset: number) => {
-  const B = 64 // blocked so both sides stay in cache
-  for (let r0 = 0; r0 < rows; r0 += B) {
-    const r1 = Math.min(rows, r0 + B)
-    for (let c0 = 0; c0 < cols; c0 += B) {
-      const c1 = Math.min(cols, c0 + B)
-      for (let r = r0; r < r1; r++) {
-        const srcRow = r * cols
-        for (let c = c0; c < c1; c++) out[c * outCols + colOffset + r] = src[srcRow + c]
-      }
-    }
-  }
-}
-
 const produce = (
   source: TensorSource,
   config: LlamaConfig,
@@ -474,4 +462,137 @@ export const writeShard = (
     const { options: _options, weights: _weights, ...spec } = graph
     const model = encodeModel({ ...spec, external })
     yield* Effect.uninterruptible(Effect.tryPromise({ try: () => fs.promises.writeFile(onnxPath, model), catch: ioError(onnxPath, "write") }))
+  })
+
+/** What `writeShards` needs of a conversion pool (`ConvertPool.ts`). */
+export interface ShardTaskRunner {
+  readonly threads: number
+  /** Produces and writes one initializer (uninterruptible); succeeds with its byte length. */
+  readonly run: (task: ConvertTask) => Effect.Effect<number, CheckpointError | ConversionError>
+}
+
+export interface WriteShardsOptions extends WriteShardOptions {
+  /** Bytes of tensor buffers in flight across the threads (a larger tensor runs alone). Default: totalmem/8, 2-8 GiB. */
+  readonly memoryBytes?: number
+}
+
+const MiB = 1 << 20
+const defaultMemoryBytes = (): number => Math.max(2 * 1024 * MiB, Math.min(8 * 1024 * MiB, Math.floor(os.totalmem() / 8)))
+
+/**
+ * Writes every shard's `.onnx.data` and `.onnx`, byte for byte as `writeShard` does one after another, but with the
+ * initializers produced and written in parallel by `runner`'s threads: each initializer's offset follows from the
+ * dims and dtype of those before it, so each lands with a positional write, in any order. At most `runner.threads`
+ * tensors and about `memoryBytes` of buffers are in flight. The RoPE caches (small, computed) are written here.
+ * On interrupt no new tensor starts and those in flight run to their end; the graphs are written last.
+ */
+export const writeShards = (
+  source: TensorSource,
+  config: LlamaConfig,
+  graphs: ReadonlyArray<ShardGraph>,
+  onnxPaths: ReadonlyArray<string>,
+  runner: ShardTaskRunner,
+  writeOptions: WriteShardsOptions = {}
+): Effect.Effect<void, CheckpointError | ConversionError> =>
+  Effect.gen(function*() {
+    yield* validateTensors(source, config, graphTensors(graphs))
+    type Job = { readonly name: string; readonly bytes: number; readonly task: ConvertTask } | {
+      readonly name: string
+      readonly bytes: number
+      readonly rope: { readonly graph: ShardGraph; readonly part: "cos" | "sin"; readonly dataPath: string; readonly offset: number }
+    }
+    const jobs: Array<Job> = []
+    const externals: Array<Array<ExternalInitializer>> = []
+    for (const [k, graph] of graphs.entries()) {
+      const dataPath = `${onnxPaths[k]}.data`
+      const location = path.basename(dataPath)
+      const dtype = graph.options.dtype
+      const external: Array<ExternalInitializer> = []
+      let offset = 0
+      for (const w of graph.weights) {
+        const bytes = weightBytes(w, dtype)
+        const start = Math.ceil(offset / DATA_ALIGNMENT) * DATA_ALIGNMENT
+        external.push({ name: w.name, type: dtype, dims: w.dims, location, offset: start, length: bytes })
+        offset = start + bytes
+        const r = w.recipe
+        if (r.kind === "rope") {
+          jobs.push({ name: w.name, bytes, rope: { graph, part: r.part, dataPath, offset: start } })
+          continue
+        }
+        const names = r.kind === "copy" ? [r.tensor] : r.tensors
+        const sources: Array<TensorLocation> = []
+        for (const name of names) {
+          const at = source.locate(name)
+          const where = source.files[0] === undefined ? "the checkpoint" : path.dirname(source.files[0])
+          if (at === undefined) return yield* Effect.fail(new CheckpointError({ path: where, message: `tensor '${name}' is missing from the checkpoint in ${where}` }))
+          sources.push(at)
+        }
+        const linear = r.kind === "linear"
+        const [inDim, outDim] = linear ? (w.dims as [number, number]) : [0, 0]
+        if (linear && (sources.reduce((n, s) => n + s.shape[0], 0) !== outDim || sources.some((s) => s.shape[1] !== inDim))) {
+          return yield* Effect.fail(new ConversionError({ message: `initializer ${w.name}: its sources do not make [${inDim}, ${outDim}]` }))
+        }
+        jobs.push({ name: w.name, bytes, task: { kind: r.kind, dataPath, offset: start, dtype, inDim, outDim, sources } })
+      }
+      externals.push(external)
+    }
+
+    // Create (truncate) every data file up front; the workers open them for positional writes.
+    for (const onnxPath of onnxPaths) {
+      const dataPath = `${onnxPath}.data`
+      yield* Effect.tryPromise({ try: () => fs.promises.writeFile(dataPath, new Uint8Array(0)), catch: ioError(dataPath, "create") })
+    }
+
+    const ropes = new Map<ShardGraph, { cos: Float32Array; sin: Float32Array }>()
+    const writeRope = (job: { readonly graph: ShardGraph; readonly part: "cos" | "sin"; readonly dataPath: string; readonly offset: number }) =>
+      Effect.tryPromise({
+        try: async () => {
+          let values = ropes.get(job.graph)
+          if (values === undefined) ropes.set(job.graph, values = ropeCache(config, job.graph.options.maxContext))
+          const bytes = toBytes(values[job.part], job.graph.options.dtype)
+          const handle = await fs.promises.open(job.dataPath, "r+")
+          try {
+            let done = 0
+            while (done < bytes.byteLength) {
+              const { bytesWritten } = await handle.write(bytes, done, bytes.byteLength - done, job.offset + done)
+              done += bytesWritten
+            }
+          } finally {
+            await handle.close()
+          }
+          return bytes.byteLength
+        },
+        catch: ioError(job.dataPath, "write")
+      })
+
+    // Memory bound, in MiB: a same-dtype linear holds its output and one source (about twice its size), a
+    // same-dtype copy one 64 MiB chunk; a cast also holds float32 values (about three times, to be safe).
+    const budget = Math.max(1, Math.floor((writeOptions.memoryBytes ?? defaultMemoryBytes()) / MiB))
+    const permits = yield* Semaphore.make(budget)
+    const cost = (job: Job): number => {
+      let bytes = job.bytes
+      if ("task" in job) {
+        const target = job.task.dtype === "float32" ? "F32" : job.task.dtype === "float16" ? "F16" : "BF16"
+        const cast = job.task.sources.some((s) => s.dtype !== target)
+        bytes = cast ? 3 * job.bytes : job.task.kind === "linear" ? 2 * job.bytes : Math.min(job.bytes, 64 * MiB)
+      }
+      return Math.min(budget, Math.max(1, Math.ceil(bytes / MiB)))
+    }
+    yield* Effect.forEach(
+      jobs,
+      (job) =>
+        permits.withPermits(cost(job))(
+          Effect.uninterruptible("task" in job ? runner.run(job.task) : writeRope(job.rope)).pipe(
+            Effect.tap((bytes) => Effect.sync(() => writeOptions.onTensor?.(job.name, bytes)))
+          )
+        ),
+      { concurrency: runner.threads, discard: true }
+    )
+
+    for (const [k, graph] of graphs.entries()) {
+      const { options: _options, weights: _weights, ...spec } = graph
+      const model = encodeModel({ ...spec, external: externals[k] })
+      const onnxPath = onnxPaths[k]
+      yield* Effect.uninterruptible(Effect.tryPromise({ try: () => fs.promises.writeFile(onnxPath, model), catch: ioError(onnxPath, "write") }))
+    }
   })

@@ -1,0 +1,174 @@
+/**
+ * The conversion worker: produces one initializer of a shard's external data file in a piscina thread and writes
+ * it at its precomputed offset (`GraphBuilder.writeShards` plans the layout, `ConvertPool.ts` runs the threads).
+ * Tasks are plain data (file paths, byte ranges, dtypes, shapes); the thread opens the safetensors files and the
+ * data file itself, so no tensor crosses the thread boundary. Blocking reads and writes are fine here: they hold
+ * only this thread.
+ *
+ * Bytes are those of the sequential path (read -> float32 -> transpose -> target dtype) exactly. Where the source
+ * dtype is the target dtype, the words are copied or transposed as they are (that round trip is the identity for
+ * every value but NaN payloads); a linear of another dtype is transposed as raw source words and then cast, which
+ * is the same elementwise cast in another order. A tensor holding a NaN takes the float32 path (V8 may rewrite
+ * NaN payloads in float conversions, so only that path reproduces the sequential one's NaN bytes).
+ */
+import * as fs from "node:fs"
+import * as path from "node:path"
+import { encodeFloat32, toFloat32 } from "../../checkpoint/FloatCodec.ts"
+import type { StorageDType, TensorLocation } from "../../checkpoint/TensorSource.ts"
+import { hasNaN, transpose16Into, transpose32Into, transposeInto } from "./WeightBytes.ts"
+
+export interface ConvertTask {
+  /** `copy`: the tensor as stored; `linear`: sources `[rows_k, inDim]` concatenated and transposed to `[inDim, outDim]`. */
+  readonly kind: "copy" | "linear"
+  readonly dataPath: string
+  /** Byte offset of the initializer in `dataPath`. */
+  readonly offset: number
+  readonly dtype: "float32" | "float16" | "bfloat16"
+  readonly inDim: number
+  readonly outDim: number
+  readonly sources: ReadonlyArray<TensorLocation>
+}
+
+export type ConvertResult =
+  | { readonly ok: true; readonly bytes: number; readonly fast: boolean }
+  | { readonly ok: false; readonly kind: "checkpoint"; readonly path: string; readonly message: string }
+  | { readonly ok: false; readonly kind: "conversion"; readonly message: string }
+
+const READ_CHUNK = 1 << 30
+/** Copies stream through a buffer of this size, so an embedding table never sits whole in memory. */
+const COPY_CHUNK = 64 << 20
+
+class SourceError extends Error {
+  readonly file: string
+  constructor(file: string, message: string) {
+    super(message)
+    this.file = file
+  }
+}
+
+const storage = (dtype: ConvertTask["dtype"]): StorageDType => (dtype === "float32" ? "F32" : dtype === "float16" ? "F16" : "BF16")
+
+const readAt = (fd: number, file: string, target: Uint8Array, position: number): void => {
+  let done = 0
+  while (done < target.byteLength) {
+    const n = fs.readSync(fd, target, done, Math.min(READ_CHUNK, target.byteLength - done), position + done)
+    if (n === 0) {
+      throw new SourceError(file, `${path.basename(file)} is truncated: expected ${target.byteLength} bytes at offset ${position}, file ended after ${done}`)
+    }
+    done += n
+  }
+}
+
+const writeAt = (fd: number, bytes: Uint8Array, position: number): void => {
+  let done = 0
+  while (done < bytes.byteLength) done += fs.writeSync(fd, bytes, done, Math.min(READ_CHUNK, bytes.byteLength - done), position + done)
+}
+
+/** Opens each source file once per task; closes them all at the end. */
+const withFiles = <A>(task: ConvertTask, f: (read: (s: TensorLocation, target: Uint8Array, skip?: number) => void, out: number) => A): A => {
+  const fds = new Map<string, number>()
+  let out: number | undefined
+  try {
+    try {
+      out = fs.openSync(task.dataPath, "r+")
+    } catch (cause) {
+      throw new Error(`cannot open ${task.dataPath}: ${cause instanceof Error ? cause.message : String(cause)}`)
+    }
+    const read = (s: TensorLocation, target: Uint8Array, skip = 0) => {
+      let fd = fds.get(s.file)
+      if (fd === undefined) {
+        try {
+          fd = fs.openSync(s.file, "r")
+        } catch (cause) {
+          throw new SourceError(s.file, `cannot read ${s.file}: ${cause instanceof Error ? cause.message : String(cause)}`)
+        }
+        fds.set(s.file, fd)
+      }
+      readAt(fd, s.file, target, s.position + skip)
+    }
+    return f(read, out)
+  } finally {
+    for (const fd of fds.values()) fs.closeSync(fd)
+    if (out !== undefined) fs.closeSync(out)
+  }
+}
+
+type Read = (s: TensorLocation, target: Uint8Array, skip?: number) => void
+
+/** The sequential path's bytes: float32 values, transposed for a linear, encoded to the target dtype. */
+const viaFloat32 = (task: ConvertTask, read: Read): Uint8Array => {
+  const decode = (s: TensorLocation): Float32Array => {
+    const bytes = new Uint8Array(s.byteLength)
+    read(s, bytes)
+    return toFloat32(s.dtype, bytes)
+  }
+  if (task.kind === "copy") return encodeFloat32(storage(task.dtype), decode(task.sources[0]))
+  const out = new Float32Array(task.inDim * task.outDim)
+  let colOffset = 0
+  for (const s of task.sources) {
+    const rows = s.shape[0]
+    transposeInto(decode(s), rows, task.inDim, out, task.outDim, colOffset)
+    colOffset += rows
+  }
+  return encodeFloat32(storage(task.dtype), out)
+}
+
+/** A same-dtype copy, streamed; false (nothing trustworthy written) when a chunk holds a NaN. */
+const copyRaw = (task: ConvertTask, read: Read, out: number): boolean => {
+  const s = task.sources[0]
+  const buf = new Uint8Array(Math.min(COPY_CHUNK, s.byteLength))
+  for (let done = 0; done < s.byteLength; done += buf.byteLength) {
+    const chunk = buf.subarray(0, Math.min(buf.byteLength, s.byteLength - done))
+    read(s, chunk, done)
+    if (hasNaN(s.dtype, chunk)) return false
+    writeAt(out, chunk, task.offset + done)
+  }
+  return true
+}
+
+/**
+ * A linear whose sources share one dtype, transposed as raw words of that dtype, then cast element by element to
+ * the target dtype where it differs (a cast commutes with a transpose); undefined when a source holds a NaN.
+ */
+const linearRaw = (task: ConvertTask, read: Read, dtype: StorageDType): Uint8Array | undefined => {
+  const from = task.sources[0].dtype
+  const wide = from === "F32"
+  const out = new Uint8Array(task.inDim * task.outDim * (wide ? 4 : 2))
+  let colOffset = 0
+  for (const s of task.sources) {
+    const rows = s.shape[0]
+    const bytes = new Uint8Array(s.byteLength)
+    read(s, bytes)
+    if (hasNaN(s.dtype, bytes)) return undefined
+    if (wide) transpose32Into(new Uint32Array(bytes.buffer), rows, task.inDim, new Uint32Array(out.buffer), task.outDim, colOffset)
+    else transpose16Into(new Uint16Array(bytes.buffer), rows, task.inDim, new Uint16Array(out.buffer), task.outDim, colOffset)
+    colOffset += rows
+  }
+  return from === dtype ? out : encodeFloat32(dtype, toFloat32(from, out))
+}
+
+export const runTask = (task: ConvertTask): ConvertResult => {
+  try {
+    return withFiles(task, (read, out) => {
+      const dtype = storage(task.dtype)
+      const same = task.sources.every((s) => s.dtype === dtype)
+      if (same && task.kind === "copy" && copyRaw(task, read, out)) return { ok: true, bytes: task.sources[0].byteLength, fast: true }
+      if (task.kind === "linear" && task.sources.every((s) => s.dtype === task.sources[0].dtype)) {
+        const bytes = linearRaw(task, read, dtype)
+        if (bytes !== undefined) {
+          writeAt(out, bytes, task.offset)
+          return { ok: true, bytes: bytes.byteLength, fast: true }
+        }
+      }
+      const bytes = viaFloat32(task, read)
+      writeAt(out, bytes, task.offset)
+      return { ok: true, bytes: bytes.byteLength, fast: false }
+    })
+  } catch (cause) {
+    if (cause instanceof SourceError) return { ok: false, kind: "checkpoint", path: cause.file, message: cause.message }
+    const message = cause instanceof Error ? cause.message : String(cause)
+    return { ok: false, kind: "conversion", message: `cannot write ${task.dataPath}: ${message}` }
+  }
+}
+
+export default runTask
