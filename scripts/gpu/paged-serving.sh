@@ -48,6 +48,16 @@ if [[ "$PHASE" == A ]]; then
   exit 0
 fi
 
+if [[ "$PHASE" == D ]]; then
+  # First start (conversion in parallel worker threads) and second start (from the cache) of chorus serve, timed to /ready.
+  for start in first second; do
+    timeout 200 "$NODE" tools/bench-gpu/server-sweep.ts --checkpoint "$CKPT" --out "$OUT/start-$start" --concurrency 1 --requests 2 \
+      --prefix-history 0 --ready-timeout-s 180 --bench-timeout-s 60 --max-batch 64
+    say "$start start: exit $?"; grep -h "ready after" "$OUT/start-$start/server-sweep.md" "$OUT/log-D" 2>/dev/null | tail -1
+  done
+  exit 0
+fi
+
 if [[ "$PHASE" == C ]]; then
   for graphs in 0 1; do
     CHORUS_TEST_ATTENTION=paged CHORUS_TEST_CUDA_GRAPHS=$graphs CHORUS_TEST_DEVICE=cuda timeout 120 "$NODE" node_modules/vitest/vitest.mjs run \
