@@ -19,6 +19,7 @@ import { DeadlineExceeded, GenerationError, Overloaded, ValidationError } from "
 import { type Job, startJob } from "../../core/JobMachine.ts"
 import type { GenerateRequest, GenerationEvent } from "../../core/Request.ts"
 import { makeKeyMatcher } from "../ApiKeys.ts"
+import { parameterDescription } from "../aime/Schemas.ts"
 import { startWorkerActor, WORKER_STATES, type WorkerActor, type WorkerState, wireWorkerState } from "./WorkerMachine.ts"
 
 export interface WorkerPoolOptions {
@@ -455,6 +456,9 @@ export const makeWorkerPool = (options: WorkerPoolOptions): Effect.Effect<Worker
     const jobCommand = (batch: ReadonlyArray<RemoteJob>): Obj => ({
       cmd: "job",
       endpoint_name: endpoint,
+      input_descriptions: parameterDescription.input,
+      progress_output_descriptions: parameterDescription.progress.OUTPUTS,
+      final_output_descriptions: parameterDescription.output,
       job_data: batch.map((job) => ({
         job_id: job.id,
         start_time: job.submittedAt / 1000,
