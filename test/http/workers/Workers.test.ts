@@ -139,8 +139,17 @@ describe("chorus serve --no-local-model with Chorus workers", () => {
       const expected = await localRun({ input: { type: "chat", messages }, maxTokens: 400, sampling: { temperature: 0, topK: 40, topP: 0.9 } })
       const submitted = await call(`${server.url}/${EP}`, request)
       const jobId: string = submitted.body.job_id
-      await waitFor(() => (server.serving.workers?.workers().find((w) => w.name === "doomed")?.running.size === 1 ? true : undefined), "the job to reach the worker", 10_000)
+      // Killed once it has streamed tokens: the second worker must continue the text, not repeat it.
+      let streamed = 0
+      for (let i = 0; i < 400 && streamed === 0; i++) {
+        const p = await call(`${server.url}/${EP}/progress?job_id=${encodeURIComponent(jobId)}`)
+        expect(p.body.job_state).not.toBe("done")
+        streamed = p.body.progress?.progress ?? 0
+        if (streamed === 0) await sleep(10)
+      }
       child.kill("SIGKILL")
+      expect(streamed).toBeGreaterThan(0)
+      expect(streamed).toBeLessThan(expected.tokens)
       await waitFor(() => (server.serving.workers?.workers().find((w) => w.name === "doomed")?.actor.state() === "offline" ? true : undefined), "the killed worker to be offline", 10_000)
       const p = await call(`${server.url}/${EP}/progress?job_id=${encodeURIComponent(jobId)}`)
       expect(p.body.job_state).not.toBe("done")
