@@ -12,6 +12,7 @@ import { Engine } from "../../../src/core/Engine.ts"
 import type { GenerateRequest } from "../../../src/core/Request.ts"
 import { repoRoot } from "../../support/fixtures.ts"
 import { waitFor } from "../../support/serveProcess.ts"
+import { startServer as startServerOn } from "../../../src/http/Server.ts"
 import { readSse, startServer, type TestServer } from "../../support/server.ts"
 
 type Json = Record<string, any>
@@ -37,6 +38,9 @@ const call = async (url: string, body?: unknown, raw?: string): Promise<{ status
 
 const remoteServer = (timeoutMs = 1500) =>
   startServer({ adapter: Llama3Adapter, adapterOptions: {}, remote: { workerKeys: [KEY], workerTimeoutMs: timeoutMs, pollWaitMs: 500 } })
+
+const startServerAt = (port: number) =>
+  startServerOn({ adapter: Llama3Adapter, adapterOptions: {}, host: "127.0.0.1", port, remote: { workerKeys: [KEY], workerTimeoutMs: 1500, pollWaitMs: 500 } })
 
 /** Polls an AIME job until done; returns the result and the number of polls that carried one. */
 const pollResult = async (base: string, jobId: string, ms = 60_000) => {
@@ -123,6 +127,48 @@ describe("chorus serve --no-local-model with Chorus workers", () => {
     expect(metrics).toMatch(/chorus:workers\{state="offline"\} 0/)
   }, 60_000)
 
+  it("a client that goes away cancels its job on the worker (the progress acknowledgement says canceled)", async () => {
+    const before = Effect.runSync(engine.stats).generatedTokens
+    const controller = new AbortController()
+    const r = await fetch(`${server.url}/v1/chat/completions`, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({ messages, max_tokens: 2000, temperature: 0, stream: true, ignore_eos: true }),
+      signal: controller.signal
+    })
+    const reader = r.body!.getReader()
+    await reader.read()
+    controller.abort()
+    await waitFor(() => (server.serving.workers?.workers().every((w) => w.running.size === 0) ? true : undefined), "the job to leave the worker", 20_000)
+    await waitFor(() => (Effect.runSync(engine.stats).numRunning === 0 ? true : undefined), "the worker's engine to stop the sequence", 20_000)
+    expect(Effect.runSync(engine.stats).generatedTokens - before).toBeLessThan(2000)
+  }, 60_000)
+
+  it("a worker started before its server connects once the server is up (backoff), and SIGTERM-style stop lets its job finish", async () => {
+    const probe = await startServer({ adapter: Llama3Adapter, adapterOptions: {}, remote: { workerKeys: [KEY] } })
+    const port = Number(new URL(probe.url).port)
+    await probe.close()
+    const stop = new AbortController()
+    const w = runWorker({ apiServer: `http://127.0.0.1:${port}`, workerKey: KEY, engine, maxBatch: 2, name: "early#0_1xCPU", signal: stop.signal, log: () => {} })
+    await sleep(800)
+    const late = await startServerAt(port)
+    try {
+      await waitFor(() => (late.serving.workers?.workers().some((x) => x.name === "early#0_1xCPU") ? true : undefined), "the early worker to connect", 30_000)
+      const expected = await localRun({ input: { type: "chat", messages }, maxTokens: 60, sampling: { temperature: 0, topK: 40, topP: 0.9 } })
+      const submitted = await call(`${late.url}/${EP}`, { chat_context: JSON.stringify(messages), max_gen_tokens: 60, temperature: 0, wait_for_result: false })
+      await waitFor(() => (late.serving.workers?.workers()[0]?.running.size === 1 ? true : undefined), "the job to reach the worker", 10_000)
+      stop.abort()
+      // Stopped polling: a job submitted now stays queued; the running one finishes.
+      const second = await call(`${late.url}/${EP}`, { chat_context: JSON.stringify(messages), max_gen_tokens: 4, wait_for_result: false })
+      await w
+      expect((await pollResult(late.url, submitted.body.job_id)).text).toBe(expected.text)
+      const queued = await call(`${late.url}/${EP}/progress?job_id=${encodeURIComponent(second.body.job_id)}`)
+      expect(queued.body.job_state).toBe("queued")
+    } finally {
+      await late.close()
+    }
+  }, 90_000)
+
   it("(d) a worker process killed mid-job: its job is re-queued after --worker-timeout and answered once by another", async () => {
     // This describe's in-process worker stays away from the queue while the other one takes the job.
     stopWorker.abort()
@@ -172,6 +218,21 @@ describe("chorus serve --no-local-model with Chorus workers", () => {
 
 // CHORUS_AIME_WORKER_LIB, else ../shared/reference/... beside the repository (or beside the worktrees' folder).
 const libCandidates = ["../shared/reference/aime-api-worker-interface", "../../shared/reference/aime-api-worker-interface"].map((p) => path.resolve(repoRoot, p))
+describe("chorus serve / chorus worker flags", () => {
+  it("--no-local-model needs a --worker-key; --worker-key needs --no-local-model; worker needs --api-server", () => {
+    const run = (args: ReadonlyArray<string>) => spawnSync(process.execPath, [path.join(repoRoot, "src/cli/main.ts"), ...args], { encoding: "utf8", timeout: 30_000 })
+    const a = run(["serve", "--port", "0", "--no-local-model"])
+    expect(a.status).toBe(2)
+    expect(a.stderr).toContain("--worker-key")
+    const b = run(["serve", "--port", "0", "--worker-key", "k"])
+    expect(b.status).toBe(2)
+    expect(b.stderr).toContain("--no-local-model")
+    const c = run(["worker", "--worker-key", "k"])
+    expect(c.status).toBe(2)
+    expect(c.stderr).toContain("--api-server")
+  }, 60_000)
+})
+
 const aimeLib = process.env.CHORUS_AIME_WORKER_LIB ?? libCandidates.find((p) => fs.existsSync(p)) ?? libCandidates[0]!
 const haveLib = fs.existsSync(path.join(aimeLib, "aime_api_worker_interface", "api_worker_interface.py")) &&
   spawnSync("python3", ["-c", "import requests"]).status === 0
