@@ -191,19 +191,18 @@ export const makeWorkerPool = (options: WorkerPoolOptions): Effect.Effect<Worker
     const ensureStarted = (job: RemoteJob, promptTokens: number) => {
       if (job.started) return
       job.started = true
-      job.machine.send({ type: "ADMIT" })
       stats.promptTokens += promptTokens
       offer(job, { _tag: "Started", promptTokens })
     }
 
     /** New tokens of the current attempt; those already streamed by an earlier attempt are skipped. */
     const tokens = (job: RemoteJob, from: number, ids: ReadonlyArray<number>, texts: ReadonlyArray<string>) => {
+      if (ids.length > 0) job.machine.send({ type: "FIRST_TOKEN" })
       for (let i = Math.max(0, job.received - from); i < ids.length; i++) {
         const text = texts[i] ?? ""
         job.received++
         job.receivedText += text
         if (job.received > job.emitted) {
-          if (job.emitted === 0) job.machine.send({ type: "FIRST_TOKEN" })
           job.emitted++
           job.emittedText += text
           stats.generatedTokens++
@@ -214,8 +213,8 @@ export const makeWorkerPool = (options: WorkerPoolOptions): Effect.Effect<Worker
 
     /** Text progress of a worker that sends no token ids (AIME's own workers): each new piece is one event. */
     const textProgress = (job: RemoteJob, text: string) => {
+      if (text.length > 0) job.machine.send({ type: "FIRST_TOKEN" })
       if (text.length <= job.emittedText.length || !text.startsWith(job.emittedText)) return
-      if (job.emitted === 0) job.machine.send({ type: "FIRST_TOKEN" })
       const piece = text.slice(job.emittedText.length)
       job.emitted++
       job.emittedText = text
@@ -237,6 +236,7 @@ export const makeWorkerPool = (options: WorkerPoolOptions): Effect.Effect<Worker
 
     const requeue = (job: RemoteJob) => {
       release(job)
+      job.machine.send({ type: "REQUEUE" })
       job.received = 0
       job.receivedText = ""
       queue.unshift(job)
@@ -244,6 +244,7 @@ export const makeWorkerPool = (options: WorkerPoolOptions): Effect.Effect<Worker
 
     const assign = (w: WorkerInfo, job: RemoteJob) => {
       job.worker = w.name
+      job.machine.send({ type: "ADMIT" })
       job.assignedAt = Date.now()
       job.received = 0
       job.receivedText = ""

@@ -198,7 +198,9 @@ describe("chorus serve --no-local-model with Chorus workers", () => {
       expect(streamed).toBeLessThan(expected.tokens)
       await waitFor(() => (server.serving.workers?.workers().find((w) => w.name === "doomed")?.actor.state() === "offline" ? true : undefined), "the killed worker to be offline", 10_000)
       const p = await call(`${server.url}/${EP}/progress?job_id=${encodeURIComponent(jobId)}`)
-      expect(p.body.job_state).not.toBe("done")
+      // Back in the queue (its machine went back to queued), at its head.
+      expect(p.body.job_state).toBe("queued")
+      expect(p.body.progress.queue_position).toBe(1)
       // A second worker takes the re-queued job.
       const second = new AbortController()
       const w2 = runWorker({ apiServer: server.url, workerKey: KEY, engine, maxBatch: 2, name: "second#0_1xCPU", signal: second.signal, log: () => {} })
