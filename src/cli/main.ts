@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 /**
- * The `chorus` command: serve, generate, chat, convert, bench; `--version`, and `help` for any command or subcommand.
+ * The `chorus` command: serve, generate, chat, convert, worker, bench; `--version`, and `help` for any command or subcommand.
  * Each command declares its flags once; every error is one line on stderr with exit code 2 for bad input, 1 for a failure while running.
  */
 import { Effect, Exit, References } from "effect"
