@@ -8,7 +8,9 @@
  * backoff. SIGTERM: stops polling, finishes running jobs, exits.
  */
 import { Context, Effect, Exit, Layer, Stream } from "effect"
+import * as fs from "node:fs"
 import * as os from "node:os"
+import * as path from "node:path"
 import { Llama3Adapter } from "../adapters/llama3/Llama3Adapter.ts"
 import { Engine } from "../core/Engine.ts"
 import { ValidationError } from "../core/Errors.ts"
@@ -40,6 +42,9 @@ export interface WorkerOptions {
   readonly name?: string
   readonly gpuName?: string
   readonly numGpus?: number
+  /** Described to the server as AIME's worker library does (`model_quantization`, `model_size`). */
+  readonly modelQuantization?: string
+  readonly modelSize?: string
   /** Stops polling; running jobs finish, then `runWorker` resolves. */
   readonly signal?: AbortSignal
   readonly log?: (line: string) => void
@@ -100,8 +105,8 @@ export const runWorker = async (options: WorkerOptions): Promise<void> => {
     num_gpus: numGpus,
     request_timeout: 60,
     model_label: engine.model.id,
-    model_quantization: "Unknown",
-    model_size: "Unknown",
+    model_quantization: options.modelQuantization ?? "Unknown",
+    model_size: options.modelSize ?? "Unknown",
     model_family: "Llama 3",
     model_type: "LLM",
     model_repo_name: engine.model.id,
@@ -246,10 +251,19 @@ export const runWorker = async (options: WorkerOptions): Promise<void> => {
   while (!stopping.signal.aborted) {
     const free = options.maxBatch - running.size
     if (free <= 0) {
-      await new Promise<void>((r) => {
-        slotFreed = r
-        stopping.signal.addEventListener("abort", () => r(), { once: true })
+      // Every slot busy: no poll, so a heartbeat every 5 s keeps the server from taking this worker for gone while
+      // long prompts prefill without progress.
+      let timer: ReturnType<typeof setTimeout> | undefined
+      let onAbort = () => {}
+      const woke = await new Promise<"slot" | "tick">((r) => {
+        slotFreed = () => r("slot")
+        onAbort = () => r("slot")
+        timer = setTimeout(() => r("tick"), 5000)
+        stopping.signal.addEventListener("abort", onAbort, { once: true })
       })
+      clearTimeout(timer)
+      stopping.signal.removeEventListener("abort", onAbort)
+      if (woke === "tick") post("/worker_check_server_status", identity).catch(() => {})
       continue
     }
     let r: { status: number; body: Obj }
@@ -287,6 +301,26 @@ const exitMessage = (cause: unknown) => {
   return e?.message ?? String(cause)
 }
 
+/** AIME's quantization labels for the dtypes. */
+const quantizationOf = (dtype: string | undefined) => (dtype === "bfloat16" ? "bf16" : dtype === "float16" ? "fp16" : "fp32")
+
+/** `8B`, `70B`, `135M`: parameters counted from a Hugging Face Llama config.json; undefined when it cannot be read. */
+export const modelSizeOf = (modelDir: string | undefined): string | undefined => {
+  if (modelDir === undefined) return undefined
+  try {
+    const c = JSON.parse(fs.readFileSync(path.join(modelDir, "config.json"), "utf8")) as Record<string, number | boolean>
+    const h = Number(c["hidden_size"])
+    const heads = Number(c["num_attention_heads"])
+    const kv = Number(c["num_key_value_heads"] ?? heads)
+    const layer = 2 * h * h + 2 * h * (h / heads) * kv + 3 * h * Number(c["intermediate_size"]) + 2 * h
+    const n = Number(c["vocab_size"]) * h * (c["tie_word_embeddings"] === true ? 1 : 2) + Number(c["num_hidden_layers"]) * layer
+    if (!Number.isFinite(n) || n <= 0) return undefined
+    return n >= 1e9 ? `${Math.round(n / 1e9)}B` : `${Math.round(n / 1e6)}M`
+  } catch {
+    return undefined
+  }
+}
+
 export const runWorkerCommand = (flags: ParsedFlags<typeof workerFlags>) =>
   Effect.gen(function*() {
     const apiServer = flags["api-server"]
@@ -318,6 +352,8 @@ export const runWorkerCommand = (flags: ParsedFlags<typeof workerFlags>) =>
           ...(flags.endpoint === undefined ? {} : { endpoint: flags.endpoint }),
           ...(flags.name === undefined ? {} : { name: flags.name }),
           gpuName: device?.kind === "cuda" ? "CUDA" : "CPU",
+          modelQuantization: quantizationOf(flags.dtype),
+          ...(modelSizeOf(flags.model) === undefined ? {} : { modelSize: modelSizeOf(flags.model)! }),
           numGpus: 1,
           signal: controller.signal
         }),

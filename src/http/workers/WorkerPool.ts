@@ -587,6 +587,9 @@ export const makeWorkerPool = (options: WorkerPoolOptions): Effect.Effect<Worker
       if (!isObj(body)) return reply(400, { error: "the body must be a JSON object" })
       const auth = str(body["auth"])
       const keyValid = keyOk(body["auth_key"])
+      // From a known worker with its key, this is a heartbeat (chorus worker sends one while all its slots are busy).
+      const known = auth === undefined ? undefined : workers.get(auth)
+      if (known !== undefined && keyValid) known.lastSeen = Date.now()
       return reply(200, {
         cmd: "ok",
         msg: "API server online",
