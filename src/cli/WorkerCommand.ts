@@ -117,12 +117,14 @@ export const runWorker = async (options: WorkerOptions): Promise<void> => {
     chorus_context_length: engine.model.contextLength
   }
 
+  /** One POST; a server that does not answer within a minute (a long poll takes at most its request_timeout) is away. */
   const post = async (route: string, body: unknown, signal?: AbortSignal) => {
+    const limit = AbortSignal.timeout(60_000)
     const r = await fetch(`${base}${route}`, {
       method: "POST",
       headers: { "content-type": "application/json" },
       body: JSON.stringify(body),
-      ...(signal === undefined ? {} : { signal })
+      signal: signal === undefined ? limit : AbortSignal.any([signal, limit])
     })
     const text = await r.text()
     let json: unknown
