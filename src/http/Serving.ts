@@ -106,6 +106,7 @@ export class Serving extends Context.Service<Serving, {
           const gauge = registry.gauge("chorus:workers", "Remote workers by state (connecting, online, busy, offline).", ["state"])
           const pool = yield* makeWorkerPool({
             ...remote,
+            observer,
             onChange: (counts) => {
               for (const s of WORKER_STATES) gauge.set({ state: s }, counts[s])
             }

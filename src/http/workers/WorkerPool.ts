@@ -16,6 +16,7 @@ import { Cause, Effect, Queue, type Scope, Stream } from "effect"
 import { randomUUID } from "node:crypto"
 import type { EngineError, EngineStats } from "../../core/Engine.ts"
 import { DeadlineExceeded, GenerationError, Overloaded, ValidationError } from "../../core/Errors.ts"
+import { type EngineObserver, type FinishedReason, silentObserver } from "../../core/EngineObserver.ts"
 import { type Job, startJob } from "../../core/JobMachine.ts"
 import type { GenerateRequest, GenerationEvent } from "../../core/Request.ts"
 import { makeKeyMatcher } from "../ApiKeys.ts"
@@ -40,6 +41,8 @@ export interface WorkerPoolOptions {
   readonly contextLength?: number
   /** Called with the workers per state after every change that may have moved one (metrics). */
   readonly onChange?: (counts: Record<WorkerState, number>) => void
+  /** Told of queueing, first tokens, tokens and ends, as the local engine tells its observer (metrics). */
+  readonly observer?: EngineObserver
 }
 
 /** What the server answers a worker call: an HTTP status and a JSON body. */
@@ -70,9 +73,16 @@ interface RemoteJob {
   readonly machine: Job
   readonly queue: Queue.Queue<GenerationEvent, EngineError | Cause.Done>
   readonly submittedAt: number
+  /** performance.now() at submission. */
+  readonly arrivedAt: number
   readonly deadline: number
   worker: string | undefined
   assignedAt: number
+  /** performance.now() of the first hand-over to a worker, the first token and the latest one (0: not yet). */
+  admittedAt: number
+  firstTokenAt: number
+  lastTokenAt: number
+  promptTokens: number
   cancelRequested: boolean
   ended: boolean
   started: boolean
@@ -149,6 +159,7 @@ export const makeWorkerPool = (options: WorkerPoolOptions): Effect.Effect<Worker
     const maxQueue = options.maxQueue ?? 1024
     const defaultDeadline = options.timeoutMs ?? Number.POSITIVE_INFINITY
     const isWorkerKey = makeKeyMatcher(options.workerKeys)
+    const observer = options.observer ?? silentObserver
     const keyOk = (k: unknown) => options.workerKeys.length > 0 && typeof k === "string" && isWorkerKey(k)
 
     const workers = new Map<string, WorkerInfo>()
@@ -167,9 +178,27 @@ export const makeWorkerPool = (options: WorkerPoolOptions): Effect.Effect<Worker
 
     const offer = (job: RemoteJob, e: GenerationEvent) => Queue.offerUnsafe(job.queue, e)
 
+    /** Tells the observer how a request ended, once. */
+    const report = (job: RemoteJob, reason: FinishedReason, promptTokens: number, generated: number) => {
+      const t = performance.now()
+      observer.finished({
+        reason,
+        e2eSeconds: (t - job.arrivedAt) / 1000,
+        prefillSeconds: job.firstTokenAt === 0 || job.admittedAt === 0 ? undefined : (job.firstTokenAt - job.admittedAt) / 1000,
+        decodeSeconds: job.firstTokenAt === 0 ? undefined : (t - job.firstTokenAt) / 1000,
+        promptTokens,
+        generationTokens: generated,
+        maxTokens: job.request.maxTokens ?? 0
+      })
+    }
+
     const end = (job: RemoteJob, error?: EngineError) => {
       if (job.ended) return
       job.ended = true
+      if (error !== undefined) {
+        observer.failed(error.errorType)
+        report(job, error._tag === "DeadlineExceeded" ? "timeout" : "error", job.promptTokens, job.emitted)
+      }
       jobs.delete(job.id)
       byRequest.delete(job.requestId)
       const i = queue.indexOf(job)
@@ -191,8 +220,19 @@ export const makeWorkerPool = (options: WorkerPoolOptions): Effect.Effect<Worker
     const ensureStarted = (job: RemoteJob, promptTokens: number) => {
       if (job.started) return
       job.started = true
+      job.promptTokens = promptTokens
+      observer.promptTokens(promptTokens)
       stats.promptTokens += promptTokens
       offer(job, { _tag: "Started", promptTokens })
+    }
+
+    const observeToken = (job: RemoteJob) => {
+      const t = performance.now()
+      if (job.firstTokenAt === 0) {
+        job.firstTokenAt = t
+        observer.firstToken((job.admittedAt - job.arrivedAt) / 1000, (t - job.arrivedAt) / 1000)
+      } else observer.token((t - job.lastTokenAt) / 1000)
+      job.lastTokenAt = t
     }
 
     /** New tokens of the current attempt; those already streamed by an earlier attempt are skipped. */
@@ -206,6 +246,7 @@ export const makeWorkerPool = (options: WorkerPoolOptions): Effect.Effect<Worker
           job.emitted++
           job.emittedText += text
           stats.generatedTokens++
+          observeToken(job)
           offer(job, { _tag: "Token", tokenId: ids[i]!, text })
         }
       }
@@ -221,6 +262,7 @@ export const makeWorkerPool = (options: WorkerPoolOptions): Effect.Effect<Worker
       job.received = job.emitted
       job.receivedText = text
       stats.generatedTokens++
+      observeToken(job)
       offer(job, { _tag: "Token", tokenId: -1, text: piece })
     }
 
@@ -246,6 +288,10 @@ export const makeWorkerPool = (options: WorkerPoolOptions): Effect.Effect<Worker
       job.worker = w.name
       job.machine.send({ type: "ADMIT" })
       job.assignedAt = Date.now()
+      if (job.admittedAt === 0) {
+        job.admittedAt = performance.now()
+        observer.admitted((job.admittedAt - job.arrivedAt) / 1000)
+      }
       job.received = 0
       job.receivedText = ""
       w.running.add(job.id)
@@ -275,9 +321,11 @@ export const makeWorkerPool = (options: WorkerPoolOptions): Effect.Effect<Worker
     const submit = (request: GenerateRequest): Effect.Effect<Stream.Stream<GenerationEvent, EngineError>, EngineError> =>
       Effect.gen(function*() {
         if (request.promptLogits !== undefined && request.promptLogits !== "none") {
+          observer.failed("validation_error")
           return yield* Effect.fail(new ValidationError({ field: "prompt_logits", message: "prompt logits are not available through remote workers" }))
         }
         if (queue.length >= maxQueue) {
+          observer.failed("overloaded")
           return yield* Effect.fail(new Overloaded({ maxQueue, message: `the queue is full (${maxQueue} requests waiting); retry later` }))
         }
         // A fixed seed: a job re-queued after its worker timed out generates the same tokens on the next worker.
@@ -294,9 +342,14 @@ export const makeWorkerPool = (options: WorkerPoolOptions): Effect.Effect<Worker
               machine: startJob(String(requestId)),
               queue: q,
               submittedAt: now,
+              arrivedAt: performance.now(),
               deadline: now + Math.min(request.timeoutMs ?? Number.POSITIVE_INFINITY, defaultDeadline),
               worker: undefined,
               assignedAt: 0,
+              admittedAt: 0,
+              firstTokenAt: 0,
+              lastTokenAt: 0,
+              promptTokens: 0,
               cancelRequested: false,
               ended: false,
               started: false,
@@ -309,6 +362,7 @@ export const makeWorkerPool = (options: WorkerPoolOptions): Effect.Effect<Worker
             byRequest.set(requestId, job)
             queue.push(job)
             offer(job, { _tag: "Queued", requestId, job: job.machine })
+            observer.queued()
             dispatch()
             yield* Effect.addFinalizer(() =>
               Effect.sync(() => {
@@ -317,6 +371,7 @@ export const makeWorkerPool = (options: WorkerPoolOptions): Effect.Effect<Worker
                 // progress acknowledgement (`canceled: true`).
                 job.machine.send({ type: "CANCEL" })
                 job.ended = true
+                report(job, "abort", job.promptTokens, job.emitted)
                 const i = queue.indexOf(job)
                 if (i >= 0) queue.splice(i, 1)
                 if (job.worker === undefined) {
@@ -579,6 +634,7 @@ export const makeWorkerPool = (options: WorkerPoolOptions): Effect.Effect<Worker
         : finishReason === "length" ? "max_tokens" : "eos"
       job.machine.send({ type: "FINISH" })
       offer(job, { _tag: "Finished", finishReason, stopReason, text: tail, usage: { promptTokens, completionTokens: completion } })
+      report(job, finishReason, promptTokens, completion)
       end(job)
       return reply(200, { cmd: "ok" })
     }

@@ -125,6 +125,9 @@ describe("chorus serve --no-local-model with Chorus workers", () => {
     const metrics = await (await fetch(`${server.url}/metrics`)).text()
     expect(metrics).toMatch(/chorus:workers\{state="online"\} 1/)
     expect(metrics).toMatch(/chorus:workers\{state="offline"\} 0/)
+    // The engine metrics count remote requests too (the two requests so far ended at their token limit).
+    expect(metrics).toMatch(/chorus:request_success_total\{[^}]*finished_reason="length"[^}]*\} 2/)
+    expect(metrics).toMatch(/chorus:time_to_first_token_seconds_count\{[^}]*\} 2/)
   }, 60_000)
 
   it("a client that goes away cancels its job on the worker (the progress acknowledgement says canceled)", async () => {
