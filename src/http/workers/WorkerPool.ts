@@ -237,6 +237,8 @@ export const makeWorkerPool = (options: WorkerPoolOptions): Effect.Effect<Worker
 
     /** New tokens of the current attempt; those already streamed by an earlier attempt are skipped. */
     const tokens = (job: RemoteJob, from: number, ids: ReadonlyArray<number>, texts: ReadonlyArray<string>) => {
+      // A range that starts past what arrived would misplace tokens; the worker resends from its last acknowledged one.
+      if (from > job.received) return
       if (ids.length > 0) job.machine.send({ type: "FIRST_TOKEN" })
       for (let i = Math.max(0, job.received - from); i < ids.length; i++) {
         const text = texts[i] ?? ""
@@ -402,10 +404,16 @@ export const makeWorkerPool = (options: WorkerPoolOptions): Effect.Effect<Worker
           }
         }
       }
-      for (const job of [...queue]) {
-        if (now > job.deadline) {
+      // Past its deadline, queued or running: the client gets DeadlineExceeded; a worker running it hears
+      // `canceled` in its next progress acknowledgement (the job is no longer its).
+      for (const job of [...jobs.values()]) {
+        if (!job.ended && now > job.deadline) {
+          const waiting = job.worker === undefined
           job.machine.send({ type: "EXPIRE" })
-          end(job, new DeadlineExceeded({ timeoutMs: job.deadline - job.submittedAt, message: "the request timed out waiting for a worker" }))
+          end(job, new DeadlineExceeded({
+            timeoutMs: job.deadline - job.submittedAt,
+            message: waiting ? "the request timed out waiting for a worker" : "the request timed out on its worker"
+          }))
         }
       }
       dispatch()

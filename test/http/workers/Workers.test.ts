@@ -223,6 +223,22 @@ describe("chorus serve --no-local-model with Chorus workers", () => {
 
 // CHORUS_AIME_WORKER_LIB, else ../shared/reference/... beside the repository (or beside the worktrees' folder).
 const libCandidates = ["../shared/reference/aime-api-worker-interface", "../../shared/reference/aime-api-worker-interface"].map((p) => path.resolve(repoRoot, p))
+describe("chorus serve --no-local-model: deadlines", () => {
+  it("a request that no worker takes within --timeout fails with its deadline, it does not hang", async () => {
+    const server = await startServer({ adapter: Llama3Adapter, adapterOptions: {}, engine: { timeoutMs: 400 }, remote: { workerKeys: [KEY] } })
+    try {
+      const started = Date.now()
+      const r = await call(`${server.url}/v1/chat/completions`, { messages, max_tokens: 4 })
+      expect(r.status).toBeGreaterThanOrEqual(400)
+      expect(JSON.stringify(r.body)).toMatch(/timed out waiting for a worker/)
+      expect(Date.now() - started).toBeLessThan(5000)
+      expect((await server.serving.workers!.engine.stats.pipe(Effect.runPromise)).numWaiting).toBe(0)
+    } finally {
+      await server.close()
+    }
+  }, 30_000)
+})
+
 describe("chorus serve / chorus worker flags", () => {
   it("--no-local-model needs a --worker-key; --worker-key needs --no-local-model; worker needs --api-server", () => {
     const run = (args: ReadonlyArray<string>) => spawnSync(process.execPath, [path.join(repoRoot, "src/cli/main.ts"), ...args], { encoding: "utf8", timeout: 30_000 })
