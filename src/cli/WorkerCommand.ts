@@ -250,6 +250,7 @@ export const runWorker = async (options: WorkerOptions): Promise<void> => {
   log(`chorus worker ${name}: ${engine.model.id}, up to ${options.maxBatch} jobs at once, polling ${base}`)
   let delay = 250
   let online = false
+  let warnedEndpoint = false
   while (!stopping.signal.aborted) {
     const free = options.maxBatch - running.size
     if (free <= 0) {
@@ -290,6 +291,11 @@ export const runWorker = async (options: WorkerOptions): Promise<void> => {
     if (!online) log(`chorus worker: connected to ${base}`)
     online = true
     delay = 250
+    const from = r.body["endpoint_name"]
+    if (r.body["cmd"] === "job" && typeof from === "string" && from !== (options.endpoint ?? "llama3_chat") && !warnedEndpoint) {
+      warnedEndpoint = true
+      log(`chorus worker: the server sends jobs of endpoint ${from}, not ${options.endpoint ?? "llama3_chat"} (--endpoint); running them all the same`)
+    }
     if (r.body["cmd"] === "job" && Array.isArray(r.body["job_data"])) {
       for (const job of r.body["job_data"] as Array<Obj>) start(job)
     }
