@@ -106,6 +106,8 @@ describe("chorus serve --no-local-model with Chorus workers", () => {
     const chunks = frames.slice(0, -1).map((f) => JSON.parse(f.data) as Json)
     const text = chunks.map((c) => c.choices?.[0]?.delta?.content ?? "").join("")
     expect(text).toBe(expected.text)
+    // Streamed as the worker's progress came, not in one piece at the end.
+    expect(chunks.filter((c) => (c.choices?.[0]?.delta?.content ?? "") !== "").length).toBeGreaterThan(1)
     const usage = chunks.find((c) => c.usage != null)?.usage
     expect(usage.completion_tokens).toBe(expected.tokens)
     expect(usage.prompt_tokens).toBeGreaterThan(0)
@@ -169,6 +171,23 @@ describe("chorus serve --no-local-model with Chorus workers", () => {
       expect(queued.body.job_state).toBe("queued")
     } finally {
       await late.close()
+    }
+  }, 90_000)
+
+  it("chorus worker (the process) stops on SIGTERM with exit code 0", async () => {
+    const child = spawn(process.execPath, [path.join(repoRoot, "src/cli/main.ts"), "worker", "--api-server", server.url, "--worker-key", KEY, "--max-batch", "1", "--name", "termed"], {
+      stdio: ["ignore", "pipe", "pipe"]
+    })
+    let err = ""
+    child.stderr!.on("data", (d) => (err += d))
+    const exited = new Promise<number | null>((r) => child.on("exit", r))
+    try {
+      await waitFor(() => (server.serving.workers?.workers().some((w) => w.name === "termed" && w.actor.state() === "online") ? true : undefined), `the worker process to connect (${err})`, 60_000)
+      child.kill("SIGTERM")
+      expect(await exited).toBe(0)
+      expect(err).toContain("chorus worker: stopped")
+    } finally {
+      child.kill("SIGKILL")
     }
   }, 90_000)
 
