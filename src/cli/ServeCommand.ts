@@ -37,6 +37,9 @@ export const serveFlags = {
   "session-ttl": { kind: "number", description: "seconds an unused AIME session key stays valid (default 3600; each use renews it)" },
   "slow-reader-timeout": { kind: "number", description: "seconds a stream's socket may stay full (its client not reading) before it is cut (default 30)" },
   "max-sessions-per-key": { kind: "integer", description: "live AIME session keys per API key; more logins drop its oldest (default 1000)" },
+  "no-local-model": { kind: "boolean", description: "serve no model here: every request (OpenAI and AIME) goes to remote `chorus worker`s / AIME workers polling this server" },
+  "worker-key": { kind: "string", repeatable: true, description: "key a remote worker must send as auth_key (repeatable; needed with --no-local-model)" },
+  "worker-timeout": { kind: "number", description: "seconds a remote worker may stay silent before it is offline and its jobs are re-queued (default 30)" },
   "bench-step-delay": { kind: "number", description: "bench adapter only: simulated model time per step in ms (default 0)" }
 } as const satisfies FlagSpecs
 
@@ -181,6 +184,15 @@ export const runServe = (given: ParsedFlags<typeof serveFlags>) =>
     const stepDelay = flags["bench-step-delay"]
     if (stepDelay !== undefined && !(stepDelay >= 0)) return yield* bad("--bench-step-delay", `--bench-step-delay must be zero or more milliseconds, got ${stepDelay}`)
     if (stepDelay !== undefined && adapterName !== "bench") return yield* bad("--bench-step-delay", "--bench-step-delay needs --adapter bench")
+    const workerTimeout = flags["worker-timeout"]
+    if (workerTimeout !== undefined && !(workerTimeout > 0)) return yield* bad("--worker-timeout", `--worker-timeout must be a positive number of seconds, got ${workerTimeout}`)
+    const workerKeys = flags["worker-key"] ?? []
+    if (flags["no-local-model"] === true && workerKeys.length === 0) {
+      return yield* bad("--worker-key", "--no-local-model needs at least one --worker-key: the key remote workers authenticate with")
+    }
+    if (flags["no-local-model"] !== true && (workerKeys.length > 0 || workerTimeout !== undefined)) {
+      return yield* bad("--worker-key", "--worker-key and --worker-timeout need --no-local-model (mixing the local model and remote workers in one queue is not supported yet)")
+    }
     const operations = yield* operationsOptions(flags)
     const model = yield* resolveModelFlags(flags)
     const engine = {
@@ -198,7 +210,8 @@ export const runServe = (given: ParsedFlags<typeof serveFlags>) =>
       ...operations,
       sessionTtlMs: (flags["session-ttl"] ?? 3600) * 1000,
       slowReader: { maxStallMs: flags["slow-reader-timeout"] === undefined ? defaultSlowReaderLimits.maxStallMs : flags["slow-reader-timeout"] * 1000 },
-      ...(flags["max-sessions-per-key"] === undefined ? {} : { maxSessionsPerKey: flags["max-sessions-per-key"] })
+      ...(flags["max-sessions-per-key"] === undefined ? {} : { maxSessionsPerKey: flags["max-sessions-per-key"] }),
+      ...(flags["no-local-model"] === true ? { remote: { workerKeys, workerTimeoutMs: (workerTimeout ?? 30) * 1000 } } : {})
     }
     if (adapterName === "bench") {
       const benchOptions = {

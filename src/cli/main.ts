@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 /**
- * The `chorus` command: serve, generate, chat, convert, bench; `--version`, and `help` for any command or subcommand.
+ * The `chorus` command: serve, generate, chat, convert, worker, bench; `--version`, and `help` for any command or subcommand.
  * Each command declares its flags once; every error is one line on stderr with exit code 2 for bad input, 1 for a failure while running.
  */
 import { Effect, Exit, References } from "effect"
@@ -11,6 +11,7 @@ import { report } from "./CliError.ts"
 import { convertFlags, runConvert } from "./ConvertCommand.ts"
 import { generateFlags, runGenerate } from "./GenerateCommand.ts"
 import { runServe, serveFlags, serveNotes } from "./ServeCommand.ts"
+import { runWorkerCommand, workerFlags } from "./WorkerCommand.ts"
 import { packageVersion } from "./Version.ts"
 
 /** What `--help` shows of a command or subcommand. */
@@ -43,6 +44,7 @@ const commands = new Map<string, Command>([
   command("generate", { synopsis: "[--model DIR] (--prompt TEXT | --token-ids 1,2,3) [options]", summary: "generate a continuation" }, generateFlags, runGenerate),
   command("chat", { synopsis: "[--model DIR] [--system TEXT] [options]", summary: "chat in the terminal (or answer each line of a pipe)" }, chatFlags, runChat),
   command("convert", { synopsis: "--model DIR --out DIR [--dtype float32|float16] [--shards N]", summary: "convert a checkpoint to ONNX shards" }, convertFlags, runConvert),
+  command("worker", { synopsis: "--api-server URL --worker-key KEY [--model DIR] [--device cuda:N] [--max-batch N] [--endpoint llama3_chat]", summary: "take jobs from a chorus serve --no-local-model (or AIME) server" }, workerFlags, runWorkerCommand),
   ["bench", benchCommand]
 ])
 

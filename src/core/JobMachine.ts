@@ -13,6 +13,8 @@ export type JobEvent =
   | { readonly type: "FAIL"; readonly error: string }
   | { readonly type: "CANCEL" }
   | { readonly type: "EXPIRE" }
+  /** Back to the queue: a remote worker running the job went offline (the job is handed to the next worker). */
+  | { readonly type: "REQUEUE" }
 
 export const jobMachine = setup({
   types: {
@@ -34,6 +36,7 @@ export const jobMachine = setup({
     prefilling: {
       on: {
         FIRST_TOKEN: "decoding",
+        REQUEUE: "queued",
         FINISH: "done",
         FAIL: { target: "failed", actions: "recordError" },
         CANCEL: "cancelled",
@@ -41,7 +44,7 @@ export const jobMachine = setup({
       }
     },
     decoding: {
-      on: { FINISH: "done", FAIL: { target: "failed", actions: "recordError" }, CANCEL: "cancelled", EXPIRE: "expired" }
+      on: { REQUEUE: "queued", FINISH: "done", FAIL: { target: "failed", actions: "recordError" }, CANCEL: "cancelled", EXPIRE: "expired" }
     },
     done: { type: "final" },
     failed: { type: "final" },

@@ -22,6 +22,8 @@ import { OpsRoutes } from "./ops/Routes.ts"
 import { Serving } from "./Serving.ts"
 import type { SlowReaderLimits } from "./SlowReader.ts"
 import { StaticRoutes } from "./StaticFiles.ts"
+import type { WorkerPoolOptions } from "./workers/WorkerPool.ts"
+import { WorkerRoutes } from "./workers/Routes.ts"
 
 /** @category models */
 export interface ServerOptions<O> {
@@ -51,6 +53,11 @@ export interface ServerOptions<O> {
   readonly maxSessionsPerKey?: number
   /** When a stream whose client stopped reading is cut (default: its socket stayed full for 30 s). */
   readonly slowReader?: SlowReaderLimits
+  /**
+   * Serve no model: route every request to remote workers polling the AIME worker routes (`--no-local-model`).
+   * The adapter is then not loaded.
+   */
+  readonly remote?: WorkerPoolOptions
 }
 
 /** The base URL of a bound server (`HttpServer.formatAddress` knows nothing of TLS). */
@@ -90,7 +97,7 @@ export const serverLayer = <O>(options: ServerOptions<O>) => {
     ...(options.sessionTtlMs === undefined ? {} : { sessionTtlMs: options.sessionTtlMs }),
     ...(options.maxSessionsPerKey === undefined ? {} : { maxSessionsPerKey: options.maxSessionsPerKey })
   })
-  const routes = Layer.mergeAll(OpenAiRoutes, aime, OpsRoutes, StaticRoutes, HttpMetricsMiddleware, JsonNotFound)
+  const routes = Layer.mergeAll(OpenAiRoutes, aime, WorkerRoutes, OpsRoutes, StaticRoutes, HttpMetricsMiddleware, JsonNotFound)
   const origins = options.corsOrigins ?? []
   const logRequests = accessLog({ log: options.accessLog === true })
   const middleware = origins.length === 0 ? logRequests : <E, R>(app: Effect.Effect<HttpServerResponse.HttpServerResponse, E, R>) => logRequests(cors(origins)(app))
@@ -100,7 +107,15 @@ export const serverLayer = <O>(options: ServerOptions<O>) => {
     Layer.provideMerge(Serving.layer(options.adapter, options.adapterOptions, {
       apiKeys: options.apiKeys ?? [],
       engine: options.engine ?? {},
-      ...(options.slowReader === undefined ? {} : { slowReader: options.slowReader })
+      ...(options.slowReader === undefined ? {} : { slowReader: options.slowReader }),
+      ...(options.remote === undefined ? {} : {
+        remote: {
+          endpoint: options.aimeEndpoint ?? "llama3_chat",
+          ...(options.engine?.maxQueue === undefined ? {} : { maxQueue: options.engine.maxQueue }),
+          ...(options.engine?.timeoutMs === undefined ? {} : { timeoutMs: options.engine.timeoutMs }),
+          ...options.remote
+        }
+      })
     })),
     Layer.provideMerge(NodeHttpServer.layer(listen, {
       port: options.port ?? 8080,
@@ -156,6 +171,9 @@ export const runServer = <O>(options: ServerOptions<O>) =>
       Effect.tap((engine) =>
         Effect.gen(function*() {
           const aime = options.aimeEndpoint ?? "llama3_chat"
+          if (serving.workers !== undefined) {
+            yield* Effect.logInfo(`chorus: no local model: every request goes to remote workers (chorus worker --api-server ${url})`)
+          }
           yield* Effect.logInfo(`chorus: serving ${engine.model.id} at ${url}/ (OpenAI /v1, AIME /${aime}, web chat /, metrics /metrics)`)
           yield* Effect.logInfo(serving.isOpen ? "chorus: no API keys configured: the API is open to anyone who can reach it" : `chorus: ${serving.keys.size} API key(s) configured`)
         })

@@ -17,6 +17,8 @@ import { registerProcessMetrics } from "./metrics/ProcessMetrics.ts"
 import { Registry } from "./metrics/Prometheus.ts"
 import { Draining, NotReady, ShutDown, Unauthorized } from "./ServerErrors.ts"
 import { defaultSlowReaderLimits, makeSlowReaderWatch, type SlowReaderLimits, type SlowReaderWatch } from "./SlowReader.ts"
+import { WORKER_STATES } from "./workers/WorkerMachine.ts"
+import { makeWorkerPool, type WorkerPool, type WorkerPoolOptions } from "./workers/WorkerPool.ts"
 
 export type ServingStatus = "loading" | "ready" | "draining"
 export type LoadError = CheckpointError | ModelConfigError | ConversionError | GenerationError
@@ -28,6 +30,11 @@ export interface ServingOptions {
   readonly engine: EngineOptions
   /** When a streamed response whose client stopped reading is cut. Default `defaultSlowReaderLimits`. */
   readonly slowReader?: SlowReaderLimits
+  /**
+   * Serve no model: every request goes to remote workers over the AIME worker protocol (`--no-local-model`).
+   * Mixing the local engine and remote workers in one queue is a later step.
+   */
+  readonly remote?: WorkerPoolOptions
 }
 
 type EngineService = Engine["Service"]
@@ -61,6 +68,8 @@ export class Serving extends Context.Service<Serving, {
   readonly registry: Registry
   /** Cuts streams whose client stopped reading; counts them in `chorus:stream_aborted_slow_reader_total`. */
   readonly slowReader: SlowReaderWatch
+  /** The remote workers and their job queue; undefined when the server runs its model itself. */
+  readonly workers: WorkerPool | undefined
 }>()("chorus/http/Serving") {
   static readonly layer = <O>(adapter: ModelAdapter<O>, adapterOptions: O, options: ServingOptions): Layer.Layer<Serving> =>
     Layer.effect(
@@ -91,8 +100,34 @@ export class Serving extends Context.Service<Serving, {
         const stopped = yield* Deferred.make<never, ShutDown>()
         let current: EngineService | undefined
         const engineLayer = Engine.layer(adapter, adapterOptions, { ...options.engine, observer })
+        const remote = options.remote
+        let workers: WorkerPool | undefined
+        if (remote !== undefined) {
+          const gauge = registry.gauge("chorus:workers", "Remote workers by state (connecting, online, busy, offline).", ["state"])
+          const pool = yield* makeWorkerPool({
+            ...remote,
+            observer,
+            onChange: (counts) => {
+              for (const s of WORKER_STATES) gauge.set({ state: s }, counts[s])
+            }
+          })
+          for (const s of WORKER_STATES) gauge.set({ state: s }, 0)
+          workers = pool
+          const engine = pool.engine as unknown as EngineService
+          metrics = new EngineMetrics(registry, { modelName: "remote", maxModelLen: engine.model.contextLength })
+          metrics.bindGauges({
+            running: () => Effect.runSync(engine.stats).numRunning,
+            waiting: () => Effect.runSync(engine.stats).numWaiting,
+            kvUsage: () => 0,
+            prefixCacheQueries: () => 0,
+            prefixCacheHits: () => 0
+          })
+          current = engine
+          yield* Ref.set(status, "ready")
+          yield* Deferred.succeed(loaded, engine)
+        }
         // Load in the background, in the layer's scope: the engine lives as long as the server.
-        yield* Effect.forkScoped(
+        if (remote === undefined) yield* Effect.forkScoped(
           Layer.build(engineLayer).pipe(
             Effect.map((ctx) => Context.get(ctx, Engine)),
             Effect.tap((engine) =>
@@ -143,7 +178,8 @@ export class Serving extends Context.Service<Serving, {
           isOpen: keys.size === 0,
           keys,
           registry,
-          slowReader
+          slowReader,
+          workers
         })
       })
     )

@@ -85,6 +85,6 @@ describe("chorus generate with bad input", () => {
   it("an unknown command is one line, exit 2", () => {
     const r = chorus("frobnicate")
     expect(r.code).toBe(2)
-    expect(r.stderr.trim()).toBe("chorus: unknown command 'frobnicate' (commands: serve, generate, chat, convert, bench)")
+    expect(r.stderr.trim()).toBe("chorus: unknown command 'frobnicate' (commands: serve, generate, chat, convert, worker, bench)")
   })
 })

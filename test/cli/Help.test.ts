@@ -60,7 +60,7 @@ describe("chorus help", () => {
   })
 
   it.each([
-    [["help", "nope"], /^chorus: unknown command 'nope' \(commands: serve, generate, chat, convert, bench\)\n$/],
+    [["help", "nope"], /^chorus: unknown command 'nope' \(commands: serve, generate, chat, convert, worker, bench\)\n$/],
     [["help", "bench", "nope"], /^chorus: 'chorus bench' has no subcommand 'nope' \(subcommands: compare\)\n$/],
     [["help", "serve", "extra"], /^chorus: 'chorus serve' has no subcommand 'extra' \(it has none\)\n$/]
   ])("%j is one line on stderr and exit code 2", (args, line) => {

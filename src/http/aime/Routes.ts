@@ -214,6 +214,9 @@ export const AimeRoutes = (endpoint: string, options: AimeRoutesOptions = {}) =>
       const stats = engine._tag === "Some" ? yield* engine.value.stats : undefined
       const active = status === "ready" && stats !== undefined
       const maxQueue = options.maxQueue ?? 1024
+      const pool = serving.workers
+      const remote = pool?.workers().map(pool.describeWorker)
+      const online = remote?.filter((w) => w["state"] !== "offline").length
       return json({
         name: endpoint,
         title: "Llama 3 Chat",
@@ -224,9 +227,9 @@ export const AimeRoutes = (endpoint: string, options: AimeRoutesOptions = {}) =>
         max_queue_length: maxQueue,
         max_time_in_queue: options.timeoutMs === undefined ? null : options.timeoutMs / 1000,
         free_queue_slots: Math.max(0, maxQueue - (stats?.numWaiting ?? 0)),
-        num_active_workers: active ? 1 : 0,
-        num_workers: 1,
-        workers: [{
+        num_active_workers: online ?? (active ? 1 : 0),
+        num_workers: remote?.length ?? 1,
+        workers: remote ?? [{
           name: WORKER_NAME,
           state: !active ? "offline" : stats.numRunning > 0 ? "processing" : "waiting",
           max_batch_size: stats?.maxNumSeqs ?? 0,

@@ -1,0 +1,43 @@
+/**
+ * The worker side of AIME's protocol (reference §3): `/worker_login`, `/worker_job_request` (long poll),
+ * `/worker_job_progress` (one object or an array; also GET), `/worker_job_result`, `/worker_check_server_status`.
+ * Thin: read the JSON body, hand it to the worker pool, encode its reply. On a server that runs its model itself
+ * (no `--no-local-model`) every worker route answers 409: there is no queue for workers to take jobs from.
+ *
+ * @since 0.2.0
+ */
+import { Effect } from "effect"
+import { HttpRouter, HttpServerRequest, HttpServerResponse } from "effect/http"
+import { readJsonBody } from "../JsonBody.ts"
+import { Serving } from "../Serving.ts"
+import type { Reply, WorkerPool } from "./WorkerPool.ts"
+
+const json = (r: Reply) => HttpServerResponse.jsonUnsafe(r.body, { status: r.status })
+
+const NO_QUEUE: Reply = {
+  status: 409,
+  body: { cmd: "error", success: false, msg: "this server runs its model itself; start it with --no-local-model to serve through workers", error_msg: "this server takes no workers (start it with --no-local-model)" }
+}
+
+const route = (handle: (pool: WorkerPool, body: unknown) => Effect.Effect<Reply>) =>
+  Effect.gen(function*() {
+    const { workers } = yield* Serving
+    if (workers === undefined) return json(NO_QUEUE)
+    const request = yield* HttpServerRequest.HttpServerRequest
+    const body = request.method === "GET" ? {} : yield* readJsonBody
+    return json(yield* handle(workers, body))
+  }).pipe(
+    Effect.catchTags({
+      ValidationError: (e) => Effect.succeed(json({ status: 400, body: { cmd: "error", success: false, msg: e.message, error_msg: e.message } })),
+      PayloadTooLarge: (e) => Effect.succeed(json({ status: 413, body: { cmd: "error", success: false, msg: e.message, error_msg: e.message } }))
+    })
+  )
+
+export const WorkerRoutes = HttpRouter.use(Effect.fn(function*(router) {
+  yield* router.add("POST", "/worker_login", route((p, b) => Effect.succeed(p.login(b))))
+  yield* router.add("POST", "/worker_job_request", route((p, b) => p.jobRequest(b)))
+  yield* router.add("POST", "/worker_job_progress", route((p, b) => Effect.succeed(p.progress(b))))
+  yield* router.add("GET", "/worker_job_progress", route((p, b) => Effect.succeed(p.progress(b))))
+  yield* router.add("POST", "/worker_job_result", route((p, b) => Effect.succeed(p.result(b))))
+  yield* router.add("POST", "/worker_check_server_status", route((p, b) => Effect.succeed(p.checkStatus(b))))
+}))
