@@ -286,16 +286,18 @@ const chatCompletions = Effect.gen(function*() {
     const frames = choices.map((events, index) => {
       let first = true
       const tools = setup === undefined ? undefined : new ToolStream(setup)
+      const heldLogprobs: Array<ReturnType<typeof chatLogprob>> = []
       return framesOf(events, (e) => {
         switch (e._tag) {
           case "Token": {
-            // Text that may be a tool call is held (with its logprobs) until the end shows what it is.
+            // Text that may be a tool call is held (with its logprobs) until its start or the end shows what it is.
             const text = tools === undefined ? e.text : tools.push(e.text)
+            if (wantLogprobs && e.logprobs !== undefined) heldLogprobs.push(chatLogprob(codec, e.tokenId, e.logprobs))
             if (tools !== undefined && text === "") return ""
             if (text === "" && !first && e.logprobs === undefined) return ""
             const delta = first ? { role: "assistant", content: text } : { content: text }
             first = false
-            const logprobs = wantLogprobs ? { content: e.logprobs === undefined ? [] : [chatLogprob(codec, e.tokenId, e.logprobs)] } : null
+            const logprobs = wantLogprobs ? { content: heldLogprobs.splice(0) } : null
             return frame({ ...chunk, choices: [{ index, delta, logprobs, finish_reason: null }] })
           }
           case "Finished": {
@@ -310,7 +312,8 @@ const chatCompletions = Effect.gen(function*() {
               return calls.join("") + frame({ ...chunk, choices: [{ index, delta: {}, logprobs: null, finish_reason: "tool_calls" }] })
             }
             const delta = end.text === "" ? {} : first ? { role: "assistant", content: end.text } : { content: end.text }
-            return frame({ ...chunk, choices: [{ index, delta, logprobs: null, finish_reason: e.finishReason }] })
+            const logprobs = wantLogprobs && heldLogprobs.length > 0 ? { content: heldLogprobs.splice(0) } : null
+            return frame({ ...chunk, choices: [{ index, delta, logprobs, finish_reason: e.finishReason }] })
           }
           default:
             return ""
@@ -466,9 +469,10 @@ const model = (engine: Engine["Service"], path: string) =>
 const tokenize = Effect.gen(function*() {
   yield* authorize
   const body = yield* readJsonBody
-  const req = yield* decodeJsonLenient(TokenizeRequest, body, { known: ["model", "prompt", "messages", "add_special_tokens", "add_generation_prompt"], refused: [] })
+  const req = yield* decodeJsonLenient(TokenizeRequest, body, { known: ["model", "prompt", "messages", "tools", "add_special_tokens", "add_generation_prompt"], refused: [] })
   const engine = yield* engineFor(req.model)
-  const ids = yield* engine.tokenize("prompt" in req ? { type: "text", text: req.prompt } : { type: "chat", messages: chatMessages(req.messages) })
+  const tools = "messages" in req && req.tools != null && req.tools.length > 0 ? req.tools.map((t) => toolDefinition(t.function)) : undefined
+  const ids = yield* engine.tokenize("prompt" in req ? { type: "text", text: req.prompt } : { type: "chat", messages: chatMessages(req.messages), ...(tools === undefined ? {} : { tools }) })
   return HttpServerResponse.jsonUnsafe({ count: ids.length, max_model_len: engine.model.contextLength, tokens: Array.from(ids), token_strs: null })
 })
 

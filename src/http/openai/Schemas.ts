@@ -216,7 +216,11 @@ export type ResponsesRequest = typeof ResponsesRequest.Type
 /** vLLM's `POST /tokenize`: a completion prompt or chat messages. */
 export const TokenizeRequest = Schema.Union([
   Schema.Struct({ model: Schema.optional(Schema.NullOr(Schema.String)), prompt: Schema.String }),
-  Schema.Struct({ model: Schema.optional(Schema.NullOr(Schema.String)), messages: Schema.Array(ChatMessageIn).check(Schema.isMinLength(1)) })
+  Schema.Struct({
+    model: Schema.optional(Schema.NullOr(Schema.String)),
+    messages: Schema.Array(ChatMessageIn).check(Schema.isMinLength(1)),
+    tools: Schema.optional(Schema.NullOr(Schema.Array(ChatTool).check(Schema.isMaxLength(128))))
+  })
 ])
 
 /** vLLM's `POST /detokenize`. */

@@ -120,6 +120,15 @@ describe("chat completions: forced calls", () => {
     expect({ name: calls[0]!.name, arguments: calls[0]!.arguments }).toEqual({ name: whole.function.name, arguments: whole.function.arguments })
   })
 
+  it("renders the tools into the prompt (as /tokenize counts them) unless tool_choice is none", async () => {
+    const count = async (body: Record<string, unknown>) => (await post("/v1/chat/completions", { messages: MESSAGES, max_tokens: 1, ...body })).body.usage.prompt_tokens
+    const plain = await count({})
+    const withTools = await count({ tools: TOOLS })
+    expect(withTools).toBeGreaterThan(plain + 50)
+    expect(await count({ tools: TOOLS, tool_choice: "none" })).toBe(plain)
+    expect((await post("/tokenize", { messages: MESSAGES, tools: TOOLS })).body.count).toBe(withTools)
+  })
+
   it("tool_choice none answers in text", async () => {
     const { status, body } = await post("/v1/chat/completions", { messages: MESSAGES, tools: TOOLS, tool_choice: "none", max_tokens: 8, temperature: 0 })
     expect(status).toBe(200)
@@ -134,6 +143,16 @@ describe("chat completions: forced calls", () => {
     const m = body.choices[0].message
     if (m.tool_calls !== undefined) checkCall(m.tool_calls[0].function.name, m.tool_calls[0].function.arguments, ["get_weather", "set_timer"])
     else expect(typeof m.content).toBe("string")
+  })
+
+  it("auto, streamed with logprobs: held-back text comes with its tokens' logprobs", async () => {
+    const request = { messages: MESSAGES, tools: TOOLS, max_tokens: 16, temperature: 1, seed: 9, logprobs: true }
+    const whole = (await post("/v1/chat/completions", request)).body.choices[0]
+    const r = await fetch(`${server.url}/v1/chat/completions`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ ...request, stream: true }) })
+    const chunks = (await readSse(r)).map((e) => e.data).filter((d) => d !== "[DONE]").map((d) => JSON.parse(d))
+    if (whole.message.tool_calls !== undefined) return
+    expect(chunks.map((c) => c.choices[0].delta.content ?? "").join("")).toBe(whole.message.content)
+    expect(chunks.flatMap((c) => c.choices[0].logprobs?.content ?? []).map((l: any) => l.token)).toEqual(whole.logprobs.content.map((l: any) => l.token))
   })
 
   it("refuses a tool_choice that names no offered function, a forced choice without tools, an unusable schema", async () => {
