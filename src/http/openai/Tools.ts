@@ -3,10 +3,11 @@
  * (`tool_choice`), the grammar that forces a call, and the model's output read back as calls.
  *
  * The model writes a call as Llama 3.1 does: `{"name": ..., "parameters": {...}}` (optionally after
- * `<|python_tag|>`; `arguments` is accepted for `parameters`), several calls separated by `;` or newlines. When the
+ * `<|python_tag|>`; `arguments` is accepted for `parameters`, a `"type": "function"` member and OpenAI's
+ * `{"type": "function", "function": {...}}` wrapping too), several calls separated by `;` or newlines. When the
  * request forces a call (`required`, or a named function), the sampler is constrained to exactly that shape with the
  * function's parameters schema, so the call is valid whatever the weights. With `auto` the model may answer in text
- * or call: output that begins with `{"name"` (or the python tag) and parses as calls of offered functions is calls,
+ * or call: output that begins with `{"name"` (or `{"type"`, or the python tag) and parses as calls of offered functions is calls,
  * anything else is text.
  */
 import { Effect } from "effect"
@@ -138,7 +139,10 @@ export const parseToolCalls = (text: string, setup: ToolSetup): Array<ParsedCall
       return undefined
     }
     if (typeof value !== "object" || value === null || Array.isArray(value)) return undefined
-    const o = value as Record<string, unknown>
+    const outer = value as Record<string, unknown>
+    // `{"type": "function", "function": {"name", "parameters"}}` (OpenAI's shape) or the call itself.
+    const inner = outer["function"]
+    const o = typeof inner === "object" && inner !== null && !Array.isArray(inner) ? inner as Record<string, unknown> : outer
     const name = o["name"]
     let args = o["parameters"] ?? o["arguments"] ?? {}
     if (typeof args === "string") {
@@ -159,13 +163,18 @@ export const parseToolCalls = (text: string, setup: ToolSetup): Array<ParsedCall
   return setup.parallel ? calls : calls.slice(0, 1)
 }
 
-/** Whether text that begins so may still turn out to be a call (`{"name"` or the python tag, whitespace first). */
+/** The first keys of an object that may be a call: `{"name"`, or `{"type": "function", ...` as Llama 3.2 writes. */
+const CALL_KEYS = new Set(["name", "type", "function"])
+
+/** Whether text that begins so may still turn out to be a call (the python tag, or an object whose first key is a
+ *  call's; whitespace first). */
 const callStatus = (text: string): "call" | "text" | "undecided" => {
   const t = text.trimStart()
   if (t === "") return "undecided"
-  if (t.startsWith(PYTHON_TAG) || /^\{\s*"name"/.test(t)) return "call"
-  if (PYTHON_TAG.startsWith(t) || /^\{\s*("(n(a(m(e)?)?)?)?)?$/.test(t)) return "undecided"
-  return "text"
+  if (t.startsWith(PYTHON_TAG)) return "call"
+  if (PYTHON_TAG.startsWith(t) || /^\{\s*("[a-z]*)?$/.test(t)) return "undecided"
+  const key = /^\{\s*"([a-z]*)"/.exec(t)
+  return key !== null && CALL_KEYS.has(key[1]!) ? "call" : "text"
 }
 
 /**

@@ -14,6 +14,9 @@ describe("parseToolCalls", () => {
     expect(strip(parseToolCalls("{\"name\":\"a\",\"parameters\":{\"s\":\"}{\"}}; {\"name\":\"b\",\"parameters\":{}}\n{\"name\":\"a\"}", auto)))
       .toEqual([{ name: "a", args: "{\"s\":\"}{\"}" }, { name: "b", args: "{}" }, { name: "a", args: "{}" }])
     expect(parseToolCalls("{\"name\":\"a\",\"parameters\":{}}{\"name\":\"b\",\"parameters\":{}}", { ...auto, parallel: false })).toHaveLength(1)
+    // Llama 3.2's habit, and OpenAI's wrapping.
+    expect(strip(parseToolCalls("{\"type\": \"function\", \"name\": \"a\", \"parameters\": {\"x\": 2}}", auto))).toEqual([{ name: "a", args: "{\"x\":2}" }])
+    expect(strip(parseToolCalls("{\"type\": \"function\", \"function\": {\"name\": \"b\", \"arguments\": \"{\\\"y\\\": 1}\"}}", auto))).toEqual([{ name: "b", args: "{\"y\":1}" }])
   })
 
   it("takes anything else for text", () => {
@@ -28,9 +31,12 @@ describe("ToolStream", () => {
     const s = new ToolStream(auto)
     expect(s.push(" ")).toBe("")
     expect(s.push("{")).toBe("")
-    expect(s.push("x")).toBe(" {x")
+    expect(s.push("\"ke")).toBe("")
+    expect(s.push("y\"")).toBe(" {\"key\"")
     expect(s.push("y")).toBe("y")
     expect(s.finish("z")).toEqual({ text: "z" })
+    expect(new ToolStream(auto).push("Hi")).toBe("Hi")
+    expect(new ToolStream(auto).push("{1")).toBe("{1")
   })
 
   it("auto: holds a call and returns it at the end; held text that is no call comes back as text", () => {

@@ -4,7 +4,7 @@
 // schemas below: a random model would otherwise rarely close one within max_tokens.
 import { createOpenAI } from "@ai-sdk/openai"
 import { ChatOpenAI } from "@langchain/openai"
-import { generateText, jsonSchema, tool } from "ai"
+import { generateText, jsonSchema, streamText, tool } from "ai"
 import OpenAI from "openai"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import { Llama3Adapter } from "../../../src/adapters/llama3/Llama3Adapter.ts"
@@ -243,6 +243,19 @@ describe("AI SDK", () => {
       expect(violation(WEATHER, r.toolCalls[0]!.input)).toBeUndefined()
       expect(r.toolResults[0]!.output).toMatchObject({ temperature: 20 })
       expect(r.finishReason).toBe("tool-calls")
+    }
+  })
+
+  it("streamText with a forced call: the streamed call equals generateText's", async () => {
+    const openai = createOpenAI({ baseURL: `${server.url}/v1`, apiKey: "none" })
+    for (const model of [openai("chorus-default-llama3"), openai.chat("chorus-default-llama3")]) {
+      const args = { model, prompt: "Weather in Rome?", tools: { get_weather: weather }, toolChoice: { type: "tool", toolName: "get_weather" }, maxOutputTokens: 96, temperature: 0 } as const
+      const s = streamText(args)
+      const streamed = await s.toolCalls
+      const whole = await generateText(args)
+      expect(streamed).toHaveLength(1)
+      expect(streamed[0]!.input).toEqual(whole.toolCalls[0]!.input)
+      expect(await s.finishReason).toBe("tool-calls")
     }
   })
 })
