@@ -4,7 +4,7 @@
 // schemas below: a random model would otherwise rarely close one within max_tokens.
 import { createOpenAI } from "@ai-sdk/openai"
 import { ChatOpenAI } from "@langchain/openai"
-import { generateText, jsonSchema, streamText, tool } from "ai"
+import { generateText, jsonSchema, stepCountIs, streamText, tool } from "ai"
 import OpenAI from "openai"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import { Llama3Adapter } from "../../../src/adapters/llama3/Llama3Adapter.ts"
@@ -243,6 +243,28 @@ describe("AI SDK", () => {
       expect(violation(WEATHER, r.toolCalls[0]!.input)).toBeUndefined()
       expect(r.toolResults[0]!.output).toMatchObject({ temperature: 20 })
       expect(r.finishReason).toBe("tool-calls")
+    }
+  })
+
+  it("a two-step loop: the forced call, its result sent back (function_call_output / tool message), then text", async () => {
+    const openai = createOpenAI({ baseURL: `${server.url}/v1`, apiKey: "none" })
+    for (const model of [openai("chorus-default-llama3"), openai.chat("chorus-default-llama3")]) {
+      const r = await generateText({
+        model,
+        prompt: "Weather in Rome?",
+        tools: { get_weather: weather },
+        stopWhen: stepCountIs(2),
+        prepareStep: ({ stepNumber }) => ({ toolChoice: stepNumber === 0 ? "required" : "none" }),
+        maxOutputTokens: 96,
+        temperature: 0
+      })
+      expect(r.steps).toHaveLength(2)
+      expect(r.steps[0]!.toolCalls).toHaveLength(1)
+      expect(r.steps[1]!.toolCalls).toHaveLength(0)
+      // The second request carried the call and its result (tool_choice none there: no definitions).
+      const body = JSON.stringify(r.steps[1]!.request.body)
+      expect(body).toMatch(/function_call_output|\\"role\\":\\"tool\\"|"role":"tool"/)
+      expect(body).toContain("20")
     }
   })
 
