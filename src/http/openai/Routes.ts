@@ -19,7 +19,7 @@ import { decodeJsonLenient, readJsonBody } from "../JsonBody.ts"
 import { type ShutDown, UnknownModel } from "../ServerErrors.ts"
 import { Serving } from "../Serving.ts"
 import { type OpenAiError, toOpenAiError } from "./Errors.ts"
-import { type ParsedCall, type ToolSetup, ToolStream, toolGrammar, toolSetup } from "./Tools.ts"
+import { type CallPiece, ForcedCallStream, forcedCall, type ParsedCall, type ToolSetup, ToolStream, toolGrammar, toolSetup } from "./Tools.ts"
 import { chatLogprob, type CompletionLogprobs, CompletionLogprobsBuilder, promptLogprobs } from "./Logprobs.ts"
 import {
   ChatCompletionRequest,
@@ -157,6 +157,14 @@ const withTools = (request: GenerateRequest, setup: ToolSetup | undefined): Gene
   }
 }
 
+/** The calls in a whole answer, or undefined when it is text (a forced call's arguments are its text verbatim). */
+const answerCalls = (setup: ToolSetup | undefined, text: string): ReadonlyArray<ParsedCall> | undefined => {
+  if (setup === undefined) return undefined
+  if (setup.mode.kind === "auto") return new ToolStream(setup).finish(text).calls
+  const call = forcedCall(text, setup)
+  return call === undefined ? undefined : [call]
+}
+
 /** Calls as chat completions' `tool_calls`. */
 const chatToolCalls = (calls: ReadonlyArray<ParsedCall>) =>
   calls.map((c) => ({ id: c.id, type: "function", function: { name: c.name, arguments: c.arguments } }))
@@ -285,6 +293,38 @@ const chatCompletions = Effect.gen(function*() {
     const usages: Array<Usage> = []
     const frames = choices.map((events, index) => {
       let first = true
+      if (setup !== undefined && setup.mode.kind !== "auto") {
+        // A forced call: its head, then its arguments as they are generated.
+        const call = new ForcedCallStream()
+        const piece = (p: CallPiece) => {
+          let out = ""
+          if (p.start !== undefined) {
+            const role = first ? { role: "assistant", content: null } : {}
+            first = false
+            const delta = { ...role, tool_calls: [{ index: 0, id: p.start.id, type: "function", function: { name: p.start.name, arguments: "" } }] }
+            out += frame({ ...chunk, choices: [{ index, delta, logprobs: null, finish_reason: null }] })
+          }
+          if (p.args !== "") out += frame({ ...chunk, choices: [{ index, delta: { tool_calls: [{ index: 0, function: { arguments: p.args } }] }, logprobs: null, finish_reason: null }] })
+          return out
+        }
+        return framesOf(events, (e) => {
+          switch (e._tag) {
+            case "Token":
+              return piece(call.push(e.text))
+            case "Finished": {
+              usages[index] = e.usage
+              const end = call.finish(e.text, setup)
+              if (end.text !== undefined) {
+                const delta = end.text === "" ? {} : { role: "assistant", content: end.text }
+                return frame({ ...chunk, choices: [{ index, delta, logprobs: null, finish_reason: e.finishReason }] })
+              }
+              return piece(end) + frame({ ...chunk, choices: [{ index, delta: {}, logprobs: null, finish_reason: end.call === undefined ? e.finishReason : "tool_calls" }] })
+            }
+            default:
+              return ""
+          }
+        })
+      }
       const tools = setup === undefined ? undefined : new ToolStream(setup)
       const heldLogprobs: Array<ReturnType<typeof chatLogprob>> = []
       return framesOf(events, (e) => {
@@ -327,7 +367,7 @@ const chatCompletions = Effect.gen(function*() {
     ...head,
     object: "chat.completion",
     choices: done.map((c, index) => {
-      const calls = setup === undefined ? undefined : new ToolStream(setup).finish(c.text).calls
+      const calls = answerCalls(setup, c.text)
       return {
         index,
         message: calls === undefined
@@ -546,7 +586,7 @@ const responseEvent = (type: string, sequence: number, body: Record<string, unkn
   `event: ${type}\ndata: ${JSON.stringify({ type, sequence_number: sequence, ...body })}\n\n`
 
 /** A `function_call` output item. */
-const functionCallItem = (call: ParsedCall, id: string, status: "in_progress" | "completed", args = call.arguments) => ({
+const functionCallItem = (call: ParsedCall, id: string, status: "in_progress" | "completed" | "incomplete", args = call.arguments) => ({
   type: "function_call",
   id,
   call_id: call.id,
@@ -619,6 +659,61 @@ const responses = Effect.gen(function*() {
           (tools === undefined ? startMessage() : "")
       )
     })
+    /** The message item's end and the response's, once all its text is sent. */
+    const endMessage = (finishReason: string, usage: Usage) => {
+      const status = finishReason === "length" ? "incomplete" : "completed"
+      const message = outputMessage(itemId, text, status)
+      return startMessage() +
+        ev("response.output_text.done", { ...where, text, logprobs: [] }) +
+        ev("response.content_part.done", { ...where, part: message.content[0] }) +
+        ev("response.output_item.done", { output_index: 0, item: message }) +
+        ev(`response.${status}`, { response: responseObject(req, at, { status, output: [message], usage }) })
+    }
+    if (setup !== undefined && setup.mode.kind !== "auto") {
+      // A forced call: its item once its name is known, then its arguments as they are generated.
+      const call = new ForcedCallStream()
+      const place = { item_id: callItemId(0), output_index: 0 }
+      let name = ""
+      let args = ""
+      const piece = (p: CallPiece) => {
+        let out = ""
+        if (p.start !== undefined) {
+          name = p.start.name
+          out += ev("response.output_item.added", { output_index: 0, item: functionCallItem({ id: call.id, name, arguments: "" }, place.item_id, "in_progress") })
+        }
+        if (p.args !== "") {
+          args += p.args
+          out += ev("response.function_call_arguments.delta", { ...place, delta: p.args })
+        }
+        return out
+      }
+      const forced = framesOf(events, (e) => {
+        switch (e._tag) {
+          case "Token":
+            return piece(call.push(e.text))
+          case "Finished": {
+            const end = call.finish(e.text, setup)
+            if (end.text !== undefined) return textDelta(end.text) + endMessage(e.finishReason, e.usage)
+            const out = piece(end)
+            const status = end.call === undefined ? "incomplete" : "completed"
+            const item = functionCallItem({ id: call.id, name, arguments: args }, place.item_id, status)
+            return out +
+              ev("response.function_call_arguments.done", { ...place, arguments: args }) +
+              ev("response.output_item.done", { output_index: 0, item }) +
+              ev(`response.${status}`, { response: responseObject(req, at, { status, output: [item], usage: e.usage }) })
+          }
+          default:
+            return ""
+        }
+      })
+      return yield* sse(Stream.concat(start, forced), {
+        error: (e) => {
+          const { error } = toOpenAiError(e).body
+          return ev("error", { code: error.code, message: error.message, param: error.param })
+        },
+        done: ""
+      })
+    }
     const body = framesOf(events, (e) => {
       switch (e._tag) {
         case "Token":
@@ -637,14 +732,7 @@ const responses = Effect.gen(function*() {
             })
             return frames.join("") + ev("response.completed", { response: responseObject(req, at, { status: "completed", output: items, usage: e.usage }) })
           }
-          const delta = textDelta(end.text)
-          const status = e.finishReason === "length" ? "incomplete" : "completed"
-          const message = outputMessage(itemId, text, status)
-          return delta + startMessage() +
-            ev("response.output_text.done", { ...where, text, logprobs: [] }) +
-            ev("response.content_part.done", { ...where, part: message.content[0] }) +
-            ev("response.output_item.done", { output_index: 0, item: message }) +
-            ev(`response.${status}`, { response: responseObject(req, at, { status, output: [message], usage: e.usage }) })
+          return textDelta(end.text) + endMessage(e.finishReason, e.usage)
         }
         default:
           return ""
@@ -659,7 +747,7 @@ const responses = Effect.gen(function*() {
     })
   }
   const [done] = yield* collectAll([events])
-  const calls = setup === undefined ? undefined : new ToolStream(setup).finish(done!.text).calls
+  const calls = answerCalls(setup, done!.text)
   if (calls !== undefined) {
     const output = calls.map((c, i) => functionCallItem(c, callItemId(i), "completed"))
     return HttpServerResponse.jsonUnsafe(responseObject(req, at, { status: "completed", output, usage: done!.usage }))

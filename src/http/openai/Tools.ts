@@ -217,3 +217,63 @@ export class ToolStream {
     return calls === undefined ? { text: held } : { text: "", calls }
   }
 }
+
+/** What a forced call's stream gives per piece of text: the call's head once its name is known, argument text. */
+export interface CallPiece {
+  readonly start?: { readonly id: string; readonly name: string }
+  readonly args: string
+}
+
+/** The grammar's compact start of a forced call, up to its arguments. */
+const FORCED_HEAD = /^\{"name":"([^"\\]*)","parameters":/
+
+/**
+ * A forced call streamed as it is generated. The grammar makes the text exactly `{"name":"f","parameters":ARGS}`,
+ * so the head gives the name and everything after it, but for the closing `}`, is the arguments' text: it is sent
+ * as it comes, holding back one character (which may be that last `}`). A call's arguments are the model's text
+ * verbatim, streamed or not (`forcedCall`).
+ */
+export class ForcedCallStream {
+  private text = ""
+  private head = 0
+  private sent = 0
+  readonly id = callId()
+
+  /** The head (once) and the argument text that can be sent now. */
+  push(text: string): CallPiece {
+    this.text += text
+    let start: CallPiece["start"]
+    if (this.head === 0) {
+      const m = FORCED_HEAD.exec(this.text)
+      if (m === null) return { args: "" }
+      this.head = this.sent = m[0].length
+      start = { id: this.id, name: m[1]! }
+    }
+    const until = Math.max(this.sent, this.text.length - 1)
+    const args = this.text.slice(this.sent, until)
+    this.sent = until
+    return start === undefined ? { args } : { start, args }
+  }
+
+  /**
+   * At the end: the rest of the arguments, and the call when the text is a whole call of an offered function (else
+   * `text`: the model's whole text, when no head was ever sent; a head already sent stays a cut-off call).
+   */
+  finish(text: string, setup: ToolSetup): CallPiece & { readonly call?: ParsedCall; readonly text?: string } {
+    const piece = this.push(text)
+    const call = forcedCall(this.text, setup, this.id)
+    if (this.head === 0) return call === undefined ? { args: "", text: this.text } : { start: { id: call.id, name: call.name }, args: call.arguments, call }
+    const end = call === undefined ? this.text.length : this.text.length - 1
+    const args = piece.args + this.text.slice(this.sent, end)
+    this.sent = end
+    return call === undefined ? { ...piece, args } : { ...piece, args, call }
+  }
+}
+
+/** A forced call's text as its call, the arguments verbatim; undefined when it is not a whole call. */
+export const forcedCall = (text: string, setup: ToolSetup, id = callId()): ParsedCall | undefined => {
+  const calls = parseToolCalls(text, { ...setup, parallel: false })
+  const m = FORCED_HEAD.exec(text)
+  if (calls === undefined || m === null || !text.endsWith("}")) return undefined
+  return { id, name: calls[0]!.name, arguments: text.slice(m[0].length, -1) }
+}

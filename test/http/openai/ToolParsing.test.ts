@@ -1,7 +1,7 @@
 // The model's output read back as tool calls (Llama 3.1 JSON calls), and the stream splitter that holds what may
 // be a call.
 import { describe, expect, it } from "vitest"
-import { parseToolCalls, type ToolSetup, ToolStream } from "../../../src/http/openai/Tools.ts"
+import { ForcedCallStream, parseToolCalls, type ToolSetup, ToolStream } from "../../../src/http/openai/Tools.ts"
 
 const tools = [{ name: "a" }, { name: "b" }]
 const auto: ToolSetup = { tools, mode: { kind: "auto" }, parallel: true }
@@ -52,5 +52,27 @@ describe("ToolStream", () => {
     const s = new ToolStream({ ...auto, mode: { kind: "required" } })
     expect(s.push("Hello")).toBe("")
     expect(s.finish("")).toEqual({ text: "Hello" })
+  })
+})
+
+describe("ForcedCallStream", () => {
+  const forced: ToolSetup = { ...auto, mode: { kind: "required" } }
+
+  it("sends the head once the name is known, then the arguments as they come, all but the closing brace", () => {
+    const s = new ForcedCallStream()
+    expect(s.push("{\"name\":\"a\",\"para")).toEqual({ args: "" })
+    expect(s.push("meters\":{\"x\"")).toEqual({ start: { id: s.id, name: "a" }, args: "{\"x" })
+    expect(s.push(":12}")).toEqual({ args: "\":12" })
+    const end = s.finish("}", forced)
+    expect(end.args).toBe("}")
+    expect(end.call).toEqual({ id: s.id, name: "a", arguments: "{\"x\":12}" })
+  })
+
+  it("a cut-off call stays a call without a whole one; no head at all is text", () => {
+    const s = new ForcedCallStream()
+    s.push("{\"name\":\"a\",\"parameters\":{\"x\":1")
+    expect(s.finish("", forced).call).toBeUndefined()
+    const t = new ForcedCallStream()
+    expect(t.finish("{\"na", forced)).toEqual({ args: "", text: "{\"na" })
   })
 })
