@@ -12,7 +12,7 @@
 import type { Effect, Scope } from "effect"
 import type { CheckpointError, ConversionError, GenerationError, ModelConfigError, ValidationError } from "./Errors.ts"
 import type { ShardLoad } from "./shard/StepProtocol.ts"
-import type { ChatMessage } from "./text/ChatMessage.ts"
+import type { ChatMessage, ToolDefinition } from "./text/ChatMessage.ts"
 
 /** Text <-> token ids, as the engine needs it (detokenization, stop strings, counting). */
 export interface TextCodec {
@@ -37,6 +37,8 @@ export interface PromptOptions {
    * cannot end its turn or forge another one. On for trusted callers only.
    */
   readonly allowSpecialTokens: boolean
+  /** Functions the model may call (chat prompts only); the chat format renders them. */
+  readonly tools?: ReadonlyArray<ToolDefinition> | undefined
 }
 
 /**

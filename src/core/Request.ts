@@ -6,11 +6,16 @@
  */
 import type { JobView } from "./JobMachine.ts"
 import type { SamplingParams } from "./sampling/SamplingParams.ts"
-import type { ChatMessage } from "./text/ChatMessage.ts"
+import type { ChatMessage, ToolDefinition } from "./text/ChatMessage.ts"
 
 /** @category models */
 export type PromptInput =
-  | { readonly type: "chat"; readonly messages: ReadonlyArray<ChatMessage> }
+  | {
+    readonly type: "chat"
+    readonly messages: ReadonlyArray<ChatMessage>
+    /** Functions the model may call, rendered into the prompt by the model's chat format. */
+    readonly tools?: ReadonlyArray<ToolDefinition> | undefined
+  }
   | { readonly type: "text"; readonly text: string }
   | { readonly type: "tokens"; readonly tokenIds: ReadonlyArray<number> }
 

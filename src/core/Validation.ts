@@ -130,7 +130,7 @@ export const validateRequest = (
         if (input.messages.length === 0) return yield* invalid("messages", "messages must hold at least one message")
         // Keep room for at least the requested answer (or one token) after the prompt.
         const budget = context - Math.min(request.maxTokens ?? 1, context - 1)
-        const chat = yield* chatPrompt(input.messages, budget, context, model, promptOptions)
+        const chat = yield* chatPrompt(input.messages, budget, context, model, input.tools === undefined || input.tools.length === 0 ? promptOptions : { ...promptOptions, tools: input.tools })
         truncatedMessages = chat.truncatedMessages
         prompt = chat.ids
         break

@@ -49,7 +49,7 @@ describe("special-token strings in requests", () => {
   it("OpenAI chat: content is text by default, parsed on a trusted server", async () => {
     const usage = async (server: TestServer) => {
       const client = new OpenAI({ baseURL: `${server.url}/v1`, apiKey: "none", maxRetries: 0 })
-      const r = await client.chat.completions.create({ model: "chorus-bench", messages: [...messages], max_tokens: 1 })
+      const r = await client.chat.completions.create({ model: "chorus-bench", messages: messages.map((m) => ({ role: m.role as "system" | "user", content: m.content })), max_tokens: 1 })
       return r.usage!.prompt_tokens
     }
     const asText = textChatTokens(messages)

@@ -8,13 +8,15 @@
  * plain text. Special tokens that are meant are cut out here and mapped to their ids.
  */
 import { Tokenizer as HfTokenizer } from "@huggingface/tokenizers"
-import type { ChatMessage } from "../../core/text/ChatMessage.ts"
+import type { ChatMessage, ToolDefinition } from "../../core/text/ChatMessage.ts"
 import type { ChatRenderer } from "./PromptFormat.ts"
 import type { Json } from "./Tokenizer.ts"
 
 export interface PromptEncodeOptions {
   /** Special-token strings in caller text become the special tokens (trusted callers only). Default false. */
   readonly allowSpecialTokens?: boolean | undefined
+  /** Functions the model may call (chat prompts), rendered by the chat format. */
+  readonly tools?: ReadonlyArray<ToolDefinition> | undefined
 }
 
 export interface PromptEncoder {
@@ -89,19 +91,24 @@ export const makePromptEncoder = (json: Json, config: Json): PromptEncoder => {
     render: ChatRenderer,
     options?: PromptEncodeOptions
   ): number[] => {
-    if (options?.allowSpecialTokens === true || specialPattern === undefined) return withSpecials(render(messages))
+    const tools = options?.tools
+    if (options?.allowSpecialTokens === true || specialPattern === undefined) return withSpecials(render(messages, tools))
     const hasSpecial = (s: string) => {
       specialPattern.lastIndex = 0
       return specialPattern.test(s)
     }
-    if (!messages.some((m) => hasSpecial(m.content))) return withSpecials(render(messages))
+    // Tool definitions and tool calls reach the template as structures, not text that can be masked: refused.
+    if ((tools !== undefined && hasSpecial(JSON.stringify(tools))) || messages.some((m) => m.toolCalls !== undefined && hasSpecial(JSON.stringify(m.toolCalls)))) {
+      throw new Error("tool definitions and tool calls may not contain special-token strings")
+    }
+    if (!messages.some((m) => hasSpecial(m.content))) return withSpecials(render(messages, tools))
     const marker = pickMarker(messages.map((m) => m.content))
     const index = new Map(specialText.map((t, i) => [t, i]))
     const masked = messages.map((m) => ({
       ...m,
       content: m.content.replace(specialPattern, (s) => `${marker}${index.get(s)!.toString(36)}${marker}`)
     }))
-    const rendered = render(masked)
+    const rendered = render(masked, tools)
     // One pass over the rendered text: a marker puts the caller's string back as text, a special token written by
     // the template ends the text run before it. Each text run is encoded whole, as the BPE would see it unmasked.
     const m = escapeRegExp(marker)

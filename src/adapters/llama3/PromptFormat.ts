@@ -6,7 +6,7 @@
 import { Environment, Interpreter, Template } from "@huggingface/jinja"
 import { Effect } from "effect"
 import { CheckpointError } from "../../core/Errors.ts"
-import type { ChatMessage } from "../../core/text/ChatMessage.ts"
+import type { ChatMessage, ToolCall, ToolDefinition } from "../../core/text/ChatMessage.ts"
 import { makePromptEncoder, type PromptEncodeOptions } from "./PromptEncoder.ts"
 import { chatSettings, type Llama3Tokenizer, type TokenizerFiles } from "./Tokenizer.ts"
 
@@ -20,15 +20,78 @@ export type TemplateTokenizer =
   & Pick<Llama3Tokenizer, "bosToken" | "eosToken" | "chatTemplate">
   & Partial<Pick<Llama3Tokenizer, "files">>
 
-/** A chat as prompt text, special tokens spelled out. */
-export type ChatRenderer = (messages: ReadonlyArray<ChatMessage>) => string
+/** A chat (and the tools it offers) as prompt text, special tokens spelled out. */
+export type ChatRenderer = (messages: ReadonlyArray<ChatMessage>, tools?: ReadonlyArray<ToolDefinition>) => string
 
 const HEADER = (role: string): string => `<|start_header_id|>${role}<|end_header_id|>\n\n`
 
+/** A message of the plain format: any header name (Llama 3.1's `ipython` included). */
+interface PlainMessage {
+  readonly role: string
+  readonly content: string
+}
+
+/** Meta's Llama 3.1 JSON-based tool calling instruction, put before the first user message with the definitions. */
+export const TOOLS_INSTRUCTION = "Given the following functions, please respond with a JSON for a function call with its proper arguments " +
+  "that best answers the given prompt.\n\nRespond in the format {\"name\": function name, \"parameters\": dictionary of " +
+  "argument name and its value}. Do not use variables.\n\n"
+
+/** A tool definition as OpenAI and the chat templates of Llama 3.1+ write it. */
+const toolJson = (t: ToolDefinition) => ({
+  type: "function",
+  function: { name: t.name, ...(t.description === undefined ? {} : { description: t.description }), parameters: t.parameters ?? { type: "object", properties: {} } }
+})
+
+/** A call's arguments as an object when they are JSON, else the text. */
+const callArguments = (c: ToolCall): unknown => {
+  try {
+    return JSON.parse(c.arguments)
+  } catch {
+    return c.arguments
+  }
+}
+
+/** An assistant's tool calls as Llama 3.1 writes them: one `{"name": ..., "parameters": ...}` per line. */
+export const toolCallsText = (calls: ReadonlyArray<ToolCall>): string =>
+  calls.map((c) => JSON.stringify({ name: c.name, parameters: callArguments(c) })).join("\n")
+
+/**
+ * A chat with tools in the Llama 3.1 JSON tool calling format, as plain messages: `Environment: ipython` in the
+ * system turn, the instruction and the definitions (indented JSON) before the first user message, tool results in
+ * `ipython` turns, the assistant's calls as JSON lines. Without tools, tool calls and tool results are still
+ * written so (a history from a request that had them).
+ */
+export const toolChatMessages = (messages: ReadonlyArray<ChatMessage>, tools?: ReadonlyArray<ToolDefinition>): Array<PlainMessage> => {
+  const out: Array<PlainMessage> = messages.map((m) => {
+    if (m.role === "tool") return { role: "ipython", content: m.content }
+    if (m.role === "assistant" && m.toolCalls !== undefined && m.toolCalls.length > 0) {
+      const calls = toolCallsText(m.toolCalls)
+      return { role: "assistant", content: m.content.trim() === "" ? calls : `${m.content.trim()}\n${calls}` }
+    }
+    return { role: m.role, content: m.content }
+  })
+  if (tools === undefined || tools.length === 0) return out
+  const block = TOOLS_INSTRUCTION + tools.map((t) => JSON.stringify(toolJson(t), null, 4)).join("\n\n") + "\n\n"
+  const user = out.findIndex((m) => m.role === "user")
+  if (user >= 0) out[user] = { role: "user", content: block + out[user]!.content.trim() }
+  else out.splice(out.findIndex((m) => m.role !== "system") < 0 ? out.length : out.findIndex((m) => m.role !== "system"), 0, { role: "user", content: block.trim() })
+  if (out[0]?.role === "system") out[0] = { role: "system", content: `Environment: ipython\n\n${out[0].content.trim()}` }
+  else out.unshift({ role: "system", content: "Environment: ipython" })
+  return out
+}
+
 /** The Llama 3 instruct format by hand: BOS, one header + trimmed content + `<|eot_id|>` per message, then the
- *  assistant header as the generation prompt. */
-export const llama3ChatText = (messages: ReadonlyArray<ChatMessage>, bosToken = "<|begin_of_text|>"): string =>
-  bosToken + messages.map((m) => `${HEADER(m.role)}${m.content.trim()}<|eot_id|>`).join("") + HEADER("assistant")
+ *  assistant header as the generation prompt. With tools (or a history of tool calls), Llama 3.1's tool format. */
+export const llama3ChatText = (
+  messages: ReadonlyArray<ChatMessage>,
+  bosToken = "<|begin_of_text|>",
+  tools?: ReadonlyArray<ToolDefinition>
+): string => {
+  const plain: ReadonlyArray<PlainMessage> = (tools !== undefined && tools.length > 0) || messages.some((m) => m.role === "tool" || m.toolCalls !== undefined)
+    ? toolChatMessages(messages, tools)
+    : messages
+  return bosToken + plain.map((m) => `${HEADER(m.role)}${m.content.trim()}<|eot_id|>`).join("") + HEADER("assistant")
+}
 
 const MONTHS = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
 const MONTHS_LONG = [
@@ -98,8 +161,23 @@ const range = (start: number, stop?: number, step = 1): number[] => {
   return out
 }
 
+/** Messages as transformers hands them to a template: tool calls with their arguments parsed, tool results by id. */
+const templateMessages = (messages: ReadonlyArray<ChatMessage>) =>
+  messages.map((m) => ({
+    role: m.role,
+    content: m.content,
+    ...(m.toolCalls === undefined ? {} : {
+      tool_calls: m.toolCalls.map((c) => ({ ...(c.id === undefined ? {} : { id: c.id }), type: "function", function: { name: c.name, arguments: callArguments(c) } }))
+    }),
+    ...(m.toolCallId === undefined ? {} : { tool_call_id: m.toolCallId })
+  }))
+
+/** Whether a chat template renders tools itself (Llama 3.1+ do); others get the tools written into the messages. */
+const templateKnowsTools = (source: string): boolean => /\btools\b/.test(source) && /tool_calls/.test(source)
+
 /**
- * Renders a compiled chat template with the variables transformers passes (tools left undefined).
+ * Renders a compiled chat template with the variables transformers passes (`tools` as OpenAI's function list, or
+ * left undefined).
  * `Template.render` cannot replace its built-in `strftime_now` (redeclaring a global throws), so this builds the
  * environment itself with the same globals.
  */
@@ -107,8 +185,12 @@ const renderTemplate = (
   template: Template,
   messages: ReadonlyArray<ChatMessage>,
   tokenizer: TemplateTokenizer,
-  options: ChatFormatOptions | undefined
+  options: ChatFormatOptions | undefined,
+  tools?: ReadonlyArray<ToolDefinition>
 ): string => {
+  const knowsTools = templateKnowsTools(tokenizer.chatTemplate ?? "")
+  const withTools = tools !== undefined && tools.length > 0
+  const toolHistory = messages.some((m) => m.role === "tool" || m.toolCalls !== undefined)
   const now = options?.now ?? new Date()
   const env = new Environment()
   const globals: Record<string, unknown> = {
@@ -123,7 +205,12 @@ const renderTemplate = (
       throw new Error(String(message))
     },
     strftime_now: (format: string) => strftime(now, format),
-    messages: messages.map((m) => ({ role: m.role, content: m.content })),
+    messages: knowsTools
+      ? templateMessages(messages)
+      : withTools || toolHistory
+      ? toolChatMessages(messages, tools)
+      : messages.map((m) => ({ role: m.role, content: m.content })),
+    ...(knowsTools && withTools ? { tools: tools.map(toolJson) } : {}),
     add_generation_prompt: true,
     bos_token: tokenizer.bosToken,
     eos_token: tokenizer.eosToken ?? "",
@@ -140,11 +227,12 @@ const renderTemplate = (
 export const renderChat = (
   messages: ReadonlyArray<ChatMessage>,
   tokenizer: TemplateTokenizer,
-  options?: ChatFormatOptions
+  options?: ChatFormatOptions,
+  tools?: ReadonlyArray<ToolDefinition>
 ): string =>
   tokenizer.chatTemplate === undefined
-    ? llama3ChatText(messages, tokenizer.bosToken)
-    : renderTemplate(new Template(tokenizer.chatTemplate), messages, tokenizer, options)
+    ? llama3ChatText(messages, tokenizer.bosToken, tools)
+    : renderTemplate(new Template(tokenizer.chatTemplate), messages, tokenizer, options, tools)
 
 /**
  * Compiles the checkpoint's chat template once and checks it renders a small chat, so a broken template is a
@@ -157,10 +245,10 @@ export const makeChatRenderer = (
   Effect.try({
     try: (): ChatRenderer => {
       const source = tokenizer.chatTemplate
-      if (source === undefined) return (messages) => llama3ChatText(messages, tokenizer.bosToken)
+      if (source === undefined) return (messages, tools) => llama3ChatText(messages, tokenizer.bosToken, tools)
       const template = new Template(source)
       renderTemplate(template, [{ role: "system", content: "s" }, { role: "user", content: "u" }], tokenizer, options)
-      return (messages) => renderTemplate(template, messages, tokenizer, options)
+      return (messages, tools) => renderTemplate(template, messages, tokenizer, options, tools)
     },
     catch: (e) => {
       const file = tokenizer.files?.tokenizerConfig ?? "tokenizer_config.json"

@@ -69,7 +69,7 @@ export const makePromptPool = (
     return {
       ready: Fiber.join(warmUp),
       formatChat: (messages, options) =>
-        run({ kind: "chat", messages, allowSpecialTokens: options.allowSpecialTokens }).pipe(
+        run({ kind: "chat", messages, allowSpecialTokens: options.allowSpecialTokens, ...(options.tools === undefined ? {} : { tools: options.tools }) }).pipe(
           Effect.flatMap((result) =>
             "ids" in result
               ? Effect.succeed(Array.from(result.ids))

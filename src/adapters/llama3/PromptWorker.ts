@@ -5,7 +5,7 @@
  */
 import { Effect } from "effect"
 import { workerData } from "piscina"
-import type { ChatMessage } from "../../core/text/ChatMessage.ts"
+import type { ChatMessage, ToolDefinition } from "../../core/text/ChatMessage.ts"
 import { makePromptFormatter } from "./PromptFormat.ts"
 import { readTokenizerFiles } from "./Tokenizer.ts"
 
@@ -15,7 +15,12 @@ export interface PromptWorkerData {
 }
 
 export type PromptTask =
-  | { readonly kind: "chat"; readonly messages: ReadonlyArray<ChatMessage>; readonly allowSpecialTokens: boolean }
+  | {
+    readonly kind: "chat"
+    readonly messages: ReadonlyArray<ChatMessage>
+    readonly allowSpecialTokens: boolean
+    readonly tools?: ReadonlyArray<ToolDefinition> | undefined
+  }
   | { readonly kind: "text"; readonly text: string; readonly allowSpecialTokens: boolean }
 
 /** Prompt ids (BOS first), or why the chat template refused the messages. */
@@ -29,7 +34,7 @@ export default function run(task: PromptTask): PromptResult {
   if (task.kind === "text") return { ids: Int32Array.from(formatter.formatCompletion(task.text, options)) }
   let ids: number[]
   try {
-    ids = formatter.formatChat(task.messages, options)
+    ids = formatter.formatChat(task.messages, { ...options, tools: task.tools })
   } catch (e) {
     // A template's raise_exception (roles that do not alternate, a role it does not know) is the caller's input.
     return { refused: (e instanceof Error ? e.message : String(e)).replace(/\s+/g, " ").trim() }

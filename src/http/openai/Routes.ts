@@ -12,21 +12,27 @@ import type { Engine, EngineError } from "../../core/Engine.ts"
 import { ValidationError } from "../../core/Errors.ts"
 import type { GenerateRequest, GenerationEvent, TokenLogprobs, Usage } from "../../core/Request.ts"
 import type { SamplingParams } from "../../core/sampling/SamplingParams.ts"
-import type { ChatMessage } from "../../core/text/ChatMessage.ts"
+import type { ChatMessage, ToolCall, ToolDefinition } from "../../core/text/ChatMessage.ts"
 import { bearerKey } from "../ApiKeys.ts"
 import { flattenContent } from "../ChatInput.ts"
 import { decodeJsonLenient, readJsonBody } from "../JsonBody.ts"
 import { type ShutDown, UnknownModel } from "../ServerErrors.ts"
 import { Serving } from "../Serving.ts"
 import { type OpenAiError, toOpenAiError } from "./Errors.ts"
+import { type CallPiece, ForcedCallStream, forcedCall, type ParsedCall, type ToolSetup, ToolStream, toolGrammar, toolSetup } from "./Tools.ts"
 import { chatLogprob, type CompletionLogprobs, CompletionLogprobsBuilder, promptLogprobs } from "./Logprobs.ts"
 import {
   ChatCompletionRequest,
   type ChatMessageIn,
+  type ChatTool,
+  type ChatToolChoice,
   CompletionRequest,
   DetokenizeRequest,
+  type ResponseInputItem,
   ResponsesRequest,
   type ResponseFormat,
+  type ResponsesTool,
+  type ResponsesToolChoice,
   TokenizeRequest,
   type ToolCallIn
 } from "./Schemas.ts"
@@ -112,34 +118,56 @@ const submitN = (engine: Engine["Service"], request: GenerateRequest, n: number)
   })
 
 /** Every OpenAI field Chorus lacks: refused when given a value, so no client silently loses a feature. */
-const REFUSED = ["tools", "tool_choice", "functions", "function_call", "parallel_tool_calls", "logit_bias", "prediction", "audio", "modalities", "previous_response_id", "conversation", "background"]
+const REFUSED = ["functions", "function_call", "logit_bias", "prediction", "audio", "modalities", "previous_response_id", "conversation", "background"]
 
 const decodeBody = <S extends Schema.Top & { readonly DecodingServices: never; readonly fields: Schema.Struct.Fields }>(schema: S) =>
   Effect.flatMap(readJsonBody, (body) => decodeJsonLenient(schema, body, { known: Object.keys(schema.fields), refused: REFUSED }))
 
-/** An assistant turn's tool calls as Llama 3's JSON call lines (`{"name": ..., "parameters": ...}`). */
-const toolCallText = (calls: ReadonlyArray<ToolCallIn>): string =>
-  calls.map((c) => {
-    let parameters: unknown = c.function.arguments
-    try {
-      parameters = JSON.parse(c.function.arguments)
-    } catch {
-      // Kept as the string the client sent.
-    }
-    return JSON.stringify({ name: c.function.name, parameters })
-  }).join("\n")
+const toolCallIn = (c: ToolCallIn): ToolCall => ({ ...(c.id == null ? {} : { id: c.id }), name: c.function.name, arguments: c.function.arguments })
 
-/** Chat messages as the engine takes them: null content is empty, tool calls become text. */
+/** Chat messages as the engine takes them: null content is empty, tool calls and tool results kept as such. */
 export const chatMessages = (messages: ReadonlyArray<ChatMessageIn>): Array<ChatMessage> =>
-  messages.map((m) => {
-    const role = m.role === "developer" ? "system" : m.role
-    let content = m.content == null ? "" : flattenContent(m.content)
+  messages.map((m): ChatMessage => {
+    const content = m.content == null ? "" : flattenContent(m.content)
+    if (m.role === "tool") return { role: "tool", content, ...(m.tool_call_id == null ? {} : { toolCallId: m.tool_call_id }) }
     if (m.role === "assistant" && m.tool_calls != null && m.tool_calls.length > 0) {
-      const calls = toolCallText(m.tool_calls)
-      content = content === "" ? calls : `${content}\n${calls}`
+      return { role: "assistant", content, toolCalls: m.tool_calls.map(toolCallIn) }
     }
-    return { role, content }
+    return { role: m.role === "developer" ? "system" : m.role, content }
   })
+
+/** A wire function definition as the engine takes it. */
+const toolDefinition = (f: { readonly name: string; readonly description?: string | null | undefined; readonly parameters?: Record<string, unknown> | null | undefined }): ToolDefinition => ({
+  name: f.name,
+  ...(f.description == null ? {} : { description: f.description }),
+  ...(f.parameters == null ? {} : { parameters: f.parameters })
+})
+
+const chatToolChoice = (c: ChatToolChoice | null | undefined) => c == null || typeof c === "string" ? c : { name: c.function.name }
+const responsesToolChoice = (c: ResponsesToolChoice | null | undefined) => c == null || typeof c === "string" ? c : { name: c.name }
+
+/** The request to submit: tools in the chat input, and the grammar of a forced call in place of response_format. */
+const withTools = (request: GenerateRequest, setup: ToolSetup | undefined): GenerateRequest => {
+  if (setup === undefined || request.input.type !== "chat") return request
+  const grammar = toolGrammar(setup)
+  return {
+    ...request,
+    input: { ...request.input, tools: setup.tools },
+    ...(grammar === undefined ? {} : { sampling: { ...request.sampling, grammar } })
+  }
+}
+
+/** The calls in a whole answer, or undefined when it is text (a forced call's arguments are its text verbatim). */
+const answerCalls = (setup: ToolSetup | undefined, text: string): ReadonlyArray<ParsedCall> | undefined => {
+  if (setup === undefined) return undefined
+  if (setup.mode.kind === "auto") return new ToolStream(setup).finish(text).calls
+  const call = forcedCall(text, setup)
+  return call === undefined ? undefined : [call]
+}
+
+/** Calls as chat completions' `tool_calls`. */
+const chatToolCalls = (calls: ReadonlyArray<ParsedCall>) =>
+  calls.map((c) => ({ id: c.id, type: "function", function: { name: c.name, arguments: c.arguments } }))
 
 interface Collected {
   text: string
@@ -250,33 +278,82 @@ const chatCompletions = Effect.gen(function*() {
     return yield* Effect.fail(new ValidationError({ field: "top_logprobs", message: "top_logprobs needs logprobs: true" }))
   }
   const wantLogprobs = req.logprobs === true
+  const setup = yield* toolSetup(req.tools?.map((t: ChatTool) => toolDefinition(t.function)), chatToolChoice(req.tool_choice), req.parallel_tool_calls)
   const engine = yield* engineFor(req.model)
   const codec = engine.codec
   const n = req.n ?? 1
-  const choices = yield* submitN(engine, {
+  const choices = yield* submitN(engine, withTools({
     input: { type: "chat", messages: chatMessages(req.messages) },
     ...controls(req, req.max_completion_tokens ?? req.max_tokens),
     ...(wantLogprobs ? { logprobs: top } : {})
-  }, n)
+  }, setup), n)
   const head = { id: `chatcmpl-${randomUUID()}`, created: Math.floor(Date.now() / 1000), model: engine.model.id }
   if (req.stream === true) {
     const chunk = { ...head, object: "chat.completion.chunk" }
     const usages: Array<Usage> = []
     const frames = choices.map((events, index) => {
       let first = true
+      if (setup !== undefined && setup.mode.kind !== "auto") {
+        // A forced call: its head, then its arguments as they are generated.
+        const call = new ForcedCallStream()
+        const piece = (p: CallPiece) => {
+          let out = ""
+          if (p.start !== undefined) {
+            const role = first ? { role: "assistant", content: null } : {}
+            first = false
+            const delta = { ...role, tool_calls: [{ index: 0, id: p.start.id, type: "function", function: { name: p.start.name, arguments: "" } }] }
+            out += frame({ ...chunk, choices: [{ index, delta, logprobs: null, finish_reason: null }] })
+          }
+          if (p.args !== "") out += frame({ ...chunk, choices: [{ index, delta: { tool_calls: [{ index: 0, function: { arguments: p.args } }] }, logprobs: null, finish_reason: null }] })
+          return out
+        }
+        return framesOf(events, (e) => {
+          switch (e._tag) {
+            case "Token":
+              return piece(call.push(e.text))
+            case "Finished": {
+              usages[index] = e.usage
+              const end = call.finish(e.text, setup)
+              if (end.text !== undefined) {
+                const delta = end.text === "" ? {} : { role: "assistant", content: end.text }
+                return frame({ ...chunk, choices: [{ index, delta, logprobs: null, finish_reason: e.finishReason }] })
+              }
+              return piece(end) + frame({ ...chunk, choices: [{ index, delta: {}, logprobs: null, finish_reason: end.call === undefined ? e.finishReason : "tool_calls" }] })
+            }
+            default:
+              return ""
+          }
+        })
+      }
+      const tools = setup === undefined ? undefined : new ToolStream(setup)
+      const heldLogprobs: Array<ReturnType<typeof chatLogprob>> = []
       return framesOf(events, (e) => {
         switch (e._tag) {
           case "Token": {
-            if (e.text === "" && !first && e.logprobs === undefined) return ""
-            const delta = first ? { role: "assistant", content: e.text } : { content: e.text }
+            // Text that may be a tool call is held (with its logprobs) until its start or the end shows what it is.
+            const text = tools === undefined ? e.text : tools.push(e.text)
+            if (wantLogprobs && e.logprobs !== undefined) heldLogprobs.push(chatLogprob(codec, e.tokenId, e.logprobs))
+            if (tools !== undefined && text === "") return ""
+            if (text === "" && !first && e.logprobs === undefined) return ""
+            const delta = first ? { role: "assistant", content: text } : { content: text }
             first = false
-            const logprobs = wantLogprobs ? { content: e.logprobs === undefined ? [] : [chatLogprob(codec, e.tokenId, e.logprobs)] } : null
+            const logprobs = wantLogprobs ? { content: heldLogprobs.splice(0) } : null
             return frame({ ...chunk, choices: [{ index, delta, logprobs, finish_reason: null }] })
           }
           case "Finished": {
             usages[index] = e.usage
-            const delta = e.text === "" ? {} : first ? { role: "assistant", content: e.text } : { content: e.text }
-            return frame({ ...chunk, choices: [{ index, delta, logprobs: null, finish_reason: e.finishReason }] })
+            const end = tools === undefined ? { text: e.text } : tools.finish(e.text)
+            if (end.calls !== undefined) {
+              const role = first ? { role: "assistant", content: null } : {}
+              const calls = end.calls.map((c, i) =>
+                frame({ ...chunk, choices: [{ index, delta: { ...(i === 0 ? role : {}), tool_calls: [{ index: i, id: c.id, type: "function", function: { name: c.name, arguments: "" } }] }, logprobs: null, finish_reason: null }] }) +
+                frame({ ...chunk, choices: [{ index, delta: { tool_calls: [{ index: i, function: { arguments: c.arguments } }] }, logprobs: null, finish_reason: null }] })
+              )
+              return calls.join("") + frame({ ...chunk, choices: [{ index, delta: {}, logprobs: null, finish_reason: "tool_calls" }] })
+            }
+            const delta = end.text === "" ? {} : first ? { role: "assistant", content: end.text } : { content: end.text }
+            const logprobs = wantLogprobs && heldLogprobs.length > 0 ? { content: heldLogprobs.splice(0) } : null
+            return frame({ ...chunk, choices: [{ index, delta, logprobs, finish_reason: e.finishReason }] })
           }
           default:
             return ""
@@ -289,12 +366,17 @@ const chatCompletions = Effect.gen(function*() {
   return HttpServerResponse.jsonUnsafe({
     ...head,
     object: "chat.completion",
-    choices: done.map((c, index) => ({
-      index,
-      message: { role: "assistant", content: c.text },
-      logprobs: wantLogprobs ? { content: c.tokens.map((t) => chatLogprob(codec, t.tokenId, t.logprobs)) } : null,
-      finish_reason: c.finishReason
-    })),
+    choices: done.map((c, index) => {
+      const calls = answerCalls(setup, c.text)
+      return {
+        index,
+        message: calls === undefined
+          ? { role: "assistant", content: c.text }
+          : { role: "assistant", content: null, tool_calls: chatToolCalls(calls) },
+        logprobs: wantLogprobs ? { content: c.tokens.map((t) => chatLogprob(codec, t.tokenId, t.logprobs)) } : null,
+        finish_reason: calls === undefined ? c.finishReason : "tool_calls"
+      }
+    }),
     usage: usageOf(done.map((c) => c.usage))
   })
 })
@@ -427,9 +509,10 @@ const model = (engine: Engine["Service"], path: string) =>
 const tokenize = Effect.gen(function*() {
   yield* authorize
   const body = yield* readJsonBody
-  const req = yield* decodeJsonLenient(TokenizeRequest, body, { known: ["model", "prompt", "messages", "add_special_tokens", "add_generation_prompt"], refused: [] })
+  const req = yield* decodeJsonLenient(TokenizeRequest, body, { known: ["model", "prompt", "messages", "tools", "add_special_tokens", "add_generation_prompt"], refused: [] })
   const engine = yield* engineFor(req.model)
-  const ids = yield* engine.tokenize("prompt" in req ? { type: "text", text: req.prompt } : { type: "chat", messages: chatMessages(req.messages) })
+  const tools = "messages" in req && req.tools != null && req.tools.length > 0 ? req.tools.map((t) => toolDefinition(t.function)) : undefined
+  const ids = yield* engine.tokenize("prompt" in req ? { type: "text", text: req.prompt } : { type: "chat", messages: chatMessages(req.messages), ...(tools === undefined ? {} : { tools }) })
   return HttpServerResponse.jsonUnsafe({ count: ids.length, max_model_len: engine.model.contextLength, tokens: Array.from(ids), token_strs: null })
 })
 
@@ -470,14 +553,14 @@ const responseObject = (
   max_output_tokens: req.max_output_tokens ?? null,
   model: at.model,
   output: state.output,
-  parallel_tool_calls: false,
+  parallel_tool_calls: req.parallel_tool_calls ?? true,
   previous_response_id: null,
   reasoning: null,
   store: false,
   temperature: req.temperature ?? null,
   text: { format: { type: "text" } },
-  tool_choice: "none",
-  tools: [],
+  tool_choice: req.tool_choice ?? (req.tools != null && req.tools.length > 0 ? "auto" : "none"),
+  tools: (req.tools ?? []).map((t) => ({ type: "function", name: t.name, description: t.description ?? null, parameters: t.parameters ?? null, strict: t.strict ?? false })),
   top_p: req.top_p ?? null,
   truncation: "disabled",
   metadata: req.metadata ?? {},
@@ -502,52 +585,154 @@ const outputMessage = (id: string, text: string, status: "in_progress" | "comple
 const responseEvent = (type: string, sequence: number, body: Record<string, unknown>) =>
   `event: ${type}\ndata: ${JSON.stringify({ type, sequence_number: sequence, ...body })}\n\n`
 
-/** `POST /v1/responses`, stateless: input (a string or messages), instructions, sampling; streamed or not. */
+/** A `function_call` output item. */
+const functionCallItem = (call: ParsedCall, id: string, status: "in_progress" | "completed" | "incomplete", args = call.arguments) => ({
+  type: "function_call",
+  id,
+  call_id: call.id,
+  name: call.name,
+  arguments: args,
+  status
+})
+
+/** Responses API input items as chat messages: function calls join the assistant turn, outputs are tool turns. */
+const responseMessages = (input: ReadonlyArray<ResponseInputItem>): Array<ChatMessage> => {
+  const out: Array<ChatMessage> = []
+  for (const item of input) {
+    if (item.type === "function_call") {
+      const call: ToolCall = { id: item.call_id, name: item.name, arguments: item.arguments }
+      const last = out[out.length - 1]
+      if (last?.role === "assistant") out[out.length - 1] = { ...last, toolCalls: [...(last.toolCalls ?? []), call] }
+      else out.push({ role: "assistant", content: "", toolCalls: [call] })
+    } else if (item.type === "function_call_output") {
+      out.push({ role: "tool", content: responseText(item.output), toolCallId: item.call_id })
+    } else {
+      out.push({ role: item.role === "developer" ? "system" : item.role, content: responseText(item.content) })
+    }
+  }
+  return out
+}
+
+/** `POST /v1/responses`, stateless: input (a string or items), instructions, function tools, sampling; streamed or not. */
 const responses = Effect.gen(function*() {
   yield* authorize
   const req = yield* decodeBody(ResponsesRequest)
+  const setup = yield* toolSetup(req.tools?.map((t: ResponsesTool) => toolDefinition(t)), responsesToolChoice(req.tool_choice), req.parallel_tool_calls)
   const engine = yield* engineFor(req.model)
   const messages: Array<ChatMessage> = []
   if (req.instructions != null) messages.push({ role: "system", content: req.instructions })
   if (typeof req.input === "string") messages.push({ role: "user", content: req.input })
-  else for (const m of req.input) messages.push({ role: m.role === "developer" ? "system" : m.role, content: responseText(m.content) })
-  const [events] = yield* submitN(engine, {
+  else messages.push(...responseMessages(req.input))
+  const [events] = yield* submitN(engine, withTools({
     input: { type: "chat", messages },
     sampling: sampling(req),
     ...(req.max_output_tokens == null ? {} : { maxTokens: req.max_output_tokens })
-  }, 1)
+  }, setup), 1)
   const at = { id: `resp_${randomUUID().replaceAll("-", "")}`, createdAt: Math.floor(Date.now() / 1000), model: engine.model.id }
   const itemId = `msg_${randomUUID().replaceAll("-", "")}`
+  const callItemIds: Array<string> = []
+  const callItemId = (i: number) => (callItemIds[i] ??= `fc_${randomUUID().replaceAll("-", "")}`)
   if (req.stream === true) {
     let sequence = 0
     let text = ""
+    let messageStarted = false
+    const tools = setup === undefined ? undefined : new ToolStream(setup)
     const ev = (type: string, body: Record<string, unknown>) => responseEvent(type, sequence++, body)
     const where = { item_id: itemId, output_index: 0, content_index: 0 }
+    // The message item opens with its first text (at once without tools: a tool call may come instead).
+    const startMessage = () => {
+      if (messageStarted) return ""
+      messageStarted = true
+      return ev("response.output_item.added", { output_index: 0, item: { ...outputMessage(itemId, "", "in_progress"), content: [] } }) +
+        ev("response.content_part.added", { ...where, part: { type: "output_text", text: "", annotations: [], logprobs: [] } })
+    }
+    const textDelta = (delta: string) => {
+      if (delta === "") return ""
+      text += delta
+      return startMessage() + ev("response.output_text.delta", { ...where, delta, logprobs: [] })
+    }
     const start = Stream.suspend(() => {
       const created = responseObject(req, at, { status: "in_progress", output: [] })
       return Stream.succeed(
         ev("response.created", { response: created }) +
           ev("response.in_progress", { response: created }) +
-          ev("response.output_item.added", { output_index: 0, item: { ...outputMessage(itemId, "", "in_progress"), content: [] } }) +
-          ev("response.content_part.added", { ...where, part: { type: "output_text", text: "", annotations: [], logprobs: [] } })
+          (tools === undefined ? startMessage() : "")
       )
     })
+    /** The message item's end and the response's, once all its text is sent. */
+    const endMessage = (finishReason: string, usage: Usage) => {
+      const status = finishReason === "length" ? "incomplete" : "completed"
+      const message = outputMessage(itemId, text, status)
+      return startMessage() +
+        ev("response.output_text.done", { ...where, text, logprobs: [] }) +
+        ev("response.content_part.done", { ...where, part: message.content[0] }) +
+        ev("response.output_item.done", { output_index: 0, item: message }) +
+        ev(`response.${status}`, { response: responseObject(req, at, { status, output: [message], usage }) })
+    }
+    if (setup !== undefined && setup.mode.kind !== "auto") {
+      // A forced call: its item once its name is known, then its arguments as they are generated.
+      const call = new ForcedCallStream()
+      const place = { item_id: callItemId(0), output_index: 0 }
+      let name = ""
+      let args = ""
+      const piece = (p: CallPiece) => {
+        let out = ""
+        if (p.start !== undefined) {
+          name = p.start.name
+          out += ev("response.output_item.added", { output_index: 0, item: functionCallItem({ id: call.id, name, arguments: "" }, place.item_id, "in_progress") })
+        }
+        if (p.args !== "") {
+          args += p.args
+          out += ev("response.function_call_arguments.delta", { ...place, delta: p.args })
+        }
+        return out
+      }
+      const forced = framesOf(events, (e) => {
+        switch (e._tag) {
+          case "Token":
+            return piece(call.push(e.text))
+          case "Finished": {
+            const end = call.finish(e.text, setup)
+            if (end.text !== undefined) return textDelta(end.text) + endMessage(e.finishReason, e.usage)
+            const out = piece(end)
+            const status = end.call === undefined ? "incomplete" : "completed"
+            const item = functionCallItem({ id: call.id, name, arguments: args }, place.item_id, status)
+            return out +
+              ev("response.function_call_arguments.done", { ...place, arguments: args }) +
+              ev("response.output_item.done", { output_index: 0, item }) +
+              ev(`response.${status}`, { response: responseObject(req, at, { status, output: [item], usage: e.usage }) })
+          }
+          default:
+            return ""
+        }
+      })
+      return yield* sse(Stream.concat(start, forced), {
+        error: (e) => {
+          const { error } = toOpenAiError(e).body
+          return ev("error", { code: error.code, message: error.message, param: error.param })
+        },
+        done: ""
+      })
+    }
     const body = framesOf(events, (e) => {
       switch (e._tag) {
         case "Token":
-          if (e.text === "") return ""
-          text += e.text
-          return ev("response.output_text.delta", { ...where, delta: e.text, logprobs: [] })
+          return textDelta(tools === undefined ? e.text : tools.push(e.text))
         case "Finished": {
-          const delta = e.text === "" ? "" : ev("response.output_text.delta", { ...where, delta: e.text, logprobs: [] })
-          text += e.text
-          const status = e.finishReason === "length" ? "incomplete" : "completed"
-          const message = outputMessage(itemId, text, status)
-          return delta +
-            ev("response.output_text.done", { ...where, text, logprobs: [] }) +
-            ev("response.content_part.done", { ...where, part: message.content[0] }) +
-            ev("response.output_item.done", { output_index: 0, item: message }) +
-            ev(`response.${status}`, { response: responseObject(req, at, { status, output: [message], usage: e.usage }) })
+          const end = tools === undefined ? { text: e.text } : tools.finish(e.text)
+          if (end.calls !== undefined) {
+            const items = end.calls.map((c, i) => functionCallItem(c, callItemId(i), "completed"))
+            const frames = end.calls.map((c, i) => {
+              const id = callItemId(i)
+              const place = { item_id: id, output_index: i }
+              return ev("response.output_item.added", { output_index: i, item: functionCallItem(c, id, "in_progress", "") }) +
+                ev("response.function_call_arguments.delta", { ...place, delta: c.arguments }) +
+                ev("response.function_call_arguments.done", { ...place, arguments: c.arguments }) +
+                ev("response.output_item.done", { output_index: i, item: items[i] })
+            })
+            return frames.join("") + ev("response.completed", { response: responseObject(req, at, { status: "completed", output: items, usage: e.usage }) })
+          }
+          return textDelta(end.text) + endMessage(e.finishReason, e.usage)
         }
         default:
           return ""
@@ -562,6 +747,11 @@ const responses = Effect.gen(function*() {
     })
   }
   const [done] = yield* collectAll([events])
+  const calls = answerCalls(setup, done!.text)
+  if (calls !== undefined) {
+    const output = calls.map((c, i) => functionCallItem(c, callItemId(i), "completed"))
+    return HttpServerResponse.jsonUnsafe(responseObject(req, at, { status: "completed", output, usage: done!.usage }))
+  }
   const status = done!.finishReason === "length" ? "incomplete" : "completed"
   return HttpServerResponse.jsonUnsafe(responseObject(req, at, { status, output: [outputMessage(itemId, done!.text, status)], usage: done!.usage }))
 })

@@ -2,7 +2,7 @@
  * The OpenAI wire shapes Chorus accepts, as Schemas. Lenient as OpenAI is: `null` stands for any optional field,
  * content may be empty, an assistant turn may carry `content: null` with `tool_calls`, and fields Chorus does not
  * know are ignored (the routes log them at debug level; `Lenient.ts`). Fields that name an OpenAI feature Chorus
- * lacks (tools, ...) are still refused, so a client relying on one hears about it instead of being silently ignored.
+ * lacks (legacy `functions`, ...) are still refused, so a client relying on one hears about it instead of being silently ignored.
  */
 import { Schema } from "effect"
 
@@ -12,7 +12,7 @@ const Content = Schema.Union([
   Schema.Array(Schema.Struct({ type: Schema.Literal("text"), text: Schema.String }))
 ])
 
-/** A tool call of an earlier assistant turn; kept in the history as text until Chorus has tools. */
+/** A tool call of an earlier assistant turn. */
 export const ToolCallIn = Schema.Struct({
   id: Schema.optional(Schema.NullOr(Schema.String)),
   type: Schema.optional(Schema.NullOr(Schema.String)),
@@ -33,9 +33,55 @@ export const ChatMessageIn = Schema.Union([
     name: Schema.optional(Schema.NullOr(Schema.String)),
     refusal: Schema.optional(Schema.NullOr(Schema.String)),
     tool_calls: Schema.optional(Schema.NullOr(Schema.Array(ToolCallIn)))
+  }),
+  // A tool's result, answering the call `tool_call_id`.
+  Schema.Struct({
+    role: Schema.Literal("tool"),
+    content: Content,
+    tool_call_id: Schema.optional(Schema.NullOr(Schema.String))
   })
 ])
 export type ChatMessageIn = typeof ChatMessageIn.Type
+
+const FunctionName = Schema.String.check(Schema.isPattern(/^[a-zA-Z0-9_.-]{1,64}$/))
+const Parameters = Schema.Record(Schema.String, Schema.Unknown)
+
+/** A function the model may call (chat completions shape). */
+export const ChatTool = Schema.Struct({
+  type: Schema.Literal("function"),
+  function: Schema.Struct({
+    name: FunctionName,
+    description: Schema.optional(Schema.NullOr(Schema.String)),
+    parameters: Schema.optional(Schema.NullOr(Parameters)),
+    strict: Schema.optional(Schema.NullOr(Schema.Boolean))
+  })
+})
+export type ChatTool = typeof ChatTool.Type
+
+const ChoiceMode = Schema.Literals(["auto", "none", "required"])
+
+/** `auto` (the model decides), `none` (no tools), `required` (some call), or one named function. */
+export const ChatToolChoice = Schema.Union([
+  ChoiceMode,
+  Schema.Struct({ type: Schema.Literal("function"), function: Schema.Struct({ name: Schema.String }) })
+])
+export type ChatToolChoice = typeof ChatToolChoice.Type
+
+/** A function tool in the Responses API's flat shape. */
+export const ResponsesTool = Schema.Struct({
+  type: Schema.Literal("function"),
+  name: FunctionName,
+  description: Schema.optional(Schema.NullOr(Schema.String)),
+  parameters: Schema.optional(Schema.NullOr(Parameters)),
+  strict: Schema.optional(Schema.NullOr(Schema.Boolean))
+})
+export type ResponsesTool = typeof ResponsesTool.Type
+
+export const ResponsesToolChoice = Schema.Union([
+  ChoiceMode,
+  Schema.Struct({ type: Schema.Literal("function"), name: Schema.String })
+])
+export type ResponsesToolChoice = typeof ResponsesToolChoice.Type
 
 const Stop = Schema.Union([Schema.String, Schema.Array(Schema.String).check(Schema.isMaxLength(16))])
 const MaxTokens = Schema.Int.check(Schema.isGreaterThanOrEqualTo(1))
@@ -92,7 +138,10 @@ export const ChatCompletionRequest = Schema.Struct({
   messages: Schema.Array(ChatMessageIn).check(Schema.isMinLength(1)),
   max_completion_tokens: Schema.optional(Schema.NullOr(MaxTokens)),
   logprobs: Schema.optional(Schema.NullOr(Schema.Boolean)),
-  top_logprobs: Schema.optional(Schema.NullOr(Schema.Int.check(Schema.isBetween({ minimum: 0, maximum: 20 }))))
+  top_logprobs: Schema.optional(Schema.NullOr(Schema.Int.check(Schema.isBetween({ minimum: 0, maximum: 20 })))),
+  tools: Schema.optional(Schema.NullOr(Schema.Array(ChatTool).check(Schema.isMaxLength(128)))),
+  tool_choice: Schema.optional(Schema.NullOr(ChatToolChoice)),
+  parallel_tool_calls: Schema.optional(Schema.NullOr(Schema.Boolean))
 })
 export type ChatCompletionRequest = typeof ChatCompletionRequest.Type
 
@@ -123,10 +172,35 @@ const ResponseInputMessage = Schema.Struct({
   content: Schema.Union([Schema.String, Schema.Array(ResponseInputPart)])
 })
 
-/** `POST /v1/responses`, the stateless subset: no `previous_response_id`, no tools; `store` is accepted and ignored. */
+/** A function call of an earlier answer. */
+const ResponseFunctionCall = Schema.Struct({
+  type: Schema.Literal("function_call"),
+  id: Schema.optional(Schema.NullOr(Schema.String)),
+  call_id: Schema.String,
+  name: Schema.String,
+  arguments: Schema.String,
+  status: Schema.optional(Schema.NullOr(Schema.String))
+})
+
+/** The result of a function call, for the next turn. */
+const ResponseFunctionCallOutput = Schema.Struct({
+  type: Schema.Literal("function_call_output"),
+  id: Schema.optional(Schema.NullOr(Schema.String)),
+  call_id: Schema.String,
+  output: Schema.Union([Schema.String, Schema.Array(ResponseInputPart)]),
+  status: Schema.optional(Schema.NullOr(Schema.String))
+})
+
+export const ResponseInputItem = Schema.Union([ResponseInputMessage, ResponseFunctionCall, ResponseFunctionCallOutput])
+export type ResponseInputItem = typeof ResponseInputItem.Type
+
+/** `POST /v1/responses`, the stateless subset: no `previous_response_id`; `store` is accepted and ignored. */
 export const ResponsesRequest = Schema.Struct({
   model: Schema.optional(Schema.NullOr(Schema.String)),
-  input: Schema.Union([Schema.String, Schema.Array(ResponseInputMessage)]),
+  input: Schema.Union([Schema.String, Schema.Array(ResponseInputItem)]),
+  tools: Schema.optional(Schema.NullOr(Schema.Array(ResponsesTool).check(Schema.isMaxLength(128)))),
+  tool_choice: Schema.optional(Schema.NullOr(ResponsesToolChoice)),
+  parallel_tool_calls: Schema.optional(Schema.NullOr(Schema.Boolean)),
   instructions: Schema.optional(Schema.NullOr(Schema.String)),
   max_output_tokens: Schema.optional(Schema.NullOr(MaxTokens)),
   temperature: Schema.optional(Schema.NullOr(Schema.Number.check(Schema.isBetween({ minimum: 0, maximum: 2 })))),
@@ -142,7 +216,11 @@ export type ResponsesRequest = typeof ResponsesRequest.Type
 /** vLLM's `POST /tokenize`: a completion prompt or chat messages. */
 export const TokenizeRequest = Schema.Union([
   Schema.Struct({ model: Schema.optional(Schema.NullOr(Schema.String)), prompt: Schema.String }),
-  Schema.Struct({ model: Schema.optional(Schema.NullOr(Schema.String)), messages: Schema.Array(ChatMessageIn).check(Schema.isMinLength(1)) })
+  Schema.Struct({
+    model: Schema.optional(Schema.NullOr(Schema.String)),
+    messages: Schema.Array(ChatMessageIn).check(Schema.isMinLength(1)),
+    tools: Schema.optional(Schema.NullOr(Schema.Array(ChatTool).check(Schema.isMaxLength(128))))
+  })
 ])
 
 /** vLLM's `POST /detokenize`. */

@@ -176,9 +176,9 @@ describe("lenient inputs", () => {
   })
 
   it("still refuses features it lacks", async () => {
-    const r = await post("/v1/chat/completions", { messages, tools: [{ type: "function", function: { name: "f" } }] })
+    const r = await post("/v1/chat/completions", { messages, functions: [{ name: "f" }] })
     expect(r.status).toBe(400)
-    expect(r.body.error.message).toMatch(/tools/)
+    expect(r.body.error.message).toMatch(/functions/)
   })
 })
 
