@@ -187,6 +187,50 @@ describe("response_format", () => {
     expect(free.text.startsWith("{")).toBe(true)
   })
 
+  it("/v1/responses text.format: json_schema, json_object and text, streamed or not; a bad schema names text.format.schema", async () => {
+    const respond = async (body: Record<string, unknown>) => {
+      const r = await fetch(`${server.url}/v1/responses`, {
+        method: "POST",
+        headers: { "content-type": "application/json" },
+        body: JSON.stringify({ input: "Answer in JSON.", ...body })
+      })
+      return { status: r.status, body: (await r.json()) as any }
+    }
+    const outputText = (body: any): string => body.output[0].content[0].text
+    const failures: Array<string> = []
+    await Promise.all(SCHEMAS.slice(0, 10).map(async (schema, i) => {
+      const a = await respond({ temperature: 1, seed: i, max_output_tokens: 256, text: { format: { type: "json_schema", name: "answer", schema, strict: true } } })
+      if (a.status !== 200 || a.body.status !== "completed") return failures.push(`schema ${i}: ${JSON.stringify(a.body).slice(0, 300)}`)
+      expect(a.body.text.format).toMatchObject({ type: "json_schema", name: "answer" })
+      const bad = violation(schema, JSON.parse(outputText(a.body)))
+      if (bad !== undefined) failures.push(`schema ${i}: ${bad}: ${outputText(a.body)}`)
+    }))
+    expect(failures).toEqual([])
+
+    const object = await respond({ temperature: 0, max_output_tokens: 48, text: { format: { type: "json_object" } } })
+    expect(object.status).toBe(200)
+    expect(outputText(object.body).startsWith("{")).toBe(true)
+    const text = await respond({ temperature: 0, max_output_tokens: 8, text: { format: { type: "text" }, verbosity: "low" } })
+    expect(text.status).toBe(200)
+    expect(text.body.text.format).toEqual({ type: "text" })
+
+    const streamed = await fetch(`${server.url}/v1/responses`, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({ input: "JSON", stream: true, temperature: 1, seed: 5, max_output_tokens: 128, text: { format: { type: "json_schema", name: "movie", schema: SCHEMAS[13] } } })
+    })
+    const events = (await streamed.text()).split("\n").filter((l) => l.startsWith("data: {")).map((l) => JSON.parse(l.slice(6)))
+    const deltas = events.filter((e) => e.type === "response.output_text.delta").map((e) => e.delta).join("")
+    expect(events.at(-1).type).toBe("response.completed")
+    expect(violation(SCHEMAS[13]!, JSON.parse(deltas))).toBeUndefined()
+
+    const refused = await respond({ max_output_tokens: 8, text: { format: { type: "json_schema", name: "bad", schema: { type: 5 } } } })
+    expect(refused.status).toBe(400)
+    expect(refused.body.error.param).toBe("text.format.schema")
+    expect(refused.body.error.message).toMatch(/^text\.format\.schema: .*type/i)
+    expect((await respond({ text: { format: { type: "xml" } } })).status).toBe(400)
+  })
+
   it("text is accepted as no constraint; a bad schema is a 400 naming response_format.json_schema.schema", async () => {
     const text = await post("chat", { temperature: 0, max_tokens: 8, response_format: { type: "text" } })
     expect(text.status).toBe(200)

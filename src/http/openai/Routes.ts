@@ -33,6 +33,7 @@ import {
   type ResponseFormat,
   type ResponsesTool,
   type ResponsesToolChoice,
+  type TextFormat,
   TokenizeRequest,
   type ToolCallIn
 } from "./Schemas.ts"
@@ -529,6 +530,20 @@ const detokenize = Effect.gen(function*() {
 })
 
 
+/** The Responses API's `text.format` as chat's `response_format`: both ask for the same grammar. */
+const responseFormatOf = (format: TextFormat | null | undefined): ResponseFormat | undefined => {
+  if (format == null) return undefined
+  if (format.type !== "json_schema") return format
+  return { type: "json_schema", json_schema: { name: format.name, ...(format.schema === undefined ? {} : { schema: format.schema }) } }
+}
+
+/** A refused grammar named as the Responses API names it (`text.format.schema`, not `response_format.json_schema.schema`). */
+const asTextFormatError = <E>(e: E): E | ValidationError => {
+  if (!(e instanceof ValidationError) || !e.field.startsWith("response_format")) return e
+  const rename = (s: string) => s.replace(/^response_format(\.json_schema)?/, "text.format")
+  return new ValidationError({ field: rename(e.field), message: rename(e.message) })
+}
+
 /** A Responses API input message's text: a string, or its text parts joined as OpenAI joins them. */
 const responseText = (content: string | ReadonlyArray<{ readonly text: string }>) => typeof content === "string" ? content : content.map((p) => p.text).join("")
 
@@ -558,7 +573,7 @@ const responseObject = (
   reasoning: null,
   store: false,
   temperature: req.temperature ?? null,
-  text: { format: { type: "text" } },
+  text: { format: req.text?.format ?? { type: "text" } },
   tool_choice: req.tool_choice ?? (req.tools != null && req.tools.length > 0 ? "auto" : "none"),
   tools: (req.tools ?? []).map((t) => ({ type: "function", name: t.name, description: t.description ?? null, parameters: t.parameters ?? null, strict: t.strict ?? false })),
   top_p: req.top_p ?? null,
@@ -613,7 +628,10 @@ const responseMessages = (input: ReadonlyArray<ResponseInputItem>): Array<ChatMe
   return out
 }
 
-/** `POST /v1/responses`, stateless: input (a string or items), instructions, function tools, sampling; streamed or not. */
+/**
+ * `POST /v1/responses`, stateless: input (a string or items), instructions, function tools, sampling, structured
+ * output (`text.format`, the grammar of chat's `response_format`); streamed or not.
+ */
 const responses = Effect.gen(function*() {
   yield* authorize
   const req = yield* decodeBody(ResponsesRequest)
@@ -625,9 +643,9 @@ const responses = Effect.gen(function*() {
   else messages.push(...responseMessages(req.input))
   const [events] = yield* submitN(engine, withTools({
     input: { type: "chat", messages },
-    sampling: sampling(req),
+    sampling: sampling({ ...req, response_format: responseFormatOf(req.text?.format) }),
     ...(req.max_output_tokens == null ? {} : { maxTokens: req.max_output_tokens })
-  }, setup), 1)
+  }, setup), 1).pipe(Effect.mapError(asTextFormatError))
   const at = { id: `resp_${randomUUID().replaceAll("-", "")}`, createdAt: Math.floor(Date.now() / 1000), model: engine.model.id }
   const itemId = `msg_${randomUUID().replaceAll("-", "")}`
   const callItemIds: Array<string> = []

@@ -194,6 +194,30 @@ const ResponseFunctionCallOutput = Schema.Struct({
 export const ResponseInputItem = Schema.Union([ResponseInputMessage, ResponseFunctionCall, ResponseFunctionCallOutput])
 export type ResponseInputItem = typeof ResponseInputItem.Type
 
+
+/**
+ * The Responses API's structured output, `text.format`: the same three kinds as chat's `response_format`, with the
+ * `json_schema` fields (`name`, `schema`, `strict`) on the format itself instead of under `json_schema`.
+ */
+const TextFormat = Schema.Union([
+  Schema.Struct({ type: Schema.Literal("text") }),
+  Schema.Struct({ type: Schema.Literal("json_object") }),
+  Schema.Struct({
+    type: Schema.Literal("json_schema"),
+    name: Schema.String,
+    description: Schema.optional(Schema.NullOr(Schema.String)),
+    schema: Schema.optional(Schema.Record(Schema.String, Schema.Unknown)),
+    strict: Schema.optional(Schema.NullOr(Schema.Boolean))
+  })
+])
+export type TextFormat = typeof TextFormat.Type
+
+/** `text`: the format of the answer (`verbosity` is accepted and plays no part). */
+const ResponseText = Schema.Struct({
+  format: Schema.optional(Schema.NullOr(TextFormat)),
+  verbosity: Schema.optional(Schema.NullOr(Schema.String))
+})
+
 /** `POST /v1/responses`, the stateless subset: no `previous_response_id`; `store` is accepted and ignored. */
 export const ResponsesRequest = Schema.Struct({
   model: Schema.optional(Schema.NullOr(Schema.String)),
@@ -209,7 +233,8 @@ export const ResponsesRequest = Schema.Struct({
   store: Schema.optional(Schema.NullOr(Schema.Boolean)),
   metadata: Schema.optional(Schema.NullOr(Schema.Record(Schema.String, Schema.String))),
   user: Schema.optional(Schema.NullOr(Schema.String)),
-  seed: Schema.optional(Schema.NullOr(Schema.Int))
+  seed: Schema.optional(Schema.NullOr(Schema.Int)),
+  text: Schema.optional(Schema.NullOr(ResponseText))
 })
 export type ResponsesRequest = typeof ResponsesRequest.Type
 
