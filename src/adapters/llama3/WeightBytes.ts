@@ -5,6 +5,8 @@
  */
 
 /** Tile edge of the blocked transposes: a 64x64 tile of both sides stays in L1/L2. */
+// One transpose per array type on purpose: each loop then sees a single element kind and stays monomorphic in V8,
+// which a shared generic loop over three typed-array classes would not (this is the conversion's hot loop).
 const B = 64
 
 /** float32 `[rows, cols]` -> `[cols, rows]` into `out` at column offset `colOffset` of a row length `outCols`. */
