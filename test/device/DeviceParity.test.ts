@@ -152,3 +152,49 @@ if (device.kind === "cuda") {
     })
   })
 }
+
+describe(`${device.kind}: rows layout, a chat's second turn reuses its first turn's row`, () => {
+  // Prefix caching in the row layout: a finished sequence's row keeps its keys and values, and a new sequence that
+  // repeats them (the next turn of the chat) takes that row and prefills only the rest.
+  const rowsEngine = (dtype: "float32" | "float16", enablePrefixCaching: boolean) =>
+    ManagedRuntime.make(
+      Engine.layer(
+        Llama3Adapter,
+        { modelDir: fixtureDir("tiny-llama3-a"), dtype, maxContext: 512, attention: "fused" },
+        { device, nativeRuntime: true, maxNumSeqs: 4, maxNumBatchedTokens: 512, enablePrefixCaching }
+      )
+    )
+  const dtypes = device.kind === "cuda" ? (["float32", "float16"] as const) : (["float32"] as const)
+  const engines = dtypes.map((dtype) => ({ dtype, reuse: rowsEngine(dtype, true), scratch: rowsEngine(dtype, false) }))
+  afterAll(async () => {
+    for (const e of engines) await e.reuse.dispose(), await e.scratch.dispose()
+  })
+  const chat = (tokenIds: ReadonlyArray<number>, maxTokens: number): GenerateRequest => ({
+    input: { type: "tokens", tokenIds },
+    maxTokens,
+    sampling: { temperature: 0 },
+    ignoreEos: true
+  })
+  const stats = (rt: Runtime) => rt.runPromise(Engine.use((engine) => engine.stats))
+
+  it.each(dtypes.map((d) => [d]))("%s: same tokens as without reuse, and the hit is counted", async (dtype) => {
+    const { reuse, scratch } = engines.find((e) => e.dtype === dtype)!
+    const history = Array.from({ length: 120 }, (_, i) => 100 + ((i * 37) % 200))
+    // Another chat decodes on the next row the whole time: every step gives the free row a dummy token, which must
+    // land after what the row holds.
+    const turn1Pending = run(reuse, chat(history, 12))
+    const other = run(reuse, chat(Array.from({ length: 40 }, (_, i) => 300 + i), 120))
+    const turn1 = await turn1Pending
+    const before = await stats(reuse)
+    const turn2Prompt = [...history, ...turn1.tokens, 42, 43, 44, 45]
+    const turn2 = await run(reuse, chat(turn2Prompt, 16))
+    const after = await stats(reuse)
+    expect((await other).tokens.length).toBe(120)
+    // 120 history tokens and 11 of the 12 answer tokens have keys and values in the row (the last never ran).
+    expect(after.prefixCacheHits - before.prefixCacheHits).toBe(131)
+    const alone = await run(scratch, chat(turn2Prompt, 16))
+    expect((await stats(scratch)).prefixCacheHits).toBe(0)
+    expect(turn2.tokens).toEqual(alone.tokens)
+    expect((await run(scratch, chat(history, 12))).tokens).toEqual(turn1.tokens)
+  })
+})
