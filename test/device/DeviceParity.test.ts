@@ -198,3 +198,53 @@ describe(`${device.kind}: rows layout, a chat's second turn reuses its first tur
     expect((await run(scratch, chat(history, 12))).tokens).toEqual(turn1.tokens)
   })
 })
+
+describe(`${device.kind}: rows layout under a server's pattern of load`, () => {
+  // What `chorus bench` does to a server, small: streams one after another (each leaves its row holding its tokens,
+  // so later ones go to higher rows), then a burst of new prompts with a repeated one (a whole prompt found in a row:
+  // its first step computes one token) while prompts are chunked beside decoding rows. Every answer must equal the
+  // same request alone on a server without CUDA graphs or reuse.
+  const rowsEngine = (enablePrefixCaching: boolean, graphs: boolean) =>
+    ManagedRuntime.make(
+      Engine.layer(
+        Llama3Adapter,
+        { modelDir: fixtureDir("tiny-llama3-a"), dtype: device.kind === "cuda" ? "float16" : "float32", maxContext: 512, attention: "fused" },
+        {
+          device: device.kind !== "cuda" ? device : graphs ? { kind: "cuda", id: device.id, options: { enable_cuda_graph: "1" } } : { kind: "cuda", id: device.id },
+          nativeRuntime: true,
+          maxNumSeqs: 16,
+          maxNumBatchedTokens: 200,
+          enablePrefixCaching
+        }
+      )
+    )
+  const loaded = rowsEngine(true, true)
+  const plain = rowsEngine(false, false)
+  afterAll(async () => {
+    await loaded.dispose()
+    await plain.dispose()
+  })
+  const prompt = (seed: number, n = 90) => Array.from({ length: n }, (_, i) => 20 + ((seed * 131 + i * 17) % 400))
+  const ask = (tokenIds: ReadonlyArray<number>, maxTokens: number): GenerateRequest => ({
+    input: { type: "tokens", tokenIds },
+    maxTokens,
+    sampling: { temperature: 0 },
+    ignoreEos: true
+  })
+
+  it("streams in turn, then a burst with a repeated prompt: every answer as alone", async () => {
+    const requests: Array<GenerateRequest> = []
+    for (let i = 0; i < 5; i++) requests.push(ask(prompt(i), 30))
+    const sequential: Array<ReadonlyArray<number>> = []
+    for (const r of requests) sequential.push((await run(loaded, r)).tokens)
+    const burst = [ask(prompt(0), 30), ...Array.from({ length: 9 }, (_, i) => ask(prompt(10 + i, 60 + 7 * i), 40))]
+    const burstTokens = (await Promise.all(burst.map((r) => run(loaded, r)))).map((r) => r.tokens)
+    const again = await Promise.all(burst.map((r) => run(loaded, r)))
+    for (const [i, r] of requests.entries()) expect(sequential[i]).toEqual((await run(plain, r)).tokens)
+    for (const [i, r] of burst.entries()) {
+      const alone = (await run(plain, r)).tokens
+      expect(burstTokens[i]).toEqual(alone)
+      expect(again[i]!.tokens).toEqual(alone)
+    }
+  })
+})

@@ -519,7 +519,7 @@ const rowStep = (s: RowShard, plan: StepPlan): StepResult => {
           done = true
         } catch (e) {
           s.graphsDisabled = true
-          console.warn(`chorus: CUDA graph decode disabled on this shard: ${message(e)}`)
+          console.warn(`chorus: CUDA graph decode disabled on this shard (replaying the ${bucket.size}-row graph for rows up to ${maxRow}): ${message(e)}`)
         }
       }
       if (!done) {
