@@ -33,6 +33,8 @@ export interface EngineCapacity {
   /** Sequences at the full context the pool holds at once. */
   readonly fullContextSequences: number
   readonly prefixCaching: boolean
+  /** Why prefix caching is off though it was asked for (a runtime that cannot reuse rows), for the log. */
+  readonly prefixCachingOffBecause?: string
   /** The most sequences running at once, and what was asked (`maxNumSeqs`) where memory lowered it. */
   readonly maxNumSeqs: number
   readonly requestedMaxNumSeqs: number
@@ -43,6 +45,7 @@ export const describeCapacity = (c: EngineCapacity, contextLength: number): stri
   `KV cache: ${c.numBlocks} blocks of ${c.blockSize} tokens (${c.numBlocks * c.blockSize} tokens` +
   (c.kvBytes > 0 ? `, ${(c.kvBytes / 2 ** 30).toFixed(2)} GiB` : "") +
   `), ${c.fullContextSequences} sequences at the full context of ${contextLength}; prefix caching ${c.prefixCaching ? "on" : "off"}` +
+  (c.prefixCachingOffBecause === undefined ? "" : ` (${c.prefixCachingOffBecause})`) +
   (c.maxNumSeqs < c.requestedMaxNumSeqs ? `; --max-batch ${c.requestedMaxNumSeqs} lowered to ${c.maxNumSeqs} by memory (lower --context-length for more)` : "")
 
 /** @category models */
@@ -210,7 +213,7 @@ const makeEngine = (model: LoadedModel, options: EngineOptions) =>
     const prefixCaching = options.enablePrefixCaching ?? true
     // Blocks are shared through the block pool's hashes; a row layout reuses a free row's contents instead.
     const enablePrefixCaching = !rows && prefixCaching
-    const rowPrefixReuse = rows && prefixCaching
+    const rowPrefixReuse = rows && prefixCaching && loads.every((l) => l.rowReuse !== false)
     if ((numBlocks - 1) * blockSize < contextLength) {
       return yield* Effect.fail(
         new GenerationError({
@@ -225,7 +228,10 @@ const makeEngine = (model: LoadedModel, options: EngineOptions) =>
       blockSize,
       kvBytes,
       fullContextSequences: Math.min(maxSeqs, Math.floor(((numBlocks - 1) * blockSize) / contextLength)),
-      prefixCaching,
+      prefixCaching: enablePrefixCaching || rowPrefixReuse,
+      ...(rows && prefixCaching && !rowPrefixReuse
+        ? { prefixCachingOffBecause: "the row cache is not reused where CUDA graphs replay; serve without --cuda-graphs to reuse it" }
+        : {}),
       maxNumSeqs: maxSeqs,
       requestedMaxNumSeqs: maxNumSeqs
     }

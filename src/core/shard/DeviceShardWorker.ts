@@ -204,7 +204,7 @@ export async function load(task: ShardLoad): Promise<ShardLoadResult> {
   }
   const kvBytes = 2 * numLayers * maxSeqs * rowElements * elementBytes(task.dtype)
   // A row layout holds `maxSeqs` whole rows: the engine sees it as `maxSeqs * maxLen / blockSize` blocks.
-  return { kvBytes, loadMs: performance.now() - started, layout: "rows", numBlocks: maxSeqs * Math.ceil(task.maxLen / task.blockSize) + 1, maxSeqs }
+  return { kvBytes, loadMs: performance.now() - started, layout: "rows", numBlocks: maxSeqs * Math.ceil(task.maxLen / task.blockSize) + 1, maxSeqs, rowReuse: !useGraphs }
 }
 
 /** What `utilization` (times this shard's share) of the device allows beyond everything in use now. */

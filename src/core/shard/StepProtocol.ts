@@ -96,6 +96,12 @@ export interface ShardLoadResult {
   readonly numBlocks: number
   /** Row layouts: the rows (sequences at the full context) it holds, `maxSeqs` or fewer where memory is short. */
   readonly maxSeqs?: number
+  /**
+   * Row layouts: a freed row's keys and values may be reused by a new sequence with the same prefix. False where
+   * the shard replays CUDA graphs: on ONNX Runtime 1.29 a row reused that way (its first chunk resuming after a
+   * cached prefix) was followed by an illegal memory access in a graph replay on an H200 (docs/benchmarks.md).
+   */
+  readonly rowReuse?: boolean
 }
 
 /** A new sequence registered in the last shard: its sampler lives there until `release`. */

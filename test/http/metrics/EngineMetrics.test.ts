@@ -48,7 +48,8 @@ describe("EngineMetrics", () => {
       ["chorus:request_failure_total", "counter"],
       ["chorus:engine_decode_steps_total", "counter"],
       ["chorus:engine_batched_decode_steps_total", "counter"],
-      ["chorus:engine_decode_step_sequences", "histogram"]
+      ["chorus:engine_decode_step_sequences", "histogram"],
+      ["chorus:engine_step_seconds_total", "counter"]
     ]
     const types = lines(text).filter((l) => l.startsWith("# TYPE "))
     expect(types).toEqual(expected.map(([name, type]) => `# TYPE ${name} ${type}`))
