@@ -1,0 +1,37 @@
+/**
+ * Weight-only quantization settings of a conversion: what `--quantize int4` and its companion flags mean, as one
+ * value that travels from the CLI through the adapter into the graph builder, the cache key and the manifest.
+ */
+import { Schema } from "effect"
+import type { QuantBlockSize } from "./MatMulNBitsPacking.ts"
+
+export const Int4Settings = Schema.Struct({
+  method: Schema.Literal("int4-rtn"),
+  /** Weights per scale (and zero point) along K. */
+  blockSize: Schema.Literals([32, 128]),
+  /** No zero points: codes are centred on ORT's implicit zero point 8. */
+  symmetric: Schema.Boolean,
+  /** Quantize the LM head too (it stays in the model dtype otherwise). */
+  lmHead: Schema.Boolean,
+  /** MatMulNBits `accuracy_level` (CPU only: 4 quantizes activations to int8 for the integer kernels; 0 keeps them float). */
+  accuracyLevel: Schema.Literals([0, 4])
+})
+export type Int4Settings = typeof Int4Settings.Type
+
+/**
+ * Defaults, and why (docs/benchmarks.md "4-bit weights" has the figures):
+ * - block 32: about half the logit error of block 128 on the fixtures; it costs 0.375 more bits per weight
+ *   (4.625 vs 4.25 with zero points at float16), which `bench:gpu` measures as its own row.
+ * - zero points (asymmetric): lower error than symmetric at the same block size for 1/32 byte per block more.
+ * - the LM head quantized: at 8B it is 1 GiB of the 1.5 GiB that stay float otherwise, the largest single weight
+ *   read at every decode step; its error is measured with and without by tools/bench-quant.ts.
+ * - accuracy level 0: float activations, so the CPU error figures are those of the weights alone (level 4 is faster
+ *   on CPU and is ignored by the CUDA kernels).
+ */
+export const defaultInt4: Int4Settings = { method: "int4-rtn", blockSize: 32, symmetric: false, lmHead: true, accuracyLevel: 0 }
+
+export const int4BlockSizes: ReadonlyArray<QuantBlockSize> = [32, 128]
+
+/** A one-line summary for logs and tables: `int4 b32 zp` / `int4 b128 sym`. */
+export const describeQuant = (q: Int4Settings | undefined): string =>
+  q === undefined ? "none" : `int4 b${q.blockSize} ${q.symmetric ? "sym" : "zp"}${q.lmHead ? "" : " head-float"}${q.accuracyLevel === 0 ? "" : ` acc${q.accuracyLevel}`}`
