@@ -13,7 +13,7 @@
 import * as fs from "node:fs"
 import * as path from "node:path"
 import { parseArgs } from "node:util"
-import { type Int4Settings, defaultInt4, describeQuant } from "../src/adapters/llama3/Quantization.ts"
+import { describeQuant, type Int4Settings, parseQuantVariant } from "../src/adapters/llama3/Quantization.ts"
 import { parseDevice } from "../src/core/shard/StepProtocol.ts"
 import { fixtureDir } from "../test/support/fixtures.ts"
 import { measureQuantError, summarize } from "./quant/QuantError.ts"
@@ -44,18 +44,8 @@ const tokens = Number(values.tokens)
 const promptCount = Number(values.prompts)
 if (!Number.isInteger(tokens) || tokens < 1) fail(`--tokens must be a positive integer, got '${values.tokens}'`)
 
-/** `b32-zp`, `b128-sym`, with `-headfloat` (LM head left float) and `-acc4` (CPU int8 activations). */
-const parseVariant = (v: string): Int4Settings => {
-  const m = /^b(32|128)-(zp|sym)((?:-headfloat|-acc4)*)$/.exec(v)
-  if (m === null) return fail(`variant '${v}' is not b32|b128 - zp|sym [-headfloat] [-acc4]`)
-  return {
-    ...defaultInt4,
-    blockSize: m[1] === "32" ? 32 : 128,
-    symmetric: m[2] === "sym",
-    lmHead: !m[3].includes("-headfloat"),
-    accuracyLevel: m[3].includes("-acc4") ? 4 : 0
-  }
-}
+const parseVariant = (v: string): Int4Settings =>
+  parseQuantVariant(v) ?? fail(`variant '${v}' is not b32|b128 - zp|sym [-headfloat] [-acc4]`)
 const variants = values.variants.split(",").map((v) => v.trim()).filter((v) => v !== "").map(parseVariant)
 
 const referencePrompts = (dir: string): ReadonlyArray<ReadonlyArray<number>> | undefined => {

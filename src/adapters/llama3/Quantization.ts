@@ -35,3 +35,19 @@ export const int4BlockSizes: ReadonlyArray<QuantBlockSize> = [32, 128]
 /** A one-line summary for logs and tables: `int4 b32 zp` / `int4 b128 sym`. */
 export const describeQuant = (q: Int4Settings | undefined): string =>
   q === undefined ? "none" : `int4 b${q.blockSize} ${q.symmetric ? "sym" : "zp"}${q.lmHead ? "" : " head-float"}${q.accuracyLevel === 0 ? "" : ` acc${q.accuracyLevel}`}`
+
+/**
+ * A variant named as the tools name them: `b32-zp`, `b128-sym`, with `-headfloat` (LM head left in the model dtype)
+ * and `-acc4` (MatMulNBits accuracy level 4: int8 activations on the CPU); undefined when `name` is not one.
+ */
+export const parseQuantVariant = (name: string): Int4Settings | undefined => {
+  const m = /^b(32|128)-(zp|sym)((?:-headfloat|-acc4)*)$/.exec(name.trim())
+  if (m === null) return undefined
+  return {
+    ...defaultInt4,
+    blockSize: m[1] === "32" ? 32 : 128,
+    symmetric: m[2] === "sym",
+    lmHead: !m[3].includes("-headfloat"),
+    accuracyLevel: m[3].includes("-acc4") ? 4 : 0
+  }
+}
