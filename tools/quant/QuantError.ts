@@ -27,9 +27,11 @@ export interface PromptError {
 }
 
 export interface QuantErrorOptions {
-  /** Adapter options of the float model; the quantized one adds `quantize`. */
+  /** Adapter options of the float model; the quantized one adds `quantize` (and `dtype`, when given). */
   readonly adapter: Llama3Options
-  readonly quantize: NonNullable<Llama3Options["quantize"]>
+  /** Omitted: only `dtype` changes (a calibration row: how far float16 alone moves these figures). */
+  readonly quantize?: NonNullable<Llama3Options["quantize"]> | undefined
+  readonly dtype?: Llama3Options["dtype"]
   readonly engine?: EngineOptions
   readonly prompts: ReadonlyArray<ReadonlyArray<number>>
   /** Greedy tokens compared per prompt (default 16). */
@@ -86,7 +88,11 @@ export const measureQuantError = async (o: QuantErrorOptions): Promise<{ readonl
   } finally {
     await float.dispose()
   }
-  const quant = runner({ ...o.adapter, quantize: o.quantize }, o.engine)
+  const quant = runner({
+    ...o.adapter,
+    ...(o.quantize === undefined ? {} : { quantize: o.quantize }),
+    ...(o.dtype === undefined ? {} : { dtype: o.dtype })
+  }, o.engine)
   const results: Array<PromptError> = []
   let vocab = 0
   try {
