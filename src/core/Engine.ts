@@ -207,7 +207,10 @@ const makeEngine = (model: LoadedModel, options: EngineOptions) =>
     // A row cache holds sequences at the full context, as many as every shard's memory allowed.
     const maxSeqs = Math.min(maxNumSeqs, ...loads.map((l) => l.maxSeqs ?? maxNumSeqs))
     const numBlocks = rows ? maxSeqs * blocksPerSeq + 1 : Math.min(...loads.map((l) => l.numBlocks))
-    const enablePrefixCaching = !rows && (options.enablePrefixCaching ?? true)
+    const prefixCaching = options.enablePrefixCaching ?? true
+    // Blocks are shared through the block pool's hashes; a row layout reuses a free row's contents instead.
+    const enablePrefixCaching = !rows && prefixCaching
+    const rowPrefixReuse = rows && prefixCaching
     if ((numBlocks - 1) * blockSize < contextLength) {
       return yield* Effect.fail(
         new GenerationError({
@@ -222,14 +225,14 @@ const makeEngine = (model: LoadedModel, options: EngineOptions) =>
       blockSize,
       kvBytes,
       fullContextSequences: Math.min(maxSeqs, Math.floor(((numBlocks - 1) * blockSize) / contextLength)),
-      prefixCaching: enablePrefixCaching,
+      prefixCaching,
       maxNumSeqs: maxSeqs,
       requestedMaxNumSeqs: maxNumSeqs
     }
     const loop = yield* makeEngineLoop({
       shards,
       observer,
-      scheduler: { maxNumSeqs: maxSeqs, maxNumBatchedTokens, contextLength, blockSize, numBlocks, enablePrefixCaching, stopTokenIds: model.stopTokenIds }
+      scheduler: { maxNumSeqs: maxSeqs, maxNumBatchedTokens, contextLength, blockSize, numBlocks, enablePrefixCaching, rowPrefixReuse, stopTokenIds: model.stopTokenIds }
     })
     const { scheduler, sinks, stats } = loop
     yield* Effect.forkScoped(loop.run)

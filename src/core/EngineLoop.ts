@@ -196,11 +196,15 @@ export const makeEngineLoop = (options: {
     const runPlan = (plan: StepPlan) =>
       Effect.gen(function*() {
         let result: StepResult | undefined
+        let runMs = 0
         for (const shard of shards) {
           result = yield* shard.step(result?.hidden === undefined ? plan : { ...plan, hidden: result.hidden })
+          runMs += result.runMs
         }
-        return result!
+        return { result: result!, runMs }
       })
+    /** When the previous step's answer came back; 0 after an idle wait (idle time is not loop overhead). */
+    let lastAnswerAt = 0
 
     /** Prompt logits asked for by entries of a step, routed to their sequences' outputs. */
     const routeLogits = (out: SchedulerOutput, logits: Float32Array) => {
@@ -260,7 +264,7 @@ export const makeEngineLoop = (options: {
       Effect.gen(function*() {
         flushPending()
         for (const s of scheduler.runningSequences()) fail(s, error, "error")
-        scheduler.kv.clearCache()
+        scheduler.clearCache()
         yield* Effect.logWarning(`${error.message}; ${shards.map((s) => `shard ${s.index} ${s.status().state}`).join(", ")}`)
         for (const shard of shards) yield* shard.settled
       })
@@ -290,6 +294,7 @@ export const makeEngineLoop = (options: {
 
     const iteration = Effect.gen(function*() {
       if (!scheduler.hasWork && pending.length === 0) {
+        lastAnswerAt = 0
         yield* Queue.take(wakeQueue)
         return
       }
@@ -308,13 +313,22 @@ export const makeEngineLoop = (options: {
       }
       for (const _ of out.preempted) observer.preempted()
       if (out.entries.length === 0) {
+        lastAnswerAt = 0
         flushPending()
         yield* Effect.yieldNow
         return
       }
+      const handedAt = performance.now()
       const fiber = yield* Effect.forkChild(runPlan(planOf(out)))
       flushPending()
-      const result = yield* Fiber.join(fiber)
+      const { result, runMs } = yield* Fiber.join(fiber)
+      const answeredAt = performance.now()
+      observer.stepTiming?.({
+        shardsSeconds: seconds(answeredAt - handedAt),
+        runSeconds: seconds(runMs),
+        betweenSeconds: lastAnswerAt === 0 ? 0 : seconds(handedAt - lastAnswerAt)
+      })
+      lastAnswerAt = answeredAt
       complete(out, result)
       // Let request fibers run between steps (new arrivals, consumers).
       yield* Effect.yieldNow

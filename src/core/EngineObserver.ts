@@ -21,6 +21,19 @@ export interface FinishedRequest {
   readonly maxTokens: number
 }
 
+/**
+ * Where one engine step's time went (seconds), for finding what limits throughput: the shards' own compute
+ * against the round trip to their threads and the engine loop's work between steps.
+ */
+export interface StepTiming {
+  /** From handing the step to the first shard to the last shard's answer (every shard, in order). */
+  readonly shardsSeconds: number
+  /** Of that, the time the shards spent in their runtime's `run` calls (as they measured it). */
+  readonly runSeconds: number
+  /** From the previous step's answer to this step's hand-off: scheduling, streaming tokens, other fibers. */
+  readonly betweenSeconds: number
+}
+
 /** @category models */
 export interface EngineObserver {
   /** A request entered the waiting queue. */
@@ -37,6 +50,8 @@ export interface EngineObserver {
   readonly decodeStep: (numSeqs: number) => void
   /** One engine iteration computed `numTokens` tokens: prompt tokens of its prefill chunks plus one per decoding row. */
   readonly engineStep: (numTokens: number) => void
+  /** One step's time split (optional: observers written before it need not implement it). */
+  readonly stepTiming?: (timing: StepTiming) => void
   /** A request ended (stop, length, abort by its client or while queued, error, deadline). */
   readonly finished: (request: FinishedRequest) => void
   /** A running sequence lost its KV blocks to make room; it waits to be recomputed. */

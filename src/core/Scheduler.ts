@@ -10,7 +10,8 @@
  * order. A sequence that completes its known tokens samples the next. When the KV pool cannot grow a running
  * sequence, the newest running sequence is preempted: its blocks are freed and it waits at the head of the queue
  * to be recomputed (its prefix cached blocks make that cheap). New sequences first take the cached blocks of their
- * longest cached prefix.
+ * longest cached prefix; in a row layout (one KV row per sequence, no shared blocks) they take instead the free row
+ * whose last sequence shares their longest prefix, whose keys and values are still in place (llama.cpp's slot reuse).
  */
 import { type CachedPrefix, KvCacheManager } from "./kv/KvCacheManager.ts"
 import type { ValidatedRequest } from "./Request.ts"
@@ -84,8 +85,20 @@ export interface SchedulerConfig {
   /** KV blocks in the pool, the reserved block 0 included. */
   readonly numBlocks: number
   readonly enablePrefixCaching: boolean
+  /**
+   * A row layout's prefix caching: a free row keeps the tokens of its last sequence, and a new sequence that shares
+   * at least `MIN_ROW_REUSE` of them takes that row and computes only the rest. Needs a runtime that leaves a freed
+   * row's keys and values in place (the device row worker does).
+   */
+  readonly rowPrefixReuse?: boolean
   readonly stopTokenIds: ReadonlyArray<number>
 }
+
+/**
+ * The shortest shared prefix worth moving a sequence off the lowest free row for: every Llama 3 chat prompt shares
+ * its first few tokens (begin of text, the system header), and a higher row widens every decode step's row range.
+ */
+export const MIN_ROW_REUSE = 32
 
 export class Scheduler {
   readonly config: SchedulerConfig
@@ -94,6 +107,11 @@ export class Scheduler {
   /** Running sequences in admission order (the newest last: the first to be preempted). */
   private readonly running: Array<Sequence> = []
   private readonly freeRows: Array<number>
+  /** Row layout with reuse: the tokens whose keys and values a free row still holds (its last sequence's). */
+  private readonly rowContents: Array<Int32Array | undefined>
+  /** When each row's contents were released (a step counter), for evicting the oldest. */
+  private readonly rowReleasedAt: Int32Array
+  private releaseClock = 0
   private readonly stopTokenIds: ReadonlySet<number>
   private nextId = 0
   numPreemptions = 0
@@ -105,6 +123,8 @@ export class Scheduler {
       throw new RangeError(`the KV pool holds ${this.kv.maxTokens} tokens, less than one sequence of the context length ${config.contextLength}`)
     }
     this.freeRows = Array.from({ length: config.maxNumSeqs }, (_, i) => i)
+    this.rowContents = new Array(config.maxNumSeqs).fill(undefined)
+    this.rowReleasedAt = new Int32Array(config.maxNumSeqs)
     this.stopTokenIds = new Set(config.stopTokenIds)
   }
 
@@ -212,13 +232,18 @@ export class Scheduler {
     while (preempted.length === 0 && budget > 0 && this.waiting.length > 0 && this.running.length < this.config.maxNumSeqs) {
       const s = this.waiting[0]!
       // A request that wants its prompt's logits computes every position.
-      const prefix: CachedPrefix = s.request.promptLogits === "none" ? this.kv.cachedPrefix(s) : { blocks: [], numTokens: 0 }
-      const n = Math.min(totalTokens(s) - prefix.numTokens, budget)
-      if (!this.kv.allocate(s, prefix.numTokens, n, prefix)) break
+      const reusing = s.request.promptLogits === "none"
+      const rowPrefix = reusing && this.config.rowPrefixReuse === true ? this.longestRowPrefix(s) : undefined
+      const prefix: CachedPrefix = reusing && rowPrefix === undefined ? this.kv.cachedPrefix(s) : { blocks: [], numTokens: 0 }
+      const start = rowPrefix?.numTokens ?? prefix.numTokens
+      const n = Math.min(totalTokens(s) - start, budget)
+      if (!this.kv.allocate(s, start, n, prefix)) break
       this.waiting.shift()
       s.status = "running"
-      s.numComputedTokens = prefix.numTokens
-      s.row = this.takeLowestRow()
+      s.numComputedTokens = start
+      s.row = this.takeRow(rowPrefix?.row ?? this.rowForNewContent())
+      this.rowContents[s.row] = undefined
+      if (this.config.rowPrefixReuse === true) this.kv.countPrefixQuery(totalTokens(s), start)
       this.running.push(s)
       admitted.push(s)
       entries.push(this.entry(s, n))
@@ -270,16 +295,56 @@ export class Scheduler {
     }
   }
 
-  /** The lowest free row, so that a few sequences sit in the first rows (a row runtime runs rows [0, highest]). */
-  private takeLowestRow(): number {
-    let at = 0
-    for (let i = 1; i < this.freeRows.length; i++) if (this.freeRows[i]! < this.freeRows[at]!) at = i
-    return this.freeRows.splice(at, 1)[0]!
+  /** Forgets every row's contents and cached block (after a shard restart the workers hold nothing). */
+  clearCache(): void {
+    this.kv.clearCache()
+    this.rowContents.fill(undefined)
+  }
+
+  /**
+   * The free row whose contents share the longest prefix with a new sequence (at least `MIN_ROW_REUSE` tokens,
+   * the lowest such row among equals), and how many tokens of it to reuse: never the sequence's last known token,
+   * whose logits give its next token.
+   */
+  private longestRowPrefix(s: Sequence): { readonly row: number; readonly numTokens: number } | undefined {
+    const limit = totalTokens(s) - 1
+    let best: { row: number; numTokens: number } | undefined
+    for (const row of this.freeRows) {
+      const held = this.rowContents[row]
+      if (held === undefined || held.length < MIN_ROW_REUSE) continue
+      const end = Math.min(held.length, limit)
+      let n = 0
+      while (n < end && held[n] === tokenAt(s, n)) n++
+      if (n >= MIN_ROW_REUSE && (best === undefined || n > best.numTokens || (n === best.numTokens && row < best.row))) best = { row, numTokens: n }
+    }
+    return best
+  }
+
+  private takeRow(row: number): number {
+    this.freeRows.splice(this.freeRows.indexOf(row), 1)
+    return row
+  }
+
+  /**
+   * The row for a sequence that reuses nothing: the lowest free row that holds nothing worth keeping, so that a few
+   * sequences sit in the first rows (a row runtime runs rows [0, highest]); when every free row holds an earlier
+   * sequence's tokens, the one released longest ago.
+   */
+  private rowForNewContent(): number {
+    let lowestEmpty = -1
+    let oldest = -1
+    for (const row of this.freeRows) {
+      if (this.rowContents[row] === undefined) {
+        if (lowestEmpty < 0 || row < lowestEmpty) lowestEmpty = row
+      } else if (oldest < 0 || this.rowReleasedAt[row]! < this.rowReleasedAt[oldest]!) oldest = row
+    }
+    return lowestEmpty >= 0 ? lowestEmpty : oldest
   }
 
   private preempt(s: Sequence): void {
     this.kv.free(s)
-    if (s.row >= 0) this.freeRows.push(s.row)
+    // Not offered for reuse: the sequence itself comes back first and recomputes from scratch.
+    if (s.row >= 0) this.freeRows.push(s.row), this.rowContents[s.row] = undefined
     s.row = -1
     s.numComputedTokens = 0
     s.status = "waiting"
@@ -290,7 +355,18 @@ export class Scheduler {
 
   private release(s: Sequence): void {
     this.kv.free(s)
-    if (s.row >= 0) this.freeRows.push(s.row)
+    if (s.row >= 0) {
+      this.freeRows.push(s.row)
+      // The row keeps what was computed; the last position of a full-context row is where a free row's dummy
+      // decode token lands, so it is never offered.
+      if (this.config.rowPrefixReuse === true && s.numComputedTokens >= MIN_ROW_REUSE) {
+        const n = Math.min(s.numComputedTokens, this.config.contextLength - 1)
+        const held = new Int32Array(n)
+        for (let i = 0; i < n; i++) held[i] = tokenAt(s, i)
+        this.rowContents[s.row] = held
+        this.rowReleasedAt[s.row] = ++this.releaseClock
+      }
+    }
     s.row = -1
     s.status = "finished"
   }

@@ -91,6 +91,7 @@ export class Serving extends Context.Service<Serving, {
           token: (itl) => metrics?.token(itl),
           decodeStep: (n) => metrics?.decodeStep(n),
           engineStep: (n) => metrics?.engineStep(n),
+          stepTiming: (t) => metrics?.stepTiming(t),
           finished: (request) => metrics?.finished(request),
           preempted: () => metrics?.preempted(),
           failed: (errorType) => metrics?.failed(errorType)

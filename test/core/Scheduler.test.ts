@@ -4,7 +4,7 @@
 import { describe, expect, it } from "vitest"
 import type { ValidatedRequest } from "../../src/core/Request.ts"
 import { greedy } from "../../src/core/sampling/SamplingParams.ts"
-import { Scheduler, type SchedulerConfig, type SchedulerOutput } from "../../src/core/Scheduler.ts"
+import { MIN_ROW_REUSE, Scheduler, type SchedulerConfig, type SchedulerOutput } from "../../src/core/Scheduler.ts"
 
 const EOS = 999
 const request = (prompt: ReadonlyArray<number>, overrides: Partial<ValidatedRequest> = {}): ValidatedRequest => ({
@@ -185,5 +185,115 @@ describe("Scheduler", () => {
     const d = s.add(request([4]))
     step(s)
     expect(d.row).toBe(0)
+  })
+
+  describe("row layout reuse (rowPrefixReuse)", () => {
+    const rows = (config: Partial<SchedulerConfig> = {}) =>
+      make({ enablePrefixCaching: false, rowPrefixReuse: true, maxNumBatchedTokens: 256, contextLength: 256, numBlocks: 1 + 8 * 64, ...config })
+    const history = range(1000, 60)
+    /** A step, with the row each scheduled sequence ran on (a finished sequence's row is -1 afterwards). */
+    const stepRows = (s: Scheduler, token = 7) => {
+      const out = s.schedule()
+      const rowOf = new Map(out.entries.map((e) => [e.sequence, e.sequence.row]))
+      s.update(out, new Int32Array(out.entries.filter((e) => e.samples).length).fill(token))
+      return { out, rowOf }
+    }
+
+    it("a second turn takes the first turn's row and computes only what its row does not hold", () => {
+      const s = rows()
+      const other = s.add(request(range(0, 40), { maxTokens: 50 }))
+      const t1 = s.add(request(history, { maxTokens: 4 }))
+      for (let i = 0; i < 4; i++) step(s, 40 + i)
+      expect(t1.status).toBe("finished")
+      expect(t1.row).toBe(-1)
+      // Row 0 is busy (other), row 1 held turn 1; a stranger takes row 2 (lowest free without a shared prefix).
+      const stranger = s.add(request(range(5000, 50), { maxTokens: 1 }))
+      const t2 = s.add(request([...history, 40, 41, 42, 43, 60, 61, 62]))
+      const { out, rowOf } = stepRows(s)
+      expect(rowOf.get(stranger)).toBe(2)
+      expect(rowOf.get(t2)).toBe(1)
+      // 60 + 3 answer tokens are in row 1 (the last answer token never ran).
+      const e = out.entries.find((x) => x.sequence === t2)!
+      expect([e.start, e.numTokens, e.isNew]).toEqual([63, 4, true])
+      expect(s.kv.hits).toBe(63)
+      expect(other.status).toBe("running")
+    })
+
+    it("the longest shared prefix wins; shorter than MIN_ROW_REUSE is not reuse", () => {
+      const s = rows()
+      const a = s.add(request(range(0, 50), { maxTokens: 1 }))
+      const b = s.add(request([...range(0, 40), ...range(300, 20)], { maxTokens: 1 }))
+      const first = stepRows(s)
+      expect([first.rowOf.get(a), first.rowOf.get(b), a.status, b.status]).toEqual([0, 1, "finished", "finished"])
+      const c = s.add(request([...range(0, 40), ...range(300, 25)]))
+      const second = stepRows(s)
+      expect(second.rowOf.get(c)).toBe(1)
+      expect(second.out.entries[0]!.start).toBe(60)
+      const short = s.add(request([...range(0, MIN_ROW_REUSE - 1), 7777, 7778]))
+      const { out, rowOf } = stepRows(s)
+      // Rows 0 and 1 hold earlier prompts: a sequence that reuses nothing takes the lowest empty row.
+      expect(rowOf.get(short)).toBe(2)
+      expect(out.entries.find((x) => x.sequence === short)!.start).toBe(0)
+    })
+
+    it("a fully held prompt still computes its last token; a preempted row is not offered", () => {
+      const s = rows()
+      const a = s.add(request(history, { maxTokens: 1 }))
+      const first = stepRows(s)
+      const again = s.add(request(history))
+      const { out, rowOf } = stepRows(s)
+      expect(rowOf.get(again)).toBe(first.rowOf.get(a))
+      expect(shape(out)).toEqual([[again.id, 59, 1, true]])
+      // Preempted: the sequence comes back first and recomputes from scratch, not from what its old row held.
+      const p = rows({ numBlocks: 1 + 22, blockSize: 4, contextLength: 88 })
+      const old = p.add(request(range(0, 40), { maxTokens: 30 }))
+      const young = p.add(request(range(500, 36), { maxTokens: 10 }))
+      const starts: Array<number> = []
+      for (let i = 0; i < 60 && young.status !== "finished"; i++) {
+        const { out } = step(p)
+        for (const e of out.entries) if (e.sequence === young && e.isNew === false && young.numPreemptions > 0 && starts.length === 0) starts.push(e.start)
+      }
+      expect(young.numPreemptions).toBeGreaterThan(0)
+      expect(old.status).toBe("finished")
+      expect(starts[0]).toBe(0)
+    })
+
+    it("when every free row holds something, a new sequence takes the one released longest ago", () => {
+      const s = rows({ maxNumSeqs: 2 })
+      const a = s.add(request(range(0, 40), { maxTokens: 1 }))
+      const b = s.add(request(range(100, 40), { maxTokens: 3 }))
+      const first = stepRows(s)
+      expect([first.rowOf.get(a), first.rowOf.get(b)]).toEqual([0, 1])
+      step(s)
+      step(s)
+      expect(b.status).toBe("finished")
+      // Row 0 (a, released first) goes; row 1 (b) still holds its prompt for a later turn.
+      const c = s.add(request(range(900, 40)))
+      expect(stepRows(s).rowOf.get(c)).toBe(0)
+      const bAgain = s.add(request([...range(100, 40), 7, 7, 5]))
+      const { out, rowOf } = stepRows(s)
+      expect(rowOf.get(bAgain)).toBe(1)
+      expect(out.entries.find((e) => e.sequence === bAgain)!.start).toBe(42)
+    })
+
+    it("off: every sequence starts from scratch on the lowest free row", () => {
+      const s = rows({ rowPrefixReuse: false })
+      s.add(request(history, { maxTokens: 1 }))
+      step(s)
+      const again = s.add(request(history))
+      const { out } = step(s)
+      expect(shape(out)).toEqual([[again.id, 0, 60, true]])
+      expect(s.kv.hits).toBe(0)
+    })
+
+    it("clearCache (a shard restart) forgets what rows held", () => {
+      const s = rows()
+      s.add(request(history, { maxTokens: 1 }))
+      step(s)
+      s.clearCache()
+      const again = s.add(request(history))
+      expect(s.schedule().entries[0]!.start).toBe(0)
+      expect(again.row).toBe(0)
+    })
   })
 })

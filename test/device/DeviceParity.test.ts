@@ -152,3 +152,99 @@ if (device.kind === "cuda") {
     })
   })
 }
+
+describe(`${device.kind}: rows layout, a chat's second turn reuses its first turn's row`, () => {
+  // Prefix caching in the row layout: a finished sequence's row keeps its keys and values, and a new sequence that
+  // repeats them (the next turn of the chat) takes that row and prefills only the rest.
+  const rowsEngine = (dtype: "float32" | "float16", enablePrefixCaching: boolean) =>
+    ManagedRuntime.make(
+      Engine.layer(
+        Llama3Adapter,
+        { modelDir: fixtureDir("tiny-llama3-a"), dtype, maxContext: 512, attention: "fused" },
+        { device, nativeRuntime: true, maxNumSeqs: 4, maxNumBatchedTokens: 512, enablePrefixCaching }
+      )
+    )
+  const dtypes = device.kind === "cuda" ? (["float32", "float16"] as const) : (["float32"] as const)
+  const engines = dtypes.map((dtype) => ({ dtype, reuse: rowsEngine(dtype, true), scratch: rowsEngine(dtype, false) }))
+  afterAll(async () => {
+    for (const e of engines) await e.reuse.dispose(), await e.scratch.dispose()
+  })
+  const chat = (tokenIds: ReadonlyArray<number>, maxTokens: number): GenerateRequest => ({
+    input: { type: "tokens", tokenIds },
+    maxTokens,
+    sampling: { temperature: 0 },
+    ignoreEos: true
+  })
+  const stats = (rt: Runtime) => rt.runPromise(Engine.use((engine) => engine.stats))
+
+  it.each(dtypes.map((d) => [d]))("%s: same tokens as without reuse, and the hit is counted", async (dtype) => {
+    const { reuse, scratch } = engines.find((e) => e.dtype === dtype)!
+    const history = Array.from({ length: 120 }, (_, i) => 100 + ((i * 37) % 200))
+    // Another chat decodes on the next row the whole time: every step gives the free row a dummy token, which must
+    // land after what the row holds.
+    const turn1Pending = run(reuse, chat(history, 12))
+    const other = run(reuse, chat(Array.from({ length: 40 }, (_, i) => 300 + i), 120))
+    const turn1 = await turn1Pending
+    const before = await stats(reuse)
+    const turn2Prompt = [...history, ...turn1.tokens, 42, 43, 44, 45]
+    const turn2 = await run(reuse, chat(turn2Prompt, 16))
+    const after = await stats(reuse)
+    expect((await other).tokens.length).toBe(120)
+    // 120 history tokens and 11 of the 12 answer tokens have keys and values in the row (the last never ran).
+    expect(after.prefixCacheHits - before.prefixCacheHits).toBe(131)
+    const alone = await run(scratch, chat(turn2Prompt, 16))
+    expect((await stats(scratch)).prefixCacheHits).toBe(0)
+    expect(turn2.tokens).toEqual(alone.tokens)
+    expect((await run(scratch, chat(history, 12))).tokens).toEqual(turn1.tokens)
+  })
+})
+
+describe(`${device.kind}: rows layout under a server's pattern of load`, () => {
+  // What `chorus bench` does to a server, small: streams one after another (each leaves its row holding its tokens,
+  // so later ones go to higher rows), then a burst of new prompts with a repeated one (a whole prompt found in a row:
+  // its first step computes one token) while prompts are chunked beside decoding rows. Every answer must equal the
+  // same request alone on a server without CUDA graphs or reuse.
+  const rowsEngine = (enablePrefixCaching: boolean, graphs: boolean) =>
+    ManagedRuntime.make(
+      Engine.layer(
+        Llama3Adapter,
+        { modelDir: fixtureDir("tiny-llama3-a"), dtype: device.kind === "cuda" ? "float16" : "float32", maxContext: 512, attention: "fused" },
+        {
+          device: device.kind !== "cuda" ? device : graphs ? { kind: "cuda", id: device.id, options: { enable_cuda_graph: "1" } } : { kind: "cuda", id: device.id },
+          nativeRuntime: true,
+          maxNumSeqs: 16,
+          maxNumBatchedTokens: 200,
+          enablePrefixCaching
+        }
+      )
+    )
+  const loaded = rowsEngine(true, true)
+  const plain = rowsEngine(false, false)
+  afterAll(async () => {
+    await loaded.dispose()
+    await plain.dispose()
+  })
+  const prompt = (seed: number, n = 90) => Array.from({ length: n }, (_, i) => 20 + ((seed * 131 + i * 17) % 400))
+  const ask = (tokenIds: ReadonlyArray<number>, maxTokens: number): GenerateRequest => ({
+    input: { type: "tokens", tokenIds },
+    maxTokens,
+    sampling: { temperature: 0 },
+    ignoreEos: true
+  })
+
+  it("streams in turn, then a burst with a repeated prompt: every answer as alone", async () => {
+    const requests: Array<GenerateRequest> = []
+    for (let i = 0; i < 5; i++) requests.push(ask(prompt(i), 30))
+    const sequential: Array<ReadonlyArray<number>> = []
+    for (const r of requests) sequential.push((await run(loaded, r)).tokens)
+    const burst = [ask(prompt(0), 30), ...Array.from({ length: 9 }, (_, i) => ask(prompt(10 + i, 60 + 7 * i), 40))]
+    const burstTokens = (await Promise.all(burst.map((r) => run(loaded, r)))).map((r) => r.tokens)
+    const again = await Promise.all(burst.map((r) => run(loaded, r)))
+    for (const [i, r] of requests.entries()) expect(sequential[i]).toEqual((await run(plain, r)).tokens)
+    for (const [i, r] of burst.entries()) {
+      const alone = (await run(plain, r)).tokens
+      expect(burstTokens[i]).toEqual(alone)
+      expect(again[i]!.tokens).toEqual(alone)
+    }
+  })
+})

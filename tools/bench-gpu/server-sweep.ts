@@ -23,6 +23,8 @@ import * as fs from "node:fs"
 import * as net from "node:net"
 import * as path from "node:path"
 import { fileURLToPath } from "node:url"
+import { readResult, writeResult } from "../../src/bench/ResultFile.ts"
+import { renderSweepChart } from "../../src/bench/SweepChart.ts"
 import { parseFlags, usage } from "../../src/cli/Args.ts"
 
 const here = path.dirname(fileURLToPath(import.meta.url))
@@ -215,6 +217,63 @@ const prefixCheck = async (base: string, model: string): Promise<PrefixResult> =
   }
 }
 
+// ------------------------------------------------------------------------------------------------ step profile
+
+/** The engine's step counters, read from `/metrics` before and after a level. */
+interface StepCounters {
+  readonly steps: number
+  readonly tokens: number
+  readonly shards: number
+  readonly run: number
+  readonly between: number
+  readonly decodeSteps: number
+  readonly decodeSeqs: number
+}
+
+const scrapeSteps = async (base: string): Promise<StepCounters> => {
+  const text = await (await fetch(`${base}/metrics`)).text()
+  const value = (name: string, label?: string): number => {
+    let sum = 0
+    for (const line of text.split("\n")) {
+      if (!line.startsWith(name) || (line[name.length] !== "{" && line[name.length] !== " ")) continue
+      if (label !== undefined && !line.includes(label)) continue
+      sum += Number(line.slice(line.lastIndexOf(" ") + 1))
+    }
+    return sum
+  }
+  return {
+    steps: value("chorus:iteration_tokens_total_count"),
+    tokens: value("chorus:iteration_tokens_total_sum"),
+    shards: value("chorus:engine_step_seconds_total", 'part="shards"'),
+    run: value("chorus:engine_step_seconds_total", 'part="run"'),
+    between: value("chorus:engine_step_seconds_total", 'part="between"'),
+    decodeSteps: value("chorus:engine_decode_step_sequences_count"),
+    decodeSeqs: value("chorus:engine_decode_step_sequences_sum")
+  }
+}
+
+/** Means per step over one level: where the engine's time went (ms), and how full its steps were. */
+export interface StepProfile {
+  readonly steps: number
+  readonly tokensPerStep: number
+  readonly decodeSeqsPerStep: number
+  readonly shardsMs: number
+  readonly runMs: number
+  readonly betweenMs: number
+}
+
+const stepProfile = (a: StepCounters, b: StepCounters): StepProfile => {
+  const steps = Math.max(1, b.steps - a.steps)
+  return {
+    steps: b.steps - a.steps,
+    tokensPerStep: (b.tokens - a.tokens) / steps,
+    decodeSeqsPerStep: (b.decodeSeqs - a.decodeSeqs) / Math.max(1, b.decodeSteps - a.decodeSteps),
+    shardsMs: ((b.shards - a.shards) * 1000) / steps,
+    runMs: ((b.run - a.run) * 1000) / steps,
+    betweenMs: ((b.between - a.between) * 1000) / steps
+  }
+}
+
 // ------------------------------------------------------------------------------------------------ report
 
 interface BenchLevelLike {
@@ -227,6 +286,8 @@ interface BenchLevelLike {
   readonly ttft_ms: { readonly median: number | null; readonly p99: number | null }
   readonly tpot_ms: { readonly median: number | null }
   readonly itl_ms: { readonly median: number | null; readonly p99: number | null }
+  /** The engine's steps during the level (from /metrics). */
+  readonly profile?: StepProfile
 }
 
 const fmt = (n: number | null | undefined, digits = 1): string => (n === null || n === undefined || !Number.isFinite(n) ? "-" : n.toFixed(digits))
@@ -250,6 +311,18 @@ const renderMarkdown = (r: SweepReport): string => {
         `| ${l.concurrency ?? "-"} | ${l.completed} / ${l.failed} | ${fmt(l.request_throughput, 2)} | ${fmt(l.output_throughput)} | ${fmt(l.tokens_per_session)} | ` +
           `${fmt(l.ttft_ms.median)} | ${fmt(l.ttft_ms.p99)} | ${fmt(l.tpot_ms.median, 2)} | ${fmt(l.itl_ms.median, 2)} | ${fmt(l.itl_ms.p99, 2)} |`
       )
+    }
+    lines.push("")
+    lines.push(
+      "Engine steps per level (means per step, from /metrics: `shards` = hand-off to answer, `run` = of that in ORT's run, `between` = the engine loop between steps):",
+      "",
+      "| concurrency | steps | tokens / step | decode seqs / step | shards ms | run ms | between ms |",
+      "|---:|---:|---:|---:|---:|---:|---:|"
+    )
+    for (const l of r.levels) {
+      const p = l.profile
+      if (p === undefined) continue
+      lines.push(`| ${l.concurrency ?? "-"} | ${p.steps} | ${fmt(p.tokensPerStep)} | ${fmt(p.decodeSeqsPerStep)} | ${fmt(p.shardsMs, 2)} | ${fmt(p.runMs, 2)} | ${fmt(p.betweenMs, 2)} |`)
     }
     lines.push("")
   }
@@ -349,19 +422,37 @@ const main = async (): Promise<void> => {
   let levels: ReadonlyArray<BenchLevelLike> = []
   let prefix: PrefixResult | undefined
   if (ready === true) {
+    // One bench run per level, with the engine's step counters read around it.
     const benchJson = path.join(out, "bench.json")
-    const benchArgs = [
-      cli, "bench", "--url", base, "--api", "openai", "--dataset", "random",
-      "--input-len", String(inputLen), "--output-len", String(outputLen), "--concurrency", concurrency.join(","),
-      ...(flags.requests === undefined ? [] : ["--requests", String(flags.requests)]),
-      "--json", benchJson, "--chart", path.join(out, "bench.svg"), "--label", `chorus ${flags.dtype ?? "float16"} max-batch ${flags["max-batch"] ?? 256}`
-    ]
-    await timed("bench", async () => {
-      log(`bench: node ${benchArgs.slice(1).join(" ")}`)
-      const r = spawnSync(process.execPath, benchArgs, { stdio: "inherit", cwd: repoRoot, timeout: (flags["bench-timeout-s"] ?? 3000) * 1000 })
-      if (r.status !== 0) throw new Error(`chorus bench exit ${r.status ?? r.signal ?? r.error?.message}`)
-    })
-    if (fs.existsSync(benchJson)) levels = (JSON.parse(fs.readFileSync(benchJson, "utf8")) as { levels: ReadonlyArray<BenchLevelLike> }).levels
+    const measured: Array<BenchLevelLike> = []
+    let merged: ReturnType<typeof readResult> | undefined
+    for (const c of concurrency) {
+      const levelJson = path.join(out, `bench-c${c}.json`)
+      const benchArgs = [
+        cli, "bench", "--url", base, "--api", "openai", "--dataset", "random",
+        "--input-len", String(inputLen), "--output-len", String(outputLen), "--concurrency", String(c),
+        ...(flags.requests === undefined ? [] : ["--requests", String(flags.requests)]),
+        "--json", levelJson, "--label", `chorus ${flags.dtype ?? "float16"} max-batch ${flags["max-batch"] ?? 256}`
+      ]
+      const before = await scrapeSteps(base).catch(() => undefined)
+      await timed(`bench c=${c}`, async () => {
+        log(`bench: node ${benchArgs.slice(1).join(" ")}`)
+        const r = spawnSync(process.execPath, benchArgs, { stdio: "inherit", cwd: repoRoot, timeout: (flags["bench-timeout-s"] ?? 3000) * 1000 })
+        if (r.status !== 0) throw new Error(`chorus bench exit ${r.status ?? r.signal ?? r.error?.message}`)
+      })
+      const after = await scrapeSteps(base).catch(() => undefined)
+      if (!fs.existsSync(levelJson)) continue
+      const result = readResult(levelJson)
+      merged = merged === undefined ? result : { ...merged, levels: [...merged.levels, ...result.levels] }
+      for (const l of result.levels as ReadonlyArray<BenchLevelLike>) {
+        measured.push(before !== undefined && after !== undefined ? { ...l, profile: stepProfile(before, after) } : l)
+      }
+    }
+    if (merged !== undefined) {
+      writeResult(benchJson, merged)
+      fs.writeFileSync(path.join(out, "bench.svg"), renderSweepChart(merged))
+    }
+    levels = measured
     const empty = levels.filter((l) => l.completed === 0).map((l) => l.concurrency)
     if (empty.length > 0) steps.push({ name: "bench levels", ok: false, detail: `no request completed at concurrency ${empty.join(", ")} (see the bench output)`, seconds: 0 })
     if (historyWords > 0) {

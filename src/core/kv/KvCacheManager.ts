@@ -120,6 +120,12 @@ export class KvCacheManager {
     return true
   }
 
+  /** Counts an admission's prefix lookup made elsewhere (a row layout's row reuse), in tokens. */
+  countPrefixQuery(numTokens: number, numHits: number): void {
+    this.queries += numTokens
+    this.hits += numHits
+  }
+
   /** Registers the sequence's newly full blocks (those whose `numComputed` tokens are all in the cache). */
   cacheComputed(seq: KvSequence, numComputed: number): void {
     if (!this.config.enablePrefixCaching) return

@@ -519,7 +519,7 @@ const rowStep = (s: RowShard, plan: StepPlan): StepResult => {
           done = true
         } catch (e) {
           s.graphsDisabled = true
-          console.warn(`chorus: CUDA graph decode disabled on this shard: ${message(e)}`)
+          console.warn(`chorus: CUDA graph decode disabled on this shard (replaying the ${bucket.size}-row graph for rows up to ${maxRow}): ${message(e)}`)
         }
       }
       if (!done) {
@@ -589,7 +589,11 @@ export async function step(plan: StepPlan): Promise<StepResult> {
   return s.layout === "blocks" ? blockStep(s, plan) : rowStep(s, plan)
 }
 
-/** Drops the samplers of finished sequences (and, in a row layout, marks their rows free). */
+/**
+ * Drops the samplers of finished sequences (and, in a row layout, marks their rows free). A freed row keeps its
+ * length: its keys and values stay in place for a later sequence with the same prefix (the scheduler's row reuse),
+ * and the dummy token a free row gets in a decode step lands after them.
+ */
 export async function release(seqIds: ReadonlyArray<number>): Promise<void> {
   const s = shard
   if (s === undefined) return
@@ -597,10 +601,7 @@ export async function release(seqIds: ReadonlyArray<number>): Promise<void> {
   if (s.layout === "rows") {
     const gone = new Set(seqIds)
     for (let r = 0; r < s.rowSeq.length; r++) {
-      if (gone.has(s.rowSeq[r]!)) {
-        s.rowSeq[r] = -1
-        s.rowLen[r] = 0
-      }
+      if (gone.has(s.rowSeq[r]!)) s.rowSeq[r] = -1
     }
   }
 }

@@ -9,7 +9,7 @@
  *
  * @since 0.1.0
  */
-import type { FinishedReason, FinishedRequest } from "../../core/EngineObserver.ts"
+import type { FinishedReason, FinishedRequest, StepTiming } from "../../core/EngineObserver.ts"
 import { type CounterChild, type HistogramChild, Registry } from "./Prometheus.ts"
 
 export type { FinishedReason } from "../../core/EngineObserver.ts"
@@ -105,6 +105,7 @@ export class EngineMetrics {
   private readonly batchedDecodeSteps: CounterChild
   private readonly decodeStepSeqs: HistogramChild
   private readonly preemptions: CounterChild
+  private readonly stepSeconds: Record<"shards" | "run" | "between", CounterChild>
   private live: LiveGauges = { running: () => 0, waiting: () => 0, kvUsage: () => 0, prefixCacheQueries: () => 0, prefixCacheHits: () => 0 }
 
   constructor(registry: Registry, model: ServedModel) {
@@ -193,6 +194,25 @@ export class EngineMetrics {
       "Histogram of sequences per decode step.",
       DECODE_STEP_SEQUENCE_BUCKETS
     )
+    const step = r.counter(
+      "chorus:engine_step_seconds_total",
+      "Engine step time by part: shards (hand-off to answer, every shard), run (of that, in the runtime's run calls), " +
+        "between (the engine loop between one step's answer and the next hand-off). Divide by the count of " +
+        "chorus:iteration_tokens_total for means per step.",
+      ["model_name", "part"]
+    )
+    this.stepSeconds = {
+      shards: step.child({ ...label, part: "shards" }),
+      run: step.child({ ...label, part: "run" }),
+      between: step.child({ ...label, part: "between" })
+    }
+  }
+
+  /** Where one step's time went. */
+  stepTiming(t: StepTiming): void {
+    this.stepSeconds.shards.inc(t.shardsSeconds)
+    this.stepSeconds.run.inc(t.runSeconds)
+    this.stepSeconds.between.inc(t.betweenSeconds)
   }
 
   /** Reads running/waiting requests and KV-cache usage (0..1) from these callbacks at every scrape. */
