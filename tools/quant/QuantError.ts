@@ -11,7 +11,7 @@
  * - teacher-forced agreement: positions whose quantized argmax is the float greedy token;
  * - free-running agreement: length of the common prefix of the two greedy continuations.
  */
-import { Effect, Layer, ManagedRuntime, Stream } from "effect"
+import { Effect, ManagedRuntime, Stream } from "effect"
 import { Llama3Adapter, type Llama3Options } from "../../src/adapters/llama3/Llama3Adapter.ts"
 import { Engine, type EngineOptions } from "../../src/core/Engine.ts"
 import type { GenerateRequest, GenerationEvent } from "../../src/core/Request.ts"
@@ -69,7 +69,7 @@ const relative = (q: Float32Array, f: Float32Array, from: number, to: number): n
 }
 
 const runner = (adapter: Llama3Options, engine: EngineOptions | undefined) => {
-  const runtime = ManagedRuntime.make(Engine.layer(Llama3Adapter, adapter, engine ?? {}) as Layer.Layer<Engine>)
+  const runtime = ManagedRuntime.make(Engine.layer(Llama3Adapter, adapter, engine ?? {}))
   const run = (r: GenerateRequest) => runtime.runPromise(Engine.use((e) => Stream.runCollect(e.generate(r))).pipe(Effect.map(collect)))
   return { run, dispose: () => runtime.dispose() }
 }
