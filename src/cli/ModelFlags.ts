@@ -10,6 +10,8 @@ import { parseDevice } from "../core/shard/StepProtocol.ts"
 import type { FlagSpecs, ParsedFlags } from "./Args.ts"
 import { ProgressBar } from "./ProgressBar.ts"
 
+const bad = (field: string, message: string) => Effect.fail(new ValidationError({ field, message }))
+
 /** The quantization flags, shared by the model-loading commands and `chorus convert`. */
 export const quantFlags = {
   quantize: { kind: "string", description: "int4: 4-bit weights through ONNX Runtime's MatMulNBits (default: float weights)" },
@@ -35,7 +37,6 @@ export const resolveQuantFlags = (flags: ParsedFlags<typeof quantFlags>): Effect
   })
 
 export const modelFlags = {
-  ...quantFlags,
   model: { kind: "string", description: "Hugging Face Llama 3 checkpoint folder (default: the embedded small model)" },
   dtype: { kind: "string", description: "float32 | float16 | bfloat16 (default float32; bfloat16 with --device cuda)" },
   shards: { kind: "integer", description: "split the layers over N shard workers (default 1)" },
@@ -66,12 +67,9 @@ export const modelFlags = {
     kind: "string",
     repeatable: true,
     description: "with --device cuda: a CUDA EP option KEY=VALUE (gpu_mem_limit, arena_extend_strategy, cudnn_conv_algo_search, use_tf32, ...)"
-  }
+  },
+  ...quantFlags
 } as const satisfies FlagSpecs
-
-function bad(field: string, message: string) {
-  return Effect.fail(new ValidationError({ field, message }))
-}
 
 export const resolveModelFlags = (flags: ParsedFlags<typeof modelFlags>) =>
   Effect.gen(function*() {
