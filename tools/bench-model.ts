@@ -2,12 +2,13 @@
  * `npm run bench:model`: prompt and generated tokens/s of a model on this machine at several batch sizes.
  * Default: the embedded model on the CPU, batches 1, 4 and 16, 128-token prompts, 128 generated tokens, greedy, median of 3.
  *
- *   node tools/bench-model.ts [--model DIR] [--batches 1,4,16] [--prompt-len 128] [--gen-len 128] [--repeat 3] [--json FILE] [--chart FILE.svg]
+ *   node tools/bench-model.ts [--model DIR] [--quantize b32-zp|b128-sym|...] [--batches 1,4,16] [--prompt-len 128] [--gen-len 128] [--repeat 3] [--json FILE] [--chart FILE.svg]
  */
 import { Effect, Layer, ManagedRuntime, Scope, Stream } from "effect"
 import * as fs from "node:fs"
 import * as os from "node:os"
 import { Llama3Adapter } from "../src/adapters/llama3/Llama3Adapter.ts"
+import { describeQuant, parseQuantVariant } from "../src/adapters/llama3/Quantization.ts"
 import { Engine } from "../src/core/Engine.ts"
 import type { GenerateRequest } from "../src/core/Request.ts"
 import { parseFlags } from "../src/cli/Args.ts"
@@ -23,6 +24,7 @@ const flags = parseFlags("bench:model", process.argv.slice(2), {
   device: { kind: "string", description: "cpu (default) | cuda | cuda:N" },
   native: { kind: "boolean", description: "CPU shards through the native IO-binding runtime (npm run build:native)" },
   dtype: { kind: "string", description: "float32 (default) | float16" },
+  quantize: { kind: "string", description: "int4 weights, a tools/bench-quant.ts variant: b32-zp, b128-sym, ... (default: float)" },
   json: { kind: "string", description: "write the results here" },
   chart: { kind: "string", description: "write an SVG bar chart here" }
 })
@@ -48,7 +50,9 @@ const main = async () => {
   const dtype = flags.dtype === "float16" ? "float16" : "float32"
   // The model's prompt workers live as long as this process: its scope is never closed.
   const modelScope = Effect.runSync(Scope.make())
-  const model = await Effect.runPromise(Llama3Adapter.load({ modelDir: flags.model, dtype }).pipe(Scope.provide(modelScope)))
+  const quantize = flags.quantize === undefined ? undefined : parseQuantVariant(flags.quantize)
+  if (flags.quantize !== undefined && quantize === undefined) throw new Error(`--quantize: '${flags.quantize}' is not b32|b128 - zp|sym [-headfloat] [-acc4]`)
+  const model = await Effect.runPromise(Llama3Adapter.load({ modelDir: flags.model, dtype, quantize }).pipe(Scope.provide(modelScope)))
   const rows: Array<Record<string, number>> = []
   for (const batch of batches) {
     const runtime = ManagedRuntime.make(Layer.fresh(Engine.layerFor(model, { maxNumSeqs: batch, maxNumBatchedTokens: promptLen, device, nativeRuntime: flags.native === true })))
@@ -99,7 +103,7 @@ const main = async () => {
   }
   const machine = `${os.cpus()[0]?.model ?? "cpu"}, ${os.availableParallelism()} cores, ${(os.totalmem() / 2 ** 30).toFixed(0)} GiB`
   const runtime = device.kind === "cuda" ? `cuda:${device.id}` : flags.native === true ? "cpu, native runtime" : "cpu, onnxruntime-node"
-  process.stdout.write(`runtime ${runtime}, ${dtype}; model ${model.id}, ${promptLen}-token prompts, ${genLen} generated, greedy, median of ${repeat}; ${machine}\n`)
+  process.stdout.write(`runtime ${runtime}, ${dtype}${quantize === undefined ? "" : `, ${describeQuant(quantize)}`}; model ${model.id}, ${promptLen}-token prompts, ${genLen} generated, greedy, median of ${repeat}; ${machine}\n`)
   if (flags.chart !== undefined) {
     fs.writeFileSync(flags.chart, renderBarChart({
       title: `Chorus on the CPU: ${model.id} (${machine})`,

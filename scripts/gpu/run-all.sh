@@ -125,7 +125,7 @@ fi
 
 # ------------------------------------------------------------------------------------------------------------- bench
 if has_stage torch || has_stage chorus; then
-  cp -f "$BENCH_DIR"/results/{torch,chorus}.json "$OUT/bench/" 2>/dev/null
+  cp -f "$BENCH_DIR"/results/{torch,chorus,chorus-int4-*}.json "$OUT/bench/" 2>/dev/null
   flags=(--checkpoint "$BENCH_DIR/llama3-8b-random" --out "$OUT/bench"
     --weights-timeout-s "${WEIGHTS_TIMEOUT_S:-300}" --torch-timeout-s "${TORCH_TIMEOUT_S:-300}" --chorus-timeout-s "${CHORUS_TIMEOUT_S:-480}")
   has_stage torch || flags+=(--skip-torch)

@@ -4,8 +4,10 @@
  */
 import { Effect } from "effect"
 import { convertCheckpoint } from "../adapters/llama3/Converter.ts"
+import { describeQuant } from "../adapters/llama3/Quantization.ts"
 import { ValidationError } from "../core/Errors.ts"
 import type { FlagSpecs, ParsedFlags } from "./Args.ts"
+import { quantFlags, resolveQuantFlags } from "./ModelFlags.ts"
 import { ProgressBar } from "./ProgressBar.ts"
 
 export const convertFlags = {
@@ -13,7 +15,8 @@ export const convertFlags = {
   out: { kind: "string", description: "output folder (required)" },
   dtype: { kind: "string", description: "float32 | float16 | bfloat16 (default float32; bfloat16 runs with --device cuda)" },
   shards: { kind: "integer", description: "split the layers over N shards (default 1)" },
-  "context-length": { kind: "integer", description: "longest sequence the graphs support (default min(model's, 8192))" }
+  "context-length": { kind: "integer", description: "longest sequence the graphs support (default min(model's, 8192))" },
+  ...quantFlags
 } as const satisfies FlagSpecs
 
 export const runConvert = (flags: ParsedFlags<typeof convertFlags>) =>
@@ -26,6 +29,7 @@ export const runConvert = (flags: ParsedFlags<typeof convertFlags>) =>
       return yield* bad("--dtype", `--dtype must be float32, float16 or bfloat16, got '${dtype}'`)
     }
     if (flags.shards !== undefined && flags.shards < 1) return yield* bad("--shards", `--shards must be at least 1, got ${flags.shards}`)
+    const quantize = yield* resolveQuantFlags(flags)
     const bar = new ProgressBar("converting")
     const started = performance.now()
     const converted = yield* convertCheckpoint({
@@ -34,9 +38,10 @@ export const runConvert = (flags: ParsedFlags<typeof convertFlags>) =>
       dtype,
       shards: flags.shards ?? 1,
       ...(flags["context-length"] === undefined ? {} : { maxContext: flags["context-length"] }),
+      ...(quantize === undefined ? {} : { quantize }),
       onProgress: (p) => bar.update(p)
     })
     bar.done()
     const seconds = ((performance.now() - started) / 1000).toFixed(1)
-    process.stdout.write(`converted ${flags.model} -> ${converted.dir} (${converted.manifest.shards.length} shard(s), ${dtype}, ${seconds} s)\n`)
+    process.stdout.write(`converted ${flags.model} -> ${converted.dir} (${converted.manifest.shards.length} shard(s), ${dtype}${quantize === undefined ? "" : `, ${describeQuant(quantize)}`}, ${seconds} s)\n`)
   })

@@ -3,11 +3,38 @@
  */
 import { Effect } from "effect"
 import type { Llama3Options } from "../adapters/llama3/Llama3Adapter.ts"
+import { defaultInt4, type Int4Settings } from "../adapters/llama3/Quantization.ts"
 import { ValidationError } from "../core/Errors.ts"
 import type { EngineOptions } from "../core/Engine.ts"
 import { parseDevice } from "../core/shard/StepProtocol.ts"
 import type { FlagSpecs, ParsedFlags } from "./Args.ts"
 import { ProgressBar } from "./ProgressBar.ts"
+
+const bad = (field: string, message: string) => Effect.fail(new ValidationError({ field, message }))
+
+/** The quantization flags, shared by the model-loading commands and `chorus convert`. */
+export const quantFlags = {
+  quantize: { kind: "string", description: "int4: 4-bit weights through ONNX Runtime's MatMulNBits (default: float weights)" },
+  "quant-block-size": { kind: "integer", description: "with --quantize int4: weights per scale, 32 (default) or 128" },
+  "quant-symmetric": { kind: "boolean", description: "with --quantize int4: no zero points (codes centred on 8); default: a zero point per block" },
+  "quant-lm-head": { kind: "string", description: "with --quantize int4: on (default) | off, quantize the LM head too" }
+} as const satisfies FlagSpecs
+
+/** `--quantize` and its companions as `Int4Settings` (undefined: float weights); a ValidationError names the flag. */
+export const resolveQuantFlags = (flags: ParsedFlags<typeof quantFlags>): Effect.Effect<Int4Settings | undefined, ValidationError> =>
+  Effect.gen(function*() {
+    const companions = (["quant-block-size", "quant-symmetric", "quant-lm-head"] as const).filter((f) => flags[f] !== undefined)
+    if (flags.quantize === undefined) {
+      if (companions.length > 0) return yield* bad(`--${companions[0]}`, `--${companions[0]} needs --quantize int4`)
+      return undefined
+    }
+    if (flags.quantize !== "int4") return yield* bad("--quantize", `--quantize must be int4, got '${flags.quantize}'`)
+    const block = flags["quant-block-size"] ?? defaultInt4.blockSize
+    if (block !== 32 && block !== 128) return yield* bad("--quant-block-size", `--quant-block-size must be 32 or 128, got ${block}`)
+    const head = flags["quant-lm-head"] ?? "on"
+    if (head !== "on" && head !== "off") return yield* bad("--quant-lm-head", `--quant-lm-head must be on or off, got '${head}'`)
+    return { ...defaultInt4, blockSize: block, symmetric: flags["quant-symmetric"] === true, lmHead: head === "on" }
+  })
 
 export const modelFlags = {
   model: { kind: "string", description: "Hugging Face Llama 3 checkpoint folder (default: the embedded small model)" },
@@ -40,10 +67,9 @@ export const modelFlags = {
     kind: "string",
     repeatable: true,
     description: "with --device cuda: a CUDA EP option KEY=VALUE (gpu_mem_limit, arena_extend_strategy, cudnn_conv_algo_search, use_tf32, ...)"
-  }
+  },
+  ...quantFlags
 } as const satisfies FlagSpecs
-
-const bad = (field: string, message: string) => Effect.fail(new ValidationError({ field, message }))
 
 export const resolveModelFlags = (flags: ParsedFlags<typeof modelFlags>) =>
   Effect.gen(function*() {
@@ -96,6 +122,7 @@ export const resolveModelFlags = (flags: ParsedFlags<typeof modelFlags>) =>
     if (asked === "paged" && dtype === "float32") {
       return yield* bad("--attention", "--attention paged needs --dtype float16 or bfloat16 (PagedAttention has no float32 kernel)")
     }
+    const quantize = yield* resolveQuantFlags(flags)
     const attention = device.kind !== "cuda" ? undefined : dtype === "float32" ? "fused" as const : asked ?? "fused"
     const bar = new ProgressBar("converting")
     const adapter: Llama3Options = {
@@ -104,6 +131,7 @@ export const resolveModelFlags = (flags: ParsedFlags<typeof modelFlags>) =>
       shards: flags.shards,
       maxContext: flags["context-length"],
       attention,
+      ...(quantize === undefined ? {} : { quantize }),
       onProgress: (p) => bar.update(p)
     }
     const engine: EngineOptions = {

@@ -12,6 +12,7 @@
  */
 import { Effect, Layer, ManagedRuntime, Scope, Stream } from "effect"
 import { Llama3Adapter } from "../../src/adapters/llama3/Llama3Adapter.ts"
+import { describeQuant, type Int4Settings } from "../../src/adapters/llama3/Quantization.ts"
 import type { LoadedModel } from "../../src/core/ModelAdapter.ts"
 import { Engine } from "../../src/core/Engine.ts"
 import type { GenerateRequest } from "../../src/core/Request.ts"
@@ -32,6 +33,8 @@ export interface ChorusBenchOptions {
   readonly ttftRepeats: number
   /** Measurements per row; the median is reported. */
   readonly repeat: number
+  /** 4-bit weights (MatMulNBits) instead of float ones; the results carry its `describeQuant` label. */
+  readonly quantize?: Int4Settings | undefined
   readonly log: (line: string) => void
   /** Called after every workload with the results so far, so that a run cut short keeps them. */
   readonly onProgress?: (results: ChorusResults) => void
@@ -119,6 +122,7 @@ export const runChorusBench = async (o: ChorusBenchOptions): Promise<ChorusResul
     modelDir: o.modelDir,
     dtype: o.dtype,
     maxContext: o.maxContext,
+    ...(o.quantize === undefined ? {} : { quantize: o.quantize }),
     // The device runtime binds the KV cache in place: one row per sequence (fused), as `chorus serve` does by default;
     // CHORUS_ATTENTION=paged picks the block pools (half precision only: float32 has no PagedAttention kernel).
     ...(o.device.kind === "cuda"
@@ -131,8 +135,9 @@ export const runChorusBench = async (o: ChorusBenchOptions): Promise<ChorusResul
     }
   }).pipe(Scope.provide(modelScope)))
   const device = o.device.kind === "cpu" ? "cpu" : `cuda:${o.device.id}`
-  let results: ChorusResults = { device, model: model.id, dtype: o.dtype, loadSeconds: (performance.now() - t0) / 1000, batches: [] }
-  o.log(`loaded ${model.id} (${o.dtype}) in ${results.loadSeconds.toFixed(1)} s`)
+  const quantize = o.quantize === undefined ? {} : { quantize: describeQuant(o.quantize) }
+  let results: ChorusResults = { device, model: model.id, dtype: o.dtype, ...quantize, loadSeconds: (performance.now() - t0) / 1000, batches: [] }
+  o.log(`loaded ${model.id} (${o.dtype}${o.quantize === undefined ? "" : `, ${describeQuant(o.quantize)}`}) in ${results.loadSeconds.toFixed(1)} s`)
   const update = (patch: Partial<ChorusResults>) => {
     results = { ...results, ...patch }
     o.onProgress?.(results)

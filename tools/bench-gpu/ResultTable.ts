@@ -40,6 +40,8 @@ export interface ChorusResults {
   readonly device: string
   readonly model: string
   readonly dtype: string
+  /** Weight quantization (`describeQuant`), absent for float weights. */
+  readonly quantize?: string
   readonly loadSeconds: number
   readonly singleStream?: (DecodeStats & { readonly context: number }) | Failed
   readonly batches: ReadonlyArray<
@@ -212,6 +214,9 @@ export interface GpuBenchReport {
   readonly stages: ReadonlyArray<StageStatus>
   readonly torch?: TorchResults | undefined
   readonly chorus?: ChorusResults | undefined
+  /** Chorus runs with 4-bit weights (single stream and `quantBatch` sequences), against `chorus`'s float rows. */
+  readonly quantized?: ReadonlyArray<ChorusResults> | undefined
+  readonly quantBatch?: number | undefined
 }
 
 const errorsOf = (name: string, value: unknown, out: Array<string>): void => {
@@ -264,6 +269,29 @@ export const renderReport = (r: GpuBenchReport): string => {
   errorsOf("Chorus", r.chorus, errors)
   for (const s of r.stages) if (!s.ok) errors.push(`stage ${s.name}: ${s.detail}`)
   if (errors.length > 0) notes.push(`- Failed: ${errors.join("; ")}.`)
-  return `${renderTable({ card: r.card, date: r.date }, r.rows)}\n${notes.join("\n")}\n`
+  const quant = r.quantized === undefined || r.quantized.length === 0 ? "" : `\n${renderQuantTable(r.chorus, r.quantized, r.quantBatch ?? 64)}`
+  return `${renderTable({ card: r.card, date: r.date }, r.rows)}\n${notes.join("\n")}\n${quant}`
+}
+
+/**
+ * Decode tok/s of float and 4-bit weights side by side: single stream and `batch` concurrent sequences, with the
+ * speed-up over the float run (issue 12's targets: >= 2x single stream, >= 1.5x at 64 sequences).
+ */
+export const renderQuantTable = (float: ChorusResults | undefined, quantized: ReadonlyArray<ChorusResults>, batch: number): string => {
+  const single = (c: ChorusResults | undefined) => (c?.singleStream === undefined || "error" in c.singleStream ? undefined : c.singleStream.tokensPerSecond)
+  const many = (c: ChorusResults | undefined) => {
+    const row = c?.batches.find((b) => b.batch === batch)
+    return row === undefined || "error" in row ? undefined : row.tokensPerSecond
+  }
+  const tps = (x: number | undefined) => (x === undefined ? "–" : x.toFixed(0))
+  const ratio = (x: number | undefined, base: number | undefined) => (x === undefined || base === undefined ? "–" : `${(x / base).toFixed(2)}x`)
+  const lines = [
+    `| weights | load s | single stream tok/s | x float | ${batch} sequences tok/s | x float |`,
+    "|---|--:|--:|--:|--:|--:|",
+    ...[float, ...quantized].filter((c): c is ChorusResults => c !== undefined).map((c) =>
+      `| ${c.dtype}${c.quantize === undefined ? "" : `, ${c.quantize}`} | ${c.loadSeconds.toFixed(0)} | ${tps(single(c))} | ${ratio(single(c), single(float))} | ${tps(many(c))} | ${ratio(many(c), many(float))} |`
+    )
+  ]
+  return `${lines.join("\n")}\n`
 }
 

@@ -9,6 +9,10 @@
  *   check    check_torch_model.py proves the PyTorch baseline right on a fixture (skipped when no fixture is found)
  *   torch    torch_baseline.py: the workloads in PyTorch, eager and CUDA graphs, plus copy bandwidth and matmul rate
  *   chorus   this file with --stage chorus: the same workloads through the Chorus engine API
+ *   int4     this file with --stage chorus --quant V, once per --int4 variant (default b32-zp): 4-bit weights
+ *            (MatMulNBits) at single stream and --int4-batch sequences (default 64), in chorus-int4-V.json; the
+ *            report adds a float16 vs int4 table. --skip-chorus reuses those files too, unless --int4 is given:
+ *            `--skip-weights --skip-torch --skip-chorus --int4 b32-zp,b128-sym` runs only the int4 stages
  *   server   with --server-sweep: server-sweep.ts (the real `chorus serve` measured by `chorus bench`, and prefix
  *            reuse) into --out/server; its own table is in --out/server/server-sweep.md
  * then one markdown table on stdout and `bench-gpu.json`, `bench-gpu.md` in --out. Each stage writes its results
@@ -24,6 +28,7 @@ import * as path from "node:path"
 import { fileURLToPath } from "node:url"
 import { parseFlags, usage } from "../../src/cli/Args.ts"
 import { parseDevice } from "../../src/core/shard/StepProtocol.ts"
+import { parseQuantVariant } from "../../src/adapters/llama3/Quantization.ts"
 import { runChorusBench } from "./ChorusBench.ts"
 import { loadModelShape, type ModelShape } from "./Roofline.ts"
 import {
@@ -65,6 +70,9 @@ const flagSpecs = {
   "server-sweep": { kind: "boolean", description: "then run server-sweep.ts (chorus serve + chorus bench + prefix reuse) into --out/server" },
   "sweep-arg": { kind: "string", repeatable: true, description: "with --server-sweep: one flag for server-sweep.ts, e.g. --sweep-arg=--max-batch=128" },
   "sweep-timeout-s": { kind: "integer", description: "time limit of the server sweep (default 3600)" },
+  int4: { kind: "string", description: "int4 variants measured after float16 (default b32-zp; e.g. b32-zp,b128-sym; none: skip); see tools/bench-quant.ts" },
+  "int4-batch": { kind: "integer", description: "concurrency of the int4 rows (default 64)" },
+  quant: { kind: "string", description: "internal: with --stage chorus, the int4 variant" },
   stage: { kind: "string", description: "internal: run one stage in this process (chorus)" },
   help: { kind: "boolean", description: "print this help" }
 } as const
@@ -110,6 +118,12 @@ const repeat = flags.repeat ?? 2
 const python = flags.python ?? "python3"
 const torchFile = path.join(out, "torch.json")
 const chorusFile = path.join(out, "chorus.json")
+const int4Variants = (flags.int4 ?? "b32-zp").split(",").map((v) => v.trim()).filter((v) => v !== "" && v !== "none")
+for (const v of int4Variants) if (parseQuantVariant(v) === undefined) fail(`--int4: '${v}' is not b32|b128 - zp|sym [-headfloat]`)
+const int4Batch = flags["int4-batch"] ?? 64
+if (!(int4Batch >= 1)) fail(`--int4-batch must be at least 1, got ${int4Batch}`)
+const stageQuant = flags.quant === undefined ? undefined : parseQuantVariant(flags.quant) ?? fail(`--quant: '${flags.quant}' is not a variant`)
+const int4File = (variant: string) => path.join(out, `chorus-int4-${variant}.json`)
 
 function fail(message: string): never {
   process.stderr.write(`bench:gpu: ${message}\n`)
@@ -176,6 +190,7 @@ const fakeTorch = (): TorchResults => ({
 })
 
 const chorusStage = async () => {
+  const file = flags.quant === undefined ? chorusFile : int4File(flags.quant)
   const results = await runChorusBench({
     modelDir: checkpoint,
     dtype,
@@ -189,10 +204,11 @@ const chorusStage = async () => {
     decodeSteps: workloads.decodeSteps,
     ttftRepeats,
     repeat,
+    quantize: stageQuant,
     log: (line) => log(`chorus: ${line}`),
-    onProgress: (r) => writeJson(chorusFile, r)
+    onProgress: (r) => writeJson(file, r)
   })
-  writeJson(chorusFile, results)
+  writeJson(file, results)
 }
 
 const cardName = (torch: TorchResults | undefined): string => {
@@ -258,6 +274,22 @@ const main = async () => {
     chorus = readJson<ChorusResults>(chorusFile)
   }
 
+  // 4-bit weights: the same engine workloads at single stream and one concurrency, each variant its own process.
+  const quantized: Array<ChorusResults> = []
+  for (const variant of int4Variants) {
+    const file = int4File(variant)
+    if (flags["skip-chorus"] !== true || flags.int4 !== undefined) {
+      fs.rmSync(file, { force: true })
+      const sizes = sizeArgs.map((a) => (a.startsWith("--batches=") ? `--batches=${int4Batch}` : a))
+      const args = [fileURLToPath(import.meta.url), "--stage", "chorus", "--quant", variant, "--checkpoint", checkpoint, "--out", out, ...sizes]
+      if (dry) args.push("--dry-run-cpu")
+      else args.push("--device", device.kind === "cuda" ? `cuda:${device.id}` : "cpu")
+      stages.push(await runStage(`int4 ${variant}`, process.execPath, args, flags["chorus-timeout-s"] ?? 1200))
+    }
+    const r = readJson<ChorusResults>(file)
+    if (r !== undefined) quantized.push(r)
+  }
+
   if (flags["server-sweep"] === true && !dry) {
     const args = [
       script("server-sweep.ts"), "--checkpoint", checkpoint, "--out", path.join(out, "server"), "--skip-weights",
@@ -283,7 +315,9 @@ const main = async () => {
     rows: buildRows(workloads, shape, ceilings, chorus, torch),
     stages,
     torch,
-    chorus
+    chorus,
+    quantized,
+    quantBatch: int4Batch
   }
   writeJson(path.join(out, "bench-gpu.json"), report)
   const markdown = renderReport(report)

@@ -15,11 +15,15 @@ import * as fs from "node:fs"
 import * as path from "node:path"
 import { encodeFloat32, toFloat32 } from "../../checkpoint/FloatCodec.ts"
 import type { StorageDType, TensorLocation } from "../../checkpoint/TensorSource.ts"
+import { int4Bytes, type QuantBlockSize } from "./MatMulNBitsPacking.ts"
 import { hasNaN, transpose16Into, transpose32Into, transposeInto } from "./WeightBytes.ts"
 
 export interface ConvertTask {
-  /** `copy`: the tensor as stored; `linear`: sources `[rows_k, inDim]` concatenated and transposed to `[inDim, outDim]`. */
-  readonly kind: "copy" | "linear"
+  /**
+   * `copy`: the tensor as stored; `linear`: sources `[rows_k, inDim]` concatenated and transposed to `[inDim, outDim]`;
+   * `int4`: sources concatenated to `[outDim, inDim]` and quantized for MatMulNBits (`MatMulNBitsPacking.ts`).
+   */
+  readonly kind: "copy" | "linear" | "int4"
   readonly dataPath: string
   /** Byte offset of the initializer in `dataPath`. */
   readonly offset: number
@@ -27,6 +31,8 @@ export interface ConvertTask {
   readonly inDim: number
   readonly outDim: number
   readonly sources: ReadonlyArray<TensorLocation>
+  /** With `int4`: the block layout and the data-file offset of each part (codes, scales, zero points). */
+  readonly int4?: { readonly blockSize: QuantBlockSize; readonly symmetric: boolean; readonly partOffsets: ReadonlyArray<number> }
 }
 
 export type ConvertResult =
@@ -147,9 +153,33 @@ const linearRaw = (task: ConvertTask, read: Read, dtype: StorageDType): Uint8Arr
   return from === dtype ? out : encodeFloat32(dtype, toFloat32(from, out))
 }
 
+/** Reads the sources as float32 rows `[outDim, inDim]`, quantizes, writes each part at its offset. */
+const writeInt4 = (task: ConvertTask, read: Read, out: number): number => {
+  const q = task.int4
+  if (q === undefined) throw new Error(`int4 task for ${task.dataPath} has no block layout`)
+  const rows = new Float32Array(task.outDim * task.inDim)
+  let at = 0
+  for (const s of task.sources) {
+    const bytes = new Uint8Array(s.byteLength)
+    read(s, bytes)
+    const values = toFloat32(s.dtype, bytes)
+    rows.set(values, at)
+    at += values.length
+  }
+  const parts = int4Bytes(rows, { n: task.outDim, k: task.inDim, blockSize: q.blockSize, symmetric: q.symmetric }, task.dtype)
+  if (parts.length !== q.partOffsets.length) throw new Error(`int4 task for ${task.dataPath}: ${parts.length} parts, ${q.partOffsets.length} offsets`)
+  let total = 0
+  for (const [j, bytes] of parts.entries()) {
+    writeAt(out, bytes, q.partOffsets[j])
+    total += bytes.byteLength
+  }
+  return total
+}
+
 export const runTask = (task: ConvertTask): ConvertResult => {
   try {
     return withFiles(task, (read, out) => {
+      if (task.kind === "int4") return { ok: true, bytes: writeInt4(task, read, out), fast: false }
       const dtype = storage(task.dtype)
       const same = task.sources.every((s) => s.dtype === dtype)
       if (same && task.kind === "copy" && copyRaw(task, read, out)) return { ok: true, bytes: task.sources[0].byteLength, fast: true }

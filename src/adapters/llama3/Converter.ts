@@ -18,6 +18,7 @@ import { type CheckpointError, ConversionError, type ModelConfigError } from "..
 import { defaultConvertThreads, makeConvertPool } from "./ConvertPool.ts"
 import { type AttentionLayout, buildShardGraph, graphTensors, type ModelDType, type ShardGraph, validateTensors, weightBytes, writeShard, writeShards } from "./GraphBuilder.ts"
 import { type LlamaConfig, loadLlamaConfig } from "./LlamaConfig.ts"
+import { Int4Settings } from "./Quantization.ts"
 
 /** Bumped whenever the graph layout changes: it is part of the cache key, so old conversions are not reused. */
 export const FORMAT_VERSION = 4
@@ -71,6 +72,8 @@ export const ModelManifest = Schema.Struct({
   maxContext: Int,
   /** Attention layout of the graphs (GraphBuilder's `AttentionLayout`); absent in manifests of earlier conversions. */
   attention: Schema.optional(Schema.Literals(["rotary-outside", "fused", "paged"])),
+  /** Weight-only quantization (MatMulNBits); absent: float weights. */
+  quantize: Schema.optional(Int4Settings),
   shards: Schema.Array(ShardEntry)
 })
 export type ModelManifest = typeof ModelManifest.Type
@@ -102,6 +105,8 @@ export interface ConvertOptions {
   readonly maxContext?: number
   /** `rotary-outside` (default, for onnxruntime-node), `fused` (device runtime, row cache) or `paged` (device runtime, block pool; float16/bfloat16). */
   readonly attention?: AttentionLayout
+  /** 4-bit weights through MatMulNBits (`Quantization.ts`); omitted: float weights. */
+  readonly quantize?: Int4Settings
   readonly onProgress?: (progress: ConvertProgress) => void
   /**
    * Conversion worker threads (default: `defaultConvertThreads()`, one per core, at most 8). `0` runs the
@@ -199,6 +204,7 @@ interface KeyInput {
   readonly shards: number
   readonly maxContext: number
   readonly attention: AttentionLayout
+  readonly quantize: Int4Settings | undefined
 }
 
 const contentKey = (k: KeyInput): Effect.Effect<string, ConversionError> =>
@@ -214,6 +220,9 @@ const contentKey = (k: KeyInput): Effect.Effect<string, ConversionError> =>
       shards: k.shards,
       maxContext: k.maxContext,
       attention: k.attention,
+      // Only when set: float conversions keep the keys they had before quantization existed (no needless reconversion),
+      // and an int4 conversion of the same checkpoint gets a key of its own, so both coexist in the cache.
+      ...(k.quantize === undefined ? {} : { quantize: k.quantize }),
       config: k.config,
       files: sources.map((f, i) => [path.basename(f), hashes[i]])
     })
@@ -303,12 +312,16 @@ export const convertCheckpoint = (
     if (!Number.isInteger(threads) || threads < 0) {
       return yield* Effect.fail(new ConversionError({ message: `threads must be a non-negative integer, found ${threads}` }))
     }
-    const graphs = ranges.map((layers) => buildShardGraph(config, { layers, dtype: options.dtype, maxContext, attention }))
+    const quantize = options.quantize
+    const graphs = yield* Effect.try({
+      try: () => ranges.map((layers) => buildShardGraph(config, { layers, dtype: options.dtype, maxContext, attention, ...(quantize === undefined ? {} : { quantize }) })),
+      catch: conversionError(`cannot build the graphs of ${modelDir}`)
+    })
     const source = yield* openCheckpoint(modelDir)
     yield* validateTensors(source, config, graphTensors(graphs))
 
     const cacheDir = chorusCacheDir()
-    const key = yield* contentKey({ cacheDir, modelDir, files: source.files, config, dtype: options.dtype, shards: options.shards, maxContext, attention })
+    const key = yield* contentKey({ cacheDir, modelDir, files: source.files, config, dtype: options.dtype, shards: options.shards, maxContext, attention, quantize })
     const manifest: ModelManifest = {
       formatVersion: FORMAT_VERSION,
       key,
@@ -317,6 +330,7 @@ export const convertCheckpoint = (
       dtype: options.dtype,
       maxContext,
       attention,
+      ...(quantize === undefined ? {} : { quantize }),
       shards: ranges.map(([l0, l1], k) => ({ file: `shard-${k}.onnx`, layers: [l0, l1] as const, first: l0 === 0, last: l1 === config.numLayers }))
     }
     const plan: Plan = { config, graphs }

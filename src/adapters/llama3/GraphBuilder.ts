@@ -25,6 +25,7 @@ import type { TensorLocation, TensorSource } from "../../checkpoint/TensorSource
 import { CheckpointError, ConversionError } from "../../core/Errors.ts"
 import * as TensorNames from "../../core/shard/TensorNames.ts"
 import {
+  type DataTypeName,
   encodeModel,
   type ExternalInitializer,
   type GraphSpec,
@@ -34,6 +35,8 @@ import {
 } from "../../onnx/OnnxWriter.ts"
 import { expectedTensorShapes, type LlamaConfig } from "./LlamaConfig.ts"
 import type { ConvertTask } from "./ConvertWorker.ts"
+import { type Int4Layout, int4Bytes, int4Sizes } from "./MatMulNBitsPacking.ts"
+import type { Int4Settings } from "./Quantization.ts"
 import { ropeCache } from "./Rope.ts"
 import { transposeInto } from "./WeightBytes.ts"
 
@@ -55,6 +58,11 @@ export interface ShardOptions {
    * bfloat16 only; the device runtime on CUDA); see `TensorNames.ts` for its inputs and outputs.
    */
   readonly attention?: AttentionLayout
+  /**
+   * 4-bit weights: every decoder linear (and the LM head unless `lmHead` is false) becomes a `MatMulNBits` over
+   * packed codes, scales in the shard dtype and optional zero points (`MatMulNBitsPacking.ts`).
+   */
+  readonly quantize?: Int4Settings
 }
 
 export type AttentionLayout = "rotary-outside" | "fused" | "paged"
@@ -67,6 +75,11 @@ export type WeightRecipe =
   | { readonly kind: "linear"; readonly tensors: ReadonlyArray<string> }
   /** Computed RoPE cache. */
   | { readonly kind: "rope"; readonly part: "cos" | "sin" }
+  /**
+   * HF linear weights `[out_k, in]` concatenated along `out` (no transpose: that is MatMulNBits' `[N, K]` order) and
+   * quantized to 4 bits; the weight's dims stay the logical `[in, out]` of the MatMul it replaces.
+   */
+  | { readonly kind: "int4"; readonly tensors: ReadonlyArray<string>; readonly blockSize: 32 | 128; readonly symmetric: boolean }
 
 export interface WeightSpec {
   readonly name: string
@@ -86,8 +99,54 @@ export const DATA_ALIGNMENT = 64
 const bytesPerElement = (dtype: ModelDType): number => (dtype === "float32" ? 4 : 2)
 const count = (dims: ReadonlyArray<number>): number => dims.reduce((a, b) => a * b, 1)
 
+/** One initializer in the data file; an int4 weight is two or three (codes, scales, zero points). */
+export interface WeightPart {
+  readonly name: string
+  readonly type: DataTypeName
+  readonly dims: ReadonlyArray<number>
+  readonly bytes: number
+}
+
+/** Names of an int4 weight's scale and zero-point initializers (its codes keep the weight's name). */
+export const scalesName = (weight: string): string => `${weight}.scales`
+export const zeroPointsName = (weight: string): string => `${weight}.zero_points`
+
+/** MatMulNBits' view of an int4 weight whose logical MatMul dims are `[in, out]`. */
+export const int4Layout = (w: WeightSpec & { readonly recipe: { readonly kind: "int4" } }): Int4Layout => ({
+  n: w.dims[1],
+  k: w.dims[0],
+  blockSize: w.recipe.blockSize,
+  symmetric: w.recipe.symmetric
+})
+
+/** The initializers a weight becomes, in data-file order. */
+export const weightParts = (w: WeightSpec, dtype: ModelDType): ReadonlyArray<WeightPart> => {
+  if (w.recipe.kind !== "int4") return [{ name: w.name, type: dtype, dims: w.dims, bytes: count(w.dims) * bytesPerElement(dtype) }]
+  const l = int4Layout({ ...w, recipe: w.recipe })
+  const nb = Math.ceil(l.k / l.blockSize)
+  const sizes = int4Sizes(l, bytesPerElement(dtype))
+  const parts: Array<WeightPart> = [
+    { name: w.name, type: "uint8", dims: [l.n, nb, l.blockSize / 2], bytes: sizes.b },
+    { name: scalesName(w.name), type: dtype, dims: [l.n * nb], bytes: sizes.scales }
+  ]
+  if (!l.symmetric) parts.push({ name: zeroPointsName(w.name), type: "uint8", dims: [sizes.zeroPoints], bytes: sizes.zeroPoints })
+  return parts
+}
+
 /** Bytes a weight occupies in the data file, padding excluded. */
-export const weightBytes = (w: WeightSpec, dtype: ModelDType): number => count(w.dims) * bytesPerElement(dtype)
+export const weightBytes = (w: WeightSpec, dtype: ModelDType): number => weightParts(w, dtype).reduce((n, p) => n + p.bytes, 0)
+
+/** Places `parts` one after another from `offset`, each at a `DATA_ALIGNMENT` boundary; returns their offsets and the end. */
+const placeParts = (parts: ReadonlyArray<WeightPart>, offset: number): { readonly starts: ReadonlyArray<number>; readonly end: number } => {
+  const starts: Array<number> = []
+  let end = offset
+  for (const part of parts) {
+    const start = Math.ceil(end / DATA_ALIGNMENT) * DATA_ALIGNMENT
+    starts.push(start)
+    end = start + part.bytes
+  }
+  return { starts, end }
+}
 
 /** Checks the layer range against the config; throws a one-line message (callers wrap it). */
 const checkRange = (config: LlamaConfig, options: ShardOptions): void => {
@@ -100,6 +159,14 @@ const checkRange = (config: LlamaConfig, options: ShardOptions): void => {
   }
   if (options.attention === "paged" && options.dtype === "float32") {
     throw new Error("the paged attention layout needs float16 or bfloat16 (ONNX Runtime's PagedAttention has no float32 kernel)")
+  }
+  const q = options.quantize
+  if (q !== undefined) {
+    // MatMulNBits reads each block's K elements as pairs of nibbles; Llama's dims are multiples of 128 (the fixtures'
+    // are multiples of 16), so an odd K is a malformed config rather than a case worth padding for.
+    const ks = [config.hiddenSize, config.numHeads * config.headDim, config.intermediateSize]
+    const odd = ks.find((k) => k % 2 !== 0)
+    if (odd !== undefined) throw new Error(`int4 quantization needs even input dimensions (hidden, heads x head_dim, intermediate), found ${odd}`)
   }
 }
 
@@ -176,16 +243,37 @@ export const buildShardGraph = (config: LlamaConfig, options: ShardOptions): Sha
     }
   }
 
+  // A linear weight: float for MatMul, or 4-bit codes for MatMulNBits when the shard is quantized.
+  const quant = options.quantize
+  const linearRecipe = (tensors: ReadonlyArray<string>, quantize: boolean): WeightRecipe =>
+    quant !== undefined && quantize ? { kind: "int4", tensors, blockSize: quant.blockSize, symmetric: quant.symmetric } : { kind: "linear", tensors }
+  const matmul = (input: string, weight: string, output: string, name: string) => {
+    const w = weights.find((x) => x.name === weight)
+    if (w === undefined || w.recipe.kind !== "int4") {
+      node({ op: "MatMul", inputs: [input, weight], outputs: [output], name })
+      return
+    }
+    const l = int4Layout({ ...w, recipe: w.recipe })
+    node({
+      op: "MatMulNBits",
+      domain: "com.microsoft",
+      inputs: l.symmetric ? [input, weight, scalesName(weight)] : [input, weight, scalesName(weight), zeroPointsName(weight)],
+      outputs: [output],
+      attributes: { K: l.k, N: l.n, bits: 4, block_size: l.blockSize, accuracy_level: quant?.accuracyLevel ?? 0 },
+      name
+    })
+  }
+
   for (let i = l0; i < l1; i++) {
     const p = `layers.${i}`
     const hf = `model.layers.${i}`
     weights.push(
       { name: `${p}.input_norm`, dims: [H], recipe: { kind: "copy", tensor: `${hf}.input_layernorm.weight` } },
-      { name: `${p}.qkv`, dims: [H, (numHeads + 2 * numKvHeads) * headDim], recipe: { kind: "linear", tensors: [`${hf}.self_attn.q_proj.weight`, `${hf}.self_attn.k_proj.weight`, `${hf}.self_attn.v_proj.weight`] } },
-      { name: `${p}.o_proj`, dims: [numHeads * headDim, H], recipe: { kind: "linear", tensors: [`${hf}.self_attn.o_proj.weight`] } },
+      { name: `${p}.qkv`, dims: [H, (numHeads + 2 * numKvHeads) * headDim], recipe: linearRecipe([`${hf}.self_attn.q_proj.weight`, `${hf}.self_attn.k_proj.weight`, `${hf}.self_attn.v_proj.weight`], true) },
+      { name: `${p}.o_proj`, dims: [numHeads * headDim, H], recipe: linearRecipe([`${hf}.self_attn.o_proj.weight`], true) },
       { name: `${p}.post_norm`, dims: [H], recipe: { kind: "copy", tensor: `${hf}.post_attention_layernorm.weight` } },
-      { name: `${p}.gate_up`, dims: [H, 2 * I], recipe: { kind: "linear", tensors: [`${hf}.mlp.gate_proj.weight`, `${hf}.mlp.up_proj.weight`] } },
-      { name: `${p}.down`, dims: [I, H], recipe: { kind: "linear", tensors: [`${hf}.mlp.down_proj.weight`] } }
+      { name: `${p}.gate_up`, dims: [H, 2 * I], recipe: linearRecipe([`${hf}.mlp.gate_proj.weight`, `${hf}.mlp.up_proj.weight`], true) },
+      { name: `${p}.down`, dims: [I, H], recipe: linearRecipe([`${hf}.mlp.down_proj.weight`], true) }
     )
     if (paged) {
       inputs.push({ name: TensorNames.keyCache(i), type: T, dims: poolDims }, { name: TensorNames.valueCache(i), type: T, dims: poolDims })
@@ -202,7 +290,7 @@ export const buildShardGraph = (config: LlamaConfig, options: ShardOptions): Sha
     }
 
     norm(`${p}.input_norm`, `${p}.attn_in`, `${p}.input_norm`)
-    node({ op: "MatMul", inputs: [`${p}.attn_in`, `${p}.qkv`], outputs: [`${p}.qkv_out`], name: `${p}.qkv` })
+    matmul(`${p}.attn_in`, `${p}.qkv`, `${p}.qkv_out`, `${p}.qkv`)
     if (paged) {
       // Inputs by slot: 0 packed QKV (key/value omitted), 3-4 the block pools (updated in place), 5 cumulative lengths,
       // 6 past lengths, 7 block table, 8-9 rotary caches (position = past + offset in the entry), 10-15 unused,
@@ -249,15 +337,15 @@ export const buildShardGraph = (config: LlamaConfig, options: ShardOptions): Sha
         name: `${p}.attention`
       })
     }
-    node({ op: "MatMul", inputs: [`${p}.attn`, `${p}.o_proj`], outputs: [`${p}.attn_out`], name: `${p}.o_proj` })
+    matmul(`${p}.attn`, `${p}.o_proj`, `${p}.attn_out`, `${p}.o_proj`)
     pending = `${p}.attn_out`
     norm(`${p}.post_norm`, `${p}.mlp_in`, `${p}.post_norm`)
-    node({ op: "MatMul", inputs: [`${p}.mlp_in`, `${p}.gate_up`], outputs: [`${p}.gate_up_out`], name: `${p}.gate_up` })
+    matmul(`${p}.mlp_in`, `${p}.gate_up`, `${p}.gate_up_out`, `${p}.gate_up`)
     node({ op: "Split", inputs: [`${p}.gate_up_out`, "mlp_split"], outputs: [`${p}.gate`, `${p}.up`], attributes: { axis: -1 }, name: `${p}.split` })
     node({ op: "Sigmoid", inputs: [`${p}.gate`], outputs: [`${p}.gate_sigmoid`], name: `${p}.sigmoid` })
     node({ op: "Mul", inputs: [`${p}.gate`, `${p}.gate_sigmoid`], outputs: [`${p}.silu`], name: `${p}.silu` })
     node({ op: "Mul", inputs: [`${p}.silu`, `${p}.up`], outputs: [`${p}.swiglu`], name: `${p}.swiglu` })
-    node({ op: "MatMul", inputs: [`${p}.swiglu`, `${p}.down`], outputs: [`${p}.mlp_out`], name: `${p}.down` })
+    matmul(`${p}.swiglu`, `${p}.down`, `${p}.mlp_out`, `${p}.down`)
     pending = `${p}.mlp_out`
   }
 
@@ -265,7 +353,7 @@ export const buildShardGraph = (config: LlamaConfig, options: ShardOptions): Sha
     inputs.push({ name: TensorNames.logitsIndex, type: "int64", dims: paged ? ["n_logits"] : ["batch", "n_logits"] })
     weights.push({ name: "final_norm", dims: [H], recipe: { kind: "copy", tensor: "model.norm.weight" } })
     const head = config.tieWordEmbeddings ? "model.embed_tokens.weight" : "lm_head.weight"
-    weights.push({ name: "lm_head", dims: [H, V], recipe: { kind: "linear", tensors: [head] } })
+    weights.push({ name: "lm_head", dims: [H, V], recipe: linearRecipe([head], quant?.lmHead ?? false) })
     if (!paged) inline.push({ name: "last_axis", type: "int64", dims: [1], values: [-1] })
     node({ op: "SkipSimplifiedLayerNormalization", domain: "com.microsoft", inputs: [pending ?? residual, residual, "final_norm"], outputs: ["normed"], attributes: { epsilon: eps }, name: "final_norm" })
     if (paged) {
@@ -277,9 +365,9 @@ export const buildShardGraph = (config: LlamaConfig, options: ShardOptions): Sha
       node({ op: "GatherND", inputs: ["normed", "logits_index_3d"], outputs: ["selected"], attributes: { batch_dims: 1 }, name: "select" })
     }
     if (T === "float32") {
-      node({ op: "MatMul", inputs: ["selected", "lm_head"], outputs: [TensorNames.logits], name: "lm_head" })
+      matmul("selected", "lm_head", TensorNames.logits, "lm_head")
     } else {
-      node({ op: "MatMul", inputs: ["selected", "lm_head"], outputs: ["logits_half"], name: "lm_head" })
+      matmul("selected", "lm_head", "logits_half", "lm_head")
       node({ op: "Cast", inputs: ["logits_half"], outputs: [TensorNames.logits], attributes: { to: 1 }, name: "logits_f32" })
     }
     // Greedy rows need one id, not a vocabulary of logits: fetching only this output spares the copy of
@@ -331,7 +419,7 @@ const formatShape = (s: ReadonlyArray<number>): string => `[${s.join(", ")}]`
 
 /** Checkpoint tensors a recipe reads. */
 const recipeTensors = (r: WeightRecipe): ReadonlyArray<string> =>
-  r.kind === "copy" ? [r.tensor] : r.kind === "linear" ? r.tensors : []
+  r.kind === "copy" ? [r.tensor] : r.kind === "linear" || r.kind === "int4" ? r.tensors : []
 
 /**
  * Checks that every tensor `tensors` names exists with the shape `expectedTensorShapes` gives, before anything
@@ -370,6 +458,34 @@ export const validateTensors = (
 export const graphTensors = (graphs: ReadonlyArray<ShardGraph>): Set<string> =>
   new Set(graphs.flatMap((g) => g.weights.flatMap((w) => recipeTensors(w.recipe))))
 
+/** Source rows `[out_k, in]` concatenated along `out`, as float32 (the `[N, K]` an int4 weight is quantized from). */
+const readRows = (source: TensorSource, config: LlamaConfig, tensors: ReadonlyArray<string>, n: number, k: number) =>
+  Effect.gen(function*() {
+    const expected = expectedTensorShapes(config)
+    const out = new Float32Array(n * k)
+    let offset = 0
+    for (const name of tensors) {
+      const data = yield* source.readFloat32(name, expected.get(name) ?? [])
+      out.set(data, offset)
+      offset += data.length
+    }
+    return out
+  })
+
+/** The bytes of each of `w`'s parts (`weightParts` order). */
+const produceParts = (
+  source: TensorSource,
+  config: LlamaConfig,
+  w: WeightSpec,
+  dtype: ModelDType,
+  rope: () => { cos: Float32Array; sin: Float32Array }
+): Effect.Effect<Array<Uint8Array>, CheckpointError> => {
+  const r = w.recipe
+  if (r.kind !== "int4") return Effect.map(produce(source, config, w, rope), (values) => [toBytes(values, dtype)])
+  const l = int4Layout({ ...w, recipe: r })
+  return Effect.map(readRows(source, config, r.tensors, l.n, l.k), (rows) => int4Bytes(rows, l, dtype))
+}
+
 const produce = (
   source: TensorSource,
   config: LlamaConfig,
@@ -379,6 +495,8 @@ const produce = (
   const expected = expectedTensorShapes(config)
   const r = w.recipe
   switch (r.kind) {
+    case "int4":
+      return Effect.die(new Error(`produce: ${w.name} is an int4 weight (produceParts handles it)`))
     case "copy":
       return source.readFloat32(r.tensor, expected.get(r.tensor))
     case "rope":
@@ -437,23 +555,27 @@ export const writeShard = (
         Effect.gen(function*() {
           let offset = 0
           for (const w of graph.weights) {
-            const values = yield* produce(source, config, w, rope)
-            const bytes = toBytes(values, dtype)
-            const start = Math.ceil(offset / DATA_ALIGNMENT) * DATA_ALIGNMENT
-            // Uninterruptible so that an interrupt never leaves a write in flight while the caller removes the folder.
-            yield* Effect.uninterruptible(Effect.tryPromise({
-              try: async () => {
-                let done = 0
-                while (done < bytes.byteLength) {
-                  const { bytesWritten } = await handle.write(bytes, done, bytes.byteLength - done, start + done)
-                  done += bytesWritten
-                }
-              },
-              catch: ioError(dataPath, "write")
-            }))
-            external.push({ name: w.name, type: dtype, dims: w.dims, location, offset: start, length: bytes.byteLength })
-            offset = start + bytes.byteLength
-            writeOptions.onTensor?.(w.name, bytes.byteLength)
+            const parts = weightParts(w, dtype)
+            const bytesOfParts = yield* produceParts(source, config, w, dtype, rope)
+            const { starts, end } = placeParts(parts, offset)
+            for (const [j, part] of parts.entries()) {
+              const bytes = bytesOfParts[j]
+              const start = starts[j]
+              // Uninterruptible so that an interrupt never leaves a write in flight while the caller removes the folder.
+              yield* Effect.uninterruptible(Effect.tryPromise({
+                try: async () => {
+                  let done = 0
+                  while (done < bytes.byteLength) {
+                    const { bytesWritten } = await handle.write(bytes, done, bytes.byteLength - done, start + done)
+                    done += bytesWritten
+                  }
+                },
+                catch: ioError(dataPath, "write")
+              }))
+              external.push({ name: part.name, type: part.type, dims: part.dims, location, offset: start, length: bytes.byteLength })
+            }
+            offset = end
+            writeOptions.onTensor?.(w.name, bytesOfParts.reduce((n, b) => n + b.byteLength, 0))
           }
         }),
       (handle) => Effect.promise(() => handle.close().catch(() => undefined))
@@ -510,10 +632,14 @@ export const writeShards = (
       const external: Array<ExternalInitializer> = []
       let offset = 0
       for (const w of graph.weights) {
-        const bytes = weightBytes(w, dtype)
-        const start = Math.ceil(offset / DATA_ALIGNMENT) * DATA_ALIGNMENT
-        external.push({ name: w.name, type: dtype, dims: w.dims, location, offset: start, length: bytes })
-        offset = start + bytes
+        const parts = weightParts(w, dtype)
+        const bytes = parts.reduce((n, p) => n + p.bytes, 0)
+        const { starts, end } = placeParts(parts, offset)
+        for (const [j, part] of parts.entries()) {
+          external.push({ name: part.name, type: part.type, dims: part.dims, location, offset: starts[j], length: part.bytes })
+        }
+        const start = starts[0]
+        offset = end
         const r = w.recipe
         if (r.kind === "rope") {
           jobs.push({ name: w.name, bytes, rope: { graph, part: r.part, dataPath, offset: start } })
@@ -527,12 +653,13 @@ export const writeShards = (
           if (at === undefined) return yield* Effect.fail(new CheckpointError({ path: where, message: `tensor '${name}' is missing from the checkpoint in ${where}` }))
           sources.push(at)
         }
-        const linear = r.kind === "linear"
+        const linear = r.kind === "linear" || r.kind === "int4"
         const [inDim, outDim] = linear ? (w.dims as [number, number]) : [0, 0]
         if (linear && (sources.reduce((n, s) => n + s.shape[0], 0) !== outDim || sources.some((s) => s.shape[1] !== inDim))) {
           return yield* Effect.fail(new ConversionError({ message: `initializer ${w.name}: its sources do not make [${inDim}, ${outDim}]` }))
         }
-        jobs.push({ name: w.name, bytes, task: { kind: r.kind, dataPath, offset: start, dtype, inDim, outDim, sources } })
+        const int4 = r.kind === "int4" ? { blockSize: r.blockSize, symmetric: r.symmetric, partOffsets: starts } : undefined
+        jobs.push({ name: w.name, bytes, task: { kind: r.kind, dataPath, offset: start, dtype, inDim, outDim, sources, ...(int4 === undefined ? {} : { int4 }) } })
       }
       externals.push(external)
     }
@@ -571,7 +698,10 @@ export const writeShards = (
     const permits = yield* Semaphore.make(budget)
     const cost = (job: Job): number => {
       let bytes = job.bytes
-      if ("task" in job) {
+      if ("task" in job && job.task.kind === "int4") {
+        // float32 rows [N, K] plus the packed parts
+        bytes = job.task.inDim * job.task.outDim * 4 + job.bytes
+      } else if ("task" in job) {
         const target = job.task.dtype === "float32" ? "F32" : job.task.dtype === "float16" ? "F16" : "BF16"
         const cast = job.task.sources.some((s) => s.dtype !== target)
         bytes = cast ? 3 * job.bytes : job.task.kind === "linear" ? 2 * job.bytes : Math.min(job.bytes, 64 * MiB)

@@ -13,6 +13,7 @@ import { convertCheckpoint, type ConvertProgress } from "./Converter.ts"
 import { ensureDefaultModel } from "./DefaultModel.ts"
 import type { AttentionLayout } from "./GraphBuilder.ts"
 import { makeChatRenderer } from "./PromptFormat.ts"
+import type { Int4Settings } from "./Quantization.ts"
 import { makePromptPool } from "./PromptPool.ts"
 import { loadTokenizer } from "./Tokenizer.ts"
 
@@ -32,6 +33,8 @@ export interface Llama3Options {
    * whose KV cache is bound in place and which runs fewer, larger kernels.
    */
   readonly attention?: AttentionLayout | undefined
+  /** 4-bit weights (`--quantize int4`): MatMulNBits for every linear; omitted: float weights. */
+  readonly quantize?: Int4Settings | undefined
   /** Threads that render and tokenize prompts off the event loop; default: one per four cores, 1 to 4. */
   readonly promptThreads?: number | undefined
 }
@@ -51,6 +54,7 @@ export const Llama3Adapter: ModelAdapter<Llama3Options> = {
         shards: options.shards ?? 1,
         ...(options.maxContext === undefined ? {} : { maxContext: options.maxContext }),
         ...(options.attention === undefined ? {} : { attention: options.attention }),
+        ...(options.quantize === undefined ? {} : { quantize: options.quantize }),
         ...(options.onProgress === undefined ? {} : { onProgress: options.onProgress })
       })
       const config = converted.manifest.config

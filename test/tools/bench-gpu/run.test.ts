@@ -19,15 +19,18 @@ const run = (args: ReadonlyArray<string>, cache: string) =>
   })
 
 describe("bench:gpu dry run", () => {
-  it("runs Chorus in a child stage, writes every result file and prints the table", async () => {
+  it("runs Chorus in a child stage, then an int4 one, writes every result file and prints the tables", async () => {
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), "chorus-benchgpu-"))
     const out = path.join(dir, "out")
-    const r = await run(["--dry-run-cpu", "--out", out, ...small], path.join(dir, "cache"))
+    const r = await run(["--dry-run-cpu", "--out", out, "--int4", "b32-zp", "--int4-batch", "3", ...small], path.join(dir, "cache"))
     expect(r.stderr).toBe("")
     expect(r.code).toBe(0)
-    for (const f of ["torch.json", "chorus.json", "bench-gpu.json", "bench-gpu.md"]) expect(fs.existsSync(path.join(out, f))).toBe(true)
+    for (const f of ["torch.json", "chorus.json", "chorus-int4-b32-zp.json", "bench-gpu.json", "bench-gpu.md"]) expect(fs.existsSync(path.join(out, f))).toBe(true)
     const report = JSON.parse(fs.readFileSync(path.join(out, "bench-gpu.json"), "utf8")) as GpuBenchReport
-    expect(report.stages.map((s) => [s.name, s.ok])).toEqual([["chorus", true]])
+    expect(report.stages.map((s) => [s.name, s.ok])).toEqual([["chorus", true], ["int4 b32-zp", true]])
+    expect(report.quantized).toHaveLength(1)
+    expect(report.quantized![0]).toMatchObject({ device: "cpu", dtype: "float32", quantize: "int4 b32 zp" })
+    expect(report.quantized![0].batches.map((b) => b.batch)).toEqual([3])
     expect(report.rows.map((row) => row.label)).toEqual([
       "single stream, 40-token context",
       "1 concurrent, 24+10 tokens",
@@ -43,6 +46,8 @@ describe("bench:gpu dry run", () => {
     expect(report.shape).toMatchObject({ numLayers: 3, tiedEmbeddings: true, bytesPerElement: 4 })
     const md = fs.readFileSync(path.join(out, "bench-gpu.md"), "utf8")
     expect(md).toContain("| workload | unit | Chorus | PyTorch eager | PyTorch CUDA graphs | roofline |")
+    expect(md).toContain("| weights | load s | single stream tok/s | x float | 3 sequences tok/s | x float |")
+    expect(md).toMatch(/\| float32, int4 b32 zp \| \d+ \| \d+ \| [\d.]+x \| \d+ \| [\d.]+x \|/)
     expect(r.stdout).toContain(md.trim())
     fs.rmSync(dir, { recursive: true, force: true })
   }, 150_000)
@@ -50,7 +55,7 @@ describe("bench:gpu dry run", () => {
   it("fails loudly when a stage fails, still writing the table with what there is", async () => {
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), "chorus-benchgpu-"))
     const out = path.join(dir, "out")
-    const r = await run(["--dry-run-cpu", "--checkpoint", path.join(dir, "no-model"), "--out", out, ...small], path.join(dir, "cache"))
+    const r = await run(["--dry-run-cpu", "--checkpoint", path.join(dir, "no-model"), "--out", out, "--int4", "none", ...small], path.join(dir, "cache"))
     expect(r.code).toBe(1)
     expect(r.stderr).toMatch(/bench:gpu: 1 stage\(s\) failed: chorus \(exit 1\)/)
     const md = fs.readFileSync(path.join(out, "bench-gpu.md"), "utf8")
