@@ -7,8 +7,11 @@
 #                                                          # nothing (first start: conversion included) measured by
 #                                                          # `chorus bench` 1..256 streams + the second-turn check,
 #                                                          # then a second start from the conversion cache
-#   PHASE=Q OUT=$OUT bash scripts/gpu/serving-session.sh   # `npm run bench:gpu`: PyTorch, Chorus float16 and int4 in
-#                                                          # one run; then the token budget against ITL at 64 streams
+#   PHASE=Q1 OUT=$OUT bash scripts/gpu/serving-session.sh  # `npm run bench:gpu`: PyTorch, Chorus float16 and int4 in
+#                                                          # one run (1 and 64 sequences)
+#   PHASE=Q2 OUT=$OUT bash scripts/gpu/serving-session.sh  # int4 error on the 8B, the token budget against ITL at 64
+#                                                          # streams, the second turn with row reuse (no CUDA graphs),
+#                                                          # and CUDA graphs beside chunked prompts
 #
 # Everything is logged to log-$PHASE and packed with the results into $OUT/$PHASE.tgz; the checkpoint and the conversion cache stay in $BENCH_DIR between calls.
 set -uo pipefail
@@ -18,7 +21,7 @@ FINAL_OUT="$OUT"
 OUT="${RES:-/tmp/chorus-results-$PHASE}"
 rm -rf "$OUT"
 trap 'tar czf "$FINAL_OUT/$PHASE.tgz" -C "$OUT" . 2>/dev/null; cp -f "$OUT/log-$PHASE" "$FINAL_OUT/" 2>/dev/null' EXIT
-: "${PHASE:?PHASE must be S or Q}"
+: "${PHASE:?PHASE must be S, Q1 or Q2}"
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$REPO" || exit 2
 export BENCH_DIR="${BENCH_DIR:-/tmp/chorus-gpu-bench}"
@@ -35,17 +38,17 @@ export PATH="$REPO/node_modules/.bin:$PATH"
 nproc; free -g | head -2; df -h "$BENCH_DIR" | tail -1
 
 if [[ "$PHASE" == S ]]; then
-  # Set-up (the CUDA provider copied next to onnxruntime-node) and every device test, with CUDA graphs per bucket.
-  CUDA_TEST_CMD='CHORUS_TEST_CUDA_GRAPHS=1 CHORUS_TEST_DEVICE=cuda npm run test:device' STAGES="parity" DEADLINE_S=200 \
-    PARITY_TIMEOUT_S=170 OUT="$OUT/run-all" bash scripts/gpu/run-all.sh
-  say "parity exit $?"; grep -E "Tests |×|✓ .*second turn" "$OUT/run-all/log" | head -20
+  # Set-up (the CUDA provider copied next to onnxruntime-node) and the device tests this work touches, CUDA graphs on.
+  CUDA_TEST_CMD='CHORUS_TEST_CUDA_GRAPHS=1 CHORUS_TEST_DEVICE=cuda node_modules/node/bin/node node_modules/vitest/vitest.mjs run --config vitest.device.config.ts test/device/Int4Device.test.ts test/device/DeviceParity.test.ts -t "int4|Int4|second turn|pattern of load|tiny-llama3-a over 1"' \
+    STAGES="parity" DEADLINE_S=150 PARITY_TIMEOUT_S=130 OUT="$OUT/run-all" bash scripts/gpu/run-all.sh
+  say "parity exit $?"; grep -E "Tests |×" "$OUT/run-all/log" | head -20
   if [[ ! -f "$CKPT/model.safetensors.index.json" ]]; then
     say "8B checkpoint"
     timeout 200 python3 tools/bench-gpu/make_weights.py "$CKPT"; say "weights exit $?"
   fi
   rm -rf "$CHORUS_CACHE/converted"
   say "first start (conversion included) and the sweep, --max-batch 256, default context"
-  timeout $(($(left) - 60)) "$NODE" tools/bench-gpu/server-sweep.ts --checkpoint "$CKPT" --out "$OUT/server" --skip-weights \
+  timeout $(($(left) - 40)) "$NODE" tools/bench-gpu/server-sweep.ts --checkpoint "$CKPT" --out "$OUT/server" --skip-weights \
     --max-batch 256 --ready-timeout-s 240 --bench-timeout-s 120 --prefix-repeats 3
   say "sweep exit $?"
   say "second start (from the conversion cache)"
@@ -55,19 +58,32 @@ if [[ "$PHASE" == S ]]; then
   exit 0
 fi
 
-if [[ "$PHASE" == Q ]]; then
-  say "bench:gpu: PyTorch, Chorus float16 and int4, same run (${BENCH_GPU_FLAGS:-defaults})"
-  # shellcheck disable=SC2086 # BENCH_GPU_FLAGS is a list of flags
-  STAGES="torch chorus" DEADLINE_S=$(($(left) - 150)) OUT="$OUT/run-all" bash scripts/gpu/run-all.sh ${BENCH_GPU_FLAGS:-}
+if [[ "$PHASE" == Q1 ]]; then
+  say "bench:gpu: PyTorch, Chorus float16 and int4 (b32-zp), same run"
+  CHORUS_CUDA_GRAPHS=1 STAGES="torch chorus" DEADLINE_S=$(($(left) - 10)) OUT="$OUT/run-all" bash scripts/gpu/run-all.sh --batches 1,64 --int4 b32-zp
   say "bench:gpu exit $?"
-  for budget in ${BUDGETS:-2048}; do
-    say "token budget $budget at 64 streams"
-    timeout $(($(left) - 5)) "$NODE" tools/bench-gpu/server-sweep.ts --checkpoint "$CKPT" --out "$OUT/budget-$budget" --skip-weights \
-      --max-batch 256 --concurrency 64 --prefix-history 0 --ready-timeout-s 90 --bench-timeout-s 90 \
-      --serve-arg=--max-num-batched-tokens=$budget
-    say "budget $budget exit $?"
-  done
+  cp -f "$OUT"/run-all/bench/*.md "$OUT/" 2>/dev/null
   exit 0
 fi
-echo "PHASE must be S or Q" >&2
+
+if [[ "$PHASE" == Q2 ]]; then
+  say "int4 error on the random 8B against float16"
+  timeout 200 "$NODE" tools/bench-quant.ts --device cuda:0 --dtype float16 --model "$CKPT" --variants b32-zp > "$OUT/quant-8b.md" 2>&1
+  say "bench-quant exit $?"; tail -15 "$OUT/quant-8b.md"
+  say "token budget 2048 at 64 streams"
+  timeout 100 "$NODE" tools/bench-gpu/server-sweep.ts --checkpoint "$CKPT" --out "$OUT/budget-2048" --skip-weights \
+    --max-batch 256 --concurrency 64 --prefix-history 0 --ready-timeout-s 60 --bench-timeout-s 60 --serve-arg=--max-num-batched-tokens=2048
+  say "budget exit $?"
+  say "second turn with row reuse (no CUDA graphs)"
+  timeout 80 "$NODE" tools/bench-gpu/server-sweep.ts --checkpoint "$CKPT" --out "$OUT/reuse-nographs" --skip-weights --no-cuda-graphs \
+    --max-batch 256 --concurrency 1 --requests 2 --prefix-repeats 3 --ready-timeout-s 60 --bench-timeout-s 30
+  say "reuse exit $?"
+  say "diagnosis: CUDA graphs with chunked prompts (budget 256, no reuse)"
+  timeout $(($(left) - 5)) "$NODE" tools/bench-gpu/server-sweep.ts --checkpoint "$CKPT" --out "$OUT/graphs-chunked" --skip-weights \
+    --max-batch 256 --concurrency 1,16 --requests 16 --prefix-history 0 --ready-timeout-s 60 --bench-timeout-s 60 \
+    --serve-arg=--max-num-batched-tokens=256
+  say "chunked exit $?"; grep -m2 -E "illegal|disabled" "$OUT/graphs-chunked/server.log" | cut -c1-250
+  exit 0
+fi
+echo "PHASE must be S, Q1 or Q2" >&2
 exit 2

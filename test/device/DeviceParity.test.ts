@@ -190,8 +190,10 @@ describe(`${device.kind}: rows layout, a chat's second turn reuses its first tur
     const turn2 = await run(reuse, chat(turn2Prompt, 16))
     const after = await stats(reuse)
     expect((await other).tokens.length).toBe(120)
-    // 120 history tokens and 11 of the 12 answer tokens have keys and values in the row (the last never ran).
-    expect(after.prefixCacheHits - before.prefixCacheHits).toBe(131)
+    // 120 history tokens and 11 of the 12 answer tokens have keys and values in the row (the last never ran). A
+    // shard that replays CUDA graphs does not reuse rows (StepProtocol's `rowReuse`).
+    const graphs = device.kind === "cuda" && device.options?.enable_cuda_graph === "1" && dtype !== "float32"
+    expect(after.prefixCacheHits - before.prefixCacheHits).toBe(graphs ? 0 : 131)
     const alone = await run(scratch, chat(turn2Prompt, 16))
     expect((await stats(scratch)).prefixCacheHits).toBe(0)
     expect(turn2.tokens).toEqual(alone.tokens)
