@@ -84,6 +84,8 @@ interface RowShard extends Common {
   readonly rowLen: Int32Array
   /** Per row: the sequence that last wrote it (-1 none), so `release` can free its row. */
   readonly rowSeq: Int32Array
+  /** Freed rows keep their keys, values and length for reuse (see `release`); off where CUDA graphs replay. */
+  readonly rowReuse: boolean
   readonly buckets: Map<number, RowBucket>
 }
 
@@ -199,12 +201,13 @@ export async function load(task: ShardLoad): Promise<ShardLoadResult> {
     rowElements,
     rowLen: new Int32Array(maxSeqs),
     rowSeq: new Int32Array(maxSeqs).fill(-1),
+    rowReuse: !useGraphs,
     bucketSizes: useGraphs ? bucketSizesOf(maxSeqs) : [],
     buckets: new Map()
   }
   const kvBytes = 2 * numLayers * maxSeqs * rowElements * elementBytes(task.dtype)
   // A row layout holds `maxSeqs` whole rows: the engine sees it as `maxSeqs * maxLen / blockSize` blocks.
-  return { kvBytes, loadMs: performance.now() - started, layout: "rows", numBlocks: maxSeqs * Math.ceil(task.maxLen / task.blockSize) + 1, maxSeqs, rowReuse: !useGraphs }
+  return { kvBytes, loadMs: performance.now() - started, layout: "rows", numBlocks: maxSeqs * Math.ceil(task.maxLen / task.blockSize) + 1, maxSeqs, rowReuse: shard.rowReuse }
 }
 
 /** What `utilization` (times this shard's share) of the device allows beyond everything in use now. */
@@ -590,9 +593,11 @@ export async function step(plan: StepPlan): Promise<StepResult> {
 }
 
 /**
- * Drops the samplers of finished sequences (and, in a row layout, marks their rows free). A freed row keeps its
- * length: its keys and values stay in place for a later sequence with the same prefix (the scheduler's row reuse),
- * and the dummy token a free row gets in a decode step lands after them.
+ * Drops the samplers of finished sequences (and, in a row layout, marks their rows free). Where rows are reused a
+ * freed row keeps its length: its keys and values stay in place for a later sequence with the same prefix (the
+ * scheduler's row reuse), and the dummy token a free row gets in a decode step lands after them. Where CUDA graphs
+ * replay, a freed row's length goes back to 0, as in every measured graph run before row reuse existed: a free row
+ * then costs its decode step one position of attention.
  */
 export async function release(seqIds: ReadonlyArray<number>): Promise<void> {
   const s = shard
@@ -601,7 +606,9 @@ export async function release(seqIds: ReadonlyArray<number>): Promise<void> {
   if (s.layout === "rows") {
     const gone = new Set(seqIds)
     for (let r = 0; r < s.rowSeq.length; r++) {
-      if (gone.has(s.rowSeq[r]!)) s.rowSeq[r] = -1
+      if (!gone.has(s.rowSeq[r]!)) continue
+      s.rowSeq[r] = -1
+      if (!s.rowReuse) s.rowLen[r] = 0
     }
   }
 }

@@ -98,8 +98,9 @@ export interface ShardLoadResult {
   readonly maxSeqs?: number
   /**
    * Row layouts: a freed row's keys and values may be reused by a new sequence with the same prefix. False where
-   * the shard replays CUDA graphs: on ONNX Runtime 1.29 a row reused that way (its first chunk resuming after a
-   * cached prefix) was followed by an illegal memory access in a graph replay on an H200 (docs/benchmarks.md).
+   * the shard replays CUDA graphs: on ONNX Runtime 1.29 on an H200, graph replays beside freed rows that kept their
+   * contents ended in an illegal memory access (with reuse at 16 streams, without it at 256), while graph runs whose
+   * freed rows start over at length 0 have not failed (docs/benchmarks.md, "Row reuse and CUDA graphs").
    */
   readonly rowReuse?: boolean
 }
