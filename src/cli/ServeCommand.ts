@@ -40,6 +40,7 @@ export const serveFlags = {
   "no-local-model": { kind: "boolean", description: "serve no model here: every request (OpenAI and AIME) goes to remote `chorus worker`s / AIME workers polling this server" },
   "worker-key": { kind: "string", repeatable: true, description: "key a remote worker must send as auth_key (repeatable; needed with --no-local-model)" },
   "worker-timeout": { kind: "number", description: "seconds a remote worker may stay silent before it is offline and its jobs are re-queued (default 30)" },
+  queue: { kind: "string", description: "redis://HOST:PORT: keep the queue for remote workers in Redis, so that several replicas form one API (with --no-local-model; default: in memory)" },
   "bench-step-delay": { kind: "number", description: "bench adapter only: simulated model time per step in ms (default 0)" }
 } as const satisfies FlagSpecs
 
@@ -193,6 +194,14 @@ export const runServe = (given: ParsedFlags<typeof serveFlags>) =>
     if (flags["no-local-model"] !== true && (workerKeys.length > 0 || workerTimeout !== undefined)) {
       return yield* bad("--worker-key", "--worker-key and --worker-timeout need --no-local-model (mixing the local model and remote workers in one queue is not supported yet)")
     }
+    const queueUrl = flags.queue
+    if (queueUrl !== undefined) {
+      const parsed = URL.canParse(queueUrl) ? new URL(queueUrl) : undefined
+      if (parsed === undefined || (parsed.protocol !== "redis:" && parsed.protocol !== "rediss:") || parsed.hostname === "") {
+        return yield* bad("--queue", `--queue must be a Redis URL, redis://HOST:PORT (or rediss:// for TLS), got '${queueUrl}'`)
+      }
+      if (flags["no-local-model"] !== true) return yield* bad("--queue", "--queue needs --no-local-model: the shared queue is for remote workers")
+    }
     const operations = yield* operationsOptions(flags)
     const model = yield* resolveModelFlags(flags)
     const engine = {
@@ -211,7 +220,9 @@ export const runServe = (given: ParsedFlags<typeof serveFlags>) =>
       sessionTtlMs: (flags["session-ttl"] ?? 3600) * 1000,
       slowReader: { maxStallMs: flags["slow-reader-timeout"] === undefined ? defaultSlowReaderLimits.maxStallMs : flags["slow-reader-timeout"] * 1000 },
       ...(flags["max-sessions-per-key"] === undefined ? {} : { maxSessionsPerKey: flags["max-sessions-per-key"] }),
-      ...(flags["no-local-model"] === true ? { remote: { workerKeys, workerTimeoutMs: (workerTimeout ?? 30) * 1000 } } : {})
+      ...(flags["no-local-model"] === true
+        ? { remote: { workerKeys, workerTimeoutMs: (workerTimeout ?? 30) * 1000, ...(queueUrl === undefined ? {} : { queueUrl }) } }
+        : {})
     }
     if (adapterName === "bench") {
       const benchOptions = {

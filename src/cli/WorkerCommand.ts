@@ -11,6 +11,7 @@ import { Context, Effect, Exit, Layer, Stream } from "effect"
 import * as fs from "node:fs"
 import * as os from "node:os"
 import * as path from "node:path"
+import { BenchAdapter } from "../adapters/bench/BenchAdapter.ts"
 import { Llama3Adapter } from "../adapters/llama3/Llama3Adapter.ts"
 import { Engine } from "../core/Engine.ts"
 import { ValidationError } from "../core/Errors.ts"
@@ -26,7 +27,9 @@ export const workerFlags = {
   "worker-key": { kind: "string", description: "the server's worker key (its --worker-key); env CHORUS_WORKER_KEY" },
   endpoint: { kind: "string", description: "AIME endpoint the jobs come from (default llama3_chat)" },
   "job-type": { kind: "string", description: "AIME job type (default llama3)" },
-  name: { kind: "string", description: "worker name (default <host>#<n>_<num_gpus>x<gpu>, as AIME's worker library)" }
+  name: { kind: "string", description: "worker name (default <host>#<n>_<num_gpus>x<gpu>, as AIME's worker library)" },
+  adapter: { kind: "string", description: "llama3 (default) | bench (no model time: for measuring and testing the serving path)" },
+  "bench-step-delay": { kind: "number", description: "bench adapter only: simulated model time per step in ms (default 0)" }
 } as const satisfies FlagSpecs
 
 type EngineService = Engine["Service"]
@@ -339,8 +342,24 @@ export const runWorkerCommand = (flags: ParsedFlags<typeof workerFlags>) =>
     if (key === undefined || key === "") {
       return yield* Effect.fail(new ValidationError({ field: "--worker-key", message: "--worker-key KEY (or CHORUS_WORKER_KEY) is required" }))
     }
+    const adapterName = flags.adapter ?? "llama3"
+    if (adapterName !== "llama3" && adapterName !== "bench") {
+      return yield* Effect.fail(new ValidationError({ field: "--adapter", message: `--adapter must be llama3 or bench, got '${adapterName}'` }))
+    }
+    const stepDelay = flags["bench-step-delay"]
+    if (stepDelay !== undefined && !(stepDelay >= 0)) {
+      return yield* Effect.fail(new ValidationError({ field: "--bench-step-delay", message: `--bench-step-delay must be zero or more milliseconds, got ${stepDelay}` }))
+    }
+    if (stepDelay !== undefined && adapterName !== "bench") {
+      return yield* Effect.fail(new ValidationError({ field: "--bench-step-delay", message: "--bench-step-delay needs --adapter bench" }))
+    }
     const model = yield* resolveModelFlags(flags)
-    const loaded = yield* Llama3Adapter.load(model.adapter)
+    const loaded = adapterName === "bench"
+      ? yield* BenchAdapter.load({
+        ...(model.adapter.maxContext === undefined ? {} : { contextLength: model.adapter.maxContext }),
+        ...(stepDelay === undefined ? {} : { stepDelayMs: stepDelay })
+      })
+      : yield* Llama3Adapter.load(model.adapter)
     model.done()
     const device = model.engine.device
     const engine = Context.get(yield* Layer.build(Engine.layerFor(loaded, model.engine)), Engine)

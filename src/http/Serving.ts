@@ -19,6 +19,9 @@ import { Draining, NotReady, ShutDown, Unauthorized } from "./ServerErrors.ts"
 import { defaultSlowReaderLimits, makeSlowReaderWatch, type SlowReaderLimits, type SlowReaderWatch } from "./SlowReader.ts"
 import { WORKER_STATES } from "./workers/WorkerMachine.ts"
 import { makeWorkerPool, type WorkerPool, type WorkerPoolOptions } from "./workers/WorkerPool.ts"
+import { type QueueError, RedisConnection } from "./queue/RedisConnection.ts"
+import { makeRedisWorkerQueue } from "./queue/RedisWorkerQueue.ts"
+import { memoryWorkerQueue, type WorkerQueue } from "./queue/WorkerQueue.ts"
 
 export type ServingStatus = "loading" | "ready" | "draining"
 export type LoadError = CheckpointError | ModelConfigError | ConversionError | GenerationError
@@ -34,7 +37,16 @@ export interface ServingOptions {
    * Serve no model: every request goes to remote workers over the AIME worker protocol (`--no-local-model`).
    * Mixing the local engine and remote workers in one queue is a later step.
    */
-  readonly remote?: WorkerPoolOptions
+  readonly remote?: RemoteOptions
+}
+
+/** @category models */
+export interface RemoteOptions extends WorkerPoolOptions {
+  /**
+   * `redis://HOST:PORT`: keep the queue (jobs, progress, results, workers, AIME sessions) in Redis, shared by every
+   * replica on it (`--queue`). Default: in this process's memory.
+   */
+  readonly queueUrl?: string
 }
 
 type EngineService = Engine["Service"]
@@ -68,10 +80,12 @@ export class Serving extends Context.Service<Serving, {
   readonly registry: Registry
   /** Cuts streams whose client stopped reading; counts them in `chorus:stream_aborted_slow_reader_total`. */
   readonly slowReader: SlowReaderWatch
-  /** The remote workers and their job queue; undefined when the server runs its model itself. */
+  /** The in-memory worker pool; undefined when the server runs its model itself or the queue is in Redis. */
   readonly workers: WorkerPool | undefined
+  /** The queue remote workers take jobs from (memory or Redis); undefined when the server runs its model itself. */
+  readonly queue: WorkerQueue | undefined
 }>()("chorus/http/Serving") {
-  static readonly layer = <O>(adapter: ModelAdapter<O>, adapterOptions: O, options: ServingOptions): Layer.Layer<Serving> =>
+  static readonly layer = <O>(adapter: ModelAdapter<O>, adapterOptions: O, options: ServingOptions): Layer.Layer<Serving, QueueError> =>
     Layer.effect(
       Serving,
       Effect.gen(function*() {
@@ -102,18 +116,25 @@ export class Serving extends Context.Service<Serving, {
         const engineLayer = Engine.layer(adapter, adapterOptions, { ...options.engine, observer })
         const remote = options.remote
         let workers: WorkerPool | undefined
+        let queue: WorkerQueue | undefined
         if (remote !== undefined) {
           const gauge = registry.gauge("chorus:workers", "Remote workers by state (connecting, online, busy, offline).", ["state"])
-          const pool = yield* makeWorkerPool({
+          const poolOptions = {
             ...remote,
             observer,
-            onChange: (counts) => {
+            onChange: (counts: Record<(typeof WORKER_STATES)[number], number>) => {
               for (const s of WORKER_STATES) gauge.set({ state: s }, counts[s])
             }
-          })
+          }
           for (const s of WORKER_STATES) gauge.set({ state: s }, 0)
-          workers = pool
-          const engine = pool.engine as unknown as EngineService
+          if (remote.queueUrl === undefined) {
+            workers = yield* makeWorkerPool(poolOptions)
+            queue = memoryWorkerQueue(workers)
+          } else {
+            const connection = yield* Layer.build(RedisConnection.layer(remote.queueUrl))
+            queue = yield* makeRedisWorkerQueue(poolOptions).pipe(Effect.provideContext(connection))
+          }
+          const engine = queue.engine as unknown as EngineService
           metrics = new EngineMetrics(registry, { modelName: "remote", maxModelLen: engine.model.contextLength })
           metrics.bindGauges({
             running: () => Effect.runSync(engine.stats).numRunning,
@@ -179,7 +200,8 @@ export class Serving extends Context.Service<Serving, {
           keys,
           registry,
           slowReader,
-          workers
+          workers,
+          queue
         })
       })
     )
