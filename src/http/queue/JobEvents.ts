@@ -16,7 +16,7 @@ export const JobEvent = Schema.Union([
   Schema.Struct({ t: Schema.Literal("q") }),
   Schema.Struct({ t: Schema.Literal("c") }),
   Schema.Struct({ t: Schema.Literal("s"), pt: Schema.Number }),
-  Schema.Struct({ t: Schema.Literal("k"), i: Schema.Number, x: Schema.String }),
+  Schema.Struct({ t: Schema.Literal("k"), i: Schema.Array(Schema.Number), x: Schema.Array(Schema.String) }),
   Schema.Struct({ t: Schema.Literal("f"), fr: Schema.Literals(["stop", "length"]), sr: Schema.Literals(["eos", "stop_string", "max_tokens", "context"]), pt: Schema.Number, ct: Schema.Number, x: Schema.String }),
   Schema.Struct({ t: Schema.Literal("x"), k: Schema.Literals(["gen", "deadline"]), m: Schema.optional(Schema.String), waiting: Schema.optional(Schema.Number) })
 ])

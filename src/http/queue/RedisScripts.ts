@@ -17,7 +17,7 @@
  * at its next call), `fin` (the end, JSON), `ho` (the AIME result was handed out), `aime` (AIME job info, JSON).
  *
  * Event stream entries have one field `e`, JSON: `a` handed to a worker, `q` back in the queue, `s` started
- * (`pt`), `k` token (`i` id, `x` text), `f` finished, `x` failed (`k`: `gen` or `deadline`), `c` canceled.
+ * (`pt`), `k` tokens (`i` ids, `x` their texts), `f` finished, `x` failed (`k`: `gen` or `deadline`), `c` canceled.
  *
  * @since 0.3.0
  */
@@ -47,12 +47,13 @@ local function own(id, worker)
   if h[2] ~= worker then return 409 end
   return 200
 end
--- New tokens of the current attempt; those an earlier attempt already streamed are skipped.
+-- New tokens of the current attempt; those an earlier attempt already streamed are skipped. The new ones go out
+-- as one event per call (a progress post carries 8 tokens or 100 ms of them).
 local function apply(id, now, d)
   local j = jk(id)
   local h = redis.call('HMGET', j, 'stt', 'em', 'rc', 'et', 'ftk')
   local em, rc, et = tonumber(h[2]), tonumber(h[3]), h[4]
-  local added = 0
+  local ids, texts = {}, {}
   if h[1] ~= '1' then
     redis.call('HSET', j, 'stt', '1', 'pt', d.pt)
     ev(id, {t = 's', pt = d.pt})
@@ -65,22 +66,25 @@ local function apply(id, now, d)
         if rc > em then
           em = em + 1
           et = et .. text
-          added = added + 1
-          ev(id, {t = 'k', i = d.ids[i], x = text})
+          ids[#ids + 1] = d.ids[i]
+          texts[#texts + 1] = text
         end
       end
     end
   elseif type(d.text) == 'string' then
     if #d.text > #et and string.sub(d.text, 1, #et) == et then
-      ev(id, {t = 'k', i = -1, x = string.sub(d.text, #et + 1)})
+      ids[1] = -1
+      texts[1] = string.sub(d.text, #et + 1)
       em = em + 1
       et = d.text
       rc = em
-      added = 1
     end
   end
   redis.call('HSET', j, 'em', em, 'rc', rc, 'et', et)
-  if added > 0 and h[5] == '0' then redis.call('HSET', j, 'ftk', now) end
+  if #ids > 0 then
+    ev(id, {t = 'k', i = ids, x = texts})
+    if h[5] == '0' then redis.call('HSET', j, 'ftk', now) end
+  end
   return et, em
 end
 `

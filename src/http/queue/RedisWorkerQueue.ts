@@ -252,15 +252,17 @@ export const makeRedisWorkerQueue = (options: RedisWorkerQueueOptions): Effect.E
                 return true
               case "k": {
                 job.machine.send({ type: "FIRST_TOKEN" })
-                const t = performance.now()
-                if (job.firstTokenAt === 0) {
-                  job.firstTokenAt = t
-                  observer.firstToken((job.admittedAt - job.arrivedAt) / 1000, (t - job.arrivedAt) / 1000)
-                } else observer.token((t - job.lastTokenAt) / 1000)
-                job.lastTokenAt = t
-                generated++
-                stats.generatedTokens++
-                Queue.offerUnsafe(q, { _tag: "Token", tokenId: e.i, text: e.x })
+                e.i.forEach((tokenId, n) => {
+                  const t = performance.now()
+                  if (job.firstTokenAt === 0) {
+                    job.firstTokenAt = t
+                    observer.firstToken((job.admittedAt - job.arrivedAt) / 1000, (t - job.arrivedAt) / 1000)
+                  } else observer.token((t - job.lastTokenAt) / 1000)
+                  job.lastTokenAt = t
+                  generated++
+                  stats.generatedTokens++
+                  Queue.offerUnsafe(q, { _tag: "Token", tokenId, text: e.x[n] ?? "" })
+                })
                 return true
               }
               case "f":
