@@ -181,8 +181,10 @@ export const runServer = <O>(options: ServerOptions<O>) =>
       Effect.tap((engine) =>
         Effect.gen(function*() {
           const aime = options.aimeEndpoint ?? "llama3_chat"
-          if (serving.workers !== undefined) {
-            yield* Effect.logInfo(`chorus: no local model: every request goes to remote workers (chorus worker --api-server ${url})`)
+          if (serving.queue !== undefined) {
+            yield* Effect.logInfo(options.remote?.localWorker === true
+              ? `chorus: the local model and remote workers (chorus worker --api-server ${url}) take jobs from one queue`
+              : `chorus: no local model: every request goes to remote workers (chorus worker --api-server ${url})`)
             if (options.remote?.queueUrl !== undefined) {
               yield* Effect.logInfo(`chorus: the queue is in Redis at ${redactUrl(options.remote.queueUrl)}: every replica on it serves the same jobs`)
             }

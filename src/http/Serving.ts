@@ -5,7 +5,7 @@
  *
  * @since 0.1.0
  */
-import { Context, Deferred, Effect, Layer, Ref } from "effect"
+import { Cause, Context, Deferred, Effect, Layer, Ref } from "effect"
 import type { ModelAdapter } from "../core/ModelAdapter.ts"
 import { describeCapacity, Engine, type EngineOptions } from "../core/Engine.ts"
 import type { EngineObserver } from "../core/EngineObserver.ts"
@@ -22,6 +22,8 @@ import { makeWorkerPool, type WorkerPool, type WorkerPoolOptions } from "./worke
 import { type QueueError, RedisConnection } from "./queue/RedisConnection.ts"
 import { makeRedisWorkerQueue } from "./queue/RedisWorkerQueue.ts"
 import { memoryWorkerQueue, type WorkerQueue } from "./queue/WorkerQueue.ts"
+import { runWorker, type WorkerTransport } from "./workers/WorkerClient.ts"
+import { silentObserver } from "../core/EngineObserver.ts"
 
 export type ServingStatus = "loading" | "ready" | "draining"
 export type LoadError = CheckpointError | ModelConfigError | ConversionError | GenerationError
@@ -47,9 +49,31 @@ export interface RemoteOptions extends WorkerPoolOptions {
    * replica on it (`--queue`). Default: in this process's memory.
    */
   readonly queueUrl?: string
+  /**
+   * The local engine takes jobs from the queue too, beside remote workers (`chorus serve --model ... --worker-key K`):
+   * it runs as one more worker of the queue, called in-process. Default false (`--no-local-model`: remote only).
+   */
+  readonly localWorker?: boolean
 }
 
 type EngineService = Engine["Service"]
+
+/** Worker calls straight to a queue in this process (the local engine as one of the queue's workers). */
+const inProcess = (queue: WorkerQueue): WorkerTransport => (route, body, signal) => {
+  const handler = route === "/worker_job_request"
+    ? queue.jobRequest
+    : route === "/worker_job_progress"
+    ? queue.progress
+    : route === "/worker_job_result"
+    ? queue.result
+    : route === "/worker_check_server_status"
+    ? queue.checkStatus
+    : queue.login
+  return Effect.runPromise(handler(body), signal === undefined ? undefined : { signal }).then((r) => ({
+    status: r.status,
+    body: typeof r.body === "object" && r.body !== null && !Array.isArray(r.body) ? (r.body as Record<string, unknown>) : { items: r.body }
+  }))
+}
 
 /**
  * @category services
@@ -146,6 +170,38 @@ export class Serving extends Context.Service<Serving, {
           current = engine
           yield* Ref.set(status, "ready")
           yield* Deferred.succeed(loaded, engine)
+          const workerQueue = queue
+          const key = remote.workerKeys[0]
+          if (remote.localWorker === true && key !== undefined) {
+            // The local engine loads in the background and then takes jobs like any worker. Its requests are counted
+            // once, by the queue's engine (the metrics above), so it reports to no observer.
+            const stop = new AbortController()
+            yield* Effect.addFinalizer(() => Effect.sync(() => stop.abort()))
+            yield* Effect.forkScoped(
+              Layer.build(Engine.layer(adapter, adapterOptions, { ...options.engine, observer: silentObserver })).pipe(
+                Effect.map((ctx) => Context.get(ctx, Engine)),
+                Effect.tap((local) => Effect.logInfo(`chorus: the local model ${local.model.id} takes jobs from the queue beside remote workers; ${describeCapacity(local.capacity, local.model.contextLength)}`)),
+                Effect.flatMap((local) =>
+                  Effect.flatMap(local.stats, (stats) =>
+                    Effect.promise(() =>
+                      runWorker({
+                        apiServer: "in-process",
+                        workerKey: key,
+                        engine: local,
+                        maxBatch: stats.maxNumSeqs,
+                        name: "local",
+                        transport: inProcess(workerQueue),
+                        signal: stop.signal,
+                        log: () => {}
+                      })
+                    )
+                  )
+                ),
+                Effect.catchCause((cause) => Effect.logError(`chorus: the local model cannot take jobs: ${Cause.pretty(cause)}`)),
+                Effect.andThen(Effect.never)
+              )
+            )
+          }
         }
         // Load in the background, in the layer's scope: the engine lives as long as the server.
         if (remote === undefined) yield* Effect.forkScoped(

@@ -100,8 +100,8 @@ interface Worker {
   readonly log: () => string
 }
 
-const startWorker = (api: string, name: string): Worker => {
-  const child = spawn(process.execPath, [main, "worker", "--api-server", api, "--worker-key", KEY, "--adapter", "bench", "--bench-step-delay", "10", "--max-batch", "8", "--name", name], {
+const startWorker = (api: string, name: string, extra: ReadonlyArray<string> = ["--max-batch", "8"]): Worker => {
+  const child = spawn(process.execPath, [main, "worker", "--api-server", api, "--worker-key", KEY, "--adapter", "bench", "--bench-step-delay", "10", "--name", name, ...extra], {
     stdio: ["ignore", "pipe", "pipe"]
   })
   let out = ""
@@ -332,13 +332,33 @@ describe("chorus serve --queue redis://: bad worker input, flags", () => {
     expect((await call(`${base}/health`)).status).toBe(200)
   }, 30_000)
 
-  it("--queue: a URL that is not redis:// or no --no-local-model is exit 2; an unreachable Redis is a one-line error", async () => {
+  it("mixing: a replica with a model and --worker-key runs jobs on its own engine and on remote workers, from one queue", async () => {
+    const M = await startServeProcess(["--adapter", "bench", "--bench-step-delay", "10", "--max-batch", "4", "--worker-key", KEY, "--queue", redis.url, "--aime-endpoint", "mix_chat"])
+    const remote = startWorker(M.url, "mx1", ["--max-batch", "4"])
+    try {
+      for (let i = 0; ; i++) {
+        const d = (await call(`${M.url}/api/endpoints/mix_chat`)).body as Json
+        if (d.num_active_workers === 2) break
+        if (i > 400) throw new Error(`the workers did not connect: ${JSON.stringify(d.workers)} ${remote.log()}`)
+        await sleep(50)
+      }
+      const results = await Promise.all(Array.from({ length: 24 }, () => call(`${M.url}/mix_chat`, { chat_context: JSON.stringify(messages), max_gen_tokens: 20 })))
+      for (const r of results) expect(r.body.num_generated_tokens).toBe(20)
+      expect(new Set(results.map((r) => r.body.text)).size).toBe(1)
+      expect([...new Set(results.map((r) => r.body.auth))].sort()).toEqual(["local", "mx1"])
+    } finally {
+      remote.child.kill("SIGKILL")
+      await M.stop()
+    }
+  }, 30_000)
+
+  it("--queue: a URL that is not redis:// or no --worker-key is exit 2; an unreachable Redis is a one-line error", async () => {
     const bad = serveFailing(["--no-local-model", "--worker-key", "k", "--queue", "http://127.0.0.1:6379"])
     expect(bad.status).toBe(2)
     expect(bad.stderr).toMatch(/^chorus: --queue must be a Redis URL/m)
-    const local = serveFailing(["--queue", redis.url])
-    expect(local.status).toBe(2)
-    expect(local.stderr).toContain("--no-local-model")
+    const keyless = serveFailing(["--queue", redis.url])
+    expect(keyless.status).toBe(2)
+    expect(keyless.stderr).toContain("--worker-key")
     // Nothing listens on the port of a stopped server.
     const gone = await startRedis()
     gone.stop()

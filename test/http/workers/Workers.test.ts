@@ -259,14 +259,14 @@ describe("chorus serve --no-local-model: deadlines", () => {
 })
 
 describe("chorus serve / chorus worker flags", () => {
-  it("--no-local-model needs a --worker-key; --worker-key needs --no-local-model; worker needs --api-server", () => {
+  it("--no-local-model needs a --worker-key; --worker-timeout needs --worker-key; worker needs --api-server", () => {
     const run = (args: ReadonlyArray<string>) => spawnSync(process.execPath, [path.join(repoRoot, "src/cli/main.ts"), ...args], { encoding: "utf8", timeout: 30_000 })
     const a = run(["serve", "--port", "0", "--no-local-model"])
     expect(a.status).toBe(2)
     expect(a.stderr).toContain("--worker-key")
-    const b = run(["serve", "--port", "0", "--worker-key", "k"])
+    const b = run(["serve", "--port", "0", "--worker-timeout", "5"])
     expect(b.status).toBe(2)
-    expect(b.stderr).toContain("--no-local-model")
+    expect(b.stderr).toContain("--worker-key")
     const c = run(["worker", "--worker-key", "k"])
     expect(c.status).toBe(2)
     expect(c.stderr).toContain("--api-server")
