@@ -47,7 +47,8 @@ const message = (e: unknown) => (e instanceof Error ? e.message : String(e))
 
 const make = (url: string) =>
   Effect.gen(function*() {
-    const open = (role: string) =>
+    // A blocked XREAD would hold a graceful close for its whole block time: that connection is cut instead.
+    const open = (role: string, graceful = true) =>
       Effect.acquireRelease(
         Effect.tryPromise({
           try: async () => {
@@ -64,10 +65,10 @@ const make = (url: string) =>
           },
           catch: (e) => new QueueError({ message: `cannot connect to the queue ${url} (${role} connection): ${message(e)}` })
         }),
-        (client) => Effect.promise(() => client.close().catch(() => client.destroy()))
+        (client) => (graceful ? Effect.promise(() => client.close().catch(() => client.destroy())) : Effect.sync(() => client.destroy()))
       )
     const main = yield* open("command")
-    const blocker = yield* open("blocking")
+    const blocker = yield* open("blocking", false)
     const subscriber = yield* open("pub/sub")
     const run = (client: typeof main, args: ReadonlyArray<string>) =>
       Effect.tryPromise({

@@ -277,13 +277,21 @@ describe("chorus serve --queue redis://: two replicas, three workers", () => {
 describe("chorus serve --queue redis://: bad worker input, flags", () => {
   let redis: RedisServer
   let C: ServeProcess
+  let M: ServeProcess
+  let mx1: Worker
   const EPC = "bad_chat"
   beforeAll(async () => {
     redis = await startRedis()
-    C = await startServeProcess(["--no-local-model", "--worker-key", KEY, "--queue", redis.url, "--worker-timeout", "1", "--aime-endpoint", EPC])
+    ;[C, M] = await Promise.all([
+      startServeProcess(["--no-local-model", "--worker-key", KEY, "--queue", redis.url, "--worker-timeout", "1", "--aime-endpoint", EPC]),
+      // Mixing: a model here, a remote worker too, one queue (its own endpoint, so apart from C's).
+      startServeProcess(["--adapter", "bench", "--bench-step-delay", "10", "--max-batch", "4", "--worker-key", KEY, "--queue", redis.url, "--aime-endpoint", "mix_chat"])
+    ])
+    mx1 = startWorker(M.url, "mx1", ["--max-batch", "4"])
   }, 30_000)
   afterAll(async () => {
-    await C?.stop()
+    mx1?.child.kill("SIGKILL")
+    await Promise.all([C?.stop(), M?.stop()])
     redis?.stop()
   })
 
@@ -333,9 +341,8 @@ describe("chorus serve --queue redis://: bad worker input, flags", () => {
   }, 30_000)
 
   it("mixing: a replica with a model and --worker-key runs jobs on its own engine and on remote workers, from one queue", async () => {
-    const M = await startServeProcess(["--adapter", "bench", "--bench-step-delay", "10", "--max-batch", "4", "--worker-key", KEY, "--queue", redis.url, "--aime-endpoint", "mix_chat"])
-    const remote = startWorker(M.url, "mx1", ["--max-batch", "4"])
-    try {
+    const remote = mx1
+    {
       for (let i = 0; ; i++) {
         const d = (await call(`${M.url}/api/endpoints/mix_chat`)).body as Json
         if (d.num_active_workers === 2) break
@@ -346,9 +353,6 @@ describe("chorus serve --queue redis://: bad worker input, flags", () => {
       for (const r of results) expect(r.body.num_generated_tokens).toBe(20)
       expect(new Set(results.map((r) => r.body.text)).size).toBe(1)
       expect([...new Set(results.map((r) => r.body.auth))].sort()).toEqual(["local", "mx1"])
-    } finally {
-      remote.child.kill("SIGKILL")
-      await M.stop()
     }
   }, 30_000)
 
