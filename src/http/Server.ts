@@ -19,6 +19,7 @@ import { HttpMetricsMiddleware } from "./metrics/HttpMetrics.ts"
 import { createNodeServer, refuseTunnels } from "./NodeServer.ts"
 import { OpenAiRoutes } from "./openai/Routes.ts"
 import { OpsRoutes } from "./ops/Routes.ts"
+import { redactUrl } from "./queue/RedisConnection.ts"
 import { type RemoteOptions, Serving } from "./Serving.ts"
 import type { SlowReaderLimits } from "./SlowReader.ts"
 import { StaticRoutes } from "./StaticFiles.ts"
@@ -124,17 +125,6 @@ export const serverLayer = <O>(options: ServerOptions<O>) => {
     })),
     Layer.provide(logging(options))
   )
-}
-
-/** A URL without its password, for logs. */
-const redactUrl = (url: string) => {
-  try {
-    const u = new URL(url)
-    if (u.password !== "") u.password = "***"
-    return u.toString()
-  } catch {
-    return url
-  }
 }
 
 /** Waits for the first of SIGTERM / SIGINT. */

@@ -44,34 +44,34 @@ export const redisSessionStore = (
   const bucket = (identity: string | undefined) => `${options.prefix}sessk:${identity ?? ""}`
   const ttl = String(options.ttlMs)
   return {
-      issue: (identity, now) =>
-        Effect.gen(function*() {
-          const id = randomUUID()
-          const b = bucket(identity)
-          yield* redis.command(["SET", sk(id), JSON.stringify({ k: identity ?? null }), "PX", ttl])
-          yield* redis.command(["ZREMRANGEBYSCORE", b, "-inf", String(now - options.ttlMs)])
-          yield* redis.command(["ZADD", b, String(now), id])
-          yield* redis.command(["PEXPIRE", b, ttl])
-          const count = Number(yield* redis.command(["ZCARD", b]))
-          if (count > options.maxPerKey) {
-            const dropped = yield* redis.command(["ZPOPMIN", b, String(count - options.maxPerKey)])
-            const ids = Array.isArray(dropped) ? dropped.filter((_, i) => i % 2 === 0).map(String) : []
-            if (ids.length > 0) yield* redis.command(["DEL", ...ids.map(sk)])
-          }
-          return id
-        }),
-      resolve: (session, now) =>
-        Effect.gen(function*() {
-          const raw = yield* redis.command(["GET", sk(session)])
-          if (typeof raw !== "string") return { found: false } as const
-          const d = decode(raw)
-          if (d._tag === "Failure") return { found: false } as const
-          const identity = d.value.k ?? undefined
-          yield* redis.command(["PEXPIRE", sk(session), ttl])
-          yield* redis.command(["ZADD", bucket(identity), "XX", String(now), session])
-          return { found: true, apiKey: identity } as const
-        }),
-      // Redis expires the sessions itself.
-      sweep: () => Effect.void
-    }
+    issue: (identity, now) =>
+      Effect.gen(function*() {
+        const id = randomUUID()
+        const b = bucket(identity)
+        yield* redis.command(["SET", sk(id), JSON.stringify({ k: identity ?? null }), "PX", ttl])
+        yield* redis.command(["ZREMRANGEBYSCORE", b, "-inf", String(now - options.ttlMs)])
+        yield* redis.command(["ZADD", b, String(now), id])
+        yield* redis.command(["PEXPIRE", b, ttl])
+        const count = Number(yield* redis.command(["ZCARD", b]))
+        if (count > options.maxPerKey) {
+          const dropped = yield* redis.command(["ZPOPMIN", b, String(count - options.maxPerKey)])
+          const ids = Array.isArray(dropped) ? dropped.filter((_, i) => i % 2 === 0).map(String) : []
+          if (ids.length > 0) yield* redis.command(["DEL", ...ids.map(sk)])
+        }
+        return id
+      }),
+    resolve: (session, now) =>
+      Effect.gen(function*() {
+        const raw = yield* redis.command(["GET", sk(session)])
+        if (typeof raw !== "string") return { found: false } as const
+        const d = decode(raw)
+        if (d._tag === "Failure") return { found: false } as const
+        const identity = d.value.k ?? undefined
+        yield* redis.command(["PEXPIRE", sk(session), ttl])
+        yield* redis.command(["ZADD", bucket(identity), "XX", String(now), session])
+        return { found: true, apiKey: identity } as const
+      }),
+    // Redis expires the sessions itself.
+    sweep: () => Effect.void
+  }
 }

@@ -43,6 +43,14 @@ export class RedisConnection extends Context.Service<RedisConnection, {
     Layer.effect(RedisConnection, make(url))
 }
 
+/** A URL without its password, for logs and errors. */
+export const redactUrl = (url: string): string => {
+  if (!URL.canParse(url)) return url
+  const u = new URL(url)
+  if (u.password !== "") u.password = "***"
+  return u.toString()
+}
+
 const message = (e: unknown) => (e instanceof Error ? e.message : String(e))
 
 const make = (url: string) =>
@@ -63,7 +71,7 @@ const make = (url: string) =>
             })
             return client
           },
-          catch: (e) => new QueueError({ message: `cannot connect to the queue ${url} (${role} connection): ${message(e)}` })
+          catch: (e) => new QueueError({ message: `cannot connect to the queue ${redactUrl(url)} (${role} connection): ${message(e)}` })
         }),
         (client) => (graceful ? Effect.promise(() => client.close().catch(() => client.destroy())) : Effect.sync(() => client.destroy()))
       )

@@ -334,11 +334,10 @@ export const makeRedisWorkerQueue = (options: RedisWorkerQueueOptions): Effect.E
     const touch = (name: string, poll: boolean) =>
       Effect.gen(function*() {
         const t = now()
-        yield* redis.command(["HSET", `${P}last`, name, t])
-        if (poll) {
-          yield* redis.command(["ZADD", `${P}seen`, t, name])
-          yield* redis.command(["SREM", `${P}offline`, name])
-        } else yield* redis.command(["ZADD", `${P}seen`, "XX", t, name])
+        const commands = poll
+          ? [["HSET", `${P}last`, name, t], ["ZADD", `${P}seen`, t, name], ["SREM", `${P}offline`, name]]
+          : [["HSET", `${P}last`, name, t], ["ZADD", `${P}seen`, "XX", t, name]]
+        yield* Effect.forEach(commands, redis.command, { concurrency: "unbounded", discard: true })
       })
 
     const login = (body: unknown): Effect.Effect<Reply, QueueError> =>
@@ -574,10 +573,14 @@ export const makeRedisWorkerQueue = (options: RedisWorkerQueueOptions): Effect.E
       const free = pairs(yield* redis.command(["HGETALL", `${P}free`]))
       const offline = new Set(flat(yield* redis.command(["SMEMBERS", `${P}offline`])).map(String))
       const out: Array<WorkerDescription> = []
+      // Concurrent commands share one round trip (the client pipelines them).
+      const names = Object.keys(all)
+      const counts = yield* Effect.forEach(names, (name) => redis.command(["SCARD", `${P}run:${name}`]), { concurrency: "unbounded" })
+      const runningOf = new Map(names.map((name, i) => [name, Number(counts[i])]))
       for (const [name, json] of Object.entries(all)) {
         const w = decodeWorker(json)
         if (w._tag === "Failure") continue
-        const running = Number(yield* redis.command(["SCARD", `${P}run:${name}`]))
+        const running = runningOf.get(name) ?? 0
         const state = offline.has(name) ? "offline" : running > 0 ? "busy" : "online"
         const { params, model } = w.value
         out.push({
