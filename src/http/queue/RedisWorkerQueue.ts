@@ -362,7 +362,9 @@ export const makeRedisWorkerQueue = (options: RedisWorkerQueueOptions): Effect.E
         const bad = wrongType(body["job_type"])
         if (bad !== undefined) return bad
         if (!keyOk(body["auth_key"])) return notAuthorized(auth)
-        if (known.has(auth) || (yield* redis.command(["HEXISTS", `${P}workers`, auth])) === 1) {
+        // A poll always asks Redis (a registry lost with a Redis restart is rebuilt by the next polls' auto-login);
+        // progress and results trust what this replica saw before.
+        if ((!autoLogin && known.has(auth)) || (yield* redis.command(["HEXISTS", `${P}workers`, auth])) === 1) {
           known.add(auth)
           return auth
         }
