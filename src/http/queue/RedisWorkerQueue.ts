@@ -12,17 +12,17 @@
  *
  * @since 0.3.0
  */
-import { Cause, Effect, Queue, Schema, type Scope, Semaphore, Stream } from "effect"
+import { Effect, Schema, type Scope, Semaphore, Stream } from "effect"
 import type { EngineError } from "../../core/Engine.ts"
-import { DeadlineExceeded, GenerationError, Overloaded, ValidationError } from "../../core/Errors.ts"
+import { GenerationError, Overloaded, ValidationError } from "../../core/Errors.ts"
 import { type EngineObserver, silentObserver } from "../../core/EngineObserver.ts"
-import { type Job, startJob } from "../../core/JobMachine.ts"
 import type { GenerateRequest, GenerationEvent } from "../../core/Request.ts"
 import { makeKeyMatcher } from "../ApiKeys.ts"
 import { newJobId } from "../aime/Jobs.ts"
 import { parameterDescription } from "../aime/Schemas.ts"
 import { aimeFields, type RemoteEngineService, type Reply, type WorkerPoolOptions } from "../workers/WorkerPool.ts"
-import { type JobEvent, type JobEventFanout, makeJobEventFanout } from "./JobEvents.ts"
+import { type FollowContext, type FollowedJob, followJob } from "./FollowJob.ts"
+import { type JobEventFanout, makeJobEventFanout } from "./JobEvents.ts"
 import { type QueueError, RedisConnection, type RedisReply } from "./RedisConnection.ts"
 import { cancelScript, handOutScript, progressScript, resultScript, returnScript, submitScript, sweepScript, takeScript } from "./RedisScripts.ts"
 import type { WorkerDescription, WorkerQueue } from "./WorkerQueue.ts"
@@ -149,16 +149,8 @@ export const makeRedisWorkerQueue = (options: RedisWorkerQueueOptions): Effect.E
 
     // ---- what this replica knows -------------------------------------------------------------------------
 
-    interface LocalJob {
-      readonly id: string
-      readonly machine: Job
-      readonly arrivedAt: number
-      admittedAt: number
-      firstTokenAt: number
-      lastTokenAt: number
-    }
     /** Jobs whose client is connected to this replica, by request id (for `queuePosition`, `job`, stats). */
-    const local = new Map<number, LocalJob>()
+    const local = new Map<number, FollowedJob>()
     let nextRequest = 1
     /** Refreshed every tick: the registered workers, for the model's name, capacity and `/api/endpoints`. */
     let cachedWorkers: ReadonlyArray<WorkerDescription> = []
@@ -199,118 +191,18 @@ export const makeRedisWorkerQueue = (options: RedisWorkerQueueOptions): Effect.E
 
     const cancel = (id: string) => script(cancelScript, id, now(), ttl).pipe(Effect.map((r) => String(r ?? "")))
 
-    /** The job's events as the local engine's: Queued, Started, Token..., Finished (or its error). */
-    const follow = (id: string, timeoutMs: number): Stream.Stream<GenerationEvent, EngineError> =>
-      Stream.callback<GenerationEvent, EngineError>((q) =>
-        Effect.gen(function*() {
-          const requestId = nextRequest++
-          const job: LocalJob = { id, machine: startJob(String(requestId)), arrivedAt: performance.now(), admittedAt: 0, firstTokenAt: 0, lastTokenAt: 0 }
-          local.set(requestId, job)
-          let ended = false
-          let started = false
-          let promptTokens = 0
-          let generated = 0
-          const end = (error?: EngineError) => {
-            ended = true
-            local.delete(requestId)
-            if (error === undefined) Queue.endUnsafe(q)
-            else Queue.failCauseUnsafe(q, Cause.fail(error))
-          }
-          const report = (reason: "stop" | "length" | "error" | "timeout" | "abort", prompt: number, tokens: number) => {
-            const t = performance.now()
-            observer.finished({
-              reason,
-              e2eSeconds: (t - job.arrivedAt) / 1000,
-              prefillSeconds: job.firstTokenAt === 0 || job.admittedAt === 0 ? undefined : (job.firstTokenAt - job.admittedAt) / 1000,
-              decodeSeconds: job.firstTokenAt === 0 ? undefined : (t - job.firstTokenAt) / 1000,
-              promptTokens: prompt,
-              generationTokens: tokens,
-              maxTokens: 0
-            })
-          }
-          const onEvent = (e: JobEvent): boolean => {
-            if (ended) return false
-            switch (e.t) {
-              case "a":
-                job.machine.send({ type: "ADMIT" })
-                if (job.admittedAt === 0) {
-                  job.admittedAt = performance.now()
-                  observer.admitted((job.admittedAt - job.arrivedAt) / 1000)
-                }
-                return true
-              case "q":
-                job.machine.send({ type: "REQUEUE" })
-                return true
-              case "s":
-                if (!started) {
-                  started = true
-                  promptTokens = e.pt
-                  observer.promptTokens(e.pt)
-                  stats.promptTokens += e.pt
-                  Queue.offerUnsafe(q, { _tag: "Started", promptTokens: e.pt })
-                }
-                return true
-              case "k": {
-                job.machine.send({ type: "FIRST_TOKEN" })
-                e.i.forEach((tokenId, n) => {
-                  const t = performance.now()
-                  if (job.firstTokenAt === 0) {
-                    job.firstTokenAt = t
-                    observer.firstToken((job.admittedAt - job.arrivedAt) / 1000, (t - job.arrivedAt) / 1000)
-                  } else observer.token((t - job.lastTokenAt) / 1000)
-                  job.lastTokenAt = t
-                  generated++
-                  stats.generatedTokens++
-                  Queue.offerUnsafe(q, { _tag: "Token", tokenId, text: e.x[n] ?? "" })
-                })
-                return true
-              }
-              case "f":
-                if (!started) Queue.offerUnsafe(q, { _tag: "Started", promptTokens: e.pt })
-                job.machine.send({ type: "FINISH" })
-                Queue.offerUnsafe(q, { _tag: "Finished", finishReason: e.fr, stopReason: e.sr, text: e.x, usage: { promptTokens: e.pt, completionTokens: e.ct } })
-                report(e.fr, e.pt, e.ct)
-                end()
-                return false
-              case "x":
-                if (e.k === "deadline") {
-                  job.machine.send({ type: "EXPIRE" })
-                  observer.failed("timeout")
-                  report("timeout", promptTokens, generated)
-                  end(new DeadlineExceeded({ timeoutMs, message: e.waiting === 1 ? "the request timed out waiting for a worker" : "the request timed out on its worker" }))
-                } else {
-                  job.machine.send({ type: "FAIL", error: e.m ?? "the worker failed" })
-                  observer.failed("generation_error")
-                  report("error", promptTokens, generated)
-                  end(new GenerationError({ message: e.m ?? "the worker failed" }))
-                }
-                return false
-              case "c":
-                job.machine.send({ type: "CANCEL" })
-                report("abort", promptTokens, generated)
-                end(new GenerationError({ message: "the job was canceled" }))
-                return false
-            }
-          }
-          Queue.offerUnsafe(q, { _tag: "Queued", requestId, job: job.machine })
-          yield* fanout.watch(`${P}ev:${id}`, onEvent).pipe(Effect.mapError(asEngineError))
-          yield* Effect.addFinalizer(() =>
-            ended
-              ? Effect.void
-              : Effect.gen(function*() {
-                // The consumer went away: the job is canceled in Redis; a worker running it hears so at its next call.
-                ended = true
-                local.delete(requestId)
-                job.machine.send({ type: "CANCEL" })
-                report("abort", promptTokens, generated)
-                yield* cancel(id).pipe(Effect.ignore)
-              })
-          )
-        })
-      )
+    const followContext: FollowContext = {
+      prefix: P,
+      fanout,
+      observer,
+      local,
+      nextRequestId: () => nextRequest++,
+      stats,
+      cancel
+    }
 
     const submit = (request: GenerateRequest): Effect.Effect<Stream.Stream<GenerationEvent, EngineError>, EngineError> =>
-      Effect.map(submitJob(request, ""), (id) => follow(id, Math.min(request.timeoutMs ?? Number.POSITIVE_INFINITY, defaultDeadline)))
+      Effect.map(submitJob(request, ""), (id) => followJob(followContext, id, Math.min(request.timeoutMs ?? Number.POSITIVE_INFINITY, defaultDeadline)))
 
     // ---- the worker side ---------------------------------------------------------------------------------
 
