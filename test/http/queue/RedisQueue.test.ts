@@ -8,7 +8,7 @@ import * as path from "node:path"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import { repoRoot } from "../../support/fixtures.ts"
 import { type RedisServer, startRedis } from "../../support/redisServer.ts"
-import { type ServeProcess, serveFailing, startServeProcess } from "../../support/serveProcess.ts"
+import { type ServeProcess, startServeProcess } from "../../support/serveProcess.ts"
 
 type Json = Record<string, any>
 const KEY = "wk-redis-test"
@@ -109,6 +109,15 @@ const startWorker = (api: string, name: string, extra: ReadonlyArray<string> = [
   child.stderr!.on("data", (d) => (out += d))
   return { name, child, log: () => out }
 }
+
+/** `chorus serve ARGS` expected to fail before it starts: its exit code and stderr. */
+const failing = (args: ReadonlyArray<string>) =>
+  new Promise<{ status: number | null; stderr: string }>((resolve) => {
+    const child = spawn(process.execPath, [main, "serve", "--port", "0", ...args], { stdio: ["ignore", "ignore", "pipe"] })
+    let stderr = ""
+    child.stderr!.on("data", (d) => (stderr += d))
+    child.on("exit", (status) => resolve({ status, stderr }))
+  })
 
 const replicaArgs = (url: string, extra: ReadonlyArray<string> = []) => ["--no-local-model", "--worker-key", KEY, "--queue", url, "--worker-timeout", "2", ...extra]
 
@@ -279,6 +288,7 @@ describe("chorus serve --queue redis://: bad worker input, flags", () => {
   let redis: RedisServer
   let C: ServeProcess
   let C2: ServeProcess
+  let D: ServeProcess
   let M: ServeProcess
   let mx1: Worker
   const EPC = "bad_chat"
@@ -287,9 +297,11 @@ describe("chorus serve --queue redis://: bad worker input, flags", () => {
   beforeAll(async () => {
     redis = await startRedis()
     const replica = () => startServeProcess(["--no-local-model", "--worker-key", KEY, "--queue", redis.url, "--worker-timeout", "1", "--aime-endpoint", EPC, "--api-key", CK, "--api-key", CK2])
-    ;[C, C2, M] = await Promise.all([
+    ;[C, C2, D, M] = await Promise.all([
       replica(),
       replica(),
+      // No worker ever polls it: its requests meet their deadline.
+      startServeProcess(["--no-local-model", "--worker-key", KEY, "--queue", redis.url, "--timeout", "1", "--aime-endpoint", "lapse_chat"]),
       // Mixing: a model here, a remote worker too, one queue (its own endpoint, so apart from C's).
       startServeProcess(["--adapter", "bench", "--bench-step-delay", "10", "--max-batch", "4", "--worker-key", KEY, "--queue", redis.url, "--aime-endpoint", "mix_chat"])
     ])
@@ -297,7 +309,7 @@ describe("chorus serve --queue redis://: bad worker input, flags", () => {
   }, 30_000)
   afterAll(async () => {
     mx1?.child.kill("SIGKILL")
-    await Promise.all([C?.stop(), C2?.stop(), M?.stop()])
+    await Promise.all([C?.stop(), C2?.stop(), D?.stop(), M?.stop()])
     redis?.stop()
   })
 
@@ -365,6 +377,24 @@ describe("chorus serve --queue redis://: bad worker input, flags", () => {
     expect((await call(`${C2.url}/${EPC}`, { chat_context: JSON.stringify(messages), client_session_auth_key: "nope" })).status).toBe(401)
   }, 30_000)
 
+  it("deadlines with the queue in Redis: a job no worker takes lapses (AIME) or fails with its deadline (OpenAI)", async () => {
+    const sub = await call(`${D.url}/lapse_chat`, { chat_context: JSON.stringify(messages), wait_for_result: false })
+    const started = Date.now()
+    const r = await call(`${D.url}/v1/chat/completions`, { messages, max_tokens: 4 })
+    expect(r.status).toBeGreaterThanOrEqual(400)
+    expect(JSON.stringify(r.body)).toMatch(/timed out waiting for a worker/)
+    expect(Date.now() - started).toBeLessThan(5000)
+    let p = await call(`${D.url}/lapse_chat/progress?job_id=${encodeURIComponent(sub.body.job_id)}`)
+    for (let i = 0; i < 100 && p.body.job_state !== "lapsed"; i++) {
+      await sleep(50)
+      p = await call(`${D.url}/lapse_chat/progress?job_id=${encodeURIComponent(sub.body.job_id)}`)
+    }
+    expect(p.status).toBe(400)
+    expect(p.body.job_state).toBe("lapsed")
+    expect(redis.cli("LLEN", "chorus:lapse_chat:pending")).toBe("0")
+    expect(redis.cli("ZCARD", "chorus:lapse_chat:active")).toBe("0")
+  }, 30_000)
+
   it("mixing: a replica with a model and --worker-key runs jobs on its own engine and on remote workers, from one queue", async () => {
     const remote = mx1
     {
@@ -382,17 +412,18 @@ describe("chorus serve --queue redis://: bad worker input, flags", () => {
   }, 30_000)
 
   it("--queue: a URL that is not redis:// or no --worker-key is exit 2; an unreachable Redis is a one-line error", async () => {
-    const bad = serveFailing(["--no-local-model", "--worker-key", "k", "--queue", "http://127.0.0.1:6379"])
-    expect(bad.status).toBe(2)
-    expect(bad.stderr).toMatch(/^chorus: --queue must be a Redis URL/m)
-    const keyless = serveFailing(["--queue", redis.url])
-    expect(keyless.status).toBe(2)
-    expect(keyless.stderr).toContain("--worker-key")
     // Nothing listens on the port of a stopped server.
     const gone = await startRedis()
     gone.stop()
-    await sleep(100)
-    const down = serveFailing(["--no-local-model", "--worker-key", "k", "--queue", gone.url])
+    const [bad, keyless, down] = await Promise.all([
+      failing(["--no-local-model", "--worker-key", "k", "--queue", "http://127.0.0.1:6379"]),
+      failing(["--queue", redis.url]),
+      failing(["--no-local-model", "--worker-key", "k", "--queue", gone.url])
+    ])
+    expect(bad.status).toBe(2)
+    expect(bad.stderr).toMatch(/^chorus: --queue must be a Redis URL/m)
+    expect(keyless.status).toBe(2)
+    expect(keyless.stderr).toContain("--worker-key")
     expect(down.status).toBe(1)
     expect(down.stderr.trim().split("\n")).toHaveLength(1)
     expect(down.stderr).toContain("cannot connect to the queue")
