@@ -36,12 +36,13 @@ const ping = (port: number) =>
     })
   })
 
-export const startRedis = async (): Promise<RedisServer> => {
+/** Starts redis-server on `port` (default: a free one). */
+export const startRedis = async (port?: number): Promise<RedisServer> => {
   if (spawnSync("redis-server", ["--version"]).error !== undefined) {
     throw new Error("redis-server is not installed: apt-get install -y redis-server (.ci/run does it)")
   }
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), "chorus-redis-"))
-  const port = await freePort()
+  port ??= await freePort()
   const child = spawn("redis-server", ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", dir], { stdio: "ignore" })
   const started = Date.now()
   while (!(await ping(port))) {

@@ -60,7 +60,14 @@ const make = (url: string) =>
       Effect.acquireRelease(
         Effect.tryPromise({
           try: async () => {
-            const client = createClient({ url, RESP: 2, socket: { connectTimeout: 5000, reconnectStrategy: (retries) => Math.min(50 * 2 ** retries, 2000) } })
+            // While Redis is away a command fails at once (a 503 for clients, a retry for workers) instead of
+            // waiting in an offline queue; the client reconnects in the background.
+            const client = createClient({
+              url,
+              RESP: 2,
+              disableOfflineQueue: true,
+              socket: { connectTimeout: 5000, reconnectStrategy: (retries) => Math.min(50 * 2 ** retries, 2000) }
+            })
             // Without a listener an 'error' event would end the process; the failed command reports the error.
             client.on("error", () => {})
             const first = client.connect()

@@ -14,7 +14,8 @@
  * `att` (attempts), `sub`/`adm`/`asg`/`ftk`/`end` (submitted, first handed out, this attempt handed out, first token,
  * ended; epoch ms), `dl` (deadline), `em` (tokens streamed over all attempts), `et` (their text), `rc` (tokens the
  * current attempt reported), `stt`/`pt` (started, prompt tokens), `cx` (canceled while running: the worker is told
- * at its next call), `fin` (the end, JSON), `ho` (the AIME result was handed out), `aime` (AIME job info, JSON).
+ * at its next call), `fin` (the end, JSON), `ho`/`hob`/`hot` (the AIME result was handed out, by which replica, when), `aime`
+ * (AIME job info, JSON).
  *
  * Event stream entries have one field `e`, JSON: `a` handed to a worker, `q` back in the queue, `s` started
  * (`pt`), `k` tokens (`i` ids, `x` their texts), `f` finished, `x` failed (`k`: `gen` or `deadline`), `c` canceled.
@@ -234,10 +235,16 @@ if requeued > 0 then redis.call('PUBLISH', P .. 'wake', '1') end
 return {requeued, expired}
 `)
 
-/** ARGV: prefix, id. -> 1 the first time (the AIME result is handed out now), else 0. */
+/**
+ * The AIME result's hand-out. ARGV: prefix, id, replica, now, window (ms). -> 1 when this poll carries the result:
+ * the first poll after the end, or a poll at another replica within the window after it (the replica that handed
+ * it out may have died before its answer reached the client, who then asks elsewhere); else 0.
+ */
 export const handOutScript = luaScript(`${prelude}
-if redis.call('HGET', jk(ARGV[2]), 'ho') == '0' then
-  redis.call('HSET', jk(ARGV[2]), 'ho', 1)
+local id, replica, now, window = ARGV[2], ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5])
+local h = redis.call('HMGET', jk(id), 'ho', 'hob', 'hot')
+if h[1] == '0' or (h[2] and h[2] ~= replica and now - tonumber(h[3]) < window) then
+  redis.call('HSET', jk(id), 'ho', 1, 'hob', replica, 'hot', now)
   return 1
 end
 return 0

@@ -13,6 +13,7 @@
  * @since 0.3.0
  */
 import { Effect, Schema, type Scope, Semaphore, Stream } from "effect"
+import { randomUUID } from "node:crypto"
 import type { EngineError } from "../../core/Engine.ts"
 import { GenerationError, Overloaded, ValidationError } from "../../core/Errors.ts"
 import { type EngineObserver, silentObserver } from "../../core/EngineObserver.ts"
@@ -23,7 +24,7 @@ import { parameterDescription } from "../aime/Schemas.ts"
 import { aimeFields, type RemoteEngineService, type Reply, type WorkerPoolOptions } from "../workers/WorkerPool.ts"
 import { type FollowContext, type FollowedJob, followJob } from "./FollowJob.ts"
 import { type JobEventFanout, makeJobEventFanout } from "./JobEvents.ts"
-import { type QueueError, RedisConnection, type RedisReply } from "./RedisConnection.ts"
+import { QueueError, RedisConnection, type RedisReply } from "./RedisConnection.ts"
 import { cancelScript, handOutScript, progressScript, resultScript, returnScript, submitScript, sweepScript, takeScript } from "./RedisScripts.ts"
 import type { WorkerDescription, WorkerQueue } from "./WorkerQueue.ts"
 
@@ -79,11 +80,14 @@ const StoredRequest = Schema.fromJsonString(Schema.Struct({
 /** The shared AIME job operations (the AIME routes' job table over Redis). */
 export interface SharedJobs {
   /** Queues a job for an AIME client; `aime` is the AIME job info, stored with it. Returns the job id. */
-  readonly submit: (request: GenerateRequest, aime: string) => Effect.Effect<string, EngineError>
+  readonly submit: (request: GenerateRequest, aime: string) => Effect.Effect<string, EngineError | QueueError>
   readonly read: (id: string) => Effect.Effect<StoredJob | undefined, QueueError>
   /** 1-based position among waiting jobs; 0 when not waiting. */
   readonly position: (id: string) => Effect.Effect<number, QueueError>
-  /** True the first time only: the result is handed out now. */
+  /**
+   * True when this poll carries the result: the first poll after the end, or a poll at another replica within a
+   * minute of it (the first answer may have died with its replica).
+   */
   readonly handOut: (id: string) => Effect.Effect<boolean, QueueError>
   /** The state before the cancel ('' for an unknown job). */
   readonly cancel: (id: string) => Effect.Effect<string, QueueError>
@@ -103,6 +107,9 @@ export interface RedisWorkerQueue extends WorkerQueue {
 
 /** Whether a worker queue is the Redis one (it then also shares AIME jobs and sessions). */
 export const isRedisQueue = (queue: WorkerQueue): queue is RedisWorkerQueue => queue.kind === "redis" && "shared" in queue
+
+/** How long after an AIME result was handed out a poll at another replica gets it again. */
+const HAND_OUT_WINDOW_MS = 60_000
 
 type Obj = Record<string, unknown>
 const isObj = (v: unknown): v is Obj => v !== null && typeof v === "object" && !Array.isArray(v)
@@ -145,6 +152,8 @@ export const makeRedisWorkerQueue = (options: RedisWorkerQueueOptions): Effect.E
     const observer: EngineObserver = options.observer ?? silentObserver
     const keyOk = (k: unknown) => options.workerKeys.length > 0 && typeof k === "string" && isWorkerKey(k)
     const P = `chorus:${endpoint}:`
+    /** This replica, as the AIME hand-out records it. */
+    const replica = randomUUID()
     const fanout: JobEventFanout = yield* makeJobEventFanout(P)
 
     // ---- what this replica knows -------------------------------------------------------------------------
@@ -166,7 +175,7 @@ export const makeRedisWorkerQueue = (options: RedisWorkerQueueOptions): Effect.E
 
     // ---- the job side ------------------------------------------------------------------------------------
 
-    const submitJob = (request: GenerateRequest, aime: string): Effect.Effect<string, EngineError> =>
+    const submitJob = (request: GenerateRequest, aime: string): Effect.Effect<string, EngineError | QueueError> =>
       Effect.gen(function*() {
         if (request.promptLogits !== undefined && request.promptLogits !== "none") {
           observer.failed("validation_error")
@@ -178,9 +187,7 @@ export const makeRedisWorkerQueue = (options: RedisWorkerQueueOptions): Effect.E
         const id = newJobId()
         const t = Date.now()
         const deadline = t + Math.min(request.timeoutMs ?? Number.POSITIVE_INFINITY, defaultDeadline)
-        const ok = yield* script(submitScript, id, JSON.stringify(fixed), String(t), Number.isFinite(deadline) ? String(deadline) : "+inf", aime, String(maxQueue)).pipe(
-          Effect.mapError(asEngineError)
-        )
+        const ok = yield* script(submitScript, id, JSON.stringify(fixed), String(t), Number.isFinite(deadline) ? String(deadline) : "+inf", aime, String(maxQueue))
         if (ok !== 1) {
           observer.failed("overloaded")
           return yield* Effect.fail(new Overloaded({ maxQueue, message: `the queue is full (${maxQueue} requests waiting); retry later` }))
@@ -202,7 +209,8 @@ export const makeRedisWorkerQueue = (options: RedisWorkerQueueOptions): Effect.E
     }
 
     const submit = (request: GenerateRequest): Effect.Effect<Stream.Stream<GenerationEvent, EngineError>, EngineError> =>
-      Effect.map(submitJob(request, ""), (id) => followJob(followContext, id, Math.min(request.timeoutMs ?? Number.POSITIVE_INFINITY, defaultDeadline)))
+      // The engine's errors are the core's: Redis away is a generation error for the OpenAI routes (500).
+      Effect.map(Effect.mapError(submitJob(request, ""), (e) => (e._tag === "QueueError" ? asEngineError(e) : e)), (id) => followJob(followContext, id, Math.min(request.timeoutMs ?? Number.POSITIVE_INFINITY, defaultDeadline)))
 
     // ---- the worker side ---------------------------------------------------------------------------------
 
@@ -579,7 +587,7 @@ export const makeRedisWorkerQueue = (options: RedisWorkerQueueOptions): Effect.E
           return decoded._tag === "Success" ? decoded.value : undefined
         }),
       position: (id) => Effect.map(redis.command(["LPOS", `${P}pending`, id]), (r) => (typeof r === "number" ? r + 1 : 0)),
-      handOut: (id) => Effect.map(script(handOutScript, id), (r) => r === 1),
+      handOut: (id) => Effect.map(script(handOutScript, id, replica, now(), String(HAND_OUT_WINDOW_MS)), (r) => r === 1),
       cancel,
       awaitEnd: (id) =>
         Effect.scoped(Effect.gen(function*() {
@@ -610,6 +618,11 @@ export const makeRedisWorkerQueue = (options: RedisWorkerQueueOptions): Effect.E
       checkStatus: orUnavailable(checkStatus),
       describeWorkers: describeWorkers.pipe(Effect.catchTag("QueueError", () => Effect.succeed(cachedWorkers))),
       jobType,
+      unavailable: redis.command(["PING"]).pipe(
+        Effect.timeoutOrElse({ duration: "1 second", orElse: () => Effect.fail(new QueueError({ message: "the queue (Redis) did not answer PING within 1 s" })) }),
+        Effect.as(undefined),
+        Effect.catchTag("QueueError", (e) => Effect.succeed(e.message))
+      ),
       shared,
       connection: redis,
       prefix: P

@@ -26,6 +26,8 @@ export interface WorkerQueue {
   readonly checkStatus: (body: unknown) => Effect.Effect<Reply>
   readonly describeWorkers: Effect.Effect<ReadonlyArray<WorkerDescription>>
   readonly jobType: string
+  /** Whether the queue can be used now: undefined when it can, else why not (`/ready` answers 503 then). */
+  readonly unavailable: Effect.Effect<string | undefined>
 }
 
 /**
@@ -42,5 +44,6 @@ export const memoryWorkerQueue = (pool: WorkerPool): WorkerQueue => ({
   result: (body) => Effect.sync(() => pool.result(body)),
   checkStatus: (body) => Effect.sync(() => pool.checkStatus(body)),
   describeWorkers: Effect.sync(() => pool.workers().map(pool.describeWorker)),
-  jobType: pool.jobType
+  jobType: pool.jobType,
+  unavailable: Effect.succeed(undefined)
 })

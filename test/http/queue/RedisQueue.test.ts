@@ -36,30 +36,43 @@ const call = async (url: string, body?: unknown, raw?: string): Promise<{ status
 
 const progressOf = (base: string, jobId: string) => call(`${base}/${EP}/progress?job_id=${encodeURIComponent(jobId)}`)
 
-/** Polls until done; returns the result and how many polls carried one (exactly one, whatever the replica). */
+/**
+ * Polls until done; returns the result and how many polls carried one: exactly one, then a poll at the replica
+ * that carried it has none. A poll cut by its replica's death moves to the next replica, as behind a load
+ * balancer; that replica hands the result out again if the dead one had handed it out just before dying.
+ */
 const pollResult = async (bases: ReadonlyArray<string>, jobId: string, intervalMs = 50, ms = 40_000) => {
   const started = Date.now()
   let results: Array<Json> = []
   let i = 0
+  let from = 0
   for (;;) {
     let p: { status: number; body: any }
     try {
       p = await progressOf(bases[i]!, jobId)
     } catch {
-      // That replica is gone: as behind a load balancer, the next poll reaches another one.
-      i = Math.min(i + 1, bases.length - 1)
+      if (i === bases.length - 1) throw new Error(`no replica left to poll ${jobId}`)
+      i++
       continue
     }
-    if (p.body.job_result !== undefined) results = [...results, p.body.job_result]
+    if (p.body.job_result !== undefined) {
+      results = [...results, p.body.job_result]
+      from = i
+    }
     if (p.body.job_state === "done") break
     if (p.status !== 200) throw new Error(`poll: ${p.status} ${JSON.stringify(p.body)}`)
     if (Date.now() - started > ms) throw new Error(`job ${jobId} did not finish: ${JSON.stringify(p.body)}`)
     await sleep(intervalMs)
   }
-  // Later polls, at any replica, hand out nothing more.
-  const after = await progressOf(bases[bases.length - 1]!, jobId)
-  if (after.body.job_result !== undefined) results = [...results, after.body.job_result]
-  return { result: results[0] as Json | undefined, handedOut: results.length, after: after.body.job_state }
+  let after: string | undefined
+  try {
+    const again = await progressOf(bases[from]!, jobId)
+    if (again.body.job_result !== undefined) results = [...results, again.body.job_result]
+    after = again.body.job_state
+  } catch {
+    // That replica died since.
+  }
+  return { result: results[0] as Json | undefined, handedOut: results.length, after }
 }
 
 /** An OpenAI streamed chat: its text, finish reason, usage and whether [DONE] came (a cut connection throws). */
@@ -151,7 +164,7 @@ describe("chorus serve --queue redis://: two replicas, three workers", () => {
     // AIME: submitted at A, polled at B; the result is handed out once, whichever replica the polls reach.
     const sub = await call(`${A.url}/${EP}`, { chat_context: JSON.stringify(messages), max_gen_tokens: 24, wait_for_result: false })
     expect(sub.status).toBe(200)
-    const polled = await pollResult([B.url, A.url], sub.body.job_id)
+    const polled = await pollResult([B.url], sub.body.job_id)
     expect(polled.handedOut).toBe(1)
     expect(polled.after).toBe("done")
     expect(polled.result!.num_generated_tokens).toBe(24)
@@ -253,9 +266,18 @@ describe("chorus serve --queue redis://: two replicas, three workers", () => {
       expect(polled.result!.num_generated_tokens).toBe(TOKENS)
       return "answer"
     }
-    const kinds = [() => openai(A.url, true), () => openai(B.url, true), () => openai(B.url, false), () => aime(A.url), () => aime(B.url)]
+    const kinds: ReadonlyArray<readonly [string, () => Promise<End>]> = [
+      ["OpenAI stream at A", () => openai(A.url, true)],
+      ["OpenAI stream at B", () => openai(B.url, true)],
+      ["OpenAI at B", () => openai(B.url, false)],
+      ["AIME at A", () => aime(A.url)],
+      ["AIME at B", () => aime(B.url)]
+    ]
     const started = Date.now()
-    const all = Promise.allSettled(Array.from({ length: 200 }, (_, i) => kinds[i % kinds.length]!()))
+    const all = Promise.allSettled(Array.from({ length: 200 }, (_, i) => {
+      const [label, run] = kinds[i % kinds.length]!
+      return run().catch((e: unknown) => Promise.reject(new Error(`${label} #${i}: ${String(e)}`)))
+    }))
     await sleep(700)
     A.child.kill("SIGKILL")
     workers[0]!.child.kill("SIGKILL")
@@ -409,6 +431,32 @@ describe("chorus serve --queue redis://: bad worker input, flags", () => {
       expect(new Set(results.map((r) => r.body.text)).size).toBe(1)
       expect([...new Set(results.map((r) => r.body.auth))].sort()).toEqual(["local", "mx1"])
     }
+  }, 30_000)
+
+  it("/ready is 503 while Redis is away, worker calls 503 (workers retry), and all is well once Redis is back", async () => {
+    expect((await call(`${C.url}/ready`)).status).toBe(200)
+    redis.stop()
+    let ready = await call(`${C.url}/ready`)
+    for (let i = 0; i < 50 && ready.status === 200; i++) {
+      await sleep(50)
+      ready = await call(`${C.url}/ready`)
+    }
+    expect(ready.status).toBe(503)
+    expect(ready.body.status).toBe("queue_unavailable")
+    const poll = await call(`${C.url}/worker_job_request`, { auth: "R#0", auth_key: KEY, job_type: "llama3", version: "manual 1", max_job_batch: 1 })
+    expect(poll.status).toBe(503)
+    expect((await call(`${C.url}/${EPC}`, { chat_context: JSON.stringify(messages), wait_for_result: false, key: CK })).status).toBe(503)
+    // The same address again (an empty Redis: what a restart without persistence gives).
+    redis = await startRedis(redis.port)
+    for (let i = 0; ; i++) {
+      ready = await call(`${C.url}/ready`)
+      if (ready.status === 200) break
+      if (i > 100) throw new Error(`not ready again: ${JSON.stringify(ready.body)}`)
+      await sleep(50)
+    }
+    const sub = await call(`${C.url}/${EPC}`, { chat_context: JSON.stringify(messages), wait_for_result: false, key: CK })
+    expect(sub.body.success).toBe(true)
+    expect((await call(`${C2.url}/${EPC}/progress?job_id=${encodeURIComponent(sub.body.job_id)}&key=${CK}`)).body.job_state).toBe("queued")
   }, 30_000)
 
   it("--queue: a URL that is not redis:// or no --worker-key is exit 2; an unreachable Redis is a one-line error", async () => {
