@@ -60,6 +60,7 @@ export const makeJobEventFanout = (prefix: string): Effect.Effect<JobEventFanout
     // Several watches of one stream (two clients of one job on this replica) read from the earliest of them.
     const watches = new Map<string, Set<Watch>>()
     const from = (key: string) => [...(watches.get(key) ?? [])].reduce((min, w) => (before(w.last, min) ? w.last : min), "9999999999999999-0")
+    let failing = false
     const loop = Effect.gen(function*() {
       const keys = [...watches.keys()]
       const reply: RedisReply = yield* redis.blocking(["XREAD", "COUNT", "512", "BLOCK", "2000", "STREAMS", wake, ...keys, "$", ...keys.map(from)])
@@ -79,7 +80,14 @@ export const makeJobEventFanout = (prefix: string): Effect.Effect<JobEventFanout
         if (set.size === 0) watches.delete(key)
       }
     }).pipe(
-      Effect.catchTag("QueueError", (e) => Effect.logWarning(`chorus: ${e.message}; retrying`).pipe(Effect.andThen(Effect.sleep("200 millis"))))
+      Effect.tap(() => Effect.sync(() => (failing = false))),
+      // One line per outage, not one per retry.
+      Effect.catchTag("QueueError", (e) =>
+        (failing ? Effect.void : Effect.logWarning(`chorus: ${e.message}; retrying`)).pipe(
+          Effect.tap(() => Effect.sync(() => (failing = true))),
+          Effect.andThen(Effect.sleep("200 millis"))
+        )
+      )
     )
     yield* Effect.forkScoped(Effect.forever(loop))
     yield* Effect.addFinalizer(() => redis.command(["DEL", wake]).pipe(Effect.ignore))

@@ -515,6 +515,7 @@ export const makeRedisWorkerQueue = (options: RedisWorkerQueueOptions): Effect.E
 
     // ---- the watchdog ------------------------------------------------------------------------------------
 
+    let tickFailing = false
     const tick = Effect.gen(function*() {
       const t = now()
       for (const w of new Set(polling.values())) yield* redis.command(["ZADD", `${P}seen`, t, w])
@@ -527,7 +528,13 @@ export const makeRedisWorkerQueue = (options: RedisWorkerQueueOptions): Effect.E
         offline: cachedWorkers.filter((w) => w["chorus_state"] === "offline").length
       })
       yield* dispatch
-    }).pipe(Effect.catchTag("QueueError", (e) => Effect.logWarning(`chorus: ${e.message}`)))
+    }).pipe(
+      Effect.tap(() => Effect.sync(() => (tickFailing = false))),
+      // One line per outage, not one per tick.
+      Effect.catchTag("QueueError", (e) =>
+        (tickFailing ? Effect.void : Effect.logWarning(`chorus: ${e.message}`)).pipe(Effect.tap(() => Effect.sync(() => (tickFailing = true))))
+      )
+    )
     yield* redis.subscribe(`${P}wake`, () => {
       Effect.runFork(dispatch)
     }).pipe(Effect.orDie)
