@@ -38,8 +38,9 @@ export const serveFlags = {
   "slow-reader-timeout": { kind: "number", description: "seconds a stream's socket may stay full (its client not reading) before it is cut (default 30)" },
   "max-sessions-per-key": { kind: "integer", description: "live AIME session keys per API key; more logins drop its oldest (default 1000)" },
   "no-local-model": { kind: "boolean", description: "serve no model here: every request (OpenAI and AIME) goes to remote `chorus worker`s / AIME workers polling this server" },
-  "worker-key": { kind: "string", repeatable: true, description: "key a remote worker must send as auth_key (repeatable; needed with --no-local-model)" },
+  "worker-key": { kind: "string", repeatable: true, description: "key a remote worker must send as auth_key (repeatable; needed with --no-local-model; with a model, the local engine and remote workers share one queue)" },
   "worker-timeout": { kind: "number", description: "seconds a remote worker may stay silent before it is offline and its jobs are re-queued (default 30)" },
+  queue: { kind: "string", description: "redis://HOST:PORT: keep the queue for workers in Redis, so that several replicas form one API (with --worker-key; default: in memory)" },
   "bench-step-delay": { kind: "number", description: "bench adapter only: simulated model time per step in ms (default 0)" }
 } as const satisfies FlagSpecs
 
@@ -190,8 +191,16 @@ export const runServe = (given: ParsedFlags<typeof serveFlags>) =>
     if (flags["no-local-model"] === true && workerKeys.length === 0) {
       return yield* bad("--worker-key", "--no-local-model needs at least one --worker-key: the key remote workers authenticate with")
     }
-    if (flags["no-local-model"] !== true && (workerKeys.length > 0 || workerTimeout !== undefined)) {
-      return yield* bad("--worker-key", "--worker-key and --worker-timeout need --no-local-model (mixing the local model and remote workers in one queue is not supported yet)")
+    if (workerKeys.length === 0 && workerTimeout !== undefined) {
+      return yield* bad("--worker-timeout", "--worker-timeout needs --worker-key: it is the time a remote worker may stay silent")
+    }
+    const queueUrl = flags.queue
+    if (queueUrl !== undefined) {
+      const parsed = URL.canParse(queueUrl) ? new URL(queueUrl) : undefined
+      if (parsed === undefined || (parsed.protocol !== "redis:" && parsed.protocol !== "rediss:") || parsed.hostname === "") {
+        return yield* bad("--queue", `--queue must be a Redis URL, redis://HOST:PORT (or rediss:// for TLS), got '${queueUrl}'`)
+      }
+      if (workerKeys.length === 0) return yield* bad("--queue", "--queue needs --worker-key: the shared queue is for workers (remote ones, and with a model the local one)")
     }
     const operations = yield* operationsOptions(flags)
     const model = yield* resolveModelFlags(flags)
@@ -211,7 +220,17 @@ export const runServe = (given: ParsedFlags<typeof serveFlags>) =>
       sessionTtlMs: (flags["session-ttl"] ?? 3600) * 1000,
       slowReader: { maxStallMs: flags["slow-reader-timeout"] === undefined ? defaultSlowReaderLimits.maxStallMs : flags["slow-reader-timeout"] * 1000 },
       ...(flags["max-sessions-per-key"] === undefined ? {} : { maxSessionsPerKey: flags["max-sessions-per-key"] }),
-      ...(flags["no-local-model"] === true ? { remote: { workerKeys, workerTimeoutMs: (workerTimeout ?? 30) * 1000 } } : {})
+      // --worker-key with a model: the local engine and remote workers take jobs from one queue.
+      ...(workerKeys.length > 0
+        ? {
+          remote: {
+            workerKeys,
+            workerTimeoutMs: (workerTimeout ?? 30) * 1000,
+            ...(queueUrl === undefined ? {} : { queueUrl }),
+            ...(flags["no-local-model"] === true ? {} : { localWorker: true })
+          }
+        }
+        : {})
     }
     if (adapterName === "bench") {
       const benchOptions = {

@@ -19,10 +19,10 @@ import { HttpMetricsMiddleware } from "./metrics/HttpMetrics.ts"
 import { createNodeServer, refuseTunnels } from "./NodeServer.ts"
 import { OpenAiRoutes } from "./openai/Routes.ts"
 import { OpsRoutes } from "./ops/Routes.ts"
-import { Serving } from "./Serving.ts"
+import { redactUrl } from "./queue/RedisConnection.ts"
+import { type RemoteOptions, Serving } from "./Serving.ts"
 import type { SlowReaderLimits } from "./SlowReader.ts"
 import { StaticRoutes } from "./StaticFiles.ts"
-import type { WorkerPoolOptions } from "./workers/WorkerPool.ts"
 import { WorkerRoutes } from "./workers/Routes.ts"
 
 /** @category models */
@@ -57,7 +57,7 @@ export interface ServerOptions<O> {
    * Serve no model: route every request to remote workers polling the AIME worker routes (`--no-local-model`).
    * The adapter is then not loaded.
    */
-  readonly remote?: WorkerPoolOptions
+  readonly remote?: RemoteOptions
 }
 
 /** The base URL of a bound server (`HttpServer.formatAddress` knows nothing of TLS). */
@@ -171,8 +171,13 @@ export const runServer = <O>(options: ServerOptions<O>) =>
       Effect.tap((engine) =>
         Effect.gen(function*() {
           const aime = options.aimeEndpoint ?? "llama3_chat"
-          if (serving.workers !== undefined) {
-            yield* Effect.logInfo(`chorus: no local model: every request goes to remote workers (chorus worker --api-server ${url})`)
+          if (serving.queue !== undefined) {
+            yield* Effect.logInfo(options.remote?.localWorker === true
+              ? `chorus: the local model and remote workers (chorus worker --api-server ${url}) take jobs from one queue`
+              : `chorus: no local model: every request goes to remote workers (chorus worker --api-server ${url})`)
+            if (options.remote?.queueUrl !== undefined) {
+              yield* Effect.logInfo(`chorus: the queue is in Redis at ${redactUrl(options.remote.queueUrl)}: every replica on it serves the same jobs`)
+            }
           }
           yield* Effect.logInfo(`chorus: serving ${engine.model.id} at ${url}/ (OpenAI /v1, AIME /${aime}, web chat /, metrics /metrics)`)
           yield* Effect.logInfo(serving.isOpen ? "chorus: no API keys configured: the API is open to anyone who can reach it" : `chorus: ${serving.keys.size} API key(s) configured`)

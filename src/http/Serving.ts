@@ -5,7 +5,7 @@
  *
  * @since 0.1.0
  */
-import { Context, Deferred, Effect, Layer, Ref } from "effect"
+import { Cause, Context, Deferred, Effect, Layer, Ref } from "effect"
 import type { ModelAdapter } from "../core/ModelAdapter.ts"
 import { describeCapacity, Engine, type EngineOptions } from "../core/Engine.ts"
 import type { EngineObserver } from "../core/EngineObserver.ts"
@@ -19,6 +19,11 @@ import { Draining, NotReady, ShutDown, Unauthorized } from "./ServerErrors.ts"
 import { defaultSlowReaderLimits, makeSlowReaderWatch, type SlowReaderLimits, type SlowReaderWatch } from "./SlowReader.ts"
 import { WORKER_STATES } from "./workers/WorkerMachine.ts"
 import { makeWorkerPool, type WorkerPool, type WorkerPoolOptions } from "./workers/WorkerPool.ts"
+import { type QueueError, RedisConnection } from "./queue/RedisConnection.ts"
+import { makeRedisWorkerQueue } from "./queue/RedisWorkerQueue.ts"
+import { memoryWorkerQueue, type WorkerQueue } from "./queue/WorkerQueue.ts"
+import { runWorker, type WorkerTransport } from "./workers/WorkerClient.ts"
+import { silentObserver } from "../core/EngineObserver.ts"
 
 export type ServingStatus = "loading" | "ready" | "draining"
 export type LoadError = CheckpointError | ModelConfigError | ConversionError | GenerationError
@@ -34,10 +39,41 @@ export interface ServingOptions {
    * Serve no model: every request goes to remote workers over the AIME worker protocol (`--no-local-model`).
    * Mixing the local engine and remote workers in one queue is a later step.
    */
-  readonly remote?: WorkerPoolOptions
+  readonly remote?: RemoteOptions
+}
+
+/** @category models */
+export interface RemoteOptions extends WorkerPoolOptions {
+  /**
+   * `redis://HOST:PORT`: keep the queue (jobs, progress, results, workers, AIME sessions) in Redis, shared by every
+   * replica on it (`--queue`). Default: in this process's memory.
+   */
+  readonly queueUrl?: string
+  /**
+   * The local engine takes jobs from the queue too, beside remote workers (`chorus serve --model ... --worker-key K`):
+   * it runs as one more worker of the queue, called in-process. Default false (`--no-local-model`: remote only).
+   */
+  readonly localWorker?: boolean
 }
 
 type EngineService = Engine["Service"]
+
+/** Worker calls straight to a queue in this process (the local engine as one of the queue's workers). */
+const inProcess = (queue: WorkerQueue): WorkerTransport => (route, body, signal) => {
+  const handler = route === "/worker_job_request"
+    ? queue.jobRequest
+    : route === "/worker_job_progress"
+    ? queue.progress
+    : route === "/worker_job_result"
+    ? queue.result
+    : route === "/worker_check_server_status"
+    ? queue.checkStatus
+    : queue.login
+  return Effect.runPromise(handler(body), signal === undefined ? undefined : { signal }).then((r) => ({
+    status: r.status,
+    body: typeof r.body === "object" && r.body !== null && !Array.isArray(r.body) ? (r.body as Record<string, unknown>) : { items: r.body }
+  }))
+}
 
 /**
  * @category services
@@ -68,10 +104,12 @@ export class Serving extends Context.Service<Serving, {
   readonly registry: Registry
   /** Cuts streams whose client stopped reading; counts them in `chorus:stream_aborted_slow_reader_total`. */
   readonly slowReader: SlowReaderWatch
-  /** The remote workers and their job queue; undefined when the server runs its model itself. */
+  /** The in-memory worker pool; undefined when the server runs its model itself or the queue is in Redis. */
   readonly workers: WorkerPool | undefined
+  /** The queue remote workers take jobs from (memory or Redis); undefined when the server runs its model itself. */
+  readonly queue: WorkerQueue | undefined
 }>()("chorus/http/Serving") {
-  static readonly layer = <O>(adapter: ModelAdapter<O>, adapterOptions: O, options: ServingOptions): Layer.Layer<Serving> =>
+  static readonly layer = <O>(adapter: ModelAdapter<O>, adapterOptions: O, options: ServingOptions): Layer.Layer<Serving, QueueError> =>
     Layer.effect(
       Serving,
       Effect.gen(function*() {
@@ -103,18 +141,25 @@ export class Serving extends Context.Service<Serving, {
         const engineLayer = Engine.layer(adapter, adapterOptions, { ...options.engine, observer })
         const remote = options.remote
         let workers: WorkerPool | undefined
+        let queue: WorkerQueue | undefined
         if (remote !== undefined) {
           const gauge = registry.gauge("chorus:workers", "Remote workers by state (connecting, online, busy, offline).", ["state"])
-          const pool = yield* makeWorkerPool({
+          const poolOptions = {
             ...remote,
             observer,
-            onChange: (counts) => {
+            onChange: (counts: Record<(typeof WORKER_STATES)[number], number>) => {
               for (const s of WORKER_STATES) gauge.set({ state: s }, counts[s])
             }
-          })
+          }
           for (const s of WORKER_STATES) gauge.set({ state: s }, 0)
-          workers = pool
-          const engine = pool.engine as unknown as EngineService
+          if (remote.queueUrl === undefined) {
+            workers = yield* makeWorkerPool(poolOptions)
+            queue = memoryWorkerQueue(workers)
+          } else {
+            const connection = yield* Layer.build(RedisConnection.layer(remote.queueUrl))
+            queue = yield* makeRedisWorkerQueue(poolOptions).pipe(Effect.provideContext(connection))
+          }
+          const engine = queue.engine as unknown as EngineService
           metrics = new EngineMetrics(registry, { modelName: "remote", maxModelLen: engine.model.contextLength })
           metrics.bindGauges({
             running: () => Effect.runSync(engine.stats).numRunning,
@@ -126,6 +171,38 @@ export class Serving extends Context.Service<Serving, {
           current = engine
           yield* Ref.set(status, "ready")
           yield* Deferred.succeed(loaded, engine)
+          const workerQueue = queue
+          const key = remote.workerKeys[0]
+          if (remote.localWorker === true && key !== undefined) {
+            // The local engine loads in the background and then takes jobs like any worker. Its requests are counted
+            // once, by the queue's engine (the metrics above), so it reports to no observer.
+            const stop = new AbortController()
+            yield* Effect.addFinalizer(() => Effect.sync(() => stop.abort()))
+            yield* Effect.forkScoped(
+              Layer.build(Engine.layer(adapter, adapterOptions, { ...options.engine, observer: silentObserver })).pipe(
+                Effect.map((ctx) => Context.get(ctx, Engine)),
+                Effect.tap((local) => Effect.logInfo(`chorus: the local model ${local.model.id} takes jobs from the queue beside remote workers; ${describeCapacity(local.capacity, local.model.contextLength)}`)),
+                Effect.flatMap((local) =>
+                  Effect.flatMap(local.stats, (stats) =>
+                    Effect.promise(() =>
+                      runWorker({
+                        apiServer: "in-process",
+                        workerKey: key,
+                        engine: local,
+                        maxBatch: stats.maxNumSeqs,
+                        name: "local",
+                        transport: inProcess(workerQueue),
+                        signal: stop.signal,
+                        log: () => {}
+                      })
+                    )
+                  )
+                ),
+                Effect.catchCause((cause) => Effect.logError(`chorus: the local model cannot take jobs: ${Cause.pretty(cause)}`)),
+                Effect.andThen(Effect.never)
+              )
+            )
+          }
         }
         // Load in the background, in the layer's scope: the engine lives as long as the server.
         if (remote === undefined) yield* Effect.forkScoped(
@@ -180,7 +257,8 @@ export class Serving extends Context.Service<Serving, {
           keys,
           registry,
           slowReader,
-          workers
+          workers,
+          queue
         })
       })
     )

@@ -13,13 +13,18 @@
  * @since 0.1.0
  */
 import { Clock, Effect } from "effect"
+import { createHash } from "node:crypto"
 import { HttpRouter, HttpServerRequest, HttpServerResponse } from "effect/http"
 import { describeValue } from "../ChatInput.ts"
 import { readJsonBody } from "../JsonBody.ts"
 import { Unauthorized, UnknownJob } from "../ServerErrors.ts"
 import { Serving } from "../Serving.ts"
 import { type AimeError, AimeInputError, JobCanceled, JobLapsed, toAimeError } from "./Errors.ts"
+import type { QueueError } from "../queue/RedisConnection.ts"
+import { isRedisQueue } from "../queue/RedisWorkerQueue.ts"
 import { type EngineView, type JobState, makeJobTable, type PollAnswer } from "./Jobs.ts"
+import { type AimeJobStore, localJobStore, sharedJobStore } from "./JobStore.ts"
+import { localSessionStore, redisSessionStore } from "./SessionStore.ts"
 import { makeSessionTable } from "./Sessions.ts"
 import { coerceQuery, type Credentials, credentialsOf, decodeJobInput, EP_VERSION, parameterDescription } from "./Schemas.ts"
 
@@ -66,8 +71,12 @@ const queryKey = Effect.map(HttpServerRequest.ParsedSearchParams, (q) => {
   return typeof v === "string" ? v : v?.[0]
 })
 
-const handle = <R>(effect: Effect.Effect<HttpServerResponse.HttpServerResponse, AimeError, R>) =>
+/** Who a key is, as jobs and sessions record it: a hash, so that no store (Redis included) holds API keys. */
+const identityOf = (key: string) => createHash("sha256").update(key).digest("base64url")
+
+const handle = <R>(effect: Effect.Effect<HttpServerResponse.HttpServerResponse, AimeError | QueueError, R>) =>
   effect.pipe(
+    Effect.catchTag("QueueError", (e) => Effect.succeed(json({ success: false, error: e.message, ep_version: EP_VERSION }, 503))),
     Effect.catch((e: AimeError) => {
       const { status, body } = toAimeError(e, EP_VERSION)
       return Effect.succeed(json(body, status))
@@ -76,25 +85,32 @@ const handle = <R>(effect: Effect.Effect<HttpServerResponse.HttpServerResponse, 
 
 export const AimeRoutes = (endpoint: string, options: AimeRoutesOptions = {}) =>
   HttpRouter.use(Effect.fn(function*(router) {
-    const { shutdown } = yield* Serving
-    const jobs = yield* makeJobTable({
-      shutdown,
-      epVersion: EP_VERSION,
-      resultLifetimeMs: options.resultLifetimeMs ?? 900_000,
-      workerName: WORKER_NAME,
-      workerVersion: WORKER_VERSION
-    })
+    const { shutdown, queue } = yield* Serving
     const sessionTtlMs = options.sessionTtlMs ?? 3_600_000
-    /** client_session_auth_key -> the API key it was issued for (undefined on an open server without a key). */
-    const sessions = makeSessionTable({ ttlMs: sessionTtlMs, maxPerKey: options.maxSessionsPerKey ?? 1000 })
+    const maxPerKey = options.maxSessionsPerKey ?? 1000
+    // With the queue in Redis, jobs and sessions are shared by every replica; otherwise they live here.
+    const shared = queue !== undefined && isRedisQueue(queue) ? queue : undefined
+    const jobs: AimeJobStore = shared !== undefined
+      ? sharedJobStore(shared.shared, { epVersion: EP_VERSION, workerVersion: WORKER_VERSION, shutdown })
+      : localJobStore(yield* makeJobTable({
+        shutdown,
+        epVersion: EP_VERSION,
+        resultLifetimeMs: options.resultLifetimeMs ?? 900_000,
+        workerName: WORKER_NAME,
+        workerVersion: WORKER_VERSION
+      }))
+    /** client_session_auth_key -> the identity of the API key it was issued for (undefined on an open server without a key). */
+    const sessions = shared !== undefined
+      ? redisSessionStore(shared.connection, { ttlMs: sessionTtlMs, maxPerKey, prefix: shared.prefix })
+      : localSessionStore(makeSessionTable({ ttlMs: sessionTtlMs, maxPerKey }))
     // Expired sessions also go on use; the sweep bounds the memory of sessions nobody uses again.
     yield* Effect.forkScoped(Effect.forever(
       Effect.sleep(Math.max(10, Math.min(60_000, sessionTtlMs / 2))).pipe(
         Effect.andThen(Clock.currentTimeMillis),
-        Effect.map((now) => sessions.sweep(now))
+        Effect.flatMap((now) => sessions.sweep(now))
       )
     ))
-    const sessionKey = (session: string) => Effect.map(Clock.currentTimeMillis, (now) => sessions.resolve(session, now))
+    const sessionKey = (session: string) => Effect.flatMap(Clock.currentTimeMillis, (now) => sessions.resolve(session, now))
 
     const keyValid = (key: string | undefined) =>
       Serving.use((serving) => Effect.succeed(serving.isOpen || (key !== undefined && serving.isKey(key))))
@@ -106,7 +122,7 @@ export const AimeRoutes = (endpoint: string, options: AimeRoutesOptions = {}) =>
         const key = c.key === "" ? undefined : c.key
         const session = c.session === "" || c.session === undefined ? undefined : c.session
         if (key !== undefined && !serving.isOpen && !serving.isKey(key)) return yield* Effect.fail(new Unauthorized({ message: KEY_NOT_VALID }))
-        if (key !== undefined) return key
+        if (key !== undefined) return identityOf(key)
         const resolved = session === undefined ? undefined : yield* sessionKey(session)
         if (resolved?.found === true) return resolved.apiKey
         if (serving.isOpen) return undefined
@@ -120,11 +136,11 @@ export const AimeRoutes = (endpoint: string, options: AimeRoutesOptions = {}) =>
         if (typeof jobId !== "string" || jobId === "") return yield* Effect.fail(new UnknownJob({ jobId: "", message: "No job_id given" }))
         const identity = yield* identify(credentialsOf(params))
         const serving = yield* Serving
-        const job = jobs.get(jobId)
-        if (job === undefined || (!serving.isOpen && job.info.owner !== identity)) {
+        const job = yield* jobs.owner(jobId)
+        if (job === undefined || (!serving.isOpen && job.owner !== identity)) {
           return yield* Effect.fail(new UnknownJob({ jobId, message: `Client has no active request with this job id ${jobId}` }))
         }
-        return job
+        return { id: jobId }
       })
 
     const engineView = Effect.gen(function*() {
@@ -158,10 +174,11 @@ export const AimeRoutes = (endpoint: string, options: AimeRoutesOptions = {}) =>
       // fills the whole context means "until the context ends" (the prompt keeps its room) instead of an error.
       const limit = engine.model.contextLength - 1
       const maxTokens = Math.min(input.maxGenTokens, limit)
-      const events = yield* engine.submit({ input: input.input, sampling: input.sampling, ...(input.maxGenTokens >= limit ? {} : { maxTokens }) })
-      const job = yield* jobs.start(events, { owner, maxTokens, modelName: engine.model.id, maxSeqLen: engine.model.contextLength })
+      const request = { input: input.input, sampling: input.sampling, ...(input.maxGenTokens >= limit ? {} : { maxTokens }) }
+      const id = yield* jobs.submit(engine, request, { owner, maxTokens, modelName: engine.model.id, maxSeqLen: engine.model.contextLength })
+      const job = { id }
       if (!input.waitForResult) return json({ success: true, job_id: job.id, ep_version: EP_VERSION })
-      // The job belongs to the table: if this client goes away, it runs on and its result stays pollable.
+      // The job belongs to the table (or the shared queue): if this client goes away, it runs on and its result stays pollable.
       const outcome = yield* jobs.await(job.id)
       switch (outcome._tag) {
         case "Result":
@@ -186,13 +203,13 @@ export const AimeRoutes = (endpoint: string, options: AimeRoutesOptions = {}) =>
     const cancel = Effect.gen(function*() {
       const job = yield* ownJob(yield* readParams)
       const state = yield* jobs.cancel(job.id)
-      return json({ success: true, job_id: job.id, ep_version: EP_VERSION, job_state: wireState(state ?? job.state) })
+      return json({ success: true, job_id: job.id, ep_version: EP_VERSION, job_state: wireState(state ?? "canceled") })
     })
 
     const login = Effect.gen(function*() {
       const key = yield* queryKey
       if (!(yield* keyValid(key))) return json({ success: false, error: KEY_NOT_VALID })
-      const session = sessions.issue(key === "" ? undefined : key, yield* Clock.currentTimeMillis)
+      const session = yield* sessions.issue(key === "" || key === undefined ? undefined : identityOf(key), yield* Clock.currentTimeMillis)
       return json({ success: true, ep_version: EP_VERSION, client_session_auth_key: session, key: key ?? null })
     })
 
@@ -214,8 +231,7 @@ export const AimeRoutes = (endpoint: string, options: AimeRoutesOptions = {}) =>
       const stats = engine._tag === "Some" ? yield* engine.value.stats : undefined
       const active = status === "ready" && stats !== undefined
       const maxQueue = options.maxQueue ?? 1024
-      const pool = serving.workers
-      const remote = pool?.workers().map(pool.describeWorker)
+      const remote = serving.queue === undefined ? undefined : yield* serving.queue.describeWorkers
       const online = remote?.filter((w) => w["state"] !== "offline").length
       return json({
         name: endpoint,
@@ -253,7 +269,7 @@ export const AimeRoutes = (endpoint: string, options: AimeRoutesOptions = {}) =>
       })
     })
 
-    const both = (path: `/${string}`, handler: Effect.Effect<HttpServerResponse.HttpServerResponse, AimeError, Serving | HttpServerRequest.HttpServerRequest | HttpServerRequest.ParsedSearchParams>) =>
+    const both = (path: `/${string}`, handler: Effect.Effect<HttpServerResponse.HttpServerResponse, AimeError | QueueError, Serving | HttpServerRequest.HttpServerRequest | HttpServerRequest.ParsedSearchParams>) =>
       Effect.all([router.add("GET", path, handle(handler)), router.add("POST", path, handle(handler))])
 
     yield* both(`/${endpoint}`, submit)

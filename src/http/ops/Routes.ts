@@ -1,7 +1,7 @@
 /**
  * Operations routes, open without an API key: `GET /health` (the process answers), `GET /ready` (the model is
- * loaded and requests are taken; 503 before, while draining, and once a shard has failed for good; each shard's
- * lifecycle state as its machine has it), `GET /metrics` (Prometheus text).
+ * loaded and requests are taken; 503 before, while draining, once a shard has failed for good, and while the shared
+ * queue (`--queue redis://...`) cannot be reached; each shard's lifecycle state as its machine has it), `GET /metrics` (Prometheus text).
  */
 import { Effect } from "effect"
 import { HttpRouter, HttpServerResponse } from "effect/http"
@@ -16,6 +16,9 @@ export const OpsRoutes = HttpRouter.use(Effect.fn(function*(router) {
     Effect.gen(function*() {
       const serving = yield* Serving
       const served = yield* serving.status
+      // A shared queue (Redis) that cannot be reached: this replica cannot serve.
+      const queueDown = serving.queue === undefined ? undefined : yield* serving.queue.unavailable
+      if (queueDown !== undefined) return HttpServerResponse.jsonUnsafe({ status: "queue_unavailable", error: queueDown }, { status: 503 })
       const engine = yield* Effect.option(serving.loadedEngine)
       // No shards to report while the model loads.
       if (engine._tag === "None") return HttpServerResponse.jsonUnsafe({ status: served }, { status: served === "ready" ? 200 : 503 })

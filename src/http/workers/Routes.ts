@@ -10,7 +10,8 @@ import { Effect } from "effect"
 import { HttpRouter, HttpServerRequest, HttpServerResponse } from "effect/http"
 import { readJsonBody } from "../JsonBody.ts"
 import { Serving } from "../Serving.ts"
-import type { Reply, WorkerPool } from "./WorkerPool.ts"
+import type { WorkerQueue } from "../queue/WorkerQueue.ts"
+import type { Reply } from "./WorkerPool.ts"
 
 const json = (r: Reply) => HttpServerResponse.jsonUnsafe(r.body, { status: r.status })
 
@@ -19,13 +20,13 @@ const NO_QUEUE: Reply = {
   body: { cmd: "error", success: false, msg: "this server runs its model itself; start it with --no-local-model to serve through workers", error_msg: "this server takes no workers (start it with --no-local-model)" }
 }
 
-const route = (handle: (pool: WorkerPool, body: unknown) => Effect.Effect<Reply>) =>
+const route = (handle: (queue: WorkerQueue, body: unknown) => Effect.Effect<Reply>) =>
   Effect.gen(function*() {
-    const { workers } = yield* Serving
-    if (workers === undefined) return json(NO_QUEUE)
+    const { queue } = yield* Serving
+    if (queue === undefined) return json(NO_QUEUE)
     const request = yield* HttpServerRequest.HttpServerRequest
     const body = request.method === "GET" ? {} : yield* readJsonBody
-    return json(yield* handle(workers, body))
+    return json(yield* handle(queue, body))
   }).pipe(
     Effect.catchTags({
       ValidationError: (e) => Effect.succeed(json({ status: 400, body: { cmd: "error", success: false, msg: e.message, error_msg: e.message } })),
@@ -34,10 +35,10 @@ const route = (handle: (pool: WorkerPool, body: unknown) => Effect.Effect<Reply>
   )
 
 export const WorkerRoutes = HttpRouter.use(Effect.fn(function*(router) {
-  yield* router.add("POST", "/worker_login", route((p, b) => Effect.succeed(p.login(b))))
-  yield* router.add("POST", "/worker_job_request", route((p, b) => p.jobRequest(b)))
-  yield* router.add("POST", "/worker_job_progress", route((p, b) => Effect.succeed(p.progress(b))))
-  yield* router.add("GET", "/worker_job_progress", route((p, b) => Effect.succeed(p.progress(b))))
-  yield* router.add("POST", "/worker_job_result", route((p, b) => Effect.succeed(p.result(b))))
-  yield* router.add("POST", "/worker_check_server_status", route((p, b) => Effect.succeed(p.checkStatus(b))))
+  yield* router.add("POST", "/worker_login", route((q, b) => q.login(b)))
+  yield* router.add("POST", "/worker_job_request", route((q, b) => q.jobRequest(b)))
+  yield* router.add("POST", "/worker_job_progress", route((q, b) => q.progress(b)))
+  yield* router.add("GET", "/worker_job_progress", route((q, b) => q.progress(b)))
+  yield* router.add("POST", "/worker_job_result", route((q, b) => q.result(b)))
+  yield* router.add("POST", "/worker_check_server_status", route((q, b) => q.checkStatus(b)))
 }))

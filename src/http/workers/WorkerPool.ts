@@ -135,7 +135,7 @@ export interface RemoteEngineService {
 }
 
 /** AIME's job fields for a request (for workers that know nothing of Chorus), beside the full request. */
-const aimeFields = (r: GenerateRequest): Obj => {
+export const aimeFields = (r: GenerateRequest): Obj => {
   const s = r.sampling ?? {}
   return {
     chat_context: r.input.type === "chat" ? r.input.messages : [],

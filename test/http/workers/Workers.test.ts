@@ -6,6 +6,7 @@ import * as fs from "node:fs"
 import * as path from "node:path"
 import { Effect, ManagedRuntime, Stream } from "effect"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
+import { BenchAdapter } from "../../../src/adapters/bench/BenchAdapter.ts"
 import { Llama3Adapter } from "../../../src/adapters/llama3/Llama3Adapter.ts"
 import { runWorker } from "../../../src/cli/WorkerCommand.ts"
 import { Engine } from "../../../src/core/Engine.ts"
@@ -259,14 +260,14 @@ describe("chorus serve --no-local-model: deadlines", () => {
 })
 
 describe("chorus serve / chorus worker flags", () => {
-  it("--no-local-model needs a --worker-key; --worker-key needs --no-local-model; worker needs --api-server", () => {
+  it("--no-local-model needs a --worker-key; --worker-timeout needs --worker-key; worker needs --api-server", () => {
     const run = (args: ReadonlyArray<string>) => spawnSync(process.execPath, [path.join(repoRoot, "src/cli/main.ts"), ...args], { encoding: "utf8", timeout: 30_000 })
     const a = run(["serve", "--port", "0", "--no-local-model"])
     expect(a.status).toBe(2)
     expect(a.stderr).toContain("--worker-key")
-    const b = run(["serve", "--port", "0", "--worker-key", "k"])
+    const b = run(["serve", "--port", "0", "--worker-timeout", "5"])
     expect(b.status).toBe(2)
-    expect(b.stderr).toContain("--no-local-model")
+    expect(b.stderr).toContain("--worker-key")
     const c = run(["worker", "--worker-key", "k"])
     expect(c.status).toBe(2)
     expect(c.stderr).toContain("--api-server")
@@ -357,5 +358,36 @@ describe("chorus serve --no-local-model: worker routes with AIME's workers and b
     expect(status.status).toBe(200)
     expect(status.body.key_valid).toBe(true)
     expect((await call(`${base}/health`)).status).toBe(200)
+  }, 60_000)
+})
+
+describe("chorus serve with a model and --worker-key: the local engine and remote workers share the queue", () => {
+  it("both take jobs from one in-memory queue", async () => {
+    const server = await startServer({ adapter: BenchAdapter, adapterOptions: { stepDelayMs: 10 }, engine: { maxNumSeqs: 4 }, remote: { workerKeys: [KEY], localWorker: true, pollWaitMs: 500 } })
+    const remote = ManagedRuntime.make(Engine.layer(BenchAdapter, { stepDelayMs: 10 }, { maxNumSeqs: 4 }))
+    const stop = new AbortController()
+    try {
+      const engine = await remote.runPromise(Effect.gen(function*() {
+        return yield* Engine
+      }))
+      const w = runWorker({ apiServer: server.url, workerKey: KEY, engine, maxBatch: 4, name: "remote#0_1xCPU", signal: stop.signal, log: () => {} })
+      const pool = server.serving.workers!
+      await waitFor(() => (pool.workers().filter((x) => x.actor.state() === "online").length === 2 ? true : undefined), "the local and the remote worker to poll", 30_000)
+      const busy = new Set<string>()
+      const sampler = setInterval(() => {
+        for (const x of pool.workers()) if (x.running.size > 0) busy.add(x.name)
+      }, 5)
+      const results = await Promise.all(Array.from({ length: 24 }, () => call(`${server.url}/v1/chat/completions`, { messages, max_tokens: 20 })))
+      clearInterval(sampler)
+      for (const r of results) expect(r.body.usage.completion_tokens).toBe(20)
+      expect(new Set(results.map((r) => r.body.choices[0].message.content)).size).toBe(1)
+      expect([...busy].sort()).toEqual(["local", "remote#0_1xCPU"])
+      stop.abort()
+      await w
+    } finally {
+      stop.abort()
+      await server.close()
+      await remote.dispose()
+    }
   }, 60_000)
 })
