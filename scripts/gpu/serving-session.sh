@@ -85,5 +85,16 @@ if [[ "$PHASE" == Q2 ]]; then
   say "chunked exit $?"; grep -m2 -E "illegal|disabled" "$OUT/graphs-chunked/server.log" | cut -c1-250
   exit 0
 fi
-echo "PHASE must be S, Q1 or Q2" >&2
+if [[ "$PHASE" == V ]]; then
+  # Check after a fix: the paged and row device tests, then 64 and 256 streams on the default server.
+  CUDA_TEST_CMD='CHORUS_TEST_DEVICE=cuda node_modules/node/bin/node node_modules/vitest/vitest.mjs run --config vitest.device.config.ts test/device/PagedShard.test.ts test/device/DeviceParity.test.ts -t "paged|rows|second turn|pattern of load"' \
+    STAGES="parity" DEADLINE_S=120 PARITY_TIMEOUT_S=100 OUT="$OUT/run-all" bash scripts/gpu/run-all.sh
+  say "device tests exit $?"; grep -E "Tests |×" "$OUT/run-all/log" | head -20
+  [[ -f "$CKPT/model.safetensors.index.json" ]] || { timeout 200 python3 tools/bench-gpu/make_weights.py "$CKPT"; say "weights exit $?"; }
+  timeout $(($(left) - 5)) "$NODE" tools/bench-gpu/server-sweep.ts --checkpoint "$CKPT" --out "$OUT/server" --skip-weights \
+    --max-batch 256 --concurrency 64,256 --prefix-history 0 --ready-timeout-s 120 --bench-timeout-s 120
+  say "sweep exit $?"; grep -m2 -E "illegal|disabled" "$OUT/server/server.log" | cut -c1-250
+  exit 0
+fi
+echo "PHASE must be S, Q1, Q2 or V" >&2
 exit 2

@@ -148,14 +148,17 @@ describe(`${device.kind}: rows layout (fused GroupQueryAttention) on packed plan
 
 if (device.kind === "cuda") {
   describe("cuda: paged layout (PagedAttention over a block pool)", () => {
-    it("float16: logits within 1e-2, greedy as transformers' for 16 tokens, batched and chunked equal alone, CUDA graphs equal", async () => {
+    it("float16: logits within 1e-2, greedy as transformers' for 16 tokens or up to a near-tie, batched and chunked equal alone, CUDA graphs equal", async () => {
       const { result, vocab } = await loadShard("tiny-llama3-a", "float16", "paged")
       expect(result.layout).toBe("blocks")
       const alone: Array<ReadonlyArray<number>> = []
+      // Where float16 parts from transformers' float32 greedy tokens: checked below to be a float32 near-tie.
+      const partings: Array<{ readonly prompt: number; readonly at: number }> = []
       for (const [i, p] of reference.prompts.entries()) {
         const [r] = await generate([p.input_ids], 16, vocab)
         expect(relativeError(r!.logits, p.prefill_logits_last), `prompt ${i}`).toBeLessThan(1e-2)
-        expect(r!.tokens, `prompt ${i}`).toEqual(p.greedy_continuation.slice(0, 16))
+        const at = r!.tokens.findIndex((t, k) => t !== p.greedy_continuation[k])
+        if (at >= 0 && at < 16) partings.push({ prompt: i, at })
         alone.push(r!.tokens)
       }
       const together = await generate(prompts, 16, vocab)
@@ -170,6 +173,19 @@ if (device.kind === "cuda") {
       three.forEach((r, i) => expect(r.tokens, `graphs, 3 together, prompt ${i}`).toEqual(alone[i]))
       const four = await generate(prompts, 16, vocab)
       four.forEach((r, i) => expect(r.tokens, `graphs, 4 together, prompt ${i}`).toEqual(alone[i]))
+
+      // Each parting from transformers is a near-tie in float32 (the two best logits within 1% of the largest), which
+      // half precision cannot be expected to order; the float32 row layout gives those logits.
+      if (partings.length > 0) {
+        await loadShard("tiny-llama3-a", "float32", "fused")
+        for (const { prompt, at } of partings) {
+          const p = reference.prompts[prompt]!
+          const [r] = await generate([[...p.input_ids, ...p.greedy_continuation.slice(0, at)]], 1, vocab)
+          const sorted = Array.from(r!.logits).sort((a, b) => b - a)
+          const scale = Math.max(...Array.from(r!.logits, Math.abs))
+          expect((sorted[0]! - sorted[1]!) / scale, `prompt ${prompt} parts at token ${at}`).toBeLessThan(0.01)
+        }
+      }
     })
 
     it("rows layout with CUDA graphs per row bucket equals uncaptured", async () => {
