@@ -120,6 +120,24 @@ const waitForWorkers = async (url: string, n: number, workers: ReadonlyArray<Chi
   }
 }
 
+/** The sum of every series of a counter or histogram part (`name` plus `{...}` labels containing `has`). */
+const metricSum = (text: string, name: string, has = ""): number => {
+  let sum = 0
+  for (const m of text.matchAll(/^([^{\s]+)(\{[^}]*\})? (\S+)$/gm)) if (m[1] === name && (m[2] ?? "").includes(has)) sum += Number(m[3])
+  return sum
+}
+
+/** What the API server counts of the protocol: progress POSTs, job requests (polls), time from arrival to a worker. */
+const protocolCounts = async (url: string) => {
+  const text = await (await fetch(`${url}/metrics`)).text()
+  return {
+    progressPosts: metricSum(text, "chorus:http_requests_total", 'route="/worker_job_progress"'),
+    jobRequests: metricSum(text, "chorus:http_requests_total", 'route="/worker_job_request"'),
+    queueSeconds: metricSum(text, "chorus:request_queue_time_seconds_sum"),
+    queued: metricSum(text, "chorus:request_queue_time_seconds_count")
+  }
+}
+
 interface Run {
   readonly setup: string
   readonly workers: number
@@ -133,6 +151,10 @@ interface Run {
   readonly tokensStreamed: number
   readonly apiCpuSecondsPer1000Tokens: number
   readonly workerCpuSecondsPer1000Tokens: number
+  /** Arrival to admission: to a worker's poll (remote), into an engine step (local). */
+  readonly queueTimeMeanMs: number
+  readonly progressPostsPer1000Tokens: number
+  readonly jobRequestsPer1000Tokens: number
   readonly failed: number
 }
 
@@ -152,8 +174,10 @@ const measure = async (setup: string, url: string, api: Child, workers: Readonly
   })
   const cpu = () => ({ api: cpuSecondsOf(api.process.pid!), workers: workers.reduce((s, w) => s + cpuSecondsOf(w.process.pid!), 0) })
   const before = cpu()
+  const countsBefore = await protocolCounts(url)
   const result = await bench(settings, discard)
   const after = cpu()
+  const counts = await protocolCounts(url)
   const level: BenchLevel = result.levels[0]!
   const tokens = level.output_tokens + level.warmup.output_tokens
   const run: Run = {
@@ -169,6 +193,9 @@ const measure = async (setup: string, url: string, api: Child, workers: Readonly
     tokensStreamed: tokens,
     apiCpuSecondsPer1000Tokens: round(((after.api - before.api) / tokens) * 1000, 3),
     workerCpuSecondsPer1000Tokens: round(((after.workers - before.workers) / tokens) * 1000, 3),
+    queueTimeMeanMs: round(((counts.queueSeconds - countsBefore.queueSeconds) / (counts.queued - countsBefore.queued)) * 1000, 2),
+    progressPostsPer1000Tokens: round(((counts.progressPosts - countsBefore.progressPosts) / tokens) * 1000, 1),
+    jobRequestsPer1000Tokens: round(((counts.jobRequests - countsBefore.jobRequests) / tokens) * 1000, 1),
     failed: level.failed + level.warmup.failed
   }
   process.stdout.write(`${JSON.stringify(run)}\n`)
@@ -223,7 +250,10 @@ const main = async () => {
       tpotMedianMs: med(setup, "tpotMedianMs"),
       ttftMedianMs: med(setup, "ttftMedianMs"),
       apiCpuSecondsPer1000Tokens: med(setup, "apiCpuSecondsPer1000Tokens"),
-      workerCpuSecondsPer1000Tokens: med(setup, "workerCpuSecondsPer1000Tokens")
+      workerCpuSecondsPer1000Tokens: med(setup, "workerCpuSecondsPer1000Tokens"),
+      queueTimeMeanMs: med(setup, "queueTimeMeanMs"),
+      progressPostsPer1000Tokens: med(setup, "progressPostsPer1000Tokens"),
+      jobRequestsPer1000Tokens: med(setup, "jobRequestsPer1000Tokens")
     }
   })
   const overhead = flags["no-local"] === true ? undefined : {
@@ -232,7 +262,8 @@ const main = async () => {
       tpotMedianMs: med("local", "tpotMedianMs"),
       ttftMedianMs: med("local", "ttftMedianMs"),
       e2elMedianMs: med("local", "e2elMedianMs"),
-      serveCpuSecondsPer1000Tokens: med("local", "apiCpuSecondsPer1000Tokens")
+      serveCpuSecondsPer1000Tokens: med("local", "apiCpuSecondsPer1000Tokens"),
+      queueTimeMeanMs: med("local", "queueTimeMeanMs")
     },
     oneWorker: {
       outputTokensPerSecond: one,
