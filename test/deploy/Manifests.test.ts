@@ -135,6 +135,14 @@ describe("deploy/ manifests", () => {
       const devices = arr(obj(obj(obj(service["deploy"])["resources"])["reservations"])["devices"]).map(obj)
       expect(devices.some((d) => d["driver"] === "nvidia" && arr(d["capabilities"]).includes("gpu")), name).toBe(true)
     }
+    // The API replicas build the Dockerfile's CUDA-free stage, the workers its CUDA stage; both stages exist.
+    const stages = [...fs.readFileSync(path.join(deployDir, "Dockerfile"), "utf8").matchAll(/^FROM \S+ AS (\S+)$/gm)].map((m) => m[1])
+    for (const { name, service } of composeServices.filter((s) => ["serve", "worker"].includes(String(arr(s.service["command"])[0])))) {
+      const build = obj(service["build"])
+      const wanted = arr(service["command"])[0] === "serve" ? "api" : "worker"
+      expect([build["dockerfile"], build["target"]], name).toEqual(["deploy/Dockerfile", wanted])
+      expect(stages, name).toContain(wanted)
+    }
     // nginx balances over exactly the services that run chorus serve.
     const nginx = fs.readFileSync(path.join(deployDir, "nginx.conf"), "utf8")
     const upstreams = [...nginx.matchAll(/^\s*server\s+([\w-]+):8080\b/gm)].map((m) => m[1]!)
