@@ -13,8 +13,9 @@
  * workers are read from /proc over the whole bench (warm-up included) and divided by the tokens it streamed.
  *
  *   node tools/bench-workers.ts [--step-ms 50] [--max-batch 16] [--workers 1,2,4] [--output-len 64] [--repeat 3] [--json FILE]
+ *   node tools/bench-workers.ts --queue redis://127.0.0.1:6399 ...   (the API on a Redis queue; start redis-server first)
  */
-import { type ChildProcess, spawn } from "node:child_process"
+import { type ChildProcess, spawn, spawnSync } from "node:child_process"
 import * as fs from "node:fs"
 import * as net from "node:net"
 import * as os from "node:os"
@@ -34,6 +35,7 @@ const flags = parseFlags("bench:workers", process.argv.slice(2), {
   waves: { kind: "integer", description: "measured requests = waves x concurrency (default 4)" },
   repeat: { kind: "integer", description: "runs of every setup; the table shows medians (default 3)" },
   "no-local": { kind: "boolean", description: "skip the in-process baseline" },
+  queue: { kind: "string", description: "redis://HOST:PORT: the remote setups keep their queue in this Redis (chorus serve --queue; flushed before each setup)" },
   json: { kind: "string", description: "write every run and the medians here" }
 })
 const stepMs = flags["step-ms"] ?? 50
@@ -99,7 +101,8 @@ const startServer = async (args: ReadonlyArray<string>): Promise<{ child: Child;
   const child = start(["serve", "--port", String(port), "--log-level", "warn", ...args])
   const began = Date.now()
   for (;;) {
-    const up = await fetch(`${url}/ready`).then((r) => r.ok, () => false)
+    // A probe that hangs (a server still setting up its listener) must not hang the benchmark.
+    const up = await fetch(`${url}/ready`, { signal: AbortSignal.timeout(2000) }).then((r) => r.ok, () => false)
     if (up) return { child, url }
     if (child.process.exitCode !== null || Date.now() - began > 60_000) throw new Error(`the server did not start: ${child.output()}`)
     await sleep(100)
@@ -127,6 +130,14 @@ const metricSum = (text: string, name: string, has = ""): number => {
   return sum
 }
 
+/** With --queue, the Redis server's process id (INFO server: process_id), so its CPU can be counted too. */
+const redisPid = (): number | undefined => {
+  if (flags.queue === undefined) return undefined
+  const info = spawnSync("redis-cli", ["-u", flags.queue, "info", "server"], { encoding: "utf8" })
+  const m = /^process_id:(\d+)/m.exec(info.stdout ?? "")
+  return m === null ? undefined : Number(m[1])
+}
+
 /** What the API server counts of the protocol: progress POSTs, job requests (polls), time from arrival to a worker. */
 const protocolCounts = async (url: string) => {
   const text = await (await fetch(`${url}/metrics`)).text()
@@ -151,6 +162,8 @@ interface Run {
   readonly tokensStreamed: number
   readonly apiCpuSecondsPer1000Tokens: number
   readonly workerCpuSecondsPer1000Tokens: number
+  /** With --queue: the Redis server's CPU (its process, found through INFO); 0 without. */
+  readonly redisCpuSecondsPer1000Tokens: number
   /** Arrival to admission: to a worker's poll (remote), into an engine step (local). */
   readonly queueTimeMeanMs: number
   readonly progressPostsPer1000Tokens: number
@@ -172,7 +185,12 @@ const measure = async (setup: string, url: string, api: Child, workers: Readonly
     warmup: concurrency,
     label: setup
   })
-  const cpu = () => ({ api: cpuSecondsOf(api.process.pid!), workers: workers.reduce((s, w) => s + cpuSecondsOf(w.process.pid!), 0) })
+  const redis = redisPid()
+  const cpu = () => ({
+    api: cpuSecondsOf(api.process.pid!),
+    workers: workers.reduce((s, w) => s + cpuSecondsOf(w.process.pid!), 0),
+    redis: redis === undefined ? 0 : cpuSecondsOf(redis)
+  })
   const before = cpu()
   const countsBefore = await protocolCounts(url)
   const result = await bench(settings, discard)
@@ -193,6 +211,7 @@ const measure = async (setup: string, url: string, api: Child, workers: Readonly
     tokensStreamed: tokens,
     apiCpuSecondsPer1000Tokens: round(((after.api - before.api) / tokens) * 1000, 3),
     workerCpuSecondsPer1000Tokens: round(((after.workers - before.workers) / tokens) * 1000, 3),
+    redisCpuSecondsPer1000Tokens: round(((after.redis - before.redis) / tokens) * 1000, 3),
     queueTimeMeanMs: round(((counts.queueSeconds - countsBefore.queueSeconds) / (counts.queued - countsBefore.queued)) * 1000, 2),
     progressPostsPer1000Tokens: round(((counts.progressPosts - countsBefore.progressPosts) / tokens) * 1000, 1),
     jobRequestsPer1000Tokens: round(((counts.jobRequests - countsBefore.jobRequests) / tokens) * 1000, 1),
@@ -212,7 +231,13 @@ const benchLocal = async (): Promise<Run> => {
 }
 
 const benchRemote = async (n: number): Promise<Run> => {
-  const server = await startServer(["--no-local-model", "--worker-key", WORKER_KEY])
+  const queue = flags.queue
+  if (queue !== undefined) {
+    // Each setup starts from an empty queue and worker registry, as a fresh in-memory server does.
+    const flushed = spawnSync("redis-cli", ["-u", queue, "flushall"], { encoding: "utf8" })
+    if (flushed.status !== 0) throw new Error(`redis-cli -u ${queue} flushall failed: ${flushed.stderr || flushed.error?.message}`)
+  }
+  const server = await startServer(["--no-local-model", "--worker-key", WORKER_KEY, ...(queue === undefined ? [] : ["--queue", queue])])
   const workers = Array.from({ length: n }, (_, i) =>
     start([
       "worker", "--api-server", server.url, "--worker-key", WORKER_KEY, "--adapter", "bench",
@@ -251,6 +276,7 @@ const main = async () => {
       ttftMedianMs: med(setup, "ttftMedianMs"),
       apiCpuSecondsPer1000Tokens: med(setup, "apiCpuSecondsPer1000Tokens"),
       workerCpuSecondsPer1000Tokens: med(setup, "workerCpuSecondsPer1000Tokens"),
+      redisCpuSecondsPer1000Tokens: med(setup, "redisCpuSecondsPer1000Tokens"),
       queueTimeMeanMs: med(setup, "queueTimeMeanMs"),
       progressPostsPer1000Tokens: med(setup, "progressPostsPer1000Tokens"),
       jobRequestsPer1000Tokens: med(setup, "jobRequestsPer1000Tokens")
@@ -279,7 +305,7 @@ const main = async () => {
   const result = {
     date: new Date().toISOString(),
     machine: `${os.cpus()[0]?.model ?? "?"}, ${os.availableParallelism()} cores (shared), ${(os.totalmem() / 2 ** 30).toFixed(0)} GiB, Node ${process.versions.node}`,
-    command: `node tools/bench-workers.ts --step-ms ${stepMs} --max-batch ${maxBatch} --workers ${workerCounts.join(",")} --output-len ${outputLen} --input-len ${inputLen} --waves ${waves} --repeat ${repeat}`,
+    command: `node tools/bench-workers.ts --step-ms ${stepMs} --max-batch ${maxBatch} --workers ${workerCounts.join(",")} --output-len ${outputLen} --input-len ${inputLen} --waves ${waves} --repeat ${repeat}${flags["no-local"] === true ? " --no-local" : ""}${flags.queue === undefined ? "" : ` --queue ${flags.queue}`}`,
     settings: { stepMs, maxBatch, outputLen, inputLen, waves, repeat, api: "openai streamed chat completions", dataset: "random" },
     scaling,
     overhead,
