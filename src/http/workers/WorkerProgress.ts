@@ -102,7 +102,10 @@ export const makeProgressSender = (options: ProgressSenderOptions): ProgressSend
     add: (job) => void jobs.add(job),
     remove: (job) => void jobs.delete(job),
     tokenArrived: (job) => {
-      if (job.ids.length - job.acked >= options.every.tokens || performance.now() - job.lastSent >= options.every.ms) {
+      // A job's first token is reported at once (the client's time to first token), whatever the throttle says.
+      const due = job.lastSent === 0 || job.ids.length - job.acked >= options.every.tokens ||
+        performance.now() - job.lastSent >= options.every.ms
+      if (due) {
         wanted = true
         schedule()
       }
