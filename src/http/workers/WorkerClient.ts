@@ -2,8 +2,8 @@
  * The client side of AIME's worker protocol, as `chorus worker` runs it: a local engine that takes its jobs from an
  * AIME-compatible API server (`chorus serve --no-local-model`, or AIME's own server), as AIME's `chat.py
  * --api_server` does: long-polls `/worker_job_request` for as many jobs as it has free slots (jobs arriving while
- * others decode join at the next poll), posts the text so far to `/worker_job_progress` (every 8 tokens or 100 ms,
- * at most one post in flight per job), and the result to `/worker_job_result` once per job. Token ids travel beside
+ * others decode join at the next poll), posts the text so far to `/worker_job_progress` (each job every 8 tokens or
+ * 100 ms; the jobs due together in one batched POST, at most one in flight: WorkerProgress.ts), and the result to `/worker_job_result` once per job. Token ids travel beside
  * the text (fields AIME ignores) so that a Chorus server can report OpenAI token counts. The server away: retried
  * with exponential backoff. Stopping: no more polls, running jobs finish.
  *
@@ -18,6 +18,7 @@ import type { Engine } from "../../core/Engine.ts"
 import type { GenerateRequest } from "../../core/Request.ts"
 import type { ChatMessage } from "../../core/text/ChatMessage.ts"
 import { packageVersion } from "../../cli/Version.ts"
+import { makeProgressSender, type ProgressJob } from "./WorkerProgress.ts"
 
 /** One worker call and its answer: POST `route` with `body`. */
 export type WorkerTransport = (route: string, body: unknown, signal?: AbortSignal) => Promise<{ readonly status: number; readonly body: Record<string, unknown> }>
@@ -146,64 +147,43 @@ export const runWorker = async (options: WorkerOptions): Promise<void> => {
     }
   }
 
+  const progress = makeProgressSender({ post: (body) => post("/worker_job_progress", body), identity, every })
+
   const runJob = async (job: Obj): Promise<void> => {
-    const jobId = String(job["job_id"])
-    const ids: Array<number> = []
-    const texts: Array<string> = []
-    let text = ""
-    let acked = 0
-    let promptTokens = 0
-    let inFlight = false
-    let lastSent = 0
-    let canceled = false
     const abort = new AbortController()
-    const sendProgress = () => {
-      if (inFlight) return
-      inFlight = true
-      lastSent = performance.now()
-      const from = acked
-      const to = ids.length
-      const body = {
-        ...identity,
-        job_id: jobId,
-        progress: to,
-        progress_data: {
-          text,
-          num_generated_tokens: to,
-          current_context_length: promptTokens + to,
-          chorus_prompt_tokens: promptTokens,
-          chorus_tokens: { from, ids: ids.slice(from, to), texts: texts.slice(from, to) }
-        }
+    let canceled = false
+    const state: ProgressJob = {
+      id: String(job["job_id"]),
+      ids: [],
+      texts: [],
+      text: "",
+      promptTokens: 0,
+      acked: 0,
+      lastSent: 0,
+      onCanceled: () => {
+        canceled = true
+        abort.abort()
       }
-      post("/worker_job_progress", body)
-        .then((r) => {
-          const item = (Array.isArray(r.body) ? r.body[0] : r.body) as Obj | undefined
-          if (item?.["canceled"] === true) {
-            canceled = true
-            abort.abort()
-          } else if (r.status === 200) acked = Math.max(acked, to)
-        })
-        .catch(() => {})
-        .finally(() => {
-          inFlight = false
-        })
     }
+    const jobId = state.id
+    const { ids, texts } = state
+    progress.add(state)
     let finish: Obj = {}
     const exit = await Effect.runPromiseExit(
       Stream.runForEach(engine.generate(requestOfJob(job)), (e) =>
         Effect.sync(() => {
           switch (e._tag) {
             case "Started":
-              promptTokens = e.promptTokens
+              state.promptTokens = e.promptTokens
               return
             case "Token":
               ids.push(e.tokenId)
               texts.push(e.text)
-              text += e.text
-              if (ids.length - acked >= every.tokens || performance.now() - lastSent >= every.ms) sendProgress()
+              state.text += e.text
+              progress.tokenArrived(state)
               return
             case "Finished":
-              text += e.text
+              state.text += e.text
               finish = {
                 finish_reason: e.finishReason,
                 chorus_stop_reason: e.stopReason,
@@ -214,19 +194,20 @@ export const runWorker = async (options: WorkerOptions): Promise<void> => {
         })),
       { signal: abort.signal }
     )
+    progress.remove(state)
     if (canceled) return
     const failed = Exit.isFailure(exit)
     const result = {
       ...identity,
       version,
       job_id: jobId,
-      text,
+      text: state.text,
       model_name: engine.model.id,
       max_seq_len: engine.model.contextLength,
       ...finish,
-      current_context_length: promptTokens + ids.length,
-      chorus_prompt_tokens: promptTokens,
-      chorus_tokens: { from: acked, ids: ids.slice(acked), texts: texts.slice(acked) },
+      current_context_length: state.promptTokens + ids.length,
+      chorus_prompt_tokens: state.promptTokens,
+      chorus_tokens: { from: state.acked, ids: ids.slice(state.acked), texts: texts.slice(state.acked) },
       ...(failed ? { error: exitMessage(exit.cause) } : {})
     }
     const r = await deliver("/worker_job_result", result)
