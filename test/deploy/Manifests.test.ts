@@ -3,12 +3,12 @@
 // object is named; Services and PodDisruptionBudgets select pods that exist; the probes and health checks point at
 // routes a real `chorus serve --no-local-model` answers with 200.
 //
-// YAML is parsed by PyYAML (Debian's python3-yaml): the repository has no YAML parser of its own among its npm
-// packages, and a home-made one would test itself.
+// YAML is parsed by the `yaml` package (a dev dependency), strictly: a document with an error fails its file.
 import { spawnSync } from "node:child_process"
 import * as fs from "node:fs"
 import * as path from "node:path"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
+import { parseAllDocuments } from "yaml"
 import { repoRoot } from "../support/fixtures.ts"
 import { type ServeProcess, startServeProcess } from "../support/serveProcess.ts"
 
@@ -23,26 +23,14 @@ const yamlFiles = (dir: string): Array<string> =>
     e.isDirectory() ? yamlFiles(path.join(dir, e.name)) : /\.ya?ml$/.test(e.name) ? [path.join(dir, e.name)] : []
   )
 
-const PARSE = `
-import json, sys, yaml
-out = {}
-for f in sys.argv[1:]:
-    try:
-        with open(f) as h:
-            out[f] = {"docs": [d for d in yaml.safe_load_all(h) if d is not None]}
-    except yaml.YAMLError as e:
-        out[f] = {"error": str(e)}
-print(json.dumps(out))
-`
-
-/** Every YAML document of every file, or the parser's error per file. */
-const parseYaml = (files: ReadonlyArray<string>): Record<string, { docs?: Array<unknown>; error?: string }> => {
-  const r = spawnSync("python3", ["-c", PARSE, ...files], { encoding: "utf8" })
-  if (r.status !== 0) {
-    throw new Error(`python3 with PyYAML is needed to parse deploy/*.yaml (Debian: apt-get install python3-yaml): ${r.stderr || r.error?.message}`)
-  }
-  return JSON.parse(r.stdout) as Record<string, { docs?: Array<unknown>; error?: string }>
-}
+/** Every YAML document of every file, or the parser's first error per file. */
+const parseYaml = (files: ReadonlyArray<string>): Record<string, { docs?: Array<unknown>; error?: string }> =>
+  Object.fromEntries(files.map((f) => {
+    // Merge keys (`<<: *anchor`) as Docker Compose reads them.
+    const docs = parseAllDocuments(fs.readFileSync(f, "utf8"), { merge: true })
+    const error = docs.flatMap((d) => d.errors)[0]
+    return [f, error === undefined ? { docs: docs.map((d) => d.toJS() as unknown).filter((d) => d !== null && d !== undefined) } : { error: error.message }]
+  }))
 
 /** The flags `chorus <command> --help` lists, each with whether it takes a value (`--flag VALUE`, `N`, `A,B,C`). */
 const helpFlags = (command: string): Map<string, boolean> => {
