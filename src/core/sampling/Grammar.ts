@@ -296,18 +296,34 @@ export class GrammarMatcher {
     this.stopTokenIds = stopTokenIds
   }
 
-  /** Bit i of word i>>5 set: id i allowed (ceil(vocabSize / 32) words). */
-  nextTokenBitmask(): Int32Array {
+  /**
+   * Bit i of word i>>5 set: id i allowed (ceil(vocabSize / 32) words). Written into `into` when it is large enough
+   * (the sampler reuses one buffer: a step asks for up to one mask per sequence), else into a new array.
+   */
+  nextTokenBitmask(into?: Int32Array): Int32Array {
     const vec = this.#native.GetNextTokenBitmask(this.#vocabSize)
-    const view = binding.vecIntToView(vec)
-    const copy = view.slice()
-    vec.delete()
-    return copy
+    try {
+      const view = binding.vecIntToView(vec)
+      if (into === undefined || into.length < view.length) return view.slice()
+      into.set(view)
+      return into
+    } finally {
+      vec.delete()
+    }
   }
 
-  /** Advances over a generated token; false when the grammar rejects it (the matcher is then unchanged). */
+  /**
+   * Advances over a generated token; false when the grammar rejects it. A rejected token leaves the matcher as it
+   * was (xgrammar undoes the characters it tried; `Grammar.test.ts` checks it on special, padded and random ids), so
+   * the sampler may offer a token before it knows the mask.
+   */
   accept(token: number): boolean {
     return this.#native.AcceptToken(token, false)
+  }
+
+  /** Whether `token` is one of the model's stop tokens (the grammar allows them only once it is complete). */
+  isStopToken(token: number): boolean {
+    return this.stopTokenIds.includes(token)
   }
 
   /** The grammar is complete and a stop token was accepted. */

@@ -11,6 +11,16 @@
  *   are a radix selection by mass / count (3 levels of histograms), and only a boundary bucket of at most
  *   SORT_CUTOFF entries is ever sorted; small top-k keeps a heap over logits and skips the full exp pass.
  * Scratch buffers are shared by every sampler of the thread: sample() is synchronous, so no two use them at once.
+ *
+ * Under a grammar (structured output) the token is drawn from the row masked to the ids the grammar allows, then
+ * penalties, temperature and filters as above over those ids alone. Two ways reach exactly that distribution, and
+ * the cheaper one is tried first where it is exact (see #sampleConstrained):
+ * - sample first: draw from the unmasked row and offer the token to the grammar (a rejected offer leaves the
+ *   matcher unchanged); only when it is rejected compute the mask and draw again from the masked row. For greedy
+ *   the accepted token is the masked argmax; for plain temperature sampling this is rejection sampling with one
+ *   fallback: P(t) = p(t) + (1 - P(allowed)) p(t) / P(allowed) = p(t) / P(allowed) for every allowed t;
+ * - mask first: the grammar's bitmask, then a draw over the allowed ids only when they are few (a list of ids,
+ *   no pass over the row), or over the row with the others at -Infinity when they are many.
  */
 import type { GrammarMatcher } from "./Grammar.ts"
 import { Rng } from "./Rng.ts"
@@ -35,6 +45,37 @@ let heapV = new Float64Array(0)
 let heapI = new Int32Array(0)
 /** A constrained row: the logits where the grammar allows the id, -Infinity elsewhere. */
 let masked = new Float32Array(0)
+/** The grammar's bitmask of the current constrained row, and the ids it allows (ascending) with their logits. */
+let bitmask = new Int32Array(0)
+let allowedIds = new Int32Array(0)
+let allowedLogits = new Float64Array(0)
+
+/**
+ * Masks allowing at most vocab / SPARSE_MASK_RATIO ids are sampled as a list of ids; larger ones (inside a JSON
+ * string nearly every id is allowed) as a masked row, where one pass over contiguous memory is cheaper.
+ */
+const SPARSE_MASK_RATIO = 8
+/**
+ * Sample first is tried while the sequence's recent offers were accepted at least this often (an average over
+ * about the last 8), and otherwise once every FAST_PATH_PROBE constrained tokens to notice when they are again:
+ * a rejected offer costs one pass over the unmasked row for nothing (a model with random weights is rejected
+ * nearly always; a trained one is accepted nearly always).
+ */
+const FAST_PATH_MIN_ACCEPTANCE = 0.5
+const FAST_PATH_PROBE = 16
+const FAST_PATH_DECAY = 1 / 8
+
+/** How a sequence's constrained tokens were found: counters for benchmarks and tests. */
+export interface GrammarSamplingStats {
+  /** Drawn from the unmasked row and accepted by the grammar: no mask computed. */
+  readonly fastAccepted: number
+  /** Drawn from the unmasked row, rejected, then drawn again from the masked row. */
+  readonly fastRejected: number
+  /** Drawn from the masked row directly (sample first not exact for the parameters, not tried, or logprobs). */
+  readonly maskFirst: number
+  /** Stop tokens forced once the grammar was complete. */
+  readonly forcedStop: number
+}
 
 const ensureScratch = (vocab: number): void => {
   if (vocab <= capacity) return
@@ -44,6 +85,21 @@ const ensureScratch = (vocab: number): void => {
   kept = new Int32Array(vocab)
   cand = new Int32Array(vocab)
   bound = [new Int32Array(vocab), new Int32Array(vocab)]
+}
+
+const ensureMaskScratch = (vocab: number, words: number): void => {
+  if (bitmask.length < words) bitmask = new Int32Array(words)
+  if (allowedIds.length < vocab) {
+    allowedIds = new Int32Array(vocab)
+    allowedLogits = new Float64Array(vocab)
+  }
+}
+
+/** Set bits of a 32-bit word. */
+const popcount = (w: number): number => {
+  let m = w - ((w >>> 1) & 0x55555555)
+  m = (m & 0x33333333) + ((m >>> 2) & 0x33333333)
+  return (((m + (m >>> 4)) & 0x0f0f0f0f) * 0x01010101) >>> 24
 }
 
 const byProbDesc = (a: number, b: number): number => probs[b] - probs[a] || a - b
@@ -192,8 +248,22 @@ export class Sampler {
   #total = 0
   /** Constrained decoding: the sequence's grammar matcher (see `Grammar.ts`). */
   readonly #grammar: GrammarMatcher | undefined
+  /**
+   * Whether drawing from the unmasked row first gives exactly the masked distribution for these parameters: greedy
+   * (temperature 0 or top-k 1), or temperature alone (no top-k, top-p, min-p: truncating the unmasked row keeps a
+   * different set than truncating the masked one). Off when the caller wants the mask computed every step.
+   */
+  readonly #sampleFirst: boolean
+  /** Recent acceptance of sample-first offers (1: all accepted), and constrained tokens since the last offer. */
+  #offerAcceptance = 1
+  #sinceOffer = 0
+  #stats = { fastAccepted: 0, fastRejected: 0, maskFirst: 0, forcedStop: 0 }
 
-  constructor(params: SamplingParams, promptTokenIds: ArrayLike<number>, grammar?: GrammarMatcher) {
+  /**
+   * `grammar`: constrain the tokens to it. `options.maskFirst`: always compute the grammar's mask before drawing
+   * (the shard does for sequences that report logprobs, so their step is the one whose cost was always paid).
+   */
+  constructor(params: SamplingParams, promptTokenIds: ArrayLike<number>, grammar?: GrammarMatcher, options?: { readonly maskFirst?: boolean }) {
     const { temperature, topK, topP, minP, repetitionPenalty } = params
     if (!(temperature >= 0)) throw rangeError(`temperature must be >= 0, found ${temperature}`)
     if (!(topK >= 0) || !Number.isInteger(topK)) throw rangeError(`topK must be an integer >= 0, found ${topK}`)
@@ -202,6 +272,9 @@ export class Sampler {
     if (!(repetitionPenalty > 0)) throw rangeError(`repetitionPenalty must be > 0, found ${repetitionPenalty}`)
     this.params = params
     this.#grammar = grammar
+    const greedyDraw = temperature === 0 || topK === 1
+    const temperatureOnly = topK === 0 && topP === 1 && minP === 0
+    this.#sampleFirst = grammar !== undefined && options?.maskFirst !== true && (greedyDraw || temperatureOnly)
     this.#rng = new Rng(params.seed)
     this.#mode = repetitionPenalty !== 1 ? 1 : params.presencePenalty !== 0 || params.frequencyPenalty !== 0 ? 2 : 0
     if (this.#mode === 1) {
@@ -231,51 +304,158 @@ export class Sampler {
     return token
   }
 
+  /** How this sequence's constrained tokens were found so far (all zero without a grammar). */
+  get grammarStats(): GrammarSamplingStats {
+    return { ...this.#stats }
+  }
+
   /**
-   * Masks the row to the ids the grammar allows, then samples as usual (penalties, temperature, filters over the
-   * allowed ids only). Once the grammar is complete and allows nothing but stop tokens, a stop token is forced: the
-   * first of the model's stop ids that the grammar allows.
+   * The next token under the grammar: sample first where that is exact and recently paid off, else (or when the
+   * offer is rejected) mask first. Once the grammar is complete and allows nothing but stop tokens, a stop token is
+   * forced: the first of the model's stop ids that the grammar allows.
+   *
+   * Random numbers: mask first draws one per token, as unconstrained sampling does; an accepted offer draws one, a
+   * rejected one two (the rejected draw, then the masked one). Which path runs depends only on the sequence's own
+   * past tokens (acceptance history), never on timing, so a seed still gives the same tokens.
    */
   #sampleConstrained(grammar: GrammarMatcher, logits: Float32Array, offset: number, vocab: number): number {
-    let token: number | undefined
-    if (grammar.terminated) token = grammar.stopTokenIds[0] ?? 0
-    else {
-      const mask = grammar.nextTokenBitmask()
-      const allowed = (id: number) => id < vocab && ((mask[id >> 5]! >>> (id & 31)) & 1) === 1
-      let count = 0
-      for (let w = 0; w < mask.length; w++) {
-        let m = mask[w]! - ((mask[w]! >>> 1) & 0x55555555)
-        m = (m & 0x33333333) + ((m >>> 2) & 0x33333333)
-        count += (((m + (m >>> 4)) & 0x0f0f0f0f) * 0x01010101) >>> 24
-      }
-      let stops = 0
-      for (const id of grammar.stopTokenIds) {
-        if (allowed(id)) {
-          stops++
-          token ??= id
-        }
-      }
-      if (count > stops || token === undefined) {
-        token = undefined
-        if (masked.length < vocab) masked = new Float32Array(vocab)
-        const words = Math.min(mask.length, Math.ceil(vocab / 32))
-        for (let w = 0; w < words; w++) {
-          const bitsW = mask[w]!
-          const base = w * 32
-          const end = Math.min(base + 32, vocab)
-          if (bitsW === 0) masked.fill(-Infinity, base, end)
-          else if (bitsW === -1 && end === base + 32) masked.set(logits.subarray(offset + base, offset + end), base)
-          else for (let i = base; i < end; i++) masked[i] = ((bitsW >>> (i - base)) & 1) === 1 ? logits[offset + i]! : -Infinity
-        }
-        masked.fill(-Infinity, words * 32, vocab)
-        token = this.#sampleRow(masked, 0, vocab)
-        grammar.accept(token)
+    if (grammar.terminated) return this.#forcedStop(grammar, grammar.stopTokenIds[0] ?? 0)
+    if (this.#sampleFirst && (this.#offerAcceptance >= FAST_PATH_MIN_ACCEPTANCE || ++this.#sinceOffer >= FAST_PATH_PROBE)) {
+      this.#sinceOffer = 0
+      const token = this.#drawUnrecorded(logits, offset, vocab)
+      // A stop token goes through the mask, which decides between the stop ids as it always has.
+      const accepted = !grammar.isStopToken(token) && grammar.accept(token)
+      this.#offerAcceptance += ((accepted ? 1 : 0) - this.#offerAcceptance) * FAST_PATH_DECAY
+      if (accepted) {
+        this.#stats.fastAccepted++
+        this.accept(token)
         return token
       }
-    }
+      this.#stats.fastRejected++
+    } else this.#stats.maskFirst++
+    return this.#sampleMasked(grammar, logits, offset, vocab)
+  }
+
+  #forcedStop(grammar: GrammarMatcher, token: number): number {
+    this.#stats.forcedStop++
     grammar.accept(token)
     this.accept(token)
     return token
+  }
+
+  /** Draws from the (penalised, filtered) row without recording the token. */
+  #drawUnrecorded(logits: Float32Array, offset: number, vocab: number): number {
+    const np = this.#prepare(logits, offset, vocab)
+    const n = this.#filter(logits, offset, vocab, np)
+    return n === ARGMAX ? this.#argmax : n === WHOLE_ROW ? this.#drawRow(vocab) : this.#drawKept(n)
+  }
+
+  /** Computes the grammar's mask and draws from the row restricted to it; advances the matcher. */
+  #sampleMasked(grammar: GrammarMatcher, logits: Float32Array, offset: number, vocab: number): number {
+    const words = Math.ceil(vocab / 32)
+    ensureMaskScratch(vocab, words)
+    const mask = grammar.nextTokenBitmask(bitmask)
+    const usable = Math.min(words, mask.length)
+    // ids at or past `vocab` are never allowed: clear them from the last word
+    const tail = vocab - (usable - 1) * 32
+    const lastWord = tail >= 32 ? mask[usable - 1]! : mask[usable - 1]! & ((1 << tail) - 1)
+    let count = 0
+    for (let w = 0; w < usable - 1; w++) if (mask[w] !== 0) count += popcount(mask[w]!)
+    count += popcount(lastWord)
+    let firstStop: number | undefined
+    let stops = 0
+    for (const id of grammar.stopTokenIds) {
+      if (id < vocab && ((mask[id >> 5]! >>> (id & 31)) & 1) === 1) {
+        stops++
+        firstStop ??= id
+      }
+    }
+    if (count === stops && firstStop !== undefined) return this.#forcedStop(grammar, firstStop)
+    // Nothing allowed: xgrammar never says so before the grammar is complete; a vocabulary without stop ids can.
+    if (count === 0) return this.#forcedStop(grammar, grammar.stopTokenIds[0] ?? 0)
+    let token: number
+    if (count * SPARSE_MASK_RATIO <= vocab) {
+      let n = 0
+      for (let w = 0; w < usable; w++) {
+        let bitsW = w === usable - 1 ? lastWord : mask[w]!
+        while (bitsW !== 0) {
+          const low = bitsW & -bitsW
+          allowedIds[n++] = w * 32 + 31 - Math.clz32(low)
+          bitsW ^= low
+        }
+      }
+      token = this.#drawAmong(logits, offset, vocab, n)
+    } else {
+      if (masked.length < vocab) masked = new Float32Array(vocab)
+      for (let w = 0; w < usable; w++) {
+        const bitsW = w === usable - 1 ? lastWord : mask[w]!
+        const base = w * 32
+        const end = Math.min(base + 32, vocab)
+        if (bitsW === 0) masked.fill(-Infinity, base, end)
+        else if (bitsW === -1 && end === base + 32) masked.set(logits.subarray(offset + base, offset + end), base)
+        else for (let i = base; i < end; i++) masked[i] = ((bitsW >>> (i - base)) & 1) === 1 ? logits[offset + i]! : -Infinity
+      }
+      masked.fill(-Infinity, usable * 32, vocab)
+      token = this.#drawUnrecorded(masked, 0, vocab)
+    }
+    if (!grammar.accept(token)) throw new Error(`Sampler: the grammar rejected token ${token}, which its own mask allowed`)
+    this.accept(token)
+    return token
+  }
+
+  /**
+   * Draws among allowedIds[0..n) (ascending, n >= 1) as the row restricted to them would: penalties, temperature,
+   * top-k, top-p, min-p over those ids alone. Greedy takes the lowest id of the largest value; a list whose values
+   * are all -Infinity (or NaN) gives its first id.
+   */
+  #drawAmong(logits: Float32Array, off: number, vocab: number, n: number): number {
+    const np = this.#prepare(logits, off, vocab)
+    const ids = this.#ids
+    let s = 0
+    let max = -Infinity
+    let arg = -1
+    for (let j = 0; j < n; j++) {
+      const id = allowedIds[j]!
+      while (s < np && ids[s]! < id) s++
+      const v = s < np && ids[s] === id ? this.#vals[s]! : logits[off + id]!
+      allowedLogits[j] = v
+      if (v > max) {
+        max = v
+        arg = id
+      }
+    }
+    const { temperature, topK, topP, minP } = this.params
+    if (arg < 0) return allowedIds[0]!
+    if (!(temperature > 0) || !Number.isFinite(max)) return arg
+    const invT = 1 / temperature
+    let mass = 0
+    for (let j = 0; j < n; j++) {
+      const id = allowedIds[j]!
+      const p = Math.fround(expNeg((allowedLogits[j]! - max) * invT))
+      probs[id] = p
+      cand[j] = id
+      mass += p
+    }
+    let m: number
+    if (topK > 0 && topK < n) {
+      m = selectTop(cand, n, topK, true, 1, 0)
+      if (topP < 1) {
+        mass = 0
+        for (let j = 0; j < m; j++) mass += probs[(cand[j] = kept[j]!)]!
+        m = selectTop(cand, m, topP * mass, false, 1, 0)
+      }
+    } else if (topP < 1) m = selectTop(cand, n, topP * mass, false, 1, 0)
+    else {
+      kept.set(cand.subarray(0, n))
+      m = n
+    }
+    // min-p: the largest allowed id has weight exp(0) = 1, so the bound is minP itself
+    if (minP > 0) {
+      let k = 0
+      for (let j = 0; j < m; j++) if (probs[kept[j]!]! >= minP) kept[k++] = kept[j]!
+      m = k
+    }
+    return this.#drawKept(m)
   }
 
   /**

@@ -40,7 +40,9 @@ export class SamplerTable {
       const matcher = this.grammarCompiler().matcher(spec)
       this.matchers.get(seq.seqId)?.dispose()
       this.matchers.set(seq.seqId, matcher)
-      this.samplers.set(seq.seqId, new Sampler(seq.params, seq.promptTokenIds, matcher))
+      // A sequence that reports logprobs computes its mask every step, as before sample-first existed (its logprobs
+      // are of the raw logits either way).
+      this.samplers.set(seq.seqId, new Sampler(seq.params, seq.promptTokenIds, matcher, { maskFirst: seq.logprobs !== undefined }))
     }
   }
 
