@@ -314,7 +314,7 @@ export class GrammarMatcher {
 
   /**
    * Advances over a generated token; false when the grammar rejects it. A rejected token leaves the matcher as it
-   * was (xgrammar undoes the characters it tried; `Grammar.test.ts` checks it on special, padded and random ids), so
+   * was (xgrammar undoes the characters it tried; `GrammarSampleFirst.test.ts` checks it on special, padded and random ids), so
    * the sampler may offer a token before it knows the mask.
    */
   accept(token: number): boolean {

@@ -60,6 +60,32 @@ const counted = (m: GrammarMatcher): { matcher: GrammarMatcher; masks: () => num
 const row = (fill: (id: number) => number): Float32Array => Float32Array.from({ length: vocab }, (_, id) => fill(id))
 
 describe("sample first", () => {
+  it("offers are safe: a token the grammar rejects (special, padded past the tokenizer, or any other) leaves the matcher as it was", () => {
+    let matcher = compiler.matcher(objectSchema)
+    const rng = new Rng(5)
+    let rejected = 0
+    for (let step = 0; step < 60; step++) {
+      const before = matcher.nextTokenBitmask()
+      const isAllowed = (id: number) => ((before[id >> 5]! >>> (id & 31)) & 1) === 1
+      for (const id of [vocab - 1, stop[0]!, 128000, ...Array.from({ length: 30 }, () => Math.floor(rng.next() * vocab))]) {
+        if (isAllowed(id)) continue
+        expect(matcher.accept(id), `id ${id}`).toBe(false)
+        rejected++
+      }
+      expect(Array.from(matcher.nextTokenBitmask())).toEqual(Array.from(before))
+      const next = allowedIds(before).filter((id) => !stop.includes(id))
+      if (next.length === 0) {
+        // the JSON is complete: start another
+        matcher.dispose()
+        matcher = compiler.matcher(objectSchema)
+        continue
+      }
+      expect(matcher.accept(next[Math.floor(rng.next() * next.length)]!)).toBe(true)
+    }
+    expect(rejected).toBeGreaterThan(1000)
+    matcher.dispose()
+  })
+
   it("keeps an offered token the grammar accepts, without computing a mask", () => {
     const { matcher, masks } = counted(compiler.matcher(objectSchema))
     const sampler = new Sampler(greedy, [], matcher)
