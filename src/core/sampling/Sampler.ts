@@ -260,8 +260,8 @@ export class Sampler {
   #stats = { fastAccepted: 0, fastRejected: 0, maskFirst: 0, forcedStop: 0 }
 
   /**
-   * `grammar`: constrain the tokens to it. `options.maskFirst`: always compute the grammar's mask before drawing
-   * (the shard does for sequences that report logprobs, so their step is the one whose cost was always paid).
+   * `grammar`: constrain the tokens to it. `options.maskFirst`: compute the grammar's mask before every draw and never
+   * offer (the shard asks it for sequences that report logprobs, so their tokens come the way they always did).
    */
   constructor(params: SamplingParams, promptTokenIds: ArrayLike<number>, grammar?: GrammarMatcher, options?: { readonly maskFirst?: boolean }) {
     const { temperature, topK, topP, minP, repetitionPenalty } = params
