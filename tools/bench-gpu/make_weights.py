@@ -1,20 +1,26 @@
-"""A Meta-Llama-3-8B-Instruct-shaped checkpoint with random float16 weights, for `npm run bench:gpu` on hosts that
-cannot download the real one. Hugging Face layout: config.json (the released 8B values), generation_config.json,
-model-0000K-of-0000N.safetensors shards and model.safetensors.index.json (written last, so its presence means
-the checkpoint is complete). Weights: normal(0, 0.02) from a seeded torch.Generator on the GPU; norms are 1.
+"""A Meta-Llama-3-8B-Instruct-shaped (or 70B-shaped) checkpoint with random float16 weights, for `npm run bench:gpu`
+and the multi-GPU runs (docs/multi-gpu.md) on hosts that cannot download the real one. Hugging Face layout:
+config.json (the released values), generation_config.json, model-0000K-of-0000N.safetensors shards and
+model.safetensors.index.json (written last, so its presence means the checkpoint is complete). Weights: normal(0, 0.02)
+from a seeded torch.Generator on the GPU; norms are 1.
 
-    python3 tools/bench-gpu/make_weights.py OUTDIR [--device cuda] [--small]
+    python3 tools/bench-gpu/make_weights.py OUTDIR [--shape 8b|70b] [--layers N] [--device cuda] [--small] [--dry-run]
+
+`--shape 70b` takes Meta-Llama-3-70B's layer shape (hidden 8192, 64 query / 8 KV heads, FFN 28672); `--layers N` keeps
+the first N layers of either shape, so a reduced-depth model has the full model's per-layer cost. float16 sizes:
+70B 1.71 GB a layer + 4.20 GB embeddings and LM head (80 layers 141.1 GB: fits on neither lent host's disk, 64 GB and
+128 GB, and a conversion writes as much again; 20 layers 38.4 GB). `--dry-run` prints the config and the planned files
+without torch and writes nothing. Before writing, the free disk space is checked against the planned size.
 
 Does nothing when OUTDIR already holds the same checkpoint; refuses to touch an OUTDIR that holds another model.
-`--small` writes a 2-layer model of the same form (development only).
+`--small` writes a 2-layer 8B-form model with hidden 256 (development only).
 """
 import argparse
 import json
 import os
+import shutil
 import sys
 import time
-
-import torch
 
 # Meta-Llama-3-8B-Instruct's config.json as released (rope_theta at the top level, no rope_scaling).
 CONFIG_8B = {
@@ -42,6 +48,16 @@ CONFIG_8B = {
     "use_cache": True,
     "vocab_size": 128256,
 }
+# Meta-Llama-3-70B-Instruct's config.json values (its weights are released as bfloat16; these random ones are float16).
+CONFIG_70B = dict(
+    CONFIG_8B,
+    hidden_size=8192,
+    intermediate_size=28672,
+    num_attention_heads=64,
+    num_hidden_layers=80,
+    num_key_value_heads=8,
+)
+SHAPES = {"8b": CONFIG_8B, "70b": CONFIG_70B}
 SMALL = {"hidden_size": 256, "intermediate_size": 512, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2}
 GENERATION_CONFIG = {"bos_token_id": 128000, "eos_token_id": [128001, 128009], "do_sample": True, "temperature": 0.6, "top_p": 0.9}
 SEED = 8_000_000_000
@@ -113,19 +129,81 @@ def existing(outdir, config):
     return True
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+class OneLineParser(argparse.ArgumentParser):
+    """Bad flags: one line on stderr and exit status 2 (argparse would print the whole usage first)."""
+
+    def error(self, message):
+        self.exit(2, f"make_weights: {message}\n")
+
+
+def parse_args(argv):
+    ap = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("outdir")
+    ap.add_argument("--shape", choices=sorted(SHAPES), default="8b", help="the released model whose shape to take (default 8b)")
+    ap.add_argument("--layers", type=int, help="keep the first N decoder layers (default: all of the shape's)")
     ap.add_argument("--device", default="cuda")
-    ap.add_argument("--small", action="store_true", help="2 layers, hidden 256 (development)")
+    ap.add_argument("--small", action="store_true", help="2 layers, hidden 256 (development; 8b shape only)")
     ap.add_argument("--shard-bytes", type=int, default=5_000_000_000)
-    a = ap.parse_args()
+    ap.add_argument("--dry-run", action="store_true", help="print the config and the planned files; write nothing (no torch needed)")
+    a = ap.parse_args(argv)
+    if a.small and a.shape != "8b":
+        ap.error("--small is the 8b form at hidden 256; leave it out with --shape 70b (use --layers to reduce depth)")
+    full = (SMALL if a.small else SHAPES[a.shape])["num_hidden_layers"]
+    if a.layers is not None and not 1 <= a.layers <= full:
+        ap.error(f"--layers must be from 1 to {full}, got {a.layers}")
+    if a.shard_bytes < 1:
+        ap.error(f"--shard-bytes must be positive, got {a.shard_bytes}")
+    return a
+
+
+def build_config(shape, layers=None, small=False):
+    """The config.json to write: the shape's released values, the small form's, and the reduced depth."""
+    config = dict(SHAPES[shape], **(SMALL if small else {}))
+    if layers is not None:
+        config["num_hidden_layers"] = layers
+    return config
+
+
+def shard_file(k, n):
+    return f"model-{k + 1:05d}-of-{n:05d}.safetensors"
+
+
+def planned_files(config, shard_bytes):
+    """(file name, tensor specs, bytes) of every safetensors file, in writing order."""
+    shards = plan_shards(tensor_specs(config), shard_bytes)
+    return [(shard_file(k, len(shards)), group, sum(2 * _numel(s[1]) for s in group)) for k, group in enumerate(shards)]
+
+
+def free_bytes(outdir):
+    """Free bytes on the file system OUTDIR is (or will be) on: its nearest existing ancestor's."""
+    d = os.path.abspath(outdir)
+    while not os.path.exists(d):
+        d = os.path.dirname(d)
+    return shutil.disk_usage(d).free
+
+
+def layers_that_fit(config, free):
+    """The most layers of this shape whose checkpoint fits in `free` bytes (0 when not even the embeddings do)."""
+    specs = tensor_specs(dict(config, num_hidden_layers=1))
+    layer = sum(2 * _numel(s[1]) for s in specs if s[0].startswith("model.layers."))
+    fixed = sum(2 * _numel(s[1]) for s in specs) - layer
+    return max(0, (free - fixed) // layer)
+
+
+def dry_run(a, config, files):
+    total = sum(b for _, _, b in files)
+    print(json.dumps(config, indent=2))
+    for name, group, size in files:
+        print(f"make_weights: would write {name}: {len(group)} tensors, {size / 1e9:.2f} GB")
+    free = free_bytes(a.outdir)
+    print(f"make_weights: would write {a.outdir}: {total / 1e9:.2f} GB ({total} bytes) in {len(files)} shards; "
+          f"{free / 1e9:.1f} GB free there, room for {layers_that_fit(config, free)} layers of this shape")
+
+
+def generate(a, config, files):
+    import torch
     from safetensors.torch import save_file
 
-    config = dict(CONFIG_8B, **(SMALL if a.small else {}))
-    if existing(a.outdir, config):
-        print(f"make_weights: {a.outdir} already holds the checkpoint; nothing to do")
-        return
     device = torch.device(a.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("make_weights: torch sees no CUDA device; pass --device cpu to generate on the CPU (slow)")
@@ -133,10 +211,8 @@ def main():
     t0 = time.perf_counter()
     gen = torch.Generator(device=device)
     gen.manual_seed(SEED)
-    shards = plan_shards(tensor_specs(config), a.shard_bytes)
     weight_map, total = {}, 0
-    for k, group in enumerate(shards):
-        name = f"model-{k + 1:05d}-of-{len(shards):05d}.safetensors"
+    for name, group, size in files:
         tensors = {}
         for tname, shape, is_norm in group:
             if is_norm:
@@ -145,11 +221,11 @@ def main():
                 t = torch.randn(shape, generator=gen, device=device, dtype=torch.float16).mul_(STD).cpu()
             tensors[tname] = t
             weight_map[tname] = name
-            total += t.numel() * 2
+        total += size
         tmp = os.path.join(a.outdir, f".tmp-{name}")
         save_file(tensors, tmp, metadata={"format": "pt"})
         os.replace(tmp, os.path.join(a.outdir, name))
-        print(f"make_weights: {name}: {len(tensors)} tensors, {sum(t.numel() * 2 for t in tensors.values()) / 1e9:.2f} GB ({time.perf_counter() - t0:.1f} s)", flush=True)
+        print(f"make_weights: {name}: {len(tensors)} tensors, {size / 1e9:.2f} GB ({time.perf_counter() - t0:.1f} s)", flush=True)
         del tensors
     with open(os.path.join(a.outdir, "config.json"), "w") as f:
         json.dump(config, f, indent=2)
@@ -158,7 +234,25 @@ def main():
     with open(os.path.join(a.outdir, INDEX + ".tmp"), "w") as f:
         json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
     os.replace(os.path.join(a.outdir, INDEX + ".tmp"), os.path.join(a.outdir, INDEX))
-    print(f"make_weights: wrote {a.outdir}: {total / 1e9:.2f} GB in {len(shards)} shards, {time.perf_counter() - t0:.1f} s")
+    print(f"make_weights: wrote {a.outdir}: {total / 1e9:.2f} GB in {len(files)} shards, {time.perf_counter() - t0:.1f} s")
+
+
+def main(argv=None):
+    a = parse_args(sys.argv[1:] if argv is None else argv)
+    config = build_config(a.shape, a.layers, a.small)
+    files = planned_files(config, a.shard_bytes)
+    if a.dry_run:
+        dry_run(a, config, files)
+        return 0
+    if existing(a.outdir, config):
+        print(f"make_weights: {a.outdir} already holds the checkpoint; nothing to do")
+        return 0
+    need, free = sum(b for _, _, b in files), free_bytes(a.outdir)
+    if need > free:
+        raise SystemExit(f"make_weights: {need / 1e9:.1f} GB to write, {free / 1e9:.1f} GB free at {a.outdir}; "
+                         f"pass --layers {layers_that_fit(config, free)} or less")
+    generate(a, config, files)
+    return 0
 
 
 if __name__ == "__main__":
