@@ -6,7 +6,8 @@ import type { Llama3Options } from "../adapters/llama3/Llama3Adapter.ts"
 import { defaultInt4, type Int4Settings } from "../adapters/llama3/Quantization.ts"
 import { ValidationError } from "../core/Errors.ts"
 import type { EngineOptions } from "../core/Engine.ts"
-import { parseDevice } from "../core/shard/StepProtocol.ts"
+import { countGpus, GpuCountUnavailable } from "../core/native/GpuCount.ts"
+import { gpuCountOf, parseDevice } from "../core/shard/StepProtocol.ts"
 import type { FlagSpecs, ParsedFlags } from "./Args.ts"
 import { ProgressBar } from "./ProgressBar.ts"
 
@@ -39,7 +40,10 @@ export const resolveQuantFlags = (flags: ParsedFlags<typeof quantFlags>): Effect
 export const modelFlags = {
   model: { kind: "string", description: "Hugging Face Llama 3 checkpoint folder (default: the embedded small model)" },
   dtype: { kind: "string", description: "float32 | float16 | bfloat16 (default float32; bfloat16 with --device cuda)" },
-  shards: { kind: "integer", description: "split the layers over N shard workers (default 1)" },
+  shards: {
+    kind: "integer",
+    description: "split the layers over N shard workers (default: one per GPU that --device lists, else 1)"
+  },
   "max-batch": { kind: "integer", description: "most sequences decoding together (default 16)" },
   "context-length": { kind: "integer", description: "tokens per sequence (default: the model's, at most 8192)" },
   "max-num-batched-tokens": {
@@ -53,7 +57,10 @@ export const modelFlags = {
   },
   "num-gpu-blocks": { kind: "integer", description: "KV-cache blocks, overriding the size from free memory" },
   "no-prefix-caching": { kind: "boolean", description: "do not reuse the KV blocks of cached prompt prefixes" },
-  device: { kind: "string", description: "cpu (default) | cuda | cuda:N (needs npm run build:native and the CUDA EP)" },
+  device: {
+    kind: "string",
+    description: "cpu (default) | cuda | cuda:N | cuda:A,B,... (shard i on the i-th listed GPU) | cuda:all (every GPU nvidia-smi -L lists, or CUDA_VISIBLE_DEVICES names); cuda needs npm run build:native and the CUDA EP (docs/multi-gpu.md)"
+  },
   "cuda-graphs": { kind: "boolean", description: "with --device cuda: replay greedy decode steps from a captured CUDA graph" },
   attention: {
     kind: "string",
@@ -71,7 +78,11 @@ export const modelFlags = {
   ...quantFlags
 } as const satisfies FlagSpecs
 
-export const resolveModelFlags = (flags: ParsedFlags<typeof modelFlags>) =>
+/**
+ * The flags as adapter and engine options, or a ValidationError naming the flag. `gpuCount` answers `--device cuda:all`
+ * (asked only then; tests pass their own).
+ */
+export const resolveModelFlags = (flags: ParsedFlags<typeof modelFlags>, gpuCount: () => number = countGpus) =>
   Effect.gen(function*() {
     const dtype = flags.dtype ?? "float32"
     if (dtype !== "float32" && dtype !== "float16" && dtype !== "bfloat16") {
@@ -96,8 +107,15 @@ export const resolveModelFlags = (flags: ParsedFlags<typeof modelFlags>) =>
     }
     const blocks = flags["num-gpu-blocks"]
     if (blocks !== undefined && blocks < 2) return yield* bad("--num-gpu-blocks", `--num-gpu-blocks must be at least 2, got ${blocks}`)
-    const parsed = parseDevice(flags.device ?? "cpu")
-    if (parsed === undefined) return yield* bad("--device", `--device must be cpu, cuda or cuda:N, got '${flags.device}'`)
+    const gpus = flags.device === "cuda:all" ? yield* countForAll(gpuCount) : undefined
+    const parsed = parseDevice(flags.device ?? "cpu", gpus)
+    if (parsed === undefined) return yield* bad("--device", `--device must be cpu, cuda, cuda:N, cuda:A,B,... or cuda:all, got '${flags.device}'`)
+    // Shards go to the listed GPUs round robin: fewer shards than GPUs would leave some idle.
+    const listedGpus = gpuCountOf(parsed)
+    if (flags.shards !== undefined && listedGpus > 1 && flags.shards < listedGpus) {
+      return yield* bad("--shards", `--shards ${flags.shards} leaves GPUs idle: --device ${flags.device} lists ${listedGpus}; use at least ${listedGpus} shards or list fewer GPUs`)
+    }
+    const shards = flags.shards ?? (listedGpus > 1 ? listedGpus : undefined)
     if (flags["cuda-graphs"] === true && parsed.kind !== "cuda") return yield* bad("--cuda-graphs", "--cuda-graphs needs --device cuda")
     if (util !== undefined && parsed.kind !== "cuda") return yield* bad("--gpu-memory-utilization", "--gpu-memory-utilization needs --device cuda")
     const cudaOptions: Record<string, string> = {}
@@ -128,7 +146,7 @@ export const resolveModelFlags = (flags: ParsedFlags<typeof modelFlags>) =>
     const adapter: Llama3Options = {
       modelDir: flags.model,
       dtype,
-      shards: flags.shards,
+      shards,
       maxContext: flags["context-length"],
       attention,
       ...(quantize === undefined ? {} : { quantize }),
@@ -146,4 +164,15 @@ export const resolveModelFlags = (flags: ParsedFlags<typeof modelFlags>) =>
       ...(flags["allow-special-tokens"] === true ? { allowSpecialTokens: true } : {})
     }
     return { adapter, engine, done: () => bar.done() }
+  })
+
+/** GPUs for `--device cuda:all`: at least one, or a ValidationError saying why not. */
+const countForAll = (gpuCount: () => number) =>
+  Effect.gen(function*() {
+    const counted = yield* Effect.try({
+      try: gpuCount,
+      catch: (e) => new ValidationError({ field: "--device", message: `--device cuda:all: ${e instanceof GpuCountUnavailable ? e.message : String(e)}` })
+    })
+    if (counted < 1) return yield* bad("--device", "--device cuda:all: no GPU found (nvidia-smi -L lists none, or CUDA_VISIBLE_DEVICES is empty)")
+    return counted
   })

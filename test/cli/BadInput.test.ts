@@ -60,7 +60,7 @@ describe("chorus generate with bad input", () => {
     ["a negative temperature", ["--model", model, "--token-ids", "1,2", "--temperature", "-1"], /temperature must be at least 0 and at most 100, got -1/],
     ["a non-numeric flag", ["--model", model, "--token-ids", "1,x"], /--token-ids expects a number, got 'x'/],
     ["an unknown flag", ["--model", model, "--token-ids", "1", "--bogus", "1"], /unknown option --bogus/],
-    ["an unknown device", ["--model", model, "--token-ids", "1,2", "--device", "tpu"], /--device must be cpu, cuda or cuda:N, got 'tpu'/],
+    ["an unknown device", ["--model", model, "--token-ids", "1,2", "--device", "tpu"], /--device must be cpu, cuda, cuda:N, cuda:A,B,... or cuda:all, got 'tpu'/],
     ["a CUDA option without a CUDA device", ["--model", model, "--token-ids", "1,2", "--cuda-option", "use_tf32=0"], /--cuda-option needs --device cuda/],
     ["an attention layout without a CUDA device", ["--model", model, "--token-ids", "1,2", "--attention", "paged"], /--attention needs --device cuda/],
     ["an unknown attention layout", ["--model", model, "--token-ids", "1,2", "--device", "cuda", "--attention", "flash"], /--attention must be paged or fused, got 'flash'/],

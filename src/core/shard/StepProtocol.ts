@@ -21,14 +21,26 @@ export type Device =
     readonly options?: Readonly<Record<string, string>>
   }
 
-/** `cpu`, `cuda`, `cuda:N` or `cuda:A,B,...` (one GPU per shard, round robin). */
-export const parseDevice = (text: string): Device | undefined => {
+/**
+ * `cpu`, `cuda`, `cuda:N`, `cuda:A,B,...` (one GPU per shard, round robin) or `cuda:all` (GPUs 0 to `gpuCount` - 1;
+ * undefined without a count of at least 1, which the caller finds: `countGpus` in native/GpuCount.ts).
+ */
+export const parseDevice = (text: string, gpuCount?: number): Device | undefined => {
   if (text === "cpu") return { kind: "cpu" }
+  if (text === "cuda:all") {
+    if (gpuCount === undefined || !Number.isInteger(gpuCount) || gpuCount < 1) return undefined
+    return cudaDevices(Array.from({ length: gpuCount }, (_, i) => i))
+  }
   const m = /^cuda(?::(\d+(?:,\d+)*))?$/.exec(text)
   if (m === null) return undefined
-  const ids = m[1] === undefined ? [0] : m[1].split(",").map(Number)
-  return ids.length === 1 ? { kind: "cuda", id: ids[0]! } : { kind: "cuda", id: ids[0]!, ids }
+  return cudaDevices(m[1] === undefined ? [0] : m[1].split(",").map(Number))
 }
+
+const cudaDevices = (ids: ReadonlyArray<number>): Device =>
+  ids.length === 1 ? { kind: "cuda", id: ids[0]! } : { kind: "cuda", id: ids[0]!, ids }
+
+/** GPUs a device spreads its shards over (1 for `cuda:N`; 0 for the CPU). */
+export const gpuCountOf = (device: Device): number => device.kind === "cpu" ? 0 : device.ids?.length ?? 1
 
 /** The device of shard `index` of a model placed on `device`. */
 export const shardDevice = (device: Device, index: number): Device =>
