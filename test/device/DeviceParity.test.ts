@@ -1,7 +1,7 @@
 // Parity of the device runtime (native IO-binding addon, device-resident KV cache) with transformers, through the
 // same engine path users take. Not part of `npm test` (CI has no GPU and does not build the addon): run it with
-// `npm run test:device` — on a GPU host with CHORUS_TEST_DEVICE=cuda (the default), or here on the CPU with
-// CHORUS_TEST_DEVICE=cpu, which runs the same addon with the CPU execution provider.
+// `npm run test:device` — on a GPU host with CHORUS_TEST_DEVICE=cuda (the default) or cuda:0,1 (shards on two GPUs),
+// or here on the CPU with CHORUS_TEST_DEVICE=cpu, which runs the same addon with the CPU execution provider.
 import { Effect, ManagedRuntime, Stream } from "effect"
 import * as fs from "node:fs"
 import * as os from "node:os"
@@ -75,11 +75,16 @@ const expectHalfPrecisionParity = async (
   expect((sorted[0]! - sorted[1]!) / scale).toBeLessThan(tieMargin)
 }
 
-describe.each([
+// On several GPUs (CHORUS_TEST_DEVICE=cuda:0,1 or more), 2 shards put one shard on each of the first two GPUs, and 3
+// shards (the most tiny-llama3-b's 3 layers allow) also put two shards on one GPU, round robin (docs/multi-gpu.md).
+const shardCases: ReadonlyArray<readonly ["tiny-llama3-a" | "tiny-llama3-b", number]> = [
   ["tiny-llama3-a", 1],
   ["tiny-llama3-b", 1],
-  ["tiny-llama3-b", 2]
-] as const)(`${device.kind}: %s over %i shard(s)`, (name, shards) => {
+  ["tiny-llama3-b", 2],
+  ...(parsed.kind === "cuda" && (parsed.ids?.length ?? 1) > 1 ? [["tiny-llama3-b", 3] as const] : [])
+]
+
+describe.each(shardCases)(`${device.kind}: %s over %i shard(s)`, (name, shards) => {
   const reference = readReference(name)
   const f32 = engineFor(name, "float32", shards)
   const f16 = engineFor(name, "float16", shards)
