@@ -12,7 +12,8 @@ the first N layers of either shape, so a reduced-depth model has the full model'
 128 GB, and a conversion writes as much again; 20 layers 38.4 GB). `--dry-run` prints the config and the planned files
 without torch and writes nothing. Before writing, the free disk space is checked against the planned size.
 
-Does nothing when OUTDIR already holds the same checkpoint; refuses to touch an OUTDIR that holds another model.
+Does nothing when OUTDIR already holds the same checkpoint; refuses to touch an OUTDIR that holds another model. A run
+cut short (a time limit) goes on where it stopped when called again: the files it completed are kept.
 `--small` writes a 2-layer 8B-form model with hidden 256 (development only).
 """
 import argparse
@@ -200,7 +201,24 @@ def dry_run(a, config, files):
           f"{free / 1e9:.1f} GB free there, room for {layers_that_fit(config, free)} layers of this shape")
 
 
-def generate(a, config, files):
+def written_files(outdir, config, files):
+    """Files an interrupted run of this config already wrote (each is renamed into place only once complete); exits
+    where OUTDIR holds part of another model (its config.json, written first, differs) or files of unknown origin."""
+    config_path = os.path.join(outdir, "config.json")
+    if os.path.exists(config_path):
+        with open(config_path) as f:
+            found = json.load(f)
+        if any(found.get(k) != config[k] for k in SHAPE_KEYS):
+            raise SystemExit(f"make_weights: {outdir} holds part of another model; choose another OUTDIR")
+    done = [name for name, _, _ in files if os.path.exists(os.path.join(outdir, name))]
+    if done and not os.path.exists(config_path):
+        raise SystemExit(f"make_weights: {outdir} holds {done[0]} but no config.json: not a run of this script; choose another OUTDIR")
+    return set(done)
+
+
+def generate(a, config, files, done):
+    """Writes the files not in `done`. Those in `done` are drawn again on the device and dropped, so that the seeded
+    generator reaches the later tensors in the state an uninterrupted run would: a resumed run writes the same bytes."""
     import torch
     from safetensors.torch import save_file
 
@@ -208,27 +226,34 @@ def generate(a, config, files):
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("make_weights: torch sees no CUDA device; pass --device cpu to generate on the CPU (slow)")
     os.makedirs(a.outdir, exist_ok=True)
+    # Written first, so that a resumed run can tell its own partial output from another model's.
+    with open(os.path.join(a.outdir, "config.json"), "w") as f:
+        json.dump(config, f, indent=2)
     t0 = time.perf_counter()
     gen = torch.Generator(device=device)
     gen.manual_seed(SEED)
     weight_map, total = {}, 0
     for name, group, size in files:
+        for tname, _, _ in group:
+            weight_map[tname] = name
+        total += size
+        if name in done:
+            for _, shape, is_norm in group:
+                if not is_norm:
+                    torch.randn(shape, generator=gen, device=device, dtype=torch.float16)
+            print(f"make_weights: {name}: written by an earlier run", flush=True)
+            continue
         tensors = {}
         for tname, shape, is_norm in group:
             if is_norm:
-                t = torch.ones(shape, dtype=torch.float16)
+                tensors[tname] = torch.ones(shape, dtype=torch.float16)
             else:
-                t = torch.randn(shape, generator=gen, device=device, dtype=torch.float16).mul_(STD).cpu()
-            tensors[tname] = t
-            weight_map[tname] = name
-        total += size
+                tensors[tname] = torch.randn(shape, generator=gen, device=device, dtype=torch.float16).mul_(STD).cpu()
         tmp = os.path.join(a.outdir, f".tmp-{name}")
         save_file(tensors, tmp, metadata={"format": "pt"})
         os.replace(tmp, os.path.join(a.outdir, name))
         print(f"make_weights: {name}: {len(tensors)} tensors, {size / 1e9:.2f} GB ({time.perf_counter() - t0:.1f} s)", flush=True)
         del tensors
-    with open(os.path.join(a.outdir, "config.json"), "w") as f:
-        json.dump(config, f, indent=2)
     with open(os.path.join(a.outdir, "generation_config.json"), "w") as f:
         json.dump(GENERATION_CONFIG, f, indent=2)
     with open(os.path.join(a.outdir, INDEX + ".tmp"), "w") as f:
@@ -247,11 +272,12 @@ def main(argv=None):
     if existing(a.outdir, config):
         print(f"make_weights: {a.outdir} already holds the checkpoint; nothing to do")
         return 0
-    need, free = sum(b for _, _, b in files), free_bytes(a.outdir)
+    done = written_files(a.outdir, config, files)
+    need, free = sum(b for name, _, b in files if name not in done), free_bytes(a.outdir)
     if need > free:
         raise SystemExit(f"make_weights: {need / 1e9:.1f} GB to write, {free / 1e9:.1f} GB free at {a.outdir}; "
                          f"pass --layers {layers_that_fit(config, free)} or less")
-    generate(a, config, files)
+    generate(a, config, files, done)
     return 0
 
 

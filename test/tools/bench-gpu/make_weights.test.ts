@@ -90,3 +90,56 @@ describe("make_weights.py bad flags", () => {
     expect(r.stderr).toContain(message)
   })
 })
+
+// The writing path with test/tools/bench-gpu/fake-torch standing in for torch and safetensors: what files and index
+// it writes, and that a run cut short and called again writes what an uninterrupted run writes.
+describe("make_weights.py writing (fake torch)", () => {
+  const fakeTorch = path.resolve(import.meta.dirname, "fake-torch")
+  const root = fs.mkdtempSync(path.join(os.tmpdir(), "chorus-make-weights-write-"))
+  const write = (dir: string, extra: Record<string, string> = {}, ...args: ReadonlyArray<string>) =>
+    spawnSync("python3", [script, dir, "--small", "--device", "cpu", "--shard-bytes", "1000000", ...args], {
+      encoding: "utf8",
+      env: { ...process.env, PYTHONPATH: fakeTorch, PYTHONDONTWRITEBYTECODE: "1", ...extra }
+    })
+  const contents = (dir: string) =>
+    Object.fromEntries(fs.readdirSync(dir).sort().map((f) => [f, fs.readFileSync(path.join(dir, f), "utf8")]))
+
+  it("writes the shards, config.json and an index naming every tensor's file", () => {
+    const dir = path.join(root, "whole")
+    const r = write(dir)
+    expect(r.status, r.stderr).toBe(0)
+    const index = JSON.parse(fs.readFileSync(path.join(dir, "model.safetensors.index.json"), "utf8")) as { metadata: { total_size: number }; weight_map: Record<string, string> }
+    // --small: 2 layers of 9 tensors, embeddings, final norm and LM head.
+    expect(Object.keys(index.weight_map)).toHaveLength(2 * 9 + 3)
+    for (const file of new Set(Object.values(index.weight_map))) expect(fs.existsSync(path.join(dir, file))).toBe(true)
+    const first = JSON.parse(fs.readFileSync(path.join(dir, index.weight_map["model.embed_tokens.weight"]!), "utf8")) as Record<string, unknown>
+    expect(first["model.embed_tokens.weight"]).toEqual([[128256, 256], [8_000_000_000, 0.02]])
+    expect(JSON.parse(fs.readFileSync(path.join(dir, "config.json"), "utf8"))).toMatchObject({ hidden_size: 256, num_hidden_layers: 2 })
+    expect(write(dir).stdout).toContain("already holds the checkpoint; nothing to do")
+  })
+
+  it("goes on after a run cut short and writes the same bytes as an uninterrupted run", () => {
+    const whole = path.join(root, "reference")
+    expect(write(whole).status).toBe(0)
+    const files = Object.keys(contents(whole)).filter((f) => f.startsWith("model-"))
+    expect(files).toHaveLength(5)
+    const dir = path.join(root, "resumed")
+    const cut = write(dir, { FAKE_SAVE_FAIL: files[3]! })
+    expect(cut.status).not.toBe(0)
+    expect(fs.existsSync(path.join(dir, "model.safetensors.index.json"))).toBe(false)
+    const again = write(dir)
+    expect(again.status, again.stderr).toBe(0)
+    expect(again.stdout.match(/written by an earlier run/g)).toHaveLength(3)
+    const resumed = contents(dir)
+    delete resumed[`.tmp-${files[3]!}`]
+    expect(resumed).toEqual(contents(whole))
+  })
+
+  it("refuses a partial folder of another model", () => {
+    const dir = path.join(root, "other")
+    expect(write(dir, { FAKE_SAVE_FAIL: "model-00003-of-00005.safetensors" }).status).not.toBe(0)
+    const r = write(dir, {}, "--layers", "1")
+    expect(r.status).toBe(1)
+    expect(r.stderr.trim()).toBe(`make_weights: ${dir} holds part of another model; choose another OUTDIR`)
+  })
+})
