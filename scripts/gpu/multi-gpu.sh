@@ -55,8 +55,14 @@ sweep() {
   local rc=$?
   say "$step exit $rc"; [[ -f "$RESULTS/$step/server-sweep.md" ]] && cat "$RESULTS/$step/server-sweep.md"
   grep -m3 -iE "illegal|error|out of memory" "$RESULTS/$step/server.log" 2>/dev/null | cut -c1-250
-  ((rc == 0)) && mark_done "$step"
-  return $rc
+  finish "$step" "$rc"
+}
+# finish STEP RC: a step that ended by itself, passed or failed, is a result (REDO=1 runs it again); one cut by its
+# time limit (124, 137) runs again on the next call.
+finish() {
+  echo "$2" > "$RESULTS/$1/rc"
+  if (($2 == 124 || $2 == 137)); then say "$1: cut by its time limit; call PHASE=$PHASE again"; else mark_done "$1"; fi
+  return "$2"
 }
 
 nproc; free -g | head -2; df -h "$BENCH_DIR" | tail -1
@@ -74,7 +80,7 @@ if [[ "$PHASE" == P ]]; then
     CUDA_TEST_CMD="CHORUS_TEST_DEVICE=cuda:0,1 $VITEST; a=\$?; CHORUS_TEST_ATTENTION=paged CHORUS_TEST_DEVICE=cuda:0,1 $VITEST; b=\$?; exit \$((a || b))" \
       STAGES="parity" DEADLINE_S=190 PARITY_TIMEOUT_S=170 OUT="$RESULTS/parity/run-all" bash scripts/gpu/run-all.sh
     rc=$?; say "parity exit $rc"; grep -E "Tests |×|FAIL" "$RESULTS/parity/run-all/log" | head -30
-    ((rc == 0)) && mark_done parity
+    finish parity "$rc"
   fi
   if [[ ! -f "$CKPT8/model.safetensors.index.json" ]]; then
     should_run weights-8b 150 && { timeout 200 python3 tools/bench-gpu/make_weights.py "$CKPT8"; say "8B weights exit $?"; }
