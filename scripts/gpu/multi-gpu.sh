@@ -145,8 +145,9 @@ print(json.dumps(copy_bandwidth(d, Clock(d), 4)))' "$gpu" > "$RESULTS/bandwidth/
     console.log((Math.min(...rates) / 1e9).toFixed(0))' "$RESULTS/bandwidth" 2>/dev/null)"
   if [[ -n "$gbs" ]]; then
     say "pipeline roofline at $gbs GB/s per GPU (the slower GPU's copy rate); target: 1 stream >= 60% of the in-sequence floor"
+    measured=(); [[ -f "$RESULTS/70b-2gpu/server-sweep.json" ]] && measured=(--sweep "$RESULTS/70b-2gpu/server-sweep.json")
     "$NODE" tools/bench-gpu/pipeline-roofline.ts --checkpoint "$CKPT70" --shards 2 --bandwidth-gbs "$gbs" --concurrency 1,64 \
-      --sweep "$RESULTS/70b-2gpu/server-sweep.json" | tee "$RESULTS/70b-roofline.md"
+      "${measured[@]}" | tee "$RESULTS/70b-roofline.md"
   else
     say "no bandwidth measured: no roofline"
   fi
