@@ -373,31 +373,74 @@ export const buildShardGraph = (config: LlamaConfig, options: ShardOptions): Sha
     // Greedy rows need one id, not a vocabulary of logits: fetching only this output spares the copy of
     // [batch, vocab] floats out of ORT and a JS pass over them. Ties go to the lowest id, as in the sampler.
     const chunks = argmaxChunks(V)
-    if (chunks === 1) {
-      node({ op: "ArgMax", inputs: [TensorNames.logits], outputs: [TensorNames.greedyToken], attributes: { axis: -1, keepdims: 0, select_last_index: 0 }, name: "greedy" })
-    } else {
+    const argmax = (from: string, to: string, prefix: string) => {
+      if (chunks === 1) {
+        node({ op: "ArgMax", inputs: [from], outputs: [to], attributes: { axis: -1, keepdims: 0, select_last_index: 0 }, name: prefix })
+        return
+      }
       // ArgMax over a whole 128k-entry row runs one thread block per row on the CUDA EP: about 150 us a row,
       // 9.7 ms of a 16.5 ms step at batch 64 on an H200 (ncu). Two short reductions keep every block busy:
       // the best entry of each of `chunks` slices, then the best slice; ties still go to the lowest id.
+      node({ op: "Reshape", inputs: [from, "argmax_chunked_shape"], outputs: [`${prefix}_chunked`], name: `${prefix}_chunks` })
+      node({ op: "ArgMax", inputs: [`${prefix}_chunked`], outputs: [`${prefix}_in_chunk`], attributes: { axis: 2, keepdims: 1, select_last_index: 0 }, name: `${prefix}_in_chunk` })
+      node({ op: "ReduceMax", inputs: [`${prefix}_chunked`], outputs: [`${prefix}_chunk_max`], attributes: { axes: [2], keepdims: 1 }, name: `${prefix}_chunk_max` })
+      node({ op: "ArgMax", inputs: [`${prefix}_chunk_max`], outputs: [`${prefix}_best_chunk`], attributes: { axis: 1, keepdims: 1, select_last_index: 0 }, name: `${prefix}_best_chunk` })
+      node({ op: "GatherElements", inputs: [`${prefix}_in_chunk`, `${prefix}_best_chunk`], outputs: [`${prefix}_offset`], attributes: { axis: 1 }, name: `${prefix}_offset` })
+      node({ op: "Mul", inputs: [`${prefix}_best_chunk`, "argmax_chunk_len"], outputs: [`${prefix}_base`], name: `${prefix}_base` })
+      node({ op: "Add", inputs: [`${prefix}_base`, `${prefix}_offset`], outputs: [`${prefix}_flat`], name: `${prefix}_flat` })
+      // [batch * n_logits, 1, 1] -> [batch, n_logits] ([n_logits] in the paged layout)
+      node({ op: "Reshape", inputs: [`${prefix}_flat`, "argmax_index_shape"], outputs: [to], name: prefix })
+    }
+    if (chunks > 1) {
       const L = V / chunks
       inline.push(
         { name: "argmax_chunked_shape", type: "int64", dims: [3], values: [-1, chunks, L] },
-        { name: "argmax_out_shape", type: "int64", dims: [2], values: [0, -1] },
         { name: "argmax_chunk_len", type: "int64", dims: [], values: [L] }
       )
-      node({ op: "Reshape", inputs: [TensorNames.logits, "argmax_chunked_shape"], outputs: ["argmax_chunked"], name: "greedy_chunks" })
-      node({ op: "ArgMax", inputs: ["argmax_chunked"], outputs: ["argmax_in_chunk"], attributes: { axis: 2, keepdims: 1, select_last_index: 0 }, name: "greedy_in_chunk" })
-      node({ op: "ReduceMax", inputs: ["argmax_chunked"], outputs: ["argmax_chunk_max"], attributes: { axes: [2], keepdims: 1 }, name: "greedy_chunk_max" })
-      node({ op: "ArgMax", inputs: ["argmax_chunk_max"], outputs: ["argmax_best_chunk"], attributes: { axis: 1, keepdims: 1, select_last_index: 0 }, name: "greedy_best_chunk" })
-      node({ op: "GatherElements", inputs: ["argmax_in_chunk", "argmax_best_chunk"], outputs: ["argmax_offset"], attributes: { axis: 1 }, name: "greedy_offset" })
-      node({ op: "Mul", inputs: ["argmax_best_chunk", "argmax_chunk_len"], outputs: ["argmax_base"], name: "greedy_base" })
-      node({ op: "Add", inputs: ["argmax_base", "argmax_offset"], outputs: ["argmax_flat"], name: "greedy_flat" })
-      // [batch * n_logits, 1, 1] -> [batch, n_logits] ([n_logits] in the paged layout)
       node({ op: "Shape", inputs: [TensorNames.logitsIndex], outputs: ["argmax_index_shape"], name: "greedy_index_shape" })
-      node({ op: "Reshape", inputs: ["argmax_flat", "argmax_index_shape"], outputs: [TensorNames.greedyToken], name: "greedy" })
+    }
+    argmax(TensorNames.logits, TensorNames.greedyToken, "greedy")
+
+    // Constrained greedy rows (rotary-outside graphs, the CPU runtime's): the grammar's bitmask applied before an
+    // ArgMax of its own, so a structured-output step fetches ids, not 128k floats a row. A separate output, not a
+    // masked `greedy_token`: ORT runs only what the fetched outputs need, so unconstrained steps never unpack a mask.
+    // The device layouts leave it out (they never constrain in the graph, and their EP's coverage of BitShift is
+    // unchecked). Opset 17 has no BitwiseAnd: bit j of a word is (word << (31 - j)) >> 31, all in uint32.
+    if (!fused) {
+      const words = Math.ceil(V / 32)
+      inputs.push({ name: TensorNames.tokenBitmask, type: "int32", dims: ["mask_rows", words] })
+      inline.push(
+        { name: "mask_bit_up", type: "int32", dims: [1, 1, 32], values: Array.from({ length: 32 }, (_, j) => 31 - j) },
+        { name: "mask_bit_down", type: "int32", dims: [1], values: [31] },
+        { name: "mask_last_axis", type: "int64", dims: [1], values: [-1] },
+        { name: "mask_rows_shape", type: "int64", dims: [2], values: [0, -1] },
+        { name: "mask_start", type: "int64", dims: [1], values: [0] },
+        { name: "mask_end", type: "int64", dims: [1], values: [V] },
+        { name: "mask_axis", type: "int64", dims: [1], values: [1] },
+        { name: "masked_out", type: "float32", dims: [1], values: [Number.NEGATIVE_INFINITY] }
+      )
+      node({ op: "Cast", inputs: [TensorNames.tokenBitmask], outputs: ["mask_words"], attributes: { to: 12 }, name: "mask_words" })
+      node({ op: "Cast", inputs: ["mask_bit_up"], outputs: ["mask_bit_up_u32"], attributes: { to: 12 }, name: "mask_bit_up_u32" })
+      node({ op: "Cast", inputs: ["mask_bit_down"], outputs: ["mask_bit_down_u32"], attributes: { to: 12 }, name: "mask_bit_down_u32" })
+      // [rows, words] -> [rows, words, 1] -> (shifts broadcast over a bit axis) [rows, words, 32] of 0 / 1
+      node({ op: "Unsqueeze", inputs: ["mask_words", "mask_last_axis"], outputs: ["mask_words_3d"], name: "mask_words_3d" })
+      node({ op: "BitShift", inputs: ["mask_words_3d", "mask_bit_up_u32"], outputs: ["mask_bits_high"], attributes: { direction: "LEFT" }, name: "mask_bits_high" })
+      node({ op: "BitShift", inputs: ["mask_bits_high", "mask_bit_down_u32"], outputs: ["mask_bits"], attributes: { direction: "RIGHT" }, name: "mask_bits" })
+      // -> [rows, 32 * words] -> [rows, vocab] (the last word's spare bits dropped) -> [rows, 1, vocab] bool
+      node({ op: "Reshape", inputs: ["mask_bits", "mask_rows_shape"], outputs: ["mask_bits_flat"], name: "mask_bits_flat" })
+      node({ op: "Slice", inputs: ["mask_bits_flat", "mask_start", "mask_end", "mask_axis"], outputs: ["mask_bits_vocab"], name: "mask_bits_vocab" })
+      node({ op: "Cast", inputs: ["mask_bits_vocab"], outputs: ["mask_allowed_2d"], attributes: { to: 9 }, name: "mask_allowed_2d" })
+      node({ op: "Unsqueeze", inputs: ["mask_allowed_2d", "mask_axis"], outputs: ["mask_allowed"], name: "mask_allowed" })
+      // A row of one all-ones word row broadcasts over every batch row and logits position.
+      node({ op: "Where", inputs: ["mask_allowed", TensorNames.logits, "masked_out"], outputs: ["masked_logits"], name: "masked_logits" })
+      argmax("masked_logits", TensorNames.maskedGreedyToken, "masked_greedy")
     }
     const logitsDims: ReadonlyArray<string> = paged ? ["n_logits"] : ["batch", "n_logits"]
-    outputs.unshift({ name: TensorNames.logits, type: "float32", dims: [...logitsDims, V] }, { name: TensorNames.greedyToken, type: "int64", dims: logitsDims })
+    outputs.unshift(
+      { name: TensorNames.logits, type: "float32", dims: [...logitsDims, V] },
+      { name: TensorNames.greedyToken, type: "int64", dims: logitsDims },
+      ...(fused ? [] : [{ name: TensorNames.maskedGreedyToken, type: "int64" as const, dims: logitsDims }])
+    )
   } else {
     node({ op: "Add", inputs: [pending ?? residual, residual], outputs: [TensorNames.hiddenOut], name: "hidden_out" })
     outputs.unshift({ name: TensorNames.hiddenOut, type: T, dims: [...tokenDims, H] })
