@@ -8,7 +8,10 @@
  * shared machine the best round is the least disturbed one).
  *
  *   node tools/bench-structured.ts [--concurrency 1,64] [--requests N] [--max-tokens 256] [--temperature 0]
- *                                  [--rounds 3] [--modes plain,json_object,json_schema] [--json FILE]
+ *                                  [--rounds 3] [--modes plain,json_object,json_schema] [--json FILE] [--logits-mask]
+ *
+ * `--logits-mask`: constrained greedy steps fetch the logits and mask them in the sampler, as before the graph took
+ * the grammar's mask (`EngineOptions.grammarMaskInGraph`), for a before/after comparison on one build.
  */
 import * as fs from "node:fs"
 import * as os from "node:os"
@@ -23,8 +26,10 @@ const flags = parseFlags("bench-structured", process.argv.slice(2), {
   temperature: { kind: "number", description: "sampling temperature (default 0: greedy)" },
   rounds: { kind: "integer", description: "rounds of every mode, interleaved; figures are medians (default 3)" },
   modes: { kind: "string", description: "comma-separated: plain, json_object, json_schema (default all)" },
-  json: { kind: "string", description: "write the results here" }
+  json: { kind: "string", description: "write the results here" },
+  "logits-mask": { kind: "boolean", description: "mask fetched logits in the sampler instead of in the graph (the path before)" }
 })
+const grammarMaskInGraph = flags["logits-mask"] !== true
 const levels = flags.concurrency ?? [1, 64]
 const maxTokens = flags["max-tokens"] ?? 256
 const temperature = flags.temperature ?? 0
@@ -46,7 +51,7 @@ const formatOf = (mode: Mode) =>
     : { response_format: { type: "json_schema", json_schema: { name: "words", schema: SCHEMA, strict: true } } }
 
 const maxLevel = Math.max(...levels)
-const server = await startServer({ adapter: Llama3Adapter, adapterOptions: {}, port: 0, host: "127.0.0.1", engine: { maxNumSeqs: Math.max(64, maxLevel) } })
+const server = await startServer({ adapter: Llama3Adapter, adapterOptions: {}, port: 0, host: "127.0.0.1", engine: { maxNumSeqs: Math.max(64, maxLevel), grammarMaskInGraph } })
 
 let nextSeed = 0
 const one = async (mode: Mode): Promise<number> => {
@@ -121,5 +126,7 @@ for (const c of levels) {
   console.log(`| ${c} | ${cells.join(" | ")} |`)
 }
 const machine = `${os.cpus().length} cores (${os.cpus()[0]?.model ?? "?"}), Node ${process.versions.node}`
-console.log(`\n${machine}, ${new Date().toISOString().slice(0, 10)}, max_tokens ${maxTokens}, temperature ${temperature}, ${rounds} rounds`)
-if (flags.json !== undefined) fs.writeFileSync(flags.json, JSON.stringify({ machine, date: new Date().toISOString(), maxTokens, temperature, rounds, results }, null, 2))
+const masking = grammarMaskInGraph ? "grammar mask in the graph (greedy steps)" : "grammar mask on fetched logits"
+const load = os.loadavg().map((x) => x.toFixed(2)).join(" ")
+console.log(`\n${machine}, ${new Date().toISOString().slice(0, 10)}, max_tokens ${maxTokens}, temperature ${temperature}, ${rounds} rounds, ${masking}, load average ${load}`)
+if (flags.json !== undefined) fs.writeFileSync(flags.json, JSON.stringify({ machine, date: new Date().toISOString(), maxTokens, temperature, rounds, grammarMaskInGraph, loadAverage: os.loadavg(), results }, null, 2))

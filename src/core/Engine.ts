@@ -93,6 +93,11 @@ export interface EngineOptions {
    * want. Default false: they are encoded as text, and only the chat format writes control tokens.
    */
   readonly allowSpecialTokens?: boolean
+  /**
+   * CPU runtime: structured-output steps that are all greedy apply the grammar's mask inside the graph and fetch token
+   * ids, not logits. Default true; false masks the fetched logits in the sampler (the same tokens, slower).
+   */
+  readonly grammarMaskInGraph?: boolean
   readonly observer?: EngineObserver
 }
 
@@ -201,7 +206,8 @@ const makeEngine = (model: LoadedModel, options: EngineOptions) =>
           : undefined,
         threads,
         device: deviceOf(i),
-        grammar: spec.isLast ? vocab : undefined
+        grammar: spec.isLast ? vocab : undefined,
+        grammarMaskInGraph: options.grammarMaskInGraph
       }
       shards.push(yield* makeShardActor(i, workerUrl, load, options.shardRestarts))
     }

@@ -21,9 +21,9 @@ interface Answer {
   readonly finishReason: string
   readonly body: any
 }
-const post = async (route: "chat" | "completions", body: Record<string, unknown>): Promise<Answer> => {
+const post = async (route: "chat" | "completions", body: Record<string, unknown>, url = server.url): Promise<Answer> => {
   const chat = route === "chat"
-  const r = await fetch(`${server.url}/v1/${chat ? "chat/completions" : "completions"}`, {
+  const r = await fetch(`${url}/v1/${chat ? "chat/completions" : "completions"}`, {
     method: "POST",
     headers: { "content-type": "application/json" },
     body: JSON.stringify(chat ? { messages: [{ role: "user", content: "Answer in JSON." }], ...body } : { prompt: "JSON:", ...body })
@@ -170,6 +170,23 @@ describe("response_format", () => {
     ])
     expect(batched.map((a) => a.text)).toEqual(alone.map((a) => a.text))
     for (const c of constrained) expect(violation(SCHEMAS[0]!, JSON.parse(c.text))).toBeUndefined()
+  })
+
+  it("temperature 0 through the graph's masked ArgMax gives the text of the logits path (every schema, batched with plain rows)", async () => {
+    // The second server masks fetched logits in the sampler, as before the graph took the grammar's mask.
+    const viaLogits = await startServer({ adapter: Llama3Adapter, adapterOptions: {}, port: 0, engine: { maxNumSeqs: 32, grammarMaskInGraph: false } })
+    try {
+      const generate = (url: string) => Promise.all([
+        ...SCHEMAS.map((schema, i) => post(i % 2 === 0 ? "chat" : "completions", { temperature: 0, max_tokens: 96, response_format: schemaFormat(schema) }, url)),
+        // plain greedy rows share the constrained steps (all-ones mask rows)
+        ...[0, 1].map((i) => post("completions", { prompt: `Story ${i}:`, temperature: 0, max_tokens: 24, ignore_eos: true }, url))
+      ])
+      const [graph, logits] = [await generate(server.url), await generate(viaLogits.url)]
+      expect(graph.map((a) => [a.text, a.finishReason])).toEqual(logits.map((a) => [a.text, a.finishReason]))
+      expect(graph.every((a) => a.status === 200)).toBe(true)
+    } finally {
+      await viaLogits.close()
+    }
   })
 
   it("streams constrained text; json_schema without a schema is any JSON object", async () => {

@@ -373,31 +373,83 @@ export const buildShardGraph = (config: LlamaConfig, options: ShardOptions): Sha
     // Greedy rows need one id, not a vocabulary of logits: fetching only this output spares the copy of
     // [batch, vocab] floats out of ORT and a JS pass over them. Ties go to the lowest id, as in the sampler.
     const chunks = argmaxChunks(V)
-    if (chunks === 1) {
-      node({ op: "ArgMax", inputs: [TensorNames.logits], outputs: [TensorNames.greedyToken], attributes: { axis: -1, keepdims: 0, select_last_index: 0 }, name: "greedy" })
-    } else {
+    const argmax = (from: string, to: string, prefix: string) => {
+      if (chunks === 1) {
+        node({ op: "ArgMax", inputs: [from], outputs: [to], attributes: { axis: -1, keepdims: 0, select_last_index: 0 }, name: prefix })
+        return
+      }
       // ArgMax over a whole 128k-entry row runs one thread block per row on the CUDA EP: about 150 us a row,
       // 9.7 ms of a 16.5 ms step at batch 64 on an H200 (ncu). Two short reductions keep every block busy:
       // the best entry of each of `chunks` slices, then the best slice; ties still go to the lowest id.
+      node({ op: "Reshape", inputs: [from, "argmax_chunked_shape"], outputs: [`${prefix}_chunked`], name: `${prefix}_chunks` })
+      node({ op: "ArgMax", inputs: [`${prefix}_chunked`], outputs: [`${prefix}_in_chunk`], attributes: { axis: 2, keepdims: 1, select_last_index: 0 }, name: `${prefix}_in_chunk` })
+      node({ op: "ReduceMax", inputs: [`${prefix}_chunked`], outputs: [`${prefix}_chunk_max`], attributes: { axes: [2], keepdims: 1 }, name: `${prefix}_chunk_max` })
+      node({ op: "ArgMax", inputs: [`${prefix}_chunk_max`], outputs: [`${prefix}_best_chunk`], attributes: { axis: 1, keepdims: 1, select_last_index: 0 }, name: `${prefix}_best_chunk` })
+      node({ op: "GatherElements", inputs: [`${prefix}_in_chunk`, `${prefix}_best_chunk`], outputs: [`${prefix}_offset`], attributes: { axis: 1 }, name: `${prefix}_offset` })
+      node({ op: "Mul", inputs: [`${prefix}_best_chunk`, "argmax_chunk_len"], outputs: [`${prefix}_base`], name: `${prefix}_base` })
+      node({ op: "Add", inputs: [`${prefix}_base`, `${prefix}_offset`], outputs: [`${prefix}_flat`], name: `${prefix}_flat` })
+      // [batch * n_logits, 1, 1] -> [batch, n_logits] ([n_logits] in the paged layout)
+      node({ op: "Reshape", inputs: [`${prefix}_flat`, "argmax_index_shape"], outputs: [to], name: prefix })
+    }
+    if (chunks > 1) {
       const L = V / chunks
       inline.push(
         { name: "argmax_chunked_shape", type: "int64", dims: [3], values: [-1, chunks, L] },
-        { name: "argmax_out_shape", type: "int64", dims: [2], values: [0, -1] },
         { name: "argmax_chunk_len", type: "int64", dims: [], values: [L] }
       )
-      node({ op: "Reshape", inputs: [TensorNames.logits, "argmax_chunked_shape"], outputs: ["argmax_chunked"], name: "greedy_chunks" })
-      node({ op: "ArgMax", inputs: ["argmax_chunked"], outputs: ["argmax_in_chunk"], attributes: { axis: 2, keepdims: 1, select_last_index: 0 }, name: "greedy_in_chunk" })
-      node({ op: "ReduceMax", inputs: ["argmax_chunked"], outputs: ["argmax_chunk_max"], attributes: { axes: [2], keepdims: 1 }, name: "greedy_chunk_max" })
-      node({ op: "ArgMax", inputs: ["argmax_chunk_max"], outputs: ["argmax_best_chunk"], attributes: { axis: 1, keepdims: 1, select_last_index: 0 }, name: "greedy_best_chunk" })
-      node({ op: "GatherElements", inputs: ["argmax_in_chunk", "argmax_best_chunk"], outputs: ["argmax_offset"], attributes: { axis: 1 }, name: "greedy_offset" })
-      node({ op: "Mul", inputs: ["argmax_best_chunk", "argmax_chunk_len"], outputs: ["argmax_base"], name: "greedy_base" })
-      node({ op: "Add", inputs: ["argmax_base", "argmax_offset"], outputs: ["argmax_flat"], name: "greedy_flat" })
-      // [batch * n_logits, 1, 1] -> [batch, n_logits] ([n_logits] in the paged layout)
       node({ op: "Shape", inputs: [TensorNames.logitsIndex], outputs: ["argmax_index_shape"], name: "greedy_index_shape" })
-      node({ op: "Reshape", inputs: ["argmax_flat", "argmax_index_shape"], outputs: [TensorNames.greedyToken], name: "greedy" })
+    }
+    argmax(TensorNames.logits, TensorNames.greedyToken, "greedy")
+
+    // Constrained greedy rows (rotary-outside graphs, the CPU runtime's): the grammar's bitmask applied before an
+    // ArgMax of its own, so a structured-output step fetches ids, not 128k floats a row. A separate output, not a
+    // masked `greedy_token`: ORT runs only what the fetched outputs need, so unconstrained steps never unpack a mask.
+    // The device layouts leave it out (they never constrain in the graph, and their EP's coverage of BitShift is
+    // unchecked). The unpacking works on bytes, not bits: shifts split each word into its 4 bytes ([rows, words, 4],
+    // a million elements at batch 64), then a Gather from a 256 x 8 table gives every byte's 8 logit biases at once
+    // (0 or -Infinity). Per-bit shifts over [rows, 32 * words] cost more than the logits copy they replace on a
+    // 2-core CPU (ORT profile, batch 64: Gather 1.6 ms, the Add 3.8 ms, the shifts 0.7 ms).
+    if (!fused) {
+      const words = Math.ceil(V / 32)
+      inputs.push({ name: TensorNames.tokenBitmask, type: "int32", dims: ["mask_rows", words] })
+      inline.push(
+        // byte k of a word holds ids 8k .. 8k + 7 of its 32: (word << (24 - 8k)) >> 24 (opset 17 has no BitwiseAnd)
+        { name: "mask_byte_up", type: "int32", dims: [1, 1, 4], values: [24, 16, 8, 0] },
+        { name: "mask_byte_down", type: "int32", dims: [1], values: [24] },
+        // row b: what byte value b adds to its 8 logits, lowest bit first: 0 where allowed, -Infinity elsewhere
+        { name: "mask_byte_bias", type: "float32", dims: [256, 8], values: Array.from({ length: 256 * 8 }, (_, i) => ((Math.floor(i / 8) >> (i % 8)) & 1) === 1 ? 0 : Number.NEGATIVE_INFINITY) },
+        { name: "mask_last_axis", type: "int64", dims: [1], values: [-1] },
+        { name: "mask_rows_shape", type: "int64", dims: [2], values: [0, -1] },
+        { name: "mask_axis", type: "int64", dims: [1], values: [1] }
+      )
+      node({ op: "Cast", inputs: [TensorNames.tokenBitmask], outputs: ["mask_words"], attributes: { to: 12 }, name: "mask_words" })
+      node({ op: "Cast", inputs: ["mask_byte_up"], outputs: ["mask_byte_up_u32"], attributes: { to: 12 }, name: "mask_byte_up_u32" })
+      node({ op: "Cast", inputs: ["mask_byte_down"], outputs: ["mask_byte_down_u32"], attributes: { to: 12 }, name: "mask_byte_down_u32" })
+      // [rows, words] -> [rows, words, 1] -> [rows, words, 4] bytes -> [rows, words, 4, 8] biases -> [rows, 32 * words]
+      node({ op: "Unsqueeze", inputs: ["mask_words", "mask_last_axis"], outputs: ["mask_words_3d"], name: "mask_words_3d" })
+      node({ op: "BitShift", inputs: ["mask_words_3d", "mask_byte_up_u32"], outputs: ["mask_bytes_high"], attributes: { direction: "LEFT" }, name: "mask_bytes_high" })
+      node({ op: "BitShift", inputs: ["mask_bytes_high", "mask_byte_down_u32"], outputs: ["mask_bytes_u32"], attributes: { direction: "RIGHT" }, name: "mask_bytes_u32" })
+      node({ op: "Cast", inputs: ["mask_bytes_u32"], outputs: ["mask_bytes"], attributes: { to: 6 }, name: "mask_bytes" })
+      node({ op: "Gather", inputs: ["mask_byte_bias", "mask_bytes"], outputs: ["mask_bias_4d"], attributes: { axis: 0 }, name: "mask_bias_4d" })
+      node({ op: "Reshape", inputs: ["mask_bias_4d", "mask_rows_shape"], outputs: ["mask_bias_words"], name: "mask_bias_words" })
+      // the last word's ids past the vocabulary dropped (none when it is a multiple of 32, as Llama 3's 128,256 is)
+      if (V % 32 === 0) node({ op: "Identity", inputs: ["mask_bias_words"], outputs: ["mask_bias_2d"], name: "mask_bias_2d" })
+      else {
+        inline.push({ name: "mask_start", type: "int64", dims: [1], values: [0] }, { name: "mask_end", type: "int64", dims: [1], values: [V] })
+        node({ op: "Slice", inputs: ["mask_bias_words", "mask_start", "mask_end", "mask_axis"], outputs: ["mask_bias_2d"], name: "mask_bias_2d" })
+      }
+      // [rows, 1, vocab]: one row per batch row, or one all-ones row for all. An Add, not a Where: ORT's Where with a
+      // broadcast scalar cost 14 ms at batch 64 here, more than the logits copy it replaces.
+      node({ op: "Unsqueeze", inputs: ["mask_bias_2d", "mask_axis"], outputs: ["mask_bias"], name: "mask_bias" })
+      node({ op: "Add", inputs: [TensorNames.logits, "mask_bias"], outputs: ["masked_logits"], name: "masked_logits" })
+      argmax("masked_logits", TensorNames.maskedGreedyToken, "masked_greedy")
     }
     const logitsDims: ReadonlyArray<string> = paged ? ["n_logits"] : ["batch", "n_logits"]
-    outputs.unshift({ name: TensorNames.logits, type: "float32", dims: [...logitsDims, V] }, { name: TensorNames.greedyToken, type: "int64", dims: logitsDims })
+    outputs.unshift(
+      { name: TensorNames.logits, type: "float32", dims: [...logitsDims, V] },
+      { name: TensorNames.greedyToken, type: "int64", dims: logitsDims },
+      ...(fused ? [] : [{ name: TensorNames.maskedGreedyToken, type: "int64" as const, dims: logitsDims }])
+    )
   } else {
     node({ op: "Add", inputs: [pending ?? residual, residual], outputs: [TensorNames.hiddenOut], name: "hidden_out" })
     outputs.unshift({ name: TensorNames.hiddenOut, type: T, dims: [...tokenDims, H] })

@@ -77,6 +77,37 @@ export interface GrammarSamplingStats {
   readonly forcedStop: number
 }
 
+/** Ids below `vocab` that `mask` allows. */
+const allowedCount = (mask: Int32Array, vocab: number): number => {
+  const usable = Math.min(Math.ceil(vocab / 32), mask.length)
+  // ids at or past `vocab` are never allowed: clear them from the last word
+  const tail = vocab - (usable - 1) * 32
+  const lastWord = tail >= 32 ? mask[usable - 1]! : mask[usable - 1]! & ((1 << tail) - 1)
+  let count = 0
+  for (let w = 0; w < usable - 1; w++) if (mask[w] !== 0) count += popcount(mask[w]!)
+  return count + popcount(lastWord)
+}
+
+/**
+ * The stop token a constrained step must take whatever the logits, or undefined when the mask leaves a choice: once
+ * the grammar is complete it allows stop tokens alone, and then the first allowed stop id is taken (never a draw
+ * between them); a mask that allows nothing (xgrammar never says so before the grammar is complete; a vocabulary
+ * without stop ids can) gives the first stop id.
+ */
+const forcedByMask = (mask: Int32Array, vocab: number, stopTokenIds: ReadonlyArray<number>, count = allowedCount(mask, vocab)): number | undefined => {
+  let firstStop: number | undefined
+  let stops = 0
+  for (const id of stopTokenIds) {
+    if (id < vocab && (id >> 5) < mask.length && ((mask[id >> 5]! >>> (id & 31)) & 1) === 1) {
+      stops++
+      firstStop ??= id
+    }
+  }
+  if (count === stops && firstStop !== undefined) return firstStop
+  if (count === 0) return stopTokenIds[0] ?? 0
+  return undefined
+}
+
 const ensureScratch = (vocab: number): void => {
   if (vocab <= capacity) return
   capacity = vocab
@@ -258,6 +289,7 @@ export class Sampler {
   #offerAcceptance = 1
   #sinceOffer = 0
   #stats = { fastAccepted: 0, fastRejected: 0, maskFirst: 0, forcedStop: 0 }
+  #graphMasked = 0
 
   /**
    * `grammar`: constrain the tokens to it. `options.maskFirst`: compute the grammar's mask before every draw and never
@@ -336,6 +368,40 @@ export class Sampler {
     return this.#sampleMasked(grammar, logits, offset, vocab)
   }
 
+  /**
+   * Constrained greedy through the graph (the CPU shard's structured-output steps): before the forward pass, writes
+   * the grammar's mask of the next token into `into` (`ceil(vocab / 32)` words, the graph's `token_bitmask` row).
+   * Returns the token when the grammar leaves no choice (complete, or stop tokens alone allowed, or nothing): the
+   * stop token the logits path would force, taken now. Else undefined: the graph's masked ArgMax is the token the
+   * logits path would pick (the lowest id of the largest allowed logit), to be taken with `takeMaskedGreedy`.
+   * Only for greedy samplers without penalties (the shard checks: the graph knows no penalties).
+   */
+  maskForGraph(into: Int32Array, vocab: number): number | undefined {
+    const grammar = this.#grammar
+    if (grammar === undefined) throw new Error("Sampler.maskForGraph: no grammar")
+    if (grammar.terminated) return this.#forcedStop(grammar, grammar.stopTokenIds[0] ?? 0)
+    // The matcher writes its own width: ids it does not know (a padded vocabulary) stay disallowed.
+    into.fill(0)
+    const mask = grammar.nextTokenBitmask(into)
+    if (mask !== into) into.set(mask.subarray(0, into.length))
+    const forced = forcedByMask(into, vocab, grammar.stopTokenIds)
+    if (forced !== undefined) return this.#forcedStop(grammar, forced)
+    this.#graphMasked++
+    return undefined
+  }
+
+  /** Takes the graph's masked ArgMax after `maskForGraph`; false (nothing changed) when the grammar rejects it. */
+  takeMaskedGreedy(token: number): boolean {
+    if (this.#grammar === undefined || !this.#grammar.accept(token)) return false
+    this.accept(token)
+    return true
+  }
+
+  /** Constrained tokens whose mask the graph applied (`maskForGraph` left the choice to it). */
+  get graphMaskedTokens(): number {
+    return this.#graphMasked
+  }
+
   #forcedStop(grammar: GrammarMatcher, token: number): number {
     this.#stats.forcedStop++
     grammar.accept(token)
@@ -359,20 +425,9 @@ export class Sampler {
     // ids at or past `vocab` are never allowed: clear them from the last word
     const tail = vocab - (usable - 1) * 32
     const lastWord = tail >= 32 ? mask[usable - 1]! : mask[usable - 1]! & ((1 << tail) - 1)
-    let count = 0
-    for (let w = 0; w < usable - 1; w++) if (mask[w] !== 0) count += popcount(mask[w]!)
-    count += popcount(lastWord)
-    let firstStop: number | undefined
-    let stops = 0
-    for (const id of grammar.stopTokenIds) {
-      if (id < vocab && ((mask[id >> 5]! >>> (id & 31)) & 1) === 1) {
-        stops++
-        firstStop ??= id
-      }
-    }
-    if (count === stops && firstStop !== undefined) return this.#forcedStop(grammar, firstStop)
-    // Nothing allowed: xgrammar never says so before the grammar is complete; a vocabulary without stop ids can.
-    if (count === 0) return this.#forcedStop(grammar, grammar.stopTokenIds[0] ?? 0)
+    const count = allowedCount(mask, vocab)
+    const forced = forcedByMask(mask, vocab, grammar.stopTokenIds, count)
+    if (forced !== undefined) return this.#forcedStop(grammar, forced)
     let token: number
     if (count * SPARSE_MASK_RATIO <= vocab) {
       let n = 0

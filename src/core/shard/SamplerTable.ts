@@ -1,7 +1,8 @@
 /**
  * The samplers of the sequences a last shard holds, by sequence id, and the one way a step's output becomes token
- * ids: from the graph's ArgMax when every sampled entry is plain greedy, else from the logits through each sequence's
- * sampler. Logits never leave the shard unless the plan asks for them.
+ * ids: from the graph's ArgMax when every sampled entry is plain greedy; from its masked ArgMax when every one is
+ * greedy and some are under a grammar (their masks computed before the run, `prepareMasks`); else from the logits
+ * through each sequence's sampler. Logits never leave the shard unless the plan asks for them.
  */
 import { GrammarCompiler } from "../sampling/Grammar.ts"
 import { Sampler } from "../sampling/Sampler.ts"
@@ -11,9 +12,11 @@ import type { NewSequence, ShardLoad, StepPlan, StepResult } from "./StepProtoco
  * Greedy with no penalties — temperature 0, or top-k 1 (AIME's benchmark sends that) — so the graph's ArgMax gives
  * the same token as the sampler would.
  */
-const isPlainGreedy = (sampler: Sampler | undefined): boolean =>
-  sampler !== undefined && sampler.params.grammar === undefined && (sampler.params.temperature === 0 || sampler.params.topK === 1) &&
+const isGreedyWithoutPenalties = (sampler: Sampler | undefined): sampler is Sampler =>
+  sampler !== undefined && (sampler.params.temperature === 0 || sampler.params.topK === 1) &&
   sampler.params.repetitionPenalty === 1 && sampler.params.presencePenalty === 0 && sampler.params.frequencyPenalty === 0
+
+const isPlainGreedy = (sampler: Sampler | undefined): boolean => isGreedyWithoutPenalties(sampler) && sampler.params.grammar === undefined
 
 export class SamplerTable {
   private readonly samplers = new Map<number, Sampler>()
@@ -71,6 +74,28 @@ export class SamplerTable {
     return true
   }
 
+  /**
+   * Whether the step can fetch the graph's `masked_greedy_token` instead of the logits: every sampled entry greedy
+   * without penalties or logprobs (the graph's ArgMax is then the sampler's token), some of them under a grammar,
+   * and no entry returning logits.
+   */
+  graphMasked(plan: StepPlan): boolean {
+    for (const mode of plan.returnLogits) if (mode !== 0) return false
+    let constrained = false
+    for (const e of plan.sampleEntries) {
+      const seqId = plan.seqIds[e]!
+      const sampler = this.samplers.get(seqId)
+      if (!isGreedyWithoutPenalties(sampler) || this.logprobs.has(seqId)) return false
+      constrained ||= sampler.params.grammar !== undefined
+    }
+    return constrained
+  }
+
+  /** Whether sequence `seqId` decodes under a grammar. */
+  isConstrained(seqId: number): boolean {
+    return this.matchers.has(seqId)
+  }
+
   /** The top alternatives sequence `seqId` wants with each token's logprob; undefined: no logprobs. */
   logprobsOf(seqId: number): number | undefined {
     return this.logprobs.get(seqId)
@@ -93,6 +118,8 @@ export class StepOutputs {
   private readonly logitsByEntry = new Map<number, Float32Array>()
   /** Per sample index, for sequences that asked: [chosen, ...top] ids and their logprobs. */
   private readonly logprobsBySample = new Map<number, { readonly ids: Int32Array; readonly values: Float32Array }>()
+  /** Graph-masked steps: entries whose grammar left no choice, and the stop token each took before the run. */
+  private readonly forced = new Map<number, number>()
   private sampleMs = 0
   private readonly plan: StepPlan
   private readonly table: SamplerTable
@@ -116,6 +143,53 @@ export class StepOutputs {
       this.tokens[i] = token
     }
     this.sampleMs += performance.now() - t
+  }
+
+  /**
+   * Before a graph-masked step's forward pass (`SamplerTable.graphMasked`): the `token_bitmask` of a group, one row of
+   * `words` per group row: all ones for unconstrained rows (the graph's masked ArgMax is then its plain ArgMax), the
+   * grammar's mask for constrained ones. A constrained row whose grammar leaves no choice takes its stop token now.
+   */
+  prepareMasks(entries: ArrayLike<number>, vocab: number): Int32Array {
+    const t = performance.now()
+    const words = Math.ceil(vocab / 32)
+    const masks = new Int32Array(entries.length * words).fill(-1)
+    for (let r = 0; r < entries.length; r++) {
+      const e = entries[r]!
+      const i = this.sampleIndex.get(e)
+      const seqId = this.plan.seqIds[e]!
+      if (i === undefined || !this.table.isConstrained(seqId)) continue
+      const forced = this.table.get(seqId).maskForGraph(masks.subarray(r * words, (r + 1) * words), vocab)
+      if (forced !== undefined) this.forced.set(e, forced)
+    }
+    this.sampleMs += performance.now() - t
+    return masks
+  }
+
+  /**
+   * The graph's masked ArgMax of `entries` (one id per entry), after `prepareMasks`. Returns the entries whose token
+   * the grammar rejected (a graph that did not apply the mask, never expected): nothing was taken for them, and the
+   * caller samples them from the logits.
+   */
+  maskedGreedy(entries: ArrayLike<number>, ids: BigInt64Array): Array<number> {
+    const t = performance.now()
+    const rejected: Array<number> = []
+    for (let r = 0; r < entries.length; r++) {
+      const e = entries[r]!
+      const i = this.sampleIndex.get(e)
+      if (i === undefined) continue
+      const forced = this.forced.get(e)
+      const token = Number(ids[r]!)
+      const sampler = this.table.get(this.plan.seqIds[e]!)
+      if (forced !== undefined) this.tokens[i] = forced
+      else if (!this.table.isConstrained(this.plan.seqIds[e]!)) {
+        sampler.accept(token)
+        this.tokens[i] = token
+      } else if (sampler.takeMaskedGreedy(token)) this.tokens[i] = token
+      else rejected.push(e)
+    }
+    this.sampleMs += performance.now() - t
+    return rejected
   }
 
   /**

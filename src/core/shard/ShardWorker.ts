@@ -28,6 +28,10 @@ interface ShardState {
   readonly samplers: SamplerTable
   /** Output names of this step's new keys and values, fetched on every run (never the whole present cache). */
   readonly newKvNames: ReadonlyArray<string>
+  /** The graph's inputs: a step feeds only these (graphs converted before `token_bitmask` lack it). */
+  readonly inputNames: ReadonlySet<string>
+  /** Constrained greedy steps fetch the graph's masked ArgMax (the graph has it and the load did not turn it off). */
+  readonly maskInGraph: boolean
 }
 
 let state: ShardState | undefined
@@ -46,7 +50,9 @@ export async function load(task: ShardLoad): Promise<ShardLoadResult> {
   const numLayers = task.layers[1] - task.layers[0]
   const empty = () => Array.from({ length: numLayers }, () => new Array<KvArray | undefined>(task.numBlocks).fill(undefined))
   const newKvNames = Array.from({ length: numLayers }, (_, i) => [TensorNames.newKey(task.layers[0] + i), TensorNames.newValue(task.layers[0] + i)]).flat()
-  state = { load: task, session, keys: empty(), values: empty(), samplers: new SamplerTable(task), newKvNames }
+  const inputNames = new Set(session.inputNames)
+  const maskInGraph = task.isLast && task.grammarMaskInGraph !== false && inputNames.has(TensorNames.tokenBitmask)
+  state = { load: task, session, keys: empty(), values: empty(), samplers: new SamplerTable(task), newKvNames, inputNames, maskInGraph }
   return { kvBytes: 0, loadMs: performance.now() - started, layout: "blocks", numBlocks: task.numBlocks }
 }
 
@@ -112,15 +118,20 @@ export async function step(plan: StepPlan): Promise<StepResult> {
   // Register new samplers first: whether this step needs full logits depends on every sampled entry's parameters.
   if (cfg.isLast) s.samplers.register(plan.newSequences)
   const greedyOnly = cfg.isLast && s.samplers.greedyOnly(plan)
+  // Structured output at temperature 0: the grammar masks go into the graph, its masked ArgMax comes out (no logits).
+  const graphMasked = !greedyOnly && s.maskInGraph && s.samplers.graphMasked(plan)
   const outputs = new StepOutputs(plan, s.samplers)
   const offsets = tokenOffsets(plan)
   const hiddenParts: Array<[EntryGroup, KvArray]> = []
   let runMs = 0
 
   for (const group of entryGroups(plan)) {
-    const { inputs, maxPast } = groupInputs(cfg, plan, group, offsets)
+    // The matchers' state is known before the run: each constrained row's mask is computed now, fed with the step.
+    const masks = graphMasked ? outputs.prepareMasks(group.entries, cfg.vocabSize) : undefined
+    const { inputs, maxPast } = groupInputs(cfg, plan, group, offsets, masks)
     const feeds: Record<string, ort.Tensor> = {}
     for (const [name, t] of Object.entries(inputs)) {
+      if (!s.inputNames.has(name)) continue
       const type = t.data instanceof BigInt64Array ? "int64" : t.data instanceof Int32Array ? "int32" : kvType(cfg)
       feeds[name] = new ort.Tensor(type, t.data, [...t.dims])
     }
@@ -130,7 +141,11 @@ export async function step(plan: StepPlan): Promise<StepResult> {
       feeds[TensorNames.pastKey(layer)] = new ort.Tensor(kvType(cfg), gatherPast(cfg, s.keys[i]!, plan, group, maxPast), kvDims)
       feeds[TensorNames.pastValue(layer)] = new ort.Tensor(kvType(cfg), gatherPast(cfg, s.values[i]!, plan, group, maxPast), kvDims)
     }
-    const fetches = [...s.newKvNames, cfg.isLast ? (greedyOnly ? TensorNames.greedyToken : TensorNames.logits) : TensorNames.hiddenOut]
+    const result = !cfg.isLast ? TensorNames.hiddenOut
+      : greedyOnly ? TensorNames.greedyToken
+      : graphMasked ? TensorNames.maskedGreedyToken
+      : TensorNames.logits
+    const fetches = [...s.newKvNames, result]
 
     const t0 = performance.now()
     const out = await s.session.run(feeds, fetches)
@@ -142,7 +157,24 @@ export async function step(plan: StepPlan): Promise<StepResult> {
     }
     if (!cfg.isLast) hiddenParts.push([group, out[TensorNames.hiddenOut]!.data as KvArray])
     else if (greedyOnly) outputs.greedy(group.entries, out[TensorNames.greedyToken]!.data as BigInt64Array)
-    else {
+    else if (graphMasked) {
+      const rejected = outputs.maskedGreedy(group.entries, out[TensorNames.maskedGreedyToken]!.data as BigInt64Array)
+      // Never expected (the graph's token is one the mask allows): the group runs again for its logits, and those
+      // rows take the logits path. The run writes the same keys and values again.
+      if (rejected.length > 0) {
+        const t1 = performance.now()
+        const again = await s.session.run(feeds, [TensorNames.logits])
+        runMs += performance.now() - t1
+        const logits = again[TensorNames.logits]!.data as Float32Array
+        const V = cfg.vocabSize
+        const rows = new Float32Array(rejected.length * V)
+        rejected.forEach((e, k) => {
+          const r = group.entries.indexOf(e)
+          rows.set(logits.subarray(r * V, (r + 1) * V), k * V)
+        })
+        outputs.logits(rejected, new Int32Array(rejected.length).fill(1), rows, V)
+      }
+    } else {
       const perEntry = group.allLogits ? group.seqLen : 1
       outputs.logits(group.entries, new Int32Array(group.entries.length).fill(perEntry), out[TensorNames.logits]!.data as Float32Array, cfg.vocabSize)
     }

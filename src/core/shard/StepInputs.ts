@@ -52,8 +52,22 @@ export const entryGroups = (plan: StepPlan): Array<EntryGroup> => {
   return groups
 }
 
-/** The graph inputs of one group; `offsets` from `tokenOffsets(plan)`. */
-export const groupInputs = (cfg: ShardLoad, plan: StepPlan, group: EntryGroup, offsets: Int32Array): StepInputs => {
+/** Words of a `token_bitmask` row: one bit per id. */
+export const bitmaskWords = (vocab: number): number => Math.ceil(vocab / 32)
+
+/** One all-ones `token_bitmask` row per vocabulary width: what every unconstrained step feeds (read only). */
+const allowAll = new Map<number, Int32Array>()
+const allowAllRow = (vocab: number): Int32Array => {
+  let row = allowAll.get(vocab)
+  if (row === undefined) allowAll.set(vocab, row = new Int32Array(bitmaskWords(vocab)).fill(-1))
+  return row
+}
+
+/**
+ * The graph inputs of one group; `offsets` from `tokenOffsets(plan)`. `bitmask`: the group's `token_bitmask`, one
+ * row per group row (`[rows, bitmaskWords(vocab)]`), for a constrained greedy step; else one all-ones row.
+ */
+export const groupInputs = (cfg: ShardLoad, plan: StepPlan, group: EntryGroup, offsets: Int32Array, bitmask?: Int32Array): StepInputs => {
   const rows = group.entries.length
   const seqLen = group.seqLen
   const inputs: Record<string, HostInput> = {}
@@ -95,6 +109,8 @@ export const groupInputs = (cfg: ShardLoad, plan: StepPlan, group: EntryGroup, o
     const index = new BigInt64Array(rows * n)
     for (let r = 0; r < rows; r++) for (let j = 0; j < n; j++) index[r * n + j] = BigInt(group.allLogits ? j : seqLen - 1)
     inputs[TensorNames.logitsIndex] = { data: index, dims: [rows, n] }
+    const words = bitmaskWords(cfg.vocabSize)
+    inputs[TensorNames.tokenBitmask] = bitmask === undefined ? { data: allowAllRow(cfg.vocabSize), dims: [1, words] } : { data: bitmask, dims: [rows, words] }
   }
   return { inputs, maxPast }
 }

@@ -96,6 +96,12 @@ export interface ShardLoad {
    * cannot give token bytes (a grammar is then refused).
    */
   readonly grammar?: GrammarVocab | undefined
+  /**
+   * Last shard (CPU runtime): a greedy step with constrained sequences feeds their grammar masks to the graph and
+   * fetches its masked ArgMax instead of the logits. Default true; false takes the logits path (tests and benchmarks
+   * compare the two).
+   */
+  readonly grammarMaskInGraph?: boolean | undefined
 }
 
 export interface ShardLoadResult {

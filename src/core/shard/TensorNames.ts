@@ -12,8 +12,10 @@
  *   `position_ids` int64 [batch, seq] (only graphs with rotary outside attention); `seqlens_k` int32 [batch]
  *   (per row: past + new - 1); `total_sequence_length` int32 [] (max over rows of past + new);
  *   `past_key.{i}` / `past_value.{i}` T [batch, kv_heads, max_len, head_dim];
- *   `logits_index` int64 [batch, n_logits] (last shard).
- * - outputs: `logits` float32 [batch, n_logits, vocab] and `greedy_token` int64 [batch, n_logits] (last shard), or
+ *   `logits_index` int64 [batch, n_logits] (last shard); `token_bitmask` int32 [batch or 1, ceil(vocab / 32)] (last
+ *   shard, rotary-outside graphs only).
+ * - outputs: `logits` float32 [batch, n_logits, vocab], `greedy_token` int64 [batch, n_logits] and (rotary-outside
+ *   graphs only) `masked_greedy_token` int64 [batch, n_logits] (last shard), or
  *   `hidden_out` T [batch, seq, hidden]; `present_key.{i}` / `present_value.{i}` T [batch, kv_heads, present_len,
  *   head_dim]; `new_key.{i}` / `new_value.{i}` T [batch, seq, kv_heads * head_dim] (rotary-outside graphs only).
  *
@@ -37,6 +39,14 @@ export const logitsIndex = "logits_index"
 export const logits = "logits"
 /** Last shard: the graph's ArgMax of those logits (ties to the lowest id), fetched when every row is greedy. */
 export const greedyToken = "greedy_token"
+/**
+ * Last shard of a rotary-outside graph: per row, the grammar's bitmask of allowed ids (xgrammar's layout: bit j of
+ * word i allows id 32 i + j; int32 `[rows, ceil(vocab / 32)]`), or one all-ones row that serves every row. Only
+ * `masked_greedy_token` reads it.
+ */
+export const tokenBitmask = "token_bitmask"
+/** Last shard: the ArgMax of the logits where `token_bitmask` allows the id (constrained greedy rows). */
+export const maskedGreedyToken = "masked_greedy_token"
 /** Every shard but the last: hidden states for the next shard. */
 export const hiddenOut = "hidden_out"
 

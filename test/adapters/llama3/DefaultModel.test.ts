@@ -71,7 +71,8 @@ describe("ensureDefaultModel", () => {
       position_ids: new ort.Tensor("int64", BigInt64Array.of(0n, 1n, 2n), [1, 3]),
       seqlens_k: new ort.Tensor("int32", Int32Array.of(2), [1]),
       total_sequence_length: new ort.Tensor("int32", Int32Array.of(3), []),
-      logits_index: new ort.Tensor("int64", BigInt64Array.of(0n, 2n), [1, 2])
+      logits_index: new ort.Tensor("int64", BigInt64Array.of(0n, 2n), [1, 2]),
+      token_bitmask: new ort.Tensor("int32", new Int32Array(128256 / 32).fill(-1), [1, 128256 / 32])
     }
     for (let i = 0; i < 4; i++) {
       feeds[`past_key.${i}`] = kv()

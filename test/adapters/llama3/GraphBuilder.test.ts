@@ -64,6 +64,9 @@ class Pipeline {
       if (last) {
         const n = logitsIndex[0].length
         feeds.logits_index = new ort.Tensor("int64", BigInt64Array.from(logitsIndex.flat().map(BigInt)), [rows.length, n])
+        // every id allowed (only the masked ArgMax, not fetched here, reads it)
+        const words = Math.ceil(this.config.vocabSize / 32)
+        feeds.token_bitmask = new ort.Tensor("int32", new Int32Array(words).fill(-1), [1, words])
       }
       for (let i = layers[0]; i < layers[1]; i++) {
         const { k, v } = this.kv.get(i)!

@@ -82,15 +82,19 @@ describe.each(layouts)("%s graphs", (attention) => {
       ? Object.keys(pagedInputs(load, plan).inputs)
       : [...new Set(entryGroups(plan).flatMap((g) => Object.keys(groupInputs(load, plan, g, tokenOffsets(plan)).inputs)))]
     const fed = [...stepNames, ...kvInputs]
-    const declared = attention === "fused" ? fed.filter((n) => n !== TensorNames.positionIds) : fed
+    // Position ids and the grammar's bitmask are rotary-outside inputs alone (the device worker feeds what a graph declares).
+    const declared = attention === "fused" ? fed.filter((n) => n !== TensorNames.positionIds && n !== TensorNames.tokenBitmask) : fed
     assert.deepStrictEqual(sorted(graphInputs), sorted(declared))
     assert.strictEqual(graphInputs.has(TensorNames.positionIds), attention === "rotary-outside")
+    assert.strictEqual(graphInputs.has(TensorNames.tokenBitmask), attention === "rotary-outside" && load.isLast)
     assert.strictEqual(graphInputs.has(TensorNames.inputIds), load.isFirst)
     assert.strictEqual(graphInputs.has(TensorNames.hiddenIn), !load.isFirst)
 
     // What a step takes out: the sampled or forwarded result, and per layer the present cache or block pool (device
     // worker, bound in place) or the new keys and values (CPU worker, rotary-outside graphs only).
-    const results = load.isLast ? [TensorNames.logits, TensorNames.greedyToken] : [TensorNames.hiddenOut]
+    // (and, rotary-outside, the grammar-masked ArgMax of constrained greedy steps)
+    const masked = attention === "rotary-outside" ? [TensorNames.maskedGreedyToken] : []
+    const results = load.isLast ? [TensorNames.logits, TensorNames.greedyToken, ...masked] : [TensorNames.hiddenOut]
     const present = range(layers).flatMap((l) =>
       paged ? [TensorNames.keyCacheOut(l), TensorNames.valueCacheOut(l)] : [TensorNames.presentKey(l), TensorNames.presentValue(l)]
     )
@@ -128,5 +132,22 @@ describe("paged graphs", () => {
     assert.deepStrictEqual([...logitsEntries], [0, 1])
     assert.deepStrictEqual([...logitsRows], [3, 1])
     assert.deepStrictEqual(inputs[TensorNames.blockTable]!.dims, [2, 1])
+  })
+})
+
+describe("token_bitmask", () => {
+  it("is one all-ones row unless a step passes one row per group row, and is declared with the same width", () => {
+    const { load, plan } = shardOf([0, L], "float32")
+    const graph = buildShardGraph(config, { layers: [0, L], dtype: "float32", maxContext: 64 })
+    const words = Math.ceil(config.vocabSize / 32)
+    assert.deepStrictEqual(graph.inputs.find((v) => v.name === TensorNames.tokenBitmask)?.dims, ["mask_rows", words])
+    const [decode] = entryGroups(plan).filter((g) => g.seqLen === 1)
+    const plain = groupInputs(load, plan, decode!, tokenOffsets(plan)).inputs[TensorNames.tokenBitmask]!
+    assert.deepStrictEqual(plain.dims, [1, words])
+    assert.isTrue([...plain.data].every((w) => w === -1))
+    const rows = new Int32Array(words).fill(5)
+    const constrained = groupInputs(load, plan, decode!, tokenOffsets(plan), rows).inputs[TensorNames.tokenBitmask]!
+    assert.deepStrictEqual(constrained.dims, [1, words])
+    assert.strictEqual(constrained.data, rows)
   })
 })

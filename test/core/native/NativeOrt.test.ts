@@ -159,6 +159,7 @@ interface Shard {
   readonly values: ReadonlyArray<DeviceTensor<"float32">>
   readonly kvHeads: number
   readonly headDim: number
+  readonly vocab: number
 }
 
 const SLOTS = 4, SLOT_LEN = 512
@@ -167,7 +168,7 @@ const converted = async () => {
   const outDir = path.join(tmp, "tiny-b")
   if (!fs.existsSync(outDir)) await Effect.runPromise(convertCheckpoint({ modelDir: fixtureDir("tiny-llama3-b"), outDir, dtype: "float32", shards: 1 }))
   const manifest = JSON.parse(fs.readFileSync(path.join(outDir, "chorus-model.json"), "utf8"))
-  return { graph: path.join(outDir, manifest.shards[0].file as string), config: manifest.config as { numLayers: number; numKvHeads: number; headDim: number } }
+  return { graph: path.join(outDir, manifest.shards[0].file as string), config: manifest.config as { numLayers: number; numKvHeads: number; headDim: number; vocabSize: number } }
 }
 
 const openShard = async (provider: NativeProvider): Promise<Shard> => {
@@ -176,7 +177,7 @@ const openShard = async (provider: NativeProvider): Promise<Shard> => {
   const session = NativeOrt.load().createSession(graph, { provider, intraOpThreads: 2, cuda: { use_tf32: "0" } })
   const slot = (): DeviceTensor<"float32"> => session.allocate("float32", [SLOTS, config.numKvHeads, SLOT_LEN, config.headDim])
   return {
-    session, kvHeads: config.numKvHeads, headDim: config.headDim,
+    session, kvHeads: config.numKvHeads, headDim: config.headDim, vocab: config.vocabSize,
     keys: Array.from({ length: config.numLayers }, slot), values: Array.from({ length: config.numLayers }, slot)
   }
 }
@@ -194,7 +195,8 @@ const step = (shard: Shard, firstRow: number, tokens: ReadonlyArray<ReadonlyArra
     position_ids: host(i64(tokens.flatMap((_, r) => Array.from({ length: seq }, (_, j) => past[r]! + j))), [rows, seq]),
     seqlens_k: host(Int32Array.from(past, (p) => p + seq - 1), [rows]),
     total_sequence_length: host(Int32Array.of(Math.max(...past) + seq), []),
-    logits_index: host(i64(tokens.flatMap(() => (allLogits ? Array.from({ length: seq }, (_, j) => j) : [seq - 1]))), [rows, allLogits ? seq : 1])
+    logits_index: host(i64(tokens.flatMap(() => (allLogits ? Array.from({ length: seq }, (_, j) => j) : [seq - 1]))), [rows, allLogits ? seq : 1]),
+    token_bitmask: host(new Int32Array(Math.ceil(shard.vocab / 32)).fill(-1), [1, Math.ceil(shard.vocab / 32)])
   }
   const outputs: Record<string, DeviceTensor | "host"> = { greedy_token: "host" }
   if (allLogits) outputs.logits = "host"
@@ -255,7 +257,8 @@ if (built) describe.each(providers)("tiny-llama3-b shard graph on %s, KV in plac
       position_ids: new ort.Tensor("int64", i64(prompt.map((_, j) => j)), [1, prompt.length]),
       seqlens_k: new ort.Tensor("int32", Int32Array.of(prompt.length - 1), [1]),
       total_sequence_length: new ort.Tensor("int32", Int32Array.of(prompt.length), []),
-      logits_index: new ort.Tensor("int64", i64(prompt.map((_, j) => j)), [1, prompt.length])
+      logits_index: new ort.Tensor("int64", i64(prompt.map((_, j) => j)), [1, prompt.length]),
+      token_bitmask: new ort.Tensor("int32", new Int32Array(Math.ceil(config.vocabSize / 32)).fill(-1), [1, Math.ceil(config.vocabSize / 32)])
     }
     for (let i = 0; i < config.numLayers; i++) feeds[`past_key.${i}`] = feeds[`past_value.${i}`] = empty
     const ls = (await stock.run(feeds, ["logits"])).logits!.data as Float32Array
