@@ -18,10 +18,10 @@ import type { EngineError } from "../../core/Engine.ts"
 import { GenerationError, Overloaded, ValidationError } from "../../core/Errors.ts"
 import { type EngineObserver, silentObserver } from "../../core/EngineObserver.ts"
 import type { GenerateRequest, GenerationEvent } from "../../core/Request.ts"
-import { makeKeyMatcher } from "../ApiKeys.ts"
 import { newJobId } from "../aime/Jobs.ts"
 import { parameterDescription } from "../aime/Schemas.ts"
-import { aimeFields, type RemoteEngineService, type Reply, type WorkerPoolOptions } from "../workers/WorkerPool.ts"
+import { int, isObj, isReply, makeWorkerCalls, type Obj, remoteEngineCapacity, remoteEngineStats, reply, type Reply, str } from "../workers/WorkerCalls.ts"
+import { aimeFields, type RemoteEngineService, type WorkerPoolOptions } from "../workers/WorkerPool.ts"
 import { type FollowContext, type FollowedJob, followJob } from "./FollowJob.ts"
 import { type JobEventFanout, makeJobEventFanout } from "./JobEvents.ts"
 import { QueueError, RedisConnection, type RedisReply } from "./RedisConnection.ts"
@@ -111,11 +111,6 @@ export const isRedisQueue = (queue: WorkerQueue): queue is RedisWorkerQueue => q
 /** How long after an AIME result was handed out a poll at another replica gets it again. */
 const HAND_OUT_WINDOW_MS = 60_000
 
-type Obj = Record<string, unknown>
-const isObj = (v: unknown): v is Obj => v !== null && typeof v === "object" && !Array.isArray(v)
-const str = (v: unknown): string | undefined => (typeof v === "string" ? v : undefined)
-const int = (v: unknown): number | undefined => (typeof v === "number" && Number.isInteger(v) ? v : undefined)
-const reply = (status: number, body: unknown): Reply => ({ status, body })
 const flat = (r: RedisReply): ReadonlyArray<RedisReply> => (Array.isArray(r) ? r : [])
 const pairs = (r: RedisReply): Record<string, string> => {
   const a = flat(r)
@@ -148,9 +143,8 @@ export const makeRedisWorkerQueue = (options: RedisWorkerQueueOptions): Effect.E
     const maxQueue = options.maxQueue ?? 1024
     const defaultDeadline = options.timeoutMs ?? Number.POSITIVE_INFINITY
     const ttl = String(options.resultLifetimeMs ?? 900_000)
-    const isWorkerKey = makeKeyMatcher(options.workerKeys)
     const observer: EngineObserver = options.observer ?? silentObserver
-    const keyOk = (k: unknown) => options.workerKeys.length > 0 && typeof k === "string" && isWorkerKey(k)
+    const calls = makeWorkerCalls({ workerKeys: options.workerKeys, jobType, pollWaitMs })
     const P = `chorus:${endpoint}:`
     /** This replica, as the AIME hand-out records it. */
     const replica = randomUUID()
@@ -214,11 +208,6 @@ export const makeRedisWorkerQueue = (options: RedisWorkerQueueOptions): Effect.E
 
     // ---- the worker side ---------------------------------------------------------------------------------
 
-    const notAuthorized = (auth: string | undefined) => reply(401, { cmd: "error", success: false, msg: `Worker ${auth ?? ""} not authorized`, error_msg: `Worker ${auth ?? ""} not authorized` })
-    const wrongType = (jt: unknown) =>
-      typeof jt === "string" && jt !== jobType
-        ? reply(403, { cmd: "error", success: false, msg: `Unknown job_type: ${jt}`, error_msg: `Unknown job_type: ${jt} (this server: ${jobType})` })
-        : undefined
     const unavailable = (e: QueueError) => reply(503, { cmd: "error", success: false, msg: e.message, error_msg: e.message })
 
     const register = (name: string, params: Obj, model: Obj, maxBatch: number) =>
@@ -242,48 +231,27 @@ export const makeRedisWorkerQueue = (options: RedisWorkerQueueOptions): Effect.E
 
     const login = (body: unknown): Effect.Effect<Reply, QueueError> =>
       Effect.gen(function*() {
-        if (!isObj(body) || !isObj(body["worker_parameters"])) return reply(400, { success: false, error_msg: "expected {worker_parameters: {...}, model_parameters: {...}}" })
-        const p = body["worker_parameters"]
-        const auth = str(p["auth"])
-        if (auth === undefined || auth === "") return reply(400, { success: false, error_msg: "worker_parameters.auth (the worker name) is required" })
-        const bad = wrongType(p["job_type"])
-        if (bad !== undefined) return bad
-        if (!keyOk(p["auth_key"])) return reply(401, { success: false, error_msg: `Worker not authorized on job type ${jobType}` })
-        const { auth_key: _k, ...params } = p
-        yield* register(auth, params, isObj(body["model_parameters"]) ? body["model_parameters"] : {}, int(p["max_batch_size"]) ?? 1)
-        return reply(200, { success: true, request_timeout: pollWaitMs / 1000, api_server_version: "chorus 0.3.0" })
+        const r = calls.login(body)
+        if (isReply(r)) return r
+        yield* register(r.name, r.params, r.model, r.maxBatch)
+        return calls.loginAccepted()
       })
 
     /** Validates a worker call: the key, then the worker (registered, or auto-logged-in from legacy fields). */
     const authenticate = (body: Obj, autoLogin: boolean): Effect.Effect<string | Reply, QueueError> =>
       Effect.gen(function*() {
-        const auth = str(body["auth"])
-        if (auth === undefined || auth === "") return reply(400, { cmd: "error", msg: "auth (the worker name) is required" })
-        const bad = wrongType(body["job_type"])
-        if (bad !== undefined) return bad
-        if (!keyOk(body["auth_key"])) return notAuthorized(auth)
+        const name = calls.caller(body)
+        if (typeof name !== "string") return name
         // A poll always asks Redis (a registry lost with a Redis restart is rebuilt by the next polls' auto-login);
         // progress and results trust what this replica saw before.
-        if ((!autoLogin && known.has(auth)) || (yield* redis.command(["HEXISTS", `${P}workers`, auth])) === 1) {
-          known.add(auth)
-          return auth
+        if ((!autoLogin && known.has(name)) || (yield* redis.command(["HEXISTS", `${P}workers`, name])) === 1) {
+          known.add(name)
+          return name
         }
-        if (!autoLogin || typeof body["version"] !== "string" || body["version"] === "") {
-          return reply(400, { cmd: "error", msg: `Worker ${auth} needs to login before being allowed to make job requests` })
-        }
-        const { auth_key: _k, ...rest } = body
-        const params: Obj = { ...rest, interface_version: body["version"], version: body["worker_version"] }
-        const model: Obj = {
-          label: body["model_label"],
-          quantization: body["model_quantization"],
-          size: body["model_size"],
-          family: body["model_family"],
-          type: body["model_type"],
-          repo_name: body["model_repo_name"]
-        }
-        for (const k of Object.keys(model)) if (model[k] === undefined) delete model[k]
-        yield* register(auth, params, model, int(body["max_job_batch"]) ?? 1)
-        return auth
+        const r = calls.autoLogin(name, body, autoLogin)
+        if (isReply(r)) return r
+        yield* register(r.name, r.params, r.model, r.maxBatch)
+        return name
       })
 
     interface TakenJob {
@@ -456,7 +424,7 @@ export const makeRedisWorkerQueue = (options: RedisWorkerQueueOptions): Effect.E
       Effect.gen(function*() {
         if (!isObj(body)) return reply(400, { error: "the body must be a JSON object" })
         const auth = str(body["auth"])
-        const keyValid = keyOk(body["auth_key"])
+        const keyValid = calls.keyOk(body["auth_key"])
         const registered = auth !== undefined && (known.has(auth) || (yield* redis.command(["HEXISTS", `${P}workers`, auth])) === 1)
         // From a registered worker with its key, this is a heartbeat (chorus worker sends one while its slots are busy).
         if (registered && keyValid) yield* touch(auth, false)
@@ -568,18 +536,12 @@ export const makeRedisWorkerQueue = (options: RedisWorkerQueueOptions): Effect.E
           numWaiting: waiting,
           maxNumSeqs: maxSeqs(),
           ...stats,
-          restarts: 0,
-          numBlocks: 0,
-          blockSize: 0,
-          kvUsage: 0,
-          prefixCacheQueries: 0,
-          prefixCacheHits: 0,
-          numPreemptions: 0
+          ...remoteEngineStats
         }
       }),
       shards: [],
       get capacity() {
-        return { numBlocks: 0, blockSize: 0, kvBytes: 0, fullContextSequences: 0, prefixCaching: false, maxNumSeqs: maxSeqs(), requestedMaxNumSeqs: maxSeqs() }
+        return remoteEngineCapacity(maxSeqs())
       }
     }
 

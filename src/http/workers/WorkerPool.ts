@@ -19,8 +19,8 @@ import { DeadlineExceeded, GenerationError, Overloaded, ValidationError } from "
 import { type EngineObserver, type FinishedReason, silentObserver } from "../../core/EngineObserver.ts"
 import { type Job, startJob } from "../../core/JobMachine.ts"
 import type { GenerateRequest, GenerationEvent } from "../../core/Request.ts"
-import { makeKeyMatcher } from "../ApiKeys.ts"
 import { parameterDescription } from "../aime/Schemas.ts"
+import { int, isObj, isReply, makeWorkerCalls, type Obj, remoteEngineCapacity, remoteEngineStats, reply, type Reply, str } from "./WorkerCalls.ts"
 import { startWorkerActor, WORKER_STATES, type WorkerActor, type WorkerState, wireWorkerState } from "./WorkerMachine.ts"
 
 export interface WorkerPoolOptions {
@@ -45,11 +45,7 @@ export interface WorkerPoolOptions {
   readonly observer?: EngineObserver
 }
 
-/** What the server answers a worker call: an HTTP status and a JSON body. */
-export interface Reply {
-  readonly status: number
-  readonly body: unknown
-}
+export type { Reply } from "./WorkerCalls.ts"
 
 export interface WorkerInfo {
   readonly name: string
@@ -94,11 +90,6 @@ interface RemoteJob {
   receivedText: string
 }
 
-type Obj = Record<string, unknown>
-const isObj = (v: unknown): v is Obj => v !== null && typeof v === "object" && !Array.isArray(v)
-const str = (v: unknown): string | undefined => (typeof v === "string" ? v : undefined)
-const int = (v: unknown): number | undefined => (typeof v === "number" && Number.isInteger(v) ? v : undefined)
-const reply = (status: number, body: unknown): Reply => ({ status, body })
 
 export interface WorkerPool {
   /** The engine over the queue (the `Engine` service value). */
@@ -158,9 +149,8 @@ export const makeWorkerPool = (options: WorkerPoolOptions): Effect.Effect<Worker
     const endpoint = options.endpoint ?? "llama3_chat"
     const maxQueue = options.maxQueue ?? 1024
     const defaultDeadline = options.timeoutMs ?? Number.POSITIVE_INFINITY
-    const isWorkerKey = makeKeyMatcher(options.workerKeys)
     const observer = options.observer ?? silentObserver
-    const keyOk = (k: unknown) => options.workerKeys.length > 0 && typeof k === "string" && isWorkerKey(k)
+    const calls = makeWorkerCalls({ workerKeys: options.workerKeys, jobType, pollWaitMs })
 
     const workers = new Map<string, WorkerInfo>()
     const jobs = new Map<string, RemoteJob>()
@@ -472,49 +462,21 @@ export const makeWorkerPool = (options: WorkerPoolOptions): Effect.Effect<Worker
       return w
     }
 
-    const notAuthorized = (auth: string | undefined) => reply(401, { cmd: "error", success: false, msg: `Worker ${auth ?? ""} not authorized`, error_msg: `Worker ${auth ?? ""} not authorized` })
-    const wrongType = (jt: unknown) =>
-      typeof jt === "string" && jt !== jobType
-        ? reply(403, { cmd: "error", success: false, msg: `Unknown job_type: ${jt}`, error_msg: `Unknown job_type: ${jt} (this server: ${jobType})` })
-        : undefined
-
     const login = (body: unknown): Reply => {
-      if (!isObj(body) || !isObj(body["worker_parameters"])) return reply(400, { success: false, error_msg: "expected {worker_parameters: {...}, model_parameters: {...}}" })
-      const p = body["worker_parameters"]
-      const auth = str(p["auth"])
-      if (auth === undefined || auth === "") return reply(400, { success: false, error_msg: "worker_parameters.auth (the worker name) is required" })
-      const bad = wrongType(p["job_type"])
-      if (bad !== undefined) return bad
-      if (!keyOk(p["auth_key"])) return reply(401, { success: false, error_msg: `Worker not authorized on job type ${jobType}` })
-      const { auth_key: _k, ...params } = p
-      register(auth, params, isObj(body["model_parameters"]) ? body["model_parameters"] : {}, int(p["max_batch_size"]) ?? 1)
-      return reply(200, { success: true, request_timeout: pollWaitMs / 1000, api_server_version: "chorus 0.2.0" })
+      const r = calls.login(body)
+      if (isReply(r)) return r
+      register(r.name, r.params, r.model, r.maxBatch)
+      return calls.loginAccepted()
     }
 
     /** Validates a worker call: the key, then the worker (known, or auto-logged-in from legacy fields). */
     const authenticate = (body: Obj, autoLogin: boolean): WorkerInfo | Reply => {
-      const auth = str(body["auth"])
-      if (auth === undefined || auth === "") return reply(400, { cmd: "error", msg: "auth (the worker name) is required" })
-      const bad = wrongType(body["job_type"])
-      if (bad !== undefined) return bad
-      if (!keyOk(body["auth_key"])) return notAuthorized(auth)
-      const known = workers.get(auth)
+      const name = calls.caller(body)
+      if (typeof name !== "string") return name
+      const known = workers.get(name)
       if (known !== undefined) return known
-      if (!autoLogin || typeof body["version"] !== "string" || body["version"] === "") {
-        return reply(400, { cmd: "error", msg: `Worker ${auth} needs to login before being allowed to make job requests` })
-      }
-      const { auth_key: _k, ...rest } = body
-      const params: Obj = { ...rest, interface_version: body["version"], version: body["worker_version"] }
-      const model: Obj = {
-        label: body["model_label"],
-        quantization: body["model_quantization"],
-        size: body["model_size"],
-        family: body["model_family"],
-        type: body["model_type"],
-        repo_name: body["model_repo_name"]
-      }
-      for (const k of Object.keys(model)) if (model[k] === undefined) delete model[k]
-      return register(auth, params, model, int(body["max_job_batch"]) ?? 1)
+      const r = calls.autoLogin(name, body, autoLogin)
+      return isReply(r) ? r : register(r.name, r.params, r.model, r.maxBatch)
     }
 
     const jobCommand = (batch: ReadonlyArray<RemoteJob>): Obj => ({
@@ -650,7 +612,7 @@ export const makeWorkerPool = (options: WorkerPoolOptions): Effect.Effect<Worker
     const checkStatus = (body: unknown): Reply => {
       if (!isObj(body)) return reply(400, { error: "the body must be a JSON object" })
       const auth = str(body["auth"])
-      const keyValid = keyOk(body["auth_key"])
+      const keyValid = calls.keyOk(body["auth_key"])
       // From a known worker with its key, this is a heartbeat (chorus worker sends one while all its slots are busy).
       const known = auth === undefined ? undefined : workers.get(auth)
       if (known !== undefined && keyValid) known.lastSeen = Date.now()
@@ -689,17 +651,11 @@ export const makeWorkerPool = (options: WorkerPoolOptions): Effect.Effect<Worker
         numWaiting: queue.length,
         maxNumSeqs: maxSeqs(),
         ...stats,
-        restarts: 0,
-        numBlocks: 0,
-        blockSize: 0,
-        kvUsage: 0,
-        prefixCacheQueries: 0,
-        prefixCacheHits: 0,
-        numPreemptions: 0
+        ...remoteEngineStats
       })),
       shards: [],
       get capacity() {
-        return { numBlocks: 0, blockSize: 0, kvBytes: 0, fullContextSequences: 0, prefixCaching: false, maxNumSeqs: maxSeqs(), requestedMaxNumSeqs: maxSeqs() }
+        return remoteEngineCapacity(maxSeqs())
       }
     }
 
