@@ -8,12 +8,11 @@ import * as os from "node:os"
 import * as path from "node:path"
 import { afterAll, describe, expect, it } from "vitest"
 import { Llama3Adapter, type Llama3Options } from "../../src/adapters/llama3/Llama3Adapter.ts"
-import { dequantizeInt4, quantizeInt4, scaleRounder } from "../../src/adapters/llama3/MatMulNBitsPacking.ts"
-import { defaultInt4, type Int4Settings } from "../../src/adapters/llama3/Quantization.ts"
-import { openCheckpoint, type SafetensorsTensor, writeSafetensors } from "../../src/checkpoint/Safetensors.ts"
+import { defaultInt4 } from "../../src/adapters/llama3/Quantization.ts"
 import { Engine } from "../../src/core/Engine.ts"
 import type { GenerateRequest, GenerationEvent } from "../../src/core/Request.ts"
 import { type Device, parseDevice } from "../../src/core/shard/StepProtocol.ts"
+import { dequantizedFixture } from "../support/dequantizedFixture.ts"
 import { fixtureDir, readReference, relativeError } from "../support/fixtures.ts"
 
 const root = fs.mkdtempSync(path.join(os.tmpdir(), "chorus-int4-device-"))
@@ -24,35 +23,6 @@ const device: Device = parsed.kind === "cuda" && process.env.CHORUS_TEST_CUDA_GR
   ? { ...parsed, options: { enable_cuda_graph: "1" } }
   : parsed
 const halfAttention = process.env.CHORUS_TEST_ATTENTION === "paged" ? "paged" : "fused"
-
-const LINEAR = /\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)\.weight$/
-
-/** The fixture with its linears (and head) replaced by their int4 round trip, scales rounded as `dtype` stores them. */
-const dequantizedCopy = async (name: string, q: Int4Settings, dtype: "float32" | "float16"): Promise<string> => {
-  const from = fixtureDir(name)
-  const dir = fs.mkdtempSync(path.join(root, `${name}-${dtype}-`))
-  const config = JSON.parse(fs.readFileSync(path.join(from, "config.json"), "utf8")) as Record<string, unknown>
-  const tied = config.tie_word_embeddings === true
-  fs.writeFileSync(path.join(dir, "config.json"), JSON.stringify({ ...config, tie_word_embeddings: false }))
-  fs.copyFileSync(path.join(from, "generation_config.json"), path.join(dir, "generation_config.json"))
-  const source = await Effect.runPromise(openCheckpoint(from))
-  const roundTrip = (data: Float32Array, shape: ReadonlyArray<number>) => {
-    const l = { n: shape[0], k: shape[1], blockSize: q.blockSize, symmetric: q.symmetric }
-    return dequantizeInt4(quantizeInt4(data, l, scaleRounder(dtype)), l)
-  }
-  const tensors: Array<SafetensorsTensor> = []
-  for (const tensor of source.names) {
-    const info = source.info(tensor)!
-    const data = await Effect.runPromise(source.readFloat32(tensor))
-    const quantized = LINEAR.test(tensor) || (tensor === "lm_head.weight" && q.lmHead)
-    tensors.push({ name: tensor, dtype: "F32", shape: info.shape, data: quantized ? roundTrip(data, info.shape) : data })
-    if (tied && tensor === "model.embed_tokens.weight") {
-      tensors.push({ name: "lm_head.weight", dtype: "F32", shape: info.shape, data: q.lmHead ? roundTrip(data, info.shape) : data })
-    }
-  }
-  await Effect.runPromise(writeSafetensors(path.join(dir, "model.safetensors"), tensors))
-  return dir
-}
 
 const collect = (events: ReadonlyArray<GenerationEvent>) => ({
   tokens: events.flatMap((e) => (e._tag === "Token" ? [e.tokenId] : [])),
@@ -88,7 +58,7 @@ describe.each([
     const prompts = readReference(name).prompts.map((p) => p.input_ids)
     const attention = dtype === "float32" ? "fused" : halfAttention
     const int4 = await runAll({ modelDir: fixtureDir(name), dtype, maxContext: 512, attention, quantize: q }, prompts)
-    const float = await runAll({ modelDir: await dequantizedCopy(name, q, dtype), dtype, maxContext: 512, attention }, prompts)
+    const float = await runAll({ modelDir: await dequantizedFixture(root, name, q, dtype), dtype, maxContext: 512, attention }, prompts)
     int4.forEach((r, i) => {
       expect(relativeError(r.logits, float[i].logits)).toBeLessThan(tolerance)
       if (dtype === "float32") expect(r.tokens).toEqual(float[i].tokens)

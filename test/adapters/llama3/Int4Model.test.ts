@@ -9,12 +9,11 @@ import { convertCheckpoint } from "../../../src/adapters/llama3/Converter.ts"
 import { buildShardGraph } from "../../../src/adapters/llama3/GraphBuilder.ts"
 import { Llama3Adapter } from "../../../src/adapters/llama3/Llama3Adapter.ts"
 import { loadLlamaConfig } from "../../../src/adapters/llama3/LlamaConfig.ts"
-import { dequantizeInt4, quantizeInt4 } from "../../../src/adapters/llama3/MatMulNBitsPacking.ts"
-import { defaultInt4, type Int4Settings } from "../../../src/adapters/llama3/Quantization.ts"
-import { openCheckpoint, type SafetensorsTensor, writeSafetensors } from "../../../src/checkpoint/Safetensors.ts"
+import { defaultInt4 } from "../../../src/adapters/llama3/Quantization.ts"
 import { Engine } from "../../../src/core/Engine.ts"
 import type { GenerateRequest, GenerationEvent } from "../../../src/core/Request.ts"
 import { measureQuantError, summarize } from "../../../tools/quant/QuantError.ts"
+import { dequantizedFixture } from "../../support/dequantizedFixture.ts"
 import { fixtureDir, readReference, relativeError } from "../../support/fixtures.ts"
 
 const root = fs.mkdtempSync(path.join(os.tmpdir(), "chorus-int4-"))
@@ -30,38 +29,6 @@ afterEach(() => {
   if (savedCache === undefined) delete process.env.CHORUS_CACHE
   else process.env.CHORUS_CACHE = savedCache
 })
-
-const LINEAR = /\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)\.weight$/
-
-/**
- * A float32 copy of a fixture whose linear weights are replaced by their int4 round trip (the LM head too when
- * `q.lmHead`; a tied head becomes an explicit `lm_head.weight`, since the int4 model keeps the embedding float).
- */
-const dequantizedCopy = async (name: string, q: Int4Settings): Promise<string> => {
-  const from = fixtureDir(name)
-  const dir = fs.mkdtempSync(path.join(root, `${name}-dequantized-`))
-  const config = JSON.parse(fs.readFileSync(path.join(from, "config.json"), "utf8")) as Record<string, unknown>
-  const tied = config.tie_word_embeddings === true
-  fs.writeFileSync(path.join(dir, "config.json"), JSON.stringify({ ...config, tie_word_embeddings: false }))
-  fs.copyFileSync(path.join(from, "generation_config.json"), path.join(dir, "generation_config.json"))
-  const source = await Effect.runPromise(openCheckpoint(from))
-  const roundTrip = (data: Float32Array, shape: ReadonlyArray<number>) => {
-    const l = { n: shape[0], k: shape[1], blockSize: q.blockSize, symmetric: q.symmetric }
-    return dequantizeInt4(quantizeInt4(data, l, Math.fround), l)
-  }
-  const tensors: Array<SafetensorsTensor> = []
-  for (const tensor of source.names) {
-    const info = source.info(tensor)!
-    const data = await Effect.runPromise(source.readFloat32(tensor))
-    const quantized = LINEAR.test(tensor) || (tensor === "lm_head.weight" && q.lmHead)
-    tensors.push({ name: tensor, dtype: "F32", shape: info.shape, data: quantized ? roundTrip(data, info.shape) : data })
-    if (tied && tensor === "model.embed_tokens.weight") {
-      tensors.push({ name: "lm_head.weight", dtype: "F32", shape: info.shape, data: q.lmHead ? roundTrip(data, info.shape) : data })
-    }
-  }
-  await Effect.runPromise(writeSafetensors(path.join(dir, "model.safetensors"), tensors))
-  return dir
-}
 
 const collect = (events: ReadonlyArray<GenerationEvent>) => ({
   tokens: events.flatMap((e) => (e._tag === "Token" ? [e.tokenId] : [])),
@@ -94,7 +61,7 @@ describe.each([
   it("the int4 model's logits and greedy tokens are those of the float model of its dequantized weights", async () => {
     const prompts = readReference(name).prompts.map((p) => p.input_ids)
     const int4 = await runAll({ modelDir: fixtureDir(name), quantize: q }, prompts)
-    const float = await runAll({ modelDir: await dequantizedCopy(name, q) }, prompts)
+    const float = await runAll({ modelDir: await dequantizedFixture(root, name, q, "float32") }, prompts)
     int4.forEach((r, i) => {
       expect(relativeError(r.logits, float[i].logits)).toBeLessThan(1e-5)
       expect(r.tokens).toEqual(float[i].tokens)
