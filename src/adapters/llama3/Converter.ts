@@ -12,6 +12,7 @@ import * as crypto from "node:crypto"
 import * as fs from "node:fs"
 import * as path from "node:path"
 import { chorusCacheDir, writeCacheFile, writeCacheFolder } from "../../checkpoint/CacheEntry.ts"
+import { DIGEST_SCHEME, digestFiles } from "../../checkpoint/FileDigest.ts"
 import { openCheckpoint } from "../../checkpoint/Safetensors.ts"
 import type { TensorSource } from "../../checkpoint/TensorSource.ts"
 import { type CheckpointError, ConversionError, type ModelConfigError } from "../../core/Errors.ts"
@@ -64,7 +65,7 @@ export type ShardEntry = typeof ShardEntry.Type
 
 export const ModelManifest = Schema.Struct({
   formatVersion: Schema.Literal(FORMAT_VERSION),
-  /** Content key: sha256 over config.json, the checkpoint files and the options. */
+  /** Content key: sha256 over config.json, the checkpoint files' digests (`FileDigest.ts`) and the options. */
   key: Schema.String,
   sourceDir: Schema.String,
   config: LlamaConfigSchema,
@@ -143,7 +144,8 @@ const conversionError = (what: string) => (cause: unknown) => new ConversionErro
 
 // ---------------------------------------------------------------------------------------------- content key
 
-const HashMemo = Schema.Record(Schema.String, Schema.Struct({ size: Schema.Number, mtimeMs: Schema.Number, sha256: Schema.String }))
+// `digest` is `<scheme>:<hex>` (FileDigest.ts); entries of another scheme are hashed again.
+const HashMemo = Schema.Record(Schema.String, Schema.Struct({ size: Schema.Number, mtimeMs: Schema.Number, digest: Schema.String }))
 type HashMemo = typeof HashMemo.Type
 
 const readMemo = async (file: string): Promise<Record<string, HashMemo[string]>> => {
@@ -151,48 +153,49 @@ const readMemo = async (file: string): Promise<Record<string, HashMemo[string]>>
     const decoded = Schema.decodeUnknownExit(HashMemo)(JSON.parse(await fs.promises.readFile(file, "utf8")))
     return decoded._tag === "Success" ? { ...decoded.value } : {}
   } catch {
-    return {} // missing or corrupt memo: rehash
+    return {} // missing, corrupt or of an older layout: rehash
   }
 }
 
-const sha256File = (file: string): Promise<string> =>
-  new Promise((resolve, reject) => {
-    const hash = crypto.createHash("sha256")
-    fs.createReadStream(file, { highWaterMark: 1 << 22 })
-      .on("data", (chunk) => hash.update(chunk))
-      .on("error", reject)
-      .on("end", () => resolve(hash.digest("hex")))
-  })
-
-/** sha256 of each file, reusing `<cache>/hashes.json` entries whose realpath, size and mtime still match. */
+/**
+ * The content digest of each file (`FileDigest.ts`, every core), reusing `<cache>/hashes.json` entries whose
+ * realpath, size and mtime still match, so only a first start hashes.
+ */
 const hashFiles = (cacheDir: string, files: ReadonlyArray<string>): Effect.Effect<Array<string>, ConversionError> =>
-  Effect.tryPromise({
-    try: async () => {
-      const memoFile = path.join(cacheDir, "hashes.json")
-      const memo = await readMemo(memoFile)
-      let changed = false
-      const hashes: Array<string> = []
-      for (const file of files) {
-        const real = await fs.promises.realpath(file)
-        const stat = await fs.promises.stat(real)
-        const hit = memo[real]
-        if (hit !== undefined && hit.size === stat.size && hit.mtimeMs === stat.mtimeMs) {
-          hashes.push(hit.sha256)
-          continue
-        }
-        const sha256 = await sha256File(real)
-        memo[real] = { size: stat.size, mtimeMs: stat.mtimeMs, sha256 }
-        changed = true
-        hashes.push(sha256)
-      }
-      if (changed) {
+  Effect.gen(function*() {
+    const memoFile = path.join(cacheDir, "hashes.json")
+    const fail = conversionError(`cannot hash the checkpoint files (hash memo in ${memoFile})`)
+    const { memo, entries } = yield* Effect.tryPromise({
+      try: async () => {
+        const memo = await readMemo(memoFile)
+        const entries = await Promise.all(files.map(async (file) => {
+          const real = await fs.promises.realpath(file)
+          const stat = await fs.promises.stat(real)
+          const hit = memo[real]
+          const fresh = hit !== undefined && hit.size === stat.size && hit.mtimeMs === stat.mtimeMs && hit.digest.startsWith(`${DIGEST_SCHEME}:`)
+          return { real, size: stat.size, mtimeMs: stat.mtimeMs, digest: fresh ? hit.digest : undefined }
+        }))
+        return { memo, entries }
+      },
+      catch: fail
+    })
+    const missing = [...new Set(entries.filter((e) => e.digest === undefined).map((e) => e.real))]
+    if (missing.length === 0) return entries.map((e) => e.digest!)
+    const t0 = performance.now()
+    const digests = yield* digestFiles(missing).pipe(Effect.mapError(fail))
+    const bytes = entries.filter((e) => e.digest === undefined).reduce((n, e) => n + e.size, 0)
+    yield* Effect.logInfo(`chorus: content digests of ${missing.length} checkpoint file(s), ${(bytes / 1e9).toFixed(2)} GB, in ${((performance.now() - t0) / 1000).toFixed(1)} s`)
+    const byFile = new Map(missing.map((f, i) => [f, digests[i]!]))
+    for (const e of entries) if (e.digest === undefined) memo[e.real] = { size: e.size, mtimeMs: e.mtimeMs, digest: byFile.get(e.real)! }
+    yield* Effect.tryPromise({
+      try: async () => {
         // Forget files that are gone (deleted checkpoints, temporary copies) so the memo does not grow forever.
         for (const file of Object.keys(memo)) if (!fs.existsSync(file)) delete memo[file]
         await writeCacheFile(memoFile, JSON.stringify(memo, null, 1))
-      }
-      return hashes
-    },
-    catch: conversionError(`cannot hash the checkpoint files (hash memo in ${cacheDir})`)
+      },
+      catch: fail
+    })
+    return entries.map((e) => e.digest ?? byFile.get(e.real)!)
   })
 
 interface KeyInput {
@@ -257,6 +260,10 @@ interface Plan {
   readonly graphs: ReadonlyArray<ShardGraph>
 }
 
+/** Bytes of the shards' external data files. */
+const dataBytes = (graphs: ReadonlyArray<ShardGraph>): number =>
+  graphs.reduce((n, g) => n + g.weights.reduce((m, w) => m + weightBytes(w, g.options.dtype), 0), 0)
+
 /** Writes every shard and then the manifest into `dir` (which exists). */
 const writeAll = (
   dir: string,
@@ -267,7 +274,7 @@ const writeAll = (
   threads: number
 ): Effect.Effect<void, CheckpointError | ConversionError> =>
   Effect.gen(function*() {
-    const bytesTotal = plan.graphs.reduce((n, g) => n + g.weights.reduce((m, w) => m + weightBytes(w, g.options.dtype), 0), 0)
+    const bytesTotal = dataBytes(plan.graphs)
     let bytesDone = 0
     const onTensor = (tensor: string, bytes: number) => {
       bytesDone += bytes
@@ -350,10 +357,14 @@ export const convertCheckpoint = (
       // An unreadable entry (edited by hand, files deleted) is replaced.
       yield* Effect.promise(() => fs.promises.rm(finalDir, { recursive: true, force: true }).catch(() => undefined))
     }
+    const t0 = performance.now()
     yield* writeCacheFolder(
       finalDir,
       (dir) => fs.existsSync(path.join(dir, MANIFEST_FILE)),
       (tmp) => writeAll(tmp, plan, manifest, source, options.onProgress, threads)
     )
+    const seconds = (performance.now() - t0) / 1000
+    const written = dataBytes(graphs)
+    yield* Effect.logInfo(`chorus: converted ${path.basename(modelDir)} into ${graphs.length} shard(s), ${(written / 1e9).toFixed(2)} GB, in ${seconds.toFixed(1)} s (${(written / 1e6 / seconds).toFixed(0)} MB/s, ${threads} threads)`)
     return yield* loadConvertedModel(finalDir)
   })
