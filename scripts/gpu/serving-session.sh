@@ -12,6 +12,9 @@
 #   PHASE=Q2 OUT=$OUT bash scripts/gpu/serving-session.sh  # int4 error on the 8B, the token budget against ITL at 64
 #                                                          # streams, the second turn with row reuse (no CUDA graphs),
 #                                                          # and CUDA graphs beside chunked prompts
+#   PHASE=F OUT=$OUT bash scripts/gpu/serving-session.sh   # set-up and the 8B checkpoint, then the first start as a
+#                                                          # user meets it (no conversion, no hash memo), the second
+#                                                          # start, and a first start with the page cache dropped
 #
 # Everything is logged to log-$PHASE and packed with the results into $OUT/$PHASE.tgz; the checkpoint and the conversion cache stay in $BENCH_DIR between calls.
 set -uo pipefail
@@ -85,6 +88,29 @@ if [[ "$PHASE" == Q2 ]]; then
   say "chunked exit $?"; grep -m2 -E "illegal|disabled" "$OUT/graphs-chunked/server.log" | cut -c1-250
   exit 0
 fi
+if [[ "$PHASE" == F ]]; then
+  # Set-up (the CUDA provider) and the checkpoint only: run-all.sh makes the checkpoint whatever STAGES says.
+  STAGES="" DEADLINE_S=150 OUT="$OUT/run-all" bash scripts/gpu/run-all.sh >/dev/null 2>&1; say "set-up exit $?"
+  start() { # start NAME: time to /ready (server-sweep's), and the server's own digest and conversion lines
+    timeout $(($(left) - 5)) "$NODE" tools/bench-gpu/server-sweep.ts --checkpoint "$CKPT" --out "$OUT/$1" --skip-weights \
+      --max-batch 256 --concurrency 1 --requests 2 --prefix-history 0 --ready-timeout-s 150 --bench-timeout-s 30
+    say "$1 exit $?: $(grep -h -m1 -o 'load [0-9.]* s to /ready' "$OUT/$1/server-sweep.md")"
+    grep -h -E "content digests|converted " "$OUT/$1/server.log" | cut -c1-250
+  }
+  rm -rf "$CHORUS_CACHE/converted" "$CHORUS_CACHE/hashes.json"
+  say "first start, checkpoint in the page cache (it was just written), no conversion and no hash memo"
+  start first-start
+  say "second start (conversion cache and hash memo)"
+  start second-start
+  rm -rf "$CHORUS_CACHE/converted" "$CHORUS_CACHE/hashes.json"
+  if sync && echo 3 > /proc/sys/vm/drop_caches 2>/dev/null; then
+    say "first start with the page cache dropped (the checkpoint read from disk)"
+    start first-start-cold
+  else
+    say "cannot drop the page cache here: no cold first start"
+  fi
+  exit 0
+fi
 if [[ "$PHASE" == V ]]; then
   # Check after a fix: the paged and row device tests, then 64 and 256 streams on the default server.
   CUDA_TEST_CMD='CHORUS_TEST_DEVICE=cuda node_modules/node/bin/node node_modules/vitest/vitest.mjs run --config vitest.device.config.ts test/device/PagedShard.test.ts test/device/DeviceParity.test.ts -t "paged|rows|second turn|pattern of load"' \
@@ -96,5 +122,5 @@ if [[ "$PHASE" == V ]]; then
   say "sweep exit $?"; grep -m2 -E "illegal|disabled" "$OUT/server/server.log" | cut -c1-250
   exit 0
 fi
-echo "PHASE must be S, Q1, Q2 or V" >&2
+echo "PHASE must be S, Q1, Q2, V or F" >&2
 exit 2
