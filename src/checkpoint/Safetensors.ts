@@ -9,17 +9,17 @@ import * as fs from "node:fs"
 import * as path from "node:path"
 import { CheckpointError } from "../core/Errors.ts"
 import { encodeFloat32, toFloat32 } from "./FloatCodec.ts"
-import type { StorageDType, TensorInfo, TensorLocation, TensorSource } from "./TensorSource.ts"
+import type { StorageDType, TensorDType, TensorInfo, TensorLocation, TensorSource } from "./TensorSource.ts"
 
 export { encodeFloat32, toFloat32 } from "./FloatCodec.ts"
 
-const DTYPE_BYTES: Readonly<Record<StorageDType, number>> = { F32: 4, F16: 2, BF16: 2 }
+const DTYPE_BYTES: Readonly<Record<TensorDType, number>> = { F32: 4, F16: 2, BF16: 2, I32: 4 }
 const MAX_HEADER_BYTES = 100 * 1024 * 1024
 // fs reads are capped at 2 GiB per call; stay well below it.
 const READ_CHUNK_BYTES = 1 << 30
 
 export interface SafetensorsEntry {
-  readonly dtype: StorageDType
+  readonly dtype: TensorDType
   readonly shape: ReadonlyArray<number>
   /** Byte range relative to the start of the tensor data (after the 8-byte length and the header). */
   readonly begin: number
@@ -84,8 +84,9 @@ const parseEntry = (file: string, name: string, raw: unknown): SafetensorsEntry 
     throw fail(file, `${base}: header entry for tensor '${name}' is not an object`)
   }
   const { dtype, shape, data_offsets: offsets } = raw as { dtype?: unknown; shape?: unknown; data_offsets?: unknown }
-  if (dtype !== "F32" && dtype !== "F16" && dtype !== "BF16") {
-    throw fail(file, `tensor '${name}' in ${base} has dtype ${String(dtype)}, expected one of F32, F16, BF16`)
+  // I32: the packed 4-bit words (qweight, qzeros, g_idx) of AWQ and GPTQ checkpoints.
+  if (dtype !== "F32" && dtype !== "F16" && dtype !== "BF16" && dtype !== "I32") {
+    throw fail(file, `tensor '${name}' in ${base} has dtype ${String(dtype)}, expected one of F32, F16, BF16, I32`)
   }
   if (!Array.isArray(shape) || !shape.every(isNonNegInt)) {
     throw fail(file, `tensor '${name}' in ${base} has an invalid shape ${JSON.stringify(shape)}`)
@@ -159,7 +160,7 @@ const readHeaderAsync = async (file: string): Promise<SafetensorsHeader> => {
 export const readSafetensorsHeader = (file: string): Effect.Effect<SafetensorsHeader, CheckpointError> =>
   Effect.tryPromise({ try: () => readHeaderAsync(file), catch: toCheckpointError(file) })
 
-const readTensorAsync = async (file: string, dataStart: number, entry: SafetensorsEntry): Promise<Float32Array> => {
+const readTensorAsync = async (file: string, dataStart: number, entry: SafetensorsEntry & { readonly dtype: StorageDType }): Promise<Float32Array> => {
   const handle = await fs.promises.open(file, "r")
   try {
     const bytes = new Uint8Array(entry.end - entry.begin)
@@ -253,6 +254,10 @@ const openAsync = async (dir: string): Promise<TensorSource> => {
       return Effect.fail(fail(dir, `tensor '${name}' not found in ${dir} (files: ${fileNames.join(", ")})`))
     }
     const { entry, header } = found
+    const dtype = entry.dtype
+    if (dtype === "I32") {
+      return Effect.fail(fail(header.file, `tensor '${name}' in ${path.basename(header.file)} is I32, not a float tensor`))
+    }
     if (
       expectedShape !== undefined &&
       (expectedShape.length !== entry.shape.length || expectedShape.some((d, i) => d !== entry.shape[i]))
@@ -265,7 +270,7 @@ const openAsync = async (dir: string): Promise<TensorSource> => {
       )
     }
     return Effect.tryPromise({
-      try: () => readTensorAsync(header.file, header.dataStart, entry),
+      try: () => readTensorAsync(header.file, header.dataStart, { ...entry, dtype }),
       catch: toCheckpointError(header.file)
     })
   }

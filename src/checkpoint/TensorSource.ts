@@ -5,12 +5,15 @@
 import type { Effect } from "effect"
 import type { CheckpointError } from "../core/Errors.ts"
 
-/** Storage dtypes as safetensors names them. */
+/** Float storage dtypes as safetensors names them. */
 export type StorageDType = "F32" | "F16" | "BF16"
+
+/** Every dtype a checkpoint tensor may have: the float ones, and int32 (the packed 4-bit words of AWQ / GPTQ checkpoints). */
+export type TensorDType = StorageDType | "I32"
 
 export interface TensorInfo {
   readonly name: string
-  readonly dtype: StorageDType
+  readonly dtype: TensorDType
   readonly shape: ReadonlyArray<number>
   /** The file that holds the tensor (for error messages). */
   readonly file: string
@@ -22,7 +25,7 @@ export interface TensorLocation {
   /** Absolute byte offset of the tensor in `file`. */
   readonly position: number
   readonly byteLength: number
-  readonly dtype: StorageDType
+  readonly dtype: TensorDType
   readonly shape: ReadonlyArray<number>
 }
 
@@ -31,7 +34,7 @@ export interface TensorSource {
   readonly names: ReadonlyArray<string>
   readonly info: (name: string) => TensorInfo | undefined
   /**
-   * Reads one tensor converted to float32. Fails with a CheckpointError naming the file and the tensor when the
+   * Reads one float tensor converted to float32 (an I32 tensor fails: `locate` gives its raw bytes). Fails with a CheckpointError naming the file and the tensor when the
    * tensor is missing, when `expectedShape` is given and differs, or when the file is shorter than its header says.
    */
   readonly readFloat32: (name: string, expectedShape?: ReadonlyArray<number>) => Effect.Effect<Float32Array, CheckpointError>

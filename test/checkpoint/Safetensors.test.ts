@@ -328,7 +328,17 @@ describe("errors", () => {
     const dir = tmpDir()
     writeRaw(path.join(dir, "model.safetensors"), { ids: { dtype: "I64", shape: [2], data_offsets: [0, 16] } }, 16)
     const e = await runError(openCheckpoint(dir))
-    expect(e.message).toBe("tensor 'ids' in model.safetensors has dtype I64, expected one of F32, F16, BF16")
+    expect(e.message).toBe("tensor 'ids' in model.safetensors has dtype I64, expected one of F32, F16, BF16, I32")
+  })
+
+  it("an I32 tensor (AWQ / GPTQ packed words) opens and locates, but is not read as float", async () => {
+    const dir = tmpDir()
+    writeRaw(path.join(dir, "model.safetensors"), { qweight: { dtype: "I32", shape: [2, 3], data_offsets: [0, 24] } }, 24)
+    const source = await run(openCheckpoint(dir))
+    expect(source.info("qweight")?.dtype).toBe("I32")
+    expect(source.locate("qweight")).toMatchObject({ dtype: "I32", shape: [2, 3], byteLength: 24 })
+    const e = await runError(source.readFloat32("qweight"))
+    expect(e.message).toBe("tensor 'qweight' in model.safetensors is I32, not a float tensor")
   })
 
   it("data_offsets inconsistent with shape x dtype size", async () => {

@@ -15,15 +15,19 @@ import * as fs from "node:fs"
 import * as path from "node:path"
 import { encodeFloat32, toFloat32 } from "../../checkpoint/FloatCodec.ts"
 import type { StorageDType, TensorLocation } from "../../checkpoint/TensorSource.ts"
+import { type QuantizedLinear, quantizedSuffixes, RepackError, repackedBytes } from "./CheckpointQuant.ts"
+import type { CheckpointQuant } from "./LlamaConfig.ts"
 import { int4Bytes, type QuantBlockSize } from "./MatMulNBitsPacking.ts"
 import { hasNaN, transpose16Into, transpose32Into, transposeInto } from "./WeightBytes.ts"
 
 export interface ConvertTask {
   /**
    * `copy`: the tensor as stored; `linear`: sources `[rows_k, inDim]` concatenated and transposed to `[inDim, outDim]`;
-   * `int4`: sources concatenated to `[outDim, inDim]` and quantized for MatMulNBits (`MatMulNBitsPacking.ts`).
+   * `int4`: sources concatenated to `[outDim, inDim]` and quantized for MatMulNBits (`MatMulNBitsPacking.ts`);
+   * `prequantized`: an AWQ / GPTQ checkpoint's packed linears repacked for MatMulNBits (`CheckpointQuant.ts`), the
+   * sources being each module's tensors in `quantizedSuffixes` order.
    */
-  readonly kind: "copy" | "linear" | "int4"
+  readonly kind: "copy" | "linear" | "int4" | "prequantized"
   readonly dataPath: string
   /** Byte offset of the initializer in `dataPath`. */
   readonly offset: number
@@ -33,6 +37,8 @@ export interface ConvertTask {
   readonly sources: ReadonlyArray<TensorLocation>
   /** With `int4`: the block layout and the data-file offset of each part (codes, scales, zero points). */
   readonly int4?: { readonly blockSize: QuantBlockSize; readonly symmetric: boolean; readonly partOffsets: ReadonlyArray<number> }
+  /** With `prequantized`: the checkpoint's quantization, the modules stacked along N, the offset of each part. */
+  readonly prequantized?: { readonly quant: CheckpointQuant; readonly modules: ReadonlyArray<string>; readonly partOffsets: ReadonlyArray<number> }
 }
 
 export type ConvertResult =
@@ -50,6 +56,12 @@ class SourceError extends Error {
     super(message)
     this.file = file
   }
+}
+
+/** The float dtype of a source the float paths read (validation keeps I32 tensors out of them). */
+const floatOf = (s: TensorLocation): StorageDType => {
+  if (s.dtype === "I32") throw new SourceError(s.file, `${path.basename(s.file)}: an I32 tensor where a float one was expected`)
+  return s.dtype
 }
 
 const storage = (dtype: ConvertTask["dtype"]): StorageDType => (dtype === "float32" ? "F32" : dtype === "float16" ? "F16" : "BF16")
@@ -106,7 +118,7 @@ const viaFloat32 = (task: ConvertTask, read: Read): Uint8Array => {
   const decode = (s: TensorLocation): Float32Array => {
     const bytes = new Uint8Array(s.byteLength)
     read(s, bytes)
-    return toFloat32(s.dtype, bytes)
+    return toFloat32(floatOf(s), bytes)
   }
   if (task.kind === "copy") return encodeFloat32(storage(task.dtype), decode(task.sources[0]))
   const out = new Float32Array(task.inDim * task.outDim)
@@ -126,7 +138,7 @@ const copyRaw = (task: ConvertTask, read: Read, out: number): boolean => {
   for (let done = 0; done < s.byteLength; done += buf.byteLength) {
     const chunk = buf.subarray(0, Math.min(buf.byteLength, s.byteLength - done))
     read(s, chunk, done)
-    if (hasNaN(s.dtype, chunk)) return false
+    if (hasNaN(floatOf(s), chunk)) return false
     writeAt(out, chunk, task.offset + done)
   }
   return true
@@ -137,7 +149,7 @@ const copyRaw = (task: ConvertTask, read: Read, out: number): boolean => {
  * the target dtype where it differs (a cast commutes with a transpose); undefined when a source holds a NaN.
  */
 const linearRaw = (task: ConvertTask, read: Read, dtype: StorageDType): Uint8Array | undefined => {
-  const from = task.sources[0].dtype
+  const from = floatOf(task.sources[0])
   const wide = from === "F32"
   const out = new Uint8Array(task.inDim * task.outDim * (wide ? 4 : 2))
   let colOffset = 0
@@ -145,7 +157,7 @@ const linearRaw = (task: ConvertTask, read: Read, dtype: StorageDType): Uint8Arr
     const rows = s.shape[0]
     const bytes = new Uint8Array(s.byteLength)
     read(s, bytes)
-    if (hasNaN(s.dtype, bytes)) return undefined
+    if (hasNaN(floatOf(s), bytes)) return undefined
     if (wide) transpose32Into(new Uint32Array(bytes.buffer), rows, task.inDim, new Uint32Array(out.buffer), task.outDim, colOffset)
     else transpose16Into(new Uint16Array(bytes.buffer), rows, task.inDim, new Uint16Array(out.buffer), task.outDim, colOffset)
     colOffset += rows
@@ -162,7 +174,7 @@ const writeInt4 = (task: ConvertTask, read: Read, out: number): number => {
   for (const s of task.sources) {
     const bytes = new Uint8Array(s.byteLength)
     read(s, bytes)
-    const values = toFloat32(s.dtype, bytes)
+    const values = toFloat32(floatOf(s), bytes)
     rows.set(values, at)
     at += values.length
   }
@@ -176,10 +188,40 @@ const writeInt4 = (task: ConvertTask, read: Read, out: number): number => {
   return total
 }
 
+/** Reads each module's packed tensors as they are, repacks them (`CheckpointQuant.ts`), writes each part at its offset. */
+const writePrequantized = (task: ConvertTask, read: Read, out: number): number => {
+  const p = task.prequantized
+  if (p === undefined) throw new Error(`prequantized task for ${task.dataPath} has no modules`)
+  const suffixes = quantizedSuffixes(p.quant)
+  const linears: Array<QuantizedLinear> = p.modules.map((module, m) => {
+    const raw = suffixes.map((_, j) => {
+      const s = task.sources[m * suffixes.length + j]
+      const bytes = new Uint8Array(s.byteLength)
+      read(s, bytes)
+      return { dtype: s.dtype, shape: s.shape, bytes }
+    })
+    return { module, out: raw[2].shape[1] ?? 0, inDim: task.inDim, qweight: raw[0], qzeros: raw[1], scales: raw[2], gIdx: raw[3] }
+  })
+  let parts: Array<Uint8Array>
+  try {
+    parts = repackedBytes(p.quant, linears, task.dtype)
+  } catch (e) {
+    if (e instanceof RepackError) throw new SourceError(task.sources[0].file, `cannot load this ${p.quant.method.toUpperCase()} checkpoint: ${e.message}`)
+    throw e
+  }
+  let total = 0
+  for (const [j, bytes] of parts.entries()) {
+    writeAt(out, bytes, p.partOffsets[j])
+    total += bytes.byteLength
+  }
+  return total
+}
+
 export const runTask = (task: ConvertTask): ConvertResult => {
   try {
     return withFiles(task, (read, out) => {
       if (task.kind === "int4") return { ok: true, bytes: writeInt4(task, read, out), fast: false }
+      if (task.kind === "prequantized") return { ok: true, bytes: writePrequantized(task, read, out), fast: false }
       const dtype = storage(task.dtype)
       const same = task.sources.every((s) => s.dtype === dtype)
       if (same && task.kind === "copy" && copyRaw(task, read, out)) return { ok: true, bytes: task.sources[0].byteLength, fast: true }

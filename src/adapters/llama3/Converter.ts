@@ -34,6 +34,12 @@ const RopeScalingSchema = Schema.Struct({
   originalMaxPositionEmbeddings: Int
 })
 
+/** `LlamaConfig.quantization`: the AWQ / GPTQ layout of a pre-quantized checkpoint. */
+const CheckpointQuantSchema = Schema.Union([
+  Schema.Struct({ method: Schema.Literal("awq"), bits: Schema.Literal(4), groupSize: Int }),
+  Schema.Struct({ method: Schema.Literal("gptq"), bits: Schema.Literal(4), groupSize: Int, format: Schema.Literals(["gptq", "gptq_v2"]), sym: Schema.Boolean })
+])
+
 /** The normalized `LlamaConfig`, as stored in the manifest. */
 export const LlamaConfigSchema = Schema.Struct({
   modelType: Schema.Literal("llama"),
@@ -51,7 +57,9 @@ export const LlamaConfigSchema = Schema.Struct({
   tieWordEmbeddings: Schema.Boolean,
   bosTokenId: Schema.NullOr(Int),
   eosTokenIds: Schema.Array(Int),
-  dtype: Schema.Literals(["float32", "float16", "bfloat16"])
+  dtype: Schema.Literals(["float32", "float16", "bfloat16"]),
+  /** Present for AWQ / GPTQ checkpoints (their linears are repacked into MatMulNBits); part of the content key. */
+  quantization: Schema.optionalKey(CheckpointQuantSchema)
 })
 
 export const ShardEntry = Schema.Struct({

@@ -33,7 +33,8 @@ import {
   type NodeSpec,
   type ValueSpec
 } from "../../onnx/OnnxWriter.ts"
-import { expectedTensorShapes, type LlamaConfig } from "./LlamaConfig.ts"
+import { type CheckpointQuant, expectedTensorShapes, type LlamaConfig } from "./LlamaConfig.ts"
+import { type QuantizedLinear, quantizedSuffixes, quantizedTensorNames, type RawTensor, RepackError, repackedBytes } from "./CheckpointQuant.ts"
 import type { ConvertTask } from "./ConvertWorker.ts"
 import { type Int4Layout, int4Bytes, int4Sizes } from "./MatMulNBitsPacking.ts"
 import type { Int4Settings } from "./Quantization.ts"
@@ -80,6 +81,12 @@ export type WeightRecipe =
    * quantized to 4 bits; the weight's dims stay the logical `[in, out]` of the MatMul it replaces.
    */
   | { readonly kind: "int4"; readonly tensors: ReadonlyArray<string>; readonly blockSize: 32 | 128; readonly symmetric: boolean }
+  /**
+   * Linears of an AWQ / GPTQ checkpoint (`<module>.qweight`, `.qzeros`, `.scales`, GPTQ's `.g_idx`), stacked along N
+   * and repacked losslessly into MatMulNBits inputs (`CheckpointQuant.ts`), block size = the group size, zero points
+   * always present; the weight's dims are the logical `[in, out]`.
+   */
+  | { readonly kind: "prequantized"; readonly quant: CheckpointQuant; readonly modules: ReadonlyArray<string> }
 
 export interface WeightSpec {
   readonly name: string
@@ -111,18 +118,23 @@ export interface WeightPart {
 export const scalesName = (weight: string): string => `${weight}.scales`
 export const zeroPointsName = (weight: string): string => `${weight}.zero_points`
 
-/** MatMulNBits' view of an int4 weight whose logical MatMul dims are `[in, out]`. */
-export const int4Layout = (w: WeightSpec & { readonly recipe: { readonly kind: "int4" } }): Int4Layout => ({
+type NBitsRecipe = Extract<WeightRecipe, { readonly kind: "int4" | "prequantized" }>
+
+const isNBits = (r: WeightRecipe): r is NBitsRecipe => r.kind === "int4" || r.kind === "prequantized"
+
+/** MatMulNBits' view of a 4-bit weight whose logical MatMul dims are `[in, out]`. */
+export const int4Layout = (w: WeightSpec & { readonly recipe: NBitsRecipe }): Int4Layout => ({
   n: w.dims[1],
   k: w.dims[0],
-  blockSize: w.recipe.blockSize,
-  symmetric: w.recipe.symmetric
+  blockSize: w.recipe.kind === "int4" ? w.recipe.blockSize : w.recipe.quant.groupSize,
+  symmetric: w.recipe.kind === "int4" ? w.recipe.symmetric : false
 })
 
 /** The initializers a weight becomes, in data-file order. */
 export const weightParts = (w: WeightSpec, dtype: ModelDType): ReadonlyArray<WeightPart> => {
-  if (w.recipe.kind !== "int4") return [{ name: w.name, type: dtype, dims: w.dims, bytes: count(w.dims) * bytesPerElement(dtype) }]
-  const l = int4Layout({ ...w, recipe: w.recipe })
+  const r = w.recipe
+  if (!isNBits(r)) return [{ name: w.name, type: dtype, dims: w.dims, bytes: count(w.dims) * bytesPerElement(dtype) }]
+  const l = int4Layout({ ...w, recipe: r })
   const nb = Math.ceil(l.k / l.blockSize)
   const sizes = int4Sizes(l, bytesPerElement(dtype))
   const parts: Array<WeightPart> = [
@@ -167,6 +179,19 @@ const checkRange = (config: LlamaConfig, options: ShardOptions): void => {
     const ks = [config.hiddenSize, config.numHeads * config.headDim, config.intermediateSize]
     const odd = ks.find((k) => k % 2 !== 0)
     if (odd !== undefined) throw new Error(`int4 quantization needs even input dimensions (hidden, heads x head_dim, intermediate), found ${odd}`)
+  }
+  const cq = config.quantization
+  if (cq !== undefined) {
+    if (q !== undefined) {
+      throw new Error(`the checkpoint is already ${cq.method.toUpperCase()} 4-bit (quantization_config in config.json); --quantize int4 would requantize it: leave --quantize out`)
+    }
+    // Every group becomes one MatMulNBits block, so each linear's K must be whole groups (AWQ asserts it too:
+    // AutoAWQ gemm.py L132), and the packed words hold 8 outputs (AWQ, GPTQ qzeros) or 8 inputs (GPTQ qweight).
+    const dims = [config.hiddenSize, config.numHeads * config.headDim, config.numKvHeads * config.headDim, config.intermediateSize]
+    const bad = dims.find((d) => d % cq.groupSize !== 0 || d % 8 !== 0)
+    if (bad !== undefined) {
+      throw new Error(`${cq.method.toUpperCase()} group_size ${cq.groupSize} does not divide the model dimension ${bad} (and dimensions must be multiples of 8): each group becomes one MatMulNBits block`)
+    }
   }
 }
 
@@ -245,11 +270,16 @@ export const buildShardGraph = (config: LlamaConfig, options: ShardOptions): Sha
 
   // A linear weight: float for MatMul, or 4-bit codes for MatMulNBits when the shard is quantized.
   const quant = options.quantize
+  const checkpointQuant = config.quantization
   const linearRecipe = (tensors: ReadonlyArray<string>, quantize: boolean): WeightRecipe =>
-    quant !== undefined && quantize ? { kind: "int4", tensors, blockSize: quant.blockSize, symmetric: quant.symmetric } : { kind: "linear", tensors }
+    checkpointQuant !== undefined && quantize
+      ? { kind: "prequantized", quant: checkpointQuant, modules: tensors.map((t) => t.replace(/\.weight$/, "")) }
+      : quant !== undefined && quantize
+      ? { kind: "int4", tensors, blockSize: quant.blockSize, symmetric: quant.symmetric }
+      : { kind: "linear", tensors }
   const matmul = (input: string, weight: string, output: string, name: string) => {
     const w = weights.find((x) => x.name === weight)
-    if (w === undefined || w.recipe.kind !== "int4") {
+    if (w === undefined || !isNBits(w.recipe)) {
       node({ op: "MatMul", inputs: [input, weight], outputs: [output], name })
       return
     }
@@ -471,7 +501,7 @@ const formatShape = (s: ReadonlyArray<number>): string => `[${s.join(", ")}]`
 
 /** Checkpoint tensors a recipe reads. */
 const recipeTensors = (r: WeightRecipe): ReadonlyArray<string> =>
-  r.kind === "copy" ? [r.tensor] : r.kind === "linear" || r.kind === "int4" ? r.tensors : []
+  r.kind === "copy" ? [r.tensor] : r.kind === "linear" || r.kind === "int4" ? r.tensors : r.kind === "prequantized" ? quantizedTensorNames(r.quant, r.modules) : []
 
 /**
  * Checks that every tensor `tensors` names exists with the shape `expectedTensorShapes` gives, before anything
@@ -495,6 +525,17 @@ export const validateTensors = (
         return Effect.fail(new CheckpointError({ path: info.file, message: `tensor '${name}' in ${info.file} is not part of this model's config` }))
       }
       if (shape.length !== info.shape.length || shape.some((d, k) => d !== info.shape[k])) {
+        const q = config.quantization
+        if (q !== undefined && /\.(scales|qzeros)$/.test(name) && shape.length === 2 && info.shape.length === 2 && shape[1] === info.shape[1] && info.shape[0] > 0) {
+          // groups along K differ: the linear was quantized with another group size
+          const inDim = shape[0] * q.groupSize
+          return Effect.fail(
+            new CheckpointError({
+              path: info.file,
+              message: `tensor '${name}' in ${info.file}: expected shape ${formatShape(shape)} from config.json, found ${formatShape(info.shape)}: its group size (${inDim / info.shape[0]}) differs from quantization_config.group_size ${q.groupSize}; every linear must use it (q|k|v and gate|up are stacked into one MatMulNBits with one block size)`
+            })
+          )
+        }
         return Effect.fail(
           new CheckpointError({
             path: info.file,
@@ -524,6 +565,58 @@ const readRows = (source: TensorSource, config: LlamaConfig, tensors: ReadonlyAr
     return out
   })
 
+/**
+ * The checkpoint tensors of `modules` (stacked along N into `out` outputs, each with `inDim` inputs), read as raw
+ * bytes; each module's outputs come from its `scales` shape (validated against the config before).
+ */
+const readQuantized = (source: TensorSource, quant: CheckpointQuant, modules: ReadonlyArray<string>, out: number, inDim: number) =>
+  Effect.gen(function*() {
+    const linears: Array<QuantizedLinear> = []
+    let rows = 0
+    for (const module of modules) {
+      const raw = new Map<string, RawTensor>()
+      for (const suffix of quantizedSuffixes(quant)) {
+        const name = `${module}.${suffix}`
+        const at = source.locate(name)
+        if (at === undefined) return yield* Effect.fail(new CheckpointError({ path: source.files[0] ?? "", message: `tensor '${name}' is missing from the checkpoint` }))
+        const bytes = yield* Effect.tryPromise({
+          try: async () => {
+            const buf = new Uint8Array(at.byteLength)
+            const handle = await fs.promises.open(at.file, "r")
+            try {
+              let done = 0
+              while (done < buf.byteLength) {
+                const { bytesRead } = await handle.read(buf, done, buf.byteLength - done, at.position + done)
+                if (bytesRead === 0) throw new Error(`${path.basename(at.file)} is truncated`)
+                done += bytesRead
+              }
+            } finally {
+              await handle.close()
+            }
+            return buf
+          },
+          catch: (cause) => new CheckpointError({ path: at.file, message: `cannot read '${name}' from ${at.file}: ${cause instanceof Error ? cause.message : String(cause)}` })
+        })
+        raw.set(suffix, { dtype: at.dtype, shape: at.shape, bytes })
+      }
+      const n = raw.get("scales")!.shape[1] ?? 0
+      rows += n
+      linears.push({ module, out: n, inDim, qweight: raw.get("qweight")!, qzeros: raw.get("qzeros")!, scales: raw.get("scales")!, gIdx: raw.get("g_idx") })
+    }
+    if (rows !== out) return yield* Effect.fail(new CheckpointError({ path: source.files[0] ?? "", message: `${modules.join(" + ")}: ${rows} outputs, expected ${out}` }))
+    return linears
+  })
+
+/** Repacks, turning a refused tensor (v1 zero point 16, act-order g_idx, inexact scale) into a CheckpointError. */
+const repack = (quant: CheckpointQuant, linears: ReadonlyArray<QuantizedLinear>, dtype: ModelDType) =>
+  Effect.try({
+    try: () => repackedBytes(quant, linears, dtype),
+    catch: (e) =>
+      e instanceof RepackError
+        ? new CheckpointError({ path: linears[0]?.module ?? "", message: `cannot load this ${quant.method.toUpperCase()} checkpoint: ${e.message}` })
+        : new CheckpointError({ path: linears[0]?.module ?? "", message: String(e) })
+  })
+
 /** The bytes of each of `w`'s parts (`weightParts` order). */
 const produceParts = (
   source: TensorSource,
@@ -533,6 +626,7 @@ const produceParts = (
   rope: () => { cos: Float32Array; sin: Float32Array }
 ): Effect.Effect<Array<Uint8Array>, CheckpointError> => {
   const r = w.recipe
+  if (r.kind === "prequantized") return readQuantized(source, r.quant, r.modules, w.dims[1], w.dims[0]).pipe(Effect.flatMap((linears) => repack(r.quant, linears, dtype)))
   if (r.kind !== "int4") return Effect.map(produce(source, config, w, rope), (values) => [toBytes(values, dtype)])
   const l = int4Layout({ ...w, recipe: r })
   return Effect.map(readRows(source, config, r.tensors, l.n, l.k), (rows) => int4Bytes(rows, l, dtype))
@@ -548,7 +642,8 @@ const produce = (
   const r = w.recipe
   switch (r.kind) {
     case "int4":
-      return Effect.die(new Error(`produce: ${w.name} is an int4 weight (produceParts handles it)`))
+    case "prequantized":
+      return Effect.die(new Error(`produce: ${w.name} is a 4-bit weight (produceParts handles it)`))
     case "copy":
       return source.readFloat32(r.tensor, expected.get(r.tensor))
     case "rope":
@@ -697,7 +792,7 @@ export const writeShards = (
           jobs.push({ name: w.name, bytes, rope: { graph, part: r.part, dataPath, offset: start } })
           continue
         }
-        const names = r.kind === "copy" ? [r.tensor] : r.tensors
+        const names = recipeTensors(r)
         const sources: Array<TensorLocation> = []
         for (const name of names) {
           const at = source.locate(name)
@@ -706,7 +801,12 @@ export const writeShards = (
           sources.push(at)
         }
         const linear = r.kind === "linear" || r.kind === "int4"
-        const [inDim, outDim] = linear ? (w.dims as [number, number]) : [0, 0]
+        const [inDim, outDim] = linear || r.kind === "prequantized" ? (w.dims as [number, number]) : [0, 0]
+        if (r.kind === "prequantized") {
+          const prequantized = { quant: r.quant, modules: r.modules, partOffsets: starts }
+          jobs.push({ name: w.name, bytes, task: { kind: "prequantized", dataPath, offset: start, dtype, inDim, outDim, sources, prequantized } })
+          continue
+        }
         if (linear && (sources.reduce((n, s) => n + s.shape[0], 0) !== outDim || sources.some((s) => s.shape[1] !== inDim))) {
           return yield* Effect.fail(new ConversionError({ message: `initializer ${w.name}: its sources do not make [${inDim}, ${outDim}]` }))
         }
@@ -750,7 +850,10 @@ export const writeShards = (
     const permits = yield* Semaphore.make(budget)
     const cost = (job: Job): number => {
       let bytes = job.bytes
-      if ("task" in job && job.task.kind === "int4") {
+      if ("task" in job && job.task.kind === "prequantized") {
+        // the source tensors (about the packed size) plus the repacked parts and float32 scales
+        bytes = 3 * job.bytes
+      } else if ("task" in job && job.task.kind === "int4") {
         // float32 rows [N, K] plus the packed parts
         bytes = job.task.inDim * job.task.outDim * 4 + job.bytes
       } else if ("task" in job) {

@@ -33,7 +33,23 @@ export interface LlamaConfig {
   readonly bosTokenId: number | null
   readonly eosTokenIds: ReadonlyArray<number>
   readonly dtype: "float32" | "float16" | "bfloat16"
+  /**
+   * Present when the checkpoint's linear weights are already 4-bit (AWQ GEMM or GPTQ, from `quantization_config`):
+   * they are repacked losslessly into MatMulNBits (`CheckpointQuant.ts`) instead of read as float. Absent for float
+   * checkpoints (so their content keys are those they had before this field existed).
+   */
+  readonly quantization?: CheckpointQuant
 }
+
+/**
+ * A pre-quantized checkpoint, as `quantization_config` describes it (normalized, already checked to be loadable).
+ * - `awq`: AutoAWQ's GEMM layout with zero points (`version: "gemm"`, `zero_point: true`).
+ * - `gptq`: AutoGPTQ / GPTQModel's layout; `format` `gptq` (v1: zero points stored minus 1) or `gptq_v2` (stored as
+ *   they are); `sym` is informational (the zero points are read from `qzeros` either way).
+ */
+export type CheckpointQuant =
+  | { readonly method: "awq"; readonly bits: 4; readonly groupSize: number }
+  | { readonly method: "gptq"; readonly bits: 4; readonly groupSize: number; readonly format: "gptq" | "gptq_v2"; readonly sym: boolean }
 
 const PositiveInt = Schema.Int.check(Schema.isGreaterThan(0))
 const PositiveFinite = Schema.Finite.check(Schema.isGreaterThan(0))
@@ -51,6 +67,41 @@ const RopeJson = Schema.Struct({
   original_max_position_embeddings: Schema.optionalKey(PositiveInt)
 })
 type RopeJson = typeof RopeJson.Type
+
+/**
+ * `quantization_config` of an AWQ checkpoint (AutoAWQ awq/models/_config.py `to_transformers_dict`: quant_method,
+ * zero_point, group_size, bits, version lower-cased, modules_to_not_convert; transformers' AwqConfig reads the same keys).
+ */
+const AwqConfigJson = Schema.Struct({
+  quant_method: Schema.Literal("awq"),
+  bits: Schema.Int,
+  group_size: Schema.Int,
+  zero_point: Schema.optionalKey(Schema.Boolean),
+  version: Schema.optionalKey(Schema.String),
+  modules_to_not_convert: Schema.optionalKey(Schema.NullOr(Schema.Array(Schema.String)))
+})
+
+/**
+ * `quantization_config` of a GPTQ checkpoint (AutoGPTQ auto_gptq/quantization/config.py: bits, group_size, desc_act,
+ * sym, static_groups, quant_method, checkpoint_format "gptq" | "gptq_v2" | "marlin" | ...; GPTQModel writes the format
+ * as `checkpoint_format` or, in newer versions, `format`; transformers' GPTQConfig has `checkpoint_format`).
+ */
+const GptqConfigJson = Schema.Struct({
+  quant_method: Schema.Literal("gptq"),
+  bits: Schema.Int,
+  group_size: Schema.Int,
+  desc_act: Schema.optionalKey(Schema.NullOr(Schema.Boolean)),
+  sym: Schema.optionalKey(Schema.NullOr(Schema.Boolean)),
+  static_groups: Schema.optionalKey(Schema.NullOr(Schema.Boolean)),
+  checkpoint_format: Schema.optionalKey(Schema.NullOr(Schema.String)),
+  format: Schema.optionalKey(Schema.NullOr(Schema.String))
+})
+
+/** Any other `quant_method` (bitsandbytes, fp8, compressed-tensors, ...): decoded only to be refused by name. */
+const OtherQuantJson = Schema.Struct({ quant_method: Schema.String.check(Schema.isPattern(/^(?!(awq|gptq)$)/)) })
+
+export const QuantizationConfigJson = Schema.Union([AwqConfigJson, GptqConfigJson, OtherQuantJson])
+export type QuantizationConfigJson = typeof QuantizationConfigJson.Type
 
 /** The fields of `config.json` this adapter reads; other keys are ignored. */
 export const LlamaConfigJson = Schema.Struct({
@@ -74,7 +125,8 @@ export const LlamaConfigJson = Schema.Struct({
   mlp_bias: Schema.optionalKey(Schema.Boolean),
   hidden_act: Schema.optionalKey(Schema.String),
   torch_dtype: Schema.optionalKey(Schema.NullOr(Schema.String)),
-  dtype: Schema.optionalKey(Schema.NullOr(Schema.String))
+  dtype: Schema.optionalKey(Schema.NullOr(Schema.String)),
+  quantization_config: Schema.optionalKey(Schema.NullOr(QuantizationConfigJson))
 })
 export type LlamaConfigJson = typeof LlamaConfigJson.Type
 
@@ -141,6 +193,55 @@ const normalizeDtype = (file: string, json: LlamaConfigJson): LlamaConfig["dtype
   throw configError(file, `dtype is '${raw}' in ${file}: expected float32, float16 or bfloat16`)
 }
 
+/**
+ * MatMulNBits takes a power-of-two `block_size` of at least 16 (ONNX Runtime docs/ContribOperators.md, MatMulNBits
+ * attribute block_size); each group of the checkpoint becomes one block, so the group size must be one.
+ */
+export const isMatMulNBitsBlock = (g: number): boolean => Number.isInteger(g) && g >= 16 && (g & (g - 1)) === 0
+
+/** Checks `quantization_config` and normalizes it; throws a one-line ModelConfigError naming what is unsupported and why. */
+const normalizeQuantization = (file: string, q: QuantizationConfigJson): CheckpointQuant => {
+  const where = `quantization_config in ${file}`
+  if (q.quant_method !== "awq" && q.quant_method !== "gptq") {
+    throw configError(file, `${where}: quant_method '${q.quant_method}' is not supported: Chorus loads AWQ (GEMM) and GPTQ 4-bit checkpoints, or float ones`)
+  }
+  const method = q.quant_method
+  if (!("bits" in q)) throw configError(file, `${where}: not a valid ${method} configuration`) // unreachable: the union decodes awq/gptq strictly
+  if (q.bits !== 4) {
+    throw configError(file, `${where}: bits is ${q.bits}: only 4-bit ${method.toUpperCase()} checkpoints map onto ONNX Runtime's MatMulNBits without requantizing`)
+  }
+  if (q.group_size === -1) {
+    throw configError(file, `${where}: group_size is -1 (one group per input row): MatMulNBits needs one block size for every linear, and Llama's input dimensions differ; use a checkpoint quantized with groups (e.g. 128)`)
+  }
+  if (!isMatMulNBitsBlock(q.group_size)) {
+    throw configError(file, `${where}: group_size ${q.group_size} is not a power of two of at least 16, which MatMulNBits' block_size must be`)
+  }
+  if (q.quant_method === "awq") {
+    const version = (q.version ?? "gemm").toLowerCase()
+    if (version !== "gemm") {
+      throw configError(file, `${where}: AWQ version '${q.version}' is not supported: only the GEMM layout (qweight [in, out/8]) is repacked; re-export the model as GEMM`)
+    }
+    if (q.zero_point === false) {
+      throw configError(file, `${where}: AWQ with zero_point false is not supported: AutoAWQ's GEMM layout always stores zero points (WQLinear_GEMM.from_linear asserts them)`)
+    }
+    if (q.modules_to_not_convert != null) {
+      const linear = q.modules_to_not_convert.find((m) => /(q|k|v|o|gate|up|down)_proj/.test(m))
+      if (linear !== undefined) {
+        throw configError(file, `${where}: modules_to_not_convert lists '${linear}': checkpoints that leave some decoder linears float are not supported`)
+      }
+    }
+    return { method: "awq", bits: 4, groupSize: q.group_size }
+  }
+  if (q.desc_act === true) {
+    throw configError(file, `${where}: desc_act is true (act-order): its g_idx permutes the input rows across groups, which MatMulNBits' contiguous blocks cannot express without requantizing; use a checkpoint made with desc_act false`)
+  }
+  const format = q.checkpoint_format ?? q.format ?? "gptq"
+  if (format !== "gptq" && format !== "gptq_v2") {
+    throw configError(file, `${where}: GPTQ checkpoint format '${format}' is not supported: Chorus repacks 'gptq' (v1) and 'gptq_v2'`)
+  }
+  return { method: "gptq", bits: 4, groupSize: q.group_size, format, sym: q.sym ?? true }
+}
+
 const eosList = (v: number | ReadonlyArray<number> | null | undefined): ReadonlyArray<number> =>
   v == null ? [] : typeof v === "number" ? [v] : v
 
@@ -167,6 +268,7 @@ const normalize = (file: string, json: LlamaConfigJson): LlamaConfig => {
   const headDim = json.head_dim ?? json.hidden_size / numHeads
   if (headDim % 2 !== 0) throw configError(file, `head_dim is ${headDim} in ${file}: RoPE needs an even head_dim`)
   const rope = normalizeRope(file, json)
+  const quantization = json.quantization_config == null ? undefined : normalizeQuantization(file, json.quantization_config)
   return {
     modelType: "llama",
     vocabSize: json.vocab_size,
@@ -183,7 +285,8 @@ const normalize = (file: string, json: LlamaConfigJson): LlamaConfig => {
     tieWordEmbeddings: json.tie_word_embeddings ?? false,
     bosTokenId: json.bos_token_id ?? null,
     eosTokenIds: [...new Set(eosList(json.eos_token_id))],
-    dtype: normalizeDtype(file, json)
+    dtype: normalizeDtype(file, json),
+    ...(quantization === undefined ? {} : { quantization })
   }
 }
 
@@ -289,5 +392,33 @@ export const expectedTensorShapes = (config: LlamaConfig): Map<string, Array<num
   }
   shapes.set("model.norm.weight", [H])
   if (!config.tieWordEmbeddings) shapes.set("lm_head.weight", [V, H])
+  const q = config.quantization
+  if (q === undefined) return shapes
+  // A pre-quantized checkpoint stores each decoder linear `<module>.weight` [out, in] as packed 4-bit tensors instead
+  // (CheckpointQuant.ts `quantizedTensorShapes` cites where each shape comes from); embeddings, norms and the LM head
+  // stay float.
+  for (const [name, shape] of [...shapes]) {
+    const m = QUANTIZED_LINEAR.exec(name)
+    if (m === null) continue
+    shapes.delete(name)
+    for (const [suffix, s] of quantizedTensorShapes(q, shape[0], shape[1])) shapes.set(`${m[1]}.${suffix}`, s)
+  }
   return shapes
+}
+
+const QUANTIZED_LINEAR = /^(model\.layers\.\d+\.(?:self_attn\.[qkvo]_proj|mlp\.(?:gate|up|down)_proj))\.weight$/
+
+/**
+ * The tensors an AWQ / GPTQ linear of logical shape `[out, in]` is stored as, with their shapes:
+ * - AWQ GEMM (AutoAWQ awq/modules/linear/gemm.py, WQLinear_GEMM.__init__): `qweight` int32 `[in, out / 8]`,
+ *   `qzeros` int32 `[in / group, out / 8]`, `scales` float16 `[in / group, out]`.
+ * - GPTQ (AutoGPTQ auto_gptq/nn_modules/qlinear/qlinear_cuda.py, QuantLinear.__init__): `qweight` int32
+ *   `[in / 32 * bits, out]`, `qzeros` int32 `[ceil(in / group), out / 32 * bits]`, `scales` `[ceil(in / group), out]`,
+ *   `g_idx` int32 `[in]`.
+ */
+export const quantizedTensorShapes = (q: CheckpointQuant, out: number, inDim: number): Array<readonly [string, Array<number>]> => {
+  const groups = Math.ceil(inDim / q.groupSize)
+  return q.method === "awq"
+    ? [["qweight", [inDim, out / 8]], ["qzeros", [groups, out / 8]], ["scales", [groups, out]]]
+    : [["qweight", [inDim / 8, out]], ["qzeros", [groups, out / 8]], ["scales", [groups, out]], ["g_idx", [inDim]]]
 }

@@ -24,7 +24,8 @@ export interface Int4Layout {
   readonly n: number
   /** Columns (MatMul input features). */
   readonly k: number
-  readonly blockSize: QuantBlockSize
+  /** A power of two >= 16 (`QuantBlockSize` for `--quantize int4`; a pre-quantized checkpoint's group size otherwise). */
+  readonly blockSize: number
   /** Symmetric: no zero points (ORT's implicit 8); otherwise one 4-bit zero point per block. */
   readonly symmetric: boolean
 }
