@@ -4,6 +4,7 @@
  */
 import { Effect } from "effect"
 import { convertCheckpoint } from "../adapters/llama3/Converter.ts"
+import { describeCheckpointQuant } from "../adapters/llama3/LlamaConfig.ts"
 import { describeQuant } from "../adapters/llama3/Quantization.ts"
 import { ValidationError } from "../core/Errors.ts"
 import type { FlagSpecs, ParsedFlags } from "./Args.ts"
@@ -43,5 +44,7 @@ export const runConvert = (flags: ParsedFlags<typeof convertFlags>) =>
     })
     bar.done()
     const seconds = ((performance.now() - started) / 1000).toFixed(1)
-    process.stdout.write(`converted ${flags.model} -> ${converted.dir} (${converted.manifest.shards.length} shard(s), ${dtype}${quantize === undefined ? "" : `, ${describeQuant(quantize)}`}, ${seconds} s)\n`)
+    const fromCheckpoint = converted.manifest.config.quantization
+    const quant = quantize !== undefined ? `, ${describeQuant(quantize)}` : fromCheckpoint !== undefined ? `, ${describeCheckpointQuant(fromCheckpoint)} from the checkpoint` : ""
+    process.stdout.write(`converted ${flags.model} -> ${converted.dir} (${converted.manifest.shards.length} shard(s), ${dtype}${quant}, ${seconds} s)\n`)
   })

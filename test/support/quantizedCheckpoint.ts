@@ -207,11 +207,13 @@ export interface QuantizedCheckpointOptions {
 }
 
 /**
- * An AWQ or GPTQ checkpoint made from fixture `name` under `root` (`dir`), and the float32 checkpoint of the weights
- * it stands for, dequantized by the reference formulas from the packed tensors (`floatDir`).
+ * An AWQ or GPTQ checkpoint made from fixture `name` (or the checkpoint folder at the absolute path `name`) under
+ * `root` (`dir`), and the float32 checkpoint of the weights it stands for, dequantized by the reference formulas from
+ * the packed tensors (`floatDir`). Tokenizer files, where the source has them, are copied into both.
  */
-export const quantizedCheckpoint = async (root: string, name: string, scheme: QuantScheme, options: QuantizedCheckpointOptions) => {
-  const from = fixtureDir(name)
+export const quantizedCheckpoint = async (root: string, source: string, scheme: QuantScheme, options: QuantizedCheckpointOptions) => {
+  const from = path.isAbsolute(source) ? source : fixtureDir(source)
+  const name = path.basename(from)
   const tag = scheme.method === "awq" ? "awq" : `${scheme.format}-${scheme.sym ? "sym" : "asym"}`
   const dir = fs.mkdtempSync(path.join(root, `${name}-${tag}-g${options.groupSize}-`))
   const floatDir = fs.mkdtempSync(path.join(root, `${name}-${tag}-g${options.groupSize}-float-`))
@@ -221,15 +223,18 @@ export const quantizedCheckpoint = async (root: string, name: string, scheme: Qu
     : { quant_method: "gptq", bits: 4, group_size: options.groupSize, desc_act: false, sym: scheme.sym, static_groups: false, checkpoint_format: scheme.format, true_sequential: true }
   fs.writeFileSync(path.join(dir, "config.json"), JSON.stringify({ ...config, quantization_config: { ...quantization_config, ...options.configExtra } }, null, 2))
   fs.writeFileSync(path.join(floatDir, "config.json"), JSON.stringify(config, null, 2))
-  for (const d of [dir, floatDir]) fs.copyFileSync(path.join(from, "generation_config.json"), path.join(d, "generation_config.json"))
+  for (const file of ["generation_config.json", "tokenizer.json", "tokenizer_config.json"]) {
+    if (!fs.existsSync(path.join(from, file))) continue
+    for (const d of [dir, floatDir]) fs.copyFileSync(path.join(from, file), path.join(d, file))
+  }
 
-  const source = await Effect.runPromise(openCheckpoint(from))
+  const checkpoint = await Effect.runPromise(openCheckpoint(from))
   const packed: Array<RawTensor> = []
   const float: Array<{ name: string; dtype: "F32"; shape: ReadonlyArray<number>; data: Float32Array }> = []
   const group = options.groupSize
-  for (const tensor of source.names) {
-    const info = source.info(tensor)!
-    const data = await Effect.runPromise(source.readFloat32(tensor))
+  for (const tensor of checkpoint.names) {
+    const info = checkpoint.info(tensor)!
+    const data = await Effect.runPromise(checkpoint.readFloat32(tensor))
     const m = LINEAR.exec(tensor)
     if (m === null) {
       packed.push({ name: tensor, dtype: "F32", shape: info.shape, bytes: f32(data) })

@@ -187,11 +187,14 @@ const checkRange = (config: LlamaConfig, options: ShardOptions): void => {
     }
     // Every group becomes one MatMulNBits block, so each linear's K must be whole groups (AWQ asserts it too:
     // AutoAWQ gemm.py L132), and the packed words hold 8 outputs (AWQ, GPTQ qzeros) or 8 inputs (GPTQ qweight).
-    const dims = [config.hiddenSize, config.numHeads * config.headDim, config.numKvHeads * config.headDim, config.intermediateSize]
-    const bad = dims.find((d) => d % cq.groupSize !== 0 || d % 8 !== 0)
+    const inputs = [config.hiddenSize, config.numHeads * config.headDim, config.intermediateSize]
+    const bad = inputs.find((d) => d % cq.groupSize !== 0)
     if (bad !== undefined) {
-      throw new Error(`${cq.method.toUpperCase()} group_size ${cq.groupSize} does not divide the model dimension ${bad} (and dimensions must be multiples of 8): each group becomes one MatMulNBits block`)
+      throw new Error(`${cq.method.toUpperCase()} group_size ${cq.groupSize} does not divide the input dimension ${bad}: each group becomes one MatMulNBits block`)
     }
+    const outputs = [...inputs, config.numKvHeads * config.headDim]
+    const odd = outputs.find((d) => d % 8 !== 0)
+    if (odd !== undefined) throw new Error(`${cq.method.toUpperCase()} checkpoints pack 8 codes per int32 word, but the model dimension ${odd} is not a multiple of 8`)
   }
 }
 

@@ -94,7 +94,9 @@ const GptqConfigJson = Schema.Struct({
   sym: Schema.optionalKey(Schema.NullOr(Schema.Boolean)),
   static_groups: Schema.optionalKey(Schema.NullOr(Schema.Boolean)),
   checkpoint_format: Schema.optionalKey(Schema.NullOr(Schema.String)),
-  format: Schema.optionalKey(Schema.NullOr(Schema.String))
+  format: Schema.optionalKey(Schema.NullOr(Schema.String)),
+  /** GPTQModel's option to quantize the LM head too. */
+  lm_head: Schema.optionalKey(Schema.NullOr(Schema.Boolean))
 })
 
 /** Any other `quant_method` (bitsandbytes, fp8, compressed-tensors, ...): decoded only to be refused by name. */
@@ -194,10 +196,16 @@ const normalizeDtype = (file: string, json: LlamaConfigJson): LlamaConfig["dtype
 }
 
 /**
- * MatMulNBits takes a power-of-two `block_size` of at least 16 (ONNX Runtime docs/ContribOperators.md, MatMulNBits
- * attribute block_size); each group of the checkpoint becomes one block, so the group size must be one.
+ * Block sizes MatMulNBits runs with: the operator asks for a power of two of at least 16 (ONNX Runtime
+ * docs/ContribOperators.md, attribute block_size), and ORT 1.29's CPU kernel accepts only 16, 32, 64, 128 and 256
+ * (contrib_ops/cpu/quantization/matmul_nbits.cc:132 refused 512 and 1024 when a session was created here). Each group
+ * of a pre-quantized checkpoint becomes one block, so its group size must be one of these.
  */
-export const isMatMulNBitsBlock = (g: number): boolean => Number.isInteger(g) && g >= 16 && (g & (g - 1)) === 0
+export const matMulNBitsBlocks: ReadonlyArray<number> = [16, 32, 64, 128, 256]
+
+/** A one-line summary for logs: `AWQ 4-bit g128`, `GPTQ v1 4-bit g128 sym`. */
+export const describeCheckpointQuant = (q: CheckpointQuant): string =>
+  q.method === "awq" ? `AWQ 4-bit g${q.groupSize}` : `GPTQ ${q.format === "gptq" ? "v1" : "v2"} 4-bit g${q.groupSize}${q.sym ? " sym" : ""}`
 
 /** Checks `quantization_config` and normalizes it; throws a one-line ModelConfigError naming what is unsupported and why. */
 const normalizeQuantization = (file: string, q: QuantizationConfigJson): CheckpointQuant => {
@@ -213,8 +221,8 @@ const normalizeQuantization = (file: string, q: QuantizationConfigJson): Checkpo
   if (q.group_size === -1) {
     throw configError(file, `${where}: group_size is -1 (one group per input row): MatMulNBits needs one block size for every linear, and Llama's input dimensions differ; use a checkpoint quantized with groups (e.g. 128)`)
   }
-  if (!isMatMulNBitsBlock(q.group_size)) {
-    throw configError(file, `${where}: group_size ${q.group_size} is not a power of two of at least 16, which MatMulNBits' block_size must be`)
+  if (!matMulNBitsBlocks.includes(q.group_size)) {
+    throw configError(file, `${where}: group_size ${q.group_size} cannot be a MatMulNBits block size (ONNX Runtime 1.29 runs 16, 32, 64, 128 and 256), and each group becomes one block`)
   }
   if (q.quant_method === "awq") {
     const version = (q.version ?? "gemm").toLowerCase()
@@ -234,6 +242,9 @@ const normalizeQuantization = (file: string, q: QuantizationConfigJson): Checkpo
   }
   if (q.desc_act === true) {
     throw configError(file, `${where}: desc_act is true (act-order): its g_idx permutes the input rows across groups, which MatMulNBits' contiguous blocks cannot express without requantizing; use a checkpoint made with desc_act false`)
+  }
+  if (q.lm_head === true) {
+    throw configError(file, `${where}: lm_head is true (a quantized LM head): Chorus keeps the LM head float and reads it as lm_head.weight; use a checkpoint with lm_head false`)
   }
   const format = q.checkpoint_format ?? q.format ?? "gptq"
   if (format !== "gptq" && format !== "gptq_v2") {

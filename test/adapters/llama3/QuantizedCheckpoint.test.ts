@@ -179,12 +179,17 @@ describe("refusals", () => {
     [
       "group size 48",
       { quant_method: "awq", bits: 4, group_size: 48, zero_point: true, version: "gemm" },
-      "quantization_config in config.json: group_size 48 is not a power of two of at least 16, which MatMulNBits' block_size must be"
+      "quantization_config in config.json: group_size 48 cannot be a MatMulNBits block size (ONNX Runtime 1.29 runs 16, 32, 64, 128 and 256), and each group becomes one block"
     ],
     [
       "group size 8",
       { quant_method: "gptq", bits: 4, group_size: 8, desc_act: false },
-      "quantization_config in config.json: group_size 8 is not a power of two of at least 16, which MatMulNBits' block_size must be"
+      "quantization_config in config.json: group_size 8 cannot be a MatMulNBits block size (ONNX Runtime 1.29 runs 16, 32, 64, 128 and 256), and each group becomes one block"
+    ],
+    [
+      "group size 512",
+      { quant_method: "awq", bits: 4, group_size: 512, zero_point: true, version: "gemm" },
+      "quantization_config in config.json: group_size 512 cannot be a MatMulNBits block size (ONNX Runtime 1.29 runs 16, 32, 64, 128 and 256), and each group becomes one block"
     ],
     [
       "group size -1",
@@ -200,6 +205,11 @@ describe("refusals", () => {
       "marlin format",
       { quant_method: "gptq", bits: 4, group_size: 128, desc_act: false, checkpoint_format: "marlin" },
       "quantization_config in config.json: GPTQ checkpoint format 'marlin' is not supported: Chorus repacks 'gptq' (v1) and 'gptq_v2'"
+    ],
+    [
+      "a quantized LM head",
+      { quant_method: "gptq", bits: 4, group_size: 128, desc_act: false, lm_head: true },
+      "quantization_config in config.json: lm_head is true (a quantized LM head): Chorus keeps the LM head float and reads it as lm_head.weight; use a checkpoint with lm_head false"
     ],
     [
       "another method",
@@ -218,7 +228,7 @@ describe("refusals", () => {
     const { dir } = await quantizedCheckpoint(root, "tiny-llama3-b", awq, { groupSize: 32 })
     const config = JSON.parse(fs.readFileSync(path.join(dir, "config.json"), "utf8"))
     fs.writeFileSync(path.join(dir, "config.json"), JSON.stringify({ ...config, intermediate_size: 176 }))
-    expect(await convert(dir)).toBe("cannot build the graphs of " + dir + ": AWQ group_size 32 does not divide the model dimension 176 (and dimensions must be multiples of 8): each group becomes one MatMulNBits block")
+    expect(await convert(dir)).toBe("cannot build the graphs of " + dir + ": AWQ group_size 32 does not divide the input dimension 176: each group becomes one MatMulNBits block")
   })
 
   it("a linear whose group size differs from the others' (q|k|v share one MatMulNBits)", async () => {
