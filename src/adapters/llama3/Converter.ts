@@ -234,6 +234,8 @@ const contentKey = (k: KeyInput): Effect.Effect<string, ConversionError> =>
       // Only when set: float conversions keep the keys they had before quantization existed (no needless reconversion),
       // and an int4 conversion of the same checkpoint gets a key of its own, so both coexist in the cache.
       ...(k.quantize === undefined ? {} : { quantize: k.quantize }),
+      // The normalized config carries an AWQ / GPTQ checkpoint's `quantization` (and config.json's own hash is in
+      // `files`), so a pre-quantized checkpoint never shares a key with a float one.
       config: k.config,
       files: sources.map((f, i) => [path.basename(f), hashes[i]])
     })

@@ -611,13 +611,14 @@ const readQuantized = (source: TensorSource, quant: CheckpointQuant, modules: Re
   })
 
 /** Repacks, turning a refused tensor (v1 zero point 16, act-order g_idx, inexact scale) into a CheckpointError. */
-const repack = (quant: CheckpointQuant, linears: ReadonlyArray<QuantizedLinear>, dtype: ModelDType) =>
+const repack = (quant: CheckpointQuant, linears: ReadonlyArray<QuantizedLinear>, dtype: ModelDType, file: string) =>
   Effect.try({
     try: () => repackedBytes(quant, linears, dtype),
     catch: (e) =>
-      e instanceof RepackError
-        ? new CheckpointError({ path: linears[0]?.module ?? "", message: `cannot load this ${quant.method.toUpperCase()} checkpoint: ${e.message}` })
-        : new CheckpointError({ path: linears[0]?.module ?? "", message: String(e) })
+      new CheckpointError({
+        path: file,
+        message: e instanceof RepackError ? `cannot load this ${quant.method.toUpperCase()} checkpoint: ${e.message}` : `cannot repack ${linears.map((l) => l.module).join(" + ")}: ${String(e)}`
+      })
   })
 
 /** The bytes of each of `w`'s parts (`weightParts` order). */
@@ -629,7 +630,10 @@ const produceParts = (
   rope: () => { cos: Float32Array; sin: Float32Array }
 ): Effect.Effect<Array<Uint8Array>, CheckpointError> => {
   const r = w.recipe
-  if (r.kind === "prequantized") return readQuantized(source, r.quant, r.modules, w.dims[1], w.dims[0]).pipe(Effect.flatMap((linears) => repack(r.quant, linears, dtype)))
+  if (r.kind === "prequantized") {
+    const file = source.locate(`${r.modules[0]}.qweight`)?.file ?? source.files[0] ?? ""
+    return readQuantized(source, r.quant, r.modules, w.dims[1], w.dims[0]).pipe(Effect.flatMap((linears) => repack(r.quant, linears, dtype, file)))
+  }
   if (r.kind !== "int4") return Effect.map(produce(source, config, w, rope), (values) => [toBytes(values, dtype)])
   const l = int4Layout({ ...w, recipe: r })
   return Effect.map(readRows(source, config, r.tensors, l.n, l.k), (rows) => int4Bytes(rows, l, dtype))
