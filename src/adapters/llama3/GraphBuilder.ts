@@ -522,6 +522,13 @@ export const validateTensors = (
       const info = source.info(name)
       const where = source.files[0] === undefined ? "the checkpoint" : path.dirname(source.files[0])
       if (info === undefined) {
+        const packed = name.replace(/\.weight$/, ".qweight")
+        if (packed !== name && source.info(packed) !== undefined && config.quantization === undefined) {
+          return Effect.fail(new CheckpointError({
+            path: where,
+            message: `the checkpoint in ${where} holds '${packed}' (a 4-bit linear) where '${name}' was expected, but config.json has no quantization_config (nor is there a quantize_config.json): Chorus loads AWQ and GPTQ checkpoints from that section`
+          }))
+        }
         return Effect.fail(new CheckpointError({ path: where, message: `tensor '${name}' is missing from the checkpoint in ${where}` }))
       }
       if (shape === undefined) {

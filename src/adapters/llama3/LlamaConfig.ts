@@ -208,8 +208,7 @@ export const describeCheckpointQuant = (q: CheckpointQuant): string =>
   q.method === "awq" ? `AWQ 4-bit g${q.groupSize}` : `GPTQ ${q.format === "gptq" ? "v1" : "v2"} 4-bit g${q.groupSize}${q.sym ? " sym" : ""}`
 
 /** Checks `quantization_config` and normalizes it; throws a one-line ModelConfigError naming what is unsupported and why. */
-const normalizeQuantization = (file: string, q: QuantizationConfigJson): CheckpointQuant => {
-  const where = `quantization_config in ${file}`
+const normalizeQuantization = (file: string, q: QuantizationConfigJson, where = `quantization_config in ${file}`): CheckpointQuant => {
   if (q.quant_method !== "awq" && q.quant_method !== "gptq") {
     throw configError(file, `${where}: quant_method '${q.quant_method}' is not supported: Chorus loads AWQ (GEMM) and GPTQ 4-bit checkpoints, or float ones`)
   }
@@ -256,7 +255,7 @@ const normalizeQuantization = (file: string, q: QuantizationConfigJson): Checkpo
 const eosList = (v: number | ReadonlyArray<number> | null | undefined): ReadonlyArray<number> =>
   v == null ? [] : typeof v === "number" ? [v] : v
 
-const normalize = (file: string, json: LlamaConfigJson): LlamaConfig => {
+const normalize = (file: string, json: LlamaConfigJson, quantSource?: string): LlamaConfig => {
   if (json.attention_bias === true) throw configError(file, `attention_bias is true in ${file}: unsupported, expected false`)
   if (json.mlp_bias === true) throw configError(file, `mlp_bias is true in ${file}: unsupported, expected false`)
   if (json.hidden_act !== undefined && json.hidden_act !== "silu") {
@@ -279,7 +278,7 @@ const normalize = (file: string, json: LlamaConfigJson): LlamaConfig => {
   const headDim = json.head_dim ?? json.hidden_size / numHeads
   if (headDim % 2 !== 0) throw configError(file, `head_dim is ${headDim} in ${file}: RoPE needs an even head_dim`)
   const rope = normalizeRope(file, json)
-  const quantization = json.quantization_config == null ? undefined : normalizeQuantization(file, json.quantization_config)
+  const quantization = json.quantization_config == null ? undefined : normalizeQuantization(file, json.quantization_config, quantSource)
   return {
     modelType: "llama",
     vocabSize: json.vocab_size,
@@ -304,7 +303,7 @@ const normalize = (file: string, json: LlamaConfigJson): LlamaConfig => {
 /**
  * Validates and normalizes a parsed `config.json`. `file` is only used in messages. Pure: no file access.
  */
-export const parseLlamaConfig = (json: unknown, file: string): Effect.Effect<LlamaConfig, ModelConfigError> =>
+export const parseLlamaConfig = (json: unknown, file: string, quantSource?: string): Effect.Effect<LlamaConfig, ModelConfigError> =>
   Effect.suspend(() => {
     if (typeof json !== "object" || json === null || Array.isArray(json)) {
       return Effect.fail(configError(file, `${file} is not a JSON object`))
@@ -325,7 +324,7 @@ export const parseLlamaConfig = (json: unknown, file: string): Effect.Effect<Lla
       Effect.mapError((e) => configError(file, `invalid ${path.basename(file)} at ${file}: ${schemaMessage(e, json)}`)),
       Effect.flatMap((decoded) =>
         Effect.try({
-          try: () => normalize(file, decoded),
+          try: () => normalize(file, decoded, quantSource),
           catch: (e) => (e instanceof ModelConfigError ? e : configError(file, String(e)))
         })
       )
@@ -369,7 +368,22 @@ export const loadLlamaConfig = (dir: string): Effect.Effect<LlamaConfig, Checkpo
     if (configText.kind === "missing") {
       return yield* Effect.fail(new CheckpointError({ path: configFile, message: `config.json not found in ${dir}` }))
     }
-    const config = yield* parseLlamaConfig(yield* parseJson(configFile, configText.text), configFile)
+    let json = yield* parseJson(configFile, configText.text)
+    // Older AutoGPTQ checkpoints keep their settings in quantize_config.json only (AutoGPTQ
+    // auto_gptq/quantization/config.py: BaseQuantizeConfig.save_pretrained writes that file; quant_method may be absent).
+    let quantSource: string | undefined
+    const legacyFile = path.join(dir, "quantize_config.json")
+    if (typeof json === "object" && json !== null && (json as { quantization_config?: unknown }).quantization_config == null) {
+      const legacy = yield* readOptional(legacyFile)
+      if (legacy.kind === "text") {
+        const q = yield* parseJson(legacyFile, legacy.text)
+        if (typeof q === "object" && q !== null && !Array.isArray(q)) {
+          json = { ...json, quantization_config: { quant_method: "gptq", ...q } }
+          quantSource = legacyFile
+        }
+      }
+    }
+    const config = yield* parseLlamaConfig(json, configFile, quantSource)
 
     const genFile = path.join(dir, "generation_config.json")
     const genText = yield* readOptional(genFile)

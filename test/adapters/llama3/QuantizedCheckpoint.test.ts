@@ -288,6 +288,30 @@ describe("refusals", () => {
     expect(message).toMatch(/^cannot load this AWQ checkpoint: model\.layers\.0\.self_attn\.q_proj\.scales holds .*, which bfloat16 cannot represent exactly \(it would be .*\); serve this checkpoint in float32 or float16$/)
   })
 
+  it("a quantized checkpoint whose config.json lost its quantization_config", async () => {
+    const { dir } = await quantizedCheckpoint(root, "tiny-llama3-a", awq, { groupSize: 16 })
+    const { quantization_config: _, ...config } = JSON.parse(fs.readFileSync(path.join(dir, "config.json"), "utf8"))
+    fs.writeFileSync(path.join(dir, "config.json"), JSON.stringify(config))
+    expect(await convert(dir)).toBe(
+      `the checkpoint in ${dir} holds 'model.layers.0.self_attn.q_proj.qweight' (a 4-bit linear) where 'model.layers.0.self_attn.q_proj.weight' was expected, but config.json has no quantization_config (nor is there a quantize_config.json): Chorus loads AWQ and GPTQ checkpoints from that section`
+    )
+  })
+
+  it("reads an older AutoGPTQ checkpoint's quantize_config.json when config.json has no quantization_config", async () => {
+    const { dir, floatDir } = await quantizedCheckpoint(root, "tiny-llama3-a", gptqV1Sym, { groupSize: 16 })
+    const { quantization_config: q, ...config } = JSON.parse(fs.readFileSync(path.join(dir, "config.json"), "utf8"))
+    const { quant_method: _, checkpoint_format: __, ...legacy } = q
+    fs.writeFileSync(path.join(dir, "config.json"), JSON.stringify(config))
+    fs.writeFileSync(path.join(dir, "quantize_config.json"), JSON.stringify(legacy))
+    expect((await Effect.runPromise(loadLlamaConfig(dir))).quantization).toEqual({ method: "gptq", bits: 4, groupSize: 16, format: "gptq", sym: true })
+    const prompts = readReference("tiny-llama3-a").prompts.slice(0, 1).map((p) => p.input_ids)
+    const [quantized, float] = [await runAll({ modelDir: dir }, prompts), await runAll({ modelDir: floatDir }, prompts)]
+    expect(relativeError(quantized[0].logits, float[0].logits)).toBeLessThan(1e-5)
+    fs.writeFileSync(path.join(dir, "quantize_config.json"), JSON.stringify({ ...legacy, desc_act: true }))
+    const message = await Effect.runPromise(Effect.flip(loadLlamaConfig(dir))).then((e) => e.message)
+    expect(message).toMatch(/^.*quantize_config\.json: desc_act is true \(act-order\)/)
+  })
+
   it("loads its config with the quantization normalized", async () => {
     const { dir } = await quantizedCheckpoint(root, "tiny-llama3-a", awq, { groupSize: 16 })
     const config = await Effect.runPromise(loadLlamaConfig(dir))
