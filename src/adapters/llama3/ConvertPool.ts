@@ -16,8 +16,14 @@ export interface ConvertPool {
   readonly run: (task: ConvertTask) => Effect.Effect<number, CheckpointError | ConversionError>
 }
 
-/** One thread per core, at most 8 (past that the disk, not the transposes, is the limit). */
-export const defaultConvertThreads = (): number => Math.min(8, Math.max(1, os.availableParallelism()))
+/**
+ * `CHORUS_CONVERT_THREADS` where set, else one thread per core, at most 8 (past that the disk, not the transposes,
+ * is the limit).
+ */
+export const defaultConvertThreads = (): number => {
+  const env = process.env["CHORUS_CONVERT_THREADS"]
+  return env !== undefined && env.trim() !== "" ? Number(env) : Math.min(8, Math.max(1, os.availableParallelism()))
+}
 
 const workerUrl = moduleUrl("./ConvertWorker.ts", import.meta.url)
 

@@ -327,7 +327,7 @@ export const convertCheckpoint = (
     const attention = options.attention ?? "rotary-outside"
     const threads = options.threads ?? defaultConvertThreads()
     if (!Number.isInteger(threads) || threads < 0) {
-      return yield* Effect.fail(new ConversionError({ message: `threads must be a non-negative integer, found ${threads}` }))
+      return yield* Effect.fail(new ConversionError({ message: `conversion threads (the threads option, else CHORUS_CONVERT_THREADS) must be a non-negative integer, found ${threads}` }))
     }
     const quantize = options.quantize
     const graphs = yield* Effect.try({
