@@ -15,6 +15,9 @@
 #   PHASE=F OUT=$OUT bash scripts/gpu/serving-session.sh   # set-up and the 8B checkpoint, then the first start as a
 #                                                          # user meets it (no conversion, no hash memo), the second
 #                                                          # start, and a first start with the page cache dropped
+#   PHASE=X OUT=$OUT bash scripts/gpu/serving-session.sh   # decode attention by backend (flash decoding, XQA): the
+#                                                          # GQA probe, the device tests with XQA, and the 8B served
+#                                                          # at 1 and 64 streams with and without it
 #
 # Everything is logged to log-$PHASE and packed with the results into $OUT/$PHASE.tgz; the checkpoint and the conversion cache stay in $BENCH_DIR between calls.
 set -uo pipefail
@@ -115,6 +118,25 @@ if [[ "$PHASE" == F ]]; then
   fi
   exit 0
 fi
+if [[ "$PHASE" == X ]]; then
+  STAGES="none" DEADLINE_S=60 OUT="$OUT/run-all" bash scripts/gpu/run-all.sh >/dev/null 2>&1; say "set-up exit $?"
+  for setting in "" "ORT_ENABLE_XQA=1" "ORT_DISABLE_FLASH_DECODE=1"; do
+    say "GQA probe ${setting:-(default)}"
+    timeout 90 env $setting "$NODE" native/probes/gqa-backends.ts 2>&1 | grep -v "^$" | tee -a "$OUT/gqa-backends.txt"
+  done
+  say "device tests with XQA (row cache, CUDA graphs)"
+  CUDA_TEST_CMD='ORT_ENABLE_XQA=1 CHORUS_TEST_CUDA_GRAPHS=1 CHORUS_TEST_DEVICE=cuda node_modules/node/bin/node node_modules/vitest/vitest.mjs run --config vitest.device.config.ts test/device/DeviceParity.test.ts test/device/QuantizedCheckpointDevice.test.ts' \
+    STAGES="parity" DEADLINE_S=110 PARITY_TIMEOUT_S=100 OUT="$OUT/run-all-xqa" bash scripts/gpu/run-all.sh >/dev/null 2>&1
+  say "device tests exit $?"; grep -E "Test Files|Tests |×" "$OUT/run-all-xqa/log" | head -20
+  [[ -f "$CKPT/model.safetensors.index.json" ]] || { timeout 200 python3 tools/bench-gpu/make_weights.py "$CKPT"; say "weights exit $?"; }
+  for setting in "ORT_ENABLE_XQA=0" "ORT_ENABLE_XQA=1"; do
+    say "8B served, $setting"
+    timeout $(($(left) - 5)) env $setting "$NODE" tools/bench-gpu/server-sweep.ts --checkpoint "$CKPT" --out "$OUT/serve-$setting" --skip-weights \
+      --max-batch 256 --concurrency 1,64 --prefix-history 0 --ready-timeout-s 120 --bench-timeout-s 90
+    say "exit $?"; grep -E "^\| (1|64) \|" "$OUT/serve-$setting/server-sweep.md"
+  done
+  exit 0
+fi
 if [[ "$PHASE" == V ]]; then
   # Check after a fix: the paged and row device tests, then 64 and 256 streams on the default server.
   CUDA_TEST_CMD='CHORUS_TEST_DEVICE=cuda node_modules/node/bin/node node_modules/vitest/vitest.mjs run --config vitest.device.config.ts test/device/PagedShard.test.ts test/device/DeviceParity.test.ts -t "paged|rows|second turn|pattern of load"' \
@@ -126,5 +148,5 @@ if [[ "$PHASE" == V ]]; then
   say "sweep exit $?"; grep -m2 -E "illegal|disabled" "$OUT/server/server.log" | cut -c1-250
   exit 0
 fi
-echo "PHASE must be S, Q1, Q2, V or F" >&2
+echo "PHASE must be S, Q1, Q2, V, F or X" >&2
 exit 2

@@ -1,0 +1,67 @@
+/**
+ * Decode attention's KV read rate on the CUDA EP, by backend: GroupQueryAttention in Llama 3 8B's shape (32 heads,
+ * 8 KV heads, head dim 128, packed QKV, rotary inside, share-buffer KV rows as the row cache uses them), one query
+ * token per row. ONNX Runtime picks the kernel from the environment when the session is made, so run it once per
+ * setting, e.g. on a GPU host:
+ *
+ *   node native/probes/gqa-backends.ts                          # flash decoding (the default)
+ *   ORT_ENABLE_XQA=1 node native/probes/gqa-backends.ts         # TensorRT-LLM's XQA decode kernel
+ *
+ * `LAYERS` GQA nodes run in one session (their own KV buffers, one input), so launch and host overheads are spread
+ * over them; the rate is KV bytes read (keys and values of every cached position) over the time per node.
+ */
+import * as fs from "node:fs"
+import { type DeviceTensor, type HostTensor, NativeOrt } from "../../src/core/native/NativeOrt.ts"
+import { encodeModel } from "../../src/onnx/OnnxWriter.ts"
+
+const nh = 32, kvh = 8, hd = 128, slot = 4096, LAYERS = 8
+const file = "/tmp/gqa-backends-8b.onnx"
+const layers = Array.from({ length: LAYERS }, (_, i) => i)
+fs.writeFileSync(file, encodeModel({
+  name: "gqa", opsets: { "": 17, "com.microsoft": 1 }, external: [], inline: [],
+  nodes: layers.map((i) => ({
+    op: "GroupQueryAttention", domain: "com.microsoft", name: `gqa${i}`,
+    inputs: ["qkv", "", "", `pk${i}`, `pv${i}`, "seqlens_k", "total", "cos", "sin"], outputs: [`o${i}`, `prk${i}`, `prv${i}`],
+    attributes: { num_heads: nh, kv_num_heads: kvh, do_rotary: 1, rotary_interleaved: 0, scale: { float: 1 / Math.sqrt(hd) } }
+  })),
+  inputs: [
+    { name: "qkv", type: "float16", dims: ["B", "S", (nh + 2 * kvh) * hd] },
+    ...layers.flatMap((i) => [
+      { name: `pk${i}`, type: "float16" as const, dims: ["B", kvh, "P", hd] },
+      { name: `pv${i}`, type: "float16" as const, dims: ["B", kvh, "P", hd] }
+    ]),
+    { name: "seqlens_k", type: "int32", dims: ["B"] }, { name: "total", type: "int32", dims: [] },
+    { name: "cos", type: "float16", dims: [slot, hd / 2] }, { name: "sin", type: "float16", dims: [slot, hd / 2] }
+  ],
+  outputs: layers.flatMap((i) => [
+    { name: `o${i}`, type: "float16" as const, dims: ["B", "S", nh * hd] },
+    { name: `prk${i}`, type: "float16" as const, dims: ["B", kvh, "T", hd] },
+    { name: `prv${i}`, type: "float16" as const, dims: ["B", kvh, "T", hd] }
+  ])
+}))
+const backend = process.env.ORT_ENABLE_XQA === "1" ? "XQA" : process.env.ORT_DISABLE_FLASH_DECODE === "1" ? "flash (no flash decode)" : "flash decoding"
+const s = NativeOrt.load().createSession(file, { provider: "cuda" })
+const cos = s.allocate("float16", [slot, hd / 2])
+const sin = s.allocate("float16", [slot, hd / 2])
+for (const B of [1, 16, 64, 128]) {
+  const caches = layers.map(() => ({ k: s.allocate("float16", [B, kvh, slot, hd]), v: s.allocate("float16", [B, kvh, slot, hd]) }))
+  const qkv = s.allocate("float16", [B, 1, (nh + 2 * kvh) * hd])
+  for (const past of [1023, 4000]) {
+    const feeds: Record<string, HostTensor | DeviceTensor> = { qkv, cos, sin, seqlens_k: { data: new Int32Array(B).fill(past), dims: [B] }, total: { data: Int32Array.of(past + 1), dims: [] } }
+    const outs: Record<string, DeviceTensor> = {}
+    for (const i of layers) {
+      feeds[`pk${i}`] = caches[i]!.k
+      feeds[`pv${i}`] = caches[i]!.v
+      outs[`o${i}`] = s.allocate("float16", [B, 1, nh * hd])
+      outs[`prk${i}`] = caches[i]!.k
+      outs[`prv${i}`] = caches[i]!.v
+    }
+    for (let i = 0; i < 5; i++) s.run(feeds, outs)
+    const runs = 30
+    const t = performance.now()
+    for (let i = 0; i < runs; i++) s.run(feeds, outs)
+    const us = ((performance.now() - t) / runs / LAYERS) * 1000
+    const kvBytes = 2 * B * kvh * (past + 1) * hd * 2
+    console.log(`${backend}: B=${String(B).padStart(3)} cached=${String(past + 1).padStart(4)}: ${us.toFixed(0).padStart(5)} us per layer (x32 = ${(us * 32 / 1000).toFixed(2)} ms a step); KV ${(kvBytes / 1e6).toFixed(0)} MB -> ${(kvBytes / (us / 1e6) / 1e12).toFixed(2)} TB/s`)
+  }
+}
