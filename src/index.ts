@@ -6,6 +6,7 @@
 export { describeCapacity, Engine, type EngineCapacity, type EngineError, type EngineOptions, type EngineStats } from "./core/Engine.ts"
 export type { FinishReason, GenerateRequest, GenerationEvent, PromptInput, Usage } from "./core/Request.ts"
 export type { EngineObserver, FinishedReason, FinishedRequest, StepTiming } from "./core/EngineObserver.ts"
+export type { DecodeAttention } from "./core/native/DecodeAttention.ts"
 export type { SamplingParams } from "./core/sampling/SamplingParams.ts"
 export type { ChatMessage } from "./core/text/ChatMessage.ts"
 export {

@@ -66,6 +66,10 @@ export const modelFlags = {
     kind: "string",
     description: "with --device cuda: fused (default: one row per sequence, GroupQueryAttention; float32 always) | paged (block pool with prefix caching through ORT's PagedAttention, float16/bfloat16; slower decode in ORT 1.29, see docs/benchmarks.md). Env CHORUS_ATTENTION sets the default"
   },
+  "decode-attention": {
+    kind: "string",
+    description: "with --device cuda and the fused layout: xqa (default: TensorRT-LLM's XQA decode kernel in ORT) | flash (flash decoding); sets ORT_ENABLE_XQA for the process, whose value stands when the flag is absent"
+  },
   "allow-special-tokens": {
     kind: "boolean",
     description: "parse special tokens (<|eot_id|>) written in prompts and messages; default: they are plain text"
@@ -140,6 +144,11 @@ export const resolveModelFlags = (flags: ParsedFlags<typeof modelFlags>, gpuCoun
     if (asked === "paged" && dtype === "float32") {
       return yield* bad("--attention", "--attention paged needs --dtype float16 or bfloat16 (PagedAttention has no float32 kernel)")
     }
+    const decodeAttention = flags["decode-attention"]
+    if (decodeAttention !== undefined && decodeAttention !== "xqa" && decodeAttention !== "flash") {
+      return yield* bad("--decode-attention", `--decode-attention must be xqa or flash, got '${decodeAttention}'`)
+    }
+    if (decodeAttention !== undefined && device.kind !== "cuda") return yield* bad("--decode-attention", "--decode-attention needs --device cuda")
     const quantize = yield* resolveQuantFlags(flags)
     const attention = device.kind !== "cuda" ? undefined : dtype === "float32" ? "fused" as const : asked ?? "fused"
     const bar = new ProgressBar("converting")
@@ -161,6 +170,7 @@ export const resolveModelFlags = (flags: ParsedFlags<typeof modelFlags>, gpuCoun
       ...(util === undefined ? {} : { gpuMemoryUtilization: util }),
       ...(blocks === undefined ? {} : { numBlocks: blocks }),
       ...(flags["no-prefix-caching"] === true ? { enablePrefixCaching: false } : {}),
+      ...(decodeAttention === undefined ? {} : { decodeAttention }),
       ...(flags["allow-special-tokens"] === true ? { allowSpecialTokens: true } : {})
     }
     return { adapter, engine, done: () => bar.done() }

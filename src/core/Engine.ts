@@ -13,6 +13,7 @@ import { type EngineError, makeEngineLoop } from "./EngineLoop.ts"
 import { type CheckpointError, type ConversionError, GenerationError, type ModelConfigError, Overloaded } from "./Errors.ts"
 import { type JobView, startJob } from "./JobMachine.ts"
 import type { LoadedModel, ModelAdapter } from "./ModelAdapter.ts"
+import { applyDecodeAttention, type DecodeAttention } from "./native/DecodeAttention.ts"
 import type { GenerateRequest, GenerationEvent, PromptInput } from "./Request.ts"
 import { makeSequenceOutput } from "./SequenceOutput.ts"
 import { makeShardActor, type ShardActor } from "./shard/ShardActor.ts"
@@ -98,6 +99,12 @@ export interface EngineOptions {
    * ids, not logits. Default true; false masks the fetched logits in the sampler (the same tokens, slower).
    */
   readonly grammarMaskInGraph?: boolean
+  /**
+   * CUDA row cache: the kernel GroupQueryAttention decodes with, `xqa` (default) or `flash` (flash decoding). Set
+   * process-wide through ORT's `ORT_ENABLE_XQA`; without this option a value already in the environment stands
+   * (`src/core/native/DecodeAttention.ts`).
+   */
+  readonly decodeAttention?: DecodeAttention
   readonly observer?: EngineObserver
 }
 
@@ -180,6 +187,7 @@ const makeEngine = (model: LoadedModel, options: EngineOptions) =>
     if (native && model.deviceWorkerUrl === undefined) {
       return yield* Effect.fail(new GenerationError({ message: `the ${model.id} adapter has no device runtime; use --device cpu` }))
     }
+    if (device.kind === "cuda") applyDecodeAttention(options.decodeAttention)
     const shards: Array<ShardActor> = []
     const deviceOf = (i: number) => shardDevice(device, i)
     const gpuOf = (i: number) => {

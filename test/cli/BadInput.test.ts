@@ -64,6 +64,8 @@ describe("chorus generate with bad input", () => {
     ["a CUDA option without a CUDA device", ["--model", model, "--token-ids", "1,2", "--cuda-option", "use_tf32=0"], /--cuda-option needs --device cuda/],
     ["an attention layout without a CUDA device", ["--model", model, "--token-ids", "1,2", "--attention", "paged"], /--attention needs --device cuda/],
     ["an unknown attention layout", ["--model", model, "--token-ids", "1,2", "--device", "cuda", "--attention", "flash"], /--attention must be paged or fused, got 'flash'/],
+    ["a decode kernel without a CUDA device", ["--model", model, "--token-ids", "1,2", "--decode-attention", "xqa"], /--decode-attention needs --device cuda/],
+    ["an unknown decode kernel", ["--model", model, "--token-ids", "1,2", "--device", "cuda", "--decode-attention", "lean"], /--decode-attention must be xqa or flash, got 'lean'/],
     ["paged attention in float32", ["--model", model, "--token-ids", "1,2", "--device", "cuda", "--attention", "paged"], /--attention paged needs --dtype float16 or bfloat16/],
     ["a token id outside the vocabulary", ["--model", model, "--token-ids", "1,99999"], /token id 99999 is outside the vocabulary \[0, 512\)/]
   ])("%s: one line, exit 2", (_, args, message) => {

@@ -118,7 +118,7 @@ export interface ConvertOptions {
   readonly quantize?: Int4Settings
   readonly onProgress?: (progress: ConvertProgress) => void
   /**
-   * Conversion worker threads (default: `defaultConvertThreads()`, one per core, at most 8). `0` runs the
+   * Conversion worker threads (default: `defaultConvertThreads()`, one per core, at most 16). `0` runs the
    * sequential path on the main thread (one tensor at a time; the reference the parallel path matches byte for byte).
    */
   readonly threads?: number
