@@ -106,9 +106,6 @@ if [[ "$PHASE" == F ]]; then
   start first-start
   say "second start (conversion cache and hash memo)"
   start second-start
-  rm -rf "$CHORUS_CACHE/converted"
-  say "first start again with 16 conversion threads (the hash memo kept: the conversion alone differs)"
-  CHORUS_CONVERT_THREADS=16 start first-start-16-threads
   rm -rf "$CHORUS_CACHE/converted" "$CHORUS_CACHE/hashes.json"
   if sync && echo 3 > /proc/sys/vm/drop_caches 2>/dev/null; then
     say "first start with the page cache dropped (the checkpoint read from disk)"
