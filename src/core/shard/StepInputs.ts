@@ -57,7 +57,7 @@ export const bitmaskWords = (vocab: number): number => Math.ceil(vocab / 32)
 
 /** One all-ones `token_bitmask` row per vocabulary width: what every unconstrained step feeds (read only). */
 const allowAll = new Map<number, Int32Array>()
-const allowAllRow = (vocab: number): Int32Array => {
+export const allowAllRow = (vocab: number): Int32Array => {
   let row = allowAll.get(vocab)
   if (row === undefined) allowAll.set(vocab, row = new Int32Array(bitmaskWords(vocab)).fill(-1))
   return row
