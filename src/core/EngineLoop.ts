@@ -310,7 +310,10 @@ export const makeEngineLoop = (options: {
       if (leftSeqIds.length > 0) {
         const ids = leftSeqIds
         leftSeqIds = []
-        yield* last.release(ids)
+        // Behind a step in flight the release would wait for it: it is queued in the last shard's mailbox without
+        // waiting (no later step names these sequences; a shard that fails fails its steps, which recover).
+        if (inFlight.length === 0) yield* last.release(ids)
+        else yield* Effect.forkChild(Effect.ignore(last.release(ids)))
       }
     })
 
