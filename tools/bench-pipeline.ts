@@ -135,7 +135,8 @@ const main = async () => {
       const tokens = outs.reduce((a, b) => a + b, 0)
       // Busy time of each shard over the run, and how much of the wall time two or more shards were busy at once.
       const busy = Array.from({ length: shards }, (_, k) => spans.filter((s) => s.shard === k).reduce((a, s) => a + s.endedAt - s.startedAt, 0) / 1000)
-      return { tokens, seconds, tokensPerSecond: tokens / seconds, busy, steps: new Set(spans.map((s) => s.step)).size }
+      const steps = new Set(spans.map((s) => s.step)).size
+      return { tokens, seconds, tokensPerSecond: tokens / seconds, busy, steps, shardStepMs: busy.map((b) => (b * 1000) / steps) }
     }
     return { depth, runtime, run }
   })
@@ -150,7 +151,8 @@ const main = async () => {
       rows.push(row)
       console.log(
         `depth ${e.depth} run ${r + 1}: ${res.tokens} tokens in ${res.seconds.toFixed(2)} s = ${res.tokensPerSecond.toFixed(1)} tok/s, ` +
-          `${res.steps} steps, shard busy ${res.busy.map((b) => `${((b / res.seconds) * 100).toFixed(0)}%`).join(" / ")}, ` +
+          `${res.steps} steps, shard busy ${res.busy.map((b) => `${((b / res.seconds) * 100).toFixed(0)}%`).join(" / ")} ` +
+          `(${res.shardStepMs.map((m) => m.toFixed(1)).join(" / ")} ms a step), ` +
           `load ${loadBefore.toFixed(2)} -> ${os.loadavg()[0]!.toFixed(2)}`
       )
     }
