@@ -74,6 +74,42 @@ describe("pipeline depth over 2 bench shards (30 ms simulated per step, 15 ms a 
     expect((await two.runtime.runPromise(Engine.use((e) => e.stats))).maxStepsInFlight).toBe(2)
   })
 
+  it("a shard worker that dies with two micro-batches in flight: every running request fails, nothing stays held, the next succeeds", async () => {
+    const spans: Array<ShardBusy> = []
+    const observer: EngineObserver = { ...silentObserver, shardBusy: (b) => spans.push(b) }
+    const runtime = ManagedRuntime.make(
+      Engine.layer(BenchAdapter, { shards: 2, stepDelayMs: 10 }, { maxNumSeqs: 8, pipelineDepth: 2, observer, shardRestarts: { restartDelayMs: 50 } })
+    )
+    try {
+      const long = (i: number): GenerateRequest => ({ ...request(i), maxTokens: 2000 })
+      const streams = Array.from({ length: 6 }, (_, i) => runtime.runPromiseExit(Engine.use((e) => Stream.runCollect(e.generate(long(i))))))
+      // Both micro-batches on the shards, several steps in.
+      while (overlapping(spans).length < 4) await new Promise((r) => setTimeout(r, 10))
+      await runtime.runPromise(Engine.use((e) => e.shards[1]!.crash))
+      const exits = await Promise.all(streams)
+      for (const exit of exits) {
+        expect(Exit.isFailure(exit)).toBe(true)
+        expect(JSON.stringify(exit)).toMatch(/shard 1/)
+      }
+      // The failed sequences are freed once the shard is back and the loop goes on.
+      const settled = async () => {
+        for (let i = 0; i < 500; i++) {
+          const stats = await runtime.runPromise(Engine.use((e) => e.stats))
+          if (stats.numRunning + stats.numWaiting === 0) return stats
+          await new Promise((r) => setTimeout(r, 10))
+        }
+        throw new Error("sequences still held 5 s after the crash")
+      }
+      const stats = await settled()
+      expect(stats.kvUsage).toBe(0)
+      expect(stats.restarts).toBe(1)
+      const again = await runtime.runPromise(Engine.use((e) => Stream.runCollect(e.generate(request(0)))))
+      expect(again.filter((e) => e._tag === "Token").length).toBe(12)
+    } finally {
+      await runtime.dispose()
+    }
+  }, 60_000)
+
   it("a pipeline depth above 1 needs more than one shard; 0 is refused", async () => {
     for (const [shards, pipelineDepth] of [[1, 2], [2, 0], [2, 1.5]] as const) {
       const exit = await Effect.runPromiseExit(
