@@ -311,9 +311,10 @@ export const makeEngineLoop = (options: {
         const ids = leftSeqIds
         leftSeqIds = []
         // Behind a step in flight the release would wait for it: it is queued in the last shard's mailbox without
-        // waiting (no later step names these sequences; a shard that fails fails its steps, which recover).
+        // waiting (no later step names these sequences; a shard that fails fails its steps, which recover). Started
+        // at once, so it is in the mailbox before any step handed out after it (a row layout's release frees rows).
         if (inFlight.length === 0) yield* last.release(ids)
-        else yield* Effect.forkChild(Effect.ignore(last.release(ids)))
+        else yield* Effect.forkChild(Effect.ignore(last.release(ids)), { startImmediately: true })
       }
     })
 
@@ -334,7 +335,8 @@ export const makeEngineLoop = (options: {
       // Idle before it, or handed out behind another micro-batch with no answer in between: no loop overhead.
       const betweenMs = lastAnswerAt === 0 || lastAnswerAt < lastHandedAt ? 0 : handedAt - lastAnswerAt
       lastHandedAt = handedAt
-      const fiber = yield* Effect.forkChild(runPlan(planOf(out), handOffs++))
+      // Started at once: the step is in shard 0's mailbox before the next is handed out (hand-off order per shard).
+      const fiber = yield* Effect.forkChild(runPlan(planOf(out), handOffs++), { startImmediately: true })
       inFlight.push({ out, fiber, handedAt, betweenMs })
       stats.maxStepsInFlight = Math.max(stats.maxStepsInFlight, inFlight.length)
       return true
