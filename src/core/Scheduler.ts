@@ -300,8 +300,8 @@ export class Scheduler {
 
   /**
    * Takes a step's sampled tokens back (one per sampling entry, in entry order); its sequences are no longer in
-   * flight. Every entry's chunk is now in the cache; each token is recorded and checked against the stop rule (a stopped sequence is freed at once). Tokens of
-   * sequences dropped meanwhile are discarded.
+   * flight. Every entry's chunk is now in the cache; each token is recorded and checked against the stop rule (a
+   * stopped sequence is freed at once). Tokens of sequences dropped meanwhile are discarded.
    */
   update(output: SchedulerOutput, tokens: Int32Array): Array<SampledToken> {
     const sampled: Array<SampledToken> = []
