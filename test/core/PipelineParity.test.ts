@@ -66,11 +66,22 @@ const request = (i: number, stop: ReadonlyArray<string>): GenerateRequest => ({
 const makeEngine = (shards: number) => {
   const spans: Array<ShardBusy> = []
   const finished: Array<FinishedReason> = []
-  const observer: EngineObserver = { ...silentObserver, shardBusy: (b) => spans.push(b), finished: (f) => finished.push(f.reason) }
+  // Steps that carried decodes and prompt tokens together (decodeStep comes just before its step's engineStep).
+  const mixed = { steps: 0, decoding: 0 }
+  const observer: EngineObserver = {
+    ...silentObserver,
+    shardBusy: (b) => spans.push(b),
+    finished: (f) => finished.push(f.reason),
+    decodeStep: (n) => void (mixed.decoding = n),
+    engineStep: (tokens) => {
+      if (mixed.decoding > 0 && tokens > mixed.decoding) mixed.steps++
+      mixed.decoding = 0
+    }
+  }
   const runtime = ManagedRuntime.make(
     Engine.layer(Llama3Adapter, { modelDir: fixtureDir(name), shards }, { maxNumSeqs: 8, maxNumBatchedTokens: 64, observer })
   )
-  return { runtime, spans, finished }
+  return { runtime, spans, finished, mixed }
 }
 
 /** Every request of the scenario at once (the late ones 30 ms after), `stop` on request STOPPED, one cancelled. */
@@ -150,6 +161,7 @@ describe(`${name}: pipeline shards with micro-batches in flight give the one-sha
       expect(stats.numRunning + stats.numWaiting).toBe(0)
       expect(stats.kvUsage).toBe(0)
       expect(overlaps(engine.spans)).toBeGreaterThan(0)
+      expect(engine.mixed.steps).toBeGreaterThan(0)
     }, 120_000)
 
     it("a second round on the same engine (prefix cache warm) is still exact", async () => {
