@@ -44,6 +44,10 @@ export const modelFlags = {
     kind: "integer",
     description: "split the layers over N shard workers (default: one per GPU that --device lists, else 1)"
   },
+  "pipeline-depth": {
+    kind: "integer",
+    description: "steps on the shards at once (micro-batches: while shard k+1 runs one, shard k runs the next); default: the shard count; 1: one step at a time"
+  },
   "max-batch": { kind: "integer", description: "most sequences decoding together (default 16)" },
   "context-length": { kind: "integer", description: "tokens per sequence (default: the model's, at most 8192)" },
   "max-num-batched-tokens": {
@@ -120,6 +124,11 @@ export const resolveModelFlags = (flags: ParsedFlags<typeof modelFlags>, gpuCoun
       return yield* bad("--shards", `--shards ${flags.shards} leaves GPUs idle: --device ${flags.device} lists ${listedGpus}; use at least ${listedGpus} shards or list fewer GPUs`)
     }
     const shards = flags.shards ?? (listedGpus > 1 ? listedGpus : undefined)
+    const depth = flags["pipeline-depth"]
+    if (depth !== undefined && depth < 1) return yield* bad("--pipeline-depth", `--pipeline-depth must be at least 1, got ${depth}`)
+    if (depth !== undefined && depth > 1 && (shards ?? 1) === 1) {
+      return yield* bad("--pipeline-depth", `--pipeline-depth ${depth} needs --shards 2 or more (one shard runs one step at a time)`)
+    }
     if (flags["cuda-graphs"] === true && parsed.kind !== "cuda") return yield* bad("--cuda-graphs", "--cuda-graphs needs --device cuda")
     if (util !== undefined && parsed.kind !== "cuda") return yield* bad("--gpu-memory-utilization", "--gpu-memory-utilization needs --device cuda")
     const cudaOptions: Record<string, string> = {}
@@ -164,6 +173,7 @@ export const resolveModelFlags = (flags: ParsedFlags<typeof modelFlags>, gpuCoun
     const engine: EngineOptions = {
       device,
       ...(flags["max-batch"] === undefined ? {} : { maxNumSeqs: flags["max-batch"] }),
+      ...(depth === undefined ? {} : { pipelineDepth: depth }),
       ...(flags["context-length"] === undefined ? {} : { contextLength: flags["context-length"] }),
       ...(tokens === undefined ? {} : { maxNumBatchedTokens: tokens }),
       ...(blockSize === undefined ? {} : { blockSize }),

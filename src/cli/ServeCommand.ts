@@ -57,6 +57,7 @@ const ServeConfig = Schema.Struct({
   model: Schema.optional(Schema.String),
   dtype: Schema.optional(Schema.String),
   shards: Schema.optional(Schema.Int),
+  pipelineDepth: Schema.optional(Schema.Int),
   maxBatch: Schema.optional(Schema.Int),
   contextLength: Schema.optional(Schema.Int),
   host: Schema.optional(Schema.String),
@@ -146,6 +147,7 @@ export const runServe = (given: ParsedFlags<typeof serveFlags>) =>
       ...(file.model === undefined ? {} : { model: file.model }),
       ...(file.dtype === undefined ? {} : { dtype: file.dtype }),
       ...(file.shards === undefined ? {} : { shards: file.shards }),
+      ...(file.pipelineDepth === undefined ? {} : { "pipeline-depth": file.pipelineDepth }),
       ...(file.maxBatch === undefined ? {} : { "max-batch": file.maxBatch }),
       ...(file.contextLength === undefined ? {} : { "context-length": file.contextLength }),
       ...(file.host === undefined ? {} : { host: file.host }),
@@ -235,6 +237,7 @@ export const runServe = (given: ParsedFlags<typeof serveFlags>) =>
     if (adapterName === "bench") {
       const benchOptions = {
         ...(model.adapter.maxContext === undefined ? {} : { contextLength: model.adapter.maxContext }),
+        ...(model.adapter.shards === undefined ? {} : { shards: model.adapter.shards }),
         ...(stepDelay === undefined ? {} : { stepDelayMs: stepDelay })
       }
       yield* runServer({ ...common, adapter: BenchAdapter, adapterOptions: benchOptions })

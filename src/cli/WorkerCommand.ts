@@ -76,6 +76,7 @@ export const runWorkerCommand = (flags: ParsedFlags<typeof workerFlags>) =>
     const loaded = adapterName === "bench"
       ? yield* BenchAdapter.load({
         ...(model.adapter.maxContext === undefined ? {} : { contextLength: model.adapter.maxContext }),
+        ...(model.adapter.shards === undefined ? {} : { shards: model.adapter.shards }),
         ...(stepDelay === undefined ? {} : { stepDelayMs: stepDelay })
       })
       : yield* Llama3Adapter.load(model.adapter)

@@ -71,6 +71,12 @@ export interface EngineOptions {
   readonly enablePrefixCaching?: boolean
   /** Tokens per sequence; default and maximum: the model's context length. */
   readonly contextLength?: number
+  /**
+   * Steps on the shards at once (micro-batches over disjoint sequences; vLLM's pipeline-parallel virtual engines):
+   * while shard k+1 runs one, shard k runs the next. Default: the number of shards. 1 runs one step at a time
+   * through every shard, and is the only value for a model of one shard.
+   */
+  readonly pipelineDepth?: number
   /** ORT threads per shard; default: cores / shards. */
   readonly threadsPerShard?: number
   /**
@@ -113,6 +119,8 @@ export interface EngineStats {
   readonly numRunning: number
   readonly numWaiting: number
   readonly numSteps: number
+  /** The most steps that were on the shards at once (micro-batches; 1 without them). Engines without shards omit it. */
+  readonly maxStepsInFlight?: number
   /** Decode steps that carried more than one sequence. */
   readonly numBatchedSteps: number
   readonly promptTokens: number
@@ -184,6 +192,14 @@ const makeEngine = (model: LoadedModel, options: EngineOptions) =>
     if (model.shards.some((s) => s.dtype === "bfloat16") && device.kind !== "cuda") {
       return yield* Effect.fail(new GenerationError({ message: "bfloat16 runs on the device runtime only (--device cuda); use float32 or float16 on the CPU" }))
     }
+    const pipelineDepth = options.pipelineDepth ?? model.shards.length
+    if (!Number.isInteger(pipelineDepth) || pipelineDepth < 1 || (model.shards.length === 1 && pipelineDepth !== 1)) {
+      return yield* Effect.fail(
+        new GenerationError({
+          message: `the pipeline depth must be an integer from 1 (one step at a time) up, and 1 for a model of one shard; got ${pipelineDepth} for ${model.shards.length} shard(s)`
+        })
+      )
+    }
     if (native && model.deviceWorkerUrl === undefined) {
       return yield* Effect.fail(new GenerationError({ message: `the ${model.id} adapter has no device runtime; use --device cpu` }))
     }
@@ -252,7 +268,17 @@ const makeEngine = (model: LoadedModel, options: EngineOptions) =>
     const loop = yield* makeEngineLoop({
       shards,
       observer,
-      scheduler: { maxNumSeqs: maxSeqs, maxNumBatchedTokens, contextLength, blockSize, numBlocks, enablePrefixCaching, rowPrefixReuse, stopTokenIds: model.stopTokenIds }
+      scheduler: {
+        maxNumSeqs: maxSeqs,
+        maxNumBatchedTokens,
+        contextLength,
+        blockSize,
+        numBlocks,
+        enablePrefixCaching,
+        rowPrefixReuse,
+        stopTokenIds: model.stopTokenIds,
+        pipelineDepth
+      }
     })
     const { scheduler, sinks, stats } = loop
     yield* Effect.forkScoped(loop.run)

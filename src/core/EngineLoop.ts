@@ -3,8 +3,13 @@
  * step, packs it into a plan, runs it through every shard in order, and hands the sampled tokens back to the
  * scheduler. While a step is on the shards the loop streams the previous step's text (vLLM's async scheduling), so
  * detokenizing and stop strings never delay the GPU. Requests only enqueue and wake it.
+ *
+ * Pipeline shards keep `pipelineDepth` steps in flight (micro-batches, vLLM's virtual engines): each step is a
+ * forked fiber that walks the shards in order, so while shard k+1 runs one micro-batch shard k runs the next. The
+ * scheduler gives each step sequences that are in no other step; when a step comes back its sequences' next step is
+ * handed out while the others are still on the shards. Each shard's mailbox runs the steps in hand-off order.
  */
-import { Cause, Effect, Fiber, Queue } from "effect"
+import { Cause, Effect, Exit, Fiber, Queue } from "effect"
 import type { EngineObserver, FinishedReason } from "./EngineObserver.ts"
 import { type ContextLengthError, DeadlineExceeded, type GenerationError, type Overloaded, type ValidationError } from "./Errors.ts"
 import type { Job } from "./JobMachine.ts"
@@ -29,6 +34,8 @@ export interface Sink {
 
 export interface LoopStats {
   numSteps: number
+  /** The most steps that were on the shards at once (1 without micro-batches). */
+  maxStepsInFlight: number
   numBatchedSteps: number
   promptTokens: number
   generatedTokens: number
@@ -75,9 +82,10 @@ export const makeEngineLoop = (options: {
     const { shards, observer } = options
     const last = shards[shards.length - 1]!
     const scheduler = new Scheduler(options.scheduler)
+    const depth = Math.max(1, options.scheduler.pipelineDepth ?? 1)
     const sinks = new Map<number, Sink>()
     const wakeQueue = yield* Queue.unbounded<void>()
-    const stats: LoopStats = { numSteps: 0, numBatchedSteps: 0, promptTokens: 0, generatedTokens: 0 }
+    const stats: LoopStats = { numSteps: 0, maxStepsInFlight: 0, numBatchedSteps: 0, promptTokens: 0, generatedTokens: 0 }
     /** Sequences that left since the last step: their samplers are released in the last shard. */
     let leftSeqIds: Array<number> = []
 
@@ -193,18 +201,32 @@ export const makeEngineLoop = (options: {
     }
 
     /** Runs one plan through every shard in order; hidden states flow from shard to shard. */
-    const runPlan = (plan: StepPlan) =>
+    const runPlan = (plan: StepPlan, step: number) =>
       Effect.gen(function*() {
         let result: StepResult | undefined
         let runMs = 0
         for (const shard of shards) {
-          result = yield* shard.step(result?.hidden === undefined ? plan : { ...plan, hidden: result.hidden })
+          const answer = yield* shard.step(result?.hidden === undefined ? plan : { ...plan, hidden: result.hidden })
+          result = answer.result
           runMs += result.runMs
+          observer.shardBusy?.({ shard: shard.index, step, numSeqs: plan.seqIds.length, startedAt: answer.startedAt, endedAt: answer.endedAt })
         }
-        return { result: result!, runMs }
+        return { result: result!, runMs, answeredAt: performance.now() }
       })
-    /** When the previous step's answer came back; 0 after an idle wait (idle time is not loop overhead). */
+    /** When the latest step's answer came back; 0 after an idle wait (idle time is not loop overhead). */
     let lastAnswerAt = 0
+    /** When the latest step was handed out. */
+    let lastHandedAt = 0
+    let handOffs = 0
+
+    /** The steps on the shards, oldest first (at most `depth`). */
+    interface InFlight {
+      readonly out: SchedulerOutput
+      readonly fiber: Fiber.Fiber<{ result: StepResult; runMs: number; answeredAt: number }, GenerationError>
+      readonly handedAt: number
+      readonly betweenMs: number
+    }
+    let inFlight: Array<InFlight> = []
 
     /** Prompt logits asked for by entries of a step, routed to their sequences' outputs. */
     const routeLogits = (out: SchedulerOutput, logits: Float32Array) => {
@@ -288,20 +310,16 @@ export const makeEngineLoop = (options: {
       if (leftSeqIds.length > 0) {
         const ids = leftSeqIds
         leftSeqIds = []
-        yield* last.release(ids)
+        // Behind a step in flight the release would wait for it: it is queued in the last shard's mailbox without
+        // waiting (no later step names these sequences; a shard that fails fails its steps, which recover). Started
+        // at once, so it is in the mailbox before any step handed out after it (a row layout's release frees rows).
+        if (inFlight.length === 0) yield* last.release(ids)
+        else yield* Effect.forkChild(Effect.ignore(last.release(ids)), { startImmediately: true })
       }
     })
 
-    const iteration = Effect.gen(function*() {
-      if (!scheduler.hasWork && pending.length === 0) {
-        lastAnswerAt = 0
-        yield* Queue.take(wakeQueue)
-        return
-      }
-      // A shard being brought back after a crash: new work waits for it instead of failing on its refusal.
-      for (const shard of shards) if (shard.status().state !== "ready") yield* shard.settled
-      expire()
-      yield* collect
+    /** Hands out the scheduler's next step, if it has one; true when it did. */
+    const handOut = Effect.gen(function*() {
       const out = scheduler.schedule()
       const now = performance.now()
       for (const s of out.admitted) {
@@ -312,27 +330,74 @@ export const makeEngineLoop = (options: {
         sink.job.send({ type: "ADMIT" })
       }
       for (const _ of out.preempted) observer.preempted()
-      if (out.entries.length === 0) {
+      if (out.entries.length === 0) return false
+      const handedAt = performance.now()
+      // Idle before it, or handed out behind another micro-batch with no answer in between: no loop overhead.
+      const betweenMs = lastAnswerAt === 0 || lastAnswerAt < lastHandedAt ? 0 : handedAt - lastAnswerAt
+      lastHandedAt = handedAt
+      // Started at once: the step is in shard 0's mailbox before the next is handed out (hand-off order per shard).
+      const fiber = yield* Effect.forkChild(runPlan(planOf(out), handOffs++), { startImmediately: true })
+      inFlight.push({ out, fiber, handedAt, betweenMs })
+      stats.maxStepsInFlight = Math.max(stats.maxStepsInFlight, inFlight.length)
+      return true
+    })
+
+    /** A step failed: wait for the others on the shards to end (their results are dropped), then recover. */
+    const abandon = (error: GenerationError) =>
+      Effect.gen(function*() {
+        const others = inFlight
+        inFlight = []
+        for (const f of others) yield* Fiber.await(f.fiber)
+        scheduler.abandonInFlight()
+        yield* recover(error)
+      })
+
+    const iteration = Effect.gen(function*() {
+      if (!scheduler.hasWork && pending.length === 0 && inFlight.length === 0) {
         lastAnswerAt = 0
-        flushPending()
+        yield* Queue.take(wakeQueue)
+        return
+      }
+      // A shard being brought back after a crash: new work waits for it instead of failing on its refusal.
+      for (const shard of shards) if (shard.status().state !== "ready") yield* shard.settled
+      expire()
+      yield* collect
+      const handed = inFlight.length < depth ? yield* handOut : false
+      flushPending()
+      if (inFlight.length === 0) {
+        lastAnswerAt = 0
         yield* Effect.yieldNow
         return
       }
-      const handedAt = performance.now()
-      const fiber = yield* Effect.forkChild(runPlan(planOf(out)))
-      flushPending()
-      const { result, runMs } = yield* Fiber.join(fiber)
-      const answeredAt = performance.now()
+      // Room for another micro-batch: try to fill it before waiting.
+      if (handed && inFlight.length < depth) {
+        yield* Effect.yieldNow
+        return
+      }
+      const oldest = inFlight[0]!
+      if (inFlight.length < depth) {
+        // A request that arrives meanwhile can start its own micro-batch at once.
+        const woke = yield* Effect.raceFirst(Fiber.await(oldest.fiber).pipe(Effect.as(false)), Queue.take(wakeQueue).pipe(Effect.as(true)))
+        if (woke) return
+      }
+      const exit = yield* Fiber.await(oldest.fiber)
+      inFlight.shift()
+      if (Exit.isFailure(exit)) {
+        const error = Cause.findErrorOption(exit.cause)
+        if (error._tag === "None") return yield* Effect.failCause(exit.cause)
+        return yield* abandon(error.value)
+      }
+      const { result, runMs, answeredAt } = exit.value
       observer.stepTiming?.({
-        shardsSeconds: seconds(answeredAt - handedAt),
+        shardsSeconds: seconds(answeredAt - oldest.handedAt),
         runSeconds: seconds(runMs),
-        betweenSeconds: lastAnswerAt === 0 ? 0 : seconds(handedAt - lastAnswerAt)
+        betweenSeconds: seconds(oldest.betweenMs)
       })
-      lastAnswerAt = answeredAt
-      complete(out, result)
+      lastAnswerAt = Math.max(lastAnswerAt, answeredAt)
+      complete(oldest.out, result)
       // Let request fibers run between steps (new arrivals, consumers).
       yield* Effect.yieldNow
-    }).pipe(Effect.catchTag("GenerationError", recover))
+    }).pipe(Effect.catchTag("GenerationError", abandon))
 
     return {
       scheduler,

@@ -26,12 +26,28 @@ export interface FinishedRequest {
  * against the round trip to their threads and the engine loop's work between steps.
  */
 export interface StepTiming {
-  /** From handing the step to the first shard to the last shard's answer (every shard, in order). */
+  /**
+   * From handing the step to the first shard to the last shard's answer (every shard, in order). With micro-batches
+   * in flight this includes the time the step waited behind another one at a shard.
+   */
   readonly shardsSeconds: number
   /** Of that, the time the shards spent in their runtime's `run` calls (as they measured it). */
   readonly runSeconds: number
-  /** From the previous step's answer to this step's hand-off: scheduling, streaming tokens, other fibers. */
+  /**
+   * From the latest step's answer to this step's hand-off: scheduling, streaming tokens, other fibers (0 after an
+   * idle wait, and for a micro-batch handed out before any answer since the previous hand-off).
+   */
   readonly betweenSeconds: number
+}
+
+/** When one shard's worker thread ran one step (milliseconds on the engine thread's `performance.now()` clock). */
+export interface ShardBusy {
+  readonly shard: number
+  /** The engine's step number (its hand-off order), shared by the step's spans on every shard. */
+  readonly step: number
+  readonly numSeqs: number
+  readonly startedAt: number
+  readonly endedAt: number
 }
 
 /** @category models */
@@ -52,6 +68,11 @@ export interface EngineObserver {
   readonly engineStep: (numTokens: number) => void
   /** One step's time split (optional: observers written before it need not implement it). */
   readonly stepTiming?: (timing: StepTiming) => void
+  /**
+   * A shard finished its part of a step (optional). With micro-batches in flight, spans of different shards overlap:
+   * that is the pipelining at work.
+   */
+  readonly shardBusy?: (busy: ShardBusy) => void
   /** A request ended (stop, length, abort by its client or while queued, error, deadline). */
   readonly finished: (request: FinishedRequest) => void
   /** A running sequence lost its KV blocks to make room; it waits to be recomputed. */

@@ -1,8 +1,14 @@
 /**
  * Continuous batching as plain synchronous TypeScript (vLLM v1's scheduler): `schedule()` returns the work of one
  * step, `update()` takes its sampled tokens back and returns what they did. Deterministic for given inputs; the
- * engine loop around it owns fibers, shards and streams and is its only caller, and never calls `schedule()` while a
- * step is on the shards.
+ * engine loop around it owns fibers, shards and streams and is its only caller.
+ *
+ * Micro-batches (pipeline shards, vLLM's virtual engines): with `pipelineDepth` D > 1 up to D steps may be on the
+ * shards at once. A sequence is in at most one of them: `schedule()` never gives a step to a sequence whose previous
+ * step has not come back through `update()` (it is "in flight"), and never preempts or frees one; a dropped sequence
+ * in flight is freed by the first `collectDropped()` after its step returned. Each step takes at most
+ * ceil(min(running + waiting, maxNumSeqs) / D) sequences, so D steps share the sequences out between them; a step's
+ * sequences come back together, and their next step is scheduled while the others are still on the shards.
  *
  * One rule, no phases: a sequence has tokens (prompt, then generated) and `numComputedTokens` of them have keys and
  * values in its KV blocks. Each step gives every running sequence the tokens it lacks — one for a decoding sequence,
@@ -34,6 +40,8 @@ export interface Sequence {
   dropped: boolean
   /** The last shard holds its sampler (registered with its first scheduled chunk). */
   registered: boolean
+  /** In a step that `schedule()` handed out and `update()` has not taken back (micro-batches). */
+  inFlight: boolean
   numPreemptions: number
   /** Lower runs first among waiting sequences (FIFO within a priority). */
   readonly priority: number
@@ -92,6 +100,11 @@ export interface SchedulerConfig {
    */
   readonly rowPrefixReuse?: boolean
   readonly stopTokenIds: ReadonlyArray<number>
+  /**
+   * Steps on the shards at once (micro-batches over disjoint sequences); default 1: each `schedule()` is followed by
+   * its `update()` before the next.
+   */
+  readonly pipelineDepth?: number
 }
 
 /**
@@ -140,6 +153,7 @@ export class Scheduler {
       outputTokenIds: [],
       dropped: false,
       registered: false,
+      inFlight: false,
       numPreemptions: 0,
       priority,
       arrival: this.nextId,
@@ -187,7 +201,17 @@ export class Scheduler {
     return out
   }
 
-  /** Removes dropped sequences, frees their blocks and rows, and returns them. */
+  /** Sequences in a step not yet taken back by `update()`. */
+  get numInFlight(): number {
+    let n = 0
+    for (const s of this.running) if (s.inFlight) n++
+    return n
+  }
+
+  /**
+   * Removes dropped sequences, frees their blocks and rows, and returns them. A dropped sequence still in flight
+   * stays (its step may still read its blocks) until a call after its step came back.
+   */
   collectDropped(): Array<Sequence> {
     const out: Array<Sequence> = []
     for (let i = this.waiting.length - 1; i >= 0; i--) {
@@ -196,9 +220,17 @@ export class Scheduler {
     }
     for (let i = this.running.length - 1; i >= 0; i--) {
       const s = this.running[i]!
-      if (s.dropped) this.running.splice(i, 1), this.release(s), out.push(s)
+      if (s.dropped && !s.inFlight) this.running.splice(i, 1), this.release(s), out.push(s)
     }
     return out
+  }
+
+  /**
+   * The steps in flight will not come back (a shard failed; the engine waited for every one of them to end): their
+   * sequences are no longer in flight, so that they can be dropped and freed.
+   */
+  abandonInFlight(): void {
+    for (const s of this.running) s.inFlight = false
   }
 
   /** The work of the next step (empty when nothing can run). */
@@ -208,13 +240,22 @@ export class Scheduler {
     const preempted: Array<Sequence> = []
     let budget = this.config.maxNumBatchedTokens
     let numTokens = 0
+    const depth = this.config.pipelineDepth ?? 1
+    // Micro-batches: this step's share of the sequences (every sequence when steps run one at a time).
+    const maxEntries = depth <= 1 ? Number.POSITIVE_INFINITY
+      : Math.ceil(Math.min(this.running.length + this.waiting.length, this.config.maxNumSeqs) / depth)
 
-    for (let i = 0; i < this.running.length && budget > 0; i++) {
+    for (let i = 0; i < this.running.length && budget > 0 && entries.length < maxEntries; i++) {
       const s = this.running[i]!
+      // In another step on the shards: its tokens are not known yet.
+      if (s.inFlight) continue
       const n = Math.min(totalTokens(s) - s.numComputedTokens, budget)
       let preemptedSelf = false
       while (!this.kv.allocate(s, s.numComputedTokens, n)) {
-        const victim = this.running.pop()!
+        // The newest running sequence not in flight (s itself at the latest): a step on the shards keeps its blocks.
+        let j = this.running.length - 1
+        while (this.running[j]!.inFlight) j--
+        const victim = this.running.splice(j, 1)[0]!
         this.preempt(victim)
         preempted.push(victim)
         if (victim === s) {
@@ -229,7 +270,10 @@ export class Scheduler {
     }
 
     // New sequences only when nothing had to be preempted (they would take the blocks back at once).
-    while (preempted.length === 0 && budget > 0 && this.waiting.length > 0 && this.running.length < this.config.maxNumSeqs) {
+    while (
+      preempted.length === 0 && budget > 0 && entries.length < maxEntries && this.waiting.length > 0 &&
+      this.running.length < this.config.maxNumSeqs
+    ) {
       const s = this.waiting[0]!
       // A request that wants its prompt's logits computes every position.
       const reusing = s.request.promptLogits === "none"
@@ -250,13 +294,14 @@ export class Scheduler {
       budget -= n
       numTokens += n
     }
+    for (const e of entries) e.sequence.inFlight = true
     return { entries, admitted, preempted, numTokens }
   }
 
   /**
-   * Takes a step's sampled tokens back (one per sampling entry, in entry order). Every entry's chunk is now in the
-   * cache; each token is recorded and checked against the stop rule (a stopped sequence is freed at once). Tokens of
-   * sequences dropped meanwhile are discarded.
+   * Takes a step's sampled tokens back (one per sampling entry, in entry order); its sequences are no longer in
+   * flight. Every entry's chunk is now in the cache; each token is recorded and checked against the stop rule (a
+   * stopped sequence is freed at once). Tokens of sequences dropped meanwhile are discarded.
    */
   update(output: SchedulerOutput, tokens: Int32Array): Array<SampledToken> {
     const sampled: Array<SampledToken> = []
@@ -264,6 +309,7 @@ export class Scheduler {
     for (const e of output.entries) {
       const s = e.sequence
       const tokenId = e.samples ? tokens[k++]! : -1
+      s.inFlight = false
       if (s.status !== "running" || s.dropped) continue
       s.numComputedTokens += e.numTokens
       s.registered = true

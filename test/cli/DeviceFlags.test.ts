@@ -87,6 +87,18 @@ describe("resolveModelFlags with several GPUs", () => {
     expect(error.message).toBe("--shards 2 leaves GPUs idle: --device cuda:0,1,2,3 lists 4; use at least 4 shards or list fewer GPUs")
   })
 
+  it("--pipeline-depth: the engine's option; above 1 only with several shards, never below 1", () => {
+    const two = resolve(["--shards", "2", "--pipeline-depth", "1"])
+    expect(Exit.isSuccess(two) && two.value.engine.pipelineDepth).toBe(1)
+    const pair = resolve(["--device", "cuda:0,1", "--pipeline-depth", "2"])
+    expect(Exit.isSuccess(pair) && pair.value.engine.pipelineDepth).toBe(2)
+    // Unset: the engine's default (the shard count).
+    const unset = resolve(["--shards", "3"])
+    expect(Exit.isSuccess(unset) && unset.value.engine.pipelineDepth).toBeUndefined()
+    expect(failure(resolve(["--pipeline-depth", "2"])).message).toBe("--pipeline-depth 2 needs --shards 2 or more (one shard runs one step at a time)")
+    expect(failure(resolve(["--shards", "2", "--pipeline-depth", "0"])).field).toBe("--pipeline-depth")
+  })
+
   it("cuda:all with no GPU, or no way to count them, names --device", () => {
     expect(failure(resolve(["--device", "cuda:all"], () => 0)).message).toMatch(/^--device cuda:all: no GPU found/)
     const unavailable = failure(resolve(["--device", "cuda:all"], () => { throw new GpuCountUnavailable("cannot count the GPUs: nvidia-smi -L failed (x)") }))

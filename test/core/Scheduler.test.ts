@@ -296,4 +296,108 @@ describe("Scheduler", () => {
       expect(again.row).toBe(0)
     })
   })
+
+  describe("micro-batches (pipelineDepth > 1): a sequence is in at most one step on the shards", () => {
+    /** Takes a step back as a model would: every sampling entry gets `token`. */
+    const answer = (s: Scheduler, out: SchedulerOutput, token = 7) =>
+      s.update(out, new Int32Array(out.entries.filter((e) => e.samples).length).fill(token))
+    const ids = (out: SchedulerOutput) => out.entries.map((e) => e.sequence.id)
+
+    it("two steps share the sequences out; one in flight is not scheduled again until its step returns", () => {
+      const s = make({ pipelineDepth: 2 })
+      const seqs = [0, 1, 2, 3].map((i) => s.add(request(range(10 * i, 3))))
+      const a = s.schedule()
+      expect(ids(a)).toEqual([seqs[0]!.id, seqs[1]!.id])
+      expect(s.numInFlight).toBe(2)
+      const b = s.schedule()
+      expect(ids(b)).toEqual([seqs[2]!.id, seqs[3]!.id])
+      // Everyone is on the shards: nothing to schedule.
+      expect(s.schedule().entries).toEqual([])
+      answer(s, a)
+      expect(s.numInFlight).toBe(2)
+      // a's sequences decode while b is still out; b's are left alone.
+      const a2 = s.schedule()
+      expect(shape(a2)).toEqual([[seqs[0]!.id, 3, 1, true], [seqs[1]!.id, 3, 1, true]])
+      expect(s.schedule().entries).toEqual([])
+      answer(s, b)
+      expect(shape(s.schedule())).toEqual([[seqs[2]!.id, 3, 1, true], [seqs[3]!.id, 3, 1, true]])
+    })
+
+    it("depth 1 keeps one step for everyone (today's behaviour)", () => {
+      const s = make()
+      for (const i of [0, 1, 2, 3]) s.add(request(range(10 * i, 3)))
+      expect(s.schedule().entries.length).toBe(4)
+    })
+
+    it("a late arrival joins the next step handed out, within that step's share", () => {
+      const s = make({ pipelineDepth: 2 })
+      const seqs = [0, 1, 2, 3].map((i) => s.add(request(range(10 * i, 3))))
+      const a = s.schedule()
+      s.schedule()
+      const late = s.add(request(range(100, 5)))
+      answer(s, a)
+      // 5 sequences over 2 steps: a step takes up to 3.
+      const a2 = s.schedule()
+      expect(ids(a2)).toEqual([seqs[0]!.id, seqs[1]!.id, late.id])
+      expect(a2.admitted).toEqual([late])
+    })
+
+    it("a dropped sequence in flight keeps its blocks until its step returns; its token is discarded", () => {
+      const s = make({ pipelineDepth: 2 })
+      const x = s.add(request(range(0, 9)))
+      const y = s.add(request(range(50, 9)))
+      const a = s.schedule()
+      const b = s.schedule()
+      expect(ids(a)).toEqual([x.id])
+      s.drop(x) // the client left, or a stop string matched, while its step ran
+      expect(s.collectDropped()).toEqual([])
+      expect(s.kv.numBlocksOf(x)).toBe(3)
+      expect(answer(s, a)).toEqual([])
+      expect(s.collectDropped()).toEqual([x])
+      expect(s.kv.numBlocksOf(x)).toBe(0)
+      expect(answer(s, b).map((t) => t.sequence)).toEqual([y])
+    })
+
+    it("preemption takes the newest sequence not in flight, never one on the shards", () => {
+      // 5 usable blocks of 4 tokens: x (8 tokens) holds 2, y (11) 3; x's first decode needs a 3rd block.
+      const config = { numBlocks: 6, contextLength: 20, enablePrefixCaching: false }
+      const run = (depth: number) => {
+        const s = make({ ...config, pipelineDepth: depth })
+        const x = s.add(request(range(0, 8)))
+        const y = s.add(request(range(50, 11)))
+        if (depth === 1) {
+          s.update(s.schedule(), Int32Array.of(7, 7))
+          // y (in no step) is the newest: it is preempted, x grows.
+          return { s, x, y, out: s.schedule() }
+        }
+        const a = s.schedule() // x
+        s.schedule() // y, in flight from here on
+        answer(s, a)
+        return { s, x, y, out: s.schedule() }
+      }
+      const one = run(1)
+      expect(one.out.preempted).toEqual([one.y])
+      const two = run(2)
+      // y is newer but on the shards: x gives up its own blocks and waits.
+      expect(two.out.preempted).toEqual([two.x])
+      expect(two.out.entries).toEqual([])
+      expect(two.y.status).toBe("running")
+      expect(two.s.kv.numBlocksOf(two.y)).toBe(3)
+      expect(two.x.status).toBe("waiting")
+    })
+
+    it("abandonInFlight (a shard failed) lets the sequences of lost steps be dropped and freed", () => {
+      const s = make({ pipelineDepth: 2 })
+      const x = s.add(request(range(0, 5)))
+      const y = s.add(request(range(50, 5)))
+      s.schedule()
+      s.schedule()
+      s.drop(x)
+      s.drop(y)
+      expect(s.collectDropped()).toEqual([])
+      s.abandonInFlight()
+      expect(new Set(s.collectDropped())).toEqual(new Set([x, y]))
+      expect(s.hasWork).toBe(false)
+    })
+  })
 })

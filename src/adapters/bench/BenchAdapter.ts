@@ -2,7 +2,8 @@
  * The bench adapter: a model whose steps cost no model time, for measuring Chorus's own overhead. Everything but
  * the model math is real — the Llama 3 tokenizer and chat format, the engine, scheduler, shard actors on piscina
  * threads, detokenizer and streaming — so the throughput it reaches is the ceiling the serving path allows.
- * `stepDelayMs` adds a fixed simulated model time per step, spent blocked in the shard threads; `promptDelayMs` a
+ * `stepDelayMs` adds a fixed simulated model time per step, spent blocked in the shard threads (`tokenDelayMs` one per
+ * token of the step on top, for a compute-bound model whose step grows with its batch); `promptDelayMs` a
  * simulated prompt-processing time per request (a slow tokenizer), during which the request counts as queued.
  *
  * @since 0.1.0
@@ -22,6 +23,8 @@ export interface BenchOptions {
   readonly contextLength?: number | undefined
   /** Simulated model time per step in milliseconds, spent in the worker threads (split over shards by layers). Default 0. */
   readonly stepDelayMs?: number | undefined
+  /** Simulated model time per token of a step (decode rows and prompt tokens), split over shards likewise. Default 0. */
+  readonly tokenDelayMs?: number | undefined
   /** Simulated prompt rendering and tokenizing time per request in milliseconds, after the real tokenizer. Default 0. */
   readonly promptDelayMs?: number | undefined
   /** Worker threads the (notional) 32 layers are split over, like the real adapter. Default 1. */
@@ -41,6 +44,10 @@ const checkOptions = (options: BenchOptions) =>
   Effect.gen(function*() {
     const contextLength = options.contextLength ?? 8192
     const stepDelayMs = options.stepDelayMs ?? 0
+    const tokenDelayMs = options.tokenDelayMs ?? 0
+    if (!Number.isFinite(tokenDelayMs) || tokenDelayMs < 0) {
+      return yield* Effect.fail(invalid("tokenDelayMs", "a finite number >= 0", tokenDelayMs))
+    }
     const shards = options.shards ?? 1
     const promptDelayMs = options.promptDelayMs ?? 0
     if (!Number.isInteger(contextLength) || contextLength < 2) {
@@ -55,7 +62,7 @@ const checkOptions = (options: BenchOptions) =>
     if (!Number.isInteger(shards) || shards < 1 || shards > NUM_LAYERS) {
       return yield* Effect.fail(invalid("shards", `an integer from 1 to ${NUM_LAYERS}`, shards))
     }
-    return { contextLength, stepDelayMs, promptDelayMs, shards }
+    return { contextLength, stepDelayMs, tokenDelayMs, promptDelayMs, shards }
   })
 
 /** @category models */
@@ -63,7 +70,7 @@ export const BenchAdapter: ModelAdapter<BenchOptions> = {
   name: "bench",
   load: (options) =>
     Effect.gen(function*() {
-      const { contextLength, stepDelayMs, promptDelayMs, shards } = yield* checkOptions(options)
+      const { contextLength, stepDelayMs, tokenDelayMs, promptDelayMs, shards } = yield* checkOptions(options)
       // The real prompt path (worker threads), so that the bench measures what serving costs.
       const prompts = yield* makePromptPool(undefined)
       const tokenizer = yield* loadTokenizer(undefined)
@@ -80,7 +87,8 @@ export const BenchAdapter: ModelAdapter<BenchOptions> = {
           vocabSize: VOCAB_SIZE,
           numKvHeads: 1,
           headDim: 8,
-          stepDelayMs: (stepDelayMs * (l1 - l0)) / NUM_LAYERS
+          stepDelayMs: (stepDelayMs * (l1 - l0)) / NUM_LAYERS,
+          ...(tokenDelayMs === 0 ? {} : { tokenDelayMs: (tokenDelayMs * (l1 - l0)) / NUM_LAYERS })
         }
         return spec
       })

@@ -14,6 +14,8 @@ import { planTokens, type ShardLoad, type ShardLoadResult, type StepPlan, type S
 /** What the bench adapter's shard specs carry beyond `ShardLoad`: this shard's share of the simulated step time. */
 export interface BenchShardLoad extends ShardLoad {
   readonly stepDelayMs?: number
+  /** This shard's simulated time per token of a step, on top of `stepDelayMs`. */
+  readonly tokenDelayMs?: number
 }
 
 /**
@@ -88,6 +90,7 @@ export const promptSeed = (promptTokenIds: ArrayLike<number>): number => {
 interface BenchState {
   readonly load: BenchShardLoad
   readonly delayMs: number
+  readonly tokenDelayMs: number
   /** Last shard: row -> its sequence's prompt seed (the "sampler"). */
   readonly seeds: Map<number, number>
   /** Last shard: sequences that asked for logprobs, and how many top alternatives. */
@@ -109,7 +112,7 @@ const spend = (ms: number) => {
 
 export async function load(task: BenchShardLoad): Promise<ShardLoadResult> {
   const started = performance.now()
-  state = { load: task, delayMs: Math.max(0, task.stepDelayMs ?? 0), seeds: new Map(), logprobs: new Map() }
+  state = { load: task, delayMs: Math.max(0, task.stepDelayMs ?? 0), tokenDelayMs: Math.max(0, task.tokenDelayMs ?? 0), seeds: new Map(), logprobs: new Map() }
   return { kvBytes: 0, loadMs: performance.now() - started, layout: "blocks", numBlocks: task.numBlocks }
 }
 
@@ -124,7 +127,7 @@ export async function step(plan: StepPlan): Promise<StepResult> {
   if (!cfg.isFirst && plan.hidden === undefined) throw new Error("a non-first shard needs hidden states")
 
   const t0 = performance.now()
-  spend(s.delayMs)
+  spend(s.delayMs + s.tokenDelayMs * total)
   const runMs = performance.now() - t0
 
   if (!cfg.isLast) return { hidden: new Float32Array(total * cfg.hiddenSize), runMs, sampleMs: 0 }

@@ -1,7 +1,8 @@
 /**
  * A shard actor: a supervised fiber draining a bounded mailbox, and one piscina pool of exactly one worker thread
  * that owns the shard's ORT session and KV cache. Callers `step` by posting a message and awaiting its reply, so
- * the worker sees one step at a time in mailbox order. The shard's lifecycle machine (`ShardLifecycle.ts`) decides
+ * the worker sees one step at a time in mailbox order (with micro-batches in flight, the engine's steps queue here
+ * and run one after the other; each answer says when the worker was busy with it). The shard's lifecycle machine (`ShardLifecycle.ts`) decides
  * what may run: messages are delivered only while it is `ready`; a worker thread that dies (crash, out of memory)
  * fails its message with a GenerationError and tells the machine, which brings up a fresh thread with the same load
  * after a backoff, or gives up after too many crashes.
@@ -23,10 +24,17 @@ import {
 } from "./ShardLifecycle.ts"
 import type { ShardLoad, ShardLoadResult, StepPlan, StepResult } from "./StepProtocol.ts"
 
+/** A step's result and when the worker thread ran it (`performance.now()` of the engine's thread, milliseconds). */
+export interface ShardAnswer {
+  readonly result: StepResult
+  readonly startedAt: number
+  readonly endedAt: number
+}
+
 export interface ShardActor {
   readonly index: number
   readonly load: ShardLoad
-  readonly step: (plan: StepPlan) => Effect.Effect<StepResult, GenerationError>
+  readonly step: (plan: StepPlan) => Effect.Effect<ShardAnswer, GenerationError>
   readonly release: (seqIds: ReadonlyArray<number>) => Effect.Effect<void, GenerationError>
   /** The lifecycle machine's current status (what `/ready` reports). */
   readonly status: () => ShardStatus
@@ -143,6 +151,8 @@ export const makeShardActor = (
             return
           }
           const p = yield* Ref.get(pool)
+          // The worker runs one task at a time, only this mailbox's: from here to its answer it is busy with this one.
+          const startedAt = performance.now()
           const exit = yield* Effect.exit(
             Effect.tryPromise({
               try: () => p.run(task, { name }),
@@ -150,7 +160,7 @@ export const makeShardActor = (
                 if (threadExited(cause)) lifecycle.lost(messageOf(cause))
                 return failure(index, name)(cause)
               }
-            })
+            }).pipe(Effect.map((result) => (name === "step" ? { result, startedAt, endedAt: performance.now() } : result)))
           )
           yield* Deferred.done(reply, exit)
         })
@@ -167,7 +177,7 @@ export const makeShardActor = (
     return {
       index,
       load,
-      step: (plan) => ask<StepResult>("step", plan),
+      step: (plan) => ask<ShardAnswer>("step", plan),
       release: (seqIds) => ask<void>("release", seqIds),
       status: lifecycle.status,
       watch: lifecycle.watch,
