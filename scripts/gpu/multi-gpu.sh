@@ -40,7 +40,9 @@ export PATH="$REPO/node_modules/.bin:$PATH"
 GRAPHS=(); [[ "${NO_GRAPHS:-0}" == 1 ]] && GRAPHS=(--no-cuda-graphs)
 
 # should_run STEP SECONDS: true (run the step) unless its result exists; exits the phase when fewer than SECONDS are left.
+# ONLY="step ..." runs those steps alone.
 should_run() {
+  if [[ -n "${ONLY:-}" && " $ONLY " != *" $1 "* ]]; then say "$1: not in ONLY"; return 1; fi
   if [[ -e "$RESULTS/$1/done" && "${REDO:-0}" != 1 ]]; then say "$1: done in an earlier call (REDO=1 runs it again)"; return 1; fi
   if (($(left) < $2)); then say "$1: NOT RUN: $(left) s left, it needs about $2 s; call PHASE=$PHASE again on the same warm host"; exit 0; fi
   mkdir -p "$RESULTS/$1"
@@ -96,7 +98,9 @@ if [[ "$PHASE" == P ]]; then
     should_run weights-8b 150 && { timeout 200 python3 tools/bench-gpu/make_weights.py "$CKPT8"; say "8B weights exit $?"; }
   fi
   should_run 8b-1gpu 200 && sweep 8b-1gpu "$CKPT8" --device cuda:0 --max-batch 256 --concurrency 1,128
+  # Two micro-batches in flight (the default pipeline depth of 2 shards), then one step at a time as before.
   should_run "8b-$TWO_NAME" 230 && sweep "8b-$TWO_NAME" "$CKPT8" "${TWO[@]}" --max-batch 256 --concurrency 1,128
+  should_run "8b-$TWO_NAME-depth1" 230 && sweep "8b-$TWO_NAME-depth1" "$CKPT8" "${TWO[@]}" --serve-arg=--pipeline-depth=1 --max-batch 256 --concurrency 1,128
   # A model of several shards replays no CUDA graphs (DeviceShardWorker captures one-shard models only): 1 GPU without
   # them too, so that the hand-off's cost shows apart from the graphs'.
   # (The last sweep of this phase: GRAPHS stays so.)
@@ -110,7 +114,7 @@ if [[ "$PHASE" == P ]]; then
       try { return JSON.parse(fs.readFileSync(`${dir}/server-sweep.json`, "utf8")).levels.find((l) => l.concurrency === c && l.completed > 0)?.output_throughput }
       catch { return undefined }
     }
-    const lines = [`| streams | 1 shard tok/s | ${process.argv[3]} tok/s | ratio | target (2 GPUs) |`, "|--:|--:|--:|--:|--:|"]
+    const lines = [`| streams | ${process.argv[4] ?? "1 shard"} tok/s | ${process.argv[3]} tok/s | ratio | target (2 GPUs) |`, "|--:|--:|--:|--:|--:|"]
     for (const [c, target] of [[1, 0.9], [128, 1.7]]) {
       const one = rate(process.argv[1], c), two = rate(process.argv[2], c)
       const ratio = one && two ? two / one : undefined
@@ -118,6 +122,8 @@ if [[ "$PHASE" == P ]]; then
     }
     console.log(lines.join("\n"))'
   "$NODE" -e "$RATIO_JS" "$RESULTS/8b-1gpu" "$RESULTS/8b-$TWO_NAME" "$TWO_LABEL" | tee "$RESULTS/8b-ratio.md"
+  say "2 shards: two micro-batches in flight against one step at a time"
+  "$NODE" -e "$RATIO_JS" "$RESULTS/8b-$TWO_NAME-depth1" "$RESULTS/8b-$TWO_NAME" "depth 2" "depth 1" | tee "$RESULTS/8b-depth-ratio.md"
   say "the same against 1 GPU without CUDA graphs (the 2-shard server replays none): the hand-off alone"
   "$NODE" -e "$RATIO_JS" "$RESULTS/8b-1gpu-nographs" "$RESULTS/8b-$TWO_NAME" "$TWO_LABEL" | tee "$RESULTS/8b-ratio-nographs.md"
   exit 0
