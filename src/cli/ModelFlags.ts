@@ -46,7 +46,7 @@ export const modelFlags = {
   },
   "pipeline-depth": {
     kind: "integer",
-    description: "steps on the shards at once (micro-batches: while shard k+1 runs one, shard k runs the next); default: the shard count; 1: one step at a time"
+    description: "steps on the shards at once (micro-batches: while shard k+1 runs one, shard k runs the next); default: on CUDA the number of distinct GPUs the shards are on, on the CPU the shard count; 1: one step at a time"
   },
   "max-batch": { kind: "integer", description: "most sequences decoding together (default 16)" },
   "context-length": { kind: "integer", description: "tokens per sequence (default: the model's, at most 8192)" },
