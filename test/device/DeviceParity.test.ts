@@ -10,16 +10,13 @@ import { afterAll, describe, expect, it } from "vitest"
 import { Llama3Adapter } from "../../src/adapters/llama3/Llama3Adapter.ts"
 import { Engine } from "../../src/core/Engine.ts"
 import type { GenerateRequest, GenerationEvent } from "../../src/core/Request.ts"
-import { type Device, parseDevice } from "../../src/core/shard/StepProtocol.ts"
 import { fixtureDir, readReference, relativeError } from "../support/fixtures.ts"
+import { deviceUnderTest } from "../support/greedyRuns.ts"
 
 process.env.CHORUS_CACHE ??= fs.mkdtempSync(path.join(os.tmpdir(), "chorus-device-"))
-const parsed: Device = parseDevice(process.env.CHORUS_TEST_DEVICE ?? "cuda") ?? { kind: "cuda", id: 0 }
 // CHORUS_TEST_CUDA_GRAPHS=1: greedy decode steps replay a captured CUDA graph (float16; float32 attention runs on
 // the CPU in ORT 1.29, so its graphs are not captured and it serves uncaptured).
-const device: Device = parsed.kind === "cuda" && process.env.CHORUS_TEST_CUDA_GRAPHS === "1"
-  ? { ...parsed, options: { enable_cuda_graph: "1" } }
-  : parsed
+const { parsed, device } = deviceUnderTest()
 
 const collect = (events: ReadonlyArray<GenerationEvent>) => ({
   tokens: events.flatMap((e) => (e._tag === "Token" ? [e.tokenId] : [])),

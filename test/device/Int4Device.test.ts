@@ -2,47 +2,23 @@
 // `paged` with CHORUS_TEST_ATTENTION=paged; CUDA graphs with CHORUS_TEST_CUDA_GRAPHS=1) compute the float model of
 // their dequantized weights. `npm run test:device` on a GPU host (CHORUS_TEST_DEVICE=cuda, the default) or here on
 // the CPU (CHORUS_TEST_DEVICE=cpu, the same addon with the CPU execution provider).
-import { Effect, ManagedRuntime, Stream } from "effect"
 import * as fs from "node:fs"
 import * as os from "node:os"
 import * as path from "node:path"
 import { afterAll, describe, expect, it } from "vitest"
-import { Llama3Adapter, type Llama3Options } from "../../src/adapters/llama3/Llama3Adapter.ts"
+import type { Llama3Options } from "../../src/adapters/llama3/Llama3Adapter.ts"
 import { defaultInt4 } from "../../src/adapters/llama3/Quantization.ts"
-import { Engine } from "../../src/core/Engine.ts"
-import type { GenerateRequest, GenerationEvent } from "../../src/core/Request.ts"
-import { type Device, parseDevice } from "../../src/core/shard/StepProtocol.ts"
 import { dequantizedFixture } from "../support/dequantizedFixture.ts"
 import { fixtureDir, readReference, relativeError } from "../support/fixtures.ts"
+import { deviceUnderTest, runGreedy } from "../support/greedyRuns.ts"
 
 const root = fs.mkdtempSync(path.join(os.tmpdir(), "chorus-int4-device-"))
 process.env.CHORUS_CACHE ??= path.join(root, "cache")
 afterAll(() => fs.rmSync(root, { recursive: true, force: true }))
-const parsed: Device = parseDevice(process.env.CHORUS_TEST_DEVICE ?? "cuda") ?? { kind: "cuda", id: 0 }
-const device: Device = parsed.kind === "cuda" && process.env.CHORUS_TEST_CUDA_GRAPHS === "1"
-  ? { ...parsed, options: { enable_cuda_graph: "1" } }
-  : parsed
+const { device } = deviceUnderTest()
 const halfAttention = process.env.CHORUS_TEST_ATTENTION === "paged" ? "paged" : "fused"
-
-const collect = (events: ReadonlyArray<GenerationEvent>) => ({
-  tokens: events.flatMap((e) => (e._tag === "Token" ? [e.tokenId] : [])),
-  logits: events.flatMap((e) => (e._tag === "Started" && e.promptLogits !== undefined ? [e.promptLogits] : []))[0]!
-})
-const greedy = (tokenIds: ReadonlyArray<number>): GenerateRequest => ({
-  input: { type: "tokens", tokenIds },
-  maxTokens: 16,
-  sampling: { temperature: 0 },
-  ignoreEos: true,
-  promptLogits: "last"
-})
-const runAll = async (options: Llama3Options, prompts: ReadonlyArray<ReadonlyArray<number>>) => {
-  const runtime = ManagedRuntime.make(Engine.layer(Llama3Adapter, options, { device, nativeRuntime: true, maxNumSeqs: 4, maxNumBatchedTokens: 512 }))
-  try {
-    return await Promise.all(prompts.map((p) => runtime.runPromise(Engine.use((e) => Stream.runCollect(e.generate(greedy(p)))).pipe(Effect.map(collect)))))
-  } finally {
-    await runtime.dispose()
-  }
-}
+const runAll = (options: Llama3Options, prompts: ReadonlyArray<ReadonlyArray<number>>) =>
+  runGreedy(options, { device, nativeRuntime: true, maxNumSeqs: 4, maxNumBatchedTokens: 512 }, prompts, { promptLogits: "last", concurrent: true })
 
 describe.each([
   ["tiny-llama3-a", "float32", defaultInt4],

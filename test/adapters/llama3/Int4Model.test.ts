@@ -1,6 +1,6 @@
 // 4-bit models end to end on the CPU: the int4 graphs compute exactly the float model of their dequantized weights,
 // their error against the float model stays within measured bounds, and the conversion cache keeps both.
-import { Effect, ManagedRuntime, Stream } from "effect"
+import { Effect } from "effect"
 import * as fs from "node:fs"
 import * as os from "node:os"
 import * as path from "node:path"
@@ -10,11 +10,10 @@ import { buildShardGraph } from "../../../src/adapters/llama3/GraphBuilder.ts"
 import { Llama3Adapter } from "../../../src/adapters/llama3/Llama3Adapter.ts"
 import { loadLlamaConfig } from "../../../src/adapters/llama3/LlamaConfig.ts"
 import { defaultInt4 } from "../../../src/adapters/llama3/Quantization.ts"
-import { Engine } from "../../../src/core/Engine.ts"
-import type { GenerateRequest, GenerationEvent } from "../../../src/core/Request.ts"
 import { measureQuantError, summarize } from "../../../tools/quant/QuantError.ts"
 import { dequantizedFixture } from "../../support/dequantizedFixture.ts"
 import { fixtureDir, readReference, relativeError } from "../../support/fixtures.ts"
+import { runGreedy } from "../../support/greedyRuns.ts"
 
 const root = fs.mkdtempSync(path.join(os.tmpdir(), "chorus-int4-"))
 afterAll(() => fs.rmSync(root, { recursive: true, force: true }))
@@ -30,27 +29,8 @@ afterEach(() => {
   else process.env.CHORUS_CACHE = savedCache
 })
 
-const collect = (events: ReadonlyArray<GenerationEvent>) => ({
-  tokens: events.flatMap((e) => (e._tag === "Token" ? [e.tokenId] : [])),
-  logits: events.flatMap((e) => (e._tag === "Started" && e.promptLogits !== undefined ? [e.promptLogits] : []))[0]!
-})
-const greedyAll = (tokenIds: ReadonlyArray<number>): GenerateRequest => ({
-  input: { type: "tokens", tokenIds },
-  maxTokens: 16,
-  sampling: { temperature: 0 },
-  ignoreEos: true,
-  promptLogits: "all"
-})
-const runAll = async (options: Parameters<typeof Llama3Adapter.load>[0], prompts: ReadonlyArray<ReadonlyArray<number>>) => {
-  const runtime = ManagedRuntime.make(Engine.layer(Llama3Adapter, options, { maxNumSeqs: 4, maxNumBatchedTokens: 128 }))
-  try {
-    const out = []
-    for (const p of prompts) out.push(await runtime.runPromise(Engine.use((e) => Stream.runCollect(e.generate(greedyAll(p)))).pipe(Effect.map(collect))))
-    return out
-  } finally {
-    await runtime.dispose()
-  }
-}
+const runAll = (options: Parameters<typeof Llama3Adapter.load>[0], prompts: ReadonlyArray<ReadonlyArray<number>>) =>
+  runGreedy(options, { maxNumSeqs: 4, maxNumBatchedTokens: 128 }, prompts, { promptLogits: "all", concurrent: false })
 
 describe.each([
   ["tiny-llama3-a", { ...defaultInt4 }],

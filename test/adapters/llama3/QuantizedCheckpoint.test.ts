@@ -1,7 +1,7 @@
 // AWQ and GPTQ checkpoints (synthetic, packed as the reference code packs them: test/support/quantizedCheckpoint.ts)
 // load losslessly: the model Chorus builds from them computes what the float model of their reference dequantization
 // computes; what cannot map onto MatMulNBits is refused with a message that says why.
-import { Effect, ManagedRuntime, Stream } from "effect"
+import { Effect } from "effect"
 import * as fs from "node:fs"
 import * as os from "node:os"
 import * as path from "node:path"
@@ -12,9 +12,8 @@ import { Llama3Adapter } from "../../../src/adapters/llama3/Llama3Adapter.ts"
 import { loadLlamaConfig, parseLlamaConfig } from "../../../src/adapters/llama3/LlamaConfig.ts"
 import { dequantizeInt4 } from "../../../src/adapters/llama3/MatMulNBitsPacking.ts"
 import { defaultInt4 } from "../../../src/adapters/llama3/Quantization.ts"
-import { Engine } from "../../../src/core/Engine.ts"
-import type { GenerateRequest, GenerationEvent } from "../../../src/core/Request.ts"
 import { fixtureDir, readReference, relativeError } from "../../support/fixtures.ts"
+import { runGreedy } from "../../support/greedyRuns.ts"
 import {
   dequantizeAwq,
   dequantizeGptq,
@@ -37,27 +36,8 @@ afterEach(() => {
   else process.env.CHORUS_CACHE = savedCache
 })
 
-const collect = (events: ReadonlyArray<GenerationEvent>) => ({
-  tokens: events.flatMap((e) => (e._tag === "Token" ? [e.tokenId] : [])),
-  logits: events.flatMap((e) => (e._tag === "Started" && e.promptLogits !== undefined ? [e.promptLogits] : []))[0]!
-})
-const greedyAll = (tokenIds: ReadonlyArray<number>): GenerateRequest => ({
-  input: { type: "tokens", tokenIds },
-  maxTokens: 16,
-  sampling: { temperature: 0 },
-  ignoreEos: true,
-  promptLogits: "all"
-})
-const runAll = async (options: Parameters<typeof Llama3Adapter.load>[0], prompts: ReadonlyArray<ReadonlyArray<number>>) => {
-  const runtime = ManagedRuntime.make(Engine.layer(Llama3Adapter, options, { maxNumSeqs: 4, maxNumBatchedTokens: 128 }))
-  try {
-    const out = []
-    for (const p of prompts) out.push(await runtime.runPromise(Engine.use((e) => Stream.runCollect(e.generate(greedyAll(p)))).pipe(Effect.map(collect))))
-    return out
-  } finally {
-    await runtime.dispose()
-  }
-}
+const runAll = (options: Parameters<typeof Llama3Adapter.load>[0], prompts: ReadonlyArray<ReadonlyArray<number>>) =>
+  runGreedy(options, { maxNumSeqs: 4, maxNumBatchedTokens: 128 }, prompts, { promptLogits: "all", concurrent: false })
 
 const awq: QuantScheme = { method: "awq" }
 const gptqV1Asym: QuantScheme = { method: "gptq", format: "gptq", sym: false }
