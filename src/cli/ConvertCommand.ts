@@ -8,7 +8,7 @@ import { describeCheckpointQuant } from "../adapters/llama3/LlamaConfig.ts"
 import { describeQuant } from "../adapters/llama3/Quantization.ts"
 import { ValidationError } from "../core/Errors.ts"
 import type { FlagSpecs, ParsedFlags } from "./Args.ts"
-import { quantFlags, resolveQuantFlags } from "./ModelFlags.ts"
+import { quantFlags, resolveQuantFlags, resolveSplitFlags, splitFlags } from "./ModelFlags.ts"
 import { ProgressBar } from "./ProgressBar.ts"
 
 export const convertFlags = {
@@ -17,7 +17,8 @@ export const convertFlags = {
   dtype: { kind: "string", description: "float32 | float16 | bfloat16 (default float32; bfloat16 runs with --device cuda)" },
   shards: { kind: "integer", description: "split the layers over N shards (default 1)" },
   "context-length": { kind: "integer", description: "longest sequence the graphs support (default min(model's, 8192))" },
-  ...quantFlags
+  ...quantFlags,
+  ...splitFlags
 } as const satisfies FlagSpecs
 
 export const runConvert = (flags: ParsedFlags<typeof convertFlags>) =>
@@ -31,13 +32,15 @@ export const runConvert = (flags: ParsedFlags<typeof convertFlags>) =>
     }
     if (flags.shards !== undefined && flags.shards < 1) return yield* bad("--shards", `--shards must be at least 1, got ${flags.shards}`)
     const quantize = yield* resolveQuantFlags(flags)
+    const { shards, layerSplit } = yield* resolveSplitFlags(flags, { dir: flags.model, dtype, shards: flags.shards, utilization: undefined })
     const bar = new ProgressBar("converting")
     const started = performance.now()
     const converted = yield* convertCheckpoint({
       modelDir: flags.model,
       outDir: flags.out,
       dtype,
-      shards: flags.shards ?? 1,
+      shards: shards ?? 1,
+      ...(layerSplit === undefined ? {} : { layerSplit }),
       ...(flags["context-length"] === undefined ? {} : { maxContext: flags["context-length"] }),
       ...(quantize === undefined ? {} : { quantize }),
       onProgress: (p) => bar.update(p)

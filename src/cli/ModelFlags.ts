@@ -2,8 +2,11 @@
  * Flags shared by every command that loads a model, and how they become adapter and engine options.
  */
 import { Effect } from "effect"
+import { splitRanges } from "../adapters/llama3/Converter.ts"
 import type { Llama3Options } from "../adapters/llama3/Llama3Adapter.ts"
+import { loadLlamaConfig } from "../adapters/llama3/LlamaConfig.ts"
 import { defaultInt4, type Int4Settings } from "../adapters/llama3/Quantization.ts"
+import { type FloatDType, planShardsByMemory } from "../adapters/llama3/ShardMemory.ts"
 import { ValidationError } from "../core/Errors.ts"
 import type { EngineOptions } from "../core/Engine.ts"
 import { countGpus, GpuCountUnavailable } from "../core/native/GpuCount.ts"
@@ -35,6 +38,49 @@ export const resolveQuantFlags = (flags: ParsedFlags<typeof quantFlags>): Effect
     const head = flags["quant-lm-head"] ?? "on"
     if (head !== "on" && head !== "off") return yield* bad("--quant-lm-head", `--quant-lm-head must be on or off, got '${head}'`)
     return { ...defaultInt4, blockSize: block, symmetric: flags["quant-symmetric"] === true, lmHead: head === "on" }
+  })
+
+/** How the layers are split over the shards, shared by the model-loading commands and `chorus convert`. */
+export const splitFlags = {
+  "layer-split": { kind: "list", description: "layers per shard, e.g. 44,36 (default: equal counts)" },
+  "gpu-memory": {
+    kind: "list",
+    description: "GiB of each shard's GPU (whole numbers), e.g. 80,48: splits the layers so that the smallest shard's KV room is largest (GPUs of different sizes; docs/multi-gpu.md)"
+  }
+} as const satisfies FlagSpecs
+
+/**
+ * `--layer-split` / `--gpu-memory` as layers per shard (undefined: equal counts) and the shard count they imply; a
+ * ValidationError names the flag. `--gpu-memory` reads the checkpoint's config.json to plan.
+ */
+export const resolveSplitFlags = (
+  flags: ParsedFlags<typeof splitFlags>,
+  model: { readonly dir: string | undefined; readonly dtype: FloatDType; readonly shards: number | undefined; readonly utilization: number | undefined }
+): Effect.Effect<{ readonly shards: number | undefined; readonly layerSplit: ReadonlyArray<number> | undefined }, ValidationError> =>
+  Effect.gen(function*() {
+    const split = flags["layer-split"]
+    const memory = flags["gpu-memory"]
+    if (split === undefined && memory === undefined) return { shards: model.shards, layerSplit: undefined }
+    if (split !== undefined && memory !== undefined) return yield* bad("--gpu-memory", "give --layer-split or --gpu-memory, not both")
+    const [flag, values] = split !== undefined ? ["--layer-split", split] as const : ["--gpu-memory", memory!] as const
+    if (model.shards !== undefined && values.length !== model.shards) {
+      return yield* bad(flag, `${flag} lists ${values.length} value(s) for ${model.shards} shard(s); give one per shard`)
+    }
+    if (model.dir === undefined) return yield* bad(flag, `${flag} needs --model (the split is checked against its layers)`)
+    const config = yield* loadLlamaConfig(model.dir).pipe(Effect.mapError((e) => new ValidationError({ field: flag, message: `${flag}: ${e.message}` })))
+    if (split !== undefined) {
+      const layers = yield* Effect.try({
+        try: () => splitRanges(config.numLayers, split.length, split).map(([l0, l1]) => l1 - l0),
+        catch: (e) => new ValidationError({ field: flag, message: `--layer-split: ${e instanceof Error ? e.message : String(e)}` })
+      })
+      return { shards: layers.length, layerSplit: layers }
+    }
+    if (memory!.some((g) => !(g > 0))) return yield* bad(flag, `--gpu-memory takes positive GiB per GPU, got ${memory!.join(",")}`)
+    const layers = yield* Effect.try({
+      try: () => planShardsByMemory(config, model.dtype, memory!.map((g) => g * 2 ** 30), model.utilization ?? 0.9),
+      catch: (e) => new ValidationError({ field: flag, message: `--gpu-memory: ${e instanceof Error ? e.message : String(e)}` })
+    })
+    return { shards: layers.length, layerSplit: layers }
   })
 
 export const modelFlags = {
@@ -83,7 +129,8 @@ export const modelFlags = {
     repeatable: true,
     description: "with --device cuda: a CUDA EP option KEY=VALUE (gpu_mem_limit, arena_extend_strategy, cudnn_conv_algo_search, use_tf32, ...)"
   },
-  ...quantFlags
+  ...quantFlags,
+  ...splitFlags
 } as const satisfies FlagSpecs
 
 /**
@@ -123,7 +170,12 @@ export const resolveModelFlags = (flags: ParsedFlags<typeof modelFlags>, gpuCoun
     if (flags.shards !== undefined && listedGpus > 1 && flags.shards < listedGpus) {
       return yield* bad("--shards", `--shards ${flags.shards} leaves GPUs idle: --device ${flags.device} lists ${listedGpus}; use at least ${listedGpus} shards or list fewer GPUs`)
     }
-    const shards = flags.shards ?? (listedGpus > 1 ? listedGpus : undefined)
+    const { shards, layerSplit } = yield* resolveSplitFlags(flags, {
+      dir: flags.model,
+      dtype,
+      shards: flags.shards ?? (listedGpus > 1 ? listedGpus : undefined),
+      utilization: util
+    })
     const depth = flags["pipeline-depth"]
     if (depth !== undefined && depth < 1) return yield* bad("--pipeline-depth", `--pipeline-depth must be at least 1, got ${depth}`)
     if (depth !== undefined && depth > 1 && (shards ?? 1) === 1) {
@@ -165,6 +217,7 @@ export const resolveModelFlags = (flags: ParsedFlags<typeof modelFlags>, gpuCoun
       modelDir: flags.model,
       dtype,
       shards,
+      ...(layerSplit === undefined ? {} : { layerSplit }),
       maxContext: flags["context-length"],
       attention,
       ...(quantize === undefined ? {} : { quantize }),

@@ -110,6 +110,11 @@ export interface ConvertOptions {
   readonly outDir?: string
   readonly dtype: ModelDType
   readonly shards: number
+  /**
+   * Layers per shard (`shards` entries, summing to the model's layers), e.g. from `planShardsByMemory` for GPUs of
+   * different sizes. Default: equal counts (`planShards`).
+   */
+  readonly layerSplit?: ReadonlyArray<number>
   /** Defaults to min(max_position_embeddings, 8192). */
   readonly maxContext?: number
   /** `rotary-outside` (default, for onnxruntime-node), `fused` (device runtime, row cache) or `paged` (device runtime, block pool; float16/bfloat16). */
@@ -149,6 +154,26 @@ export const planShards = (numLayers: number, n: number): Array<readonly [number
 
 const message = (cause: unknown): string => (cause instanceof Error ? cause.message : String(cause))
 const conversionError = (what: string) => (cause: unknown) => new ConversionError({ message: `${what}: ${message(cause)}` })
+
+/** Contiguous `[l0, l1)` ranges from layer counts per shard. */
+export const rangesOf = (layersPerShard: ReadonlyArray<number>): Array<readonly [number, number]> => {
+  const ranges: Array<readonly [number, number]> = []
+  let l0 = 0
+  for (const n of layersPerShard) {
+    ranges.push([l0, l0 + n])
+    l0 += n
+  }
+  return ranges
+}
+
+/** The ranges of an explicit split: `n` positive layer counts summing to `numLayers`, or a RangeError saying why not. */
+export const splitRanges = (numLayers: number, n: number, layers: ReadonlyArray<number>): Array<readonly [number, number]> => {
+  if (layers.length !== n) throw new RangeError(`a layer split for ${n} shard(s) needs ${n} counts, found ${layers.length} (${layers.join(",")})`)
+  if (layers.some((l) => !Number.isInteger(l) || l < 1)) throw new RangeError(`every shard needs at least one layer, found ${layers.join(",")}`)
+  const sum = layers.reduce((a, b) => a + b, 0)
+  if (sum !== numLayers) throw new RangeError(`a layer split must add up to the model's ${numLayers} layers, found ${layers.join(" + ")} = ${sum}`)
+  return rangesOf(layers)
+}
 
 // ---------------------------------------------------------------------------------------------- content key
 
@@ -213,6 +238,7 @@ interface KeyInput {
   readonly config: LlamaConfig
   readonly dtype: ModelDType
   readonly shards: number
+  readonly layerSplit: ReadonlyArray<number> | undefined
   readonly maxContext: number
   readonly attention: AttentionLayout
   readonly quantize: Int4Settings | undefined
@@ -229,6 +255,7 @@ const contentKey = (k: KeyInput): Effect.Effect<string, ConversionError> =>
       formatVersion: FORMAT_VERSION,
       dtype: k.dtype,
       shards: k.shards,
+      ...(k.layerSplit === undefined ? {} : { layerSplit: k.layerSplit }),
       maxContext: k.maxContext,
       attention: k.attention,
       // Only when set: float conversions keep the keys they had before quantization existed (no needless reconversion),
@@ -323,7 +350,13 @@ export const convertCheckpoint = (
         })
       )
     }
-    const ranges = yield* Effect.try({ try: () => planShards(config.numLayers, options.shards), catch: conversionError(`cannot split ${modelDir}`) })
+    const ranges = yield* Effect.try({
+      try: () => (options.layerSplit === undefined ? planShards(config.numLayers, options.shards) : splitRanges(config.numLayers, options.shards, options.layerSplit)),
+      catch: conversionError(`cannot split ${modelDir}`)
+    })
+    // Only a split other than the equal one is part of the key, so equal splits keep the keys they always had.
+    const equal = planShards(config.numLayers, options.shards)
+    const layerSplit = ranges.some((r, i) => r[0] !== equal[i]![0] || r[1] !== equal[i]![1]) ? ranges.map(([l0, l1]) => l1 - l0) : undefined
     const attention = options.attention ?? "rotary-outside"
     const threads = options.threads ?? defaultConvertThreads()
     if (!Number.isInteger(threads) || threads < 0) {
@@ -338,7 +371,7 @@ export const convertCheckpoint = (
     yield* validateTensors(source, config, graphTensors(graphs))
 
     const cacheDir = chorusCacheDir()
-    const key = yield* contentKey({ cacheDir, modelDir, files: source.files, config, dtype: options.dtype, shards: options.shards, maxContext, attention, quantize })
+    const key = yield* contentKey({ cacheDir, modelDir, files: source.files, config, dtype: options.dtype, shards: options.shards, layerSplit, maxContext, attention, quantize })
     const manifest: ModelManifest = {
       formatVersion: FORMAT_VERSION,
       key,

@@ -25,6 +25,8 @@ export interface Llama3Options {
   readonly dtype?: "float32" | "float16" | "bfloat16" | undefined
   /** Split the layers over this many shards (worker threads; GPUs later). Default 1. */
   readonly shards?: number | undefined
+  /** Layers per shard (e.g. `planShardsByMemory` for GPUs of different sizes); default: equal counts. */
+  readonly layerSplit?: ReadonlyArray<number> | undefined
   /** Longest sequence the graphs support; default min(max_position_embeddings, 8192). */
   readonly maxContext?: number | undefined
   readonly onProgress?: ((progress: ConvertProgress) => void) | undefined
@@ -51,7 +53,8 @@ export const Llama3Adapter: ModelAdapter<Llama3Options> = {
       const converted = yield* convertCheckpoint({
         modelDir,
         dtype: options.dtype ?? "float32",
-        shards: options.shards ?? 1,
+        shards: options.shards ?? options.layerSplit?.length ?? 1,
+        ...(options.layerSplit === undefined ? {} : { layerSplit: options.layerSplit }),
         ...(options.maxContext === undefined ? {} : { maxContext: options.maxContext }),
         ...(options.attention === undefined ? {} : { attention: options.attention }),
         ...(options.quantize === undefined ? {} : { quantize: options.quantize }),

@@ -6,6 +6,8 @@
  * not counted: the device runtime measures those after a warm-up step and sizes the KV pool from what is left.
  */
 import { planShards } from "./Converter.ts"
+
+export { rangesOf } from "./Converter.ts"
 import type { LlamaConfig } from "./LlamaConfig.ts"
 
 export type FloatDType = "float32" | "float16" | "bfloat16"
@@ -53,3 +55,52 @@ export const shardMemoryPlan = (c: LlamaShape, shards: number, dtype: FloatDType
  */
 export const kvTokenCeiling = (shard: ShardMemory, gpuBytes: number, utilization: number): number =>
   Math.max(0, Math.floor((gpuBytes * utilization - shard.weightBytes) / shard.kvBytesPerToken))
+
+/**
+ * Layers per shard for GPUs of different sizes (`gpuBytes[i]`: shard i's GPU): the contiguous split whose smallest
+ * KV pool is largest, since the engine's pool is the smallest over the shards (each holds every sequence's keys for
+ * its own layers). Shard i may use `gpuBytes[i] * utilization` for its weights (the embedding table on the first,
+ * the final norm and LM head on the last) and `tokens` of KV for its layers; the largest `tokens` for which the
+ * layers fit in order is found by bisection. Throws where the weights alone do not fit.
+ */
+export const planShardsByMemory = (c: LlamaShape, dtype: FloatDType, gpuBytes: ReadonlyArray<number>, utilization: number): Array<number> => {
+  const n = gpuBytes.length
+  if (n < 1 || n > c.numLayers) throw new RangeError(`a split needs 1 to ${c.numLayers} shards (the number of layers), found ${n}`)
+  const b = bytesPerElement(dtype)
+  const layerBytes = layerElements(c) * b
+  const kvPerLayerToken = 2 * c.numKvHeads * c.headDim * b
+  const table = c.vocabSize * c.hiddenSize * b
+  const fixed = (i: number) => (i === 0 ? table : 0) + (i === n - 1 ? table + c.hiddenSize * b : 0)
+  // Layers shard i can hold at `tokens` of KV, at least 1.
+  const room = (i: number, tokens: number) => Math.floor((gpuBytes[i]! * utilization - fixed(i)) / (layerBytes + tokens * kvPerLayerToken))
+  const split = (tokens: number): Array<number> | undefined => {
+    const out: Array<number> = []
+    let left = c.numLayers
+    for (let i = 0; i < n; i++) {
+      const later = n - 1 - i // every later shard needs a layer
+      const take = i === n - 1 ? left : Math.min(room(i, tokens), left - later)
+      if (take < 1 || take > room(i, tokens)) return undefined
+      out.push(take)
+      left -= take
+    }
+    return left === 0 ? out : undefined
+  }
+  let best = split(0)
+  if (best === undefined) {
+    const need = gpuBytes.map((_, i) => fixed(i)).reduce((a, x) => a + x, 0) + c.numLayers * layerBytes
+    throw new RangeError(
+      `the weights (${(need / 1e9).toFixed(1)} GB) do not fit ${n} GPU(s) of ${gpuBytes.map((g) => (g / 2 ** 30).toFixed(0)).join(", ")} GiB at utilization ${utilization}`
+    )
+  }
+  let lo = 0
+  let hi = Math.max(1, Math.ceil(Math.max(...gpuBytes) / kvPerLayerToken))
+  while (lo < hi) {
+    const mid = Math.floor((lo + hi + 1) / 2)
+    const s = split(mid)
+    if (s !== undefined) {
+      lo = mid
+      best = s
+    } else hi = mid - 1
+  }
+  return best
+}

@@ -6,7 +6,7 @@ import { spawnSync } from "node:child_process"
 import * as path from "node:path"
 import { describe, expect, it } from "vitest"
 import { parseLlamaConfig } from "../../../src/adapters/llama3/LlamaConfig.ts"
-import { kvTokenCeiling, layerElements, shardMemoryPlan, shardWeightBytes } from "../../../src/adapters/llama3/ShardMemory.ts"
+import { kvTokenCeiling, layerElements, planShardsByMemory, rangesOf, shardMemoryPlan, shardWeightBytes } from "../../../src/adapters/llama3/ShardMemory.ts"
 
 const makeWeights = path.resolve(import.meta.dirname, "../../../tools/bench-gpu/make_weights.py")
 
@@ -74,5 +74,55 @@ describe("shardWeightBytes", () => {
     expect(shardWeightBytes(tiny, [0, 1], "float32")).toBe(4 * (40 + perLayer))
     expect(shardWeightBytes(tiny, [1, 2], "float32")).toBe(4 * (perLayer + 40 + 4))
     expect(shardWeightBytes(tiny, [0, 2], "bfloat16")).toBe(2 * (40 + 2 * perLayer + 40 + 4))
+  })
+})
+
+describe("planShardsByMemory for the 70B shape", () => {
+  const { config } = dryRun("--shape", "70b")
+  /** The engine's pool: the smallest KV ceiling over the shards of a split. */
+  const poolOf = (split: ReadonlyArray<number>, gpus: ReadonlyArray<number>) =>
+    Math.min(...rangesOf(split).map((layers, i) => {
+      const kvBytesPerToken = 2 * (layers[1] - layers[0]) * 8 * 128 * 2
+      return kvTokenCeiling({ layers, weightBytes: shardWeightBytes(config, layers, "float16"), kvBytesPerToken }, gpus[i]!, 0.9)
+    }))
+
+  it("equal GPUs, two shards: the equal split (each half holds one table)", () => {
+    expect(planShardsByMemory(config, "float16", [80 * GiB, 80 * GiB], 0.9)).toEqual([40, 40])
+  })
+
+  it("equal GPUs, four and eight shards: the equal split (a 1.7 GB layer moved off a table's shard costs the other more)", () => {
+    expect(planShardsByMemory(config, "float16", Array(4).fill(48 * GiB), 0.9)).toEqual([20, 20, 20, 20])
+    expect(planShardsByMemory(config, "float16", Array(8).fill(24 * GiB), 0.9)).toEqual(Array(8).fill(10))
+  })
+
+  it("three unequal GPUs: every layer placed, and no split of them has a larger smallest pool", () => {
+    const gpus = [80 * GiB, 48 * GiB, 48 * GiB]
+    const split = planShardsByMemory(config, "float16", gpus, 0.9)
+    expect(split.reduce((a, b) => a + b, 0)).toBe(80)
+    expect(split[0]!).toBeGreaterThan(split[1]!)
+    const best = poolOf(split, gpus)
+    for (let a = 1; a < 79; a++) {
+      for (let b = 1; a + b < 80; b++) {
+        const other = [a, b, 80 - a - b]
+        const fits = rangesOf(other).every((layers, i) => shardWeightBytes(config, layers, "float16") <= gpus[i]! * 0.9)
+        if (fits) expect(poolOf(other, gpus)).toBeLessThanOrEqual(best)
+      }
+    }
+  })
+
+  it("unequal GPUs: the larger one takes more layers; the split keeps the best smallest pool of every split", () => {
+    const gpus = [96 * GiB, 64 * GiB]
+    const split = planShardsByMemory(config, "float16", gpus, 0.9)
+    expect(split[0]!).toBeGreaterThan(split[1]!)
+    const best = poolOf(split, gpus)
+    for (let a = 1; a < 80; a++) {
+      const other = [a, 80 - a]
+      const fits = rangesOf(other).every((layers, i) => shardWeightBytes(config, layers, "float16") <= gpus[i]! * 0.9)
+      if (fits) expect(poolOf(other, gpus)).toBeLessThanOrEqual(best)
+    }
+  })
+
+  it("weights that do not fit are refused, with the sizes", () => {
+    expect(() => planShardsByMemory(config, "float16", [24 * GiB, 24 * GiB], 0.9)).toThrow(/do not fit 2 GPU\(s\) of 24, 24 GiB/)
   })
 })
