@@ -474,39 +474,19 @@ export const buildShardGraph = (config: LlamaConfig, options: ShardOptions): Sha
       node({ op: "Reshape", inputs: [TensorNames.logits, "mask_logit_rows_shape"], outputs: ["mask_logit_rows"], name: "mask_logit_rows" })
       node({ op: "Reshape", inputs: [TensorNames.logits, "mask_flat_shape"], outputs: ["mask_logits_flat"], name: "mask_logits_flat" })
       node({ op: "Reshape", inputs: [TensorNames.greedyToken, "mask_flat_shape"], outputs: ["mask_greedy_flat"], name: "mask_greedy_flat" })
-      // ORT's ArgMax over 0 rows returns a wrongly shaped result, so each kind gets one dummy row more: it reads row 0
-      // and is written to slot N, one past the last row, which is dropped at the end.
-      inline.push(
-        { name: "mask_zero", type: "int64", dims: [1], values: [0] },
-        { name: "mask_one", type: "int64", dims: [1], values: [1] },
-        { name: "mask_zero_2d", type: "int64", dims: [1, 1], values: [0] },
-        { name: "mask_dummy_words", type: "int32", dims: [1, words], values: new Array<number>(words).fill(0) }
-      )
-      node({ op: "Shape", inputs: ["mask_greedy_flat"], outputs: ["mask_n"], name: "mask_n" })
-      node({ op: "Concat", inputs: ["mask_greedy_flat", "mask_zero"], outputs: ["mask_greedy_ext"], attributes: { axis: 0 }, name: "mask_greedy_ext" })
-
-      // sparse rows: logits[row, id] for every listed id ([sparse_rows, K], as flat indices row * vocab + id), their
-      // first maximum, its id (flat index mod vocab)
+      // sparse rows: logits[row, id] for every listed id ([sparse_rows, K], gathered at flat indices row * vocab + id),
+      // their first maximum, its id
       node({ op: "Unsqueeze", inputs: [TensorNames.allowedRows, "mask_axis"], outputs: ["allowed_rows_2d"], name: "allowed_rows_2d" })
       node({ op: "Mul", inputs: ["allowed_rows_2d", "mask_vocab"], outputs: ["allowed_row_base"], name: "allowed_row_base" })
       node({ op: "Add", inputs: [TensorNames.allowedIds, "allowed_row_base"], outputs: ["allowed_flat"], name: "allowed_flat" })
-      node({ op: "Shape", inputs: [TensorNames.allowedIds], outputs: ["allowed_k"], attributes: { start: 1 }, name: "allowed_k" })
-      node({ op: "Concat", inputs: ["mask_one", "allowed_k"], outputs: ["allowed_dummy_shape"], attributes: { axis: 0 }, name: "allowed_dummy_shape" })
-      node({ op: "Expand", inputs: ["mask_zero_2d", "allowed_dummy_shape"], outputs: ["allowed_dummy"], name: "allowed_dummy" })
-      node({ op: "Concat", inputs: ["allowed_flat", "allowed_dummy"], outputs: ["allowed_flat_ext"], attributes: { axis: 0 }, name: "allowed_flat_ext" })
-      node({ op: "Concat", inputs: [TensorNames.allowedRows, "mask_n"], outputs: ["allowed_rows_ext"], attributes: { axis: 0 }, name: "allowed_rows_ext" })
-      node({ op: "Gather", inputs: ["mask_logits_flat", "allowed_flat_ext"], outputs: ["allowed_logits"], attributes: { axis: 0 }, name: "allowed_logits" })
+      node({ op: "Gather", inputs: ["mask_logits_flat", "allowed_flat"], outputs: ["allowed_logits"], attributes: { axis: 0 }, name: "allowed_logits" })
       node({ op: "ArgMax", inputs: ["allowed_logits"], outputs: ["allowed_best"], attributes: { axis: 1, keepdims: 1, select_last_index: 0 }, name: "allowed_best" })
-      node({ op: "GatherElements", inputs: ["allowed_flat_ext", "allowed_best"], outputs: ["allowed_best_flat"], attributes: { axis: 1 }, name: "allowed_best_flat" })
-      node({ op: "Mod", inputs: ["allowed_best_flat", "mask_vocab"], outputs: ["allowed_token_2d"], name: "allowed_token_2d" })
+      node({ op: "GatherElements", inputs: [TensorNames.allowedIds, "allowed_best"], outputs: ["allowed_token_2d"], attributes: { axis: 1 }, name: "allowed_token_2d" })
       node({ op: "Squeeze", inputs: ["allowed_token_2d", "mask_axis"], outputs: ["allowed_token"], name: "allowed_token" })
 
       // dense rows: those rows' logits plus their unpacked bitmask, ArgMax
-      node({ op: "Concat", inputs: [TensorNames.tokenBitmaskRows, "mask_zero"], outputs: ["dense_from"], attributes: { axis: 0 }, name: "dense_from" })
-      node({ op: "Concat", inputs: [TensorNames.tokenBitmaskRows, "mask_n"], outputs: ["dense_to"], attributes: { axis: 0 }, name: "dense_to" })
-      node({ op: "Concat", inputs: [TensorNames.tokenBitmask, "mask_dummy_words"], outputs: ["dense_bitmask"], attributes: { axis: 0 }, name: "dense_bitmask" })
-      node({ op: "Gather", inputs: ["mask_logit_rows", "dense_from"], outputs: ["dense_logits"], attributes: { axis: 0 }, name: "dense_logits" })
-      node({ op: "Cast", inputs: ["dense_bitmask"], outputs: ["mask_words"], attributes: { to: 12 }, name: "mask_words" })
+      node({ op: "Gather", inputs: ["mask_logit_rows", TensorNames.tokenBitmaskRows], outputs: ["dense_logits"], attributes: { axis: 0 }, name: "dense_logits" })
+      node({ op: "Cast", inputs: [TensorNames.tokenBitmask], outputs: ["mask_words"], attributes: { to: 12 }, name: "mask_words" })
       node({ op: "Cast", inputs: ["mask_byte_up"], outputs: ["mask_byte_up_u32"], attributes: { to: 12 }, name: "mask_byte_up_u32" })
       node({ op: "Cast", inputs: ["mask_byte_down"], outputs: ["mask_byte_down_u32"], attributes: { to: 12 }, name: "mask_byte_down_u32" })
       // [rows, words] -> [rows, words, 1] -> [rows, words, 4] bytes -> [rows, words, 4, 8] biases -> [rows, 32 * words]
@@ -523,16 +503,16 @@ export const buildShardGraph = (config: LlamaConfig, options: ShardOptions): Sha
         node({ op: "Slice", inputs: ["mask_bias_words", "mask_start", "mask_end", "mask_axis"], outputs: ["mask_bias"], name: "mask_bias" })
       }
       node({ op: "Add", inputs: ["dense_logits", "mask_bias"], outputs: ["dense_masked"], name: "dense_masked" })
-      node({ op: "ArgMax", inputs: ["dense_masked"], outputs: ["dense_token"], attributes: { axis: -1, keepdims: 0, select_last_index: 0 }, name: "dense_token" })
+      // (axis 1 with keepdims, then a Squeeze: ORT's ArgMax over 0 rows with axis -1 and no keepdims gives a wrong shape)
+      node({ op: "ArgMax", inputs: ["dense_masked"], outputs: ["dense_token_2d"], attributes: { axis: 1, keepdims: 1, select_last_index: 0 }, name: "dense_token_2d" })
+      node({ op: "Squeeze", inputs: ["dense_token_2d", "mask_axis"], outputs: ["dense_token"], name: "dense_token" })
 
-      // greedy ids, the dense rows' then the sparse rows' written over them, the dummy slot dropped, [batch, n_logits]
-      node({ op: "Unsqueeze", inputs: ["dense_to", "mask_axis"], outputs: ["dense_to_2d"], name: "dense_to_2d" })
-      node({ op: "Unsqueeze", inputs: ["allowed_rows_ext", "mask_axis"], outputs: ["allowed_to_2d"], name: "allowed_to_2d" })
-      node({ op: "ScatterND", inputs: ["mask_greedy_ext", "dense_to_2d", "dense_token"], outputs: ["mask_with_dense"], name: "mask_with_dense" })
-      node({ op: "ScatterND", inputs: ["mask_with_dense", "allowed_to_2d", "allowed_token"], outputs: ["mask_with_sparse"], name: "mask_with_sparse" })
-      node({ op: "Slice", inputs: ["mask_with_sparse", "mask_zero", "mask_n", "mask_zero"], outputs: ["mask_tokens_flat"], name: "mask_tokens_flat" })
+      // greedy ids, the dense rows' then the sparse rows' written over them, back to [batch, n_logits]
+      node({ op: "Unsqueeze", inputs: [TensorNames.tokenBitmaskRows, "mask_axis"], outputs: ["dense_rows_2d"], name: "dense_rows_2d" })
+      node({ op: "ScatterND", inputs: ["mask_greedy_flat", "dense_rows_2d", "dense_token"], outputs: ["mask_with_dense"], name: "mask_with_dense" })
+      node({ op: "ScatterND", inputs: ["mask_with_dense", "allowed_rows_2d", "allowed_token"], outputs: ["mask_with_sparse"], name: "mask_with_sparse" })
       node({ op: "Shape", inputs: [TensorNames.greedyToken], outputs: ["mask_token_shape"], name: "mask_token_shape" })
-      node({ op: "Reshape", inputs: ["mask_tokens_flat", "mask_token_shape"], outputs: [TensorNames.maskedGreedyToken], name: "masked_greedy" })
+      node({ op: "Reshape", inputs: ["mask_with_sparse", "mask_token_shape"], outputs: [TensorNames.maskedGreedyToken], name: "masked_greedy" })
     }
     const logitsDims: ReadonlyArray<string> = paged ? ["n_logits"] : ["batch", "n_logits"]
     outputs.unshift(
