@@ -130,7 +130,10 @@ export class GraphMaskBuilder {
   }
 }
 
-/** No constrained row: what a step that does not fetch `masked_greedy_token` feeds (the graph still declares the inputs). */
+/**
+ * No constrained row: what a step that does not fetch `masked_greedy_token` feeds (the graph still declares the
+ * inputs, and ORT runs their nodes whatever the fetches: on 0 rows they cost nothing).
+ */
 export const emptyGraphMask: GraphMask = {
   denseRows: new BigInt64Array(0),
   bitmask: new Int32Array(0),
