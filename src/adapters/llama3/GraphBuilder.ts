@@ -434,19 +434,20 @@ export const buildShardGraph = (config: LlamaConfig, options: ShardOptions): Sha
     }
     argmax(TensorNames.logits, TensorNames.greedyToken, "greedy")
 
-    // Constrained greedy rows (rotary-outside graphs, the CPU runtime's): the grammar's masks applied before an
-    // ArgMax of their own, so a structured-output step fetches ids, not 128k floats a row. ORT runs every node of the
-    // graph whatever the fetches (profiled: with one all-ones bitmask row broadcast over the batch, as plain steps fed
-    // before, a plain batch-64 step paid 7.5 ms for the unused masked ArgMax), so a step without constrained rows
-    // feeds empty lists (0 rows), and the mask costs nothing. The device layouts leave it out (they never constrain in the graph, and their EP's coverage of BitShift is
-    // unchecked). `masked_greedy_token` is `greedy_token` with two kinds of rows replaced:
+    // Constrained greedy rows (rotary-outside graphs, the CPU runtime's): the grammar's masks applied before an ArgMax of
+    // their own, so a structured-output step fetches ids, not 128k floats a row. ORT runs every node of the graph whatever
+    // the fetches (profiled: with one all-ones bitmask row broadcast over the batch, as plain steps fed before, a plain
+    // batch-64 step paid ~9 ms for the unused mask Add and masked ArgMax), so a step without constrained rows feeds empty
+    // lists (0 rows), and the mask costs nothing. The device layouts leave it out (they never constrain in the graph, and
+    // their EP's coverage of BitShift is unchecked). `masked_greedy_token` is `greedy_token` with two kinds of rows
+    // replaced:
     // - sparse rows (`allowed_rows`): the grammar allows few ids (an enum word, a number, between items), listed in
-    //   `allowed_ids` ascending, padded by repeating the row's last id; the row's ArgMax is that of the logits gathered
-    //   at those ids (the first maximum: the lowest id, as in the sampler). A gather of rows x K floats: microseconds.
+    //   `allowed_ids` ascending, padded by repeating the row's last id; the row's ArgMax is that of the logits gathered at
+    //   those ids (the first maximum: the lowest id, as in the sampler). A gather of rows x K floats: microseconds.
     // - dense rows (`token_bitmask_rows`): the grammar allows many ids (a free string); their `token_bitmask` rows are
-    //   unpacked over only those rows' logits. The unpacking works on bytes, not bits: shifts split each word into its
-    //   4 bytes, then a Gather from a 256 x 8 table gives every byte's 8 logit biases at once (0 or -Infinity), and an
-    //   Add applies them (per-bit shifts and a Where cost more than the logits copy they replace on a 2-core CPU).
+    //   unpacked over only those rows' logits. The unpacking works on bytes, not bits: shifts split each word into its 4
+    //   bytes, then a Gather from a 256 x 8 table gives every byte's 8 logit biases at once (0 or -Infinity), and an Add
+    //   applies them (per-bit shifts and a Where cost more than the logits copy they replace on a 2-core CPU).
     // Either list may be empty (0 rows). Before the sparse rows, all 64 rows of a batch-64 step went through the dense
     // unpacking: Gather 1.6 ms, Add 3.8 ms, shifts 0.7 ms of a ~16.5 ms step (ORT profile).
     if (!fused) {
