@@ -5,8 +5,8 @@
  * through each sequence's sampler. Logits never leave the shard unless the plan asks for them.
  */
 import { GrammarCompiler } from "../sampling/Grammar.ts"
-import { type GraphMask, GraphMaskBuilder } from "./GraphMask.ts"
 import { Sampler } from "../sampling/Sampler.ts"
+import { type GraphMask, GraphMaskBuilder } from "./GraphMask.ts"
 import type { NewSequence, ShardLoad, StepPlan, StepResult } from "./StepProtocol.ts"
 
 /**
