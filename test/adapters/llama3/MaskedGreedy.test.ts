@@ -1,6 +1,7 @@
-// The last shard's `masked_greedy_token` (TensorNames.ts): the ArgMax of the logits where `token_bitmask` allows the
-// id, computed inside the graph so constrained greedy steps fetch ids instead of logits. Checked against the same
-// masked ArgMax in JS over the graph's own logits, on a tiny checkpoint (rotary-outside graphs: the CPU runtime's).
+// The last shard's `masked_greedy_token` (TensorNames.ts): per constrained row, the ArgMax of the logits over the ids
+// its mask allows (an `allowed_ids` list or a `token_bitmask` row, `GraphMask.ts`), per other row `greedy_token`,
+// computed inside the graph so constrained greedy steps fetch ids instead of logits. Checked against the same masked
+// ArgMax in JS over the graph's own logits, on a tiny checkpoint (rotary-outside graphs: the CPU runtime's).
 import { Effect } from "effect"
 import * as fs from "node:fs"
 import * as os from "node:os"
