@@ -22,7 +22,7 @@ import { type LlamaConfig, loadLlamaConfig } from "./LlamaConfig.ts"
 import { Int4Settings } from "./Quantization.ts"
 
 /** Bumped whenever the graph layout changes: it is part of the cache key, so old conversions are not reused. */
-export const FORMAT_VERSION = 6
+export const FORMAT_VERSION = 7
 export const MANIFEST_FILE = "chorus-model.json"
 export const DEFAULT_MAX_CONTEXT = 8192
 

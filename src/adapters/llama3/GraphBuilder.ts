@@ -434,17 +434,30 @@ export const buildShardGraph = (config: LlamaConfig, options: ShardOptions): Sha
     }
     argmax(TensorNames.logits, TensorNames.greedyToken, "greedy")
 
-    // Constrained greedy rows (rotary-outside graphs, the CPU runtime's): the grammar's bitmask applied before an
-    // ArgMax of its own, so a structured-output step fetches ids, not 128k floats a row. A separate output, not a
-    // masked `greedy_token`: ORT runs only what the fetched outputs need, so unconstrained steps never unpack a mask.
-    // The device layouts leave it out (they never constrain in the graph, and their EP's coverage of BitShift is
-    // unchecked). The unpacking works on bytes, not bits: shifts split each word into its 4 bytes ([rows, words, 4],
-    // a million elements at batch 64), then a Gather from a 256 x 8 table gives every byte's 8 logit biases at once
-    // (0 or -Infinity). Per-bit shifts over [rows, 32 * words] cost more than the logits copy they replace on a
-    // 2-core CPU (ORT profile, batch 64: Gather 1.6 ms, the Add 3.8 ms, the shifts 0.7 ms).
+    // Constrained greedy rows (rotary-outside graphs, the CPU runtime's): the grammar's masks applied before an ArgMax of
+    // their own, so a structured-output step fetches ids, not 128k floats a row. ORT runs every node of the graph whatever
+    // the fetches (profiled: with one all-ones bitmask row broadcast over the batch, as plain steps fed before, a plain
+    // batch-64 step paid ~9 ms for the unused mask Add and masked ArgMax), so a step without constrained rows feeds empty
+    // lists (0 rows), and the mask costs nothing. The device layouts leave it out (they never constrain in the graph, and
+    // their EP's coverage of BitShift is unchecked). `masked_greedy_token` is `greedy_token` with two kinds of rows
+    // replaced:
+    // - sparse rows (`allowed_rows`): the grammar allows few ids (an enum word, a number, between items), listed in
+    //   `allowed_ids` ascending, padded by repeating the row's last id; the row's ArgMax is that of the logits gathered at
+    //   those ids (the first maximum: the lowest id, as in the sampler). A gather of rows x K floats: microseconds.
+    // - dense rows (`token_bitmask_rows`): the grammar allows many ids (a free string); their `token_bitmask` rows are
+    //   unpacked over only those rows' logits. The unpacking works on bytes, not bits: shifts split each word into its 4
+    //   bytes, then a Gather from a 256 x 8 table gives every byte's 8 logit biases at once (0 or -Infinity), and an Add
+    //   applies them (per-bit shifts and a Where cost more than the logits copy they replace on a 2-core CPU).
+    // Either list may be empty (0 rows). Before the sparse rows, all 64 rows of a batch-64 step went through the dense
+    // unpacking: Gather 1.6 ms, Add 3.8 ms, shifts 0.7 ms of a ~16.5 ms step (ORT profile).
     if (!fused) {
       const words = Math.ceil(V / 32)
-      inputs.push({ name: TensorNames.tokenBitmask, type: "int32", dims: ["mask_rows", words] })
+      inputs.push(
+        { name: TensorNames.tokenBitmask, type: "int32", dims: ["dense_rows", words] },
+        { name: TensorNames.tokenBitmaskRows, type: "int64", dims: ["dense_rows"] },
+        { name: TensorNames.allowedRows, type: "int64", dims: ["sparse_rows"] },
+        { name: TensorNames.allowedIds, type: "int64", dims: ["sparse_rows", "sparse_k"] }
+      )
       inline.push(
         // byte k of a word holds ids 8k .. 8k + 7 of its 32: (word << (24 - 8k)) >> 24 (opset 17 has no BitwiseAnd)
         { name: "mask_byte_up", type: "int32", dims: [1, 1, 4], values: [24, 16, 8, 0] },
@@ -452,9 +465,29 @@ export const buildShardGraph = (config: LlamaConfig, options: ShardOptions): Sha
         // row b: what byte value b adds to its 8 logits, lowest bit first: 0 where allowed, -Infinity elsewhere
         { name: "mask_byte_bias", type: "float32", dims: [256, 8], values: Array.from({ length: 256 * 8 }, (_, i) => ((Math.floor(i / 8) >> (i % 8)) & 1) === 1 ? 0 : Number.NEGATIVE_INFINITY) },
         { name: "mask_last_axis", type: "int64", dims: [1], values: [-1] },
-        { name: "mask_rows_shape", type: "int64", dims: [2], values: [0, -1] },
-        { name: "mask_axis", type: "int64", dims: [1], values: [1] }
+        // 0: the row count copied from the input (a -1 cannot be inferred when there are 0 rows)
+        { name: "mask_rows_shape", type: "int64", dims: [2], values: [0, 32 * words] },
+        { name: "mask_axis", type: "int64", dims: [1], values: [1] },
+        { name: "mask_logit_rows_shape", type: "int64", dims: [2], values: [-1, V] },
+        { name: "mask_flat_shape", type: "int64", dims: [1], values: [-1] },
+        { name: "mask_vocab", type: "int64", dims: [], values: [V] }
       )
+      // every selected position as one row: [batch * n_logits, vocab], its greedy id [batch * n_logits]
+      node({ op: "Reshape", inputs: [TensorNames.logits, "mask_logit_rows_shape"], outputs: ["mask_logit_rows"], name: "mask_logit_rows" })
+      node({ op: "Reshape", inputs: [TensorNames.logits, "mask_flat_shape"], outputs: ["mask_logits_flat"], name: "mask_logits_flat" })
+      node({ op: "Reshape", inputs: [TensorNames.greedyToken, "mask_flat_shape"], outputs: ["mask_greedy_flat"], name: "mask_greedy_flat" })
+      // sparse rows: logits[row, id] for every listed id ([sparse_rows, K], gathered at flat indices row * vocab + id),
+      // their first maximum, its id
+      node({ op: "Unsqueeze", inputs: [TensorNames.allowedRows, "mask_axis"], outputs: ["allowed_rows_2d"], name: "allowed_rows_2d" })
+      node({ op: "Mul", inputs: ["allowed_rows_2d", "mask_vocab"], outputs: ["allowed_row_base"], name: "allowed_row_base" })
+      node({ op: "Add", inputs: [TensorNames.allowedIds, "allowed_row_base"], outputs: ["allowed_flat"], name: "allowed_flat" })
+      node({ op: "Gather", inputs: ["mask_logits_flat", "allowed_flat"], outputs: ["allowed_logits"], attributes: { axis: 0 }, name: "allowed_logits" })
+      node({ op: "ArgMax", inputs: ["allowed_logits"], outputs: ["allowed_best"], attributes: { axis: 1, keepdims: 1, select_last_index: 0 }, name: "allowed_best" })
+      node({ op: "GatherElements", inputs: [TensorNames.allowedIds, "allowed_best"], outputs: ["allowed_token_2d"], attributes: { axis: 1 }, name: "allowed_token_2d" })
+      node({ op: "Squeeze", inputs: ["allowed_token_2d", "mask_axis"], outputs: ["allowed_token"], name: "allowed_token" })
+
+      // dense rows: those rows' logits plus their unpacked bitmask, ArgMax
+      node({ op: "Gather", inputs: ["mask_logit_rows", TensorNames.tokenBitmaskRows], outputs: ["dense_logits"], attributes: { axis: 0 }, name: "dense_logits" })
       node({ op: "Cast", inputs: [TensorNames.tokenBitmask], outputs: ["mask_words"], attributes: { to: 12 }, name: "mask_words" })
       node({ op: "Cast", inputs: ["mask_byte_up"], outputs: ["mask_byte_up_u32"], attributes: { to: 12 }, name: "mask_byte_up_u32" })
       node({ op: "Cast", inputs: ["mask_byte_down"], outputs: ["mask_byte_down_u32"], attributes: { to: 12 }, name: "mask_byte_down_u32" })
@@ -466,16 +499,22 @@ export const buildShardGraph = (config: LlamaConfig, options: ShardOptions): Sha
       node({ op: "Gather", inputs: ["mask_byte_bias", "mask_bytes"], outputs: ["mask_bias_4d"], attributes: { axis: 0 }, name: "mask_bias_4d" })
       node({ op: "Reshape", inputs: ["mask_bias_4d", "mask_rows_shape"], outputs: ["mask_bias_words"], name: "mask_bias_words" })
       // the last word's ids past the vocabulary dropped (none when it is a multiple of 32, as Llama 3's 128,256 is)
-      if (V % 32 === 0) node({ op: "Identity", inputs: ["mask_bias_words"], outputs: ["mask_bias_2d"], name: "mask_bias_2d" })
+      if (V % 32 === 0) node({ op: "Identity", inputs: ["mask_bias_words"], outputs: ["mask_bias"], name: "mask_bias" })
       else {
         inline.push({ name: "mask_start", type: "int64", dims: [1], values: [0] }, { name: "mask_end", type: "int64", dims: [1], values: [V] })
-        node({ op: "Slice", inputs: ["mask_bias_words", "mask_start", "mask_end", "mask_axis"], outputs: ["mask_bias_2d"], name: "mask_bias_2d" })
+        node({ op: "Slice", inputs: ["mask_bias_words", "mask_start", "mask_end", "mask_axis"], outputs: ["mask_bias"], name: "mask_bias" })
       }
-      // [rows, 1, vocab]: one row per batch row, or one all-ones row for all. An Add, not a Where: ORT's Where with a
-      // broadcast scalar cost 14 ms at batch 64 here, more than the logits copy it replaces.
-      node({ op: "Unsqueeze", inputs: ["mask_bias_2d", "mask_axis"], outputs: ["mask_bias"], name: "mask_bias" })
-      node({ op: "Add", inputs: [TensorNames.logits, "mask_bias"], outputs: ["masked_logits"], name: "masked_logits" })
-      argmax("masked_logits", TensorNames.maskedGreedyToken, "masked_greedy")
+      node({ op: "Add", inputs: ["dense_logits", "mask_bias"], outputs: ["dense_masked"], name: "dense_masked" })
+      // (axis 1 with keepdims, then a Squeeze: ORT's ArgMax over 0 rows with axis -1 and no keepdims gives a wrong shape)
+      node({ op: "ArgMax", inputs: ["dense_masked"], outputs: ["dense_token_2d"], attributes: { axis: 1, keepdims: 1, select_last_index: 0 }, name: "dense_token_2d" })
+      node({ op: "Squeeze", inputs: ["dense_token_2d", "mask_axis"], outputs: ["dense_token"], name: "dense_token" })
+
+      // greedy ids, the dense rows' then the sparse rows' written over them, back to [batch, n_logits]
+      node({ op: "Unsqueeze", inputs: [TensorNames.tokenBitmaskRows, "mask_axis"], outputs: ["dense_rows_2d"], name: "dense_rows_2d" })
+      node({ op: "ScatterND", inputs: ["mask_greedy_flat", "dense_rows_2d", "dense_token"], outputs: ["mask_with_dense"], name: "mask_with_dense" })
+      node({ op: "ScatterND", inputs: ["mask_with_dense", "allowed_rows_2d", "allowed_token"], outputs: ["mask_with_sparse"], name: "mask_with_sparse" })
+      node({ op: "Shape", inputs: [TensorNames.greedyToken], outputs: ["mask_token_shape"], name: "mask_token_shape" })
+      node({ op: "Reshape", inputs: ["mask_with_sparse", "mask_token_shape"], outputs: [TensorNames.maskedGreedyToken], name: "masked_greedy" })
     }
     const logitsDims: ReadonlyArray<string> = paged ? ["n_logits"] : ["batch", "n_logits"]
     outputs.unshift(

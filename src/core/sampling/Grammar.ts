@@ -298,7 +298,8 @@ export class GrammarMatcher {
 
   /**
    * Bit i of word i>>5 set: id i allowed (ceil(vocabSize / 32) words). Written into `into` when it is large enough
-   * (the sampler reuses one buffer: a step asks for up to one mask per sequence), else into a new array.
+   * (the sampler reuses one buffer: a step asks for up to one mask per sequence), its words past the mask zeroed,
+   * else into a new array.
    */
   nextTokenBitmask(into?: Int32Array): Int32Array {
     const vec = this.#native.GetNextTokenBitmask(this.#vocabSize)
@@ -306,6 +307,8 @@ export class GrammarMatcher {
       const view = binding.vecIntToView(vec)
       if (into === undefined || into.length < view.length) return view.slice()
       into.set(view)
+      // ids the matcher does not know (a padded vocabulary, a larger buffer) are disallowed
+      if (view.length < into.length) into.fill(0, view.length)
       return into
     } finally {
       vec.delete()

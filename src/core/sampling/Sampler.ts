@@ -108,6 +108,26 @@ const forcedByMask = (mask: Int32Array, vocab: number, stopTokenIds: ReadonlyArr
   return undefined
 }
 
+/**
+ * `forcedByMask` without counting the whole mask: the scan stops at the first allowed id that is not a stop token
+ * (then there is a choice), which for most constrained steps comes early. Same result as `forcedByMask`.
+ */
+const forcedStopOf = (mask: Int32Array, vocab: number, stopTokenIds: ReadonlyArray<number>): number | undefined => {
+  const usable = Math.min(Math.ceil(vocab / 32), mask.length)
+  const tail = vocab - (usable - 1) * 32
+  for (let w = 0; w < usable; w++) {
+    let bits = w === usable - 1 && tail < 32 ? mask[w]! & ((1 << tail) - 1) : mask[w]!
+    if (bits === 0) continue
+    for (const id of stopTokenIds) if ((id >> 5) === w) bits &= ~(1 << (id & 31))
+    if (bits !== 0) return undefined
+  }
+  // stop tokens alone, or nothing, allowed
+  for (const id of stopTokenIds) {
+    if (id < vocab && (id >> 5) < mask.length && ((mask[id >> 5]! >>> (id & 31)) & 1) === 1) return id
+  }
+  return stopTokenIds[0] ?? 0
+}
+
 const ensureScratch = (vocab: number): void => {
   if (vocab <= capacity) return
   capacity = vocab
@@ -380,11 +400,10 @@ export class Sampler {
     const grammar = this.#grammar
     if (grammar === undefined) throw new Error("Sampler.maskForGraph: no grammar")
     if (grammar.terminated) return this.#forcedStop(grammar, grammar.stopTokenIds[0] ?? 0)
-    // The matcher writes its own width: ids it does not know (a padded vocabulary) stay disallowed.
-    into.fill(0)
+    // The matcher writes its own width and zeroes the rest: ids it does not know (a padded vocabulary) stay disallowed.
     const mask = grammar.nextTokenBitmask(into)
     if (mask !== into) into.set(mask.subarray(0, into.length))
-    const forced = forcedByMask(into, vocab, grammar.stopTokenIds)
+    const forced = forcedStopOf(into, vocab, grammar.stopTokenIds)
     if (forced !== undefined) return this.#forcedStop(grammar, forced)
     this.#graphMasked++
     return undefined

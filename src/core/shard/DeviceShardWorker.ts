@@ -21,7 +21,7 @@
 import { type DeviceTensor, type HostTensor, NativeOrt, type NativeSession } from "../native/NativeOrt.ts"
 import { pagedInputs } from "./PagedInputs.ts"
 import { SamplerTable, StepOutputs } from "./SamplerTable.ts"
-import { allowAllRow, bitmaskWords, entryGroups, groupInputs, tokenOffsets } from "./StepInputs.ts"
+import { entryGroups, groupInputs, maskInputs, tokenOffsets } from "./StepInputs.ts"
 import type { ShardLoad, ShardLoadResult, StepPlan, StepResult } from "./StepProtocol.ts"
 import * as TensorNames from "./TensorNames.ts"
 
@@ -545,9 +545,9 @@ const rowStep = (s: RowShard, plan: StepPlan): StepResult => {
         feeds[TensorNames.seqlensK] = { data: seqlens, dims: [rows] }
         feeds[TensorNames.totalSequenceLength] = { data: Int32Array.of(total), dims: [] }
         if (cfg.isLast) feeds[TensorNames.logitsIndex] = { data: new BigInt64Array(rows), dims: [rows, 1] }
-        // The CPU's rotary-outside graph (this worker with `nativeRuntime`) has the grammar's mask input, and the addon
-        // binds every input: an allow-all row, as the prompt chunks get (constrained steps go through the logits here).
-        if (s.inputNames.has(TensorNames.tokenBitmask)) feeds[TensorNames.tokenBitmask] = { data: allowAllRow(cfg.vocabSize), dims: [1, bitmaskWords(cfg.vocabSize)] }
+        // The CPU's rotary-outside graph (this worker with `nativeRuntime`) has the grammar's mask inputs, and the addon
+        // binds every input: no constrained row, as the prompt chunks get (constrained steps go through the logits here).
+        if (cfg.isLast && s.inputNames.has(TensorNames.allowedIds)) Object.assign(feeds, maskInputs(cfg.vocabSize))
         const outputs: Outputs = { [wanted]: "host" }
         const views = rowViews(s, 0, rows)
         bindCaches(s, feeds, outputs, views.keys, views.values)

@@ -6,6 +6,7 @@
  */
 import { GrammarCompiler } from "../sampling/Grammar.ts"
 import { Sampler } from "../sampling/Sampler.ts"
+import { type GraphMask, GraphMaskBuilder } from "./GraphMask.ts"
 import type { NewSequence, ShardLoad, StepPlan, StepResult } from "./StepProtocol.ts"
 
 /**
@@ -17,6 +18,9 @@ const isGreedyWithoutPenalties = (sampler: Sampler | undefined): sampler is Samp
   sampler.params.repetitionPenalty === 1 && sampler.params.presencePenalty === 0 && sampler.params.frequencyPenalty === 0
 
 const isPlainGreedy = (sampler: Sampler | undefined): boolean => isGreedyWithoutPenalties(sampler) && sampler.params.grammar === undefined
+
+/** One bitmask row, reused: `prepareMasks` reads each row's mask into it before the next. */
+let maskRow = new Int32Array(0)
 
 export class SamplerTable {
   private readonly samplers = new Map<number, Sampler>()
@@ -146,24 +150,28 @@ export class StepOutputs {
   }
 
   /**
-   * Before a graph-masked step's forward pass (`SamplerTable.graphMasked`): the `token_bitmask` of a group, one row of
-   * `words` per group row: all ones for unconstrained rows (the graph's masked ArgMax is then its plain ArgMax), the
-   * grammar's mask for constrained ones. A constrained row whose grammar leaves no choice takes its stop token now.
+   * Before a graph-masked step's forward pass (`SamplerTable.graphMasked`): the grammar masks of a group's constrained
+   * rows, as id lists or bitmasks (`GraphMask.ts`); unconstrained rows are in neither (the graph's masked ArgMax is
+   * then its plain ArgMax). A constrained row whose grammar leaves no choice takes its stop token now.
    */
-  prepareMasks(entries: ArrayLike<number>, vocab: number): Int32Array {
+  prepareMasks(entries: ArrayLike<number>, vocab: number): GraphMask {
     const t = performance.now()
     const words = Math.ceil(vocab / 32)
-    const masks = new Int32Array(entries.length * words).fill(-1)
+    if (maskRow.length < words) maskRow = new Int32Array(words)
+    const row = maskRow.subarray(0, words)
+    const masks = new GraphMaskBuilder(entries.length, vocab)
     for (let r = 0; r < entries.length; r++) {
       const e = entries[r]!
       const i = this.sampleIndex.get(e)
       const seqId = this.plan.seqIds[e]!
       if (i === undefined || !this.table.isConstrained(seqId)) continue
-      const forced = this.table.get(seqId).maskForGraph(masks.subarray(r * words, (r + 1) * words), vocab)
+      const forced = this.table.get(seqId).maskForGraph(row, vocab)
       if (forced !== undefined) this.forced.set(e, forced)
+      else masks.add(r, row)
     }
+    const mask = masks.build()
     this.sampleMs += performance.now() - t
-    return masks
+    return mask
   }
 
   /**

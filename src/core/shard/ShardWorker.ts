@@ -28,7 +28,7 @@ interface ShardState {
   readonly samplers: SamplerTable
   /** Output names of this step's new keys and values, fetched on every run (never the whole present cache). */
   readonly newKvNames: ReadonlyArray<string>
-  /** The graph's inputs: a step feeds only these (graphs converted before `token_bitmask` lack it). */
+  /** The graph's inputs: a step feeds only these (graphs converted before the grammar-mask inputs lack them). */
   readonly inputNames: ReadonlySet<string>
   /** Constrained greedy steps fetch the graph's masked ArgMax (the graph has it and the load did not turn it off). */
   readonly maskInGraph: boolean
@@ -51,7 +51,8 @@ export async function load(task: ShardLoad): Promise<ShardLoadResult> {
   const empty = () => Array.from({ length: numLayers }, () => new Array<KvArray | undefined>(task.numBlocks).fill(undefined))
   const newKvNames = Array.from({ length: numLayers }, (_, i) => [TensorNames.newKey(task.layers[0] + i), TensorNames.newValue(task.layers[0] + i)]).flat()
   const inputNames = new Set(session.inputNames)
-  const maskInGraph = task.isLast && task.grammarMaskInGraph !== false && inputNames.has(TensorNames.tokenBitmask)
+  // (a graph converted before the id lists, FORMAT_VERSION < 7, reads `token_bitmask` otherwise: it takes the logits path)
+  const maskInGraph = task.isLast && task.grammarMaskInGraph !== false && inputNames.has(TensorNames.allowedIds)
   state = { load: task, session, keys: empty(), values: empty(), samplers: new SamplerTable(task), newKvNames, inputNames, maskInGraph }
   return { kvBytes: 0, loadMs: performance.now() - started, layout: "blocks", numBlocks: task.numBlocks }
 }

@@ -5,6 +5,7 @@
  * lengths, the group's total length and the logits positions. Both GQA runtimes (onnxruntime-node on the CPU, the
  * native addon with a row cache) feed these as host tensors.
  */
+import { emptyGraphMask, type GraphMask } from "./GraphMask.ts"
 import type { ShardLoad, StepPlan } from "./StepProtocol.ts"
 import * as TensorNames from "./TensorNames.ts"
 
@@ -55,19 +56,23 @@ export const entryGroups = (plan: StepPlan): Array<EntryGroup> => {
 /** Words of a `token_bitmask` row: one bit per id. */
 export const bitmaskWords = (vocab: number): number => Math.ceil(vocab / 32)
 
-/** One all-ones `token_bitmask` row per vocabulary width: what every unconstrained step feeds (read only). */
-const allowAll = new Map<number, Int32Array>()
-export const allowAllRow = (vocab: number): Int32Array => {
-  let row = allowAll.get(vocab)
-  if (row === undefined) allowAll.set(vocab, row = new Int32Array(bitmaskWords(vocab)).fill(-1))
-  return row
-}
+/**
+ * The grammar-mask inputs of a rotary-outside last shard (`token_bitmask`, `token_bitmask_rows`, `allowed_rows`,
+ * `allowed_ids`) for `mask`; by default no constrained row (0 rows of each kind), what every step that does not fetch
+ * `masked_greedy_token` feeds.
+ */
+export const maskInputs = (vocab: number, mask: GraphMask = emptyGraphMask): Record<string, HostInput> => ({
+  [TensorNames.tokenBitmask]: { data: mask.bitmask, dims: [mask.denseRows.length, bitmaskWords(vocab)] },
+  [TensorNames.tokenBitmaskRows]: { data: mask.denseRows, dims: [mask.denseRows.length] },
+  [TensorNames.allowedRows]: { data: mask.sparseRows, dims: [mask.sparseRows.length] },
+  [TensorNames.allowedIds]: { data: mask.sparseIds, dims: [mask.sparseRows.length, mask.sparseK] }
+})
 
 /**
- * The graph inputs of one group; `offsets` from `tokenOffsets(plan)`. `bitmask`: the group's `token_bitmask`, one
- * row per group row (`[rows, bitmaskWords(vocab)]`), for a constrained greedy step; else one all-ones row.
+ * The graph inputs of one group; `offsets` from `tokenOffsets(plan)`. `mask`: the group's grammar masks (rows are
+ * group rows), for a constrained greedy step that fetches `masked_greedy_token`; else none (0 rows of each kind).
  */
-export const groupInputs = (cfg: ShardLoad, plan: StepPlan, group: EntryGroup, offsets: Int32Array, bitmask?: Int32Array): StepInputs => {
+export const groupInputs = (cfg: ShardLoad, plan: StepPlan, group: EntryGroup, offsets: Int32Array, mask: GraphMask = emptyGraphMask): StepInputs => {
   const rows = group.entries.length
   const seqLen = group.seqLen
   const inputs: Record<string, HostInput> = {}
@@ -109,8 +114,7 @@ export const groupInputs = (cfg: ShardLoad, plan: StepPlan, group: EntryGroup, o
     const index = new BigInt64Array(rows * n)
     for (let r = 0; r < rows; r++) for (let j = 0; j < n; j++) index[r * n + j] = BigInt(group.allLogits ? j : seqLen - 1)
     inputs[TensorNames.logitsIndex] = { data: index, dims: [rows, n] }
-    const words = bitmaskWords(cfg.vocabSize)
-    inputs[TensorNames.tokenBitmask] = bitmask === undefined ? { data: allowAllRow(cfg.vocabSize), dims: [1, words] } : { data: bitmask, dims: [rows, words] }
+    Object.assign(inputs, maskInputs(cfg.vocabSize, mask))
   }
   return { inputs, maxPast }
 }

@@ -12,8 +12,9 @@
  *   `position_ids` int64 [batch, seq] (only graphs with rotary outside attention); `seqlens_k` int32 [batch]
  *   (per row: past + new - 1); `total_sequence_length` int32 [] (max over rows of past + new);
  *   `past_key.{i}` / `past_value.{i}` T [batch, kv_heads, max_len, head_dim];
- *   `logits_index` int64 [batch, n_logits] (last shard); `token_bitmask` int32 [batch or 1, ceil(vocab / 32)] (last
- *   shard, rotary-outside graphs only).
+ *   `logits_index` int64 [batch, n_logits] (last shard); `token_bitmask` int32 [dense_rows, ceil(vocab / 32)],
+ *   `token_bitmask_rows` int64 [dense_rows], `allowed_rows` int64 [sparse_rows], `allowed_ids` int64
+ *   [sparse_rows, sparse_k] (last shard, rotary-outside graphs only; any of the row counts may be 0).
  * - outputs: `logits` float32 [batch, n_logits, vocab], `greedy_token` int64 [batch, n_logits] and (rotary-outside
  *   graphs only) `masked_greedy_token` int64 [batch, n_logits] (last shard), or
  *   `hidden_out` T [batch, seq, hidden]; `present_key.{i}` / `present_value.{i}` T [batch, kv_heads, present_len,
@@ -40,12 +41,24 @@ export const logits = "logits"
 /** Last shard: the graph's ArgMax of those logits (ties to the lowest id), fetched when every row is greedy. */
 export const greedyToken = "greedy_token"
 /**
- * Last shard of a rotary-outside graph: per row, the grammar's bitmask of allowed ids (xgrammar's layout: bit j of
- * word i allows id 32 i + j; int32 `[rows, ceil(vocab / 32)]`), or one all-ones row that serves every row. Only
+ * Last shard of a rotary-outside graph: the grammar's bitmask of allowed ids of each dense row (xgrammar's layout:
+ * bit j of word i allows id 32 i + j; int32 `[dense_rows, ceil(vocab / 32)]`, possibly 0 rows). Only
  * `masked_greedy_token` reads it.
  */
 export const tokenBitmask = "token_bitmask"
-/** Last shard: the ArgMax of the logits where `token_bitmask` allows the id (constrained greedy rows). */
+/** Last shard of a rotary-outside graph: which row (of `greedy_token`, flattened) each `token_bitmask` row masks, int64 `[dense_rows]`. */
+export const tokenBitmaskRows = "token_bitmask_rows"
+/** Last shard of a rotary-outside graph: the sparse rows (of `greedy_token`, flattened), int64 `[sparse_rows]`. */
+export const allowedRows = "allowed_rows"
+/**
+ * Last shard of a rotary-outside graph: each sparse row's allowed ids, ascending, padded to `sparse_k` by repeating
+ * the row's last id (ties then still go to the lowest id), int64 `[sparse_rows, sparse_k]`.
+ */
+export const allowedIds = "allowed_ids"
+/**
+ * Last shard: `greedy_token` where the rows of `allowed_rows` and `token_bitmask_rows` take the ArgMax over the ids
+ * their list or bitmask allows (constrained greedy rows); other rows keep their plain ArgMax.
+ */
 export const maskedGreedyToken = "masked_greedy_token"
 /** Every shard but the last: hidden states for the next shard. */
 export const hiddenOut = "hidden_out"

@@ -10,6 +10,7 @@ import { afterAll, describe, expect, it } from "vitest"
 import { convertCheckpoint } from "../../../src/adapters/llama3/Converter.ts"
 import { DEFAULT_MODEL_FOLDER, ensureDefaultModel } from "../../../src/adapters/llama3/DefaultModel.ts"
 import { loadLlamaConfig } from "../../../src/adapters/llama3/LlamaConfig.ts"
+import { maskFeeds } from "../../support/maskFeeds.ts"
 
 const root = fs.mkdtempSync(path.join(os.tmpdir(), "chorus-default-"))
 const savedCache = process.env.CHORUS_CACHE
@@ -72,7 +73,7 @@ describe("ensureDefaultModel", () => {
       seqlens_k: new ort.Tensor("int32", Int32Array.of(2), [1]),
       total_sequence_length: new ort.Tensor("int32", Int32Array.of(3), []),
       logits_index: new ort.Tensor("int64", BigInt64Array.of(0n, 2n), [1, 2]),
-      token_bitmask: new ort.Tensor("int32", new Int32Array(128256 / 32).fill(-1), [1, 128256 / 32])
+      ...maskFeeds(128256)
     }
     for (let i = 0; i < 4; i++) {
       feeds[`past_key.${i}`] = kv()

@@ -10,6 +10,7 @@ import { planShards } from "../../../src/adapters/llama3/Converter.ts"
 import { buildShardGraph, type ModelDType, writeShard } from "../../../src/adapters/llama3/GraphBuilder.ts"
 import { type LlamaConfig, loadLlamaConfig } from "../../../src/adapters/llama3/LlamaConfig.ts"
 import { openCheckpoint } from "../../../src/checkpoint/Safetensors.ts"
+import { maskFeeds } from "../../support/maskFeeds.ts"
 
 const fixture = (name: string) => path.resolve(import.meta.dirname, "../../fixtures", name)
 
@@ -64,9 +65,8 @@ class Pipeline {
       if (last) {
         const n = logitsIndex[0].length
         feeds.logits_index = new ort.Tensor("int64", BigInt64Array.from(logitsIndex.flat().map(BigInt)), [rows.length, n])
-        // every id allowed (only the masked ArgMax, not fetched here, reads it)
-        const words = Math.ceil(this.config.vocabSize / 32)
-        feeds.token_bitmask = new ort.Tensor("int32", new Int32Array(words).fill(-1), [1, words])
+        // no constrained row (only the masked ArgMax, not fetched here, reads the mask inputs)
+        Object.assign(feeds, maskFeeds(this.config.vocabSize))
       }
       for (let i = layers[0]; i < layers[1]; i++) {
         const { k, v } = this.kv.get(i)!

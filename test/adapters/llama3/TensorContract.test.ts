@@ -6,6 +6,7 @@ import * as path from "node:path"
 import { assert, describe, it } from "vitest"
 import { type AttentionLayout, buildShardGraph, type ModelDType } from "../../../src/adapters/llama3/GraphBuilder.ts"
 import { loadLlamaConfig } from "../../../src/adapters/llama3/LlamaConfig.ts"
+import { GraphMaskBuilder } from "../../../src/core/shard/GraphMask.ts"
 import { pagedInputs } from "../../../src/core/shard/PagedInputs.ts"
 import { entryGroups, groupInputs, tokenOffsets } from "../../../src/core/shard/StepInputs.ts"
 import type { ShardLoad, StepPlan } from "../../../src/core/shard/StepProtocol.ts"
@@ -82,11 +83,12 @@ describe.each(layouts)("%s graphs", (attention) => {
       ? Object.keys(pagedInputs(load, plan).inputs)
       : [...new Set(entryGroups(plan).flatMap((g) => Object.keys(groupInputs(load, plan, g, tokenOffsets(plan)).inputs)))]
     const fed = [...stepNames, ...kvInputs]
-    // Position ids and the grammar's bitmask are rotary-outside inputs alone (the device worker feeds what a graph declares).
-    const declared = attention === "fused" ? fed.filter((n) => n !== TensorNames.positionIds && n !== TensorNames.tokenBitmask) : fed
+    // Position ids and the grammar's masks are rotary-outside inputs alone (the device worker feeds what a graph declares).
+    const maskInputs: ReadonlyArray<string> = [TensorNames.tokenBitmask, TensorNames.tokenBitmaskRows, TensorNames.allowedRows, TensorNames.allowedIds]
+    const declared = attention === "fused" ? fed.filter((n) => n !== TensorNames.positionIds && !maskInputs.includes(n)) : fed
     assert.deepStrictEqual(sorted(graphInputs), sorted(declared))
     assert.strictEqual(graphInputs.has(TensorNames.positionIds), attention === "rotary-outside")
-    assert.strictEqual(graphInputs.has(TensorNames.tokenBitmask), attention === "rotary-outside" && load.isLast)
+    for (const name of maskInputs) assert.strictEqual(graphInputs.has(name), attention === "rotary-outside" && load.isLast)
     assert.strictEqual(graphInputs.has(TensorNames.inputIds), load.isFirst)
     assert.strictEqual(graphInputs.has(TensorNames.hiddenIn), !load.isFirst)
 
@@ -135,19 +137,37 @@ describe("paged graphs", () => {
   })
 })
 
-describe("token_bitmask", () => {
-  it("is one all-ones row unless a step passes one row per group row, and is declared with the same width", () => {
+describe("grammar mask inputs", () => {
+  it("are empty (0 rows) unless a step passes its masks, and are declared with the same width", () => {
     const { load, plan } = shardOf([0, L], "float32")
     const graph = buildShardGraph(config, { layers: [0, L], dtype: "float32", maxContext: 64 })
     const words = Math.ceil(config.vocabSize / 32)
-    assert.deepStrictEqual(graph.inputs.find((v) => v.name === TensorNames.tokenBitmask)?.dims, ["mask_rows", words])
+    const dims = (name: string) => graph.inputs.find((v) => v.name === name)?.dims
+    assert.deepStrictEqual(dims(TensorNames.tokenBitmask), ["dense_rows", words])
+    assert.deepStrictEqual(dims(TensorNames.tokenBitmaskRows), ["dense_rows"])
+    assert.deepStrictEqual(dims(TensorNames.allowedRows), ["sparse_rows"])
+    assert.deepStrictEqual(dims(TensorNames.allowedIds), ["sparse_rows", "sparse_k"])
     const [decode] = entryGroups(plan).filter((g) => g.seqLen === 1)
-    const plain = groupInputs(load, plan, decode!, tokenOffsets(plan)).inputs[TensorNames.tokenBitmask]!
-    assert.deepStrictEqual(plain.dims, [1, words])
-    assert.isTrue([...plain.data].every((w) => w === -1))
-    const rows = new Int32Array(words).fill(5)
-    const constrained = groupInputs(load, plan, decode!, tokenOffsets(plan), rows).inputs[TensorNames.tokenBitmask]!
-    assert.deepStrictEqual(constrained.dims, [1, words])
-    assert.strictEqual(constrained.data, rows)
+    const plain = groupInputs(load, plan, decode!, tokenOffsets(plan)).inputs
+    assert.deepStrictEqual(plain[TensorNames.tokenBitmask]!.dims, [0, words])
+    assert.deepStrictEqual(plain[TensorNames.tokenBitmaskRows]!.dims, [0])
+    assert.deepStrictEqual(plain[TensorNames.allowedRows]!.dims, [0])
+    assert.deepStrictEqual(plain[TensorNames.allowedIds]!.dims, [0, 1])
+    // row 0: ids 3 and 40 (a list of width 16, padded with 40); row 1: every id (a bitmask row, with lists of at most 8)
+    const builder = new GraphMaskBuilder(2, config.vocabSize, 8)
+    const few = new Int32Array(words)
+    few[0] = 1 << 3
+    few[1] = 1 << 8
+    builder.add(0, few)
+    builder.add(1, new Int32Array(words).fill(-1))
+    const masks = builder.build()
+    const constrained = groupInputs(load, plan, decode!, tokenOffsets(plan), masks).inputs
+    assert.deepStrictEqual(constrained[TensorNames.allowedRows]!.dims, [1])
+    assert.deepStrictEqual([...constrained[TensorNames.allowedRows]!.data], [0n])
+    assert.deepStrictEqual(constrained[TensorNames.allowedIds]!.dims, [1, 16])
+    assert.deepStrictEqual([...constrained[TensorNames.allowedIds]!.data], [3n, 40n, ...new Array<bigint>(14).fill(40n)])
+    assert.deepStrictEqual(constrained[TensorNames.tokenBitmask]!.dims, [1, words])
+    assert.deepStrictEqual([...constrained[TensorNames.tokenBitmaskRows]!.data], [1n])
+    assert.isTrue([...constrained[TensorNames.tokenBitmask]!.data].every((w) => w === -1))
   })
 })

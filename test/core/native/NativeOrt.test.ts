@@ -11,6 +11,7 @@ import { type DeviceTensor, type HostTensor, NativeOrt, type NativeProvider, typ
 import { ort } from "../../../src/onnx/OrtFloat16Fix.ts"
 import { encodeModel } from "../../../src/onnx/OnnxWriter.ts"
 import { fixtureDir, readReference, relativeError, repoRoot } from "../../support/fixtures.ts"
+import { maskFeeds } from "../../support/maskFeeds.ts"
 
 const required = process.env.CHORUS_NATIVE_REQUIRED === "1"
 // Unbuilt, the tests below are not registered at all (none reads as skipped); test:native requires the build.
@@ -196,7 +197,10 @@ const step = (shard: Shard, firstRow: number, tokens: ReadonlyArray<ReadonlyArra
     seqlens_k: host(Int32Array.from(past, (p) => p + seq - 1), [rows]),
     total_sequence_length: host(Int32Array.of(Math.max(...past) + seq), []),
     logits_index: host(i64(tokens.flatMap(() => (allLogits ? Array.from({ length: seq }, (_, j) => j) : [seq - 1]))), [rows, allLogits ? seq : 1]),
-    token_bitmask: host(new Int32Array(Math.ceil(shard.vocab / 32)).fill(-1), [1, Math.ceil(shard.vocab / 32)])
+    token_bitmask: host(new Int32Array(0), [0, Math.ceil(shard.vocab / 32)]),
+    token_bitmask_rows: host(new BigInt64Array(0), [0]),
+    allowed_rows: host(new BigInt64Array(0), [0]),
+    allowed_ids: host(new BigInt64Array(0), [0, 1])
   }
   const outputs: Record<string, DeviceTensor | "host"> = { greedy_token: "host" }
   if (allLogits) outputs.logits = "host"
@@ -258,7 +262,7 @@ if (built) describe.each(providers)("tiny-llama3-b shard graph on %s, KV in plac
       seqlens_k: new ort.Tensor("int32", Int32Array.of(prompt.length - 1), [1]),
       total_sequence_length: new ort.Tensor("int32", Int32Array.of(prompt.length), []),
       logits_index: new ort.Tensor("int64", i64(prompt.map((_, j) => j)), [1, prompt.length]),
-      token_bitmask: new ort.Tensor("int32", new Int32Array(Math.ceil(config.vocabSize / 32)).fill(-1), [1, Math.ceil(config.vocabSize / 32)])
+      ...maskFeeds(config.vocabSize)
     }
     for (let i = 0; i < config.numLayers; i++) feeds[`past_key.${i}`] = feeds[`past_value.${i}`] = empty
     const ls = (await stock.run(feeds, ["logits"])).logits!.data as Float32Array

@@ -2,13 +2,14 @@
 // shard worker does at temperature 0) against the logits path (`StepOutputs.logits`, the sampler's sample-first /
 // mask-first): the same tokens, step after step, on the real Llama 3 vocabulary (padded, as a checkpoint's logits
 // can be), for several schemas batched with an unconstrained row. The graph is played here by the same masked
-// ArgMax in JS over the fed bitmask; `test/adapters/llama3/MaskedGreedy.test.ts` checks the graph computes exactly that.
+// ArgMax in JS over the fed id lists and bitmasks (`GraphMask.ts`); `test/adapters/llama3/MaskedGreedy.test.ts` checks the graph computes exactly that.
 import { Effect } from "effect"
 import { beforeAll, describe, expect, it } from "vitest"
 import { loadTokenizer } from "../../../src/adapters/llama3/Tokenizer.ts"
 import { type GrammarSpec, grammarVocab } from "../../../src/core/sampling/Grammar.ts"
 import { Rng } from "../../../src/core/sampling/Rng.ts"
 import { greedy, type SamplingParams } from "../../../src/core/sampling/SamplingParams.ts"
+import type { GraphMask } from "../../../src/core/shard/GraphMask.ts"
 import { SamplerTable, StepOutputs } from "../../../src/core/shard/SamplerTable.ts"
 import type { NewSequence, StepPlan } from "../../../src/core/shard/StepProtocol.ts"
 
@@ -53,15 +54,26 @@ const planOf = (seqIds: ReadonlyArray<number>, newSequences: ReadonlyArray<NewSe
   }
 }
 
-/** The graph's `masked_greedy_token`: per row, the lowest id of the largest logit the row's bitmask allows. */
-const maskedArgmax = (logits: Float32Array, masks: Int32Array, rows: number): BigInt64Array => {
+/** Row `r`'s allowed ids as the graph gets them: its list (padding dropped), its bitmask, or undefined (unconstrained). */
+const allowedOf = (mask: GraphMask, r: number): ReadonlyArray<number> | undefined => {
+  const s = [...mask.sparseRows].indexOf(BigInt(r))
+  if (s >= 0) return [...new Set([...mask.sparseIds.subarray(s * mask.sparseK, (s + 1) * mask.sparseK)].map(Number))]
+  const d = [...mask.denseRows].indexOf(BigInt(r))
+  if (d < 0) return undefined
   const words = Math.ceil(vocab / 32)
+  return [...Array(vocab).keys()].filter((v) => ((mask.bitmask[d * words + (v >> 5)]! >>> (v & 31)) & 1) === 1)
+}
+
+/**
+ * The graph's `masked_greedy_token`: per row, the lowest id of the largest logit among the ids its list or bitmask
+ * allows, or of the whole row when it has neither.
+ */
+const maskedArgmax = (logits: Float32Array, mask: GraphMask, rows: number): BigInt64Array => {
   const out = new BigInt64Array(rows)
   for (let r = 0; r < rows; r++) {
     let best = -1
-    for (let v = 0; v < vocab; v++) {
-      if (((masks[r * words + (v >> 5)]! >>> (v & 31)) & 1) === 0) continue
-      if (best < 0 || logits[r * vocab + v]! > logits[r * vocab + best]!) best = v
+    for (const v of allowedOf(mask, r) ?? Array(vocab).keys()) {
+      if (best < 0 || logits[r * vocab + v]! > logits[r * vocab + best]! || (logits[r * vocab + v] === logits[r * vocab + best] && v < best)) best = v
     }
     out[r] = BigInt(best)
   }
@@ -75,6 +87,9 @@ describe("constrained greedy through the graph mask", () => {
   it("gives the logits path's tokens, token for token, over schemas and seeds (forced stops included)", () => {
     let graphMasked = 0
     let forcedStops = 0
+    let sparseRows = 0
+    let denseRows = 0
+    const widths = new Set<number>()
     for (const seed of [1, 2, 3, 4]) {
       // five constrained rows (one per schema, the batch order turned by the seed) and one unconstrained
       const specs = schemas.map((_, i) => schemas[(i + seed) % schemas.length]!)
@@ -99,6 +114,11 @@ describe("constrained greedy through the graph mask", () => {
         reference.logits(rows, new Int32Array(ids.length).fill(1), logits, vocab)
         const graph = new StepOutputs(plan, viaGraph)
         const masks = graph.prepareMasks(rows, vocab)
+        // the unconstrained row (the last) is in neither list
+        expect(allowedOf(masks, ids.length - 1)).toBeUndefined()
+        sparseRows += masks.sparseRows.length
+        denseRows += masks.denseRows.length
+        if (masks.sparseRows.length > 0) widths.add(masks.sparseK)
         expect(graph.maskedGreedy(rows, maskedArgmax(logits, masks, ids.length))).toEqual([])
         expect([...graph.result(0).tokens!], `seed ${seed} step ${step}`).toEqual([...reference.result(0).tokens!])
       }
@@ -112,6 +132,10 @@ describe("constrained greedy through the graph mask", () => {
     // both ways a constrained graph-masked row ends: the graph's ArgMax, and a stop the grammar forces
     expect(graphMasked).toBeGreaterThan(100)
     expect(forcedStops).toBeGreaterThan(10)
+    // both forms the graph takes: id lists (of several widths) and bitmask rows (free strings, any JSON)
+    expect(sparseRows).toBeGreaterThan(100)
+    expect(denseRows).toBeGreaterThan(10)
+    expect(widths.size).toBeGreaterThan(1)
   }, 120_000)
 
   it("a token the grammar rejects is not taken: the row is reported, its matcher unchanged, and the logits path then picks it", () => {
@@ -120,7 +144,7 @@ describe("constrained greedy through the graph mask", () => {
     const plan = planOf([100], [])
     const outputs = new StepOutputs(plan, table)
     const masks = outputs.prepareMasks(plan.sampleEntries, vocab)
-    const allowed = [...Array(vocab).keys()].filter((v) => ((masks[v >> 5]! >>> (v & 31)) & 1) === 1)
+    const allowed = allowedOf(masks, 0)!
     const disallowed = [...Array(vocab).keys()].find((v) => !allowed.includes(v))!
     expect(outputs.maskedGreedy(plan.sampleEntries, BigInt64Array.of(BigInt(disallowed)))).toEqual([0])
     const logits = new Float32Array(vocab).fill(-1)
