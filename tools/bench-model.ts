@@ -11,11 +11,11 @@ import { Llama3Adapter } from "../src/adapters/llama3/Llama3Adapter.ts"
 import { describeQuant, parseQuantVariant } from "../src/adapters/llama3/Quantization.ts"
 import { Engine } from "../src/core/Engine.ts"
 import type { GenerateRequest } from "../src/core/Request.ts"
-import { parseFlags } from "../src/cli/Args.ts"
 import { parseDevice } from "../src/core/shard/StepProtocol.ts"
 import { renderBarChart } from "../src/bench/SvgChart.ts"
+import { parseToolFlags } from "./ToolFlags.ts"
 
-const flags = parseFlags("bench:model", process.argv.slice(2), {
+const flags = parseToolFlags("bench-model.ts", "[options]", {
   model: { kind: "string", description: "checkpoint folder (default: embedded model)" },
   batches: { kind: "list", description: "batch sizes" },
   "prompt-len": { kind: "integer", description: "prompt tokens per sequence" },

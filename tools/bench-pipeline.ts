@@ -15,14 +15,14 @@ import * as os from "node:os"
 import * as path from "node:path"
 import { BenchAdapter } from "../src/adapters/bench/BenchAdapter.ts"
 import { Llama3Adapter } from "../src/adapters/llama3/Llama3Adapter.ts"
-import { parseFlags } from "../src/cli/Args.ts"
 import { writeSafetensors, type SafetensorsTensor } from "../src/checkpoint/Safetensors.ts"
 import { Engine } from "../src/core/Engine.ts"
 import { type EngineObserver, type ShardBusy, silentObserver } from "../src/core/EngineObserver.ts"
 import type { LoadedModel } from "../src/core/ModelAdapter.ts"
 import type { GenerateRequest } from "../src/core/Request.ts"
+import { parseToolFlags } from "./ToolFlags.ts"
 
-const flags = parseFlags("bench:pipeline", process.argv.slice(2), {
+const flags = parseToolFlags("bench-pipeline.ts", "[options]", {
   adapter: { kind: "string", description: "bench (default: simulated step time) | llama3 (a random checkpoint on the CPU)" },
   shards: { kind: "integer", description: "shard workers (default 2)" },
   depths: { kind: "list", description: "pipeline depths to compare (default 1,2)" },

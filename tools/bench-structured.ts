@@ -16,10 +16,10 @@
 import * as fs from "node:fs"
 import * as os from "node:os"
 import { Llama3Adapter } from "../src/adapters/llama3/Llama3Adapter.ts"
-import { parseFlags } from "../src/cli/Args.ts"
 import { startServer } from "../src/http/Server.ts"
+import { parseToolFlags } from "./ToolFlags.ts"
 
-const flags = parseFlags("bench-structured", process.argv.slice(2), {
+const flags = parseToolFlags("bench-structured.ts", "[options]", {
   concurrency: { kind: "list", description: "concurrency levels (default 1,64)" },
   requests: { kind: "integer", description: "measured requests per level and mode (default max(8, 2 x concurrency))" },
   "max-tokens": { kind: "integer", description: "tokens per request (default 256)" },

@@ -23,10 +23,10 @@ import * as path from "node:path"
 import { Writable } from "node:stream"
 import { settingsFromFlags } from "../src/bench/BenchFlags.ts"
 import type { BenchLevel } from "../src/bench/ResultFile.ts"
-import { parseFlags } from "../src/cli/Args.ts"
 import { bench } from "../src/cli/BenchCommand.ts"
+import { parseToolFlags } from "./ToolFlags.ts"
 
-const flags = parseFlags("bench:workers", process.argv.slice(2), {
+const flags = parseToolFlags("bench-workers.ts", "[options]", {
   "step-ms": { kind: "number", description: "simulated model time per engine step in ms (default 50)" },
   "max-batch": { kind: "integer", description: "sequences per worker (and of the local engine) (default 16)" },
   workers: { kind: "list", description: "worker counts to measure (default 1,2,4)" },
