@@ -18,6 +18,10 @@
 #   PHASE=X OUT=$OUT bash scripts/gpu/serving-session.sh   # decode attention by backend (flash decoding, XQA): the
 #                                                          # GQA probe, the device tests with XQA, and the 8B served
 #                                                          # at 1 and 64 streams with and without it
+#   PHASE=I OUT=$OUT bash scripts/gpu/serving-session.sh   # int4 through ORT's CUTLASS weight-only kernels
+#                                                          # (ORT_FPA_INTB_GEMM=1): the int4 device tests with them,
+#                                                          # then bench:gpu float16 and int4 (b32-sym, b128-sym,
+#                                                          # b32-zp) with and without the switch
 #
 # Everything is logged to log-$PHASE and packed with the results into $OUT/$PHASE.tgz; the checkpoint and the conversion cache stay in $BENCH_DIR between calls.
 set -uo pipefail
@@ -134,6 +138,23 @@ if [[ "$PHASE" == X ]]; then
   done
   exit 0
 fi
+if [[ "$PHASE" == I ]]; then
+  # ORT 1.29's provider holds TensorRT-LLM's fpA_intB kernels behind ORT_FPA_INTB_GEMM (its strings; ORT's docs: fp16
+  # or bf16, 4 or 8 bits, blocks of 32/64/128, N % 64 == 0, constant weights; a compact build takes scale-only
+  # blocks of 32). Without it MatMulNBits dequantizes every weight at batch > 1: int4 ran at 0.57x float16 at 64.
+  STAGES="none" DEADLINE_S=60 OUT="$OUT/run-all" bash scripts/gpu/run-all.sh >/dev/null 2>&1; say "set-up exit $?"
+  [[ -f "$CKPT/model.safetensors.index.json" ]] || { timeout 200 python3 tools/bench-gpu/make_weights.py "$CKPT"; say "weights exit $?"; }
+  say "int4 device tests with ORT_FPA_INTB_GEMM=1 (CUDA graphs on)"
+  CUDA_TEST_CMD='ORT_FPA_INTB_GEMM=1 CHORUS_TEST_CUDA_GRAPHS=1 CHORUS_TEST_DEVICE=cuda node_modules/node/bin/node node_modules/vitest/vitest.mjs run --config vitest.device.config.ts test/device/Int4Device.test.ts test/device/QuantizedCheckpointDevice.test.ts' \
+    STAGES="parity" DEADLINE_S=100 PARITY_TIMEOUT_S=90 OUT="$OUT/run-all-fpa" bash scripts/gpu/run-all.sh >/dev/null 2>&1
+  say "device tests exit $?"; grep -E "Test Files|Tests |×" "$OUT/run-all-fpa/log" | head -20
+  say "bench:gpu float16 and int4 without the switch"
+  CHORUS_CUDA_GRAPHS=1 STAGES="chorus" DEADLINE_S=$(( ($(left) - 20) / 2 )) OUT="$OUT/bench-default" bash scripts/gpu/run-all.sh --batches 1,64 --int4 b32-sym,b32-zp
+  say "bench:gpu int4 with ORT_FPA_INTB_GEMM=1"
+  ORT_FPA_INTB_GEMM=1 CHORUS_CUDA_GRAPHS=1 STAGES="chorus" DEADLINE_S=$(($(left) - 10)) OUT="$OUT/bench-fpa" bash scripts/gpu/run-all.sh --batches 1,64 --skip-chorus --int4 b32-sym,b32-zp,b128-sym
+  for d in bench-default bench-fpa; do [[ -f "$OUT/$d/bench/bench-gpu.md" ]] && { say "$d"; grep -A12 -i "int4" "$OUT/$d/bench/bench-gpu.md" | head -16; }; done
+  exit 0
+fi
 if [[ "$PHASE" == V ]]; then
   # Check after a fix: the paged and row device tests, then 64 and 256 streams on the default server.
   CUDA_TEST_CMD='CHORUS_TEST_DEVICE=cuda node_modules/node/bin/node node_modules/vitest/vitest.mjs run --config vitest.device.config.ts test/device/PagedShard.test.ts test/device/DeviceParity.test.ts -t "paged|rows|second turn|pattern of load"' \
@@ -145,5 +166,5 @@ if [[ "$PHASE" == V ]]; then
   say "sweep exit $?"; grep -m2 -E "illegal|disabled" "$OUT/server/server.log" | cut -c1-250
   exit 0
 fi
-echo "PHASE must be S, Q1, Q2, V, F or X" >&2
+echo "PHASE must be S, Q1, Q2, V, F, X or I" >&2
 exit 2
