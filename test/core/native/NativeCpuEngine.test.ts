@@ -29,6 +29,14 @@ const tokensOf = async (nativeRuntime: boolean, shards: number, prompts: Readonl
   }
 }
 
+describe("the native runtime on the CPU", () => {
+  it(`${NativeOrt.isBuilt() ? "is built: the parity tests below run" : "is not built here: its parity tests are not registered"}`, () => {
+    // `npm run test:native` builds the addon and requires it; elsewhere (CI) an unbuilt addon is expected.
+    if (!NativeOrt.isBuilt()) expect(process.env.CHORUS_NATIVE_REQUIRED, `${NativeOrt.addonPath()} missing under test:native`).not.toBe("1")
+    else expect(NativeOrt.load().ortVersion).toBe("1.29.0")
+  })
+})
+
 if (NativeOrt.isBuilt()) {
   describe("the native runtime on the CPU's graphs", () => {
     it.each([1, 2])("greedy tokens over %i shard(s) equal onnxruntime-node's, prompts batched and decoded together", async (shards) => {
