@@ -30,37 +30,49 @@ export const writeCacheFolder = <E>(
   finalDir: string,
   isComplete: (dir: string) => boolean,
   build: (tmp: string) => Effect.Effect<void, E>
-): Effect.Effect<void, E | ConversionError> => {
-  const parent = path.dirname(finalDir)
-  return Effect.acquireUseRelease(
+): Effect.Effect<void, E | ConversionError> =>
+  Effect.asVoid(writeCacheFolderNamedBy(path.dirname(finalDir), path.basename(finalDir), isComplete, (tmp) => Effect.as(build(tmp), finalDir)))
+
+/**
+ * As `writeCacheFolder`, for an entry whose name is known only once it is built: `build` fills a temporary folder in
+ * `parent` and returns the entry's final path there (a conversion named by a content digest computed meanwhile).
+ */
+export const writeCacheFolderNamedBy = <E>(
+  parent: string,
+  hint: string,
+  isComplete: (dir: string) => boolean,
+  build: (tmp: string) => Effect.Effect<string, E>
+): Effect.Effect<string, E | ConversionError> =>
+  Effect.acquireUseRelease(
     Effect.tryPromise({
       try: async () => {
         await fs.promises.mkdir(parent, { recursive: true })
-        return fs.promises.mkdtemp(path.join(parent, `.tmp-${path.basename(finalDir).slice(0, 24)}-`))
+        return fs.promises.mkdtemp(path.join(parent, `.tmp-${hint.slice(0, 24)}-`))
       },
       catch: failure(`cannot create a temporary folder in ${parent}`)
     }),
     (tmp) =>
       build(tmp).pipe(
-        Effect.andThen(Effect.uninterruptible(Effect.tryPromise({
-          try: async () => {
-            try {
-              await fs.promises.rename(tmp, finalDir)
-            } catch (cause) {
-              const code = (cause as { code?: unknown }).code
-              if (code !== "ENOTEMPTY" && code !== "EEXIST") throw cause
-              if (isComplete(finalDir)) return
-              await fs.promises.rm(finalDir, { recursive: true, force: true })
-              await fs.promises.rename(tmp, finalDir)
-            }
-          },
-          catch: failure(`cannot move the new cache entry into ${finalDir}`)
-        })))
+        Effect.tap((finalDir) =>
+          Effect.uninterruptible(Effect.tryPromise({
+            try: async () => {
+              try {
+                await fs.promises.rename(tmp, finalDir)
+              } catch (cause) {
+                const code = (cause as { code?: unknown }).code
+                if (code !== "ENOTEMPTY" && code !== "EEXIST") throw cause
+                if (isComplete(finalDir)) return
+                await fs.promises.rm(finalDir, { recursive: true, force: true })
+                await fs.promises.rename(tmp, finalDir)
+              }
+            },
+            catch: failure(`cannot move the new cache entry into ${finalDir}`)
+          }))
+        )
       ),
     // After a successful rename the temporary folder is gone and this does nothing.
     (tmp) => Effect.promise(() => fs.promises.rm(tmp, { recursive: true, force: true }).catch(() => undefined))
   )
-}
 
 /** Replaces `file` atomically with `data` (a unique temporary file in the same folder, then a rename). */
 export const writeCacheFile = async (file: string, data: string | Uint8Array): Promise<void> => {

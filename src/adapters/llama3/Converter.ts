@@ -11,7 +11,7 @@ import { Effect, Schema } from "effect"
 import * as crypto from "node:crypto"
 import * as fs from "node:fs"
 import * as path from "node:path"
-import { chorusCacheDir, writeCacheFile, writeCacheFolder } from "../../checkpoint/CacheEntry.ts"
+import { chorusCacheDir, writeCacheFile, writeCacheFolder, writeCacheFolderNamedBy } from "../../checkpoint/CacheEntry.ts"
 import { DIGEST_SCHEME, digestFiles } from "../../checkpoint/FileDigest.ts"
 import { openCheckpoint } from "../../checkpoint/Safetensors.ts"
 import type { TensorSource } from "../../checkpoint/TensorSource.ts"
@@ -194,8 +194,10 @@ const readMemo = async (file: string): Promise<Record<string, HashMemo[string]>>
  * The content digest of each file (`FileDigest.ts`, every core), reusing `<cache>/hashes.json` entries whose
  * realpath, size and mtime still match, so only a first start hashes.
  */
-const hashFiles = (cacheDir: string, files: ReadonlyArray<string>): Effect.Effect<Array<string>, ConversionError> =>
-  Effect.gen(function*() {
+function hashFiles(cacheDir: string, files: ReadonlyArray<string>, memoOnly: true): Effect.Effect<Array<string> | undefined, ConversionError>
+function hashFiles(cacheDir: string, files: ReadonlyArray<string>): Effect.Effect<Array<string>, ConversionError>
+function hashFiles(cacheDir: string, files: ReadonlyArray<string>, memoOnly = false): Effect.Effect<Array<string> | undefined, ConversionError> {
+  return Effect.gen(function*() {
     const memoFile = path.join(cacheDir, "hashes.json")
     const fail = conversionError(`cannot hash the checkpoint files (hash memo in ${memoFile})`)
     const { memo, entries } = yield* Effect.tryPromise({
@@ -214,6 +216,7 @@ const hashFiles = (cacheDir: string, files: ReadonlyArray<string>): Effect.Effec
     })
     const missing = [...new Set(entries.filter((e) => e.digest === undefined).map((e) => e.real))]
     if (missing.length === 0) return entries.map((e) => e.digest!)
+    if (memoOnly) return undefined
     const t0 = performance.now()
     const digests = yield* digestFiles(missing).pipe(Effect.mapError(fail))
     const bytes = entries.filter((e) => e.digest === undefined).reduce((n, e) => n + e.size, 0)
@@ -230,6 +233,7 @@ const hashFiles = (cacheDir: string, files: ReadonlyArray<string>): Effect.Effec
     })
     return entries.map((e) => e.digest ?? byFile.get(e.real)!)
   })
+}
 
 interface KeyInput {
   readonly cacheDir: string
@@ -244,13 +248,17 @@ interface KeyInput {
   readonly quantize: Int4Settings | undefined
 }
 
-const contentKey = (k: KeyInput): Effect.Effect<string, ConversionError> =>
-  Effect.gen(function*() {
+/** The conversion's cache key; with `memoOnly`, undefined unless every file's digest is in the hash memo (no hashing). */
+function contentKey(k: KeyInput, memoOnly: true): Effect.Effect<string | undefined, ConversionError>
+function contentKey(k: KeyInput): Effect.Effect<string, ConversionError>
+function contentKey(k: KeyInput, memoOnly = false): Effect.Effect<string | undefined, ConversionError> {
+  return Effect.gen(function*() {
     const configFile = path.join(k.modelDir, "config.json")
     const generationFile = path.join(k.modelDir, "generation_config.json")
     const extra = fs.existsSync(generationFile) ? [generationFile] : []
     const sources = [...new Set([configFile, ...extra, ...k.files])]
-    const hashes = yield* hashFiles(k.cacheDir, sources)
+    const hashes = memoOnly ? yield* hashFiles(k.cacheDir, sources, true) : yield* hashFiles(k.cacheDir, sources)
+    if (hashes === undefined) return undefined
     const material = JSON.stringify({
       formatVersion: FORMAT_VERSION,
       dtype: k.dtype,
@@ -268,6 +276,7 @@ const contentKey = (k: KeyInput): Effect.Effect<string, ConversionError> =>
     })
     return crypto.createHash("sha256").update(material).digest("hex")
   })
+}
 
 // ---------------------------------------------------------------------------------------------- manifest
 
@@ -310,6 +319,26 @@ const writeAll = (
   onProgress: ConvertOptions["onProgress"],
   threads: number
 ): Effect.Effect<void, CheckpointError | ConversionError> =>
+  Effect.andThen(writeShardFiles(dir, plan, manifest, source, onProgress, threads), writeManifest(dir, manifest))
+
+/** The manifest, written last: a folder with it is complete. */
+const writeManifest = (dir: string, manifest: ModelManifest): Effect.Effect<void, ConversionError> => {
+  const text = JSON.stringify(Schema.encodeSync(ModelManifest)(manifest), null, 2)
+  return Effect.uninterruptible(Effect.tryPromise({
+    try: () => fs.promises.writeFile(path.join(dir, MANIFEST_FILE), text),
+    catch: conversionError(`cannot write ${path.join(dir, MANIFEST_FILE)}`)
+  }))
+}
+
+/** Writes every shard (graph and data) into `dir` (which exists). */
+const writeShardFiles = (
+  dir: string,
+  plan: Plan,
+  manifest: ModelManifest,
+  source: TensorSource,
+  onProgress: ConvertOptions["onProgress"],
+  threads: number
+): Effect.Effect<void, CheckpointError | ConversionError> =>
   Effect.gen(function*() {
     const bytesTotal = dataBytes(plan.graphs)
     let bytesDone = 0
@@ -325,11 +354,6 @@ const writeAll = (
         Effect.flatMap(makeConvertPool(threads), (pool) => writeShards(source, plan.config, plan.graphs, onnxPaths, pool, { onTensor }))
       )
     }
-    const text = JSON.stringify(Schema.encodeSync(ModelManifest)(manifest), null, 2)
-    yield* Effect.uninterruptible(Effect.tryPromise({
-      try: () => fs.promises.writeFile(path.join(dir, MANIFEST_FILE), text),
-      catch: conversionError(`cannot write ${path.join(dir, MANIFEST_FILE)}`)
-    }))
   })
 
 /**
@@ -371,8 +395,8 @@ export const convertCheckpoint = (
     yield* validateTensors(source, config, graphTensors(graphs))
 
     const cacheDir = chorusCacheDir()
-    const key = yield* contentKey({ cacheDir, modelDir, files: source.files, config, dtype: options.dtype, shards: options.shards, layerSplit, maxContext, attention, quantize })
-    const manifest: ModelManifest = {
+    const keyInput: KeyInput = { cacheDir, modelDir, files: source.files, config, dtype: options.dtype, shards: options.shards, layerSplit, maxContext, attention, quantize }
+    const manifestOf = (key: string): ModelManifest => ({
       formatVersion: FORMAT_VERSION,
       key,
       sourceDir: modelDir,
@@ -382,32 +406,59 @@ export const convertCheckpoint = (
       attention,
       ...(quantize === undefined ? {} : { quantize }),
       shards: ranges.map(([l0, l1], k) => ({ file: `shard-${k}.onnx`, layers: [l0, l1] as const, first: l0 === 0, last: l1 === config.numLayers }))
-    }
+    })
     const plan: Plan = { config, graphs }
+    // The key hashes every checkpoint file, which a first start has not seen (no digest in the hash memo): there the
+    // digests run while the shards are written (both read the same files; read cold from disk, that is most of a
+    // first start), and the manifest, which names the key, comes last.
+    const shardsAndKey = (dir: string) =>
+      Effect.map(
+        Effect.all([contentKey(keyInput), writeShardFiles(dir, plan, manifestOf(""), source, options.onProgress, threads)], { concurrency: 2 }),
+        ([key]) => key
+      )
+    const t0 = performance.now()
+    const logConverted = Effect.suspend(() => {
+      const seconds = (performance.now() - t0) / 1000
+      const written = dataBytes(graphs)
+      return Effect.logInfo(`chorus: converted ${path.basename(modelDir)} into ${graphs.length} shard(s), ${(written / 1e9).toFixed(2)} GB, in ${seconds.toFixed(1)} s (${(written / 1e6 / seconds).toFixed(0)} MB/s, ${threads} threads)`)
+    })
 
     if (options.outDir !== undefined) {
       const outDir = path.resolve(options.outDir)
       yield* Effect.tryPromise({ try: () => fs.promises.mkdir(outDir, { recursive: true }), catch: conversionError(`cannot create ${outDir}`) })
-      yield* writeAll(outDir, plan, manifest, source, options.onProgress, threads)
+      const key = yield* shardsAndKey(outDir)
+      yield* writeManifest(outDir, manifestOf(key))
       return yield* loadConvertedModel(outDir)
     }
 
     const convertedDir = path.join(cacheDir, "converted")
-    const finalDir = path.join(convertedDir, key)
-    if (fs.existsSync(path.join(finalDir, MANIFEST_FILE))) {
-      const hit = yield* Effect.result(loadConvertedModel(finalDir))
-      if (hit._tag === "Success") return { ...hit.success, cached: true }
-      // An unreadable entry (edited by hand, files deleted) is replaced.
-      yield* Effect.promise(() => fs.promises.rm(finalDir, { recursive: true, force: true }).catch(() => undefined))
+    const isComplete = (dir: string) => fs.existsSync(path.join(dir, MANIFEST_FILE))
+    // An entry that is there and readable is the answer; an unreadable one (edited by hand, files deleted) is removed.
+    const cachedAt = (finalDir: string) =>
+      Effect.gen(function*() {
+        if (!isComplete(finalDir)) return undefined
+        const hit = yield* Effect.result(loadConvertedModel(finalDir))
+        if (hit._tag === "Success") return { ...hit.success, cached: true }
+        yield* Effect.promise(() => fs.promises.rm(finalDir, { recursive: true, force: true }).catch(() => undefined))
+        return undefined
+      })
+    const known = yield* contentKey(keyInput, true)
+    if (known !== undefined) {
+      const finalDir = path.join(convertedDir, known)
+      const hit = yield* cachedAt(finalDir)
+      if (hit !== undefined) return hit
+      yield* writeCacheFolder(finalDir, isComplete, (tmp) => writeAll(tmp, plan, manifestOf(known), source, options.onProgress, threads))
+      yield* logConverted
+      return yield* loadConvertedModel(finalDir)
     }
-    const t0 = performance.now()
-    yield* writeCacheFolder(
-      finalDir,
-      (dir) => fs.existsSync(path.join(dir, MANIFEST_FILE)),
-      (tmp) => writeAll(tmp, plan, manifest, source, options.onProgress, threads)
-    )
-    const seconds = (performance.now() - t0) / 1000
-    const written = dataBytes(graphs)
-    yield* Effect.logInfo(`chorus: converted ${path.basename(modelDir)} into ${graphs.length} shard(s), ${(written / 1e9).toFixed(2)} GB, in ${seconds.toFixed(1)} s (${(written / 1e6 / seconds).toFixed(0)} MB/s, ${threads} threads)`)
+    const finalDir = yield* writeCacheFolderNamedBy(convertedDir, "pending", isComplete, (tmp) =>
+      Effect.gen(function*() {
+        const key = yield* shardsAndKey(tmp)
+        const dir = path.join(convertedDir, key)
+        // The same content converted before under another path: keep that entry (this folder is dropped).
+        if ((yield* cachedAt(dir)) === undefined) yield* writeManifest(tmp, manifestOf(key))
+        return dir
+      }))
+    yield* logConverted
     return yield* loadConvertedModel(finalDir)
   })

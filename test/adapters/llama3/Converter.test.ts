@@ -133,6 +133,24 @@ describe("convertCheckpoint", () => {
     expect(convertedEntries()).toEqual([])
   })
 
+  it("a first sight of the files hashes them while converting; a copy of the same checkpoint finds the same entry and leaves nothing behind", async () => {
+    const first = await Effect.runPromise(convertCheckpoint({ modelDir: fixture("tiny-llama3-a"), dtype: "float32", shards: 1 }))
+    expect(first.cached).toBe(false)
+    expect(path.basename(first.dir)).toBe(first.manifest.key) // the key came in while the shards were written
+    // A copy elsewhere has no digests in the memo: converted again alongside its digests, which name the entry that exists.
+    const copy = path.join(root, "copy-of-a")
+    fs.cpSync(fixture("tiny-llama3-a"), copy, { recursive: true })
+    const again = await Effect.runPromise(convertCheckpoint({ modelDir: copy, dtype: "float32", shards: 1 }))
+    expect(again.dir).toBe(first.dir)
+    expect(again.manifest.key).toBe(first.manifest.key)
+    expect(again.manifest.sourceDir).toBe(first.manifest.sourceDir) // the entry that was there is kept
+    expect(convertedEntries()).toEqual([first.manifest.key]) // no temporary folder left
+    // Now both paths are in the memo: a plain hit.
+    const hit = await Effect.runPromise(convertCheckpoint({ modelDir: copy, dtype: "float32", shards: 1 }))
+    expect(hit.cached).toBe(true)
+    expect(hit.dir).toBe(first.dir)
+  })
+
   it("outDir writes there directly, and loadConvertedModel rejects a damaged manifest", async () => {
     const out = path.join(root, "out-a")
     const model = await Effect.runPromise(convertCheckpoint({ modelDir: fixture("tiny-llama3-a"), outDir: out, dtype: "float16", shards: 1, maxContext: 256 }))
