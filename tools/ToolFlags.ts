@@ -6,21 +6,33 @@ import { type FlagSpecs, type ParsedFlags, parseFlags, usage } from "../src/cli/
 
 const help = { help: { kind: "boolean", description: "print this help" } } as const
 
-/** Parses `process.argv` for the script `tools/<script>`; prints the usage and exits on `--help`. */
-export const parseToolFlags = <S extends FlagSpecs>(script: string, synopsis: string, specs: S): ParsedFlags<S & typeof help> => {
+/** How a script names itself: `name` starts its error lines, `run` is the command line that starts it. */
+export interface ToolName {
+  readonly name: string
+  readonly run: string
+}
+
+/** A one-line error from the script, exit code 2. */
+export const toolFail = (tool: ToolName) => (message: string): never => {
+  process.stderr.write(`${tool.name}: ${message}\n`)
+  process.exit(2)
+}
+
+/** Parses `process.argv` for the script; prints the usage and exits on `--help`. */
+export const parseToolFlags = <S extends FlagSpecs>(tool: ToolName, synopsis: string, specs: S): ParsedFlags<S & typeof help> => {
   const all = { ...specs, ...help }
-  const run = `node tools/${script}`
   let flags: ParsedFlags<S & typeof help>
   try {
-    flags = parseFlags(script, process.argv.slice(2), all) as ParsedFlags<S & typeof help>
+    flags = parseFlags(tool.name, process.argv.slice(2), all) as ParsedFlags<S & typeof help>
   } catch (e) {
-    const message = (e instanceof Error ? e.message : String(e)).replaceAll(`chorus ${script}`, run)
-    process.stderr.write(`${script}: ${message}\n`)
-    process.exit(2)
+    return toolFail(tool)((e instanceof Error ? e.message : String(e)).replaceAll(`chorus ${tool.name}`, tool.run))
   }
   if (flags.help === true) {
-    process.stdout.write(usage(script, synopsis, all).replace(`chorus ${script}`, run))
+    process.stdout.write(usage(tool.name, synopsis, all).replace(`chorus ${tool.name}`, tool.run))
     process.exit(0)
   }
   return flags
 }
+
+/** A script directly under tools/: named by its file, started with `node tools/<file>`. */
+export const toolScript = (file: string): ToolName => ({ name: file, run: `node tools/${file}` })

@@ -13,9 +13,9 @@ import { Engine } from "../src/core/Engine.ts"
 import type { GenerateRequest } from "../src/core/Request.ts"
 import { parseDevice } from "../src/core/shard/StepProtocol.ts"
 import { renderBarChart } from "../src/bench/SvgChart.ts"
-import { parseToolFlags } from "./ToolFlags.ts"
+import { parseToolFlags, toolScript } from "./ToolFlags.ts"
 
-const flags = parseToolFlags("bench-model.ts", "[options]", {
+const flags = parseToolFlags(toolScript("bench-model.ts"), "[options]", {
   model: { kind: "string", description: "checkpoint folder (default: embedded model)" },
   batches: { kind: "list", description: "batch sizes" },
   "prompt-len": { kind: "integer", description: "prompt tokens per sequence" },

@@ -20,9 +20,9 @@ import { Engine } from "../src/core/Engine.ts"
 import { type EngineObserver, type ShardBusy, silentObserver } from "../src/core/EngineObserver.ts"
 import type { LoadedModel } from "../src/core/ModelAdapter.ts"
 import type { GenerateRequest } from "../src/core/Request.ts"
-import { parseToolFlags } from "./ToolFlags.ts"
+import { parseToolFlags, toolScript } from "./ToolFlags.ts"
 
-const flags = parseToolFlags("bench-pipeline.ts", "[options]", {
+const flags = parseToolFlags(toolScript("bench-pipeline.ts"), "[options]", {
   adapter: { kind: "string", description: "bench (default: simulated step time) | llama3 (a random checkpoint on the CPU)" },
   shards: { kind: "integer", description: "shard workers (default 2)" },
   depths: { kind: "list", description: "pipeline depths to compare (default 1,2)" },

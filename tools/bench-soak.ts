@@ -15,9 +15,9 @@ import * as fs from "node:fs"
 import * as http from "node:http"
 import * as os from "node:os"
 import * as path from "node:path"
-import { parseToolFlags } from "./ToolFlags.ts"
+import { parseToolFlags, toolScript } from "./ToolFlags.ts"
 
-const flags = parseToolFlags("bench-soak.ts", "[options]", {
+const flags = parseToolFlags(toolScript("bench-soak.ts"), "[options]", {
   requests: { kind: "integer", description: "streams in all (default 20000)" },
   concurrency: { kind: "integer", description: "streams open at once (default 256)" },
   "output-len": { kind: "integer", description: "tokens per stream (default 16)" },

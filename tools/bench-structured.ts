@@ -17,9 +17,9 @@ import * as fs from "node:fs"
 import * as os from "node:os"
 import { Llama3Adapter } from "../src/adapters/llama3/Llama3Adapter.ts"
 import { startServer } from "../src/http/Server.ts"
-import { parseToolFlags } from "./ToolFlags.ts"
+import { parseToolFlags, toolScript } from "./ToolFlags.ts"
 
-const flags = parseToolFlags("bench-structured.ts", "[options]", {
+const flags = parseToolFlags(toolScript("bench-structured.ts"), "[options]", {
   concurrency: { kind: "list", description: "concurrency levels (default 1,64)" },
   requests: { kind: "integer", description: "measured requests per level and mode (default max(8, 2 x concurrency))" },
   "max-tokens": { kind: "integer", description: "tokens per request (default 256)" },

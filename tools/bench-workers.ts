@@ -24,9 +24,9 @@ import { Writable } from "node:stream"
 import { settingsFromFlags } from "../src/bench/BenchFlags.ts"
 import type { BenchLevel } from "../src/bench/ResultFile.ts"
 import { bench } from "../src/cli/BenchCommand.ts"
-import { parseToolFlags } from "./ToolFlags.ts"
+import { parseToolFlags, toolScript } from "./ToolFlags.ts"
 
-const flags = parseToolFlags("bench-workers.ts", "[options]", {
+const flags = parseToolFlags(toolScript("bench-workers.ts"), "[options]", {
   "step-ms": { kind: "number", description: "simulated model time per engine step in ms (default 50)" },
   "max-batch": { kind: "integer", description: "sequences per worker (and of the local engine) (default 16)" },
   workers: { kind: "list", description: "worker counts to measure (default 1,2,4)" },

@@ -10,7 +10,7 @@
 import { Effect } from "effect"
 import * as fs from "node:fs"
 import { loadLlamaConfig } from "../../src/adapters/llama3/LlamaConfig.ts"
-import { parseFlags, usage } from "../../src/cli/Args.ts"
+import { parseToolFlags, toolFail } from "../ToolFlags.ts"
 import { pipelineRoofline } from "./PipelineRoofline.ts"
 
 const flagSpecs = {
@@ -22,25 +22,12 @@ const flagSpecs = {
   "output-len": { kind: "integer", description: "output tokens per request (default 256)" },
   concurrency: { kind: "list", description: "streams to compute the floor for (default: the sweeps' levels, else 1,64)" },
   sweep: { kind: "string", repeatable: true, description: "a server-sweep.json whose output rates to compare" },
-  help: { kind: "boolean", description: "print this help" }
 } as const
 
-function fail(message: string): never {
-  process.stderr.write(`pipeline-roofline: ${message}\n`)
-  process.exit(2)
-}
-
-const flags = (() => {
-  try {
-    return parseFlags("pipeline-roofline", process.argv.slice(2), flagSpecs)
-  } catch (e) {
-    return fail(e instanceof Error ? e.message : String(e))
-  }
-})()
-if (flags.help === true) {
-  process.stdout.write(usage("pipeline-roofline", "--checkpoint DIR --bandwidth-gbs X [options]", flagSpecs).replace("chorus pipeline-roofline", "node tools/bench-gpu/pipeline-roofline.ts"))
-  process.exit(0)
-}
+const tool = { name: "pipeline-roofline", run: "node tools/bench-gpu/pipeline-roofline.ts" }
+// Annotated so that a call narrows like a `never` function declaration.
+const fail: (message: string) => never = toolFail(tool)
+const flags = parseToolFlags(tool, "--checkpoint DIR --bandwidth-gbs X [options]", flagSpecs)
 const checkpoint = flags.checkpoint ?? fail("--checkpoint DIR is required")
 const bandwidthGbs = flags["bandwidth-gbs"] ?? fail("--bandwidth-gbs X is required")
 if (!(bandwidthGbs > 0)) fail(`--bandwidth-gbs must be positive, got ${bandwidthGbs}`)

@@ -26,7 +26,7 @@ import { execFileSync, spawn } from "node:child_process"
 import * as fs from "node:fs"
 import * as path from "node:path"
 import { fileURLToPath } from "node:url"
-import { parseFlags, usage } from "../../src/cli/Args.ts"
+import { parseToolFlags, toolFail } from "../ToolFlags.ts"
 import { parseDevice } from "../../src/core/shard/StepProtocol.ts"
 import { parseQuantVariant } from "../../src/adapters/llama3/Quantization.ts"
 import { runChorusBench } from "./ChorusBench.ts"
@@ -73,22 +73,13 @@ const flagSpecs = {
   int4: { kind: "string", description: "int4 variants measured after float16 (default b32-zp; e.g. b32-zp,b128-sym; none: skip); see tools/bench-quant.ts" },
   "int4-batch": { kind: "integer", description: "concurrency of the int4 rows (default 64)" },
   quant: { kind: "string", description: "internal: with --stage chorus, the int4 variant" },
-  stage: { kind: "string", description: "internal: run one stage in this process (chorus)" },
-  help: { kind: "boolean", description: "print this help" }
+  stage: { kind: "string", description: "internal: run one stage in this process (chorus)" }
 } as const
 
-const flags = (() => {
-  try {
-    return parseFlags("bench:gpu", process.argv.slice(2), flagSpecs)
-  } catch (e) {
-    return fail(e instanceof Error ? e.message : String(e))
-  }
-})()
-
-if (flags.help === true) {
-  process.stdout.write(usage("bench:gpu", "--checkpoint DIR --out DIR [options]", flagSpecs).replace("chorus bench:gpu", "npm run bench:gpu --"))
-  process.exit(0)
-}
+const tool = { name: "bench:gpu", run: "npm run bench:gpu --" }
+// Annotated so that a call narrows like a `never` function declaration.
+const fail: (message: string) => never = toolFail(tool)
+const flags = parseToolFlags(tool, "--checkpoint DIR --out DIR [options]", flagSpecs)
 const dry = flags["dry-run-cpu"] === true
 const fixturesDir = [path.resolve(repoRoot, "test/fixtures")].find((d) => fs.existsSync(d))
 const checkpoint = path.resolve(
@@ -124,11 +115,6 @@ const int4Batch = flags["int4-batch"] ?? 64
 if (!(int4Batch >= 1)) fail(`--int4-batch must be at least 1, got ${int4Batch}`)
 const stageQuant = flags.quant === undefined ? undefined : parseQuantVariant(flags.quant) ?? fail(`--quant: '${flags.quant}' is not a variant`)
 const int4File = (variant: string) => path.join(out, `chorus-int4-${variant}.json`)
-
-function fail(message: string): never {
-  process.stderr.write(`bench:gpu: ${message}\n`)
-  process.exit(2)
-}
 
 const log = (line: string) => process.stdout.write(`[bench:gpu ${new Date().toISOString().slice(11, 19)}] ${line}\n`)
 

@@ -25,7 +25,7 @@ import * as path from "node:path"
 import { fileURLToPath } from "node:url"
 import { readResult, writeResult } from "../../src/bench/ResultFile.ts"
 import { renderSweepChart } from "../../src/bench/SweepChart.ts"
-import { parseFlags, usage } from "../../src/cli/Args.ts"
+import { parseToolFlags, toolFail } from "../ToolFlags.ts"
 
 const here = path.dirname(fileURLToPath(import.meta.url))
 const repoRoot = path.resolve(here, "../..")
@@ -51,25 +51,12 @@ const flagSpecs = {
   python: { kind: "string", description: "Python with torch, for make_weights.py (default python3)" },
   "ready-timeout-s": { kind: "integer", description: "seconds to wait for /ready (conversion included; default 1800)" },
   "bench-timeout-s": { kind: "integer", description: "time limit of chorus bench (default 3000)" },
-  help: { kind: "boolean", description: "print this help" }
 } as const
 
-function fail(message: string): never {
-  process.stderr.write(`server-sweep: ${message}\n`)
-  process.exit(2)
-}
-
-const flags = (() => {
-  try {
-    return parseFlags("server-sweep", process.argv.slice(2), flagSpecs)
-  } catch (e) {
-    return fail(e instanceof Error ? e.message : String(e))
-  }
-})()
-if (flags.help === true) {
-  process.stdout.write(usage("server-sweep", "--checkpoint DIR --out DIR [options]", flagSpecs).replace("chorus server-sweep", "node tools/bench-gpu/server-sweep.ts"))
-  process.exit(0)
-}
+const tool = { name: "server-sweep", run: "node tools/bench-gpu/server-sweep.ts" }
+// Annotated so that a call narrows like a `never` function declaration.
+const fail: (message: string) => never = toolFail(tool)
+const flags = parseToolFlags(tool, "--checkpoint DIR --out DIR [options]", flagSpecs)
 
 const checkpoint = path.resolve(flags.checkpoint ?? fail("--checkpoint DIR is required"))
 const out = path.resolve(flags.out ?? fail("--out DIR is required"))
