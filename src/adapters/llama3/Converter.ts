@@ -310,17 +310,6 @@ interface Plan {
 const dataBytes = (graphs: ReadonlyArray<ShardGraph>): number =>
   graphs.reduce((n, g) => n + g.weights.reduce((m, w) => m + weightBytes(w, g.options.dtype), 0), 0)
 
-/** Writes every shard and then the manifest into `dir` (which exists). */
-const writeAll = (
-  dir: string,
-  plan: Plan,
-  manifest: ModelManifest,
-  source: TensorSource,
-  onProgress: ConvertOptions["onProgress"],
-  threads: number
-): Effect.Effect<void, CheckpointError | ConversionError> =>
-  Effect.andThen(writeShardFiles(dir, plan, manifest, source, onProgress, threads), writeManifest(dir, manifest))
-
 /** The manifest, written last: a folder with it is complete. */
 const writeManifest = (dir: string, manifest: ModelManifest): Effect.Effect<void, ConversionError> => {
   const text = JSON.stringify(Schema.encodeSync(ModelManifest)(manifest), null, 2)
@@ -330,11 +319,11 @@ const writeManifest = (dir: string, manifest: ModelManifest): Effect.Effect<void
   }))
 }
 
-/** Writes every shard (graph and data) into `dir` (which exists). */
+/** Writes every shard (graph and data) into `dir` (which exists) as `files` (one `.onnx` name per shard). */
 const writeShardFiles = (
   dir: string,
   plan: Plan,
-  manifest: ModelManifest,
+  files: ReadonlyArray<string>,
   source: TensorSource,
   onProgress: ConvertOptions["onProgress"],
   threads: number
@@ -346,7 +335,7 @@ const writeShardFiles = (
       bytesDone += bytes
       onProgress?.({ bytesDone, bytesTotal, tensor })
     }
-    const onnxPaths = manifest.shards.map((s) => path.join(dir, s.file))
+    const onnxPaths = files.map((f) => path.join(dir, f))
     if (threads === 0) {
       for (const [k, graph] of plan.graphs.entries()) yield* writeShard(source, plan.config, graph, onnxPaths[k], { onTensor })
     } else {
@@ -396,6 +385,7 @@ export const convertCheckpoint = (
 
     const cacheDir = chorusCacheDir()
     const keyInput: KeyInput = { cacheDir, modelDir, files: source.files, config, dtype: options.dtype, shards: options.shards, layerSplit, maxContext, attention, quantize }
+    const shardFiles = ranges.map((_, k) => `shard-${k}.onnx`)
     const manifestOf = (key: string): ModelManifest => ({
       formatVersion: FORMAT_VERSION,
       key,
@@ -405,7 +395,7 @@ export const convertCheckpoint = (
       maxContext,
       attention,
       ...(quantize === undefined ? {} : { quantize }),
-      shards: ranges.map(([l0, l1], k) => ({ file: `shard-${k}.onnx`, layers: [l0, l1] as const, first: l0 === 0, last: l1 === config.numLayers }))
+      shards: ranges.map(([l0, l1], k) => ({ file: shardFiles[k]!, layers: [l0, l1] as const, first: l0 === 0, last: l1 === config.numLayers }))
     })
     const plan: Plan = { config, graphs }
     // The key hashes every checkpoint file, which a first start has not seen (no digest in the hash memo): there the
@@ -413,7 +403,7 @@ export const convertCheckpoint = (
     // first start), and the manifest, which names the key, comes last.
     const shardsAndKey = (dir: string) =>
       Effect.map(
-        Effect.all([contentKey(keyInput), writeShardFiles(dir, plan, manifestOf(""), source, options.onProgress, threads)], { concurrency: 2 }),
+        Effect.all([contentKey(keyInput), writeShardFiles(dir, plan, shardFiles, source, options.onProgress, threads)], { concurrency: 2 }),
         ([key]) => key
       )
     const t0 = performance.now()
@@ -447,7 +437,8 @@ export const convertCheckpoint = (
       const finalDir = path.join(convertedDir, known)
       const hit = yield* cachedAt(finalDir)
       if (hit !== undefined) return hit
-      yield* writeCacheFolder(finalDir, isComplete, (tmp) => writeAll(tmp, plan, manifestOf(known), source, options.onProgress, threads))
+      yield* writeCacheFolder(finalDir, isComplete, (tmp) =>
+        Effect.andThen(writeShardFiles(tmp, plan, shardFiles, source, options.onProgress, threads), writeManifest(tmp, manifestOf(known))))
       yield* logConverted
       return yield* loadConvertedModel(finalDir)
     }
