@@ -21,22 +21,13 @@ set -uo pipefail
 FINAL_OUT="$OUT"
 OUT="${RES:-/tmp/chorus-results-$PHASE}"
 rm -rf "$OUT"
-REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
-cd "$REPO" || exit 2
-export BENCH_DIR="${BENCH_DIR:-/tmp/chorus-gpu-bench}"
-export CHORUS_CACHE="$BENCH_DIR/chorus-cache"
+source "$(dirname "${BASH_SOURCE[0]}")/phase-env.sh"
 RESULTS="$BENCH_DIR/multi-gpu"
 # Results of every call so far go back with each call (the checkpoints and the conversion cache stay).
 trap 'cp -rf "$RESULTS"/. "$OUT/" 2>/dev/null; tar czf "$FINAL_OUT/$PHASE.tgz" -C "$OUT" . 2>/dev/null; cp -f "$OUT/log-$PHASE" "$FINAL_OUT/" 2>/dev/null' EXIT
-NODE="$REPO/node_modules/node/bin/node"
 CKPT8="$BENCH_DIR/llama3-8b-random"
 mkdir -p "$OUT" "$RESULTS"
 exec > >(tee -a "$OUT/log-$PHASE") 2>&1
-START=$SECONDS
-say() { printf '\n=== [%s %ss] %s\n' "$PHASE" "$((SECONDS - START))" "$*"; }
-left() { echo $((${DEADLINE_S:-575} - (SECONDS - START))); }
-export LD_LIBRARY_PATH="/usr/local/cuda-13.0/targets/x86_64-linux/lib:/usr/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-export PATH="$REPO/node_modules/.bin:$PATH"
 GRAPHS=(); [[ "${NO_GRAPHS:-0}" == 1 ]] && GRAPHS=(--no-cuda-graphs)
 
 # should_run STEP SECONDS: true (run the step) unless its result exists; exits the phase when fewer than SECONDS are left.

@@ -14,18 +14,10 @@
 set -uo pipefail
 : "${OUT:?OUT must name the folder for the results}"
 : "${PHASE:?PHASE must be A or B}"
-REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
-cd "$REPO" || exit 2
-export BENCH_DIR="${BENCH_DIR:-/tmp/chorus-gpu-bench}"
-export CHORUS_CACHE="$BENCH_DIR/chorus-cache"
-NODE="$REPO/node_modules/node/bin/node"
+source "$(dirname "${BASH_SOURCE[0]}")/phase-env.sh"
 CKPT="$BENCH_DIR/llama3-8b-random"
 mkdir -p "$OUT" "$BENCH_DIR"
 exec > >(tee -a "$OUT/log-$PHASE") 2>&1
-START=$SECONDS
-say() { printf '\n=== [%s %ss] %s\n' "$PHASE" "$((SECONDS - START))" "$*"; }
-export LD_LIBRARY_PATH="/usr/local/cuda-13.0/targets/x86_64-linux/lib:/usr/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-export PATH="$REPO/node_modules/.bin:$PATH"
 
 if [[ "$PHASE" == A ]]; then
   # Set-up and the CUDA parity tests (every device test: the row cache, the paged layout, graphs per bucket).

@@ -31,20 +31,11 @@ FINAL_OUT="$OUT"
 OUT="${RES:-/tmp/chorus-results-$PHASE}"
 rm -rf "$OUT"
 trap 'tar czf "$FINAL_OUT/$PHASE.tgz" -C "$OUT" . 2>/dev/null; cp -f "$OUT/log-$PHASE" "$FINAL_OUT/" 2>/dev/null' EXIT
-: "${PHASE:?PHASE must be S, Q1 or Q2}"
-REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
-cd "$REPO" || exit 2
-export BENCH_DIR="${BENCH_DIR:-/tmp/chorus-gpu-bench}"
-export CHORUS_CACHE="$BENCH_DIR/chorus-cache"
-NODE="$REPO/node_modules/node/bin/node"
+: "${PHASE:?PHASE must be S, Q1, Q2, V, F, X or I}"
+source "$(dirname "${BASH_SOURCE[0]}")/phase-env.sh"
 CKPT="$BENCH_DIR/llama3-8b-random"
 mkdir -p "$OUT" "$BENCH_DIR"
 exec > >(tee -a "$OUT/log-$PHASE") 2>&1
-START=$SECONDS
-say() { printf '\n=== [%s %ss] %s\n' "$PHASE" "$((SECONDS - START))" "$*"; }
-left() { echo $((${DEADLINE_S:-575} - (SECONDS - START))); }
-export LD_LIBRARY_PATH="/usr/local/cuda-13.0/targets/x86_64-linux/lib:/usr/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-export PATH="$REPO/node_modules/.bin:$PATH"
 nproc; free -g | head -2; df -h "$BENCH_DIR" | tail -1
 
 if [[ "$PHASE" == S ]]; then
