@@ -22,6 +22,9 @@
 #                                                          # (ORT_FPA_INTB_GEMM=1): the int4 device tests with them,
 #                                                          # then bench:gpu float16 and int4 b32-sym without the
 #                                                          # switch, int4 b32-sym and b32-zp with it
+#   PHASE=M OUT=$OUT bash scripts/gpu/serving-session.sh   # the MLP's fused-SwiGLU options (native/probes/mlp-fusion.ts:
+#                                                          # today's graph, QuickGelu, one-expert MoE), then the same
+#                                                          # with ORT's per-node profile at M 1 and at M 64
 #
 # Everything is logged to log-$PHASE and packed with the results into $OUT/$PHASE.tgz; the checkpoint and the conversion cache stay in $BENCH_DIR between calls.
 set -uo pipefail
@@ -31,7 +34,7 @@ FINAL_OUT="$OUT"
 OUT="${RES:-/tmp/chorus-results-$PHASE}"
 rm -rf "$OUT"
 trap 'tar czf "$FINAL_OUT/$PHASE.tgz" -C "$OUT" . 2>/dev/null; cp -f "$OUT/log-$PHASE" "$FINAL_OUT/" 2>/dev/null' EXIT
-: "${PHASE:?PHASE must be S, Q1, Q2, V, F, X or I}"
+: "${PHASE:?PHASE must be S, Q1, Q2, V, F, X, I or M}"
 source "$(dirname "${BASH_SOURCE[0]}")/phase-env.sh"
 CKPT="$BENCH_DIR/llama3-8b-random"
 mkdir -p "$OUT" "$BENCH_DIR"
@@ -148,6 +151,20 @@ if [[ "$PHASE" == I ]]; then
   for d in bench-default bench-fpa; do [[ -f "$OUT/$d/bench/bench-gpu.md" ]] && { say "$d"; grep -A12 -i "int4" "$OUT/$d/bench/bench-gpu.md" | head -16; }; done
   exit 0
 fi
+if [[ "$PHASE" == M ]]; then
+  # Issue item 1: gate|up, SwiGLU and down as fewer kernels. Set-up only (the CUDA provider), then the probe (about
+  # 30 s: 1.2 GB of random weights written to /tmp/mlp-fusion, seven sessions of 8 layers), then its profiles.
+  STAGES="none" DEADLINE_S=60 OUT="$OUT/run-all" bash scripts/gpu/run-all.sh >/dev/null 2>&1; say "set-up exit $?"
+  say "MLP fusion probe"
+  timeout 150 "$NODE" native/probes/mlp-fusion.ts 2>&1 | tee "$OUT/mlp-fusion.txt"; say "probe exit ${PIPESTATUS[0]}"
+  for M in 1 64; do
+    say "MLP fusion probe with ORT's per-node profile, M $M"
+    timeout 100 "$NODE" native/probes/mlp-fusion.ts --profile --batches "$M" --runs 30 2>&1 | tee "$OUT/mlp-fusion-profile-m$M.txt"
+    say "profile exit ${PIPESTATUS[0]}"
+  done
+  rm -rf /tmp/mlp-fusion
+  exit 0
+fi
 if [[ "$PHASE" == V ]]; then
   # Check after a fix: the paged and row device tests, then 64 and 256 streams on the default server.
   CUDA_TEST_CMD='CHORUS_TEST_DEVICE=cuda node_modules/node/bin/node node_modules/vitest/vitest.mjs run --config vitest.device.config.ts test/device/PagedShard.test.ts test/device/DeviceParity.test.ts -t "paged|rows|second turn|pattern of load"' \
@@ -159,5 +176,5 @@ if [[ "$PHASE" == V ]]; then
   say "sweep exit $?"; grep -m2 -E "illegal|disabled" "$OUT/server/server.log" | cut -c1-250
   exit 0
 fi
-echo "PHASE must be S, Q1, Q2, V, F, X or I" >&2
+echo "PHASE must be S, Q1, Q2, V, F, X, I or M" >&2
 exit 2
