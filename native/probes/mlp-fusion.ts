@@ -20,6 +20,10 @@
  *     c-gate/up+keep  swiglu_fusion 2: fc1 rows [0, I) gate, [I, 2I) up
  *     c-up/gate+keep  swiglu_fusion 2: fc1 rows [0, I) up, [I, 2I) gate. ORT's sources disagree on which half is
  *                     the gate (below), so both run: the error column says which one the CUDA kernel computes.
+ *   q-sym, q-zp     a with gate|up and down as com.microsoft MatMulNBits (4-bit, block 32, symmetric / zero points,
+ *                   the converter's packing): their error against a is the int4 rounding (a sanity bound only), their
+ *                   rate counts the packed bytes. With ORT_FPA_INTB_GEMM=1 in the environment ORT runs them through
+ *                   TensorRT-LLM's fpA_intB kernels instead of its own.
  *
  * Weights are random (uniform, std 1/sqrt(fan-in)) float16 values in an external data file; one set is shared by the
  * layers (a layer's 352 MB is far over the H200's L2, so every layer streams its weights from HBM again; sharing keeps
@@ -53,6 +57,7 @@ import * as fs from "node:fs"
 import { parseFlags } from "../../src/cli/Args.ts"
 import { type DeviceTensor, NativeOrt, type NativeSession } from "../../src/core/native/NativeOrt.ts"
 import { encodeModel, type ExternalInitializer, type NodeSpec } from "../../src/onnx/OnnxWriter.ts"
+import { blocksPerRow, type Int4Layout, int4Bytes } from "../../src/adapters/llama3/MatMulNBitsPacking.ts"
 
 const flags = parseFlags("mlp-fusion", process.argv.slice(2), {
   device: { kind: "string", description: "cuda (default) or cpu" },
@@ -166,6 +171,10 @@ const permuteRows = (src: Uint16Array, rows: number, width: number, from: (i: nu
   return dst
 }
 
+const only = flags.only?.split(",")
+const int4Names = ["q-sym", "q-zp"]
+const wantInt4 = only === undefined || int4Names.some((n) => only.includes(n))
+
 fs.mkdirSync(dir, { recursive: true })
 const dataName = `mlp-fusion-${dtype}.data`
 const dataPath = `${dir}/${dataName}`
@@ -188,10 +197,30 @@ const down = uniformHalf(I * H, Math.sqrt(3 / I)) // [I, H]
   put("gate_up", [H, 2 * I], gateUp)
   put("down", [I, H], down)
   const t = transpose(gateUp, H, 2 * I) // [2I, H]: row n = column n of gate_up
+  const downT = transpose(down, I, H) // [H, I]
   put("fc1_gate_up", [1, 2 * I, H], t)
   put("fc1_up_gate", [1, 2 * I, H], permuteRows(t, 2 * I, H, (n) => (n + I) % (2 * I)))
   put("fc1_inter", [1, 2 * I, H], permuteRows(t, 2 * I, H, (n) => (n % 2 === 0 ? n / 2 : I + (n - 1) / 2)))
-  put("fc2", [1, H, I], transpose(down, I, H))
+  put("fc2", [1, H, I], downT)
+  // The same weights as MatMulNBits inputs (block 32, the shard converter's packing), for the int4 variants.
+  if (wantInt4) {
+    const putBytes = (name: string, type: "uint8" | "float16" | "float32", dims: ReadonlyArray<number>, bytes: Uint8Array) => {
+      fs.writeSync(fd, bytes, 0, bytes.length, offset)
+      external.set(name, { name, type, dims, location: dataName, offset, length: bytes.length })
+      offset += Math.ceil(bytes.length / 65536) * 65536
+    }
+    for (const symmetric of [true, false]) {
+      for (const [name, rowsNK, n, k] of [["gate_up", t, 2 * I, H], ["down", downT, H, I]] as const) {
+        const l: Int4Layout = { n, k, blockSize: 32, symmetric }
+        const nb = blocksPerRow(l)
+        const [b, scales, zp] = int4Bytes(toFloat32(rowsNK), l, dtype)
+        const q = `${name}_q${symmetric ? "sym" : "zp"}`
+        putBytes(q, "uint8", [n, nb, 16], b!)
+        putBytes(`${q}_scales`, dtype, [n * nb], scales!)
+        if (zp !== undefined) putBytes(`${q}_zp`, "uint8", [n * Math.ceil(nb / 2)], zp)
+      }
+    }
+  }
   fs.closeSync(fd)
 }
 console.log(`MLP fusion probe: ${device} ${dtype}, H ${H}, I ${I}, ${L} layers a session; weights ${((3 * H * I * elemBytes) / 1e6).toFixed(0)} MB a layer; ` +
@@ -206,6 +235,8 @@ interface Variant {
   readonly weights: ReadonlyArray<string>
   readonly mlp: (input: string, output: string, p: string) => Array<NodeSpec>
   readonly moe?: boolean
+  /** 4-bit weights: the error against a is int4 rounding (reported, checked only for sanity), the rate counts packed bytes. */
+  readonly int4?: { readonly symmetric: boolean }
   /** Each layer's MLP input is also a graph output, so ORT cannot plan the MoE's output over it (MayInplace(0, 0)). */
   readonly keepInput?: boolean
 }
@@ -228,6 +259,25 @@ const moe = (fc1: string, fusion: 1 | 2) => (input: string, output: string, p: s
     activation_alpha: { float: 1 }, activation_beta: { float: 0 }
   }
 }]
+const nbits = (w: string, symmetric: boolean, n: number, k: number) => (input: string, output: string, name: string): NodeSpec => {
+  const q = `${w}_q${symmetric ? "sym" : "zp"}`
+  return {
+    op: "MatMulNBits", domain: "com.microsoft", name, outputs: [output],
+    inputs: symmetric ? [input, q, `${q}_scales`] : [input, q, `${q}_scales`, `${q}_zp`],
+    attributes: { K: k, N: n, bits: 4, block_size: 32, accuracy_level: 0 }
+  }
+}
+const int4Mlp = (symmetric: boolean) => (input: string, output: string, p: string): Array<NodeSpec> => [
+  nbits("gate_up", symmetric, 2 * I, H)(input, `${p}.gu`, `${p}.gate_up`),
+  { op: "Split", inputs: [`${p}.gu`, "mlp_split"], outputs: [`${p}.gate`, `${p}.up`], attributes: { axis: -1 }, name: `${p}.split` },
+  ...sigmoidMul(`${p}.gate`, `${p}.silu`, p),
+  { op: "Mul", inputs: [`${p}.silu`, `${p}.up`], outputs: [`${p}.swiglu`], name: `${p}.swiglu` },
+  nbits("down", symmetric, H, I)(`${p}.swiglu`, output, `${p}.down`)
+]
+const int4Weights = (symmetric: boolean): Array<string> => ["gate_up", "down"].flatMap((w) => {
+  const q = `${w}_q${symmetric ? "sym" : "zp"}`
+  return symmetric ? [q, `${q}_scales`] : [q, `${q}_scales`, `${q}_zp`]
+})
 const variants: Array<Variant> = [
   { name: "a", what: "MatMul, Split, Sigmoid, Mul, Mul, MatMul (today)", weights: ["gate_up", "down"], mlp: splitMlp(sigmoidMul) },
   { name: "a-basic", what: "a at graph optimization basic (no QuickGelu fusion)", optimization: "basic", weights: ["gate_up", "down"], mlp: splitMlp(sigmoidMul) },
@@ -238,10 +288,13 @@ const variants: Array<Variant> = [
   { name: "c-inter", what: "MoE, 1 expert, swiglu_fusion 1 (interleaved), as a shard graph would have it", weights: ["fc1_inter", "fc2"], mlp: moe("fc1_inter", 1), moe: true },
   { name: "c-inter+keep", what: "c-inter with each MoE input kept (no in-place output)", weights: ["fc1_inter", "fc2"], mlp: moe("fc1_inter", 1), moe: true, keepInput: true },
   { name: "c-gate/up+keep", what: "MoE, 1 expert, swiglu_fusion 2, gate half first, input kept", weights: ["fc1_gate_up", "fc2"], mlp: moe("fc1_gate_up", 2), moe: true, keepInput: true },
-  { name: "c-up/gate+keep", what: "MoE, 1 expert, swiglu_fusion 2, up half first, input kept", weights: ["fc1_up_gate", "fc2"], mlp: moe("fc1_up_gate", 2), moe: true, keepInput: true }
+  { name: "c-up/gate+keep", what: "MoE, 1 expert, swiglu_fusion 2, up half first, input kept", weights: ["fc1_up_gate", "fc2"], mlp: moe("fc1_up_gate", 2), moe: true, keepInput: true },
+  // ORT reads ORT_FPA_INTB_GEMM when a session is made: run the probe with it set (`--only q-sym,q-zp`) to time
+  // TensorRT-LLM's fpA_intB kernels instead of MatMulNBits' own.
+  { name: "q-sym", what: "a with MatMulNBits 4-bit weights, block 32, symmetric", weights: int4Weights(true), mlp: int4Mlp(true), int4: { symmetric: true } },
+  { name: "q-zp", what: "a with MatMulNBits 4-bit weights, block 32, zero points", weights: int4Weights(false), mlp: int4Mlp(false), int4: { symmetric: false } }
 ]
 const fileName = (name: string): string => name.replace(/[^a-z0-9-]/gi, "_")
-const only = flags.only?.split(",")
 const chosen = variants.filter((v) => v.name === "a" || only === undefined || only.includes(v.name))
 
 const modelFile = (v: Variant): string => {
@@ -328,8 +381,11 @@ const addon = NativeOrt.load()
 const reference = new Map<number, Float64Array>()
 interface Row { readonly variant: string; readonly M: number; readonly us?: number; readonly err?: number; readonly note?: string }
 const rows: Array<Row> = []
-const rate = (us: number): string => {
-  const bytesPerS = (3 * H * I * elemBytes) / (us / 1e6)
+/** A layer's weight bytes: float, or packed codes + scales (+ zero points) for the int4 variants. */
+const layerBytes = (v: Variant): number =>
+  v.int4 === undefined ? 3 * H * I * elemBytes : 3 * H * I * (0.5 + elemBytes / 32 + (v.int4.symmetric ? 0 : 1 / 64))
+const rate = (us: number, v: Variant): string => {
+  const bytesPerS = layerBytes(v) / (us / 1e6)
   return device === "cuda" ? `${(bytesPerS / 1e12).toFixed(2)} TB/s` : `${(bytesPerS / 1e9).toFixed(1)} GB/s`
 }
 const oneLine = (e: unknown): string => (e instanceof Error ? e.message : String(e)).split("\n")[0]!.slice(0, 300)
@@ -396,9 +452,11 @@ for (const v of chosen) {
       }
       runsDone += warmup + runs
       const us = (median(times) / L) * 1000
-      const status = !finite ? "NON-FINITE OUTPUT" : err === undefined ? "" : err < tolerance ? "ok" : "MISMATCH"
+      // int4 rounding of random weights, compounded over the chain, is far above float16's tolerance: sanity only.
+      const limit = v.int4 === undefined ? tolerance : 0.5
+      const status = !finite ? "NON-FINITE OUTPUT" : err === undefined ? "" : err < limit ? (v.int4 === undefined ? "ok" : "ok (int4 rounding)") : "MISMATCH"
       console.log(`  M=${String(M).padStart(3)}: ${us.toFixed(1).padStart(8)} us per layer (min ${((Math.min(...times) / L) * 1000).toFixed(1)}), ` +
-        `${rate(us)}${err === undefined ? "" : `; error vs a ${err.toExponential(2)} ${status}`}${check}`)
+        `${rate(us, v)}${err === undefined ? "" : `; error vs a ${err.toExponential(2)} ${status}`}${check}`)
       rows.push({ variant: v.name, M, us, ...(err === undefined ? {} : { err }), ...(status === "" ? {} : { note: status }) })
       for (const t of [y, ...Object.values(feeds)]) t.release()
     } catch (e) {

@@ -156,10 +156,12 @@ if [[ "$PHASE" == M ]]; then
   # 30 s: 1.2 GB of random weights written to /tmp/mlp-fusion, seven sessions of 8 layers), then its profiles.
   STAGES="none" DEADLINE_S=60 OUT="$OUT/run-all" bash scripts/gpu/run-all.sh >/dev/null 2>&1; say "set-up exit $?"
   say "MLP fusion probe"
-  timeout 150 "$NODE" native/probes/mlp-fusion.ts 2>&1 | tee "$OUT/mlp-fusion.txt"; say "probe exit ${PIPESTATUS[0]}"
+  timeout 180 "$NODE" native/probes/mlp-fusion.ts 2>&1 | tee "$OUT/mlp-fusion.txt"; say "probe exit ${PIPESTATUS[0]}"
+  say "the int4 MLP through TensorRT-LLM's fpA_intB kernels (ORT_FPA_INTB_GEMM=1)"
+  ORT_FPA_INTB_GEMM=1 timeout 120 "$NODE" native/probes/mlp-fusion.ts --only q-sym,q-zp 2>&1 | tee "$OUT/mlp-fusion-fpa.txt"; say "fpA exit ${PIPESTATUS[0]}"
   for M in 1 64; do
     say "MLP fusion probe with ORT's per-node profile, M $M"
-    timeout 100 "$NODE" native/probes/mlp-fusion.ts --profile --batches "$M" --runs 30 2>&1 | tee "$OUT/mlp-fusion-profile-m$M.txt"
+    timeout 100 "$NODE" native/probes/mlp-fusion.ts --profile --batches "$M" --runs 30 --only b,c-inter+keep,c-gate/up+keep,q-sym 2>&1 | tee "$OUT/mlp-fusion-profile-m$M.txt"
     say "profile exit ${PIPESTATUS[0]}"
   done
   rm -rf /tmp/mlp-fusion
