@@ -7,15 +7,23 @@
  *   node native/probes/gqa-backends.ts                          # flash decoding (the default)
  *   ORT_ENABLE_XQA=1 node native/probes/gqa-backends.ts         # TensorRT-LLM's XQA decode kernel
  *
- * `LAYERS` GQA nodes run in one session (their own KV buffers, one input), so launch and host overheads are spread
- * over them; the rate is KV bytes read (keys and values of every cached position) over the time per node.
+ * `--layers` GQA nodes (default 8) run in one session (their own KV buffers, one input), so launch and host overheads
+ * are spread over them; the rate is KV bytes read (keys and values of every cached position) over the time per node.
+ * `--layers 32 --graph` is a decode step's attention as the server runs it: 32 layers, replayed from a CUDA graph
+ * (`enable_cuda_graph`, one graph per shape), so the per-run synchronization and the host-to-device copy of the
+ * sequence lengths are spread over 32 nodes and the launches are the graph's.
  */
 import * as fs from "node:fs"
+import { parseFlags } from "../../src/cli/Args.ts"
 import { type DeviceTensor, type HostTensor, NativeOrt } from "../../src/core/native/NativeOrt.ts"
 import { encodeModel } from "../../src/onnx/OnnxWriter.ts"
 
-const nh = 32, kvh = 8, hd = 128, slot = 4096, LAYERS = 8
-const file = "/tmp/gqa-backends-8b.onnx"
+const flags = parseFlags("gqa-backends", process.argv.slice(2), {
+  layers: { kind: "integer", description: "GQA nodes in the session (default 8)" },
+  graph: { kind: "boolean", description: "replay each shape from a CUDA graph (enable_cuda_graph)" }
+})
+const nh = 32, kvh = 8, hd = 128, slot = 4096, LAYERS = flags.layers ?? 8, graph = flags.graph === true
+const file = `/tmp/gqa-backends-8b-${LAYERS}.onnx`
 const layers = Array.from({ length: LAYERS }, (_, i) => i)
 fs.writeFileSync(file, encodeModel({
   name: "gqa", opsets: { "": 17, "com.microsoft": 1 }, external: [], inline: [],
@@ -40,14 +48,26 @@ fs.writeFileSync(file, encodeModel({
   ])
 }))
 const backend = process.env.ORT_ENABLE_XQA === "1" ? "XQA" : process.env.ORT_DISABLE_FLASH_DECODE === "1" ? "flash (no flash decode)" : "flash decoding"
-const s = NativeOrt.load().createSession(file, { provider: "cuda" })
+const s = NativeOrt.load().createSession(file, {
+  provider: "cuda",
+  cuda: { arena_extend_strategy: "kSameAsRequested", ...(graph ? { enable_cuda_graph: "1" } : {}) }
+})
+let graphId = 0
 const cos = s.allocate("float16", [slot, hd / 2])
 const sin = s.allocate("float16", [slot, hd / 2])
 for (const B of [1, 16, 64, 128]) {
   const caches = layers.map(() => ({ k: s.allocate("float16", [B, kvh, slot, hd]), v: s.allocate("float16", [B, kvh, slot, hd]) }))
   const qkv = s.allocate("float16", [B, 1, (nh + 2 * kvh) * hd])
   for (const past of [1023, 4000]) {
-    const feeds: Record<string, HostTensor | DeviceTensor> = { qkv, cos, sin, seqlens_k: { data: new Int32Array(B).fill(past), dims: [B] }, total: { data: Int32Array.of(past + 1), dims: [] } }
+    const lengths = new Int32Array(B).fill(past)
+    let seqlens: HostTensor | DeviceTensor = { data: lengths, dims: [B] }
+    if (graph) {
+      // A graph replays device addresses: the lengths live on the device, as the server's graphs have them.
+      const d = s.allocate("int32", [B])
+      d.upload(lengths)
+      seqlens = d
+    }
+    const feeds: Record<string, HostTensor | DeviceTensor> = { qkv, cos, sin, seqlens_k: seqlens, total: { data: Int32Array.of(past + 1), dims: [] } }
     const outs: Record<string, DeviceTensor> = {}
     for (const i of layers) {
       feeds[`pk${i}`] = caches[i]!.k
@@ -56,12 +76,21 @@ for (const B of [1, 16, 64, 128]) {
       outs[`prk${i}`] = caches[i]!.k
       outs[`prv${i}`] = caches[i]!.v
     }
-    for (let i = 0; i < 5; i++) s.run(feeds, outs)
+    const opts = graph ? { cudaGraphId: ++graphId } : {}
+    for (let i = 0; i < 5; i++) s.run(feeds, outs, opts)
     const runs = 30
     const t = performance.now()
-    for (let i = 0; i < runs; i++) s.run(feeds, outs)
+    for (let i = 0; i < runs; i++) s.run(feeds, outs, opts)
     const us = ((performance.now() - t) / runs / LAYERS) * 1000
     const kvBytes = 2 * B * kvh * (past + 1) * hd * 2
-    console.log(`${backend}: B=${String(B).padStart(3)} cached=${String(past + 1).padStart(4)}: ${us.toFixed(0).padStart(5)} us per layer (x32 = ${(us * 32 / 1000).toFixed(2)} ms a step); KV ${(kvBytes / 1e6).toFixed(0)} MB -> ${(kvBytes / (us / 1e6) / 1e12).toFixed(2)} TB/s`)
+    console.log(`${backend}${graph ? ", CUDA graph" : ""}, ${LAYERS} layers: B=${String(B).padStart(3)} cached=${String(past + 1).padStart(4)}: ${us.toFixed(0).padStart(5)} us per layer (x32 = ${(us * 32 / 1000).toFixed(2)} ms a step); KV ${(kvBytes / 1e6).toFixed(0)} MB -> ${(kvBytes / (us / 1e6) / 1e12).toFixed(2)} TB/s`)
+    for (const i of layers) outs[`o${i}`]!.release()
+    if (graph) (seqlens as DeviceTensor).release()
   }
+  // 32 layers of 128 rows x 4,096 slots are 69 GB: free each batch size's caches before the next.
+  for (const c of caches) {
+    c.k.release()
+    c.v.release()
+  }
+  qkv.release()
 }

@@ -18,6 +18,8 @@
 #   PHASE=X OUT=$OUT bash scripts/gpu/serving-session.sh   # decode attention by backend (flash decoding, XQA): the
 #                                                          # GQA probe, the device tests with XQA, and the 8B served
 #                                                          # at 1 and 64 streams with and without it
+#   PHASE=K OUT=$OUT bash scripts/gpu/serving-session.sh   # kernel times: XQA decode attention at 8 / 32 layers and
+#                                                          # from a CUDA graph, the int4 MLP through fpA_intB
 #   PHASE=I OUT=$OUT bash scripts/gpu/serving-session.sh   # int4 through ORT's CUTLASS weight-only kernels
 #                                                          # (ORT_FPA_INTB_GEMM=1): the int4 device tests with them,
 #                                                          # then bench:gpu float16 and int4 b32-sym without the
@@ -34,7 +36,7 @@ FINAL_OUT="$OUT"
 OUT="${RES:-/tmp/chorus-results-$PHASE}"
 rm -rf "$OUT"
 trap 'tar czf "$FINAL_OUT/$PHASE.tgz" -C "$OUT" . 2>/dev/null; cp -f "$OUT/log-$PHASE" "$FINAL_OUT/" 2>/dev/null' EXIT
-: "${PHASE:?PHASE must be S, Q1, Q2, V, F, X, I or M}"
+: "${PHASE:?PHASE must be S, Q1, Q2, V, F, X, I, M or K}"
 source "$(dirname "${BASH_SOURCE[0]}")/phase-env.sh"
 CKPT="$BENCH_DIR/llama3-8b-random"
 mkdir -p "$OUT" "$BENCH_DIR"
@@ -167,6 +169,19 @@ if [[ "$PHASE" == M ]]; then
   rm -rf /tmp/mlp-fusion
   exit 0
 fi
+if [[ "$PHASE" == K ]]; then
+  # Kernel times for the closing figures: decode attention (XQA) at 8 and 32 layers a session, and 32 replayed from a
+  # CUDA graph as the server runs them; the int4 MLP through the fpA_intB kernels.
+  STAGES="none" DEADLINE_S=60 OUT="$OUT/run-all" bash scripts/gpu/run-all.sh >/dev/null 2>&1; say "set-up exit $?"
+  for args in "--layers 8" "--layers 32" "--layers 32 --graph"; do
+    say "GQA probe, XQA, $args"
+    ORT_ENABLE_XQA=1 timeout 120 "$NODE" native/probes/gqa-backends.ts $args 2>&1 | grep -v "^$" | tee -a "$OUT/gqa-xqa.txt"
+  done
+  say "the int4 MLP through TensorRT-LLM's fpA_intB kernels (ORT_FPA_INTB_GEMM=1)"
+  ORT_FPA_INTB_GEMM=1 timeout 150 "$NODE" native/probes/mlp-fusion.ts --only q-sym,q-zp 2>&1 | tee "$OUT/mlp-fusion-fpa.txt"; say "fpA exit ${PIPESTATUS[0]}"
+  rm -rf /tmp/mlp-fusion
+  exit 0
+fi
 if [[ "$PHASE" == V ]]; then
   # Check after a fix: the paged and row device tests, then 64 and 256 streams on the default server.
   CUDA_TEST_CMD='CHORUS_TEST_DEVICE=cuda node_modules/node/bin/node node_modules/vitest/vitest.mjs run --config vitest.device.config.ts test/device/PagedShard.test.ts test/device/DeviceParity.test.ts -t "paged|rows|second turn|pattern of load"' \
@@ -178,5 +193,5 @@ if [[ "$PHASE" == V ]]; then
   say "sweep exit $?"; grep -m2 -E "illegal|disabled" "$OUT/server/server.log" | cut -c1-250
   exit 0
 fi
-echo "PHASE must be S, Q1, Q2, V, F, X, I or M" >&2
+echo "PHASE must be S, Q1, Q2, V, F, X, I, M or K" >&2
 exit 2
