@@ -18,6 +18,8 @@
 #   PHASE=X OUT=$OUT bash scripts/gpu/serving-session.sh   # decode attention by backend (flash decoding, XQA): the
 #                                                          # GQA probe, the device tests with XQA, and the 8B served
 #                                                          # at 1 and 64 streams with and without it
+#   PHASE=Q3 OUT=$OUT bash scripts/gpu/serving-session.sh  # chorus serve float16 vs --quantize int4 (zp, sym) through
+#                                                          # chorus bench, 1 and 64 streams
 #   PHASE=K OUT=$OUT bash scripts/gpu/serving-session.sh   # kernel times: XQA decode attention at 8 / 32 layers and
 #                                                          # from a CUDA graph, the int4 MLP through fpA_intB
 #   PHASE=I OUT=$OUT bash scripts/gpu/serving-session.sh   # int4 through ORT's CUTLASS weight-only kernels
@@ -36,7 +38,7 @@ FINAL_OUT="$OUT"
 OUT="${RES:-/tmp/chorus-results-$PHASE}"
 rm -rf "$OUT"
 trap 'tar czf "$FINAL_OUT/$PHASE.tgz" -C "$OUT" . 2>/dev/null; cp -f "$OUT/log-$PHASE" "$FINAL_OUT/" 2>/dev/null' EXIT
-: "${PHASE:?PHASE must be S, Q1, Q2, V, F, X, I, M or K}"
+: "${PHASE:?PHASE must be S, Q1, Q2, Q3, V, F, X, I, M or K}"
 source "$(dirname "${BASH_SOURCE[0]}")/phase-env.sh"
 CKPT="$BENCH_DIR/llama3-8b-random"
 mkdir -p "$OUT" "$BENCH_DIR"
@@ -182,6 +184,23 @@ if [[ "$PHASE" == K ]]; then
   rm -rf /tmp/mlp-fusion
   exit 0
 fi
+if [[ "$PHASE" == Q3 ]]; then
+  # What a user measures: `chorus serve` float16 and `--quantize int4` (default block 32 with zero points, and block
+  # 32 symmetric) through `chorus bench`, 1 and 64 streams, back to back on one host.
+  STAGES="none" DEADLINE_S=60 OUT="$OUT/run-all" bash scripts/gpu/run-all.sh >/dev/null 2>&1; say "set-up exit $?"
+  [[ -f "$CKPT/model.safetensors.index.json" ]] || { timeout 200 python3 tools/bench-gpu/make_weights.py "$CKPT"; say "weights exit $?"; }
+  serve() { # serve NAME [serve args...]
+    local name=$1; shift
+    local extra=(); for a in "$@"; do extra+=("--serve-arg=$a"); done
+    timeout $(($(left) - 5)) "$NODE" tools/bench-gpu/server-sweep.ts --checkpoint "$CKPT" --out "$OUT/$name" --skip-weights \
+      --max-batch 256 --concurrency 1,64 --prefix-history 0 --ready-timeout-s 150 --bench-timeout-s 90 "${extra[@]}"
+    say "$name exit $?"; grep -E "^\| (1|64) \||ready after" "$OUT/$name/server-sweep.md"
+  }
+  serve float16
+  serve int4-b32-zp --quantize=int4
+  serve int4-b32-sym --quantize=int4 --quant-symmetric
+  exit 0
+fi
 if [[ "$PHASE" == V ]]; then
   # Check after a fix: the paged and row device tests, then 64 and 256 streams on the default server.
   CUDA_TEST_CMD='CHORUS_TEST_DEVICE=cuda node_modules/node/bin/node node_modules/vitest/vitest.mjs run --config vitest.device.config.ts test/device/PagedShard.test.ts test/device/DeviceParity.test.ts -t "paged|rows|second turn|pattern of load"' \
@@ -193,5 +212,5 @@ if [[ "$PHASE" == V ]]; then
   say "sweep exit $?"; grep -m2 -E "illegal|disabled" "$OUT/server/server.log" | cut -c1-250
   exit 0
 fi
-echo "PHASE must be S, Q1, Q2, V, F, X, I, M or K" >&2
+echo "PHASE must be S, Q1, Q2, Q3, V, F, X, I, M or K" >&2
 exit 2
