@@ -6,6 +6,9 @@
  *   node tools/bench-quant.ts [--model DIR]... [--device cpu|cuda:N] [--dtype float32|float16|bfloat16]
  *     [--variants b32-zp,b32-sym,b128-zp,b128-sym,b32-zp-headfloat,float16] [--tokens 16] [--prompts 4] [--no-fixtures]
  *
+ * A variant is `b32|b128` `-zp|-sym`, then any of `-headfloat`, `-acc4` and `-actclip` (`--quant-search
+ * activation-clip` over the built-in calibration text), or `float16`.
+ *
  * Without --model it measures test/fixtures/tiny-llama3-{a,b} (their reference prompts). A checkpoint without a
  * reference.json gets `--prompts` deterministic pseudo-random prompts of 32 tokens. On CUDA the float side runs in
  * --dtype (float16 by default there), so the figures are int4 against float16, as issue 12 asks. The variant `float16`
@@ -47,7 +50,7 @@ const promptCount = Number(values.prompts)
 if (!Number.isInteger(tokens) || tokens < 1) fail(`--tokens must be a positive integer, got '${values.tokens}'`)
 
 const parseVariant = (v: string): Int4Settings | "float16" =>
-  v === "float16" ? v : parseQuantVariant(v) ?? fail(`variant '${v}' is not float16 or b32|b128 - zp|sym [-headfloat] [-acc4]`)
+  v === "float16" ? v : parseQuantVariant(v) ?? fail(`variant '${v}' is not float16 or b32|b128 - zp|sym [-headfloat] [-acc4] [-actclip]`)
 const variants = values.variants.split(",").map((v) => v.trim()).filter((v) => v !== "").map(parseVariant)
 
 const referencePrompts = (dir: string): ReadonlyArray<ReadonlyArray<number>> | undefined => {

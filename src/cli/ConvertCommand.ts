@@ -31,7 +31,8 @@ export const runConvert = (flags: ParsedFlags<typeof convertFlags>) =>
       return yield* bad("--dtype", `--dtype must be float32, float16 or bfloat16, got '${dtype}'`)
     }
     if (flags.shards !== undefined && flags.shards < 1) return yield* bad("--shards", `--shards must be at least 1, got ${flags.shards}`)
-    const quantize = yield* resolveQuantFlags(flags)
+    const chosen = yield* resolveQuantFlags(flags)
+    const quantize = chosen?.quantize
     const { shards, layerSplit } = yield* resolveSplitFlags(flags, { dir: flags.model, dtype, shards: flags.shards, utilization: undefined })
     const bar = new ProgressBar("converting")
     const started = performance.now()
@@ -43,6 +44,7 @@ export const runConvert = (flags: ParsedFlags<typeof convertFlags>) =>
       ...(layerSplit === undefined ? {} : { layerSplit }),
       ...(flags["context-length"] === undefined ? {} : { maxContext: flags["context-length"] }),
       ...(quantize === undefined ? {} : { quantize }),
+      ...(chosen?.calibrationText === undefined ? {} : { calibrationText: chosen.calibrationText }),
       onProgress: (p) => bar.update(p)
     })
     bar.done()

@@ -2,6 +2,7 @@
  * Flags shared by every command that loads a model, and how they become adapter and engine options.
  */
 import { Effect } from "effect"
+import * as fs from "node:fs"
 import { splitRanges } from "../adapters/llama3/Converter.ts"
 import type { Llama3Options } from "../adapters/llama3/Llama3Adapter.ts"
 import { loadLlamaConfig } from "../adapters/llama3/LlamaConfig.ts"
@@ -21,13 +22,31 @@ export const quantFlags = {
   quantize: { kind: "string", description: "int4: 4-bit weights through ONNX Runtime's MatMulNBits (default: float weights)" },
   "quant-block-size": { kind: "integer", description: "with --quantize int4: weights per scale, 32 (default) or 128" },
   "quant-symmetric": { kind: "boolean", description: "with --quantize int4: no zero points (codes centred on 8); default: a zero point per block" },
-  "quant-lm-head": { kind: "string", description: "with --quantize int4: on (default) | off, quantize the LM head too" }
+  "quant-lm-head": { kind: "string", description: "with --quantize int4: on (default) | off, quantize the LM head too" },
+  "quant-search": {
+    kind: "string",
+    description:
+      "with --quantize int4: none (default: round to nearest) | activation-clip (each block's range clipped to minimize its error weighted by the float model's mean x^2 per input channel over a calibration text; converts and runs the float32 model once; docs/quantized-checkpoints.md)"
+  },
+  "quant-calibration": {
+    kind: "string",
+    description: "with --quant-search activation-clip: a UTF-8 text file to calibrate on (default: a built-in text of about 500 tokens)"
+  }
 } as const satisfies FlagSpecs
 
-/** `--quantize` and its companions as `Int4Settings` (undefined: float weights); a ValidationError names the flag. */
-export const resolveQuantFlags = (flags: ParsedFlags<typeof quantFlags>): Effect.Effect<Int4Settings | undefined, ValidationError> =>
+export interface QuantChoice {
+  readonly quantize: Int4Settings
+  /** `--quant-calibration`'s text; undefined: the built-in one. */
+  readonly calibrationText: string | undefined
+}
+
+/**
+ * `--quantize` and its companions as `Int4Settings` plus the calibration text (undefined: float weights); a
+ * ValidationError names the flag.
+ */
+export const resolveQuantFlags = (flags: ParsedFlags<typeof quantFlags>): Effect.Effect<QuantChoice | undefined, ValidationError> =>
   Effect.gen(function*() {
-    const companions = (["quant-block-size", "quant-symmetric", "quant-lm-head"] as const).filter((f) => flags[f] !== undefined)
+    const companions = (["quant-block-size", "quant-symmetric", "quant-lm-head", "quant-search", "quant-calibration"] as const).filter((f) => flags[f] !== undefined)
     if (flags.quantize === undefined) {
       if (companions.length > 0) return yield* bad(`--${companions[0]}`, `--${companions[0]} needs --quantize int4`)
       return undefined
@@ -37,7 +56,23 @@ export const resolveQuantFlags = (flags: ParsedFlags<typeof quantFlags>): Effect
     if (block !== 32 && block !== 128) return yield* bad("--quant-block-size", `--quant-block-size must be 32 or 128, got ${block}`)
     const head = flags["quant-lm-head"] ?? "on"
     if (head !== "on" && head !== "off") return yield* bad("--quant-lm-head", `--quant-lm-head must be on or off, got '${head}'`)
-    return { ...defaultInt4, blockSize: block, symmetric: flags["quant-symmetric"] === true, lmHead: head === "on" }
+    const search = flags["quant-search"] ?? defaultInt4.search
+    if (search !== "none" && search !== "activation-clip") {
+      return yield* bad("--quant-search", `--quant-search must be none or activation-clip, got '${search}'`)
+    }
+    const file = flags["quant-calibration"]
+    if (file !== undefined && search !== "activation-clip") return yield* bad("--quant-calibration", "--quant-calibration needs --quant-search activation-clip")
+    const calibrationText = file === undefined ? undefined : yield* Effect.tryPromise({
+      try: () => fs.promises.readFile(file, "utf8"),
+      catch: (e) => new ValidationError({ field: "--quant-calibration", message: `--quant-calibration: cannot read ${file}: ${e instanceof Error ? e.message : String(e)}` })
+    })
+    if (calibrationText !== undefined && calibrationText.trim() === "") {
+      return yield* bad("--quant-calibration", `--quant-calibration: ${file} is empty (the calibration needs text)`)
+    }
+    return {
+      quantize: { ...defaultInt4, blockSize: block, symmetric: flags["quant-symmetric"] === true, lmHead: head === "on", search },
+      calibrationText
+    }
   })
 
 /** How the layers are split over the shards, shared by the model-loading commands and `chorus convert`. */
@@ -210,7 +245,7 @@ export const resolveModelFlags = (flags: ParsedFlags<typeof modelFlags>, gpuCoun
       return yield* bad("--decode-attention", `--decode-attention must be xqa or flash, got '${decodeAttention}'`)
     }
     if (decodeAttention !== undefined && device.kind !== "cuda") return yield* bad("--decode-attention", "--decode-attention needs --device cuda")
-    const quantize = yield* resolveQuantFlags(flags)
+    const quant = yield* resolveQuantFlags(flags)
     const attention = device.kind !== "cuda" ? undefined : dtype === "float32" ? "fused" as const : asked ?? "fused"
     const bar = new ProgressBar("converting")
     const adapter: Llama3Options = {
@@ -220,7 +255,8 @@ export const resolveModelFlags = (flags: ParsedFlags<typeof modelFlags>, gpuCoun
       ...(layerSplit === undefined ? {} : { layerSplit }),
       maxContext: flags["context-length"],
       attention,
-      ...(quantize === undefined ? {} : { quantize }),
+      ...(quant === undefined ? {} : { quantize: quant.quantize }),
+      ...(quant?.calibrationText === undefined ? {} : { calibrationText: quant.calibrationText }),
       onProgress: (p) => bar.update(p)
     }
     const engine: EngineOptions = {

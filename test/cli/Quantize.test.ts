@@ -17,6 +17,10 @@ const chorus = (...args: Array<string>) =>
     timeout: 180_000
   })
 
+const emptyFile = path.join(cache, "empty.txt")
+fs.writeFileSync(emptyFile, " \n")
+const missingFile = path.join(cache, "missing.txt")
+
 /** Manifests in the cache, by their quantization (`none` for float). */
 const cachedQuantizations = () =>
   fs.readdirSync(path.join(cache, "converted")).filter((k) => !k.includes(".")).map((k) => {
@@ -66,11 +70,33 @@ describe("chorus generate --quantize int4", () => {
     expect(JSON.parse(fs.readFileSync(path.join(out, "chorus-model.json"), "utf8")).quantize).toMatchObject({ blockSize: 32, symmetric: false, lmHead: false })
   })
 
+  it("chorus convert --quant-search activation-clip --quant-calibration FILE calibrates on the file and records it", () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), "chorus-convert-actclip-"))
+    const text = path.join(dir, "calibration.txt")
+    fs.writeFileSync(text, "Calibration text for a test: the quick brown fox jumps over the lazy dog, 1, 2, 3.\n")
+    const r = chorus("convert", "--model", fixtureDir("tiny-llama3-a"), "--out", path.join(dir, "onnx"), "--quantize", "int4", "--quant-search", "activation-clip", "--quant-calibration", text)
+    expect(r.status).toBe(0)
+    expect(r.stdout).toMatch(/\(1 shard\(s\), float32, int4 b32 zp act-clip, [\d.]+ s\)\n$/)
+    const manifest = JSON.parse(fs.readFileSync(path.join(dir, "onnx", "chorus-model.json"), "utf8"))
+    expect(manifest.quantize.search).toBe("activation-clip")
+    // one sequence: BOS and the file's twenty-odd tokens (the built-in text has over 500)
+    expect(manifest.calibration.tokens).toBeGreaterThan(10)
+    expect(manifest.calibration.tokens).toBeLessThan(40)
+  })
+
   it.each([
     [["--quantize", "int8"], "--quantize must be int4, got 'int8'"],
     [["--quantize", "int4", "--quant-block-size", "64"], "--quant-block-size must be 32 or 128, got 64"],
     [["--quant-symmetric"], "--quant-symmetric needs --quantize int4"],
-    [["--quantize", "int4", "--quant-lm-head", "maybe"], "--quant-lm-head must be on or off, got 'maybe'"]
+    [["--quantize", "int4", "--quant-lm-head", "maybe"], "--quant-lm-head must be on or off, got 'maybe'"],
+    [["--quantize", "int4", "--quant-search", "awq"], "--quant-search must be none or activation-clip, got 'awq'"],
+    [["--quant-search", "activation-clip"], "--quant-search needs --quantize int4"],
+    [["--quantize", "int4", "--quant-calibration", emptyFile], "--quant-calibration needs --quant-search activation-clip"],
+    [["--quantize", "int4", "--quant-search", "activation-clip", "--quant-calibration", emptyFile], `--quant-calibration: ${emptyFile} is empty (the calibration needs text)`],
+    [
+      ["--quantize", "int4", "--quant-search", "activation-clip", "--quant-calibration", missingFile],
+      `--quant-calibration: cannot read ${missingFile}: ENOENT: no such file or directory, open '${missingFile}'`
+    ]
   ])("refuses %j with one line and exit 2", (flags, message) => {
     const r = chorus("generate", "--prompt", "x", ...flags)
     expect(r.status).toBe(2)

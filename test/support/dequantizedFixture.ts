@@ -13,9 +13,16 @@ const LINEAR = /\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)\.wei
 /**
  * A float32 copy of fixture `name` in a new folder under `root` whose linear weights are replaced by their int4 round
  * trip (the LM head too when `q.lmHead`; a tied head becomes an explicit `lm_head.weight`, since the int4 model keeps
- * the embedding float), with the scales rounded as `scaleDtype` stores them.
+ * the embedding float), with the scales rounded as `scaleDtype` stores them. `importance` (by the graph's weight name:
+ * `layers.{i}.qkv`, `.o_proj`, `.gate_up`, `.down`, `lm_head`) gives each linear the activation-weighted clip search.
  */
-export const dequantizedFixture = async (root: string, name: string, q: Int4Settings, scaleDtype: "float32" | "float16"): Promise<string> => {
+export const dequantizedFixture = async (
+  root: string,
+  name: string,
+  q: Int4Settings,
+  scaleDtype: "float32" | "float16",
+  importance?: ReadonlyMap<string, Float32Array>
+): Promise<string> => {
   const from = fixtureDir(name)
   const dir = fs.mkdtempSync(path.join(root, `${name}-${scaleDtype}-dequantized-`))
   const config = JSON.parse(fs.readFileSync(path.join(from, "config.json"), "utf8")) as Record<string, unknown>
@@ -23,18 +30,27 @@ export const dequantizedFixture = async (root: string, name: string, q: Int4Sett
   fs.writeFileSync(path.join(dir, "config.json"), JSON.stringify({ ...config, tie_word_embeddings: false }))
   fs.copyFileSync(path.join(from, "generation_config.json"), path.join(dir, "generation_config.json"))
   const source = await Effect.runPromise(openCheckpoint(from))
-  const roundTrip = (data: Float32Array, shape: ReadonlyArray<number>) => {
+  // rows are quantized independently, so q, k and v (gate and up) alone are their stacked weight's rows
+  const weightOf = (tensor: string): string => {
+    const m = /^model\.layers\.(\d+)\.(?:self_attn|mlp)\.(\w+)_proj\.weight$/.exec(tensor)
+    if (m === null) return "lm_head"
+    const kind = { q: "qkv", k: "qkv", v: "qkv", o: "o_proj", gate: "gate_up", up: "gate_up", down: "down" }[m[2]] ?? m[2]
+    return `layers.${m[1]}.${kind}`
+  }
+  const roundTrip = (data: Float32Array, shape: ReadonlyArray<number>, tensor: string) => {
     const l = { n: shape[0], k: shape[1], blockSize: q.blockSize, symmetric: q.symmetric }
-    return dequantizeInt4(quantizeInt4(data, l, scaleRounder(scaleDtype)), l)
+    const imp = importance?.get(weightOf(tensor))
+    if (importance !== undefined && imp === undefined) throw new Error(`no importance for ${tensor} (${weightOf(tensor)})`)
+    return dequantizeInt4(quantizeInt4(data, l, scaleRounder(scaleDtype), imp), l)
   }
   const tensors: Array<SafetensorsTensor> = []
   for (const tensor of source.names) {
     const info = source.info(tensor)!
     const data = await Effect.runPromise(source.readFloat32(tensor))
     const quantized = LINEAR.test(tensor) || (tensor === "lm_head.weight" && q.lmHead)
-    tensors.push({ name: tensor, dtype: "F32", shape: info.shape, data: quantized ? roundTrip(data, info.shape) : data })
+    tensors.push({ name: tensor, dtype: "F32", shape: info.shape, data: quantized ? roundTrip(data, info.shape, tensor) : data })
     if (tied && tensor === "model.embed_tokens.weight") {
-      tensors.push({ name: "lm_head.weight", dtype: "F32", shape: info.shape, data: q.lmHead ? roundTrip(data, info.shape) : data })
+      tensors.push({ name: "lm_head.weight", dtype: "F32", shape: info.shape, data: q.lmHead ? roundTrip(data, info.shape, "lm_head.weight") : data })
     }
   }
   await Effect.runPromise(writeSafetensors(path.join(dir, "model.safetensors"), tensors))

@@ -35,8 +35,16 @@ export interface ConvertTask {
   readonly inDim: number
   readonly outDim: number
   readonly sources: ReadonlyArray<TensorLocation>
-  /** With `int4`: the block layout and the data-file offset of each part (codes, scales, zero points). */
-  readonly int4?: { readonly blockSize: QuantBlockSize; readonly symmetric: boolean; readonly partOffsets: ReadonlyArray<number> }
+  /**
+   * With `int4`: the block layout, the data-file offset of each part (codes, scales, zero points) and, for the
+   * activation-weighted clip search, the mean x² of each input channel (`[inDim]`; absent: round to nearest).
+   */
+  readonly int4?: {
+    readonly blockSize: QuantBlockSize
+    readonly symmetric: boolean
+    readonly partOffsets: ReadonlyArray<number>
+    readonly importance?: Float32Array
+  }
   /** With `prequantized`: the checkpoint's quantization, the modules stacked along N, the offset of each part. */
   readonly prequantized?: { readonly quant: CheckpointQuant; readonly modules: ReadonlyArray<string>; readonly partOffsets: ReadonlyArray<number> }
 }
@@ -178,7 +186,7 @@ const writeInt4 = (task: ConvertTask, read: Read, out: number): number => {
     rows.set(values, at)
     at += values.length
   }
-  const parts = int4Bytes(rows, { n: task.outDim, k: task.inDim, blockSize: q.blockSize, symmetric: q.symmetric }, task.dtype)
+  const parts = int4Bytes(rows, { n: task.outDim, k: task.inDim, blockSize: q.blockSize, symmetric: q.symmetric }, task.dtype, q.importance)
   if (parts.length !== q.partOffsets.length) throw new Error(`int4 task for ${task.dataPath}: ${parts.length} parts, ${q.partOffsets.length} offsets`)
   let total = 0
   for (const [j, bytes] of parts.entries()) {

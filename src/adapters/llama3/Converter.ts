@@ -16,6 +16,8 @@ import { DIGEST_SCHEME, digestFiles } from "../../checkpoint/FileDigest.ts"
 import { openCheckpoint } from "../../checkpoint/Safetensors.ts"
 import type { TensorSource } from "../../checkpoint/TensorSource.ts"
 import { type CheckpointError, ConversionError, type ModelConfigError } from "../../core/Errors.ts"
+import { type CalibrationTokens, calibrationTokens, collectActivationStats } from "./ActivationStats.ts"
+import { defaultCalibrationText } from "./CalibrationText.ts"
 import { defaultConvertThreads, makeConvertPool } from "./ConvertPool.ts"
 import { type AttentionLayout, buildShardGraph, graphTensors, type ModelDType, type ShardGraph, validateTensors, weightBytes, writeShard, writeShards } from "./GraphBuilder.ts"
 import { type LlamaConfig, loadLlamaConfig } from "./LlamaConfig.ts"
@@ -83,6 +85,8 @@ export const ModelManifest = Schema.Struct({
   attention: Schema.optional(Schema.Literals(["rotary-outside", "fused", "paged"])),
   /** Weight-only quantization (MatMulNBits); absent: float weights. */
   quantize: Schema.optional(Int4Settings),
+  /** With `quantize.search` `activation-clip`: the calibration tokens used (count and sha256, also in the key). */
+  calibration: Schema.optional(Schema.Struct({ tokens: Int, digest: Schema.String })),
   shards: Schema.Array(ShardEntry)
 })
 export type ModelManifest = typeof ModelManifest.Type
@@ -121,6 +125,11 @@ export interface ConvertOptions {
   readonly attention?: AttentionLayout
   /** 4-bit weights through MatMulNBits (`Quantization.ts`); omitted: float weights. */
   readonly quantize?: Int4Settings
+  /**
+   * With `quantize.search` `activation-clip`: the text whose activations weight the search (`ActivationStats.ts`);
+   * default: the built-in one (`CalibrationText.ts`). Ignored otherwise.
+   */
+  readonly calibrationText?: string
   readonly onProgress?: (progress: ConvertProgress) => void
   /**
    * Conversion worker threads (default: `defaultConvertThreads()`, one per core, at most 16). `0` runs the
@@ -246,7 +255,11 @@ interface KeyInput {
   readonly maxContext: number
   readonly attention: AttentionLayout
   readonly quantize: Int4Settings | undefined
+  /** Digest of the calibration tokens, with the activation-weighted search. */
+  readonly calibration: string | undefined
 }
+
+const withoutSearch = ({ search: _search, ...rest }: Int4Settings) => rest
 
 /** The conversion's cache key; with `memoOnly`, undefined unless every file's digest is in the hash memo (no hashing). */
 function contentKey(k: KeyInput, memoOnly: true): Effect.Effect<string | undefined, ConversionError>
@@ -268,7 +281,9 @@ function contentKey(k: KeyInput, memoOnly = false): Effect.Effect<string | undef
       attention: k.attention,
       // Only when set: float conversions keep the keys they had before quantization existed (no needless reconversion),
       // and an int4 conversion of the same checkpoint gets a key of its own, so both coexist in the cache.
-      ...(k.quantize === undefined ? {} : { quantize: k.quantize }),
+      // `search` only when it is not `none`: int4 conversions without the search keep the keys they had before it existed.
+      ...(k.quantize === undefined ? {} : { quantize: k.quantize.search === "none" ? withoutSearch(k.quantize) : k.quantize }),
+      ...(k.calibration === undefined ? {} : { calibration: k.calibration }),
       // The normalized config carries an AWQ / GPTQ checkpoint's `quantization` (and config.json's own hash is in
       // `files`), so a pre-quantized checkpoint never shares a key with a float one.
       config: k.config,
@@ -326,9 +341,11 @@ const writeShardFiles = (
   files: ReadonlyArray<string>,
   source: TensorSource,
   onProgress: ConvertOptions["onProgress"],
-  threads: number
-): Effect.Effect<void, CheckpointError | ConversionError> =>
+  threads: number,
+  importanceOf: Effect.Effect<ReadonlyMap<string, Float32Array> | undefined, CheckpointError | ModelConfigError | ConversionError>
+): Effect.Effect<void, CheckpointError | ModelConfigError | ConversionError> =>
   Effect.gen(function*() {
+    const importance = yield* importanceOf
     const bytesTotal = dataBytes(plan.graphs)
     let bytesDone = 0
     const onTensor = (tensor: string, bytes: number) => {
@@ -337,10 +354,10 @@ const writeShardFiles = (
     }
     const onnxPaths = files.map((f) => path.join(dir, f))
     if (threads === 0) {
-      for (const [k, graph] of plan.graphs.entries()) yield* writeShard(source, plan.config, graph, onnxPaths[k], { onTensor })
+      for (const [k, graph] of plan.graphs.entries()) yield* writeShard(source, plan.config, graph, onnxPaths[k], { onTensor, ...(importance === undefined ? {} : { importance }) })
     } else {
       yield* Effect.scoped(
-        Effect.flatMap(makeConvertPool(threads), (pool) => writeShards(source, plan.config, plan.graphs, onnxPaths, pool, { onTensor }))
+        Effect.flatMap(makeConvertPool(threads), (pool) => writeShards(source, plan.config, plan.graphs, onnxPaths, pool, { onTensor, ...(importance === undefined ? {} : { importance }) }))
       )
     }
   })
@@ -383,8 +400,32 @@ export const convertCheckpoint = (
     const source = yield* openCheckpoint(modelDir)
     yield* validateTensors(source, config, graphTensors(graphs))
 
+    // The activation-weighted search: the calibration tokens are known up front (the key hashes them); the statistics,
+    // which need the float model converted and run, are taken only when shards are written (not on a cache hit).
+    const calibration: CalibrationTokens | undefined = quantize?.search === "activation-clip"
+      ? yield* calibrationTokens(modelDir, config, options.calibrationText ?? defaultCalibrationText, Math.min(config.maxPositionEmbeddings, DEFAULT_MAX_CONTEXT))
+      : undefined
+    const importanceOf = calibration === undefined ? Effect.succeed(undefined) : Effect.gen(function*() {
+      yield* Effect.logInfo(`chorus: --quant-search activation-clip: calibrating on the float32 model of ${path.basename(modelDir)} (converted into the cache unless it is there)`)
+      // the default options of a float32 conversion, so that this entry is the one a float32 run of the model uses
+      const float = yield* convertCheckpoint({ modelDir, dtype: "float32", shards: 1, threads })
+      return yield* collectActivationStats(config, { dataFile: `${float.shardPaths[0]}.data`, maxContext: float.manifest.maxContext }, calibration, threads > 0 ? threads : undefined)
+    })
+
     const cacheDir = chorusCacheDir()
-    const keyInput: KeyInput = { cacheDir, modelDir, files: source.files, config, dtype: options.dtype, shards: options.shards, layerSplit, maxContext, attention, quantize }
+    const keyInput: KeyInput = {
+      cacheDir,
+      modelDir,
+      files: source.files,
+      config,
+      dtype: options.dtype,
+      shards: options.shards,
+      layerSplit,
+      maxContext,
+      attention,
+      quantize,
+      calibration: calibration?.digest
+    }
     const shardFiles = ranges.map((_, k) => `shard-${k}.onnx`)
     const manifestOf = (key: string): ModelManifest => ({
       formatVersion: FORMAT_VERSION,
@@ -395,6 +436,7 @@ export const convertCheckpoint = (
       maxContext,
       attention,
       ...(quantize === undefined ? {} : { quantize }),
+      ...(calibration === undefined ? {} : { calibration: { tokens: calibration.tokens, digest: calibration.digest } }),
       shards: ranges.map(([l0, l1], k) => ({ file: shardFiles[k]!, layers: [l0, l1] as const, first: l0 === 0, last: l1 === config.numLayers }))
     })
     const plan: Plan = { config, graphs }
@@ -403,7 +445,7 @@ export const convertCheckpoint = (
     // first start), and the manifest, which names the key, comes last.
     const shardsAndKey = (dir: string) =>
       Effect.map(
-        Effect.all([contentKey(keyInput), writeShardFiles(dir, plan, shardFiles, source, options.onProgress, threads)], { concurrency: 2 }),
+        Effect.all([contentKey(keyInput), writeShardFiles(dir, plan, shardFiles, source, options.onProgress, threads, importanceOf)], { concurrency: 2 }),
         ([key]) => key
       )
     const t0 = performance.now()
@@ -438,7 +480,7 @@ export const convertCheckpoint = (
       const hit = yield* cachedAt(finalDir)
       if (hit !== undefined) return hit
       yield* writeCacheFolder(finalDir, isComplete, (tmp) =>
-        Effect.andThen(writeShardFiles(tmp, plan, shardFiles, source, options.onProgress, threads), writeManifest(tmp, manifestOf(known))))
+        Effect.andThen(writeShardFiles(tmp, plan, shardFiles, source, options.onProgress, threads, importanceOf), writeManifest(tmp, manifestOf(known))))
       yield* logConverted
       return yield* loadConvertedModel(finalDir)
     }

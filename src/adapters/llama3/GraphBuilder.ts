@@ -64,6 +64,14 @@ export interface ShardOptions {
    * packed codes, scales in the shard dtype and optional zero points (`MatMulNBitsPacking.ts`).
    */
   readonly quantize?: Int4Settings
+  /**
+   * Adds one float32 output `[K]` per linear (`sumSquaresName(weight)`): the sum of x² over every token of the run, per
+   * input channel K of that linear (the attention norm's output for `qkv`, attention's for `o_proj`, the post-attention
+   * norm's for `gate_up`, SwiGLU's for `down`, the final norm's over all tokens for `lm_head`). The activation
+   * statistics of `--quant-search activation-clip` come from the float model run with these outputs
+   * (`ActivationStats.ts`); the weights and their layout are those of the graph without them.
+   */
+  readonly calibration?: boolean
 }
 
 export type AttentionLayout = "rotary-outside" | "fused" | "paged"
@@ -114,6 +122,9 @@ export interface WeightPart {
   readonly bytes: number
 }
 
+/** The calibration output of a linear (`ShardOptions.calibration`): Σ x² over tokens of its input, per input channel. */
+export const sumSquaresName = (weight: string): string => `sum_squares.${weight}`
+
 /** Names of an int4 weight's scale and zero-point initializers (its codes keep the weight's name). */
 export const scalesName = (weight: string): string => `${weight}.scales`
 export const zeroPointsName = (weight: string): string => `${weight}.zero_points`
@@ -159,6 +170,26 @@ const placeParts = (parts: ReadonlyArray<WeightPart>, offset: number): { readonl
   }
   return { starts, end }
 }
+
+/** Every weight of `graph` with its parts and their offsets in the shard's data file, in file order. */
+const placeWeights = (graph: ShardGraph) => {
+  let offset = 0
+  return graph.weights.map((w) => {
+    const parts = weightParts(w, graph.options.dtype)
+    const { starts, end } = placeParts(parts, offset)
+    offset = end
+    return { weight: w, parts, starts }
+  })
+}
+
+/**
+ * The initializers `graph`'s `.onnx` lists, each at its place in the data file `location` that `writeShard(s)` writes
+ * for it: what a graph with other outputs over the same weights (`ShardOptions.calibration`) is encoded with.
+ */
+export const graphExternals = (graph: ShardGraph, location: string): Array<ExternalInitializer> =>
+  placeWeights(graph).flatMap(({ parts, starts }) =>
+    parts.map((part, j) => ({ name: part.name, type: part.type, dims: part.dims, location, offset: starts[j], length: part.bytes }))
+  )
 
 /** Checks the layer range against the config; throws a one-line message (callers wrap it). */
 const checkRange = (config: LlamaConfig, options: ShardOptions): void => {
@@ -297,6 +328,17 @@ export const buildShardGraph = (config: LlamaConfig, options: ShardOptions): Sha
     })
   }
 
+  const tokenAxes = tokenDims.map((_, a) => a)
+  const sumSquares = (input: string, weight: string) => {
+    if (options.calibration !== true) return
+    const from = T === "float32" ? input : `${input}.float32`
+    // float32 before squaring: a float16 sum over hundreds of tokens overflows
+    if (T !== "float32") node({ op: "Cast", inputs: [input], outputs: [from], attributes: { to: 1 }, name: `${weight}.calibration_cast` })
+    const k = weights.find((w) => w.name === weight)?.dims[0] ?? 0
+    node({ op: "ReduceSumSquare", inputs: [from], outputs: [sumSquaresName(weight)], attributes: { axes: tokenAxes, keepdims: 0 }, name: `${weight}.sum_squares` })
+    outputs.push({ name: sumSquaresName(weight), type: "float32", dims: [k] })
+  }
+
   for (let i = l0; i < l1; i++) {
     const p = `layers.${i}`
     const hf = `model.layers.${i}`
@@ -324,6 +366,7 @@ export const buildShardGraph = (config: LlamaConfig, options: ShardOptions): Sha
 
     norm(`${p}.input_norm`, `${p}.attn_in`, `${p}.input_norm`)
     matmul(`${p}.attn_in`, `${p}.qkv`, `${p}.qkv_out`, `${p}.qkv`)
+    sumSquares(`${p}.attn_in`, `${p}.qkv`)
     if (paged) {
       // Inputs by slot: 0 packed QKV (key/value omitted), 3-4 the block pools (updated in place), 5 cumulative lengths,
       // 6 past lengths, 7 block table, 8-9 rotary caches (position = past + offset in the entry), 10-15 unused,
@@ -371,14 +414,17 @@ export const buildShardGraph = (config: LlamaConfig, options: ShardOptions): Sha
       })
     }
     matmul(`${p}.attn`, `${p}.o_proj`, `${p}.attn_out`, `${p}.o_proj`)
+    sumSquares(`${p}.attn`, `${p}.o_proj`)
     pending = `${p}.attn_out`
     norm(`${p}.post_norm`, `${p}.mlp_in`, `${p}.post_norm`)
     matmul(`${p}.mlp_in`, `${p}.gate_up`, `${p}.gate_up_out`, `${p}.gate_up`)
+    sumSquares(`${p}.mlp_in`, `${p}.gate_up`)
     node({ op: "Split", inputs: [`${p}.gate_up_out`, "mlp_split"], outputs: [`${p}.gate`, `${p}.up`], attributes: { axis: -1 }, name: `${p}.split` })
     node({ op: "Sigmoid", inputs: [`${p}.gate`], outputs: [`${p}.gate_sigmoid`], name: `${p}.sigmoid` })
     node({ op: "Mul", inputs: [`${p}.gate`, `${p}.gate_sigmoid`], outputs: [`${p}.silu`], name: `${p}.silu` })
     node({ op: "Mul", inputs: [`${p}.silu`, `${p}.up`], outputs: [`${p}.swiglu`], name: `${p}.swiglu` })
     matmul(`${p}.swiglu`, `${p}.down`, `${p}.mlp_out`, `${p}.down`)
+    sumSquares(`${p}.swiglu`, `${p}.down`)
     pending = `${p}.mlp_out`
   }
 
@@ -389,6 +435,8 @@ export const buildShardGraph = (config: LlamaConfig, options: ShardOptions): Sha
     weights.push({ name: "lm_head", dims: [H, V], recipe: linearRecipe([head], quant?.lmHead ?? false) })
     if (!paged) inline.push({ name: "last_axis", type: "int64", dims: [1], values: [-1] })
     node({ op: "SkipSimplifiedLayerNormalization", domain: "com.microsoft", inputs: [pending ?? residual, residual, "final_norm"], outputs: ["normed"], attributes: { epsilon: eps }, name: "final_norm" })
+    // every token's final hidden state, not only the selected positions: the head sees all of them in generation
+    sumSquares("normed", "lm_head")
     if (paged) {
       // Select the requested packed positions before the LM head: [tokens, H] -> [n_logits, H].
       node({ op: "Gather", inputs: ["normed", TensorNames.logitsIndex], outputs: ["selected"], attributes: { axis: 0 }, name: "select" })
@@ -673,7 +721,8 @@ const produceParts = (
   config: LlamaConfig,
   w: WeightSpec,
   dtype: ModelDType,
-  rope: () => { cos: Float32Array; sin: Float32Array }
+  rope: () => { cos: Float32Array; sin: Float32Array },
+  importance: Float32Array | undefined
 ): Effect.Effect<Array<Uint8Array>, CheckpointError> => {
   const r = w.recipe
   if (r.kind === "prequantized") {
@@ -682,7 +731,7 @@ const produceParts = (
   }
   if (r.kind !== "int4") return Effect.map(produce(source, config, w, rope), (values) => [toBytes(values, dtype)])
   const l = int4Layout({ ...w, recipe: r })
-  return Effect.map(readRows(source, config, r.tensors, l.n, l.k), (rows) => int4Bytes(rows, l, dtype))
+  return Effect.map(readRows(source, config, r.tensors, l.n, l.k), (rows) => int4Bytes(rows, l, dtype, importance))
 }
 
 const produce = (
@@ -727,6 +776,11 @@ const ioError = (file: string, what: string) => (cause: unknown) =>
 export interface WriteShardOptions {
   /** Called after each tensor lands in the data file, with its byte size. */
   readonly onTensor?: (name: string, bytes: number) => void
+  /**
+   * Per int4 weight (by name), the mean x² of each of its input channels over calibration tokens: those weights take
+   * the activation-weighted clip search (`quantizeInt4`); the others round to nearest.
+   */
+  readonly importance?: ReadonlyMap<string, Float32Array>
 }
 
 /**
@@ -756,7 +810,7 @@ export const writeShard = (
           let offset = 0
           for (const w of graph.weights) {
             const parts = weightParts(w, dtype)
-            const bytesOfParts = yield* produceParts(source, config, w, dtype, rope)
+            const bytesOfParts = yield* produceParts(source, config, w, dtype, rope, writeOptions.importance?.get(w.name))
             const { starts, end } = placeParts(parts, offset)
             for (const [j, part] of parts.entries()) {
               const bytes = bytesOfParts[j]
@@ -827,19 +881,11 @@ export const writeShards = (
     const externals: Array<Array<ExternalInitializer>> = []
     for (const [k, graph] of graphs.entries()) {
       const dataPath = `${onnxPaths[k]}.data`
-      const location = path.basename(dataPath)
       const dtype = graph.options.dtype
-      const external: Array<ExternalInitializer> = []
-      let offset = 0
-      for (const w of graph.weights) {
-        const parts = weightParts(w, dtype)
+      externals.push(graphExternals(graph, path.basename(dataPath)))
+      for (const { weight: w, parts, starts } of placeWeights(graph)) {
         const bytes = parts.reduce((n, p) => n + p.bytes, 0)
-        const { starts, end } = placeParts(parts, offset)
-        for (const [j, part] of parts.entries()) {
-          external.push({ name: part.name, type: part.type, dims: part.dims, location, offset: starts[j], length: part.bytes })
-        }
         const start = starts[0]
-        offset = end
         const r = w.recipe
         if (r.kind === "rope") {
           jobs.push({ name: w.name, bytes, rope: { graph, part: r.part, dataPath, offset: start } })
@@ -863,10 +909,12 @@ export const writeShards = (
         if (linear && (sources.reduce((n, s) => n + s.shape[0], 0) !== outDim || sources.some((s) => s.shape[1] !== inDim))) {
           return yield* Effect.fail(new ConversionError({ message: `initializer ${w.name}: its sources do not make [${inDim}, ${outDim}]` }))
         }
-        const int4 = r.kind === "int4" ? { blockSize: r.blockSize, symmetric: r.symmetric, partOffsets: starts } : undefined
+        const importance = r.kind === "int4" ? writeOptions.importance?.get(w.name) : undefined
+        const int4 = r.kind === "int4"
+          ? { blockSize: r.blockSize, symmetric: r.symmetric, partOffsets: starts, ...(importance === undefined ? {} : { importance }) }
+          : undefined
         jobs.push({ name: w.name, bytes, task: { kind: r.kind, dataPath, offset: start, dtype, inDim, outDim, sources, ...(int4 === undefined ? {} : { int4 }) } })
       }
-      externals.push(external)
     }
 
     // Create (truncate) every data file up front; the workers open them for positional writes.

@@ -37,6 +37,8 @@ export interface Llama3Options {
   readonly attention?: AttentionLayout | undefined
   /** 4-bit weights (`--quantize int4`): MatMulNBits for every linear; omitted: float weights. */
   readonly quantize?: Int4Settings | undefined
+  /** With `quantize.search` `activation-clip` (`--quant-calibration`): the text to calibrate on; default: the built-in one. */
+  readonly calibrationText?: string | undefined
   /** Threads that render and tokenize prompts off the event loop; default: one per four cores, 1 to 4. */
   readonly promptThreads?: number | undefined
 }
@@ -58,6 +60,7 @@ export const Llama3Adapter: ModelAdapter<Llama3Options> = {
         ...(options.maxContext === undefined ? {} : { maxContext: options.maxContext }),
         ...(options.attention === undefined ? {} : { attention: options.attention }),
         ...(options.quantize === undefined ? {} : { quantize: options.quantize }),
+        ...(options.calibrationText === undefined ? {} : { calibrationText: options.calibrationText }),
         ...(options.onProgress === undefined ? {} : { onProgress: options.onProgress })
       })
       const config = converted.manifest.config

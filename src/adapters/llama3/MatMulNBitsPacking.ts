@@ -52,17 +52,58 @@ export const int4Sizes = (l: Int4Layout, scaleBytes: number) => {
 }
 
 /**
+ * Clip ratios the activation-weighted search tries, 1.0 down to 0.5 in steps of 0.025 (AWQ's auto clip grid: 20 steps
+ * to half the range). 1.0 comes first and is exactly round to nearest over the full range, and only a strictly lower
+ * error replaces a candidate, so the search never does worse than round to nearest on its own measure.
+ */
+export const CLIP_RATIOS: ReadonlyArray<number> = Array.from({ length: 21 }, (_, i) => 1 - i / 40)
+
+/**
+ * One block's scale and zero point for the range shrunk by `ratio`. Symmetric (as ORT's MLAS quantizer): the element
+ * of largest magnitude `m` (with its sign) gets the scale `m / -8`, so at ratio 1 it lands exactly on code 0 and the
+ * codes -8..7 around 8 cover the block. Asymmetric: the range `[min(0, lo), max(0, hi)]` over 15 steps, zero point
+ * `round(-min / scale)` (0 stays exactly representable). At ratio 1 the products are the inputs themselves, so this is
+ * the round-to-nearest scale bit for bit.
+ */
+const blockScale = (symmetric: boolean, m: number, lo: number, hi: number, ratio: number, roundScale: (x: number) => number): { scale: number; zp: number } => {
+  if (symmetric) return { scale: roundScale((m * ratio) / -8), zp: 8 }
+  const l = lo * ratio
+  const scale = roundScale((hi * ratio - l) / 15)
+  return { scale, zp: scale === 0 ? 8 : Math.min(15, Math.max(0, Math.round(-l / scale))) }
+}
+
+const code = (v: number, inv: number, zp: number): number => Math.min(15, Math.max(0, Math.round(v * inv) + zp))
+
+/**
+ * `Σ importance[c] · (w[c] - (q[c] - zp) · scale)²` over `[k0, k1)` of the row starting at `row`, in float64: the
+ * search's measure, and (through `blockErrors`) the one tests check it against.
+ */
+const weightedError = (w: Float32Array, row: number, k0: number, k1: number, importance: Float32Array, scale: number, zp: number): number => {
+  const inv = scale === 0 ? 0 : 1 / scale
+  let err = 0
+  for (let c = k0; c < k1; c++) {
+    const v = w[row + c]
+    const d = v - (code(v, inv, zp) - zp) * scale
+    err += importance[c] * d * d
+  }
+  return err
+}
+
+/**
  * Quantizes `w` (row-major `[n, k]` float32, the Hugging Face layout) block by block. `roundScale` rounds a scale to
  * the storage dtype (Math.fround for float32, Math.f16round for float16); codes are computed with the rounded scale,
  * so that the stored scale and codes are consistent with each other.
  *
- * Symmetric (as ORT's MLAS quantizer): the block's element of largest magnitude `m` (with its sign) gets the scale
- * `m / -8`, so it lands exactly on code 0 and the codes -8..7 around 8 cover the block. Asymmetric: the range
- * `[min(0, lo), max(0, hi)]` over 15 steps, zero point `round(-min / scale)` (0 stays exactly representable).
+ * Without `importance`: round to nearest over each block's full range (`blockScale` at ratio 1). With `importance`
+ * (`[k]`, non-negative: the mean x² of each input channel over calibration tokens), each block takes the clip ratio
+ * of `CLIP_RATIOS` whose scale gives the lowest `Σ importance · (w - dequant(q))²` over the block: a diagonal stand-in
+ * for the block's share of the output error E[(x·(w - dequant(q)))²], trading clipped outliers in channels that see
+ * small activations for finer steps everywhere else. Deterministic: the same inputs give the same bytes.
  */
-export const quantizeInt4 = (w: Float32Array, l: Int4Layout, roundScale: (x: number) => number): Int4Packed => {
+export const quantizeInt4 = (w: Float32Array, l: Int4Layout, roundScale: (x: number) => number, importance?: Float32Array): Int4Packed => {
   const { n, k, blockSize, symmetric } = l
   if (w.length !== n * k) throw new RangeError(`weight has ${w.length} values, expected ${n} x ${k}`)
+  if (importance !== undefined && importance.length !== k) throw new RangeError(`importance has ${importance.length} values, expected ${k} (one per input channel)`)
   const nb = blocksPerRow(l)
   const half = blockSize / 2
   const b = new Uint8Array(n * nb * half)
@@ -74,40 +115,58 @@ export const quantizeInt4 = (w: Float32Array, l: Int4Layout, roundScale: (x: num
     for (let blk = 0; blk < nb; blk++) {
       const k0 = blk * blockSize
       const k1 = Math.min(k, k0 + blockSize)
-      let scale: number
-      let zp: number
-      if (symmetric) {
-        let m = 0
-        for (let c = k0; c < k1; c++) {
-          const v = w[row + c]
-          if (Math.abs(v) > Math.abs(m)) m = v
-        }
-        scale = roundScale(m / -8)
-        zp = 8
-      } else {
-        let lo = 0
-        let hi = 0
-        for (let c = k0; c < k1; c++) {
-          const v = w[row + c]
-          if (v < lo) lo = v
-          if (v > hi) hi = v
-        }
-        scale = roundScale((hi - lo) / 15)
-        zp = scale === 0 ? 8 : Math.min(15, Math.max(0, Math.round(-lo / scale)))
-        zeroPoints![r * zpRow + (blk >>> 1)] |= zp << ((blk & 1) * 4)
+      let m = 0
+      let lo = 0
+      let hi = 0
+      for (let c = k0; c < k1; c++) {
+        const v = w[row + c]
+        if (Math.abs(v) > Math.abs(m)) m = v
+        if (v < lo) lo = v
+        if (v > hi) hi = v
       }
+      let { scale, zp } = blockScale(symmetric, m, lo, hi, 1, roundScale)
+      if (importance !== undefined) {
+        let best = weightedError(w, row, k0, k1, importance, scale, zp)
+        for (let i = 1; i < CLIP_RATIOS.length && best > 0; i++) {
+          const candidate = blockScale(symmetric, m, lo, hi, CLIP_RATIOS[i], roundScale)
+          const err = weightedError(w, row, k0, k1, importance, candidate.scale, candidate.zp)
+          if (err < best) {
+            best = err
+            scale = candidate.scale
+            zp = candidate.zp
+          }
+        }
+      }
+      if (zeroPoints !== undefined) zeroPoints[r * zpRow + (blk >>> 1)] |= zp << ((blk & 1) * 4)
       scales[r * nb + blk] = scale
       const inv = scale === 0 ? 0 : 1 / scale
       const out = (r * nb + blk) * half
       for (let c = k0; c < k1; c++) {
-        const q = Math.min(15, Math.max(0, Math.round(w[row + c] * inv) + zp))
         const j = c - k0
-        b[out + (j >>> 1)] |= q << ((j & 1) * 4)
+        b[out + (j >>> 1)] |= code(w[row + c], inv, zp) << ((j & 1) * 4)
       }
       for (let j = k1 - k0; j < blockSize; j++) b[out + (j >>> 1)] |= zp << ((j & 1) * 4)
     }
   }
   return { b, scales, zeroPoints }
+}
+
+/**
+ * Each block's `Σ importance · (w - dequant(q))²` (`[n * n_blocks]`, row-major), with the codes and scales `packed`
+ * holds: the measure the activation-weighted search minimizes, computed the same way, for tests and tools.
+ */
+export const blockErrors = (w: Float32Array, packed: Int4Packed, l: Int4Layout, importance: Float32Array): Float64Array => {
+  const { n, k, blockSize } = l
+  const nb = blocksPerRow(l)
+  const zpRow = Math.ceil(nb / 2)
+  const out = new Float64Array(n * nb)
+  for (let r = 0; r < n; r++) {
+    for (let blk = 0; blk < nb; blk++) {
+      const zp = packed.zeroPoints === undefined ? 8 : (packed.zeroPoints[r * zpRow + (blk >>> 1)] >>> ((blk & 1) * 4)) & 15
+      out[r * nb + blk] = weightedError(w, r * k, blk * blockSize, Math.min(k, (blk + 1) * blockSize), importance, packed.scales[r * nb + blk], zp)
+    }
+  }
+  return out
 }
 
 /** The float values `packed` stands for, row-major `[n, k]`: `(q - zero_point) * scale`. */
@@ -155,10 +214,10 @@ export const scaleRounder = (dtype: "float32" | "float16" | "bfloat16"): (x: num
 
 /**
  * The data-file bytes of an int4 weight, in `GraphBuilder.weightParts` order: codes, scales in `dtype`, then zero
- * points unless symmetric. `w` is row-major `[n, k]` float32.
+ * points unless symmetric. `w` is row-major `[n, k]` float32; `importance` turns on the clip search (`quantizeInt4`).
  */
-export const int4Bytes = (w: Float32Array, l: Int4Layout, dtype: "float32" | "float16" | "bfloat16"): Array<Uint8Array> => {
-  const packed = quantizeInt4(w, l, scaleRounder(dtype))
+export const int4Bytes = (w: Float32Array, l: Int4Layout, dtype: "float32" | "float16" | "bfloat16", importance?: Float32Array): Array<Uint8Array> => {
+  const packed = quantizeInt4(w, l, scaleRounder(dtype), importance)
   const scales = encodeFloat32(dtype === "float32" ? "F32" : dtype === "float16" ? "F16" : "BF16", packed.scales)
   return packed.zeroPoints === undefined ? [packed.b, scales] : [packed.b, scales, packed.zeroPoints]
 }

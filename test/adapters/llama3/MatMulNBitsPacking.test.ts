@@ -4,7 +4,7 @@ import * as os from "node:os"
 import * as path from "node:path"
 import * as ort from "onnxruntime-node"
 import { afterAll, describe, expect, it } from "vitest"
-import { dequantizeInt4, type Int4Layout, int4Bytes, quantizeInt4 } from "../../../src/adapters/llama3/MatMulNBitsPacking.ts"
+import { blockErrors, CLIP_RATIOS, dequantizeInt4, type Int4Layout, int4Bytes, quantizeInt4, scaleRounder } from "../../../src/adapters/llama3/MatMulNBitsPacking.ts"
 import { encodeModel, type ExternalInitializer } from "../../../src/onnx/OnnxWriter.ts"
 
 const root = fs.mkdtempSync(path.join(os.tmpdir(), "chorus-nbits-"))
@@ -138,9 +138,9 @@ describe("quantizeInt4", () => {
 })
 
 /** One MatMulNBits node over packed weights, run by ORT's CPU kernel. */
-const runMatMulNBits = async (a: Float32Array, m: number, w: Float32Array, l: Int4Layout) => {
+const runMatMulNBits = async (a: Float32Array, m: number, w: Float32Array, l: Int4Layout, importance?: Float32Array) => {
   const dir = fs.mkdtempSync(path.join(root, "node-"))
-  const parts = int4Bytes(w, l, "float32")
+  const parts = int4Bytes(w, l, "float32", importance)
   const names = ["B", "scales", "zero_points"]
   const nb = Math.ceil(l.k / l.blockSize)
   const dims = [[l.n, nb, l.blockSize / 2], [l.n * nb], [parts[2]?.length ?? 0]]
@@ -179,14 +179,15 @@ const runMatMulNBits = async (a: Float32Array, m: number, w: Float32Array, l: In
 }
 
 describe("ONNX Runtime's MatMulNBits (CPU) reads the packed weights as the packer means them", () => {
-  it.each(layouts.map((l) => [`${l.n}x${l.k} block ${l.blockSize} ${l.symmetric ? "symmetric" : "zero points"}`, l] as const))(
+  it.each(layouts.flatMap((l) => [false, true].map((search) => [`${l.n}x${l.k} block ${l.blockSize} ${l.symmetric ? "symmetric" : "zero points"}${search ? ", clip search" : ""}`, l, search] as const)))(
     "%s: A x dequantized(W)^T within float32 rounding",
-    async (_, l) => {
+    async (_, l, search) => {
       const m = 3
       const w = weights(l.n * l.k, 7 + l.k)
       const a = weights(m * l.k, 11)
-      const y = await runMatMulNBits(a, m, w, l)
-      const wq = handDequantize(...((p) => [p.b, p.scales, p.zeroPoints, l] as const)(quantizeInt4(w, l, Math.fround)))
+      const importance = search ? channelImportance(l.k, 5) : undefined
+      const y = await runMatMulNBits(a, m, w, l, importance)
+      const wq = handDequantize(...((p) => [p.b, p.scales, p.zeroPoints, l] as const)(quantizeInt4(w, l, Math.fround, importance)))
       let scale = 0
       let diff = 0
       for (let i = 0; i < m; i++) {
@@ -200,4 +201,72 @@ describe("ONNX Runtime's MatMulNBits (CPU) reads the packed weights as the packe
       expect(diff / scale).toBeLessThan(1e-5)
     }
   )
+})
+
+/** Per-channel mean x² as a calibration run gives them: positive, spread over two orders of magnitude, a few large. */
+const channelImportance = (k: number, seed: number): Float32Array => Float32Array.from(weights(k, seed), (v, c) => (c % 11 === 0 ? 30 : 0.3) * (v * v + 0.01))
+
+describe("the activation-weighted clip search", () => {
+  const searched = layouts.flatMap((l) => (["float32", "float16"] as const).map((dtype) => [l, dtype] as const))
+  it.each(searched.map(([l, dtype]) => [`${l.n}x${l.k} block ${l.blockSize} ${l.symmetric ? "sym" : "zp"}, ${dtype} scales`, l, dtype] as const))(
+    "%s: no block's weighted error is above round to nearest's, and the total is lower",
+    (_, l, dtype) => {
+      const w = weights(l.n * l.k, 3 + l.n)
+      const importance = channelImportance(l.k, 17)
+      const round = scaleRounder(dtype)
+      const rtn = blockErrors(w, quantizeInt4(w, l, round), l, importance)
+      const search = blockErrors(w, quantizeInt4(w, l, round, importance), l, importance)
+      let sumRtn = 0
+      let sumSearch = 0
+      for (let i = 0; i < rtn.length; i++) {
+        expect(search[i]).toBeLessThanOrEqual(rtn[i])
+        sumRtn += rtn[i]
+        sumSearch += search[i]
+      }
+      // the weights have outliers (every 37th value x3): clipping them pays off in most rows
+      expect(sumSearch).toBeLessThan(0.9 * sumRtn)
+    }
+  )
+
+  it("picks, per block, the best of the clip ratios (checked by trying each ratio by hand)", () => {
+    const l: Int4Layout = { n: 6, k: 64, blockSize: 32, symmetric: false }
+    const w = weights(l.n * l.k, 23)
+    const importance = channelImportance(l.k, 29)
+    const chosen = blockErrors(w, quantizeInt4(w, l, Math.fround, importance), l, importance)
+    // one block quantized alone at a fixed ratio: its range [min(0, lo), max(0, hi)] times the ratio, over 15 steps
+    for (let r = 0; r < l.n; r++) {
+      for (let blk = 0; blk < 2; blk++) {
+        const v = w.subarray(r * l.k + blk * 32, r * l.k + blk * 32 + 32)
+        const imp = importance.subarray(blk * 32, blk * 32 + 32)
+        const lo = Math.min(0, ...v)
+        const hi = Math.max(0, ...v)
+        const best = Math.min(...CLIP_RATIOS.map((ratio) => {
+          const scale = Math.fround((hi * ratio - lo * ratio) / 15)
+          const zp = Math.min(15, Math.max(0, Math.round(-(lo * ratio) / scale)))
+          return v.reduce((e, x, c) => {
+            const q = Math.min(15, Math.max(0, Math.round(x / scale) + zp))
+            return e + imp[c] * (x - (q - zp) * scale) ** 2
+          }, 0)
+        }))
+        expect(chosen[r * 2 + blk]).toBeCloseTo(best, 10)
+      }
+    }
+  })
+
+  it("is deterministic, and zero importance leaves round to nearest", () => {
+    const l: Int4Layout = { n: 8, k: 128, blockSize: 32, symmetric: false }
+    const w = weights(l.n * l.k, 31)
+    const importance = channelImportance(l.k, 37)
+    const a = int4Bytes(w, l, "float16", importance)
+    const b = int4Bytes(w, l, "float16", Float32Array.from(importance))
+    expect(a.map((p) => Buffer.from(p).toString("hex"))).toEqual(b.map((p) => Buffer.from(p).toString("hex")))
+    expect(a.map((p) => Buffer.from(p).toString("hex"))).not.toEqual(int4Bytes(w, l, "float16").map((p) => Buffer.from(p).toString("hex")))
+    const zero = int4Bytes(w, l, "float16", new Float32Array(l.k))
+    expect(zero.map((p) => Buffer.from(p).toString("hex"))).toEqual(int4Bytes(w, l, "float16").map((p) => Buffer.from(p).toString("hex")))
+  })
+
+  it("refuses an importance vector of the wrong length", () => {
+    expect(() => quantizeInt4(new Float32Array(64), { n: 1, k: 64, blockSize: 32, symmetric: true }, Math.fround, new Float32Array(32)))
+      .toThrow("importance has 32 values, expected 64 (one per input channel)")
+  })
 })
