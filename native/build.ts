@@ -2,6 +2,10 @@
  * `npm run build:native`: builds native/build/Release/chorus_ort.node, the IO-binding ONNX Runtime addon
  * (docs/native.md). One command, never part of `npm install` or `npm test`.
  *
+ * `npm run build:cuda-ops` (`--cuda-ops`): builds native/build-cuda/libchorus_cuda_ops.so, Chorus's CUDA kernels
+ * as an ORT custom-op library (native/cuda/, `--linear-kernels chorus`), with nvcc (`NVCC`, else `nvcc` on PATH, else
+ * /usr/local/cuda/bin/nvcc) for Hopper and Ampere (sm_90, sm_80, and PTX for newer cards).
+ *
  * Headers: `ORT_INCLUDE_DIR` (a folder holding onnxruntime_cxx_api.h, e.g. `include/` of an ORT release) when set,
  * else Debian trixie's libonnxruntime-dev (1.21, C API 21), fetched once with `apt-get download` into
  * node_modules/.cache/chorus-ort-headers without installing anything. The compiler is node-gyp as npm ships it;
@@ -84,6 +88,27 @@ if (!fs.existsSync(path.join(ortLibDir, "libonnxruntime.so.1"))) fail(`${ortLibD
 if (!fs.existsSync(path.join(repoRoot, "node_modules/node-addon-api"))) fail("node-addon-api is missing: run npm install first")
 
 const include = headers()
+
+if (process.argv.includes("--cuda-ops")) {
+  const nvcc = process.env.NVCC ?? ["nvcc", "/usr/local/cuda/bin/nvcc"].find((c) => spawnSync(c, ["--version"]).status === 0)
+  if (nvcc === undefined) fail("nvcc not found: install the CUDA toolkit or set NVCC")
+  // Its own folder: node-gyp rebuild (build:native) empties native/build.
+  const out = path.join(nativeDir, "build-cuda/libchorus_cuda_ops.so")
+  fs.mkdirSync(path.dirname(out), { recursive: true })
+  const args = [
+    "-O3", "-std=c++17",
+    "-gencode", "arch=compute_90,code=sm_90", "-gencode", "arch=compute_80,code=sm_80", "-gencode", "arch=compute_90,code=compute_90",
+    // One CUDA runtime in the process: the provider's libcudart.so.13, not a static copy.
+    "-cudart", "shared", "-shared", "-Xcompiler", "-fPIC,-fvisibility=hidden",
+    `-I${include}`, path.join(nativeDir, "cuda/chorus_cuda_ops.cu"), "-o", out, "-ldl"
+  ]
+  console.log(`build:cuda-ops: ${nvcc} ${args.join(" ")}`)
+  const r = spawnSync(nvcc!, args, { stdio: "inherit" })
+  if (r.status !== 0) fail(`nvcc failed (${r.error?.message ?? `exit ${r.status}`})`)
+  console.log(`build:cuda-ops: ${out}`)
+  process.exit(0)
+}
+
 const args = [nodeGyp(), "rebuild"]
 if (process.env.npm_config_nodedir === undefined && fs.existsSync("/usr/include/node/node_api.h")) args.push("--nodedir=/usr")
 console.log(`build:native: headers ${include}`)

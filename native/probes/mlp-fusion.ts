@@ -20,6 +20,8 @@
  *     c-gate/up+keep  swiglu_fusion 2: fc1 rows [0, I) gate, [I, 2I) up
  *     c-up/gate+keep  swiglu_fusion 2: fc1 rows [0, I) up, [I, 2I) gate. ORT's sources disagree on which half is
  *                     the gate (below), so both run: the error column says which one the CUDA kernel computes.
+ *   q-sym-chorus,   q-sym / q-zp through Chorus's chorus.Int4Linear (native/cuda, `npm run build:cuda-ops`), checked
+ *   q-zp-chorus     against q-sym / q-zp (same weights, float16's tolerance)
  *   q-sym, q-zp     a with gate|up and down as com.microsoft MatMulNBits (4-bit, block 32, symmetric / zero points,
  *                   the converter's packing): their error against a is the int4 rounding (a sanity bound only), their
  *                   rate counts the packed bytes. With ORT_FPA_INTB_GEMM=1 in the environment ORT runs them through
@@ -57,6 +59,7 @@ import * as fs from "node:fs"
 import { parseFlags } from "../../src/cli/Args.ts"
 import { type DeviceTensor, NativeOrt, type NativeSession } from "../../src/core/native/NativeOrt.ts"
 import { encodeModel, type ExternalInitializer, type NodeSpec } from "../../src/onnx/OnnxWriter.ts"
+import { cudaOpsLibraryPath } from "../../src/core/native/CudaOps.ts"
 import { blocksPerRow, type Int4Layout, int4Bytes } from "../../src/adapters/llama3/MatMulNBitsPacking.ts"
 
 const flags = parseFlags("mlp-fusion", process.argv.slice(2), {
@@ -172,7 +175,7 @@ const permuteRows = (src: Uint16Array, rows: number, width: number, from: (i: nu
 }
 
 const only = flags.only?.split(",")
-const int4Names = ["q-sym", "q-zp"]
+const int4Names = ["q-sym", "q-zp", "q-sym-chorus", "q-zp-chorus"]
 const wantInt4 = only === undefined || int4Names.some((n) => only.includes(n))
 
 fs.mkdirSync(dir, { recursive: true })
@@ -237,6 +240,9 @@ interface Variant {
   readonly moe?: boolean
   /** 4-bit weights: the error against a is int4 rounding (reported, checked only for sanity), the rate counts packed bytes. */
   readonly int4?: { readonly symmetric: boolean }
+  /** Checked against this variant's output (same weights) instead of a's; the custom-op library is registered. */
+  readonly sameAs?: string
+  readonly chorusOps?: boolean
   /** Each layer's MLP input is also a graph output, so ORT cannot plan the MoE's output over it (MayInplace(0, 0)). */
   readonly keepInput?: boolean
 }
@@ -259,20 +265,20 @@ const moe = (fc1: string, fusion: 1 | 2) => (input: string, output: string, p: s
     activation_alpha: { float: 1 }, activation_beta: { float: 0 }
   }
 }]
-const nbits = (w: string, symmetric: boolean, n: number, k: number) => (input: string, output: string, name: string): NodeSpec => {
+const nbits = (w: string, symmetric: boolean, n: number, k: number, chorus = false) => (input: string, output: string, name: string): NodeSpec => {
   const q = `${w}_q${symmetric ? "sym" : "zp"}`
   return {
-    op: "MatMulNBits", domain: "com.microsoft", name, outputs: [output],
+    op: chorus ? "Int4Linear" : "MatMulNBits", domain: chorus ? "chorus" : "com.microsoft", name, outputs: [output],
     inputs: symmetric ? [input, q, `${q}_scales`] : [input, q, `${q}_scales`, `${q}_zp`],
     attributes: { K: k, N: n, bits: 4, block_size: 32, accuracy_level: 0 }
   }
 }
-const int4Mlp = (symmetric: boolean) => (input: string, output: string, p: string): Array<NodeSpec> => [
-  nbits("gate_up", symmetric, 2 * I, H)(input, `${p}.gu`, `${p}.gate_up`),
+const int4Mlp = (symmetric: boolean, chorus = false) => (input: string, output: string, p: string): Array<NodeSpec> => [
+  nbits("gate_up", symmetric, 2 * I, H, chorus)(input, `${p}.gu`, `${p}.gate_up`),
   { op: "Split", inputs: [`${p}.gu`, "mlp_split"], outputs: [`${p}.gate`, `${p}.up`], attributes: { axis: -1 }, name: `${p}.split` },
   ...sigmoidMul(`${p}.gate`, `${p}.silu`, p),
   { op: "Mul", inputs: [`${p}.silu`, `${p}.up`], outputs: [`${p}.swiglu`], name: `${p}.swiglu` },
-  nbits("down", symmetric, H, I)(`${p}.swiglu`, output, `${p}.down`)
+  nbits("down", symmetric, H, I, chorus)(`${p}.swiglu`, output, `${p}.down`)
 ]
 const int4Weights = (symmetric: boolean): Array<string> => ["gate_up", "down"].flatMap((w) => {
   const q = `${w}_q${symmetric ? "sym" : "zp"}`
@@ -292,7 +298,10 @@ const variants: Array<Variant> = [
   // ORT reads ORT_FPA_INTB_GEMM when a session is made: run the probe with it set (`--only q-sym,q-zp`) to time
   // TensorRT-LLM's fpA_intB kernels instead of MatMulNBits' own.
   { name: "q-sym", what: "a with MatMulNBits 4-bit weights, block 32, symmetric", weights: int4Weights(true), mlp: int4Mlp(true), int4: { symmetric: true } },
-  { name: "q-zp", what: "a with MatMulNBits 4-bit weights, block 32, zero points", weights: int4Weights(false), mlp: int4Mlp(false), int4: { symmetric: false } }
+  { name: "q-zp", what: "a with MatMulNBits 4-bit weights, block 32, zero points", weights: int4Weights(false), mlp: int4Mlp(false), int4: { symmetric: false } },
+  // Chorus's kernels (native/cuda, npm run build:cuda-ops): the same weights, checked against q-sym / q-zp.
+  { name: "q-sym-chorus", what: "q-sym through chorus.Int4Linear", weights: int4Weights(true), mlp: int4Mlp(true, true), int4: { symmetric: true }, sameAs: "q-sym", chorusOps: true },
+  { name: "q-zp-chorus", what: "q-zp through chorus.Int4Linear", weights: int4Weights(false), mlp: int4Mlp(false, true), int4: { symmetric: false }, sameAs: "q-zp", chorusOps: true }
 ]
 const fileName = (name: string): string => name.replace(/[^a-z0-9-]/gi, "_")
 const chosen = variants.filter((v) => v.name === "a" || only === undefined || only.includes(v.name))
@@ -312,7 +321,7 @@ const modelFile = (v: Variant): string => {
   }
   const file = `${dir}/mlp-${fileName(v.name)}-${dtype}.onnx`
   fs.writeFileSync(file, encodeModel({
-    name: `mlp-${v.name}`, opsets: { "": 17, "com.microsoft": 1 }, nodes,
+    name: `mlp-${v.name}`, opsets: { "": 17, "com.microsoft": 1, ...(v.chorusOps === true ? { chorus: 1 } : {}) }, nodes,
     external: ["gamma", ...v.weights].map((n) => external.get(n)!),
     inline: v.moe === true ? [] : [{ name: "mlp_split", type: "int64", dims: [2], values: [I, I] }],
     inputs: [
@@ -379,6 +388,8 @@ const jsReference = (xBits: Uint16Array, resBits: Uint16Array): Float64Array => 
 
 const addon = NativeOrt.load()
 const reference = new Map<number, Float64Array>()
+/** Each int4 variant's output by M, the reference of the variants `sameAs` it. */
+const outputsOf = new Map<string, Map<number, Float64Array>>()
 interface Row { readonly variant: string; readonly M: number; readonly us?: number; readonly err?: number; readonly note?: string }
 const rows: Array<Row> = []
 /** A layer's weight bytes: float, or packed codes + scales (+ zero points) for the int4 variants. */
@@ -403,7 +414,8 @@ for (const v of chosen) {
       provider: device,
       graphOptimization: v.optimization ?? "all",
       ...(device === "cuda" ? { cuda: { arena_extend_strategy: "kSameAsRequested" } } : { sessionConfig: { "session.disable_prepacking": "1" } }),
-      ...(flags.profile === true ? { profile: `${dir}/profile-${fileName(v.name)}` } : {})
+      ...(flags.profile === true ? { profile: `${dir}/profile-${fileName(v.name)}` } : {}),
+      ...(v.chorusOps === true ? { customOpsLibrary: cudaOpsLibraryPath() } : {})
     })
     console.log(`\n${v.name}: ${v.what}; session in ${((performance.now() - t0) / 1000).toFixed(1)} s`)
   } catch (e) {
@@ -437,11 +449,16 @@ for (const v of chosen) {
           const e = relErr(out.subarray(0, H), js)
           check = `; vs float64 JS reference (row 0): ${e.toExponential(2)} ${e < tolerance ? "ok" : "MISMATCH"}`
         }
+      } else if (v.sameAs !== undefined) {
+        const same = outputsOf.get(v.sameAs)?.get(M)
+        if (same === undefined) check = `; no reference (${v.sameAs} did not run at this M)`
+        else err = relErr(out, same)
       } else if (reference.has(M)) {
         err = relErr(out, reference.get(M)!)
       } else {
         check = "; no reference (a failed at this M)"
       }
+      if (v.int4 !== undefined && v.sameAs === undefined) outputsOf.set(v.name, (outputsOf.get(v.name) ?? new Map()).set(M, out))
       const finite = out.every(Number.isFinite)
       for (let i = 0; i < warmup; i++) session.run(feeds, outs)
       const times: Array<number> = []
@@ -452,11 +469,13 @@ for (const v of chosen) {
       }
       runsDone += warmup + runs
       const us = (median(times) / L) * 1000
-      // int4 rounding of random weights, compounded over the chain, is far above float16's tolerance: sanity only.
-      const limit = v.int4 === undefined ? tolerance : 0.5
-      const status = !finite ? "NON-FINITE OUTPUT" : err === undefined ? "" : err < limit ? (v.int4 === undefined ? "ok" : "ok (int4 rounding)") : "MISMATCH"
+      // int4 rounding of random weights, compounded over the chain, is far above float16's tolerance: sanity only
+      // against a; against the same int4 weights through ORT's kernel, float16's own bound.
+      const exact = v.int4 === undefined || v.sameAs !== undefined
+      const limit = exact ? tolerance : 0.5
+      const status = !finite ? "NON-FINITE OUTPUT" : err === undefined ? "" : err < limit ? (exact ? "ok" : "ok (int4 rounding)") : "MISMATCH"
       console.log(`  M=${String(M).padStart(3)}: ${us.toFixed(1).padStart(8)} us per layer (min ${((Math.min(...times) / L) * 1000).toFixed(1)}), ` +
-        `${rate(us, v)}${err === undefined ? "" : `; error vs a ${err.toExponential(2)} ${status}`}${check}`)
+        `${rate(us, v)}${err === undefined ? "" : `; error vs ${v.sameAs ?? "a"} ${err.toExponential(2)} ${status}`}${check}`)
       rows.push({ variant: v.name, M, us, ...(err === undefined ? {} : { err }), ...(status === "" ? {} : { note: status }) })
       for (const t of [y, ...Object.values(feeds)]) t.release()
     } catch (e) {

@@ -638,6 +638,10 @@ Napi::Value Addon::CreateSession(const Napi::CallbackInfo& info) {
     so.SetGraphOptimizationLevel(level);
     // ORT's per-node profiler (a Chrome trace JSON named after this prefix, written by endProfiling()).
     if (opts.Get("profile").IsString()) so.EnableProfiling(opts.Get("profile").As<Napi::String>().Utf8Value().c_str());
+    // A custom-op library (native/cuda: chorus.Int4Linear); ORT loads it and keeps it for the session's life.
+    if (opts.Get("customOpsLibrary").IsString()) {
+      so.RegisterCustomOpsLibrary(opts.Get("customOpsLibrary").As<Napi::String>().Utf8Value().c_str());
+    }
     if (opts.Get("sessionConfig").IsObject()) {
       auto cfg = opts.Get("sessionConfig").As<Napi::Object>();
       auto keys = cfg.GetPropertyNames();

@@ -20,6 +20,8 @@
 #                                                          # at 1 and 64 streams with and without it
 #   PHASE=Q3 OUT=$OUT bash scripts/gpu/serving-session.sh  # chorus serve float16 vs --quantize int4 (zp, sym) through
 #                                                          # chorus bench, 1 and 64 streams
+#   PHASE=C OUT=$OUT bash scripts/gpu/serving-session.sh   # Chorus's 4-bit kernels: probe, device test, 8B int4
+#                                                          # served with ORT's kernels and with Chorus's
 #   PHASE=K OUT=$OUT bash scripts/gpu/serving-session.sh   # kernel times: XQA decode attention at 8 / 32 layers and
 #                                                          # from a CUDA graph, the int4 MLP through fpA_intB
 #   PHASE=I OUT=$OUT bash scripts/gpu/serving-session.sh   # int4 through ORT's CUTLASS weight-only kernels
@@ -38,7 +40,7 @@ FINAL_OUT="$OUT"
 OUT="${RES:-/tmp/chorus-results-$PHASE}"
 rm -rf "$OUT"
 trap 'tar czf "$FINAL_OUT/$PHASE.tgz" -C "$OUT" . 2>/dev/null; cp -f "$OUT/log-$PHASE" "$FINAL_OUT/" 2>/dev/null' EXIT
-: "${PHASE:?PHASE must be S, Q1, Q2, Q3, V, F, X, I, M or K}"
+: "${PHASE:?PHASE must be S, Q1, Q2, Q3, V, F, X, I, M, K or C}"
 source "$(dirname "${BASH_SOURCE[0]}")/phase-env.sh"
 CKPT="$BENCH_DIR/llama3-8b-random"
 mkdir -p "$OUT" "$BENCH_DIR"
@@ -201,6 +203,34 @@ if [[ "$PHASE" == Q3 ]]; then
   serve int4-b32-sym --quantize=int4 --quant-symmetric
   exit 0
 fi
+if [[ "$PHASE" == C ]]; then
+  # Chorus's 4-bit kernels (native/cuda, --linear-kernels chorus): the library as packed, or built here with the
+  # host's nvcc when it does not link here; the MLP probe against MatMulNBits; the device test (CUDA graphs on); then
+  # the 8B int4 symmetric served with ORT's kernels and with Chorus's, 1 and 64 streams.
+  STAGES="none" DEADLINE_S=60 OUT="$OUT/run-all" bash scripts/gpu/run-all.sh >/dev/null 2>&1; say "set-up exit $?"
+  lib=native/build-cuda/libchorus_cuda_ops.so
+  if [[ ! -f $lib ]] || ldd $lib | grep -q "not found"; then
+    say "building $lib here"; PATH="/usr/local/cuda/bin:$PATH" "$NODE" native/build.ts --cuda-ops 2>&1 | tail -3
+  fi
+  ldd $lib | grep -E "cudart|not found"
+  say "MLP probe: MatMulNBits against chorus.Int4Linear"
+  timeout 150 "$NODE" native/probes/mlp-fusion.ts --only q-sym,q-zp,q-sym-chorus,q-zp-chorus 2>&1 | tee "$OUT/mlp-chorus.txt" | grep -E "^\||REFUSED|FAILED|MISMATCH"
+  rm -rf /tmp/mlp-fusion
+  say "device test: chorus.Int4Linear against MatMulNBits (CUDA graphs on)"
+  CUDA_TEST_CMD='CHORUS_TEST_CUDA_GRAPHS=1 CHORUS_TEST_DEVICE=cuda node_modules/node/bin/node node_modules/vitest/vitest.mjs run --config vitest.device.config.ts test/device/ChorusOpsDevice.test.ts' \
+    STAGES="parity" DEADLINE_S=120 PARITY_TIMEOUT_S=110 OUT="$OUT/run-all-chorus" bash scripts/gpu/run-all.sh >/dev/null 2>&1
+  say "device tests exit $?"; grep -E "Test Files|Tests |×|Error" "$OUT/run-all-chorus/log" | head -20
+  [[ -f "$CKPT/model.safetensors.index.json" ]] || { timeout 200 python3 tools/bench-gpu/make_weights.py "$CKPT"; say "weights exit $?"; }
+  for kernels in chorus ort; do
+    say "8B int4 symmetric served, --linear-kernels $kernels"
+    timeout $(($(left) - 5)) "$NODE" tools/bench-gpu/server-sweep.ts --checkpoint "$CKPT" --out "$OUT/int4-$kernels" --skip-weights \
+      --max-batch 256 --concurrency 1,64 --prefix-history 0 --ready-timeout-s 150 --bench-timeout-s 90 \
+      --serve-arg=--quantize=int4 --serve-arg=--quant-symmetric --serve-arg=--linear-kernels=$kernels
+    say "exit $?"; grep -E "^\| (1|64) \||ready after" "$OUT/int4-$kernels/server-sweep.md"
+    grep -m3 -E "Int4Linear|error|Error" "$OUT/int4-$kernels/server.log" | cut -c1-300
+  done
+  exit 0
+fi
 if [[ "$PHASE" == V ]]; then
   # Check after a fix: the paged and row device tests, then 64 and 256 streams on the default server.
   CUDA_TEST_CMD='CHORUS_TEST_DEVICE=cuda node_modules/node/bin/node node_modules/vitest/vitest.mjs run --config vitest.device.config.ts test/device/PagedShard.test.ts test/device/DeviceParity.test.ts -t "paged|rows|second turn|pattern of load"' \
@@ -212,5 +242,5 @@ if [[ "$PHASE" == V ]]; then
   say "sweep exit $?"; grep -m2 -E "illegal|disabled" "$OUT/server/server.log" | cut -c1-250
   exit 0
 fi
-echo "PHASE must be S, Q1, Q2, Q3, V, F, X, I, M or K" >&2
+echo "PHASE must be S, Q1, Q2, Q3, V, F, X, I, M, K or C" >&2
 exit 2

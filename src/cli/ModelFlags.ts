@@ -10,6 +10,7 @@ import { defaultInt4, type Int4Settings } from "../adapters/llama3/Quantization.
 import { type FloatDType, planShardsByMemory } from "../adapters/llama3/ShardMemory.ts"
 import { ValidationError } from "../core/Errors.ts"
 import type { EngineOptions } from "../core/Engine.ts"
+import { cudaOpsLibrary, cudaOpsLibraryPath } from "../core/native/CudaOps.ts"
 import { countGpus, GpuCountUnavailable } from "../core/native/GpuCount.ts"
 import { gpuCountOf, parseDevice } from "../core/shard/StepProtocol.ts"
 import type { FlagSpecs, ParsedFlags } from "./Args.ts"
@@ -151,6 +152,10 @@ export const modelFlags = {
     kind: "string",
     description: "with --device cuda: fused (default: one row per sequence, GroupQueryAttention; float32 always) | paged (block pool with prefix caching through ORT's PagedAttention, float16/bfloat16; slower decode in ORT 1.29, see docs/benchmarks.md). Env CHORUS_ATTENTION sets the default"
   },
+  "linear-kernels": {
+    kind: "string",
+    description: "with --device cuda and --quantize int4: ort (default) | chorus, Chorus's 4-bit GEMV kernels (npm run build:cuda-ops)"
+  },
   "decode-attention": {
     kind: "string",
     description: "with --device cuda and the fused layout: xqa (default: TensorRT-LLM's XQA decode kernel in ORT) | flash (flash decoding); sets ORT_ENABLE_XQA for the process, whose value stands when the flag is absent"
@@ -245,6 +250,15 @@ export const resolveModelFlags = (flags: ParsedFlags<typeof modelFlags>, gpuCoun
       return yield* bad("--decode-attention", `--decode-attention must be xqa or flash, got '${decodeAttention}'`)
     }
     if (decodeAttention !== undefined && device.kind !== "cuda") return yield* bad("--decode-attention", "--decode-attention needs --device cuda")
+    const linearKernels = flags["linear-kernels"]
+    if (linearKernels !== undefined && linearKernels !== "ort" && linearKernels !== "chorus") {
+      return yield* bad("--linear-kernels", `--linear-kernels must be ort or chorus, got '${linearKernels}'`)
+    }
+    if (linearKernels !== undefined && device.kind !== "cuda") return yield* bad("--linear-kernels", "--linear-kernels needs --device cuda")
+    if (linearKernels === "chorus" && dtype !== "float16") return yield* bad("--linear-kernels", "--linear-kernels chorus needs --dtype float16")
+    if (linearKernels === "chorus" && cudaOpsLibrary() === undefined) {
+      return yield* bad("--linear-kernels", `--linear-kernels chorus needs ${cudaOpsLibraryPath()}: build it with npm run build:cuda-ops (nvcc)`)
+    }
     const quant = yield* resolveQuantFlags(flags)
     const attention = device.kind !== "cuda" ? undefined : dtype === "float32" ? "fused" as const : asked ?? "fused"
     const bar = new ProgressBar("converting")
@@ -270,6 +284,7 @@ export const resolveModelFlags = (flags: ParsedFlags<typeof modelFlags>, gpuCoun
       ...(blocks === undefined ? {} : { numBlocks: blocks }),
       ...(flags["no-prefix-caching"] === true ? { enablePrefixCaching: false } : {}),
       ...(decodeAttention === undefined ? {} : { decodeAttention }),
+      ...(linearKernels === undefined ? {} : { linearKernels }),
       ...(flags["allow-special-tokens"] === true ? { allowSpecialTokens: true } : {})
     }
     return { adapter, engine, done: () => bar.done() }

@@ -13,6 +13,7 @@ import { type EngineError, makeEngineLoop } from "./EngineLoop.ts"
 import { type CheckpointError, type ConversionError, GenerationError, type ModelConfigError, Overloaded } from "./Errors.ts"
 import { type JobView, startJob } from "./JobMachine.ts"
 import type { LoadedModel, ModelAdapter } from "./ModelAdapter.ts"
+import type { LinearKernels } from "./native/CudaOps.ts"
 import { applyDecodeAttention, type DecodeAttention } from "./native/DecodeAttention.ts"
 import type { GenerateRequest, GenerationEvent, PromptInput } from "./Request.ts"
 import { makeSequenceOutput } from "./SequenceOutput.ts"
@@ -112,6 +113,11 @@ export interface EngineOptions {
    * (`src/core/native/DecodeAttention.ts`).
    */
   readonly decodeAttention?: DecodeAttention
+  /**
+   * CUDA: the kernels of 4-bit linears, ONNX Runtime's `MatMulNBits` (`ort`, default) or Chorus's custom-op library
+   * (`chorus`; float16 shards; `src/core/native/CudaOps.ts`).
+   */
+  readonly linearKernels?: LinearKernels
   readonly observer?: EngineObserver
 }
 
@@ -248,7 +254,8 @@ const makeEngine = (model: LoadedModel, options: EngineOptions) =>
         threads,
         device: deviceOf(i),
         grammar: spec.isLast ? vocab : undefined,
-        grammarMaskInGraph: options.grammarMaskInGraph
+        grammarMaskInGraph: options.grammarMaskInGraph,
+        ...(device.kind === "cuda" && options.linearKernels !== undefined ? { linearKernels: options.linearKernels } : {})
       }
       shards.push(yield* makeShardActor(i, workerUrl, load, options.shardRestarts))
     }

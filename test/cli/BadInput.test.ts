@@ -11,7 +11,8 @@ const scratch = fs.mkdtempSync(path.join(os.tmpdir(), "chorus-badinput-"))
 
 const chorus = (...args: Array<string>) => {
   const r = spawnSync(process.execPath, [path.join(repoRoot, "src/cli/main.ts"), ...args], {
-    env: { ...process.env, CHORUS_CACHE: cache, CHORUS_DEBUG: "" },
+    // CHORUS_CUDA_OPS names a library that is not there: `--linear-kernels chorus` must say how to build it.
+    env: { ...process.env, CHORUS_CACHE: cache, CHORUS_DEBUG: "", CHORUS_CUDA_OPS: path.join(cache, "no-such-libchorus_cuda_ops.so") },
     encoding: "utf8",
     timeout: 120_000
   })
@@ -66,6 +67,10 @@ describe("chorus generate with bad input", () => {
     ["an unknown attention layout", ["--model", model, "--token-ids", "1,2", "--device", "cuda", "--attention", "flash"], /--attention must be paged or fused, got 'flash'/],
     ["a decode kernel without a CUDA device", ["--model", model, "--token-ids", "1,2", "--decode-attention", "xqa"], /--decode-attention needs --device cuda/],
     ["an unknown decode kernel", ["--model", model, "--token-ids", "1,2", "--device", "cuda", "--decode-attention", "lean"], /--decode-attention must be xqa or flash, got 'lean'/],
+    ["linear kernels without a CUDA device", ["--model", model, "--token-ids", "1,2", "--linear-kernels", "chorus"], /--linear-kernels needs --device cuda/],
+    ["unknown linear kernels", ["--model", model, "--token-ids", "1,2", "--device", "cuda", "--linear-kernels", "fast"], /--linear-kernels must be ort or chorus, got 'fast'/],
+    ["Chorus's kernels in float32", ["--model", model, "--token-ids", "1,2", "--device", "cuda", "--linear-kernels", "chorus"], /--linear-kernels chorus needs --dtype float16/],
+    ["Chorus's kernels not built", ["--model", model, "--token-ids", "1,2", "--device", "cuda", "--dtype", "float16", "--linear-kernels", "chorus"], /--linear-kernels chorus needs .*no-such-libchorus_cuda_ops\.so: build it with npm run build:cuda-ops/],
     ["paged attention in float32", ["--model", model, "--token-ids", "1,2", "--device", "cuda", "--attention", "paged"], /--attention paged needs --dtype float16 or bfloat16/],
     ["a token id outside the vocabulary", ["--model", model, "--token-ids", "1,99999"], /token id 99999 is outside the vocabulary \[0, 512\)/]
   ])("%s: one line, exit 2", (_, args, message) => {

@@ -61,6 +61,8 @@ export interface NativeSessionOptions {
   readonly cuda?: Readonly<Record<string, string>>
   /** Turn on ORT's per-node profiler; `endProfiling()` writes `<prefix>_<date>.json` (a Chrome trace). */
   readonly profile?: string
+  /** A custom-op library to register (`CudaOps.ts`: native/build-cuda/libchorus_cuda_ops.so). */
+  readonly customOpsLibrary?: string
   /** Session config entries (`AddConfigEntry`), e.g. `session.disable_prepacking`. */
   readonly sessionConfig?: Readonly<Record<string, string>>
 }

@@ -18,6 +18,7 @@
  * (`attention_metadata`) fixed at `[1, maxLen]`. Other steps run uncaptured (graph id -1). If capture fails, the shard
  * says so once and runs uncaptured from then on.
  */
+import { cudaOpsLibrary, cudaOpsLibraryPath, rewriteForChorusOps } from "../native/CudaOps.ts"
 import { type DeviceTensor, type HostTensor, NativeOrt, type NativeSession } from "../native/NativeOrt.ts"
 import { pagedInputs } from "./PagedInputs.ts"
 import { SamplerTable, StepOutputs } from "./SamplerTable.ts"
@@ -149,8 +150,19 @@ export async function load(task: ShardLoad): Promise<ShardLoadResult> {
   const device = task.device.kind === "cuda" && !useGraphs && task.device.options?.enable_cuda_graph !== undefined
     ? { ...task.device, options: Object.fromEntries(Object.entries(task.device.options).filter(([k]) => k !== "enable_cuda_graph")) }
     : task.device
-  const session = NativeOrt.load().createSession(task.graphPath, {
+  // Chorus's 4-bit kernels: the same shard with its MatMulNBits nodes renamed, and the library that runs them.
+  let graphPath = task.graphPath
+  let customOpsLibrary: string | undefined
+  if (device.kind === "cuda" && task.linearKernels === "chorus") {
+    customOpsLibrary = cudaOpsLibrary()
+    if (customOpsLibrary === undefined) throw new Error(`--linear-kernels chorus needs ${cudaOpsLibraryPath()}: build it with npm run build:cuda-ops (nvcc)`)
+    const rewritten = rewriteForChorusOps(task.graphPath)
+    if (rewritten.int4Linears > 0 && task.dtype !== "float16") throw new Error(`--linear-kernels chorus runs float16 shards only, this one is ${task.dtype}`)
+    graphPath = rewritten.path
+  }
+  const session = NativeOrt.load().createSession(graphPath, {
     provider: device.kind,
+    ...(customOpsLibrary === undefined ? {} : { customOpsLibrary }),
     // TF32 would cost float32 graphs about 1e-3 relative error on the logits: exact float32 is what float32 asks for.
     ...(device.kind === "cuda"
       ? { deviceId: device.id, cuda: { arena_extend_strategy: "kSameAsRequested", ...(task.dtype === "float32" ? { use_tf32: "0" } : {}), ...device.options } }

@@ -3,6 +3,7 @@
  * Plain data only (structured clone, typed arrays transferred): no classes, functions or Effect values.
  * Logits and KV never leave the worker; a step returns sampled token ids (or hidden states to the next shard).
  */
+import type { LinearKernels } from "../native/CudaOps.ts"
 import type { GrammarVocab } from "../sampling/Grammar.ts"
 import type { SamplingParams } from "../sampling/SamplingParams.ts"
 
@@ -91,6 +92,8 @@ export interface ShardLoad {
   /** ORT intra-op threads for this worker. */
   readonly threads: number
   readonly device: Device
+  /** CUDA: 4-bit linears through Chorus's custom-op library (`CudaOps.ts`) instead of ORT's MatMulNBits. */
+  readonly linearKernels?: LinearKernels
   /**
    * Last shard: the vocabulary for constrained decoding (`SamplingParams.grammar`); absent where the model's codec
    * cannot give token bytes (a grammar is then refused).

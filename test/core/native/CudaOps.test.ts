@@ -1,0 +1,116 @@
+// `--linear-kernels chorus` on the CPU side: the shard graph rewrite (MatMulNBits -> chorus.Int4Linear, nothing else
+// touched, next to the graph so that its external data is found) and where the library is looked for. The flag's
+// refusals: test/cli/BadInput.test.ts. The kernels run on CUDA only: test/device/ChorusOpsDevice.test.ts.
+import { Effect } from "effect"
+import * as fs from "node:fs"
+import * as os from "node:os"
+import * as path from "node:path"
+import onnxProto from "onnx-proto"
+import { afterAll, describe, expect, it } from "vitest"
+import { convertCheckpoint } from "../../../src/adapters/llama3/Converter.ts"
+import { defaultInt4 } from "../../../src/adapters/llama3/Quantization.ts"
+import { CUSTOM_DOMAIN, cudaOpsLibrary, cudaOpsLibraryPath, rewriteForChorusOps } from "../../../src/core/native/CudaOps.ts"
+import { NativeOrt } from "../../../src/core/native/NativeOrt.ts"
+import { encodeModel } from "../../../src/onnx/OnnxWriter.ts"
+import { fixtureDir } from "../../support/fixtures.ts"
+
+const { onnx } = onnxProto
+const root = fs.mkdtempSync(path.join(os.tmpdir(), "chorus-cuda-ops-"))
+afterAll(() => fs.rmSync(root, { recursive: true, force: true }))
+
+const convert = (name: string, quantize: boolean) =>
+  Effect.runPromise(convertCheckpoint({
+    modelDir: fixtureDir("tiny-llama3-a"),
+    outDir: path.join(root, name),
+    dtype: "float16",
+    shards: 1,
+    attention: "fused",
+    ...(quantize ? { quantize: defaultInt4 } : {})
+  })).then((c) => path.join(c.dir, c.manifest.shards[0]!.file))
+
+const nodesOf = (file: string) => onnx.ModelProto.decode(fs.readFileSync(file))
+
+describe("rewriteForChorusOps", () => {
+  it("renames every 4-bit MatMulNBits node and changes nothing else", async () => {
+    const graph = await convert("int4", true)
+    const before = nodesOf(graph)
+    const nbits = before.graph!.node!.filter((n) => n.opType === "MatMulNBits").length
+    // Two layers of QKV, O, gate|up and down, and the LM head.
+    expect(nbits).toBe(2 * 4 + 1)
+    const out = rewriteForChorusOps(graph)
+    expect(out.int4Linears).toBe(nbits)
+    expect(out.path).not.toBe(graph)
+    expect(path.dirname(out.path)).toBe(path.dirname(graph)) // its external data paths are relative to the folder
+    const after = nodesOf(out.path)
+    expect(after.graph!.node!.filter((n) => n.opType === "MatMulNBits")).toHaveLength(0)
+    expect(after.graph!.node!.filter((n) => n.opType === "Int4Linear" && n.domain === CUSTOM_DOMAIN)).toHaveLength(nbits)
+    expect(Number(after.opsetImport!.find((o) => o.domain === CUSTOM_DOMAIN)?.version)).toBe(1)
+    // Node for node the same inputs, outputs and attributes; only the renamed ones differ, in name and domain.
+    expect(after.graph!.node!.length).toBe(before.graph!.node!.length)
+    before.graph!.node!.forEach((n, i) => {
+      const m = after.graph!.node![i]!
+      expect([...m.input!]).toEqual([...n.input!])
+      expect([...m.output!]).toEqual([...n.output!])
+      expect(m.attribute!.map((a) => a.name)).toEqual(n.attribute!.map((a) => a.name))
+      if (n.opType !== "MatMulNBits") expect([m.opType, m.domain]).toEqual([n.opType, n.domain])
+    })
+    expect(after.graph!.initializer!.length).toBe(before.graph!.initializer!.length)
+  })
+
+  it("reuses the rewritten file while it is newer than the graph, and rewrites it when the graph changes", async () => {
+    const graph = await convert("int4-reuse", true)
+    const first = rewriteForChorusOps(graph)
+    const good = fs.readFileSync(first.path)
+    // A marker instead of the graph: still there after a reuse, gone after a rewrite. (Contents, not mtimes: a file
+    // written within the same clock tick as another gets the same mtime.)
+    fs.writeFileSync(first.path, "marker")
+    const past = new Date(Date.now() - 60_000)
+    fs.utimesSync(graph, past, past)
+    expect(rewriteForChorusOps(graph).path).toBe(first.path)
+    expect(fs.readFileSync(first.path, "utf8")).toBe("marker")
+    const future = new Date(Date.now() + 60_000)
+    fs.utimesSync(graph, future, future)
+    expect(rewriteForChorusOps(graph).path).toBe(first.path)
+    expect(fs.readFileSync(first.path).equals(good)).toBe(true)
+    expect(fs.readdirSync(path.dirname(graph)).filter((f) => f.endsWith(".tmp"))).toHaveLength(0)
+  })
+
+  it("leaves a float graph as it is", async () => {
+    const graph = await convert("float", false)
+    expect(rewriteForChorusOps(graph)).toEqual({ path: graph, int4Linears: 0 })
+    expect(fs.readdirSync(path.dirname(graph)).filter((f) => f.endsWith(".chorus-ops.onnx"))).toHaveLength(0)
+  })
+})
+
+describe("the library's place", () => {
+  it("CHORUS_CUDA_OPS names it; a missing file is undefined", () => {
+    const saved = process.env.CHORUS_CUDA_OPS
+    try {
+      process.env.CHORUS_CUDA_OPS = path.join(root, "absent.so")
+      expect(cudaOpsLibraryPath()).toBe(path.join(root, "absent.so"))
+      expect(cudaOpsLibrary()).toBeUndefined()
+      fs.writeFileSync(path.join(root, "present.so"), "")
+      process.env.CHORUS_CUDA_OPS = path.join(root, "present.so")
+      expect(cudaOpsLibrary()).toBe(path.join(root, "present.so"))
+    } finally {
+      if (saved === undefined) delete process.env.CHORUS_CUDA_OPS
+      else process.env.CHORUS_CUDA_OPS = saved
+    }
+  })
+})
+
+// Where the addon and the library are built here (npm run build:native, npm run build:cuda-ops; neither is on CI):
+// ORT loads the library and registers its domain, with any execution provider.
+describe.runIf(NativeOrt.isBuilt() && cudaOpsLibrary() !== undefined)("the built library", () => {
+  it("registers into a session", () => {
+    const file = path.join(root, "relu.onnx")
+    fs.writeFileSync(file, encodeModel({
+      name: "relu", opsets: { "": 17 }, external: [], inline: [],
+      nodes: [{ op: "Relu", inputs: ["x"], outputs: ["y"], name: "relu" }],
+      inputs: [{ name: "x", type: "float32", dims: [2] }], outputs: [{ name: "y", type: "float32", dims: [2] }]
+    }))
+    const session = NativeOrt.load().createSession(file, { provider: "cpu", customOpsLibrary: cudaOpsLibrary()! })
+    expect(session.inputNames).toEqual(["x"])
+    session.release()
+  })
+})

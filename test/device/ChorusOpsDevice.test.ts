@@ -1,0 +1,52 @@
+// Chorus's 4-bit kernels (`--linear-kernels chorus`: chorus.Int4Linear from native/build-cuda, npm run build:cuda-ops)
+// against ONNX Runtime's MatMulNBits on the same int4 shards: the same logits within float16's bound and the same
+// greedy tokens, for one prompt at a time (decode steps of one row: the GEMV path; prompts of more than 8 tokens:
+// the dequantize + cuBLAS path) and all prompts batched (2-4 rows a decode step). CUDA only (the library has no CPU
+// kernel); with CHORUS_TEST_CUDA_GRAPHS=1 the decode steps replay captured graphs through the custom op.
+import * as fs from "node:fs"
+import * as os from "node:os"
+import * as path from "node:path"
+import { afterAll, describe, expect, it } from "vitest"
+import type { Llama3Options } from "../../src/adapters/llama3/Llama3Adapter.ts"
+import { defaultInt4 } from "../../src/adapters/llama3/Quantization.ts"
+import { cudaOpsLibrary, cudaOpsLibraryPath } from "../../src/core/native/CudaOps.ts"
+import { fixtureDir, readReference, relativeError } from "../support/fixtures.ts"
+import { deviceUnderTest, runGreedy } from "../support/greedyRuns.ts"
+
+const root = fs.mkdtempSync(path.join(os.tmpdir(), "chorus-ops-device-"))
+process.env.CHORUS_CACHE ??= path.join(root, "cache")
+afterAll(() => fs.rmSync(root, { recursive: true, force: true }))
+const { device } = deviceUnderTest()
+
+describe.runIf(device.kind === "cuda")("chorus.Int4Linear on CUDA", () => {
+  it("the library is built (npm run build:cuda-ops)", () => {
+    expect(cudaOpsLibrary(), cudaOpsLibraryPath()).toBeDefined()
+  })
+
+  describe.each([
+    ["tiny-llama3-a", defaultInt4],
+    ["tiny-llama3-b", { ...defaultInt4, symmetric: true }],
+    ["tiny-llama3-a", { ...defaultInt4, blockSize: 128 as const, symmetric: true }],
+    ["tiny-llama3-b", { ...defaultInt4, blockSize: 128 as const }]
+  ] as const)("%s, %o", (name, q) => {
+    const options: Llama3Options = { modelDir: fixtureDir(name), dtype: "float16", maxContext: 512, attention: "fused", quantize: q }
+    for (const concurrent of [false, true]) {
+      it(`equals MatMulNBits ${concurrent ? "with the prompts batched" : "one prompt at a time"}`, async () => {
+        const prompts = readReference(name).prompts.map((p) => p.input_ids)
+        const run = (linearKernels: "ort" | "chorus") =>
+          runGreedy(options, { device, nativeRuntime: true, maxNumSeqs: 4, maxNumBatchedTokens: 512, linearKernels }, prompts, {
+            promptLogits: "last",
+            concurrent
+          })
+        const ort = await run("ort")
+        const chorus = await run("chorus")
+        chorus.forEach((r, i) => {
+          // The same dequantized weights times the same float16 activations; only the order of the float32 sums
+          // differs, and the activations are rounded to float16 at every op on both sides.
+          expect(relativeError(r.logits, ort[i].logits)).toBeLessThan(2e-2)
+          expect(r.tokens[0]).toBe(ort[i].tokens[0])
+        })
+      })
+    }
+  })
+})
