@@ -44,7 +44,13 @@ describe.runIf(device.kind === "cuda")("chorus.Int4Linear on CUDA", () => {
           // The same dequantized weights times the same float16 activations; only the order of the float32 sums
           // differs, and the activations are rounded to float16 at every op on both sides.
           expect(relativeError(r.logits, ort[i].logits)).toBeLessThan(2e-2)
-          expect(r.tokens[0]).toBe(ort[i].tokens[0])
+          // The first token is the argmax of those logits: equal, or a near-tie that float16 sums may order either
+          // way (the fixtures' random weights give flat logits: seen once, tokens 483 and 383).
+          if (r.tokens[0] !== ort[i].tokens[0]) {
+            const l = ort[i].logits
+            const scale = Math.max(...Array.from(l, Math.abs))
+            expect(Math.abs(l[r.tokens[0]!]! - l[ort[i].tokens[0]!]!)).toBeLessThan(1e-2 * scale)
+          }
         })
       })
     }
