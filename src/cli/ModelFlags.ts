@@ -154,7 +154,7 @@ export const modelFlags = {
   },
   "linear-kernels": {
     kind: "string",
-    description: "with --device cuda and --quantize int4: ort (default) | chorus, Chorus's 4-bit GEMV kernels (npm run build:cuda-ops)"
+    description: "with --device cuda and an int4 model: ort (default, ONNX Runtime's MatMulNBits) | chorus (experimental: Chorus's own 4-bit kernels, npm run build:cuda-ops; slower than ort on an H200 today, docs/native.md)"
   },
   "decode-attention": {
     kind: "string",
