@@ -118,11 +118,23 @@ export const quantizeInt4 = (w: Float32Array, l: Int4Layout, roundScale: (x: num
       let m = 0
       let lo = 0
       let hi = 0
-      for (let c = k0; c < k1; c++) {
-        const v = w[row + c]
-        if (Math.abs(v) > Math.abs(m)) m = v
-        if (v < lo) lo = v
-        if (v > hi) hi = v
+      if (symmetric) {
+        // The first element of the largest magnitude, with its sign.
+        let top = 0
+        for (let c = row + k0, end = row + k1; c < end; c++) {
+          const v = w[c]
+          const a = v < 0 ? -v : v
+          if (a > top) {
+            top = a
+            m = v
+          }
+        }
+      } else {
+        for (let c = row + k0, end = row + k1; c < end; c++) {
+          const v = w[c]
+          if (v < lo) lo = v
+          if (v > hi) hi = v
+        }
       }
       let { scale, zp } = blockScale(symmetric, m, lo, hi, 1, roundScale)
       if (importance !== undefined) {
@@ -141,11 +153,25 @@ export const quantizeInt4 = (w: Float32Array, l: Int4Layout, roundScale: (x: num
       scales[r * nb + blk] = scale
       const inv = scale === 0 ? 0 : 1 / scale
       const out = (r * nb + blk) * half
-      for (let c = k0; c < k1; c++) {
-        const j = c - k0
-        b[out + (j >>> 1)] |= code(w[row + c], inv, zp) << ((j & 1) * 4)
+      // `code` inlined two codes a byte (the conversion's hot loop): floor(v / scale + zp + 0.5) clamped to 0..15 is
+      // Math.round(v / scale) + zp clamped, and a NaN gives 0 as there.
+      const zpHalf = zp + 0.5
+      const len = k1 - k0
+      let j = 0
+      for (let c = row + k0; j + 1 < len; j += 2, c += 2) {
+        const t0 = w[c] * inv + zpHalf
+        const t1 = w[c + 1] * inv + zpHalf
+        const q0 = t0 >= 15 ? 15 : t0 > 0 ? t0 | 0 : 0
+        const q1 = t1 >= 15 ? 15 : t1 > 0 ? t1 | 0 : 0
+        b[out + (j >>> 1)] = q0 | (q1 << 4)
       }
-      for (let j = k1 - k0; j < blockSize; j++) b[out + (j >>> 1)] |= zp << ((j & 1) * 4)
+      if (j < len) {
+        const t0 = w[row + k0 + j] * inv + zpHalf
+        b[out + (j >>> 1)] = (t0 >= 15 ? 15 : t0 > 0 ? t0 | 0 : 0) | (zp << 4)
+        j += 2
+      }
+      // A partial last block is padded with its zero point code.
+      for (; j < blockSize; j += 2) b[out + (j >>> 1)] = zp | (zp << 4)
     }
   }
   return { b, scales, zeroPoints }
