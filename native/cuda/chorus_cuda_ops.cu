@@ -15,6 +15,7 @@
 #include <dlfcn.h>
 
 #include <cstdint>
+#include <cstdlib>
 #include <mutex>
 #include <string>
 
@@ -83,6 +84,95 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32) int4Gemv(
         }
       } else {
         for (int i = 0; i < valid; i++) dot = fmaf(q[i], __half2float(xm[i]), dot);
+      }
+      acc[m] = fmaf(scale, dot, acc[m]);
+    }
+  }
+#pragma unroll
+  for (int m = 0; m < M; m++) {
+    float v = acc[m];
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    if (lane == 0) y[static_cast<size_t>(m) * N + n] = __float2half(v);
+  }
+}
+
+// The same GEMV with half2 arithmetic (CHORUS_INT4_GEMV=2, not yet measured: docs/native.md). Version 1 spends about
+// 165 instructions on each 16-byte word, unpacking codes one by one in float32; here a code pair becomes a half2 in
+// one or two integer operations: (v >> 4i) & 0x000F000F | 0x64006400 is half2(1024 + e_i, 1024 + e_(i+4)) for the
+// eight codes e_0..e_7 of a 32-bit word, exactly. Subtracting 1024 + zero point is exact, one multiply by the scale
+// rounds once (the dequantized weight in float16, as MatMulNBits has it), and four products of a group of eight are
+// summed in half2 before a float32 accumulator takes them (float16 sums of at most 4 products of a small weight and
+// an activation). X is read as 16-byte words and its halves paired to match (x_i, x_(i+4)) with byte permutes.
+template <int M, bool kZeroPoints>
+__global__ void __launch_bounds__(kWarpsPerBlock * 32) int4GemvHalf2(
+    const half* __restrict__ x, const uint4* __restrict__ b, const half* __restrict__ scales,
+    const uint8_t* __restrict__ zeroPoints, half* __restrict__ y, int K, int N, int blockSize, int nBlocks) {
+  const int lane = threadIdx.x & 31;
+  const int n = blockIdx.x * kWarpsPerBlock + (threadIdx.x >> 5);
+  if (n >= N) return;
+  const int wordsPerRow = nBlocks * blockSize / 32;
+  const int fullWords = K / 32;  // words whose 32 codes all lie inside K; a partial tail goes the float32 way
+  const uint4* row = b + static_cast<size_t>(n) * wordsPerRow;
+  const half* rowScales = scales + static_cast<size_t>(n) * nBlocks;
+  const uint8_t* rowZeros = kZeroPoints ? zeroPoints + static_cast<size_t>(n) * ((nBlocks + 1) / 2) : nullptr;
+  float acc[M];
+#pragma unroll
+  for (int m = 0; m < M; m++) acc[m] = 0.f;
+
+#pragma unroll 4
+  for (int w = lane; w < fullWords; w += 32) {
+    const uint4 word = __ldg(row + w);
+    const int k0 = w * 32;
+    const int block = k0 / blockSize;
+    int zero = 8;
+    if (kZeroPoints) zero = (rowZeros[block >> 1] >> ((block & 1) * 4)) & 0xF;
+    const half2 offset = __half2half2(__ushort_as_half(static_cast<unsigned short>(0x6400 + zero)));
+    const half2 scale = __half2half2(rowScales[block]);
+    // wq[p][i]: the dequantized pair (e_i, e_(i+4)) of part p (codes 8p .. 8p + 7 of the word).
+    half2 wq[4][4];
+    const uint32_t parts[4] = {word.x, word.y, word.z, word.w};
+#pragma unroll
+    for (int p = 0; p < 4; p++) {
+#pragma unroll
+      for (int i = 0; i < 4; i++) {
+        const uint32_t bits = ((parts[p] >> (4 * i)) & 0x000F000Fu) | 0x64006400u;
+        wq[p][i] = __hmul2(__hsub2(*reinterpret_cast<const half2*>(&bits), offset), scale);
+      }
+    }
+#pragma unroll
+    for (int m = 0; m < M; m++) {
+      const uint4* xv = reinterpret_cast<const uint4*>(x + static_cast<size_t>(m) * K + k0);
+      float sum = 0.f;
+#pragma unroll
+      for (int p = 0; p < 4; p++) {
+        const uint4 xx = __ldg(xv + p);  // x_0 .. x_7 of part p as (x0 x1) (x2 x3) (x4 x5) (x6 x7)
+        const uint32_t x04 = __byte_perm(xx.x, xx.z, 0x5410), x15 = __byte_perm(xx.x, xx.z, 0x7632);
+        const uint32_t x26 = __byte_perm(xx.y, xx.w, 0x5410), x37 = __byte_perm(xx.y, xx.w, 0x7632);
+        half2 part = __hmul2(wq[p][0], *reinterpret_cast<const half2*>(&x04));
+        part = __hfma2(wq[p][1], *reinterpret_cast<const half2*>(&x15), part);
+        part = __hfma2(wq[p][2], *reinterpret_cast<const half2*>(&x26), part);
+        part = __hfma2(wq[p][3], *reinterpret_cast<const half2*>(&x37), part);
+        const float2 f = __half22float2(part);
+        sum += f.x + f.y;
+      }
+      acc[m] += sum;
+    }
+  }
+  // The tail word of a K that is not a multiple of 32 (none in Llama's shapes), as version 1 does it.
+  if (fullWords * 32 < K && lane == 0) {
+    const int w = fullWords, k0 = w * 32, block = k0 / blockSize;
+    const uint4 word = __ldg(row + w);
+    const uint32_t parts[4] = {word.x, word.y, word.z, word.w};
+    int zero = 8;
+    if (kZeroPoints) zero = (rowZeros[block >> 1] >> ((block & 1) * 4)) & 0xF;
+    const float scale = __half2float(rowScales[block]);
+#pragma unroll
+    for (int m = 0; m < M; m++) {
+      float dot = 0.f;
+      for (int e = 0; e < K - k0; e++) {
+        const int q = static_cast<int>((parts[e / 8] >> (4 * (e % 8))) & 0xFu) - zero;
+        dot = fmaf(static_cast<float>(q), __half2float(x[static_cast<size_t>(m) * K + k0 + e]), dot);
       }
       acc[m] = fmaf(scale, dot, acc[m]);
     }
@@ -197,6 +287,8 @@ Ort::Status statusOf(cudaError_t e, const char* what) {
 
 struct Int4LinearKernel {
   int64_t K = 0, N = 0, blockSize = 0;
+  // CHORUS_INT4_GEMV=2 when the kernel is made: the half2 GEMV (int4GemvHalf2) instead of version 1.
+  bool half2Gemv = false;
 
   Ort::Status Init(const OrtKernelInfo* info) {
     Ort::ConstKernelInfo ki(info);
@@ -211,6 +303,8 @@ struct Int4LinearKernel {
     if (bits != 4) return Ort::Status("chorus.Int4Linear: bits must be 4", ORT_INVALID_ARGUMENT);
     if (blockSize < 32 || (blockSize & (blockSize - 1)) != 0) return Ort::Status("chorus.Int4Linear: block_size must be a power of two >= 32", ORT_INVALID_ARGUMENT);
     if (K % 8 != 0) return Ort::Status("chorus.Int4Linear: K must be a multiple of 8", ORT_INVALID_ARGUMENT);
+    const char* gemv = std::getenv("CHORUS_INT4_GEMV");
+    half2Gemv = gemv != nullptr && std::string(gemv) == "2";
     return Ort::Status{nullptr};
   }
 
@@ -250,10 +344,12 @@ struct Int4LinearKernel {
 
     if (M <= kGemvMaxRows) {
       const dim3 grid(static_cast<unsigned>((N + kWarpsPerBlock - 1) / kWarpsPerBlock)), block(kWarpsPerBlock * 32);
-#define CHORUS_GEMV(R)                                                                                        \
-  case R:                                                                                                     \
-    if (zeroPoints) int4Gemv<R, true><<<grid, block, 0, stream>>>(xp, bp, sp, zpp, yp, k, n, bs, nBlocks);    \
-    else int4Gemv<R, false><<<grid, block, 0, stream>>>(xp, bp, sp, zpp, yp, k, n, bs, nBlocks);              \
+#define CHORUS_GEMV(R)                                                                                             \
+  case R:                                                                                                          \
+    if (half2Gemv && zeroPoints) int4GemvHalf2<R, true><<<grid, block, 0, stream>>>(xp, bp, sp, zpp, yp, k, n, bs, nBlocks); \
+    else if (half2Gemv) int4GemvHalf2<R, false><<<grid, block, 0, stream>>>(xp, bp, sp, zpp, yp, k, n, bs, nBlocks);      \
+    else if (zeroPoints) int4Gemv<R, true><<<grid, block, 0, stream>>>(xp, bp, sp, zpp, yp, k, n, bs, nBlocks);          \
+    else int4Gemv<R, false><<<grid, block, 0, stream>>>(xp, bp, sp, zpp, yp, k, n, bs, nBlocks);                          \
     break;
       switch (M) {
         CHORUS_GEMV(1) CHORUS_GEMV(2) CHORUS_GEMV(3) CHORUS_GEMV(4) CHORUS_GEMV(5) CHORUS_GEMV(6) CHORUS_GEMV(7) CHORUS_GEMV(8)

@@ -214,7 +214,7 @@ if [[ "$PHASE" == C ]]; then
   fi
   ldd $lib | grep -E "cudart|not found"
   say "MLP probe: MatMulNBits against chorus.Int4Linear"
-  timeout 150 "$NODE" native/probes/mlp-fusion.ts --only q-sym,q-zp,q-sym-chorus,q-zp-chorus 2>&1 | tee "$OUT/mlp-chorus.txt" | grep -E "^\||REFUSED|FAILED|MISMATCH"
+  timeout 150 "$NODE" native/probes/mlp-fusion.ts --only q-sym,q-zp,q-sym-chorus,q-zp-chorus,q-sym-chorus2,q-zp-chorus2 2>&1 | tee "$OUT/mlp-chorus.txt" | grep -E "^\||REFUSED|FAILED|MISMATCH"
   rm -rf /tmp/mlp-fusion
   say "device test: chorus.Int4Linear against MatMulNBits (CUDA graphs on)"
   CUDA_TEST_CMD='CHORUS_TEST_CUDA_GRAPHS=1 CHORUS_TEST_DEVICE=cuda node_modules/node/bin/node node_modules/vitest/vitest.mjs run --config vitest.device.config.ts test/device/ChorusOpsDevice.test.ts' \
