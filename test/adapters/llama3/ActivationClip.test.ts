@@ -3,9 +3,8 @@
 // manifest make of the setting.
 import { Effect } from "effect"
 import * as fs from "node:fs"
-import * as os from "node:os"
 import * as path from "node:path"
-import { afterAll, afterEach, beforeEach, describe, expect, it } from "vitest"
+import { describe, expect, it } from "vitest"
 import { CALIBRATION_SEQUENCE, calibrationTokens, collectActivationStats } from "../../../src/adapters/llama3/ActivationStats.ts"
 import { defaultCalibrationText } from "../../../src/adapters/llama3/CalibrationText.ts"
 import { convertCheckpoint } from "../../../src/adapters/llama3/Converter.ts"
@@ -13,22 +12,11 @@ import { type LlamaConfig, loadLlamaConfig } from "../../../src/adapters/llama3/
 import { defaultInt4, type Int4Settings } from "../../../src/adapters/llama3/Quantization.ts"
 import { openCheckpoint } from "../../../src/checkpoint/Safetensors.ts"
 import { dequantizedFixture } from "../../support/dequantizedFixture.ts"
+import { cachePerTest } from "../../support/cachePerTest.ts"
 import { fixtureDir, readReference, relativeError } from "../../support/fixtures.ts"
 import { runGreedy } from "../../support/greedyRuns.ts"
 
-const root = fs.mkdtempSync(path.join(os.tmpdir(), "chorus-actclip-"))
-afterAll(() => fs.rmSync(root, { recursive: true, force: true }))
-const savedCache = process.env.CHORUS_CACHE
-let n = 0
-let cache = ""
-beforeEach(() => {
-  cache = path.join(root, `cache-${n++}`)
-  process.env.CHORUS_CACHE = cache
-})
-afterEach(() => {
-  if (savedCache === undefined) delete process.env.CHORUS_CACHE
-  else process.env.CHORUS_CACHE = savedCache
-})
+const { root } = cachePerTest("chorus-actclip-")
 
 const searched: Int4Settings = { ...defaultInt4, search: "activation-clip" }
 

@@ -1,29 +1,16 @@
 // Conversion cache: content-keyed hits, atomic writes (nothing half-written on failure or interrupt), shape checks.
 import { Deferred, Effect, Exit, Fiber } from "effect"
 import * as fs from "node:fs"
-import * as os from "node:os"
 import * as path from "node:path"
-import { afterAll, afterEach, beforeEach, describe, expect, it } from "vitest"
+import { cachePerTest } from "../../support/cachePerTest.ts"
+import { describe, expect, it } from "vitest"
 import { convertCheckpoint, type ConvertProgress, loadConvertedModel, MANIFEST_FILE, planShards } from "../../../src/adapters/llama3/Converter.ts"
 
 const fixture = (name: string) => path.resolve(import.meta.dirname, "../../fixtures", name)
-const root = fs.mkdtempSync(path.join(os.tmpdir(), "chorus-convert-"))
-afterAll(() => fs.rmSync(root, { recursive: true, force: true }))
-
-let cache = ""
-let n = 0
-const savedCache = process.env.CHORUS_CACHE
-beforeEach(() => {
-  cache = path.join(root, `cache-${n++}`)
-  process.env.CHORUS_CACHE = cache
-})
-afterEach(() => {
-  if (savedCache === undefined) delete process.env.CHORUS_CACHE
-  else process.env.CHORUS_CACHE = savedCache
-})
+const { root, cache } = cachePerTest("chorus-convert-")
 
 /** Entries of `<cache>/converted` (none when the folder does not exist). */
-const convertedEntries = () => (fs.existsSync(path.join(cache, "converted")) ? fs.readdirSync(path.join(cache, "converted")) : [])
+const convertedEntries = () => (fs.existsSync(path.join(cache(), "converted")) ? fs.readdirSync(path.join(cache(), "converted")) : [])
 
 /** A writable copy of a fixture's checkpoint files. */
 const copyFixture = (name: string) => {
@@ -51,7 +38,7 @@ describe("convertCheckpoint", () => {
       convertCheckpoint({ modelDir: fixture("tiny-llama3-b"), dtype: "float32", shards: 2, onProgress: (p) => progress.push(p) })
     )
     expect(first.cached).toBe(false)
-    expect(path.dirname(first.dir)).toBe(path.join(cache, "converted"))
+    expect(path.dirname(first.dir)).toBe(path.join(cache(), "converted"))
     expect(path.basename(first.dir)).toBe(first.manifest.key)
     expect(first.manifest.maxContext).toBe(8192) // min(131072, 8192)
     expect(first.manifest.shards).toEqual([
@@ -65,7 +52,7 @@ describe("convertCheckpoint", () => {
     expect(last.bytesDone).toBe(last.bytesTotal)
     expect(progress.every((p, i) => i === 0 || p.bytesDone > progress[i - 1].bytesDone)).toBe(true)
     // the memo of file hashes names the checkpoint by its real path
-    const memo = JSON.parse(fs.readFileSync(path.join(cache, "hashes.json"), "utf8")) as Record<string, unknown>
+    const memo = JSON.parse(fs.readFileSync(path.join(cache(), "hashes.json"), "utf8")) as Record<string, unknown>
     expect(Object.keys(memo)).toContain(fs.realpathSync(path.join(fixture("tiny-llama3-b"), "model.safetensors")))
 
     const mtime = fs.statSync(`${first.shardPaths[0]}.data`).mtimeMs
@@ -157,7 +144,7 @@ describe("convertCheckpoint", () => {
     expect(model.dir).toBe(out)
     expect(model.manifest.maxContext).toBe(256)
     expect(model.manifest.dtype).toBe("float16")
-    expect(fs.existsSync(path.join(cache, "converted"))).toBe(false)
+    expect(fs.existsSync(path.join(cache(), "converted"))).toBe(false)
     const loaded = await Effect.runPromise(loadConvertedModel(out))
     expect(loaded.manifest).toEqual(model.manifest)
 

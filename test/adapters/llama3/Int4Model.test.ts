@@ -2,9 +2,8 @@
 // their error against the float model stays within measured bounds, and the conversion cache keeps both.
 import { Effect } from "effect"
 import * as fs from "node:fs"
-import * as os from "node:os"
 import * as path from "node:path"
-import { afterAll, afterEach, beforeEach, describe, expect, it } from "vitest"
+import { describe, expect, it } from "vitest"
 import { convertCheckpoint } from "../../../src/adapters/llama3/Converter.ts"
 import { buildShardGraph } from "../../../src/adapters/llama3/GraphBuilder.ts"
 import { Llama3Adapter } from "../../../src/adapters/llama3/Llama3Adapter.ts"
@@ -12,22 +11,11 @@ import { loadLlamaConfig } from "../../../src/adapters/llama3/LlamaConfig.ts"
 import { defaultInt4 } from "../../../src/adapters/llama3/Quantization.ts"
 import { measureQuantError, summarize } from "../../../tools/quant/QuantError.ts"
 import { dequantizedFixture } from "../../support/dequantizedFixture.ts"
+import { cachePerTest } from "../../support/cachePerTest.ts"
 import { fixtureDir, readReference, relativeError } from "../../support/fixtures.ts"
 import { runGreedy } from "../../support/greedyRuns.ts"
 
-const root = fs.mkdtempSync(path.join(os.tmpdir(), "chorus-int4-"))
-afterAll(() => fs.rmSync(root, { recursive: true, force: true }))
-const savedCache = process.env.CHORUS_CACHE
-let n = 0
-let cache = ""
-beforeEach(() => {
-  cache = path.join(root, `cache-${n++}`)
-  process.env.CHORUS_CACHE = cache
-})
-afterEach(() => {
-  if (savedCache === undefined) delete process.env.CHORUS_CACHE
-  else process.env.CHORUS_CACHE = savedCache
-})
+const { root, cache } = cachePerTest("chorus-int4-")
 
 const runAll = (options: Parameters<typeof Llama3Adapter.load>[0], prompts: ReadonlyArray<ReadonlyArray<number>>) =>
   runGreedy(options, { maxNumSeqs: 4, maxNumBatchedTokens: 128 }, prompts, { promptLogits: "all", concurrent: false })
@@ -79,7 +67,7 @@ describe("int4 conversion", () => {
     const b128 = await Effect.runPromise(convertCheckpoint({ ...base, quantize: { ...defaultInt4, blockSize: 128 } }))
     const again = await Effect.runPromise(convertCheckpoint({ ...base, quantize: defaultInt4 }))
     expect(new Set([float.manifest.key, b32.manifest.key, b128.manifest.key]).size).toBe(3)
-    expect(fs.readdirSync(path.join(cache, "converted")).sort()).toEqual([float.manifest.key, b32.manifest.key, b128.manifest.key].sort())
+    expect(fs.readdirSync(path.join(cache(), "converted")).sort()).toEqual([float.manifest.key, b32.manifest.key, b128.manifest.key].sort())
     expect(again.cached).toBe(true)
     expect(again.dir).toBe(b32.dir)
     expect(float.manifest.quantize).toBeUndefined()

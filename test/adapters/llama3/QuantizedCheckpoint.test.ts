@@ -3,15 +3,15 @@
 // computes; what cannot map onto MatMulNBits is refused with a message that says why.
 import { Effect } from "effect"
 import * as fs from "node:fs"
-import * as os from "node:os"
 import * as path from "node:path"
-import { afterAll, afterEach, beforeEach, describe, expect, it } from "vitest"
+import { describe, expect, it } from "vitest"
 import { repackLinear } from "../../../src/adapters/llama3/CheckpointQuant.ts"
 import { convertCheckpoint } from "../../../src/adapters/llama3/Converter.ts"
 import { Llama3Adapter } from "../../../src/adapters/llama3/Llama3Adapter.ts"
 import { loadLlamaConfig, parseLlamaConfig } from "../../../src/adapters/llama3/LlamaConfig.ts"
 import { dequantizeInt4 } from "../../../src/adapters/llama3/MatMulNBitsPacking.ts"
 import { defaultInt4 } from "../../../src/adapters/llama3/Quantization.ts"
+import { cachePerTest } from "../../support/cachePerTest.ts"
 import { fixtureDir, readReference, relativeError } from "../../support/fixtures.ts"
 import { runGreedy } from "../../support/greedyRuns.ts"
 import {
@@ -24,17 +24,7 @@ import {
   quantizeGroups
 } from "../../support/quantizedCheckpoint.ts"
 
-const root = fs.mkdtempSync(path.join(os.tmpdir(), "chorus-prequant-"))
-afterAll(() => fs.rmSync(root, { recursive: true, force: true }))
-const savedCache = process.env.CHORUS_CACHE
-let n = 0
-beforeEach(() => {
-  process.env.CHORUS_CACHE = path.join(root, `cache-${n++}`)
-})
-afterEach(() => {
-  if (savedCache === undefined) delete process.env.CHORUS_CACHE
-  else process.env.CHORUS_CACHE = savedCache
-})
+const { root } = cachePerTest("chorus-prequant-")
 
 const runAll = (options: Parameters<typeof Llama3Adapter.load>[0], prompts: ReadonlyArray<ReadonlyArray<number>>) =>
   runGreedy(options, { maxNumSeqs: 4, maxNumBatchedTokens: 128 }, prompts, { promptLogits: "all", concurrent: false })
