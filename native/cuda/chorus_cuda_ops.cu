@@ -30,6 +30,32 @@ constexpr int kWarpsPerBlock = 8;
 
 // ------------------------------------------------------------------------------------------------ kernels
 
+// One weight row n of MatMulNBits' inputs: its 16-byte words of codes, its block scales and its zero points.
+template <bool kZeroPoints>
+struct WeightRow {
+  const uint4* words;
+  const half* scales;
+  const uint8_t* zeros;
+  __device__ WeightRow(const uint4* b, const half* s, const uint8_t* z, int n, int blockSize, int nBlocks)
+      : words(b + static_cast<size_t>(n) * (nBlocks * blockSize / 32)),
+        scales(s + static_cast<size_t>(n) * nBlocks),
+        zeros(kZeroPoints ? z + static_cast<size_t>(n) * ((nBlocks + 1) / 2) : nullptr) {}
+  // Two blocks a byte, low nibble first; 8 (the centre) without zero points.
+  __device__ int zeroOf(int block) const { return kZeroPoints ? (zeros[block >> 1] >> ((block & 1) * 4)) & 0xF : 8; }
+};
+
+// A warp's float32 partial sums of output n, one a row of X, summed over its lanes and stored as float16.
+template <int M>
+__device__ void storeRowSums(float (&acc)[M], half* y, int n, int N, int lane) {
+#pragma unroll
+  for (int m = 0; m < M; m++) {
+    float v = acc[m];
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    if (lane == 0) y[static_cast<size_t>(m) * N + n] = __float2half(v);
+  }
+}
+
 // One warp a weight row n; lanes stride over the row's 16-byte words. `(code | 0x4B000000)` read as a float is
 // 2^23 + code exactly, so subtracting 2^23 + zero_point leaves (code - zero_point) without an int-to-float conversion.
 template <int M, bool kZeroPoints>
@@ -40,9 +66,7 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32) int4Gemv(
   const int n = blockIdx.x * kWarpsPerBlock + (threadIdx.x >> 5);
   if (n >= N) return;
   const int wordsPerRow = nBlocks * blockSize / 32;
-  const uint4* row = b + static_cast<size_t>(n) * wordsPerRow;
-  const half* rowScales = scales + static_cast<size_t>(n) * nBlocks;
-  const uint8_t* rowZeros = kZeroPoints ? zeroPoints + static_cast<size_t>(n) * ((nBlocks + 1) / 2) : nullptr;
+  const WeightRow<kZeroPoints> row(b, scales, zeroPoints, n, blockSize, nBlocks);
   float acc[M];
 #pragma unroll
   for (int m = 0; m < M; m++) acc[m] = 0.f;
@@ -51,12 +75,10 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32) int4Gemv(
   for (int w = lane; w < wordsPerRow; w += 32) {
     const int k0 = w * 32;
     if (k0 >= K) break;  // padding of a partial last block: codes equal to the zero point, worth 0
-    const uint4 word = __ldg(row + w);
+    const uint4 word = __ldg(row.words + w);
     const int block = k0 / blockSize;
-    const float scale = __half2float(rowScales[block]);
-    int zero = 8;
-    if (kZeroPoints) zero = (rowZeros[block >> 1] >> ((block & 1) * 4)) & 0xF;
-    const float offset = 8388608.f + static_cast<float>(zero);
+    const float scale = __half2float(row.scales[block]);
+    const float offset = 8388608.f + static_cast<float>(row.zeroOf(block));
     float q[32];
     const uint32_t parts[4] = {word.x, word.y, word.z, word.w};
 #pragma unroll
@@ -88,13 +110,7 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32) int4Gemv(
       acc[m] = fmaf(scale, dot, acc[m]);
     }
   }
-#pragma unroll
-  for (int m = 0; m < M; m++) {
-    float v = acc[m];
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    if (lane == 0) y[static_cast<size_t>(m) * N + n] = __float2half(v);
-  }
+  storeRowSums<M>(acc, y, n, N, lane);
 }
 
 // The same GEMV with half2 arithmetic (CHORUS_INT4_GEMV=2, not yet measured: docs/native.md). Version 1 spends about
@@ -111,24 +127,19 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32) int4GemvHalf2(
   const int lane = threadIdx.x & 31;
   const int n = blockIdx.x * kWarpsPerBlock + (threadIdx.x >> 5);
   if (n >= N) return;
-  const int wordsPerRow = nBlocks * blockSize / 32;
   const int fullWords = K / 32;  // words whose 32 codes all lie inside K; a partial tail goes the float32 way
-  const uint4* row = b + static_cast<size_t>(n) * wordsPerRow;
-  const half* rowScales = scales + static_cast<size_t>(n) * nBlocks;
-  const uint8_t* rowZeros = kZeroPoints ? zeroPoints + static_cast<size_t>(n) * ((nBlocks + 1) / 2) : nullptr;
+  const WeightRow<kZeroPoints> row(b, scales, zeroPoints, n, blockSize, nBlocks);
   float acc[M];
 #pragma unroll
   for (int m = 0; m < M; m++) acc[m] = 0.f;
 
 #pragma unroll 4
   for (int w = lane; w < fullWords; w += 32) {
-    const uint4 word = __ldg(row + w);
+    const uint4 word = __ldg(row.words + w);
     const int k0 = w * 32;
     const int block = k0 / blockSize;
-    int zero = 8;
-    if (kZeroPoints) zero = (rowZeros[block >> 1] >> ((block & 1) * 4)) & 0xF;
-    const half2 offset = __half2half2(__ushort_as_half(static_cast<unsigned short>(0x6400 + zero)));
-    const half2 scale = __half2half2(rowScales[block]);
+    const half2 offset = __half2half2(__ushort_as_half(static_cast<unsigned short>(0x6400 + row.zeroOf(block))));
+    const half2 scale = __half2half2(row.scales[block]);
     // wq[p][i]: the dequantized pair (e_i, e_(i+4)) of part p (codes 8p .. 8p + 7 of the word).
     half2 wq[4][4];
     const uint32_t parts[4] = {word.x, word.y, word.z, word.w};
@@ -162,11 +173,10 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32) int4GemvHalf2(
   // The tail word of a K that is not a multiple of 32 (none in Llama's shapes), as version 1 does it.
   if (fullWords * 32 < K && lane == 0) {
     const int w = fullWords, k0 = w * 32, block = k0 / blockSize;
-    const uint4 word = __ldg(row + w);
+    const uint4 word = __ldg(row.words + w);
     const uint32_t parts[4] = {word.x, word.y, word.z, word.w};
-    int zero = 8;
-    if (kZeroPoints) zero = (rowZeros[block >> 1] >> ((block & 1) * 4)) & 0xF;
-    const float scale = __half2float(rowScales[block]);
+    const int zero = row.zeroOf(block);
+    const float scale = __half2float(row.scales[block]);
 #pragma unroll
     for (int m = 0; m < M; m++) {
       float dot = 0.f;
@@ -177,13 +187,7 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32) int4GemvHalf2(
       acc[m] = fmaf(scale, dot, acc[m]);
     }
   }
-#pragma unroll
-  for (int m = 0; m < M; m++) {
-    float v = acc[m];
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    if (lane == 0) y[static_cast<size_t>(m) * N + n] = __float2half(v);
-  }
+  storeRowSums<M>(acc, y, n, N, lane);
 }
 
 // The weight as float16 [N, K] (row n = output feature n), for the cuBLAS path.
@@ -198,10 +202,10 @@ __global__ void int4Dequantize(const uint4* __restrict__ b, const half* __restri
     const int k0 = w * 32;
     if (k0 >= K) continue;
     const int block = k0 / blockSize;
-    const float scale = __half2float(scales[static_cast<size_t>(n) * nBlocks + block]);
-    int zero = 8;
-    if (kZeroPoints) zero = (zeroPoints[static_cast<size_t>(n) * ((nBlocks + 1) / 2) + (block >> 1)] >> ((block & 1) * 4)) & 0xF;
-    const uint4 word = b[i];
+    const WeightRow<kZeroPoints> row(b, scales, zeroPoints, n, blockSize, nBlocks);
+    const float scale = __half2float(row.scales[block]);
+    const int zero = row.zeroOf(block);
+    const uint4 word = row.words[w];
     const uint32_t parts[4] = {word.x, word.y, word.z, word.w};
     half* dst = out + static_cast<size_t>(n) * K + k0;
     const float base = 8388608.f + static_cast<float>(zero);

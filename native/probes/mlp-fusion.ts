@@ -61,6 +61,7 @@ import { parseFlags } from "../../src/cli/Args.ts"
 import { type DeviceTensor, NativeOrt, type NativeSession } from "../../src/core/native/NativeOrt.ts"
 import { encodeModel, type ExternalInitializer, type NodeSpec } from "../../src/onnx/OnnxWriter.ts"
 import { cudaOpsLibraryPath } from "../../src/core/native/CudaOps.ts"
+import { opTimes } from "./ProfileTrace.ts"
 import { blocksPerRow, type Int4Layout, int4Bytes } from "../../src/adapters/llama3/MatMulNBitsPacking.ts"
 
 const flags = parseFlags("mlp-fusion", process.argv.slice(2), {
@@ -499,16 +500,7 @@ for (const v of chosen) {
   }
   if (flags.profile === true) {
     try {
-      const events = JSON.parse(fs.readFileSync(session.endProfiling(), "utf8")) as Array<{ cat: string; name: string; dur: number; args?: { op_name?: string } }>
-      const byOp = new Map<string, { us: number; n: number }>()
-      for (const e of events) {
-        if (e.cat !== "Node" || !e.name.endsWith("_kernel_time")) continue
-        const op = e.args?.op_name ?? e.name
-        const cur = byOp.get(op) ?? { us: 0, n: 0 }
-        cur.us += e.dur
-        cur.n += 1
-        byOp.set(op, cur)
-      }
+      const byOp = opTimes(session.endProfiling())
       console.log(`  profile (${runsDone} runs of every M together; host-side kernel times):`)
       for (const [op, s] of [...byOp].sort((p, q) => q[1].us - p[1].us)) {
         console.log(`    ${op.padEnd(34)} ${(s.n / runsDone / L).toFixed(2).padStart(5)} a layer, ${(s.us / s.n).toFixed(1).padStart(8)} us each`)

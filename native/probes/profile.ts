@@ -7,9 +7,9 @@
  * Prints the step time and the ops by total time (ORT's own kernel timings, host side: for the CUDA EP these are
  * launch-to-return times, so they show where the host waits as well as GPU work).
  */
-import * as fs from "node:fs"
 import { parseFlags } from "../../src/cli/Args.ts"
 import { NativeOrt } from "../../src/core/native/NativeOrt.ts"
+import { opTimes } from "./ProfileTrace.ts"
 
 const flags = parseFlags("profile", process.argv.slice(2), {
   model: { kind: "string", description: "shard .onnx (one shard holding every layer)" },
@@ -63,19 +63,8 @@ if (flags["no-profile"] === true) {
   console.log(`batch ${B}, past ${past}, slot ${maxLen}, cuda ${JSON.stringify(extra)}: ${stepMs.toFixed(2)} ms per step (wall, no profiler)`)
   process.exit(0)
 }
-const file = session.endProfiling()
-const events = JSON.parse(fs.readFileSync(file, "utf8")) as Array<{ cat: string; name: string; dur: number; args?: { op_name?: string } }>
-const byOp = new Map<string, { us: number; n: number }>()
-let total = 0
-for (const e of events) {
-  if (e.cat !== "Node" || !e.name.endsWith("_kernel_time")) continue
-  const op = e.args?.op_name ?? e.name
-  const cur = byOp.get(op) ?? { us: 0, n: 0 }
-  cur.us += e.dur
-  cur.n += 1
-  byOp.set(op, cur)
-  total += e.dur
-}
+const byOp = opTimes(session.endProfiling())
+const total = [...byOp.values()].reduce((sum, t) => sum + t.us, 0)
 const runs = steps + 5
 console.log(`batch ${B}, past ${past}, slot ${maxLen}: ${stepMs.toFixed(2)} ms per step (wall); node kernel time ${(total / runs / 1000).toFixed(2)} ms per step`)
 for (const [op, v] of [...byOp].sort((a, b) => b[1].us - a[1].us).slice(0, 12)) {
