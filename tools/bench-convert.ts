@@ -5,7 +5,7 @@
  * same bytes, and prints seconds and MB/s (bytes of the .data files over wall time).
  *
  *   node tools/bench-convert.ts [--hidden 2048] [--intermediate 5632] [--layers 8] [--vocab 32000]
- *     [--source F16] [--dtype float16] [--shards 1] [--threads 2] [--repeats 1] [--dir /tmp/x]
+ *     [--source F16] [--dtype float16] [--shards 1] [--threads 2] [--repeats 1] [--dir /tmp/x] [--quant b32-sym]
  *
  * The checkpoint was just written, so it is read from the page cache, and the .data files go to the page cache too
  * (neither path syncs; the bench syncs before each run, untimed): this measures the conversion's own cost and the
@@ -20,6 +20,7 @@ import * as path from "node:path"
 import { parseArgs } from "node:util"
 import { defaultConvertThreads } from "../src/adapters/llama3/ConvertPool.ts"
 import { convertCheckpoint } from "../src/adapters/llama3/Converter.ts"
+import { describeQuant, parseQuantVariant } from "../src/adapters/llama3/Quantization.ts"
 
 const { values } = parseArgs({
   options: {
@@ -32,12 +33,19 @@ const { values } = parseArgs({
     shards: { type: "string", default: "1" },
     threads: { type: "string", default: String(defaultConvertThreads()) },
     repeats: { type: "string", default: "1" },
-    dir: { type: "string" }
+    dir: { type: "string" },
+    quant: { type: "string" }
   }
 })
 const H = Number(values.hidden), I = Number(values.intermediate), L = Number(values.layers), V = Number(values.vocab)
 const source = values.source as "F16" | "BF16" | "F32"
 const dtype = values.dtype as "float32" | "float16" | "bfloat16"
+// `--quant b32-sym` (the tools' variant names): 4-bit weights, which the quantizer's speed decides.
+const quantize = values.quant === undefined ? undefined : parseQuantVariant(values.quant)
+if (values.quant !== undefined && quantize === undefined) {
+  console.error(`bench-convert: --quant must be a variant such as b32-zp or b128-sym, got '${values.quant}'`)
+  process.exit(2)
+}
 const headDim = 128
 const heads = H / headDim
 const kvHeads = Math.max(1, heads / 4)
@@ -118,14 +126,16 @@ const run = async (threads: number, outDir: string) => {
   // Flush the previous run's dirty pages first, so that its writeback does not throttle this run's writes.
   execSync("sync")
   const t0 = performance.now()
-  await Effect.runPromise(convertCheckpoint({ modelDir, outDir, dtype, shards: Number(values.shards), maxContext: 8192, threads }))
+  await Effect.runPromise(convertCheckpoint({
+    modelDir, outDir, dtype, shards: Number(values.shards), maxContext: 8192, threads, ...(quantize === undefined ? {} : { quantize })
+  }))
   const s = (performance.now() - t0) / 1000
-  return { s, mbps: dataBytes(outDir) / 1e6 / s }
+  return { s, mbps: dataBytes(outDir) / 1e6 / s, inMbps: checkpointBytes / 1e6 / s }
 }
 
 const threads = Number(values.threads)
 console.log(
-  `checkpoint: ${source} hidden ${H}, intermediate ${I}, ${L} layers, vocab ${V}: ${(checkpointBytes / 1e6).toFixed(0)} MB -> ${dtype}, ` +
+  `checkpoint: ${source} hidden ${H}, intermediate ${I}, ${L} layers, vocab ${V}: ${(checkpointBytes / 1e6).toFixed(0)} MB -> ${dtype}${quantize === undefined ? "" : `, ${describeQuant(quantize)}`}, ` +
     `${values.shards} shard(s); ${os.availableParallelism()} cores, ${threads} threads`
 )
 const seq = path.join(root, "out-sequential")
@@ -133,7 +143,10 @@ const par = path.join(root, "out-parallel")
 for (let r = 0; r < Number(values.repeats); r++) {
   const a = await run(0, seq)
   const b = await run(threads, par)
-  console.log(`sequential ${a.s.toFixed(2)} s (${a.mbps.toFixed(0)} MB/s)   parallel ${b.s.toFixed(2)} s (${b.mbps.toFixed(0)} MB/s)   x${(a.s / b.s).toFixed(1)}`)
+  console.log(
+    `sequential ${a.s.toFixed(2)} s (${a.mbps.toFixed(0)} MB/s written, ${a.inMbps.toFixed(0)} MB/s of checkpoint)   ` +
+      `parallel ${b.s.toFixed(2)} s (${b.mbps.toFixed(0)} MB/s written, ${b.inMbps.toFixed(0)} MB/s of checkpoint)   x${(a.s / b.s).toFixed(1)}`
+  )
 }
 for (const f of fs.readdirSync(seq)) {
   if (f === "chorus-model.json") continue
