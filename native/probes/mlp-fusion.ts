@@ -20,9 +20,10 @@
  *     c-gate/up+keep  swiglu_fusion 2: fc1 rows [0, I) gate, [I, 2I) up
  *     c-up/gate+keep  swiglu_fusion 2: fc1 rows [0, I) up, [I, 2I) gate. ORT's sources disagree on which half is
  *                     the gate (below), so both run: the error column says which one the CUDA kernel computes.
- *   q-sym-chorus,   q-sym / q-zp through Chorus's chorus.Int4Linear (native/cuda, `npm run build:cuda-ops`), checked
- *   q-zp-chorus     against q-sym / q-zp (same weights, float16's tolerance); `-chorus2`: its half2 GEMV
- *                   (CHORUS_INT4_GEMV=2 while the session is made)
+ *   q-sym-chorus,   q-sym / q-zp through Chorus's chorus.Int4Linear (native/cuda, `npm run build:cuda-ops`; its
+ *   q-zp-chorus     default: tensor cores up to 128 rows), checked against q-sym / q-zp (same weights, float16's
+ *                   tolerance); `-gemv1` / `-gemv2`: its GEMVs instead (CHORUS_INT4_KERNEL while the session is made;
+ *                   above 8 rows they dequantize and call cuBLAS)
  *   q-sym, q-zp     a with gate|up and down as com.microsoft MatMulNBits (4-bit, block 32, symmetric / zero points,
  *                   the converter's packing): their error against a is the int4 rounding (a sanity bound only), their
  *                   rate counts the packed bytes. With ORT_FPA_INTB_GEMM=1 in the environment ORT runs them through
@@ -177,7 +178,7 @@ const permuteRows = (src: Uint16Array, rows: number, width: number, from: (i: nu
 }
 
 const only = flags.only?.split(",")
-const int4Names = ["q-sym", "q-zp", "q-sym-chorus", "q-zp-chorus", "q-sym-chorus2", "q-zp-chorus2"]
+const int4Names = ["q-sym", "q-zp", "q-sym-chorus", "q-zp-chorus", "q-sym-gemv1", "q-sym-gemv2", "q-zp-gemv2"]
 const wantInt4 = only === undefined || int4Names.some((n) => only.includes(n))
 
 fs.mkdirSync(dir, { recursive: true })
@@ -245,7 +246,7 @@ interface Variant {
   /** Checked against this variant's output (same weights) instead of a's; the custom-op library is registered. */
   readonly sameAs?: string
   readonly chorusOps?: boolean
-  /** Environment set while the session is made (the library reads CHORUS_INT4_GEMV when it makes its kernels). */
+  /** Environment set while the session is made (the library reads CHORUS_INT4_KERNEL when it makes its kernels). */
   readonly env?: Readonly<Record<string, string>>
   /** Each layer's MLP input is also a graph output, so ORT cannot plan the MoE's output over it (MayInplace(0, 0)). */
   readonly keepInput?: boolean
@@ -306,8 +307,9 @@ const variants: Array<Variant> = [
   // Chorus's kernels (native/cuda, npm run build:cuda-ops): the same weights, checked against q-sym / q-zp.
   { name: "q-sym-chorus", what: "q-sym through chorus.Int4Linear", weights: int4Weights(true), mlp: int4Mlp(true, true), int4: { symmetric: true }, sameAs: "q-sym", chorusOps: true },
   { name: "q-zp-chorus", what: "q-zp through chorus.Int4Linear", weights: int4Weights(false), mlp: int4Mlp(false, true), int4: { symmetric: false }, sameAs: "q-zp", chorusOps: true },
-  { name: "q-sym-chorus2", what: "q-sym through chorus.Int4Linear's half2 GEMV", weights: int4Weights(true), mlp: int4Mlp(true, true), int4: { symmetric: true }, sameAs: "q-sym", chorusOps: true, env: { CHORUS_INT4_GEMV: "2" } },
-  { name: "q-zp-chorus2", what: "q-zp through chorus.Int4Linear's half2 GEMV", weights: int4Weights(false), mlp: int4Mlp(false, true), int4: { symmetric: false }, sameAs: "q-zp", chorusOps: true, env: { CHORUS_INT4_GEMV: "2" } }
+  { name: "q-sym-gemv1", what: "q-sym through chorus.Int4Linear's float32 GEMV", weights: int4Weights(true), mlp: int4Mlp(true, true), int4: { symmetric: true }, sameAs: "q-sym", chorusOps: true, env: { CHORUS_INT4_KERNEL: "gemv1" } },
+  { name: "q-sym-gemv2", what: "q-sym through chorus.Int4Linear's half2 GEMV", weights: int4Weights(true), mlp: int4Mlp(true, true), int4: { symmetric: true }, sameAs: "q-sym", chorusOps: true, env: { CHORUS_INT4_KERNEL: "gemv2" } },
+  { name: "q-zp-gemv2", what: "q-zp through chorus.Int4Linear's half2 GEMV", weights: int4Weights(false), mlp: int4Mlp(false, true), int4: { symmetric: false }, sameAs: "q-zp", chorusOps: true, env: { CHORUS_INT4_KERNEL: "gemv2" } }
 ]
 const fileName = (name: string): string => name.replace(/[^a-z0-9-]/gi, "_")
 const chosen = variants.filter((v) => v.name === "a" || only === undefined || only.includes(v.name))

@@ -214,20 +214,24 @@ if [[ "$PHASE" == C ]]; then
   fi
   ldd $lib | grep -E "cudart|not found"
   say "MLP probe: MatMulNBits against chorus.Int4Linear"
-  timeout 150 "$NODE" native/probes/mlp-fusion.ts --only q-sym,q-zp,q-sym-chorus,q-zp-chorus,q-sym-chorus2,q-zp-chorus2 2>&1 | tee "$OUT/mlp-chorus.txt" | grep -E "^\||REFUSED|FAILED|MISMATCH"
+  timeout 150 "$NODE" native/probes/mlp-fusion.ts --batches 1,4,16,32,64,128 --only ${C_PROBE:-a,q-sym,q-zp,q-sym-chorus,q-zp-chorus} 2>&1 | tee "$OUT/mlp-chorus.txt" | grep -E "^\||REFUSED|FAILED|MISMATCH"
   rm -rf /tmp/mlp-fusion
+  if [[ -z "${C_SKIP_TEST:-}" ]]; then
   say "device test: chorus.Int4Linear against MatMulNBits (CUDA graphs on)"
   CUDA_TEST_CMD='CHORUS_TEST_CUDA_GRAPHS=1 CHORUS_TEST_DEVICE=cuda node_modules/node/bin/node node_modules/vitest/vitest.mjs run --config vitest.device.config.ts test/device/ChorusOpsDevice.test.ts' \
     STAGES="parity" DEADLINE_S=120 PARITY_TIMEOUT_S=110 OUT="$OUT/run-all-chorus" bash scripts/gpu/run-all.sh >/dev/null 2>&1
   say "device tests exit $?"; grep -E "Test Files|Tests |×|Error" "$OUT/run-all-chorus/log" | head -20
+  fi
   [[ -f "$CKPT/model.safetensors.index.json" ]] || { timeout 200 python3 tools/bench-gpu/make_weights.py "$CKPT"; say "weights exit $?"; }
-  for kernels in chorus ort; do
-    say "8B int4 symmetric served, --linear-kernels $kernels"
-    timeout $(($(left) - 5)) "$NODE" tools/bench-gpu/server-sweep.ts --checkpoint "$CKPT" --out "$OUT/int4-$kernels" --skip-weights \
-      --max-batch 256 --concurrency 1,64 --prefix-history 0 --ready-timeout-s 150 --bench-timeout-s 90 \
-      --serve-arg=--quantize=int4 --serve-arg=--quant-symmetric --serve-arg=--linear-kernels=$kernels
-    say "exit $?"; grep -E "^\| (1|64) \||ready after" "$OUT/int4-$kernels/server-sweep.md"
-    grep -m3 -E "Int4Linear|error|Error" "$OUT/int4-$kernels/server.log" | cut -c1-300
+  # int4 with Chorus's kernels, float16 (the ratio's base, same host), then int4 with ORT's, while time is left.
+  for run in ${C_RUNS:-int4-chorus float16 int4-ort}; do
+    (( $(left) > 100 )) || { say "no time left for $run"; continue; }
+    args=(); [[ $run == int4-* ]] && args=(--serve-arg=--quantize=int4 --serve-arg=--quant-symmetric --serve-arg=--linear-kernels=${run#int4-})
+    say "8B served: $run"
+    timeout $(($(left) - 5)) "$NODE" tools/bench-gpu/server-sweep.ts --checkpoint "$CKPT" --out "$OUT/$run" --skip-weights \
+      --max-batch 256 --concurrency 1,64 --prefix-history 0 --ready-timeout-s 150 --bench-timeout-s 90 "${args[@]}"
+    say "exit $?"; grep -E "^\| (1|64) \||ready after" "$OUT/$run/server-sweep.md"
+    grep -m3 -E "Int4Linear|error|Error" "$OUT/$run/server.log" | cut -c1-300
   done
   exit 0
 fi

@@ -1,8 +1,10 @@
 // Chorus's 4-bit kernels (`--linear-kernels chorus`: chorus.Int4Linear from native/build-cuda, npm run build:cuda-ops)
 // against ONNX Runtime's MatMulNBits on the same int4 shards: the same logits within float16's bound and the same
-// greedy tokens, for one prompt at a time (decode steps of one row: the GEMV path; prompts of more than 8 tokens:
-// the dequantize + cuBLAS path) and all prompts batched (2-4 rows a decode step). CUDA only (the library has no CPU
-// kernel); with CHORUS_TEST_CUDA_GRAPHS=1 the decode steps replay captured graphs through the custom op.
+// greedy tokens, for one prompt at a time (decode steps of one row) and all prompts batched (2-4 rows a decode
+// step), through each of the library's paths: its default (tensor cores up to 128 rows, the fixtures' prompts
+// included, with split-K on their small N) and CHORUS_INT4_KERNEL=gemv1 (the GEMV up to 8 rows, prompts of more
+// through dequantize + cuBLAS). CUDA only (the library has no CPU kernel); with CHORUS_TEST_CUDA_GRAPHS=1 the decode
+// steps replay captured graphs through the custom op.
 import * as fs from "node:fs"
 import * as os from "node:os"
 import * as path from "node:path"
@@ -24,11 +26,13 @@ describe.runIf(device.kind === "cuda")("chorus.Int4Linear on CUDA", () => {
   })
 
   describe.each([
-    ["tiny-llama3-a", defaultInt4],
-    ["tiny-llama3-b", { ...defaultInt4, symmetric: true }],
-    ["tiny-llama3-a", { ...defaultInt4, blockSize: 128 as const, symmetric: true }],
-    ["tiny-llama3-b", { ...defaultInt4, blockSize: 128 as const }]
-  ] as const)("%s, %o", (name, q) => {
+    ["tiny-llama3-a", defaultInt4, "auto"],
+    ["tiny-llama3-b", { ...defaultInt4, symmetric: true }, "auto"],
+    ["tiny-llama3-a", { ...defaultInt4, blockSize: 128 as const, symmetric: true }, "auto"],
+    ["tiny-llama3-b", { ...defaultInt4, blockSize: 128 as const }, "auto"],
+    ["tiny-llama3-a", defaultInt4, "gemv1"],
+    ["tiny-llama3-b", { ...defaultInt4, blockSize: 128 as const, symmetric: true }, "gemv1"]
+  ] as const)("%s, %o, CHORUS_INT4_KERNEL=%s", (name, q, kernel) => {
     const options: Llama3Options = { modelDir: fixtureDir(name), dtype: "float16", maxContext: 512, attention: "fused", quantize: q }
     for (const concurrent of [false, true]) {
       it(`equals MatMulNBits ${concurrent ? "with the prompts batched" : "one prompt at a time"}`, async () => {
@@ -39,7 +43,14 @@ describe.runIf(device.kind === "cuda")("chorus.Int4Linear on CUDA", () => {
             concurrent
           })
         const ort = await run("ort")
-        const chorus = await run("chorus")
+        // The library reads the variable when a session makes its kernels (the shard threads share this process's
+        // environment).
+        const saved = process.env.CHORUS_INT4_KERNEL
+        process.env.CHORUS_INT4_KERNEL = kernel
+        const chorus = await run("chorus").finally(() => {
+          if (saved === undefined) delete process.env.CHORUS_INT4_KERNEL
+          else process.env.CHORUS_INT4_KERNEL = saved
+        })
         chorus.forEach((r, i) => {
           // The same dequantized weights times the same float16 activations; only the order of the float32 sums
           // differs, and the activations are rounded to float16 at every op on both sides.
