@@ -21,7 +21,9 @@
 #   PHASE=Q3 OUT=$OUT bash scripts/gpu/serving-session.sh  # chorus serve float16 vs --quantize int4 (zp, sym) through
 #                                                          # chorus bench, 1 and 64 streams
 #   PHASE=C OUT=$OUT bash scripts/gpu/serving-session.sh   # Chorus's 4-bit kernels: probe, device test, 8B int4
-#                                                          # served with ORT's kernels and with Chorus's
+#                                                          # served with Chorus's kernels, float16, int4 with ORT's
+#                                                          # (C_RUNS: which of int4-chorus float16 int4-ort; C_PROBE:
+#                                                          # the probe's variants; C_SKIP_TEST=1: no device test)
 #   PHASE=K OUT=$OUT bash scripts/gpu/serving-session.sh   # kernel times: XQA decode attention at 8 / 32 layers and
 #                                                          # from a CUDA graph, the int4 MLP through fpA_intB
 #   PHASE=I OUT=$OUT bash scripts/gpu/serving-session.sh   # int4 through ORT's CUTLASS weight-only kernels

@@ -154,7 +154,7 @@ export const modelFlags = {
   },
   "linear-kernels": {
     kind: "string",
-    description: "with --device cuda and an int4 model: ort (default, ONNX Runtime's MatMulNBits) | chorus (experimental: Chorus's own 4-bit kernels, npm run build:cuda-ops; slower than ort on an H200 today, docs/native.md)"
+    description: "with --device cuda and an int4 model: ort (default, ONNX Runtime's MatMulNBits) | chorus (experimental: Chorus's own tensor-core 4-bit kernel, npm run build:cuda-ops; on an H200 faster than ort at 64 streams, slower at one, docs/native.md)"
   },
   "decode-attention": {
     kind: "string",

@@ -6,7 +6,8 @@
  * `com.microsoft.MatMulNBits`. The op takes MatMulNBits' inputs and attributes unchanged, so the converted shard and
  * its cache entry stay as they are: at load time the graph (a small protobuf; the weights are external data) is
  * rewritten into a sibling file `<shard>.chorus-ops.onnx` whose nodes are renamed, and that file is what the session
- * opens. Why: docs/benchmarks.md, "What limits int4" (ORT's kernels stream packed weights at about 1 TB/s).
+ * opens. Why: docs/benchmarks.md, "What limits int4" (ORT's kernels stream packed weights at about 1 TB/s at one row
+ * and dequantize to float16 before a GEMM above it).
  */
 import * as fs from "node:fs"
 import * as path from "node:path"
