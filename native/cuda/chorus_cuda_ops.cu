@@ -421,6 +421,112 @@ __global__ void __launch_bounds__(kMmaWarps * 32, MT <= 8 ? 2 : 1) int4Mma(
   }
 }
 
+// The one-to-eight-row case with longer runs per weight row (CHORUS_INT4_KERNEL=mma-w2 | mma-w4, experimental, not
+// yet measured). int4Mma's lanes read 16 bytes of a row each, so a row is read 64 bytes at a time; scattered 64-byte
+// reads are a poor pattern for HBM, and MatMulNBits, which reads whole rows per warp, moves 1.5x the bytes a second
+// at one row. Here lane t of a row's four reads kWords consecutive 16-byte words (k [128 kWords s + 32 kWords t,
+// + 32 kWords) of segment s), so a row is read 64 kWords bytes at a time. Each word is used exactly as int4Mma uses
+// its one word (the mma's k mapping is per lane, so any lane-consistent placement is valid). X comes from global
+// memory (L1 serves the block), as in int4Mma at one m-tile.
+template <bool kZeroPoints, int kWords>
+struct WideLoad {
+  uint4 wa[kWords], wb[kWords];
+  half sA[kWords], sB[kWords];
+  uint8_t zA[kWords], zB[kWords];
+  __device__ void load(const uint8_t* b, const half* scales, const uint8_t* zeroPoints, int rowA, int rowB, bool okA,
+                       bool okB, int k0, int K, int rowBytes, int blockSize, int nBlocks) {
+    const int zeroBytes = (nBlocks + 1) / 2;
+#pragma unroll
+    for (int w = 0; w < kWords; w++) {
+      const int k = k0 + 32 * w, block = k / blockSize;
+      wa[w] = wb[w] = make_uint4(0, 0, 0, 0);
+      sA[w] = sB[w] = __ushort_as_half(0);
+      zA[w] = zB[w] = 0x88;
+      if (k < K && okA) {
+        wa[w] = __ldg(reinterpret_cast<const uint4*>(b + static_cast<size_t>(rowA) * rowBytes + k / 2));
+        sA[w] = scales[static_cast<size_t>(rowA) * nBlocks + block];
+        if (kZeroPoints) zA[w] = zeroPoints[static_cast<size_t>(rowA) * zeroBytes + (block >> 1)];
+      }
+      if (k < K && okB) {
+        wb[w] = __ldg(reinterpret_cast<const uint4*>(b + static_cast<size_t>(rowB) * rowBytes + k / 2));
+        sB[w] = scales[static_cast<size_t>(rowB) * nBlocks + block];
+        if (kZeroPoints) zB[w] = zeroPoints[static_cast<size_t>(rowB) * zeroBytes + (block >> 1)];
+      }
+    }
+  }
+};
+
+template <bool kZeroPoints, int kWords>
+__global__ void __launch_bounds__(kMmaWarps * 32, 2) int4MmaWide(
+    const half* __restrict__ x, const uint8_t* __restrict__ b, const half* __restrict__ scales,
+    const uint8_t* __restrict__ zeroPoints, half* __restrict__ y, float* __restrict__ partial, int M, int K, int N,
+    int blockSize, int nBlocks, int segsPerSlice) {
+  constexpr int kSegK = kMmaSegK * kWords;
+  constexpr int kPrefetch = 4 / kWords;  // 4 KB of weights in flight a warp, as int4Mma at one m-tile
+  const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+  const int warp = blockIdx.x * kMmaWarps + (threadIdx.x >> 5);
+  const int n0 = warp * 16;
+  if (n0 >= N) return;
+  const int rowA = n0 + g, rowB = n0 + g + 8;
+  const bool okA = rowA < N, okB = rowB < N;
+  const int rowBytes = nBlocks * blockSize / 2;
+  const int segs = (K + kSegK - 1) / kSegK;
+  const int segBegin = blockIdx.y * segsPerSlice;
+  const int count = max(0, min(segs, segBegin + segsPerSlice) - segBegin);
+  const int rot = count == 0 ? 0 : warp % count;
+  auto kOf = [&](int i) {
+    const int r = i + rot;
+    return (segBegin + (r >= count ? r - count : r)) * kSegK + 32 * kWords * t;
+  };
+
+  float acc[4] = {0.f, 0.f, 0.f, 0.f};
+  WideLoad<kZeroPoints, kWords> ring[kPrefetch];
+#pragma unroll
+  for (int i = 0; i < kPrefetch; i++)
+    if (i < count) ring[i].load(b, scales, zeroPoints, rowA, rowB, okA, okB, kOf(i), K, rowBytes, blockSize, nBlocks);
+
+  for (int base = 0; base < count; base += kPrefetch) {
+#pragma unroll
+    for (int i = 0; i < kPrefetch; i++) {
+      const int it = base + i;
+      if (it >= count) break;
+      const WideLoad<kZeroPoints, kWords> cur = ring[i];
+      const int k0 = kOf(it);
+      if (it + kPrefetch < count) ring[i].load(b, scales, zeroPoints, rowA, rowB, okA, okB, kOf(it + kPrefetch), K, rowBytes, blockSize, nBlocks);
+#pragma unroll
+      for (int w = 0; w < kWords; w++) {
+        const int k = k0 + 32 * w;
+        const int shift = ((k / blockSize) & 1) * 4;
+        const half2 sA = __half2half2(cur.sA[w]), sB = __half2half2(cur.sB[w]);
+        const half2 offA = pairOffset(cur.zA[w], shift), offB = pairOffset(cur.zB[w], shift);
+        uint4 xv[4] = {make_uint4(0, 0, 0, 0), make_uint4(0, 0, 0, 0), make_uint4(0, 0, 0, 0), make_uint4(0, 0, 0, 0)};
+        if (k < K && g < M) {
+          const uint4* xp = reinterpret_cast<const uint4*>(x + static_cast<size_t>(g) * K + k);
+#pragma unroll
+          for (int j = 0; j < 4; j++) xv[j] = __ldg(xp + j);
+        }
+        const uint32_t wa[4] = {cur.wa[w].x, cur.wa[w].y, cur.wa[w].z, cur.wa[w].w};
+        const uint32_t wb[4] = {cur.wb[w].x, cur.wb[w].y, cur.wb[w].z, cur.wb[w].w};
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+          uint32_t a[2][4];
+          dequantWord(wa[j], wb[j], offA, sA, offB, sB, a[0], a[1]);
+          mma16816(acc, a[0], xv[j].x, xv[j].y);
+          mma16816(acc, a[1], xv[j].z, xv[j].w);
+        }
+      }
+    }
+  }
+
+#pragma unroll
+  for (int c = 0; c < 4; c++) {
+    const int mm = 2 * t + (c & 1), nn = c < 2 ? rowA : rowB;
+    if (mm >= M || nn >= N) continue;
+    if (partial != nullptr) partial[(static_cast<size_t>(blockIdx.y) * M + mm) * N + nn] = acc[c];
+    else y[static_cast<size_t>(mm) * N + nn] = __float2half(acc[c]);
+  }
+}
+
 __global__ void int4SplitKSum(const float* __restrict__ partial, half* __restrict__ y, int slices, size_t count) {
   for (size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; i < count; i += static_cast<size_t>(gridDim.x) * blockDim.x) {
     float s = 0.f;
@@ -547,8 +653,11 @@ Ort::Status runMma(dim3 grid, dim3 block, cudaStream_t stream, const half* xp, c
 struct Int4LinearKernel {
   int64_t K = 0, N = 0, blockSize = 0;
   // CHORUS_INT4_KERNEL when the kernel is made (docs/native.md): `auto` (tensor cores up to kMmaMaxRows rows, then
-  // dequantize + cuBLAS), or one path forced for measurements: `mma`, `gemv1`, `gemv2` (GEMVs up to kGemvMaxRows).
-  enum class Path { Auto, Mma, Gemv1, Gemv2 } path = Path::Auto;
+  // dequantize + cuBLAS), or one path forced for measurements: `mma`, `gemv1`, `gemv2` (GEMVs up to kGemvMaxRows),
+  // `mma-w2`, `mma-w4` (int4MmaWide up to 8 rows, int4Mma above). CHORUS_INT4_SPLITK=floor: as many split-K slices
+  // as fit in one wave of two blocks a multiprocessor, rounded down (default `ceil`, measured).
+  enum class Path { Auto, Mma, Gemv1, Gemv2, MmaW2, MmaW4 } path = Path::Auto;
+  bool slicesRoundDown = false;
   int sms = 0;
 
   Ort::Status Init(const OrtKernelInfo* info) {
@@ -570,7 +679,13 @@ struct Int4LinearKernel {
     else if (c == "mma") path = Path::Mma;
     else if (c == "gemv1") path = Path::Gemv1;
     else if (c == "gemv2") path = Path::Gemv2;
-    else return Ort::Status(("chorus.Int4Linear: CHORUS_INT4_KERNEL must be auto, mma, gemv1 or gemv2, not " + c).c_str(), ORT_INVALID_ARGUMENT);
+    else if (c == "mma-w2") path = Path::MmaW2;
+    else if (c == "mma-w4") path = Path::MmaW4;
+    else return Ort::Status(("chorus.Int4Linear: CHORUS_INT4_KERNEL must be auto, mma, mma-w2, mma-w4, gemv1 or gemv2, not " + c).c_str(), ORT_INVALID_ARGUMENT);
+    const char* split = std::getenv("CHORUS_INT4_SPLITK");
+    const std::string sk = split == nullptr ? "ceil" : split;
+    if (sk != "ceil" && sk != "floor") return Ort::Status(("chorus.Int4Linear: CHORUS_INT4_SPLITK must be ceil or floor, not " + sk).c_str(), ORT_INVALID_ARGUMENT);
+    slicesRoundDown = sk == "floor";
     return Ort::Status{nullptr};
   }
 
@@ -591,7 +706,7 @@ struct Int4LinearKernel {
   int slicesFor(int segs) const {
     const int blocksN = static_cast<int>((N + 16 * kMmaWarps - 1) / (16 * kMmaWarps));
     if (blocksN >= sms) return 1;
-    const int want = (2 * sms + blocksN - 1) / blocksN;
+    const int want = slicesRoundDown ? 2 * sms / blocksN : (2 * sms + blocksN - 1) / blocksN;
     return std::max(1, std::min(segs, want));
   }
   Ort::Status launchMma(cudaStream_t stream, const half* xp, const uint8_t* bp, const half* sp, const uint8_t* zpp, half* yp, int M, int nBlocks) {
@@ -601,7 +716,9 @@ struct Int4LinearKernel {
       if (auto s = statusOf(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device), "cudaDeviceGetAttribute"); !s.IsOK()) return s;
     }
     const int k = static_cast<int>(K), n = static_cast<int>(N), bs = static_cast<int>(blockSize);
-    const int segs = (k + kMmaSegK - 1) / kMmaSegK;
+    // int4MmaWide's segments are kWords times int4Mma's.
+    const int words = M > 8 ? 1 : path == Path::MmaW2 ? 2 : path == Path::MmaW4 ? 4 : 1;
+    const int segs = (k + kMmaSegK * words - 1) / (kMmaSegK * words);
     int slices = slicesFor(segs);
     const int segsPerSlice = (segs + slices - 1) / slices;
     slices = (segs + segsPerSlice - 1) / segsPerSlice;
@@ -627,12 +744,19 @@ struct Int4LinearKernel {
     const dim3 grid(static_cast<unsigned>((N + 16 * kMmaWarps - 1) / (16 * kMmaWarps)), static_cast<unsigned>(slices)), block(kMmaWarps * 32);
     const int tiles = (M + 7) / 8;
     Ort::Status s{nullptr};
+    if (words > 1) {
+      if (zpp != nullptr && words == 2) int4MmaWide<true, 2><<<grid, block, 0, stream>>>(xp, bp, sp, zpp, yp, partial, M, k, n, bs, nBlocks, segsPerSlice);
+      else if (zpp != nullptr) int4MmaWide<true, 4><<<grid, block, 0, stream>>>(xp, bp, sp, zpp, yp, partial, M, k, n, bs, nBlocks, segsPerSlice);
+      else if (words == 2) int4MmaWide<false, 2><<<grid, block, 0, stream>>>(xp, bp, sp, zpp, yp, partial, M, k, n, bs, nBlocks, segsPerSlice);
+      else int4MmaWide<false, 4><<<grid, block, 0, stream>>>(xp, bp, sp, zpp, yp, partial, M, k, n, bs, nBlocks, segsPerSlice);
+      s = statusOf(cudaGetLastError(), "tensor-core launch");
+    }
 #define CHORUS_MMA(T)                                                                                                  \
   case T:                                                                                                              \
     if (zpp != nullptr) s = runMma<T, true>(grid, block, stream, xp, bp, sp, zpp, yp, partial, M, k, n, bs, nBlocks, segsPerSlice); \
     else s = runMma<T, false>(grid, block, stream, xp, bp, sp, zpp, yp, partial, M, k, n, bs, nBlocks, segsPerSlice);             \
     break;
-    switch (tiles) {
+    if (words == 1) switch (tiles) {
       CHORUS_MMA(1) CHORUS_MMA(2) CHORUS_MMA(3) CHORUS_MMA(4) CHORUS_MMA(5) CHORUS_MMA(6) CHORUS_MMA(7) CHORUS_MMA(8)
       CHORUS_MMA(9) CHORUS_MMA(10) CHORUS_MMA(11) CHORUS_MMA(12) CHORUS_MMA(13) CHORUS_MMA(14) CHORUS_MMA(15) CHORUS_MMA(16)
     }
@@ -671,7 +795,7 @@ struct Int4LinearKernel {
     const int k = static_cast<int>(K), n = static_cast<int>(N), bs = static_cast<int>(blockSize);
 
     const bool mmaFits = K % 32 == 0 && M <= kMmaMaxRows;
-    if (mmaFits && (path == Path::Auto || path == Path::Mma)) return launchMma(stream, xp, b.GetTensorData<uint8_t>(), sp, zpp, yp, static_cast<int>(M), nBlocks);
+    if (mmaFits && (path == Path::Auto || path == Path::Mma || path == Path::MmaW2 || path == Path::MmaW4)) return launchMma(stream, xp, b.GetTensorData<uint8_t>(), sp, zpp, yp, static_cast<int>(M), nBlocks);
     if (M <= kGemvMaxRows) {
       const bool half2Gemv = path == Path::Gemv2;
       const dim3 grid(static_cast<unsigned>((N + kWarpsPerBlock - 1) / kWarpsPerBlock)), block(kWarpsPerBlock * 32);

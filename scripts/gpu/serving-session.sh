@@ -216,7 +216,7 @@ if [[ "$PHASE" == C ]]; then
   fi
   ldd $lib | grep -E "cudart|not found"
   say "MLP probe: MatMulNBits against chorus.Int4Linear"
-  timeout 150 "$NODE" native/probes/mlp-fusion.ts --batches 1,4,16,32,64,128 --only ${C_PROBE:-a,q-sym,q-zp,q-sym-chorus,q-zp-chorus} 2>&1 | tee "$OUT/mlp-chorus.txt" | grep -E "^\||REFUSED|FAILED|MISMATCH"
+  timeout 150 "$NODE" native/probes/mlp-fusion.ts --batches 1,4,16,32,64,128 --only ${C_PROBE:-a,q-sym,q-zp,q-sym-chorus,q-zp-chorus,q-sym-w2,q-sym-w4,q-zp-w4,q-sym-floor,q-sym-w4-floor} 2>&1 | tee "$OUT/mlp-chorus.txt" | grep -E "^\||REFUSED|FAILED|MISMATCH"
   rm -rf /tmp/mlp-fusion
   if [[ -z "${C_SKIP_TEST:-}" ]]; then
   say "device test: chorus.Int4Linear against MatMulNBits (CUDA graphs on)"

@@ -2,9 +2,9 @@
 // against ONNX Runtime's MatMulNBits on the same int4 shards: the same logits within float16's bound and the same
 // greedy tokens, for one prompt at a time (decode steps of one row) and all prompts batched (2-4 rows a decode
 // step), through each of the library's paths: its default (tensor cores up to 128 rows, the fixtures' prompts
-// included, with split-K on their small N) and CHORUS_INT4_KERNEL=gemv1 (the GEMV up to 8 rows, prompts of more
-// through dequantize + cuBLAS). CUDA only (the library has no CPU kernel); with CHORUS_TEST_CUDA_GRAPHS=1 the decode
-// steps replay captured graphs through the custom op.
+// included, with split-K on their small N), CHORUS_INT4_KERNEL=gemv1 (the GEMV up to 8 rows, prompts of more
+// through dequantize + cuBLAS) and mma-w2 / mma-w4 (longer runs a lane up to 8 rows). CUDA only (the library has
+// no CPU kernel); with CHORUS_TEST_CUDA_GRAPHS=1 the decode steps replay captured graphs through the custom op.
 import * as fs from "node:fs"
 import * as os from "node:os"
 import * as path from "node:path"
@@ -31,7 +31,9 @@ describe.runIf(device.kind === "cuda")("chorus.Int4Linear on CUDA", () => {
     ["tiny-llama3-a", { ...defaultInt4, blockSize: 128 as const, symmetric: true }, "auto"],
     ["tiny-llama3-b", { ...defaultInt4, blockSize: 128 as const }, "auto"],
     ["tiny-llama3-a", defaultInt4, "gemv1"],
-    ["tiny-llama3-b", { ...defaultInt4, blockSize: 128 as const, symmetric: true }, "gemv1"]
+    ["tiny-llama3-b", { ...defaultInt4, blockSize: 128 as const, symmetric: true }, "gemv1"],
+    ["tiny-llama3-b", defaultInt4, "mma-w4"],
+    ["tiny-llama3-b", { ...defaultInt4, symmetric: true }, "mma-w2"]
   ] as const)("%s, %o, CHORUS_INT4_KERNEL=%s", (name, q, kernel) => {
     const options: Llama3Options = { modelDir: fixtureDir(name), dtype: "float16", maxContext: 512, attention: "fused", quantize: q }
     for (const concurrent of [false, true]) {
