@@ -1,6 +1,6 @@
 /**
- * Chorus's own CUDA kernels (native/cuda/chorus_cuda_ops.cu, an ONNX Runtime custom-op library built by
- * `npm run build:cuda-ops`) and how a shard graph comes to use them.
+ * Chorus's own CUDA kernels (native/cuda/: chorus_cuda_ops.cu and its kernel headers, an ONNX Runtime custom-op
+ * library built by `npm run build:cuda-ops`) and how a shard graph comes to use them.
  *
  * `--linear-kernels chorus`: the 4-bit linears of an int4 shard run as `chorus.Int4Linear` instead of ORT's
  * `com.microsoft.MatMulNBits`. The op takes MatMulNBits' inputs and attributes unchanged, so the converted shard and
