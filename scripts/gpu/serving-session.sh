@@ -22,8 +22,9 @@
 #                                                          # chorus bench, 1 and 64 streams
 #   PHASE=C OUT=$OUT bash scripts/gpu/serving-session.sh   # Chorus's 4-bit kernels: probe, device test, 8B int4
 #                                                          # served with Chorus's kernels, float16, int4 with ORT's
-#                                                          # (C_RUNS: which of int4-chorus float16 int4-ort; C_PROBE:
-#                                                          # the probe's variants; C_SKIP_TEST=1: no device test)
+#                                                          # (C_RUNS: which of int4-chorus int4-chorus-t128 float16
+#                                                          # int4-ort; C_PROBE: the probe's variants; C_SKIP_TEST=1:
+#                                                          # no device test)
 #   PHASE=K OUT=$OUT bash scripts/gpu/serving-session.sh   # kernel times: XQA decode attention at 8 / 32 layers and
 #                                                          # from a CUDA graph, the int4 MLP through fpA_intB
 #   PHASE=I OUT=$OUT bash scripts/gpu/serving-session.sh   # int4 through ORT's CUTLASS weight-only kernels
@@ -228,7 +229,13 @@ if [[ "$PHASE" == C ]]; then
   # int4 with Chorus's kernels, float16 (the ratio's base, same host), then int4 with ORT's, while time is left.
   for run in ${C_RUNS:-int4-chorus float16 int4-ort}; do
     (( $(left) > 100 )) || { say "no time left for $run"; continue; }
-    args=(); [[ $run == int4-* ]] && args=(--serve-arg=--quantize=int4 --serve-arg=--quant-symmetric --serve-arg=--linear-kernels=${run#int4-})
+    # int4-chorus-t128: steps of at most 128 rows (decode plus prefill chunks), all inside the tensor-core path.
+    args=(); [[ $run == int4-* ]] && args=(--serve-arg=--quantize=int4 --serve-arg=--quant-symmetric)
+    case $run in
+      int4-chorus) args+=(--serve-arg=--linear-kernels=chorus) ;;
+      int4-chorus-t128) args+=(--serve-arg=--linear-kernels=chorus --serve-arg=--max-num-batched-tokens=128) ;;
+      int4-ort) args+=(--serve-arg=--linear-kernels=ort) ;;
+    esac
     say "8B served: $run"
     timeout $(($(left) - 5)) "$NODE" tools/bench-gpu/server-sweep.ts --checkpoint "$CKPT" --out "$OUT/$run" --skip-weights \
       --max-batch 256 --concurrency 1,64 --prefix-history 0 --ready-timeout-s 150 --bench-timeout-s 90 "${args[@]}"
