@@ -59,15 +59,15 @@ Ort::Status statusOf(cudaError_t e, const char* what) {
 
 // One int4Mma launch; its shared memory (two X buffers above 8 rows: 4 KB an m-tile) is allowed past the 48 KB
 // default once per instantiation.
-template <int MT, bool kZeroPoints>
+template <int MT, bool kZeroPoints, int MH = 1>
 Ort::Status runMma(dim3 grid, dim3 block, cudaStream_t stream, const half* xp, const uint8_t* bp, const half* sp,
                    const uint8_t* zpp, half* yp, float* partial, int M, int k, int n, int bs, int nBlocks, int segsPerSlice) {
-  constexpr size_t smem = MT > 1 ? static_cast<size_t>(MT) * 8 * 16 * sizeof(uint4) * 2 : 0;
+  constexpr size_t smem = MT > 1 || MH > 1 ? static_cast<size_t>(MT) * MH * 8 * 16 * sizeof(uint4) * 2 : 0;
   if constexpr (smem > 48 * 1024) {
-    static const cudaError_t allowed = cudaFuncSetAttribute(int4Mma<MT, kZeroPoints>, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+    static const cudaError_t allowed = cudaFuncSetAttribute(int4Mma<MT, kZeroPoints, MH>, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
     if (auto s = statusOf(allowed, "cudaFuncSetAttribute (shared memory)"); !s.IsOK()) return s;
   }
-  int4Mma<MT, kZeroPoints><<<grid, block, smem, stream>>>(xp, bp, sp, zpp, yp, partial, M, k, n, bs, nBlocks, segsPerSlice);
+  int4Mma<MT, kZeroPoints, MH><<<grid, block, smem, stream>>>(xp, bp, sp, zpp, yp, partial, M, k, n, bs, nBlocks, segsPerSlice);
   return statusOf(cudaGetLastError(), "tensor-core launch");
 }
 
@@ -77,8 +77,11 @@ struct Int4LinearKernel {
   // dequantize + cuBLAS), or one path forced for measurements: `mma`, `gemv1`, `gemv2` (GEMVs up to kGemvMaxRows),
   // `mma-w2`, `mma-w4` (int4MmaWide up to 8 rows, int4Mma above). CHORUS_INT4_SPLITK=floor: as many split-K slices
   // as fit in one wave of two blocks a multiprocessor, rounded down (default `ceil`, measured).
+  // CHORUS_INT4_MMA_ROWS=256: above 64 rows the block's warps split X's rows in two (int4Mma's MH = 2), up to 256
+  // rows (default 128: one row group).
   enum class Path { Auto, Mma, Gemv1, Gemv2, MmaW2, MmaW4 } path = Path::Auto;
   bool slicesRoundDown = false;
+  int mmaMaxRows = kMmaMaxRows;
   int sms = 0;
 
   Ort::Status Init(const OrtKernelInfo* info) {
@@ -107,6 +110,10 @@ struct Int4LinearKernel {
     const std::string sk = split == nullptr ? "ceil" : split;
     if (sk != "ceil" && sk != "floor") return Ort::Status(("chorus.Int4Linear: CHORUS_INT4_SPLITK must be ceil or floor, not " + sk).c_str(), ORT_INVALID_ARGUMENT);
     slicesRoundDown = sk == "floor";
+    const char* rows = std::getenv("CHORUS_INT4_MMA_ROWS");
+    const std::string r = rows == nullptr ? "128" : rows;
+    if (r != "128" && r != "256") return Ort::Status(("chorus.Int4Linear: CHORUS_INT4_MMA_ROWS must be 128 or 256, not " + r).c_str(), ORT_INVALID_ARGUMENT);
+    mmaMaxRows = r == "256" ? 256 : 128;
     return Ort::Status{nullptr};
   }
 
@@ -124,8 +131,8 @@ struct Int4LinearKernel {
   // Split-K slices for N rows over K: none when N alone gives every multiprocessor a block (16 weight rows a warp,
   // kMmaWarps warps a block: the partial sums cost M N 8 bytes a slice), else about two blocks a multiprocessor,
   // never finer than one segment a slice.
-  int slicesFor(int segs) const {
-    const int blocksN = static_cast<int>((N + 16 * kMmaWarps - 1) / (16 * kMmaWarps));
+  int slicesFor(int segs, int warpsN) const {
+    const int blocksN = static_cast<int>((N + 16 * warpsN - 1) / (16 * warpsN));
     if (blocksN >= sms) return 1;
     const int want = slicesRoundDown ? 2 * sms / blocksN : (2 * sms + blocksN - 1) / blocksN;
     return std::max(1, std::min(segs, want));
@@ -140,13 +147,15 @@ struct Int4LinearKernel {
     // int4MmaWide's segments are kWords times int4Mma's.
     const int words = M > 8 ? 1 : path == Path::MmaW2 ? 2 : path == Path::MmaW4 ? 4 : 1;
     const int segs = (k + kMmaSegK * words - 1) / (kMmaSegK * words);
-    int slices = slicesFor(segs);
+    const int groups = mmaMaxRows > kMmaMaxRows && M > 64 ? 2 : 1;  // X row groups a block (int4Mma's MH)
+    const int warpsN = kMmaWarps / groups;
+    int slices = slicesFor(segs, warpsN);
     const int segsPerSlice = (segs + slices - 1) / slices;
     slices = (segs + segsPerSlice - 1) / segsPerSlice;
     float* partial = nullptr;
     if (slices > 1) {
       // Sized for the most rows this path takes, so that a CUDA graph captured later at any batch finds it grown.
-      const size_t need = static_cast<size_t>(slices) * kMmaMaxRows * static_cast<size_t>(N) * sizeof(float);
+      const size_t need = static_cast<size_t>(slices) * mmaMaxRows * static_cast<size_t>(N) * sizeof(float);
       if (tls.partialBytes < need) {
         cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
         if (auto s = statusOf(cudaStreamIsCapturing(stream, &capture), "cudaStreamIsCapturing"); !s.IsOK()) return s;
@@ -162,8 +171,8 @@ struct Int4LinearKernel {
       }
       partial = tls.partial;
     }
-    const dim3 grid(static_cast<unsigned>((N + 16 * kMmaWarps - 1) / (16 * kMmaWarps)), static_cast<unsigned>(slices)), block(kMmaWarps * 32);
-    const int tiles = (M + 7) / 8;
+    const dim3 grid(static_cast<unsigned>((N + 16 * warpsN - 1) / (16 * warpsN)), static_cast<unsigned>(slices)), block(kMmaWarps * 32);
+    const int tiles = (M + 8 * groups - 1) / (8 * groups);  // m-tiles a row group
     Ort::Status s{nullptr};
     if (words > 1) {
       if (zpp != nullptr && words == 2) int4MmaWide<true, 2><<<grid, block, 0, stream>>>(xp, bp, sp, zpp, yp, partial, M, k, n, bs, nBlocks, segsPerSlice);
@@ -177,7 +186,17 @@ struct Int4LinearKernel {
     if (zpp != nullptr) s = runMma<T, true>(grid, block, stream, xp, bp, sp, zpp, yp, partial, M, k, n, bs, nBlocks, segsPerSlice); \
     else s = runMma<T, false>(grid, block, stream, xp, bp, sp, zpp, yp, partial, M, k, n, bs, nBlocks, segsPerSlice);             \
     break;
-    if (words == 1) switch (tiles) {
+#define CHORUS_MMA2(T)                                                                                                 \
+  case T:                                                                                                              \
+    if (zpp != nullptr) s = runMma<T, true, 2>(grid, block, stream, xp, bp, sp, zpp, yp, partial, M, k, n, bs, nBlocks, segsPerSlice); \
+    else s = runMma<T, false, 2>(grid, block, stream, xp, bp, sp, zpp, yp, partial, M, k, n, bs, nBlocks, segsPerSlice);             \
+    break;
+    if (words == 1 && groups == 2) switch (tiles) {
+      CHORUS_MMA2(5) CHORUS_MMA2(6) CHORUS_MMA2(7) CHORUS_MMA2(8) CHORUS_MMA2(9) CHORUS_MMA2(10) CHORUS_MMA2(11) CHORUS_MMA2(12)
+      CHORUS_MMA2(13) CHORUS_MMA2(14) CHORUS_MMA2(15) CHORUS_MMA2(16)
+    }
+#undef CHORUS_MMA2
+    if (words == 1 && groups == 1) switch (tiles) {
       CHORUS_MMA(1) CHORUS_MMA(2) CHORUS_MMA(3) CHORUS_MMA(4) CHORUS_MMA(5) CHORUS_MMA(6) CHORUS_MMA(7) CHORUS_MMA(8)
       CHORUS_MMA(9) CHORUS_MMA(10) CHORUS_MMA(11) CHORUS_MMA(12) CHORUS_MMA(13) CHORUS_MMA(14) CHORUS_MMA(15) CHORUS_MMA(16)
     }
@@ -215,7 +234,7 @@ struct Int4LinearKernel {
     half* yp = reinterpret_cast<half*>(y.GetTensorMutableData<Ort::Float16_t>());
     const int k = static_cast<int>(K), n = static_cast<int>(N), bs = static_cast<int>(blockSize);
 
-    const bool mmaFits = K % 32 == 0 && M <= kMmaMaxRows;
+    const bool mmaFits = K % 32 == 0 && M <= mmaMaxRows;
     if (mmaFits && (path == Path::Auto || path == Path::Mma || path == Path::MmaW2 || path == Path::MmaW4)) return launchMma(stream, xp, b.GetTensorData<uint8_t>(), sp, zpp, yp, static_cast<int>(M), nBlocks);
     if (M <= kGemvMaxRows) {
       const bool half2Gemv = path == Path::Gemv2;

@@ -127,16 +127,24 @@ __host__ __device__ constexpr int mmaPrefetch() { return MT <= 2 ? 4 : 2; }
 // all its warps, so that X costs 4 M / 128 bytes of L2 traffic a weight byte instead of 4 M / 16. blockIdx.y is the
 // k slice: with gridDim.y > 1 the float32 sums go to partial[slice][M][N] and int4SplitKSum adds them up;
 // otherwise straight to y.
-template <int MT, bool kZeroPoints>
+//
+// MH > 1 (CHORUS_INT4_MMA_ROWS=256, experimental, not yet measured): the block's warps split X's rows into MH groups
+// of 8 MT rows, kMmaWarps / MH warps a group, each warp 16 weight rows; warps of one weight tile load the same words
+// (the second from L1), so a weight byte serves 8 MT MH rows of X from one HBM read, up to 256 rows.
+template <int MT, bool kZeroPoints, int MH = 1>
 __global__ void __launch_bounds__(kMmaWarps * 32, MT <= 8 ? 2 : 1) int4Mma(
     const half* __restrict__ x, const uint8_t* __restrict__ b, const half* __restrict__ scales,
     const uint8_t* __restrict__ zeroPoints, half* __restrict__ y, float* __restrict__ partial, int M, int K, int N,
     int blockSize, int nBlocks, int segsPerSlice) {
-  constexpr bool kSharedX = MT > 1;
+  constexpr bool kSharedX = MT > 1 || MH > 1;
   constexpr int kPrefetch = mmaPrefetch<MT>();
-  extern __shared__ uint4 xShared[];  // kSharedX: two buffers of 8 MT rows x 16 chunks
+  constexpr int kWarpsN = kMmaWarps / MH;  // warps a row group, each its own 16 weight rows
+  constexpr int kRows = MT * 8 * MH;       // X rows staged a segment
+  extern __shared__ uint4 xShared[];  // kSharedX: two buffers of kRows rows x 16 chunks
   const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
-  const int n0 = (blockIdx.x * kMmaWarps + (threadIdx.x >> 5)) * 16;
+  const int warpN = MH == 1 ? threadIdx.x >> 5 : (threadIdx.x >> 5) % kWarpsN;
+  const int mBase = MH == 1 ? 0 : ((threadIdx.x >> 5) / kWarpsN) * MT * 8;
+  const int n0 = (blockIdx.x * kWarpsN + warpN) * 16;
   const int rowA = n0 + g, rowB = n0 + g + 8;
   const bool okA = rowA < N, okB = rowB < N;  // a warp past N still stages X for its block
   const int rowBytes = nBlocks * blockSize / 2;
@@ -152,7 +160,7 @@ __global__ void __launch_bounds__(kMmaWarps * 32, MT <= 8 ? 2 : 1) int4Mma(
   // starts: in lockstep they would all read the same 64 bytes of rows 2-7 KB apart, concentrated on a few memory
   // channels. The sum's order per row changes; its terms do not.
   const int count = max(0, segEnd - segBegin);
-  const int rot = count == 0 ? 0 : (kSharedX ? blockIdx.x : blockIdx.x * kMmaWarps + (threadIdx.x >> 5)) % count;
+  const int rot = count == 0 ? 0 : (kSharedX ? blockIdx.x : blockIdx.x * kWarpsN + warpN) % count;
   auto segOf = [&](int i) { const int r = i + rot; return segBegin + (r >= count ? r - count : r); };
 
   SegmentLoad<kZeroPoints> ring[kPrefetch];
@@ -164,7 +172,7 @@ __global__ void __launch_bounds__(kMmaWarps * 32, MT <= 8 ? 2 : 1) int4Mma(
     }
   }
   if (kSharedX && count > 0) {
-    stageX<MT>(xShared, x, M, K, segOf(0));
+    stageX<MT * MH>(xShared, x, M, K, segOf(0));
     cpAsyncCommit();
   }
 
@@ -180,10 +188,10 @@ __global__ void __launch_bounds__(kMmaWarps * 32, MT <= 8 ? 2 : 1) int4Mma(
         const int k1 = segOf(it + kPrefetch) * kMmaSegK + 32 * t;
         ring[i].load(b, scales, zeroPoints, rowA, rowB, okA, okB, k1, k1 < K, rowBytes, blockSize, nBlocks);
       }
-      const uint4* xs = xShared + (it & 1) * (MT * 8 * 16);
+      const uint4* xs = xShared + (it & 1) * (kRows * 16);
       if (kSharedX) {
         if (it + 1 < count) {
-          stageX<MT>(xShared + ((it + 1) & 1) * (MT * 8 * 16), x, M, K, segOf(it + 1));
+          stageX<MT * MH>(xShared + ((it + 1) & 1) * (kRows * 16), x, M, K, segOf(it + 1));
           cpAsyncCommit();
           cpAsyncWait<1>();
         } else {
@@ -201,7 +209,7 @@ __global__ void __launch_bounds__(kMmaWarps * 32, MT <= 8 ? 2 : 1) int4Mma(
         dequantWord(wa[j], wb[j], offA, sA, offB, sB, a[0], a[1]);
 #pragma unroll
         for (int mt = 0; mt < MT; mt++) {
-          const int m = mt * 8 + g;
+          const int m = mBase + mt * 8 + g;
           uint4 xv;
           if (kSharedX) {
             xv = xs[m * 16 + xChunkSlot(4 * t + j, m)];
@@ -220,7 +228,7 @@ __global__ void __launch_bounds__(kMmaWarps * 32, MT <= 8 ? 2 : 1) int4Mma(
   // acc[mt]: (row g, X rows 2t and 2t + 1 of the tile) and (row g + 8, the same X rows).
 #pragma unroll
   for (int mt = 0; mt < MT; mt++) {
-    const int m = mt * 8 + 2 * t;
+    const int m = mBase + mt * 8 + 2 * t;
 #pragma unroll
     for (int c = 0; c < 4; c++) {
       const int mm = m + (c & 1), nn = c < 2 ? rowA : rowB;

@@ -25,7 +25,8 @@
  *                   tolerance); `-gemv1` / `-gemv2`: its GEMVs instead (CHORUS_INT4_KERNEL while the session is made;
  *                   above 8 rows they dequantize and call cuBLAS); `q-sym-w2`, `q-sym-w4`, `q-zp-w4`: the tensor-core
  *                   kernel with 32- / 64-byte runs a lane up to 8 rows (mma-w2, mma-w4); `-floor`: split-K slices
- *                   rounded down to one wave (CHORUS_INT4_SPLITK=floor)
+ *                   rounded down to one wave (CHORUS_INT4_SPLITK=floor); `q-sym-r256`: two row groups a block above
+ *                   64 rows, the tensor-core path up to 256 rows (CHORUS_INT4_MMA_ROWS=256)
  *   q-sym, q-zp     a with gate|up and down as com.microsoft MatMulNBits (4-bit, block 32, symmetric / zero points,
  *                   the converter's packing): their error against a is the int4 rounding (a sanity bound only), their
  *                   rate counts the packed bytes. With ORT_FPA_INTB_GEMM=1 in the environment ORT runs them through
@@ -180,7 +181,7 @@ const permuteRows = (src: Uint16Array, rows: number, width: number, from: (i: nu
 }
 
 const only = flags.only?.split(",")
-const int4Names = ["q-sym", "q-zp", "q-sym-chorus", "q-zp-chorus", "q-sym-w2", "q-sym-w4", "q-zp-w4", "q-sym-floor", "q-sym-w4-floor", "q-sym-gemv1", "q-sym-gemv2", "q-zp-gemv2"]
+const int4Names = ["q-sym", "q-zp", "q-sym-chorus", "q-zp-chorus", "q-sym-w2", "q-sym-w4", "q-zp-w4", "q-sym-floor", "q-sym-w4-floor", "q-sym-r256", "q-sym-r256-floor", "q-sym-gemv1", "q-sym-gemv2", "q-zp-gemv2"]
 const wantInt4 = only === undefined || int4Names.some((n) => only.includes(n))
 
 fs.mkdirSync(dir, { recursive: true })
@@ -314,6 +315,8 @@ const variants: Array<Variant> = [
   { name: "q-zp-w4", what: "q-zp through chorus.Int4Linear, 64-byte runs a lane up to 8 rows", weights: int4Weights(false), mlp: int4Mlp(false, true), int4: { symmetric: false }, sameAs: "q-zp", chorusOps: true, env: { CHORUS_INT4_KERNEL: "mma-w4" } },
   { name: "q-sym-floor", what: "q-sym-chorus with split-K slices rounded down to one wave", weights: int4Weights(true), mlp: int4Mlp(true, true), int4: { symmetric: true }, sameAs: "q-sym", chorusOps: true, env: { CHORUS_INT4_SPLITK: "floor" } },
   { name: "q-sym-w4-floor", what: "q-sym-w4 with split-K slices rounded down to one wave", weights: int4Weights(true), mlp: int4Mlp(true, true), int4: { symmetric: true }, sameAs: "q-sym", chorusOps: true, env: { CHORUS_INT4_KERNEL: "mma-w4", CHORUS_INT4_SPLITK: "floor" } },
+  { name: "q-sym-r256", what: "q-sym-chorus with two row groups a block above 64 rows, up to 256 rows", weights: int4Weights(true), mlp: int4Mlp(true, true), int4: { symmetric: true }, sameAs: "q-sym", chorusOps: true, env: { CHORUS_INT4_MMA_ROWS: "256" } },
+  { name: "q-sym-r256-floor", what: "q-sym-r256 with split-K slices rounded down to one wave", weights: int4Weights(true), mlp: int4Mlp(true, true), int4: { symmetric: true }, sameAs: "q-sym", chorusOps: true, env: { CHORUS_INT4_MMA_ROWS: "256", CHORUS_INT4_SPLITK: "floor" } },
   { name: "q-sym-gemv1", what: "q-sym through chorus.Int4Linear's float32 GEMV", weights: int4Weights(true), mlp: int4Mlp(true, true), int4: { symmetric: true }, sameAs: "q-sym", chorusOps: true, env: { CHORUS_INT4_KERNEL: "gemv1" } },
   { name: "q-sym-gemv2", what: "q-sym through chorus.Int4Linear's half2 GEMV", weights: int4Weights(true), mlp: int4Mlp(true, true), int4: { symmetric: true }, sameAs: "q-sym", chorusOps: true, env: { CHORUS_INT4_KERNEL: "gemv2" } },
   { name: "q-zp-gemv2", what: "q-zp through chorus.Int4Linear's half2 GEMV", weights: int4Weights(false), mlp: int4Mlp(false, true), int4: { symmetric: false }, sameAs: "q-zp", chorusOps: true, env: { CHORUS_INT4_KERNEL: "gemv2" } }

@@ -22,9 +22,9 @@
 #                                                          # chorus bench, 1 and 64 streams
 #   PHASE=C OUT=$OUT bash scripts/gpu/serving-session.sh   # Chorus's 4-bit kernels: probe, device test, 8B int4
 #                                                          # served with Chorus's kernels, float16, int4 with ORT's
-#                                                          # (C_RUNS: which of int4-chorus int4-chorus-t128 float16
-#                                                          # int4-ort; C_PROBE: the probe's variants; C_SKIP_TEST=1:
-#                                                          # no device test)
+#                                                          # (C_RUNS: which of int4-chorus int4-chorus-t128
+#                                                          # int4-chorus-r256 float16 int4-ort; C_PROBE: the probe's
+#                                                          # variants; C_SKIP_TEST=1: no device test)
 #   PHASE=K OUT=$OUT bash scripts/gpu/serving-session.sh   # kernel times: XQA decode attention at 8 / 32 layers and
 #                                                          # from a CUDA graph, the int4 MLP through fpA_intB
 #   PHASE=I OUT=$OUT bash scripts/gpu/serving-session.sh   # int4 through ORT's CUTLASS weight-only kernels
@@ -217,7 +217,7 @@ if [[ "$PHASE" == C ]]; then
   fi
   ldd $lib | grep -E "cudart|not found"
   say "MLP probe: MatMulNBits against chorus.Int4Linear"
-  timeout 150 "$NODE" native/probes/mlp-fusion.ts --batches 1,4,16,32,64,128 --only ${C_PROBE:-a,q-sym,q-zp,q-sym-chorus,q-zp-chorus,q-sym-w2,q-sym-w4,q-zp-w4,q-sym-floor,q-sym-w4-floor} 2>&1 | tee "$OUT/mlp-chorus.txt" | grep -E "^\||REFUSED|FAILED|MISMATCH"
+  timeout 150 "$NODE" native/probes/mlp-fusion.ts --batches 1,4,16,64,128,192,256 --only ${C_PROBE:-a,q-sym,q-zp,q-sym-chorus,q-zp-chorus,q-sym-w2,q-sym-w4,q-zp-w4,q-sym-floor,q-sym-w4-floor,q-sym-r256,q-sym-r256-floor} 2>&1 | tee "$OUT/mlp-chorus.txt" | grep -E "^\||REFUSED|FAILED|MISMATCH"
   rm -rf /tmp/mlp-fusion
   if [[ -z "${C_SKIP_TEST:-}" ]]; then
   say "device test: chorus.Int4Linear against MatMulNBits (CUDA graphs on)"
@@ -234,9 +234,11 @@ if [[ "$PHASE" == C ]]; then
     case $run in
       int4-chorus) args+=(--serve-arg=--linear-kernels=chorus) ;;
       int4-chorus-t128) args+=(--serve-arg=--linear-kernels=chorus --serve-arg=--max-num-batched-tokens=128) ;;
+      int4-chorus-r256) args+=(--serve-arg=--linear-kernels=chorus --serve-arg=--max-num-batched-tokens=256) ;;
       int4-ort) args+=(--serve-arg=--linear-kernels=ort) ;;
     esac
     say "8B served: $run"
+    [[ $run == int4-chorus-r256 ]] && export CHORUS_INT4_MMA_ROWS=256 || unset CHORUS_INT4_MMA_ROWS
     timeout $(($(left) - 5)) "$NODE" tools/bench-gpu/server-sweep.ts --checkpoint "$CKPT" --out "$OUT/$run" --skip-weights \
       --max-batch 256 --concurrency 1,64 --prefix-history 0 --ready-timeout-s 150 --bench-timeout-s 90 "${args[@]}"
     say "exit $?"; grep -E "^\| (1|64) \||ready after" "$OUT/$run/server-sweep.md"
