@@ -22,7 +22,9 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdio>
 #include <cstdlib>
+#include <map>
 #include <mutex>
 #include <string>
 
@@ -69,6 +71,58 @@ Ort::Status runMma(dim3 grid, dim3 block, cudaStream_t stream, const half* xp, c
   }
   int4Mma<MT, kZeroPoints, MH><<<grid, block, smem, stream>>>(xp, bp, sp, zpp, yp, partial, M, k, n, bs, nBlocks, segsPerSlice);
   return statusOf(cudaGetLastError(), "tensor-core launch");
+}
+
+// CHORUS_INT4_TIMING=1 (read once): every uncaptured call timed with CUDA events around its launches (the stream
+// waits for each, so use it to measure, not to serve), summed by path, shape and rows, printed to stderr at exit.
+// Calls inside a CUDA graph capture run untimed.
+struct KernelTiming {
+  bool enabled = false;
+  std::mutex mutex;
+  std::map<std::string, std::pair<double, long>> byKey;  // ms summed, calls
+
+  template <typename Launch>
+  Ort::Status time(cudaStream_t stream, const std::string& key, Launch&& launch) {
+    cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+    if (cudaStreamIsCapturing(stream, &capture) != cudaSuccess || capture != cudaStreamCaptureStatusNone) return launch();
+    cudaEvent_t start, stop;
+    if (cudaEventCreate(&start) != cudaSuccess) return launch();
+    if (cudaEventCreate(&stop) != cudaSuccess) {
+      cudaEventDestroy(start);
+      return launch();
+    }
+    cudaEventRecord(start, stream);
+    Ort::Status s = launch();
+    cudaEventRecord(stop, stream);
+    float ms = 0.f;
+    if (s.IsOK() && cudaEventSynchronize(stop) == cudaSuccess && cudaEventElapsedTime(&ms, start, stop) == cudaSuccess) {
+      std::lock_guard<std::mutex> lock(mutex);
+      auto& e = byKey[key];
+      e.first += ms;
+      e.second++;
+    }
+    cudaEventDestroy(start);
+    cudaEventDestroy(stop);
+    return s;
+  }
+
+  void print() {
+    std::lock_guard<std::mutex> lock(mutex);
+    if (byKey.empty()) return;
+    std::fprintf(stderr, "\nchorus.Int4Linear kernel times (CHORUS_INT4_TIMING):\n| path | N x K | rows | calls | us a call |\n|---|---|--:|--:|--:|\n");
+    for (const auto& [key, e] : byKey) std::fprintf(stderr, "| %s | %ld | %.1f |\n", key.c_str(), e.second, 1000.0 * e.first / e.second);
+  }
+};
+
+KernelTiming& kernelTiming() {
+  static KernelTiming* t = [] {
+    auto* made = new KernelTiming();
+    const char* on = std::getenv("CHORUS_INT4_TIMING");
+    made->enabled = on != nullptr && std::string(on) == "1";
+    if (made->enabled) std::atexit([] { kernelTiming().print(); });
+    return made;
+  }();
+  return *t;
 }
 
 struct Int4LinearKernel {
@@ -211,6 +265,17 @@ struct Int4LinearKernel {
     return Ort::Status{nullptr};
   }
 
+  // What Compute runs for M rows: the path's name for CHORUS_INT4_TIMING's table.
+  const char* pathName(int64_t M) const {
+    if (K % 32 == 0 && M <= mmaMaxRows && path != Path::Gemv1 && path != Path::Gemv2) {
+      if (M <= 8 && path == Path::MmaW2) return "mma-w2";
+      if (M <= 8 && path == Path::MmaW4) return "mma-w4";
+      return M > 64 && mmaMaxRows > kMmaMaxRows ? "mma (2 row groups)" : "mma";
+    }
+    if (M <= kGemvMaxRows) return path == Path::Gemv2 ? "gemv2" : "gemv1";
+    return "dequantize + cuBLAS";
+  }
+
   Ort::Status Compute(OrtKernelContext* context) {
     Ort::KernelContext ctx(context);
     const size_t inputs = ctx.GetInputCount();
@@ -232,10 +297,20 @@ struct Int4LinearKernel {
     const half* sp = reinterpret_cast<const half*>(scales.GetTensorData<Ort::Float16_t>());
     const uint8_t* zpp = zeroPoints ? zp.GetTensorData<uint8_t>() : nullptr;
     half* yp = reinterpret_cast<half*>(y.GetTensorMutableData<Ort::Float16_t>());
+    if (!kernelTiming().enabled) return Dispatch(stream, M, nBlocks, xp, bp, sp, zpp, yp);
+    const std::string key = std::string(pathName(M)) + (zeroPoints ? ", zero points" : "") + (slicesRoundDown ? ", split-K floor" : "") + " | " + std::to_string(N) + " x " +
+                            std::to_string(K) + " | " + std::to_string(M);
+    return kernelTiming().time(stream, key, [&] { return Dispatch(stream, M, nBlocks, xp, bp, sp, zpp, yp); });
+  }
+
+  // The launches for M rows (Compute has checked the shapes): the tensor-core kernel, a GEMV, or dequantize + cuBLAS.
+  Ort::Status Dispatch(cudaStream_t stream, int64_t M, int nBlocks, const half* xp, const uint4* bp, const half* sp,
+                       const uint8_t* zpp, half* yp) {
+    const bool zeroPoints = zpp != nullptr;
     const int k = static_cast<int>(K), n = static_cast<int>(N), bs = static_cast<int>(blockSize);
 
     const bool mmaFits = K % 32 == 0 && M <= mmaMaxRows;
-    if (mmaFits && (path == Path::Auto || path == Path::Mma || path == Path::MmaW2 || path == Path::MmaW4)) return launchMma(stream, xp, b.GetTensorData<uint8_t>(), sp, zpp, yp, static_cast<int>(M), nBlocks);
+    if (mmaFits && (path == Path::Auto || path == Path::Mma || path == Path::MmaW2 || path == Path::MmaW4)) return launchMma(stream, xp, reinterpret_cast<const uint8_t*>(bp), sp, zpp, yp, static_cast<int>(M), nBlocks);
     if (M <= kGemvMaxRows) {
       const bool half2Gemv = path == Path::Gemv2;
       const dim3 grid(static_cast<unsigned>((N + kWarpsPerBlock - 1) / kWarpsPerBlock)), block(kWarpsPerBlock * 32);

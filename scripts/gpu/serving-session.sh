@@ -25,6 +25,8 @@
 #                                                          # (C_RUNS: which of int4-chorus int4-chorus-t128
 #                                                          # int4-chorus-r256 float16 int4-ort; C_PROBE: the probe's
 #                                                          # variants; C_SKIP_TEST=1: no device test)
+#   PHASE=N OUT=$OUT bash scripts/gpu/serving-session.sh   # where chorus.Int4Linear's time goes: its kernel times by
+#                                                          # shape (CHORUS_INT4_TIMING), then ncu where the host has it
 #   PHASE=K OUT=$OUT bash scripts/gpu/serving-session.sh   # kernel times: XQA decode attention at 8 / 32 layers and
 #                                                          # from a CUDA graph, the int4 MLP through fpA_intB
 #   PHASE=I OUT=$OUT bash scripts/gpu/serving-session.sh   # int4 through ORT's CUTLASS weight-only kernels
@@ -43,7 +45,7 @@ FINAL_OUT="$OUT"
 OUT="${RES:-/tmp/chorus-results-$PHASE}"
 rm -rf "$OUT"
 trap 'tar czf "$FINAL_OUT/$PHASE.tgz" -C "$OUT" . 2>/dev/null; cp -f "$OUT/log-$PHASE" "$FINAL_OUT/" 2>/dev/null' EXIT
-: "${PHASE:?PHASE must be S, Q1, Q2, Q3, V, F, X, I, M, K or C}"
+: "${PHASE:?PHASE must be S, Q1, Q2, Q3, V, F, X, I, M, K, C or N}"
 source "$(dirname "${BASH_SOURCE[0]}")/phase-env.sh"
 CKPT="$BENCH_DIR/llama3-8b-random"
 mkdir -p "$OUT" "$BENCH_DIR"
@@ -246,6 +248,32 @@ if [[ "$PHASE" == C ]]; then
   done
   exit 0
 fi
+if [[ "$PHASE" == N ]]; then
+  # Where chorus.Int4Linear's time goes: its own per-call kernel times by path, shape and rows (gate|up and down
+  # apart, split-K sum included) for each variant, then Nsight Compute on its kernels where the host has ncu (DRAM
+  # bytes and rate, occupancy, warp stalls), MatMulNBits' and cuBLAS's kernels beside them.
+  STAGES="none" DEADLINE_S=60 OUT="$OUT/run-all" bash scripts/gpu/run-all.sh >/dev/null 2>&1; say "set-up exit $?"
+  lib=native/build-cuda/libchorus_cuda_ops.so
+  if [[ ! -f $lib ]] || ldd $lib | grep -q "not found"; then
+    say "building $lib here"; PATH="/usr/local/cuda/bin:$PATH" "$NODE" native/build.ts --cuda-ops 2>&1 | tail -3
+  fi
+  say "chorus.Int4Linear's own kernel times (CHORUS_INT4_TIMING=1: CUDA events around each call's launches)"
+  CHORUS_INT4_TIMING=1 timeout 150 "$NODE" native/probes/mlp-fusion.ts --batches 1,4,64,128,192 --runs 20 \
+    --only ${N_PROBE:-q-sym-chorus,q-zp-chorus,q-sym-w2,q-sym-w4,q-sym-floor,q-sym-w4-floor,q-sym-r256,q-sym-r256-floor} 2>&1 \
+    | tee "$OUT/kernel-times.txt" | sed -n '/kernel times (CHORUS_INT4_TIMING)/,$p' | head -80
+  NCU=$(command -v ncu || ls /usr/local/cuda*/bin/ncu /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
+  if [[ -z "$NCU" ]]; then say "no ncu on this host"; exit 0; fi
+  for M in 1 64; do
+    say "ncu, M $M"
+    timeout $(( ($(left) - 10) / 2 )) "$NCU" --target-processes all -k "regex:int4|Int4|MatMulFloat|Dequantize|gemm|gemv|xmma" \
+      --launch-skip 60 --launch-count 16 --section SpeedOfLight --section Occupancy --section WarpStateStats \
+      --section MemoryWorkloadAnalysis --csv --page details "$NODE" native/probes/mlp-fusion.ts --batches "$M" --runs 4 \
+      --warmup 2 --layers 2 --only ${N_PROBE:-q-sym,q-sym-chorus,q-sym-w4} > "$OUT/ncu-m$M.csv" 2>&1
+    say "ncu exit $?"; grep -E '"Duration"|"DRAM Throughput"|"Achieved Occupancy"' "$OUT/ncu-m$M.csv" | cut -c1-220 | head -30
+  done
+  rm -rf /tmp/mlp-fusion
+  exit 0
+fi
 if [[ "$PHASE" == V ]]; then
   # Check after a fix: the paged and row device tests, then 64 and 256 streams on the default server.
   CUDA_TEST_CMD='CHORUS_TEST_DEVICE=cuda node_modules/node/bin/node node_modules/vitest/vitest.mjs run --config vitest.device.config.ts test/device/PagedShard.test.ts test/device/DeviceParity.test.ts -t "paged|rows|second turn|pattern of load"' \
@@ -257,5 +285,5 @@ if [[ "$PHASE" == V ]]; then
   say "sweep exit $?"; grep -m2 -E "illegal|disabled" "$OUT/server/server.log" | cut -c1-250
   exit 0
 fi
-echo "PHASE must be S, Q1, Q2, Q3, V, F, X, I, M, K or C" >&2
+echo "PHASE must be S, Q1, Q2, Q3, V, F, X, I, M, K, C or N" >&2
 exit 2
