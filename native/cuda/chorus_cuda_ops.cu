@@ -27,6 +27,7 @@
 #include <map>
 #include <mutex>
 #include <string>
+#include <tuple>
 
 #define ORT_API_MANUAL_INIT
 #include "onnxruntime_cxx_api.h"
@@ -60,29 +61,47 @@ Ort::Status statusOf(cudaError_t e, const char* what) {
 }
 
 // One int4Mma launch; its shared memory (two X buffers above 8 rows: 4 KB an m-tile) is allowed past the 48 KB
-// default once per instantiation.
+// default once per instantiation and device.
 template <int MT, bool kZeroPoints, int MH = 1>
 Ort::Status runMma(dim3 grid, dim3 block, cudaStream_t stream, const half* xp, const uint8_t* bp, const half* sp,
                    const uint8_t* zpp, half* yp, float* partial, int M, int k, int n, int bs, int nBlocks, int segsPerSlice) {
   constexpr size_t smem = MT > 1 || MH > 1 ? static_cast<size_t>(MT) * MH * 8 * 16 * sizeof(uint4) * 2 : 0;
   if constexpr (smem > 48 * 1024) {
-    static const cudaError_t allowed = cudaFuncSetAttribute(int4Mma<MT, kZeroPoints, MH>, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
-    if (auto s = statusOf(allowed, "cudaFuncSetAttribute (shared memory)"); !s.IsOK()) return s;
+    // Once per device: shards on several GPUs share this process.
+    static std::mutex mutex;
+    static uint64_t allowedOn = 0;
+    int device = 0;
+    if (auto s = statusOf(cudaGetDevice(&device), "cudaGetDevice"); !s.IsOK()) return s;
+    std::lock_guard<std::mutex> lock(mutex);
+    if (device >= 64 || ((allowedOn >> device) & 1) == 0) {
+      const cudaError_t e = cudaFuncSetAttribute(int4Mma<MT, kZeroPoints, MH>, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+      if (auto s = statusOf(e, "cudaFuncSetAttribute (shared memory)"); !s.IsOK()) return s;
+      if (device < 64) allowedOn |= uint64_t{1} << device;
+    }
   }
   int4Mma<MT, kZeroPoints, MH><<<grid, block, smem, stream>>>(xp, bp, sp, zpp, yp, partial, M, k, n, bs, nBlocks, segsPerSlice);
   return statusOf(cudaGetLastError(), "tensor-core launch");
+}
+
+// Keeps the stream busy while the host queues the timed launches, so that the start event marks the GPU's start,
+// not the host's launch latency (the timed call before it has waited for the stream).
+__global__ void holdStream(unsigned ns) {
+#if __CUDA_ARCH__ >= 700
+  for (unsigned waited = 0; waited < ns; waited += 1000) __nanosleep(1000);
+#endif
 }
 
 // CHORUS_INT4_TIMING=1 (read once): every uncaptured call timed with CUDA events around its launches (the stream
 // waits for each, so use it to measure, not to serve), summed by path, shape and rows, printed to stderr at exit.
 // Calls inside a CUDA graph capture run untimed.
 struct KernelTiming {
+  using Key = std::tuple<std::string, int64_t, int64_t, int64_t>;  // path, N, K, rows
   bool enabled = false;
   std::mutex mutex;
-  std::map<std::string, std::pair<double, long>> byKey;  // ms summed, calls
+  std::map<Key, std::pair<double, long>> byKey;  // ms summed, calls
 
   template <typename Launch>
-  Ort::Status time(cudaStream_t stream, const std::string& key, Launch&& launch) {
+  Ort::Status time(cudaStream_t stream, const Key& key, Launch&& launch) {
     cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
     if (cudaStreamIsCapturing(stream, &capture) != cudaSuccess || capture != cudaStreamCaptureStatusNone) return launch();
     cudaEvent_t start, stop;
@@ -91,6 +110,7 @@ struct KernelTiming {
       cudaEventDestroy(start);
       return launch();
     }
+    holdStream<<<1, 1, 0, stream>>>(50000);
     cudaEventRecord(start, stream);
     Ort::Status s = launch();
     cudaEventRecord(stop, stream);
@@ -110,7 +130,10 @@ struct KernelTiming {
     std::lock_guard<std::mutex> lock(mutex);
     if (byKey.empty()) return;
     std::fprintf(stderr, "\nchorus.Int4Linear kernel times (CHORUS_INT4_TIMING):\n| path | N x K | rows | calls | us a call |\n|---|---|--:|--:|--:|\n");
-    for (const auto& [key, e] : byKey) std::fprintf(stderr, "| %s | %ld | %.1f |\n", key.c_str(), e.second, 1000.0 * e.first / e.second);
+    for (const auto& [key, e] : byKey) {
+      std::fprintf(stderr, "| %s | %lld x %lld | %lld | %ld | %.1f |\n", std::get<0>(key).c_str(), static_cast<long long>(std::get<1>(key)),
+                   static_cast<long long>(std::get<2>(key)), static_cast<long long>(std::get<3>(key)), e.second, 1000.0 * e.first / e.second);
+    }
   }
 };
 
@@ -189,7 +212,19 @@ struct Int4LinearKernel {
     const int blocksN = static_cast<int>((N + 16 * warpsN - 1) / (16 * warpsN));
     if (blocksN >= sms) return 1;
     const int want = slicesRoundDown ? 2 * sms / blocksN : (2 * sms + blocksN - 1) / blocksN;
-    return std::max(1, std::min(segs, want));
+    const int slices = std::max(1, std::min(segs, want));
+    const int segsPerSlice = (segs + slices - 1) / slices;
+    return (segs + segsPerSlice - 1) / segsPerSlice;  // no slice left empty
+  }
+  // The most slices any row count takes on this op: the split-K scratch is sized by it, so that no later call (a
+  // prompt after a decode graph was captured) has to grow, and free, a buffer a captured graph writes to.
+  int maxSlices() const {
+    const int segs = static_cast<int>((K + kMmaSegK - 1) / kMmaSegK);
+    int most = slicesFor(segs, kMmaWarps);
+    if (mmaMaxRows > kMmaMaxRows) most = std::max(most, slicesFor(segs, kMmaWarps / 2));
+    const int words = path == Path::MmaW2 ? 2 : path == Path::MmaW4 ? 4 : 1;
+    if (words > 1) most = std::max(most, slicesFor(static_cast<int>((K + kMmaSegK * words - 1) / (kMmaSegK * words)), kMmaWarps));
+    return most;
   }
   Ort::Status launchMma(cudaStream_t stream, const half* xp, const uint8_t* bp, const half* sp, const uint8_t* zpp, half* yp, int M, int nBlocks) {
     if (sms == 0) {
@@ -203,13 +238,12 @@ struct Int4LinearKernel {
     const int segs = (k + kMmaSegK * words - 1) / (kMmaSegK * words);
     const int groups = mmaMaxRows > kMmaMaxRows && M > 64 ? 2 : 1;  // X row groups a block (int4Mma's MH)
     const int warpsN = kMmaWarps / groups;
-    int slices = slicesFor(segs, warpsN);
+    const int slices = slicesFor(segs, warpsN);
     const int segsPerSlice = (segs + slices - 1) / slices;
-    slices = (segs + segsPerSlice - 1) / segsPerSlice;
     float* partial = nullptr;
     if (slices > 1) {
-      // Sized for the most rows this path takes, so that a CUDA graph captured later at any batch finds it grown.
-      const size_t need = static_cast<size_t>(slices) * mmaMaxRows * static_cast<size_t>(N) * sizeof(float);
+      // Sized for the most rows and slices this op takes, so that a CUDA graph captured at any batch keeps its buffer.
+      const size_t need = static_cast<size_t>(maxSlices()) * mmaMaxRows * static_cast<size_t>(N) * sizeof(float);
       if (tls.partialBytes < need) {
         cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
         if (auto s = statusOf(cudaStreamIsCapturing(stream, &capture), "cudaStreamIsCapturing"); !s.IsOK()) return s;
@@ -227,23 +261,23 @@ struct Int4LinearKernel {
     }
     const dim3 grid(static_cast<unsigned>((N + 16 * warpsN - 1) / (16 * warpsN)), static_cast<unsigned>(slices)), block(kMmaWarps * 32);
     const int tiles = (M + 8 * groups - 1) / (8 * groups);  // m-tiles a row group
-    Ort::Status s{nullptr};
+    Ort::Status launched{nullptr};
     if (words > 1) {
       if (zpp != nullptr && words == 2) int4MmaWide<true, 2><<<grid, block, 0, stream>>>(xp, bp, sp, zpp, yp, partial, M, k, n, bs, nBlocks, segsPerSlice);
       else if (zpp != nullptr) int4MmaWide<true, 4><<<grid, block, 0, stream>>>(xp, bp, sp, zpp, yp, partial, M, k, n, bs, nBlocks, segsPerSlice);
       else if (words == 2) int4MmaWide<false, 2><<<grid, block, 0, stream>>>(xp, bp, sp, zpp, yp, partial, M, k, n, bs, nBlocks, segsPerSlice);
       else int4MmaWide<false, 4><<<grid, block, 0, stream>>>(xp, bp, sp, zpp, yp, partial, M, k, n, bs, nBlocks, segsPerSlice);
-      s = statusOf(cudaGetLastError(), "tensor-core launch");
+      launched = statusOf(cudaGetLastError(), "tensor-core launch");
     }
 #define CHORUS_MMA(T)                                                                                                  \
   case T:                                                                                                              \
-    if (zpp != nullptr) s = runMma<T, true>(grid, block, stream, xp, bp, sp, zpp, yp, partial, M, k, n, bs, nBlocks, segsPerSlice); \
-    else s = runMma<T, false>(grid, block, stream, xp, bp, sp, zpp, yp, partial, M, k, n, bs, nBlocks, segsPerSlice);             \
+    if (zpp != nullptr) launched = runMma<T, true>(grid, block, stream, xp, bp, sp, zpp, yp, partial, M, k, n, bs, nBlocks, segsPerSlice); \
+    else launched = runMma<T, false>(grid, block, stream, xp, bp, sp, zpp, yp, partial, M, k, n, bs, nBlocks, segsPerSlice);             \
     break;
 #define CHORUS_MMA2(T)                                                                                                 \
   case T:                                                                                                              \
-    if (zpp != nullptr) s = runMma<T, true, 2>(grid, block, stream, xp, bp, sp, zpp, yp, partial, M, k, n, bs, nBlocks, segsPerSlice); \
-    else s = runMma<T, false, 2>(grid, block, stream, xp, bp, sp, zpp, yp, partial, M, k, n, bs, nBlocks, segsPerSlice);             \
+    if (zpp != nullptr) launched = runMma<T, true, 2>(grid, block, stream, xp, bp, sp, zpp, yp, partial, M, k, n, bs, nBlocks, segsPerSlice); \
+    else launched = runMma<T, false, 2>(grid, block, stream, xp, bp, sp, zpp, yp, partial, M, k, n, bs, nBlocks, segsPerSlice);             \
     break;
     if (words == 1 && groups == 2) switch (tiles) {
       CHORUS_MMA2(5) CHORUS_MMA2(6) CHORUS_MMA2(7) CHORUS_MMA2(8) CHORUS_MMA2(9) CHORUS_MMA2(10) CHORUS_MMA2(11) CHORUS_MMA2(12)
@@ -255,7 +289,7 @@ struct Int4LinearKernel {
       CHORUS_MMA(9) CHORUS_MMA(10) CHORUS_MMA(11) CHORUS_MMA(12) CHORUS_MMA(13) CHORUS_MMA(14) CHORUS_MMA(15) CHORUS_MMA(16)
     }
 #undef CHORUS_MMA
-    if (!s.IsOK()) return s;
+    if (!launched.IsOK()) return launched;
     if (partial != nullptr) {
       const size_t count = static_cast<size_t>(M) * static_cast<size_t>(N);
       const unsigned blocks = static_cast<unsigned>(std::min<size_t>((count + 255) / 256, static_cast<size_t>(sms) * 8));
@@ -298,8 +332,7 @@ struct Int4LinearKernel {
     const uint8_t* zpp = zeroPoints ? zp.GetTensorData<uint8_t>() : nullptr;
     half* yp = reinterpret_cast<half*>(y.GetTensorMutableData<Ort::Float16_t>());
     if (!kernelTiming().enabled) return Dispatch(stream, M, nBlocks, xp, bp, sp, zpp, yp);
-    const std::string key = std::string(pathName(M)) + (zeroPoints ? ", zero points" : "") + (slicesRoundDown ? ", split-K floor" : "") + " | " + std::to_string(N) + " x " +
-                            std::to_string(K) + " | " + std::to_string(M);
+    const KernelTiming::Key key{std::string(pathName(M)) + (zeroPoints ? ", zero points" : "") + (slicesRoundDown ? ", split-K floor" : ""), N, K, M};
     return kernelTiming().time(stream, key, [&] { return Dispatch(stream, M, nBlocks, xp, bp, sp, zpp, yp); });
   }
 
