@@ -46,9 +46,9 @@ struct ThreadScratch {
   int device = -1;
   cublasHandle handle = nullptr;
   void* workspace = nullptr;
-  half* weights = nullptr;
+  void* weights = nullptr;  // the dequantized weight, float16
   size_t weightsBytes = 0;
-  float* partial = nullptr;  // split-K partial sums of the tensor-core path
+  void* partial = nullptr;  // split-K partial sums of the tensor-core path, float32
   size_t partialBytes = 0;
 };
 thread_local ThreadScratch tls;
@@ -58,6 +58,24 @@ thread_local ThreadScratch tls;
 Ort::Status statusOf(cudaError_t e, const char* what) {
   if (e == cudaSuccess) return Ort::Status{nullptr};
   return Ort::Status((std::string("chorus.Int4Linear: ") + what + ": " + cudaGetErrorString(e)).c_str(), ORT_EP_FAIL);
+}
+
+// A per-thread scratch buffer at least `need` bytes: grown (the stream drained first, the old buffer freed) only
+// outside a CUDA graph capture, since a captured graph keeps the address it was captured with.
+Ort::Status growScratch(void*& ptr, size_t& bytes, size_t need, cudaStream_t stream, const char* what) {
+  if (bytes >= need) return Ort::Status{nullptr};
+  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+  if (auto s = statusOf(cudaStreamIsCapturing(stream, &capture), "cudaStreamIsCapturing"); !s.IsOK()) return s;
+  if (capture != cudaStreamCaptureStatusNone) return Ort::Status((std::string("chorus.Int4Linear: ") + what + " must grow inside a CUDA graph capture").c_str(), ORT_EP_FAIL);
+  if (ptr != nullptr) {
+    if (auto s = statusOf(cudaStreamSynchronize(stream), "cudaStreamSynchronize"); !s.IsOK()) return s;
+    cudaFree(ptr);
+    ptr = nullptr;
+    bytes = 0;
+  }
+  if (auto s = statusOf(cudaMalloc(&ptr, need), (std::string("cudaMalloc (") + what + ")").c_str()); !s.IsOK()) return s;
+  bytes = need;
+  return Ort::Status{nullptr};
 }
 
 // One int4Mma launch; its shared memory (two X buffers above 8 rows: 4 KB an m-tile) is allowed past the 48 KB
@@ -244,20 +262,8 @@ struct Int4LinearKernel {
     if (slices > 1) {
       // Sized for the most rows and slices this op takes, so that a CUDA graph captured at any batch keeps its buffer.
       const size_t need = static_cast<size_t>(maxSlices()) * mmaMaxRows * static_cast<size_t>(N) * sizeof(float);
-      if (tls.partialBytes < need) {
-        cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
-        if (auto s = statusOf(cudaStreamIsCapturing(stream, &capture), "cudaStreamIsCapturing"); !s.IsOK()) return s;
-        if (capture != cudaStreamCaptureStatusNone) return Ort::Status("chorus.Int4Linear: split-K scratch must grow inside a CUDA graph capture", ORT_EP_FAIL);
-        if (tls.partial != nullptr) {
-          if (auto s = statusOf(cudaStreamSynchronize(stream), "cudaStreamSynchronize"); !s.IsOK()) return s;
-          cudaFree(tls.partial);
-          tls.partial = nullptr;
-          tls.partialBytes = 0;
-        }
-        if (auto s = statusOf(cudaMalloc(&tls.partial, need), "cudaMalloc (split-K scratch)"); !s.IsOK()) return s;
-        tls.partialBytes = need;
-      }
-      partial = tls.partial;
+      if (auto s = growScratch(tls.partial, tls.partialBytes, need, stream, "split-K scratch"); !s.IsOK()) return s;
+      partial = static_cast<float*>(tls.partial);
     }
     const dim3 grid(static_cast<unsigned>((N + 16 * warpsN - 1) / (16 * warpsN)), static_cast<unsigned>(slices)), block(kMmaWarps * 32);
     const int tiles = (M + 8 * groups - 1) / (8 * groups);  // m-tiles a row group
@@ -377,22 +383,12 @@ struct Int4LinearKernel {
       tls.device = device;
     }
     const size_t need = static_cast<size_t>(N) * static_cast<size_t>(K) * sizeof(half);
-    if (tls.weightsBytes < need) {
-      if (capturing) return Ort::Status("chorus.Int4Linear: dequantization scratch must grow inside a CUDA graph capture", ORT_EP_FAIL);
-      if (tls.weights != nullptr) {
-        if (auto s = statusOf(cudaStreamSynchronize(stream), "cudaStreamSynchronize"); !s.IsOK()) return s;
-        cudaFree(tls.weights);
-        tls.weights = nullptr;
-        tls.weightsBytes = 0;
-      }
-      if (auto s = statusOf(cudaMalloc(&tls.weights, need), "cudaMalloc (dequantization scratch)"); !s.IsOK()) return s;
-      tls.weightsBytes = need;
-    }
+    if (auto s = growScratch(tls.weights, tls.weightsBytes, need, stream, "dequantization scratch"); !s.IsOK()) return s;
     {
       const size_t words = static_cast<size_t>(N) * (nBlocks * blockSize / 32);
       const unsigned blocks = static_cast<unsigned>(std::min<size_t>((words + 255) / 256, 65535u * 8));
-      if (zeroPoints) int4Dequantize<true><<<blocks, 256, 0, stream>>>(bp, sp, zpp, tls.weights, k, n, bs, nBlocks);
-      else int4Dequantize<false><<<blocks, 256, 0, stream>>>(bp, sp, zpp, tls.weights, k, n, bs, nBlocks);
+      if (zeroPoints) int4Dequantize<true><<<blocks, 256, 0, stream>>>(bp, sp, zpp, static_cast<half*>(tls.weights), k, n, bs, nBlocks);
+      else int4Dequantize<false><<<blocks, 256, 0, stream>>>(bp, sp, zpp, static_cast<half*>(tls.weights), k, n, bs, nBlocks);
       if (auto s = statusOf(cudaGetLastError(), "dequantize launch"); !s.IsOK()) return s;
     }
     if (cb.setStream(tls.handle, stream) != 0) return Ort::Status("chorus.Int4Linear: cublasSetStream failed", ORT_EP_FAIL);
