@@ -118,8 +118,9 @@ struct KernelTiming {
   std::mutex mutex;
   std::map<Key, std::pair<double, long>> byKey;  // ms summed, calls
 
-  template <typename Launch>
-  Ort::Status time(cudaStream_t stream, const Key& key, Launch&& launch) {
+  // `keyOf` is asked after the launches: the call's path is known only once it has been taken.
+  template <typename Launch, typename KeyOf>
+  Ort::Status time(cudaStream_t stream, Launch&& launch, KeyOf&& keyOf) {
     cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
     if (cudaStreamIsCapturing(stream, &capture) != cudaSuccess || capture != cudaStreamCaptureStatusNone) return launch();
     cudaEvent_t start, stop;
@@ -135,7 +136,7 @@ struct KernelTiming {
     float ms = 0.f;
     if (s.IsOK() && cudaEventSynchronize(stop) == cudaSuccess && cudaEventElapsedTime(&ms, start, stop) == cudaSuccess) {
       std::lock_guard<std::mutex> lock(mutex);
-      auto& e = byKey[key];
+      auto& e = byKey[keyOf()];
       e.first += ms;
       e.second++;
     }
@@ -234,17 +235,20 @@ struct Int4LinearKernel {
     const int segsPerSlice = (segs + slices - 1) / slices;
     return (segs + segsPerSlice - 1) / segsPerSlice;  // no slice left empty
   }
+  // int4MmaWide's 16-byte words a lane (up to 8 rows) on the mma-w2 / mma-w4 paths; 1: int4Mma.
+  int wideWords() const { return path == Path::MmaW2 ? 2 : path == Path::MmaW4 ? 4 : 1; }
   // The most slices any row count takes on this op: the split-K scratch is sized by it, so that no later call (a
   // prompt after a decode graph was captured) has to grow, and free, a buffer a captured graph writes to.
   int maxSlices() const {
     const int segs = static_cast<int>((K + kMmaSegK - 1) / kMmaSegK);
     int most = slicesFor(segs, kMmaWarps);
     if (mmaMaxRows > kMmaMaxRows) most = std::max(most, slicesFor(segs, kMmaWarps / 2));
-    const int words = path == Path::MmaW2 ? 2 : path == Path::MmaW4 ? 4 : 1;
+    const int words = wideWords();
     if (words > 1) most = std::max(most, slicesFor(static_cast<int>((K + kMmaSegK * words - 1) / (kMmaSegK * words)), kMmaWarps));
     return most;
   }
-  Ort::Status launchMma(cudaStream_t stream, const half* xp, const uint8_t* bp, const half* sp, const uint8_t* zpp, half* yp, int M, int nBlocks) {
+  Ort::Status launchMma(cudaStream_t stream, const half* xp, const uint8_t* bp, const half* sp, const uint8_t* zpp, half* yp, int M, int nBlocks,
+                        const char*& taken) {
     if (sms == 0) {
       int device = 0;
       if (auto s = statusOf(cudaGetDevice(&device), "cudaGetDevice"); !s.IsOK()) return s;
@@ -252,10 +256,11 @@ struct Int4LinearKernel {
     }
     const int k = static_cast<int>(K), n = static_cast<int>(N), bs = static_cast<int>(blockSize);
     // int4MmaWide's segments are kWords times int4Mma's.
-    const int words = M > 8 ? 1 : path == Path::MmaW2 ? 2 : path == Path::MmaW4 ? 4 : 1;
+    const int words = M > 8 ? 1 : wideWords();
     const int segs = (k + kMmaSegK * words - 1) / (kMmaSegK * words);
     const int groups = mmaMaxRows > kMmaMaxRows && M > 64 ? 2 : 1;  // X row groups a block (int4Mma's MH)
     const int warpsN = kMmaWarps / groups;
+    taken = words == 2 ? "mma-w2" : words == 4 ? "mma-w4" : groups == 2 ? "mma (2 row groups)" : "mma";
     const int slices = slicesFor(segs, warpsN);
     const int segsPerSlice = (segs + slices - 1) / slices;
     float* partial = nullptr;
@@ -305,17 +310,6 @@ struct Int4LinearKernel {
     return Ort::Status{nullptr};
   }
 
-  // What Compute runs for M rows: the path's name for CHORUS_INT4_TIMING's table.
-  const char* pathName(int64_t M) const {
-    if (K % 32 == 0 && M <= mmaMaxRows && path != Path::Gemv1 && path != Path::Gemv2) {
-      if (M <= 8 && path == Path::MmaW2) return "mma-w2";
-      if (M <= 8 && path == Path::MmaW4) return "mma-w4";
-      return M > 64 && mmaMaxRows > kMmaMaxRows ? "mma (2 row groups)" : "mma";
-    }
-    if (M <= kGemvMaxRows) return path == Path::Gemv2 ? "gemv2" : "gemv1";
-    return "dequantize + cuBLAS";
-  }
-
   Ort::Status Compute(OrtKernelContext* context) {
     Ort::KernelContext ctx(context);
     const size_t inputs = ctx.GetInputCount();
@@ -337,21 +331,25 @@ struct Int4LinearKernel {
     const half* sp = reinterpret_cast<const half*>(scales.GetTensorData<Ort::Float16_t>());
     const uint8_t* zpp = zeroPoints ? zp.GetTensorData<uint8_t>() : nullptr;
     half* yp = reinterpret_cast<half*>(y.GetTensorMutableData<Ort::Float16_t>());
-    if (!kernelTiming().enabled) return Dispatch(stream, M, nBlocks, xp, bp, sp, zpp, yp);
-    const KernelTiming::Key key{std::string(pathName(M)) + (zeroPoints ? ", zero points" : "") + (slicesRoundDown ? ", split-K floor" : ""), N, K, M};
-    return kernelTiming().time(stream, key, [&] { return Dispatch(stream, M, nBlocks, xp, bp, sp, zpp, yp); });
+    const char* taken = nullptr;
+    if (!kernelTiming().enabled) return Dispatch(stream, M, nBlocks, xp, bp, sp, zpp, yp, taken);
+    return kernelTiming().time(
+        stream, [&] { return Dispatch(stream, M, nBlocks, xp, bp, sp, zpp, yp, taken); },
+        [&] { return KernelTiming::Key{std::string(taken) + (zeroPoints ? ", zero points" : "") + (slicesRoundDown ? ", split-K floor" : ""), N, K, M}; });
   }
 
-  // The launches for M rows (Compute has checked the shapes): the tensor-core kernel, a GEMV, or dequantize + cuBLAS.
+  // The launches for M rows (Compute has checked the shapes): the tensor-core kernel, a GEMV, or dequantize + cuBLAS;
+  // `taken` names the path (CHORUS_INT4_TIMING's table).
   Ort::Status Dispatch(cudaStream_t stream, int64_t M, int nBlocks, const half* xp, const uint4* bp, const half* sp,
-                       const uint8_t* zpp, half* yp) {
+                       const uint8_t* zpp, half* yp, const char*& taken) {
     const bool zeroPoints = zpp != nullptr;
     const int k = static_cast<int>(K), n = static_cast<int>(N), bs = static_cast<int>(blockSize);
 
     const bool mmaFits = K % 32 == 0 && M <= mmaMaxRows;
-    if (mmaFits && (path == Path::Auto || path == Path::Mma || path == Path::MmaW2 || path == Path::MmaW4)) return launchMma(stream, xp, reinterpret_cast<const uint8_t*>(bp), sp, zpp, yp, static_cast<int>(M), nBlocks);
+    if (mmaFits && (path == Path::Auto || path == Path::Mma || path == Path::MmaW2 || path == Path::MmaW4)) return launchMma(stream, xp, reinterpret_cast<const uint8_t*>(bp), sp, zpp, yp, static_cast<int>(M), nBlocks, taken);
     if (M <= kGemvMaxRows) {
       const bool half2Gemv = path == Path::Gemv2;
+      taken = half2Gemv ? "gemv2" : "gemv1";
       const dim3 grid(static_cast<unsigned>((N + kWarpsPerBlock - 1) / kWarpsPerBlock)), block(kWarpsPerBlock * 32);
 #define CHORUS_GEMV(R)                                                                                             \
   case R:                                                                                                          \
@@ -367,6 +365,7 @@ struct Int4LinearKernel {
       return statusOf(cudaGetLastError(), "GEMV launch");
     }
 
+    taken = "dequantize + cuBLAS";
     const Cublas& cb = cublas();
     if (!cb.error.empty()) return Ort::Status(("chorus.Int4Linear: " + cb.error).c_str(), ORT_EP_FAIL);
     int device = 0;

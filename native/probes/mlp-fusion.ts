@@ -181,8 +181,8 @@ const permuteRows = (src: Uint16Array, rows: number, width: number, from: (i: nu
 }
 
 const only = flags.only?.split(",")
-const int4Names = ["q-sym", "q-zp", "q-sym-chorus", "q-zp-chorus", "q-sym-w2", "q-sym-w4", "q-zp-w4", "q-sym-floor", "q-sym-w4-floor", "q-sym-r256", "q-sym-r256-floor", "q-sym-gemv1", "q-sym-gemv2", "q-zp-gemv2"]
-const wantInt4 = only === undefined || int4Names.some((n) => only.includes(n))
+// Every 4-bit variant is named q-*.
+const wantInt4 = only === undefined || only.some((n) => n.startsWith("q-"))
 
 fs.mkdirSync(dir, { recursive: true })
 const dataName = `mlp-fusion-${dtype}.data`
@@ -292,6 +292,11 @@ const int4Weights = (symmetric: boolean): Array<string> => ["gate_up", "down"].f
   const q = `${w}_q${symmetric ? "sym" : "zp"}`
   return symmetric ? [q, `${q}_scales`] : [q, `${q}_scales`, `${q}_zp`]
 })
+/** q-sym / q-zp's weights through chorus.Int4Linear, checked against them; `env` picks the library's path. */
+const chorusVariant = (name: string, symmetric: boolean, what: string, env?: Readonly<Record<string, string>>): Variant => ({
+  name, what, weights: int4Weights(symmetric), mlp: int4Mlp(symmetric, true), int4: { symmetric }, sameAs: symmetric ? "q-sym" : "q-zp", chorusOps: true,
+  ...(env === undefined ? {} : { env })
+})
 const variants: Array<Variant> = [
   { name: "a", what: "MatMul, Split, Sigmoid, Mul, Mul, MatMul (today)", weights: ["gate_up", "down"], mlp: splitMlp(sigmoidMul) },
   { name: "a-basic", what: "a at graph optimization basic (no QuickGelu fusion)", optimization: "basic", weights: ["gate_up", "down"], mlp: splitMlp(sigmoidMul) },
@@ -308,18 +313,18 @@ const variants: Array<Variant> = [
   { name: "q-sym", what: "a with MatMulNBits 4-bit weights, block 32, symmetric", weights: int4Weights(true), mlp: int4Mlp(true), int4: { symmetric: true } },
   { name: "q-zp", what: "a with MatMulNBits 4-bit weights, block 32, zero points", weights: int4Weights(false), mlp: int4Mlp(false), int4: { symmetric: false } },
   // Chorus's kernels (native/cuda, npm run build:cuda-ops): the same weights, checked against q-sym / q-zp.
-  { name: "q-sym-chorus", what: "q-sym through chorus.Int4Linear", weights: int4Weights(true), mlp: int4Mlp(true, true), int4: { symmetric: true }, sameAs: "q-sym", chorusOps: true },
-  { name: "q-zp-chorus", what: "q-zp through chorus.Int4Linear", weights: int4Weights(false), mlp: int4Mlp(false, true), int4: { symmetric: false }, sameAs: "q-zp", chorusOps: true },
-  { name: "q-sym-w2", what: "q-sym through chorus.Int4Linear, 32-byte runs a lane up to 8 rows", weights: int4Weights(true), mlp: int4Mlp(true, true), int4: { symmetric: true }, sameAs: "q-sym", chorusOps: true, env: { CHORUS_INT4_KERNEL: "mma-w2" } },
-  { name: "q-sym-w4", what: "q-sym through chorus.Int4Linear, 64-byte runs a lane up to 8 rows", weights: int4Weights(true), mlp: int4Mlp(true, true), int4: { symmetric: true }, sameAs: "q-sym", chorusOps: true, env: { CHORUS_INT4_KERNEL: "mma-w4" } },
-  { name: "q-zp-w4", what: "q-zp through chorus.Int4Linear, 64-byte runs a lane up to 8 rows", weights: int4Weights(false), mlp: int4Mlp(false, true), int4: { symmetric: false }, sameAs: "q-zp", chorusOps: true, env: { CHORUS_INT4_KERNEL: "mma-w4" } },
-  { name: "q-sym-floor", what: "q-sym-chorus with split-K slices rounded down to one wave", weights: int4Weights(true), mlp: int4Mlp(true, true), int4: { symmetric: true }, sameAs: "q-sym", chorusOps: true, env: { CHORUS_INT4_SPLITK: "floor" } },
-  { name: "q-sym-w4-floor", what: "q-sym-w4 with split-K slices rounded down to one wave", weights: int4Weights(true), mlp: int4Mlp(true, true), int4: { symmetric: true }, sameAs: "q-sym", chorusOps: true, env: { CHORUS_INT4_KERNEL: "mma-w4", CHORUS_INT4_SPLITK: "floor" } },
-  { name: "q-sym-r256", what: "q-sym-chorus with two row groups a block above 64 rows, up to 256 rows", weights: int4Weights(true), mlp: int4Mlp(true, true), int4: { symmetric: true }, sameAs: "q-sym", chorusOps: true, env: { CHORUS_INT4_MMA_ROWS: "256" } },
-  { name: "q-sym-r256-floor", what: "q-sym-r256 with split-K slices rounded down to one wave", weights: int4Weights(true), mlp: int4Mlp(true, true), int4: { symmetric: true }, sameAs: "q-sym", chorusOps: true, env: { CHORUS_INT4_MMA_ROWS: "256", CHORUS_INT4_SPLITK: "floor" } },
-  { name: "q-sym-gemv1", what: "q-sym through chorus.Int4Linear's float32 GEMV", weights: int4Weights(true), mlp: int4Mlp(true, true), int4: { symmetric: true }, sameAs: "q-sym", chorusOps: true, env: { CHORUS_INT4_KERNEL: "gemv1" } },
-  { name: "q-sym-gemv2", what: "q-sym through chorus.Int4Linear's half2 GEMV", weights: int4Weights(true), mlp: int4Mlp(true, true), int4: { symmetric: true }, sameAs: "q-sym", chorusOps: true, env: { CHORUS_INT4_KERNEL: "gemv2" } },
-  { name: "q-zp-gemv2", what: "q-zp through chorus.Int4Linear's half2 GEMV", weights: int4Weights(false), mlp: int4Mlp(false, true), int4: { symmetric: false }, sameAs: "q-zp", chorusOps: true, env: { CHORUS_INT4_KERNEL: "gemv2" } }
+  chorusVariant("q-sym-chorus", true, "q-sym through chorus.Int4Linear"),
+  chorusVariant("q-zp-chorus", false, "q-zp through chorus.Int4Linear"),
+  chorusVariant("q-sym-w2", true, "q-sym through chorus.Int4Linear, 32-byte runs a lane up to 8 rows", { CHORUS_INT4_KERNEL: "mma-w2" }),
+  chorusVariant("q-sym-w4", true, "q-sym through chorus.Int4Linear, 64-byte runs a lane up to 8 rows", { CHORUS_INT4_KERNEL: "mma-w4" }),
+  chorusVariant("q-zp-w4", false, "q-zp through chorus.Int4Linear, 64-byte runs a lane up to 8 rows", { CHORUS_INT4_KERNEL: "mma-w4" }),
+  chorusVariant("q-sym-floor", true, "q-sym-chorus with split-K slices rounded down to one wave", { CHORUS_INT4_SPLITK: "floor" }),
+  chorusVariant("q-sym-w4-floor", true, "q-sym-w4 with split-K slices rounded down to one wave", { CHORUS_INT4_KERNEL: "mma-w4", CHORUS_INT4_SPLITK: "floor" }),
+  chorusVariant("q-sym-r256", true, "q-sym-chorus with two row groups a block above 64 rows, up to 256 rows", { CHORUS_INT4_MMA_ROWS: "256" }),
+  chorusVariant("q-sym-r256-floor", true, "q-sym-r256 with split-K slices rounded down to one wave", { CHORUS_INT4_MMA_ROWS: "256", CHORUS_INT4_SPLITK: "floor" }),
+  chorusVariant("q-sym-gemv1", true, "q-sym through chorus.Int4Linear's float32 GEMV", { CHORUS_INT4_KERNEL: "gemv1" }),
+  chorusVariant("q-sym-gemv2", true, "q-sym through chorus.Int4Linear's half2 GEMV", { CHORUS_INT4_KERNEL: "gemv2" }),
+  chorusVariant("q-zp-gemv2", false, "q-zp through chorus.Int4Linear's half2 GEMV", { CHORUS_INT4_KERNEL: "gemv2" })
 ]
 const fileName = (name: string): string => name.replace(/[^a-z0-9-]/gi, "_")
 const chosen = variants.filter((v) => v.name === "a" || only === undefined || only.includes(v.name))

@@ -208,24 +208,29 @@ if [[ "$PHASE" == Q3 ]]; then
   serve int4-b32-sym --quantize=int4 --quant-symmetric
   exit 0
 fi
-if [[ "$PHASE" == C ]]; then
-  # Chorus's 4-bit kernels (native/cuda, --linear-kernels chorus): the library as packed, or built here with the
-  # host's nvcc when it does not link here; the MLP probe against MatMulNBits; the device test (CUDA graphs on); then
-  # the 8B int4 symmetric served with ORT's kernels and with Chorus's, 1 and 64 streams.
+# Set-up (the CUDA provider) and Chorus's custom-op library: as packed, or built here with the host's nvcc when it
+# does not link here (PHASE=C and N).
+cuda_ops_setup() {
   STAGES="none" DEADLINE_S=60 OUT="$OUT/run-all" bash scripts/gpu/run-all.sh >/dev/null 2>&1; say "set-up exit $?"
-  lib=native/build-cuda/libchorus_cuda_ops.so
+  local lib=native/build-cuda/libchorus_cuda_ops.so
   if [[ ! -f $lib ]] || ldd $lib | grep -q "not found"; then
     say "building $lib here"; PATH="/usr/local/cuda/bin:$PATH" "$NODE" native/build.ts --cuda-ops 2>&1 | tail -3
   fi
   ldd $lib | grep -E "cudart|not found"
+}
+
+if [[ "$PHASE" == C ]]; then
+  # Chorus's 4-bit kernels (native/cuda, --linear-kernels chorus): the MLP probe against MatMulNBits (every variant);
+  # the device test (CUDA graphs on); then the 8B served at 1 and 64 streams as each of C_RUNS.
+  cuda_ops_setup
   say "MLP probe: MatMulNBits against chorus.Int4Linear"
   timeout 150 "$NODE" native/probes/mlp-fusion.ts --batches 1,4,16,64,128,192,256 --only ${C_PROBE:-a,q-sym,q-zp,q-sym-chorus,q-zp-chorus,q-sym-w2,q-sym-w4,q-zp-w4,q-sym-floor,q-sym-w4-floor,q-sym-r256,q-sym-r256-floor} 2>&1 | tee "$OUT/mlp-chorus.txt" | grep -E "^\||REFUSED|FAILED|MISMATCH"
   rm -rf /tmp/mlp-fusion
   if [[ -z "${C_SKIP_TEST:-}" ]]; then
-  say "device test: chorus.Int4Linear against MatMulNBits (CUDA graphs on)"
-  CUDA_TEST_CMD='CHORUS_TEST_CUDA_GRAPHS=1 CHORUS_TEST_DEVICE=cuda node_modules/node/bin/node node_modules/vitest/vitest.mjs run --config vitest.device.config.ts test/device/ChorusOpsDevice.test.ts' \
-    STAGES="parity" DEADLINE_S=120 PARITY_TIMEOUT_S=110 OUT="$OUT/run-all-chorus" bash scripts/gpu/run-all.sh >/dev/null 2>&1
-  say "device tests exit $?"; grep -E "Test Files|Tests |×|Error" "$OUT/run-all-chorus/log" | head -20
+    say "device test: chorus.Int4Linear against MatMulNBits (CUDA graphs on)"
+    CUDA_TEST_CMD='CHORUS_TEST_CUDA_GRAPHS=1 CHORUS_TEST_DEVICE=cuda node_modules/node/bin/node node_modules/vitest/vitest.mjs run --config vitest.device.config.ts test/device/ChorusOpsDevice.test.ts' \
+      STAGES="parity" DEADLINE_S=120 PARITY_TIMEOUT_S=110 OUT="$OUT/run-all-chorus" bash scripts/gpu/run-all.sh >/dev/null 2>&1
+    say "device tests exit $?"; grep -E "Test Files|Tests |×|Error" "$OUT/run-all-chorus/log" | head -20
   fi
   [[ -f "$CKPT/model.safetensors.index.json" ]] || { timeout 200 python3 tools/bench-gpu/make_weights.py "$CKPT"; say "weights exit $?"; }
   # int4 with Chorus's kernels, float16 (the ratio's base, same host), then int4 with ORT's, while time is left.
@@ -252,11 +257,7 @@ if [[ "$PHASE" == N ]]; then
   # Where chorus.Int4Linear's time goes: its own per-call kernel times by path, shape and rows (gate|up and down
   # apart, split-K sum included) for each variant, then Nsight Compute on its kernels where the host has ncu (DRAM
   # bytes and rate, occupancy, warp stalls), MatMulNBits' and cuBLAS's kernels beside them.
-  STAGES="none" DEADLINE_S=60 OUT="$OUT/run-all" bash scripts/gpu/run-all.sh >/dev/null 2>&1; say "set-up exit $?"
-  lib=native/build-cuda/libchorus_cuda_ops.so
-  if [[ ! -f $lib ]] || ldd $lib | grep -q "not found"; then
-    say "building $lib here"; PATH="/usr/local/cuda/bin:$PATH" "$NODE" native/build.ts --cuda-ops 2>&1 | tail -3
-  fi
+  cuda_ops_setup
   say "chorus.Int4Linear's own kernel times (CHORUS_INT4_TIMING=1: CUDA events around each call's launches)"
   CHORUS_INT4_TIMING=1 timeout 150 "$NODE" native/probes/mlp-fusion.ts --batches 1,4,64,128,192 --runs 20 \
     --only ${N_PROBE:-q-sym-chorus,q-zp-chorus,q-sym-w2,q-sym-w4,q-sym-floor,q-sym-w4-floor,q-sym-r256,q-sym-r256-floor} 2>&1 \
