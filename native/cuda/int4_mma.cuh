@@ -1,4 +1,5 @@
-// chorus.Int4Linear on tensor cores: int4Mma (up to kMmaMaxRows rows), int4MmaWide (up to 8 rows, experimental), split-K sum.
+// chorus.Int4Linear on tensor cores: int4MmaWide (up to 8 rows), int4Mma (up to kMmaMaxRows rows), int4MmaStaged (up
+// to 8 rows, measured slower), split-K sum.
 #pragma once
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -7,7 +8,7 @@
 
 namespace chorus {
 
-// chorus.Int4Linear on tensor cores (CHORUS_INT4_KERNEL=mma; the default up to kMmaMaxRows rows): each warp owns 16
+// chorus.Int4Linear on tensor cores (the default from 9 to kMmaMaxRows rows; from one row with CHORUS_INT4_KERNEL=mma): each warp owns 16
 // weight rows and computes Y^T[16, M] = W[16, K] X^T[K, M] with mma.m16n8k16 (float16 in, float32 accumulators), the
 // weight dequantized in registers on its way from memory to the tensor cores, so that 4-bit bytes are all that
 // crosses HBM. A segment is 128 k: lane (g, t) of the warp (g = lane / 4, t = lane % 4) loads the 16-byte word of
@@ -128,7 +129,7 @@ __host__ __device__ constexpr int mmaPrefetch() { return MT <= 2 ? 4 : 2; }
 // k slice: with gridDim.y > 1 the float32 sums go to partial[slice][M][N] and int4SplitKSum adds them up;
 // otherwise straight to y.
 //
-// MH > 1 (CHORUS_INT4_MMA_ROWS=256, experimental, not yet measured): the block's warps split X's rows into MH groups
+// MH > 1 (CHORUS_INT4_MMA_ROWS=256; measured slower than dequantize + cuBLAS above 128 rows, 2026-12-01f): the block's warps split X's rows into MH groups
 // of 8 MT rows, kMmaWarps / MH warps a group, each warp 16 weight rows; warps of one weight tile load the same words
 // (the second from L1), so a weight byte serves 8 MT MH rows of X from one HBM read, up to 256 rows.
 template <int MT, bool kZeroPoints, int MH = 1>
@@ -239,10 +240,10 @@ __global__ void __launch_bounds__(kMmaWarps * 32, MT <= 8 ? 2 : 1) int4Mma(
   }
 }
 
-// The one-to-eight-row case with longer runs per weight row (CHORUS_INT4_KERNEL=mma-w2 | mma-w4, experimental, not
-// yet measured). int4Mma's lanes read 16 bytes of a row each, so a row is read 64 bytes at a time; scattered 64-byte
-// reads are a poor pattern for HBM, and MatMulNBits, which reads whole rows per warp, moves 1.5x the bytes a second
-// at one row. Here lane t of a row's four reads kWords consecutive 16-byte words (k [128 kWords s + 32 kWords t,
+// The one-to-eight-row case with longer runs per weight row (the default up to 8 rows with kWords 4, since
+// 2026-12-01f: one row 73-75 us an MLP layer against int4Mma's 92-94; CHORUS_INT4_KERNEL=mma-w2 | mma-w4 pick it for
+// measurements). int4Mma's lanes read 16 bytes of a row each, so a row is read 64 bytes at a time; scattered 64-byte
+// reads are a poor pattern for HBM. Here lane t of a row's four reads kWords consecutive 16-byte words (k [128 kWords s + 32 kWords t,
 // + 32 kWords) of segment s), so a row is read 64 kWords bytes at a time. Each word is used exactly as int4Mma uses
 // its one word (the mma's k mapping is per lane, so any lane-consistent placement is valid). X comes from global
 // memory (L1 serves the block), as in int4Mma at one m-tile.
@@ -274,13 +275,15 @@ struct WideLoad {
   }
 };
 
-template <bool kZeroPoints, int kWords>
+// kPrefetch: WideLoads in flight a warp (4 / kWords: 4 KB; 8 KB spills at two blocks a multiprocessor); kChains:
+// independent accumulators the mma steps alternate between (CHORUS_INT4_CHAINS, a measurement setting), so that a
+// step need not wait for the one before it.
+template <bool kZeroPoints, int kWords, int kPrefetch = 4 / kWords, int kChains = 1>
 __global__ void __launch_bounds__(kMmaWarps * 32, 2) int4MmaWide(
     const half* __restrict__ x, const uint8_t* __restrict__ b, const half* __restrict__ scales,
     const uint8_t* __restrict__ zeroPoints, half* __restrict__ y, float* __restrict__ partial, int M, int K, int N,
     int blockSize, int nBlocks, int segsPerSlice) {
   constexpr int kSegK = kMmaSegK * kWords;
-  constexpr int kPrefetch = 4 / kWords;  // 4 KB of weights in flight a warp, as int4Mma at one m-tile
   const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
   const int warp = blockIdx.x * kMmaWarps + (threadIdx.x >> 5);
   const int n0 = warp * 16;
@@ -297,7 +300,9 @@ __global__ void __launch_bounds__(kMmaWarps * 32, 2) int4MmaWide(
     return (segBegin + (r >= count ? r - count : r)) * kSegK + 32 * kWords * t;
   };
 
-  float acc[4] = {0.f, 0.f, 0.f, 0.f};
+  float acc[kChains][4];
+#pragma unroll
+  for (int c = 0; c < kChains; c++) acc[c][0] = acc[c][1] = acc[c][2] = acc[c][3] = 0.f;
   WideLoad<kZeroPoints, kWords> ring[kPrefetch];
 #pragma unroll
   for (int i = 0; i < kPrefetch; i++)
@@ -329,12 +334,140 @@ __global__ void __launch_bounds__(kMmaWarps * 32, 2) int4MmaWide(
         for (int j = 0; j < 4; j++) {
           uint32_t a[2][4];
           dequantWord(wa[j], wb[j], offA, sA, offB, sB, a[0], a[1]);
+          mma16816(acc[(8 * w + 2 * j) % kChains], a[0], xv[j].x, xv[j].y);
+          mma16816(acc[(8 * w + 2 * j + 1) % kChains], a[1], xv[j].z, xv[j].w);
+        }
+      }
+    }
+  }
+
+#pragma unroll
+  for (int ch = 1; ch < kChains; ch++)
+#pragma unroll
+    for (int c = 0; c < 4; c++) acc[0][c] += acc[ch][c];
+#pragma unroll
+  for (int c = 0; c < 4; c++) {
+    const int mm = 2 * t + (c & 1), nn = c < 2 ? rowA : rowB;
+    if (mm >= M || nn >= N) continue;
+    if (partial != nullptr) partial[(static_cast<size_t>(blockIdx.y) * M + mm) * N + nn] = acc[0][c];
+    else y[static_cast<size_t>(mm) * N + nn] = __float2half(acc[0][c]);
+  }
+}
+
+// The one-to-eight-row case with its weights staged through shared memory (CHORUS_INT4_KERNEL=staged-w2 |
+// staged-w4; measured slower than int4MmaWide: 82-100 us an MLP layer at one row against 74, so the limit there is
+// instructions and latency, not loads in flight; docs/native.md). int4MmaWide keeps the weights in flight in
+// registers, and the register file caps them at 4 KB a warp (8 KB spills); ncu saw it move 30% of the DRAM rate at
+// one row. Here each
+// lane copies its words (the same words int4MmaWide loads) with cp.async into its own slots of a per-warp ring of
+// kStages segments, kStages - 1 segments ahead: the bytes in flight cost shared memory, not registers. A lane reads
+// back only what it copied itself, so cp.async.wait_group is all the ordering needed (no barrier). Slots are laid
+// out word-major (word i of lane l at i * 32 + l), so that the warp's 16-byte reads are conflict-free. The scales
+// and zero points (a few bytes a segment) ride in a register ring beside the copies.
+__device__ __forceinline__ void cpAsync16Fill(void* smem, const void* gmem, bool valid) {
+  const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+  const int bytes = valid ? 16 : 0;  // 0: the slot is zero-filled and nothing is read
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(gmem), "r"(bytes));
+}
+
+template <bool kZeroPoints, int kWords>
+struct StagedScales {
+  half sA[kWords], sB[kWords];
+  uint8_t zA[kWords], zB[kWords];
+};
+
+template <int kWords, int kStages>
+__host__ __device__ constexpr size_t stagedSharedBytes() { return static_cast<size_t>(kMmaWarps) * kStages * 2 * kWords * 32 * 16; }
+
+template <bool kZeroPoints, int kWords, int kStages>
+__global__ void __launch_bounds__(kMmaWarps * 32, stagedSharedBytes<kWords, kStages>() <= 100 * 1024 ? 2 : 1) int4MmaStaged(
+    const half* __restrict__ x, const uint8_t* __restrict__ b, const half* __restrict__ scales,
+    const uint8_t* __restrict__ zeroPoints, half* __restrict__ y, float* __restrict__ partial, int M, int K, int N,
+    int blockSize, int nBlocks, int segsPerSlice) {
+  constexpr int kSegK = kMmaSegK * kWords;
+  constexpr int kSlotWords = 2 * kWords * 32;  // 16-byte words a stage of one warp
+  extern __shared__ uint4 stagedShared[];
+  const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+  const int warp = blockIdx.x * kMmaWarps + (threadIdx.x >> 5);
+  uint4* ringBase = stagedShared + static_cast<size_t>(threadIdx.x >> 5) * kStages * kSlotWords;
+  const int n0 = warp * 16;
+  if (n0 >= N) return;  // no barrier below: a warp past N may leave
+  const int rowA = n0 + g, rowB = n0 + g + 8;
+  const bool okA = rowA < N, okB = rowB < N;
+  const int rowBytes = nBlocks * blockSize / 2;
+  const int zeroBytes = (nBlocks + 1) / 2;
+  const int segs = (K + kSegK - 1) / kSegK;
+  const int segBegin = blockIdx.y * segsPerSlice;
+  const int count = max(0, min(segs, segBegin + segsPerSlice) - segBegin);
+  const int rot = count == 0 ? 0 : warp % count;
+  auto kOf = [&](int i) {
+    const int r = i + rot;
+    return (segBegin + (r >= count ? r - count : r)) * kSegK + 32 * kWords * t;
+  };
+  // Stage `it` into slot `slot`: the copies, then this lane's scales into the register ring; always one commit, so
+  // that wait_group counts stages.
+  StagedScales<kZeroPoints, kWords> sc[kStages];
+  auto issue = [&](int it, int slot) {
+    if (it < count) {
+      const int k0 = kOf(it);
+      uint4* dst = ringBase + slot * kSlotWords;
+#pragma unroll
+      for (int w = 0; w < kWords; w++) {
+        const int k = k0 + 32 * w, block = k / blockSize;
+        const bool inK = k < K;
+        cpAsync16Fill(dst + (2 * w) * 32 + lane, inK && okA ? b + static_cast<size_t>(rowA) * rowBytes + k / 2 : b, inK && okA);
+        cpAsync16Fill(dst + (2 * w + 1) * 32 + lane, inK && okB ? b + static_cast<size_t>(rowB) * rowBytes + k / 2 : b, inK && okB);
+        sc[slot].sA[w] = inK && okA ? scales[static_cast<size_t>(rowA) * nBlocks + block] : __ushort_as_half(0);
+        sc[slot].sB[w] = inK && okB ? scales[static_cast<size_t>(rowB) * nBlocks + block] : __ushort_as_half(0);
+        if (kZeroPoints) {
+          sc[slot].zA[w] = inK && okA ? zeroPoints[static_cast<size_t>(rowA) * zeroBytes + (block >> 1)] : 0x88;
+          sc[slot].zB[w] = inK && okB ? zeroPoints[static_cast<size_t>(rowB) * zeroBytes + (block >> 1)] : 0x88;
+        } else {
+          sc[slot].zA[w] = sc[slot].zB[w] = 0x88;
+        }
+      }
+    }
+    cpAsyncCommit();
+  };
+
+  float acc[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+  for (int i = 0; i < kStages - 1; i++) issue(i, i);
+  for (int base = 0; base < count; base += kStages) {
+#pragma unroll
+    for (int i = 0; i < kStages; i++) {
+      const int it = base + i;
+      if (it >= count) break;
+      // The slot of stage it - 1 was read into registers and used last iteration: refill it kStages - 1 ahead.
+      issue(it + kStages - 1, (i + kStages - 1) % kStages);
+      cpAsyncWait<kStages - 1>();
+      const uint4* src = ringBase + i * kSlotWords;
+      const int k0 = kOf(it);
+#pragma unroll
+      for (int w = 0; w < kWords; w++) {
+        const uint4 va = src[(2 * w) * 32 + lane], vb = src[(2 * w + 1) * 32 + lane];
+        const int k = k0 + 32 * w;
+        const int shift = ((k / blockSize) & 1) * 4;
+        const half2 sA = __half2half2(sc[i].sA[w]), sB = __half2half2(sc[i].sB[w]);
+        const half2 offA = pairOffset(sc[i].zA[w], shift), offB = pairOffset(sc[i].zB[w], shift);
+        uint4 xv[4] = {make_uint4(0, 0, 0, 0), make_uint4(0, 0, 0, 0), make_uint4(0, 0, 0, 0), make_uint4(0, 0, 0, 0)};
+        if (k < K && g < M) {
+          const uint4* xp = reinterpret_cast<const uint4*>(x + static_cast<size_t>(g) * K + k);
+#pragma unroll
+          for (int j = 0; j < 4; j++) xv[j] = __ldg(xp + j);
+        }
+        const uint32_t wa[4] = {va.x, va.y, va.z, va.w}, wb[4] = {vb.x, vb.y, vb.z, vb.w};
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+          uint32_t a[2][4];
+          dequantWord(wa[j], wb[j], offA, sA, offB, sB, a[0], a[1]);
           mma16816(acc, a[0], xv[j].x, xv[j].y);
           mma16816(acc, a[1], xv[j].z, xv[j].w);
         }
       }
     }
   }
+  cpAsyncWait<0>();  // no copy outlives the block's shared memory
 
 #pragma unroll
   for (int c = 0; c < 4; c++) {

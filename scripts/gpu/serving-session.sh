@@ -27,6 +27,8 @@
 #                                                          # variants; C_SKIP_TEST=1: no device test)
 #   PHASE=N OUT=$OUT bash scripts/gpu/serving-session.sh   # where chorus.Int4Linear's time goes: its kernel times by
 #                                                          # shape (CHORUS_INT4_TIMING), then ncu where the host has it
+#   PHASE=W OUT=$OUT bash scripts/gpu/serving-session.sh   # chorus.Int4Linear at one row: the probe (W_PROBE), warp
+#                                                          # stalls and instruction mix by ncu (W_NCU), the SASS
 #   PHASE=K OUT=$OUT bash scripts/gpu/serving-session.sh   # kernel times: XQA decode attention at 8 / 32 layers and
 #                                                          # from a CUDA graph, the int4 MLP through fpA_intB
 #   PHASE=I OUT=$OUT bash scripts/gpu/serving-session.sh   # int4 through ORT's CUTLASS weight-only kernels
@@ -45,7 +47,7 @@ FINAL_OUT="$OUT"
 OUT="${RES:-/tmp/chorus-results-$PHASE}"
 rm -rf "$OUT"
 trap 'tar czf "$FINAL_OUT/$PHASE.tgz" -C "$OUT" . 2>/dev/null; cp -f "$OUT/log-$PHASE" "$FINAL_OUT/" 2>/dev/null' EXIT
-: "${PHASE:?PHASE must be S, Q1, Q2, Q3, V, F, X, I, M, K, C or N}"
+: "${PHASE:?PHASE must be S, Q1, Q2, Q3, V, F, X, I, M, K, C, N or W}"
 source "$(dirname "${BASH_SOURCE[0]}")/phase-env.sh"
 CKPT="$BENCH_DIR/llama3-8b-random"
 mkdir -p "$OUT" "$BENCH_DIR"
@@ -235,6 +237,7 @@ if [[ "$PHASE" == C ]]; then
   [[ -f "$CKPT/model.safetensors.index.json" ]] || { timeout 200 python3 tools/bench-gpu/make_weights.py "$CKPT"; say "weights exit $?"; }
   # int4 with Chorus's kernels, float16 (the ratio's base, same host), then int4 with ORT's, while time is left.
   for run in ${C_RUNS:-int4-chorus float16 int4-ort}; do
+    [[ $run == none ]] && continue  # C_RUNS=none: the probe and the device test alone
     (( $(left) > 100 )) || { say "no time left for $run"; continue; }
     # int4-chorus-t128: steps of at most 128 rows (decode plus prefill chunks), all inside the tensor-core path.
     args=(); [[ $run == int4-* ]] && args=(--serve-arg=--quantize=int4 --serve-arg=--quant-symmetric)
@@ -275,6 +278,30 @@ if [[ "$PHASE" == N ]]; then
   rm -rf /tmp/mlp-fusion
   exit 0
 fi
+if [[ "$PHASE" == W ]]; then
+  # Why chorus.Int4Linear is slow at one row: the probe over W_PROBE, then warp-stall reasons and instruction counts
+  # (ncu raw metrics) of one kernel per variant at M 1, and the SASS of the one-row kernels where cuobjdump is found.
+  cuda_ops_setup
+  say "MLP probe"
+  timeout 150 "$NODE" native/probes/mlp-fusion.ts --batches 1,4,16,64 --only ${W_PROBE:-q-sym,q-sym-w4-floor,q-sym-w4-c2,q-sym-w4-c4,q-sym-s4,q-sym-s4-3,q-sym-s2,q-sym-s2-3,q-zp-s4} 2>&1 | tee "$OUT/mlp-w.txt" | grep -E "^\||REFUSED|FAILED|MISMATCH"
+  NCU=$(command -v ncu || ls /usr/local/cuda*/bin/ncu /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
+  CUOBJDUMP=$(command -v cuobjdump || ls /usr/local/cuda*/bin/cuobjdump 2>/dev/null | head -1)
+  if [[ -n "$CUOBJDUMP" ]]; then
+    "$CUOBJDUMP" -sass native/build-cuda/libchorus_cuda_ops.so > "$OUT/sass-all.txt" 2>&1
+    say "SASS: $(wc -l < "$OUT/sass-all.txt") lines"
+  fi
+  STALLS=smsp__average_warp_latency_issue_stalled_long_scoreboard.ratio,smsp__average_warp_latency_issue_stalled_wait.ratio,smsp__average_warp_latency_issue_stalled_math_pipe_throttle.ratio,smsp__average_warp_latency_issue_stalled_lg_throttle.ratio,smsp__average_warp_latency_issue_stalled_mio_throttle.ratio,smsp__average_warp_latency_issue_stalled_short_scoreboard.ratio,smsp__average_warp_latency_issue_stalled_not_selected.ratio,smsp__average_warp_latency_issue_stalled_selected.ratio,smsp__average_warp_latency_issue_stalled_no_instruction.ratio,smsp__average_warp_latency_issue_stalled_dispatch_stall.ratio,smsp__average_warp_latency_issue_stalled_barrier.ratio,smsp__average_warp_latency_issue_stalled_tex_throttle.ratio,smsp__average_warp_latency_issue_stalled_drain.ratio,smsp__average_warp_latency_issue_stalled_imc_miss.ratio,smsp__average_warp_latency_issue_stalled_membar.ratio,smsp__average_warp_latency_issue_stalled_sleeping.ratio,smsp__average_warp_latency_issue_stalled_branch_resolving.ratio,smsp__inst_executed.sum,smsp__inst_executed_pipe_tensor.sum,smsp__inst_executed_pipe_alu.sum,smsp__inst_executed_pipe_fma.sum,smsp__inst_executed_pipe_lsu.sum,smsp__inst_executed_pipe_fp16.sum,gpu__time_duration.sum,dram__bytes_read.sum,sm__warps_active.avg.pct_of_peak_sustained_active,smsp__issue_active.avg.pct_of_peak_sustained_active
+  if [[ -n "$NCU" ]]; then
+    for v in ${W_NCU:-q-sym q-sym-w4-floor q-sym-s4 q-sym-s4-3 q-sym-s2}; do
+      (( $(left) > 40 )) || { say "no time left for ncu $v"; break; }
+      timeout 60 "$NCU" --target-processes all -k "regex:int4|Int4|MatMulFloat|Dequantize|gemv|Gemv" --launch-skip 40 --launch-count 6 \
+        --metrics "$STALLS" --csv --page raw "$NODE" native/probes/mlp-fusion.ts --batches 1 --runs 4 --warmup 2 --layers 2 --only "$v" > "$OUT/ncu-stalls-$v.csv" 2>&1
+      say "ncu $v exit $?"
+    done
+  fi
+  rm -rf /tmp/mlp-fusion
+  exit 0
+fi
 if [[ "$PHASE" == V ]]; then
   # Check after a fix: the paged and row device tests, then 64 and 256 streams on the default server.
   CUDA_TEST_CMD='CHORUS_TEST_DEVICE=cuda node_modules/node/bin/node node_modules/vitest/vitest.mjs run --config vitest.device.config.ts test/device/PagedShard.test.ts test/device/DeviceParity.test.ts -t "paged|rows|second turn|pattern of load"' \
@@ -286,5 +313,5 @@ if [[ "$PHASE" == V ]]; then
   say "sweep exit $?"; grep -m2 -E "illegal|disabled" "$OUT/server/server.log" | cut -c1-250
   exit 0
 fi
-echo "PHASE must be S, Q1, Q2, Q3, V, F, X, I, M, K, C or N" >&2
+echo "PHASE must be S, Q1, Q2, Q3, V, F, X, I, M, K, C, N or W" >&2
 exit 2
