@@ -22,7 +22,7 @@
 #                                                          # chorus bench, 1 and 64 streams
 #   PHASE=C OUT=$OUT bash scripts/gpu/serving-session.sh   # Chorus's 4-bit kernels: probe, device test, 8B int4
 #                                                          # served with Chorus's kernels, float16, int4 with ORT's
-#                                                          # (C_RUNS: which of int4-chorus int4-chorus-t128
+#                                                          # (C_RUNS: which of int4-chorus
 #                                                          # int4-chorus-r256 float16 int4-ort; C_PROBE: the probe's
 #                                                          # variants; C_SKIP_TEST=1: no device test)
 #   PHASE=N OUT=$OUT bash scripts/gpu/serving-session.sh   # where chorus.Int4Linear's time goes: its kernel times by
@@ -239,11 +239,9 @@ if [[ "$PHASE" == C ]]; then
   for run in ${C_RUNS:-int4-chorus float16 int4-ort}; do
     [[ $run == none ]] && continue  # C_RUNS=none: the probe and the device test alone
     (( $(left) > 100 )) || { say "no time left for $run"; continue; }
-    # int4-chorus-t128: steps of at most 128 rows (decode plus prefill chunks), all inside the tensor-core path.
     args=(); [[ $run == int4-* ]] && args=(--serve-arg=--quantize=int4 --serve-arg=--quant-symmetric)
     case $run in
       int4-chorus) args+=(--serve-arg=--linear-kernels=chorus) ;;
-      int4-chorus-t128) args+=(--serve-arg=--linear-kernels=chorus --serve-arg=--max-num-batched-tokens=128) ;;
       int4-chorus-r256) args+=(--serve-arg=--linear-kernels=chorus --serve-arg=--max-num-batched-tokens=256) ;;
       int4-ort) args+=(--serve-arg=--linear-kernels=ort) ;;
     esac

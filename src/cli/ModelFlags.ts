@@ -134,7 +134,7 @@ export const modelFlags = {
   "context-length": { kind: "integer", description: "tokens per sequence (default: the model's, at most 8192)" },
   "max-num-batched-tokens": {
     kind: "integer",
-    description: "tokens per engine step, decodes plus prompt chunks (default 8192 on cuda, 512 on cpu)"
+    description: "tokens per engine step, decodes plus prompt chunks (default 8192 on cuda, 512 on cpu; at least --max-batch)"
   },
   "block-size": { kind: "integer", description: "tokens per KV-cache block (default 16; a power of two >= 16 on cuda)" },
   "gpu-memory-utilization": {
@@ -192,6 +192,12 @@ export const resolveModelFlags = (flags: ParsedFlags<typeof modelFlags>, gpuCoun
     }
     const tokens = flags["max-num-batched-tokens"]
     if (tokens !== undefined && tokens < 1) return yield* bad("--max-num-batched-tokens", `--max-num-batched-tokens must be at least 1, got ${tokens}`)
+    // Every running sequence takes a token a step, so the engine would raise a smaller budget to the batch (vLLM
+    // refuses it the same way); said here instead of run silently with another number than the one asked for.
+    const batch = flags["max-batch"] ?? 16
+    if (tokens !== undefined && tokens < batch) {
+      return yield* bad("--max-num-batched-tokens", `--max-num-batched-tokens ${tokens} is below --max-batch ${batch}: each running sequence takes a token a step`)
+    }
     const blockSize = flags["block-size"]
     if (blockSize !== undefined && (blockSize < 1 || (blockSize & (blockSize - 1)) !== 0)) {
       return yield* bad("--block-size", `--block-size must be a power of two, got ${blockSize}`)

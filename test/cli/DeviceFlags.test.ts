@@ -99,6 +99,15 @@ describe("resolveModelFlags with several GPUs", () => {
     expect(failure(resolve(["--shards", "2", "--pipeline-depth", "0"])).field).toBe("--pipeline-depth")
   })
 
+  it("--max-num-batched-tokens below --max-batch (default 16) is refused, not raised in silence", () => {
+    const low = failure(resolve(["--max-batch", "256", "--max-num-batched-tokens", "128"]))
+    expect(low.field).toBe("--max-num-batched-tokens")
+    expect(low.message).toBe("--max-num-batched-tokens 128 is below --max-batch 256: each running sequence takes a token a step")
+    expect(failure(resolve(["--max-num-batched-tokens", "8"])).message).toMatch(/below --max-batch 16/)
+    const equal = resolve(["--max-batch", "256", "--max-num-batched-tokens", "256"])
+    expect(Exit.isSuccess(equal) && equal.value.engine.maxNumBatchedTokens).toBe(256)
+  })
+
   it("cuda:all with no GPU, or no way to count them, names --device", () => {
     expect(failure(resolve(["--device", "cuda:all"], () => 0)).message).toMatch(/^--device cuda:all: no GPU found/)
     const unavailable = failure(resolve(["--device", "cuda:all"], () => { throw new GpuCountUnavailable("cannot count the GPUs: nvidia-smi -L failed (x)") }))
