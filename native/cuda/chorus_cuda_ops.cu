@@ -14,7 +14,8 @@
 //                   outweighs the scratch's traffic.
 //   mma             int4Mma from one row (the default before 2026-12-01f; a measurement name).
 //   mma-w2, mma-w4  int4MmaWide with 32- or 64-byte runs up to 8 rows (mma-w4 is auto's), int4Mma above.
-//   staged-w2, staged-w4  int4MmaWide's loads through shared memory (cp.async), up to 8 rows: measured slower.
+//   (staged-w2, staged-w4: int4MmaWide's loads through shared memory with cp.async, measured slower and removed;
+//   commit 5e41e70 has them.)
 //   gemv1, gemv2    the GEMVs (int4Gemv, int4GemvHalf2) up to kGemvMaxRows rows, dequantize + cuBLAS above: the
 //                   first versions, kept to measure against (docs/native.md has the figures).
 //
@@ -98,16 +99,6 @@ Ort::Status allowSharedMemory(size_t bytes) {
   return Ort::Status{nullptr};
 }
 
-// One int4MmaStaged launch (its ring of weight segments in dynamic shared memory).
-template <bool kZeroPoints, int kWords, int kStages>
-Ort::Status runStaged(dim3 grid, dim3 block, cudaStream_t stream, const half* xp, const uint8_t* bp, const half* sp,
-                      const uint8_t* zpp, half* yp, float* partial, int M, int k, int n, int bs, int nBlocks, int segsPerSlice) {
-  constexpr size_t smem = stagedSharedBytes<kWords, kStages>();
-  if (auto s = allowSharedMemory<int4MmaStaged<kZeroPoints, kWords, kStages>>(smem); !s.IsOK()) return s;
-  int4MmaStaged<kZeroPoints, kWords, kStages><<<grid, block, smem, stream>>>(xp, bp, sp, zpp, yp, partial, M, k, n, bs, nBlocks, segsPerSlice);
-  return statusOf(cudaGetLastError(), "tensor-core launch");
-}
-
 // One int4Mma launch; its shared memory (two X buffers above 8 rows: 4 KB an m-tile) may pass the 48 KB default.
 template <int MT, bool kZeroPoints, int MH = 1>
 Ort::Status runMma(dim3 grid, dim3 block, cudaStream_t stream, const half* xp, const uint8_t* bp, const half* sp,
@@ -188,19 +179,18 @@ struct Int4LinearKernel {
   int64_t K = 0, N = 0, blockSize = 0;
   // CHORUS_INT4_KERNEL when the kernel is made (docs/native.md): `auto` (int4MmaWide up to 8 rows, int4Mma up to
   // kMmaMaxRows, then dequantize + cuBLAS), or one path forced for measurements: `mma`, `gemv1`, `gemv2` (GEMVs up to
-  // kGemvMaxRows), `mma-w2`, `mma-w4`, `staged-w2`, `staged-w4` (up to 8 rows, int4Mma above). CHORUS_INT4_SPLITK=floor: as many split-K slices
+  // kGemvMaxRows), `mma-w2`, `mma-w4` (up to 8 rows, int4Mma above). CHORUS_INT4_SPLITK=floor: as many split-K slices
   // as fit in one wave of two blocks a multiprocessor, rounded down (the default since 2026-12-01f: 8-12% faster at
   // 16-128 rows than `ceil`, which overfills the wave by one partial).
   // CHORUS_INT4_MMA_ROWS=256: above 64 rows the block's warps split X's rows in two (int4Mma's MH = 2), up to 256
   // rows (default 128: one row group).
-  enum class Path { Auto, Mma, Gemv1, Gemv2, MmaW2, MmaW4, StagedW2, StagedW4 } path = Path::Auto;
+  enum class Path { Auto, Mma, Gemv1, Gemv2, MmaW2, MmaW4 } path = Path::Auto;
   bool slicesRoundDown = true;
   int mmaMaxRows = kMmaMaxRows;
   // int4MmaWide's accumulator chains (mma-w2 / mma-w4, a measurement setting: CHORUS_INT4_CHAINS 1, 2 or 4).
   int wideChains = 1;
-  // int4MmaStaged's ring of segments a warp (staged-w2 / staged-w4; CHORUS_INT4_STAGES 3 or 4).
-  int stages = 4;
-  bool staged() const { return path == Path::StagedW2 || path == Path::StagedW4; }
+  // int4MmaWide's dequantization (CHORUS_INT4_DEQUANT prmt, the default, or lop3: not yet run on a GPU; mma-w4 only).
+  bool lop3 = false;
   std::string wideLabel;  // CHORUS_INT4_TIMING's name of the wide path
   int sms = 0;
 
@@ -225,9 +215,7 @@ struct Int4LinearKernel {
     else if (c == "gemv2") path = Path::Gemv2;
     else if (c == "mma-w2") path = Path::MmaW2;
     else if (c == "mma-w4") path = Path::MmaW4;
-    else if (c == "staged-w2") path = Path::StagedW2;
-    else if (c == "staged-w4") path = Path::StagedW4;
-    else return Ort::Status(("chorus.Int4Linear: CHORUS_INT4_KERNEL must be auto, mma, mma-w2, mma-w4, staged-w2, staged-w4, gemv1 or gemv2, not " + c).c_str(), ORT_INVALID_ARGUMENT);
+    else return Ort::Status(("chorus.Int4Linear: CHORUS_INT4_KERNEL must be auto, mma, mma-w2, mma-w4, gemv1 or gemv2, not " + c).c_str(), ORT_INVALID_ARGUMENT);
     const char* split = std::getenv("CHORUS_INT4_SPLITK");
     const std::string sk = split == nullptr ? "floor" : split;
     if (sk != "ceil" && sk != "floor") return Ort::Status(("chorus.Int4Linear: CHORUS_INT4_SPLITK must be ceil or floor, not " + sk).c_str(), ORT_INVALID_ARGUMENT);
@@ -240,12 +228,14 @@ struct Int4LinearKernel {
     const std::string ch = chains == nullptr ? "1" : chains;
     if (ch != "1" && ch != "2" && ch != "4") return Ort::Status(("chorus.Int4Linear: CHORUS_INT4_CHAINS must be 1, 2 or 4, not " + ch).c_str(), ORT_INVALID_ARGUMENT);
     wideChains = std::stoi(ch);
-    const char* stagesEnv = std::getenv("CHORUS_INT4_STAGES");
-    const std::string st = stagesEnv == nullptr ? "4" : stagesEnv;
-    if (st != "3" && st != "4") return Ort::Status(("chorus.Int4Linear: CHORUS_INT4_STAGES must be 3 or 4, not " + st).c_str(), ORT_INVALID_ARGUMENT);
-    stages = std::stoi(st);
-    if (staged()) wideLabel = std::string(path == Path::StagedW2 ? "staged-w2" : "staged-w4") + ", " + st + " stages";
-    else wideLabel = std::string(path == Path::MmaW2 ? "mma-w2" : "mma-w4") + (wideChains > 1 ? ", " + ch + " chains" : "");
+    const char* dq = std::getenv("CHORUS_INT4_DEQUANT");
+    const std::string d = dq == nullptr ? "prmt" : dq;
+    if (d != "prmt" && d != "lop3") return Ort::Status(("chorus.Int4Linear: CHORUS_INT4_DEQUANT must be prmt or lop3, not " + d).c_str(), ORT_INVALID_ARGUMENT);
+    lop3 = d == "lop3";
+    if (lop3 && (wideWords() != 4 || wideChains != 1)) {
+      return Ort::Status("chorus.Int4Linear: CHORUS_INT4_DEQUANT=lop3 needs the mma-w4 path (the default) with one accumulator chain", ORT_INVALID_ARGUMENT);
+    }
+    wideLabel = std::string(path == Path::MmaW2 ? "mma-w2" : "mma-w4") + (wideChains > 1 ? ", " + ch + " chains" : "") + (lop3 ? ", lop3" : "");
     return Ort::Status{nullptr};
   }
 
@@ -273,7 +263,7 @@ struct Int4LinearKernel {
   }
   // int4MmaWide's 16-byte words a lane (up to 8 rows) on the mma-w2 / mma-w4 paths; 1: int4Mma.
   int wideWords() const {
-    return path == Path::MmaW2 || path == Path::StagedW2 ? 2 : path == Path::Auto || path == Path::MmaW4 || path == Path::StagedW4 ? 4 : 1;
+    return path == Path::MmaW2 ? 2 : path == Path::Auto || path == Path::MmaW4 ? 4 : 1;
   }
   // The most slices any row count takes on this op: the split-K scratch is sized by it, so that no later call (a
   // prompt after a decode graph was captured) has to grow, and free, a buffer a captured graph writes to.
@@ -311,18 +301,11 @@ struct Int4LinearKernel {
     const dim3 grid(static_cast<unsigned>((N + 16 * warpsN - 1) / (16 * warpsN)), static_cast<unsigned>(slices)), block(kMmaWarps * 32);
     const int tiles = (M + 8 * groups - 1) / (8 * groups);  // m-tiles a row group
     Ort::Status launched{nullptr};
-    if (words > 1 && staged()) {
-      if (zpp != nullptr) launched = words == 2 ? (stages == 3 ? runStaged<true, 2, 3>(grid, block, stream, xp, bp, sp, zpp, yp, partial, M, k, n, bs, nBlocks, segsPerSlice)
-                                                               : runStaged<true, 2, 4>(grid, block, stream, xp, bp, sp, zpp, yp, partial, M, k, n, bs, nBlocks, segsPerSlice))
-                                                : (stages == 3 ? runStaged<true, 4, 3>(grid, block, stream, xp, bp, sp, zpp, yp, partial, M, k, n, bs, nBlocks, segsPerSlice)
-                                                               : runStaged<true, 4, 4>(grid, block, stream, xp, bp, sp, zpp, yp, partial, M, k, n, bs, nBlocks, segsPerSlice));
-      else launched = words == 2 ? (stages == 3 ? runStaged<false, 2, 3>(grid, block, stream, xp, bp, sp, zpp, yp, partial, M, k, n, bs, nBlocks, segsPerSlice)
-                                                : runStaged<false, 2, 4>(grid, block, stream, xp, bp, sp, zpp, yp, partial, M, k, n, bs, nBlocks, segsPerSlice))
-                                 : (stages == 3 ? runStaged<false, 4, 3>(grid, block, stream, xp, bp, sp, zpp, yp, partial, M, k, n, bs, nBlocks, segsPerSlice)
-                                                : runStaged<false, 4, 4>(grid, block, stream, xp, bp, sp, zpp, yp, partial, M, k, n, bs, nBlocks, segsPerSlice));
-    } else if (words > 1) {
+    if (words > 1) {
       const auto wide = [&](auto kernel) { kernel<<<grid, block, 0, stream>>>(xp, bp, sp, zpp, yp, partial, M, k, n, bs, nBlocks, segsPerSlice); };
-      if (zpp != nullptr && words == 2) wide(int4MmaWide<true, 2>);
+      if (lop3 && zpp != nullptr) wide(int4MmaWide<true, 4, 1, 1, true>);
+      else if (lop3) wide(int4MmaWide<false, 4, 1, 1, true>);
+      else if (zpp != nullptr && words == 2) wide(int4MmaWide<true, 2>);
       else if (zpp != nullptr) wide(int4MmaWide<true, 4>);
       else if (words == 2) {
         if (wideChains == 1) wide(int4MmaWide<false, 2, 2, 1>);
@@ -401,7 +384,7 @@ struct Int4LinearKernel {
     const int k = static_cast<int>(K), n = static_cast<int>(N), bs = static_cast<int>(blockSize);
 
     const bool mmaFits = K % 32 == 0 && M <= mmaMaxRows;
-    if (mmaFits && (path == Path::Auto || path == Path::Mma || path == Path::MmaW2 || path == Path::MmaW4 || staged())) return launchMma(stream, xp, reinterpret_cast<const uint8_t*>(bp), sp, zpp, yp, static_cast<int>(M), nBlocks, taken);
+    if (mmaFits && (path == Path::Auto || path == Path::Mma || path == Path::MmaW2 || path == Path::MmaW4)) return launchMma(stream, xp, reinterpret_cast<const uint8_t*>(bp), sp, zpp, yp, static_cast<int>(M), nBlocks, taken);
     if (M <= kGemvMaxRows) {
       const bool half2Gemv = path == Path::Gemv2;
       taken = half2Gemv ? "gemv2" : "gemv1";

@@ -1,5 +1,4 @@
-// chorus.Int4Linear on tensor cores: int4MmaWide (up to 8 rows), int4Mma (up to kMmaMaxRows rows), int4MmaStaged (up
-// to 8 rows, measured slower), split-K sum.
+// chorus.Int4Linear on tensor cores: int4MmaWide (up to 8 rows), int4Mma (up to kMmaMaxRows rows), split-K sum.
 #pragma once
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -54,6 +53,43 @@ __device__ __forceinline__ void dequantWord(uint32_t wa, uint32_t wb, half2 offA
   hi[1] = dequantPair<2>(wb, offB, sB);
   hi[2] = dequantPair<3>(wa, offA, sA);
   hi[3] = dequantPair<3>(wb, offB, sB);
+}
+
+// CHORUS_INT4_DEQUANT=lop3 (int4MmaWide; written 2026-12-01f, not yet run on a GPU): the codes of a 32-bit word
+// (c0 .. c7, c0 the low nibble of byte 0) as four half2 pairs (c0, c4), (c1, c5), (c2, c6), (c3, c7) with one AND/OR
+// each (LOP3: the low nibbles of bytes 0 and 2 under exponent 0x64 are 1024 + c; the high nibbles, as mantissa bits
+// 4-7, are 1024 + 16 c), one shift for bytes 1 and 3, then an exact subtraction (1024 + z) or an exact fma (x 1/16,
+// - (64 + z)) and one rounding at the scale: the same float16 weight as dequantPair, in 13 instructions for 8 codes
+// instead of 16 and without the byte permute's selector registers (ncu: the one-row loop spent an IMAD per PRMT
+// loading its selector). X's pairs are permuted to match, (x0, x4), (x1, x5), ... (xPairsLop3), once for both rows.
+__device__ __forceinline__ uint32_t asU32(half2 h) { return *reinterpret_cast<const uint32_t*>(&h); }
+__device__ __forceinline__ half2 asHalf2(uint32_t u) { return *reinterpret_cast<const half2*>(&u); }
+
+// half2(1024 + z) and half2(-(64 + z)) for dequantLop3, from a zero-point byte and its nibble.
+__device__ __forceinline__ void lop3Offsets(uint8_t zeroByte, int shift, half2& low, half2& high) {
+  const int z = (zeroByte >> shift) & 0xF;
+  low = __half2half2(__ushort_as_half(static_cast<unsigned short>(0x6400 + z)));
+  high = __half2half2(__ushort_as_half(static_cast<unsigned short>(0xD400 + 16 * z)));
+}
+
+// The A fragments of word v (one row): p[0] = (c0, c4), p[1] = (c1, c5), p[2] = (c2, c6), p[3] = (c3, c7).
+__device__ __forceinline__ void dequantLop3(uint32_t v, half2 low, half2 high, half2 scale, uint32_t (&p)[4]) {
+  constexpr uint32_t kMagic = 0x64006400u;
+  const half2 sixteenth = __float2half2_rn(0.0625f);
+  const uint32_t v8 = v >> 8;
+  p[0] = asU32(__hmul2(__hsub2(asHalf2((v & 0x000F000Fu) | kMagic), low), scale));
+  p[1] = asU32(__hmul2(__hfma2(asHalf2((v & 0x00F000F0u) | kMagic), sixteenth, high), scale));
+  p[2] = asU32(__hmul2(__hsub2(asHalf2((v8 & 0x000F000Fu) | kMagic), low), scale));
+  p[3] = asU32(__hmul2(__hfma2(asHalf2((v8 & 0x00F000F0u) | kMagic), sixteenth, high), scale));
+}
+
+// X's eight halves of a word, (x0, x1), (x2, x3), (x4, x5), (x6, x7), as dequantLop3's pairs: (x0, x4), (x1, x5),
+// (x2, x6), (x3, x7).
+__device__ __forceinline__ void xPairsLop3(uint4 xv, uint32_t (&q)[4]) {
+  q[0] = __byte_perm(xv.x, xv.z, 0x5410);
+  q[1] = __byte_perm(xv.x, xv.z, 0x7632);
+  q[2] = __byte_perm(xv.y, xv.w, 0x5410);
+  q[3] = __byte_perm(xv.y, xv.w, 0x7632);
 }
 
 // One lane's share of a segment: the two weight words, and the raw scale and zero-point byte of their blocks (zero
@@ -278,7 +314,7 @@ struct WideLoad {
 // kPrefetch: WideLoads in flight a warp (4 / kWords: 4 KB; 8 KB spills at two blocks a multiprocessor); kChains:
 // independent accumulators the mma steps alternate between (CHORUS_INT4_CHAINS, a measurement setting), so that a
 // step need not wait for the one before it.
-template <bool kZeroPoints, int kWords, int kPrefetch = 4 / kWords, int kChains = 1>
+template <bool kZeroPoints, int kWords, int kPrefetch = 4 / kWords, int kChains = 1, bool kLop3 = false>
 __global__ void __launch_bounds__(kMmaWarps * 32, 2) int4MmaWide(
     const half* __restrict__ x, const uint8_t* __restrict__ b, const half* __restrict__ scales,
     const uint8_t* __restrict__ zeroPoints, half* __restrict__ y, float* __restrict__ partial, int M, int K, int N,
@@ -330,12 +366,29 @@ __global__ void __launch_bounds__(kMmaWarps * 32, 2) int4MmaWide(
         }
         const uint32_t wa[4] = {cur.wa[w].x, cur.wa[w].y, cur.wa[w].z, cur.wa[w].w};
         const uint32_t wb[4] = {cur.wb[w].x, cur.wb[w].y, cur.wb[w].z, cur.wb[w].w};
+        if constexpr (kLop3) {
+          half2 lowA, highA, lowB, highB;
+          lop3Offsets(cur.zA[w], shift, lowA, highA);
+          lop3Offsets(cur.zB[w], shift, lowB, highB);
 #pragma unroll
-        for (int j = 0; j < 4; j++) {
-          uint32_t a[2][4];
-          dequantWord(wa[j], wb[j], offA, sA, offB, sB, a[0], a[1]);
-          mma16816(acc[(8 * w + 2 * j) % kChains], a[0], xv[j].x, xv[j].y);
-          mma16816(acc[(8 * w + 2 * j + 1) % kChains], a[1], xv[j].z, xv[j].w);
+          for (int j = 0; j < 4; j++) {
+            uint32_t pa[4], pb[4], q[4];
+            dequantLop3(wa[j], lowA, highA, sA, pa);
+            dequantLop3(wb[j], lowB, highB, sB, pb);
+            xPairsLop3(xv[j], q);
+            // Step 2j: (c0, c4) in slots (2t, 2t + 1), (c1, c5) in (2t + 8, 2t + 9); step 2j + 1: (c2, c6), (c3, c7).
+            const uint32_t a0[4] = {pa[0], pb[0], pa[1], pb[1]}, a1[4] = {pa[2], pb[2], pa[3], pb[3]};
+            mma16816(acc[(8 * w + 2 * j) % kChains], a0, q[0], q[1]);
+            mma16816(acc[(8 * w + 2 * j + 1) % kChains], a1, q[2], q[3]);
+          }
+        } else {
+#pragma unroll
+          for (int j = 0; j < 4; j++) {
+            uint32_t a[2][4];
+            dequantWord(wa[j], wb[j], offA, sA, offB, sB, a[0], a[1]);
+            mma16816(acc[(8 * w + 2 * j) % kChains], a[0], xv[j].x, xv[j].y);
+            mma16816(acc[(8 * w + 2 * j + 1) % kChains], a[1], xv[j].z, xv[j].w);
+          }
         }
       }
     }
@@ -351,130 +404,6 @@ __global__ void __launch_bounds__(kMmaWarps * 32, 2) int4MmaWide(
     if (mm >= M || nn >= N) continue;
     if (partial != nullptr) partial[(static_cast<size_t>(blockIdx.y) * M + mm) * N + nn] = acc[0][c];
     else y[static_cast<size_t>(mm) * N + nn] = __float2half(acc[0][c]);
-  }
-}
-
-// The one-to-eight-row case with its weights staged through shared memory (CHORUS_INT4_KERNEL=staged-w2 |
-// staged-w4; measured slower than int4MmaWide: 82-100 us an MLP layer at one row against 74, so the limit there is
-// instructions and latency, not loads in flight; docs/native.md). int4MmaWide keeps the weights in flight in
-// registers, and the register file caps them at 4 KB a warp (8 KB spills); ncu saw it move 30% of the DRAM rate at
-// one row. Here each
-// lane copies its words (the same words int4MmaWide loads) with cp.async into its own slots of a per-warp ring of
-// kStages segments, kStages - 1 segments ahead: the bytes in flight cost shared memory, not registers. A lane reads
-// back only what it copied itself, so cp.async.wait_group is all the ordering needed (no barrier). Slots are laid
-// out word-major (word i of lane l at i * 32 + l), so that the warp's 16-byte reads are conflict-free. The scales
-// and zero points (a few bytes a segment) ride in a register ring beside the copies.
-__device__ __forceinline__ void cpAsync16Fill(void* smem, const void* gmem, bool valid) {
-  const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(smem));
-  const int bytes = valid ? 16 : 0;  // 0: the slot is zero-filled and nothing is read
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(gmem), "r"(bytes));
-}
-
-template <bool kZeroPoints, int kWords>
-struct StagedScales {
-  half sA[kWords], sB[kWords];
-  uint8_t zA[kWords], zB[kWords];
-};
-
-template <int kWords, int kStages>
-__host__ __device__ constexpr size_t stagedSharedBytes() { return static_cast<size_t>(kMmaWarps) * kStages * 2 * kWords * 32 * 16; }
-
-template <bool kZeroPoints, int kWords, int kStages>
-__global__ void __launch_bounds__(kMmaWarps * 32, stagedSharedBytes<kWords, kStages>() <= 100 * 1024 ? 2 : 1) int4MmaStaged(
-    const half* __restrict__ x, const uint8_t* __restrict__ b, const half* __restrict__ scales,
-    const uint8_t* __restrict__ zeroPoints, half* __restrict__ y, float* __restrict__ partial, int M, int K, int N,
-    int blockSize, int nBlocks, int segsPerSlice) {
-  constexpr int kSegK = kMmaSegK * kWords;
-  constexpr int kSlotWords = 2 * kWords * 32;  // 16-byte words a stage of one warp
-  extern __shared__ uint4 stagedShared[];
-  const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
-  const int warp = blockIdx.x * kMmaWarps + (threadIdx.x >> 5);
-  uint4* ringBase = stagedShared + static_cast<size_t>(threadIdx.x >> 5) * kStages * kSlotWords;
-  const int n0 = warp * 16;
-  if (n0 >= N) return;  // no barrier below: a warp past N may leave
-  const int rowA = n0 + g, rowB = n0 + g + 8;
-  const bool okA = rowA < N, okB = rowB < N;
-  const int rowBytes = nBlocks * blockSize / 2;
-  const int zeroBytes = (nBlocks + 1) / 2;
-  const int segs = (K + kSegK - 1) / kSegK;
-  const int segBegin = blockIdx.y * segsPerSlice;
-  const int count = max(0, min(segs, segBegin + segsPerSlice) - segBegin);
-  const int rot = count == 0 ? 0 : warp % count;
-  auto kOf = [&](int i) {
-    const int r = i + rot;
-    return (segBegin + (r >= count ? r - count : r)) * kSegK + 32 * kWords * t;
-  };
-  // Stage `it` into slot `slot`: the copies, then this lane's scales into the register ring; always one commit, so
-  // that wait_group counts stages.
-  StagedScales<kZeroPoints, kWords> sc[kStages];
-  auto issue = [&](int it, int slot) {
-    if (it < count) {
-      const int k0 = kOf(it);
-      uint4* dst = ringBase + slot * kSlotWords;
-#pragma unroll
-      for (int w = 0; w < kWords; w++) {
-        const int k = k0 + 32 * w, block = k / blockSize;
-        const bool inK = k < K;
-        cpAsync16Fill(dst + (2 * w) * 32 + lane, inK && okA ? b + static_cast<size_t>(rowA) * rowBytes + k / 2 : b, inK && okA);
-        cpAsync16Fill(dst + (2 * w + 1) * 32 + lane, inK && okB ? b + static_cast<size_t>(rowB) * rowBytes + k / 2 : b, inK && okB);
-        sc[slot].sA[w] = inK && okA ? scales[static_cast<size_t>(rowA) * nBlocks + block] : __ushort_as_half(0);
-        sc[slot].sB[w] = inK && okB ? scales[static_cast<size_t>(rowB) * nBlocks + block] : __ushort_as_half(0);
-        if (kZeroPoints) {
-          sc[slot].zA[w] = inK && okA ? zeroPoints[static_cast<size_t>(rowA) * zeroBytes + (block >> 1)] : 0x88;
-          sc[slot].zB[w] = inK && okB ? zeroPoints[static_cast<size_t>(rowB) * zeroBytes + (block >> 1)] : 0x88;
-        } else {
-          sc[slot].zA[w] = sc[slot].zB[w] = 0x88;
-        }
-      }
-    }
-    cpAsyncCommit();
-  };
-
-  float acc[4] = {0.f, 0.f, 0.f, 0.f};
-#pragma unroll
-  for (int i = 0; i < kStages - 1; i++) issue(i, i);
-  for (int base = 0; base < count; base += kStages) {
-#pragma unroll
-    for (int i = 0; i < kStages; i++) {
-      const int it = base + i;
-      if (it >= count) break;
-      // The slot of stage it - 1 was read into registers and used last iteration: refill it kStages - 1 ahead.
-      issue(it + kStages - 1, (i + kStages - 1) % kStages);
-      cpAsyncWait<kStages - 1>();
-      const uint4* src = ringBase + i * kSlotWords;
-      const int k0 = kOf(it);
-#pragma unroll
-      for (int w = 0; w < kWords; w++) {
-        const uint4 va = src[(2 * w) * 32 + lane], vb = src[(2 * w + 1) * 32 + lane];
-        const int k = k0 + 32 * w;
-        const int shift = ((k / blockSize) & 1) * 4;
-        const half2 sA = __half2half2(sc[i].sA[w]), sB = __half2half2(sc[i].sB[w]);
-        const half2 offA = pairOffset(sc[i].zA[w], shift), offB = pairOffset(sc[i].zB[w], shift);
-        uint4 xv[4] = {make_uint4(0, 0, 0, 0), make_uint4(0, 0, 0, 0), make_uint4(0, 0, 0, 0), make_uint4(0, 0, 0, 0)};
-        if (k < K && g < M) {
-          const uint4* xp = reinterpret_cast<const uint4*>(x + static_cast<size_t>(g) * K + k);
-#pragma unroll
-          for (int j = 0; j < 4; j++) xv[j] = __ldg(xp + j);
-        }
-        const uint32_t wa[4] = {va.x, va.y, va.z, va.w}, wb[4] = {vb.x, vb.y, vb.z, vb.w};
-#pragma unroll
-        for (int j = 0; j < 4; j++) {
-          uint32_t a[2][4];
-          dequantWord(wa[j], wb[j], offA, sA, offB, sB, a[0], a[1]);
-          mma16816(acc, a[0], xv[j].x, xv[j].y);
-          mma16816(acc, a[1], xv[j].z, xv[j].w);
-        }
-      }
-    }
-  }
-  cpAsyncWait<0>();  // no copy outlives the block's shared memory
-
-#pragma unroll
-  for (int c = 0; c < 4; c++) {
-    const int mm = 2 * t + (c & 1), nn = c < 2 ? rowA : rowB;
-    if (mm >= M || nn >= N) continue;
-    if (partial != nullptr) partial[(static_cast<size_t>(blockIdx.y) * M + mm) * N + nn] = acc[c];
-    else y[static_cast<size_t>(mm) * N + nn] = __float2half(acc[c]);
   }
 }
 

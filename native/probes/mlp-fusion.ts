@@ -323,15 +323,12 @@ const variants: Array<Variant> = [
   chorusVariant("q-sym-w4-floor", true, "q-sym-w4 with split-K slices rounded down to one wave", { CHORUS_INT4_KERNEL: "mma-w4", CHORUS_INT4_SPLITK: "floor" }),
   chorusVariant("q-sym-r256", true, "q-sym-chorus with two row groups a block above 64 rows, up to 256 rows", { CHORUS_INT4_MMA_ROWS: "256" }),
   chorusVariant("q-sym-r256-floor", true, "q-sym-r256 with split-K slices rounded down to one wave", { CHORUS_INT4_MMA_ROWS: "256", CHORUS_INT4_SPLITK: "floor" }),
-  // Split-K floor (measured better, 2026-12-01f) with: two or four accumulator chains (mma-w4), or the weights
-  // staged through shared memory with cp.async, 3 or 4 segments a warp (staged-w2 / staged-w4).
+  // Split-K floor (measured better, 2026-12-01f) with two or four accumulator chains (mma-w4).
   chorusVariant("q-sym-w4-c2", true, "q-sym-w4-floor with two accumulator chains", { CHORUS_INT4_KERNEL: "mma-w4", CHORUS_INT4_SPLITK: "floor", CHORUS_INT4_CHAINS: "2" }),
   chorusVariant("q-sym-w4-c4", true, "q-sym-w4-floor with four accumulator chains", { CHORUS_INT4_KERNEL: "mma-w4", CHORUS_INT4_SPLITK: "floor", CHORUS_INT4_CHAINS: "4" }),
-  chorusVariant("q-sym-s4", true, "q-sym through chorus.Int4Linear, weights staged in shared memory, 64-byte runs, 4 stages", { CHORUS_INT4_KERNEL: "staged-w4", CHORUS_INT4_SPLITK: "floor" }),
-  chorusVariant("q-sym-s4-3", true, "q-sym-s4 with 3 stages (two blocks a multiprocessor)", { CHORUS_INT4_KERNEL: "staged-w4", CHORUS_INT4_SPLITK: "floor", CHORUS_INT4_STAGES: "3" }),
-  chorusVariant("q-sym-s2", true, "q-sym through chorus.Int4Linear, weights staged in shared memory, 32-byte runs, 4 stages", { CHORUS_INT4_KERNEL: "staged-w2", CHORUS_INT4_SPLITK: "floor" }),
-  chorusVariant("q-sym-s2-3", true, "q-sym-s2 with 3 stages", { CHORUS_INT4_KERNEL: "staged-w2", CHORUS_INT4_SPLITK: "floor", CHORUS_INT4_STAGES: "3" }),
-  chorusVariant("q-zp-s4", false, "q-zp through chorus.Int4Linear, weights staged in shared memory, 64-byte runs, 4 stages", { CHORUS_INT4_KERNEL: "staged-w4", CHORUS_INT4_SPLITK: "floor" }),
+  // One AND/OR a code pair instead of a byte permute and an AND (CHORUS_INT4_DEQUANT=lop3; not yet run on a GPU).
+  chorusVariant("q-sym-lop3", true, "q-sym-chorus with the LOP3 dequantization up to 8 rows", { CHORUS_INT4_DEQUANT: "lop3" }),
+  chorusVariant("q-zp-lop3", false, "q-zp-chorus with the LOP3 dequantization up to 8 rows", { CHORUS_INT4_DEQUANT: "lop3" }),
   chorusVariant("q-sym-gemv1", true, "q-sym through chorus.Int4Linear's float32 GEMV", { CHORUS_INT4_KERNEL: "gemv1" }),
   chorusVariant("q-sym-gemv2", true, "q-sym through chorus.Int4Linear's half2 GEMV", { CHORUS_INT4_KERNEL: "gemv2" }),
   chorusVariant("q-zp-gemv2", false, "q-zp through chorus.Int4Linear's half2 GEMV", { CHORUS_INT4_KERNEL: "gemv2" })

@@ -281,7 +281,7 @@ if [[ "$PHASE" == W ]]; then
   # (ncu raw metrics) of one kernel per variant at M 1, and the SASS of the one-row kernels where cuobjdump is found.
   cuda_ops_setup
   say "MLP probe"
-  timeout 150 "$NODE" native/probes/mlp-fusion.ts --batches 1,4,16,64 --only ${W_PROBE:-q-sym,q-sym-w4-floor,q-sym-w4-c2,q-sym-w4-c4,q-sym-s4,q-sym-s4-3,q-sym-s2,q-sym-s2-3,q-zp-s4} 2>&1 | tee "$OUT/mlp-w.txt" | grep -E "^\||REFUSED|FAILED|MISMATCH"
+  timeout 150 "$NODE" native/probes/mlp-fusion.ts --batches 1,4,16,64 --only ${W_PROBE:-q-sym,q-zp,q-sym-chorus,q-zp-chorus,q-sym-lop3,q-zp-lop3} 2>&1 | tee "$OUT/mlp-w.txt" | grep -E "^\||REFUSED|FAILED|MISMATCH"
   NCU=$(command -v ncu || ls /usr/local/cuda*/bin/ncu /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
   CUOBJDUMP=$(command -v cuobjdump || ls /usr/local/cuda*/bin/cuobjdump 2>/dev/null | head -1)
   if [[ -n "$CUOBJDUMP" ]]; then
@@ -290,7 +290,7 @@ if [[ "$PHASE" == W ]]; then
   fi
   STALLS=smsp__average_warp_latency_issue_stalled_long_scoreboard.ratio,smsp__average_warp_latency_issue_stalled_wait.ratio,smsp__average_warp_latency_issue_stalled_math_pipe_throttle.ratio,smsp__average_warp_latency_issue_stalled_lg_throttle.ratio,smsp__average_warp_latency_issue_stalled_mio_throttle.ratio,smsp__average_warp_latency_issue_stalled_short_scoreboard.ratio,smsp__average_warp_latency_issue_stalled_not_selected.ratio,smsp__average_warp_latency_issue_stalled_selected.ratio,smsp__average_warp_latency_issue_stalled_no_instruction.ratio,smsp__average_warp_latency_issue_stalled_dispatch_stall.ratio,smsp__average_warp_latency_issue_stalled_barrier.ratio,smsp__average_warp_latency_issue_stalled_tex_throttle.ratio,smsp__average_warp_latency_issue_stalled_drain.ratio,smsp__average_warp_latency_issue_stalled_imc_miss.ratio,smsp__average_warp_latency_issue_stalled_membar.ratio,smsp__average_warp_latency_issue_stalled_sleeping.ratio,smsp__average_warp_latency_issue_stalled_branch_resolving.ratio,smsp__inst_executed.sum,smsp__inst_executed_pipe_tensor.sum,smsp__inst_executed_pipe_alu.sum,smsp__inst_executed_pipe_fma.sum,smsp__inst_executed_pipe_lsu.sum,smsp__inst_executed_pipe_fp16.sum,gpu__time_duration.sum,dram__bytes_read.sum,sm__warps_active.avg.pct_of_peak_sustained_active,smsp__issue_active.avg.pct_of_peak_sustained_active
   if [[ -n "$NCU" ]]; then
-    for v in ${W_NCU:-q-sym q-sym-w4-floor q-sym-s4 q-sym-s4-3 q-sym-s2}; do
+    for v in ${W_NCU:-q-sym-chorus q-sym-lop3}; do
       (( $(left) > 40 )) || { say "no time left for ncu $v"; break; }
       timeout 60 "$NCU" --target-processes all -k "regex:int4|Int4|MatMulFloat|Dequantize|gemv|Gemv" --launch-skip 40 --launch-count 6 \
         --metrics "$STALLS" --csv --page raw "$NODE" native/probes/mlp-fusion.ts --batches 1 --runs 4 --warmup 2 --layers 2 --only "$v" > "$OUT/ncu-stalls-$v.csv" 2>&1

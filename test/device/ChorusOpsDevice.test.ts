@@ -4,7 +4,7 @@
 // step), through each of the library's paths: its default (tensor cores up to 128 rows, 64-byte runs a lane up to
 // 8, the fixtures' prompts included, with split-K on their small N), CHORUS_INT4_KERNEL=mma (16-byte runs from one
 // row, split-K rounded up), gemv1 (the GEMV up to 8 rows, prompts of more through dequantize + cuBLAS), mma-w2 (32-byte
-// runs) and staged-w2 / staged-w4 (the weights through shared memory up to 8 rows). CUDA only (the library has no CPU
+// runs), two accumulator chains and CHORUS_INT4_DEQUANT=lop3. CUDA only (the library has no CPU
 // kernel); with CHORUS_TEST_CUDA_GRAPHS=1 the decode steps replay captured graphs through the custom op.
 import * as fs from "node:fs"
 import * as os from "node:os"
@@ -41,9 +41,9 @@ describe.runIf(device.kind === "cuda")("chorus.Int4Linear on CUDA", () => {
     ["tiny-llama3-b", defaultInt4, { CHORUS_INT4_KERNEL: "mma", CHORUS_INT4_SPLITK: "ceil" }, 512],
     ["tiny-llama3-b", { ...defaultInt4, symmetric: true }, kernel("mma-w2"), 512],
     ["tiny-llama3-b", { ...defaultInt4, symmetric: true }, { CHORUS_INT4_KERNEL: "mma-w4", CHORUS_INT4_CHAINS: "2" }, 512],
-    // Weights staged through shared memory (cp.async), up to 8 rows.
-    ["tiny-llama3-b", defaultInt4, { CHORUS_INT4_KERNEL: "staged-w4", CHORUS_INT4_SPLITK: "floor" }, 512],
-    ["tiny-llama3-b", { ...defaultInt4, blockSize: 128 as const, symmetric: true }, { CHORUS_INT4_KERNEL: "staged-w2", CHORUS_INT4_STAGES: "3" }, 512],
+    // The LOP3 dequantization up to 8 rows (with zero points; symmetric at block 128).
+    ["tiny-llama3-b", defaultInt4, { CHORUS_INT4_DEQUANT: "lop3" }, 512],
+    ["tiny-llama3-b", { ...defaultInt4, blockSize: 128 as const, symmetric: true }, { CHORUS_INT4_DEQUANT: "lop3" }, 512],
     // Chunks of 200 and 100 rows: the two-row-group tensor-core kernel at 13 and 7 m-tiles a group.
     ["tiny-llama3-b", defaultInt4, { CHORUS_INT4_MMA_ROWS: "256", CHORUS_INT4_SPLITK: "floor" }, 200]
   ] as const)("%s, %o, %o, %i tokens a step", (name, q, env, budget) => {
