@@ -27,17 +27,20 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstdio>
+#include <cmath>
 #include <cstdlib>
 #include <map>
 #include <mutex>
 #include <string>
 #include <tuple>
+#include <vector>
 
 #define ORT_API_MANUAL_INIT
 #include "onnxruntime_cxx_api.h"
 #undef ORT_API_MANUAL_INIT
 
 #include "cublas_runtime.h"
+#include "decode_attention.cuh"
 #include "int4_dequantize.cuh"
 #include "int4_gemv.cuh"
 #include "int4_mma.cuh"
@@ -54,30 +57,58 @@ struct ThreadScratch {
   size_t weightsBytes = 0;
   void* partial = nullptr;  // split-K partial sums of the tensor-core path, float32
   size_t partialBytes = 0;
+  void* attention = nullptr;  // chorus.DecodeAttention's rotated queries and split partials
+  size_t attentionBytes = 0;
 };
 thread_local ThreadScratch tls;
 
 // ------------------------------------------------------------------------------------------------ the op
 
-Ort::Status statusOf(cudaError_t e, const char* what) {
+Ort::Status statusOf(cudaError_t e, const char* what, const char* op = "chorus.Int4Linear") {
   if (e == cudaSuccess) return Ort::Status{nullptr};
-  return Ort::Status((std::string("chorus.Int4Linear: ") + what + ": " + cudaGetErrorString(e)).c_str(), ORT_EP_FAIL);
+  return Ort::Status((std::string(op) + ": " + what + ": " + cudaGetErrorString(e)).c_str(), ORT_EP_FAIL);
+}
+
+// A kernel's Compute as ORT's ComputeV2 wants it: errors, thrown or returned, as a status.
+template <typename F>
+OrtStatusPtr guarded(F&& compute) {
+  try {
+    return compute().release();
+  } catch (const Ort::Exception& e) {
+    return Ort::Status(e.what(), e.GetOrtErrorCode()).release();
+  } catch (const std::exception& e) {
+    return Ort::Status(e.what(), ORT_FAIL).release();
+  }
+}
+
+// A kernel made and initialized from the node's attributes, or the status Init refused it with.
+template <typename Kernel>
+OrtStatusPtr createKernel(const OrtKernelInfo* info, void** kernel) {
+  auto* k = new Kernel();
+  Ort::Status s = k->Init(info);
+  if (!s.IsOK()) {
+    delete k;
+    return s.release();
+  }
+  *kernel = k;
+  return nullptr;
 }
 
 // A per-thread scratch buffer at least `need` bytes: grown (the stream drained first, the old buffer freed) only
 // outside a CUDA graph capture, since a captured graph keeps the address it was captured with.
-Ort::Status growScratch(void*& ptr, size_t& bytes, size_t need, cudaStream_t stream, const char* what) {
+Ort::Status growScratch(void*& ptr, size_t& bytes, size_t need, cudaStream_t stream, const char* what,
+                        const char* op = "chorus.Int4Linear") {
   if (bytes >= need) return Ort::Status{nullptr};
   cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
-  if (auto s = statusOf(cudaStreamIsCapturing(stream, &capture), "cudaStreamIsCapturing"); !s.IsOK()) return s;
-  if (capture != cudaStreamCaptureStatusNone) return Ort::Status((std::string("chorus.Int4Linear: ") + what + " must grow inside a CUDA graph capture").c_str(), ORT_EP_FAIL);
+  if (auto s = statusOf(cudaStreamIsCapturing(stream, &capture), "cudaStreamIsCapturing", op); !s.IsOK()) return s;
+  if (capture != cudaStreamCaptureStatusNone) return Ort::Status((std::string(op) + ": " + what + " must grow inside a CUDA graph capture").c_str(), ORT_EP_FAIL);
   if (ptr != nullptr) {
-    if (auto s = statusOf(cudaStreamSynchronize(stream), "cudaStreamSynchronize"); !s.IsOK()) return s;
+    if (auto s = statusOf(cudaStreamSynchronize(stream), "cudaStreamSynchronize", op); !s.IsOK()) return s;
     cudaFree(ptr);
     ptr = nullptr;
     bytes = 0;
   }
-  if (auto s = statusOf(cudaMalloc(&ptr, need), (std::string("cudaMalloc (") + what + ")").c_str()); !s.IsOK()) return s;
+  if (auto s = statusOf(cudaMalloc(&ptr, need), (std::string("cudaMalloc (") + what + ")").c_str(), op); !s.IsOK()) return s;
   bytes = need;
   return Ort::Status{nullptr};
 }
@@ -239,16 +270,7 @@ struct Int4LinearKernel {
     return Ort::Status{nullptr};
   }
 
-  OrtStatusPtr ComputeV2(OrtKernelContext* context) {
-    try {
-      Ort::Status s = Compute(context);
-      return s.release();
-    } catch (const Ort::Exception& e) {
-      return Ort::Status(e.what(), e.GetOrtErrorCode()).release();
-    } catch (const std::exception& e) {
-      return Ort::Status(e.what(), ORT_FAIL).release();
-    }
-  }
+  OrtStatusPtr ComputeV2(OrtKernelContext* context) { return guarded([&] { return Compute(context); }); }
 
   // Split-K slices for N rows over K: none when N alone gives every multiprocessor a block (16 weight rows a warp,
   // kMmaWarps warps a block: the partial sums cost M N 8 bytes a slice), else about two blocks a multiprocessor,
@@ -440,14 +462,7 @@ struct Int4LinearKernel {
 
 struct Int4LinearOp : Ort::CustomOpBase<Int4LinearOp, Int4LinearKernel, true> {
   OrtStatusPtr CreateKernelV2(const OrtApi& /*api*/, const OrtKernelInfo* info, void** kernel) const {
-    auto* k = new Int4LinearKernel();
-    Ort::Status s = k->Init(info);
-    if (!s.IsOK()) {
-      delete k;
-      return s.release();
-    }
-    *kernel = k;
-    return nullptr;
+    return createKernel<Int4LinearKernel>(info, kernel);
   }
   const char* GetName() const { return "Int4Linear"; }
   const char* GetExecutionProviderType() const { return "CUDAExecutionProvider"; }
@@ -462,12 +477,147 @@ struct Int4LinearOp : Ort::CustomOpBase<Int4LinearOp, Int4LinearKernel, true> {
   ONNXTensorElementDataType GetOutputType(size_t /*index*/) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16; }
 };
 
+
+// ------------------------------------------------------------------------------------------------ chorus.DecodeAttention
+
+// chorus.DecodeAttention (experimental; native/probes/gqa-backends.ts --op chorus measures it against
+// GroupQueryAttention; no shard graph uses it yet): GroupQueryAttention's inputs, outputs and attributes for the
+// case the row cache's decode steps have (packed QKV, one query token a row, rotary inside, not interleaved, present
+// bound to past, head dim 128, no window or softcap), through decode_attention.cuh's three kernels. A present buffer
+// that is not the past buffer gets a copy of it first (correct, slow: the probe and the server bind them together).
+struct DecodeAttentionKernel {
+  int numHeads = 0, kvHeads = 0;
+  float scale = 0.f;
+  int sms = 0;
+
+  Ort::Status Init(const OrtKernelInfo* info) {
+    Ort::ConstKernelInfo ki(info);
+    numHeads = static_cast<int>(ki.GetAttribute<int64_t>("num_heads"));
+    kvHeads = static_cast<int>(ki.GetAttribute<int64_t>("kv_num_heads"));
+    const auto intOr = [&](const char* name, int64_t fallback) {
+      try {
+        return ki.GetAttribute<int64_t>(name);
+      } catch (const Ort::Exception&) {
+        return fallback;
+      }
+    };
+    const auto floatOr = [&](const char* name, float fallback) {
+      try {
+        return ki.GetAttribute<float>(name);
+      } catch (const Ort::Exception&) {
+        return fallback;
+      }
+    };
+    scale = floatOr("scale", 0.f);
+    if (scale == 0.f) scale = 1.f / std::sqrt(static_cast<float>(kAttnHeadDim));
+    if (intOr("do_rotary", 0) != 1 || intOr("rotary_interleaved", 0) != 0) return Ort::Status("chorus.DecodeAttention: needs do_rotary 1 and rotary_interleaved 0", ORT_INVALID_ARGUMENT);
+    if (intOr("local_window_size", -1) != -1 || floatOr("softcap", 0.f) != 0.f) return Ort::Status("chorus.DecodeAttention: no local window or softcap", ORT_INVALID_ARGUMENT);
+    if (kvHeads <= 0 || numHeads % kvHeads != 0 || (numHeads / kvHeads != 4 && numHeads / kvHeads != 8)) {
+      return Ort::Status("chorus.DecodeAttention: num_heads must be 4 or 8 times kv_num_heads", ORT_INVALID_ARGUMENT);
+    }
+    return Ort::Status{nullptr};
+  }
+
+  OrtStatusPtr ComputeV2(OrtKernelContext* context) { return guarded([&] { return Compute(context); }); }
+
+  Ort::Status Compute(OrtKernelContext* context) {
+    constexpr const char* op = "chorus.DecodeAttention";
+    Ort::KernelContext ctx(context);
+    Ort::ConstValue qkv = ctx.GetInput(0), pastKey = ctx.GetInput(3), pastValue = ctx.GetInput(4), seqlens = ctx.GetInput(5),
+                    total = ctx.GetInput(6), cosCache = ctx.GetInput(7), sinCache = ctx.GetInput(8);
+    const auto q = qkv.GetTensorTypeAndShapeInfo().GetShape();
+    const auto past = pastKey.GetTensorTypeAndShapeInfo().GetShape();
+    const int64_t D = kAttnHeadDim;
+    if (q.size() != 3 || q[1] != 1 || q[2] != (numHeads + 2 * kvHeads) * D) {
+      return Ort::Status("chorus.DecodeAttention: query must be packed QKV [B, 1, (num_heads + 2 kv_num_heads) 128]", ORT_INVALID_ARGUMENT);
+    }
+    if (past.size() != 4 || past[0] != q[0] || past[1] != kvHeads || past[3] != D) {
+      return Ort::Status("chorus.DecodeAttention: past_key must be [B, kv_num_heads, max_len, 128]", ORT_INVALID_ARGUMENT);
+    }
+    const int B = static_cast<int>(q[0]), presentLen = static_cast<int>(past[2]);
+    const std::vector<int64_t> outShape{q[0], 1, numHeads * D};
+    Ort::UnownedValue out = ctx.GetOutput(0, outShape.data(), outShape.size());
+    Ort::UnownedValue presentKey = ctx.GetOutput(1, past.data(), past.size());
+    Ort::UnownedValue presentValue = ctx.GetOutput(2, past.data(), past.size());
+    if (B == 0) return Ort::Status{nullptr};
+    cudaStream_t stream = static_cast<cudaStream_t>(ctx.GetGPUComputeStream());
+    half* pk = reinterpret_cast<half*>(presentKey.GetTensorMutableData<Ort::Float16_t>());
+    half* pv = reinterpret_cast<half*>(presentValue.GetTensorMutableData<Ort::Float16_t>());
+    const half* inK = reinterpret_cast<const half*>(pastKey.GetTensorData<Ort::Float16_t>());
+    const half* inV = reinterpret_cast<const half*>(pastValue.GetTensorData<Ort::Float16_t>());
+    const size_t cacheBytes = static_cast<size_t>(B) * kvHeads * presentLen * D * sizeof(half);
+    if (pk != inK) {
+      if (auto s = statusOf(cudaMemcpyAsync(pk, inK, cacheBytes, cudaMemcpyDeviceToDevice, stream), "copying past_key", op); !s.IsOK()) return s;
+    }
+    if (pv != inV) {
+      if (auto s = statusOf(cudaMemcpyAsync(pv, inV, cacheBytes, cudaMemcpyDeviceToDevice, stream), "copying past_value", op); !s.IsOK()) return s;
+    }
+    if (sms == 0) {
+      int device = 0;
+      if (auto s = statusOf(cudaGetDevice(&device), "cudaGetDevice", op); !s.IsOK()) return s;
+      if (auto s = statusOf(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device), "cudaDeviceGetAttribute", op); !s.IsOK()) return s;
+    }
+    // Splits: about two blocks a multiprocessor, at least 32 positions a split (total_sequence_length, on the host,
+    // is the longest row). A captured graph keeps the count it was captured with; the kernels divide each row's own
+    // length by it, so any count is correct.
+    const int longest = *total.GetTensorData<int32_t>();
+    const int blocks = B * kvHeads;
+    const int splits = std::max(1, std::min({kAttnMaxSplits, (2 * sms + blocks - 1) / blocks, (longest + 31) / 32}));
+    // Scratch: rotated queries (float16), then partial sums, maxima and sums (float32) for the most splits.
+    const size_t qBytes = static_cast<size_t>(B) * numHeads * D * sizeof(half);
+    const size_t partials = static_cast<size_t>(B) * numHeads * kAttnMaxSplits;
+    const size_t need = qBytes + partials * (D + 2) * sizeof(float);
+    if (auto s = growScratch(tls.attention, tls.attentionBytes, need, stream, "attention scratch", op); !s.IsOK()) return s;
+    half* qRot = static_cast<half*>(tls.attention);
+    float* partialOut = reinterpret_cast<float*>(static_cast<char*>(tls.attention) + qBytes);
+    float* partialMax = partialOut + partials * D;
+    float* partialSum = partialMax + partials;
+    const int* lengths = seqlens.GetTensorData<int32_t>();
+    decodeRotaryAppend<<<B, 256, 0, stream>>>(reinterpret_cast<const half*>(qkv.GetTensorData<Ort::Float16_t>()), lengths,
+                                              reinterpret_cast<const half*>(cosCache.GetTensorData<Ort::Float16_t>()),
+                                              reinterpret_cast<const half*>(sinCache.GetTensorData<Ort::Float16_t>()), pk, pv, qRot,
+                                              numHeads, kvHeads, presentLen);
+    if (auto s = statusOf(cudaGetLastError(), "rotary launch", op); !s.IsOK()) return s;
+    const dim3 grid(static_cast<unsigned>(splits), static_cast<unsigned>(kvHeads), static_cast<unsigned>(B));
+    if (numHeads / kvHeads == 4) {
+      decodeAttentionSplit<4><<<grid, 128, 0, stream>>>(qRot, pk, pv, lengths, partialOut, partialMax, partialSum, numHeads, kvHeads, presentLen, splits, scale);
+    } else {
+      decodeAttentionSplit<8><<<grid, 256, 0, stream>>>(qRot, pk, pv, lengths, partialOut, partialMax, partialSum, numHeads, kvHeads, presentLen, splits, scale);
+    }
+    if (auto s = statusOf(cudaGetLastError(), "attention launch", op); !s.IsOK()) return s;
+    decodeAttentionMerge<<<dim3(static_cast<unsigned>(numHeads), static_cast<unsigned>(B)), kAttnHeadDim, 0, stream>>>(
+        partialOut, partialMax, partialSum, reinterpret_cast<half*>(out.GetTensorMutableData<Ort::Float16_t>()), numHeads, splits);
+    return statusOf(cudaGetLastError(), "merge launch", op);
+  }
+};
+
+struct DecodeAttentionOp : Ort::CustomOpBase<DecodeAttentionOp, DecodeAttentionKernel, true> {
+  OrtStatusPtr CreateKernelV2(const OrtApi& /*api*/, const OrtKernelInfo* info, void** kernel) const {
+    return createKernel<DecodeAttentionKernel>(info, kernel);
+  }
+  const char* GetName() const { return "DecodeAttention"; }
+  const char* GetExecutionProviderType() const { return "CUDAExecutionProvider"; }
+  // GroupQueryAttention's first nine: query, key, value, past_key, past_value, seqlens_k, total_sequence_length,
+  // cos_cache, sin_cache.
+  size_t GetInputTypeCount() const { return 9; }
+  ONNXTensorElementDataType GetInputType(size_t index) const {
+    return index == 5 || index == 6 ? ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32 : ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16;
+  }
+  OrtCustomOpInputOutputCharacteristic GetInputCharacteristic(size_t index) const {
+    return index == 1 || index == 2 ? INPUT_OUTPUT_OPTIONAL : INPUT_OUTPUT_REQUIRED;
+  }
+  // total_sequence_length stays on the host, as GroupQueryAttention takes it.
+  OrtMemType GetInputMemoryType(size_t index) const { return index == 6 ? OrtMemTypeCPUInput : OrtMemTypeDefault; }
+  size_t GetOutputTypeCount() const { return 3; }
+  ONNXTensorElementDataType GetOutputType(size_t /*index*/) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16; }
+};
 }  // namespace
 
 extern "C" __attribute__((visibility("default"))) OrtStatus* ORT_API_CALL RegisterCustomOps(OrtSessionOptions* options, const OrtApiBase* api) {
   // The headers are C API 21 (Debian's libonnxruntime-dev); the runtime (1.29) serves every older version.
   Ort::InitApi(api->GetApi(ORT_API_VERSION));
   static Int4LinearOp int4Linear;
+  static DecodeAttentionOp decodeAttention;
   static Ort::CustomOpDomain* domain = nullptr;
   static std::mutex mutex;
   std::lock_guard<std::mutex> lock(mutex);
@@ -475,6 +625,7 @@ extern "C" __attribute__((visibility("default"))) OrtStatus* ORT_API_CALL Regist
     if (domain == nullptr) {
       domain = new Ort::CustomOpDomain("chorus");
       domain->Add(&int4Linear);
+      domain->Add(&decodeAttention);
     }
     Ort::UnownedSessionOptions(options).Add(*domain);
   } catch (const Ort::Exception& e) {

@@ -6,6 +6,7 @@
  *
  *   node native/probes/gqa-backends.ts                          # flash decoding (the default)
  *   ORT_ENABLE_XQA=1 node native/probes/gqa-backends.ts         # TensorRT-LLM's XQA decode kernel
+ *   node native/probes/gqa-backends.ts --op chorus              # chorus.DecodeAttention (npm run build:cuda-ops)
  *
  * `--layers` GQA nodes (default 8) run in one session (their own KV buffers, one input), so launch and host overheads
  * are spread over them; the rate is KV bytes read (keys and values of every cached position) over the time per node.
@@ -15,20 +16,24 @@
  */
 import * as fs from "node:fs"
 import { parseFlags } from "../../src/cli/Args.ts"
+import { cudaOpsLibraryPath } from "../../src/core/native/CudaOps.ts"
 import { type DeviceTensor, type HostTensor, NativeOrt } from "../../src/core/native/NativeOrt.ts"
 import { encodeModel } from "../../src/onnx/OnnxWriter.ts"
 
 const flags = parseFlags("gqa-backends", process.argv.slice(2), {
   layers: { kind: "integer", description: "GQA nodes in the session (default 8)" },
-  graph: { kind: "boolean", description: "replay each shape from a CUDA graph (enable_cuda_graph)" }
+  graph: { kind: "boolean", description: "replay each shape from a CUDA graph (enable_cuda_graph)" },
+  op: { kind: "string", description: "gqa (GroupQueryAttention, default) or chorus (chorus.DecodeAttention, same inputs)" }
 })
+const chorusOp = flags.op === "chorus"
+if (flags.op !== undefined && flags.op !== "gqa" && !chorusOp) throw new Error(`--op must be gqa or chorus, got ${flags.op}`)
 const nh = 32, kvh = 8, hd = 128, slot = 4096, LAYERS = flags.layers ?? 8, graph = flags.graph === true
-const file = `/tmp/gqa-backends-8b-${LAYERS}.onnx`
+const file = `/tmp/gqa-backends-8b-${LAYERS}${chorusOp ? "-chorus" : ""}.onnx`
 const layers = Array.from({ length: LAYERS }, (_, i) => i)
 fs.writeFileSync(file, encodeModel({
-  name: "gqa", opsets: { "": 17, "com.microsoft": 1 }, external: [], inline: [],
+  name: "gqa", opsets: { "": 17, "com.microsoft": 1, ...(chorusOp ? { chorus: 1 } : {}) }, external: [], inline: [],
   nodes: layers.map((i) => ({
-    op: "GroupQueryAttention", domain: "com.microsoft", name: `gqa${i}`,
+    op: chorusOp ? "DecodeAttention" : "GroupQueryAttention", domain: chorusOp ? "chorus" : "com.microsoft", name: `gqa${i}`,
     inputs: ["qkv", "", "", `pk${i}`, `pv${i}`, "seqlens_k", "total", "cos", "sin"], outputs: [`o${i}`, `prk${i}`, `prv${i}`],
     attributes: { num_heads: nh, kv_num_heads: kvh, do_rotary: 1, rotary_interleaved: 0, scale: { float: 1 / Math.sqrt(hd) } }
   })),
@@ -47,10 +52,12 @@ fs.writeFileSync(file, encodeModel({
     { name: `prv${i}`, type: "float16" as const, dims: ["B", kvh, "T", hd] }
   ])
 }))
-const backend = process.env.ORT_ENABLE_XQA === "1" ? "XQA" : process.env.ORT_DISABLE_FLASH_DECODE === "1" ? "flash (no flash decode)" : "flash decoding"
+const backend = chorusOp ? "chorus.DecodeAttention"
+  : process.env.ORT_ENABLE_XQA === "1" ? "XQA" : process.env.ORT_DISABLE_FLASH_DECODE === "1" ? "flash (no flash decode)" : "flash decoding"
 const s = NativeOrt.load().createSession(file, {
   provider: "cuda",
-  cuda: { arena_extend_strategy: "kSameAsRequested", ...(graph ? { enable_cuda_graph: "1" } : {}) }
+  cuda: { arena_extend_strategy: "kSameAsRequested", ...(graph ? { enable_cuda_graph: "1" } : {}) },
+  ...(chorusOp ? { customOpsLibrary: cudaOpsLibraryPath() } : {})
 })
 let graphId = 0
 const cos = s.allocate("float16", [slot, hd / 2])

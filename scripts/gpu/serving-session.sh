@@ -27,6 +27,8 @@
 #                                                          # variants; C_SKIP_TEST=1: no device test)
 #   PHASE=N OUT=$OUT bash scripts/gpu/serving-session.sh   # where chorus.Int4Linear's time goes: its kernel times by
 #                                                          # shape (CHORUS_INT4_TIMING), then ncu where the host has it
+#   PHASE=A OUT=$OUT bash scripts/gpu/serving-session.sh   # chorus.DecodeAttention: equal to GroupQueryAttention,
+#                                                          # and its time a layer against XQA's (32 layers, CUDA graph)
 #   PHASE=W OUT=$OUT bash scripts/gpu/serving-session.sh   # chorus.Int4Linear at one row: the probe (W_PROBE), warp
 #                                                          # stalls and instruction mix by ncu (W_NCU), the SASS
 #   PHASE=K OUT=$OUT bash scripts/gpu/serving-session.sh   # kernel times: XQA decode attention at 8 / 32 layers and
@@ -47,7 +49,7 @@ FINAL_OUT="$OUT"
 OUT="${RES:-/tmp/chorus-results-$PHASE}"
 rm -rf "$OUT"
 trap 'tar czf "$FINAL_OUT/$PHASE.tgz" -C "$OUT" . 2>/dev/null; cp -f "$OUT/log-$PHASE" "$FINAL_OUT/" 2>/dev/null' EXIT
-: "${PHASE:?PHASE must be S, Q1, Q2, Q3, V, F, X, I, M, K, C, N or W}"
+: "${PHASE:?PHASE must be S, Q1, Q2, Q3, V, F, X, I, M, K, C, N, W or A}"
 source "$(dirname "${BASH_SOURCE[0]}")/phase-env.sh"
 CKPT="$BENCH_DIR/llama3-8b-random"
 mkdir -p "$OUT" "$BENCH_DIR"
@@ -276,6 +278,18 @@ if [[ "$PHASE" == N ]]; then
   rm -rf /tmp/mlp-fusion
   exit 0
 fi
+if [[ "$PHASE" == A ]]; then
+  # chorus.DecodeAttention (native/cuda/decode_attention.cuh): equal to GroupQueryAttention (the check), then its time
+  # a layer against XQA's, 32 layers replayed from a CUDA graph as the server's decode steps run them.
+  cuda_ops_setup
+  say "chorus.DecodeAttention against GroupQueryAttention"
+  timeout 120 "$NODE" native/probes/decode-attention-check.ts 2>&1 | tee "$OUT/decode-attention-check.txt"; say "check exit ${PIPESTATUS[0]}"
+  for op in "--op chorus" ""; do
+    say "GQA probe ${op:-XQA}, 32 layers, CUDA graph"
+    ORT_ENABLE_XQA=1 timeout 120 "$NODE" native/probes/gqa-backends.ts --layers 32 --graph $op 2>&1 | grep -v "^$" | tee -a "$OUT/decode-attention-time.txt"
+  done
+  exit 0
+fi
 if [[ "$PHASE" == W ]]; then
   # Why chorus.Int4Linear is slow at one row: the probe over W_PROBE, then warp-stall reasons and instruction counts
   # (ncu raw metrics) of one kernel per variant at M 1, and the SASS of the one-row kernels where cuobjdump is found.
@@ -311,5 +325,5 @@ if [[ "$PHASE" == V ]]; then
   say "sweep exit $?"; grep -m2 -E "illegal|disabled" "$OUT/server/server.log" | cut -c1-250
   exit 0
 fi
-echo "PHASE must be S, Q1, Q2, Q3, V, F, X, I, M, K, C, N or W" >&2
+echo "PHASE must be S, Q1, Q2, Q3, V, F, X, I, M, K, C, N, W or A" >&2
 exit 2

@@ -1,0 +1,101 @@
+/**
+ * chorus.DecodeAttention against GroupQueryAttention on the same inputs (npm run build:cuda-ops first; a CUDA host):
+ * one session with both ops in Llama 3 8B's shape (32 heads, 8 KV heads, head dim 128, packed QKV, rotary inside,
+ * share-buffer KV rows), each on its own copy of the same random caches, one query token a row. Prints, per rows x
+ * cached tokens, the largest difference of the attention outputs relative to GroupQueryAttention's largest value, and
+ * of the appended key and value rows; exits 1 past float16's bound (2e-2).
+ *
+ *   node native/probes/decode-attention-check.ts
+ */
+import { cudaOpsLibraryPath } from "../../src/core/native/CudaOps.ts"
+import { NativeOrt } from "../../src/core/native/NativeOrt.ts"
+import { encodeModel } from "../../src/onnx/OnnxWriter.ts"
+import * as fs from "node:fs"
+
+const nh = 32, kvh = 8, hd = 128, slot = 4096
+const file = "/tmp/decode-attention-check.onnx"
+const attention = (op: "GroupQueryAttention" | "DecodeAttention", tag: string) => ({
+  op, domain: op === "DecodeAttention" ? "chorus" : "com.microsoft", name: tag,
+  inputs: ["qkv", "", "", `pk_${tag}`, `pv_${tag}`, "seqlens_k", "total", "cos", "sin"], outputs: [`o_${tag}`, `prk_${tag}`, `prv_${tag}`],
+  attributes: { num_heads: nh, kv_num_heads: kvh, do_rotary: 1, rotary_interleaved: 0, scale: { float: 1 / Math.sqrt(hd) } }
+})
+fs.writeFileSync(file, encodeModel({
+  name: "decode-attention-check", opsets: { "": 17, "com.microsoft": 1, chorus: 1 }, external: [], inline: [],
+  nodes: [attention("GroupQueryAttention", "gqa"), attention("DecodeAttention", "chorus")],
+  inputs: [
+    { name: "qkv", type: "float16", dims: ["B", "S", (nh + 2 * kvh) * hd] },
+    ...["gqa", "chorus"].flatMap((t) => [
+      { name: `pk_${t}`, type: "float16" as const, dims: ["B", kvh, "P", hd] },
+      { name: `pv_${t}`, type: "float16" as const, dims: ["B", kvh, "P", hd] }
+    ]),
+    { name: "seqlens_k", type: "int32", dims: ["B"] }, { name: "total", type: "int32", dims: [] },
+    { name: "cos", type: "float16", dims: [slot, hd / 2] }, { name: "sin", type: "float16", dims: [slot, hd / 2] }
+  ],
+  outputs: ["gqa", "chorus"].flatMap((t) => [
+    { name: `o_${t}`, type: "float16" as const, dims: ["B", "S", nh * hd] },
+    { name: `prk_${t}`, type: "float16" as const, dims: ["B", kvh, "T", hd] },
+    { name: `prv_${t}`, type: "float16" as const, dims: ["B", kvh, "T", hd] }
+  ])
+}))
+const s = NativeOrt.load().createSession(file, { provider: "cuda", cuda: { arena_extend_strategy: "kSameAsRequested" }, customOpsLibrary: cudaOpsLibraryPath() })
+
+let seed = 7
+const random = () => {
+  seed = (seed * 1103515245 + 12345) >>> 0
+  return seed / 2 ** 32
+}
+const halves = (n: number, f: (i: number) => number): Uint16Array => {
+  const a = new Float16Array(n)
+  for (let i = 0; i < n; i++) a[i] = f(i)
+  return new Uint16Array(a.buffer)
+}
+const floats = (u: Uint16Array): Float16Array => new Float16Array(u.buffer, u.byteOffset, u.length)
+
+// Llama 3's rotary table (theta 500,000) for positions 0 .. slot - 1.
+const cos = s.allocate("float16", [slot, hd / 2])
+const sin = s.allocate("float16", [slot, hd / 2])
+const angle = (i: number) => Math.floor(i / (hd / 2)) * 500_000 ** (-(2 * (i % (hd / 2))) / hd)
+cos.upload(halves(slot * hd / 2, (i) => Math.cos(angle(i))))
+sin.upload(halves(slot * hd / 2, (i) => Math.sin(angle(i))))
+
+let worst = 0
+for (const B of [1, 4, 16]) {
+  for (const past of [0, 31, 1023, 4000]) {
+    const cacheSize = B * kvh * slot * hd
+    const cache = halves(cacheSize, () => random() * 2 - 1)
+    const values = halves(cacheSize, () => random() * 2 - 1)
+    const pk = { gqa: s.allocate("float16", [B, kvh, slot, hd]), chorus: s.allocate("float16", [B, kvh, slot, hd]) }
+    const pv = { gqa: s.allocate("float16", [B, kvh, slot, hd]), chorus: s.allocate("float16", [B, kvh, slot, hd]) }
+    for (const t of ["gqa", "chorus"] as const) {
+      pk[t].upload(cache)
+      pv[t].upload(values)
+    }
+    const qkv = s.allocate("float16", [B, 1, (nh + 2 * kvh) * hd])
+    qkv.upload(halves(B * (nh + 2 * kvh) * hd, () => random() * 2 - 1))
+    // Rows of different lengths: row r has past - r cached tokens (at least 0).
+    const lengths = Int32Array.from({ length: B }, (_, r) => Math.max(0, past - r))
+    const seqlens = s.allocate("int32", [B])
+    seqlens.upload(lengths)
+    const out = { gqa: s.allocate("float16", [B, 1, nh * hd]), chorus: s.allocate("float16", [B, 1, nh * hd]) }
+    s.run(
+      { qkv, seqlens_k: seqlens, total: { data: Int32Array.of(Math.max(...lengths) + 1), dims: [] }, cos, sin, pk_gqa: pk.gqa, pv_gqa: pv.gqa, pk_chorus: pk.chorus, pv_chorus: pv.chorus },
+      { o_gqa: out.gqa, o_chorus: out.chorus, prk_gqa: pk.gqa, prv_gqa: pv.gqa, prk_chorus: pk.chorus, prv_chorus: pv.chorus }
+    )
+    const relative = (a: Float16Array, b: Float16Array) => {
+      let diff = 0, scale = 0
+      for (let i = 0; i < a.length; i++) {
+        diff = Math.max(diff, Math.abs(a[i]! - b[i]!))
+        scale = Math.max(scale, Math.abs(a[i]!))
+      }
+      return Number.isFinite(diff) ? diff / Math.max(scale, 1e-6) : Number.POSITIVE_INFINITY
+    }
+    const o = relative(floats(out.gqa.download()), floats(out.chorus.download()))
+    const k = relative(floats(pk.gqa.download()), floats(pk.chorus.download()))
+    const v = relative(floats(pv.gqa.download()), floats(pv.chorus.download()))
+    worst = Math.max(worst, o, k, v)
+    console.log(`B=${String(B).padStart(2)} cached=${String(past + 1).padStart(4)}: output ${o.toExponential(2)}, keys ${k.toExponential(2)}, values ${v.toExponential(2)} (relative to GQA's largest)`)
+    for (const t of [pk.gqa, pk.chorus, pv.gqa, pv.chorus, qkv, seqlens, out.gqa, out.chorus]) t.release()
+  }
+}
+console.log(worst <= 2e-2 ? `chorus.DecodeAttention equals GroupQueryAttention within float16 (worst ${worst.toExponential(2)})` : `MISMATCH: worst ${worst.toExponential(2)} > 2e-2`)
+process.exit(worst <= 2e-2 ? 0 : 1)
