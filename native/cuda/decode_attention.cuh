@@ -30,6 +30,7 @@ __global__ void decodeRotaryAppend(const half* __restrict__ qkv, const int* __re
   constexpr int D = kAttnHeadDim, H = D / 2;
   const int b = blockIdx.x;
   const int p = seqlensK[b];
+  if (p < 0 || p >= presentLen) return;  // a position past the cache is never written (the split kernel clamps too)
   const half* row = qkv + static_cast<size_t>(b) * (numHeads + 2 * kvHeads) * D;
   // Rotary as GroupQueryAttention applies it with rotary_interleaved 0: dims i and i + D/2 rotate together.
   for (int idx = threadIdx.x; idx < (numHeads + kvHeads) * H; idx += blockDim.x) {
@@ -70,7 +71,7 @@ __global__ void __launch_bounds__(32 * kGroup) decodeAttentionSplit(
   const int split = blockIdx.x, kh = blockIdx.y, b = blockIdx.z;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int h = kh * kGroup + warp;
-  const int L = seqlensK[b] + 1;  // the cached positions, the new token's included
+  const int L = min(seqlensK[b] + 1, presentLen);  // the cached positions, the new token's included
   const int per = (L + splits - 1) / splits;
   const int s0 = min(L, split * per), s1 = min(L, s0 + per);
   __shared__ float qs[kGroup][D];
