@@ -57,8 +57,10 @@ struct ThreadScratch {
   size_t weightsBytes = 0;
   void* partial = nullptr;  // split-K partial sums of the tensor-core path, float32
   size_t partialBytes = 0;
-  void* attention = nullptr;  // chorus.DecodeAttention's rotated queries and split partials
+  void* attention = nullptr;  // chorus.DecodeAttention's rotated queries and split partials, decode steps
   size_t attentionBytes = 0;
+  void* attentionPrompt = nullptr;  // the same for prompt chunks
+  size_t attentionPromptBytes = 0;
 };
 thread_local ThreadScratch tls;
 
@@ -480,11 +482,13 @@ struct Int4LinearOp : Ort::CustomOpBase<Int4LinearOp, Int4LinearKernel, true> {
 
 // ------------------------------------------------------------------------------------------------ chorus.DecodeAttention
 
-// chorus.DecodeAttention (experimental; native/probes/gqa-backends.ts --op chorus measures it against
-// GroupQueryAttention; no shard graph uses it yet): GroupQueryAttention's inputs, outputs and attributes for the
-// case the row cache's decode steps have (packed QKV, one query token a row, rotary inside, not interleaved, present
-// bound to past, head dim 128, no window or softcap), through decode_attention.cuh's three kernels. A present buffer
-// that is not the past buffer gets a copy of it first (correct, slow: the probe and the server bind them together).
+// chorus.DecodeAttention (experimental; native/probes/decode-attention-check.ts checks it against GroupQueryAttention,
+// gqa-backends.ts --op chorus times it; `--decode-attention chorus` renames a shard's GroupQueryAttention nodes to it):
+// GroupQueryAttention's inputs, outputs and
+// attributes for the row cache's graphs (packed QKV, rotary inside, not interleaved, present bound to past, head dim
+// 16, 64 or 128, 2, 3, 4 or 8 query heads a KV head, no window or softcap), through decode_attention.cuh's three kernels: fast for decode steps (one token a row),
+// correct for prompt chunks. A present buffer that is not the past buffer gets a copy of it first (correct, slow:
+// the probe and the server bind them together).
 struct DecodeAttentionKernel {
   int numHeads = 0, kvHeads = 0;
   float scale = 0.f;
@@ -508,12 +512,12 @@ struct DecodeAttentionKernel {
         return fallback;
       }
     };
-    scale = floatOr("scale", 0.f);
-    if (scale == 0.f) scale = 1.f / std::sqrt(static_cast<float>(kAttnHeadDim));
+    scale = floatOr("scale", 0.f);  // 0: 1 / sqrt(head dim), set when the head dim is known
     if (intOr("do_rotary", 0) != 1 || intOr("rotary_interleaved", 0) != 0) return Ort::Status("chorus.DecodeAttention: needs do_rotary 1 and rotary_interleaved 0", ORT_INVALID_ARGUMENT);
     if (intOr("local_window_size", -1) != -1 || floatOr("softcap", 0.f) != 0.f) return Ort::Status("chorus.DecodeAttention: no local window or softcap", ORT_INVALID_ARGUMENT);
-    if (kvHeads <= 0 || numHeads % kvHeads != 0 || (numHeads / kvHeads != 4 && numHeads / kvHeads != 8)) {
-      return Ort::Status("chorus.DecodeAttention: num_heads must be 4 or 8 times kv_num_heads", ORT_INVALID_ARGUMENT);
+    const int group = kvHeads <= 0 || numHeads % kvHeads != 0 ? 0 : numHeads / kvHeads;
+    if (group != 2 && group != 3 && group != 4 && group != 8) {
+      return Ort::Status("chorus.DecodeAttention: num_heads must be 2, 3, 4 or 8 times kv_num_heads", ORT_INVALID_ARGUMENT);
     }
     return Ort::Status{nullptr};
   }
@@ -527,19 +531,20 @@ struct DecodeAttentionKernel {
                     total = ctx.GetInput(6), cosCache = ctx.GetInput(7), sinCache = ctx.GetInput(8);
     const auto q = qkv.GetTensorTypeAndShapeInfo().GetShape();
     const auto past = pastKey.GetTensorTypeAndShapeInfo().GetShape();
-    const int64_t D = kAttnHeadDim;
-    if (q.size() != 3 || q[1] != 1 || q[2] != (numHeads + 2 * kvHeads) * D) {
-      return Ort::Status("chorus.DecodeAttention: query must be packed QKV [B, 1, (num_heads + 2 kv_num_heads) 128]", ORT_INVALID_ARGUMENT);
+    if (past.size() != 4 || past[0] != (q.empty() ? -1 : q[0]) || past[1] != kvHeads || (past[3] != 16 && past[3] != 64 && past[3] != 128)) {
+      return Ort::Status("chorus.DecodeAttention: past_key must be [B, kv_num_heads, max_len, head dim 16, 64 or 128]", ORT_INVALID_ARGUMENT);
     }
-    if (past.size() != 4 || past[0] != q[0] || past[1] != kvHeads || past[3] != D) {
-      return Ort::Status("chorus.DecodeAttention: past_key must be [B, kv_num_heads, max_len, 128]", ORT_INVALID_ARGUMENT);
+    const int64_t D = past[3];
+    if (q.size() != 3 || q[2] != (numHeads + 2 * kvHeads) * D) {
+      return Ort::Status("chorus.DecodeAttention: query must be packed QKV [B, S, (num_heads + 2 kv_num_heads) head dim]", ORT_INVALID_ARGUMENT);
     }
-    const int B = static_cast<int>(q[0]), presentLen = static_cast<int>(past[2]);
-    const std::vector<int64_t> outShape{q[0], 1, numHeads * D};
+    const float softmaxScale = scale != 0.f ? scale : 1.f / std::sqrt(static_cast<float>(D));
+    const int B = static_cast<int>(q[0]), S = static_cast<int>(q[1]), presentLen = static_cast<int>(past[2]);
+    const std::vector<int64_t> outShape{q[0], q[1], numHeads * D};
     Ort::UnownedValue out = ctx.GetOutput(0, outShape.data(), outShape.size());
     Ort::UnownedValue presentKey = ctx.GetOutput(1, past.data(), past.size());
     Ort::UnownedValue presentValue = ctx.GetOutput(2, past.data(), past.size());
-    if (B == 0) return Ort::Status{nullptr};
+    if (B == 0 || S == 0) return Ort::Status{nullptr};
     cudaStream_t stream = static_cast<cudaStream_t>(ctx.GetGPUComputeStream());
     half* pk = reinterpret_cast<half*>(presentKey.GetTensorMutableData<Ort::Float16_t>());
     half* pv = reinterpret_cast<half*>(presentValue.GetTensorMutableData<Ort::Float16_t>());
@@ -558,35 +563,65 @@ struct DecodeAttentionKernel {
       if (auto s = statusOf(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device), "cudaDeviceGetAttribute", op); !s.IsOK()) return s;
     }
     // Splits: about two blocks a multiprocessor, at least 32 positions a split (total_sequence_length, on the host,
-    // is the longest row). A captured graph keeps the count it was captured with; the kernels divide each row's own
+    // is the longest row). A captured graph keeps the count it was captured with; the kernels divide each token's own
     // length by it, so any count is correct.
     const int longest = *total.GetTensorData<int32_t>();
-    const int blocks = B * kvHeads;
+    const bool firstPrompt = longest == S;
+    const int tokens = B * S;
+    if (tokens > 65535) return Ort::Status("chorus.DecodeAttention: at most 65,535 query tokens a call", ORT_INVALID_ARGUMENT);
+    const int blocks = tokens * kvHeads;
     const int splits = std::max(1, std::min({kAttnMaxSplits, (2 * sms + blocks - 1) / blocks, (longest + 31) / 32}));
-    // Scratch: rotated queries (float16), then partial sums, maxima and sums (float32) for the most splits.
-    const size_t qBytes = static_cast<size_t>(B) * numHeads * D * sizeof(half);
-    const size_t partials = static_cast<size_t>(B) * numHeads * kAttnMaxSplits;
-    const size_t need = qBytes + partials * (D + 2) * sizeof(float);
-    if (auto s = growScratch(tls.attention, tls.attentionBytes, need, stream, "attention scratch", op); !s.IsOK()) return s;
-    half* qRot = static_cast<half*>(tls.attention);
-    float* partialOut = reinterpret_cast<float*>(static_cast<char*>(tls.attention) + qBytes);
+    // Scratch: rotated queries (float16), then partial sums, maxima and sums (float32). Decode steps (captured in CUDA
+    // graphs) share one buffer sized once for up to kDecodeRows rows, which no later call grows (a captured graph
+    // keeps its address); prompt chunks, never captured, use their own, grown as needed.
+    const size_t qBytes = static_cast<size_t>(tokens) * numHeads * D * sizeof(half);
+    const size_t partials = static_cast<size_t>(tokens) * numHeads * splits;
+    size_t need = qBytes + partials * (D + 2) * sizeof(float);
+    const bool decode = S == 1;
+    if (decode) {
+      // B splits <= B + 2 sms / kvHeads + 1 by the rule above.
+      constexpr int kDecodeRows = 1024;
+      if (B > kDecodeRows) return Ort::Status("chorus.DecodeAttention: at most 1024 rows a decode step", ORT_INVALID_ARGUMENT);
+      const size_t capacity = static_cast<size_t>(kDecodeRows) * numHeads * D * sizeof(half) +
+                              static_cast<size_t>(kDecodeRows + 2 * sms / kvHeads + 1) * numHeads * (D + 2) * sizeof(float);
+      need = std::max(need, capacity);
+    }
+    void*& buffer = decode ? tls.attention : tls.attentionPrompt;
+    size_t& bufferBytes = decode ? tls.attentionBytes : tls.attentionPromptBytes;
+    if (auto s = growScratch(buffer, bufferBytes, need, stream, "attention scratch", op); !s.IsOK()) return s;
+    half* qRot = static_cast<half*>(buffer);
+    float* partialOut = reinterpret_cast<float*>(static_cast<char*>(buffer) + qBytes);
     float* partialMax = partialOut + partials * D;
     float* partialSum = partialMax + partials;
     const int* lengths = seqlens.GetTensorData<int32_t>();
-    decodeRotaryAppend<<<B, 256, 0, stream>>>(reinterpret_cast<const half*>(qkv.GetTensorData<Ort::Float16_t>()), lengths,
-                                              reinterpret_cast<const half*>(cosCache.GetTensorData<Ort::Float16_t>()),
-                                              reinterpret_cast<const half*>(sinCache.GetTensorData<Ort::Float16_t>()), pk, pv, qRot,
-                                              numHeads, kvHeads, presentLen);
+    decodeRotaryAppend<<<dim3(static_cast<unsigned>(S), static_cast<unsigned>(B)), 256, 0, stream>>>(
+        reinterpret_cast<const half*>(qkv.GetTensorData<Ort::Float16_t>()), lengths, reinterpret_cast<const half*>(cosCache.GetTensorData<Ort::Float16_t>()),
+        reinterpret_cast<const half*>(sinCache.GetTensorData<Ort::Float16_t>()), pk, pv, qRot, numHeads, kvHeads, presentLen, S, firstPrompt,
+        static_cast<int>(D));
     if (auto s = statusOf(cudaGetLastError(), "rotary launch", op); !s.IsOK()) return s;
-    const dim3 grid(static_cast<unsigned>(splits), static_cast<unsigned>(kvHeads), static_cast<unsigned>(B));
-    if (numHeads / kvHeads == 4) {
-      decodeAttentionSplit<4><<<grid, 128, 0, stream>>>(qRot, pk, pv, lengths, partialOut, partialMax, partialSum, numHeads, kvHeads, presentLen, splits, scale);
+    const dim3 grid(static_cast<unsigned>(splits), static_cast<unsigned>(kvHeads), static_cast<unsigned>(tokens));
+    const auto split = [&](auto kernel, int group) {
+      kernel<<<grid, 32 * group, 0, stream>>>(qRot, pk, pv, lengths, partialOut, partialMax, partialSum, numHeads, kvHeads, presentLen, splits,
+                                              softmaxScale, S, firstPrompt);
+    };
+#define CHORUS_SPLIT(DIM)                                                 \
+  switch (numHeads / kvHeads) {                                           \
+    case 2: split(decodeAttentionSplit<DIM, 2>, 2); break;                \
+    case 3: split(decodeAttentionSplit<DIM, 3>, 3); break;                \
+    case 4: split(decodeAttentionSplit<DIM, 4>, 4); break;                \
+    default: split(decodeAttentionSplit<DIM, 8>, 8); break;               \
+  }
+    if (D == 128) {
+      CHORUS_SPLIT(128)
+    } else if (D == 64) {
+      CHORUS_SPLIT(64)
     } else {
-      decodeAttentionSplit<8><<<grid, 256, 0, stream>>>(qRot, pk, pv, lengths, partialOut, partialMax, partialSum, numHeads, kvHeads, presentLen, splits, scale);
+      CHORUS_SPLIT(16)
     }
+#undef CHORUS_SPLIT
     if (auto s = statusOf(cudaGetLastError(), "attention launch", op); !s.IsOK()) return s;
-    decodeAttentionMerge<<<dim3(static_cast<unsigned>(numHeads), static_cast<unsigned>(B)), kAttnHeadDim, 0, stream>>>(
-        partialOut, partialMax, partialSum, reinterpret_cast<half*>(out.GetTensorMutableData<Ort::Float16_t>()), numHeads, splits);
+    decodeAttentionMerge<<<dim3(static_cast<unsigned>(numHeads), static_cast<unsigned>(tokens)), static_cast<unsigned>(D), 0, stream>>>(
+        partialOut, partialMax, partialSum, reinterpret_cast<half*>(out.GetTensorMutableData<Ort::Float16_t>()), numHeads, splits, static_cast<int>(D));
     return statusOf(cudaGetLastError(), "merge launch", op);
   }
 };

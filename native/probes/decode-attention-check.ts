@@ -1,9 +1,10 @@
 /**
  * chorus.DecodeAttention against GroupQueryAttention on the same inputs (npm run build:cuda-ops first; a CUDA host):
  * one session with both ops in Llama 3 8B's shape (32 heads, 8 KV heads, head dim 128, packed QKV, rotary inside,
- * share-buffer KV rows), each on its own copy of the same random caches, one query token a row. Prints, per rows x
- * cached tokens, the largest difference of the attention outputs relative to GroupQueryAttention's largest value, and
- * of the appended key and value rows; exits 1 past float16's bound (2e-2).
+ * share-buffer KV rows), each on its own copy of the same random caches: decode steps (one query token a row, rows of
+ * different lengths) and prompt chunks. Prints, per case, the largest difference of the attention outputs relative
+ * to GroupQueryAttention's largest value, and of the caches after the new keys and values are written; exits 1 past
+ * float16's bound (2e-2).
  *
  *   node native/probes/decode-attention-check.ts
  */
@@ -58,44 +59,59 @@ const angle = (i: number) => Math.floor(i / (hd / 2)) * 500_000 ** (-(2 * (i % (
 cos.upload(halves(slot * hd / 2, (i) => Math.cos(angle(i))))
 sin.upload(halves(slot * hd / 2, (i) => Math.sin(angle(i))))
 
+// Decode steps (one token a row; rows of different lengths), then prompt chunks: a later chunk of one row (S tokens
+// ending at its last position) and a first prompt of two rows padded to S (positions from 0; padding not compared).
+interface Case { readonly B: number; readonly S: number; readonly last: ReadonlyArray<number>; readonly first: boolean }
+const cases: Array<Case> = [
+  ...[1, 4, 16].flatMap((B) => [0, 31, 1023, 4000].map((past) => ({ B, S: 1, last: Array.from({ length: B }, (_, r) => Math.max(0, past - r)), first: false }))),
+  { B: 1, S: 64, last: [1063], first: false },
+  { B: 1, S: 256, last: [255], first: true },
+  { B: 2, S: 64, last: [63, 39], first: true }
+]
 let worst = 0
-for (const B of [1, 4, 16]) {
-  for (const past of [0, 31, 1023, 4000]) {
-    const cacheSize = B * kvh * slot * hd
-    const cache = halves(cacheSize, () => random() * 2 - 1)
-    const values = halves(cacheSize, () => random() * 2 - 1)
-    const pk = { gqa: s.allocate("float16", [B, kvh, slot, hd]), chorus: s.allocate("float16", [B, kvh, slot, hd]) }
-    const pv = { gqa: s.allocate("float16", [B, kvh, slot, hd]), chorus: s.allocate("float16", [B, kvh, slot, hd]) }
-    for (const t of ["gqa", "chorus"] as const) {
-      pk[t].upload(cache)
-      pv[t].upload(values)
-    }
-    const qkv = s.allocate("float16", [B, 1, (nh + 2 * kvh) * hd])
-    qkv.upload(halves(B * (nh + 2 * kvh) * hd, () => random() * 2 - 1))
-    // Rows of different lengths: row r has past - r cached tokens (at least 0).
-    const lengths = Int32Array.from({ length: B }, (_, r) => Math.max(0, past - r))
-    const seqlens = s.allocate("int32", [B])
-    seqlens.upload(lengths)
-    const out = { gqa: s.allocate("float16", [B, 1, nh * hd]), chorus: s.allocate("float16", [B, 1, nh * hd]) }
-    s.run(
-      { qkv, seqlens_k: seqlens, total: { data: Int32Array.of(Math.max(...lengths) + 1), dims: [] }, cos, sin, pk_gqa: pk.gqa, pv_gqa: pv.gqa, pk_chorus: pk.chorus, pv_chorus: pv.chorus },
-      { o_gqa: out.gqa, o_chorus: out.chorus, prk_gqa: pk.gqa, prv_gqa: pv.gqa, prk_chorus: pk.chorus, prv_chorus: pv.chorus }
-    )
-    const relative = (a: Float16Array, b: Float16Array) => {
-      let diff = 0, scale = 0
-      for (let i = 0; i < a.length; i++) {
-        diff = Math.max(diff, Math.abs(a[i]! - b[i]!))
-        scale = Math.max(scale, Math.abs(a[i]!))
-      }
-      return Number.isFinite(diff) ? diff / Math.max(scale, 1e-6) : Number.POSITIVE_INFINITY
-    }
-    const o = relative(floats(out.gqa.download()), floats(out.chorus.download()))
-    const k = relative(floats(pk.gqa.download()), floats(pk.chorus.download()))
-    const v = relative(floats(pv.gqa.download()), floats(pv.chorus.download()))
-    worst = Math.max(worst, o, k, v)
-    console.log(`B=${String(B).padStart(2)} cached=${String(past + 1).padStart(4)}: output ${o.toExponential(2)}, keys ${k.toExponential(2)}, values ${v.toExponential(2)} (relative to GQA's largest)`)
-    for (const t of [pk.gqa, pk.chorus, pv.gqa, pv.chorus, qkv, seqlens, out.gqa, out.chorus]) t.release()
+for (const { B, S, last, first } of cases) {
+  const cacheSize = B * kvh * slot * hd
+  const cache = halves(cacheSize, () => random() * 2 - 1)
+  const values = halves(cacheSize, () => random() * 2 - 1)
+  const pk = { gqa: s.allocate("float16", [B, kvh, slot, hd]), chorus: s.allocate("float16", [B, kvh, slot, hd]) }
+  const pv = { gqa: s.allocate("float16", [B, kvh, slot, hd]), chorus: s.allocate("float16", [B, kvh, slot, hd]) }
+  for (const t of ["gqa", "chorus"] as const) {
+    pk[t].upload(cache)
+    pv[t].upload(values)
   }
+  const qkv = s.allocate("float16", [B, S, (nh + 2 * kvh) * hd])
+  qkv.upload(halves(B * S * (nh + 2 * kvh) * hd, () => random() * 2 - 1))
+  const seqlens = s.allocate("int32", [B])
+  seqlens.upload(Int32Array.from(last))
+  const out = { gqa: s.allocate("float16", [B, S, nh * hd]), chorus: s.allocate("float16", [B, S, nh * hd]) }
+  const total = first ? S : Math.max(...last) + 1
+  s.run(
+    { qkv, seqlens_k: seqlens, total: { data: Int32Array.of(total), dims: [] }, cos, sin, pk_gqa: pk.gqa, pv_gqa: pv.gqa, pk_chorus: pk.chorus, pv_chorus: pv.chorus },
+    { o_gqa: out.gqa, o_chorus: out.chorus, prk_gqa: pk.gqa, prv_gqa: pv.gqa, prk_chorus: pk.chorus, prv_chorus: pv.chorus }
+  )
+  // Only the tokens that are not padding (a first prompt's row b has last[b] + 1 of its S).
+  const rowWidth = nh * hd
+  const kept = (i: number) => {
+    const token = Math.floor(i / rowWidth), b = Math.floor(token / S), t = token % S
+    return !first || t <= last[b]!
+  }
+  const relative = (a: Float16Array, b: Float16Array, keep: (i: number) => boolean = () => true) => {
+    let diff = 0, scale = 0
+    for (let i = 0; i < a.length; i++) {
+      if (!keep(i)) continue
+      diff = Math.max(diff, Math.abs(a[i]! - b[i]!))
+      scale = Math.max(scale, Math.abs(a[i]!))
+    }
+    return Number.isFinite(diff) ? diff / Math.max(scale, 1e-6) : Number.POSITIVE_INFINITY
+  }
+  const o = relative(floats(out.gqa.download()), floats(out.chorus.download()), kept)
+  // Cache positions up to each row's last (GroupQueryAttention may also write a first prompt's padding past it).
+  const cached = (i: number) => Math.floor(i / hd) % slot <= last[Math.floor(i / (kvh * slot * hd))]!
+  const k = relative(floats(pk.gqa.download()), floats(pk.chorus.download()), cached)
+  const v = relative(floats(pv.gqa.download()), floats(pv.chorus.download()), cached)
+  worst = Math.max(worst, o, k, v)
+  console.log(`B=${String(B).padStart(2)} S=${String(S).padStart(3)} last=${last.length > 2 ? `${last[0]}..` : last.join(",")}${first ? " (first prompt)" : ""}: output ${o.toExponential(2)}, keys ${k.toExponential(2)}, values ${v.toExponential(2)} (relative to GQA's largest)`)
+  for (const t of [pk.gqa, pk.chorus, pv.gqa, pv.chorus, qkv, seqlens, out.gqa, out.chorus]) t.release()
 }
 console.log(worst <= 2e-2 ? `chorus.DecodeAttention equals GroupQueryAttention within float16 (worst ${worst.toExponential(2)})` : `MISMATCH: worst ${worst.toExponential(2)} > 2e-2`)
 process.exit(worst <= 2e-2 ? 0 : 1)

@@ -28,7 +28,8 @@
 #   PHASE=N OUT=$OUT bash scripts/gpu/serving-session.sh   # where chorus.Int4Linear's time goes: its kernel times by
 #                                                          # shape (CHORUS_INT4_TIMING), then ncu where the host has it
 #   PHASE=A OUT=$OUT bash scripts/gpu/serving-session.sh   # chorus.DecodeAttention: equal to GroupQueryAttention,
-#                                                          # and its time a layer against XQA's (32 layers, CUDA graph)
+#                                                          # its time a layer against XQA's (32 layers, CUDA graph),
+#                                                          # the device test, the 8B served with each
 #   PHASE=W OUT=$OUT bash scripts/gpu/serving-session.sh   # chorus.Int4Linear at one row: the probe (W_PROBE), warp
 #                                                          # stalls and instruction mix by ncu (W_NCU), the SASS
 #   PHASE=K OUT=$OUT bash scripts/gpu/serving-session.sh   # kernel times: XQA decode attention at 8 / 32 layers and
@@ -287,6 +288,19 @@ if [[ "$PHASE" == A ]]; then
   for op in "--op chorus" ""; do
     say "GQA probe ${op:-XQA}, 32 layers, CUDA graph"
     ORT_ENABLE_XQA=1 timeout 120 "$NODE" native/probes/gqa-backends.ts --layers 32 --graph $op 2>&1 | grep -v "^$" | tee -a "$OUT/decode-attention-time.txt"
+  done
+  say "device test: --decode-attention chorus against GroupQueryAttention on the fixtures (CUDA graphs on)"
+  CUDA_TEST_CMD='CHORUS_TEST_CUDA_GRAPHS=1 CHORUS_TEST_DEVICE=cuda node_modules/node/bin/node node_modules/vitest/vitest.mjs run --config vitest.device.config.ts test/device/ChorusOpsDevice.test.ts -t DecodeAttention' \
+    STAGES="parity" DEADLINE_S=120 PARITY_TIMEOUT_S=110 OUT="$OUT/run-all-attention" bash scripts/gpu/run-all.sh >/dev/null 2>&1
+  say "device tests exit $?"; grep -E "Test Files|Tests |×|Error" "$OUT/run-all-attention/log" | head -20
+  # The 8B float16 served with each (what a user measures), while time is left.
+  [[ -f "$CKPT/model.safetensors.index.json" ]] || { timeout 200 python3 tools/bench-gpu/make_weights.py "$CKPT"; say "weights exit $?"; }
+  for kernel in chorus xqa; do
+    (( $(left) > 100 )) || { say "no time left for $kernel"; continue; }
+    say "8B float16 served, --decode-attention $kernel"
+    timeout $(($(left) - 5)) "$NODE" tools/bench-gpu/server-sweep.ts --checkpoint "$CKPT" --out "$OUT/served-$kernel" --skip-weights \
+      --max-batch 256 --concurrency 1,64 --prefix-history 0 --ready-timeout-s 150 --bench-timeout-s 90 --serve-arg=--decode-attention=$kernel
+    say "exit $?"; grep -E "^\| (1|64) \||ready after" "$OUT/served-$kernel/server-sweep.md"
   done
   exit 0
 fi

@@ -158,7 +158,7 @@ export const modelFlags = {
   },
   "decode-attention": {
     kind: "string",
-    description: "with --device cuda and the fused layout: xqa (default: TensorRT-LLM's XQA decode kernel in ORT) | flash (flash decoding); sets ORT_ENABLE_XQA for the process, whose value stands when the flag is absent"
+    description: "with --device cuda and the fused layout: xqa (default: TensorRT-LLM's XQA decode kernel in ORT) | flash (flash decoding) | chorus (experimental: Chorus's own attention kernel, npm run build:cuda-ops, float16; not yet measured, prompts prefill slower, docs/native.md); xqa and flash set ORT_ENABLE_XQA for the process, whose value stands when the flag is absent"
   },
   "allow-special-tokens": {
     kind: "boolean",
@@ -252,10 +252,15 @@ export const resolveModelFlags = (flags: ParsedFlags<typeof modelFlags>, gpuCoun
       return yield* bad("--attention", "--attention paged needs --dtype float16 or bfloat16 (PagedAttention has no float32 kernel)")
     }
     const decodeAttention = flags["decode-attention"]
-    if (decodeAttention !== undefined && decodeAttention !== "xqa" && decodeAttention !== "flash") {
-      return yield* bad("--decode-attention", `--decode-attention must be xqa or flash, got '${decodeAttention}'`)
+    if (decodeAttention !== undefined && decodeAttention !== "xqa" && decodeAttention !== "flash" && decodeAttention !== "chorus") {
+      return yield* bad("--decode-attention", `--decode-attention must be xqa, flash or chorus, got '${decodeAttention}'`)
     }
     if (decodeAttention !== undefined && device.kind !== "cuda") return yield* bad("--decode-attention", "--decode-attention needs --device cuda")
+    if (decodeAttention === "chorus" && dtype !== "float16") return yield* bad("--decode-attention", "--decode-attention chorus needs --dtype float16")
+    if (decodeAttention === "chorus" && asked === "paged") return yield* bad("--decode-attention", "--decode-attention chorus needs --attention fused")
+    if (decodeAttention === "chorus" && cudaOpsLibrary() === undefined) {
+      return yield* bad("--decode-attention", `--decode-attention chorus needs ${cudaOpsLibraryPath()}: build it with npm run build:cuda-ops (nvcc)`)
+    }
     const linearKernels = flags["linear-kernels"]
     if (linearKernels !== undefined && linearKernels !== "ort" && linearKernels !== "chorus") {
       return yield* bad("--linear-kernels", `--linear-kernels must be ort or chorus, got '${linearKernels}'`)

@@ -255,7 +255,8 @@ const makeEngine = (model: LoadedModel, options: EngineOptions) =>
         device: deviceOf(i),
         grammar: spec.isLast ? vocab : undefined,
         grammarMaskInGraph: options.grammarMaskInGraph,
-        ...(device.kind === "cuda" && options.linearKernels !== undefined ? { linearKernels: options.linearKernels } : {})
+        ...(device.kind === "cuda" && options.linearKernels !== undefined ? { linearKernels: options.linearKernels } : {}),
+        ...(device.kind === "cuda" && options.decodeAttention === "chorus" ? { chorusAttention: true } : {})
       }
       shards.push(yield* makeShardActor(i, workerUrl, load, options.shardRestarts))
     }

@@ -2,6 +2,8 @@
  * Chorus's own CUDA kernels (native/cuda/: chorus_cuda_ops.cu and its kernel headers, an ONNX Runtime custom-op
  * library built by `npm run build:cuda-ops`) and how a shard graph comes to use them.
  *
+ * `--decode-attention chorus` (experimental): the same rename for GroupQueryAttention, to `chorus.DecodeAttention`.
+ *
  * `--linear-kernels chorus`: the 4-bit linears of an int4 shard run as `chorus.Int4Linear` instead of ORT's
  * `com.microsoft.MatMulNBits`. The op takes MatMulNBits' inputs and attributes unchanged, so the converted shard and
  * its cache entry stay as they are: at load time the graph (a small protobuf; the weights are external data) is
@@ -38,28 +40,43 @@ export interface ChorusOpsGraph {
   readonly path: string
   /** MatMulNBits nodes now `chorus.Int4Linear`. */
   readonly int4Linears: number
+  /** GroupQueryAttention nodes now `chorus.DecodeAttention`. */
+  readonly attentions: number
+}
+
+/** Which nodes `rewriteForChorusOps` renames: 4-bit linears (`--linear-kernels chorus`), attention (`--decode-attention chorus`). */
+export interface ChorusOpsChoice {
+  readonly linears: boolean
+  readonly attention: boolean
 }
 
 /**
- * The graph with every 4-bit `MatMulNBits` node renamed to `chorus.Int4Linear` (same inputs and attributes),
- * written next to `graphPath` so that its external data paths still resolve; reused while it is newer than the
- * graph. A graph with no such node comes back unchanged.
+ * The graph with every 4-bit `MatMulNBits` node renamed to `chorus.Int4Linear` and, asked for, every
+ * `GroupQueryAttention` to `chorus.DecodeAttention` (same inputs and attributes), written next to `graphPath` so that
+ * its external data paths still resolve (one file per choice); reused while it is newer than the graph. A graph with
+ * no such node comes back unchanged.
  */
-export const rewriteForChorusOps = (graphPath: string): ChorusOpsGraph => {
+export const rewriteForChorusOps = (graphPath: string, choice: ChorusOpsChoice = { linears: true, attention: false }): ChorusOpsGraph => {
   const model = onnx.ModelProto.decode(fs.readFileSync(graphPath))
   const nodes = model.graph?.node ?? []
-  let int4Linears = 0
+  let int4Linears = 0, attentions = 0
   for (const n of nodes) {
-    if (n.opType !== "MatMulNBits" || n.domain !== "com.microsoft") continue
-    const bits = n.attribute?.find((a) => a.name === "bits")
-    if (bits !== undefined && Number(bits.i) !== 4) continue
-    n.opType = "Int4Linear"
-    n.domain = CUSTOM_DOMAIN
-    int4Linears++
+    if (n.domain !== "com.microsoft") continue
+    if (choice.linears && n.opType === "MatMulNBits") {
+      const bits = n.attribute?.find((a) => a.name === "bits")
+      if (bits !== undefined && Number(bits.i) !== 4) continue
+      n.opType = "Int4Linear"
+      n.domain = CUSTOM_DOMAIN
+      int4Linears++
+    } else if (choice.attention && n.opType === "GroupQueryAttention") {
+      n.opType = "DecodeAttention"
+      n.domain = CUSTOM_DOMAIN
+      attentions++
+    }
   }
-  if (int4Linears === 0) return { path: graphPath, int4Linears }
-  const out = graphPath.replace(/\.onnx$/, "") + SUFFIX
-  if (fs.existsSync(out) && fs.statSync(out).mtimeMs >= fs.statSync(graphPath).mtimeMs) return { path: out, int4Linears }
+  if (int4Linears + attentions === 0) return { path: graphPath, int4Linears, attentions }
+  const out = graphPath.replace(/\.onnx$/, "") + (attentions > 0 ? (int4Linears > 0 ? ".chorus-ops-attention.onnx" : ".chorus-attention.onnx") : SUFFIX)
+  if (fs.existsSync(out) && fs.statSync(out).mtimeMs >= fs.statSync(graphPath).mtimeMs) return { path: out, int4Linears, attentions }
   if (!(model.opsetImport ?? []).some((o) => o.domain === CUSTOM_DOMAIN)) {
     model.opsetImport = [...(model.opsetImport ?? []), onnx.OperatorSetIdProto.create({ domain: CUSTOM_DOMAIN, version: 1 })]
   }
@@ -67,5 +84,5 @@ export const rewriteForChorusOps = (graphPath: string): ChorusOpsGraph => {
   const tmp = `${out}.${process.pid}.${Math.random().toString(36).slice(2)}.tmp`
   fs.writeFileSync(tmp, onnx.ModelProto.encode(model).finish())
   fs.renameSync(tmp, out)
-  return { path: out, int4Linears }
+  return { path: out, int4Linears, attentions }
 }

@@ -9,15 +9,17 @@
  * of KV read at 64 rows of 1,024 tokens; the 8B served at 64 streams 3,915 against 3,555 output tokens/s, ITL p99 82
  * against 180 ms; the device tests pass with either.
  */
-export type DecodeAttention = "xqa" | "flash"
+export type DecodeAttention = "xqa" | "flash" | "chorus"
 
 const VARIABLE = "ORT_ENABLE_XQA"
 
 /**
  * Sets the process environment for `choice`. Without one, a value the user already put in the environment stands
- * (ORT's own switch), else XQA. Returns the kernel in effect.
+ * (ORT's own switch), else XQA. Returns the kernel in effect. `chorus` (experimental) replaces GroupQueryAttention
+ * with Chorus's own op (`CudaOps.ts`, when a shard loads) and leaves the environment alone.
  */
 export const applyDecodeAttention = (choice: DecodeAttention | undefined): DecodeAttention => {
+  if (choice === "chorus") return choice
   const set = process.env[VARIABLE]
   if (choice === undefined && set !== undefined && set !== "") return set === "0" ? "flash" : "xqa"
   const effective = choice ?? "xqa"

@@ -94,6 +94,8 @@ export interface ShardLoad {
   readonly device: Device
   /** CUDA: 4-bit linears through Chorus's custom-op library (`CudaOps.ts`) instead of ORT's MatMulNBits. */
   readonly linearKernels?: LinearKernels
+  /** CUDA: GroupQueryAttention through Chorus's custom-op library (`--decode-attention chorus`, experimental). */
+  readonly chorusAttention?: boolean
   /**
    * Last shard: the vocabulary for constrained decoding (`SamplingParams.grammar`); absent where the model's codec
    * cannot give token bytes (a grammar is then refused).

@@ -1,6 +1,7 @@
-// `--linear-kernels chorus` on the CPU side: the shard graph rewrite (MatMulNBits -> chorus.Int4Linear, nothing else
-// touched, next to the graph so that its external data is found) and where the library is looked for. The flag's
-// refusals: test/cli/BadInput.test.ts. The kernels run on CUDA only: test/device/ChorusOpsDevice.test.ts.
+// `--linear-kernels chorus` and `--decode-attention chorus` on the CPU side: the shard graph rewrite (MatMulNBits ->
+// chorus.Int4Linear, GroupQueryAttention -> chorus.DecodeAttention, nothing else touched, next to the graph so that its
+// external data is found) and where the library is looked for. The flags' refusals: test/cli/BadInput.test.ts. The
+// kernels run on CUDA only: test/device/ChorusOpsDevice.test.ts.
 import { Effect } from "effect"
 import * as fs from "node:fs"
 import * as os from "node:os"
@@ -77,8 +78,33 @@ describe("rewriteForChorusOps", () => {
 
   it("leaves a float graph as it is", async () => {
     const graph = await convert("float", false)
-    expect(rewriteForChorusOps(graph)).toEqual({ path: graph, int4Linears: 0 })
+    expect(rewriteForChorusOps(graph)).toEqual({ path: graph, int4Linears: 0, attentions: 0 })
     expect(fs.readdirSync(path.dirname(graph)).filter((f) => f.endsWith(".chorus-ops.onnx"))).toHaveLength(0)
+  })
+
+  it("--decode-attention chorus: renames every GroupQueryAttention to chorus.DecodeAttention, into its own file", async () => {
+    const graph = await convert("float-attention", false)
+    const before = nodesOf(graph)
+    const gqa = before.graph!.node!.filter((n) => n.opType === "GroupQueryAttention").length
+    expect(gqa).toBe(2) // one a layer
+    const out = rewriteForChorusOps(graph, { linears: false, attention: true })
+    expect(out).toEqual({ path: graph.replace(/\.onnx$/, ".chorus-attention.onnx"), int4Linears: 0, attentions: gqa })
+    const after = nodesOf(out.path)
+    expect(after.graph!.node!.filter((n) => n.opType === "GroupQueryAttention")).toHaveLength(0)
+    const renamed = after.graph!.node!.filter((n) => n.opType === "DecodeAttention" && n.domain === CUSTOM_DOMAIN)
+    expect(renamed).toHaveLength(gqa)
+    // The same inputs (packed QKV, the caches, seqlens_k, total_sequence_length, the rotary tables) and attributes.
+    const original = before.graph!.node!.filter((n) => n.opType === "GroupQueryAttention")
+    renamed.forEach((n, i) => {
+      expect([...n.input!]).toEqual([...original[i]!.input!])
+      expect(n.attribute!.map((a) => a.name)).toEqual(original[i]!.attribute!.map((a) => a.name))
+    })
+    // Both at once: a third file, so that either choice alone keeps its own.
+    const int4 = await convert("int4-attention", true)
+    const both = rewriteForChorusOps(int4, { linears: true, attention: true })
+    expect(both.path.endsWith(".chorus-ops-attention.onnx")).toBe(true)
+    expect(both.int4Linears).toBe(2 * 4 + 1)
+    expect(both.attentions).toBe(2)
   })
 })
 
