@@ -124,13 +124,12 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32) int4GemvHalf2(
       float sum = 0.f;
 #pragma unroll
       for (int p = 0; p < 4; p++) {
-        const uint4 xx = __ldg(xv + p);  // x_0 .. x_7 of part p as (x0 x1) (x2 x3) (x4 x5) (x6 x7)
-        const uint32_t x04 = __byte_perm(xx.x, xx.z, 0x5410), x15 = __byte_perm(xx.x, xx.z, 0x7632);
-        const uint32_t x26 = __byte_perm(xx.y, xx.w, 0x5410), x37 = __byte_perm(xx.y, xx.w, 0x7632);
-        half2 part = __hmul2(wq[p][0], *reinterpret_cast<const half2*>(&x04));
-        part = __hfma2(wq[p][1], *reinterpret_cast<const half2*>(&x15), part);
-        part = __hfma2(wq[p][2], *reinterpret_cast<const half2*>(&x26), part);
-        part = __hfma2(wq[p][3], *reinterpret_cast<const half2*>(&x37), part);
+        uint32_t xq[4];  // x_0 .. x_7 of part p as (x0 x4) (x1 x5) (x2 x6) (x3 x7)
+        xPairsByFour(__ldg(xv + p), xq);
+        half2 part = __hmul2(wq[p][0], *reinterpret_cast<const half2*>(&xq[0]));
+        part = __hfma2(wq[p][1], *reinterpret_cast<const half2*>(&xq[1]), part);
+        part = __hfma2(wq[p][2], *reinterpret_cast<const half2*>(&xq[2]), part);
+        part = __hfma2(wq[p][3], *reinterpret_cast<const half2*>(&xq[3]), part);
         const float2 f = __half22float2(part);
         sum += f.x + f.y;
       }

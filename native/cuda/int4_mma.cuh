@@ -5,6 +5,8 @@
 
 #include <cstdint>
 
+#include "int4_weights.cuh"
+
 namespace chorus {
 
 // chorus.Int4Linear on tensor cores (the default from 9 to kMmaMaxRows rows; from one row with CHORUS_INT4_KERNEL=mma): each warp owns 16
@@ -61,7 +63,7 @@ __device__ __forceinline__ void dequantWord(uint32_t wa, uint32_t wb, half2 offA
 // 4-7, are 1024 + 16 c), one shift for bytes 1 and 3, then an exact subtraction (1024 + z) or an exact fma (x 1/16,
 // - (64 + z)) and one rounding at the scale: the same float16 weight as dequantPair, in 13 instructions for 8 codes
 // instead of 16 and without the byte permute's selector registers (ncu: the one-row loop spent an IMAD per PRMT
-// loading its selector). X's pairs are permuted to match, (x0, x4), (x1, x5), ... (xPairsLop3), once for both rows.
+// loading its selector). X's pairs are permuted to match (xPairsByFour), once for both rows.
 __device__ __forceinline__ uint32_t asU32(half2 h) { return *reinterpret_cast<const uint32_t*>(&h); }
 __device__ __forceinline__ half2 asHalf2(uint32_t u) { return *reinterpret_cast<const half2*>(&u); }
 
@@ -81,15 +83,6 @@ __device__ __forceinline__ void dequantLop3(uint32_t v, half2 low, half2 high, h
   p[1] = asU32(__hmul2(__hfma2(asHalf2((v & 0x00F000F0u) | kMagic), sixteenth, high), scale));
   p[2] = asU32(__hmul2(__hsub2(asHalf2((v8 & 0x000F000Fu) | kMagic), low), scale));
   p[3] = asU32(__hmul2(__hfma2(asHalf2((v8 & 0x00F000F0u) | kMagic), sixteenth, high), scale));
-}
-
-// X's eight halves of a word, (x0, x1), (x2, x3), (x4, x5), (x6, x7), as dequantLop3's pairs: (x0, x4), (x1, x5),
-// (x2, x6), (x3, x7).
-__device__ __forceinline__ void xPairsLop3(uint4 xv, uint32_t (&q)[4]) {
-  q[0] = __byte_perm(xv.x, xv.z, 0x5410);
-  q[1] = __byte_perm(xv.x, xv.z, 0x7632);
-  q[2] = __byte_perm(xv.y, xv.w, 0x5410);
-  q[3] = __byte_perm(xv.y, xv.w, 0x7632);
 }
 
 // One lane's share of a segment: the two weight words, and the raw scale and zero-point byte of their blocks (zero
@@ -375,7 +368,7 @@ __global__ void __launch_bounds__(kMmaWarps * 32, 2) int4MmaWide(
             uint32_t pa[4], pb[4], q[4];
             dequantLop3(wa[j], lowA, highA, sA, pa);
             dequantLop3(wb[j], lowB, highB, sB, pb);
-            xPairsLop3(xv[j], q);
+            xPairsByFour(xv[j], q);
             // Step 2j: (c0, c4) in slots (2t, 2t + 1), (c1, c5) in (2t + 8, 2t + 9); step 2j + 1: (c2, c6), (c3, c7).
             const uint32_t a0[4] = {pa[0], pb[0], pa[1], pb[1]}, a1[4] = {pa[2], pb[2], pa[3], pb[3]};
             mma16816(acc[(8 * w + 2 * j) % kChains], a0, q[0], q[1]);

@@ -57,6 +57,26 @@ mkdir -p "$OUT" "$BENCH_DIR"
 exec > >(tee -a "$OUT/log-$PHASE") 2>&1
 nproc; free -g | head -2; df -h "$BENCH_DIR" | tail -1
 
+# The random 8B checkpoint, made once a host (it stays in $BENCH_DIR between calls).
+ensure_weights() {
+  [[ -f "$CKPT/model.safetensors.index.json" ]] || { timeout 200 python3 tools/bench-gpu/make_weights.py "$CKPT"; say "weights exit $?"; }
+}
+# test/device/ChorusOpsDevice.test.ts with CUDA graphs on, only the tests named like $2 when given; logged in $OUT/$1.
+chorus_ops_device_test() {
+  local name=$1 filter=${2:-}
+  CUDA_TEST_CMD="CHORUS_TEST_CUDA_GRAPHS=1 CHORUS_TEST_DEVICE=cuda node_modules/node/bin/node node_modules/vitest/vitest.mjs run --config vitest.device.config.ts test/device/ChorusOpsDevice.test.ts${filter:+ -t $filter}" \
+    STAGES="parity" DEADLINE_S=120 PARITY_TIMEOUT_S=110 OUT="$OUT/$name" bash scripts/gpu/run-all.sh >/dev/null 2>&1
+  say "device tests exit $?"; grep -E "Test Files|Tests |×|Error" "$OUT/$name/log" | head -20
+}
+# The 8B served with `chorus serve --cuda-graphs --max-batch 256` and measured by `chorus bench` at 1 and 64 streams
+# into $OUT/$1; the arguments after it go to server-sweep.ts (--serve-arg=... for chorus serve).
+serve_8b() {
+  local name=$1; shift
+  timeout $(($(left) - 5)) "$NODE" tools/bench-gpu/server-sweep.ts --checkpoint "$CKPT" --out "$OUT/$name" --skip-weights \
+    --max-batch 256 --concurrency 1,64 --prefix-history 0 --ready-timeout-s 150 --bench-timeout-s 90 "$@"
+  say "exit $?"; grep -E "^\| (1|64) \||ready after" "$OUT/$name/server-sweep.md"
+}
+
 if [[ "$PHASE" == S ]]; then
   # Set-up (the CUDA provider copied next to onnxruntime-node) and the device tests this work touches, CUDA graphs on.
   CUDA_TEST_CMD='CHORUS_TEST_CUDA_GRAPHS=1 CHORUS_TEST_DEVICE=cuda node_modules/node/bin/node node_modules/vitest/vitest.mjs run --config vitest.device.config.ts test/device/Int4Device.test.ts test/device/DeviceParity.test.ts -t "int4|Int4|second turn|pattern of load|tiny-llama3-a over 1"' \
@@ -108,7 +128,7 @@ fi
 if [[ "$PHASE" == F ]]; then
   # Set-up only (the CUDA provider; STAGES names no stage), then the checkpoint.
   STAGES="none" DEADLINE_S=60 OUT="$OUT/run-all" bash scripts/gpu/run-all.sh >/dev/null 2>&1; say "set-up exit $?"
-  [[ -f "$CKPT/model.safetensors.index.json" ]] || { timeout 200 python3 tools/bench-gpu/make_weights.py "$CKPT"; say "weights exit $?"; }
+  ensure_weights
   start() { # start NAME: time to /ready (server-sweep's), and the server's own digest and conversion lines
     timeout $(($(left) - 5)) "$NODE" tools/bench-gpu/server-sweep.ts --checkpoint "$CKPT" --out "$OUT/$1" --skip-weights \
       --max-batch 256 --concurrency 1 --requests 2 --prefix-history 0 --ready-timeout-s 150 --bench-timeout-s 30
@@ -139,7 +159,7 @@ if [[ "$PHASE" == X ]]; then
   CUDA_TEST_CMD='ORT_ENABLE_XQA=1 CHORUS_TEST_CUDA_GRAPHS=1 CHORUS_TEST_DEVICE=cuda node_modules/node/bin/node node_modules/vitest/vitest.mjs run --config vitest.device.config.ts test/device/DeviceParity.test.ts test/device/QuantizedCheckpointDevice.test.ts' \
     STAGES="parity" DEADLINE_S=110 PARITY_TIMEOUT_S=100 OUT="$OUT/run-all-xqa" bash scripts/gpu/run-all.sh >/dev/null 2>&1
   say "device tests exit $?"; grep -E "Test Files|Tests |×" "$OUT/run-all-xqa/log" | head -20
-  [[ -f "$CKPT/model.safetensors.index.json" ]] || { timeout 200 python3 tools/bench-gpu/make_weights.py "$CKPT"; say "weights exit $?"; }
+  ensure_weights
   for setting in "ORT_ENABLE_XQA=0" "ORT_ENABLE_XQA=1"; do
     say "8B served, $setting"
     timeout $(($(left) - 5)) env $setting "$NODE" tools/bench-gpu/server-sweep.ts --checkpoint "$CKPT" --out "$OUT/serve-$setting" --skip-weights \
@@ -153,7 +173,7 @@ if [[ "$PHASE" == I ]]; then
   # or bf16, 4 or 8 bits, blocks of 32/64/128, N % 64 == 0, constant weights; a compact build takes scale-only
   # blocks of 32). Without it MatMulNBits dequantizes every weight at batch > 1: int4 ran at 0.57x float16 at 64.
   STAGES="none" DEADLINE_S=60 OUT="$OUT/run-all" bash scripts/gpu/run-all.sh >/dev/null 2>&1; say "set-up exit $?"
-  [[ -f "$CKPT/model.safetensors.index.json" ]] || { timeout 200 python3 tools/bench-gpu/make_weights.py "$CKPT"; say "weights exit $?"; }
+  ensure_weights
   say "int4 device tests with ORT_FPA_INTB_GEMM=1 (CUDA graphs on)"
   CUDA_TEST_CMD='ORT_FPA_INTB_GEMM=1 CHORUS_TEST_CUDA_GRAPHS=1 CHORUS_TEST_DEVICE=cuda node_modules/node/bin/node node_modules/vitest/vitest.mjs run --config vitest.device.config.ts test/device/Int4Device.test.ts test/device/QuantizedCheckpointDevice.test.ts' \
     STAGES="parity" DEADLINE_S=100 PARITY_TIMEOUT_S=90 OUT="$OUT/run-all-fpa" bash scripts/gpu/run-all.sh >/dev/null 2>&1
@@ -200,7 +220,7 @@ if [[ "$PHASE" == Q3 ]]; then
   # What a user measures: `chorus serve` float16 and `--quantize int4` (default block 32 with zero points, and block
   # 32 symmetric) through `chorus bench`, 1 and 64 streams, back to back on one host.
   STAGES="none" DEADLINE_S=60 OUT="$OUT/run-all" bash scripts/gpu/run-all.sh >/dev/null 2>&1; say "set-up exit $?"
-  [[ -f "$CKPT/model.safetensors.index.json" ]] || { timeout 200 python3 tools/bench-gpu/make_weights.py "$CKPT"; say "weights exit $?"; }
+  ensure_weights
   serve() { # serve NAME [serve args...]
     local name=$1; shift
     local extra=(); for a in "$@"; do extra+=("--serve-arg=$a"); done
@@ -233,11 +253,9 @@ if [[ "$PHASE" == C ]]; then
   rm -rf /tmp/mlp-fusion
   if [[ -z "${C_SKIP_TEST:-}" ]]; then
     say "device test: chorus.Int4Linear against MatMulNBits (CUDA graphs on)"
-    CUDA_TEST_CMD='CHORUS_TEST_CUDA_GRAPHS=1 CHORUS_TEST_DEVICE=cuda node_modules/node/bin/node node_modules/vitest/vitest.mjs run --config vitest.device.config.ts test/device/ChorusOpsDevice.test.ts' \
-      STAGES="parity" DEADLINE_S=120 PARITY_TIMEOUT_S=110 OUT="$OUT/run-all-chorus" bash scripts/gpu/run-all.sh >/dev/null 2>&1
-    say "device tests exit $?"; grep -E "Test Files|Tests |×|Error" "$OUT/run-all-chorus/log" | head -20
+    chorus_ops_device_test run-all-chorus
   fi
-  [[ -f "$CKPT/model.safetensors.index.json" ]] || { timeout 200 python3 tools/bench-gpu/make_weights.py "$CKPT"; say "weights exit $?"; }
+  ensure_weights
   # int4 with Chorus's kernels, float16 (the ratio's base, same host), then int4 with ORT's, while time is left.
   for run in ${C_RUNS:-int4-chorus float16 int4-ort}; do
     [[ $run == none ]] && continue  # C_RUNS=none: the probe and the device test alone
@@ -250,9 +268,7 @@ if [[ "$PHASE" == C ]]; then
     esac
     say "8B served: $run"
     [[ $run == int4-chorus-r256 ]] && export CHORUS_INT4_MMA_ROWS=256 || unset CHORUS_INT4_MMA_ROWS
-    timeout $(($(left) - 5)) "$NODE" tools/bench-gpu/server-sweep.ts --checkpoint "$CKPT" --out "$OUT/$run" --skip-weights \
-      --max-batch 256 --concurrency 1,64 --prefix-history 0 --ready-timeout-s 150 --bench-timeout-s 90 "${args[@]}"
-    say "exit $?"; grep -E "^\| (1|64) \||ready after" "$OUT/$run/server-sweep.md"
+    serve_8b "$run" "${args[@]}"
     grep -m3 -E "Int4Linear|error|Error" "$OUT/$run/server.log" | cut -c1-300
   done
   exit 0
@@ -290,17 +306,13 @@ if [[ "$PHASE" == A ]]; then
     ORT_ENABLE_XQA=1 timeout 120 "$NODE" native/probes/gqa-backends.ts --layers 32 --graph $op 2>&1 | grep -v "^$" | tee -a "$OUT/decode-attention-time.txt"
   done
   say "device test: --decode-attention chorus against GroupQueryAttention on the fixtures (CUDA graphs on)"
-  CUDA_TEST_CMD='CHORUS_TEST_CUDA_GRAPHS=1 CHORUS_TEST_DEVICE=cuda node_modules/node/bin/node node_modules/vitest/vitest.mjs run --config vitest.device.config.ts test/device/ChorusOpsDevice.test.ts -t DecodeAttention' \
-    STAGES="parity" DEADLINE_S=120 PARITY_TIMEOUT_S=110 OUT="$OUT/run-all-attention" bash scripts/gpu/run-all.sh >/dev/null 2>&1
-  say "device tests exit $?"; grep -E "Test Files|Tests |×|Error" "$OUT/run-all-attention/log" | head -20
+  chorus_ops_device_test run-all-attention DecodeAttention
   # The 8B float16 served with each (what a user measures), while time is left.
-  [[ -f "$CKPT/model.safetensors.index.json" ]] || { timeout 200 python3 tools/bench-gpu/make_weights.py "$CKPT"; say "weights exit $?"; }
+  ensure_weights
   for kernel in chorus xqa; do
     (( $(left) > 100 )) || { say "no time left for $kernel"; continue; }
     say "8B float16 served, --decode-attention $kernel"
-    timeout $(($(left) - 5)) "$NODE" tools/bench-gpu/server-sweep.ts --checkpoint "$CKPT" --out "$OUT/served-$kernel" --skip-weights \
-      --max-batch 256 --concurrency 1,64 --prefix-history 0 --ready-timeout-s 150 --bench-timeout-s 90 --serve-arg=--decode-attention=$kernel
-    say "exit $?"; grep -E "^\| (1|64) \||ready after" "$OUT/served-$kernel/server-sweep.md"
+    serve_8b "served-$kernel" --serve-arg=--decode-attention=$kernel
   done
   exit 0
 fi
@@ -333,7 +345,7 @@ if [[ "$PHASE" == V ]]; then
   CUDA_TEST_CMD='CHORUS_TEST_DEVICE=cuda node_modules/node/bin/node node_modules/vitest/vitest.mjs run --config vitest.device.config.ts test/device/PagedShard.test.ts test/device/DeviceParity.test.ts -t "paged|rows|second turn|pattern of load"' \
     STAGES="parity" DEADLINE_S=120 PARITY_TIMEOUT_S=100 OUT="$OUT/run-all" bash scripts/gpu/run-all.sh
   say "device tests exit $?"; grep -E "Tests |×" "$OUT/run-all/log" | head -20
-  [[ -f "$CKPT/model.safetensors.index.json" ]] || { timeout 200 python3 tools/bench-gpu/make_weights.py "$CKPT"; say "weights exit $?"; }
+  ensure_weights
   timeout $(($(left) - 5)) "$NODE" tools/bench-gpu/server-sweep.ts --checkpoint "$CKPT" --out "$OUT/server" --skip-weights \
     --max-batch 256 --concurrency 64,256 --prefix-history 0 --ready-timeout-s 120 --bench-timeout-s 120
   say "sweep exit $?"; grep -m2 -E "illegal|disabled" "$OUT/server/server.log" | cut -c1-250
