@@ -222,7 +222,7 @@ struct Int4LinearKernel {
   int mmaMaxRows = kMmaMaxRows;
   // int4MmaWide's accumulator chains (mma-w2 / mma-w4, a measurement setting: CHORUS_INT4_CHAINS 1, 2 or 4).
   int wideChains = 1;
-  // int4MmaWide's dequantization (CHORUS_INT4_DEQUANT prmt, the default, or lop3: not yet run on a GPU; mma-w4 only).
+  // int4MmaWide's dequantization (CHORUS_INT4_DEQUANT prmt, the default, or lop3: measured no faster, 2026-12-01g; mma-w4 only).
   bool lop3 = false;
   std::string wideLabel;  // CHORUS_INT4_TIMING's name of the wide path
   int sms = 0;
@@ -489,10 +489,30 @@ struct Int4LinearOp : Ort::CustomOpBase<Int4LinearOp, Int4LinearKernel, true> {
 // 16, 64 or 128, 2, 3, 4 or 8 query heads a KV head, no window or softcap), through decode_attention.cuh's three kernels: fast for decode steps (one token a row),
 // correct for prompt chunks. A present buffer that is not the past buffer gets a copy of it first (correct, slow:
 // the probe and the server bind them together).
+using SplitKernel = void (*)(const half*, const half*, const half*, const int*, float*, float*, float*, half*, int, int, int, int, float, int, bool);
+struct SplitLaunch {
+  SplitKernel kernel;
+  int sharedBytes;  // its dynamic shared memory
+};
+template <int D>
+SplitLaunch splitKernelFor(int group) {
+  switch (group) {
+    case 2: return {decodeAttentionSplit<D, 2>, attentionTileBytes<D, 2>()};
+    case 3: return {decodeAttentionSplit<D, 3>, attentionTileBytes<D, 3>()};
+    case 4: return {decodeAttentionSplit<D, 4>, attentionTileBytes<D, 4>()};
+    default: return {decodeAttentionSplit<D, 8>, attentionTileBytes<D, 8>()};
+  }
+}
+SplitLaunch splitKernelFor(int D, int group) {
+  return D == 128 ? splitKernelFor<128>(group) : D == 64 ? splitKernelFor<64>(group) : splitKernelFor<16>(group);
+}
+
 struct DecodeAttentionKernel {
   int numHeads = 0, kvHeads = 0;
   float scale = 0.f;
   int sms = 0;
+  int64_t slotsDim = 0;  // the head dim `slots` was computed for
+  int slots = 0;         // split-kernel blocks resident on the GPU at once
 
   Ort::Status Init(const OrtKernelInfo* info) {
     Ort::ConstKernelInfo ki(info);
@@ -562,28 +582,45 @@ struct DecodeAttentionKernel {
       if (auto s = statusOf(cudaGetDevice(&device), "cudaGetDevice", op); !s.IsOK()) return s;
       if (auto s = statusOf(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device), "cudaDeviceGetAttribute", op); !s.IsOK()) return s;
     }
-    // Splits: about two blocks a multiprocessor, at least 32 positions a split (total_sequence_length, on the host,
-    // is the longest row). A captured graph keeps the count it was captured with; the kernels divide each token's own
-    // length by it, so any count is correct.
-    const int longest = *total.GetTensorData<int32_t>();
-    const bool firstPrompt = longest == S;
     const int tokens = B * S;
     if (tokens > 65535) return Ort::Status("chorus.DecodeAttention: at most 65,535 query tokens a call", ORT_INVALID_ARGUMENT);
+    const SplitLaunch split = splitKernelFor(static_cast<int>(D), numHeads / kvHeads);
+    if (slotsDim != D) {
+      // Past 48 KB a kernel's dynamic shared memory must be allowed first.
+      if (auto s = statusOf(cudaFuncSetAttribute(split.kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, split.sharedBytes), "shared memory", op); !s.IsOK()) return s;
+      int perSm = 0;
+      if (auto s = statusOf(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&perSm, split.kernel, kAttnThreads, split.sharedBytes), "occupancy", op); !s.IsOK()) {
+        return s;
+      }
+      slots = std::max(1, perSm) * sms;
+      slotsDim = D;
+    }
+    // A decode step's single token is its row's last position whether or not it is the row's first (seqlens_k 0), so
+    // S == 1 is never treated as a first prompt: a CUDA graph captured at total_sequence_length 1 replays correctly.
+    const int longest = *total.GetTensorData<int32_t>();
+    const bool firstPrompt = S > 1 && longest == S;
+    // Splits: as many blocks as fit on the GPU at once (no second, partial wave), at least one tile of 32 positions a
+    // split. The longest row (total_sequence_length, on the host) bounds the tiles, except while a CUDA graph is being
+    // captured: the graph keeps the count for every later length, so then the cache's length does. The kernels divide
+    // each token's own length by the count, so any count is correct.
+    cudaStreamCaptureStatus capturing = cudaStreamCaptureStatusNone;
+    if (auto s = statusOf(cudaStreamIsCapturing(stream, &capturing), "cudaStreamIsCapturing", op); !s.IsOK()) return s;
+    const int span = capturing == cudaStreamCaptureStatusNone ? longest : presentLen;
     const int blocks = tokens * kvHeads;
-    const int splits = std::max(1, std::min({kAttnMaxSplits, (2 * sms + blocks - 1) / blocks, (longest + 31) / 32}));
+    const int splits = std::max(1, std::min({kAttnMaxSplits, slots / blocks, (span + kAttnTile - 1) / kAttnTile}));
     // Scratch: rotated queries (float16), then partial sums, maxima and sums (float32). Decode steps (captured in CUDA
     // graphs) share one buffer sized once for up to kDecodeRows rows, which no later call grows (a captured graph
     // keeps its address); prompt chunks, never captured, use their own, grown as needed.
     const size_t qBytes = static_cast<size_t>(tokens) * numHeads * D * sizeof(half);
-    const size_t partials = static_cast<size_t>(tokens) * numHeads * splits;
+    const size_t partials = splits == 1 ? 0 : static_cast<size_t>(tokens) * numHeads * splits;
     size_t need = qBytes + partials * (D + 2) * sizeof(float);
     const bool decode = S == 1;
     if (decode) {
-      // B splits <= B + 2 sms / kvHeads + 1 by the rule above.
+      // B splits <= slots / kvHeads by the rule above.
       constexpr int kDecodeRows = 1024;
       if (B > kDecodeRows) return Ort::Status("chorus.DecodeAttention: at most 1024 rows a decode step", ORT_INVALID_ARGUMENT);
       const size_t capacity = static_cast<size_t>(kDecodeRows) * numHeads * D * sizeof(half) +
-                              static_cast<size_t>(kDecodeRows + 2 * sms / kvHeads + 1) * numHeads * (D + 2) * sizeof(float);
+                              static_cast<size_t>(slots / kvHeads + 1) * numHeads * (D + 2) * sizeof(float);
       need = std::max(need, capacity);
     }
     void*& buffer = decode ? tls.attention : tls.attentionPrompt;
@@ -593,35 +630,22 @@ struct DecodeAttentionKernel {
     float* partialOut = reinterpret_cast<float*>(static_cast<char*>(buffer) + qBytes);
     float* partialMax = partialOut + partials * D;
     float* partialSum = partialMax + partials;
+    half* output = reinterpret_cast<half*>(out.GetTensorMutableData<Ort::Float16_t>());
     const int* lengths = seqlens.GetTensorData<int32_t>();
-    decodeRotaryAppend<<<dim3(static_cast<unsigned>(S), static_cast<unsigned>(B)), 256, 0, stream>>>(
+    decodeRotaryAppend<<<dim3(static_cast<unsigned>(numHeads + 2 * kvHeads), static_cast<unsigned>(S), static_cast<unsigned>(B)),
+                         static_cast<unsigned>(D / 2), 0, stream>>>(
         reinterpret_cast<const half*>(qkv.GetTensorData<Ort::Float16_t>()), lengths, reinterpret_cast<const half*>(cosCache.GetTensorData<Ort::Float16_t>()),
         reinterpret_cast<const half*>(sinCache.GetTensorData<Ort::Float16_t>()), pk, pv, qRot, numHeads, kvHeads, presentLen, S, firstPrompt,
         static_cast<int>(D));
     if (auto s = statusOf(cudaGetLastError(), "rotary launch", op); !s.IsOK()) return s;
+    // One split writes the output itself; more are combined by the merge.
     const dim3 grid(static_cast<unsigned>(splits), static_cast<unsigned>(kvHeads), static_cast<unsigned>(tokens));
-    const auto split = [&](auto kernel, int group) {
-      kernel<<<grid, 32 * group, 0, stream>>>(qRot, pk, pv, lengths, partialOut, partialMax, partialSum, numHeads, kvHeads, presentLen, splits,
-                                              softmaxScale, S, firstPrompt);
-    };
-#define CHORUS_SPLIT(DIM)                                                 \
-  switch (numHeads / kvHeads) {                                           \
-    case 2: split(decodeAttentionSplit<DIM, 2>, 2); break;                \
-    case 3: split(decodeAttentionSplit<DIM, 3>, 3); break;                \
-    case 4: split(decodeAttentionSplit<DIM, 4>, 4); break;                \
-    default: split(decodeAttentionSplit<DIM, 8>, 8); break;               \
-  }
-    if (D == 128) {
-      CHORUS_SPLIT(128)
-    } else if (D == 64) {
-      CHORUS_SPLIT(64)
-    } else {
-      CHORUS_SPLIT(16)
-    }
-#undef CHORUS_SPLIT
+    split.kernel<<<grid, kAttnThreads, static_cast<size_t>(split.sharedBytes), stream>>>(qRot, pk, pv, lengths, partialOut, partialMax, partialSum, splits == 1 ? output : nullptr,
+                                              numHeads, kvHeads, presentLen, splits, softmaxScale, S, firstPrompt);
     if (auto s = statusOf(cudaGetLastError(), "attention launch", op); !s.IsOK()) return s;
+    if (splits == 1) return Ort::Status{nullptr};
     decodeAttentionMerge<<<dim3(static_cast<unsigned>(numHeads), static_cast<unsigned>(tokens)), static_cast<unsigned>(D), 0, stream>>>(
-        partialOut, partialMax, partialSum, reinterpret_cast<half*>(out.GetTensorMutableData<Ort::Float16_t>()), numHeads, splits, static_cast<int>(D));
+        partialOut, partialMax, partialSum, output, numHeads, splits, static_cast<int>(D));
     return statusOf(cudaGetLastError(), "merge launch", op);
   }
 };

@@ -5,6 +5,7 @@
 
 #include <cstdint>
 
+#include "cp_async.cuh"
 #include "int4_weights.cuh"
 
 namespace chorus {
@@ -57,7 +58,7 @@ __device__ __forceinline__ void dequantWord(uint32_t wa, uint32_t wb, half2 offA
   hi[3] = dequantPair<3>(wb, offB, sB);
 }
 
-// CHORUS_INT4_DEQUANT=lop3 (int4MmaWide; written 2026-12-01f, not yet run on a GPU): the codes of a 32-bit word
+// CHORUS_INT4_DEQUANT=lop3 (int4MmaWide; a measurement setting: as fast as the default, 2026-12-01g): the codes of a 32-bit word
 // (c0 .. c7, c0 the low nibble of byte 0) as four half2 pairs (c0, c4), (c1, c5), (c2, c6), (c3, c7) with one AND/OR
 // each (LOP3: the low nibbles of bytes 0 and 2 under exponent 0x64 are 1024 + c; the high nibbles, as mantissa bits
 // 4-7, are 1024 + 16 c), one shift for bytes 1 and 3, then an exact subtraction (1024 + z) or an exact fma (x 1/16,
@@ -125,14 +126,6 @@ __device__ __forceinline__ half2 pairOffset(uint8_t zeroByte, int shift) {
 // memory: lane (g, t) reads chunk 4t + j of row g, and the swizzle spreads the eight lanes of a quarter warp (rows 2q
 // and 2q + 1, t = 0..3) over all 32 banks.
 __device__ __forceinline__ int xChunkSlot(int c, int r) { return c ^ (((c >> 3) & 1) << 1) ^ (r & 1); }
-
-__device__ __forceinline__ void cpAsync16(void* smem, const void* gmem) {
-  const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(smem));
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst), "l"(gmem));
-}
-__device__ __forceinline__ void cpAsyncCommit() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int N>
-__device__ __forceinline__ void cpAsyncWait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
 
 // Segment seg of X rows [0, 8 MT) into one shared buffer: rows past M and k past K as zeros (a zero weight times a
 // stale NaN would still be NaN).

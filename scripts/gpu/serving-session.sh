@@ -305,7 +305,7 @@ if [[ "$PHASE" == A ]]; then
     say "GQA probe ${op:-XQA}, 32 layers, CUDA graph"
     ORT_ENABLE_XQA=1 timeout 120 "$NODE" native/probes/gqa-backends.ts --layers 32 --graph $op 2>&1 | grep -v "^$" | tee -a "$OUT/decode-attention-time.txt"
   done
-  say "device test: --decode-attention chorus against GroupQueryAttention on the fixtures (CUDA graphs on)"
+  say "device test: --decode-attention chorus on the fixtures against transformers (CUDA graphs on)"
   chorus_ops_device_test run-all-attention DecodeAttention
   # The 8B float16 served with each (what a user measures), while time is left.
   ensure_weights

@@ -29,11 +29,11 @@ export const runGreedy = async (
   adapter: Llama3Options,
   engine: EngineOptions,
   prompts: ReadonlyArray<ReadonlyArray<number>>,
-  options: { readonly promptLogits: "all" | "last"; readonly concurrent: boolean }
+  options: { readonly promptLogits: "all" | "last"; readonly concurrent: boolean; readonly maxTokens?: number }
 ) => {
   const runtime = ManagedRuntime.make(Engine.layer(Llama3Adapter, adapter, engine))
   const one = (p: ReadonlyArray<number>) =>
-    runtime.runPromise(Engine.use((e) => Stream.runCollect(e.generate(greedyRequest(p, options.promptLogits)))).pipe(Effect.map(tokensAndLogits)))
+    runtime.runPromise(Engine.use((e) => Stream.runCollect(e.generate(greedyRequest(p, options.promptLogits, options.maxTokens)))).pipe(Effect.map(tokensAndLogits)))
   try {
     if (options.concurrent) return await Promise.all(prompts.map(one))
     const out = []
