@@ -4,13 +4,14 @@
 // prompt chunks (S tokens a row: a block a token, each reading the row's keys and values up to its own position, from
 // L2 mostly).
 //
-// Why: every decode kernel of ORT 1.29's GroupQueryAttention (flash decoding, flash, XQA) takes 25-38 us a layer at
+// Why: every decode kernel of ORT 1.29's GroupQueryAttention (flash decoding, flash, XQA) takes 22-38 us a layer at
 // one row of 1k cached tokens, where the 4 MB of keys and values a layer would take about 1 us at bandwidth
 // (docs/benchmarks.md, "Decode attention by kernel"): about 1 ms of a 6 ms single-stream token. Three short kernels:
 //   decodeRotaryAppend   each new token's query heads rotated into a scratch, its key rotated and its value copied
 //                        into the cache at its position (tokenPosition);
 //   decodeAttentionSplit one block per (split of the token's positions, KV head, token), tiles of 32 positions
-//                        through shared memory (see the kernel); float32 partial sums, maxima and sums per split;
+//                        through shared memory, tensor cores (see the kernel); float32 partial sums, maxima and sums
+//                        per split, or the output itself when there is one split;
 //   decodeAttentionMerge the splits of each (token, head) combined, divided, written as float16.
 // The splits give one row enough blocks to use the GPU (flash decoding's idea); more rows need fewer.
 #pragma once
@@ -20,6 +21,7 @@
 #include <cstdint>
 
 #include "cp_async.cuh"
+#include "mma.cuh"
 
 namespace chorus {
 
@@ -69,84 +71,96 @@ __device__ __forceinline__ float warpSum(float v) {
   return v;
 }
 
-// Positions a tile: the score phase's lanes.
+// Positions a tile (8 for each of the block's 4 warps).
 constexpr int kAttnTile = 32;
 constexpr int kAttnThreads = 128;
-// Tiles a block has in shared memory: the one being computed and kAttnStages - 1 loading. A block streams its tiles
-// one after another, so its rate is the bytes it has in flight over the memory latency: with one tile loading ahead
-// (two stages, 17 KB at head dim 128) 64 rows of 1k cached tokens ran at 2.6 TB/s, a latency a tile.
+// Tiles a block has in shared memory: the one being computed and kAttnStages - 1 loading.
 constexpr int kAttnStages = 3;
 
 // Dynamic shared memory of decodeAttentionSplit<D, kGroup>: the tiles' keys and values, reused after the last tile for
-// the partial value sums.
+// the four warps' running maxima, sums and outputs.
 template <int D, int kGroup>
 constexpr int attentionTileBytes() {
   constexpr int tiles = kAttnStages * 2 * kAttnTile * (D + 8) * 2;
-  constexpr int sums = (kAttnThreads / (D / 2)) * kGroup * D * 4;
-  return tiles > sums ? tiles : sums;
+  constexpr int warps = (kAttnThreads / 32) * kGroup * (D + 2) * 4;
+  return tiles > warps ? tiles : warps;
 }
 
 // Head dim D; kGroup query heads share a KV head; grid (splits, kvHeads, B S), kAttnThreads threads. Each split is a
-// run of whole tiles of the token's positions. A tile's keys and values are copied into shared memory with cp.async
-// (the next tile's copy in flight while this one is computed: the block's loads do not wait on each other, which the
-// first version's per-position global reads did, 0.1-1 TB/s); then a warp per query head scores the tile (a lane per
-// position, the key row from shared memory, 16 bytes of padding a row so a quarter warp's reads of 8 rows hit all 32
-// banks) and updates the head's running maximum and sum; then a thread per (2 value dims, every kReps-th position)
-// accumulates all kGroup heads, so each value is read from shared memory once. With one split (out != nullptr) the
-// block writes the divided float16 output itself; otherwise partial results at ((token * numHeads + h) * splits +
-// split): out [.., D] (not yet divided), max and sum [..], for decodeAttentionMerge.
+// run of whole tiles of the token's positions, copied into shared memory with cp.async (kAttnStages - 1 tiles loading
+// while one is computed; rows past the token's last position are zero-filled, so a zero weight never meets a NaN).
+// Tensor cores do the arithmetic, as XQA does, with about a fifth of the instructions of the CUDA-core version (a
+// lane per position, a thread per two value dims; in git history) and, measured, the same speed (64 rows of 1k
+// tokens at 2.5 TB/s: the limit is elsewhere, docs/native.md), which leaves the arithmetic room for more query rows
+// a block: the group's query heads are the rows of an mma (padded to 16), and warp w owns positions 8w .. 8w + 7 of
+// every tile, with its own running maximum, sum and output, so the tile needs no exchange between warps:
+//   scores  S[head][8 positions] = Q K^T: D/16 m16n8k16 steps, K's fragments by ldmatrix from the tile's rows;
+//   softmax on S's fragment in registers (each row's 8 scores on its lane quad);
+//   values  O[head][D] += P V: P's float16 fragment is S's accumulator layout, V's fragments by ldmatrix.trans,
+//           D/8 m16n8k8 steps.
+// The four warps' results are combined at the end through shared memory. With one split (out != nullptr) the block
+// writes the divided float16 output itself; otherwise partial results at ((token * numHeads + h) * splits + split):
+// out [.., D] (not yet divided), max and sum [..], for decodeAttentionMerge.
 template <int D, int kGroup>
-__global__ void __launch_bounds__(kAttnThreads) decodeAttentionSplit(
+__global__ void __launch_bounds__(kAttnThreads, 4) decodeAttentionSplit(
     const half* __restrict__ qRot, const half* __restrict__ presentKey, const half* __restrict__ presentValue,
     const int* __restrict__ seqlensK, float* __restrict__ partialOut, float* __restrict__ partialMax,
     float* __restrict__ partialSum, half* __restrict__ out, int numHeads, int kvHeads, int presentLen, int splits, float scale, int S,
     bool firstPrompt) {
-  constexpr int kRow = D + 8, kChunks = D / 8, kPairs = D / 2, kReps = kAttnThreads / kPairs;
+  static_assert(D % 16 == 0 && kGroup <= 8, "head dim a multiple of 16, at most 8 query heads a KV head");
+  constexpr int kRow = D + 8, kChunks = D / 8, kSteps = D / 16, kWarps = kAttnThreads / 32;
+  constexpr int kLoads = 2 * kAttnTile * kChunks / kAttnThreads;  // 16-byte copies a thread a tile
+  static_assert(2 * kAttnTile * kChunks % kAttnThreads == 0, "whole copies a thread");
   extern __shared__ __align__(16) unsigned char tileBytes[];  // attentionTileBytes<D, kGroup>()
   half (*ks)[kAttnTile][kRow] = reinterpret_cast<half (*)[kAttnTile][kRow]>(tileBytes);
   half (*vs)[kAttnTile][kRow] = reinterpret_cast<half (*)[kAttnTile][kRow]>(tileBytes + kAttnStages * kAttnTile * kRow * 2);
-  __shared__ __align__(16) float qs[kGroup][D];
-  __shared__ __align__(16) float ps[kAttnTile][kGroup];
-  __shared__ float runMax[kGroup], runSum[kGroup], corr[kGroup];
   const int split = blockIdx.x, kh = blockIdx.y, token = blockIdx.z, b = token / S;
-  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t4 = lane & 3;
   const int L = tokenPosition(seqlensK, b, token % S, S, firstPrompt, presentLen) + 1;  // positions it attends to (0: padding)
   const int tiles = (L + kAttnTile - 1) / kAttnTile, per = (tiles + splits - 1) / splits;
   const int t0 = min(tiles, split * per), t1 = min(tiles, t0 + per);
-  for (int idx = tid; idx < kGroup * D; idx += kAttnThreads) {
-    const int g = idx / D, d = idx % D;
-    qs[g][d] = L == 0 ? 0.f : __half2float(qRot[(static_cast<size_t>(token) * numHeads + kh * kGroup + g) * D + d]) * scale;
-  }
-  if (tid < kGroup) {
-    runMax[tid] = -INFINITY;
-    runSum[tid] = 0.f;
-  }
   const size_t cache = (static_cast<size_t>(b) * kvHeads + kh) * presentLen * D;
   const half* K = presentKey + cache;
   const half* V = presentValue + cache;
-  // Rows past the token's last position are not copied (the cache may hold anything there): the score phase skips
-  // them and the value phase stops before them.
   const auto load = [&](int stage, int tile) {
     const int base = tile * kAttnTile, n = min(kAttnTile, L - base);
-    for (int c = tid; c < 2 * kAttnTile * kChunks; c += kAttnThreads) {
+#pragma unroll
+    for (int i = 0; i < kLoads; i++) {
+      const int c = tid + kAttnThreads * i;
       const bool isValue = c >= kAttnTile * kChunks;
       const int cc = isValue ? c - kAttnTile * kChunks : c, j = cc / kChunks, part = cc % kChunks;
-      if (j < n) {
-        half* dst = isValue ? &vs[stage][j][8 * part] : &ks[stage][j][8 * part];
-        cpAsync16(dst, (isValue ? V : K) + static_cast<size_t>(base + j) * D + 8 * part);
-      }
+      half* dst = isValue ? &vs[stage][j][8 * part] : &ks[stage][j][8 * part];
+      if (j < n) cpAsync16(dst, (isValue ? V : K) + static_cast<size_t>(base + j) * D + 8 * part);
+      else *reinterpret_cast<uint4*>(dst) = make_uint4(0u, 0u, 0u, 0u);
     }
     cpAsyncCommit();
   };
-  const int pair = tid % kPairs, rep = tid / kPairs;
-  float acc[kGroup][2] = {};
-  // Tile t0 + i goes to stage i % kAttnStages; a group is committed for every tile slot, empty past t1, so waiting
-  // for all but the newest kAttnStages - 2 groups always means this tile's copy is done.
 #pragma unroll
   for (int i = 0; i < kAttnStages - 1; i++) {
     if (t0 + i < t1) load(i, t0 + i);
     else cpAsyncCommit();
   }
+  // Q as mma A fragments (row g = query head g of the group, scaled; rows g + 8 and heads past the group are zero).
+  uint32_t qa[kSteps][4];  // [1] and [3] (rows g + 8) are zero
+  {
+    const bool holds = g < kGroup && L > 0;
+    const half2 sc = __float2half2_rn(scale);
+    const half* q = qRot + (static_cast<size_t>(token) * numHeads + kh * kGroup + (holds ? g : 0)) * D;
+#pragma unroll
+    for (int k = 0; k < kSteps; k++) {
+      const half2 lo = holds ? __hmul2(*reinterpret_cast<const half2*>(q + 16 * k + 2 * t4), sc) : __float2half2_rn(0.f);
+      const half2 hi = holds ? __hmul2(*reinterpret_cast<const half2*>(q + 16 * k + 8 + 2 * t4), sc) : __float2half2_rn(0.f);
+      qa[k][0] = *reinterpret_cast<const uint32_t*>(&lo);
+      qa[k][1] = 0u;
+      qa[k][2] = *reinterpret_cast<const uint32_t*>(&hi);
+      qa[k][3] = 0u;
+    }
+  }
+  // O row g, dims 8 nt + 2 t4 and + 1. The mma's rows g + 8 (zero: P's rows past the group are) go to scratch
+  // registers shared by the dims, four pairs so that successive mmas do not wait on each other.
+  float o[kChunks][2] = {};
+  float rows8[4][2] = {};
+  float runMax = -INFINITY, runSum = 0.f;  // of row g, over this warp's positions
   for (int t = t0; t < t1; t++) {
     const int stage = (t - t0) % kAttnStages;
     cpAsyncWait<kAttnStages - 2>();
@@ -154,77 +168,95 @@ __global__ void __launch_bounds__(kAttnThreads) decodeAttentionSplit(
     const int next = t + kAttnStages - 1;
     if (next < t1) load((next - t0) % kAttnStages, next);
     else cpAsyncCommit();
-    const int n = min(kAttnTile, L - t * kAttnTile);
-    for (int g = warp; g < kGroup; g += kAttnThreads / 32) {
-      float score = -INFINITY;
-      if (lane < n) {
-        const uint4* kr = reinterpret_cast<const uint4*>(&ks[stage][lane][0]);
-        const float4* q4 = reinterpret_cast<const float4*>(&qs[g][0]);
-        float dot = 0.f;
+    // Scores of positions 8 warp + 2 t4 and + 1 for query head g.
+    float sc[4] = {};
 #pragma unroll
-        for (int c = 0; c < kChunks; c++) {
-          const uint4 w = kr[c];
-          const float4 qa = q4[2 * c], qb = q4[2 * c + 1];
-          const float2 f0 = __half22float2(*reinterpret_cast<const half2*>(&w.x)), f1 = __half22float2(*reinterpret_cast<const half2*>(&w.y));
-          const float2 f2 = __half22float2(*reinterpret_cast<const half2*>(&w.z)), f3 = __half22float2(*reinterpret_cast<const half2*>(&w.w));
-          dot += f0.x * qa.x + f0.y * qa.y + f1.x * qa.z + f1.y * qa.w + f2.x * qb.x + f2.y * qb.y + f3.x * qb.z + f3.y * qb.w;
-        }
-        score = dot;
-      }
-      // Online softmax: the tile's largest score is finite (lane 0's position is inside), then what came before is
-      // rescaled by corr.
-      const float mOld = runMax[g];
-      const float mNew = fmaxf(mOld, warpMax(score));
-      const float p = lane < n ? __expf(score - mNew) : 0.f;
-      const float sum = warpSum(p);
-      ps[lane][g] = p;
-      if (lane == 0) {
-        const float c = __expf(mOld - mNew);
-        corr[g] = c;
-        runSum[g] = runSum[g] * c + sum;
-        runMax[g] = mNew;
+    for (int k0 = 0; k0 < kChunks; k0 += 4) {
+      if constexpr (kChunks % 4 == 0) {
+        uint32_t kb[4];
+        ldmatrixX4(kb, &ks[stage][8 * warp + (lane & 7)][8 * (k0 + (lane >> 3))]);
+        mma16816(sc, qa[k0 / 2], kb[0], kb[1]);
+        mma16816(sc, qa[k0 / 2 + 1], kb[2], kb[3]);
+      } else {
+        uint32_t kb[2];
+        ldmatrixX2(kb, &ks[stage][8 * warp + (lane & 7)][8 * (k0 + ((lane >> 3) & 1))]);
+        mma16816(sc, qa[k0 / 2], kb[0], kb[1]);
       }
     }
-    __syncthreads();
+    const int pos = t * kAttnTile + 8 * warp + 2 * t4;
+    const float s0 = pos < L ? sc[0] : -INFINITY, s1 = pos + 1 < L ? sc[1] : -INFINITY;
+    float tileMax = fmaxf(s0, s1);
+    tileMax = fmaxf(tileMax, __shfl_xor_sync(0xffffffffu, tileMax, 1));
+    tileMax = fmaxf(tileMax, __shfl_xor_sync(0xffffffffu, tileMax, 2));
+    const float mNew = fmaxf(runMax, tileMax);
+    // All of this warp's positions past the token's last (a short last tile): nothing to add.
+    const float corr = mNew == -INFINITY ? 1.f : __expf(runMax - mNew);
+    const float p0 = s0 == -INFINITY ? 0.f : __expf(s0 - mNew), p1 = s1 == -INFINITY ? 0.f : __expf(s1 - mNew);
+    float pSum = p0 + p1;
+    pSum += __shfl_xor_sync(0xffffffffu, pSum, 1);
+    pSum += __shfl_xor_sync(0xffffffffu, pSum, 2);
+    runSum = runSum * corr + pSum;
+    runMax = mNew;
+    const half2 ph = __floats2half2_rn(p0, p1);
+    const uint32_t pa = *reinterpret_cast<const uint32_t*>(&ph);
 #pragma unroll
-    for (int g = 0; g < kGroup; g++) {
-      const float c = corr[g];
-      acc[g][0] *= c;
-      acc[g][1] *= c;
+    for (int nt = 0; nt < kChunks; nt++) {
+      o[nt][0] *= corr;
+      o[nt][1] *= corr;
     }
-    for (int j = rep; j < n; j += kReps) {
-      const float2 v = __half22float2(reinterpret_cast<const half2*>(&vs[stage][j][0])[pair]);
 #pragma unroll
-      for (int g = 0; g < kGroup; g++) {
-        const float p = ps[j][g];
-        acc[g][0] += p * v.x;
-        acc[g][1] += p * v.y;
+    for (int n0 = 0; n0 < kChunks; n0 += 4) {
+      if constexpr (kChunks % 4 == 0) {
+        uint32_t vb[4];
+        ldmatrixX4Trans(vb, &vs[stage][8 * warp + (lane & 7)][8 * (n0 + (lane >> 3))]);
+#pragma unroll
+        for (int i = 0; i < 4; i++) mma1688(o[n0 + i][0], o[n0 + i][1], rows8[i][0], rows8[i][1], pa, 0u, vb[i]);
+      } else {
+        uint32_t vb[2];
+        ldmatrixX2Trans(vb, &vs[stage][8 * warp + (lane & 7)][8 * (n0 + ((lane >> 3) & 1))]);
+        mma1688(o[n0][0], o[n0][1], rows8[0][0], rows8[0][1], pa, 0u, vb[0]);
+        mma1688(o[n0 + 1][0], o[n0 + 1][1], rows8[1][0], rows8[1][1], pa, 0u, vb[1]);
       }
     }
   }
   cpAsyncWait<0>();  // only empty groups are left; the tile buffers are reused below
   __syncthreads();
-  // The kReps partial sums of each (head, dim), through the tile buffers (free now).
-  float (*sums)[kGroup][D] = reinterpret_cast<float (*)[kGroup][D]>(tileBytes);
+  // The warps' results through the tile buffers: [warp][head][D] outputs, then [warp][head] maxima and sums.
+  float (*wo)[kGroup][D] = reinterpret_cast<float (*)[kGroup][D]>(tileBytes);
+  float (*wm)[kGroup] = reinterpret_cast<float (*)[kGroup]>(tileBytes + kWarps * kGroup * D * 4);
+  float (*wl)[kGroup] = reinterpret_cast<float (*)[kGroup]>(tileBytes + kWarps * kGroup * (D + 1) * 4);
+  if (g < kGroup) {
 #pragma unroll
-  for (int g = 0; g < kGroup; g++) *reinterpret_cast<float2*>(&sums[rep][g][2 * pair]) = make_float2(acc[g][0], acc[g][1]);
-  __syncthreads();  // also: runMax and runSum as the last tile's warps wrote them (or as set above when there was none)
-  for (int idx = tid; idx < kGroup * D; idx += kAttnThreads) {
-    const int g = idx / D, d = idx % D;
-    float o = 0.f;
-#pragma unroll
-    for (int r = 0; r < kReps; r++) o += sums[r][g][d];
-    const size_t head = static_cast<size_t>(token) * numHeads + kh * kGroup + g;
-    if (out != nullptr) {
-      out[head * D + d] = __float2half(runSum[g] > 0.f ? o / runSum[g] : 0.f);
-    } else {
-      partialOut[(head * splits + split) * D + d] = o;
+    for (int nt = 0; nt < kChunks; nt++) *reinterpret_cast<float2*>(&wo[warp][g][8 * nt + 2 * t4]) = make_float2(o[nt][0], o[nt][1]);
+    if (t4 == 0) {
+      wm[warp][g] = runMax;
+      wl[warp][g] = runSum;
     }
   }
-  if (out == nullptr && tid < kGroup) {
-    const size_t at = (static_cast<size_t>(token) * numHeads + kh * kGroup + tid) * splits + split;
-    partialMax[at] = runMax[tid];  // -inf for an empty split: its weight in the merge is 0
-    partialSum[at] = runSum[tid];
+  __syncthreads();
+  for (int idx = tid; idx < kGroup * D; idx += kAttnThreads) {
+    const int h = idx / D, d = idx % D;
+    float mx = -INFINITY;
+#pragma unroll
+    for (int w = 0; w < kWarps; w++) mx = fmaxf(mx, wm[w][h]);
+    float acc = 0.f, sum = 0.f;
+#pragma unroll
+    for (int w = 0; w < kWarps; w++) {
+      const float weight = wm[w][h] == -INFINITY ? 0.f : __expf(wm[w][h] - mx);
+      acc += weight * wo[w][h][d];
+      sum += weight * wl[w][h];
+    }
+    const size_t head = static_cast<size_t>(token) * numHeads + kh * kGroup + h;
+    if (out != nullptr) {
+      out[head * D + d] = __float2half(sum > 0.f ? acc / sum : 0.f);
+    } else {
+      const size_t at = head * splits + split;
+      partialOut[at * D + d] = acc;
+      if (d == 0) {
+        partialMax[at] = mx;  // -inf for an empty split: its weight in the merge is 0
+        partialSum[at] = sum;
+      }
+    }
   }
 }
 

@@ -6,6 +6,7 @@
 #include <cstdint>
 
 #include "cp_async.cuh"
+#include "mma.cuh"
 #include "int4_weights.cuh"
 
 namespace chorus {
@@ -22,13 +23,6 @@ namespace chorus {
 constexpr int kMmaMaxRows = 128;
 constexpr int kMmaWarps = 8;
 constexpr int kMmaSegK = 128;
-
-__device__ __forceinline__ void mma16816(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
 
 // The two codes of byte I of v as half2((e_lo - z) * s, (e_hi - z) * s). The byte permute puts byte I under the
 // exponent bytes 0x64 (low half) and 0x54 (high half); the AND keeps the low nibble as the low half's last mantissa

@@ -158,7 +158,7 @@ export const modelFlags = {
   },
   "decode-attention": {
     kind: "string",
-    description: "with --device cuda and the fused layout: xqa (default: TensorRT-LLM's XQA decode kernel in ORT) | flash (flash decoding) | chorus (experimental: Chorus's own attention kernel, npm run build:cuda-ops, float16; on an H200 2-4% faster than xqa at one stream, up to 6% slower at 64, docs/native.md); xqa and flash set ORT_ENABLE_XQA for the process, whose value stands when the flag is absent"
+    description: "with --device cuda and the fused layout: xqa (default: TensorRT-LLM's XQA decode kernel in ORT) | flash (flash decoding) | chorus (experimental: Chorus's own attention kernel, npm run build:cuda-ops, float16; on an H200 2-4% faster than xqa at one stream, up to 9% slower at 64, docs/native.md); xqa and flash set ORT_ENABLE_XQA for the process, whose value stands when the flag is absent"
   },
   "allow-special-tokens": {
     kind: "boolean",
