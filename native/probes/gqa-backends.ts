@@ -10,6 +10,7 @@
  *
  * `--layers` GQA nodes (default 8) run in one session (their own KV buffers, one input), so launch and host overheads
  * are spread over them; the rate is KV bytes read (keys and values of every cached position) over the time per node.
+ * `--batches`, `--cached` and `--slot` pick the cases and the cache's row length (one case alone for a profiler).
  * `--layers 32 --graph` is a decode step's attention as the server runs it: 32 layers, replayed from a CUDA graph
  * (`enable_cuda_graph`, one graph per shape), so the per-run synchronization and the host-to-device copy of the
  * sequence lengths are spread over 32 nodes and the launches are the graph's.
@@ -23,11 +24,14 @@ import { encodeModel } from "../../src/onnx/OnnxWriter.ts"
 const flags = parseFlags("gqa-backends", process.argv.slice(2), {
   layers: { kind: "integer", description: "GQA nodes in the session (default 8)" },
   graph: { kind: "boolean", description: "replay each shape from a CUDA graph (enable_cuda_graph)" },
-  op: { kind: "string", description: "gqa (GroupQueryAttention, default) or chorus (chorus.DecodeAttention, same inputs)" }
+  op: { kind: "string", description: "gqa (GroupQueryAttention, default) or chorus (chorus.DecodeAttention, same inputs)" },
+  batches: { kind: "list", description: "rows a step (default 1,16,64,128)" },
+  cached: { kind: "list", description: "cached tokens a row (default 1024,4001)" },
+  slot: { kind: "integer", description: "positions a row's cache holds (default 4096: the server's rows are longer than what they hold)" }
 })
 const chorusOp = flags.op === "chorus"
 if (flags.op !== undefined && flags.op !== "gqa" && !chorusOp) throw new Error(`--op must be gqa or chorus, got ${flags.op}`)
-const nh = 32, kvh = 8, hd = 128, slot = 4096, LAYERS = flags.layers ?? 8, graph = flags.graph === true
+const nh = 32, kvh = 8, hd = 128, slot = flags.slot ?? 4096, LAYERS = flags.layers ?? 8, graph = flags.graph === true
 const file = `/tmp/gqa-backends-8b-${LAYERS}${chorusOp ? "-chorus" : ""}.onnx`
 const layers = Array.from({ length: LAYERS }, (_, i) => i)
 fs.writeFileSync(file, encodeModel({
@@ -62,10 +66,12 @@ const s = NativeOrt.load().createSession(file, {
 let graphId = 0
 const cos = s.allocate("float16", [slot, hd / 2])
 const sin = s.allocate("float16", [slot, hd / 2])
-for (const B of [1, 16, 64, 128]) {
+const cachedLengths = flags.cached ?? [1024, 4001]
+if (cachedLengths.some((c) => c < 1 || c > slot)) throw new Error(`--cached must be 1 .. --slot (${slot})`)
+for (const B of flags.batches ?? [1, 16, 64, 128]) {
   const caches = layers.map(() => ({ k: s.allocate("float16", [B, kvh, slot, hd]), v: s.allocate("float16", [B, kvh, slot, hd]) }))
   const qkv = s.allocate("float16", [B, 1, (nh + 2 * kvh) * hd])
-  for (const past of [1023, 4000]) {
+  for (const past of cachedLengths.map((c) => c - 1)) {
     const lengths = new Int32Array(B).fill(past)
     let seqlens: HostTensor | DeviceTensor = { data: lengths, dims: [B] }
     if (graph) {

@@ -30,6 +30,8 @@
 #   PHASE=A OUT=$OUT bash scripts/gpu/serving-session.sh   # chorus.DecodeAttention: equal to GroupQueryAttention,
 #                                                          # its time a layer against XQA's (32 layers, CUDA graph),
 #                                                          # the device test, the 8B served with each
+#   PHASE=AN OUT=$OUT bash scripts/gpu/serving-session.sh  # chorus.DecodeAttention against XQA at 64 x 1k: cache row
+#                                                          # length (--slot), then ncu on each kernel
 #   PHASE=W OUT=$OUT bash scripts/gpu/serving-session.sh   # chorus.Int4Linear at one row: the probe (W_PROBE), warp
 #                                                          # stalls and instruction mix by ncu (W_NCU), the SASS
 #   PHASE=K OUT=$OUT bash scripts/gpu/serving-session.sh   # kernel times: XQA decode attention at 8 / 32 layers and
@@ -50,7 +52,7 @@ FINAL_OUT="$OUT"
 OUT="${RES:-/tmp/chorus-results-$PHASE}"
 rm -rf "$OUT"
 trap 'tar czf "$FINAL_OUT/$PHASE.tgz" -C "$OUT" . 2>/dev/null; cp -f "$OUT/log-$PHASE" "$FINAL_OUT/" 2>/dev/null' EXIT
-: "${PHASE:?PHASE must be S, Q1, Q2, Q3, V, F, X, I, M, K, C, N, W or A}"
+: "${PHASE:?PHASE must be S, Q1, Q2, Q3, V, F, X, I, M, K, C, N, W, A or AN}"
 source "$(dirname "${BASH_SOURCE[0]}")/phase-env.sh"
 CKPT="$BENCH_DIR/llama3-8b-random"
 mkdir -p "$OUT" "$BENCH_DIR"
@@ -316,6 +318,29 @@ if [[ "$PHASE" == A ]]; then
   done
   exit 0
 fi
+if [[ "$PHASE" == AN ]]; then
+  # Why chorus.DecodeAttention streams 64 rows of 1k tokens at 2.5 TB/s where XQA reaches 2.9-3.1: the probe with a
+  # cache row as long as what it holds (--slot 1024: fewer pages touched) against the server's longer rows, then
+  # Nsight Compute on each kernel at 64 x 1k (speed of light, memory workload, warp states, occupancy).
+  cuda_ops_setup
+  for slot in 4096 1024; do
+    for op in "--op chorus" ""; do
+      say "GQA probe ${op:-XQA}, 64 x 1k, --slot $slot"
+      ORT_ENABLE_XQA=1 timeout 60 "$NODE" native/probes/gqa-backends.ts --layers 32 --graph --batches 64 --cached 1024 --slot $slot $op 2>&1 | grep "us per layer" | tee -a "$OUT/slots.txt"
+    done
+  done
+  NCU=$(command -v ncu || ls /usr/local/cuda*/bin/ncu /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
+  [[ -n "$NCU" ]] || { say "no ncu on this host"; exit 0; }
+  for op in chorus xqa; do
+    (( $(left) > 60 )) || { say "no time left for ncu $op"; break; }
+    args=(); [[ $op == chorus ]] && args=(--op chorus)
+    ORT_ENABLE_XQA=1 timeout $(( ($(left) - 10) / 2 )) "$NCU" --target-processes all --launch-skip 200 --launch-count 12 \
+      --section SpeedOfLight --section MemoryWorkloadAnalysis --section WarpStateStats --section Occupancy --section LaunchStats \
+      --csv --page details "$NODE" native/probes/gqa-backends.ts --layers 32 --graph --batches 64 --cached 1024 "${args[@]}" > "$OUT/ncu-$op.csv" 2>&1
+    say "ncu $op exit $?"; grep -E '"Duration"|"DRAM Throughput"|"Achieved Occupancy"|"Registers Per Thread"' "$OUT/ncu-$op.csv" | cut -c1-200 | head -24
+  done
+  exit 0
+fi
 if [[ "$PHASE" == W ]]; then
   # Why chorus.Int4Linear is slow at one row: the probe over W_PROBE, then warp-stall reasons and instruction counts
   # (ncu raw metrics) of one kernel per variant at M 1, and the SASS of the one-row kernels where cuobjdump is found.
@@ -351,5 +376,5 @@ if [[ "$PHASE" == V ]]; then
   say "sweep exit $?"; grep -m2 -E "illegal|disabled" "$OUT/server/server.log" | cut -c1-250
   exit 0
 fi
-echo "PHASE must be S, Q1, Q2, Q3, V, F, X, I, M, K, C, N, W or A" >&2
+echo "PHASE must be S, Q1, Q2, Q3, V, F, X, I, M, K, C, N, W, A or AN" >&2
 exit 2
