@@ -19,8 +19,13 @@
 //   gemv1, gemv2    the GEMVs (int4Gemv, int4GemvHalf2) up to kGemvMaxRows rows, dequantize + cuBLAS above: the
 //                   first versions, kept to measure against (docs/native.md has the figures).
 //
-// The kernels live in the headers beside this file (int4_mma.cuh, int4_gemv.cuh, int4_dequantize.cuh); this file is
-// the op: path choice, scratch buffers, launches and ORT's registration.
+// chorus.DecodeAttention (decode_attention.cuh): GroupQueryAttention's decode case for the row cache
+// (`--decode-attention chorus`). chorus.Linear (f16_gemv.cuh; probe only, not yet run on a GPU): float16 MatMul with
+// a GEMV up to 4 rows and cuBLAS above.
+//
+// The kernels live in the headers beside this file (int4_mma.cuh, int4_gemv.cuh, int4_dequantize.cuh,
+// decode_attention.cuh, f16_gemv.cuh); this file is the ops: path choice, scratch buffers, launches and ORT's
+// registration.
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
@@ -41,6 +46,7 @@
 
 #include "cublas_runtime.h"
 #include "decode_attention.cuh"
+#include "f16_gemv.cuh"
 #include "int4_dequantize.cuh"
 #include "int4_gemv.cuh"
 #include "int4_mma.cuh"
@@ -112,6 +118,27 @@ Ort::Status growScratch(void*& ptr, size_t& bytes, size_t need, cudaStream_t str
   }
   if (auto s = statusOf(cudaMalloc(&ptr, need), (std::string("cudaMalloc (") + what + ")").c_str(), op); !s.IsOK()) return s;
   bytes = need;
+  return Ort::Status{nullptr};
+}
+
+// This thread's cuBLAS handle (made with its workspace on the first call, which must not be inside a CUDA graph
+// capture: ORT runs each graph's shapes uncaptured first), bound to `stream`.
+Ort::Status threadCublas(cudaStream_t stream, const char* op) {
+  const Cublas& cb = cublas();
+  if (!cb.error.empty()) return Ort::Status((std::string(op) + ": " + cb.error).c_str(), ORT_EP_FAIL);
+  int device = 0;
+  if (auto s = statusOf(cudaGetDevice(&device), "cudaGetDevice", op); !s.IsOK()) return s;
+  if (tls.device != device) {
+    cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+    if (auto s = statusOf(cudaStreamIsCapturing(stream, &capture), "cudaStreamIsCapturing", op); !s.IsOK()) return s;
+    if (capture != cudaStreamCaptureStatusNone) return Ort::Status((std::string(op) + ": first cuBLAS call inside a CUDA graph capture").c_str(), ORT_EP_FAIL);
+    if (cb.create(&tls.handle) != 0) return Ort::Status((std::string(op) + ": cublasCreate failed").c_str(), ORT_EP_FAIL);
+    constexpr size_t kWorkspace = 32u << 20;
+    if (auto s = statusOf(cudaMalloc(&tls.workspace, kWorkspace), "cudaMalloc (cuBLAS workspace)", op); !s.IsOK()) return s;
+    if (cb.setWorkspace(tls.handle, tls.workspace, kWorkspace) != 0) return Ort::Status((std::string(op) + ": cublasSetWorkspace failed").c_str(), ORT_EP_FAIL);
+    tls.device = device;
+  }
+  if (cb.setStream(tls.handle, stream) != 0) return Ort::Status((std::string(op) + ": cublasSetStream failed").c_str(), ORT_EP_FAIL);
   return Ort::Status{nullptr};
 }
 
@@ -428,21 +455,7 @@ struct Int4LinearKernel {
     }
 
     taken = "dequantize + cuBLAS";
-    const Cublas& cb = cublas();
-    if (!cb.error.empty()) return Ort::Status(("chorus.Int4Linear: " + cb.error).c_str(), ORT_EP_FAIL);
-    int device = 0;
-    if (auto s = statusOf(cudaGetDevice(&device), "cudaGetDevice"); !s.IsOK()) return s;
-    cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
-    if (auto s = statusOf(cudaStreamIsCapturing(stream, &capture), "cudaStreamIsCapturing"); !s.IsOK()) return s;
-    const bool capturing = capture != cudaStreamCaptureStatusNone;
-    if (tls.device != device) {
-      if (capturing) return Ort::Status("chorus.Int4Linear: first batch above 8 rows inside a CUDA graph capture", ORT_EP_FAIL);
-      if (cb.create(&tls.handle) != 0) return Ort::Status("chorus.Int4Linear: cublasCreate failed", ORT_EP_FAIL);
-      constexpr size_t kWorkspace = 32u << 20;
-      if (auto s = statusOf(cudaMalloc(&tls.workspace, kWorkspace), "cudaMalloc (cuBLAS workspace)"); !s.IsOK()) return s;
-      if (cb.setWorkspace(tls.handle, tls.workspace, kWorkspace) != 0) return Ort::Status("chorus.Int4Linear: cublasSetWorkspace failed", ORT_EP_FAIL);
-      tls.device = device;
-    }
+    if (auto s = threadCublas(stream, "chorus.Int4Linear"); !s.IsOK()) return s;
     const size_t need = static_cast<size_t>(N) * static_cast<size_t>(K) * sizeof(half);
     if (auto s = growScratch(tls.weights, tls.weightsBytes, need, stream, "dequantization scratch"); !s.IsOK()) return s;
     {
@@ -452,10 +465,9 @@ struct Int4LinearKernel {
       else int4Dequantize<false><<<blocks, 256, 0, stream>>>(bp, sp, zpp, static_cast<half*>(tls.weights), k, n, bs, nBlocks);
       if (auto s = statusOf(cudaGetLastError(), "dequantize launch"); !s.IsOK()) return s;
     }
-    if (cb.setStream(tls.handle, stream) != 0) return Ort::Status("chorus.Int4Linear: cublasSetStream failed", ORT_EP_FAIL);
     // Row-major Y[M, N] = X[M, K] W[N, K]^T is column-major Y^T[N, M] = W^T... i.e. op(A) = T on W seen as [K, N].
     const float one = 1.f, zero = 0.f;
-    const int rc = cb.gemmEx(tls.handle, kCublasOpT, kCublasOpN, n, static_cast<int>(M), k, &one, tls.weights, kCudaR16F, k, xp,
+    const int rc = cublas().gemmEx(tls.handle, kCublasOpT, kCublasOpN, n, static_cast<int>(M), k, &one, tls.weights, kCudaR16F, k, xp,
                              kCudaR16F, k, &zero, yp, kCudaR16F, n, kCublasCompute32F, kCublasGemmDefault);
     if (rc != 0) return Ort::Status(("chorus.Int4Linear: cublasGemmEx failed with status " + std::to_string(rc)).c_str(), ORT_EP_FAIL);
     return Ort::Status{nullptr};
@@ -475,6 +487,97 @@ struct Int4LinearOp : Ort::CustomOpBase<Int4LinearOp, Int4LinearKernel, true> {
   OrtCustomOpInputOutputCharacteristic GetInputCharacteristic(size_t index) const {
     return index == 3 ? INPUT_OUTPUT_OPTIONAL : INPUT_OUTPUT_REQUIRED;
   }
+  size_t GetOutputTypeCount() const { return 1; }
+  ONNXTensorElementDataType GetOutputType(size_t /*index*/) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16; }
+};
+
+
+// ------------------------------------------------------------------------------------------------ chorus.Linear
+
+// chorus.Linear (probe only: native/probes/mlp-fusion.ts's a-chorus; no shard graph uses it yet): MatMul's float16
+// Y = X W with W an initializer [K, N], through f16_gemv.cuh's GEMV up to kF16GemvMaxRows rows and cuBLAS above
+// (or when N is not a multiple of 8).
+struct LinearKernel {
+  int sms = 0;
+
+  Ort::Status Init(const OrtKernelInfo* /*info*/) { return Ort::Status{nullptr}; }
+
+  OrtStatusPtr ComputeV2(OrtKernelContext* context) { return guarded([&] { return Compute(context); }); }
+
+  Ort::Status Compute(OrtKernelContext* context) {
+    constexpr const char* op = "chorus.Linear";
+    Ort::KernelContext ctx(context);
+    Ort::ConstValue x = ctx.GetInput(0), w = ctx.GetInput(1);
+    const auto xs = x.GetTensorTypeAndShapeInfo().GetShape();
+    const auto ws = w.GetTensorTypeAndShapeInfo().GetShape();
+    if (ws.size() != 2 || xs.empty() || xs.back() != ws[0]) {
+      return Ort::Status("chorus.Linear: needs X [..., K] and W [K, N]", ORT_INVALID_ARGUMENT);
+    }
+    const int64_t K = ws[0], N = ws[1];
+    std::vector<int64_t> ys(xs);
+    ys.back() = N;
+    Ort::UnownedValue y = ctx.GetOutput(0, ys.data(), ys.size());
+    int64_t M = 1;
+    for (size_t i = 0; i + 1 < xs.size(); i++) M *= xs[i];
+    if (M == 0 || N == 0) return Ort::Status{nullptr};
+    if (K > INT32_MAX || N > INT32_MAX || M > INT32_MAX) return Ort::Status("chorus.Linear: dimensions past 2^31", ORT_INVALID_ARGUMENT);
+    cudaStream_t stream = static_cast<cudaStream_t>(ctx.GetGPUComputeStream());
+    const half* xp = reinterpret_cast<const half*>(x.GetTensorData<Ort::Float16_t>());
+    const half* wp = reinterpret_cast<const half*>(w.GetTensorData<Ort::Float16_t>());
+    half* yp = reinterpret_cast<half*>(y.GetTensorMutableData<Ort::Float16_t>());
+    const int k = static_cast<int>(K), n = static_cast<int>(N);
+    if (M <= kF16GemvMaxRows && N % 8 == 0) {
+      if (sms == 0) {
+        int device = 0;
+        if (auto s = statusOf(cudaGetDevice(&device), "cudaGetDevice", op); !s.IsOK()) return s;
+        if (auto s = statusOf(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device), "cudaDeviceGetAttribute", op); !s.IsOK()) return s;
+      }
+      // K split until the column blocks fill two waves of blocks (slices of whole unrolled steps); the split depends
+      // on N and K only, so the scratch a shape needs is the same in every run of it (captured or not), sized here
+      // for the most rows.
+      const int columnBlocks = (n + kF16GemvColumns - 1) / kF16GemvColumns;
+      constexpr int kStep = kF16GemvWarps * kF16GemvUnroll;
+      const int wanted = std::max(1, std::min((2 * sms + columnBlocks - 1) / columnBlocks, (k + kStep - 1) / kStep));
+      const int kPerSlice = ((k + wanted - 1) / wanted + kStep - 1) / kStep * kStep;
+      const int slices = (k + kPerSlice - 1) / kPerSlice;
+      float* partial = nullptr;
+      if (slices > 1) {
+        const size_t need = static_cast<size_t>(slices) * kF16GemvMaxRows * N * sizeof(float);
+        if (auto s = growScratch(tls.partial, tls.partialBytes, need, stream, "split-K scratch", op); !s.IsOK()) return s;
+        partial = static_cast<float*>(tls.partial);
+      }
+      const dim3 grid(static_cast<unsigned>(columnBlocks), static_cast<unsigned>(slices)), block(kF16GemvWarps * 32);
+      switch (M) {
+        case 1: f16Gemv<1><<<grid, block, 0, stream>>>(xp, wp, yp, partial, k, n, kPerSlice); break;
+        case 2: f16Gemv<2><<<grid, block, 0, stream>>>(xp, wp, yp, partial, k, n, kPerSlice); break;
+        case 3: f16Gemv<3><<<grid, block, 0, stream>>>(xp, wp, yp, partial, k, n, kPerSlice); break;
+        default: f16Gemv<4><<<grid, block, 0, stream>>>(xp, wp, yp, partial, k, n, kPerSlice); break;
+      }
+      if (auto s = statusOf(cudaGetLastError(), "GEMV launch", op); !s.IsOK()) return s;
+      if (slices == 1) return Ort::Status{nullptr};
+      const size_t count = static_cast<size_t>(M) * N;
+      int4SplitKSum<<<static_cast<unsigned>(std::min<size_t>((count + 255) / 256, 65535)), 256, 0, stream>>>(partial, yp, slices, count);
+      return statusOf(cudaGetLastError(), "split-K sum launch", op);
+    }
+    if (auto s = threadCublas(stream, op); !s.IsOK()) return s;
+    // Row-major Y[M, N] = X[M, K] W[K, N] is column-major Y^T[N, M] = W^T[N, K] X^T[K, M], where W^T is W's bytes
+    // seen column-major (leading dimension N) and X^T is X's (leading dimension K): no transposes.
+    const float one = 1.f, zero = 0.f;
+    const int rc = cublas().gemmEx(tls.handle, kCublasOpN, kCublasOpN, n, static_cast<int>(M), k, &one, wp, kCudaR16F, n, xp, kCudaR16F, k,
+                                   &zero, yp, kCudaR16F, n, kCublasCompute32F, kCublasGemmDefault);
+    if (rc != 0) return Ort::Status(("chorus.Linear: cublasGemmEx failed with status " + std::to_string(rc)).c_str(), ORT_EP_FAIL);
+    return Ort::Status{nullptr};
+  }
+};
+
+struct LinearOp : Ort::CustomOpBase<LinearOp, LinearKernel, true> {
+  OrtStatusPtr CreateKernelV2(const OrtApi& /*api*/, const OrtKernelInfo* info, void** kernel) const {
+    return createKernel<LinearKernel>(info, kernel);
+  }
+  const char* GetName() const { return "Linear"; }
+  const char* GetExecutionProviderType() const { return "CUDAExecutionProvider"; }
+  size_t GetInputTypeCount() const { return 2; }
+  ONNXTensorElementDataType GetInputType(size_t /*index*/) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16; }
   size_t GetOutputTypeCount() const { return 1; }
   ONNXTensorElementDataType GetOutputType(size_t /*index*/) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16; }
 };
@@ -677,6 +780,7 @@ extern "C" __attribute__((visibility("default"))) OrtStatus* ORT_API_CALL Regist
   Ort::InitApi(api->GetApi(ORT_API_VERSION));
   static Int4LinearOp int4Linear;
   static DecodeAttentionOp decodeAttention;
+  static LinearOp linear;
   static Ort::CustomOpDomain* domain = nullptr;
   static std::mutex mutex;
   std::lock_guard<std::mutex> lock(mutex);
@@ -685,6 +789,7 @@ extern "C" __attribute__((visibility("default"))) OrtStatus* ORT_API_CALL Regist
       domain = new Ort::CustomOpDomain("chorus");
       domain->Add(&int4Linear);
       domain->Add(&decodeAttention);
+      domain->Add(&linear);
     }
     Ort::UnownedSessionOptions(options).Add(*domain);
   } catch (const Ort::Exception& e) {

@@ -5,6 +5,8 @@
  * the MLP, whose output is the next block's skip input; input [M, H] as the paged shard graphs have it.
  *
  *   a               today's graph (GraphBuilder.ts): MatMul [H, 2I], Split, Sigmoid, Mul, Mul, MatMul [I, H]
+ *   a-chorus        a with both MatMuls as Chorus's chorus.Linear (native/cuda/f16_gemv.cuh: a GEMV up to 4 rows,
+ *                   cuBLAS above; `npm run build:cuda-ops`), checked against a
  *   a-basic         the same model at graph optimization "basic": ORT's level-2 QuickGeluFusion, which rewrites
  *                   x * Sigmoid(x) into com.microsoft QuickGelu in `a` (ncu of the served 8B shows QuickGelu), is off
  *   b               MatMul, Split, com.microsoft QuickGelu(alpha 1) (x * sigmoid(x) = SiLU), Mul, MatMul
@@ -254,13 +256,18 @@ interface Variant {
   /** Each layer's MLP input is also a graph output, so ORT cannot plan the MoE's output over it (MayInplace(0, 0)). */
   readonly keepInput?: boolean
 }
-const splitMlp = (act: (g: string, out: string, p: string) => Array<NodeSpec>) => (input: string, output: string, p: string): Array<NodeSpec> => [
-  { op: "MatMul", inputs: [input, "gate_up"], outputs: [`${p}.gu`], name: `${p}.gate_up` },
-  { op: "Split", inputs: [`${p}.gu`, "mlp_split"], outputs: [`${p}.gate`, `${p}.up`], attributes: { axis: -1 }, name: `${p}.split` },
-  ...act(`${p}.gate`, `${p}.silu`, p),
-  { op: "Mul", inputs: [`${p}.silu`, `${p}.up`], outputs: [`${p}.swiglu`], name: `${p}.swiglu` },
-  { op: "MatMul", inputs: [`${p}.swiglu`, "down"], outputs: [output], name: `${p}.down` }
-]
+// `linear`: MatMul, or chorus.Linear (the same inputs: X and W [K, N]).
+const splitMlp = (act: (g: string, out: string, p: string) => Array<NodeSpec>, linear: "MatMul" | "chorus.Linear" = "MatMul") =>
+(input: string, output: string, p: string): Array<NodeSpec> => {
+  const mm = linear === "MatMul" ? { op: "MatMul" } : { op: "Linear", domain: "chorus" }
+  return [
+    { ...mm, inputs: [input, "gate_up"], outputs: [`${p}.gu`], name: `${p}.gate_up` },
+    { op: "Split", inputs: [`${p}.gu`, "mlp_split"], outputs: [`${p}.gate`, `${p}.up`], attributes: { axis: -1 }, name: `${p}.split` },
+    ...act(`${p}.gate`, `${p}.silu`, p),
+    { op: "Mul", inputs: [`${p}.silu`, `${p}.up`], outputs: [`${p}.swiglu`], name: `${p}.swiglu` },
+    { ...mm, inputs: [`${p}.swiglu`, "down"], outputs: [output], name: `${p}.down` }
+  ]
+}
 const sigmoidMul = (g: string, out: string, p: string): Array<NodeSpec> => [
   { op: "Sigmoid", inputs: [g], outputs: [`${p}.sig`], name: `${p}.sigmoid` },
   { op: "Mul", inputs: [g, `${p}.sig`], outputs: [out], name: `${p}.silu` }
@@ -299,6 +306,8 @@ const chorusVariant = (name: string, symmetric: boolean, what: string, env?: Rea
 })
 const variants: Array<Variant> = [
   { name: "a", what: "MatMul, Split, Sigmoid, Mul, Mul, MatMul (today)", weights: ["gate_up", "down"], mlp: splitMlp(sigmoidMul) },
+  // chorus.Linear (native/cuda/f16_gemv.cuh: a GEMV up to 4 rows, cuBLAS above), checked against a.
+  { name: "a-chorus", what: "a with both MatMuls as chorus.Linear", weights: ["gate_up", "down"], mlp: splitMlp(sigmoidMul, "chorus.Linear"), chorusOps: true },
   { name: "a-basic", what: "a at graph optimization basic (no QuickGelu fusion)", optimization: "basic", weights: ["gate_up", "down"], mlp: splitMlp(sigmoidMul) },
   {
     name: "b", what: "MatMul, Split, QuickGelu(alpha 1), Mul, MatMul", weights: ["gate_up", "down"],

@@ -32,6 +32,8 @@
 #                                                          # the device test, the 8B served with each
 #   PHASE=AN OUT=$OUT bash scripts/gpu/serving-session.sh  # chorus.DecodeAttention against XQA at 64 x 1k: cache row
 #                                                          # length (--slot), then ncu on each kernel
+#   PHASE=G OUT=$OUT bash scripts/gpu/serving-session.sh   # chorus.Linear's float16 GEMV against cuBLAS (MLP probe),
+#                                                          # its SASS
 #   PHASE=W OUT=$OUT bash scripts/gpu/serving-session.sh   # chorus.Int4Linear at one row: the probe (W_PROBE), warp
 #                                                          # stalls and instruction mix by ncu (W_NCU), the SASS
 #   PHASE=K OUT=$OUT bash scripts/gpu/serving-session.sh   # kernel times: XQA decode attention at 8 / 32 layers and
@@ -52,7 +54,7 @@ FINAL_OUT="$OUT"
 OUT="${RES:-/tmp/chorus-results-$PHASE}"
 rm -rf "$OUT"
 trap 'tar czf "$FINAL_OUT/$PHASE.tgz" -C "$OUT" . 2>/dev/null; cp -f "$OUT/log-$PHASE" "$FINAL_OUT/" 2>/dev/null' EXIT
-: "${PHASE:?PHASE must be S, Q1, Q2, Q3, V, F, X, I, M, K, C, N, W, A or AN}"
+: "${PHASE:?PHASE must be S, Q1, Q2, Q3, V, F, X, I, M, K, C, N, W, A, AN or G}"
 source "$(dirname "${BASH_SOURCE[0]}")/phase-env.sh"
 CKPT="$BENCH_DIR/llama3-8b-random"
 mkdir -p "$OUT" "$BENCH_DIR"
@@ -341,6 +343,21 @@ if [[ "$PHASE" == AN ]]; then
   done
   exit 0
 fi
+if [[ "$PHASE" == G ]]; then
+  # chorus.Linear's float16 GEMV (f16_gemv.cuh) against cuBLAS through ORT's MatMul: Llama 3 8B's MLP (gate|up N 28672
+  # K 4096, down N 4096 K 14336), 1-4 rows on the GEMV and 8-64 on cuBLAS behind the same op; then its SASS (are the
+  # unrolled weight loads all in flight?).
+  cuda_ops_setup
+  say "MLP probe: MatMul against chorus.Linear"
+  timeout 150 "$NODE" native/probes/mlp-fusion.ts --batches 1,2,3,4,8,64 --only ${G_PROBE:-a,a-chorus} 2>&1 | tee "$OUT/mlp-linear.txt" | grep -E "^\||M=|REFUSED|FAILED|MISMATCH"
+  rm -rf /tmp/mlp-fusion
+  CUOBJDUMP=$(command -v cuobjdump || ls /usr/local/cuda*/bin/cuobjdump 2>/dev/null | head -1)
+  if [[ -n "$CUOBJDUMP" ]]; then
+    "$CUOBJDUMP" -sass native/build-cuda/libchorus_cuda_ops.so | awk '/Function : .*f16Gemv/{p=1} /Function : /&&!/f16Gemv/{p=0} p' > "$OUT/sass-f16gemv.txt" 2>&1
+    say "SASS: $(grep -c LDG "$OUT/sass-f16gemv.txt") LDG in $(wc -l < "$OUT/sass-f16gemv.txt") lines"
+  fi
+  exit 0
+fi
 if [[ "$PHASE" == W ]]; then
   # Why chorus.Int4Linear is slow at one row: the probe over W_PROBE, then warp-stall reasons and instruction counts
   # (ncu raw metrics) of one kernel per variant at M 1, and the SASS of the one-row kernels where cuobjdump is found.
@@ -376,5 +393,5 @@ if [[ "$PHASE" == V ]]; then
   say "sweep exit $?"; grep -m2 -E "illegal|disabled" "$OUT/server/server.log" | cut -c1-250
   exit 0
 fi
-echo "PHASE must be S, Q1, Q2, Q3, V, F, X, I, M, K, C, N, W, A or AN" >&2
+echo "PHASE must be S, Q1, Q2, Q3, V, F, X, I, M, K, C, N, W, A, AN or G" >&2
 exit 2

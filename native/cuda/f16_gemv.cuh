@@ -1,0 +1,84 @@
+// chorus.Linear's GEMV (probe only, not yet run on a GPU): Y[M, N] = X[M, K] W[K, N] for up to kF16GemvMaxRows rows,
+// W float16 in MatMul's layout (row k holds the k-th weight of all N outputs, contiguous).
+//
+// Why: cuBLAS streams a decode step's float16 weights at 2.9-3.3 TB/s (66-70% of the H200's 4.24 TB/s copy rate,
+// docs/benchmarks.md), which with 16 GB of weights a token is most of the gap between 57% and 80% of the roofline.
+// A lane owns 8 adjacent outputs (16 bytes of each W row: a warp reads 512 contiguous bytes a row) and a warp a
+// stride of k rows, kF16GemvUnroll rows loaded before any is used (32 KB in flight a block), x read as a
+// broadcast; the block's warps are summed through shared memory and, when K is
+// split over blockIdx.y (so that N / 256 column blocks still fill the GPU), the float32 slices by int4SplitKSum.
+#pragma once
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+namespace chorus {
+
+constexpr int kF16GemvMaxRows = 4;
+constexpr int kF16GemvWarps = 8;
+constexpr int kF16GemvUnroll = 8;
+constexpr int kF16GemvColumns = 256;  // outputs a block: 32 lanes x 8
+
+template <int M>
+__device__ __forceinline__ void f16GemvStep(float (&acc)[M][8], uint4 wv, const half* __restrict__ x, int K, int k) {
+  const float2 w0 = __half22float2(*reinterpret_cast<const half2*>(&wv.x)), w1 = __half22float2(*reinterpret_cast<const half2*>(&wv.y));
+  const float2 w2 = __half22float2(*reinterpret_cast<const half2*>(&wv.z)), w3 = __half22float2(*reinterpret_cast<const half2*>(&wv.w));
+#pragma unroll
+  for (int m = 0; m < M; m++) {
+    const float xs = __half2float(__ldg(x + static_cast<size_t>(m) * K + k));
+    acc[m][0] += xs * w0.x;
+    acc[m][1] += xs * w0.y;
+    acc[m][2] += xs * w1.x;
+    acc[m][3] += xs * w1.y;
+    acc[m][4] += xs * w2.x;
+    acc[m][5] += xs * w2.y;
+    acc[m][6] += xs * w3.x;
+    acc[m][7] += xs * w3.y;
+  }
+}
+
+// Grid (ceil(N / 256), slices), kF16GemvWarps warps; slice s covers k in [s kPerSlice, (s + 1) kPerSlice). N % 8 == 0.
+// With one slice the block writes Y (float16), otherwise its float32 sums to partial[slice][M][N].
+template <int M>
+__global__ void __launch_bounds__(kF16GemvWarps * 32) f16Gemv(const half* __restrict__ x, const half* __restrict__ w, half* __restrict__ y,
+                                                              float* __restrict__ partial, int K, int N, int kPerSlice) {
+  __shared__ __align__(16) float sums[kF16GemvWarps][M][kF16GemvColumns];
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int col = blockIdx.x * kF16GemvColumns + 8 * lane;
+  const bool holds = col < N;
+  const int k0 = blockIdx.y * kPerSlice, k1 = min(K, k0 + kPerSlice);
+  float acc[M][8] = {};
+  // A lane past N reads column 0's weights (in bounds, unconditional loads batch) and writes nothing.
+  const uint4* wp = reinterpret_cast<const uint4*>(w + (holds ? col : 0));
+  const size_t rowStride = static_cast<size_t>(N) / 8;  // uint4s a W row
+  int k = k0 + warp;
+  for (; k + (kF16GemvUnroll - 1) * kF16GemvWarps < k1; k += kF16GemvUnroll * kF16GemvWarps) {
+    uint4 wv[kF16GemvUnroll];
+#pragma unroll
+    for (int u = 0; u < kF16GemvUnroll; u++) wv[u] = __ldcs(wp + static_cast<size_t>(k + u * kF16GemvWarps) * rowStride);
+#pragma unroll
+    for (int u = 0; u < kF16GemvUnroll; u++) f16GemvStep<M>(acc, wv[u], x, K, k + u * kF16GemvWarps);
+  }
+  for (; k < k1; k += kF16GemvWarps) {
+    const uint4 wv = __ldcs(wp + static_cast<size_t>(k) * rowStride);
+    f16GemvStep<M>(acc, wv, x, K, k);
+  }
+#pragma unroll
+  for (int m = 0; m < M; m++) {
+    *reinterpret_cast<float4*>(&sums[warp][m][8 * lane]) = make_float4(acc[m][0], acc[m][1], acc[m][2], acc[m][3]);
+    *reinterpret_cast<float4*>(&sums[warp][m][8 * lane + 4]) = make_float4(acc[m][4], acc[m][5], acc[m][6], acc[m][7]);
+  }
+  __syncthreads();
+  for (int idx = threadIdx.x; idx < M * kF16GemvColumns; idx += kF16GemvWarps * 32) {
+    const int m = idx / kF16GemvColumns, c = idx % kF16GemvColumns, n = blockIdx.x * kF16GemvColumns + c;
+    if (n >= N) continue;
+    float s = 0.f;
+#pragma unroll
+    for (int v = 0; v < kF16GemvWarps; v++) s += sums[v][m][c];
+    if (gridDim.y == 1) y[static_cast<size_t>(m) * N + n] = __float2half(s);
+    else partial[(static_cast<size_t>(blockIdx.y) * M + m) * N + n] = s;
+  }
+}
+
+}  // namespace chorus
