@@ -20,8 +20,8 @@
 //                   first versions, kept to measure against (docs/native.md has the figures).
 //
 // chorus.DecodeAttention (decode_attention.cuh): GroupQueryAttention's decode case for the row cache
-// (`--decode-attention chorus`). chorus.Linear (f16_gemv.cuh; probe only, not yet run on a GPU): float16 MatMul with
-// a GEMV up to 4 rows and cuBLAS above.
+// (`--decode-attention chorus`). chorus.Linear (f16_gemv.cuh; not yet run on a GPU): float16 MatMul with a GEMV up to
+// 4 rows and cuBLAS above (`--linear-kernels chorus` on float16 shards).
 //
 // The kernels live in the headers beside this file (int4_mma.cuh, int4_gemv.cuh, int4_dequantize.cuh,
 // decode_attention.cuh, f16_gemv.cuh); this file is the ops: path choice, scratch buffers, launches and ORT's
@@ -494,7 +494,8 @@ struct Int4LinearOp : Ort::CustomOpBase<Int4LinearOp, Int4LinearKernel, true> {
 
 // ------------------------------------------------------------------------------------------------ chorus.Linear
 
-// chorus.Linear (probe only: native/probes/mlp-fusion.ts's a-chorus; no shard graph uses it yet): MatMul's float16
+// chorus.Linear (written 2026-12-01g, not yet run on a GPU; `--linear-kernels chorus` on float16 shards, probe
+// native/probes/mlp-fusion.ts's a-chorus): MatMul's float16
 // Y = X W with W an initializer [K, N], through f16_gemv.cuh's GEMV up to kF16GemvMaxRows rows and cuBLAS above
 // (or when N is not a multiple of 8).
 struct LinearKernel {

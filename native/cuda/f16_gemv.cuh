@@ -1,12 +1,14 @@
-// chorus.Linear's GEMV (probe only, not yet run on a GPU): Y[M, N] = X[M, K] W[K, N] for up to kF16GemvMaxRows rows,
+// chorus.Linear's GEMV (written 2026-12-01g, not yet run on a GPU): Y[M, N] = X[M, K] W[K, N] for up to kF16GemvMaxRows rows,
 // W float16 in MatMul's layout (row k holds the k-th weight of all N outputs, contiguous).
 //
 // Why: cuBLAS streams a decode step's float16 weights at 2.9-3.3 TB/s (66-70% of the H200's 4.24 TB/s copy rate,
 // docs/benchmarks.md), which with 16 GB of weights a token is most of the gap between 57% and 80% of the roofline.
 // A lane owns 8 adjacent outputs (16 bytes of each W row: a warp reads 512 contiguous bytes a row) and a warp a
-// stride of k rows, kF16GemvUnroll rows loaded before any is used (32 KB in flight a block), x read as a
-// broadcast; the block's warps are summed through shared memory and, when K is
-// split over blockIdx.y (so that N / 256 column blocks still fill the GPU), the float32 slices by int4SplitKSum.
+// stride of k rows, loaded kF16GemvUnroll rows at a time one batch ahead of the rows being summed (written out as
+// two register batches: with one unrolled batch ptxas interleaved loads and sums, 32 registers at one row, so fewer
+// loads were in flight; 100 with two), x read as a broadcast; the block's warps are summed through shared memory
+// and, when K is split over blockIdx.y (so that N / 256 column blocks still fill the GPU), the float32 slices by
+// int4SplitKSum.
 #pragma once
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -53,12 +55,23 @@ __global__ void __launch_bounds__(kF16GemvWarps * 32) f16Gemv(const half* __rest
   const uint4* wp = reinterpret_cast<const uint4*>(w + (holds ? col : 0));
   const size_t rowStride = static_cast<size_t>(N) / 8;  // uint4s a W row
   int k = k0 + warp;
-  for (; k + (kF16GemvUnroll - 1) * kF16GemvWarps < k1; k += kF16GemvUnroll * kF16GemvWarps) {
-    uint4 wv[kF16GemvUnroll];
+  constexpr int kBatch = kF16GemvUnroll * kF16GemvWarps;
+  if (k + kBatch - kF16GemvWarps < k1) {
+    uint4 cur[kF16GemvUnroll];
 #pragma unroll
-    for (int u = 0; u < kF16GemvUnroll; u++) wv[u] = __ldcs(wp + static_cast<size_t>(k + u * kF16GemvWarps) * rowStride);
+    for (int u = 0; u < kF16GemvUnroll; u++) cur[u] = __ldcs(wp + static_cast<size_t>(k + u * kF16GemvWarps) * rowStride);
+    for (; k + 2 * kBatch - kF16GemvWarps < k1; k += kBatch) {
+      uint4 next[kF16GemvUnroll];
 #pragma unroll
-    for (int u = 0; u < kF16GemvUnroll; u++) f16GemvStep<M>(acc, wv[u], x, K, k + u * kF16GemvWarps);
+      for (int u = 0; u < kF16GemvUnroll; u++) next[u] = __ldcs(wp + static_cast<size_t>(k + kBatch + u * kF16GemvWarps) * rowStride);
+#pragma unroll
+      for (int u = 0; u < kF16GemvUnroll; u++) f16GemvStep<M>(acc, cur[u], x, K, k + u * kF16GemvWarps);
+#pragma unroll
+      for (int u = 0; u < kF16GemvUnroll; u++) cur[u] = next[u];
+    }
+#pragma unroll
+    for (int u = 0; u < kF16GemvUnroll; u++) f16GemvStep<M>(acc, cur[u], x, K, k + u * kF16GemvWarps);
+    k += kBatch;
   }
   for (; k < k1; k += kF16GemvWarps) {
     const uint4 wv = __ldcs(wp + static_cast<size_t>(k) * rowStride);

@@ -33,7 +33,7 @@
 #   PHASE=AN OUT=$OUT bash scripts/gpu/serving-session.sh  # chorus.DecodeAttention against XQA at 64 x 1k: cache row
 #                                                          # length (--slot), then ncu on each kernel
 #   PHASE=G OUT=$OUT bash scripts/gpu/serving-session.sh   # chorus.Linear's float16 GEMV against cuBLAS (MLP probe),
-#                                                          # its SASS
+#                                                          # its SASS, the device test, the 8B served with each
 #   PHASE=W OUT=$OUT bash scripts/gpu/serving-session.sh   # chorus.Int4Linear at one row: the probe (W_PROBE), warp
 #                                                          # stalls and instruction mix by ncu (W_NCU), the SASS
 #   PHASE=K OUT=$OUT bash scripts/gpu/serving-session.sh   # kernel times: XQA decode attention at 8 / 32 layers and
@@ -345,8 +345,8 @@ if [[ "$PHASE" == AN ]]; then
 fi
 if [[ "$PHASE" == G ]]; then
   # chorus.Linear's float16 GEMV (f16_gemv.cuh) against cuBLAS through ORT's MatMul: Llama 3 8B's MLP (gate|up N 28672
-  # K 4096, down N 4096 K 14336), 1-4 rows on the GEMV and 8-64 on cuBLAS behind the same op; then its SASS (are the
-  # unrolled weight loads all in flight?).
+  # K 4096, down N 4096 K 14336), 1-4 rows on the GEMV and 8-64 on cuBLAS behind the same op; its SASS (are the
+  # unrolled weight loads all in flight?); the device test; the 8B float16 served with --linear-kernels chorus and ort.
   cuda_ops_setup
   say "MLP probe: MatMul against chorus.Linear"
   timeout 150 "$NODE" native/probes/mlp-fusion.ts --batches 1,2,3,4,8,64 --only ${G_PROBE:-a,a-chorus} 2>&1 | tee "$OUT/mlp-linear.txt" | grep -E "^\||M=|REFUSED|FAILED|MISMATCH"
@@ -356,6 +356,15 @@ if [[ "$PHASE" == G ]]; then
     "$CUOBJDUMP" -sass native/build-cuda/libchorus_cuda_ops.so | awk '/Function : .*f16Gemv/{p=1} /Function : /&&!/f16Gemv/{p=0} p' > "$OUT/sass-f16gemv.txt" 2>&1
     say "SASS: $(grep -c LDG "$OUT/sass-f16gemv.txt") LDG in $(wc -l < "$OUT/sass-f16gemv.txt") lines"
   fi
+  say "device test: --linear-kernels chorus on float16 fixtures against transformers (CUDA graphs on)"
+  chorus_ops_device_test run-all-linear chorus.Linear
+  # The 8B float16 served with chorus.Linear and with ORT's MatMul (what a user measures), while time is left.
+  ensure_weights
+  for kernels in chorus ort; do
+    (( $(left) > 100 )) || { say "no time left for $kernels"; continue; }
+    say "8B float16 served, --linear-kernels $kernels"
+    serve_8b "served-$kernels" --serve-arg=--linear-kernels=$kernels
+  done
   exit 0
 fi
 if [[ "$PHASE" == W ]]; then

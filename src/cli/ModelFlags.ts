@@ -154,7 +154,7 @@ export const modelFlags = {
   },
   "linear-kernels": {
     kind: "string",
-    description: "with --device cuda and an int4 model: ort (default, ONNX Runtime's MatMulNBits) | chorus (experimental: Chorus's own tensor-core 4-bit kernel, npm run build:cuda-ops; on an H200 faster than ort at 64 streams, slower at one, docs/native.md)"
+    description: "with --device cuda: ort (default, ONNX Runtime's MatMulNBits and MatMul) | chorus (experimental, npm run build:cuda-ops, float16: Chorus's tensor-core 4-bit kernel for int4 models, on an H200 faster than ort at 64 streams and slower at one; its float16 GEMV up to 4 rows for float16 models, not yet measured; docs/native.md)"
   },
   "decode-attention": {
     kind: "string",

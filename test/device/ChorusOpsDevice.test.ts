@@ -90,13 +90,19 @@ describe.runIf(device.kind === "cuda")("chorus.Int4Linear on CUDA", () => {
   // attention (XQA) to, against transformers: prompt logits within 1e-2, greedy tokens equal for 16 tokens unless they
   // part at a float32 near-tie (the two best logits within 1% of the largest), decode steps of one row and batched,
   // prompts in one chunk and in chunks of 100. native/probes/decode-attention-check.ts compares the op itself.
-  describe.each([["tiny-llama3-a", 512], ["tiny-llama3-b", 512], ["tiny-llama3-b", 100]] as const)("chorus.DecodeAttention, %s, %i tokens a step", (name, budget) => {
+  // --linear-kernels chorus on float16 shards (chorus.Linear: written 2026-12-01g, first run here) the same way: its
+  // GEMV in decode steps of 1-4 rows, cuBLAS for prompts and wider steps.
+  const kernelCases = [
+    ["chorus.DecodeAttention", { decodeAttention: "chorus" }],
+    ["chorus.Linear", { linearKernels: "chorus" }]
+  ] as const
+  describe.each(kernelCases.flatMap(([op, engine]) => ([["tiny-llama3-a", 512], ["tiny-llama3-b", 512], ["tiny-llama3-b", 100]] as const).map(([name, budget]) => [op, name, budget, engine] as const)))("%s, %s, %i tokens a step", (_op, name, budget, kernels) => {
     const options: Llama3Options = { modelDir: fixtureDir(name), dtype: "float16", maxContext: 512, attention: "fused" }
     const reference = readReference(name)
     for (const concurrent of [false, true]) {
       it(`as transformers up to a float32 near-tie, ${concurrent ? "the prompts batched" : "one prompt at a time"}`, async () => {
         const prompts = reference.prompts.map((p) => p.input_ids)
-        const chorus = await runGreedy(options, { device, nativeRuntime: true, maxNumSeqs: 4, maxNumBatchedTokens: budget, decodeAttention: "chorus" }, prompts, {
+        const chorus = await runGreedy(options, { device, nativeRuntime: true, maxNumSeqs: 4, maxNumBatchedTokens: budget, ...kernels }, prompts, {
           promptLogits: "last",
           concurrent
         })

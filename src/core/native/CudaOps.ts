@@ -5,7 +5,8 @@
  * `--decode-attention chorus` (experimental): the same rename for GroupQueryAttention, to `chorus.DecodeAttention`.
  *
  * `--linear-kernels chorus`: the 4-bit linears of an int4 shard run as `chorus.Int4Linear` instead of ORT's
- * `com.microsoft.MatMulNBits`. The op takes MatMulNBits' inputs and attributes unchanged, so the converted shard and
+ * `com.microsoft.MatMulNBits`, and the float16 linears (MatMul with a float16 weight [K, N]) as `chorus.Linear`
+ * (experimental, written 2026-12-01g and not yet run on a GPU: a GEMV up to 4 rows, cuBLAS above). The op takes MatMulNBits' inputs and attributes unchanged, so the converted shard and
  * its cache entry stay as they are: at load time the graph (a small protobuf; the weights are external data) is
  * rewritten into a sibling file `<shard>.chorus-ops.onnx` whose nodes are renamed, and that file is what the session
  * opens. Why: docs/benchmarks.md, "What limits int4" (ORT's kernels stream packed weights at about 1 TB/s at one row
@@ -40,18 +41,21 @@ export interface ChorusOpsGraph {
   readonly path: string
   /** MatMulNBits nodes now `chorus.Int4Linear`. */
   readonly int4Linears: number
+  /** MatMul nodes with a float16 weight now `chorus.Linear`. */
+  readonly float16Linears: number
   /** GroupQueryAttention nodes now `chorus.DecodeAttention`. */
   readonly attentions: number
 }
 
-/** Which nodes `rewriteForChorusOps` renames: 4-bit linears (`--linear-kernels chorus`), attention (`--decode-attention chorus`). */
+/** Which nodes `rewriteForChorusOps` renames: linears (`--linear-kernels chorus`), attention (`--decode-attention chorus`). */
 export interface ChorusOpsChoice {
   readonly linears: boolean
   readonly attention: boolean
 }
 
 /**
- * The graph with every 4-bit `MatMulNBits` node renamed to `chorus.Int4Linear` and, asked for, every
+ * The graph with every 4-bit `MatMulNBits` node renamed to `chorus.Int4Linear`, every `MatMul` whose weight is a
+ * float16 initializer [K, N] to `chorus.Linear` and, asked for, every
  * `GroupQueryAttention` to `chorus.DecodeAttention` (same inputs and attributes), written next to `graphPath` so that
  * its external data paths still resolve (one file per choice); reused while it is newer than the graph. A graph with
  * no such node comes back unchanged.
@@ -59,8 +63,17 @@ export interface ChorusOpsChoice {
 export const rewriteForChorusOps = (graphPath: string, choice: ChorusOpsChoice = { linears: true, attention: false }): ChorusOpsGraph => {
   const model = onnx.ModelProto.decode(fs.readFileSync(graphPath))
   const nodes = model.graph?.node ?? []
-  let int4Linears = 0, attentions = 0
+  const float16Weights = new Set(
+    (model.graph?.initializer ?? []).filter((t) => t.dataType === onnx.TensorProto.DataType.FLOAT16 && (t.dims ?? []).length === 2).map((t) => t.name)
+  )
+  let int4Linears = 0, float16Linears = 0, attentions = 0
   for (const n of nodes) {
+    if (choice.linears && n.opType === "MatMul" && (n.domain ?? "") === "" && float16Weights.has(n.input?.[1] ?? "")) {
+      n.opType = "Linear"
+      n.domain = CUSTOM_DOMAIN
+      float16Linears++
+      continue
+    }
     if (n.domain !== "com.microsoft") continue
     if (choice.linears && n.opType === "MatMulNBits") {
       const bits = n.attribute?.find((a) => a.name === "bits")
@@ -74,9 +87,10 @@ export const rewriteForChorusOps = (graphPath: string, choice: ChorusOpsChoice =
       attentions++
     }
   }
-  if (int4Linears + attentions === 0) return { path: graphPath, int4Linears, attentions }
-  const out = graphPath.replace(/\.onnx$/, "") + (attentions > 0 ? (int4Linears > 0 ? ".chorus-ops-attention.onnx" : ".chorus-attention.onnx") : SUFFIX)
-  if (fs.existsSync(out) && fs.statSync(out).mtimeMs >= fs.statSync(graphPath).mtimeMs) return { path: out, int4Linears, attentions }
+  const linears = int4Linears + float16Linears
+  if (linears + attentions === 0) return { path: graphPath, int4Linears, float16Linears, attentions }
+  const out = graphPath.replace(/\.onnx$/, "") + (attentions > 0 ? (linears > 0 ? ".chorus-ops-attention.onnx" : ".chorus-attention.onnx") : SUFFIX)
+  if (fs.existsSync(out) && fs.statSync(out).mtimeMs >= fs.statSync(graphPath).mtimeMs) return { path: out, int4Linears, float16Linears, attentions }
   if (!(model.opsetImport ?? []).some((o) => o.domain === CUSTOM_DOMAIN)) {
     model.opsetImport = [...(model.opsetImport ?? []), onnx.OperatorSetIdProto.create({ domain: CUSTOM_DOMAIN, version: 1 })]
   }
@@ -84,5 +98,5 @@ export const rewriteForChorusOps = (graphPath: string, choice: ChorusOpsChoice =
   const tmp = `${out}.${process.pid}.${Math.random().toString(36).slice(2)}.tmp`
   fs.writeFileSync(tmp, onnx.ModelProto.encode(model).finish())
   fs.renameSync(tmp, out)
-  return { path: out, int4Linears, attentions }
+  return { path: out, int4Linears, float16Linears, attentions }
 }

@@ -150,8 +150,8 @@ export async function load(task: ShardLoad): Promise<ShardLoadResult> {
   const device = task.device.kind === "cuda" && !useGraphs && task.device.options?.enable_cuda_graph !== undefined
     ? { ...task.device, options: Object.fromEntries(Object.entries(task.device.options).filter(([k]) => k !== "enable_cuda_graph")) }
     : task.device
-  // Chorus's kernels: the same shard with its MatMulNBits (and, asked for, GroupQueryAttention) nodes renamed, and
-  // the library that runs them.
+  // Chorus's kernels: the same shard with its MatMulNBits and float16 MatMul (and, asked for, GroupQueryAttention)
+  // nodes renamed, and the library that runs them.
   let graphPath = task.graphPath
   let customOpsLibrary: string | undefined
   const linears = task.linearKernels === "chorus", attention = task.chorusAttention === true
@@ -160,7 +160,7 @@ export async function load(task: ShardLoad): Promise<ShardLoadResult> {
     customOpsLibrary = cudaOpsLibrary()
     if (customOpsLibrary === undefined) throw new Error(`${flag} needs ${cudaOpsLibraryPath()}: build it with npm run build:cuda-ops (nvcc)`)
     const rewritten = rewriteForChorusOps(task.graphPath, { linears, attention })
-    if (rewritten.int4Linears + rewritten.attentions > 0 && task.dtype !== "float16") throw new Error(`${flag} runs float16 shards only, this one is ${task.dtype}`)
+    if (rewritten.int4Linears + rewritten.float16Linears + rewritten.attentions > 0 && task.dtype !== "float16") throw new Error(`${flag} runs float16 shards only, this one is ${task.dtype}`)
     graphPath = rewritten.path
   }
   const session = NativeOrt.load().createSession(graphPath, {

@@ -1,5 +1,5 @@
 // `--linear-kernels chorus` and `--decode-attention chorus` on the CPU side: the shard graph rewrite (MatMulNBits ->
-// chorus.Int4Linear, GroupQueryAttention -> chorus.DecodeAttention, nothing else touched, next to the graph so that its
+// chorus.Int4Linear, float16 MatMul -> chorus.Linear, GroupQueryAttention -> chorus.DecodeAttention, nothing else touched, next to the graph so that its
 // external data is found) and where the library is looked for. The flags' refusals: test/cli/BadInput.test.ts. The
 // kernels run on CUDA only: test/device/ChorusOpsDevice.test.ts.
 import { Effect } from "effect"
@@ -19,11 +19,11 @@ const { onnx } = onnxProto
 const root = fs.mkdtempSync(path.join(os.tmpdir(), "chorus-cuda-ops-"))
 afterAll(() => fs.rmSync(root, { recursive: true, force: true }))
 
-const convert = (name: string, quantize: boolean) =>
+const convert = (name: string, quantize: boolean, dtype: "float16" | "float32" = "float16") =>
   Effect.runPromise(convertCheckpoint({
     modelDir: fixtureDir("tiny-llama3-a"),
     outDir: path.join(root, name),
-    dtype: "float16",
+    dtype,
     shards: 1,
     attention: "fused",
     ...(quantize ? { quantize: defaultInt4 } : {})
@@ -40,6 +40,7 @@ describe("rewriteForChorusOps", () => {
     expect(nbits).toBe(2 * 4 + 1)
     const out = rewriteForChorusOps(graph)
     expect(out.int4Linears).toBe(nbits)
+    expect(out.float16Linears).toBe(0) // the LM head is 4-bit too
     expect(out.path).not.toBe(graph)
     expect(path.dirname(out.path)).toBe(path.dirname(graph)) // its external data paths are relative to the folder
     const after = nodesOf(out.path)
@@ -76,10 +77,23 @@ describe("rewriteForChorusOps", () => {
     expect(fs.readdirSync(path.dirname(graph)).filter((f) => f.endsWith(".tmp"))).toHaveLength(0)
   })
 
-  it("leaves a float graph as it is", async () => {
+  it("renames a float16 graph's MatMuls to chorus.Linear, and leaves a float32 graph as it is", async () => {
     const graph = await convert("float", false)
-    expect(rewriteForChorusOps(graph)).toEqual({ path: graph, int4Linears: 0, attentions: 0 })
-    expect(fs.readdirSync(path.dirname(graph)).filter((f) => f.endsWith(".chorus-ops.onnx"))).toHaveLength(0)
+    const before = nodesOf(graph)
+    const matmuls = before.graph!.node!.filter((n) => n.opType === "MatMul").length
+    expect(matmuls).toBe(2 * 4 + 1) // QKV, O, gate|up and down a layer, and the LM head
+    const out = rewriteForChorusOps(graph)
+    expect(out).toEqual({ path: graph.replace(/\.onnx$/, ".chorus-ops.onnx"), int4Linears: 0, float16Linears: matmuls, attentions: 0 })
+    const after = nodesOf(out.path)
+    expect(after.graph!.node!.filter((n) => n.opType === "MatMul")).toHaveLength(0)
+    const renamed = after.graph!.node!.filter((n) => n.opType === "Linear" && n.domain === CUSTOM_DOMAIN)
+    const original = before.graph!.node!.filter((n) => n.opType === "MatMul")
+    expect(renamed.map((n) => [...n.input!])).toEqual(original.map((n) => [...n.input!]))
+    expect(after.graph!.node!.filter((n) => n.opType === "GroupQueryAttention")).toHaveLength(2) // not asked for
+
+    const f32 = await convert("float32", false, "float32")
+    expect(rewriteForChorusOps(f32)).toEqual({ path: f32, int4Linears: 0, float16Linears: 0, attentions: 0 })
+    expect(fs.readdirSync(path.dirname(f32)).filter((f) => f.endsWith(".chorus-ops.onnx"))).toHaveLength(0)
   })
 
   it("--decode-attention chorus: renames every GroupQueryAttention to chorus.DecodeAttention, into its own file", async () => {
@@ -88,7 +102,7 @@ describe("rewriteForChorusOps", () => {
     const gqa = before.graph!.node!.filter((n) => n.opType === "GroupQueryAttention").length
     expect(gqa).toBe(2) // one a layer
     const out = rewriteForChorusOps(graph, { linears: false, attention: true })
-    expect(out).toEqual({ path: graph.replace(/\.onnx$/, ".chorus-attention.onnx"), int4Linears: 0, attentions: gqa })
+    expect(out).toEqual({ path: graph.replace(/\.onnx$/, ".chorus-attention.onnx"), int4Linears: 0, float16Linears: 0, attentions: gqa })
     const after = nodesOf(out.path)
     expect(after.graph!.node!.filter((n) => n.opType === "GroupQueryAttention")).toHaveLength(0)
     const renamed = after.graph!.node!.filter((n) => n.opType === "DecodeAttention" && n.domain === CUSTOM_DOMAIN)
@@ -104,6 +118,7 @@ describe("rewriteForChorusOps", () => {
     const both = rewriteForChorusOps(int4, { linears: true, attention: true })
     expect(both.path.endsWith(".chorus-ops-attention.onnx")).toBe(true)
     expect(both.int4Linears).toBe(2 * 4 + 1)
+    expect(both.float16Linears).toBe(0)
     expect(both.attentions).toBe(2)
   })
 })
