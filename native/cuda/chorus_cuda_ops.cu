@@ -593,7 +593,7 @@ struct LinearOp : Ort::CustomOpBase<LinearOp, LinearKernel, true> {
 // 16, 64 or 128, 2, 3, 4 or 8 query heads a KV head, no window or softcap), through decode_attention.cuh's three kernels: fast for decode steps (one token a row),
 // correct for prompt chunks. A present buffer that is not the past buffer gets a copy of it first (correct, slow:
 // the probe and the server bind them together).
-using SplitKernel = void (*)(const half*, const half*, const half*, const int*, float*, float*, float*, half*, int, int, int, int, float, int, bool);
+using SplitKernel = void (*)(const half*, const half*, const half*, const int*, float*, float*, float*, half*, int, int, int, int, float, int, bool, bool);
 struct SplitLaunch {
   SplitKernel kernel;
   int sharedBytes;  // its dynamic shared memory
@@ -617,6 +617,7 @@ struct DecodeAttentionKernel {
   int sms = 0;
   int64_t slotsDim = 0;  // the head dim `slots` was computed for
   int slots = 0;         // split-kernel blocks resident on the GPU at once
+  bool rotate = false;   // CHORUS_ATTN_ROTATE=1: each block's tiles from a place of its own (a measurement setting)
 
   Ort::Status Init(const OrtKernelInfo* info) {
     Ort::ConstKernelInfo ki(info);
@@ -637,6 +638,8 @@ struct DecodeAttentionKernel {
       }
     };
     scale = floatOr("scale", 0.f);  // 0: 1 / sqrt(head dim), set when the head dim is known
+    const char* rotateEnv = std::getenv("CHORUS_ATTN_ROTATE");
+    rotate = rotateEnv != nullptr && std::string(rotateEnv) == "1";
     if (intOr("do_rotary", 0) != 1 || intOr("rotary_interleaved", 0) != 0) return Ort::Status("chorus.DecodeAttention: needs do_rotary 1 and rotary_interleaved 0", ORT_INVALID_ARGUMENT);
     if (intOr("local_window_size", -1) != -1 || floatOr("softcap", 0.f) != 0.f) return Ort::Status("chorus.DecodeAttention: no local window or softcap", ORT_INVALID_ARGUMENT);
     const int group = kvHeads <= 0 || numHeads % kvHeads != 0 ? 0 : numHeads / kvHeads;
@@ -745,7 +748,7 @@ struct DecodeAttentionKernel {
     // One split writes the output itself; more are combined by the merge.
     const dim3 grid(static_cast<unsigned>(splits), static_cast<unsigned>(kvHeads), static_cast<unsigned>(tokens));
     split.kernel<<<grid, kAttnThreads, static_cast<size_t>(split.sharedBytes), stream>>>(qRot, pk, pv, lengths, partialOut, partialMax, partialSum, splits == 1 ? output : nullptr,
-                                              numHeads, kvHeads, presentLen, splits, softmaxScale, S, firstPrompt);
+                                              numHeads, kvHeads, presentLen, splits, softmaxScale, S, firstPrompt, rotate);
     if (auto s = statusOf(cudaGetLastError(), "attention launch", op); !s.IsOK()) return s;
     if (splits == 1) return Ort::Status{nullptr};
     decodeAttentionMerge<<<dim3(static_cast<unsigned>(numHeads), static_cast<unsigned>(tokens)), static_cast<unsigned>(D), 0, stream>>>(

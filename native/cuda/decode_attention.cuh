@@ -106,7 +106,7 @@ __global__ void __launch_bounds__(kAttnThreads, 4) decodeAttentionSplit(
     const half* __restrict__ qRot, const half* __restrict__ presentKey, const half* __restrict__ presentValue,
     const int* __restrict__ seqlensK, float* __restrict__ partialOut, float* __restrict__ partialMax,
     float* __restrict__ partialSum, half* __restrict__ out, int numHeads, int kvHeads, int presentLen, int splits, float scale, int S,
-    bool firstPrompt) {
+    bool firstPrompt, bool rotate) {
   static_assert(D % 16 == 0 && kGroup <= 8, "head dim a multiple of 16, at most 8 query heads a KV head");
   constexpr int kRow = D + 8, kChunks = D / 8, kSteps = D / 16, kWarps = kAttnThreads / 32;
   constexpr int kLoads = 2 * kAttnTile * kChunks / kAttnThreads;  // 16-byte copies a thread a tile
@@ -135,9 +135,15 @@ __global__ void __launch_bounds__(kAttnThreads, 4) decodeAttentionSplit(
     }
     cpAsyncCommit();
   };
+  // The split's i-th tile: in order, or (rotate, CHORUS_ATTN_ROTATE=1, a measurement setting) starting at a place of
+  // its own, so that the blocks, whose caches begin at the same offsets of 1 MB-aligned rows, do not walk the same
+  // addresses in step (the softmax does not care about the order).
+  const int count = t1 - t0;
+  const int start = rotate && count > 0 ? (7 * kh + 13 * token + 5 * split) % count : 0;
+  const auto tileAt = [&](int i) { return t0 + (i + start) % count; };
 #pragma unroll
   for (int i = 0; i < kAttnStages - 1; i++) {
-    if (t0 + i < t1) load(i, t0 + i);
+    if (i < count) load(i, tileAt(i));
     else cpAsyncCommit();
   }
   // Q as mma A fragments (row g = query head g of the group, scaled; rows g + 8 and heads past the group are zero).
@@ -161,12 +167,12 @@ __global__ void __launch_bounds__(kAttnThreads, 4) decodeAttentionSplit(
   float o[kChunks][2] = {};
   float rows8[4][2] = {};
   float runMax = -INFINITY, runSum = 0.f;  // of row g, over this warp's positions
-  for (int t = t0; t < t1; t++) {
-    const int stage = (t - t0) % kAttnStages;
+  for (int i = 0; i < count; i++) {
+    const int t = tileAt(i), stage = i % kAttnStages;
     cpAsyncWait<kAttnStages - 2>();
     __syncthreads();  // this tile is in for every thread; every thread is done with the stage loaded next
-    const int next = t + kAttnStages - 1;
-    if (next < t1) load((next - t0) % kAttnStages, next);
+    const int next = i + kAttnStages - 1;
+    if (next < count) load(next % kAttnStages, tileAt(next));
     else cpAsyncCommit();
     // Scores of positions 8 warp + 2 t4 and + 1 for query head g.
     float sc[4] = {};

@@ -322,13 +322,19 @@ if [[ "$PHASE" == A ]]; then
 fi
 if [[ "$PHASE" == AN ]]; then
   # Why chorus.DecodeAttention streams 64 rows of 1k tokens at 2.5 TB/s where XQA reaches 2.9-3.1: the probe with a
-  # cache row as long as what it holds (--slot 1024: fewer pages touched) against the server's longer rows, then
-  # Nsight Compute on each kernel at 64 x 1k (speed of light, memory workload, warp states, occupancy).
+  # cache row as long as what it holds (--slot 1024: fewer pages touched) against the server's longer rows, and with
+  # each block's tiles from a place of its own (CHORUS_ATTN_ROTATE=1: the blocks' rows start 1 MB apart and walked the
+  # same offsets in step), then Nsight Compute on each kernel at 64 x 1k (speed of light, memory workload, warp
+  # states, occupancy).
   cuda_ops_setup
+  say "chorus.DecodeAttention with CHORUS_ATTN_ROTATE=1 against GroupQueryAttention"
+  CHORUS_ATTN_ROTATE=1 timeout 120 "$NODE" native/probes/decode-attention-check.ts 2>&1 | tail -1 | tee "$OUT/check-rotate.txt"
   for slot in 4096 1024; do
-    for op in "--op chorus" ""; do
-      say "GQA probe ${op:-XQA}, 64 x 1k, --slot $slot"
-      ORT_ENABLE_XQA=1 timeout 60 "$NODE" native/probes/gqa-backends.ts --layers 32 --graph --batches 64 --cached 1024 --slot $slot $op 2>&1 | grep "us per layer" | tee -a "$OUT/slots.txt"
+    for run in chorus chorus-rotate xqa; do
+      op=(); [[ $run == chorus* ]] && op=(--op chorus)
+      say "GQA probe $run, 64 x 1k, --slot $slot"
+      CHORUS_ATTN_ROTATE=$([[ $run == chorus-rotate ]] && echo 1 || echo 0) ORT_ENABLE_XQA=1 timeout 60 "$NODE" native/probes/gqa-backends.ts \
+        --layers 32 --graph --batches 1,64 --cached $([[ $slot == 4096 ]] && echo 1024,4001 || echo 1024) --slot $slot "${op[@]}" 2>&1 | grep "us per layer" | sed "s/^/$run: /" | tee -a "$OUT/slots.txt"
     done
   done
   NCU=$(command -v ncu || ls /usr/local/cuda*/bin/ncu /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
