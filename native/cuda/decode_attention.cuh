@@ -60,17 +60,6 @@ __global__ void decodeRotaryAppend(const half* __restrict__ qkv, const int* __re
   dst[t + H] = __float2half(x1 * c + x0 * sn);
 }
 
-__device__ __forceinline__ float warpMax(float v) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-  return v;
-}
-__device__ __forceinline__ float warpSum(float v) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
-}
-
 // Positions a tile (8 for each of the block's 4 warps).
 constexpr int kAttnTile = 32;
 constexpr int kAttnThreads = 128;
