@@ -14,6 +14,8 @@ import { Effect, Layer, ManagedRuntime, Scope, Stream } from "effect"
 import { Llama3Adapter } from "../../src/adapters/llama3/Llama3Adapter.ts"
 import { describeQuant, type Int4Settings } from "../../src/adapters/llama3/Quantization.ts"
 import type { LoadedModel } from "../../src/core/ModelAdapter.ts"
+import type { LinearKernels } from "../../src/core/native/CudaOps.ts"
+import type { DecodeAttention } from "../../src/core/native/DecodeAttention.ts"
 import { Engine } from "../../src/core/Engine.ts"
 import type { GenerateRequest } from "../../src/core/Request.ts"
 import type { Device } from "../../src/core/shard/StepProtocol.ts"
@@ -35,6 +37,9 @@ export interface ChorusBenchOptions {
   readonly repeat: number
   /** 4-bit weights (MatMulNBits) instead of float ones; the results carry its `describeQuant` label. */
   readonly quantize?: Int4Settings | undefined
+  /** On CUDA: the decode attention kernel and the linears' kernels, as `chorus serve`'s flags pick them. */
+  readonly decodeAttention?: DecodeAttention | undefined
+  readonly linearKernels?: LinearKernels | undefined
   readonly log: (line: string) => void
   /** Called after every workload with the results so far, so that a run cut short keeps them. */
   readonly onProgress?: (results: ChorusResults) => void
@@ -136,7 +141,19 @@ export const runChorusBench = async (o: ChorusBenchOptions): Promise<ChorusResul
   }).pipe(Scope.provide(modelScope)))
   const device = o.device.kind === "cpu" ? "cpu" : `cuda:${o.device.id}`
   const quantize = o.quantize === undefined ? {} : { quantize: describeQuant(o.quantize) }
-  let results: ChorusResults = { device, model: model.id, dtype: o.dtype, ...quantize, loadSeconds: (performance.now() - t0) / 1000, batches: [] }
+  const kernels = [
+    ...(o.decodeAttention === undefined ? [] : [`--decode-attention ${o.decodeAttention}`]),
+    ...(o.linearKernels === undefined ? [] : [`--linear-kernels ${o.linearKernels}`])
+  ]
+  let results: ChorusResults = {
+    device,
+    model: model.id,
+    dtype: o.dtype,
+    ...quantize,
+    ...(kernels.length === 0 ? {} : { kernels: kernels.join(" ") }),
+    loadSeconds: (performance.now() - t0) / 1000,
+    batches: []
+  }
   o.log(`loaded ${model.id} (${o.dtype}${o.quantize === undefined ? "" : `, ${describeQuant(o.quantize)}`}) in ${results.loadSeconds.toFixed(1)} s`)
   const update = (patch: Partial<ChorusResults>) => {
     results = { ...results, ...patch }
@@ -155,7 +172,9 @@ export const runChorusBench = async (o: ChorusBenchOptions): Promise<ChorusResul
     const runtime = ManagedRuntime.make(Layer.fresh(Engine.layerFor(model, {
       device,
       maxNumSeqs: batch,
-      maxNumBatchedTokens: o.maxBatchedTokens
+      maxNumBatchedTokens: o.maxBatchedTokens,
+      ...(o.decodeAttention === undefined ? {} : { decodeAttention: o.decodeAttention }),
+      ...(o.linearKernels === undefined ? {} : { linearKernels: o.linearKernels })
     })))
     const run = (reqs: ReadonlyArray<GenerateRequest>): Promise<Array<Trace>> =>
       runtime.runPromise(Engine.use((engine) =>

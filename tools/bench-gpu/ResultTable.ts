@@ -42,6 +42,8 @@ export interface ChorusResults {
   readonly dtype: string
   /** Weight quantization (`describeQuant`), absent for float weights. */
   readonly quantize?: string
+  /** Chorus's kernels asked for (`--decode-attention chorus`, `--linear-kernels chorus`), absent for the defaults. */
+  readonly kernels?: string
   readonly loadSeconds: number
   readonly singleStream?: (DecodeStats & { readonly context: number }) | Failed
   readonly batches: ReadonlyArray<
@@ -239,7 +241,7 @@ export const renderReport = (r: GpuBenchReport): string => {
   const bw = r.ceilings.bandwidthBytesPerSecond
   const fl = r.ceilings.flopsPerSecond
   notes.push(
-    `- Chorus: ${r.chorus === undefined ? "not run" : `${r.chorus.device}, ${r.chorus.dtype}, engine API, greedy, ignoreEos, timed from token events`}.`
+    `- Chorus: ${r.chorus === undefined ? "not run" : `${r.chorus.device}, ${r.chorus.dtype}${r.chorus.kernels === undefined ? "" : `, ${r.chorus.kernels}`}, engine API, greedy, ignoreEos, timed from token events`}.`
   )
   notes.push(`- PyTorch: ${r.torch === undefined ? "not run" : `${r.torch.implementation}; torch ${r.torch.torch}`}. Eager: Python issues each kernel; CUDA graphs: the decode step captured once and replayed (the whole static cache attended with a mask).`)
   notes.push(

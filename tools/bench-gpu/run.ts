@@ -72,6 +72,8 @@ const flagSpecs = {
   "sweep-timeout-s": { kind: "integer", description: "time limit of the server sweep (default 3600)" },
   int4: { kind: "string", description: "int4 variants measured after float16 (default b32-zp; e.g. b32-zp,b128-sym; none: skip); see tools/bench-quant.ts" },
   "int4-batch": { kind: "integer", description: "concurrency of the int4 rows (default 64)" },
+  "decode-attention": { kind: "string", description: "CUDA decode attention for Chorus's rows: xqa (default) | flash | chorus, as chorus serve's flag" },
+  "linear-kernels": { kind: "string", description: "CUDA linears for Chorus's rows: ort (default) | chorus, as chorus serve's flag" },
   quant: { kind: "string", description: "internal: with --stage chorus, the int4 variant" },
   stage: { kind: "string", description: "internal: run one stage in this process (chorus)" }
 } as const
@@ -191,6 +193,8 @@ const chorusStage = async () => {
     ttftRepeats,
     repeat,
     quantize: stageQuant,
+    decodeAttention,
+    linearKernels,
     log: (line) => log(`chorus: ${line}`),
     onProgress: (r) => writeJson(file, r)
   })
@@ -207,7 +211,18 @@ const cardName = (torch: TorchResults | undefined): string => {
   }
 }
 
+// One of `choices`, or undefined when the flag is absent; anything else ends the tool with a one-line message.
+const oneOf = <C extends string>(flag: string, value: string | undefined, choices: ReadonlyArray<C>): C | undefined =>
+  value === undefined ? undefined : choices.find((c) => c === value) ?? fail(`${flag} must be ${choices.join(", ")}, got '${value}'`)
+const decodeAttention = oneOf("--decode-attention", flags["decode-attention"], ["xqa", "flash", "chorus"] as const)
+const linearKernels = oneOf("--linear-kernels", flags["linear-kernels"], ["ort", "chorus"] as const)
+// Both pick CUDA kernels; on the CPU (--dry-run-cpu) the engine would ignore them and the table would say otherwise.
+if ((decodeAttention !== undefined || linearKernels !== undefined) && device.kind !== "cuda") {
+  fail(`${decodeAttention !== undefined ? "--decode-attention" : "--linear-kernels"} needs a CUDA device`)
+}
 const sizeArgs = [
+  ...(decodeAttention === undefined ? [] : [`--decode-attention=${decodeAttention}`]),
+  ...(linearKernels === undefined ? [] : [`--linear-kernels=${linearKernels}`]),
   `--batches=${workloads.batches.join(",")}`,
   `--prompt-len=${workloads.promptLen}`,
   `--gen-len=${workloads.genLen}`,

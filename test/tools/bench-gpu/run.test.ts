@@ -1,5 +1,6 @@
 // `npm run bench:gpu --dry-run-cpu`: the whole orchestration (stages as child processes, result files, the table)
-// with Chorus on the CPU over the tiny fixture and made-up PyTorch numbers.
+// with Chorus on the CPU over the tiny fixture and made-up PyTorch numbers; the flags' refusals. (`--decode-attention`
+// and `--linear-kernels` reach the engine only on CUDA: their runs are the GPU hosts'.)
 import { execFile } from "node:child_process"
 import * as fs from "node:fs"
 import * as os from "node:os"
@@ -68,5 +69,16 @@ describe("bench:gpu dry run", () => {
     const r = await run(["--out", "/tmp/x", "--batches", "1,x"], os.tmpdir())
     expect(r.code).toBe(2)
     expect(r.stderr.trim()).toBe("bench:gpu: --batches expects a number, got 'x'")
+  })
+
+  it.each([
+    [["--checkpoint", "/tmp/x", "--decode-attention", "fast"], "bench:gpu: --decode-attention must be xqa, flash, chorus, got 'fast'"],
+    [["--checkpoint", "/tmp/x", "--linear-kernels", "cublas"], "bench:gpu: --linear-kernels must be ort, chorus, got 'cublas'"],
+    [["--dry-run-cpu", "--decode-attention", "chorus"], "bench:gpu: --decode-attention needs a CUDA device"],
+    [["--dry-run-cpu", "--linear-kernels", "chorus"], "bench:gpu: --linear-kernels needs a CUDA device"]
+  ])("refuses Chorus's kernel choices that cannot apply: %j", async (args, message) => {
+    const r = await run(["--out", "/tmp/x", ...args], os.tmpdir())
+    expect(r.code).toBe(2)
+    expect(r.stderr.trim()).toBe(message)
   })
 })
