@@ -523,9 +523,10 @@ struct LinearKernel {
     if (M == 0 || N == 0) return Ort::Status{nullptr};
     if (K > INT32_MAX || N > INT32_MAX || M > INT32_MAX) return Ort::Status("chorus.Linear: dimensions past 2^31", ORT_INVALID_ARGUMENT);
     cudaStream_t stream = static_cast<cudaStream_t>(ctx.GetGPUComputeStream());
+    half* yp = reinterpret_cast<half*>(y.GetTensorMutableData<Ort::Float16_t>());
+    if (K == 0) return statusOf(cudaMemsetAsync(yp, 0, static_cast<size_t>(M) * N * sizeof(half), stream), "zeroing an empty sum", op);
     const half* xp = reinterpret_cast<const half*>(x.GetTensorData<Ort::Float16_t>());
     const half* wp = reinterpret_cast<const half*>(w.GetTensorData<Ort::Float16_t>());
-    half* yp = reinterpret_cast<half*>(y.GetTensorMutableData<Ort::Float16_t>());
     const int k = static_cast<int>(K), n = static_cast<int>(N);
     if (M <= kF16GemvMaxRows && N % 8 == 0) {
       if (sms == 0) {
