@@ -598,26 +598,34 @@ using SplitKernel = void (*)(const half*, const half*, const half*, const int*, 
 struct SplitLaunch {
   SplitKernel kernel;
   int sharedBytes;  // its dynamic shared memory
+  int tokensPerBlock;
 };
+template <int D, int kGroup>
+SplitLaunch splitKernelFor(bool prompt) {
+  constexpr int kPrompt = promptTokensPerBlock<kGroup>();
+  return prompt ? SplitLaunch{decodeAttentionSplit<D, kGroup, kPrompt>, attentionTileBytes<D, kGroup, kPrompt>(), kPrompt}
+                : SplitLaunch{decodeAttentionSplit<D, kGroup, 1>, attentionTileBytes<D, kGroup, 1>(), 1};
+}
 template <int D>
-SplitLaunch splitKernelFor(int group) {
+SplitLaunch splitKernelFor(int group, bool prompt) {
   switch (group) {
-    case 2: return {decodeAttentionSplit<D, 2>, attentionTileBytes<D, 2>()};
-    case 3: return {decodeAttentionSplit<D, 3>, attentionTileBytes<D, 3>()};
-    case 4: return {decodeAttentionSplit<D, 4>, attentionTileBytes<D, 4>()};
-    default: return {decodeAttentionSplit<D, 8>, attentionTileBytes<D, 8>()};
+    case 2: return splitKernelFor<D, 2>(prompt);
+    case 3: return splitKernelFor<D, 3>(prompt);
+    case 4: return splitKernelFor<D, 4>(prompt);
+    default: return splitKernelFor<D, 8>(prompt);
   }
 }
-SplitLaunch splitKernelFor(int D, int group) {
-  return D == 128 ? splitKernelFor<128>(group) : D == 64 ? splitKernelFor<64>(group) : splitKernelFor<16>(group);
+// The split kernel for head dim D and the group: one query token a block for decode steps, several for prompt chunks.
+SplitLaunch splitKernelFor(int D, int group, bool prompt) {
+  return D == 128 ? splitKernelFor<128>(group, prompt) : D == 64 ? splitKernelFor<64>(group, prompt) : splitKernelFor<16>(group, prompt);
 }
 
 struct DecodeAttentionKernel {
   int numHeads = 0, kvHeads = 0;
   float scale = 0.f;
   int sms = 0;
-  int64_t slotsDim = 0;  // the head dim `slots` was computed for
-  int slots = 0;         // split-kernel blocks resident on the GPU at once
+  // Per split kernel used (decode, prompt): its blocks resident on the GPU at once, its shared memory allowed.
+  std::vector<std::pair<SplitKernel, int>> residentBlocks;
   bool rotate = false;   // CHORUS_ATTN_ROTATE=1: each block's tiles from a place of its own (a measurement setting)
 
   Ort::Status Init(const OrtKernelInfo* info) {
@@ -692,17 +700,19 @@ struct DecodeAttentionKernel {
     }
     const int tokens = B * S;
     if (tokens > 65535) return Ort::Status("chorus.DecodeAttention: at most 65,535 query tokens a call", ORT_INVALID_ARGUMENT);
-    const SplitLaunch split = splitKernelFor(static_cast<int>(D), numHeads / kvHeads);
-    if (slotsDim != D) {
+    const SplitLaunch split = splitKernelFor(static_cast<int>(D), numHeads / kvHeads, S > 1);
+    auto known = std::find_if(residentBlocks.begin(), residentBlocks.end(), [&](const auto& e) { return e.first == split.kernel; });
+    if (known == residentBlocks.end()) {
       // Past 48 KB a kernel's dynamic shared memory must be allowed first.
       if (auto s = statusOf(cudaFuncSetAttribute(split.kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, split.sharedBytes), "shared memory", op); !s.IsOK()) return s;
       int perSm = 0;
       if (auto s = statusOf(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&perSm, split.kernel, kAttnThreads, split.sharedBytes), "occupancy", op); !s.IsOK()) {
         return s;
       }
-      slots = std::max(1, perSm) * sms;
-      slotsDim = D;
+      known = residentBlocks.insert(residentBlocks.end(), {split.kernel, std::max(1, perSm) * sms});
     }
+    const int slots = known->second;
+    const int tokenBlocks = B * ((S + split.tokensPerBlock - 1) / split.tokensPerBlock);
     // A decode step's single token is its row's last position whether or not it is the row's first (seqlens_k 0), so
     // S == 1 is never treated as a first prompt: a CUDA graph captured at total_sequence_length 1 replays correctly.
     const int longest = *total.GetTensorData<int32_t>();
@@ -714,7 +724,7 @@ struct DecodeAttentionKernel {
     cudaStreamCaptureStatus capturing = cudaStreamCaptureStatusNone;
     if (auto s = statusOf(cudaStreamIsCapturing(stream, &capturing), "cudaStreamIsCapturing", op); !s.IsOK()) return s;
     const int span = capturing == cudaStreamCaptureStatusNone ? longest : presentLen;
-    const int blocks = tokens * kvHeads;
+    const int blocks = tokenBlocks * kvHeads;
     const int splits = std::max(1, std::min({kAttnMaxSplits, slots / blocks, (span + kAttnTile - 1) / kAttnTile}));
     // Scratch: rotated queries (float16), then partial sums, maxima and sums (float32). Decode steps (captured in CUDA
     // graphs) share one buffer sized once for up to kDecodeRows rows, which no later call grows (a captured graph
@@ -747,7 +757,7 @@ struct DecodeAttentionKernel {
         static_cast<int>(D));
     if (auto s = statusOf(cudaGetLastError(), "rotary launch", op); !s.IsOK()) return s;
     // One split writes the output itself; more are combined by the merge.
-    const dim3 grid(static_cast<unsigned>(splits), static_cast<unsigned>(kvHeads), static_cast<unsigned>(tokens));
+    const dim3 grid(static_cast<unsigned>(splits), static_cast<unsigned>(kvHeads), static_cast<unsigned>(tokenBlocks));
     split.kernel<<<grid, kAttnThreads, static_cast<size_t>(split.sharedBytes), stream>>>(qRot, pk, pv, lengths, partialOut, partialMax, partialSum, splits == 1 ? output : nullptr,
                                               numHeads, kvHeads, presentLen, splits, softmaxScale, S, firstPrompt, rotate);
     if (auto s = statusOf(cudaGetLastError(), "attention launch", op); !s.IsOK()) return s;

@@ -1,8 +1,8 @@
 // chorus.DecodeAttention's kernels (experimental, opt-in: `--decode-attention chorus`): GroupQueryAttention over a
 // share-buffer KV cache for packed QKV with rotary inside (head dims 16, 64, 128; 2, 3, 4 or 8 query heads a KV
-// head: Llama 3's and the test fixtures'), built for decode steps (one query token a row) and correct, not fast, for
-// prompt chunks (S tokens a row: a block a token, each reading the row's keys and values up to its own position, from
-// L2 mostly).
+// head: Llama 3's and the test fixtures'), built for decode steps (one query token a row); prompt chunks (S tokens a
+// row) go through the same kernels with several tokens a block (written 2026-12-01g, not yet run on a GPU; measured
+// before, a block a token made a 512-token prompt's first token 4-6 ms later than GroupQueryAttention's flash kernel).
 //
 // Why: every decode kernel of ORT 1.29's GroupQueryAttention (flash decoding, flash, XQA) takes 22-38 us a layer at
 // one row of 1k cached tokens, where the 4 MB of keys and values a layer would take about 1 us at bandwidth
@@ -66,46 +66,67 @@ constexpr int kAttnThreads = 128;
 // Tiles a block has in shared memory: the one being computed and kAttnStages - 1 loading.
 constexpr int kAttnStages = 3;
 
-// Dynamic shared memory of decodeAttentionSplit<D, kGroup>: the tiles' keys and values, reused after the last tile for
-// the four warps' running maxima, sums and outputs.
-template <int D, int kGroup>
+// Query tokens a block for prompt chunks: as many as fill the mma's 16 rows with their group of query heads (a decode
+// step's one token a row uses kGroup rows).
+template <int kGroup>
+constexpr int promptTokensPerBlock() { return 16 / kGroup; }
+
+// Dynamic shared memory of decodeAttentionSplit<D, kGroup, kTokens>: the tiles' keys and values, reused after the last
+// tile for the four warps' running maxima, sums and outputs of each mma row.
+template <int D, int kGroup, int kTokens>
 constexpr int attentionTileBytes() {
   constexpr int tiles = kAttnStages * 2 * kAttnTile * (D + 8) * 2;
-  constexpr int warps = (kAttnThreads / 32) * kGroup * (D + 2) * 4;
+  constexpr int warps = (kAttnThreads / 32) * kTokens * kGroup * (D + 2) * 4;
   return tiles > warps ? tiles : warps;
 }
 
-// Head dim D; kGroup query heads share a KV head; grid (splits, kvHeads, B S), kAttnThreads threads. Each split is a
-// run of whole tiles of the token's positions, copied into shared memory with cp.async (kAttnStages - 1 tiles loading
-// while one is computed; rows past the token's last position are zero-filled, so a zero weight never meets a NaN).
+// Head dim D; kGroup query heads share a KV head; kTokens query tokens of a row a block (1 for decode steps,
+// promptTokensPerBlock for prompt chunks, which then read each tile once for all of them instead of once a token);
+// grid (splits, kvHeads, B ceil(S / kTokens)), kAttnThreads threads. Each split is a run of whole tiles of the
+// block's positions (up to its last token's), copied into shared memory with cp.async (kAttnStages - 1 tiles loading
+// while one is computed; rows past the last position are zero-filled, so a zero weight never meets a NaN).
 // Tensor cores do the arithmetic, as XQA does, with about a fifth of the instructions of the CUDA-core version (a
-// lane per position, a thread per two value dims; in git history) and, measured, the same speed (64 rows of 1k
-// tokens at 2.5 TB/s: the limit is elsewhere, docs/native.md), which leaves the arithmetic room for more query rows
-// a block: the group's query heads are the rows of an mma (padded to 16), and warp w owns positions 8w .. 8w + 7 of
-// every tile, with its own running maximum, sum and output, so the tile needs no exchange between warps:
-//   scores  S[head][8 positions] = Q K^T: D/16 m16n8k16 steps, K's fragments by ldmatrix from the tile's rows;
+// lane per position, a thread per two value dims; in git history) and, measured, the same speed at decode (64 rows of
+// 1k tokens at 2.5 TB/s: the limit is elsewhere, docs/native.md). The mma's rows are (token, query head) pairs, row
+// r = token kGroup + head (up to 16; rows g and g + 8 of lane 4g + t), and warp w owns positions 8w .. 8w + 7 of every
+// tile, with each row's own running maximum, sum and output, so the tile needs no exchange between warps:
+//   scores  S[row][8 positions] = Q K^T: D/16 m16n8k16 steps, K's fragments by ldmatrix from the tile's rows; each
+//           row masked past its own token's position (causal inside a prompt chunk);
 //   softmax on S's fragment in registers (each row's 8 scores on its lane quad);
-//   values  O[head][D] += P V: P's float16 fragment is S's accumulator layout, V's fragments by ldmatrix.trans,
+//   values  O[row][D] += P V: P's float16 fragment is S's accumulator layout, V's fragments by ldmatrix.trans,
 //           D/8 m16n8k8 steps.
 // The four warps' results are combined at the end through shared memory. With one split (out != nullptr) the block
 // writes the divided float16 output itself; otherwise partial results at ((token * numHeads + h) * splits + split):
-// out [.., D] (not yet divided), max and sum [..], for decodeAttentionMerge.
-template <int D, int kGroup>
-__global__ void __launch_bounds__(kAttnThreads, 4) decodeAttentionSplit(
+// out [.., D] (not yet divided), max and sum [..], for decodeAttentionMerge. A padding token's output is zero.
+template <int D, int kGroup, int kTokens>
+__global__ void __launch_bounds__(kAttnThreads, kTokens * kGroup > 8 ? 3 : 4) decodeAttentionSplit(
     const half* __restrict__ qRot, const half* __restrict__ presentKey, const half* __restrict__ presentValue,
     const int* __restrict__ seqlensK, float* __restrict__ partialOut, float* __restrict__ partialMax,
     float* __restrict__ partialSum, half* __restrict__ out, int numHeads, int kvHeads, int presentLen, int splits, float scale, int S,
     bool firstPrompt, bool rotate) {
-  static_assert(D % 16 == 0 && kGroup <= 8, "head dim a multiple of 16, at most 8 query heads a KV head");
+  constexpr int kRows = kTokens * kGroup;
+  constexpr bool kHighRows = kRows > 8;  // rows g + 8 carry (token, head) pairs too
+  static_assert(D % 16 == 0 && kGroup <= 8 && kRows <= 16, "head dim a multiple of 16, at most 16 mma rows");
   constexpr int kRow = D + 8, kChunks = D / 8, kSteps = D / 16, kWarps = kAttnThreads / 32;
   constexpr int kLoads = 2 * kAttnTile * kChunks / kAttnThreads;  // 16-byte copies a thread a tile
   static_assert(2 * kAttnTile * kChunks % kAttnThreads == 0, "whole copies a thread");
-  extern __shared__ __align__(16) unsigned char tileBytes[];  // attentionTileBytes<D, kGroup>()
+  extern __shared__ __align__(16) unsigned char tileBytes[];  // attentionTileBytes<D, kGroup, kTokens>()
   half (*ks)[kAttnTile][kRow] = reinterpret_cast<half (*)[kAttnTile][kRow]>(tileBytes);
   half (*vs)[kAttnTile][kRow] = reinterpret_cast<half (*)[kAttnTile][kRow]>(tileBytes + kAttnStages * kAttnTile * kRow * 2);
-  const int split = blockIdx.x, kh = blockIdx.y, token = blockIdx.z, b = token / S;
+  const int tokenBlocks = (S + kTokens - 1) / kTokens;
+  const int split = blockIdx.x, kh = blockIdx.y, b = blockIdx.z / tokenBlocks, first = (blockIdx.z % tokenBlocks) * kTokens;
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t4 = lane & 3;
-  const int L = tokenPosition(seqlensK, b, token % S, S, firstPrompt, presentLen) + 1;  // positions it attends to (0: padding)
+  // Row r's token (-1: past the chunk) and the positions it attends to (0: padding or past the chunk).
+  const auto rowToken = [&](int r) { return r < kRows && first + r / kGroup < S ? first + r / kGroup : -1; };
+  const auto rowLength = [&](int r) {
+    const int i = rowToken(r);
+    return i < 0 ? 0 : tokenPosition(seqlensK, b, i, S, firstPrompt, presentLen) + 1;
+  };
+  // The block's positions: its last token's (positions grow with the token in a chunk).
+  int L = 0;
+#pragma unroll
+  for (int q = 0; q < kTokens; q++) L = max(L, rowLength(q * kGroup));
+  const int lenA = rowLength(g), lenB = kHighRows ? rowLength(g + 8) : 0;
   const int tiles = (L + kAttnTile - 1) / kAttnTile, per = (tiles + splits - 1) / splits;
   const int t0 = min(tiles, split * per), t1 = min(tiles, t0 + per);
   const size_t cache = (static_cast<size_t>(b) * kvHeads + kh) * presentLen * D;
@@ -128,34 +149,59 @@ __global__ void __launch_bounds__(kAttnThreads, 4) decodeAttentionSplit(
   // its own, so that the blocks, whose caches begin at the same offsets of 1 MB-aligned rows, do not walk the same
   // addresses in step (the softmax does not care about the order).
   const int count = t1 - t0;
-  const int start = rotate && count > 0 ? (7 * kh + 13 * token + 5 * split) % count : 0;
+  const int start = rotate && count > 0 ? (7 * kh + 13 * static_cast<int>(blockIdx.z) + 5 * split) % count : 0;
   const auto tileAt = [&](int i) { return t0 + (i + start) % count; };
 #pragma unroll
   for (int i = 0; i < kAttnStages - 1; i++) {
     if (i < count) load(i, tileAt(i));
     else cpAsyncCommit();
   }
-  // Q as mma A fragments (row g = query head g of the group, scaled; rows g + 8 and heads past the group are zero).
-  uint32_t qa[kSteps][4];  // [1] and [3] (rows g + 8) are zero
+  // Q as mma A fragments: rows g and g + 8 (their (token, head) pairs, scaled; zero past the rows or for padding).
+  uint32_t qa[kSteps][4];
   {
-    const bool holds = g < kGroup && L > 0;
-    const half2 sc = __float2half2_rn(scale);
-    const half* q = qRot + (static_cast<size_t>(token) * numHeads + kh * kGroup + (holds ? g : 0)) * D;
+    const half2 sc = __float2half2_rn(scale), zero = __float2half2_rn(0.f);
+    const auto qRow = [&](int r) {
+      const int i = rowToken(r);
+      return qRot + ((static_cast<size_t>(b) * S + (i < 0 ? 0 : i)) * numHeads + kh * kGroup + r % kGroup) * D;
+    };
+    const half* qA = qRow(g);
+    const half* qB = qRow(g + 8);
+    const bool holdsA = lenA > 0, holdsB = lenB > 0;
 #pragma unroll
     for (int k = 0; k < kSteps; k++) {
-      const half2 lo = holds ? __hmul2(*reinterpret_cast<const half2*>(q + 16 * k + 2 * t4), sc) : __float2half2_rn(0.f);
-      const half2 hi = holds ? __hmul2(*reinterpret_cast<const half2*>(q + 16 * k + 8 + 2 * t4), sc) : __float2half2_rn(0.f);
-      qa[k][0] = *reinterpret_cast<const uint32_t*>(&lo);
-      qa[k][1] = 0u;
-      qa[k][2] = *reinterpret_cast<const uint32_t*>(&hi);
-      qa[k][3] = 0u;
+      const half2 a0 = holdsA ? __hmul2(*reinterpret_cast<const half2*>(qA + 16 * k + 2 * t4), sc) : zero;
+      const half2 a2 = holdsA ? __hmul2(*reinterpret_cast<const half2*>(qA + 16 * k + 8 + 2 * t4), sc) : zero;
+      const half2 a1 = holdsB ? __hmul2(*reinterpret_cast<const half2*>(qB + 16 * k + 2 * t4), sc) : zero;
+      const half2 a3 = holdsB ? __hmul2(*reinterpret_cast<const half2*>(qB + 16 * k + 8 + 2 * t4), sc) : zero;
+      qa[k][0] = *reinterpret_cast<const uint32_t*>(&a0);
+      qa[k][1] = *reinterpret_cast<const uint32_t*>(&a1);
+      qa[k][2] = *reinterpret_cast<const uint32_t*>(&a2);
+      qa[k][3] = *reinterpret_cast<const uint32_t*>(&a3);
     }
   }
-  // O row g, dims 8 nt + 2 t4 and + 1. The mma's rows g + 8 (zero: P's rows past the group are) go to scratch
-  // registers shared by the dims, four pairs so that successive mmas do not wait on each other.
-  float o[kChunks][2] = {};
+  // O rows g ([0], [1]) and g + 8 ([2], [3]), dims 8 nt + 2 t4 and + 1. Without rows g + 8 (decode steps), their mma
+  // outputs (zero: P's rows there are) go to four pairs of scratch registers shared by the dims, so that successive
+  // mmas do not wait on each other.
+  float o[kChunks][kHighRows ? 4 : 2] = {};
   float rows8[4][2] = {};
-  float runMax = -INFINITY, runSum = 0.f;  // of row g, over this warp's positions
+  float maxA = -INFINITY, sumA = 0.f, maxB = -INFINITY, sumB = 0.f;  // of rows g and g + 8, over this warp's positions
+  // One row's online softmax over the warp's 2 scores a lane (8 a lane quad): the correction of what came before and
+  // the two weights.
+  const auto softmax = [&](float s0, float s1, float& runMax, float& runSum, float& corr, float& p0, float& p1) {
+    float tileMax = fmaxf(s0, s1);
+    tileMax = fmaxf(tileMax, __shfl_xor_sync(0xffffffffu, tileMax, 1));
+    tileMax = fmaxf(tileMax, __shfl_xor_sync(0xffffffffu, tileMax, 2));
+    const float mNew = fmaxf(runMax, tileMax);
+    // All of this warp's positions past the row's last (a short last tile): nothing to add.
+    corr = mNew == -INFINITY ? 1.f : __expf(runMax - mNew);
+    p0 = s0 == -INFINITY ? 0.f : __expf(s0 - mNew);
+    p1 = s1 == -INFINITY ? 0.f : __expf(s1 - mNew);
+    float pSum = p0 + p1;
+    pSum += __shfl_xor_sync(0xffffffffu, pSum, 1);
+    pSum += __shfl_xor_sync(0xffffffffu, pSum, 2);
+    runSum = runSum * corr + pSum;
+    runMax = mNew;
+  };
   for (int i = 0; i < count; i++) {
     const int t = tileAt(i), stage = i % kAttnStages;
     cpAsyncWait<kAttnStages - 2>();
@@ -163,7 +209,7 @@ __global__ void __launch_bounds__(kAttnThreads, 4) decodeAttentionSplit(
     const int next = i + kAttnStages - 1;
     if (next < count) load(next % kAttnStages, tileAt(next));
     else cpAsyncCommit();
-    // Scores of positions 8 warp + 2 t4 and + 1 for query head g.
+    // Scores of positions 8 warp + 2 t4 and + 1 for rows g and g + 8.
     float sc[4] = {};
 #pragma unroll
     for (int k0 = 0; k0 < kChunks; k0 += 4) {
@@ -179,69 +225,79 @@ __global__ void __launch_bounds__(kAttnThreads, 4) decodeAttentionSplit(
       }
     }
     const int pos = t * kAttnTile + 8 * warp + 2 * t4;
-    const float s0 = pos < L ? sc[0] : -INFINITY, s1 = pos + 1 < L ? sc[1] : -INFINITY;
-    float tileMax = fmaxf(s0, s1);
-    tileMax = fmaxf(tileMax, __shfl_xor_sync(0xffffffffu, tileMax, 1));
-    tileMax = fmaxf(tileMax, __shfl_xor_sync(0xffffffffu, tileMax, 2));
-    const float mNew = fmaxf(runMax, tileMax);
-    // All of this warp's positions past the token's last (a short last tile): nothing to add.
-    const float corr = mNew == -INFINITY ? 1.f : __expf(runMax - mNew);
-    const float p0 = s0 == -INFINITY ? 0.f : __expf(s0 - mNew), p1 = s1 == -INFINITY ? 0.f : __expf(s1 - mNew);
-    float pSum = p0 + p1;
-    pSum += __shfl_xor_sync(0xffffffffu, pSum, 1);
-    pSum += __shfl_xor_sync(0xffffffffu, pSum, 2);
-    runSum = runSum * corr + pSum;
-    runMax = mNew;
-    const half2 ph = __floats2half2_rn(p0, p1);
-    const uint32_t pa = *reinterpret_cast<const uint32_t*>(&ph);
+    float corrA, pA0, pA1, corrB = 1.f, pB0 = 0.f, pB1 = 0.f;
+    softmax(pos < lenA ? sc[0] : -INFINITY, pos + 1 < lenA ? sc[1] : -INFINITY, maxA, sumA, corrA, pA0, pA1);
+    if constexpr (kHighRows) softmax(pos < lenB ? sc[2] : -INFINITY, pos + 1 < lenB ? sc[3] : -INFINITY, maxB, sumB, corrB, pB0, pB1);
+    const half2 phA = __floats2half2_rn(pA0, pA1), phB = __floats2half2_rn(pB0, pB1);
+    const uint32_t pa0 = *reinterpret_cast<const uint32_t*>(&phA), pa1 = kHighRows ? *reinterpret_cast<const uint32_t*>(&phB) : 0u;
 #pragma unroll
     for (int nt = 0; nt < kChunks; nt++) {
-      o[nt][0] *= corr;
-      o[nt][1] *= corr;
+      o[nt][0] *= corrA;
+      o[nt][1] *= corrA;
+      if constexpr (kHighRows) {
+        o[nt][2] *= corrB;
+        o[nt][3] *= corrB;
+      }
     }
+    // O[nt] += P V[nt]: rows g + 8 into o[nt][2..3], or into the scratch pairs.
+    const auto pv = [&](int nt, int scratch, uint32_t vb) {
+      if constexpr (kHighRows) mma1688(o[nt][0], o[nt][1], o[nt][2], o[nt][3], pa0, pa1, vb);
+      else mma1688(o[nt][0], o[nt][1], rows8[scratch][0], rows8[scratch][1], pa0, pa1, vb);
+    };
 #pragma unroll
     for (int n0 = 0; n0 < kChunks; n0 += 4) {
       if constexpr (kChunks % 4 == 0) {
         uint32_t vb[4];
         ldmatrixX4Trans(vb, &vs[stage][8 * warp + (lane & 7)][8 * (n0 + (lane >> 3))]);
 #pragma unroll
-        for (int i = 0; i < 4; i++) mma1688(o[n0 + i][0], o[n0 + i][1], rows8[i][0], rows8[i][1], pa, 0u, vb[i]);
+        for (int j = 0; j < 4; j++) pv(n0 + j, j, vb[j]);
       } else {
         uint32_t vb[2];
         ldmatrixX2Trans(vb, &vs[stage][8 * warp + (lane & 7)][8 * (n0 + ((lane >> 3) & 1))]);
-        mma1688(o[n0][0], o[n0][1], rows8[0][0], rows8[0][1], pa, 0u, vb[0]);
-        mma1688(o[n0 + 1][0], o[n0 + 1][1], rows8[1][0], rows8[1][1], pa, 0u, vb[1]);
+        pv(n0, 0, vb[0]);
+        pv(n0 + 1, 1, vb[1]);
       }
     }
   }
   cpAsyncWait<0>();  // only empty groups are left; the tile buffers are reused below
   __syncthreads();
-  // The warps' results through the tile buffers: [warp][head][D] outputs, then [warp][head] maxima and sums.
-  float (*wo)[kGroup][D] = reinterpret_cast<float (*)[kGroup][D]>(tileBytes);
-  float (*wm)[kGroup] = reinterpret_cast<float (*)[kGroup]>(tileBytes + kWarps * kGroup * D * 4);
-  float (*wl)[kGroup] = reinterpret_cast<float (*)[kGroup]>(tileBytes + kWarps * kGroup * (D + 1) * 4);
-  if (g < kGroup) {
+  // The warps' results through the tile buffers: [warp][row][D] outputs, then [warp][row] maxima and sums.
+  float (*wo)[kRows][D] = reinterpret_cast<float (*)[kRows][D]>(tileBytes);
+  float (*wm)[kRows] = reinterpret_cast<float (*)[kRows]>(tileBytes + kWarps * kRows * D * 4);
+  float (*wl)[kRows] = reinterpret_cast<float (*)[kRows]>(tileBytes + kWarps * kRows * (D + 1) * 4);
+  if (g < kRows) {
 #pragma unroll
     for (int nt = 0; nt < kChunks; nt++) *reinterpret_cast<float2*>(&wo[warp][g][8 * nt + 2 * t4]) = make_float2(o[nt][0], o[nt][1]);
     if (t4 == 0) {
-      wm[warp][g] = runMax;
-      wl[warp][g] = runSum;
+      wm[warp][g] = maxA;
+      wl[warp][g] = sumA;
+    }
+  }
+  if constexpr (kHighRows) {
+    if (g + 8 < kRows) {
+#pragma unroll
+      for (int nt = 0; nt < kChunks; nt++) *reinterpret_cast<float2*>(&wo[warp][g + 8][8 * nt + 2 * t4]) = make_float2(o[nt][2], o[nt][3]);
+      if (t4 == 0) {
+        wm[warp][g + 8] = maxB;
+        wl[warp][g + 8] = sumB;
+      }
     }
   }
   __syncthreads();
-  for (int idx = tid; idx < kGroup * D; idx += kAttnThreads) {
-    const int h = idx / D, d = idx % D;
+  for (int idx = tid; idx < kRows * D; idx += kAttnThreads) {
+    const int r = idx / D, d = idx % D, i = rowToken(r);
+    if (i < 0) continue;
     float mx = -INFINITY;
 #pragma unroll
-    for (int w = 0; w < kWarps; w++) mx = fmaxf(mx, wm[w][h]);
+    for (int w = 0; w < kWarps; w++) mx = fmaxf(mx, wm[w][r]);
     float acc = 0.f, sum = 0.f;
 #pragma unroll
     for (int w = 0; w < kWarps; w++) {
-      const float weight = wm[w][h] == -INFINITY ? 0.f : __expf(wm[w][h] - mx);
-      acc += weight * wo[w][h][d];
-      sum += weight * wl[w][h];
+      const float weight = wm[w][r] == -INFINITY ? 0.f : __expf(wm[w][r] - mx);
+      acc += weight * wo[w][r][d];
+      sum += weight * wl[w][r];
     }
-    const size_t head = static_cast<size_t>(token) * numHeads + kh * kGroup + h;
+    const size_t head = (static_cast<size_t>(b) * S + i) * numHeads + kh * kGroup + r % kGroup;
     if (out != nullptr) {
       out[head * D + d] = __float2half(sum > 0.f ? acc / sum : 0.f);
     } else {
