@@ -80,6 +80,17 @@ serve_8b() {
     --max-batch 256 --concurrency 1,64 --prefix-history 0 --ready-timeout-s 150 --bench-timeout-s 90 "$@"
   say "exit $?"; grep -E "^\| (1|64) \||ready after" "$OUT/$name/server-sweep.md"
 }
+# The 8B float16 served (what a user measures) once per value of --$1 (the other arguments) into $OUT/served-VALUE,
+# while time is left.
+serve_8b_by() {
+  local flag=$1; shift
+  ensure_weights
+  for value in "$@"; do
+    (( $(left) > 100 )) || { say "no time left for --$flag $value"; continue; }
+    say "8B float16 served, --$flag $value"
+    serve_8b "served-$value" --serve-arg=--$flag=$value
+  done
+}
 
 if [[ "$PHASE" == S ]]; then
   # Set-up (the CUDA provider copied next to onnxruntime-node) and the device tests this work touches, CUDA graphs on.
@@ -311,13 +322,7 @@ if [[ "$PHASE" == A ]]; then
   done
   say "device test: --decode-attention chorus on the fixtures against transformers (CUDA graphs on)"
   chorus_ops_device_test run-all-attention DecodeAttention
-  # The 8B float16 served with each (what a user measures), while time is left.
-  ensure_weights
-  for kernel in chorus xqa; do
-    (( $(left) > 100 )) || { say "no time left for $kernel"; continue; }
-    say "8B float16 served, --decode-attention $kernel"
-    serve_8b "served-$kernel" --serve-arg=--decode-attention=$kernel
-  done
+  serve_8b_by decode-attention chorus xqa
   exit 0
 fi
 if [[ "$PHASE" == AN ]]; then
@@ -364,13 +369,7 @@ if [[ "$PHASE" == G ]]; then
   fi
   say "device test: --linear-kernels chorus on float16 fixtures against transformers (CUDA graphs on)"
   chorus_ops_device_test run-all-linear chorus.Linear
-  # The 8B float16 served with chorus.Linear and with ORT's MatMul (what a user measures), while time is left.
-  ensure_weights
-  for kernels in chorus ort; do
-    (( $(left) > 100 )) || { say "no time left for $kernels"; continue; }
-    say "8B float16 served, --linear-kernels $kernels"
-    serve_8b "served-$kernels" --serve-arg=--linear-kernels=$kernels
-  done
+  serve_8b_by linear-kernels chorus ort
   exit 0
 fi
 if [[ "$PHASE" == W ]]; then
