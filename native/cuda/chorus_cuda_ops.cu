@@ -35,6 +35,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <map>
+#include <set>
 #include <mutex>
 #include <string>
 #include <tuple>
@@ -142,21 +143,28 @@ Ort::Status threadCublas(cudaStream_t stream, const char* op) {
   return Ort::Status{nullptr};
 }
 
-// Lets a kernel use `bytes` of dynamic shared memory past the 48 KB default, once per kernel and device (shards on
+// Lets `kernel` use `bytes` of dynamic shared memory past the 48 KB default, once per kernel and device (shards on
 // several GPUs share this process).
-template <auto Kernel>
-Ort::Status allowSharedMemory(size_t bytes) {
+Ort::Status allowSharedMemory(const void* kernel, size_t bytes, const char* op = "chorus.Int4Linear") {
   if (bytes <= 48 * 1024) return Ort::Status{nullptr};
   static std::mutex mutex;
-  static uint64_t allowedOn = 0;
+  static std::set<std::pair<const void*, int>> allowed;
   int device = 0;
-  if (auto s = statusOf(cudaGetDevice(&device), "cudaGetDevice"); !s.IsOK()) return s;
+  if (auto s = statusOf(cudaGetDevice(&device), "cudaGetDevice", op); !s.IsOK()) return s;
   std::lock_guard<std::mutex> lock(mutex);
-  if (device < 64 && ((allowedOn >> device) & 1) != 0) return Ort::Status{nullptr};
-  const cudaError_t e = cudaFuncSetAttribute(Kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes));
-  if (auto s = statusOf(e, "cudaFuncSetAttribute (shared memory)"); !s.IsOK()) return s;
-  if (device < 64) allowedOn |= uint64_t{1} << device;
+  if (allowed.count({kernel, device}) != 0) return Ort::Status{nullptr};
+  const cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes));
+  if (auto s = statusOf(e, "cudaFuncSetAttribute (shared memory)", op); !s.IsOK()) return s;
+  allowed.insert({kernel, device});
   return Ort::Status{nullptr};
+}
+
+// The current device's multiprocessors into `sms`, looked up once (an op's kernel runs on one device).
+Ort::Status multiprocessors(int& sms, const char* op) {
+  if (sms != 0) return Ort::Status{nullptr};
+  int device = 0;
+  if (auto s = statusOf(cudaGetDevice(&device), "cudaGetDevice", op); !s.IsOK()) return s;
+  return statusOf(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device), "cudaDeviceGetAttribute", op);
 }
 
 // One int4Mma launch; its shared memory (two X buffers above 8 rows: 4 KB an m-tile) may pass the 48 KB default.
@@ -164,7 +172,7 @@ template <int MT, bool kZeroPoints, int MH = 1>
 Ort::Status runMma(dim3 grid, dim3 block, cudaStream_t stream, const half* xp, const uint8_t* bp, const half* sp,
                    const uint8_t* zpp, half* yp, float* partial, int M, int k, int n, int bs, int nBlocks, int segsPerSlice) {
   constexpr size_t smem = MT > 1 || MH > 1 ? static_cast<size_t>(MT) * MH * 8 * 16 * sizeof(uint4) * 2 : 0;
-  if (auto s = allowSharedMemory<int4Mma<MT, kZeroPoints, MH>>(smem); !s.IsOK()) return s;
+  if (auto s = allowSharedMemory(reinterpret_cast<const void*>(int4Mma<MT, kZeroPoints, MH>), smem); !s.IsOK()) return s;
   int4Mma<MT, kZeroPoints, MH><<<grid, block, smem, stream>>>(xp, bp, sp, zpp, yp, partial, M, k, n, bs, nBlocks, segsPerSlice);
   return statusOf(cudaGetLastError(), "tensor-core launch");
 }
@@ -328,11 +336,7 @@ struct Int4LinearKernel {
   }
   Ort::Status launchMma(cudaStream_t stream, const half* xp, const uint8_t* bp, const half* sp, const uint8_t* zpp, half* yp, int M, int nBlocks,
                         const char*& taken) {
-    if (sms == 0) {
-      int device = 0;
-      if (auto s = statusOf(cudaGetDevice(&device), "cudaGetDevice"); !s.IsOK()) return s;
-      if (auto s = statusOf(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device), "cudaDeviceGetAttribute"); !s.IsOK()) return s;
-    }
+    if (auto s = multiprocessors(sms, "chorus.Int4Linear"); !s.IsOK()) return s;
     const int k = static_cast<int>(K), n = static_cast<int>(N), bs = static_cast<int>(blockSize);
     // int4MmaWide's segments are kWords times int4Mma's.
     const int words = M > 8 ? 1 : wideWords();
@@ -529,11 +533,7 @@ struct LinearKernel {
     const half* wp = reinterpret_cast<const half*>(w.GetTensorData<Ort::Float16_t>());
     const int k = static_cast<int>(K), n = static_cast<int>(N);
     if (M <= kF16GemvMaxRows && N % 8 == 0) {
-      if (sms == 0) {
-        int device = 0;
-        if (auto s = statusOf(cudaGetDevice(&device), "cudaGetDevice", op); !s.IsOK()) return s;
-        if (auto s = statusOf(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device), "cudaDeviceGetAttribute", op); !s.IsOK()) return s;
-      }
+      if (auto s = multiprocessors(sms, op); !s.IsOK()) return s;
       // K split until the column blocks fill two waves of blocks (slices of whole unrolled steps); the split depends
       // on N and K only, so the scratch a shape needs is the same in every run of it (captured or not), sized here
       // for the most rows.
@@ -589,11 +589,11 @@ struct LinearOp : Ort::CustomOpBase<LinearOp, LinearKernel, true> {
 
 // chorus.DecodeAttention (experimental; native/probes/decode-attention-check.ts checks it against GroupQueryAttention,
 // gqa-backends.ts --op chorus times it; `--decode-attention chorus` renames a shard's GroupQueryAttention nodes to it):
-// GroupQueryAttention's inputs, outputs and
-// attributes for the row cache's graphs (packed QKV, rotary inside, not interleaved, present bound to past, head dim
-// 16, 64 or 128, 2, 3, 4 or 8 query heads a KV head, no window or softcap), through decode_attention.cuh's three kernels: fast for decode steps (one token a row),
-// correct for prompt chunks. A present buffer that is not the past buffer gets a copy of it first (correct, slow:
-// the probe and the server bind them together).
+// GroupQueryAttention's inputs, outputs and attributes for the row cache's graphs (packed QKV, rotary inside, not
+// interleaved, present bound to past, head dim 16, 64 or 128, 2, 3, 4 or 8 query heads a KV head, no window or
+// softcap), through decode_attention.cuh's kernels: one query token a block for decode steps, several for prompt
+// chunks. A present buffer that is not the past buffer gets a copy of it first (correct, slow: the probe and the
+// server bind them together).
 using SplitKernel = void (*)(const half*, const half*, const half*, const int*, float*, float*, float*, half*, int, int, int, int, float, int, bool, bool);
 struct SplitLaunch {
   SplitKernel kernel;
@@ -624,7 +624,7 @@ struct DecodeAttentionKernel {
   int numHeads = 0, kvHeads = 0;
   float scale = 0.f;
   int sms = 0;
-  // Per split kernel used (decode, prompt): its blocks resident on the GPU at once, its shared memory allowed.
+  // Per split kernel used (decode, prompt): its blocks resident on the GPU at once.
   std::vector<std::pair<SplitKernel, int>> residentBlocks;
   bool rotate = false;   // CHORUS_ATTN_ROTATE=1: each block's tiles from a place of its own (a measurement setting)
 
@@ -693,18 +693,13 @@ struct DecodeAttentionKernel {
     if (pv != inV) {
       if (auto s = statusOf(cudaMemcpyAsync(pv, inV, cacheBytes, cudaMemcpyDeviceToDevice, stream), "copying past_value", op); !s.IsOK()) return s;
     }
-    if (sms == 0) {
-      int device = 0;
-      if (auto s = statusOf(cudaGetDevice(&device), "cudaGetDevice", op); !s.IsOK()) return s;
-      if (auto s = statusOf(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device), "cudaDeviceGetAttribute", op); !s.IsOK()) return s;
-    }
+    if (auto s = multiprocessors(sms, op); !s.IsOK()) return s;
     const int tokens = B * S;
     if (tokens > 65535) return Ort::Status("chorus.DecodeAttention: at most 65,535 query tokens a call", ORT_INVALID_ARGUMENT);
     const SplitLaunch split = splitKernelFor(static_cast<int>(D), numHeads / kvHeads, S > 1);
     auto known = std::find_if(residentBlocks.begin(), residentBlocks.end(), [&](const auto& e) { return e.first == split.kernel; });
     if (known == residentBlocks.end()) {
-      // Past 48 KB a kernel's dynamic shared memory must be allowed first.
-      if (auto s = statusOf(cudaFuncSetAttribute(split.kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, split.sharedBytes), "shared memory", op); !s.IsOK()) return s;
+      if (auto s = allowSharedMemory(reinterpret_cast<const void*>(split.kernel), split.sharedBytes, op); !s.IsOK()) return s;
       int perSm = 0;
       if (auto s = statusOf(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&perSm, split.kernel, kAttnThreads, split.sharedBytes), "occupancy", op); !s.IsOK()) {
         return s;
