@@ -33,3 +33,13 @@ export const relativeError = (got: ArrayLike<number>, want: ArrayLike<number>): 
   }
   return diff / scale
 }
+
+/**
+ * The gap between the two largest logits over the largest magnitude: under about 1% is a near-tie, which half
+ * precision cannot be expected to order as float32 does.
+ */
+export const topTwoGap = (logits: ArrayLike<number>): number => {
+  const sorted = Array.from(logits).sort((a, b) => b - a)
+  const scale = Math.max(...Array.from(logits, Math.abs))
+  return (sorted[0]! - sorted[1]!) / scale
+}

@@ -7,10 +7,11 @@
  * `--linear-kernels chorus`: the 4-bit linears of an int4 shard run as `chorus.Int4Linear` instead of ORT's
  * `com.microsoft.MatMulNBits`, and the float16 linears (MatMul with a float16 weight [K, N]) as `chorus.Linear`
  * (experimental, written 2026-12-01g and not yet run on a GPU: a GEMV up to 4 rows, cuBLAS above). Each op takes
- * the node's inputs and attributes unchanged, so the converted shard and its cache entry stay as they are: at load time the graph (a small protobuf; the weights are external data) is
- * rewritten into a sibling file `<shard>.chorus-ops.onnx` whose nodes are renamed, and that file is what the session
- * opens. Why: docs/benchmarks.md, "What limits int4" (ORT's kernels stream packed weights at about 1 TB/s at one row
- * and dequantize to float16 before a GEMM above it).
+ * the node's inputs and attributes unchanged, so the converted shard and its cache entry stay as they are: at load
+ * time the graph (a small protobuf; the weights are external data) is rewritten into a sibling file
+ * `<shard>.chorus-ops.onnx` whose nodes are renamed, and that file is what the session opens. Why:
+ * docs/benchmarks.md, "What limits int4" (ORT's kernels stream packed weights at about 1 TB/s at one row and
+ * dequantize to float16 before a GEMM above it).
  */
 import * as fs from "node:fs"
 import * as path from "node:path"

@@ -1,6 +1,6 @@
 // `--linear-kernels chorus` and `--decode-attention chorus` on the CPU side: the shard graph rewrite (MatMulNBits ->
-// chorus.Int4Linear, float16 MatMul -> chorus.Linear, GroupQueryAttention -> chorus.DecodeAttention, nothing else touched, next to the graph so that its
-// external data is found) and where the library is looked for. The flags' refusals: test/cli/BadInput.test.ts. The
+// chorus.Int4Linear, float16 MatMul -> chorus.Linear, GroupQueryAttention -> chorus.DecodeAttention, nothing else
+// touched, next to the graph so that its external data is found) and where the library is looked for. The flags' refusals: test/cli/BadInput.test.ts. The
 // kernels run on CUDA only: test/device/ChorusOpsDevice.test.ts.
 import { Effect } from "effect"
 import * as fs from "node:fs"
