@@ -68,6 +68,8 @@ struct ThreadScratch {
   size_t attentionBytes = 0;
   void* attentionPrompt = nullptr;  // the same for prompt chunks
   size_t attentionPromptBytes = 0;
+  void* linear = nullptr;  // chorus.Linear's split-K partial sums, then its arrival counters (kept zeroed)
+  size_t linearBytes = 0;
 };
 thread_local ThreadScratch tls;
 
@@ -498,12 +500,12 @@ struct Int4LinearOp : Ort::CustomOpBase<Int4LinearOp, Int4LinearKernel, true> {
 
 // ------------------------------------------------------------------------------------------------ chorus.Linear
 
-// chorus.Linear (written 2026-12-01g, not yet run on a GPU; `--linear-kernels chorus` on float16 shards, probe
-// native/probes/mlp-fusion.ts's a-chorus): MatMul's float16
-// Y = X W with W an initializer [K, N], through f16_gemv.cuh's GEMV up to kF16GemvMaxRows rows and cuBLAS above
-// (or when N is not a multiple of 8).
+// chorus.Linear (`--linear-kernels chorus` on float16 shards; probes native/probes/gemv-bandwidth.cu and
+// mlp-fusion.ts's a-chorus): MatMul's float16 Y = X W with W an initializer [K, N], through f16_gemv.cuh's GEMV up to
+// kF16GemvMaxRows rows and cuBLAS above (or when N is not a multiple of 8).
 struct LinearKernel {
   int sms = 0;
+  int residentPerSm[kF16GemvMaxRows] = {};  // f16Gemv<M>'s blocks a multiprocessor holds at once, by M - 1
 
   Ort::Status Init(const OrtKernelInfo* /*info*/) { return Ort::Status{nullptr}; }
 
@@ -534,32 +536,40 @@ struct LinearKernel {
     const int k = static_cast<int>(K), n = static_cast<int>(N);
     if (M <= kF16GemvMaxRows && N % 8 == 0) {
       if (auto s = multiprocessors(sms, op); !s.IsOK()) return s;
-      // K split until the column blocks fill two waves of blocks (slices of whole unrolled steps); the split depends
-      // on N and K only, so the scratch a shape needs is the same in every run of it (captured or not), sized here
-      // for the most rows.
+      const auto kernel = M == 1 ? f16Gemv<1> : f16Gemv<2>;
+      int& perSm = residentPerSm[M - 1];
+      if (perSm == 0) {
+        if (auto s = statusOf(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&perSm, kernel, kF16GemvWarps * 32, 0), "occupancy", op); !s.IsOK()) return s;
+        perSm = std::max(1, perSm);
+      }
+      // K split into as many slices as keep the blocks within one resident wave (gemv-bandwidth.cu: a second,
+      // partial wave cost 10-20%, e.g. gate|up 64 us at 1.27 waves against 57 at 0.85; 4096 x 4096 12.2 us at 16
+      // slices, 14.4 at 22), whole unrolled steps a slice. Depends on N, K and M only, so a shape's scratch is the
+      // same in every run of it, captured or not.
       const int columnBlocks = (n + kF16GemvColumns - 1) / kF16GemvColumns;
       constexpr int kStep = kF16GemvWarps * kF16GemvUnroll;
-      const int wanted = std::max(1, std::min((2 * sms + columnBlocks - 1) / columnBlocks, (k + kStep - 1) / kStep));
+      const int wanted = std::max(1, std::min(perSm * sms / columnBlocks, (k + kStep - 1) / kStep));
       const int kPerSlice = ((k + wanted - 1) / wanted + kStep - 1) / kStep * kStep;
       const int slices = (k + kPerSlice - 1) / kPerSlice;
       float* partial = nullptr;
+      unsigned* arrivals = nullptr;
       if (slices > 1) {
-        const size_t need = static_cast<size_t>(slices) * kF16GemvMaxRows * N * sizeof(float);
-        if (auto s = growScratch(tls.partial, tls.partialBytes, need, stream, "split-K scratch", op); !s.IsOK()) return s;
-        partial = static_cast<float*>(tls.partial);
+        // Arrival counters a column block at the start (every shape's at the same place: a launch leaves them zeroed,
+        // and no shape's partial sums land on them), then the partial sums. slices > 1 means columnBlocks <= perSm
+        // sms / 2.
+        constexpr size_t kArrivalSlots = 8192;
+        if (static_cast<size_t>(columnBlocks) > kArrivalSlots) return Ort::Status("chorus.Linear: too many column blocks to split K", ORT_EP_FAIL);
+        const size_t need = kArrivalSlots * sizeof(unsigned) + static_cast<size_t>(slices) * kF16GemvMaxRows * N * sizeof(float);
+        if (tls.linearBytes < need) {
+          if (auto s = growScratch(tls.linear, tls.linearBytes, need, stream, "split-K scratch", op); !s.IsOK()) return s;
+          if (auto s = statusOf(cudaMemsetAsync(tls.linear, 0, need, stream), "zeroing split-K scratch", op); !s.IsOK()) return s;
+        }
+        arrivals = static_cast<unsigned*>(tls.linear);
+        partial = reinterpret_cast<float*>(arrivals + kArrivalSlots);
       }
       const dim3 grid(static_cast<unsigned>(columnBlocks), static_cast<unsigned>(slices)), block(kF16GemvWarps * 32);
-      switch (M) {
-        case 1: f16Gemv<1><<<grid, block, 0, stream>>>(xp, wp, yp, partial, k, n, kPerSlice); break;
-        case 2: f16Gemv<2><<<grid, block, 0, stream>>>(xp, wp, yp, partial, k, n, kPerSlice); break;
-        case 3: f16Gemv<3><<<grid, block, 0, stream>>>(xp, wp, yp, partial, k, n, kPerSlice); break;
-        default: f16Gemv<4><<<grid, block, 0, stream>>>(xp, wp, yp, partial, k, n, kPerSlice); break;
-      }
-      if (auto s = statusOf(cudaGetLastError(), "GEMV launch", op); !s.IsOK()) return s;
-      if (slices == 1) return Ort::Status{nullptr};
-      const size_t count = static_cast<size_t>(M) * N;
-      int4SplitKSum<<<static_cast<unsigned>(std::min<size_t>((count + 255) / 256, 65535)), 256, 0, stream>>>(partial, yp, slices, count);
-      return statusOf(cudaGetLastError(), "split-K sum launch", op);
+      kernel<<<grid, block, 0, stream>>>(xp, wp, yp, partial, arrivals, k, n, kPerSlice);
+      return statusOf(cudaGetLastError(), "GEMV launch", op);
     }
     if (auto s = threadCublas(stream, op); !s.IsOK()) return s;
     // Row-major Y[M, N] = X[M, K] W[K, N] is column-major Y^T[N, M] = W^T[N, K] X^T[K, M], where W^T is W's bytes
@@ -594,7 +604,7 @@ struct LinearOp : Ort::CustomOpBase<LinearOp, LinearKernel, true> {
 // softcap), through decode_attention.cuh's kernels: one query token a block for decode steps, several for prompt
 // chunks. A present buffer that is not the past buffer gets a copy of it first (correct, slow: the probe and the
 // server bind them together).
-using SplitKernel = void (*)(const half*, const half*, const half*, const int*, float*, float*, float*, half*, int, int, int, int, float, int, bool, bool);
+using SplitKernel = void (*)(const half*, half*, half*, const int*, float*, float*, float*, half*, int, int, int, int, float, int, bool, bool, DecodeInputs);
 struct SplitLaunch {
   SplitKernel kernel;
   int sharedBytes;  // its dynamic shared memory
@@ -723,40 +733,62 @@ struct DecodeAttentionKernel {
     const int splits = std::max(1, std::min({kAttnMaxSplits, slots / blocks, (span + kAttnTile - 1) / kAttnTile}));
     // Scratch: rotated queries (float16), then partial sums, maxima and sums (float32). Decode steps (captured in CUDA
     // graphs) share one buffer sized once for up to kDecodeRows rows, which no later call grows (a captured graph
-    // keeps its address); prompt chunks, never captured, use their own, grown as needed.
+    // keeps its address), with the merge's arrival counters first (zeroed when the buffer is made; each merge leaves
+    // its counter zeroed); prompt chunks, never captured, use their own, grown as needed.
+    constexpr size_t kArrivalSlots = 8192;
+    const bool decode = S == 1;
+    const size_t countersBytes = decode ? kArrivalSlots * sizeof(unsigned) : 0;
     const size_t qBytes = static_cast<size_t>(tokens) * numHeads * D * sizeof(half);
     const size_t partials = splits == 1 ? 0 : static_cast<size_t>(tokens) * numHeads * splits;
-    size_t need = qBytes + partials * (D + 2) * sizeof(float);
-    const bool decode = S == 1;
+    size_t need = countersBytes + qBytes + partials * (D + 2) * sizeof(float);
     if (decode) {
       // B splits <= slots / kvHeads by the rule above.
       constexpr int kDecodeRows = 1024;
       if (B > kDecodeRows) return Ort::Status("chorus.DecodeAttention: at most 1024 rows a decode step", ORT_INVALID_ARGUMENT);
-      const size_t capacity = static_cast<size_t>(kDecodeRows) * numHeads * D * sizeof(half) +
+      const size_t capacity = countersBytes + static_cast<size_t>(kDecodeRows) * numHeads * D * sizeof(half) +
                               static_cast<size_t>(slots / kvHeads + 1) * numHeads * (D + 2) * sizeof(float);
       need = std::max(need, capacity);
     }
     void*& buffer = decode ? tls.attention : tls.attentionPrompt;
     size_t& bufferBytes = decode ? tls.attentionBytes : tls.attentionPromptBytes;
+    const bool grows = bufferBytes < need;
     if (auto s = growScratch(buffer, bufferBytes, need, stream, "attention scratch", op); !s.IsOK()) return s;
-    half* qRot = static_cast<half*>(buffer);
-    float* partialOut = reinterpret_cast<float*>(static_cast<char*>(buffer) + qBytes);
+    if (grows && decode) {
+      if (auto s = statusOf(cudaMemsetAsync(buffer, 0, countersBytes, stream), "zeroing the merge's counters", op); !s.IsOK()) return s;
+    }
+    half* qRot = reinterpret_cast<half*>(static_cast<char*>(buffer) + countersBytes);
+    float* partialOut = reinterpret_cast<float*>(reinterpret_cast<char*>(qRot) + qBytes);
     float* partialMax = partialOut + partials * D;
     float* partialSum = partialMax + partials;
     half* output = reinterpret_cast<half*>(out.GetTensorMutableData<Ort::Float16_t>());
     const int* lengths = seqlens.GetTensorData<int32_t>();
-    decodeRotaryAppend<<<dim3(static_cast<unsigned>(numHeads + 2 * kvHeads), static_cast<unsigned>(S), static_cast<unsigned>(B)),
-                         static_cast<unsigned>(D / 2), 0, stream>>>(
-        reinterpret_cast<const half*>(qkv.GetTensorData<Ort::Float16_t>()), lengths, reinterpret_cast<const half*>(cosCache.GetTensorData<Ort::Float16_t>()),
-        reinterpret_cast<const half*>(sinCache.GetTensorData<Ort::Float16_t>()), pk, pv, qRot, numHeads, kvHeads, presentLen, S, firstPrompt,
-        static_cast<int>(D));
-    if (auto s = statusOf(cudaGetLastError(), "rotary launch", op); !s.IsOK()) return s;
+    const half* qkvData = reinterpret_cast<const half*>(qkv.GetTensorData<Ort::Float16_t>());
+    const half* cosData = reinterpret_cast<const half*>(cosCache.GetTensorData<Ort::Float16_t>());
+    const half* sinData = reinterpret_cast<const half*>(sinCache.GetTensorData<Ort::Float16_t>());
+    // A decode step is one launch: the split kernel rotates its queries, appends the new key and value (the block
+    // holding the last position) and merges the splits (the last one of a row's KV head to finish). A prompt chunk's
+    // blocks each read all of the chunk's new keys, so they are appended by a kernel before.
+    DecodeInputs fused;
+    if (decode) {
+      fused.qkv = qkvData;
+      fused.cosCache = cosData;
+      fused.sinCache = sinData;
+      if (splits > 1 && static_cast<size_t>(B) * kvHeads <= kArrivalSlots) {
+        fused.arrivals = static_cast<unsigned*>(buffer);
+        fused.output = output;
+      }
+    } else {
+      decodeRotaryAppend<<<dim3(static_cast<unsigned>(numHeads + 2 * kvHeads), static_cast<unsigned>(S), static_cast<unsigned>(B)),
+                           static_cast<unsigned>(D / 2), 0, stream>>>(qkvData, lengths, cosData, sinData, pk, pv, qRot, numHeads, kvHeads,
+                                                                      presentLen, S, firstPrompt, static_cast<int>(D));
+      if (auto s = statusOf(cudaGetLastError(), "rotary launch", op); !s.IsOK()) return s;
+    }
     // One split writes the output itself; more are combined by the merge.
     const dim3 grid(static_cast<unsigned>(splits), static_cast<unsigned>(kvHeads), static_cast<unsigned>(tokenBlocks));
     split.kernel<<<grid, kAttnThreads, static_cast<size_t>(split.sharedBytes), stream>>>(qRot, pk, pv, lengths, partialOut, partialMax, partialSum, splits == 1 ? output : nullptr,
-                                              numHeads, kvHeads, presentLen, splits, softmaxScale, S, firstPrompt, rotate);
+                                              numHeads, kvHeads, presentLen, splits, softmaxScale, S, firstPrompt, rotate, fused);
     if (auto s = statusOf(cudaGetLastError(), "attention launch", op); !s.IsOK()) return s;
-    if (splits == 1) return Ort::Status{nullptr};
+    if (splits == 1 || fused.arrivals != nullptr) return Ort::Status{nullptr};
     decodeAttentionMerge<<<dim3(static_cast<unsigned>(numHeads), static_cast<unsigned>(tokens)), static_cast<unsigned>(D), 0, stream>>>(
         partialOut, partialMax, partialSum, output, numHeads, splits, static_cast<int>(D));
     return statusOf(cudaGetLastError(), "merge launch", op);

@@ -1,14 +1,16 @@
-// chorus.Linear's GEMV (written 2026-12-01g, not yet run on a GPU): Y[M, N] = X[M, K] W[K, N] for up to kF16GemvMaxRows rows,
-// W float16 in MatMul's layout (row k holds the k-th weight of all N outputs, contiguous).
+// chorus.Linear's GEMV: Y[M, N] = X[M, K] W[K, N] for up to kF16GemvMaxRows rows, W float16 in MatMul's layout (row k
+// holds the k-th weight of all N outputs, contiguous).
 //
-// Why: cuBLAS streams a decode step's float16 weights at 2.9-3.3 TB/s (66-70% of the H200's 4.24 TB/s copy rate,
-// docs/benchmarks.md), which with 16 GB of weights a token is most of the gap between 57% and 80% of the roofline.
+// Why: ONNX Runtime's MatMul (cuBLAS) streams a decode step's float16 weights at 1.8-4.1 TB/s by shape at one row
+// (native/probes/gemv-bandwidth.cu on an H200, where a plain read reaches 3.1-4.6 TB/s by size): the 4096 x 4096 and
+// QKV projections at 1.8-2.9, lm_head at 4.05. This kernel, with the split below: 12.2, 16.3, 57.3, 30.6 and 237 us
+// for o, qkv, gate|up, down and lm_head against cuBLAS's 13.6, 17.2, 57.8, 34.4 and 260 (2026-12-01h).
 // A lane owns 8 adjacent outputs (16 bytes of each W row: a warp reads 512 contiguous bytes a row) and a warp a
 // stride of k rows, loaded kF16GemvUnroll rows at a time one batch ahead of the rows being summed (written out as
 // two register batches: with one unrolled batch ptxas interleaved loads and sums, 32 registers at one row, so fewer
 // loads were in flight; 100 with two), x read as a broadcast; the block's warps are summed through shared memory
-// and, when K is split over blockIdx.y (so that N / 256 column blocks still fill the GPU), the float32 slices by
-// int4SplitKSum.
+// and, when K is split over blockIdx.y (so that N / 256 column blocks still fill the GPU), each column block's last
+// slice to finish adds the slices' float32 sums.
 #pragma once
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -17,7 +19,7 @@
 
 namespace chorus {
 
-constexpr int kF16GemvMaxRows = 4;
+constexpr int kF16GemvMaxRows = 2;  // above, cuBLAS (gemv-bandwidth.cu: at 4 rows it was faster on gate|up and qkv)
 constexpr int kF16GemvWarps = 8;
 constexpr int kF16GemvUnroll = 8;
 constexpr int kF16GemvColumns = 256;  // outputs a block: 32 lanes x 8
@@ -41,10 +43,12 @@ __device__ __forceinline__ void f16GemvStep(float (&acc)[M][8], uint4 wv, const 
 }
 
 // Grid (ceil(N / 256), slices), kF16GemvWarps warps; slice s covers k in [s kPerSlice, (s + 1) kPerSlice). N % 8 == 0.
-// With one slice the block writes Y (float16), otherwise its float32 sums to partial[slice][M][N].
+// With one slice the block writes Y (float16), otherwise its float32 sums to partial[slice][M][N], which the column
+// block's last slice adds into Y where `arrivals` (a zeroed counter per column block) is given, or a later kernel.
 template <int M>
 __global__ void __launch_bounds__(kF16GemvWarps * 32) f16Gemv(const half* __restrict__ x, const half* __restrict__ w, half* __restrict__ y,
-                                                              float* __restrict__ partial, int K, int N, int kPerSlice) {
+                                                              float* __restrict__ partial, unsigned* __restrict__ arrivals, int K, int N,
+                                                              int kPerSlice) {
   __shared__ __align__(16) float sums[kF16GemvWarps][M][kF16GemvColumns];
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int col = blockIdx.x * kF16GemvColumns + 8 * lane;
@@ -92,6 +96,24 @@ __global__ void __launch_bounds__(kF16GemvWarps * 32) f16Gemv(const half* __rest
     if (gridDim.y == 1) y[static_cast<size_t>(m) * N + n] = __float2half(s);
     else partial[(static_cast<size_t>(blockIdx.y) * M + m) * N + n] = s;
   }
+  if (gridDim.y == 1 || arrivals == nullptr) return;
+  // The last slice of a column block to finish adds the slices up (CUDA's threadFenceReduction): a separate sum
+  // kernel cost ~2 us a call, a seventh of a 4096 x 4096 GEMV. arrivals[blockIdx.x] is back to 0 when it is done.
+  __shared__ bool last;
+  __threadfence();
+  __syncthreads();
+  if (threadIdx.x == 0) last = atomicAdd(&arrivals[blockIdx.x], 1u) == gridDim.y - 1;
+  __syncthreads();
+  if (!last) return;
+  __threadfence();
+  for (int idx = threadIdx.x; idx < M * kF16GemvColumns; idx += kF16GemvWarps * 32) {
+    const int m = idx / kF16GemvColumns, n = blockIdx.x * kF16GemvColumns + idx % kF16GemvColumns;
+    if (n >= N) continue;
+    float s = 0.f;
+    for (int slice = 0; slice < static_cast<int>(gridDim.y); slice++) s += __ldcg(partial + (static_cast<size_t>(slice) * M + m) * N + n);
+    y[static_cast<size_t>(m) * N + n] = __float2half(s);
+  }
+  if (threadIdx.x == 0) arrivals[blockIdx.x] = 0;
 }
 
 }  // namespace chorus

@@ -34,6 +34,9 @@
 #                                                          # length (--slot), then ncu on each kernel
 #   PHASE=G OUT=$OUT bash scripts/gpu/serving-session.sh   # chorus.Linear's float16 GEMV against cuBLAS (MLP probe),
 #                                                          # its SASS, the device test, the 8B served with each
+#   PHASE=H OUT=$OUT bash scripts/gpu/serving-session.sh   # chorus.Linear (one resident wave) and the one-launch
+#                                                          # decode attention: probes, device tests, 8B served
+#   PHASE=B OUT=$OUT bash scripts/gpu/serving-session.sh   # bench:gpu with ORT's kernels and with Chorus's
 #   PHASE=W OUT=$OUT bash scripts/gpu/serving-session.sh   # chorus.Int4Linear at one row: the probe (W_PROBE), warp
 #                                                          # stalls and instruction mix by ncu (W_NCU), the SASS
 #   PHASE=K OUT=$OUT bash scripts/gpu/serving-session.sh   # kernel times: XQA decode attention at 8 / 32 layers and
@@ -54,7 +57,7 @@ FINAL_OUT="$OUT"
 OUT="${RES:-/tmp/chorus-results-$PHASE}"
 rm -rf "$OUT"
 trap 'tar czf "$FINAL_OUT/$PHASE.tgz" -C "$OUT" . 2>/dev/null; cp -f "$OUT/log-$PHASE" "$FINAL_OUT/" 2>/dev/null' EXIT
-: "${PHASE:?PHASE must be S, Q1, Q2, Q3, V, F, X, I, M, K, C, N, W, A, AN or G}"
+: "${PHASE:?PHASE must be S, Q1, Q2, Q3, V, F, X, I, M, K, C, N, W, A, AN, G, H or B}"
 source "$(dirname "${BASH_SOURCE[0]}")/phase-env.sh"
 CKPT="$BENCH_DIR/llama3-8b-random"
 mkdir -p "$OUT" "$BENCH_DIR"
@@ -372,6 +375,50 @@ if [[ "$PHASE" == G ]]; then
   serve_8b_by linear-kernels chorus ort
   exit 0
 fi
+if [[ "$PHASE" == H ]]; then
+  # chorus.Linear with one resident wave of split-K blocks and its slices summed by the last one, and
+  # chorus.DecodeAttention's decode step as one launch (rotary, append and merge inside): the GEMV probe by layout
+  # (native/probes/gemv-bandwidth.cu, built here), the attention check and its time a layer against XQA, both device
+  # tests, then the 8B served as H_RUNS (default, linear = --linear-kernels chorus, both = and --decode-attention chorus).
+  cuda_ops_setup
+  say "GEMV probe (one row)"
+  PATH="/usr/local/cuda/bin:$PATH" nvcc -O3 -std=c++17 -arch=sm_90 native/probes/gemv-bandwidth.cu -ldl -o /tmp/gemv-bandwidth 2>&1 | tail -3
+  timeout 60 /tmp/gemv-bandwidth 1 > "$OUT/gemv-m1.txt" 2>&1; say "probe exit $?"
+  grep -E "read|kn-256-last|cublas \(|nk R1" "$OUT/gemv-m1.txt" | head -40
+  say "chorus.DecodeAttention against GroupQueryAttention"
+  timeout 120 "$NODE" native/probes/decode-attention-check.ts > "$OUT/decode-attention-check.txt" 2>&1; say "check exit $?"; tail -3 "$OUT/decode-attention-check.txt"
+  for op in "--op chorus" ""; do
+    ORT_ENABLE_XQA=1 timeout 60 "$NODE" native/probes/gqa-backends.ts --layers 32 --graph --batches 1,16,64 $op 2>&1 | grep "us per layer" | tee -a "$OUT/decode-attention-time.txt"
+  done
+  say "device tests (CUDA graphs on)"
+  chorus_ops_device_test run-all-linear chorus.Linear
+  chorus_ops_device_test run-all-attention DecodeAttention
+  ensure_weights
+  for run in ${H_RUNS:-default linear both}; do
+    (( $(left) > 90 )) || { say "no time left for $run"; continue; }
+    args=()
+    case $run in
+      linear) args=(--serve-arg=--linear-kernels=chorus) ;;
+      both) args=(--serve-arg=--linear-kernels=chorus --serve-arg=--decode-attention=chorus) ;;
+    esac
+    say "8B float16 served: $run"
+    serve_8b "served-$run" "${args[@]}"
+  done
+  exit 0
+fi
+if [[ "$PHASE" == B ]]; then
+  # The issue's own figure: `npm run bench:gpu` (PyTorch and Chorus at 1 and 64 sequences, same run), Chorus as
+  # shipped and with Chorus's kernels (--linear-kernels chorus --decode-attention chorus).
+  ensure_weights
+  say "bench:gpu: PyTorch and Chorus (default kernels)"
+  CHORUS_CUDA_GRAPHS=1 STAGES="torch chorus" DEADLINE_S=$(( ($(left) - 20) / 2 + 20 )) OUT="$OUT/bench-default" bash scripts/gpu/run-all.sh --batches 1,64 > /dev/null 2>&1
+  say "exit $?"; cat "$OUT"/bench-default/bench/bench-gpu.md 2>/dev/null | head -8
+  say "bench:gpu: Chorus with --linear-kernels chorus --decode-attention chorus"
+  CHORUS_CUDA_GRAPHS=1 STAGES="chorus" DEADLINE_S=$(($(left) - 10)) OUT="$OUT/bench-chorus" bash scripts/gpu/run-all.sh --batches 1,64 \
+    --linear-kernels chorus --decode-attention chorus > /dev/null 2>&1
+  say "exit $?"; cat "$OUT"/bench-chorus/bench/bench-gpu.md 2>/dev/null | head -8
+  exit 0
+fi
 if [[ "$PHASE" == W ]]; then
   # Why chorus.Int4Linear is slow at one row: the probe over W_PROBE, then warp-stall reasons and instruction counts
   # (ncu raw metrics) of one kernel per variant at M 1, and the SASS of the one-row kernels where cuobjdump is found.
@@ -407,5 +454,5 @@ if [[ "$PHASE" == V ]]; then
   say "sweep exit $?"; grep -m2 -E "illegal|disabled" "$OUT/server/server.log" | cut -c1-250
   exit 0
 fi
-echo "PHASE must be S, Q1, Q2, Q3, V, F, X, I, M, K, C, N, W, A, AN or G" >&2
+echo "PHASE must be S, Q1, Q2, Q3, V, F, X, I, M, K, C, N, W, A, AN, G, H or B" >&2
 exit 2
