@@ -604,7 +604,7 @@ struct LinearOp : Ort::CustomOpBase<LinearOp, LinearKernel, true> {
 // softcap), through decode_attention.cuh's kernels: one query token a block for decode steps, several for prompt
 // chunks. A present buffer that is not the past buffer gets a copy of it first (correct, slow: the probe and the
 // server bind them together).
-using SplitKernel = void (*)(const half*, half*, half*, const int*, float*, float*, float*, half*, int, int, int, int, float, int, bool, bool, DecodeInputs);
+using SplitKernel = void (*)(const half*, const half*, const half*, const int*, float*, float*, float*, half*, int, int, int, int, float, int, bool, bool);
 struct SplitLaunch {
   SplitKernel kernel;
   int sharedBytes;  // its dynamic shared memory
@@ -733,62 +733,40 @@ struct DecodeAttentionKernel {
     const int splits = std::max(1, std::min({kAttnMaxSplits, slots / blocks, (span + kAttnTile - 1) / kAttnTile}));
     // Scratch: rotated queries (float16), then partial sums, maxima and sums (float32). Decode steps (captured in CUDA
     // graphs) share one buffer sized once for up to kDecodeRows rows, which no later call grows (a captured graph
-    // keeps its address), with the merge's arrival counters first (zeroed when the buffer is made; each merge leaves
-    // its counter zeroed); prompt chunks, never captured, use their own, grown as needed.
-    constexpr size_t kArrivalSlots = 8192;
-    const bool decode = S == 1;
-    const size_t countersBytes = decode ? kArrivalSlots * sizeof(unsigned) : 0;
+    // keeps its address); prompt chunks, never captured, use their own, grown as needed.
     const size_t qBytes = static_cast<size_t>(tokens) * numHeads * D * sizeof(half);
     const size_t partials = splits == 1 ? 0 : static_cast<size_t>(tokens) * numHeads * splits;
-    size_t need = countersBytes + qBytes + partials * (D + 2) * sizeof(float);
+    size_t need = qBytes + partials * (D + 2) * sizeof(float);
+    const bool decode = S == 1;
     if (decode) {
       // B splits <= slots / kvHeads by the rule above.
       constexpr int kDecodeRows = 1024;
       if (B > kDecodeRows) return Ort::Status("chorus.DecodeAttention: at most 1024 rows a decode step", ORT_INVALID_ARGUMENT);
-      const size_t capacity = countersBytes + static_cast<size_t>(kDecodeRows) * numHeads * D * sizeof(half) +
+      const size_t capacity = static_cast<size_t>(kDecodeRows) * numHeads * D * sizeof(half) +
                               static_cast<size_t>(slots / kvHeads + 1) * numHeads * (D + 2) * sizeof(float);
       need = std::max(need, capacity);
     }
     void*& buffer = decode ? tls.attention : tls.attentionPrompt;
     size_t& bufferBytes = decode ? tls.attentionBytes : tls.attentionPromptBytes;
-    const bool grows = bufferBytes < need;
     if (auto s = growScratch(buffer, bufferBytes, need, stream, "attention scratch", op); !s.IsOK()) return s;
-    if (grows && decode) {
-      if (auto s = statusOf(cudaMemsetAsync(buffer, 0, countersBytes, stream), "zeroing the merge's counters", op); !s.IsOK()) return s;
-    }
-    half* qRot = reinterpret_cast<half*>(static_cast<char*>(buffer) + countersBytes);
-    float* partialOut = reinterpret_cast<float*>(reinterpret_cast<char*>(qRot) + qBytes);
+    half* qRot = static_cast<half*>(buffer);
+    float* partialOut = reinterpret_cast<float*>(static_cast<char*>(buffer) + qBytes);
     float* partialMax = partialOut + partials * D;
     float* partialSum = partialMax + partials;
     half* output = reinterpret_cast<half*>(out.GetTensorMutableData<Ort::Float16_t>());
     const int* lengths = seqlens.GetTensorData<int32_t>();
-    const half* qkvData = reinterpret_cast<const half*>(qkv.GetTensorData<Ort::Float16_t>());
-    const half* cosData = reinterpret_cast<const half*>(cosCache.GetTensorData<Ort::Float16_t>());
-    const half* sinData = reinterpret_cast<const half*>(sinCache.GetTensorData<Ort::Float16_t>());
-    // A decode step is one launch: the split kernel rotates its queries, appends the new key and value (the block
-    // holding the last position) and merges the splits (the last one of a row's KV head to finish). A prompt chunk's
-    // blocks each read all of the chunk's new keys, so they are appended by a kernel before.
-    DecodeInputs fused;
-    if (decode) {
-      fused.qkv = qkvData;
-      fused.cosCache = cosData;
-      fused.sinCache = sinData;
-      if (splits > 1 && static_cast<size_t>(B) * kvHeads <= kArrivalSlots) {
-        fused.arrivals = static_cast<unsigned*>(buffer);
-        fused.output = output;
-      }
-    } else {
-      decodeRotaryAppend<<<dim3(static_cast<unsigned>(numHeads + 2 * kvHeads), static_cast<unsigned>(S), static_cast<unsigned>(B)),
-                           static_cast<unsigned>(D / 2), 0, stream>>>(qkvData, lengths, cosData, sinData, pk, pv, qRot, numHeads, kvHeads,
-                                                                      presentLen, S, firstPrompt, static_cast<int>(D));
-      if (auto s = statusOf(cudaGetLastError(), "rotary launch", op); !s.IsOK()) return s;
-    }
+    decodeRotaryAppend<<<dim3(static_cast<unsigned>(numHeads + 2 * kvHeads), static_cast<unsigned>(S), static_cast<unsigned>(B)),
+                         static_cast<unsigned>(D / 2), 0, stream>>>(
+        reinterpret_cast<const half*>(qkv.GetTensorData<Ort::Float16_t>()), lengths, reinterpret_cast<const half*>(cosCache.GetTensorData<Ort::Float16_t>()),
+        reinterpret_cast<const half*>(sinCache.GetTensorData<Ort::Float16_t>()), pk, pv, qRot, numHeads, kvHeads, presentLen, S, firstPrompt,
+        static_cast<int>(D));
+    if (auto s = statusOf(cudaGetLastError(), "rotary launch", op); !s.IsOK()) return s;
     // One split writes the output itself; more are combined by the merge.
     const dim3 grid(static_cast<unsigned>(splits), static_cast<unsigned>(kvHeads), static_cast<unsigned>(tokenBlocks));
     split.kernel<<<grid, kAttnThreads, static_cast<size_t>(split.sharedBytes), stream>>>(qRot, pk, pv, lengths, partialOut, partialMax, partialSum, splits == 1 ? output : nullptr,
-                                              numHeads, kvHeads, presentLen, splits, softmaxScale, S, firstPrompt, rotate, fused);
+                                              numHeads, kvHeads, presentLen, splits, softmaxScale, S, firstPrompt, rotate);
     if (auto s = statusOf(cudaGetLastError(), "attention launch", op); !s.IsOK()) return s;
-    if (splits == 1 || fused.arrivals != nullptr) return Ort::Status{nullptr};
+    if (splits == 1) return Ort::Status{nullptr};
     decodeAttentionMerge<<<dim3(static_cast<unsigned>(numHeads), static_cast<unsigned>(tokens)), static_cast<unsigned>(D), 0, stream>>>(
         partialOut, partialMax, partialSum, output, numHeads, splits, static_cast<int>(D));
     return statusOf(cudaGetLastError(), "merge launch", op);

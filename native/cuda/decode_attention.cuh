@@ -80,17 +80,6 @@ constexpr int attentionTileBytes() {
   return tiles > warps ? tiles : warps;
 }
 
-// A decode step's own inputs, for decodeAttentionSplit to do decodeRotaryAppend's and decodeAttentionMerge's work
-// itself (a decode step is then one launch: at one row each launch cost a few microseconds of a ~20 us layer). qkv
-// null: a prompt chunk, whose queries and cache entries the rotary kernel wrote (every block reads the chunk's keys).
-struct DecodeInputs {
-  const half* qkv = nullptr;  // packed QKV [B, 1, (numHeads + 2 kvHeads) D], not rotated
-  const half* cosCache = nullptr;
-  const half* sinCache = nullptr;
-  unsigned* arrivals = nullptr;  // with several splits: a zeroed counter a (row, KV head), zeroed again when merged
-  half* output = nullptr;        // where the merge writes, with arrivals
-};
-
 // Head dim D; kGroup query heads share a KV head; kTokens query tokens of a row a block (1 for decode steps,
 // promptTokensPerBlock for prompt chunks, which then read each tile once for all of them instead of once a token);
 // grid (splits, kvHeads, B ceil(S / kTokens)), kAttnThreads threads. Each split is a run of whole tiles of the
@@ -111,10 +100,10 @@ struct DecodeInputs {
 // out [.., D] (not yet divided), max and sum [..], for decodeAttentionMerge. A padding token's output is zero.
 template <int D, int kGroup, int kTokens>
 __global__ void __launch_bounds__(kAttnThreads, kTokens * kGroup > 8 ? 3 : 4) decodeAttentionSplit(
-    const half* __restrict__ qRot, half* presentKey, half* presentValue, const int* __restrict__ seqlensK,
-    float* __restrict__ partialOut, float* __restrict__ partialMax, float* __restrict__ partialSum, half* __restrict__ out,
-    int numHeads, int kvHeads, int presentLen, int splits, float scale, int S, bool firstPrompt, bool rotate,
-    DecodeInputs decode) {
+    const half* __restrict__ qRot, const half* __restrict__ presentKey, const half* __restrict__ presentValue,
+    const int* __restrict__ seqlensK, float* __restrict__ partialOut, float* __restrict__ partialMax,
+    float* __restrict__ partialSum, half* __restrict__ out, int numHeads, int kvHeads, int presentLen, int splits, float scale, int S,
+    bool firstPrompt, bool rotate) {
   constexpr int kRows = kTokens * kGroup;
   constexpr bool kHighRows = kRows > 8;  // rows g + 8 carry (token, head) pairs too
   static_assert(D % 16 == 0 && kGroup <= 8 && kRows <= 16, "head dim a multiple of 16, at most 16 mma rows");
@@ -162,25 +151,6 @@ __global__ void __launch_bounds__(kAttnThreads, kTokens * kGroup > 8 ? 3 : 4) de
   const int count = t1 - t0;
   const int start = rotate && count > 0 ? (7 * kh + 13 * static_cast<int>(blockIdx.z) + 5 * split) % count : 0;
   const auto tileAt = [&](int i) { return t0 + (i + start) % count; };
-  // A decode step's new key (rotated) and value go into the cache by the block whose tiles hold the row's last
-  // position, before its loads; no other block reads that position.
-  const bool fused = kTokens == 1 && decode.qkv != nullptr;
-  if (fused && count > 0 && t1 == tiles) {
-    constexpr int H = D / 2;
-    const int p = L - 1;
-    const half* kSrc = decode.qkv + (static_cast<size_t>(b) * (numHeads + 2 * kvHeads) + numHeads + kh) * D;
-    half* kDst = presentKey + cache + static_cast<size_t>(p) * D;
-    if (tid < H) {
-      const float c = __half2float(decode.cosCache[static_cast<size_t>(p) * H + tid]), sn = __half2float(decode.sinCache[static_cast<size_t>(p) * H + tid]);
-      const float x0 = __half2float(kSrc[tid]), x1 = __half2float(kSrc[tid + H]);
-      kDst[tid] = __float2half(x0 * c - x1 * sn);
-      kDst[tid + H] = __float2half(x1 * c + x0 * sn);
-    } else if (tid < 2 * H) {
-      const int j = tid - H;  // a half2 of the value
-      reinterpret_cast<half2*>(presentValue + cache + static_cast<size_t>(p) * D)[j] = reinterpret_cast<const half2*>(kSrc + kvHeads * D)[j];
-    }
-    __syncthreads();
-  }
 #pragma unroll
   for (int i = 0; i < kAttnStages - 1; i++) {
     if (i < count) load(i, tileAt(i));
@@ -197,34 +167,6 @@ __global__ void __launch_bounds__(kAttnThreads, kTokens * kGroup > 8 ? 3 : 4) de
     const half* qA = qRow(g);
     const half* qB = qRow(g + 8);
     const bool holdsA = lenA > 0, holdsB = lenB > 0;
-    if (fused) {
-      // Row g's query rotated here (rows g + 8 are empty at one token a block): the lane's dims 8 j + 2 t4 and + 1,
-      // j < 2 kSteps, rotate with dims D/2 further on, which the lane holds too (j + kSteps).
-      constexpr int H = D / 2;
-      float2 v[2 * kSteps];
-      const half* src = decode.qkv + (static_cast<size_t>(b) * (numHeads + 2 * kvHeads) + kh * kGroup + (g < kGroup ? g : 0)) * D;
-      const int p = max(lenA - 1, 0);
-#pragma unroll
-      for (int j = 0; j < 2 * kSteps; j++) v[j] = __half22float2(*reinterpret_cast<const half2*>(src + 8 * j + 2 * t4));
-#pragma unroll
-      for (int j = 0; j < kSteps; j++) {
-        const int d = 8 * j + 2 * t4;
-        const float2 c = __half22float2(*reinterpret_cast<const half2*>(decode.cosCache + static_cast<size_t>(p) * H + d));
-        const float2 sn = __half22float2(*reinterpret_cast<const half2*>(decode.sinCache + static_cast<size_t>(p) * H + d));
-        const float2 x0 = v[j], x1 = v[j + kSteps];
-        v[j] = make_float2(x0.x * c.x - x1.x * sn.x, x0.y * c.y - x1.y * sn.y);
-        v[j + kSteps] = make_float2(x1.x * c.x + x0.x * sn.x, x1.y * c.y + x0.y * sn.y);
-      }
-#pragma unroll
-      for (int k = 0; k < kSteps; k++) {
-        const half2 a0 = holdsA ? __floats2half2_rn(v[2 * k].x * scale, v[2 * k].y * scale) : __float2half2_rn(0.f);
-        const half2 a2 = holdsA ? __floats2half2_rn(v[2 * k + 1].x * scale, v[2 * k + 1].y * scale) : __float2half2_rn(0.f);
-        qa[k][0] = *reinterpret_cast<const uint32_t*>(&a0);
-        qa[k][1] = 0u;
-        qa[k][2] = *reinterpret_cast<const uint32_t*>(&a2);
-        qa[k][3] = 0u;
-      }
-    } else {
 #pragma unroll
     for (int k = 0; k < kSteps; k++) {
       const half2 a0 = holdsA ? __hmul2(*reinterpret_cast<const half2*>(qA + 16 * k + 2 * t4), sc) : zero;
@@ -235,7 +177,6 @@ __global__ void __launch_bounds__(kAttnThreads, kTokens * kGroup > 8 ? 3 : 4) de
       qa[k][1] = *reinterpret_cast<const uint32_t*>(&a1);
       qa[k][2] = *reinterpret_cast<const uint32_t*>(&a2);
       qa[k][3] = *reinterpret_cast<const uint32_t*>(&a3);
-    }
     }
   }
   // O rows g ([0], [1]) and g + 8 ([2], [3]), dims 8 nt + 2 t4 and + 1. Without rows g + 8 (decode steps), their mma
@@ -368,54 +309,6 @@ __global__ void __launch_bounds__(kAttnThreads, kTokens * kGroup > 8 ? 3 : 4) de
       }
     }
   }
-  if (out != nullptr || decode.arrivals == nullptr) return;
-  // The last split of the (row, KV head) to finish merges its group's heads (CUDA's threadFenceReduction): each
-  // split's weight and weighted sum once into shared memory (the tile buffers, free now), then the outputs.
-  __shared__ bool last;
-  __threadfence();
-  __syncthreads();
-  unsigned* arrival = decode.arrivals + static_cast<size_t>(blockIdx.z) * kvHeads + kh;
-  if (tid == 0) last = atomicAdd(arrival, 1u) == static_cast<unsigned>(splits) - 1;
-  __syncthreads();
-  if (!last) return;
-  __threadfence();
-  float (*weight)[kAttnMaxSplits] = reinterpret_cast<float (*)[kAttnMaxSplits]>(tileBytes);
-  float (*weighted)[kAttnMaxSplits] = reinterpret_cast<float (*)[kAttnMaxSplits]>(tileBytes + kRows * kAttnMaxSplits * 4);
-  const auto headOf = [&](int r) { return (static_cast<size_t>(b) * S + rowToken(r)) * numHeads + kh * kGroup + r % kGroup; };
-  for (int idx = tid; idx < kRows * splits; idx += kAttnThreads) {
-    const int r = idx / splits, sp = idx % splits;
-    if (rowToken(r) >= 0) weight[r][sp] = __ldcg(partialMax + headOf(r) * splits + sp);
-  }
-  __syncthreads();
-  __shared__ float rowMax[kRows];
-  if (tid < kRows && rowToken(tid) >= 0) {
-    float mx = -INFINITY;
-    for (int sp = 0; sp < splits; sp++) mx = fmaxf(mx, weight[tid][sp]);
-    rowMax[tid] = mx;
-  }
-  __syncthreads();
-  for (int idx = tid; idx < kRows * splits; idx += kAttnThreads) {
-    const int r = idx / splits, sp = idx % splits;
-    if (rowToken(r) < 0) continue;
-    const float ms = weight[r][sp];
-    const float w = ms == -INFINITY ? 0.f : __expf(ms - rowMax[r]);
-    weighted[r][sp] = w * __ldcg(partialSum + headOf(r) * splits + sp);
-    weight[r][sp] = w;
-  }
-  __syncthreads();
-  for (int idx = tid; idx < kRows * D; idx += kAttnThreads) {
-    const int r = idx / D, d = idx % D;
-    if (rowToken(r) < 0) continue;
-    const size_t head = headOf(r);
-    float sum = 0.f, o = 0.f;
-#pragma unroll 8
-    for (int sp = 0; sp < splits; sp++) {
-      sum += weighted[r][sp];
-      o += weight[r][sp] * __ldcg(partialOut + (head * splits + sp) * D + d);
-    }
-    decode.output[head * D + d] = __float2half(sum > 0.f ? o / sum : 0.f);
-  }
-  if (tid == 0) *arrival = 0u;
 }
 
 // One block of D threads per (head, token): out [B, S, numHeads * D]; a padding token's output is zero. Each split's

@@ -379,8 +379,10 @@ if [[ "$PHASE" == H ]]; then
   # chorus.Linear with one resident wave of split-K blocks and its slices summed by the last one, and
   # chorus.DecodeAttention's decode step as one launch (rotary, append and merge inside): the GEMV probe by layout
   # (native/probes/gemv-bandwidth.cu, built here), the attention check and its time a layer against XQA, both device
-  # tests, then the 8B served as H_RUNS (default, linear = --linear-kernels chorus, both = and --decode-attention chorus).
+  # tests, then the 8B served as H_RUNS (default, linear = --linear-kernels chorus, both = and --decode-attention chorus;
+  # H_SERVED_ONLY=1: only these).
   cuda_ops_setup
+  if [[ -z "${H_SERVED_ONLY:-}" ]]; then
   say "GEMV probe (one row)"
   PATH="/usr/local/cuda/bin:$PATH" nvcc -O3 -std=c++17 -arch=sm_90 native/probes/gemv-bandwidth.cu -ldl -o /tmp/gemv-bandwidth 2>&1 | tail -3
   timeout 60 /tmp/gemv-bandwidth 1 > "$OUT/gemv-m1.txt" 2>&1; say "probe exit $?"
@@ -393,6 +395,7 @@ if [[ "$PHASE" == H ]]; then
   say "device tests (CUDA graphs on)"
   chorus_ops_device_test run-all-linear chorus.Linear
   chorus_ops_device_test run-all-attention DecodeAttention
+  fi
   ensure_weights
   for run in ${H_RUNS:-default linear both}; do
     (( $(left) > 90 )) || { say "no time left for $run"; continue; }
@@ -413,9 +416,9 @@ if [[ "$PHASE" == B ]]; then
   say "bench:gpu: PyTorch and Chorus (default kernels)"
   CHORUS_CUDA_GRAPHS=1 STAGES="torch chorus" DEADLINE_S=$(( ($(left) - 20) / 2 + 20 )) OUT="$OUT/bench-default" bash scripts/gpu/run-all.sh --batches 1,64 > /dev/null 2>&1
   say "exit $?"; cat "$OUT"/bench-default/bench/bench-gpu.md 2>/dev/null | head -8
-  say "bench:gpu: Chorus with --linear-kernels chorus --decode-attention chorus"
+  say "bench:gpu: Chorus with ${B_FLAGS:---linear-kernels chorus}"
   CHORUS_CUDA_GRAPHS=1 STAGES="chorus" DEADLINE_S=$(($(left) - 10)) OUT="$OUT/bench-chorus" bash scripts/gpu/run-all.sh --batches 1,64 \
-    --linear-kernels chorus --decode-attention chorus > /dev/null 2>&1
+    ${B_FLAGS:---linear-kernels chorus} > /dev/null 2>&1
   say "exit $?"; cat "$OUT"/bench-chorus/bench/bench-gpu.md 2>/dev/null | head -8
   exit 0
 fi
