@@ -20,8 +20,8 @@
 //                   first versions, kept to measure against (docs/native.md has the figures).
 //
 // chorus.DecodeAttention (decode_attention.cuh): GroupQueryAttention's decode case for the row cache
-// (`--decode-attention chorus`). chorus.Linear (f16_gemv.cuh; not yet run on a GPU): float16 MatMul with a GEMV up to
-// 4 rows and cuBLAS above (`--linear-kernels chorus` on float16 shards).
+// (`--decode-attention chorus`). chorus.Linear (f16_gemv.cuh): float16 MatMul with a GEMV up to 2 rows and cuBLAS
+// above (`--linear-kernels auto`, the default, on float16 shards).
 //
 // The kernels live in the headers beside this file (int4_mma.cuh, int4_gemv.cuh, int4_dequantize.cuh,
 // decode_attention.cuh, f16_gemv.cuh); this file is the ops: path choice, scratch buffers, launches and ORT's
@@ -502,10 +502,13 @@ struct Int4LinearOp : Ort::CustomOpBase<Int4LinearOp, Int4LinearKernel, true> {
 
 // chorus.Linear (`--linear-kernels chorus` on float16 shards; probes native/probes/gemv-bandwidth.cu and
 // mlp-fusion.ts's a-chorus): MatMul's float16 Y = X W with W an initializer [K, N], through f16_gemv.cuh's GEMV up to
-// kF16GemvMaxRows rows and cuBLAS above (or when N is not a multiple of 8).
+// kF16GemvMaxRows rows and cuBLAS above (or when N is not a multiple of 8, or the GPU has no kernel image here).
 struct LinearKernel {
   int sms = 0;
   int residentPerSm[kF16GemvMaxRows] = {};  // f16Gemv<M>'s blocks a multiprocessor holds at once, by M - 1
+  // Whether this library has f16Gemv for the device (built for sm_80 and sm_90, and PTX for later GPUs): -1 not yet
+  // known. Without it every call goes to cuBLAS, so `--linear-kernels auto` is safe on any GPU ORT runs on.
+  int gemvRuns = -1;
 
   Ort::Status Init(const OrtKernelInfo* /*info*/) { return Ort::Status{nullptr}; }
 
@@ -534,7 +537,12 @@ struct LinearKernel {
     const half* xp = reinterpret_cast<const half*>(x.GetTensorData<Ort::Float16_t>());
     const half* wp = reinterpret_cast<const half*>(w.GetTensorData<Ort::Float16_t>());
     const int k = static_cast<int>(K), n = static_cast<int>(N);
-    if (M <= kF16GemvMaxRows && N % 8 == 0) {
+    if (gemvRuns < 0) {
+      cudaFuncAttributes attributes{};
+      gemvRuns = cudaFuncGetAttributes(&attributes, f16Gemv<1>) == cudaSuccess ? 1 : 0;
+      cudaGetLastError();  // a missing kernel image is not this call's error
+    }
+    if (gemvRuns == 1 && M <= kF16GemvMaxRows && N % 8 == 0) {
       if (auto s = multiprocessors(sms, op); !s.IsOK()) return s;
       const auto kernel = M == 1 ? f16Gemv<1> : f16Gemv<2>;
       int& perSm = residentPerSm[M - 1];

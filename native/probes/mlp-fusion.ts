@@ -5,7 +5,7 @@
  * the MLP, whose output is the next block's skip input; input [M, H] as the paged shard graphs have it.
  *
  *   a               today's graph (GraphBuilder.ts): MatMul [H, 2I], Split, Sigmoid, Mul, Mul, MatMul [I, H]
- *   a-chorus        a with both MatMuls as Chorus's chorus.Linear (native/cuda/f16_gemv.cuh: a GEMV up to 4 rows,
+ *   a-chorus        a with both MatMuls as Chorus's chorus.Linear (native/cuda/f16_gemv.cuh: a GEMV up to 2 rows,
  *                   cuBLAS above; `npm run build:cuda-ops`), checked against a
  *   a-basic         the same model at graph optimization "basic": ORT's level-2 QuickGeluFusion, which rewrites
  *                   x * Sigmoid(x) into com.microsoft QuickGelu in `a` (ncu of the served 8B shows QuickGelu), is off
@@ -306,7 +306,7 @@ const chorusVariant = (name: string, symmetric: boolean, what: string, env?: Rea
 })
 const variants: Array<Variant> = [
   { name: "a", what: "MatMul, Split, Sigmoid, Mul, Mul, MatMul (today)", weights: ["gate_up", "down"], mlp: splitMlp(sigmoidMul) },
-  // chorus.Linear (native/cuda/f16_gemv.cuh: a GEMV up to 4 rows, cuBLAS above), checked against a.
+  // chorus.Linear (native/cuda/f16_gemv.cuh: a GEMV up to 2 rows, cuBLAS above), checked against a.
   { name: "a-chorus", what: "a with both MatMuls as chorus.Linear", weights: ["gate_up", "down"], mlp: splitMlp(sigmoidMul, "chorus.Linear"), chorusOps: true },
   { name: "a-basic", what: "a at graph optimization basic (no QuickGelu fusion)", optimization: "basic", weights: ["gate_up", "down"], mlp: splitMlp(sigmoidMul) },
   {

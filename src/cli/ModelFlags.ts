@@ -154,11 +154,11 @@ export const modelFlags = {
   },
   "linear-kernels": {
     kind: "string",
-    description: "with --device cuda: ort (default, ONNX Runtime's MatMulNBits and MatMul) | chorus (experimental, npm run build:cuda-ops, float16: Chorus's tensor-core 4-bit kernel for int4 models, on an H200 faster than ort at 64 streams and slower at one; its float16 GEMV up to 4 rows for float16 models, not yet measured; docs/native.md)"
+    description: "with --device cuda: auto (default: Chorus's float16 GEMV up to 2 rows where npm run build:cuda-ops built its library, 5-8% more tok/s at one stream on an H200; ONNX Runtime's kernels otherwise and for int4) | ort (ONNX Runtime's MatMul and MatMulNBits) | chorus (the library required, float16: the GEMV, and Chorus's tensor-core 4-bit kernel for int4 models, on an H200 faster than ort at 64 streams and slower at one; docs/native.md)"
   },
   "decode-attention": {
     kind: "string",
-    description: "with --device cuda and the fused layout: xqa (default: TensorRT-LLM's XQA decode kernel in ORT) | flash (flash decoding) | chorus (experimental: Chorus's own attention kernel, npm run build:cuda-ops, float16; on an H200 2-4% faster than xqa at one stream, up to 9% slower at 64, docs/native.md); xqa and flash set ORT_ENABLE_XQA for the process, whose value stands when the flag is absent"
+    description: "with --device cuda and the fused layout: xqa (default: TensorRT-LLM's XQA decode kernel in ORT) | flash (flash decoding) | chorus (experimental: Chorus's own attention kernel, npm run build:cuda-ops, float16; on an H200 0-4% faster than xqa at one stream, -2% to +8% at 64, docs/native.md); xqa and flash set ORT_ENABLE_XQA for the process, whose value stands when the flag is absent"
   },
   "allow-special-tokens": {
     kind: "boolean",
@@ -262,8 +262,8 @@ export const resolveModelFlags = (flags: ParsedFlags<typeof modelFlags>, gpuCoun
       return yield* bad("--decode-attention", `--decode-attention chorus needs ${cudaOpsLibraryPath()}: build it with npm run build:cuda-ops (nvcc)`)
     }
     const linearKernels = flags["linear-kernels"]
-    if (linearKernels !== undefined && linearKernels !== "ort" && linearKernels !== "chorus") {
-      return yield* bad("--linear-kernels", `--linear-kernels must be ort or chorus, got '${linearKernels}'`)
+    if (linearKernels !== undefined && linearKernels !== "auto" && linearKernels !== "ort" && linearKernels !== "chorus") {
+      return yield* bad("--linear-kernels", `--linear-kernels must be auto, ort or chorus, got '${linearKernels}'`)
     }
     if (linearKernels !== undefined && device.kind !== "cuda") return yield* bad("--linear-kernels", "--linear-kernels needs --device cuda")
     if (linearKernels === "chorus" && dtype !== "float16") return yield* bad("--linear-kernels", "--linear-kernels chorus needs --dtype float16")

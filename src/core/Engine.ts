@@ -114,8 +114,10 @@ export interface EngineOptions {
    */
   readonly decodeAttention?: DecodeAttention
   /**
-   * CUDA: the kernels of 4-bit linears, ONNX Runtime's `MatMulNBits` (`ort`, default) or Chorus's custom-op library
-   * (`chorus`; float16 shards; `src/core/native/CudaOps.ts`).
+   * CUDA: the kernels of the linears. `auto` (default): Chorus's float16 GEMV (`chorus.Linear`) where its custom-op
+   * library is built (`npm run build:cuda-ops`), ONNX Runtime's kernels otherwise and for 4-bit weights; `chorus`:
+   * Chorus's for float16 and 4-bit linears (float16 shards; the library required); `ort`: ONNX Runtime's
+   * (`src/core/native/CudaOps.ts`).
    */
   readonly linearKernels?: LinearKernels
   readonly observer?: EngineObserver

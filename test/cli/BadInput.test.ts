@@ -70,7 +70,7 @@ describe("chorus generate with bad input", () => {
     ["Chorus's attention in float32", ["--model", model, "--token-ids", "1,2", "--device", "cuda", "--decode-attention", "chorus"], /--decode-attention chorus needs --dtype float16/],
     ["Chorus's attention not built", ["--model", model, "--token-ids", "1,2", "--device", "cuda", "--dtype", "float16", "--decode-attention", "chorus"], /--decode-attention chorus needs .*no-such-libchorus_cuda_ops\.so: build it with npm run build:cuda-ops/],
     ["linear kernels without a CUDA device", ["--model", model, "--token-ids", "1,2", "--linear-kernels", "chorus"], /--linear-kernels needs --device cuda/],
-    ["unknown linear kernels", ["--model", model, "--token-ids", "1,2", "--device", "cuda", "--linear-kernels", "fast"], /--linear-kernels must be ort or chorus, got 'fast'/],
+    ["unknown linear kernels", ["--model", model, "--token-ids", "1,2", "--device", "cuda", "--linear-kernels", "fast"], /--linear-kernels must be auto, ort or chorus, got 'fast'/],
     ["Chorus's kernels in float32", ["--model", model, "--token-ids", "1,2", "--device", "cuda", "--linear-kernels", "chorus"], /--linear-kernels chorus needs --dtype float16/],
     ["Chorus's kernels not built", ["--model", model, "--token-ids", "1,2", "--device", "cuda", "--dtype", "float16", "--linear-kernels", "chorus"], /--linear-kernels chorus needs .*no-such-libchorus_cuda_ops\.so: build it with npm run build:cuda-ops/],
     ["paged attention in float32", ["--model", model, "--token-ids", "1,2", "--device", "cuda", "--attention", "paged"], /--attention paged needs --dtype float16 or bfloat16/],

@@ -89,8 +89,8 @@ describe.runIf(device.kind === "cuda")("chorus.Int4Linear on CUDA", () => {
   // attention (XQA) to, against transformers: prompt logits within 1e-2, greedy tokens equal for 16 tokens unless they
   // part at a float32 near-tie (the two best logits within 1% of the largest), decode steps of one row and batched,
   // prompts in one chunk and in chunks of 100. native/probes/decode-attention-check.ts compares the op itself.
-  // --linear-kernels chorus on float16 shards (chorus.Linear: written 2026-12-01g, first run here) the same way: its
-  // GEMV in decode steps of 1-4 rows, cuBLAS for prompts and wider steps.
+  // --linear-kernels chorus on float16 shards (chorus.Linear, also what `auto` picks) the same way: its GEMV in decode
+  // steps of 1-2 rows, cuBLAS for prompts and wider steps.
   const kernelCases = [
     ["chorus.DecodeAttention", { decodeAttention: "chorus" }],
     ["chorus.Linear", { linearKernels: "chorus" }]

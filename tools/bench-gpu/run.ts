@@ -73,7 +73,7 @@ const flagSpecs = {
   int4: { kind: "string", description: "int4 variants measured after float16 (default b32-zp; e.g. b32-zp,b128-sym; none: skip); see tools/bench-quant.ts" },
   "int4-batch": { kind: "integer", description: "concurrency of the int4 rows (default 64)" },
   "decode-attention": { kind: "string", description: "CUDA decode attention for Chorus's rows: xqa (default) | flash | chorus, as chorus serve's flag" },
-  "linear-kernels": { kind: "string", description: "CUDA linears for Chorus's rows: ort (default) | chorus, as chorus serve's flag" },
+  "linear-kernels": { kind: "string", description: "CUDA linears for Chorus's rows: auto (default) | ort | chorus, as chorus serve's flag" },
   quant: { kind: "string", description: "internal: with --stage chorus, the int4 variant" },
   stage: { kind: "string", description: "internal: run one stage in this process (chorus)" }
 } as const
@@ -215,7 +215,7 @@ const cardName = (torch: TorchResults | undefined): string => {
 const oneOf = <C extends string>(flag: string, value: string | undefined, choices: ReadonlyArray<C>): C | undefined =>
   value === undefined ? undefined : choices.find((c) => c === value) ?? fail(`${flag} must be ${choices.join(", ")}, got '${value}'`)
 const decodeAttention = oneOf("--decode-attention", flags["decode-attention"], ["xqa", "flash", "chorus"] as const)
-const linearKernels = oneOf("--linear-kernels", flags["linear-kernels"], ["ort", "chorus"] as const)
+const linearKernels = oneOf("--linear-kernels", flags["linear-kernels"], ["auto", "ort", "chorus"] as const)
 // Both pick CUDA kernels; on the CPU (--dry-run-cpu) the engine would ignore them and the table would say otherwise.
 if ((decodeAttention !== undefined || linearKernels !== undefined) && device.kind !== "cuda") {
   fail(`${decodeAttention !== undefined ? "--decode-attention" : "--linear-kernels"} needs a CUDA device`)

@@ -2,16 +2,15 @@
  * Chorus's own CUDA kernels (native/cuda/: chorus_cuda_ops.cu and its kernel headers, an ONNX Runtime custom-op
  * library built by `npm run build:cuda-ops`) and how a shard graph comes to use them.
  *
+ * `--linear-kernels` (LinearKernels): `auto` (the default) runs a float16 shard's linears (MatMul with a float16 weight
+ * [K, N]) as `chorus.Linear` where the library is built (a GEMV up to 2 rows, cuBLAS above: 5-8% more tokens a second
+ * at one stream through the server on an H200, docs/benchmarks.md) and leaves everything else to ONNX Runtime;
+ * `chorus` also runs the 4-bit linears of an int4 shard as `chorus.Int4Linear` instead of ORT's
+ * `com.microsoft.MatMulNBits` (faster at 64 streams, slower at one); `ort` renames nothing.
  * `--decode-attention chorus` (experimental): the same rename for GroupQueryAttention, to `chorus.DecodeAttention`.
- *
- * `--linear-kernels chorus`: the 4-bit linears of an int4 shard run as `chorus.Int4Linear` instead of ORT's
- * `com.microsoft.MatMulNBits`, and the float16 linears (MatMul with a float16 weight [K, N]) as `chorus.Linear`
- * (experimental, written 2026-12-01g and not yet run on a GPU: a GEMV up to 4 rows, cuBLAS above). Each op takes
- * the node's inputs and attributes unchanged, so the converted shard and its cache entry stay as they are: at load
- * time the graph (a small protobuf; the weights are external data) is rewritten into a sibling file
- * `<shard>.chorus-ops.onnx` whose nodes are renamed, and that file is what the session opens. Why:
- * docs/benchmarks.md, "What limits int4" (ORT's kernels stream packed weights at about 1 TB/s at one row and
- * dequantize to float16 before a GEMM above it).
+ * Each op takes the node's inputs and attributes unchanged, so the converted shard and its cache entry stay as they
+ * are: at load time the graph (a small protobuf; the weights are external data) is rewritten into a sibling file
+ * named after what was renamed, and that file is what the session opens.
  */
 import * as fs from "node:fs"
 import * as path from "node:path"
@@ -20,11 +19,10 @@ import onnxProto from "onnx-proto"
 
 const { onnx } = onnxProto
 
-/** Which kernels run a shard's linears on CUDA: ONNX Runtime's own, or Chorus's (the custom-op library). */
-export type LinearKernels = "ort" | "chorus"
+/** Which kernels run a shard's linears on CUDA (see above); `auto` when not given. */
+export type LinearKernels = "auto" | "ort" | "chorus"
 
 export const CUSTOM_DOMAIN = "chorus"
-const SUFFIX = ".chorus-ops.onnx"
 
 const defaultLibraryPath = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../../../native/build-cuda/libchorus_cuda_ops.so")
 
@@ -48,20 +46,34 @@ export interface ChorusOpsGraph {
   readonly attentions: number
 }
 
-/** Which nodes `rewriteForChorusOps` renames: linears (`--linear-kernels chorus`), attention (`--decode-attention chorus`). */
+/** Which nodes `rewriteForChorusOps` renames. */
 export interface ChorusOpsChoice {
-  readonly linears: boolean
+  /** MatMul with a float16 weight -> `chorus.Linear`. */
+  readonly float16Linears: boolean
+  /** 4-bit MatMulNBits -> `chorus.Int4Linear`. */
+  readonly int4Linears: boolean
+  /** GroupQueryAttention -> `chorus.DecodeAttention`. */
   readonly attention: boolean
 }
 
+/** What a CUDA shard's graph gets renamed for `--linear-kernels` and `--decode-attention chorus`, the library built or not. */
+export const chorusOpsChoice = (kernels: LinearKernels, attention: boolean, libraryBuilt: boolean): ChorusOpsChoice => ({
+  float16Linears: kernels === "chorus" || (kernels === "auto" && libraryBuilt),
+  int4Linears: kernels === "chorus",
+  attention
+})
+
 /**
- * The graph with every 4-bit `MatMulNBits` node renamed to `chorus.Int4Linear`, every `MatMul` whose weight is a
- * float16 initializer [K, N] to `chorus.Linear` and, asked for, every
- * `GroupQueryAttention` to `chorus.DecodeAttention` (same inputs and attributes), written next to `graphPath` so that
- * its external data paths still resolve (one file per choice); reused while it is newer than the graph. A graph with
- * no such node comes back unchanged.
+ * The graph with, as `choice` asks, every `MatMul` whose weight is a float16 initializer [K, N] renamed to
+ * `chorus.Linear`, every 4-bit `MatMulNBits` to `chorus.Int4Linear` and every `GroupQueryAttention` to
+ * `chorus.DecodeAttention` (same inputs and attributes), written next to `graphPath` so that its external data paths
+ * still resolve, in a file named after what was renamed (`<shard>.chorus-linear-int4-attention.onnx` and its subsets);
+ * reused while it is newer than the graph. A graph with no such node comes back unchanged.
  */
-export const rewriteForChorusOps = (graphPath: string, choice: ChorusOpsChoice = { linears: true, attention: false }): ChorusOpsGraph => {
+export const rewriteForChorusOps = (
+  graphPath: string,
+  choice: ChorusOpsChoice = { float16Linears: true, int4Linears: true, attention: false }
+): ChorusOpsGraph => {
   const model = onnx.ModelProto.decode(fs.readFileSync(graphPath))
   const nodes = model.graph?.node ?? []
   const float16Weights = new Set(
@@ -69,14 +81,14 @@ export const rewriteForChorusOps = (graphPath: string, choice: ChorusOpsChoice =
   )
   let int4Linears = 0, float16Linears = 0, attentions = 0
   for (const n of nodes) {
-    if (choice.linears && n.opType === "MatMul" && (n.domain ?? "") === "" && float16Weights.has(n.input?.[1] ?? "")) {
+    if (choice.float16Linears && n.opType === "MatMul" && (n.domain ?? "") === "" && float16Weights.has(n.input?.[1] ?? "")) {
       n.opType = "Linear"
       n.domain = CUSTOM_DOMAIN
       float16Linears++
       continue
     }
     if (n.domain !== "com.microsoft") continue
-    if (choice.linears && n.opType === "MatMulNBits") {
+    if (choice.int4Linears && n.opType === "MatMulNBits") {
       const bits = n.attribute?.find((a) => a.name === "bits")
       if (bits !== undefined && Number(bits.i) !== 4) continue
       n.opType = "Int4Linear"
@@ -88,9 +100,9 @@ export const rewriteForChorusOps = (graphPath: string, choice: ChorusOpsChoice =
       attentions++
     }
   }
-  const linears = int4Linears + float16Linears
-  if (linears + attentions === 0) return { path: graphPath, int4Linears, float16Linears, attentions }
-  const out = graphPath.replace(/\.onnx$/, "") + (attentions > 0 ? (linears > 0 ? ".chorus-ops-attention.onnx" : ".chorus-attention.onnx") : SUFFIX)
+  const renamed = [float16Linears > 0 ? "linear" : "", int4Linears > 0 ? "int4" : "", attentions > 0 ? "attention" : ""].filter((k) => k !== "")
+  if (renamed.length === 0) return { path: graphPath, int4Linears, float16Linears, attentions }
+  const out = `${graphPath.replace(/\.onnx$/, "")}.chorus-${renamed.join("-")}.onnx`
   if (fs.existsSync(out) && fs.statSync(out).mtimeMs >= fs.statSync(graphPath).mtimeMs) return { path: out, int4Linears, float16Linears, attentions }
   if (!(model.opsetImport ?? []).some((o) => o.domain === CUSTOM_DOMAIN)) {
     model.opsetImport = [...(model.opsetImport ?? []), onnx.OperatorSetIdProto.create({ domain: CUSTOM_DOMAIN, version: 1 })]

@@ -18,7 +18,7 @@
  * (`attention_metadata`) fixed at `[1, maxLen]`. Other steps run uncaptured (graph id -1). If capture fails, the shard
  * says so once and runs uncaptured from then on.
  */
-import { cudaOpsLibrary, cudaOpsLibraryPath, rewriteForChorusOps } from "../native/CudaOps.ts"
+import { chorusOpsChoice, cudaOpsLibrary, cudaOpsLibraryPath, rewriteForChorusOps } from "../native/CudaOps.ts"
 import { type DeviceTensor, type HostTensor, NativeOrt, type NativeSession } from "../native/NativeOrt.ts"
 import { pagedInputs } from "./PagedInputs.ts"
 import { SamplerTable, StepOutputs } from "./SamplerTable.ts"
@@ -150,18 +150,27 @@ export async function load(task: ShardLoad): Promise<ShardLoadResult> {
   const device = task.device.kind === "cuda" && !useGraphs && task.device.options?.enable_cuda_graph !== undefined
     ? { ...task.device, options: Object.fromEntries(Object.entries(task.device.options).filter(([k]) => k !== "enable_cuda_graph")) }
     : task.device
-  // Chorus's kernels: the same shard with its MatMulNBits and float16 MatMul (and, asked for, GroupQueryAttention)
-  // nodes renamed, and the library that runs them.
+  // Chorus's kernels: the same shard with its float16 MatMul (and, asked for, MatMulNBits and GroupQueryAttention)
+  // nodes renamed, and the library that runs them. By default (`auto`) only where the library is built; asked for by
+  // name, its absence is an error.
   let graphPath = task.graphPath
   let customOpsLibrary: string | undefined
-  const linears = task.linearKernels === "chorus", attention = task.chorusAttention === true
-  if (device.kind === "cuda" && (linears || attention)) {
-    const flag = linears ? "--linear-kernels chorus" : "--decode-attention chorus"
-    customOpsLibrary = cudaOpsLibrary()
-    if (customOpsLibrary === undefined) throw new Error(`${flag} needs ${cudaOpsLibraryPath()}: build it with npm run build:cuda-ops (nvcc)`)
-    const rewritten = rewriteForChorusOps(task.graphPath, { linears, attention })
-    if (rewritten.int4Linears + rewritten.float16Linears + rewritten.attentions > 0 && task.dtype !== "float16") throw new Error(`${flag} runs float16 shards only, this one is ${task.dtype}`)
-    graphPath = rewritten.path
+  if (device.kind === "cuda") {
+    const kernels = task.linearKernels ?? "auto", attention = task.chorusAttention === true
+    const flag = kernels === "chorus" ? "--linear-kernels chorus" : attention ? "--decode-attention chorus" : undefined
+    const library = cudaOpsLibrary()
+    if (flag !== undefined && library === undefined) throw new Error(`${flag} needs ${cudaOpsLibraryPath()}: build it with npm run build:cuda-ops (nvcc)`)
+    const choice = chorusOpsChoice(kernels, attention, library !== undefined)
+    if (library !== undefined && (choice.float16Linears || choice.int4Linears || choice.attention)) {
+      const rewritten = rewriteForChorusOps(task.graphPath, choice)
+      if (flag !== undefined && rewritten.int4Linears + rewritten.float16Linears + rewritten.attentions > 0 && task.dtype !== "float16") {
+        throw new Error(`${flag} runs float16 shards only, this one is ${task.dtype}`)
+      }
+      if (rewritten.path !== task.graphPath) {
+        graphPath = rewritten.path
+        customOpsLibrary = library
+      }
+    }
   }
   const session = NativeOrt.load().createSession(graphPath, {
     provider: device.kind,

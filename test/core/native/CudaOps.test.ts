@@ -1,4 +1,4 @@
-// `--linear-kernels chorus` and `--decode-attention chorus` on the CPU side: the shard graph rewrite (MatMulNBits ->
+// `--linear-kernels` and `--decode-attention chorus` on the CPU side: which renames each choice makes, the shard graph rewrite (MatMulNBits ->
 // chorus.Int4Linear, float16 MatMul -> chorus.Linear, GroupQueryAttention -> chorus.DecodeAttention, nothing else
 // touched, next to the graph so that its external data is found) and where the library is looked for. The flags' refusals: test/cli/BadInput.test.ts. The
 // kernels run on CUDA only: test/device/ChorusOpsDevice.test.ts.
@@ -10,7 +10,7 @@ import onnxProto from "onnx-proto"
 import { afterAll, describe, expect, it } from "vitest"
 import { convertCheckpoint } from "../../../src/adapters/llama3/Converter.ts"
 import { defaultInt4 } from "../../../src/adapters/llama3/Quantization.ts"
-import { CUSTOM_DOMAIN, cudaOpsLibrary, cudaOpsLibraryPath, rewriteForChorusOps } from "../../../src/core/native/CudaOps.ts"
+import { chorusOpsChoice, CUSTOM_DOMAIN, cudaOpsLibrary, cudaOpsLibraryPath, rewriteForChorusOps } from "../../../src/core/native/CudaOps.ts"
 import { NativeOrt } from "../../../src/core/native/NativeOrt.ts"
 import { encodeModel } from "../../../src/onnx/OnnxWriter.ts"
 import { fixtureDir } from "../../support/fixtures.ts"
@@ -83,7 +83,7 @@ describe("rewriteForChorusOps", () => {
     const matmuls = before.graph!.node!.filter((n) => n.opType === "MatMul").length
     expect(matmuls).toBe(2 * 4 + 1) // QKV, O, gate|up and down a layer, and the LM head
     const out = rewriteForChorusOps(graph)
-    expect(out).toEqual({ path: graph.replace(/\.onnx$/, ".chorus-ops.onnx"), int4Linears: 0, float16Linears: matmuls, attentions: 0 })
+    expect(out).toEqual({ path: graph.replace(/\.onnx$/, ".chorus-linear.onnx"), int4Linears: 0, float16Linears: matmuls, attentions: 0 })
     const after = nodesOf(out.path)
     expect(after.graph!.node!.filter((n) => n.opType === "MatMul")).toHaveLength(0)
     const renamed = after.graph!.node!.filter((n) => n.opType === "Linear" && n.domain === CUSTOM_DOMAIN)
@@ -93,7 +93,7 @@ describe("rewriteForChorusOps", () => {
 
     const f32 = await convert("float32", false, "float32")
     expect(rewriteForChorusOps(f32)).toEqual({ path: f32, int4Linears: 0, float16Linears: 0, attentions: 0 })
-    expect(fs.readdirSync(path.dirname(f32)).filter((f) => f.endsWith(".chorus-ops.onnx"))).toHaveLength(0)
+    expect(fs.readdirSync(path.dirname(f32)).filter((f) => f.includes(".chorus-"))).toHaveLength(0)
   })
 
   it("--decode-attention chorus: renames every GroupQueryAttention to chorus.DecodeAttention, into its own file", async () => {
@@ -101,7 +101,7 @@ describe("rewriteForChorusOps", () => {
     const before = nodesOf(graph)
     const gqa = before.graph!.node!.filter((n) => n.opType === "GroupQueryAttention").length
     expect(gqa).toBe(2) // one a layer
-    const out = rewriteForChorusOps(graph, { linears: false, attention: true })
+    const out = rewriteForChorusOps(graph, { float16Linears: false, int4Linears: false, attention: true })
     expect(out).toEqual({ path: graph.replace(/\.onnx$/, ".chorus-attention.onnx"), int4Linears: 0, float16Linears: 0, attentions: gqa })
     const after = nodesOf(out.path)
     expect(after.graph!.node!.filter((n) => n.opType === "GroupQueryAttention")).toHaveLength(0)
@@ -115,11 +115,33 @@ describe("rewriteForChorusOps", () => {
     })
     // Both at once: a third file, so that either choice alone keeps its own.
     const int4 = await convert("int4-attention", true)
-    const both = rewriteForChorusOps(int4, { linears: true, attention: true })
-    expect(both.path.endsWith(".chorus-ops-attention.onnx")).toBe(true)
+    const both = rewriteForChorusOps(int4, { float16Linears: true, int4Linears: true, attention: true })
+    expect(both.path.endsWith(".chorus-int4-attention.onnx")).toBe(true)
     expect(both.int4Linears).toBe(2 * 4 + 1)
     expect(both.float16Linears).toBe(0)
     expect(both.attentions).toBe(2)
+  })
+})
+
+describe("which kernels a CUDA shard gets", () => {
+  it("auto (the default): the float16 GEMV where the library is built, ORT's kernels otherwise and for 4-bit weights", () => {
+    expect(chorusOpsChoice("auto", false, true)).toEqual({ float16Linears: true, int4Linears: false, attention: false })
+    expect(chorusOpsChoice("auto", false, false)).toEqual({ float16Linears: false, int4Linears: false, attention: false })
+    expect(chorusOpsChoice("chorus", false, true)).toEqual({ float16Linears: true, int4Linears: true, attention: false })
+    expect(chorusOpsChoice("ort", true, true)).toEqual({ float16Linears: false, int4Linears: false, attention: true })
+  })
+
+  it("auto leaves an int4 shard's 4-bit linears to MatMulNBits, and each choice gets a file of its own", async () => {
+    const int4 = await convert("int4-auto", true)
+    // The LM head is 4-bit too: nothing for the float16 GEMV, so the graph stays as converted.
+    expect(rewriteForChorusOps(int4, chorusOpsChoice("auto", false, true))).toEqual({ path: int4, int4Linears: 0, float16Linears: 0, attentions: 0 })
+    const float = await convert("float-choices", false)
+    const linear = rewriteForChorusOps(float, chorusOpsChoice("auto", false, true))
+    const withAttention = rewriteForChorusOps(float, chorusOpsChoice("auto", true, true))
+    expect(path.basename(linear.path)).toMatch(/\.chorus-linear\.onnx$/)
+    expect(path.basename(withAttention.path)).toMatch(/\.chorus-linear-attention\.onnx$/)
+    expect(nodesOf(linear.path).graph!.node!.filter((n) => n.opType === "DecodeAttention")).toHaveLength(0)
+    expect(nodesOf(withAttention.path).graph!.node!.filter((n) => n.opType === "DecodeAttention")).toHaveLength(2)
   })
 })
 

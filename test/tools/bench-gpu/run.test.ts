@@ -73,7 +73,7 @@ describe("bench:gpu dry run", () => {
 
   it.each([
     [["--checkpoint", "/tmp/x", "--decode-attention", "fast"], "bench:gpu: --decode-attention must be xqa, flash, chorus, got 'fast'"],
-    [["--checkpoint", "/tmp/x", "--linear-kernels", "cublas"], "bench:gpu: --linear-kernels must be ort, chorus, got 'cublas'"],
+    [["--checkpoint", "/tmp/x", "--linear-kernels", "cublas"], "bench:gpu: --linear-kernels must be auto, ort, chorus, got 'cublas'"],
     [["--dry-run-cpu", "--decode-attention", "chorus"], "bench:gpu: --decode-attention needs a CUDA device"],
     [["--dry-run-cpu", "--linear-kernels", "chorus"], "bench:gpu: --linear-kernels needs a CUDA device"]
   ])("refuses Chorus's kernel choices that cannot apply: %j", async (args, message) => {
