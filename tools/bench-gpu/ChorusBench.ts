@@ -14,7 +14,7 @@ import { Effect, Layer, ManagedRuntime, Scope, Stream } from "effect"
 import { Llama3Adapter } from "../../src/adapters/llama3/Llama3Adapter.ts"
 import { describeQuant, type Int4Settings } from "../../src/adapters/llama3/Quantization.ts"
 import type { LoadedModel } from "../../src/core/ModelAdapter.ts"
-import type { LinearKernels } from "../../src/core/native/CudaOps.ts"
+import { cudaOpsLibrary, type LinearKernels } from "../../src/core/native/CudaOps.ts"
 import type { DecodeAttention } from "../../src/core/native/DecodeAttention.ts"
 import { Engine } from "../../src/core/Engine.ts"
 import type { GenerateRequest } from "../../src/core/Request.ts"
@@ -141,9 +141,15 @@ export const runChorusBench = async (o: ChorusBenchOptions): Promise<ChorusResul
   }).pipe(Scope.provide(modelScope)))
   const device = o.device.kind === "cpu" ? "cpu" : `cuda:${o.device.id}`
   const quantize = o.quantize === undefined ? {} : { quantize: describeQuant(o.quantize) }
+  // What `auto` (the default) picks depends on whether Chorus's library is built here, so the table says which.
+  const linearKernels = o.linearKernels ?? "auto"
   const kernels = [
     ...(o.decodeAttention === undefined ? [] : [`--decode-attention ${o.decodeAttention}`]),
-    ...(o.linearKernels === undefined ? [] : [`--linear-kernels ${o.linearKernels}`])
+    ...(o.device.kind !== "cuda"
+      ? []
+      : linearKernels !== "auto"
+      ? [`--linear-kernels ${linearKernels}`]
+      : [`--linear-kernels auto (${cudaOpsLibrary() === undefined ? "no Chorus library: ORT's kernels" : "Chorus's library built: its GEMV for float16 MatMuls"})`])
   ]
   let results: ChorusResults = {
     device,

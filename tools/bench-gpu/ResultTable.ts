@@ -42,7 +42,7 @@ export interface ChorusResults {
   readonly dtype: string
   /** Weight quantization (`describeQuant`), absent for float weights. */
   readonly quantize?: string
-  /** Chorus's kernels asked for (`--decode-attention chorus`, `--linear-kernels chorus`), absent for the defaults. */
+  /** Chorus's kernel choices on CUDA (`--decode-attention`, `--linear-kernels` and what `auto` found), absent on the CPU. */
   readonly kernels?: string
   readonly loadSeconds: number
   readonly singleStream?: (DecodeStats & { readonly context: number }) | Failed
