@@ -40,6 +40,8 @@ export interface EngineCapacity {
   /** The most sequences running at once, and what was asked (`maxNumSeqs`) where memory lowered it. */
   readonly maxNumSeqs: number
   readonly requestedMaxNumSeqs: number
+  /** CUDA: the first shard's note on Chorus's kernels (`--linear-kernels`, `--decode-attention chorus`), for the log. */
+  readonly kernels?: string
 }
 
 /** One line for the start-up log: the KV pool and what it holds. */
@@ -48,7 +50,8 @@ export const describeCapacity = (c: EngineCapacity, contextLength: number): stri
   (c.kvBytes > 0 ? `, ${(c.kvBytes / 2 ** 30).toFixed(2)} GiB` : "") +
   `), ${c.fullContextSequences} sequences at the full context of ${contextLength}; prefix caching ${c.prefixCaching ? "on" : "off"}` +
   (c.prefixCachingOffBecause === undefined ? "" : ` (${c.prefixCachingOffBecause})`) +
-  (c.maxNumSeqs < c.requestedMaxNumSeqs ? `; --max-batch ${c.requestedMaxNumSeqs} lowered to ${c.maxNumSeqs} by memory (lower --context-length for more)` : "")
+  (c.maxNumSeqs < c.requestedMaxNumSeqs ? `; --max-batch ${c.requestedMaxNumSeqs} lowered to ${c.maxNumSeqs} by memory (lower --context-length for more)` : "")+
+  (c.kernels === undefined ? "" : `; ${c.kernels}`)
 
 /** @category models */
 export interface EngineOptions {
@@ -280,6 +283,7 @@ const makeEngine = (model: LoadedModel, options: EngineOptions) =>
       )
     }
     const kvBytes = loads.reduce((n, l) => n + l.kvBytes, 0)
+    const kernels = loads.find((l) => l.kernels !== undefined)?.kernels
     const capacity = {
       numBlocks: numBlocks - 1,
       blockSize,
@@ -290,7 +294,8 @@ const makeEngine = (model: LoadedModel, options: EngineOptions) =>
         ? { prefixCachingOffBecause: "the row cache is not reused where CUDA graphs replay; serve without --cuda-graphs to reuse it" }
         : {}),
       maxNumSeqs: maxSeqs,
-      requestedMaxNumSeqs: maxNumSeqs
+      requestedMaxNumSeqs: maxNumSeqs,
+      ...(kernels === undefined ? {} : { kernels })
     }
     const loop = yield* makeEngineLoop({
       shards,

@@ -155,12 +155,15 @@ export async function load(task: ShardLoad): Promise<ShardLoadResult> {
   // name, its absence is an error.
   let graphPath = task.graphPath
   let customOpsLibrary: string | undefined
+  let explicit = false
+  let kernels: string | undefined  // for the start-up log
   if (device.kind === "cuda") {
-    const kernels = task.linearKernels ?? "auto", attention = task.chorusAttention === true
-    const flag = kernels === "chorus" ? "--linear-kernels chorus" : attention ? "--decode-attention chorus" : undefined
+    const linearKernels = task.linearKernels ?? "auto", attention = task.chorusAttention === true
+    const flag = linearKernels === "chorus" ? "--linear-kernels chorus" : attention ? "--decode-attention chorus" : undefined
+    explicit = flag !== undefined
     const library = cudaOpsLibrary()
     if (flag !== undefined && library === undefined) throw new Error(`${flag} needs ${cudaOpsLibraryPath()}: build it with npm run build:cuda-ops (nvcc)`)
-    const choice = chorusOpsChoice(kernels, attention, library !== undefined)
+    const choice = chorusOpsChoice(linearKernels, attention, library !== undefined)
     if (library !== undefined && (choice.float16Linears || choice.int4Linears || choice.attention)) {
       const rewritten = rewriteForChorusOps(task.graphPath, choice)
       if (flag !== undefined && rewritten.int4Linears + rewritten.float16Linears + rewritten.attentions > 0 && task.dtype !== "float16") {
@@ -169,19 +172,35 @@ export async function load(task: ShardLoad): Promise<ShardLoadResult> {
       if (rewritten.path !== task.graphPath) {
         graphPath = rewritten.path
         customOpsLibrary = library
+        kernels = `Chorus's kernels for ${[
+          rewritten.float16Linears > 0 ? `${rewritten.float16Linears} float16 linears` : "",
+          rewritten.int4Linears > 0 ? `${rewritten.int4Linears} 4-bit linears` : "",
+          rewritten.attentions > 0 ? `${rewritten.attentions} attention layers` : ""
+        ].filter((k) => k !== "").join(", ")} (${library})`
       }
     }
   }
-  const session = NativeOrt.load().createSession(graphPath, {
-    provider: device.kind,
-    ...(customOpsLibrary === undefined ? {} : { customOpsLibrary }),
-    // TF32 would cost float32 graphs about 1e-3 relative error on the logits: exact float32 is what float32 asks for.
-    ...(device.kind === "cuda"
-      ? { deviceId: device.id, cuda: { arena_extend_strategy: "kSameAsRequested", ...(task.dtype === "float32" ? { use_tf32: "0" } : {}), ...device.options } }
-      : {}),
-    intraOpThreads: task.threads,
-    graphOptimization: "all"
-  })
+  const open = (graph: string, library: string | undefined) =>
+    NativeOrt.load().createSession(graph, {
+      provider: device.kind,
+      ...(library === undefined ? {} : { customOpsLibrary: library }),
+      // TF32 would cost float32 graphs about 1e-3 relative error on the logits: exact float32 is what float32 asks for.
+      ...(device.kind === "cuda"
+        ? { deviceId: device.id, cuda: { arena_extend_strategy: "kSameAsRequested", ...(task.dtype === "float32" ? { use_tf32: "0" } : {}), ...device.options } }
+        : {}),
+      intraOpThreads: task.threads,
+      graphOptimization: "all"
+    })
+  let session: ReturnType<typeof open>
+  try {
+    session = open(graphPath, customOpsLibrary)
+  } catch (e) {
+    // Taken by default (`auto`), a library that is there but does not load here (built against another CUDA runtime
+    // or ONNX Runtime) leaves the shard to ORT's kernels instead of failing the start; asked for, it fails.
+    if (customOpsLibrary === undefined || explicit) throw e
+    kernels = `ONNX Runtime's kernels: Chorus's library did not load (${String(e instanceof Error ? e.message : e).split("\n")[0]})`
+    session = open(task.graphPath, undefined)
+  }
   const inputNames = new Set(session.inputNames)
   const numLayers = task.layers[1] - task.layers[0]
   const common = { load: task, session, samplers: new SamplerTable(task), inputNames, graphsDisabled: false }
@@ -207,7 +226,7 @@ export async function load(task: ShardLoad): Promise<ShardLoadResult> {
       buckets: new Map()
     }
     const kvBytes = 2 * numLayers * numBlocks * task.blockSize * task.numKvHeads * task.headDim * elementBytes(task.dtype)
-    return { kvBytes, loadMs: performance.now() - started, layout: "blocks", numBlocks }
+    return { kvBytes, loadMs: performance.now() - started, layout: "blocks", numBlocks, ...(kernels === undefined ? {} : { kernels }) }
   }
 
   // Rows the device holds: all `maxSeqs`, or fewer when free memory after weights and a warm-up is short.
@@ -231,7 +250,15 @@ export async function load(task: ShardLoad): Promise<ShardLoadResult> {
   }
   const kvBytes = 2 * numLayers * maxSeqs * rowElements * elementBytes(task.dtype)
   // A row layout holds `maxSeqs` whole rows: the engine sees it as `maxSeqs * maxLen / blockSize` blocks.
-  return { kvBytes, loadMs: performance.now() - started, layout: "rows", numBlocks: maxSeqs * Math.ceil(task.maxLen / task.blockSize) + 1, maxSeqs, rowReuse: shard.rowReuse }
+  return {
+    kvBytes,
+    loadMs: performance.now() - started,
+    layout: "rows",
+    numBlocks: maxSeqs * Math.ceil(task.maxLen / task.blockSize) + 1,
+    maxSeqs,
+    rowReuse: shard.rowReuse,
+    ...(kernels === undefined ? {} : { kernels })
+  }
 }
 
 /** What `utilization` (times this shard's share) of the device allows beyond everything in use now. */

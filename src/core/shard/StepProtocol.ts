@@ -126,6 +126,8 @@ export interface ShardLoadResult {
    * freed rows start over at length 0 have not failed (docs/benchmarks.md, "Row reuse and CUDA graphs").
    */
   readonly rowReuse?: boolean
+  /** CUDA: which of Chorus's kernels the shard runs, or why it runs ONNX Runtime's after all (for the start-up log). */
+  readonly kernels?: string
 }
 
 /** A new sequence registered in the last shard: its sampler lives there until `release`. */
