@@ -48,6 +48,7 @@
 #include "cublas_runtime.h"
 #include "decode_attention.cuh"
 #include "f16_gemv.cuh"
+#include "f16_mma.cuh"
 #include "int4_dequantize.cuh"
 #include "int4_gemv.cuh"
 #include "int4_mma.cuh"
@@ -502,15 +503,23 @@ struct Int4LinearOp : Ort::CustomOpBase<Int4LinearOp, Int4LinearKernel, true> {
 
 // chorus.Linear (`--linear-kernels chorus` on float16 shards; probes native/probes/gemv-bandwidth.cu and
 // mlp-fusion.ts's a-chorus): MatMul's float16 Y = X W with W an initializer [K, N], through f16_gemv.cuh's GEMV up to
-// kF16GemvMaxRows rows and cuBLAS above (or when N is not a multiple of 8, or the GPU has no kernel image here).
+// kF16GemvMaxRows rows and cuBLAS above (or when N is not a multiple of 8, or the GPU has no kernel image here); with
+// CHORUS_F16_MMA=1 (a measurement setting, not yet run on a GPU) f16_mma.cuh's tensor-core kernel from 3 to 64 rows.
 struct LinearKernel {
+  static_assert(kF16GemvMaxRows == 2, "residentPerSm has a slot for each GEMV row count");
   int sms = 0;
-  int residentPerSm[kF16GemvMaxRows] = {};  // f16Gemv<M>'s blocks a multiprocessor holds at once, by M - 1
+  // Blocks a multiprocessor holds at once: f16Gemv<1>, f16Gemv<2>, f16Mma<1>, f16Mma<4>.
+  int residentPerSm[4] = {};
+  bool mma = false;  // CHORUS_F16_MMA=1: f16_mma.cuh from 3 to 64 rows (a measurement setting; not yet run on a GPU)
   // Whether this library has f16Gemv for the device (built for sm_80 and sm_90, and PTX for later GPUs): -1 not yet
   // known. Without it every call goes to cuBLAS, so `--linear-kernels auto` is safe on any GPU ORT runs on.
   int gemvRuns = -1;
 
-  Ort::Status Init(const OrtKernelInfo* /*info*/) { return Ort::Status{nullptr}; }
+  Ort::Status Init(const OrtKernelInfo* /*info*/) {
+    const char* on = std::getenv("CHORUS_F16_MMA");
+    mma = on != nullptr && std::string(on) == "1";
+    return Ort::Status{nullptr};
+  }
 
   OrtStatusPtr ComputeV2(OrtKernelContext* context) { return guarded([&] { return Compute(context); }); }
 
@@ -542,20 +551,27 @@ struct LinearKernel {
       gemvRuns = cudaFuncGetAttributes(&attributes, f16Gemv<1>) == cudaSuccess ? 1 : 0;
       cudaGetLastError();  // a missing kernel image is not this call's error
     }
-    if (gemvRuns == 1 && M <= kF16GemvMaxRows && N % 8 == 0) {
+    const bool gemv = gemvRuns == 1 && M <= kF16GemvMaxRows && N % 8 == 0;
+    const bool tensorCores = mma && gemvRuns == 1 && M > kF16GemvMaxRows && M <= kF16MmaMaxRows && N % 8 == 0 && K % kF16MmaK == 0;
+    if (gemv || tensorCores) {
       if (auto s = multiprocessors(sms, op); !s.IsOK()) return s;
-      const auto kernel = M == 1 ? f16Gemv<1> : f16Gemv<2>;
-      int& perSm = residentPerSm[M - 1];
+      const bool small = M <= 16;
+      const void* kernel = gemv ? reinterpret_cast<const void*>(M == 1 ? f16Gemv<1> : f16Gemv<2>)
+                                : reinterpret_cast<const void*>(small ? f16Mma<1> : f16Mma<4>);
+      const int threads = gemv ? kF16GemvWarps * 32 : kF16MmaThreads;
+      const int sharedBytes = gemv ? 0 : small ? f16MmaSharedBytes<1>() : f16MmaSharedBytes<4>();
+      int& perSm = residentPerSm[gemv ? M - 1 : small ? 2 : 3];
       if (perSm == 0) {
-        if (auto s = statusOf(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&perSm, kernel, kF16GemvWarps * 32, 0), "occupancy", op); !s.IsOK()) return s;
+        if (auto s = statusOf(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&perSm, kernel, threads, sharedBytes), "occupancy", op); !s.IsOK()) return s;
         perSm = std::max(1, perSm);
       }
       // K split into as many slices as keep the blocks within one resident wave (gemv-bandwidth.cu: a second,
       // partial wave cost 10-20%, e.g. gate|up 64 us at 1.27 waves against 57 at 0.85; 4096 x 4096 12.2 us at 16
-      // slices, 14.4 at 22), whole unrolled steps a slice. Depends on N, K and M only, so a shape's scratch is the
-      // same in every run of it, captured or not.
-      const int columnBlocks = (n + kF16GemvColumns - 1) / kF16GemvColumns;
-      constexpr int kStep = kF16GemvWarps * kF16GemvUnroll;
+      // slices, 14.4 at 22), whole steps a slice. Depends on N, K and M only, so a shape's scratch is the same in
+      // every run of it, captured or not.
+      const int columns = gemv ? kF16GemvColumns : kF16MmaColumns;
+      const int columnBlocks = (n + columns - 1) / columns;
+      const int kStep = gemv ? kF16GemvWarps * kF16GemvUnroll : kF16MmaK;
       const int wanted = std::max(1, std::min(perSm * sms / columnBlocks, (k + kStep - 1) / kStep));
       const int kPerSlice = ((k + wanted - 1) / wanted + kStep - 1) / kStep * kStep;
       const int slices = (k + kPerSlice - 1) / kPerSlice;
@@ -567,7 +583,8 @@ struct LinearKernel {
         // sms / 2.
         constexpr size_t kArrivalSlots = 8192;
         if (static_cast<size_t>(columnBlocks) > kArrivalSlots) return Ort::Status("chorus.Linear: too many column blocks to split K", ORT_EP_FAIL);
-        const size_t need = kArrivalSlots * sizeof(unsigned) + static_cast<size_t>(slices) * kF16GemvMaxRows * N * sizeof(float);
+        const size_t rows = gemv ? kF16GemvMaxRows : kF16MmaMaxRows;
+        const size_t need = kArrivalSlots * sizeof(unsigned) + static_cast<size_t>(slices) * rows * N * sizeof(float);
         if (tls.linearBytes < need) {
           if (auto s = growScratch(tls.linear, tls.linearBytes, need, stream, "split-K scratch", op); !s.IsOK()) return s;
           if (auto s = statusOf(cudaMemsetAsync(tls.linear, 0, need, stream), "zeroing split-K scratch", op); !s.IsOK()) return s;
@@ -575,9 +592,12 @@ struct LinearKernel {
         arrivals = static_cast<unsigned*>(tls.linear);
         partial = reinterpret_cast<float*>(arrivals + kArrivalSlots);
       }
-      const dim3 grid(static_cast<unsigned>(columnBlocks), static_cast<unsigned>(slices)), block(kF16GemvWarps * 32);
-      kernel<<<grid, block, 0, stream>>>(xp, wp, yp, partial, arrivals, k, n, kPerSlice);
-      return statusOf(cudaGetLastError(), "GEMV launch", op);
+      const dim3 grid(static_cast<unsigned>(columnBlocks), static_cast<unsigned>(slices));
+      if (gemv && M == 1) f16Gemv<1><<<grid, threads, 0, stream>>>(xp, wp, yp, partial, arrivals, k, n, kPerSlice);
+      else if (gemv) f16Gemv<2><<<grid, threads, 0, stream>>>(xp, wp, yp, partial, arrivals, k, n, kPerSlice);
+      else if (small) f16Mma<1><<<grid, threads, sharedBytes, stream>>>(xp, wp, yp, partial, arrivals, static_cast<int>(M), k, n, kPerSlice);
+      else f16Mma<4><<<grid, threads, sharedBytes, stream>>>(xp, wp, yp, partial, arrivals, static_cast<int>(M), k, n, kPerSlice);
+      return statusOf(cudaGetLastError(), gemv ? "GEMV launch" : "tensor-core launch", op);
     }
     if (auto s = threadCublas(stream, op); !s.IsOK()) return s;
     // Row-major Y[M, N] = X[M, K] W[K, N] is column-major Y^T[N, M] = W^T[N, K] X^T[K, M], where W^T is W's bytes

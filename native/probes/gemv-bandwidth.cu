@@ -8,10 +8,9 @@
 //   kn-wide   W [K, N], a block 2048 columns (its 8 warps 4 KB contiguous a row), K split to fill the GPU
 //   nk        W [N, K] (each output's weights contiguous): a warp R outputs, its lanes along K
 //   cublas    cublasGemmEx as ONNX Runtime's MatMul calls it (W [K, N]), and cublas-t with W [N, K] (op T)
-//   tc        16 or 64 rows (a decode step of that many sequences): W [K, N] through shared memory by cp.async (three
-//             stages of 32 k rows x 128 columns), mma.sync m16n8k16 with W's fragments by ldmatrix.trans, K split to
-//             one resident wave, slices summed by each column block's last one (written 2026-12-01h when the
-//             session's device time was spent: not yet run; cuBLAS streams the MLP at 2.8-3.0 TB/s at 64 rows)
+//   tc        16 or 64 rows (a decode step of that many sequences): f16_mma.cuh's tensor-core kernel, K split to one
+//             resident wave (written 2026-12-01h when the session's device time was spent: not yet run; cuBLAS
+//             streams the MLP at 2.8-3.0 TB/s at 64 rows)
 // Each run reads a different copy of W (copies past the L2's size), results are checked against a float64 sum.
 //
 // Build and run (the GPU host has nvcc):
@@ -33,7 +32,7 @@
 #include "../cuda/cp_async.cuh"
 #include "../cuda/cublas_runtime.h"
 #include "../cuda/f16_gemv.cuh"
-#include "../cuda/mma.cuh"
+#include "../cuda/f16_mma.cuh"
 
 #define CHECK(call)                                                                                 \
   do {                                                                                              \
@@ -171,101 +170,6 @@ __global__ void __launch_bounds__(256) nk(const half* __restrict__ x, const half
       for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
       if (lane == 0 && n0 + r < N) y[static_cast<size_t>(m) * N + n0 + r] = __float2half(s);
     }
-}
-
-// Y[M, N] = X[M, K] W[K, N] for M <= 16 MT on the tensor cores. Block: 4 warps, 128 columns (a warp 32: four n-tiles
-// of 8), the k rows of its slice in chunks of kTcK; each chunk's W [kTcK][128] and X [16 MT][kTcK] copied into shared
-// memory with cp.async, kTcStages - 1 chunks loading while one is computed. Rows of X past M are zeros.
-constexpr int kTcK = 32, kTcCols = 128, kTcStages = 3, kTcThreads = 128;
-template <int MT>
-constexpr int tcSharedBytes() { return kTcStages * (kTcK * (kTcCols + 8) + 16 * MT * (kTcK + 8)) * 2; }
-
-template <int MT>
-__global__ void __launch_bounds__(kTcThreads) tcSkinny(const half* __restrict__ x, const half* __restrict__ w, half* __restrict__ y,
-                                                      float* __restrict__ partial, unsigned* __restrict__ arrivals, int M, int K, int N,
-                                                      int kPerSlice) {
-  constexpr int kWRow = kTcCols + 8, kXRow = kTcK + 8, kRows = 16 * MT;
-  extern __shared__ __align__(16) unsigned char smem[];
-  half (*ws)[kTcK][kWRow] = reinterpret_cast<half (*)[kTcK][kWRow]>(smem);
-  half (*xs)[kRows][kXRow] = reinterpret_cast<half (*)[kRows][kXRow]>(smem + kTcStages * kTcK * kWRow * 2);
-  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t4 = lane & 3;
-  const int n0 = blockIdx.x * kTcCols, k0 = blockIdx.y * kPerSlice, k1 = min(K, k0 + kPerSlice);
-  const int chunks = (k1 - k0) / kTcK;  // K and kPerSlice are multiples of kTcK
-  const auto load = [&](int stage, int chunk) {
-    const int kb = k0 + chunk * kTcK;
-#pragma unroll
-    for (int i = 0; i < kTcK * kTcCols / 8 / kTcThreads; i++) {  // W: 16-byte pieces, 16 a k row
-      const int c = tid + kTcThreads * i, r = c / (kTcCols / 8), part = c % (kTcCols / 8);
-      half* dst = &ws[stage][r][8 * part];
-      if (n0 + 8 * part < N) chorus::cpAsync16(dst, w + static_cast<size_t>(kb + r) * N + n0 + 8 * part);
-      else *reinterpret_cast<uint4*>(dst) = make_uint4(0u, 0u, 0u, 0u);
-    }
-    for (int c = tid; c < kRows * kTcK / 8; c += kTcThreads) {  // X: 4 pieces a row
-      const int r = c / (kTcK / 8), part = c % (kTcK / 8);
-      half* dst = &xs[stage][r][8 * part];
-      if (r < M) chorus::cpAsync16(dst, x + static_cast<size_t>(r) * K + kb + 8 * part);
-      else *reinterpret_cast<uint4*>(dst) = make_uint4(0u, 0u, 0u, 0u);
-    }
-    chorus::cpAsyncCommit();
-  };
-#pragma unroll
-  for (int i = 0; i < kTcStages - 1; i++) {
-    if (i < chunks) load(i, i);
-    else chorus::cpAsyncCommit();
-  }
-  float acc[MT][4][4] = {};
-  for (int i = 0; i < chunks; i++) {
-    const int stage = i % kTcStages;
-    chorus::cpAsyncWait<kTcStages - 2>();
-    __syncthreads();
-    if (i + kTcStages - 1 < chunks) load((i + kTcStages - 1) % kTcStages, i + kTcStages - 1);
-    else chorus::cpAsyncCommit();
-#pragma unroll
-    for (int ks = 0; ks < kTcK; ks += 16) {
-      uint32_t a[MT][4];
-#pragma unroll
-      for (int mt = 0; mt < MT; mt++) chorus::ldmatrixX4(a[mt], &xs[stage][16 * mt + (lane & 15)][ks + 8 * (lane >> 4)]);
-#pragma unroll
-      for (int j = 0; j < 4; j += 2) {
-        uint32_t b[4];  // n-tiles j and j + 1: k 0-7 and 8-15 of each
-        chorus::ldmatrixX4Trans(b, &ws[stage][ks + ((lane >> 3) & 1) * 8 + (lane & 7)][32 * warp + 8 * (j + (lane >> 4))]);
-#pragma unroll
-        for (int mt = 0; mt < MT; mt++) {
-          chorus::mma16816(acc[mt][j], a[mt], b[0], b[1]);
-          chorus::mma16816(acc[mt][j + 1], a[mt], b[2], b[3]);
-        }
-      }
-    }
-  }
-  // Rows g and g + 8 of each m-tile, columns 2 t4 and + 1 of each n-tile.
-  const bool split = gridDim.y > 1;
-#pragma unroll
-  for (int mt = 0; mt < MT; mt++)
-#pragma unroll
-    for (int j = 0; j < 4; j++)
-#pragma unroll
-      for (int h = 0; h < 2; h++) {
-        const int m = 16 * mt + g + 8 * h, n = n0 + 32 * warp + 8 * j + 2 * t4;
-        if (m >= M || n >= N) continue;
-        if (split) *reinterpret_cast<float2*>(partial + (static_cast<size_t>(blockIdx.y) * M + m) * N + n) = make_float2(acc[mt][j][2 * h], acc[mt][j][2 * h + 1]);
-        else *reinterpret_cast<half2*>(y + static_cast<size_t>(m) * N + n) = __floats2half2_rn(acc[mt][j][2 * h], acc[mt][j][2 * h + 1]);
-      }
-  if (!split) return;
-  __shared__ bool last;
-  __threadfence();
-  __syncthreads();
-  if (tid == 0) last = atomicAdd(&arrivals[blockIdx.x], 1u) == gridDim.y - 1;
-  __syncthreads();
-  if (!last) return;
-  __threadfence();
-  for (int idx = tid; idx < M * kTcCols; idx += kTcThreads) {
-    const int m = idx / kTcCols, n = n0 + idx % kTcCols;
-    if (n >= N) continue;
-    float sum = 0.f;
-    for (int sl = 0; sl < static_cast<int>(gridDim.y); sl++) sum += __ldcg(partial + (static_cast<size_t>(sl) * M + m) * N + n);
-    y[static_cast<size_t>(m) * N + n] = __float2half(sum);
-  }
-  if (tid == 0) arrivals[blockIdx.x] = 0u;
 }
 
 __global__ void transposeKN(const half* __restrict__ in, half* __restrict__ out, int K, int N) {  // [K, N] -> [N, K]
@@ -450,21 +354,21 @@ int main(int argc, char** argv) {
     }
     // The tensor-core kernel at 16 and 64 rows, K split to one resident wave (and, to compare, to fewer slices).
     if (M == 16 || M == 64) {
-      const auto kernel = M == 16 ? tcSkinny<1> : tcSkinny<4>;
-      const int smemBytes = M == 16 ? tcSharedBytes<1>() : tcSharedBytes<4>();
+      const auto kernel = M == 16 ? chorus::f16Mma<1> : chorus::f16Mma<4>;
+      const int smemBytes = M == 16 ? chorus::f16MmaSharedBytes<1>() : chorus::f16MmaSharedBytes<4>();
       CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smemBytes));
       int perSm = 0;
-      CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&perSm, kernel, kTcThreads, smemBytes));
-      const int columnBlocks = (s.N + kTcCols - 1) / kTcCols, fit = std::max(1, perSm * sms / columnBlocks);
+      CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&perSm, kernel, chorus::kF16MmaThreads, smemBytes));
+      const int columnBlocks = (s.N + chorus::kF16MmaColumns - 1) / chorus::kF16MmaColumns, fit = std::max(1, perSm * sms / columnBlocks);
       int previous = 0;
       for (int wanted : {fit, std::max(1, fit / 2), 1}) {
-        const int kPerSlice = ((s.K + wanted - 1) / wanted + kTcK - 1) / kTcK * kTcK, slices = (s.K + kPerSlice - 1) / kPerSlice;
+        const int kPerSlice = ((s.K + wanted - 1) / wanted + chorus::kF16MmaK - 1) / chorus::kF16MmaK * chorus::kF16MmaK, slices = (s.K + kPerSlice - 1) / kPerSlice;
         if (slices == previous || slices > maxSlices) continue;
         previous = slices;
         char label[64];
         std::snprintf(label, sizeof label, "tc %d/SM %d sl %.2f w", perSm, slices, columnBlocks * slices / static_cast<double>(perSm * sms));
         timeIt(label, [&](int c) {
-          kernel<<<dim3(columnBlocks, slices), kTcThreads, smemBytes, stream>>>(x, wkn[c], y, partial, arrivals, M, s.K, s.N, kPerSlice);
+          kernel<<<dim3(columnBlocks, slices), chorus::kF16MmaThreads, smemBytes, stream>>>(x, wkn[c], y, partial, arrivals, M, s.K, s.N, kPerSlice);
         }, true);
       }
     }

@@ -37,6 +37,8 @@
 #   PHASE=H OUT=$OUT bash scripts/gpu/serving-session.sh   # chorus.Linear (one resident wave) and the one-launch
 #                                                          # decode attention: probes, device tests, 8B served
 #   PHASE=B OUT=$OUT bash scripts/gpu/serving-session.sh   # bench:gpu with ORT's kernels and with Chorus's
+#   PHASE=T OUT=$OUT bash scripts/gpu/serving-session.sh   # chorus.Linear's tensor-core path (CHORUS_F16_MMA=1):
+#                                                          # probe, device test, bench:gpu and served, with and without
 #   PHASE=W OUT=$OUT bash scripts/gpu/serving-session.sh   # chorus.Int4Linear at one row: the probe (W_PROBE), warp
 #                                                          # stalls and instruction mix by ncu (W_NCU), the SASS
 #   PHASE=K OUT=$OUT bash scripts/gpu/serving-session.sh   # kernel times: XQA decode attention at 8 / 32 layers and
@@ -57,7 +59,7 @@ FINAL_OUT="$OUT"
 OUT="${RES:-/tmp/chorus-results-$PHASE}"
 rm -rf "$OUT"
 trap 'tar czf "$FINAL_OUT/$PHASE.tgz" -C "$OUT" . 2>/dev/null; cp -f "$OUT/log-$PHASE" "$FINAL_OUT/" 2>/dev/null' EXIT
-: "${PHASE:?PHASE must be S, Q1, Q2, Q3, V, F, X, I, M, K, C, N, W, A, AN, G, H or B}"
+: "${PHASE:?PHASE must be S, Q1, Q2, Q3, V, F, X, I, M, K, C, N, W, A, AN, G, H, B or T}"
 source "$(dirname "${BASH_SOURCE[0]}")/phase-env.sh"
 CKPT="$BENCH_DIR/llama3-8b-random"
 mkdir -p "$OUT" "$BENCH_DIR"
@@ -422,6 +424,34 @@ if [[ "$PHASE" == B ]]; then
   say "exit $?"; cat "$OUT"/bench-chorus/bench/bench-gpu.md 2>/dev/null | head -8
   exit 0
 fi
+if [[ "$PHASE" == T ]]; then
+  # chorus.Linear's tensor-core path for 3-64 rows (f16_mma.cuh, CHORUS_F16_MMA=1; written 2026-12-01h, first run
+  # here): the probe at 64 and 16 rows against cuBLAS and a plain read, the device test's cases with it, then
+  # bench:gpu and the 8B served with it and without, while time is left.
+  cuda_ops_setup
+  PATH="/usr/local/cuda/bin:$PATH" nvcc -O3 -std=c++17 -arch=sm_90 native/probes/gemv-bandwidth.cu -ldl -o /tmp/gemv-bandwidth 2>&1 | tail -3
+  for m in 64 16; do
+    say "GEMV probe, $m rows"
+    timeout 60 /tmp/gemv-bandwidth $m > "$OUT/gemv-m$m.txt" 2>&1; say "probe exit $?"
+    grep -E "read|tc |cublas \(|MISMATCH|worst" "$OUT/gemv-m$m.txt"
+  done
+  say "device test: chorus.Linear with CHORUS_F16_MMA=1 (CUDA graphs on)"
+  chorus_ops_device_test run-all-mma CHORUS_F16_MMA
+  ensure_weights
+  for mma in 1 0; do
+    (( $(left) > 120 )) || { say "no time left for bench:gpu, CHORUS_F16_MMA=$mma"; continue; }
+    say "bench:gpu, CHORUS_F16_MMA=$mma"
+    CHORUS_F16_MMA=$mma CHORUS_CUDA_GRAPHS=1 STAGES="chorus" DEADLINE_S=$(( $(left) > 200 ? 100 : $(left) - 20 )) OUT="$OUT/bench-mma-$mma" \
+      bash scripts/gpu/run-all.sh --batches 1,64 --int4 none > /dev/null 2>&1
+    say "exit $?"; head -8 "$OUT/bench-mma-$mma/bench/bench-gpu.md" 2>/dev/null
+  done
+  for mma in 1 0; do
+    (( $(left) > 90 )) || { say "no time left for served, CHORUS_F16_MMA=$mma"; continue; }
+    say "8B float16 served, CHORUS_F16_MMA=$mma"
+    CHORUS_F16_MMA=$mma serve_8b "served-mma-$mma"
+  done
+  exit 0
+fi
 if [[ "$PHASE" == W ]]; then
   # Why chorus.Int4Linear is slow at one row: the probe over W_PROBE, then warp-stall reasons and instruction counts
   # (ncu raw metrics) of one kernel per variant at M 1, and the SASS of the one-row kernels where cuobjdump is found.
@@ -457,5 +487,5 @@ if [[ "$PHASE" == V ]]; then
   say "sweep exit $?"; grep -m2 -E "illegal|disabled" "$OUT/server/server.log" | cut -c1-250
   exit 0
 fi
-echo "PHASE must be S, Q1, Q2, Q3, V, F, X, I, M, K, C, N, W, A, AN, G, H or B" >&2
+echo "PHASE must be S, Q1, Q2, Q3, V, F, X, I, M, K, C, N, W, A, AN, G, H, B or T" >&2
 exit 2

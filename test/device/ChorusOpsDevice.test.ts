@@ -9,7 +9,7 @@
 import * as fs from "node:fs"
 import * as os from "node:os"
 import * as path from "node:path"
-import { afterAll, describe, expect, it } from "vitest"
+import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import type { Llama3Options } from "../../src/adapters/llama3/Llama3Adapter.ts"
 import { defaultInt4 } from "../../src/adapters/llama3/Quantization.ts"
 import { cudaOpsLibrary, cudaOpsLibraryPath } from "../../src/core/native/CudaOps.ts"
@@ -90,12 +90,24 @@ describe.runIf(device.kind === "cuda")("chorus.Int4Linear on CUDA", () => {
   // part at a float32 near-tie (the two best logits within 1% of the largest), decode steps of one row and batched,
   // prompts in one chunk and in chunks of 100. native/probes/decode-attention-check.ts compares the op itself.
   // --linear-kernels chorus on float16 shards (chorus.Linear, also what `auto` picks) the same way: its GEMV in decode
-  // steps of 1-2 rows, cuBLAS for prompts and wider steps.
+  // steps of 1-2 rows, cuBLAS for prompts and wider steps; with CHORUS_F16_MMA=1 its tensor-core kernel for steps and
+  // prompt chunks of 3-64 rows.
   const kernelCases = [
-    ["chorus.DecodeAttention", { decodeAttention: "chorus" }],
-    ["chorus.Linear", { linearKernels: "chorus" }]
+    ["chorus.DecodeAttention", { decodeAttention: "chorus" }, {}],
+    ["chorus.Linear", { linearKernels: "chorus" }, {}],
+    ["chorus.Linear with CHORUS_F16_MMA=1", { linearKernels: "chorus" }, { CHORUS_F16_MMA: "1" }]
   ] as const
-  describe.each(kernelCases.flatMap(([op, engine]) => ([["tiny-llama3-a", 512], ["tiny-llama3-b", 512], ["tiny-llama3-b", 100]] as const).map(([name, budget]) => [op, name, budget, engine] as const)))("%s, %s, %i tokens a step", (_op, name, budget, kernels) => {
+  const fixtureCases = [["tiny-llama3-a", 512], ["tiny-llama3-b", 512], ["tiny-llama3-b", 100]] as const
+  describe.each(kernelCases.flatMap(([op, engine, env]) => fixtureCases.map(([name, budget]) => [op, name, budget, engine, env] as const)))("%s, %s, %i tokens a step", (_op, name, budget, kernels, env) => {
+    // Set in the main thread's environment, which the op reads (getenv) when a shard's session makes its kernels.
+    const saved = Object.keys(env).map((k) => [k, process.env[k]] as const)
+    beforeAll(() => void Object.assign(process.env, env))
+    afterAll(() => {
+      for (const [k, v] of saved) {
+        if (v === undefined) delete process.env[k]
+        else process.env[k] = v
+      }
+    })
     const options: Llama3Options = { modelDir: fixtureDir(name), dtype: "float16", maxContext: 512, attention: "fused" }
     const reference = readReference(name)
     for (const concurrent of [false, true]) {
