@@ -146,6 +146,17 @@ Ort::Status threadCublas(cudaStream_t stream, const char* op) {
   return Ort::Status{nullptr};
 }
 
+// Row-major Y[M, N] = X[M, K] W in float16 through this thread's cuBLAS handle (threadCublas first): column-major
+// Y^T[N, M] = op(W') X^T[K, M], where W' is W's bytes seen column-major with leading dimension ldw (opW kCublasOpN for
+// W [K, N], ldw N; kCublasOpT for W stored [N, K], ldw K) and X^T is X's bytes (leading dimension K). No copies.
+Ort::Status halfGemm(int opW, int n, int m, int k, const void* w, int ldw, const half* x, half* y, const char* op) {
+  const float one = 1.f, zero = 0.f;
+  const int rc = cublas().gemmEx(tls.handle, opW, kCublasOpN, n, m, k, &one, w, kCudaR16F, ldw, x, kCudaR16F, k, &zero, y, kCudaR16F, n,
+                                 kCublasCompute32F, kCublasGemmDefault);
+  if (rc != 0) return Ort::Status((std::string(op) + ": cublasGemmEx failed with status " + std::to_string(rc)).c_str(), ORT_EP_FAIL);
+  return Ort::Status{nullptr};
+}
+
 // Lets `kernel` use `bytes` of dynamic shared memory past the 48 KB default, once per kernel and device (shards on
 // several GPUs share this process).
 Ort::Status allowSharedMemory(const void* kernel, size_t bytes, const char* op = "chorus.Int4Linear") {
@@ -472,12 +483,8 @@ struct Int4LinearKernel {
       else int4Dequantize<false><<<blocks, 256, 0, stream>>>(bp, sp, zpp, static_cast<half*>(tls.weights), k, n, bs, nBlocks);
       if (auto s = statusOf(cudaGetLastError(), "dequantize launch"); !s.IsOK()) return s;
     }
-    // Row-major Y[M, N] = X[M, K] W[N, K]^T is column-major Y^T[N, M] = W^T... i.e. op(A) = T on W seen as [K, N].
-    const float one = 1.f, zero = 0.f;
-    const int rc = cublas().gemmEx(tls.handle, kCublasOpT, kCublasOpN, n, static_cast<int>(M), k, &one, tls.weights, kCudaR16F, k, xp,
-                             kCudaR16F, k, &zero, yp, kCudaR16F, n, kCublasCompute32F, kCublasGemmDefault);
-    if (rc != 0) return Ort::Status(("chorus.Int4Linear: cublasGemmEx failed with status " + std::to_string(rc)).c_str(), ORT_EP_FAIL);
-    return Ort::Status{nullptr};
+    // The dequantized weight is [N, K] (MatMulNBits' order): op T.
+    return halfGemm(kCublasOpT, n, static_cast<int>(M), k, tls.weights, k, xp, yp, "chorus.Int4Linear");
   }
 };
 
@@ -600,13 +607,7 @@ struct LinearKernel {
       return statusOf(cudaGetLastError(), gemv ? "GEMV launch" : "tensor-core launch", op);
     }
     if (auto s = threadCublas(stream, op); !s.IsOK()) return s;
-    // Row-major Y[M, N] = X[M, K] W[K, N] is column-major Y^T[N, M] = W^T[N, K] X^T[K, M], where W^T is W's bytes
-    // seen column-major (leading dimension N) and X^T is X's (leading dimension K): no transposes.
-    const float one = 1.f, zero = 0.f;
-    const int rc = cublas().gemmEx(tls.handle, kCublasOpN, kCublasOpN, n, static_cast<int>(M), k, &one, wp, kCudaR16F, n, xp, kCudaR16F, k,
-                                   &zero, yp, kCudaR16F, n, kCublasCompute32F, kCublasGemmDefault);
-    if (rc != 0) return Ort::Status(("chorus.Linear: cublasGemmEx failed with status " + std::to_string(rc)).c_str(), ORT_EP_FAIL);
-    return Ort::Status{nullptr};
+    return halfGemm(kCublasOpN, n, static_cast<int>(M), k, wp, n, xp, yp, op);
   }
 };
 

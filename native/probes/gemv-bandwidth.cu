@@ -33,6 +33,7 @@
 #include "../cuda/cublas_runtime.h"
 #include "../cuda/f16_gemv.cuh"
 #include "../cuda/f16_mma.cuh"
+#include "../cuda/int4_mma.cuh"  // int4SplitKSum: the split-K sum kernel chorus.Linear used before its last-slice sums
 
 #define CHECK(call)                                                                                 \
   do {                                                                                              \
@@ -98,14 +99,6 @@ __global__ void __launch_bounds__(kWideWarps * 32) knWide(const half* __restrict
     float* out = partial + (static_cast<size_t>(blockIdx.y) * M + m) * N + col;
     *reinterpret_cast<float4*>(out) = make_float4(acc[m][0], acc[m][1], acc[m][2], acc[m][3]);
     *reinterpret_cast<float4*>(out + 4) = make_float4(acc[m][4], acc[m][5], acc[m][6], acc[m][7]);
-  }
-}
-
-__global__ void sumSlices(const float* __restrict__ partial, half* __restrict__ y, int slices, size_t count) {
-  for (size_t i = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < count; i += static_cast<size_t>(gridDim.x) * blockDim.x) {
-    float s = 0.f;
-    for (int j = 0; j < slices; j++) s += partial[j * count + i];
-    y[i] = __float2half(s);
   }
 }
 
@@ -320,7 +313,7 @@ int main(int argc, char** argv) {
             if (M == 1) chorus::f16Gemv<1><<<grid, 256, 0, stream>>>(x, wkn[c], y, partial, a, s.K, s.N, kPerSlice);
             else if (M == 2) chorus::f16Gemv<2><<<grid, 256, 0, stream>>>(x, wkn[c], y, partial, a, s.K, s.N, kPerSlice);
             else chorus::f16Gemv<4><<<grid, 256, 0, stream>>>(x, wkn[c], y, partial, a, s.K, s.N, kPerSlice);
-            if (slices > 1 && !last) sumSlices<<<std::min<size_t>((count + 255) / 256, 4096), 256, 0, stream>>>(partial, y, slices, count);
+            if (slices > 1 && !last) chorus::int4SplitKSum<<<std::min<size_t>((count + 255) / 256, 4096), 256, 0, stream>>>(partial, y, slices, count);
           }, true);
         }
       }
@@ -337,7 +330,7 @@ int main(int argc, char** argv) {
         if (M == 1) (l2 ? knWide<1, 1> : knWide<1, 0>)<<<grid, kWideWarps * 32, 0, stream>>>(x, wkn[c], partial, s.K, s.N, kPerSlice);
         else if (M == 2) (l2 ? knWide<2, 1> : knWide<2, 0>)<<<grid, kWideWarps * 32, 0, stream>>>(x, wkn[c], partial, s.K, s.N, kPerSlice);
         else (l2 ? knWide<4, 1> : knWide<4, 0>)<<<grid, kWideWarps * 32, 0, stream>>>(x, wkn[c], partial, s.K, s.N, kPerSlice);
-        sumSlices<<<std::min<size_t>((count + 255) / 256, 4096), 256, 0, stream>>>(partial, y, slices, count);
+        chorus::int4SplitKSum<<<std::min<size_t>((count + 255) / 256, 4096), 256, 0, stream>>>(partial, y, slices, count);
       }, true);
     }
     using NkKernel = void (*)(const half*, const half*, half*, int, int);

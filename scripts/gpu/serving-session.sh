@@ -264,6 +264,11 @@ cuda_ops_setup() {
   ldd $lib | grep -E "cudart|not found"
 }
 
+# native/probes/gemv-bandwidth.cu built with the host's nvcc into /tmp/gemv-bandwidth (PHASE=H and T).
+build_gemv_probe() {
+  PATH="/usr/local/cuda/bin:$PATH" nvcc -O3 -std=c++17 -arch=sm_90 native/probes/gemv-bandwidth.cu -ldl -o /tmp/gemv-bandwidth 2>&1 | tail -3
+}
+
 if [[ "$PHASE" == C ]]; then
   # Chorus's 4-bit kernels (native/cuda, --linear-kernels chorus): the MLP probe against MatMulNBits (every variant);
   # the device test (CUDA graphs on); then the 8B served at 1 and 64 streams as each of C_RUNS.
@@ -386,7 +391,7 @@ if [[ "$PHASE" == H ]]; then
   cuda_ops_setup
   if [[ -z "${H_SERVED_ONLY:-}" ]]; then
   say "GEMV probe (one row)"
-  PATH="/usr/local/cuda/bin:$PATH" nvcc -O3 -std=c++17 -arch=sm_90 native/probes/gemv-bandwidth.cu -ldl -o /tmp/gemv-bandwidth 2>&1 | tail -3
+  build_gemv_probe
   timeout 60 /tmp/gemv-bandwidth 1 > "$OUT/gemv-m1.txt" 2>&1; say "probe exit $?"
   grep -E "read|kn-256-last|cublas \(|nk R1" "$OUT/gemv-m1.txt" | head -40
   say "chorus.DecodeAttention against GroupQueryAttention"
@@ -429,7 +434,7 @@ if [[ "$PHASE" == T ]]; then
   # here): the probe at 64 and 16 rows against cuBLAS and a plain read, the device test's cases with it, then
   # bench:gpu and the 8B served with it and without, while time is left.
   cuda_ops_setup
-  PATH="/usr/local/cuda/bin:$PATH" nvcc -O3 -std=c++17 -arch=sm_90 native/probes/gemv-bandwidth.cu -ldl -o /tmp/gemv-bandwidth 2>&1 | tail -3
+  build_gemv_probe
   for m in 64 16; do
     say "GEMV probe, $m rows"
     timeout 60 /tmp/gemv-bandwidth $m > "$OUT/gemv-m$m.txt" 2>&1; say "probe exit $?"

@@ -50,7 +50,7 @@ export const describeCapacity = (c: EngineCapacity, contextLength: number): stri
   (c.kvBytes > 0 ? `, ${(c.kvBytes / 2 ** 30).toFixed(2)} GiB` : "") +
   `), ${c.fullContextSequences} sequences at the full context of ${contextLength}; prefix caching ${c.prefixCaching ? "on" : "off"}` +
   (c.prefixCachingOffBecause === undefined ? "" : ` (${c.prefixCachingOffBecause})`) +
-  (c.maxNumSeqs < c.requestedMaxNumSeqs ? `; --max-batch ${c.requestedMaxNumSeqs} lowered to ${c.maxNumSeqs} by memory (lower --context-length for more)` : "")+
+  (c.maxNumSeqs < c.requestedMaxNumSeqs ? `; --max-batch ${c.requestedMaxNumSeqs} lowered to ${c.maxNumSeqs} by memory (lower --context-length for more)` : "") +
   (c.kernels === undefined ? "" : `; ${c.kernels}`)
 
 /** @category models */
