@@ -48,7 +48,6 @@
 #include "cublas_runtime.h"
 #include "decode_attention.cuh"
 #include "f16_gemv.cuh"
-#include "f16_mma.cuh"
 #include "int4_dequantize.cuh"
 #include "int4_gemv.cuh"
 #include "int4_mma.cuh"
@@ -148,10 +147,11 @@ Ort::Status threadCublas(cudaStream_t stream, const char* op) {
 
 // Row-major Y[M, N] = X[M, K] W in float16 through this thread's cuBLAS handle (threadCublas first): column-major
 // Y^T[N, M] = op(W') X^T[K, M], where W' is W's bytes seen column-major with leading dimension ldw (opW kCublasOpN for
-// W [K, N], ldw N; kCublasOpT for W stored [N, K], ldw K) and X^T is X's bytes (leading dimension K). No copies.
-Ort::Status halfGemm(int opW, int n, int m, int k, const void* w, int ldw, const half* x, half* y, const char* op) {
+// W [K, N], ldw N; kCublasOpT for W stored [N, K], ldw K) and X^T is X's bytes (leading dimension ldx: K, more when
+// X is the first part of each row). No copies.
+Ort::Status halfGemm(int opW, int n, int m, int k, const void* w, int ldw, const half* x, int ldx, half* y, const char* op) {
   const float one = 1.f, zero = 0.f;
-  const int rc = cublas().gemmEx(tls.handle, opW, kCublasOpN, n, m, k, &one, w, kCudaR16F, ldw, x, kCudaR16F, k, &zero, y, kCudaR16F, n,
+  const int rc = cublas().gemmEx(tls.handle, opW, kCublasOpN, n, m, k, &one, w, kCudaR16F, ldw, x, kCudaR16F, ldx, &zero, y, kCudaR16F, n,
                                  kCublasCompute32F, kCublasGemmDefault);
   if (rc != 0) return Ort::Status((std::string(op) + ": cublasGemmEx failed with status " + std::to_string(rc)).c_str(), ORT_EP_FAIL);
   return Ort::Status{nullptr};
@@ -484,7 +484,7 @@ struct Int4LinearKernel {
       if (auto s = statusOf(cudaGetLastError(), "dequantize launch"); !s.IsOK()) return s;
     }
     // The dequantized weight is [N, K] (MatMulNBits' order): op T.
-    return halfGemm(kCublasOpT, n, static_cast<int>(M), k, tls.weights, k, xp, yp, "chorus.Int4Linear");
+    return halfGemm(kCublasOpT, n, static_cast<int>(M), k, tls.weights, k, xp, k, yp, "chorus.Int4Linear");
   }
 };
 
@@ -510,21 +510,34 @@ struct Int4LinearOp : Ort::CustomOpBase<Int4LinearOp, Int4LinearKernel, true> {
 
 // chorus.Linear (`--linear-kernels chorus` on float16 shards; probes native/probes/gemv-bandwidth.cu and
 // mlp-fusion.ts's a-chorus): MatMul's float16 Y = X W with W an initializer [K, N], through f16_gemv.cuh's GEMV up to
-// kF16GemvMaxRows rows and cuBLAS above (or when N is not a multiple of 8, or the GPU has no kernel image here); with
-// CHORUS_F16_MMA=1 (a measurement setting, not yet run on a GPU) f16_mma.cuh's tensor-core kernel from 3 to 64 rows.
+// kF16GemvMaxRows rows and cuBLAS above (or when N is not a multiple of 8, or the GPU has no kernel image here).
+// Attribute activation = "swiglu" (rewriteForChorusOps folds a Llama MLP's Split, Sigmoid, Mul, Mul into its down
+// projection): X is [..., 2K], gate | up, and Y = swiglu(gate, up) W; the GEMV applies it as it reads X, and above
+// its rows swigluInPlace overwrites the gate half (X has no other reader) for cuBLAS to read with leading dimension 2K.
 struct LinearKernel {
-  static_assert(kF16GemvMaxRows == 2, "residentPerSm has a slot for each GEMV row count");
+  bool swiglu = false;
   int sms = 0;
-  // Blocks a multiprocessor holds at once: f16Gemv<1>, f16Gemv<2>, f16Mma<1>, f16Mma<4>.
-  int residentPerSm[4] = {};
-  bool mma = false;  // CHORUS_F16_MMA=1: f16_mma.cuh from 3 to 64 rows (a measurement setting; not yet run on a GPU)
+  // Blocks a multiprocessor holds at once, by f16Gemv variant (gemvVariant).
+  int residentPerSm[2 * kF16GemvMaxRows] = {};
   // Whether this library has f16Gemv for the device (built for sm_80 and sm_90, and PTX for later GPUs): -1 not yet
   // known. Without it every call goes to cuBLAS, so `--linear-kernels auto` is safe on any GPU ORT runs on.
   int gemvRuns = -1;
 
-  Ort::Status Init(const OrtKernelInfo* /*info*/) {
-    const char* on = std::getenv("CHORUS_F16_MMA");
-    mma = on != nullptr && std::string(on) == "1";
+  using Gemv = void (*)(const half*, const half*, half*, float*, unsigned*, int, int, int);
+  static constexpr Gemv kGemvs[2 * kF16GemvMaxRows] = {f16Gemv<1, false>, f16Gemv<2, false>, f16Gemv<1, true>, f16Gemv<2, true>};
+  int gemvVariant(int64_t rows) const { return static_cast<int>(rows) - 1 + (swiglu ? kF16GemvMaxRows : 0); }
+
+  Ort::Status Init(const OrtKernelInfo* info) {
+    Ort::ConstKernelInfo ki(info);
+    std::string activation;
+    try {
+      activation = ki.GetAttribute<std::string>("activation");
+    } catch (const Ort::Exception&) {  // absent: none
+    }
+    if (!activation.empty() && activation != "swiglu") {
+      return Ort::Status(("chorus.Linear: activation must be swiglu or absent, not " + activation).c_str(), ORT_INVALID_ARGUMENT);
+    }
+    swiglu = activation == "swiglu";
     return Ort::Status{nullptr};
   }
 
@@ -536,8 +549,9 @@ struct LinearKernel {
     Ort::ConstValue x = ctx.GetInput(0), w = ctx.GetInput(1);
     const auto xs = x.GetTensorTypeAndShapeInfo().GetShape();
     const auto ws = w.GetTensorTypeAndShapeInfo().GetShape();
-    if (ws.size() != 2 || xs.empty() || xs.back() != ws[0]) {
-      return Ort::Status("chorus.Linear: needs X [..., K] and W [K, N]", ORT_INVALID_ARGUMENT);
+    if (ws.size() != 2 || xs.empty() || xs.back() != (swiglu ? 2 : 1) * ws[0]) {
+      return Ort::Status(swiglu ? "chorus.Linear: activation swiglu needs X [..., 2K] (gate | up) and W [K, N]" : "chorus.Linear: needs X [..., K] and W [K, N]",
+                         ORT_INVALID_ARGUMENT);
     }
     const int64_t K = ws[0], N = ws[1];
     std::vector<int64_t> ys(xs);
@@ -546,7 +560,7 @@ struct LinearKernel {
     int64_t M = 1;
     for (size_t i = 0; i + 1 < xs.size(); i++) M *= xs[i];
     if (M == 0 || N == 0) return Ort::Status{nullptr};
-    if (K > INT32_MAX || N > INT32_MAX || M > INT32_MAX) return Ort::Status("chorus.Linear: dimensions past 2^31", ORT_INVALID_ARGUMENT);
+    if (2 * K > INT32_MAX || N > INT32_MAX || M > INT32_MAX) return Ort::Status("chorus.Linear: dimensions past 2^31", ORT_INVALID_ARGUMENT);
     cudaStream_t stream = static_cast<cudaStream_t>(ctx.GetGPUComputeStream());
     half* yp = reinterpret_cast<half*>(y.GetTensorMutableData<Ort::Float16_t>());
     if (K == 0) return statusOf(cudaMemsetAsync(yp, 0, static_cast<size_t>(M) * N * sizeof(half), stream), "zeroing an empty sum", op);
@@ -558,27 +572,21 @@ struct LinearKernel {
       gemvRuns = cudaFuncGetAttributes(&attributes, f16Gemv<1>) == cudaSuccess ? 1 : 0;
       cudaGetLastError();  // a missing kernel image is not this call's error
     }
-    const bool gemv = gemvRuns == 1 && M <= kF16GemvMaxRows && N % 8 == 0;
-    const bool tensorCores = mma && gemvRuns == 1 && M > kF16GemvMaxRows && M <= kF16MmaMaxRows && N % 8 == 0 && K % kF16MmaK == 0;
-    if (gemv || tensorCores) {
+    if (gemvRuns == 1 && M <= kF16GemvMaxRows && N % 8 == 0) {
       if (auto s = multiprocessors(sms, op); !s.IsOK()) return s;
-      const bool small = M <= 16;
-      const void* kernel = gemv ? reinterpret_cast<const void*>(M == 1 ? f16Gemv<1> : f16Gemv<2>)
-                                : reinterpret_cast<const void*>(small ? f16Mma<1> : f16Mma<4>);
-      const int threads = gemv ? kF16GemvWarps * 32 : kF16MmaThreads;
-      const int sharedBytes = gemv ? 0 : small ? f16MmaSharedBytes<1>() : f16MmaSharedBytes<4>();
-      int& perSm = residentPerSm[gemv ? M - 1 : small ? 2 : 3];
+      const Gemv kernel = kGemvs[gemvVariant(M)];
+      constexpr int threads = kF16GemvWarps * 32;
+      int& perSm = residentPerSm[gemvVariant(M)];
       if (perSm == 0) {
-        if (auto s = statusOf(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&perSm, kernel, threads, sharedBytes), "occupancy", op); !s.IsOK()) return s;
+        if (auto s = statusOf(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&perSm, kernel, threads, 0), "occupancy", op); !s.IsOK()) return s;
         perSm = std::max(1, perSm);
       }
       // K split into as many slices as keep the blocks within one resident wave (gemv-bandwidth.cu: a second,
       // partial wave cost 10-20%, e.g. gate|up 64 us at 1.27 waves against 57 at 0.85; 4096 x 4096 12.2 us at 16
       // slices, 14.4 at 22), whole steps a slice. Depends on N, K and M only, so a shape's scratch is the same in
       // every run of it, captured or not.
-      const int columns = gemv ? kF16GemvColumns : kF16MmaColumns;
-      const int columnBlocks = (n + columns - 1) / columns;
-      const int kStep = gemv ? kF16GemvWarps * kF16GemvUnroll : kF16MmaK;
+      const int columnBlocks = (n + kF16GemvColumns - 1) / kF16GemvColumns;
+      constexpr int kStep = kF16GemvWarps * kF16GemvUnroll;
       const int wanted = std::max(1, std::min(perSm * sms / columnBlocks, (k + kStep - 1) / kStep));
       const int kPerSlice = ((k + wanted - 1) / wanted + kStep - 1) / kStep * kStep;
       const int slices = (k + kPerSlice - 1) / kPerSlice;
@@ -590,8 +598,7 @@ struct LinearKernel {
         // sms / 2.
         constexpr size_t kArrivalSlots = 8192;
         if (static_cast<size_t>(columnBlocks) > kArrivalSlots) return Ort::Status("chorus.Linear: too many column blocks to split K", ORT_EP_FAIL);
-        const size_t rows = gemv ? kF16GemvMaxRows : kF16MmaMaxRows;
-        const size_t need = kArrivalSlots * sizeof(unsigned) + static_cast<size_t>(slices) * rows * N * sizeof(float);
+        const size_t need = kArrivalSlots * sizeof(unsigned) + static_cast<size_t>(slices) * kF16GemvMaxRows * N * sizeof(float);
         if (tls.linearBytes < need) {
           if (auto s = growScratch(tls.linear, tls.linearBytes, need, stream, "split-K scratch", op); !s.IsOK()) return s;
           if (auto s = statusOf(cudaMemsetAsync(tls.linear, 0, need, stream), "zeroing split-K scratch", op); !s.IsOK()) return s;
@@ -599,15 +606,20 @@ struct LinearKernel {
         arrivals = static_cast<unsigned*>(tls.linear);
         partial = reinterpret_cast<float*>(arrivals + kArrivalSlots);
       }
-      const dim3 grid(static_cast<unsigned>(columnBlocks), static_cast<unsigned>(slices));
-      if (gemv && M == 1) f16Gemv<1><<<grid, threads, 0, stream>>>(xp, wp, yp, partial, arrivals, k, n, kPerSlice);
-      else if (gemv) f16Gemv<2><<<grid, threads, 0, stream>>>(xp, wp, yp, partial, arrivals, k, n, kPerSlice);
-      else if (small) f16Mma<1><<<grid, threads, sharedBytes, stream>>>(xp, wp, yp, partial, arrivals, static_cast<int>(M), k, n, kPerSlice);
-      else f16Mma<4><<<grid, threads, sharedBytes, stream>>>(xp, wp, yp, partial, arrivals, static_cast<int>(M), k, n, kPerSlice);
-      return statusOf(cudaGetLastError(), gemv ? "GEMV launch" : "tensor-core launch", op);
+      kernel<<<dim3(static_cast<unsigned>(columnBlocks), static_cast<unsigned>(slices)), threads, 0, stream>>>(xp, wp, yp, partial, arrivals, k, n, kPerSlice);
+      return statusOf(cudaGetLastError(), "GEMV launch", op);
+    }
+    if (swiglu) {
+      if (gemvRuns != 1) {
+        return Ort::Status("chorus.Linear: activation swiglu needs this library's kernels, which have no image for this GPU (rebuild with npm run build:cuda-ops, or --linear-kernels ort)",
+                           ORT_EP_FAIL);
+      }
+      const size_t work = static_cast<size_t>(M) * (K % 8 == 0 ? K / 8 : K);
+      swigluInPlace<<<static_cast<unsigned>(std::min<size_t>((work + 255) / 256, 8192)), 256, 0, stream>>>(const_cast<half*>(xp), static_cast<int>(M), k);
+      if (auto s = statusOf(cudaGetLastError(), "SwiGLU launch", op); !s.IsOK()) return s;
     }
     if (auto s = threadCublas(stream, op); !s.IsOK()) return s;
-    return halfGemm(kCublasOpN, n, static_cast<int>(M), k, wp, n, xp, yp, op);
+    return halfGemm(kCublasOpN, n, static_cast<int>(M), k, wp, n, xp, swiglu ? 2 * k : k, yp, op);
   }
 };
 

@@ -10,7 +10,8 @@
 // two register batches: with one unrolled batch ptxas interleaved loads and sums, 32 registers at one row, so fewer
 // loads were in flight; 100 with two), x read as a broadcast; the block's warps are summed through shared memory
 // and, when K is split over blockIdx.y (so that N / 256 column blocks still fill the GPU), each column block's last
-// slice to finish adds the slices' float32 sums.
+// slice to finish adds the slices' float32 sums. The down projection reads gate | up and applies SwiGLU as it loads x
+// (kSwiglu), which spares the Split, Sigmoid and two Muls of a layer's MLP.
 #pragma once
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -24,13 +25,31 @@ constexpr int kF16GemvWarps = 8;
 constexpr int kF16GemvUnroll = 8;
 constexpr int kF16GemvColumns = 256;  // outputs a block: 32 lanes x 8
 
-template <int M>
+// SwiGLU as the reference computes it in float16 (transformers' act_fn(gate) * up): silu rounded, then the product.
+__device__ __forceinline__ half swigluHalf(half gate, half up) {
+  const float g = __half2float(gate);
+  return __hmul(__float2half(g / (1.f + __expf(-g))), up);
+}
+
+// Row m's k-th input: X[m][k], or with kSwiglu swiglu(X[m][k], X[m][K + k]) from X [M, 2K] = gate | up (the MLP's
+// Split, Sigmoid and two Muls folded into the down projection's read of its input).
+template <bool kSwiglu>
+__device__ __forceinline__ float f16GemvInput(const half* __restrict__ x, int K, int m, int k) {
+  if constexpr (kSwiglu) {
+    const half* row = x + static_cast<size_t>(m) * 2 * K;
+    return __half2float(swigluHalf(__ldg(row + k), __ldg(row + K + k)));
+  } else {
+    return __half2float(__ldg(x + static_cast<size_t>(m) * K + k));
+  }
+}
+
+template <int M, bool kSwiglu = false>
 __device__ __forceinline__ void f16GemvStep(float (&acc)[M][8], uint4 wv, const half* __restrict__ x, int K, int k) {
   const float2 w0 = __half22float2(*reinterpret_cast<const half2*>(&wv.x)), w1 = __half22float2(*reinterpret_cast<const half2*>(&wv.y));
   const float2 w2 = __half22float2(*reinterpret_cast<const half2*>(&wv.z)), w3 = __half22float2(*reinterpret_cast<const half2*>(&wv.w));
 #pragma unroll
   for (int m = 0; m < M; m++) {
-    const float xs = __half2float(__ldg(x + static_cast<size_t>(m) * K + k));
+    const float xs = f16GemvInput<kSwiglu>(x, K, m, k);
     acc[m][0] += xs * w0.x;
     acc[m][1] += xs * w0.y;
     acc[m][2] += xs * w1.x;
@@ -45,7 +64,8 @@ __device__ __forceinline__ void f16GemvStep(float (&acc)[M][8], uint4 wv, const 
 // Grid (ceil(N / 256), slices), kF16GemvWarps warps; slice s covers k in [s kPerSlice, (s + 1) kPerSlice). N % 8 == 0.
 // With one slice the block writes Y (float16), otherwise its float32 sums to partial[slice][M][N], which the column
 // block's last slice adds into Y where `arrivals` (a zeroed counter per column block) is given, or a later kernel.
-template <int M>
+// kSwiglu: X is [M, 2K], gate | up, and the product runs on swiglu(gate, up) (f16GemvInput).
+template <int M, bool kSwiglu = false>
 __global__ void __launch_bounds__(kF16GemvWarps * 32) f16Gemv(const half* __restrict__ x, const half* __restrict__ w, half* __restrict__ y,
                                                               float* __restrict__ partial, unsigned* __restrict__ arrivals, int K, int N,
                                                               int kPerSlice) {
@@ -69,17 +89,17 @@ __global__ void __launch_bounds__(kF16GemvWarps * 32) f16Gemv(const half* __rest
 #pragma unroll
       for (int u = 0; u < kF16GemvUnroll; u++) next[u] = __ldcs(wp + static_cast<size_t>(k + kBatch + u * kF16GemvWarps) * rowStride);
 #pragma unroll
-      for (int u = 0; u < kF16GemvUnroll; u++) f16GemvStep<M>(acc, cur[u], x, K, k + u * kF16GemvWarps);
+      for (int u = 0; u < kF16GemvUnroll; u++) f16GemvStep<M, kSwiglu>(acc, cur[u], x, K, k + u * kF16GemvWarps);
 #pragma unroll
       for (int u = 0; u < kF16GemvUnroll; u++) cur[u] = next[u];
     }
 #pragma unroll
-    for (int u = 0; u < kF16GemvUnroll; u++) f16GemvStep<M>(acc, cur[u], x, K, k + u * kF16GemvWarps);
+    for (int u = 0; u < kF16GemvUnroll; u++) f16GemvStep<M, kSwiglu>(acc, cur[u], x, K, k + u * kF16GemvWarps);
     k += kBatch;
   }
   for (; k < k1; k += kF16GemvWarps) {
     const uint4 wv = __ldcs(wp + static_cast<size_t>(k) * rowStride);
-    f16GemvStep<M>(acc, wv, x, K, k);
+    f16GemvStep<M, kSwiglu>(acc, wv, x, K, k);
   }
 #pragma unroll
   for (int m = 0; m < M; m++) {
@@ -114,6 +134,27 @@ __global__ void __launch_bounds__(kF16GemvWarps * 32) f16Gemv(const half* __rest
     y[static_cast<size_t>(m) * N + n] = __float2half(s);
   }
   if (threadIdx.x == 0) arrivals[blockIdx.x] = 0;
+}
+
+// X [M, 2K] = gate | up to swiglu(gate, up) in place of each row's gate half, for cuBLAS to read with leading
+// dimension 2K (chorus.Linear's swiglu activation above kF16GemvMaxRows rows). Eight values a thread when K % 8 == 0.
+__global__ void swigluInPlace(half* __restrict__ x, int M, int K) {
+  const bool wide = K % 8 == 0;
+  const size_t perRow = wide ? K / 8 : K, total = static_cast<size_t>(M) * perRow;
+  for (size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; i < total; i += static_cast<size_t>(gridDim.x) * blockDim.x) {
+    half* row = x + (i / perRow) * 2 * K;
+    const size_t j = i % perRow;
+    if (wide) {
+      uint4 g = *reinterpret_cast<const uint4*>(row + 8 * j), u = *reinterpret_cast<const uint4*>(row + K + 8 * j);
+      half* gh = reinterpret_cast<half*>(&g);
+      const half* uh = reinterpret_cast<const half*>(&u);
+#pragma unroll
+      for (int e = 0; e < 8; e++) gh[e] = swigluHalf(gh[e], uh[e]);
+      *reinterpret_cast<uint4*>(row + 8 * j) = g;
+    } else {
+      row[j] = swigluHalf(row[j], row[K + j]);
+    }
+  }
 }
 
 }  // namespace chorus

@@ -8,15 +8,13 @@
 //   kn-wide   W [K, N], a block 2048 columns (its 8 warps 4 KB contiguous a row), K split to fill the GPU
 //   nk        W [N, K] (each output's weights contiguous): a warp R outputs, its lanes along K
 //   cublas    cublasGemmEx as ONNX Runtime's MatMul calls it (W [K, N]), and cublas-t with W [N, K] (op T)
-//   tc        16 or 64 rows (a decode step of that many sequences): f16_mma.cuh's tensor-core kernel, K split to one
-//             resident wave (written 2026-12-01h when the session's device time was spent: not yet run; cuBLAS
-//             streams the MLP at 2.8-3.0 TB/s at 64 rows)
 // Each run reads a different copy of W (copies past the L2's size), results are checked against a float64 sum.
 //
 // Build and run (the GPU host has nvcc):
 //   nvcc -O3 -std=c++17 -arch=sm_90 native/probes/gemv-bandwidth.cu -ldl -o native/build-cuda/gemv-bandwidth
 //   LD_LIBRARY_PATH=/usr/local/cuda/lib64 native/build-cuda/gemv-bandwidth [rows: 1, 2, 4, 16 or 64]
-// (16 and 64 rows: read, tc and cuBLAS; 1-4 rows: the rest.) The binary needs only the CUDA runtime and cuBLAS, so a GPU
+// (16 and 64 rows: read and cuBLAS; 1-4 rows: the rest. A tensor-core kernel for 16-64 rows, f16_mma.cuh, was timed
+// here on 2026-12-01 at 1.4-3.1 TB/s against cuBLAS's 2.6-4.3 and removed: commit 34fe4d6 has it.) The binary needs only the CUDA runtime and cuBLAS, so a GPU
 // host can run it without the packed node_modules (carry native/build-cuda/gemv-bandwidth alone).
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -29,10 +27,8 @@
 #include <string>
 #include <vector>
 
-#include "../cuda/cp_async.cuh"
 #include "../cuda/cublas_runtime.h"
 #include "../cuda/f16_gemv.cuh"
-#include "../cuda/f16_mma.cuh"
 #include "../cuda/int4_mma.cuh"  // int4SplitKSum: the split-K sum kernel chorus.Linear used before its last-slice sums
 
 #define CHECK(call)                                                                                 \
@@ -344,26 +340,6 @@ int main(int argc, char** argv) {
       if (M > 4) break;
       const int warps = (s.N + v.r - 1) / v.r, blocks = (warps + 7) / 8;
       timeIt(v.label, [&](int c) { (M == 1 ? v.one : M == 2 ? v.two : v.four)<<<blocks, 256, 0, stream>>>(x, wnk[c], y, s.K, s.N); }, true);
-    }
-    // The tensor-core kernel at 16 and 64 rows, K split to one resident wave (and, to compare, to fewer slices).
-    if (M == 16 || M == 64) {
-      const auto kernel = M == 16 ? chorus::f16Mma<1> : chorus::f16Mma<4>;
-      const int smemBytes = M == 16 ? chorus::f16MmaSharedBytes<1>() : chorus::f16MmaSharedBytes<4>();
-      CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smemBytes));
-      int perSm = 0;
-      CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&perSm, kernel, chorus::kF16MmaThreads, smemBytes));
-      const int columnBlocks = (s.N + chorus::kF16MmaColumns - 1) / chorus::kF16MmaColumns, fit = std::max(1, perSm * sms / columnBlocks);
-      int previous = 0;
-      for (int wanted : {fit, std::max(1, fit / 2), 1}) {
-        const int kPerSlice = ((s.K + wanted - 1) / wanted + chorus::kF16MmaK - 1) / chorus::kF16MmaK * chorus::kF16MmaK, slices = (s.K + kPerSlice - 1) / kPerSlice;
-        if (slices == previous || slices > maxSlices) continue;
-        previous = slices;
-        char label[64];
-        std::snprintf(label, sizeof label, "tc %d/SM %d sl %.2f w", perSm, slices, columnBlocks * slices / static_cast<double>(perSm * sms));
-        timeIt(label, [&](int c) {
-          kernel<<<dim3(columnBlocks, slices), chorus::kF16MmaThreads, smemBytes, stream>>>(x, wkn[c], y, partial, arrivals, M, s.K, s.N, kPerSlice);
-        }, true);
-      }
     }
     const float one = 1.f, zero = 0.f;
     timeIt("cublas (W [K,N])", [&](int c) {

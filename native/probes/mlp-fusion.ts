@@ -7,6 +7,8 @@
  *   a               today's graph (GraphBuilder.ts): MatMul [H, 2I], Split, Sigmoid, Mul, Mul, MatMul [I, H]
  *   a-chorus        a with both MatMuls as Chorus's chorus.Linear (native/cuda/f16_gemv.cuh: a GEMV up to 2 rows,
  *                   cuBLAS above; `npm run build:cuda-ops`), checked against a
+ *   a-chorus-swiglu a-chorus with the Split, Sigmoid and Muls folded into the down projection (chorus.Linear's
+ *                   activation "swiglu", as rewriteForChorusOps writes it), checked against a
  *   a-basic         the same model at graph optimization "basic": ORT's level-2 QuickGeluFusion, which rewrites
  *                   x * Sigmoid(x) into com.microsoft QuickGelu in `a` (ncu of the served 8B shows QuickGelu), is off
  *   b               MatMul, Split, com.microsoft QuickGelu(alpha 1) (x * sigmoid(x) = SiLU), Mul, MatMul
@@ -268,6 +270,11 @@ const splitMlp = (act: (g: string, out: string, p: string) => Array<NodeSpec>, l
     { ...mm, inputs: [`${p}.swiglu`, "down"], outputs: [output], name: `${p}.down` }
   ]
 }
+// chorus.Linear for gate|up, then chorus.Linear with activation swiglu reading gate | up (rewriteForChorusOps' fold).
+const swigluLinearMlp = (input: string, output: string, p: string): Array<NodeSpec> => [
+  { op: "Linear", domain: "chorus", inputs: [input, "gate_up"], outputs: [`${p}.gu`], name: `${p}.gate_up` },
+  { op: "Linear", domain: "chorus", inputs: [`${p}.gu`, "down"], outputs: [output], attributes: { activation: "swiglu" }, name: `${p}.down` }
+]
 const sigmoidMul = (g: string, out: string, p: string): Array<NodeSpec> => [
   { op: "Sigmoid", inputs: [g], outputs: [`${p}.sig`], name: `${p}.sigmoid` },
   { op: "Mul", inputs: [g, `${p}.sig`], outputs: [out], name: `${p}.silu` }
@@ -308,6 +315,7 @@ const variants: Array<Variant> = [
   { name: "a", what: "MatMul, Split, Sigmoid, Mul, Mul, MatMul (today)", weights: ["gate_up", "down"], mlp: splitMlp(sigmoidMul) },
   // chorus.Linear (native/cuda/f16_gemv.cuh: a GEMV up to 2 rows, cuBLAS above), checked against a.
   { name: "a-chorus", what: "a with both MatMuls as chorus.Linear", weights: ["gate_up", "down"], mlp: splitMlp(sigmoidMul, "chorus.Linear"), chorusOps: true },
+  { name: "a-chorus-swiglu", what: "a-chorus with SwiGLU folded into the down projection", weights: ["gate_up", "down"], mlp: swigluLinearMlp, chorusOps: true },
   { name: "a-basic", what: "a at graph optimization basic (no QuickGelu fusion)", optimization: "basic", weights: ["gate_up", "down"], mlp: splitMlp(sigmoidMul) },
   {
     name: "b", what: "MatMul, Split, QuickGelu(alpha 1), Mul, MatMul", weights: ["gate_up", "down"],

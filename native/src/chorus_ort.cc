@@ -321,6 +321,7 @@ class DeviceTensor : public Napi::ObjectWrap<DeviceTensor> {
   Ort::Value value_{nullptr};
 
   friend class Session;
+  friend struct Binding;
 };
 
 class Session : public Napi::ObjectWrap<Session> {
@@ -331,6 +332,7 @@ class Session : public Napi::ObjectWrap<Session> {
                         InstanceAccessor<&Session::OutputNames>("outputNames"),
                         InstanceAccessor<&Session::Provider>("provider"),
                         InstanceMethod<&Session::Allocate>("allocate"), InstanceMethod<&Session::Run>("run"),
+                        InstanceMethod<&Session::Bind>("bind"),
                         InstanceMethod<&Session::EndProfiling>("endProfiling"),
                         InstanceMethod<&Session::Release>("release")});
   }
@@ -366,6 +368,7 @@ class Session : public Napi::ObjectWrap<Session> {
 
   Napi::Value Allocate(const Napi::CallbackInfo& info);
   Napi::Value Run(const Napi::CallbackInfo& info);
+  Napi::Value Bind(const Napi::CallbackInfo& info);
 
   Napi::Value EndProfiling(const Napi::CallbackInfo& info) {
     return guarded(info.Env(), [&]() -> Napi::Value {
@@ -388,6 +391,49 @@ class Session : public Napi::ObjectWrap<Session> {
   friend class Addon;
 };
 
+// A run's inputs and outputs bound to an Ort::IoBinding: device tensors in place, host inputs wrapped (one run) or
+// copied (`keepHost`: a binding that outlives the call), host outputs allocated by ORT at each run. Session.run binds
+// and runs once; Session.bind keeps it for runs that repeat with the same tensors, as a decode step replaying its
+// CUDA graph does: binding its ~130 tensors (every layer's cache) and making their views cost the worker 0.4-0.6 ms
+// a step on an H200 host, a tenth of a one-stream step (native/probes/step-overhead.ts).
+struct Binding {
+  std::shared_ptr<Core> core;
+  Ort::IoBinding io;
+  std::vector<std::shared_ptr<Block>> blocks;  // the bound device tensors' memory, alive while bound
+  std::vector<std::vector<char>> hostCopies;   // `keepHost`: the host inputs' bytes
+  std::vector<Ort::Value> hostInputs;          // wrap host memory; alive until the binding goes
+  std::vector<std::string> hostOutputs;
+
+  Binding(std::shared_ptr<Core> c, Addon* addon, const Napi::Object& inputs, const Napi::Object& outputs,
+          const std::vector<std::string>& inputNames, const std::vector<std::string>& outputNames, bool keepHost, const char* what);
+  Napi::Value Run(Napi::Env env, const Napi::Value& options);
+};
+
+// Session.bind's result: a Binding kept for repeated runs.
+class BoundRun : public Napi::ObjectWrap<BoundRun> {
+ public:
+  static Napi::Function Define(Napi::Env env) {
+    return DefineClass(env, "BoundRun", {InstanceMethod<&BoundRun::Run>("run"), InstanceMethod<&BoundRun::Release>("release")});
+  }
+  explicit BoundRun(const Napi::CallbackInfo& info) : Napi::ObjectWrap<BoundRun>(info) {
+    if (info.Length() != 1 || !info[0].IsExternal())
+      throw Napi::TypeError::New(info.Env(), "BoundRun: made by session.bind(), not new");
+  }
+  std::unique_ptr<Binding> binding;
+
+ private:
+  Napi::Value Run(const Napi::CallbackInfo& info) {
+    return guarded(info.Env(), [&]() -> Napi::Value {
+      if (!binding) throw UsageError("BoundRun: used after release()");
+      return binding->Run(info.Env(), info.Length() > 0 ? info[0] : info.Env().Undefined());
+    });
+  }
+  Napi::Value Release(const Napi::CallbackInfo& info) {
+    binding.reset();
+    return info.Env().Undefined();
+  }
+};
+
 class Addon : public Napi::Addon<Addon> {
  public:
   Addon(Napi::Env env, Napi::Object exports) {
@@ -399,6 +445,7 @@ class Addon : public Napi::Addon<Addon> {
     Ort::InitApi(g_api);
     tensorClass = Napi::Persistent(DeviceTensor::Define(env));
     sessionClass = Napi::Persistent(Session::Define(env));
+    boundRunClass = Napi::Persistent(BoundRun::Define(env));
     DefineAddon(exports, {InstanceMethod<&Addon::CreateSession>("createSession"),
                           InstanceMethod<&Addon::DeviceMemory>("deviceMemory"),
                           InstanceValue("ortVersion", Napi::String::New(env, OrtGetApiBase()->GetVersionString())),
@@ -413,6 +460,7 @@ class Addon : public Napi::Addon<Addon> {
 
   Napi::FunctionReference tensorClass;
   Napi::FunctionReference sessionClass;
+  Napi::FunctionReference boundRunClass;
 
  private:
   Napi::Value CreateSession(const Napi::CallbackInfo& info);
@@ -486,117 +534,140 @@ Napi::Value Session::Allocate(const Napi::CallbackInfo& info) {
   });
 }
 
+Binding::Binding(std::shared_ptr<Core> c, Addon* addon, const Napi::Object& inputs, const Napi::Object& outputs,
+                 const std::vector<std::string>& inputNames, const std::vector<std::string>& outputNames, bool keepHost,
+                 const char* what)
+    : core(std::move(c)), io(core->session) {
+  auto cpu = Ort::MemoryInfo::CreateCpu(OrtDeviceAllocator, OrtMemTypeDefault);
+  auto known = [](const std::vector<std::string>& names, const std::string& n) {
+    for (const auto& x : names)
+      if (x == n) return true;
+    return false;
+  };
+  auto list = [](const std::vector<std::string>& names) {
+    std::string s;
+    for (const auto& x : names) s += (s.empty() ? "" : ", ") + x;
+    return s;
+  };
+  const std::string op = what;
+  for (const auto& n : inputNames)
+    if (!inputs.Has(n)) throw UsageError(op + ": input " + n + " is missing (the model's inputs: " + list(inputNames) + ")");
+  auto inNames = inputs.GetPropertyNames();
+  hostInputs.reserve(inNames.Length());  // Ort::Values bound by reference must not move
+  for (uint32_t i = 0; i < inNames.Length(); i++) {
+    std::string name = inNames.Get(i).As<Napi::String>().Utf8Value();
+    if (!known(inputNames, name)) throw UsageError(op + ": the model has no input " + name + " (its inputs: " + list(inputNames) + ")");
+    Napi::Value v = inputs.Get(name);
+    if (addon->isTensor(v)) {
+      DeviceTensor* t = DeviceTensor::Unwrap(v.As<Napi::Object>());
+      io.BindInput(name.c_str(), t->value());
+      blocks.push_back(t->block_);
+      continue;
+    }
+    if (!v.IsObject()) throw UsageError(op + ": input " + name + " must be a DeviceTensor or { data, dims }");
+    auto o = v.As<Napi::Object>();
+    Napi::Value data = o.Get("data");
+    if (!data.IsTypedArray())
+      throw UsageError(op + ": input " + name + ".data must be a Float32Array, Uint16Array (float16), Int32Array or BigInt64Array");
+    auto ta = data.As<Napi::TypedArray>();
+    const DtypeInfo* dtype = dtypeByArray(ta.TypedArrayType());
+    if (o.Has("dtype") && o.Get("dtype").IsString()) {
+      const DtypeInfo* named = dtypeByName(o.Get("dtype").As<Napi::String>().Utf8Value());
+      if (named == nullptr || named->array != ta.TypedArrayType())
+        throw UsageError(op + ": input " + name + ".dtype does not fit its " + arrayName(ta.TypedArrayType()));
+      dtype = named;
+    }
+    if (dtype == nullptr)
+      throw UsageError(op + ": input " + name + ".data is a " + arrayName(ta.TypedArrayType()) +
+                       "; expected Float32Array, Uint16Array (float16), Int32Array or BigInt64Array");
+    auto dims = readDims(o.Get("dims"), op + ": input " + name);
+    if (elementCount(dims) != ta.ElementLength())
+      throw UsageError(op + ": input " + name + " has dims " + dimsText(dims) + " (" + std::to_string(elementCount(dims)) +
+                       " elements) but " + std::to_string(ta.ElementLength()) + " values");
+    void* p = static_cast<char*>(ta.ArrayBuffer().Data()) + ta.ByteOffset();
+    if (keepHost) {
+      hostCopies.emplace_back(static_cast<char*>(p), static_cast<char*>(p) + ta.ByteLength());
+      p = hostCopies.back().data();
+    }
+    hostInputs.push_back(Ort::Value::CreateTensor(cpu, p, ta.ByteLength(), dims.data(), dims.size(), dtype->onnx));
+    io.BindInput(name.c_str(), hostInputs.back());
+  }
+
+  auto outNames = outputs.GetPropertyNames();
+  for (uint32_t i = 0; i < outNames.Length(); i++) {
+    std::string name = outNames.Get(i).As<Napi::String>().Utf8Value();
+    if (!known(outputNames, name)) throw UsageError(op + ": the model has no output " + name + " (its outputs: " + list(outputNames) + ")");
+    Napi::Value v = outputs.Get(name);
+    if (addon->isTensor(v)) {
+      DeviceTensor* t = DeviceTensor::Unwrap(v.As<Napi::Object>());
+      io.BindOutput(name.c_str(), t->value());
+      blocks.push_back(t->block_);
+    } else if (v.IsString() && v.As<Napi::String>().Utf8Value() == "host") {
+      io.BindOutput(name.c_str(), cpu);
+      hostOutputs.push_back(name);
+    } else {
+      throw UsageError(op + ": output " + name + " must be a DeviceTensor or \"host\"");
+    }
+  }
+}
+
+Napi::Value Binding::Run(Napi::Env env, const Napi::Value& options) {
+  Ort::RunOptions runOptions;
+  if (options.IsObject()) {
+    Napi::Value graph = options.As<Napi::Object>().Get("cudaGraphId");
+    if (graph.IsNumber()) runOptions.AddConfigEntry("gpu_graph_id", std::to_string(graph.As<Napi::Number>().Int64Value()).c_str());
+  }
+  core->session.Run(runOptions, io);
+  io.SynchronizeOutputs();
+
+  auto result = Napi::Object::New(env);
+  if (hostOutputs.empty()) return result;
+  auto names = io.GetOutputNames();
+  auto values = io.GetOutputValues();
+  for (size_t i = 0; i < names.size(); i++) {
+    bool wanted = false;
+    for (const auto& h : hostOutputs) wanted = wanted || h == names[i];
+    if (!wanted) continue;
+    auto shape = values[i].GetTensorTypeAndShapeInfo();
+    const DtypeInfo* dtype = dtypeByOnnx(shape.GetElementType());
+    if (dtype == nullptr) throw UsageError("Session.run: output " + names[i] + " has an unsupported element type");
+    auto dims = shape.GetShape();
+    size_t n = elementCount(dims);
+    void* dst = nullptr;
+    auto array = newTypedArray(env, dtype->array, n, n * dtype->size, &dst);
+    if (n > 0) std::memcpy(dst, values[i].GetTensorRawData(), n * dtype->size);
+    auto jsDims = Napi::Array::New(env, dims.size());
+    for (uint32_t d = 0; d < dims.size(); d++) jsDims.Set(d, Napi::Number::New(env, static_cast<double>(dims[d])));
+    auto out = Napi::Object::New(env);
+    out.Set("data", array);
+    out.Set("dims", jsDims);
+    result.Set(names[i], out);
+  }
+  return result;
+}
+
 Napi::Value Session::Run(const Napi::CallbackInfo& info) {
   return guarded(info.Env(), [&]() -> Napi::Value {
-    Napi::Env env = info.Env();
-    Core& c = core();
-    Addon* addon = env.GetInstanceData<Addon>();
+    core();
     if (info.Length() < 2 || !info[0].IsObject() || !info[1].IsObject())
       throw UsageError("Session.run(inputs, outputs[, options]): expected two objects");
-    auto inputs = info[0].As<Napi::Object>();
-    auto outputs = info[1].As<Napi::Object>();
+    Binding binding(core_, info.Env().GetInstanceData<Addon>(), info[0].As<Napi::Object>(), info[1].As<Napi::Object>(), inputNames_,
+                    outputNames_, false, "Session.run");
+    return binding.Run(info.Env(), info.Length() > 2 ? info[2] : info.Env().Undefined());
+  });
+}
 
-    Ort::IoBinding binding(c.session);
-    auto cpu = Ort::MemoryInfo::CreateCpu(OrtDeviceAllocator, OrtMemTypeDefault);
-    std::vector<Ort::Value> hostInputs;  // wrap JS memory without copying; alive until the run returns
-
-    auto known = [](const std::vector<std::string>& names, const std::string& n) {
-      for (const auto& x : names)
-        if (x == n) return true;
-      return false;
-    };
-    auto list = [](const std::vector<std::string>& names) {
-      std::string s;
-      for (const auto& x : names) s += (s.empty() ? "" : ", ") + x;
-      return s;
-    };
-    for (const auto& n : inputNames_)
-      if (!inputs.Has(n)) throw UsageError("Session.run: input " + n + " is missing (the model's inputs: " + list(inputNames_) + ")");
-    auto inNames = inputs.GetPropertyNames();
-    for (uint32_t i = 0; i < inNames.Length(); i++) {
-      std::string name = inNames.Get(i).As<Napi::String>().Utf8Value();
-      if (!known(inputNames_, name)) throw UsageError("Session.run: the model has no input " + name + " (its inputs: " + list(inputNames_) + ")");
-      Napi::Value v = inputs.Get(name);
-      if (addon->isTensor(v)) {
-        binding.BindInput(name.c_str(), DeviceTensor::Unwrap(v.As<Napi::Object>())->value());
-        continue;
-      }
-      if (!v.IsObject()) throw UsageError("Session.run: input " + name + " must be a DeviceTensor or { data, dims }");
-      auto o = v.As<Napi::Object>();
-      Napi::Value data = o.Get("data");
-      if (!data.IsTypedArray())
-        throw UsageError("Session.run: input " + name + ".data must be a Float32Array, Uint16Array (float16), Int32Array or BigInt64Array");
-      auto ta = data.As<Napi::TypedArray>();
-      const DtypeInfo* dtype = dtypeByArray(ta.TypedArrayType());
-      if (o.Has("dtype") && o.Get("dtype").IsString()) {
-        const DtypeInfo* named = dtypeByName(o.Get("dtype").As<Napi::String>().Utf8Value());
-        if (named == nullptr || named->array != ta.TypedArrayType())
-          throw UsageError("Session.run: input " + name + ".dtype does not fit its " + arrayName(ta.TypedArrayType()));
-        dtype = named;
-      }
-      if (dtype == nullptr)
-        throw UsageError("Session.run: input " + name + ".data is a " + arrayName(ta.TypedArrayType()) +
-                         "; expected Float32Array, Uint16Array (float16), Int32Array or BigInt64Array");
-      auto dims = readDims(o.Get("dims"), "Session.run: input " + name);
-      if (elementCount(dims) != ta.ElementLength())
-        throw UsageError("Session.run: input " + name + " has dims " + dimsText(dims) + " (" +
-                         std::to_string(elementCount(dims)) + " elements) but " + std::to_string(ta.ElementLength()) +
-                         " values");
-      void* p = static_cast<char*>(ta.ArrayBuffer().Data()) + ta.ByteOffset();
-      hostInputs.push_back(Ort::Value::CreateTensor(cpu, p, ta.ByteLength(), dims.data(), dims.size(), dtype->onnx));
-      binding.BindInput(name.c_str(), hostInputs.back());
-    }
-
-    auto outNames = outputs.GetPropertyNames();
-    std::vector<std::string> hostOutputs;
-    for (uint32_t i = 0; i < outNames.Length(); i++) {
-      std::string name = outNames.Get(i).As<Napi::String>().Utf8Value();
-      if (!known(outputNames_, name)) throw UsageError("Session.run: the model has no output " + name + " (its outputs: " + list(outputNames_) + ")");
-      Napi::Value v = outputs.Get(name);
-      if (addon->isTensor(v)) {
-        binding.BindOutput(name.c_str(), DeviceTensor::Unwrap(v.As<Napi::Object>())->value());
-      } else if (v.IsString() && v.As<Napi::String>().Utf8Value() == "host") {
-        binding.BindOutput(name.c_str(), cpu);
-        hostOutputs.push_back(name);
-      } else {
-        throw UsageError("Session.run: output " + name + " must be a DeviceTensor or \"host\"");
-      }
-    }
-
-    Ort::RunOptions runOptions;
-    if (info.Length() > 2 && info[2].IsObject()) {
-      auto opts = info[2].As<Napi::Object>();
-      Napi::Value graph = opts.Get("cudaGraphId");
-      if (graph.IsNumber())
-        runOptions.AddConfigEntry("gpu_graph_id", std::to_string(graph.As<Napi::Number>().Int64Value()).c_str());
-    }
-    c.session.Run(runOptions, binding);
-    binding.SynchronizeOutputs();
-
-    auto result = Napi::Object::New(env);
-    if (hostOutputs.empty()) return result;
-    auto names = binding.GetOutputNames();
-    auto values = binding.GetOutputValues();
-    for (size_t i = 0; i < names.size(); i++) {
-      bool wanted = false;
-      for (const auto& h : hostOutputs) wanted = wanted || h == names[i];
-      if (!wanted) continue;
-      auto shape = values[i].GetTensorTypeAndShapeInfo();
-      const DtypeInfo* dtype = dtypeByOnnx(shape.GetElementType());
-      if (dtype == nullptr) throw UsageError("Session.run: output " + names[i] + " has an unsupported element type");
-      auto dims = shape.GetShape();
-      size_t n = elementCount(dims);
-      void* dst = nullptr;
-      auto array = newTypedArray(env, dtype->array, n, n * dtype->size, &dst);
-      if (n > 0) std::memcpy(dst, values[i].GetTensorRawData(), n * dtype->size);
-      auto jsDims = Napi::Array::New(env, dims.size());
-      for (uint32_t d = 0; d < dims.size(); d++) jsDims.Set(d, Napi::Number::New(env, static_cast<double>(dims[d])));
-      auto out = Napi::Object::New(env);
-      out.Set("data", array);
-      out.Set("dims", jsDims);
-      result.Set(names[i], out);
-    }
-    return result;
+Napi::Value Session::Bind(const Napi::CallbackInfo& info) {
+  return guarded(info.Env(), [&]() -> Napi::Value {
+    core();
+    if (info.Length() < 2 || !info[0].IsObject() || !info[1].IsObject())
+      throw UsageError("Session.bind(inputs, outputs): expected two objects");
+    Addon* addon = info.Env().GetInstanceData<Addon>();
+    auto binding = std::make_unique<Binding>(core_, addon, info[0].As<Napi::Object>(), info[1].As<Napi::Object>(), inputNames_,
+                                             outputNames_, true, "Session.bind");
+    Napi::Object obj = addon->boundRunClass.New({Napi::External<void>::New(info.Env(), nullptr)});
+    BoundRun::Unwrap(obj)->binding = std::move(binding);
+    return obj;
   });
 }
 

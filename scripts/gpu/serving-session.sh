@@ -37,7 +37,9 @@
 #   PHASE=H OUT=$OUT bash scripts/gpu/serving-session.sh   # chorus.Linear (one resident wave) and the one-launch
 #                                                          # decode attention: probes, device tests, 8B served
 #   PHASE=B OUT=$OUT bash scripts/gpu/serving-session.sh   # bench:gpu with ORT's kernels and with Chorus's
-#   PHASE=T OUT=$OUT bash scripts/gpu/serving-session.sh   # chorus.Linear's tensor-core path (CHORUS_F16_MMA=1):
+#   PHASE=O OUT=$OUT bash scripts/gpu/serving-session.sh   # a one-stream decode step's time outside ORT's run, and
+#                                                          # V8 CPU profiles of it (native/probes/step-overhead.ts)
+#   PHASE=U OUT=$OUT bash scripts/gpu/serving-session.sh   # the SwiGLU fold into chorus.Linear (CHORUS_FOLD_SWIGLU):
 #                                                          # probe, device test, bench:gpu and served, with and without
 #   PHASE=W OUT=$OUT bash scripts/gpu/serving-session.sh   # chorus.Int4Linear at one row: the probe (W_PROBE), warp
 #                                                          # stalls and instruction mix by ncu (W_NCU), the SASS
@@ -59,7 +61,7 @@ FINAL_OUT="$OUT"
 OUT="${RES:-/tmp/chorus-results-$PHASE}"
 rm -rf "$OUT"
 trap 'tar czf "$FINAL_OUT/$PHASE.tgz" -C "$OUT" . 2>/dev/null; cp -f "$OUT/log-$PHASE" "$FINAL_OUT/" 2>/dev/null' EXIT
-: "${PHASE:?PHASE must be S, Q1, Q2, Q3, V, F, X, I, M, K, C, N, W, A, AN, G, H, B or T}"
+: "${PHASE:?PHASE must be S, Q1, Q2, Q3, V, F, X, I, M, K, C, N, W, A, AN, G, H, B, U or O}"
 source "$(dirname "${BASH_SOURCE[0]}")/phase-env.sh"
 CKPT="$BENCH_DIR/llama3-8b-random"
 mkdir -p "$OUT" "$BENCH_DIR"
@@ -264,7 +266,7 @@ cuda_ops_setup() {
   ldd $lib | grep -E "cudart|not found"
 }
 
-# native/probes/gemv-bandwidth.cu built with the host's nvcc into /tmp/gemv-bandwidth (PHASE=H and T).
+# native/probes/gemv-bandwidth.cu built with the host's nvcc into /tmp/gemv-bandwidth (PHASE=H).
 build_gemv_probe() {
   PATH="/usr/local/cuda/bin:$PATH" nvcc -O3 -std=c++17 -arch=sm_90 native/probes/gemv-bandwidth.cu -ldl -o /tmp/gemv-bandwidth 2>&1 | tail -3
 }
@@ -429,32 +431,58 @@ if [[ "$PHASE" == B ]]; then
   say "exit $?"; cat "$OUT"/bench-chorus/bench/bench-gpu.md 2>/dev/null | head -8
   exit 0
 fi
-if [[ "$PHASE" == T ]]; then
-  # chorus.Linear's tensor-core path for 3-64 rows (f16_mma.cuh, CHORUS_F16_MMA=1; written 2026-12-01h, first run
-  # here): the probe at 64 and 16 rows against cuBLAS and a plain read, the device test's cases with it, then
-  # bench:gpu and the 8B served with it and without, while time is left.
+if [[ "$PHASE" == U ]]; then
+  # Each MLP's SwiGLU folded into its down projection's chorus.Linear (activation swiglu, the default since
+  # 2026-12-01i; CHORUS_FOLD_SWIGLU=0 keeps the Split, Sigmoid and Muls): the MLP probe (a, a-chorus,
+  # a-chorus-swiglu), the device test's chorus.Linear cases (folded and not), then the 8B served folded and not and
+  # bench:gpu folded, while time is left.
   cuda_ops_setup
-  build_gemv_probe
-  for m in 64 16; do
-    say "GEMV probe, $m rows"
-    timeout 60 /tmp/gemv-bandwidth $m > "$OUT/gemv-m$m.txt" 2>&1; say "probe exit $?"
-    grep -E "read|tc |cublas \(|MISMATCH|worst" "$OUT/gemv-m$m.txt"
-  done
-  say "device test: chorus.Linear with CHORUS_F16_MMA=1 (CUDA graphs on)"
-  chorus_ops_device_test run-all-mma CHORUS_F16_MMA
+  say "MLP probe: chorus.Linear with and without the SwiGLU fold"
+  timeout 150 "$NODE" native/probes/mlp-fusion.ts --batches 1,2,4,64 --only ${U_PROBE:-a,a-chorus,a-chorus-swiglu} 2>&1 | tee "$OUT/mlp-swiglu.txt" | grep -E "^\||M=|REFUSED|FAILED|MISMATCH"
+  rm -rf /tmp/mlp-fusion
+  if [[ -z "${U_SKIP_TEST:-}" ]]; then
+    say "device test: chorus.Linear, folded and not (CUDA graphs on)"
+    chorus_ops_device_test run-all-linear chorus.Linear
+  fi
   ensure_weights
-  for mma in 1 0; do
-    (( $(left) > 120 )) || { say "no time left for bench:gpu, CHORUS_F16_MMA=$mma"; continue; }
-    say "bench:gpu, CHORUS_F16_MMA=$mma"
-    CHORUS_F16_MMA=$mma CHORUS_CUDA_GRAPHS=1 STAGES="chorus" DEADLINE_S=$(( $(left) > 200 ? 100 : $(left) - 20 )) OUT="$OUT/bench-mma-$mma" \
-      bash scripts/gpu/run-all.sh --batches 1,64 --int4 none > /dev/null 2>&1
-    say "exit $?"; head -8 "$OUT/bench-mma-$mma/bench/bench-gpu.md" 2>/dev/null
+  for fold in ${U_RUNS:-1 0}; do
+    (( $(left) > 90 )) || { say "no time left for served, CHORUS_FOLD_SWIGLU=$fold"; continue; }
+    say "8B float16 served, CHORUS_FOLD_SWIGLU=$fold"
+    CHORUS_FOLD_SWIGLU=$fold serve_8b "served-fold-$fold"
+    grep -m2 -E "Chorus's kernels|rror" "$OUT/served-fold-$fold/server.log" | cut -c1-300
   done
-  for mma in 1 0; do
-    (( $(left) > 90 )) || { say "no time left for served, CHORUS_F16_MMA=$mma"; continue; }
-    say "8B float16 served, CHORUS_F16_MMA=$mma"
-    CHORUS_F16_MMA=$mma serve_8b "served-mma-$mma"
+  if (( $(left) > 80 )); then
+    say "bench:gpu (Chorus alone, SwiGLU folded)"
+    CHORUS_CUDA_GRAPHS=1 STAGES="chorus" DEADLINE_S=$(($(left) - 10)) OUT="$OUT/bench-fold" bash scripts/gpu/run-all.sh --batches 1,64 --int4 none > /dev/null 2>&1
+    say "exit $?"; head -8 "$OUT/bench-fold/bench/bench-gpu.md" 2>/dev/null
+  fi
+  exit 0
+fi
+if [[ "$PHASE" == O ]]; then
+  # Where a one-stream decode step's time goes outside ORT's run (the served 8B: 6.67 ms a step on the shards, 5.59
+  # in run, 2026-12-01i): the CUDA-graph device tests (bound runs, both layouts; O_SKIP_TEST=1 skips them), then
+  # native/probes/step-overhead.ts on the 8B float16 with CUDA graphs without and with V8's CPU profiler (a profile a
+  # thread, summarized by native/probes/cpuprofile-top.py), O_TOKENS tokens, then the 8B served (O_SERVED=0 skips it).
+  cuda_ops_setup
+  if [[ -z "${O_SKIP_TEST:-}" ]]; then
+    say "device tests: PagedShard (both layouts, CUDA graphs) and chorus.Linear"
+    CUDA_TEST_CMD="CHORUS_TEST_DEVICE=cuda node_modules/node/bin/node node_modules/vitest/vitest.mjs run --config vitest.device.config.ts test/device/PagedShard.test.ts" \
+      STAGES="parity" DEADLINE_S=150 PARITY_TIMEOUT_S=140 OUT="$OUT/run-all-paged" bash scripts/gpu/run-all.sh >/dev/null 2>&1
+    say "device tests exit $?"; grep -E "Test Files|Tests |×|Error" "$OUT/run-all-paged/log" | head -20
+    chorus_ops_device_test run-all-linear chorus.Linear
+  fi
+  ensure_weights
+  for prof in 0 1; do
+    say "step overhead, one stream$([[ $prof == 1 ]] && echo ", CPU profiles")"
+    flags=(); [[ $prof == 1 ]] && flags=(--cpu-prof --cpu-prof-dir="$OUT/prof")
+    ORT_ENABLE_XQA=1 timeout 200 "$NODE" "${flags[@]}" native/probes/step-overhead.ts --model "$CKPT" --device cuda:0 --dtype float16 --cuda-graphs --tokens ${O_TOKENS:-512} 2>&1 | grep -v INFO | tail -4
+    say "exit $?"
   done
+  python3 native/probes/cpuprofile-top.py "$OUT/prof" 25 > "$OUT/prof-top.txt"; grep -B1 -A25 "rowGraphStep\|blockGraphStep" "$OUT/prof-top.txt" | head -40
+  if [[ "${O_SERVED:-1}" == 1 ]] && (( $(left) > 90 )); then
+    say "8B float16 served"
+    serve_8b served
+  fi
   exit 0
 fi
 if [[ "$PHASE" == W ]]; then
@@ -492,5 +520,5 @@ if [[ "$PHASE" == V ]]; then
   say "sweep exit $?"; grep -m2 -E "illegal|disabled" "$OUT/server/server.log" | cut -c1-250
   exit 0
 fi
-echo "PHASE must be S, Q1, Q2, Q3, V, F, X, I, M, K, C, N, W, A, AN, G, H, B or T" >&2
+echo "PHASE must be S, Q1, Q2, Q3, V, F, X, I, M, K, C, N, W, A, AN, G, H, B, U or O" >&2
 exit 2

@@ -90,16 +90,17 @@ describe.runIf(device.kind === "cuda")("chorus.Int4Linear on CUDA", () => {
   // part at a float32 near-tie (the two best logits within 1% of the largest), decode steps of one row and batched,
   // prompts in one chunk and in chunks of 100. native/probes/decode-attention-check.ts compares the op itself.
   // --linear-kernels chorus on float16 shards (chorus.Linear, also what `auto` picks) the same way: its GEMV in decode
-  // steps of 1-2 rows, cuBLAS for prompts and wider steps; with CHORUS_F16_MMA=1 its tensor-core kernel for steps and
-  // prompt chunks of 3-64 rows.
+  // steps of 1-2 rows, cuBLAS for prompts and wider steps, each MLP's SwiGLU folded into its down projection (read by
+  // the GEMV, applied in place before cuBLAS); and with CHORUS_FOLD_SWIGLU=0 the MLP's own Split, Sigmoid and Muls.
   const kernelCases = [
     ["chorus.DecodeAttention", { decodeAttention: "chorus" }, {}],
     ["chorus.Linear", { linearKernels: "chorus" }, {}],
-    ["chorus.Linear with CHORUS_F16_MMA=1", { linearKernels: "chorus" }, { CHORUS_F16_MMA: "1" }]
+    ["chorus.Linear with CHORUS_FOLD_SWIGLU=0", { linearKernels: "chorus" }, { CHORUS_FOLD_SWIGLU: "0" }]
   ] as const
   const fixtureCases = [["tiny-llama3-a", 512], ["tiny-llama3-b", 512], ["tiny-llama3-b", 100]] as const
   describe.each(kernelCases.flatMap(([op, engine, env]) => fixtureCases.map(([name, budget]) => [op, name, budget, engine, env] as const)))("%s, %s, %i tokens a step", (_op, name, budget, kernels, env) => {
-    // Set in the main thread's environment, which the op reads (getenv) when a shard's session makes its kernels.
+    // Set in the main thread's environment, which the op reads (getenv) when a shard's session makes its kernels and
+    // a shard's worker thread copies when it starts.
     const saved = Object.keys(env).map((k) => [k, process.env[k]] as const)
     beforeAll(() => void Object.assign(process.env, env))
     afterAll(() => {

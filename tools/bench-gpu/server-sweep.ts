@@ -421,13 +421,20 @@ const main = async (): Promise<void> => {
         ...(flags.requests === undefined ? [] : ["--requests", String(flags.requests)]),
         "--json", levelJson, "--label", `chorus ${flags.dtype ?? "float16"} max-batch ${flags["max-batch"] ?? 256}`
       ]
-      const before = await scrapeSteps(base).catch(() => undefined)
+      // Tried twice: after a level longer than the server's keep-alive, the first fetch can meet the closed socket
+      // ("fetch failed", seen after every one-stream level on the GPU hosts). A second failure leaves the level
+      // without its step figures, the reason in the log.
+      const scrape = () =>
+        scrapeSteps(base)
+          .catch(() => scrapeSteps(base))
+          .catch((e: unknown) => void log(`/metrics scrape failed: ${e instanceof Error ? e.message : String(e)}`))
+      const before = await scrape()
       await timed(`bench c=${c}`, async () => {
         log(`bench: node ${benchArgs.slice(1).join(" ")}`)
         const r = spawnSync(process.execPath, benchArgs, { stdio: "inherit", cwd: repoRoot, timeout: (flags["bench-timeout-s"] ?? 3000) * 1000 })
         if (r.status !== 0) throw new Error(`chorus bench exit ${r.status ?? r.signal ?? r.error?.message}`)
       })
-      const after = await scrapeSteps(base).catch(() => undefined)
+      const after = await scrape()
       if (!fs.existsSync(levelJson)) continue
       const result = readResult(levelJson)
       merged = merged === undefined ? result : { ...merged, levels: [...merged.levels, ...result.levels] }

@@ -19,7 +19,7 @@
  * says so once and runs uncaptured from then on.
  */
 import { chorusOpsChoice, cudaOpsLibrary, cudaOpsLibraryPath, rewriteForChorusOps } from "../native/CudaOps.ts"
-import { type DeviceTensor, type HostTensor, NativeOrt, type NativeSession } from "../native/NativeOrt.ts"
+import { type BoundRun, type DeviceTensor, type HostTensor, NativeOrt, type NativeSession } from "../native/NativeOrt.ts"
 import { pagedInputs } from "./PagedInputs.ts"
 import { SamplerTable, StepOutputs } from "./SamplerTable.ts"
 import { entryGroups, groupInputs, maskInputs, tokenOffsets } from "./StepInputs.ts"
@@ -43,6 +43,8 @@ interface BlockBucket {
   readonly table: DeviceTensor<"int32">
   readonly logitsIndex: DeviceTensor<"int64">
   readonly greedy: DeviceTensor<"int64">
+  /** The step's binding, made at its first run (every tensor it binds is the same at every replay). */
+  bound?: BoundRun
 }
 
 /** Fixed-address inputs and output of one captured decode bucket of the row layout (rows `[0, size)`). */
@@ -54,6 +56,8 @@ interface RowBucket {
   readonly positions: DeviceTensor<"int64"> | undefined
   readonly logitsIndex: DeviceTensor<"int64">
   readonly greedy: DeviceTensor<"int64">
+  /** The step's binding, made at its first run (every tensor it binds is the same at every replay). */
+  bound?: BoundRun
 }
 
 interface Common {
@@ -173,7 +177,9 @@ export async function load(task: ShardLoad): Promise<ShardLoadResult> {
         graphPath = rewritten.path
         customOpsLibrary = library
         kernels = `Chorus's kernels for ${[
-          rewritten.float16Linears > 0 ? `${rewritten.float16Linears} float16 linears` : "",
+          rewritten.float16Linears > 0
+            ? `${rewritten.float16Linears} float16 linears${rewritten.swigluFolds > 0 ? ` (SwiGLU inside ${rewritten.swigluFolds} down projections)` : ""}`
+            : "",
           rewritten.int4Linears > 0 ? `${rewritten.int4Linears} 4-bit linears` : "",
           rewritten.attentions > 0 ? `${rewritten.attentions} attention layers` : ""
         ].filter((k) => k !== "").join(", ")} (${library})`
@@ -414,18 +420,21 @@ const blockGraphStep = (s: BlockShard, plan: StepPlan, outs: StepOutputs, bucket
   b.inputIds.upload(ids)
   b.past.upload(past)
   b.table.upload(table)
-  const feeds: Feeds = {
-    [TensorNames.inputIds]: b.inputIds,
-    [TensorNames.cumulativeSequenceLength]: b.cumulative,
-    [TensorNames.pastSeqlens]: b.past,
-    [TensorNames.blockTable]: b.table,
-    [TensorNames.attentionMetadata]: { data: Int32Array.of(1, s.load.maxLen), dims: [2] },
-    [TensorNames.logitsIndex]: b.logitsIndex
+  if (b.bound === undefined) {
+    const feeds: Feeds = {
+      [TensorNames.inputIds]: b.inputIds,
+      [TensorNames.cumulativeSequenceLength]: b.cumulative,
+      [TensorNames.pastSeqlens]: b.past,
+      [TensorNames.blockTable]: b.table,
+      [TensorNames.attentionMetadata]: { data: Int32Array.of(1, s.load.maxLen), dims: [2] },
+      [TensorNames.logitsIndex]: b.logitsIndex
+    }
+    const outputs: Outputs = { [TensorNames.greedyToken]: b.greedy }
+    bindCaches(s, feeds, outputs)
+    b.bound = s.session.bind(feeds, outputs)
   }
-  const outputs: Outputs = { [TensorNames.greedyToken]: b.greedy }
-  bindCaches(s, feeds, outputs)
   const t0 = performance.now()
-  s.session.run(feeds, outputs, { cudaGraphId: b.graphId })
+  b.bound.run({ cudaGraphId: b.graphId })
   const greedy = b.greedy.download()
   const runMs = performance.now() - t0
   outs.greedy(Int32Array.from({ length: n }, (_, e) => e), greedy, 1)
@@ -527,19 +536,22 @@ const rowGraphStep = (s: RowShard, plan: StepPlan, outs: StepOutputs, entries: I
   b.inputIds.upload(ids)
   b.seqlens.upload(seqlens)
   if (b.positions !== undefined) b.positions.upload(BigInt64Array.from(seqlens, (n) => BigInt(n)))
-  const feeds: Feeds = {
-    [TensorNames.inputIds]: b.inputIds,
-    [TensorNames.seqlensK]: b.seqlens,
-    [TensorNames.totalSequenceLength]: { data: Int32Array.of(s.load.maxLen), dims: [] },
-    [TensorNames.logitsIndex]: b.logitsIndex
+  if (b.bound === undefined) {
+    const feeds: Feeds = {
+      [TensorNames.inputIds]: b.inputIds,
+      [TensorNames.seqlensK]: b.seqlens,
+      [TensorNames.totalSequenceLength]: { data: Int32Array.of(s.load.maxLen), dims: [] },
+      [TensorNames.logitsIndex]: b.logitsIndex
+    }
+    if (b.positions !== undefined) feeds[TensorNames.positionIds] = b.positions
+    const outputs: Outputs = { [TensorNames.greedyToken]: b.greedy }
+    // Rows [0, size) start where the buffers start: the same addresses at every replay.
+    const views = rowViews(s, 0, b.size)
+    bindCaches(s, feeds, outputs, views.keys, views.values)
+    b.bound = s.session.bind(feeds, outputs)
   }
-  if (b.positions !== undefined) feeds[TensorNames.positionIds] = b.positions
-  const outputs: Outputs = { [TensorNames.greedyToken]: b.greedy }
-  // Rows [0, size) start where the buffers start: the same addresses at every replay.
-  const views = rowViews(s, 0, b.size)
-  bindCaches(s, feeds, outputs, views.keys, views.values)
   const t0 = performance.now()
-  s.session.run(feeds, outputs, { cudaGraphId: b.graphId })
+  b.bound.run({ cudaGraphId: b.graphId })
   const greedy = b.greedy.download()
   const runMs = performance.now() - t0
   outs.greedy(entryOfRow, greedy, 1)

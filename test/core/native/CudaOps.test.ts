@@ -1,6 +1,7 @@
 // `--linear-kernels` and `--decode-attention chorus` on the CPU side: which renames each choice makes, the shard graph rewrite (MatMulNBits ->
 // chorus.Int4Linear, float16 MatMul -> chorus.Linear, GroupQueryAttention -> chorus.DecodeAttention, nothing else
-// touched, next to the graph so that its external data is found) and where the library is looked for. The flags' refusals: test/cli/BadInput.test.ts. The
+// touched, next to the graph so that its external data is found), the SwiGLU fold into the down projection and where
+// the library is looked for. The flags' refusals: test/cli/BadInput.test.ts. The
 // kernels run on CUDA only: test/device/ChorusOpsDevice.test.ts.
 import { Effect } from "effect"
 import * as fs from "node:fs"
@@ -82,8 +83,8 @@ describe("rewriteForChorusOps", () => {
     const before = nodesOf(graph)
     const matmuls = before.graph!.node!.filter((n) => n.opType === "MatMul").length
     expect(matmuls).toBe(2 * 4 + 1) // QKV, O, gate|up and down a layer, and the LM head
-    const out = rewriteForChorusOps(graph)
-    expect(out).toEqual({ path: graph.replace(/\.onnx$/, ".chorus-linear.onnx"), int4Linears: 0, float16Linears: matmuls, attentions: 0 })
+    const out = rewriteForChorusOps(graph, { float16Linears: true, int4Linears: true, attention: false, swiglu: false })
+    expect(out).toEqual({ path: graph.replace(/\.onnx$/, ".chorus-linear.onnx"), int4Linears: 0, float16Linears: matmuls, attentions: 0, swigluFolds: 0 })
     const after = nodesOf(out.path)
     expect(after.graph!.node!.filter((n) => n.opType === "MatMul")).toHaveLength(0)
     const renamed = after.graph!.node!.filter((n) => n.opType === "Linear" && n.domain === CUSTOM_DOMAIN)
@@ -92,7 +93,7 @@ describe("rewriteForChorusOps", () => {
     expect(after.graph!.node!.filter((n) => n.opType === "GroupQueryAttention")).toHaveLength(2) // not asked for
 
     const f32 = await convert("float32", false, "float32")
-    expect(rewriteForChorusOps(f32)).toEqual({ path: f32, int4Linears: 0, float16Linears: 0, attentions: 0 })
+    expect(rewriteForChorusOps(f32)).toEqual({ path: f32, int4Linears: 0, float16Linears: 0, attentions: 0, swigluFolds: 0 })
     expect(fs.readdirSync(path.dirname(f32)).filter((f) => f.includes(".chorus-"))).toHaveLength(0)
   })
 
@@ -101,8 +102,8 @@ describe("rewriteForChorusOps", () => {
     const before = nodesOf(graph)
     const gqa = before.graph!.node!.filter((n) => n.opType === "GroupQueryAttention").length
     expect(gqa).toBe(2) // one a layer
-    const out = rewriteForChorusOps(graph, { float16Linears: false, int4Linears: false, attention: true })
-    expect(out).toEqual({ path: graph.replace(/\.onnx$/, ".chorus-attention.onnx"), int4Linears: 0, float16Linears: 0, attentions: gqa })
+    const out = rewriteForChorusOps(graph, { float16Linears: false, int4Linears: false, attention: true, swiglu: true })
+    expect(out).toEqual({ path: graph.replace(/\.onnx$/, ".chorus-attention.onnx"), int4Linears: 0, float16Linears: 0, attentions: gqa, swigluFolds: 0 })
     const after = nodesOf(out.path)
     expect(after.graph!.node!.filter((n) => n.opType === "GroupQueryAttention")).toHaveLength(0)
     const renamed = after.graph!.node!.filter((n) => n.opType === "DecodeAttention" && n.domain === CUSTOM_DOMAIN)
@@ -115,31 +116,76 @@ describe("rewriteForChorusOps", () => {
     })
     // Both at once: a third file, so that either choice alone keeps its own.
     const int4 = await convert("int4-attention", true)
-    const both = rewriteForChorusOps(int4, { float16Linears: true, int4Linears: true, attention: true })
+    const both = rewriteForChorusOps(int4, { float16Linears: true, int4Linears: true, attention: true, swiglu: true })
     expect(both.path.endsWith(".chorus-int4-attention.onnx")).toBe(true)
     expect(both.int4Linears).toBe(2 * 4 + 1)
     expect(both.float16Linears).toBe(0)
     expect(both.attentions).toBe(2)
+    expect(both.swigluFolds).toBe(0) // a 4-bit down projection keeps its SwiGLU
+  })
+
+  it("folds each MLP's Split, Sigmoid and Muls into its down projection's chorus.Linear (activation swiglu)", async () => {
+    const graph = await convert("float-swiglu", false)
+    const before = nodesOf(graph).graph!
+    const out = rewriteForChorusOps(graph)
+    expect(out).toEqual({ path: graph.replace(/\.onnx$/, ".chorus-linear-swiglu.onnx"), int4Linears: 0, float16Linears: 9, attentions: 0, swigluFolds: 2 })
+    const after = nodesOf(out.path).graph!
+    const gone = before.node!.filter((n) => /^layers\.\d+\.(split|sigmoid|silu|swiglu)$/.test(n.name!))
+    expect(gone.map((n) => n.opType)).toEqual(["Split", "Sigmoid", "Mul", "Mul", "Split", "Sigmoid", "Mul", "Mul"])
+    expect(after.node!.map((n) => n.name)).toEqual(before.node!.filter((n) => !gone.includes(n)).map((n) => n.name))
+    for (const i of [0, 1]) {
+      const down = after.node!.find((n) => n.name === `layers.${i}.down`)!
+      expect([down.opType, down.domain, ...down.input!]).toEqual(["Linear", CUSTOM_DOMAIN, `layers.${i}.gate_up_out`, `layers.${i}.down`])
+      expect(down.attribute!.map((a) => [a.name, new TextDecoder().decode(a.s!)])).toEqual([["activation", "swiglu"]])
+    }
+    // Every other node as it was: only the down projections changed, and nothing reads a removed tensor.
+    const removedTensors = new Set(gone.flatMap((n) => n.output!))
+    expect(after.node!.flatMap((n) => n.input!).filter((t) => removedTensors.has(t))).toEqual([])
+  })
+
+  it("leaves a SwiGLU whose tensors are read elsewhere, and CHORUS_FOLD_SWIGLU=0 leaves them all", async () => {
+    const graph = await convert("float-swiglu-read", false)
+    // Layer 0's SwiGLU output also a graph output: that MLP keeps its nodes, layer 1's folds.
+    const model = nodesOf(graph)
+    model.graph!.output = [...model.graph!.output!, onnx.ValueInfoProto.create({ name: "layers.0.swiglu" })]
+    fs.writeFileSync(graph, onnx.ModelProto.encode(model).finish())
+    const out = rewriteForChorusOps(graph)
+    expect(out.swigluFolds).toBe(1)
+    const after = nodesOf(out.path).graph!
+    expect(after.node!.filter((n) => n.opType === "Sigmoid").map((n) => n.name)).toEqual(["layers.0.sigmoid"])
+    expect(after.node!.find((n) => n.name === "layers.0.down")!.input![0]).toBe("layers.0.swiglu")
+
+    const saved = process.env.CHORUS_FOLD_SWIGLU
+    try {
+      process.env.CHORUS_FOLD_SWIGLU = "0"
+      const choice = chorusOpsChoice("auto", false, true)
+      expect(choice.swiglu).toBe(false)
+      const plain = rewriteForChorusOps(await convert("float-swiglu-off", false), choice)
+      expect([path.basename(plain.path).replace(/^.*?\.chorus-/, ""), plain.swigluFolds]).toEqual(["linear.onnx", 0])
+    } finally {
+      if (saved === undefined) delete process.env.CHORUS_FOLD_SWIGLU
+      else process.env.CHORUS_FOLD_SWIGLU = saved
+    }
   })
 })
 
 describe("which kernels a CUDA shard gets", () => {
   it("auto (the default): the float16 GEMV where the library is built, ORT's kernels otherwise and for 4-bit weights", () => {
-    expect(chorusOpsChoice("auto", false, true)).toEqual({ float16Linears: true, int4Linears: false, attention: false })
-    expect(chorusOpsChoice("auto", false, false)).toEqual({ float16Linears: false, int4Linears: false, attention: false })
-    expect(chorusOpsChoice("chorus", false, true)).toEqual({ float16Linears: true, int4Linears: true, attention: false })
-    expect(chorusOpsChoice("ort", true, true)).toEqual({ float16Linears: false, int4Linears: false, attention: true })
+    expect(chorusOpsChoice("auto", false, true)).toEqual({ float16Linears: true, int4Linears: false, attention: false, swiglu: true })
+    expect(chorusOpsChoice("auto", false, false)).toEqual({ float16Linears: false, int4Linears: false, attention: false, swiglu: false })
+    expect(chorusOpsChoice("chorus", false, true)).toEqual({ float16Linears: true, int4Linears: true, attention: false, swiglu: true })
+    expect(chorusOpsChoice("ort", true, true)).toEqual({ float16Linears: false, int4Linears: false, attention: true, swiglu: false })
   })
 
   it("auto leaves an int4 shard's 4-bit linears to MatMulNBits, and each choice gets a file of its own", async () => {
     const int4 = await convert("int4-auto", true)
     // The LM head is 4-bit too: nothing for the float16 GEMV, so the graph stays as converted.
-    expect(rewriteForChorusOps(int4, chorusOpsChoice("auto", false, true))).toEqual({ path: int4, int4Linears: 0, float16Linears: 0, attentions: 0 })
+    expect(rewriteForChorusOps(int4, chorusOpsChoice("auto", false, true))).toEqual({ path: int4, int4Linears: 0, float16Linears: 0, attentions: 0, swigluFolds: 0 })
     const float = await convert("float-choices", false)
     const linear = rewriteForChorusOps(float, chorusOpsChoice("auto", false, true))
     const withAttention = rewriteForChorusOps(float, chorusOpsChoice("auto", true, true))
-    expect(path.basename(linear.path)).toMatch(/\.chorus-linear\.onnx$/)
-    expect(path.basename(withAttention.path)).toMatch(/\.chorus-linear-attention\.onnx$/)
+    expect(path.basename(linear.path)).toMatch(/\.chorus-linear-swiglu\.onnx$/)
+    expect(path.basename(withAttention.path)).toMatch(/\.chorus-linear-swiglu-attention\.onnx$/)
     expect(nodesOf(linear.path).graph!.node!.filter((n) => n.opType === "DecodeAttention")).toHaveLength(0)
     expect(nodesOf(withAttention.path).graph!.node!.filter((n) => n.opType === "DecodeAttention")).toHaveLength(2)
   })

@@ -318,6 +318,33 @@ if (built) describe("NativeOrt API errors and lifetimes", () => {
     expect(() => z.download()).toThrow("DeviceTensor: used after release()")
   })
 
+  it("bind: one binding for repeated runs, device inputs read as they are at each run, host inputs copied once", () => {
+    const s = tiny()
+    const x = s.allocate("float32", [4])
+    const z = s.allocate("float32", [4])
+    const y = Float32Array.of(10, 20, 30, 40)
+    const bound = s.bind({ x, y: host(y, [4]) }, { z })
+    y.fill(0) // the binding kept its own copy
+    x.upload(Float32Array.of(1, 2, 3, 4))
+    expect(bound.run()).toEqual({})
+    expect(Array.from(z.download())).toEqual([11, 22, 33, 44])
+    x.upload(Float32Array.of(5, 5, 5, 5))
+    bound.run()
+    expect(Array.from(z.download())).toEqual([15, 25, 35, 45])
+    // Host outputs come back at every run, as from run().
+    const toHost = s.bind({ x, y: x }, { z: "host" })
+    expect(Array.from(toHost.run().z!.data as Float32Array)).toEqual([10, 10, 10, 10])
+    expect(() => s.bind({ x }, { z })).toThrow("Session.bind: input y is missing (the model's inputs: x, y)")
+    expect(() => s.bind({ x, y: x }, { w: z })).toThrow("Session.bind: the model has no output w (its outputs: z)")
+    // The bound tensors stay alive with the binding, after the session and the tensors' own handles are released.
+    s.release()
+    x.release()
+    bound.run()
+    expect(Array.from(z.download())).toEqual([15, 25, 35, 45])
+    bound.release()
+    expect(() => bound.run()).toThrow("BoundRun: used after release()")
+  })
+
   if (!cudaInstalled) it("provider cuda without the provider library: names the package to install", () => {
     const file = path.join(tmp, "add.onnx")
     tiny().release()
