@@ -123,6 +123,12 @@ export interface EngineOptions {
    * (`src/core/native/CudaOps.ts`).
    */
   readonly linearKernels?: LinearKernels
+  /**
+   * A model of one shard: hand out each decode step's successor while it runs, its tokens taken from the step before
+   * in the shard (vLLM's async scheduling; `EngineLoop.ts`). Default true, or false where the environment has
+   * `CHORUS_DECODE_AHEAD=0` (to measure the difference).
+   */
+  readonly decodeAhead?: boolean
   readonly observer?: EngineObserver
 }
 
@@ -300,6 +306,7 @@ const makeEngine = (model: LoadedModel, options: EngineOptions) =>
     const loop = yield* makeEngineLoop({
       shards,
       observer,
+      decodeAhead: options.decodeAhead ?? process.env.CHORUS_DECODE_AHEAD !== "0",
       scheduler: {
         maxNumSeqs: maxSeqs,
         maxNumBatchedTokens,

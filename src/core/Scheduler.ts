@@ -40,8 +40,11 @@ export interface Sequence {
   dropped: boolean
   /** The last shard holds its sampler (registered with its first scheduled chunk). */
   registered: boolean
-  /** In a step that `schedule()` handed out and `update()` has not taken back (micro-batches). */
-  inFlight: boolean
+  /**
+   * Steps that `schedule()` or `scheduleAhead()` handed out with this sequence and `update()` has not taken back:
+   * 1 for a micro-batch on the shards, 2 while a decode-ahead step follows it.
+   */
+  stepsInFlight: number
   numPreemptions: number
   /** Lower runs first among waiting sequences (FIFO within a priority). */
   readonly priority: number
@@ -64,6 +67,11 @@ export interface ScheduledEntry {
   readonly returnLogits: 0 | 1 | 2
   /** Its KV block ids after the step's allocation. */
   readonly blockIds: ReadonlyArray<number>
+  /**
+   * Decode ahead (`scheduleAhead`): the token at `start` is the one the sequence's previous step samples, not yet
+   * known here; the plan carries `FEEDBACK_TOKEN` and the last shard puts the token in.
+   */
+  readonly feedback?: boolean
 }
 
 export interface SchedulerOutput {
@@ -153,7 +161,7 @@ export class Scheduler {
       outputTokenIds: [],
       dropped: false,
       registered: false,
-      inFlight: false,
+      stepsInFlight: 0,
       numPreemptions: 0,
       priority,
       arrival: this.nextId,
@@ -204,7 +212,7 @@ export class Scheduler {
   /** Sequences in a step not yet taken back by `update()`. */
   get numInFlight(): number {
     let n = 0
-    for (const s of this.running) if (s.inFlight) n++
+    for (const s of this.running) if (s.stepsInFlight > 0) n++
     return n
   }
 
@@ -220,7 +228,7 @@ export class Scheduler {
     }
     for (let i = this.running.length - 1; i >= 0; i--) {
       const s = this.running[i]!
-      if (s.dropped && !s.inFlight) this.running.splice(i, 1), this.release(s), out.push(s)
+      if (s.dropped && s.stepsInFlight === 0) this.running.splice(i, 1), this.release(s), out.push(s)
     }
     return out
   }
@@ -230,7 +238,7 @@ export class Scheduler {
    * sequences are no longer in flight, so that they can be dropped and freed.
    */
   abandonInFlight(): void {
-    for (const s of this.running) s.inFlight = false
+    for (const s of this.running) s.stepsInFlight = 0
   }
 
   /** The work of the next step (empty when nothing can run). */
@@ -248,13 +256,13 @@ export class Scheduler {
     for (let i = 0; i < this.running.length && budget > 0 && entries.length < maxEntries; i++) {
       const s = this.running[i]!
       // In another step on the shards: its tokens are not known yet.
-      if (s.inFlight) continue
+      if (s.stepsInFlight > 0) continue
       const n = Math.min(totalTokens(s) - s.numComputedTokens, budget)
       let preemptedSelf = false
       while (!this.kv.allocate(s, s.numComputedTokens, n)) {
         // The newest running sequence not in flight (s itself at the latest): a step on the shards keeps its blocks.
         let j = this.running.length - 1
-        while (this.running[j]!.inFlight) j--
+        while (this.running[j]!.stepsInFlight > 0) j--
         const victim = this.running.splice(j, 1)[0]!
         this.preempt(victim)
         preempted.push(victim)
@@ -294,8 +302,34 @@ export class Scheduler {
       budget -= n
       numTokens += n
     }
-    for (const e of entries) e.sequence.inFlight = true
+    for (const e of entries) e.sequence.stepsInFlight++
     return { entries, admitted, preempted, numTokens }
+  }
+
+  /**
+   * Decode ahead (vLLM's async scheduling): the step after `prev`, handed out while `prev` is still on the shards.
+   * Each sequence of `prev` decodes one more position, whose token is the one `prev` samples for it: the last shard
+   * puts it in (`ScheduledEntry.feedback`), so the shard goes from `prev` to this step without a round trip through
+   * the engine. Only when nothing waits (new sequences would otherwise run in a step of their own), when every entry
+   * of `prev` samples, and for sequences that may go on after their pending token (under their max tokens and the
+   * context, no grammar, not already ahead); the pending token may still be a stop token, and the extra token is
+   * then dropped by `update()`. Nothing is preempted: undefined when no sequence qualifies or the pool is full.
+   */
+  scheduleAhead(prev: SchedulerOutput): SchedulerOutput | undefined {
+    if (this.waiting.length > 0 || prev.entries.length === 0 || !prev.entries.every((e) => e.samples)) return undefined
+    const entries: Array<ScheduledEntry> = []
+    for (const e of prev.entries) {
+      const s = e.sequence
+      if (s.status !== "running" || s.dropped || s.stepsInFlight !== 1 || s.request.sampling.grammar !== undefined) continue
+      // After `prev`, the cache holds `start` tokens and the pending token is output number outputTokenIds.length + 1.
+      const start = e.start + e.numTokens
+      if (s.outputTokenIds.length + 2 > s.request.maxTokens || start + 2 > this.config.contextLength) continue
+      if (!this.kv.allocate(s, start, 1)) continue
+      entries.push({ sequence: s, start, numTokens: 1, samples: true, isNew: false, returnLogits: 0, blockIds: this.kv.blockIds(s), feedback: true })
+    }
+    if (entries.length === 0) return undefined
+    for (const e of entries) e.sequence.stepsInFlight++
+    return { entries, admitted: [], preempted: [], numTokens: entries.length }
   }
 
   /**
@@ -309,7 +343,7 @@ export class Scheduler {
     for (const e of output.entries) {
       const s = e.sequence
       const tokenId = e.samples ? tokens[k++]! : -1
-      s.inFlight = false
+      s.stepsInFlight--
       if (s.status !== "running" || s.dropped) continue
       s.numComputedTokens += e.numTokens
       s.registered = true
@@ -318,8 +352,9 @@ export class Scheduler {
       s.outputTokenIds.push(tokenId)
       const stop = tokenStop(s.request, this.stopTokenIds, this.config.contextLength, tokenId, s.outputTokenIds.length, totalTokens(s))
       if (stop !== undefined) {
-        this.running.splice(this.running.indexOf(s), 1)
-        this.release(s)
+        // A decode-ahead step still on the shards writes into its blocks: freed once it is back (collectDropped).
+        if (s.stepsInFlight > 0) s.dropped = true
+        else this.running.splice(this.running.indexOf(s), 1), this.release(s)
       }
       sampled.push({ sequence: s, tokenId, stop })
     }

@@ -129,14 +129,15 @@ describe(`${name}: pipeline shards with micro-batches in flight give the one-sha
     baseline = await scenario(one.runtime, stop)
   }, 120_000)
 
-  it("the one-shard run itself: the stop string ends request 0 early, the cancelled request got its tokens, one step at a time", async () => {
+  it("the one-shard run itself: the stop string ends request 0 early, the cancelled request got its tokens, the shard one step at a time", async () => {
     expect(stop).not.toBe("")
     expect(baseline[STOPPED]!.finish).toEqual({ finishReason: "stop", stopReason: "stop_string" })
     expect(baseline[STOPPED]!.tokens.length).toBeLessThan(plain[STOPPED]!.tokens.length)
     expect(baseline[CANCELLED]!.tokens).toEqual(plain[CANCELLED]!.tokens.slice(0, CANCEL_AFTER))
     expect(baseline[CANCELLED]!.finish).toBeUndefined()
     const stats = await one.runtime.runPromise(Engine.use((e) => e.stats))
-    expect(stats.maxStepsInFlight).toBe(1)
+    // Decode ahead: the next decode step waits in the shard's mailbox while one runs; the shard runs them in turn.
+    expect(stats.maxStepsInFlight).toBe(2)
     expect(overlaps(one.spans)).toBe(0)
   })
 

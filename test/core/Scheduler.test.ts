@@ -1,6 +1,6 @@
 // The scheduler alone, no model: each step's work from `schedule()`, sampled tokens back through `update()`.
 // Admission, token-budget chunking, decode + prefill in one step, preemption when blocks run out, prefix hits,
-// frees on abort, the stop rule.
+// frees on abort, the stop rule, decode ahead.
 import { describe, expect, it } from "vitest"
 import type { ValidatedRequest } from "../../src/core/Request.ts"
 import { greedy } from "../../src/core/sampling/SamplingParams.ts"
@@ -112,6 +112,71 @@ describe("Scheduler", () => {
     expect(s.collectDropped()).toEqual([a])
     expect(s.kv.numBlocksOf(a)).toBe(0)
     expect(shape(s.schedule())).toEqual([[b.id, 10, 1, true]])
+  })
+
+  it("decode ahead: the step after one in flight decodes each sequence's pending token, then takes both tokens back in order", () => {
+    const s = make()
+    const a = s.add(request(range(0, 9)))
+    const b = s.add(request(range(50, 5)))
+    step(s)
+    const first = s.schedule()
+    const ahead = s.scheduleAhead(first)!
+    expect(shape(ahead)).toEqual([[a.id, 10, 1, true], [b.id, 6, 1, true]])
+    expect(ahead.entries.every((e) => e.feedback === true && !e.isNew && e.returnLogits === 0)).toBe(true)
+    expect(ahead.entries[0]!.blockIds).toEqual(s.kv.blockIds(a)) // room for position 10 allocated
+    // One step ahead at most, and none behind a step that is itself ahead of another.
+    expect(s.scheduleAhead(first)).toBeUndefined()
+    expect(shape(s.schedule())).toEqual([])
+    // Once the first is back, the chain goes on: a step ahead of the one ahead.
+    s.update(first, Int32Array.of(3, 4))
+    const next = s.scheduleAhead(ahead)!
+    expect(shape(next)).toEqual([[a.id, 11, 1, true], [b.id, 7, 1, true]])
+    s.update(ahead, Int32Array.of(5, 6))
+    s.update(next, Int32Array.of(8, 9))
+    expect([a.outputTokenIds, b.outputTokenIds]).toEqual([[7, 3, 5, 8], [7, 4, 6, 9]])
+    expect([a.numComputedTokens, b.numComputedTokens]).toEqual([12, 8])
+    expect(shape(s.schedule())).toEqual([[a.id, 12, 1, true], [b.id, 8, 1, true]])
+  })
+
+  it("decode ahead waits for new sequences and prompts in progress, and stops short of max tokens, the context and grammars", () => {
+    const s = make({ maxNumBatchedTokens: 8 })
+    const a = s.add(request(range(0, 4)))
+    const first = s.schedule()
+    const b = s.add(request(range(20, 12)))
+    expect(s.scheduleAhead(first)).toBeUndefined() // b waits: the next step takes it with a's decode
+    s.update(first, Int32Array.of(1))
+    const mixed = s.schedule() // a's decode and b's first chunk (7 of 12 tokens: it does not sample)
+    expect(shape(mixed)).toEqual([[a.id, 4, 1, true], [b.id, 0, 7, false]])
+    expect(s.scheduleAhead(mixed)).toBeUndefined()
+
+    // The pending token is the last one allowed: max tokens 2, or the context of 14 after a 12-token prompt.
+    const limits = make({ contextLength: 14 })
+    limits.add(request(range(0, 4), { maxTokens: 2 }))
+    limits.add(request(range(40, 12), { ignoreEos: true }))
+    const near = limits.add(request(range(60, 11), { ignoreEos: true }))
+    step(limits)
+    expect(shape(limits.scheduleAhead(limits.schedule())!)).toEqual([[near.id, 12, 1, true]])
+
+    const g = make()
+    g.add(request([1, 2], { sampling: { ...greedy, grammar: { kind: "json" } } }))
+    expect(g.scheduleAhead(g.schedule())).toBeUndefined()
+  })
+
+  it("decode ahead: a stop on the pending token keeps the sequence's blocks until the step ahead is back, then drops its token", () => {
+    const s = make()
+    const a = s.add(request(range(0, 9)))
+    step(s)
+    const first = s.schedule()
+    const ahead = s.scheduleAhead(first)!
+    const [stopped] = s.update(first, Int32Array.of(EOS))
+    expect(stopped!.stop).toBe("eos")
+    expect(s.collectDropped()).toEqual([]) // the step ahead still writes into its blocks
+    expect(s.kv.numBlocksOf(a)).toBeGreaterThan(0)
+    expect(s.update(ahead, Int32Array.of(5))).toEqual([])
+    expect(s.collectDropped()).toEqual([a])
+    expect(s.kv.numBlocksOf(a)).toBe(0)
+    expect(a.outputTokenIds).toEqual([7, EOS])
+    expect(s.numRunning).toBe(0)
   })
 
   it("when blocks run out, the newest running sequence is preempted and later recomputed with its output", () => {

@@ -655,6 +655,8 @@ const rowStep = (s: RowShard, plan: StepPlan): StepResult => {
 export async function step(plan: StepPlan): Promise<StepResult> {
   const s = shard
   if (s === undefined) throw new Error("shard worker used before load")
+  // Decode ahead: the tokens this thread sampled in the step before, where the plan could not know them yet.
+  if (s.load.isLast) s.samplers.resolveFeedback(plan)
   return s.layout === "blocks" ? blockStep(s, plan) : rowStep(s, plan)
 }
 

@@ -7,7 +7,7 @@
 import { GrammarCompiler } from "../sampling/Grammar.ts"
 import { Sampler } from "../sampling/Sampler.ts"
 import { type GraphMask, GraphMaskBuilder } from "./GraphMask.ts"
-import type { NewSequence, ShardLoad, StepPlan, StepResult } from "./StepProtocol.ts"
+import { FEEDBACK_TOKEN, type NewSequence, type ShardLoad, type StepPlan, type StepResult } from "./StepProtocol.ts"
 
 /**
  * Greedy with no penalties — temperature 0, or top-k 1 (AIME's benchmark sends that) — so the graph's ArgMax gives
@@ -30,6 +30,8 @@ export class SamplerTable {
   private readonly load: Pick<ShardLoad, "grammar" | "vocabSize"> | undefined
   /** Sequences that asked for logprobs: how many top alternatives each wants (0: the chosen token's alone). */
   private readonly logprobs = new Map<number, number>()
+  /** Each sequence's latest sampled token: what a decode-ahead plan's `FEEDBACK_TOKEN` stands for. */
+  private readonly lastTokens = new Map<number, number>()
 
   /** `load`: the last shard's, whose `grammar` vocabulary (built into a compiler when first needed) serves grammars. */
   constructor(load?: Pick<ShardLoad, "grammar" | "vocabSize">) {
@@ -63,8 +65,30 @@ export class SamplerTable {
     for (const id of seqIds) {
       this.samplers.delete(id)
       this.logprobs.delete(id)
+      this.lastTokens.delete(id)
       this.matchers.get(id)?.dispose()
       this.matchers.delete(id)
+    }
+  }
+
+  /** Records the tokens a step sampled (`StepOutputs.result`), for the decode-ahead step that follows it. */
+  noteSampled(plan: StepPlan, tokens: Int32Array): void {
+    plan.sampleEntries.forEach((e, i) => this.lastTokens.set(plan.seqIds[e]!, tokens[i]!))
+  }
+
+  /**
+   * Puts each sequence's latest sampled token where a decode-ahead plan has `FEEDBACK_TOKEN` (in place, before the
+   * step reads its tokens). The step that sampled it ran just before, on this thread.
+   */
+  resolveFeedback(plan: StepPlan): void {
+    let at = 0
+    for (let e = 0; e < plan.numTokens.length; e++) {
+      if (plan.tokenIds[at] === FEEDBACK_TOKEN) {
+        const token = this.lastTokens.get(plan.seqIds[e]!)
+        if (token === undefined) throw new Error(`decode ahead: sequence ${plan.seqIds[e]} has no sampled token to continue from`)
+        plan.tokenIds[at] = token
+      }
+      at += plan.numTokens[e]!
     }
   }
 
@@ -228,6 +252,7 @@ export class StepOutputs {
   }
 
   result(runMs: number): StepResult {
+    this.table.noteSampled(this.plan, this.tokens)
     const logprobs = this.packLogprobs()
     const withLogprobs = logprobs === undefined ? {} : { logprobs }
     if (this.logitsByEntry.size === 0) return { tokens: this.tokens, ...withLogprobs, runMs, sampleMs: this.sampleMs }

@@ -1,8 +1,9 @@
 /**
  * A shard actor: a supervised fiber draining a bounded mailbox, and one piscina pool of exactly one worker thread
- * that owns the shard's ORT session and KV cache. Callers `step` by posting a message and awaiting its reply, so
- * the worker sees one step at a time in mailbox order (with micro-batches in flight, the engine's steps queue here
- * and run one after the other; each answer says when the worker was busy with it). The shard's lifecycle machine (`ShardLifecycle.ts`) decides
+ * that owns the shard's ORT session and KV cache. Callers `step` by posting a message and awaiting its reply; the
+ * worker runs one step at a time in mailbox order, and the next is posted to it while it runs one (with
+ * micro-batches or decode-ahead steps in flight, the engine's steps queue here and run back to back; each answer
+ * says when the worker was busy with it). The shard's lifecycle machine (`ShardLifecycle.ts`) decides
  * what may run: messages are delivered only while it is `ready`; a worker thread that dies (crash, out of memory)
  * fails its message with a GenerationError and tells the machine, which brings up a fresh thread with the same load
  * after a backoff, or gives up after too many crashes.
@@ -10,7 +11,7 @@
  * The pool is closed with `close()` (never `destroy()`): terminating a worker while ORT is inside `run` aborts the
  * whole process (stack-notes §3).
  */
-import { Deferred, Effect, FiberSet, Queue, Ref, Scope } from "effect"
+import { Deferred, Effect, FiberSet, Queue, Ref, Scope, Semaphore } from "effect"
 import { Piscina } from "piscina"
 import { fromPromise } from "xstate"
 import { GenerationError } from "../Errors.ts"
@@ -75,6 +76,9 @@ const refusal = (status: ShardStatus) => {
   }
 }
 
+/** Tasks posted to the worker at once: the one it runs and the next, waiting in its port. */
+const kTasksPosted = 2
+
 const openPool = (workerUrl: URL, index: number) =>
   new Piscina({
     filename: workerUrl.href,
@@ -82,7 +86,8 @@ const openPool = (workerUrl: URL, index: number) =>
     maxThreads: 1,
     // An idle worker must never be reaped: it holds the model.
     idleTimeout: Number.POSITIVE_INFINITY,
-    concurrentTasksPerWorker: 1,
+    // The worker's tasks are synchronous, so it still runs them one at a time, in the order posted.
+    concurrentTasksPerWorker: kTasksPosted,
     workerData: { shard: index }
   })
 
@@ -139,30 +144,47 @@ export const makeShardActor = (
     /** A task that failed because the thread itself exited (not an error thrown inside the worker). */
     const threadExited = (cause: unknown) => /exit|terminat/i.test(messageOf(cause))
 
-    // The mailbox: one fiber, scoped to the actor, delivers messages to the worker one at a time.
+    // The mailbox: one fiber, scoped to the actor, posts messages to the worker in order. The worker runs them one at
+    // a time; the next may be posted while it runs one (two tasks a worker in piscina), so that a decode-ahead step
+    // starts when the step before it ends instead of after a round trip through this thread.
     const mailbox = yield* Queue.bounded<Envelope>(64)
+    const posted = yield* Semaphore.make(kTasksPosted)
+    const answers = yield* FiberSet.make()
+    let lastEndedAt = 0
     yield* Effect.forkScoped(
       Effect.forever(
         Effect.gen(function*() {
           const { name, task, reply } = yield* Queue.take(mailbox)
+          yield* posted.take(1)
           const status = lifecycle.status()
           if (status.state !== "ready") {
+            yield* posted.release(1)
             yield* Deferred.fail(reply, new GenerationError({ message: refusal(status) }))
             return
           }
           const p = yield* Ref.get(pool)
-          // The worker runs one task at a time, only this mailbox's: from here to its answer it is busy with this one.
-          const startedAt = performance.now()
-          const exit = yield* Effect.exit(
+          const postedAt = performance.now()
+          const running = p.run(task, { name })
+          yield* FiberSet.run(
+            answers,
             Effect.tryPromise({
-              try: () => p.run(task, { name }),
+              try: () => running,
               catch: (cause) => {
                 if (threadExited(cause)) lifecycle.lost(messageOf(cause))
                 return failure(index, name)(cause)
               }
-            }).pipe(Effect.map((result) => (name === "step" ? { result, startedAt, endedAt: performance.now() } : result)))
+            }).pipe(
+              Effect.map((result) => {
+                // Busy with this task from when it was posted or, behind another, when that one's answer came.
+                const startedAt = Math.max(postedAt, lastEndedAt)
+                lastEndedAt = performance.now()
+                return name === "step" ? { result, startedAt, endedAt: lastEndedAt } : result
+              }),
+              Effect.exit,
+              Effect.flatMap((exit) => Deferred.done(reply, exit)),
+              Effect.ensuring(posted.release(1))
+            )
           )
-          yield* Deferred.done(reply, exit)
         })
       )
     )

@@ -112,12 +112,32 @@ const packHidden = (cfg: ShardLoad, plan: StepPlan, parts: ReadonlyArray<[EntryG
   return out
 }
 
-export async function step(plan: StepPlan): Promise<StepResult> {
+/**
+ * The worker's tasks one after another: the shard actor posts the next task while one runs (so that a decode-ahead
+ * step starts as this one ends), and a step here awaits onnxruntime-node's `run`, during which the next message
+ * would otherwise start.
+ */
+let busy: Promise<unknown> = Promise.resolve()
+const inTurn = <A>(task: () => Promise<A>): Promise<A> => {
+  const run = busy.then(task, task)
+  busy = run.catch(() => undefined)
+  return run
+}
+
+export function step(plan: StepPlan): Promise<StepResult> {
+  return inTurn(() => runStep(plan))
+}
+
+const runStep = async (plan: StepPlan): Promise<StepResult> => {
   const s = state
   if (s === undefined) throw new Error("shard worker used before load")
   const { load: cfg } = s
   // Register new samplers first: whether this step needs full logits depends on every sampled entry's parameters.
-  if (cfg.isLast) s.samplers.register(plan.newSequences)
+  if (cfg.isLast) {
+    s.samplers.register(plan.newSequences)
+    // Decode ahead: the tokens this thread sampled in the step before, where the plan could not know them yet.
+    s.samplers.resolveFeedback(plan)
+  }
   const greedyOnly = cfg.isLast && s.samplers.greedyOnly(plan)
   // Structured output at temperature 0: the grammar masks go into the graph, its masked ArgMax comes out (no logits).
   const graphMasked = !greedyOnly && s.maskInGraph && s.samplers.graphMasked(plan)
@@ -185,14 +205,14 @@ export async function step(plan: StepPlan): Promise<StepResult> {
 }
 
 /** Forgets the samplers of sequences that left (their blocks are simply reused). */
-export async function release(seqIds: ReadonlyArray<number>): Promise<void> {
-  state?.samplers.release(seqIds)
+export function release(seqIds: ReadonlyArray<number>): Promise<void> {
+  return inTurn(async () => state?.samplers.release(seqIds))
 }
 
 /**
  * Fault injection: ends this worker thread abruptly, as a native crash or an out-of-memory kill would, between two
  * steps (never inside ORT's `run`, which would take the whole process down). Used by fault tests and chaos drills.
  */
-export function crash(): never {
-  process.exit(1)
+export function crash(): Promise<never> {
+  return inTurn(async () => process.exit(1))
 }

@@ -143,6 +143,13 @@ export interface NewSequence {
 }
 
 /**
+ * A plan's token id that stands for the token its sequence's previous step sampled (decode ahead: the engine handed
+ * this step out before that token came back). The last shard, which sampled it, puts it in (`SamplerTable`); only
+ * plans for a model of one shard carry it.
+ */
+export const FEEDBACK_TOKEN = -1
+
+/**
  * One forward pass over a packed batch (vLLM v1's one rule): each entry is a sequence that appends `numTokens` tokens
  * after the `pastLens` tokens already cached — 1 for a decoding sequence, a prompt chunk for a prefilling one — and
  * every entry's tokens sit back to back in `tokenIds` (or `hidden`). Entries that complete their known tokens sample

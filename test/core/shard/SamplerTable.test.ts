@@ -1,9 +1,10 @@
 // Logprobs in the last shard: the log-softmax of the raw logits at the sampled token and the top alternatives,
 // packed per sample entry in the StepResult; a sequence asking for them is never served from the graph's ArgMax.
+// Decode ahead: a plan's feedback ids become the tokens the step before sampled.
 import { describe, expect, it } from "vitest"
 import { greedy } from "../../../src/core/sampling/SamplingParams.ts"
 import { SamplerTable, StepOutputs, tokenLogprobs } from "../../../src/core/shard/SamplerTable.ts"
-import type { NewSequence, StepPlan } from "../../../src/core/shard/StepProtocol.ts"
+import { FEEDBACK_TOKEN, type NewSequence, type StepPlan } from "../../../src/core/shard/StepProtocol.ts"
 
 /** Reference: float64 log-softmax, ids sorted by logit descending (ties by id). */
 const reference = (row: ReadonlyArray<number>) => {
@@ -88,5 +89,29 @@ describe("SamplerTable and StepOutputs with logprobs", () => {
     const outs = new StepOutputs(p, table)
     outs.logits(Int32Array.of(0), Int32Array.of(1), new Float32Array(vocab), vocab)
     expect(outs.result(0).logprobs).toBeUndefined()
+  })
+})
+
+describe("decode ahead in the last shard", () => {
+  it("a plan's FEEDBACK_TOKEN becomes the token its sequence sampled in the step before; released sequences have none", () => {
+    const table = new SamplerTable()
+    const first = plan([4, 9], [4, 9].map((seqId) => ({ seqId, params: greedy, promptTokenIds: Int32Array.of(1) })))
+    table.register(first.newSequences)
+    const outs = new StepOutputs(first, table)
+    outs.greedy(Int32Array.of(0, 1), BigInt64Array.of(17n, 23n))
+    expect(Array.from(outs.result(0).tokens!)).toEqual([17, 23])
+    // The step ahead: sequence 9 first, then 4; a prompt token that is not feedback stays as it is.
+    const ahead = plan([9, 4], [])
+    ahead.tokenIds.set([FEEDBACK_TOKEN, FEEDBACK_TOKEN])
+    table.resolveFeedback(ahead)
+    expect(Array.from(ahead.tokenIds)).toEqual([23, 17])
+    const known = plan([4], [])
+    known.tokenIds[0] = 5
+    table.resolveFeedback(known)
+    expect(known.tokenIds[0]).toBe(5)
+    table.release([4])
+    const gone = plan([4], [])
+    gone.tokenIds[0] = FEEDBACK_TOKEN
+    expect(() => table.resolveFeedback(gone)).toThrow("decode ahead: sequence 4 has no sampled token to continue from")
   })
 })
