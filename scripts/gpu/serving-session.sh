@@ -37,6 +37,8 @@
 #   PHASE=H OUT=$OUT bash scripts/gpu/serving-session.sh   # chorus.Linear (one resident wave) and the one-launch
 #                                                          # decode attention: probes, device tests, 8B served
 #   PHASE=B OUT=$OUT bash scripts/gpu/serving-session.sh   # bench:gpu with ORT's kernels and with Chorus's
+#   PHASE=D OUT=$OUT bash scripts/gpu/serving-session.sh   # decode ahead (CHORUS_DECODE_AHEAD=1 / 0): device tests,
+#                                                          # step overhead and the 8B served, alternating; bench:gpu
 #   PHASE=O OUT=$OUT bash scripts/gpu/serving-session.sh   # a one-stream decode step's time outside ORT's run, and
 #                                                          # V8 CPU profiles of it (native/probes/step-overhead.ts)
 #   PHASE=U OUT=$OUT bash scripts/gpu/serving-session.sh   # the SwiGLU fold into chorus.Linear (CHORUS_FOLD_SWIGLU):
@@ -61,7 +63,7 @@ FINAL_OUT="$OUT"
 OUT="${RES:-/tmp/chorus-results-$PHASE}"
 rm -rf "$OUT"
 trap 'tar czf "$FINAL_OUT/$PHASE.tgz" -C "$OUT" . 2>/dev/null; cp -f "$OUT/log-$PHASE" "$FINAL_OUT/" 2>/dev/null' EXIT
-: "${PHASE:?PHASE must be S, Q1, Q2, Q3, V, F, X, I, M, K, C, N, W, A, AN, G, H, B, U or O}"
+: "${PHASE:?PHASE must be S, Q1, Q2, Q3, V, F, X, I, M, K, C, N, W, A, AN, G, H, B, U, O or D}"
 source "$(dirname "${BASH_SOURCE[0]}")/phase-env.sh"
 CKPT="$BENCH_DIR/llama3-8b-random"
 mkdir -p "$OUT" "$BENCH_DIR"
@@ -486,6 +488,30 @@ if [[ "$PHASE" == O ]]; then
   fi
   exit 0
 fi
+if [[ "$PHASE" == D ]]; then
+  # Decode ahead (the default since 2026-12-02; CHORUS_DECODE_AHEAD=0 turns it off), first run on a GPU: the device
+  # tests with CUDA graphs (PagedShard, DeviceParity's rows-under-load and chunked cases, chorus.Linear), then
+  # native/probes/step-overhead.ts and the 8B served with it and without, alternating (D_RUNS, default "1 0 1 0"),
+  # then bench:gpu with it, while time is left.
+  cuda_ops_setup
+  say "device tests with decode ahead (CUDA graphs on)"
+  CUDA_TEST_CMD="CHORUS_TEST_DEVICE=cuda CHORUS_TEST_CUDA_GRAPHS=1 node_modules/node/bin/node node_modules/vitest/vitest.mjs run --config vitest.device.config.ts test/device/PagedShard.test.ts test/device/DeviceParity.test.ts" \
+    STAGES="parity" DEADLINE_S=200 PARITY_TIMEOUT_S=190 OUT="$OUT/run-all-ahead" bash scripts/gpu/run-all.sh >/dev/null 2>&1
+  say "device tests exit $?"; grep -E "Test Files|Tests |×|Error" "$OUT/run-all-ahead/log" | head -20
+  ensure_weights
+  for ahead in ${D_RUNS:-1 0 1 0}; do
+    (( $(left) > 100 )) || { say "no time left for CHORUS_DECODE_AHEAD=$ahead"; continue; }
+    say "CHORUS_DECODE_AHEAD=$ahead: step overhead, one stream, then served"
+    CHORUS_DECODE_AHEAD=$ahead ORT_ENABLE_XQA=1 timeout 100 "$NODE" native/probes/step-overhead.ts --model "$CKPT" --device cuda:0 --dtype float16 --cuda-graphs --tokens 256 2>&1 | grep -v INFO | tail -3
+    CHORUS_DECODE_AHEAD=$ahead serve_8b "served-ahead-$ahead-$((++n))"
+  done
+  if (( $(left) > 80 )); then
+    say "bench:gpu (Chorus alone, decode ahead)"
+    CHORUS_CUDA_GRAPHS=1 STAGES="chorus" DEADLINE_S=$(($(left) - 10)) OUT="$OUT/bench-ahead" bash scripts/gpu/run-all.sh --batches 1,64 --int4 none > /dev/null 2>&1
+    say "exit $?"; head -8 "$OUT/bench-ahead/bench/bench-gpu.md" 2>/dev/null
+  fi
+  exit 0
+fi
 if [[ "$PHASE" == W ]]; then
   # Why chorus.Int4Linear is slow at one row: the probe over W_PROBE, then warp-stall reasons and instruction counts
   # (ncu raw metrics) of one kernel per variant at M 1, and the SASS of the one-row kernels where cuobjdump is found.
@@ -521,5 +547,5 @@ if [[ "$PHASE" == V ]]; then
   say "sweep exit $?"; grep -m2 -E "illegal|disabled" "$OUT/server/server.log" | cut -c1-250
   exit 0
 fi
-echo "PHASE must be S, Q1, Q2, Q3, V, F, X, I, M, K, C, N, W, A, AN, G, H, B, U or O" >&2
+echo "PHASE must be S, Q1, Q2, Q3, V, F, X, I, M, K, C, N, W, A, AN, G, H, B, U, O or D" >&2
 exit 2

@@ -310,21 +310,24 @@ export class Scheduler {
    * Decode ahead (vLLM's async scheduling): the step after `prev`, handed out while `prev` is still on the shards.
    * Each sequence of `prev` decodes one more position, whose token is the one `prev` samples for it: the last shard
    * puts it in (`ScheduledEntry.feedback`), so the shard goes from `prev` to this step without a round trip through
-   * the engine. Only when nothing waits (new sequences would otherwise run in a step of their own), when every entry
-   * of `prev` samples, and for sequences that may go on after their pending token (under their max tokens and the
-   * context, no grammar, not already ahead); the pending token may still be a stop token, and the extra token is
-   * then dropped by `update()`. Nothing is preempted: undefined when no sequence qualifies or the pool is full.
+   * the engine. All or nothing, so that no sequence waits behind a chain of steps ahead: only when nothing waits,
+   * every running sequence is in `prev` and every entry of `prev` samples, none is under a grammar and the pool has
+   * room for each (nothing is preempted). A sequence whose pending token is its last (max tokens, the context) or
+   * that is leaving sits it out; a pending token may still be a stop token, and `update()` then drops the extra one.
    */
   scheduleAhead(prev: SchedulerOutput): SchedulerOutput | undefined {
     if (this.waiting.length > 0 || prev.entries.length === 0 || !prev.entries.every((e) => e.samples)) return undefined
+    const inPrev = new Set(prev.entries.map((e) => e.sequence))
+    if (this.running.some((s) => !s.dropped && !inPrev.has(s))) return undefined
     const entries: Array<ScheduledEntry> = []
     for (const e of prev.entries) {
       const s = e.sequence
-      if (s.status !== "running" || s.dropped || s.stepsInFlight !== 1 || s.request.sampling.grammar !== undefined) continue
+      if (s.status !== "running" || s.dropped) continue
+      if (s.stepsInFlight !== 1 || s.request.sampling.grammar !== undefined) return undefined
       // After `prev`, the cache holds `start` tokens and the pending token is output number outputTokenIds.length + 1.
       const start = e.start + e.numTokens
       if (s.outputTokenIds.length + 2 > s.request.maxTokens || start + 2 > this.config.contextLength) continue
-      if (!this.kv.allocate(s, start, 1)) continue
+      if (!this.kv.allocate(s, start, 1)) return undefined
       entries.push({ sequence: s, start, numTokens: 1, samples: true, isNew: false, returnLogits: 0, blockIds: this.kv.blockIds(s), feedback: true })
     }
     if (entries.length === 0) return undefined

@@ -157,9 +157,19 @@ describe("Scheduler", () => {
     step(limits)
     expect(shape(limits.scheduleAhead(limits.schedule())!)).toEqual([[near.id, 12, 1, true]])
 
+    // All or nothing: a sequence under a grammar, or one the step's token budget left out, would wait behind the chain.
     const g = make()
+    g.add(request([1, 2]))
     g.add(request([1, 2], { sampling: { ...greedy, grammar: { kind: "json" } } }))
     expect(g.scheduleAhead(g.schedule())).toBeUndefined()
+    const tight = make({ maxNumBatchedTokens: 1 })
+    tight.add(request([1]))
+    tight.add(request([2]))
+    step(tight)
+    step(tight)
+    const one = tight.schedule()
+    expect(one.entries).toHaveLength(1)
+    expect(tight.scheduleAhead(one)).toBeUndefined()
   })
 
   it("decode ahead: a stop on the pending token keeps the sequence's blocks until the step ahead is back, then drops its token", () => {

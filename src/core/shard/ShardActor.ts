@@ -170,8 +170,10 @@ export const makeShardActor = (
             Effect.tryPromise({
               try: () => running,
               catch: (cause) => {
-                if (threadExited(cause)) lifecycle.lost(messageOf(cause))
-                return failure(index, name)(cause)
+                if (!threadExited(cause)) return failure(index, name)(cause)
+                // The task the thread died in, or one posted behind it: either way the shard's worker is gone.
+                lifecycle.lost(messageOf(cause))
+                return new GenerationError({ message: refusal(lifecycle.status()) })
               }
             }).pipe(
               Effect.map((result) => {

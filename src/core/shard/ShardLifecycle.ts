@@ -156,7 +156,10 @@ export const startShardLifecycle = (
     state: () => actor.getSnapshot().value as ShardState,
     status: () => statusOf(actor.getSnapshot()),
     lost: (error) => {
-      if (actor.getSnapshot().status === "active") actor.send({ type: "LOST", error })
+      // Only a ready worker can be lost: the tasks that were posted to a thread behind the one it died in report the
+      // same death, which the machine is already handling.
+      const snapshot = actor.getSnapshot()
+      if (snapshot.status === "active" && snapshot.value === "ready") actor.send({ type: "LOST", error })
     },
     watch: (listener) => {
       listener(statusOf(actor.getSnapshot()))
