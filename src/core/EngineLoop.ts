@@ -230,7 +230,7 @@ export const makeEngineLoop = (options: {
     let lastHandedAt = 0
     let handOffs = 0
 
-    /** The steps on the shards, oldest first (at most `depth`). */
+    /** The steps on the shards, oldest first (at most `depth`, or two with decode ahead). */
     interface InFlight {
       readonly out: SchedulerOutput
       readonly fiber: Fiber.Fiber<{ result: StepResult; runMs: number; startedAt: number; answeredAt: number }, GenerationError>
@@ -331,6 +331,19 @@ export const makeEngineLoop = (options: {
       }
     })
 
+    /** Puts a scheduled step on the shards (a fiber that walks them in order). */
+    const launch = (out: SchedulerOutput, isAhead: boolean) =>
+      Effect.gen(function*() {
+        const handedAt = performance.now()
+        // Idle before it, or handed out behind another step with no answer in between: no loop overhead.
+        const betweenMs = lastAnswerAt === 0 || lastAnswerAt < lastHandedAt ? 0 : handedAt - lastAnswerAt
+        lastHandedAt = handedAt
+        // Started at once: the step is in shard 0's mailbox before the next is handed out (hand-off order per shard).
+        const fiber = yield* Effect.forkChild(runPlan(planOf(out), handOffs++), { startImmediately: true })
+        inFlight.push({ out, fiber, handedAt, betweenMs, ahead: isAhead })
+        stats.maxStepsInFlight = Math.max(stats.maxStepsInFlight, inFlight.length)
+      })
+
     /** Hands out the scheduler's next step, if it has one; true when it did. */
     const handOut = Effect.gen(function*() {
       const out = scheduler.schedule()
@@ -356,18 +369,6 @@ export const makeEngineLoop = (options: {
       yield* launch(out, true)
       return true
     })
-
-    const launch = (out: SchedulerOutput, isAhead: boolean) =>
-      Effect.gen(function*() {
-        const handedAt = performance.now()
-        // Idle before it, or handed out behind another step with no answer in between: no loop overhead.
-        const betweenMs = lastAnswerAt === 0 || lastAnswerAt < lastHandedAt ? 0 : handedAt - lastAnswerAt
-        lastHandedAt = handedAt
-        // Started at once: the step is in shard 0's mailbox before the next is handed out (hand-off order per shard).
-        const fiber = yield* Effect.forkChild(runPlan(planOf(out), handOffs++), { startImmediately: true })
-        inFlight.push({ out, fiber, handedAt, betweenMs, ahead: isAhead })
-        stats.maxStepsInFlight = Math.max(stats.maxStepsInFlight, inFlight.length)
-      })
 
     /** A step failed: wait for the others on the shards to end (their results are dropped), then recover. */
     const abandon = (error: GenerationError) =>

@@ -8,7 +8,9 @@
  * step has not come back through `update()` (it is "in flight"), and never preempts or frees one; a dropped sequence
  * in flight is freed by the first `collectDropped()` after its step returned. Each step takes at most
  * ceil(min(running + waiting, maxNumSeqs) / D) sequences, so D steps share the sequences out between them; a step's
- * sequences come back together, and their next step is scheduled while the others are still on the shards.
+ * sequences come back together, and their next step is scheduled while the others are still on the shards. The one
+ * exception is decode ahead (`scheduleAhead`, one shard): the step after a decode step, over the same sequences, with
+ * the tokens that step samples filled in by the shard.
  *
  * One rule, no phases: a sequence has tokens (prompt, then generated) and `numComputedTokens` of them have keys and
  * values in its KV blocks. Each step gives every running sequence the tokens it lacks — one for a decoding sequence,
