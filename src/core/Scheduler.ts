@@ -312,13 +312,15 @@ export class Scheduler {
    * Decode ahead (vLLM's async scheduling): the step after `prev`, handed out while `prev` is still on the shards.
    * Each sequence of `prev` decodes one more position, whose token is the one `prev` samples for it: the last shard
    * puts it in (`ScheduledEntry.feedback`), so the shard goes from `prev` to this step without a round trip through
-   * the engine. All or nothing, so that no sequence waits behind a chain of steps ahead: only when nothing waits,
-   * every running sequence is in `prev` and every entry of `prev` samples, none is under a grammar and the pool has
-   * room for each (nothing is preempted). A sequence whose pending token is its last (max tokens, the context) or
+   * the engine. All or nothing, so that no sequence waits behind a chain of steps ahead: only when nothing waits for
+   * a free seat, every running sequence is in `prev` and every entry of `prev` samples, none is under a grammar and
+   * the pool has room for each (nothing is preempted). A sequence whose pending token is its last (max tokens, the context) or
    * that is leaving sits it out; a pending token may still be a stop token, and `update()` then drops the extra one.
    */
   scheduleAhead(prev: SchedulerOutput): SchedulerOutput | undefined {
-    if (this.waiting.length > 0 || prev.entries.length === 0 || !prev.entries.every((e) => e.samples)) return undefined
+    // A waiting sequence with a free seat goes into the next regular step; with every seat taken it waits either way.
+    const admissible = this.waiting.length > 0 && this.running.length < this.config.maxNumSeqs
+    if (admissible || prev.entries.length === 0 || !prev.entries.every((e) => e.samples)) return undefined
     const inPrev = new Set(prev.entries.map((e) => e.sequence))
     if (this.running.some((s) => !s.dropped && !inPrev.has(s))) return undefined
     const entries: Array<ScheduledEntry> = []

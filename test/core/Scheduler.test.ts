@@ -138,7 +138,7 @@ describe("Scheduler", () => {
     expect(shape(s.schedule())).toEqual([[a.id, 12, 1, true], [b.id, 8, 1, true]])
   })
 
-  it("decode ahead waits for new sequences and prompts in progress, and stops short of max tokens, the context and grammars", () => {
+  it("decode ahead waits for new sequences with a free seat and for prompts in progress, and stops short of max tokens, the context and grammars", () => {
     const s = make({ maxNumBatchedTokens: 8 })
     const a = s.add(request(range(0, 4)))
     const first = s.schedule()
@@ -156,6 +156,14 @@ describe("Scheduler", () => {
     const near = limits.add(request(range(60, 11), { ignoreEos: true }))
     step(limits)
     expect(shape(limits.scheduleAhead(limits.schedule())!)).toEqual([[near.id, 12, 1, true]])
+
+    // With every seat taken, a waiting sequence waits either way: the chain goes on.
+    const full = make({ maxNumSeqs: 2 })
+    full.add(request([1]))
+    full.add(request([2]))
+    step(full)
+    full.add(request([3]))
+    expect(full.scheduleAhead(full.schedule())?.entries).toHaveLength(2)
 
     // All or nothing: a sequence under a grammar, or one the step's token budget left out, would wait behind the chain.
     const g = make()
