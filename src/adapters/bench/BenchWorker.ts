@@ -117,6 +117,9 @@ export async function load(task: BenchShardLoad): Promise<ShardLoadResult> {
 }
 
 export async function step(plan: StepPlan): Promise<StepResult> {
+  // As in DeviceShardWorker: a task posted behind another is taken in the same turn; yielding lets the one before
+  // be answered first.
+  await undefined
   const s = state
   if (s === undefined) throw new Error("bench worker used before load")
   const cfg = s.load

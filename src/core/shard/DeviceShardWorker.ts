@@ -659,6 +659,10 @@ const rowStep = (s: RowShard, plan: StepPlan): StepResult => {
 // ------------------------------------------------------------------------------------------------ entry points
 
 export async function step(plan: StepPlan): Promise<StepResult> {
+  // The step before this one may still be unanswered: piscina takes a second posted task in the same turn as the
+  // first, and answers the first only after this handler yields. Yield first, so that its answer goes out now and
+  // the engine can post the next step while this one runs.
+  await undefined
   const s = shard
   if (s === undefined) throw new Error("shard worker used before load")
   // Decode ahead: the tokens this thread sampled in the step before, where the plan could not know them yet.
