@@ -9,6 +9,7 @@
  * fixed list of ordinary English words, one token per position. None of them is a stop token, so benchmarks set
  * their length with max tokens.
  */
+import { inTurn } from "../../core/shard/InTurn.ts"
 import { planTokens, type ShardLoad, type ShardLoadResult, type StepPlan, type StepResult } from "../../core/shard/StepProtocol.ts"
 
 /** What the bench adapter's shard specs carry beyond `ShardLoad`: this shard's share of the simulated step time. */
@@ -116,10 +117,11 @@ export async function load(task: BenchShardLoad): Promise<ShardLoadResult> {
   return { kvBytes: 0, loadMs: performance.now() - started, layout: "blocks", numBlocks: task.numBlocks }
 }
 
-export async function step(plan: StepPlan): Promise<StepResult> {
-  // As in DeviceShardWorker: a task posted behind another is taken in the same turn; yielding lets the one before
-  // be answered first.
-  await undefined
+export function step(plan: StepPlan): Promise<StepResult> {
+  return inTurn(() => runStep(plan))
+}
+
+const runStep = (plan: StepPlan): StepResult => {
   const s = state
   if (s === undefined) throw new Error("bench worker used before load")
   const cfg = s.load
@@ -172,11 +174,13 @@ export async function step(plan: StepPlan): Promise<StepResult> {
 }
 
 /** Forgets the seeds of sequences that finished. */
-export async function release(seqIds: ReadonlyArray<number>): Promise<void> {
-  for (const id of seqIds) state?.seeds.delete(id), state?.logprobs.delete(id)
+export function release(seqIds: ReadonlyArray<number>): Promise<void> {
+  return inTurn(() => {
+    for (const id of seqIds) state?.seeds.delete(id), state?.logprobs.delete(id)
+  })
 }
 
 /** Fault injection: ends this worker thread abruptly (in a worker thread `process.exit` ends only the thread). */
-export async function crash(): Promise<never> {
-  process.exit(1)
+export function crash(): Promise<never> {
+  return inTurn(() => process.exit(1))
 }

@@ -89,6 +89,7 @@ const foldSwiglu = (graph: onnxProto.onnx.IGraphProto, nodes: ReadonlyArray<Node
   const plain = (n: Node | undefined, op: string): n is Node => n !== undefined && n.opType === op && (n.domain ?? "") === ""
   const int64s = new Map((graph.initializer ?? []).map((t) => [t.name ?? "", (t.int64Data ?? []).map((v) => Number(v))]))
   const weightRows = new Map((graph.initializer ?? []).map((t) => [t.name ?? "", Number(t.dims?.[0] ?? -1)]))
+  const equalHalves = (sizes: ReadonlyArray<number> | undefined, k: number | undefined) => sizes?.length === 2 && sizes[0] === k && sizes[1] === k
   const removed = new Set<Node>()
   let folds = 0
   for (const linear of nodes) {
@@ -118,7 +119,7 @@ const foldSwiglu = (graph: onnxProto.onnx.IGraphProto, nodes: ReadonlyArray<Node
     const k = weightRows.get(weight)
     if (
       split.output?.length !== 2 || split.output[0] !== silu.gate || split.output[1] !== up || axis === undefined || Number(axis.i) !== -1 ||
-      k === undefined || JSON.stringify(int64s.get(sizes)) !== JSON.stringify([k, k]) || !readOnlyBy(x, 1)
+      !equalHalves(int64s.get(sizes), k) || !readOnlyBy(x, 1)
     ) continue
     for (const n of [split, silu.sigmoid, silu.mul, product]) removed.add(n)
     linear.input = [x, weight]

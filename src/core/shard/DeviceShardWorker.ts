@@ -20,6 +20,7 @@
  */
 import { chorusOpsChoice, cudaOpsLibrary, cudaOpsLibraryPath, rewriteForChorusOps } from "../native/CudaOps.ts"
 import { type BoundRun, type DeviceTensor, type HostTensor, NativeOrt, type NativeSession } from "../native/NativeOrt.ts"
+import { inTurn } from "./InTurn.ts"
 import { pagedInputs } from "./PagedInputs.ts"
 import { SamplerTable, StepOutputs } from "./SamplerTable.ts"
 import { entryGroups, groupInputs, maskInputs, tokenOffsets } from "./StepInputs.ts"
@@ -658,16 +659,14 @@ const rowStep = (s: RowShard, plan: StepPlan): StepResult => {
 
 // ------------------------------------------------------------------------------------------------ entry points
 
-export async function step(plan: StepPlan): Promise<StepResult> {
-  // The step before this one may still be unanswered: piscina takes a second posted task in the same turn as the
-  // first, and answers the first only after this handler yields. Yield first, so that its answer goes out now and
-  // the engine can post the next step while this one runs.
-  await undefined
-  const s = shard
-  if (s === undefined) throw new Error("shard worker used before load")
-  // Decode ahead: the tokens this thread sampled in the step before, where the plan could not know them yet.
-  if (s.load.isLast) s.samplers.resolveFeedback(plan)
-  return s.layout === "blocks" ? blockStep(s, plan) : rowStep(s, plan)
+export function step(plan: StepPlan): Promise<StepResult> {
+  return inTurn(() => {
+    const s = shard
+    if (s === undefined) throw new Error("shard worker used before load")
+    // Decode ahead: the tokens this thread sampled in the step before, where the plan could not know them yet.
+    if (s.load.isLast) s.samplers.resolveFeedback(plan)
+    return s.layout === "blocks" ? blockStep(s, plan) : rowStep(s, plan)
+  })
 }
 
 /**
@@ -677,21 +676,23 @@ export async function step(plan: StepPlan): Promise<StepResult> {
  * replay, a freed row's length goes back to 0, as in every measured graph run before row reuse existed: a free row
  * then costs its decode step one position of attention.
  */
-export async function release(seqIds: ReadonlyArray<number>): Promise<void> {
-  const s = shard
-  if (s === undefined) return
-  s.samplers.release(seqIds)
-  if (s.layout === "rows") {
-    const gone = new Set(seqIds)
-    for (let r = 0; r < s.rowSeq.length; r++) {
-      if (!gone.has(s.rowSeq[r]!)) continue
-      s.rowSeq[r] = -1
-      if (!s.rowReuse) s.rowLen[r] = 0
+export function release(seqIds: ReadonlyArray<number>): Promise<void> {
+  return inTurn(() => {
+    const s = shard
+    if (s === undefined) return
+    s.samplers.release(seqIds)
+    if (s.layout === "rows") {
+      const gone = new Set(seqIds)
+      for (let r = 0; r < s.rowSeq.length; r++) {
+        if (!gone.has(s.rowSeq[r]!)) continue
+        s.rowSeq[r] = -1
+        if (!s.rowReuse) s.rowLen[r] = 0
+      }
     }
-  }
+  })
 }
 
 /** Fault injection, as in the CPU worker: the thread ends between two steps. */
-export function crash(): never {
-  process.exit(1)
+export function crash(): Promise<never> {
+  return inTurn(() => process.exit(1))
 }

@@ -12,6 +12,7 @@
  * logits stay here, only token ids go back.
  */
 import { ort } from "../../onnx/OrtFloat16Fix.ts"
+import { inTurn } from "./InTurn.ts"
 import { SamplerTable, StepOutputs } from "./SamplerTable.ts"
 import { type EntryGroup, entryGroups, groupInputs, tokenOffsets } from "./StepInputs.ts"
 import type { ShardLoad, ShardLoadResult, StepPlan, StepResult } from "./StepProtocol.ts"
@@ -110,18 +111,6 @@ const packHidden = (cfg: ShardLoad, plan: StepPlan, parts: ReadonlyArray<[EntryG
     }
   }
   return out
-}
-
-/**
- * The worker's tasks one after another: the shard actor posts the next task while one runs (so that a decode-ahead
- * step starts as this one ends), and a step here awaits onnxruntime-node's `run`, during which the next message
- * would otherwise start.
- */
-let busy: Promise<unknown> = Promise.resolve()
-const inTurn = <A>(task: () => Promise<A>): Promise<A> => {
-  const run = busy.then(task, task)
-  busy = run.catch(() => undefined)
-  return run
 }
 
 export function step(plan: StepPlan): Promise<StepResult> {
