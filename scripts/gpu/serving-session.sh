@@ -489,27 +489,25 @@ if [[ "$PHASE" == O ]]; then
   exit 0
 fi
 if [[ "$PHASE" == D ]]; then
-  # Decode ahead (the default since 2026-12-02; CHORUS_DECODE_AHEAD=0 turns it off), first run on a GPU: the device
-  # tests with CUDA graphs (PagedShard and DeviceParity; DeviceParity's server-load case again with
-  # CHORUS_MIXED_STEP_GRAPHS=1), then native/probes/step-overhead.ts and the 8B served with decode ahead, without,
-  # and with the mixed-step graphs too, alternating (D_RUNS), then bench:gpu with it, while time is left.
+  # Decode ahead (the default since 2026-12-02; CHORUS_DECODE_AHEAD=0 turns it off): the device tests with CUDA graphs
+  # (PagedShard and DeviceParity; D_SKIP_TESTS=1 skips them), then native/probes/step-overhead.ts and the 8B served
+  # with decode ahead and without, alternating (D_RUNS), then bench:gpu with it, while time is left.
   cuda_ops_setup
-  say "device tests with decode ahead (CUDA graphs on)"
-  CUDA_TEST_CMD="CHORUS_TEST_DEVICE=cuda CHORUS_TEST_CUDA_GRAPHS=1 node_modules/node/bin/node node_modules/vitest/vitest.mjs run --config vitest.device.config.ts test/device/PagedShard.test.ts test/device/DeviceParity.test.ts" \
-    STAGES="parity" DEADLINE_S=200 PARITY_TIMEOUT_S=190 OUT="$OUT/run-all-ahead" bash scripts/gpu/run-all.sh >/dev/null 2>&1
-  say "device tests exit $?"; grep -E "Test Files|Tests |×|Error" "$OUT/run-all-ahead/log" | head -20
-  say "device test: rows under a server's load with CHORUS_MIXED_STEP_GRAPHS=1 (decode groups of mixed steps from the graph)"
-  CUDA_TEST_CMD="CHORUS_MIXED_STEP_GRAPHS=1 CHORUS_TEST_DEVICE=cuda CHORUS_TEST_CUDA_GRAPHS=1 node_modules/node/bin/node node_modules/vitest/vitest.mjs run --config vitest.device.config.ts test/device/DeviceParity.test.ts -t pattern" \
-    STAGES="parity" DEADLINE_S=120 PARITY_TIMEOUT_S=110 OUT="$OUT/run-all-mixed" bash scripts/gpu/run-all.sh >/dev/null 2>&1
-  say "device tests exit $?"; grep -E "Test Files|Tests |×|Error" "$OUT/run-all-mixed/log" | head -20
+  if [[ -z "${D_SKIP_TESTS:-}" ]]; then
+    say "device tests with decode ahead (CUDA graphs on)"
+    CUDA_TEST_CMD="CHORUS_TEST_DEVICE=cuda CHORUS_TEST_CUDA_GRAPHS=1 node_modules/node/bin/node node_modules/vitest/vitest.mjs run --config vitest.device.config.ts test/device/PagedShard.test.ts test/device/DeviceParity.test.ts" \
+      STAGES="parity" DEADLINE_S=200 PARITY_TIMEOUT_S=190 OUT="$OUT/run-all-ahead" bash scripts/gpu/run-all.sh >/dev/null 2>&1
+    say "device tests exit $?"; grep -E "Test Files|Tests |×|Error" "$OUT/run-all-ahead/log" | head -20
+  fi
   ensure_weights
-  # A run: 1 or 0 (CHORUS_DECODE_AHEAD), and m for CHORUS_MIXED_STEP_GRAPHS=1 as well.
-  for run in ${D_RUNS:-1 0 1m 1 0 1m}; do
+  n=0
+  # A run: 1 or 0 (CHORUS_DECODE_AHEAD).
+  for run in ${D_RUNS:-1 0 1 0}; do
     (( $(left) > 100 )) || { say "no time left for run $run"; continue; }
-    ahead=${run%m}; mixed=$([[ $run == *m ]] && echo 1 || echo 0)
-    say "CHORUS_DECODE_AHEAD=$ahead CHORUS_MIXED_STEP_GRAPHS=$mixed: step overhead, one stream, then served"
+    ahead=$run
+    say "CHORUS_DECODE_AHEAD=$ahead: step overhead, one stream, then served"
     CHORUS_DECODE_AHEAD=$ahead ORT_ENABLE_XQA=1 timeout 100 "$NODE" native/probes/step-overhead.ts --model "$CKPT" --device cuda:0 --dtype float16 --cuda-graphs --tokens 256 2>&1 | grep -v INFO | tail -3
-    CHORUS_DECODE_AHEAD=$ahead CHORUS_MIXED_STEP_GRAPHS=$mixed serve_8b "served-$run-$((++n))"
+    CHORUS_DECODE_AHEAD=$ahead serve_8b "served-$run-$((++n))"
   done
   if (( $(left) > 80 )); then
     say "bench:gpu (Chorus alone, decode ahead)"

@@ -29,12 +29,6 @@ import * as TensorNames from "./TensorNames.ts"
 
 /** -1 tells ONNX Runtime not to capture a run. */
 const NO_GRAPH = -1
-/**
- * A measurement setting (`CHORUS_MIXED_STEP_GRAPHS=1`, not yet run on a GPU): the rows layout's decode group replays
- * its bucket's CUDA graph in steps that also carry prompt chunks, not only in decode-only steps. The dummy-token
- * rule covers the rows being prefilled in the same step (a dummy lands where their chunk starts, or after it).
- */
-const mixedStepGraphs = process.env.CHORUS_MIXED_STEP_GRAPHS === "1"
 const GiB = 1024 ** 3
 
 type Feeds = Record<string, HostTensor | DeviceTensor>
@@ -582,7 +576,9 @@ const rowStep = (s: RowShard, plan: StepPlan): StepResult => {
     if (group.seqLen === 1 && !group.allLogits) {
       let maxRow = 0
       for (const e of group.entries) maxRow = Math.max(maxRow, plan.rows[e]!)
-      const bucket = (groups.length === 1 || mixedStepGraphs) && greedyOnly && s.bucketSizes.length > 0 && !s.graphsDisabled
+      // Only in decode-only steps: replaying the bucket's graph beside prompt chunks (rows being prefilled in the same
+      // step) was measured on an H200 and hit an illegal memory access (docs/native.md, 2026-12-02).
+      const bucket = groups.length === 1 && greedyOnly && s.bucketSizes.length > 0 && !s.graphsDisabled
         ? bucketFor(s.bucketSizes, maxRow + 1)
         : undefined
       let done = false
