@@ -97,6 +97,8 @@ if (process.argv.includes("--cuda-ops")) {
   fs.mkdirSync(path.dirname(out), { recursive: true })
   const args = [
     "-O3", "-std=c++17",
+    // Marlin (third_party/marlin) calls a constexpr host function from device code, as PyTorch's extension flags allow.
+    "--expt-relaxed-constexpr",
     "-gencode", "arch=compute_90,code=sm_90", "-gencode", "arch=compute_80,code=sm_80", "-gencode", "arch=compute_90,code=compute_90",
     // One CUDA runtime in the process: the provider's libcudart.so.13, not a static copy.
     "-cudart", "shared", "-shared", "-Xcompiler", "-fPIC,-fvisibility=hidden",

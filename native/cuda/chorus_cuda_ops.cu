@@ -18,6 +18,9 @@
 //   commit 5e41e70 has them.)
 //   gemv1, gemv2    the GEMVs (int4Gemv, int4GemvHalf2) up to kGemvMaxRows rows, dequantize + cuBLAS above: the
 //                   first versions, kept to measure against (docs/native.md has the figures).
+//   marlin          Marlin (third_party/marlin, int4_marlin.cuh) at every row count, for symmetric block-128 weights with K
+//                   a multiple of 128 and N of 256; the weights are rewritten into Marlin's layout in place at the
+//                   first run, so an op on this path takes no other path afterwards. Other shapes keep `auto`.
 //
 // chorus.DecodeAttention (decode_attention.cuh): GroupQueryAttention's decode case for the row cache
 // (`--decode-attention chorus`). chorus.Linear (f16_gemv.cuh): float16 MatMul with a GEMV up to 2 rows and cuBLAS
@@ -50,7 +53,12 @@
 #include "f16_gemv.cuh"
 #include "int4_dequantize.cuh"
 #include "int4_gemv.cuh"
+#include "int4_marlin.cuh"
 #include "int4_mma.cuh"
+// Marlin's own code, unchanged: its group_blocks = -1 instances divide by a constant zero in branches they never take.
+#pragma nv_diag_suppress 39, 177, 179
+#include "third_party/marlin/marlin_cuda_kernel.cuh"
+#pragma nv_diag_default 39, 177, 179
 
 namespace {
 
@@ -266,7 +274,7 @@ struct Int4LinearKernel {
   // 16-128 rows than `ceil`, which overfills the wave by one partial).
   // CHORUS_INT4_MMA_ROWS=256: above 64 rows the block's warps split X's rows in two (int4Mma's MH = 2), up to 256
   // rows (default 128: one row group).
-  enum class Path { Auto, Mma, Gemv1, Gemv2, MmaW2, MmaW4 } path = Path::Auto;
+  enum class Path { Auto, Mma, Gemv1, Gemv2, MmaW2, MmaW4, Marlin } path = Path::Auto;
   bool slicesRoundDown = true;
   int mmaMaxRows = kMmaMaxRows;
   // int4MmaWide's accumulator chains (mma-w2 / mma-w4, a measurement setting: CHORUS_INT4_CHAINS 1, 2 or 4).
@@ -297,7 +305,8 @@ struct Int4LinearKernel {
     else if (c == "gemv2") path = Path::Gemv2;
     else if (c == "mma-w2") path = Path::MmaW2;
     else if (c == "mma-w4") path = Path::MmaW4;
-    else return Ort::Status(("chorus.Int4Linear: CHORUS_INT4_KERNEL must be auto, mma, mma-w2, mma-w4, gemv1 or gemv2, not " + c).c_str(), ORT_INVALID_ARGUMENT);
+    else if (c == "marlin") path = Path::Marlin;
+    else return Ort::Status(("chorus.Int4Linear: CHORUS_INT4_KERNEL must be auto, marlin, mma, mma-w2, mma-w4, gemv1 or gemv2, not " + c).c_str(), ORT_INVALID_ARGUMENT);
     const char* split = std::getenv("CHORUS_INT4_SPLITK");
     const std::string sk = split == nullptr ? "floor" : split;
     if (sk != "ceil" && sk != "floor") return Ort::Status(("chorus.Int4Linear: CHORUS_INT4_SPLITK must be ceil or floor, not " + sk).c_str(), ORT_INVALID_ARGUMENT);
@@ -322,6 +331,82 @@ struct Int4LinearKernel {
   }
 
   OrtStatusPtr ComputeV2(OrtKernelContext* context) { return guarded([&] { return Compute(context); }); }
+
+  // ---- Marlin (CHORUS_INT4_KERNEL=marlin)
+  // Marlin's shapes: its tiles are 128 k x 128 n (up to 16 rows) or 64 k x 256 n, and one scale group is 128 k.
+  bool marlinFits(bool zeroPoints) const { return path == Path::Marlin && !zeroPoints && blockSize == 128 && K % 128 == 0 && N % 256 == 0; }
+  // Marlin's barrier counters: N / 128 a 64-row problem, kMarlinMaxPar problems a launch; it leaves them at zero.
+  static constexpr int kMarlinMaxPar = 16;
+  int* marlinLocks = nullptr;
+  const void* marlinB = nullptr;  // the B this kernel has rewritten (or found rewritten) into Marlin's layout
+  bool marlinOwner = false;
+  std::mutex marlinMutex;
+  // Every B rewritten in this process, so that an initializer two nodes share is rewritten once; a kernel removes
+  // its own when its session ends (before ORT frees the initializer, whose address a later session may get).
+  static std::set<const void*>& marlinLayouts() {
+    static std::set<const void*> layouts;
+    return layouts;
+  }
+  static std::mutex& marlinLayoutsMutex() {
+    static std::mutex m;
+    return m;
+  }
+  ~Int4LinearKernel() {
+    if (marlinOwner) {
+      std::lock_guard<std::mutex> lock(marlinLayoutsMutex());
+      marlinLayouts().erase(marlinB);
+    }
+    if (marlinLocks != nullptr) cudaFree(marlinLocks);
+  }
+
+  // B and scales into Marlin's layout, in place (the same sizes), once: at the first run, which ORT makes outside
+  // any CUDA graph capture (its graphs are captured on a shape's second run).
+  Ort::Status ensureMarlin(cudaStream_t stream, const uint4* bp, const half* sp) {
+    std::lock_guard<std::mutex> lock(marlinMutex);
+    if (marlinB == bp) return Ort::Status{nullptr};
+    cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+    if (auto s = statusOf(cudaStreamIsCapturing(stream, &capture), "cudaStreamIsCapturing"); !s.IsOK()) return s;
+    if (capture != cudaStreamCaptureStatusNone) return Ort::Status("chorus.Int4Linear: Marlin's weight layout must be made before a CUDA graph capture", ORT_EP_FAIL);
+    if (marlinLocks == nullptr) {
+      const size_t bytes = static_cast<size_t>(N / 128) * kMarlinMaxPar * sizeof(int);
+      if (auto s = statusOf(cudaMalloc(&marlinLocks, bytes), "cudaMalloc (Marlin's locks)"); !s.IsOK()) return s;
+      if (auto s = statusOf(cudaMemsetAsync(marlinLocks, 0, bytes, stream), "zeroing Marlin's locks"); !s.IsOK()) return s;
+    }
+    std::lock_guard<std::mutex> registry(marlinLayoutsMutex());
+    if (marlinLayouts().count(bp) != 0) {
+      marlinB = bp;
+      return statusOf(cudaStreamSynchronize(stream), "cudaStreamSynchronize");
+    }
+    const size_t codeBytes = static_cast<size_t>(K) * static_cast<size_t>(N) / 2;
+    const size_t scaleBytes = static_cast<size_t>(K / 128) * static_cast<size_t>(N) * sizeof(half);
+    void* tmp = nullptr;
+    if (auto s = statusOf(cudaMalloc(&tmp, codeBytes + scaleBytes), "cudaMalloc (Marlin repack)"); !s.IsOK()) return s;
+    uint32_t* codes = static_cast<uint32_t*>(tmp);
+    half* scales = reinterpret_cast<half*>(static_cast<uint8_t*>(tmp) + codeBytes);
+    const int k = static_cast<int>(K), n = static_cast<int>(N);
+    marlinRepackCodes<<<1024, 256, 0, stream>>>(reinterpret_cast<const uint8_t*>(bp), codes, k, n);
+    marlinRepackScales<<<256, 256, 0, stream>>>(sp, scales, k / 128, n);
+    Ort::Status s = statusOf(cudaGetLastError(), "Marlin repack launch");
+    // The session's initializers are ORT's const inputs; this op is their only reader (the shard graph's rename of
+    // one MatMulNBits node each), and the registry above keeps a shared one from being rewritten twice.
+    if (s.IsOK()) s = statusOf(cudaMemcpyAsync(const_cast<uint4*>(bp), codes, codeBytes, cudaMemcpyDeviceToDevice, stream), "copying Marlin's codes");
+    if (s.IsOK()) s = statusOf(cudaMemcpyAsync(const_cast<half*>(sp), scales, scaleBytes, cudaMemcpyDeviceToDevice, stream), "copying Marlin's scales");
+    if (s.IsOK()) s = statusOf(cudaStreamSynchronize(stream), "cudaStreamSynchronize");
+    cudaFree(tmp);
+    if (!s.IsOK()) return s;
+    marlinLayouts().insert(bp);
+    marlinB = bp;
+    marlinOwner = true;
+    return Ort::Status{nullptr};
+  }
+
+  Ort::Status launchMarlin(cudaStream_t stream, const half* xp, const uint4* bp, const half* sp, half* yp, int M) {
+    if (auto s = multiprocessors(sms, "chorus.Int4Linear"); !s.IsOK()) return s;
+    if (auto s = ensureMarlin(stream, bp, sp); !s.IsOK()) return s;
+    const int err = marlin_cuda(xp, bp, yp, const_cast<half*>(sp), M, static_cast<int>(N), static_cast<int>(K), marlinLocks, 128, 0, stream, -1, -1, sms, kMarlinMaxPar);
+    if (err != 0) return Ort::Status(("chorus.Int4Linear: Marlin refused M=" + std::to_string(M) + ", N=" + std::to_string(N) + ", K=" + std::to_string(K) + " (error " + std::to_string(err) + ")").c_str(), ORT_EP_FAIL);
+    return statusOf(cudaGetLastError(), "Marlin launch");
+  }
 
   // Split-K slices for N rows over K: none when N alone gives every multiprocessor a block (16 weight rows a warp,
   // kMmaWarps warps a block: the partial sums cost M N 8 bytes a slice), else about two blocks a multiprocessor,
@@ -452,6 +537,10 @@ struct Int4LinearKernel {
     const bool zeroPoints = zpp != nullptr;
     const int k = static_cast<int>(K), n = static_cast<int>(N), bs = static_cast<int>(blockSize);
 
+    if (marlinFits(zeroPoints)) {
+      taken = "marlin";
+      return launchMarlin(stream, xp, bp, sp, yp, static_cast<int>(M));
+    }
     const bool mmaFits = K % 32 == 0 && M <= mmaMaxRows;
     if (mmaFits && (path == Path::Auto || path == Path::Mma || path == Path::MmaW2 || path == Path::MmaW4)) return launchMma(stream, xp, reinterpret_cast<const uint8_t*>(bp), sp, zpp, yp, static_cast<int>(M), nBlocks, taken);
     if (M <= kGemvMaxRows) {

@@ -31,7 +31,8 @@
  *                   kernel with 32- / 64-byte runs a lane up to 8 rows (mma-w2, mma-w4); `-floor`: split-K slices
  *                   rounded down to one wave (CHORUS_INT4_SPLITK=floor); `q-sym-r256`: two row groups a block above
  *                   64 rows, the tensor-core path up to 256 rows (CHORUS_INT4_MMA_ROWS=256)
- *   q-sym, q-zp     a with gate|up and down as com.microsoft MatMulNBits (4-bit, block 32, symmetric / zero points,
+ *                   `q-sym-marlin`: Marlin (CHORUS_INT4_KERNEL=marlin; needs --block 128)
+ *   q-sym, q-zp     a with gate|up and down as com.microsoft MatMulNBits (4-bit, block 32 or --block 128, symmetric / zero points,
  *                   the converter's packing): their error against a is the int4 rounding (a sanity bound only), their
  *                   rate counts the packed bytes. With ORT_FPA_INTB_GEMM=1 in the environment ORT runs them through
  *                   TensorRT-LLM's fpA_intB kernels instead of its own.
@@ -82,6 +83,7 @@ const flags = parseFlags("mlp-fusion", process.argv.slice(2), {
   runs: { kind: "integer", description: "timed runs per variant and M (default 100 on cuda, 5 on cpu)" },
   warmup: { kind: "integer", description: "untimed runs first (default 5 on cuda, 1 on cpu)" },
   only: { kind: "string", description: "comma-separated variant names to run (a always runs: it is the reference)" },
+  block: { kind: "integer", description: "the int4 variants' block size, 32 (default) or 128 (Marlin's)" },
   profile: { kind: "boolean", description: "ORT's per-node profiler on; prints each variant's ops (all its runs)" },
   dir: { kind: "string", description: "folder for the models and the weight file (default /tmp/mlp-fusion)" }
 })
@@ -93,6 +95,8 @@ const H = flags.hidden ?? 4096, I = flags.inter ?? 14336, L = flags.layers ?? 8
 const batches = flags.batches ?? [1, 16, 64, 128]
 const runs = flags.runs ?? (device === "cuda" ? 100 : 5), warmup = flags.warmup ?? (device === "cuda" ? 5 : 1)
 const dir = flags.dir ?? "/tmp/mlp-fusion"
+const block = flags.block ?? 32
+if (block !== 32 && block !== 128) throw new Error(`--block must be 32 or 128, got ${block}`)
 const eps = 1e-5
 const elemBytes = dtype === "float16" ? 2 : 4
 const tolerance = dtype === "float16" ? 2e-2 : 1e-4
@@ -224,11 +228,11 @@ const down = uniformHalf(I * H, Math.sqrt(3 / I)) // [I, H]
     }
     for (const symmetric of [true, false]) {
       for (const [name, rowsNK, n, k] of [["gate_up", t, 2 * I, H], ["down", downT, H, I]] as const) {
-        const l: Int4Layout = { n, k, blockSize: 32, symmetric }
+        const l: Int4Layout = { n, k, blockSize: block, symmetric }
         const nb = blocksPerRow(l)
         const [b, scales, zp] = int4Bytes(toFloat32(rowsNK), l, dtype)
         const q = `${name}_q${symmetric ? "sym" : "zp"}`
-        putBytes(q, "uint8", [n, nb, 16], b!)
+        putBytes(q, "uint8", [n, nb, block / 2], b!)
         putBytes(`${q}_scales`, dtype, [n * nb], scales!)
         if (zp !== undefined) putBytes(`${q}_zp`, "uint8", [n * Math.ceil(nb / 2)], zp)
       }
@@ -292,7 +296,7 @@ const nbits = (w: string, symmetric: boolean, n: number, k: number, chorus = fal
   return {
     op: chorus ? "Int4Linear" : "MatMulNBits", domain: chorus ? "chorus" : "com.microsoft", name, outputs: [output],
     inputs: symmetric ? [input, q, `${q}_scales`] : [input, q, `${q}_scales`, `${q}_zp`],
-    attributes: { K: k, N: n, bits: 4, block_size: 32, accuracy_level: 0 }
+    attributes: { K: k, N: n, bits: 4, block_size: block, accuracy_level: 0 }
   }
 }
 const int4Mlp = (symmetric: boolean, chorus = false) => (input: string, output: string, p: string): Array<NodeSpec> => [
@@ -346,6 +350,8 @@ const variants: Array<Variant> = [
   // One AND/OR a code pair instead of a byte permute and an AND (CHORUS_INT4_DEQUANT=lop3; measured as fast as the default, 2026-12-01g).
   chorusVariant("q-sym-lop3", true, "q-sym-chorus with the LOP3 dequantization up to 8 rows", { CHORUS_INT4_DEQUANT: "lop3" }),
   chorusVariant("q-zp-lop3", false, "q-zp-chorus with the LOP3 dequantization up to 8 rows", { CHORUS_INT4_DEQUANT: "lop3" }),
+  // Marlin (third_party/marlin; symmetric, --block 128): the weights rewritten into its layout at the first run.
+  chorusVariant("q-sym-marlin", true, "q-sym through chorus.Int4Linear's Marlin path (--block 128)", { CHORUS_INT4_KERNEL: "marlin" }),
   chorusVariant("q-sym-gemv1", true, "q-sym through chorus.Int4Linear's float32 GEMV", { CHORUS_INT4_KERNEL: "gemv1" }),
   chorusVariant("q-sym-gemv2", true, "q-sym through chorus.Int4Linear's half2 GEMV", { CHORUS_INT4_KERNEL: "gemv2" }),
   chorusVariant("q-zp-gemv2", false, "q-zp through chorus.Int4Linear's half2 GEMV", { CHORUS_INT4_KERNEL: "gemv2" })

@@ -37,6 +37,8 @@
 #   PHASE=H OUT=$OUT bash scripts/gpu/serving-session.sh   # chorus.Linear (one resident wave) and the one-launch
 #                                                          # decode attention: probes, device tests, 8B served
 #   PHASE=B OUT=$OUT bash scripts/gpu/serving-session.sh   # bench:gpu with ORT's kernels and with Chorus's
+#   PHASE=MA OUT=$OUT bash scripts/gpu/serving-session.sh  # Marlin (CHORUS_INT4_KERNEL=marlin): device test, MLP probe at
+#                                                          # block 128, the 8B int4 served (MA_RUNS), bench:gpu (MA_BENCH=1)
 #   PHASE=D OUT=$OUT bash scripts/gpu/serving-session.sh   # decode ahead (CHORUS_DECODE_AHEAD=1 / 0): device tests,
 #                                                          # step overhead and the 8B served, alternating; bench:gpu
 #   PHASE=O OUT=$OUT bash scripts/gpu/serving-session.sh   # a one-stream decode step's time outside ORT's run, and
@@ -63,7 +65,7 @@ FINAL_OUT="$OUT"
 OUT="${RES:-/tmp/chorus-results-$PHASE}"
 rm -rf "$OUT"
 trap 'tar czf "$FINAL_OUT/$PHASE.tgz" -C "$OUT" . 2>/dev/null; cp -f "$OUT/log-$PHASE" "$FINAL_OUT/" 2>/dev/null' EXIT
-: "${PHASE:?PHASE must be S, Q1, Q2, Q3, V, F, X, I, M, K, C, N, W, A, AN, G, H, B, U, O or D}"
+: "${PHASE:?PHASE must be S, Q1, Q2, Q3, V, F, X, I, M, K, C, N, W, A, AN, G, H, B, U, O, D or MA}"
 source "$(dirname "${BASH_SOURCE[0]}")/phase-env.sh"
 CKPT="$BENCH_DIR/llama3-8b-random"
 mkdir -p "$OUT" "$BENCH_DIR"
@@ -485,6 +487,45 @@ if [[ "$PHASE" == O ]]; then
   if [[ "${O_SERVED:-1}" == 1 ]] && (( $(left) > 90 )); then
     say "8B float16 served"
     serve_8b served
+  fi
+  exit 0
+fi
+if [[ "$PHASE" == MA ]]; then
+  # Marlin (CHORUS_INT4_KERNEL=marlin, third_party/marlin): its device test, the MLP probe at block 128 against
+  # MatMulNBits and Chorus's own tensor-core kernel, then the 8B int4 (block 128, symmetric) served with Marlin, as
+  # float16 and with ORT's MatMulNBits (MA_RUNS), then bench:gpu's int4 b128-sym with Marlin while time is left.
+  cuda_ops_setup
+  if [[ -z "${MA_SKIP_TEST:-}" ]]; then
+    say "device test: chorus.Int4Linear's Marlin path against MatMulNBits"
+    CUDA_TEST_CMD="CHORUS_TEST_DEVICE=cuda node_modules/node/bin/node node_modules/vitest/vitest.mjs run --config vitest.device.config.ts test/device/Int4MarlinDevice.test.ts" \
+      STAGES="parity" DEADLINE_S=120 PARITY_TIMEOUT_S=110 OUT="$OUT/run-all-marlin" bash scripts/gpu/run-all.sh >/dev/null 2>&1
+    say "device tests exit $?"; grep -E "Test Files|Tests |×|Error|expected|Marlin" "$OUT/run-all-marlin/log" | head -20
+  fi
+  if [[ -z "${MA_SKIP_PROBE:-}" ]]; then
+    say "MLP probe, block 128: MatMulNBits, chorus.Int4Linear, Marlin"
+    timeout 180 "$NODE" native/probes/mlp-fusion.ts --block 128 --batches ${MA_BATCHES:-1,4,16,64,128,512} --only ${MA_PROBE:-a,q-sym,q-sym-chorus,q-sym-marlin} 2>&1 | tee "$OUT/mlp-marlin.txt" | grep -E "^\||REFUSED|FAILED|MISMATCH|M=|^q-|^a"
+    rm -rf /tmp/mlp-fusion
+  fi
+  ensure_weights
+  for run in ${MA_RUNS:-int4-marlin float16 int4-ort}; do
+    [[ $run == none ]] && continue
+    (( $(left) > 100 )) || { say "no time left for $run"; continue; }
+    args=(); [[ $run == int4-* ]] && args=(--serve-arg=--quantize=int4 --serve-arg=--quant-symmetric --serve-arg=--quant-block-size=128)
+    case $run in
+      int4-marlin) args+=(--serve-arg=--linear-kernels=chorus); export CHORUS_INT4_KERNEL=marlin ;;
+      int4-chorus) args+=(--serve-arg=--linear-kernels=chorus); unset CHORUS_INT4_KERNEL ;;
+      int4-ort) args+=(--serve-arg=--linear-kernels=ort); unset CHORUS_INT4_KERNEL ;;
+      *) unset CHORUS_INT4_KERNEL ;;
+    esac
+    say "8B served: $run"
+    serve_8b "$run" "${args[@]}"
+    grep -m3 -E "Int4Linear|Marlin|rror" "$OUT/$run/server.log" | cut -c1-300
+  done
+  unset CHORUS_INT4_KERNEL
+  if [[ -n "${MA_BENCH:-}" ]] && (( $(left) > 80 )); then
+    say "bench:gpu int4 b128-sym with Marlin"
+    CHORUS_INT4_KERNEL=marlin CHORUS_CUDA_GRAPHS=1 STAGES="chorus" DEADLINE_S=$(($(left) - 10)) OUT="$OUT/bench-marlin" bash scripts/gpu/run-all.sh --batches 1,64 --int4 b128-sym --linear-kernels chorus > /dev/null 2>&1
+    say "exit $?"; head -12 "$OUT/bench-marlin/bench/bench-gpu.md" 2>/dev/null
   fi
   exit 0
 fi

@@ -1,0 +1,154 @@
+// chorus.Int4Linear's Marlin path (CHORUS_INT4_KERNEL=marlin: third_party/marlin with the weights rewritten into its
+// layout in place at the first run) against ONNX Runtime's MatMulNBits and a float64 product of the same dequantized
+// weights, op by op: row counts that take each of Marlin's tilings (up to 16 rows, 17-64, above 64 in parallel
+// problems, with a partial last tile), two nodes sharing one weight (rewritten once), a second session over the same
+// file after the first is released (its weights rewritten again), and a zero-point weight the path does not take
+// (it keeps the default kernels). The fixtures' shapes are below Marlin's tiles (K a multiple of 128, N of 256), so
+// this test builds its own graphs. CUDA only.
+import * as fs from "node:fs"
+import * as os from "node:os"
+import * as path from "node:path"
+import { afterAll, describe, expect, it } from "vitest"
+import { dequantizeInt4, type Int4Layout, quantizeInt4, scaleRounder } from "../../src/adapters/llama3/MatMulNBitsPacking.ts"
+import { encodeFloat32, toFloat32 } from "../../src/checkpoint/FloatCodec.ts"
+import { cudaOpsLibrary, cudaOpsLibraryPath } from "../../src/core/native/CudaOps.ts"
+import { NativeOrt, type NativeSession } from "../../src/core/native/NativeOrt.ts"
+import { encodeModel, type ExternalInitializer, type NodeSpec } from "../../src/onnx/OnnxWriter.ts"
+import { deviceUnderTest } from "../support/greedyRuns.ts"
+
+const root = fs.mkdtempSync(path.join(os.tmpdir(), "chorus-marlin-device-"))
+afterAll(() => fs.rmSync(root, { recursive: true, force: true }))
+const { device } = deviceUnderTest()
+
+const K = 384, N = 768
+const ROWS = [1, 5, 16, 17, 64, 65, 130, 300]
+
+/** Deterministic uniform values in [-a, a] (a small LCG: the test must not depend on Math.random). */
+const uniform = (n: number, a: number, seed: number): Float32Array => {
+  let s = seed >>> 0
+  const out = new Float32Array(n)
+  for (let i = 0; i < n; i++) {
+    s = (Math.imul(s, 1664525) + 1013904223) >>> 0
+    out[i] = (s / 2 ** 32 * 2 - 1) * a
+  }
+  return out
+}
+const half = (v: Float32Array): Uint16Array => {
+  const bytes = encodeFloat32("F16", v)
+  return new Uint16Array(bytes.buffer, bytes.byteOffset, v.length)
+}
+const asFloat = (bits: Uint16Array): Float32Array => toFloat32("F16", new Uint8Array(bits.buffer, bits.byteOffset, bits.byteLength))
+
+const w = uniform(N * K, Math.sqrt(3 / K), 7) // [N, K], MatMulNBits' row order
+const sym: Int4Layout = { n: N, k: K, blockSize: 128, symmetric: true }
+const zp: Int4Layout = { ...sym, symmetric: false }
+const packedSym = quantizeInt4(w, sym, scaleRounder("float16"))
+const packedZp = quantizeInt4(w, zp, scaleRounder("float16"))
+const wSym = dequantizeInt4(packedSym, sym)
+const wZp = dequantizeInt4(packedZp, zp)
+
+// The weights in one external data file: b / scales (symmetric) and bz / sz / zz (zero points).
+const dataName = "weights.data"
+const external = new Map<string, ExternalInitializer>()
+{
+  const fd = fs.openSync(path.join(root, dataName), "w")
+  let offset = 0
+  const put = (name: string, type: "uint8" | "float16", dims: ReadonlyArray<number>, bytes: Uint8Array) => {
+    fs.writeSync(fd, bytes, 0, bytes.length, offset)
+    external.set(name, { name, type, dims, location: dataName, offset, length: bytes.length })
+    offset += Math.ceil(bytes.length / 4096) * 4096
+  }
+  const nb = K / 128
+  put("b", "uint8", [N, nb, 64], packedSym.b)
+  put("scales", "float16", [N * nb], encodeFloat32("F16", packedSym.scales))
+  put("bz", "uint8", [N, nb, 64], packedZp.b)
+  put("sz", "float16", [N * nb], encodeFloat32("F16", packedZp.scales))
+  put("zz", "uint8", [N * Math.ceil(nb / 2)], packedZp.zeroPoints!)
+  fs.closeSync(fd)
+}
+
+const linear = (op: "MatMulNBits" | "Int4Linear", inputs: ReadonlyArray<string>, output: string): NodeSpec => ({
+  op, domain: op === "MatMulNBits" ? "com.microsoft" : "chorus", name: output, inputs, outputs: [output],
+  attributes: { K, N, bits: 4, block_size: 128, accuracy_level: 0 }
+})
+/** y1 and y2 from the symmetric weight (one initializer, two nodes), yz from the zero-point one. */
+const model = (op: "MatMulNBits" | "Int4Linear"): string => {
+  const file = path.join(root, `${op}.onnx`)
+  fs.writeFileSync(file, encodeModel({
+    name: op, opsets: { "": 17, "com.microsoft": 1, ...(op === "Int4Linear" ? { chorus: 1 } : {}) },
+    nodes: [linear(op, ["x", "b", "scales"], "y1"), linear(op, ["x", "b", "scales"], "y2"), linear(op, ["x", "bz", "sz", "zz"], "yz")],
+    external: [...external.values()], inline: [],
+    inputs: [{ name: "x", type: "float16", dims: ["M", K] }],
+    outputs: ["y1", "y2", "yz"].map((name) => ({ name, type: "float16" as const, dims: ["M", N] }))
+  }))
+  return file
+}
+
+const openSession = (op: "MatMulNBits" | "Int4Linear"): NativeSession => {
+  const saved = process.env.CHORUS_INT4_KERNEL
+  process.env.CHORUS_INT4_KERNEL = "marlin" // read when the session makes its kernels
+  try {
+    return NativeOrt.load().createSession(model(op), {
+      provider: "cuda", ...(op === "Int4Linear" ? { customOpsLibrary: cudaOpsLibraryPath() } : {})
+    })
+  } finally {
+    if (saved === undefined) delete process.env.CHORUS_INT4_KERNEL
+    else process.env.CHORUS_INT4_KERNEL = saved
+  }
+}
+const run = (s: NativeSession, x: Uint16Array, M: number) => {
+  const out = s.run({ x: { data: x, dims: [M, K] } }, { y1: "host", y2: "host", yz: "host" })
+  return { y1: asFloat(out.y1!.data as Uint16Array), y2: asFloat(out.y2!.data as Uint16Array), yz: asFloat(out.yz!.data as Uint16Array) }
+}
+/** x [M, K] times wq [N, K] transposed, in float64. */
+const reference = (x: Float32Array, wq: Float32Array, M: number): Float64Array => {
+  const y = new Float64Array(M * N)
+  for (let m = 0; m < M; m++) {
+    for (let n = 0; n < N; n++) {
+      let acc = 0
+      for (let k = 0; k < K; k++) acc += x[m * K + k]! * wq[n * K + k]!
+      y[m * N + n] = acc
+    }
+  }
+  return y
+}
+const relErr = (y: ArrayLike<number>, ref: ArrayLike<number>): number => {
+  let num = 0, den = 0
+  for (let i = 0; i < ref.length; i++) {
+    num += (y[i]! - ref[i]!) ** 2
+    den += ref[i]! ** 2
+  }
+  return Math.sqrt(num / den)
+}
+
+describe.runIf(device.kind === "cuda")("chorus.Int4Linear's Marlin path on CUDA", () => {
+  it("the library is built (npm run build:cuda-ops)", () => {
+    expect(cudaOpsLibrary(), cudaOpsLibraryPath()).toBeDefined()
+  })
+
+  it("equals MatMulNBits and the float64 product at every row count, twice over a released session", () => {
+    const ort = openSession("MatMulNBits")
+    const inputs = ROWS.map((M, i) => {
+      const xBits = half(uniform(M * K, 1, 100 + i))
+      return { M, xBits, x: asFloat(xBits) }
+    })
+    const expected = inputs.map(({ M, xBits, x }) => ({ ort: run(ort, xBits, M), sym: reference(x, wSym, M), zp: reference(x, wZp, M) }))
+    ort.release()
+    for (const pass of [1, 2]) {
+      const chorus = openSession("Int4Linear")
+      inputs.forEach(({ M, xBits }, i) => {
+        const got = run(chorus, xBits, M), want = expected[i]!
+        const where = `pass ${pass}, M=${M}`
+        // float16 outputs of float32 sums over K = 384: MatMulNBits itself is within ~1e-3 of float64.
+        expect(relErr(want.ort.y1, want.sym), `MatMulNBits, ${where}`).toBeLessThan(3e-3)
+        expect(relErr(got.y1, want.sym), `Marlin, ${where}`).toBeLessThan(3e-3)
+        expect(relErr(got.y1, want.ort.y1), `Marlin against MatMulNBits, ${where}`).toBeLessThan(3e-3)
+        // The second node reads the same initializer, already in Marlin's layout: the same numbers.
+        expect(Array.from(got.y2), where).toEqual(Array.from(got.y1))
+        // Zero points: not Marlin's; the default kernels, on MatMulNBits' layout, unchanged by the rewrite beside it.
+        expect(relErr(got.yz, want.zp), `zero points, ${where}`).toBeLessThan(3e-3)
+      })
+      chorus.release()
+    }
+  })
+})
