@@ -331,8 +331,8 @@ const variants: Array<Variant> = [
   { name: "c-up/gate+keep", what: "MoE, 1 expert, swiglu_fusion 2, up half first, input kept", weights: ["fc1_up_gate", "fc2"], mlp: moe("fc1_up_gate", 2), moe: true, keepInput: true },
   // ORT reads ORT_FPA_INTB_GEMM when a session is made: run the probe with it set (`--only q-sym,q-zp`) to time
   // TensorRT-LLM's fpA_intB kernels instead of MatMulNBits' own.
-  { name: "q-sym", what: "a with MatMulNBits 4-bit weights, block 32, symmetric", weights: int4Weights(true), mlp: int4Mlp(true), int4: { symmetric: true } },
-  { name: "q-zp", what: "a with MatMulNBits 4-bit weights, block 32, zero points", weights: int4Weights(false), mlp: int4Mlp(false), int4: { symmetric: false } },
+  { name: "q-sym", what: "a with MatMulNBits 4-bit weights (block 32 or --block), symmetric", weights: int4Weights(true), mlp: int4Mlp(true), int4: { symmetric: true } },
+  { name: "q-zp", what: "a with MatMulNBits 4-bit weights (block 32 or --block), zero points", weights: int4Weights(false), mlp: int4Mlp(false), int4: { symmetric: false } },
   // Chorus's kernels (native/cuda, npm run build:cuda-ops): the same weights, checked against q-sym / q-zp.
   chorusVariant("q-sym-chorus", true, "q-sym through chorus.Int4Linear"),
   chorusVariant("q-sym-mma-ceil", true, "q-sym-chorus as it was before 2026-12-01f: int4Mma from one row, split-K slices rounded up", { CHORUS_INT4_KERNEL: "mma", CHORUS_INT4_SPLITK: "ceil" }),

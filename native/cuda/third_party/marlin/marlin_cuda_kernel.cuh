@@ -69,11 +69,11 @@ __device__ inline void cp_async4_pred(void* smem_ptr, const void* glob_ptr, bool
 __device__ inline void cp_async4_stream(void* smem_ptr, const void* glob_ptr) {
   const int BYTES = 16;
   uint32_t smem = static_cast<uint32_t>(__cvta_generic_to_shared(smem_ptr));
+  // Chorus: without the L2 eviction hint. `createpolicy` + `cp.async ... L2::cache_hint` raise "an illegal
+  // instruction" on Hopper (H100/H200); vLLM's copy of this kernel dropped the hint for that reason (vLLM PR #4218).
   asm volatile(
     "{\n"
-    "   .reg .b64 p;\n"
-    "   createpolicy.fractional.L2::evict_first.b64 p, 1.0;"
-    "   cp.async.cg.shared.global.L2::cache_hint [%0], [%1], %2, p;\n"
+    "   cp.async.cg.shared.global [%0], [%1], %2;\n"
     "}\n" :: "r"(smem), "l"(glob_ptr), "n"(BYTES)
   );
 }
