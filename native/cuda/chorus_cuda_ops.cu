@@ -18,9 +18,12 @@
 //   commit 5e41e70 has them.)
 //   gemv1, gemv2    the GEMVs (int4Gemv, int4GemvHalf2) up to kGemvMaxRows rows, dequantize + cuBLAS above: the
 //                   first versions, kept to measure against (docs/native.md has the figures).
-//   marlin          Marlin (third_party/marlin, int4_marlin.cuh) at every row count, for symmetric block-128 weights with K
-//                   a multiple of 128 and N of 256; the weights are rewritten into Marlin's layout in place at the
-//                   first run, so an op on this path takes no other path afterwards. Other shapes keep `auto`.
+//   marlin          a measurement setting, not a serving path: Marlin (third_party/marlin, int4_marlin.cuh) at every row
+//                   count, for symmetric block-128 weights with K a multiple of 128 and N of 256; the weights are
+//                   rewritten into Marlin's layout in place at the first run, so an op on this path takes no other
+//                   path afterwards. Other shapes keep `auto`. Its split-K reduction between blocks (fp16, through the
+//                   output) gave sporadic wrong elements on an H200 (max abs error 0.04-0.13 against 0.001, differing
+//                   run to run at the same inputs; native/probes/marlin-check.cu, docs/native.md), so nothing picks it.
 //
 // chorus.DecodeAttention (decode_attention.cuh): GroupQueryAttention's decode case for the row cache
 // (`--decode-attention chorus`). chorus.Linear (f16_gemv.cuh): float16 MatMul with a GEMV up to 2 rows and cuBLAS

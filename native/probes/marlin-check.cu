@@ -4,7 +4,7 @@
 // under compute-sanitizer), and for Marlin's kernel times by shape.
 //
 //   nvcc -O3 -std=c++17 --expt-relaxed-constexpr -arch=sm_90 native/probes/marlin-check.cu -o native/build-cuda/marlin-check
-//   native/build-cuda/marlin-check [K N [M,M,...]]   (default 4096 28672 1,4,16,64,128,512)
+//   native/build-cuda/marlin-check [K N [M,M,...] [max_par]]   (default 4096 28672 1,4,16,64,128,512 16)
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
@@ -54,6 +54,7 @@ int main(int argc, char** argv) {
       p = q == std::string::npos ? list.size() : q + 1;
     }
   }
+  const int maxPar = argc > 4 ? std::atoi(argv[4]) : 16;
   int maxM = 0;
   for (int m : rows) maxM = std::max(maxM, m);
   int dev = 0, sms = 0;
@@ -91,7 +92,7 @@ int main(int argc, char** argv) {
   chorus::marlinRepackScales<<<256, 256>>>(s, ms, K / 128, N);
   CHECK(cudaGetLastError());
   CHECK(cudaDeviceSynchronize());
-  std::printf("Marlin check: K %d, N %d, %d multiprocessors; repack ok\n", K, N, sms);
+  std::printf("Marlin check: K %d, N %d, %d multiprocessors, max_par %d; repack ok\n", K, N, sms, maxPar);
   const double bytes = static_cast<double>(K) * N / 2 + static_cast<double>(K / 128) * N * 2;
   cudaEvent_t e0, e1;
   CHECK(cudaEventCreate(&e0));
@@ -99,7 +100,7 @@ int main(int argc, char** argv) {
   for (int M : rows) {
     reference<<<dim3((N + 255) / 256, M), 256>>>(x, b, s, yref, M, N, K);
     CHECK(cudaGetLastError());
-    const int err = marlin_cuda(x, mb, y, ms, M, N, K, locks, 128, dev, 0, -1, -1, sms, 16);
+    const int err = marlin_cuda(x, mb, y, ms, M, N, K, locks, 128, dev, 0, -1, -1, sms, maxPar);
     CHECK(cudaGetLastError());
     CHECK(cudaDeviceSynchronize());
     if (err != 0) {
@@ -117,10 +118,10 @@ int main(int argc, char** argv) {
       den += static_cast<double>(want[i]) * want[i];
       worst = std::max(worst, std::fabs(d));
     }
-    for (int i = 0; i < 5; i++) marlin_cuda(x, mb, y, ms, M, N, K, locks, 128, dev, 0, -1, -1, sms, 16);
+    for (int i = 0; i < 5; i++) marlin_cuda(x, mb, y, ms, M, N, K, locks, 128, dev, 0, -1, -1, sms, maxPar);
     const int runs = 100;
     CHECK(cudaEventRecord(e0));
-    for (int i = 0; i < runs; i++) marlin_cuda(x, mb, y, ms, M, N, K, locks, 128, dev, 0, -1, -1, sms, 16);
+    for (int i = 0; i < runs; i++) marlin_cuda(x, mb, y, ms, M, N, K, locks, 128, dev, 0, -1, -1, sms, maxPar);
     CHECK(cudaEventRecord(e1));
     CHECK(cudaEventSynchronize(e1));
     float ms_ = 0;

@@ -427,9 +427,9 @@ if [[ "$PHASE" == B ]]; then
   # shipped and with Chorus's kernels (--linear-kernels chorus --decode-attention chorus).
   ensure_weights
   say "bench:gpu: PyTorch and Chorus (default kernels)"
-  CHORUS_CUDA_GRAPHS=1 STAGES="torch chorus" DEADLINE_S=$([[ "${B_FLAGS:-}" == none ]] && echo $(($(left) - 10)) || echo $(( ($(left) - 20) / 2 + 20 ))) OUT="$OUT/bench-default" bash scripts/gpu/run-all.sh --batches 1,64 > /dev/null 2>&1
+  CHORUS_CUDA_GRAPHS=1 STAGES="torch chorus" DEADLINE_S=$([[ "${B_FLAGS:-}" == none ]] && echo $(($(left) - 10)) || echo $(( ($(left) - 20) / 2 + 20 ))) OUT="$OUT/bench-default" bash scripts/gpu/run-all.sh --batches 1,64 --int4 "${B_INT4:-b32-zp}" > /dev/null 2>&1
   say "exit $?"; cat "$OUT"/bench-default/bench/bench-gpu.md 2>/dev/null | head -8
-  [[ "${B_FLAGS:-}" == none ]] && exit 0  # B_FLAGS=none: the first bench alone
+  [[ "${B_FLAGS:-}" == none ]] && exit 0  # B_FLAGS=none: the first bench alone (B_INT4: its int4 variants, default b32-zp)
   say "bench:gpu: Chorus with ${B_FLAGS:---linear-kernels chorus}"
   CHORUS_CUDA_GRAPHS=1 STAGES="chorus" DEADLINE_S=$(($(left) - 10)) OUT="$OUT/bench-chorus" bash scripts/gpu/run-all.sh --batches 1,64 \
     ${B_FLAGS:---linear-kernels chorus} > /dev/null 2>&1
