@@ -615,6 +615,10 @@ __global__ void Marlin(
         c_sh_rd += c_sh_rd_delta;
       }
     }
+    // Chorus: a block that goes on to another column slice refills the pipeline's shared memory at once
+    // (`start_pipes`); without this barrier its first warps' cp.async overwrote the tile slower warps were still
+    // copying to C above (sporadic wrong elements on an H200, more with more rows, native/probes/marlin-check.cu).
+    __syncthreads();
   };
 
   // Start global fetch and register load pipelines. 
