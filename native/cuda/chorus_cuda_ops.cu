@@ -21,9 +21,10 @@
 //   marlin          a measurement setting, not a serving path: Marlin (third_party/marlin, int4_marlin.cuh) at every row
 //                   count, for symmetric block-128 weights with K a multiple of 128 and N of 256; the weights are
 //                   rewritten into Marlin's layout in place at the first run, so an op on this path takes no other
-//                   path afterwards. Other shapes keep `auto`. Its split-K reduction between blocks (fp16, through the
-//                   output) gave sporadic wrong elements on an H200 (max abs error 0.04-0.13 against 0.001, differing
-//                   run to run at the same inputs; native/probes/marlin-check.cu, docs/native.md), so nothing picks it.
+//                   path afterwards. Other shapes keep `auto`. As first run on an H200 it gave sporadic wrong elements
+//                   (max abs error 0.04-0.13 against 0.001, differing run to run at the same inputs;
+//                   native/probes/marlin-check.cu); the barrier added at the end of its write_result is the fix, not
+//                   yet run on a GPU (docs/native.md), so nothing picks it.
 //
 // chorus.DecodeAttention (decode_attention.cuh): GroupQueryAttention's decode case for the row cache
 // (`--decode-attention chorus`). chorus.Linear (f16_gemv.cuh): float16 MatMul with a GEMV up to 2 rows and cuBLAS
