@@ -491,10 +491,21 @@ if [[ "$PHASE" == O ]]; then
   exit 0
 fi
 if [[ "$PHASE" == MA ]]; then
-  # Marlin (CHORUS_INT4_KERNEL=marlin, third_party/marlin): its device test, the MLP probe at block 128 against
+  # Marlin (CHORUS_INT4_KERNEL=marlin, third_party/marlin): marlin-check (20 runs a row count), its device test, the MLP probe at block 128 against
   # MatMulNBits and Chorus's own tensor-core kernel, then the 8B int4 (block 128, symmetric) served with Marlin, as
   # float16 and with ORT's MatMulNBits (MA_RUNS), then bench:gpu's int4 b128-sym with Marlin while time is left.
   cuda_ops_setup
+  if [[ -z "${MA_SKIP_CHECK:-}" ]]; then
+    # Marlin outside ORT, each row count checked 20 times (its wrong elements came and went from run to run).
+    say "marlin-check (built here with the host's nvcc)"
+    if PATH="/usr/local/cuda/bin:/usr/local/cuda-13.0/bin:$PATH" nvcc -O3 -std=c++17 --expt-relaxed-constexpr -arch=sm_90 native/probes/marlin-check.cu -o /tmp/marlin-check >/dev/null 2>&1; then
+      for shape in "4096 6144" "4096 28672" "14336 4096"; do
+        timeout 60 /tmp/marlin-check $shape 1,16,64,128,200,512 16 20 2>&1 | tee -a "$OUT/marlin-check.txt"
+      done
+    else
+      say "marlin-check: nvcc failed or missing"
+    fi
+  fi
   if [[ -z "${MA_SKIP_TEST:-}" ]]; then
     say "device test: chorus.Int4Linear's Marlin path against MatMulNBits"
     CUDA_TEST_CMD="CHORUS_TEST_DEVICE=cuda node_modules/node/bin/node node_modules/vitest/vitest.mjs run --config vitest.device.config.ts test/device/Int4MarlinDevice.test.ts" \
