@@ -86,18 +86,18 @@ const model = (op: "MatMulNBits" | "Int4Linear"): string => {
   return file
 }
 
-const openSession = (op: "MatMulNBits" | "Int4Linear"): NativeSession => {
+/** A CUDA session over `file` with CHORUS_INT4_KERNEL=marlin, which the library reads when it makes its kernels. */
+const marlinSession = (file: string, op: "MatMulNBits" | "Int4Linear"): NativeSession => {
   const saved = process.env.CHORUS_INT4_KERNEL
-  process.env.CHORUS_INT4_KERNEL = "marlin" // read when the session makes its kernels
+  process.env.CHORUS_INT4_KERNEL = "marlin"
   try {
-    return NativeOrt.load().createSession(model(op), {
-      provider: "cuda", ...(op === "Int4Linear" ? { customOpsLibrary: cudaOpsLibraryPath() } : {})
-    })
+    return NativeOrt.load().createSession(file, { provider: "cuda", ...(op === "Int4Linear" ? { customOpsLibrary: cudaOpsLibraryPath() } : {}) })
   } finally {
     if (saved === undefined) delete process.env.CHORUS_INT4_KERNEL
     else process.env.CHORUS_INT4_KERNEL = saved
   }
 }
+const openSession = (op: "MatMulNBits" | "Int4Linear"): NativeSession => marlinSession(model(op), op)
 const run = (s: NativeSession, x: Uint16Array, M: number) => {
   const out = s.run({ x: { data: x, dims: [M, K] } }, { y1: "host", y2: "host", yz: "host" })
   return { y1: asFloat(out.y1!.data as Uint16Array), y2: asFloat(out.y2!.data as Uint16Array), yz: asFloat(out.yz!.data as Uint16Array) }
@@ -152,16 +152,7 @@ const bigModel = (op: "MatMulNBits" | "Int4Linear"): string => {
   }))
   return file
 }
-const openBig = (op: "MatMulNBits" | "Int4Linear"): NativeSession => {
-  const saved = process.env.CHORUS_INT4_KERNEL
-  process.env.CHORUS_INT4_KERNEL = "marlin"
-  try {
-    return NativeOrt.load().createSession(bigModel(op), { provider: "cuda", ...(op === "Int4Linear" ? { customOpsLibrary: cudaOpsLibraryPath() } : {}) })
-  } finally {
-    if (saved === undefined) delete process.env.CHORUS_INT4_KERNEL
-    else process.env.CHORUS_INT4_KERNEL = saved
-  }
-}
+const openBig = (op: "MatMulNBits" | "Int4Linear"): NativeSession => marlinSession(bigModel(op), op)
 
 describe.runIf(device.kind === "cuda")("chorus.Int4Linear's Marlin path on CUDA", () => {
   it("the library is built (npm run build:cuda-ops)", () => {
