@@ -76,13 +76,16 @@ nproc; free -g | head -2; df -h "$BENCH_DIR" | tail -1
 ensure_weights() {
   [[ -f "$CKPT/model.safetensors.index.json" ]] || { timeout 200 python3 tools/bench-gpu/make_weights.py "$CKPT"; say "weights exit $?"; }
 }
-# test/device/ChorusOpsDevice.test.ts with CUDA graphs on, only the tests named like $2 when given; logged in $OUT/$1.
-chorus_ops_device_test() {
-  local name=$1 filter=${2:-}
-  CUDA_TEST_CMD="CHORUS_TEST_CUDA_GRAPHS=1 CHORUS_TEST_DEVICE=cuda node_modules/node/bin/node node_modules/vitest/vitest.mjs run --config vitest.device.config.ts test/device/ChorusOpsDevice.test.ts${filter:+ -t $filter}" \
-    STAGES="parity" DEADLINE_S=120 PARITY_TIMEOUT_S=110 OUT="$OUT/$name" bash scripts/gpu/run-all.sh >/dev/null 2>&1
-  say "device tests exit $?"; grep -E "Test Files|Tests |×|Error" "$OUT/$name/log" | head -20
+# Device tests through run-all.sh's parity stage, logged in $OUT/$1, within $2 s: $3 is their environment (e.g.
+# CHORUS_TEST_CUDA_GRAPHS=1, or "" for none), the rest vitest's arguments (test files, -t NAME).
+device_test() {
+  local name=$1 limit=$2 env=$3; shift 3
+  CUDA_TEST_CMD="$env CHORUS_TEST_DEVICE=cuda node_modules/node/bin/node node_modules/vitest/vitest.mjs run --config vitest.device.config.ts $*" \
+    STAGES="parity" DEADLINE_S=$limit PARITY_TIMEOUT_S=$((limit - 10)) OUT="$OUT/$name" bash scripts/gpu/run-all.sh >/dev/null 2>&1
+  say "device tests exit $?"; grep -E "Test Files|Tests |×|Error|expected" "$OUT/$name/log" | head -20
 }
+# test/device/ChorusOpsDevice.test.ts with CUDA graphs on, only the tests named like $2 when given; logged in $OUT/$1.
+chorus_ops_device_test() { device_test "$1" 120 CHORUS_TEST_CUDA_GRAPHS=1 test/device/ChorusOpsDevice.test.ts ${2:+-t $2}; }
 # The 8B served with `chorus serve --cuda-graphs --max-batch 256` and measured by `chorus bench` at 1 and 64 streams
 # into $OUT/$1; the arguments after it go to server-sweep.ts (--serve-arg=... for chorus serve).
 serve_8b() {
@@ -471,9 +474,7 @@ if [[ "$PHASE" == O ]]; then
   cuda_ops_setup
   if [[ -z "${O_SKIP_TEST:-}" ]]; then
     say "device tests: PagedShard (both layouts, CUDA graphs) and chorus.Linear"
-    CUDA_TEST_CMD="CHORUS_TEST_DEVICE=cuda node_modules/node/bin/node node_modules/vitest/vitest.mjs run --config vitest.device.config.ts test/device/PagedShard.test.ts" \
-      STAGES="parity" DEADLINE_S=150 PARITY_TIMEOUT_S=140 OUT="$OUT/run-all-paged" bash scripts/gpu/run-all.sh >/dev/null 2>&1
-    say "device tests exit $?"; grep -E "Test Files|Tests |×|Error" "$OUT/run-all-paged/log" | head -20
+    device_test run-all-paged 150 "" test/device/PagedShard.test.ts
     chorus_ops_device_test run-all-linear chorus.Linear
   fi
   ensure_weights
@@ -508,9 +509,7 @@ if [[ "$PHASE" == MA ]]; then
   fi
   if [[ -z "${MA_SKIP_TEST:-}" ]]; then
     say "device test: chorus.Int4Linear's Marlin path against MatMulNBits"
-    CUDA_TEST_CMD="CHORUS_TEST_DEVICE=cuda node_modules/node/bin/node node_modules/vitest/vitest.mjs run --config vitest.device.config.ts test/device/Int4MarlinDevice.test.ts" \
-      STAGES="parity" DEADLINE_S=120 PARITY_TIMEOUT_S=110 OUT="$OUT/run-all-marlin" bash scripts/gpu/run-all.sh >/dev/null 2>&1
-    say "device tests exit $?"; grep -E "Test Files|Tests |×|Error|expected|Marlin" "$OUT/run-all-marlin/log" | head -20
+    device_test run-all-marlin 120 "" test/device/Int4MarlinDevice.test.ts
   fi
   if [[ -z "${MA_SKIP_PROBE:-}" ]]; then
     say "MLP probe, block 128: MatMulNBits, chorus.Int4Linear, Marlin"
@@ -547,9 +546,7 @@ if [[ "$PHASE" == D ]]; then
   cuda_ops_setup
   if [[ -z "${D_SKIP_TESTS:-}" ]]; then
     say "device tests with decode ahead (CUDA graphs on)"
-    CUDA_TEST_CMD="CHORUS_TEST_DEVICE=cuda CHORUS_TEST_CUDA_GRAPHS=1 node_modules/node/bin/node node_modules/vitest/vitest.mjs run --config vitest.device.config.ts test/device/PagedShard.test.ts test/device/DeviceParity.test.ts" \
-      STAGES="parity" DEADLINE_S=200 PARITY_TIMEOUT_S=190 OUT="$OUT/run-all-ahead" bash scripts/gpu/run-all.sh >/dev/null 2>&1
-    say "device tests exit $?"; grep -E "Test Files|Tests |×|Error" "$OUT/run-all-ahead/log" | head -20
+    device_test run-all-ahead 200 CHORUS_TEST_CUDA_GRAPHS=1 test/device/PagedShard.test.ts test/device/DeviceParity.test.ts
   fi
   ensure_weights
   n=0
