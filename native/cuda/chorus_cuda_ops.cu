@@ -28,10 +28,11 @@
 //
 // chorus.DecodeAttention (decode_attention.cuh): GroupQueryAttention's decode case for the row cache
 // (`--decode-attention chorus`). chorus.Linear (f16_gemv.cuh): float16 MatMul with a GEMV up to 2 rows and cuBLAS
-// above (`--linear-kernels auto`, the default, on float16 shards).
+// above (`--linear-kernels auto`, the default, on float16 shards). chorus.SwiGLU (swiglu.cuh) and chorus.GreedyArgMax
+// (greedy_argmax.cuh): one kernel each where the graph had three and ten (`auto` and `chorus`, float16 and 4-bit shards).
 //
 // The kernels live in the headers beside this file (int4_mma.cuh, int4_gemv.cuh, int4_dequantize.cuh,
-// decode_attention.cuh, f16_gemv.cuh); this file is the ops: path choice, scratch buffers, launches and ORT's
+// decode_attention.cuh, f16_gemv.cuh, swiglu.cuh, greedy_argmax.cuh); this file is the ops: path choice, scratch buffers, launches and ORT's
 // registration.
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -55,9 +56,11 @@
 #include "cublas_runtime.h"
 #include "decode_attention.cuh"
 #include "f16_gemv.cuh"
+#include "greedy_argmax.cuh"
 #include "int4_dequantize.cuh"
 #include "int4_gemv.cuh"
 #include "int4_marlin.cuh"
+#include "swiglu.cuh"
 #include "int4_mma.cuh"
 // Marlin's own code, unchanged: its group_blocks = -1 instances divide by a constant zero in branches they never take.
 #pragma nv_diag_suppress 39, 177, 179
@@ -82,6 +85,8 @@ struct ThreadScratch {
   size_t attentionPromptBytes = 0;
   void* linear = nullptr;  // chorus.Linear's split-K partial sums, then its arrival counters (kept zeroed)
   size_t linearBytes = 0;
+  void* argmax = nullptr;  // chorus.GreedyArgMax's arrival counters (kept zeroed), then its slices' bests
+  size_t argmaxBytes = 0;
 };
 thread_local ThreadScratch tls;
 
@@ -606,19 +611,21 @@ struct Int4LinearOp : Ort::CustomOpBase<Int4LinearOp, Int4LinearKernel, true> {
 // kF16GemvMaxRows rows and cuBLAS above (or when N is not a multiple of 8, or the GPU has no kernel image here).
 // Attribute activation = "swiglu" (rewriteForChorusOps folds a Llama MLP's Split, Sigmoid, Mul, Mul into its down
 // projection): X is [..., 2K], gate | up, and Y = swiglu(gate, up) W; the GEMV applies it as it reads X, and above
-// its rows swigluInPlace overwrites the gate half (X has no other reader) for cuBLAS to read with leading dimension 2K.
+// its rows swigluRows overwrites the gate half (X has no other reader) for cuBLAS to read with leading dimension 2K.
 struct LinearKernel {
   bool swiglu = false;
   int sms = 0;
   // Blocks a multiprocessor holds at once, by f16Gemv variant (gemvVariant).
-  int residentPerSm[2 * kF16GemvMaxRows] = {};
+  int residentPerSm[3 * kF16GemvMaxRows] = {};
   // Whether this library has f16Gemv for the device (built for sm_80 and sm_90, and PTX for later GPUs): -1 not yet
   // known. Without it every call goes to cuBLAS, so `--linear-kernels auto` is safe on any GPU ORT runs on.
   int gemvRuns = -1;
 
   using Gemv = void (*)(const half*, const half*, half*, float*, unsigned*, int, int, int);
-  static constexpr Gemv kGemvs[2 * kF16GemvMaxRows] = {f16Gemv<1, false>, f16Gemv<2, false>, f16Gemv<1, true>, f16Gemv<2, true>};
-  int gemvVariant(int64_t rows) const { return static_cast<int>(rows) - 1 + (swiglu ? kF16GemvMaxRows : 0); }
+  // By rows and input (F16GemvInput): plain, SwiGLU loaded with the weights, SwiGLU staged in shared memory.
+  static constexpr Gemv kGemvs[3 * kF16GemvMaxRows] = {f16Gemv<1, kPlain>,       f16Gemv<2, kPlain>,       f16Gemv<1, kSwigluLoad>,
+                                                       f16Gemv<2, kSwigluLoad>,  f16Gemv<1, kSwigluStaged>, f16Gemv<2, kSwigluStaged>};
+  static int gemvVariant(int64_t rows, int input) { return static_cast<int>(rows) - 1 + input * kF16GemvMaxRows; }
 
   Ort::Status Init(const OrtKernelInfo* info) {
     Ort::ConstKernelInfo ki(info);
@@ -662,26 +669,31 @@ struct LinearKernel {
     const int k = static_cast<int>(K), n = static_cast<int>(N);
     if (gemvRuns < 0) {
       cudaFuncAttributes attributes{};
-      gemvRuns = cudaFuncGetAttributes(&attributes, f16Gemv<1>) == cudaSuccess ? 1 : 0;
+      gemvRuns = cudaFuncGetAttributes(&attributes, f16Gemv<1, kPlain>) == cudaSuccess ? 1 : 0;
       cudaGetLastError();  // a missing kernel image is not this call's error
     }
     if (gemvRuns == 1 && M <= kF16GemvMaxRows && N % 8 == 0) {
       if (auto s = multiprocessors(sms, op); !s.IsOK()) return s;
-      const Gemv kernel = kGemvs[gemvVariant(M)];
       constexpr int threads = kF16GemvWarps * 32;
-      int& perSm = residentPerSm[gemvVariant(M)];
-      if (perSm == 0) {
-        if (auto s = statusOf(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&perSm, kernel, threads, 0), "occupancy", op); !s.IsOK()) return s;
-        perSm = std::max(1, perSm);
-      }
+      const int columnBlocks = (n + kF16GemvColumns - 1) / kF16GemvColumns;
+      constexpr int kStep = kF16GemvWarps * kF16GemvUnroll;
       // K split into as many slices as keep the blocks within one resident wave (gemv-bandwidth.cu: a second,
       // partial wave cost 10-20%, e.g. gate|up 64 us at 1.27 waves against 57 at 0.85; 4096 x 4096 12.2 us at 16
       // slices, 14.4 at 22), whole steps a slice. Depends on N, K and M only, so a shape's scratch is the same in
-      // every run of it, captured or not.
-      const int columnBlocks = (n + kF16GemvColumns - 1) / kF16GemvColumns;
-      constexpr int kStep = kF16GemvWarps * kF16GemvUnroll;
-      const int wanted = std::max(1, std::min(perSm * sms / columnBlocks, (k + kStep - 1) / kStep));
-      const int kPerSlice = ((k + wanted - 1) / wanted + kStep - 1) / kStep * kStep;
+      // every run of it, captured or not. SwiGLU's inputs are staged in shared memory where a slice's fit.
+      int input = swiglu ? kSwigluStaged : kPlain, kPerSlice = 0;
+      for (;;) {
+        int& perSm = residentPerSm[gemvVariant(M, input)];
+        if (perSm == 0) {
+          if (auto s = statusOf(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&perSm, kGemvs[gemvVariant(M, input)], threads, 0), "occupancy", op); !s.IsOK()) return s;
+          perSm = std::max(1, perSm);
+        }
+        const int wanted = std::max(1, std::min(perSm * sms / columnBlocks, (k + kStep - 1) / kStep));
+        kPerSlice = ((k + wanted - 1) / wanted + kStep - 1) / kStep * kStep;
+        if (input != kSwigluStaged || std::min(kPerSlice, k) * M <= kF16SwigluStage) break;
+        input = kSwigluLoad;
+      }
+      const Gemv kernel = kGemvs[gemvVariant(M, input)];
       const int slices = (k + kPerSlice - 1) / kPerSlice;
       float* partial = nullptr;
       unsigned* arrivals = nullptr;
@@ -707,8 +719,7 @@ struct LinearKernel {
         return Ort::Status("chorus.Linear: activation swiglu needs this library's kernels, which have no image for this GPU (rebuild with npm run build:cuda-ops, or --linear-kernels ort)",
                            ORT_EP_FAIL);
       }
-      const size_t work = static_cast<size_t>(M) * (K % 8 == 0 ? K / 8 : K);
-      swigluInPlace<<<static_cast<unsigned>(std::min<size_t>((work + 255) / 256, 8192)), 256, 0, stream>>>(const_cast<half*>(xp), static_cast<int>(M), k);
+      swigluRows<<<swigluBlocks(M, K), 256, 0, stream>>>(xp, const_cast<half*>(xp), static_cast<int>(M), k, 2 * k);
       if (auto s = statusOf(cudaGetLastError(), "SwiGLU launch", op); !s.IsOK()) return s;
     }
     if (auto s = threadCublas(stream, op); !s.IsOK()) return s;
@@ -927,6 +938,106 @@ struct DecodeAttentionOp : Ort::CustomOpBase<DecodeAttentionOp, DecodeAttentionK
   size_t GetOutputTypeCount() const { return 3; }
   ONNXTensorElementDataType GetOutputType(size_t /*index*/) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16; }
 };
+
+// ------------------------------------------------------------------------------------------------ chorus.SwiGLU
+
+// chorus.SwiGLU: Y [..., K] = swiglu(X[..., :K], X[..., K:]) for X [..., 2K] (swiglu.cuh), where a graph's MLP feeds a
+// down projection that is not chorus.Linear (which applies it itself): rewriteForChorusOps replaces the Split,
+// Sigmoid and two Muls with it.
+struct SwigluKernel {
+  Ort::Status Init(const OrtKernelInfo* /*info*/) { return Ort::Status{nullptr}; }
+  OrtStatusPtr ComputeV2(OrtKernelContext* context) { return guarded([&] { return Compute(context); }); }
+  Ort::Status Compute(OrtKernelContext* context) {
+    constexpr const char* op = "chorus.SwiGLU";
+    Ort::KernelContext ctx(context);
+    Ort::ConstValue x = ctx.GetInput(0);
+    auto shape = x.GetTensorTypeAndShapeInfo().GetShape();
+    if (shape.empty() || shape.back() % 2 != 0) return Ort::Status("chorus.SwiGLU: X must be [..., 2K] (gate | up)", ORT_INVALID_ARGUMENT);
+    const int64_t K = shape.back() / 2;
+    int64_t M = 1;
+    for (size_t i = 0; i + 1 < shape.size(); i++) M *= shape[i];
+    shape.back() = K;
+    Ort::UnownedValue y = ctx.GetOutput(0, shape.data(), shape.size());
+    if (M == 0 || K == 0) return Ort::Status{nullptr};
+    if (M > INT32_MAX || 2 * K > INT32_MAX) return Ort::Status("chorus.SwiGLU: dimensions past 2^31", ORT_INVALID_ARGUMENT);
+    cudaStream_t stream = static_cast<cudaStream_t>(ctx.GetGPUComputeStream());
+    swigluRows<<<swigluBlocks(M, K), 256, 0, stream>>>(reinterpret_cast<const half*>(x.GetTensorData<Ort::Float16_t>()),
+                                                        reinterpret_cast<half*>(y.GetTensorMutableData<Ort::Float16_t>()), static_cast<int>(M), static_cast<int>(K),
+                                                        static_cast<int>(K));
+    return statusOf(cudaGetLastError(), "SwiGLU launch", op);
+  }
+};
+
+struct SwigluOp : Ort::CustomOpBase<SwigluOp, SwigluKernel, true> {
+  OrtStatusPtr CreateKernelV2(const OrtApi& /*api*/, const OrtKernelInfo* info, void** kernel) const {
+    return createKernel<SwigluKernel>(info, kernel);
+  }
+  const char* GetName() const { return "SwiGLU"; }
+  const char* GetExecutionProviderType() const { return "CUDAExecutionProvider"; }
+  size_t GetInputTypeCount() const { return 1; }
+  ONNXTensorElementDataType GetInputType(size_t /*index*/) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16; }
+  size_t GetOutputTypeCount() const { return 1; }
+  ONNXTensorElementDataType GetOutputType(size_t /*index*/) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16; }
+};
+
+
+// ------------------------------------------------------------------------------------------------ chorus.GreedyArgMax
+
+// chorus.GreedyArgMax: greedy_token int64 [...] from the float16 logits [..., V] (greedy_argmax.cuh), in place of the
+// graph's Cast, chunked ArgMax and ReduceMax (rewriteForChorusOps).
+struct GreedyArgmaxKernel {
+  Ort::Status Init(const OrtKernelInfo* /*info*/) { return Ort::Status{nullptr}; }
+  OrtStatusPtr ComputeV2(OrtKernelContext* context) { return guarded([&] { return Compute(context); }); }
+  Ort::Status Compute(OrtKernelContext* context) {
+    constexpr const char* op = "chorus.GreedyArgMax";
+    Ort::KernelContext ctx(context);
+    Ort::ConstValue logits = ctx.GetInput(0);
+    auto shape = logits.GetTensorTypeAndShapeInfo().GetShape();
+    if (shape.empty() || shape.back() <= 0 || shape.back() > INT32_MAX) return Ort::Status("chorus.GreedyArgMax: logits must be [..., V] with 0 < V < 2^31", ORT_INVALID_ARGUMENT);
+    const int V = static_cast<int>(shape.back());
+    int64_t rows = 1;
+    for (size_t i = 0; i + 1 < shape.size(); i++) rows *= shape[i];
+    shape.pop_back();
+    Ort::UnownedValue out = ctx.GetOutput(0, shape.data(), shape.size());
+    if (rows == 0) return Ort::Status{nullptr};
+    if (rows > 65535) return Ort::Status("chorus.GreedyArgMax: at most 65,535 rows a call", ORT_INVALID_ARGUMENT);
+    cudaStream_t stream = static_cast<cudaStream_t>(ctx.GetGPUComputeStream());
+    const int perSlice = argmaxPerSlice(V, argmaxSlices(V));
+    const int slices = (V + perSlice - 1) / perSlice;
+    float* partialV = nullptr;
+    int* partialI = nullptr;
+    unsigned* arrivals = nullptr;
+    if (slices > 1) {
+      // Sized once for kArgmaxRows rows (a CUDA graph keeps the address it was captured with), grown for more
+      // outside a capture; counters first, zeroed when the buffer is made and left zeroed by every launch.
+      constexpr int64_t kArgmaxRows = 1024;
+      const size_t capacity = static_cast<size_t>(std::max(rows, kArgmaxRows));
+      const size_t need = capacity * sizeof(unsigned) + capacity * kArgmaxBlocks * (sizeof(float) + sizeof(int));
+      if (tls.argmaxBytes < need) {
+        if (auto s = growScratch(tls.argmax, tls.argmaxBytes, need, stream, "arg max scratch", op); !s.IsOK()) return s;
+        if (auto s = statusOf(cudaMemsetAsync(tls.argmax, 0, need, stream), "zeroing arg max scratch", op); !s.IsOK()) return s;
+      }
+      arrivals = static_cast<unsigned*>(tls.argmax);
+      partialV = reinterpret_cast<float*>(arrivals + capacity);
+      partialI = reinterpret_cast<int*>(partialV + capacity * kArgmaxBlocks);
+    }
+    greedyArgmax<<<dim3(static_cast<unsigned>(slices), static_cast<unsigned>(rows)), kArgmaxThreads, 0, stream>>>(
+        reinterpret_cast<const half*>(logits.GetTensorData<Ort::Float16_t>()), out.GetTensorMutableData<int64_t>(), partialV, partialI, arrivals, V, perSlice);
+    return statusOf(cudaGetLastError(), "arg max launch", op);
+  }
+};
+
+struct GreedyArgmaxOp : Ort::CustomOpBase<GreedyArgmaxOp, GreedyArgmaxKernel, true> {
+  OrtStatusPtr CreateKernelV2(const OrtApi& /*api*/, const OrtKernelInfo* info, void** kernel) const {
+    return createKernel<GreedyArgmaxKernel>(info, kernel);
+  }
+  const char* GetName() const { return "GreedyArgMax"; }
+  const char* GetExecutionProviderType() const { return "CUDAExecutionProvider"; }
+  size_t GetInputTypeCount() const { return 1; }
+  ONNXTensorElementDataType GetInputType(size_t /*index*/) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16; }
+  size_t GetOutputTypeCount() const { return 1; }
+  ONNXTensorElementDataType GetOutputType(size_t /*index*/) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64; }
+};
 }  // namespace
 
 extern "C" __attribute__((visibility("default"))) OrtStatus* ORT_API_CALL RegisterCustomOps(OrtSessionOptions* options, const OrtApiBase* api) {
@@ -935,6 +1046,8 @@ extern "C" __attribute__((visibility("default"))) OrtStatus* ORT_API_CALL Regist
   static Int4LinearOp int4Linear;
   static DecodeAttentionOp decodeAttention;
   static LinearOp linear;
+  static SwigluOp swiglu;
+  static GreedyArgmaxOp greedyArgmax;
   static Ort::CustomOpDomain* domain = nullptr;
   static std::mutex mutex;
   std::lock_guard<std::mutex> lock(mutex);
@@ -944,6 +1057,8 @@ extern "C" __attribute__((visibility("default"))) OrtStatus* ORT_API_CALL Regist
       domain->Add(&int4Linear);
       domain->Add(&decodeAttention);
       domain->Add(&linear);
+      domain->Add(&swiglu);
+      domain->Add(&greedyArgmax);
     }
     Ort::UnownedSessionOptions(options).Add(*domain);
   } catch (const Ort::Exception& e) {

@@ -39,6 +39,8 @@
 #   PHASE=B OUT=$OUT bash scripts/gpu/serving-session.sh   # bench:gpu with ORT's kernels and with Chorus's
 #   PHASE=MA OUT=$OUT bash scripts/gpu/serving-session.sh  # Marlin (CHORUS_INT4_KERNEL=marlin): device test, MLP probe at
 #                                                          # block 128, the 8B int4 served (MA_RUNS), bench:gpu (MA_BENCH=1)
+#   PHASE=T OUT=$OUT bash scripts/gpu/serving-session.sh   # kernel timelines of decode steps (nsys), f16 and int4 at
+#                                                          # 1 and 64 streams, after marlin-check and its device test
 #   PHASE=D OUT=$OUT bash scripts/gpu/serving-session.sh   # decode ahead (CHORUS_DECODE_AHEAD=1 / 0): device tests,
 #                                                          # step overhead and the 8B served, alternating; bench:gpu
 #   PHASE=O OUT=$OUT bash scripts/gpu/serving-session.sh   # a one-stream decode step's time outside ORT's run, and
@@ -65,7 +67,7 @@ FINAL_OUT="$OUT"
 OUT="${RES:-/tmp/chorus-results-$PHASE}"
 rm -rf "$OUT"
 trap 'tar czf "$FINAL_OUT/$PHASE.tgz" -C "$OUT" . 2>/dev/null; cp -f "$OUT/log-$PHASE" "$FINAL_OUT/" 2>/dev/null' EXIT
-: "${PHASE:?PHASE must be S, Q1, Q2, Q3, V, F, X, I, M, K, C, N, W, A, AN, G, H, B, U, O, D or MA}"
+: "${PHASE:?PHASE must be S, Q1, Q2, Q3, V, F, X, I, M, K, C, N, W, A, AN, G, H, B, U, O, D, MA or T}"
 source "$(dirname "${BASH_SOURCE[0]}")/phase-env.sh"
 CKPT="$BENCH_DIR/llama3-8b-random"
 mkdir -p "$OUT" "$BENCH_DIR"
@@ -539,6 +541,69 @@ if [[ "$PHASE" == MA ]]; then
   fi
   exit 0
 fi
+if [[ "$PHASE" == T ]]; then
+  # Kernel timelines of decode steps (issue 12's "what limits it, with kernel times"): marlin-check and the Marlin
+  # device test first (T_MARLIN=0 skips them), the device tests of Chorus's SwiGLU and ArgMax ops (T_TESTS=1), then native/probes/step-overhead.ts on the 8B under Nsight Systems
+  # (CUDA graphs traced node by node; Nsight Compute's kernel durations where the host has no nsys) for each of
+  # T_RUNS (SETTING:STREAMS), summarized by native/probes/kernel-steps.py into $OUT/steps-SETTING-STREAMS.txt.
+  cuda_ops_setup
+  if [[ "${T_MARLIN:-1}" == 1 ]]; then
+    say "marlin-check (built here with the host's nvcc), 20 runs a row count"
+    if PATH="/usr/local/cuda/bin:/usr/local/cuda-13.0/bin:$PATH" nvcc -O3 -std=c++17 --expt-relaxed-constexpr -arch=sm_90 native/probes/marlin-check.cu -o /tmp/marlin-check >/dev/null 2>&1; then
+      for shape in "4096 6144" "4096 28672" "14336 4096"; do
+        timeout 60 /tmp/marlin-check $shape 1,16,64,128,200,512 16 20 2>&1 | tee -a "$OUT/marlin-check.txt"
+      done
+    else
+      say "marlin-check: nvcc failed or missing"
+    fi
+    say "device test: chorus.Int4Linear's Marlin path against MatMulNBits"
+    device_test run-all-marlin 120 "" test/device/Int4MarlinDevice.test.ts
+  fi
+  if [[ "${T_TESTS:-0}" == 1 ]]; then
+    # chorus.GreedyArgMax and chorus.SwiGLU op by op, then inside shards (CUDA graphs on): chorus.Linear's cases
+    # (the staged SwiGLU fold and the ArgMax against transformers), DeviceParity (what `auto` picks), int4 under auto.
+    say "device tests: GreedyArgMax and SwiGLU ops"
+    device_test run-all-ops 120 "" test/device/GreedySwigluDevice.test.ts
+    say "device tests: chorus.Linear (SwiGLU staged, GreedyArgMax) with CUDA graphs"
+    chorus_ops_device_test run-all-linear chorus.Linear
+    say "device tests: DeviceParity and Int4Device with CUDA graphs (auto: Chorus's ops where the library is built)"
+    device_test run-all-parity 240 CHORUS_TEST_CUDA_GRAPHS=1 test/device/DeviceParity.test.ts test/device/Int4Device.test.ts
+  fi
+  ensure_weights
+  NSYS=$(command -v nsys || ls /usr/local/cuda*/bin/nsys /opt/nvidia/nsight-systems/*/bin/nsys /usr/local/cuda*/nsight-systems*/bin/nsys 2>/dev/null | head -1)
+  NCU=$(command -v ncu || ls /usr/local/cuda*/bin/ncu /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
+  say "nsys: ${NSYS:-none}; ncu: ${NCU:-none}"
+  for run in ${T_RUNS:-f16:1 int4-ort:1 int4-marlin:1 f16:64 int4-marlin:64 int4-ort:64}; do
+    setting=${run%%:*} streams=${run##*:} name="${run/:/-}"
+    (( $(left) > 100 )) || { say "no time left for $run"; continue; }
+    args=(); unset CHORUS_INT4_KERNEL
+    case $setting in
+      int4-ort) args=(--quantize b128-sym --linear-kernels ort) ;;
+      int4-marlin) args=(--quantize b128-sym --linear-kernels chorus); export CHORUS_INT4_KERNEL=marlin ;;
+      int4-chorus) args=(--quantize b128-sym --linear-kernels chorus) ;;
+    esac
+    probe=("$NODE" native/probes/step-overhead.ts --model "$CKPT" --device cuda:0 --dtype float16 --cuda-graphs --streams "$streams" "${args[@]}")
+    say "timeline: $setting, $streams stream(s)"
+    if [[ -n "$NSYS" ]]; then
+      timeout $(($(left) - 40)) "$NSYS" profile -t cuda --cuda-graph-trace=node --sample=none --cpuctxsw=none -f true -o "/tmp/tl-$name" \
+        "${probe[@]}" --tokens ${T_TOKENS:-128} 2>&1 | grep -E "ms a step|median|hand-off|rror" | tee "$OUT/probe-$name.txt"
+      timeout 120 "$NSYS" stats -r cuda_gpu_trace -f csv --force-export=true -o "/tmp/tl-$name" "/tmp/tl-$name.nsys-rep" >/dev/null 2>&1
+      trace="/tmp/tl-${name}_cuda_gpu_trace.csv"
+    elif [[ -n "$NCU" ]]; then
+      timeout $(($(left) - 30)) "$NCU" --graph-profiling node --cache-control none --clock-control none --metrics gpu__time_duration.sum --csv \
+        "${probe[@]}" --tokens 12 > "/tmp/tl-$name.csv" 2>&1
+      grep -E "ms a step|median" "/tmp/tl-$name.csv" | tee "$OUT/probe-$name.txt"
+      trace="/tmp/tl-$name.csv"
+    else
+      say "neither nsys nor ncu here"; break
+    fi
+    python3 native/probes/kernel-steps.py "$trace" --one-step "$OUT/one-step-$name.csv" > "$OUT/steps-$name.txt" 2>&1
+    head -24 "$OUT/steps-$name.txt"
+    rm -f /tmp/tl-$name*
+  done
+  unset CHORUS_INT4_KERNEL
+  exit 0
+fi
 if [[ "$PHASE" == D ]]; then
   # Decode ahead (the default since 2026-12-02; CHORUS_DECODE_AHEAD=0 turns it off): the device tests with CUDA graphs
   # (PagedShard and DeviceParity; D_SKIP_TESTS=1 skips them), then native/probes/step-overhead.ts and the 8B served
@@ -600,5 +665,5 @@ if [[ "$PHASE" == V ]]; then
   say "sweep exit $?"; grep -m2 -E "illegal|disabled" "$OUT/server/server.log" | cut -c1-250
   exit 0
 fi
-echo "PHASE must be S, Q1, Q2, Q3, V, F, X, I, M, K, C, N, W, A, AN, G, H, B, U, O or D" >&2
+echo "PHASE must be S, Q1, Q2, Q3, V, F, X, I, M, K, C, N, W, A, AN, G, H, B, U, O, D, MA or T" >&2
 exit 2

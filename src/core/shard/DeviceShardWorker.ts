@@ -182,7 +182,9 @@ export async function load(task: ShardLoad): Promise<ShardLoadResult> {
             ? `${rewritten.float16Linears} float16 linears${rewritten.swigluFolds > 0 ? ` (SwiGLU inside ${rewritten.swigluFolds} down projections)` : ""}`
             : "",
           rewritten.int4Linears > 0 ? `${rewritten.int4Linears} 4-bit linears` : "",
-          rewritten.attentions > 0 ? `${rewritten.attentions} attention layers` : ""
+          rewritten.attentions > 0 ? `${rewritten.attentions} attention layers` : "",
+          rewritten.swigluOps > 0 ? `${rewritten.swigluOps} SwiGLUs` : "",
+          rewritten.greedyArgmax > 0 ? "the greedy ArgMax" : ""
         ].filter((k) => k !== "").join(", ")} (${library})`
       }
     }
