@@ -543,7 +543,8 @@ if [[ "$PHASE" == MA ]]; then
 fi
 if [[ "$PHASE" == T ]]; then
   # Kernel timelines of decode steps (issue 12's "what limits it, with kernel times"): marlin-check and the Marlin
-  # device test first (T_MARLIN=0 skips them), the device tests of Chorus's SwiGLU and ArgMax ops (T_TESTS=1), then native/probes/step-overhead.ts on the 8B under Nsight Systems
+  # device test first (T_MARLIN=0 skips them), the device tests of Chorus's SwiGLU and ArgMax ops (T_TESTS=ops; =1 also
+  # inside shards), then native/probes/step-overhead.ts on the 8B under Nsight Systems
   # (CUDA graphs traced node by node; Nsight Compute's kernel durations where the host has no nsys) for each of
   # T_RUNS (SETTING:STREAMS), summarized by native/probes/kernel-steps.py into $OUT/steps-SETTING-STREAMS.txt.
   cuda_ops_setup
@@ -559,11 +560,14 @@ if [[ "$PHASE" == T ]]; then
     say "device test: chorus.Int4Linear's Marlin path against MatMulNBits"
     device_test run-all-marlin 120 "" test/device/Int4MarlinDevice.test.ts
   fi
-  if [[ "${T_TESTS:-0}" == 1 ]]; then
+  if [[ "${T_TESTS:-0}" != 0 ]]; then
     # chorus.GreedyArgMax and chorus.SwiGLU op by op, then inside shards (CUDA graphs on): chorus.Linear's cases
     # (the staged SwiGLU fold and the ArgMax against transformers), DeviceParity (what `auto` picks), int4 under auto.
     say "device tests: GreedyArgMax and SwiGLU ops"
     device_test run-all-ops 120 "" test/device/GreedySwigluDevice.test.ts
+    grep -h "^SwiGLU K=" "$OUT/run-all-ops/log" 2>/dev/null | sort -u
+  fi
+  if [[ "${T_TESTS:-0}" == 1 ]]; then
     say "device tests: chorus.Linear (SwiGLU staged, GreedyArgMax) with CUDA graphs"
     chorus_ops_device_test run-all-linear chorus.Linear
     say "device tests: DeviceParity and Int4Device with CUDA graphs (auto: Chorus's ops where the library is built)"
@@ -578,6 +582,7 @@ if [[ "$PHASE" == T ]]; then
     (( $(left) > 100 )) || { say "no time left for $run"; continue; }
     args=(); unset CHORUS_INT4_KERNEL
     case $setting in
+      int4-auto) args=(--quantize b128-sym) ;;
       int4-ort) args=(--quantize b128-sym --linear-kernels ort) ;;
       int4-marlin) args=(--quantize b128-sym --linear-kernels chorus); export CHORUS_INT4_KERNEL=marlin ;;
       int4-chorus) args=(--quantize b128-sym --linear-kernels chorus) ;;

@@ -1,8 +1,9 @@
 // chorus.GreedyArgMax and chorus.SwiGLU (native/cuda/greedy_argmax.cuh, swiglu.cuh), op by op against the ONNX
 // nodes rewriteForChorusOps replaces with them, on graphs built here: the greedy token of float16 logits against ORT's
 // ArgMax over their float32 cast (Llama 3's 128,256 entries a row in up to 64 slices, rows 1 to 300, a vocabulary
-// that is not a multiple of 8, ties everywhere: the lowest index wins on both sides, exactly); SwiGLU against Split,
-// Sigmoid and two Muls in float16. The models' own tests (ChorusOpsDevice, DeviceParity, Int4Device) run both ops
+// that is not a multiple of 8, ties everywhere: the lowest index wins on both sides, exactly); SwiGLU against
+// transformers' float16 numbers computed here (ORT's Split, Sigmoid and Muls are run beside it and their difference
+// printed: its QuickGelu fusion is up to 16% off at strongly negative gates). The models' own tests (ChorusOpsDevice, DeviceParity, Int4Device) run both ops
 // inside whole shards. CUDA only.
 import * as fs from "node:fs"
 import * as os from "node:os"
@@ -79,7 +80,7 @@ describe.runIf(device.kind === "cuda")("chorus.GreedyArgMax and chorus.SwiGLU on
     }
   })
 
-  it("SwiGLU equals Split, Sigmoid and two Muls in float16", () => {
+  it("SwiGLU is transformers' silu(gate) * up in float16, and ORT's own nodes are checked against the same numbers", () => {
     for (const K of [14336, 176, 13]) {
       const ours = session(`swiglu-${K}`, [{ op: "SwiGLU", domain: "chorus", name: "swiglu", inputs: ["x"], outputs: ["y"] }],
         [{ name: "x", dims: ["M", 2 * K] }], [{ name: "y", type: "float16", dims: ["M", K] }])
@@ -90,14 +91,32 @@ describe.runIf(device.kind === "cuda")("chorus.GreedyArgMax and chorus.SwiGLU on
         { op: "Mul", name: "swiglu", inputs: ["silu", "up"], outputs: ["y"] }
       ], [{ name: "x", dims: ["M", 2 * K] }], [{ name: "y", type: "float16", dims: ["M", K] }], [{ name: "halves", type: "int64", dims: [2], values: [K, K] }])
       for (const M of [1, 2, 64]) {
-        const x = { data: half(uniform(M * 2 * K, 6, 5 + M + K)), dims: [M, 2 * K] }
-        const got = asFloat(ours.run({ x }, { y: "host" }).y!.data as Uint16Array)
-        const want = asFloat(ort.run({ x }, { y: "host" }).y!.data as Uint16Array)
+        const bits = half(uniform(M * 2 * K, 6, 5 + M + K))
+        const x = asFloat(bits)
+        // transformers in float16: silu(gate) rounded to float16, times up, rounded again.
+        const silu = new Float32Array(M * K), up = new Float32Array(M * K)
+        for (let m = 0; m < M; m++) {
+          for (let k = 0; k < K; k++) {
+            const g = x[m * 2 * K + k]!
+            silu[m * K + k] = g / (1 + Math.exp(-g))
+            up[m * K + k] = x[m * 2 * K + K + k]!
+          }
+        }
+        const siluHalf = asFloat(half(silu))
+        const want = asFloat(half(siluHalf.map((v, i) => v * up[i]!)))
+        const worst = (got: Float32Array) => {
+          let w = 0
+          for (let i = 0; i < want.length; i++) w = Math.max(w, Math.abs(got[i]! - want[i]!) / Math.max(1e-2, Math.abs(want[i]!)))
+          return w
+        }
+        const got = asFloat(ours.run({ x: { data: bits, dims: [M, 2 * K] } }, { y: "host" }).y!.data as Uint16Array)
         expect(got.length).toBe(M * K)
-        // Both round silu to float16 before the product; the sigmoid's own rounding differs by an ulp at most.
-        let worst = 0
-        for (let i = 0; i < want.length; i++) worst = Math.max(worst, Math.abs(got[i]! - want[i]!) / Math.max(1e-2, Math.abs(want[i]!)))
-        expect(worst, `K=${K}, M=${M}`).toBeLessThan(4e-3)
+        // __expf and one rounding of silu against Math.exp: an ulp of float16 at most.
+        expect(worst(got), `K=${K}, M=${M}`).toBeLessThan(2e-3)
+        // ORT's nodes, for the record (its optimizer fuses Sigmoid and Mul into QuickGelu, whose float16 form loses
+        // digits at negative gates): printed, not held to the bound.
+        const viaOrt = asFloat(ort.run({ x: { data: bits, dims: [M, 2 * K] } }, { y: "host" }).y!.data as Uint16Array)
+        console.log(`SwiGLU K=${K} M=${M}: worst relative difference from transformers' float16 numbers: chorus.SwiGLU ${worst(got).toExponential(2)}, ORT's nodes ${worst(viaOrt).toExponential(2)}`)
       }
       ours.release()
       ort.release()
