@@ -23,8 +23,8 @@
 //                   rewritten into Marlin's layout in place at the first run, so an op on this path takes no other
 //                   path afterwards. Other shapes keep `auto`. As first run on an H200 it gave sporadic wrong elements
 //                   (max abs error 0.04-0.13 against 0.001, differing run to run at the same inputs;
-//                   native/probes/marlin-check.cu); the barrier added at the end of its write_result is the fix, not
-//                   yet run on a GPU (docs/native.md), so nothing picks it.
+//                   native/probes/marlin-check.cu); the barrier added at the end of its write_result did not remove
+//                   them (0.05-0.14 at 64-512 rows, run on an H200 afterwards; docs/native.md), so nothing picks it.
 //
 // chorus.DecodeAttention (decode_attention.cuh): GroupQueryAttention's decode case for the row cache
 // (`--decode-attention chorus`). chorus.Linear (f16_gemv.cuh): float16 MatMul with a GEMV up to 2 rows and cuBLAS
