@@ -275,6 +275,19 @@ cuda_ops_setup() {
   ldd $lib | grep -E "cudart|not found"
 }
 
+# Marlin outside ORT (native/probes/marlin-check.cu, built here with the host's nvcc) on 8B's QKV, gate|up and down
+# shapes, each row count checked 20 times (its wrong elements come and go from run to run), into $OUT/marlin-check.txt.
+marlin_check() {
+  say "marlin-check (built here with the host's nvcc), 20 runs a row count"
+  if PATH="/usr/local/cuda/bin:/usr/local/cuda-13.0/bin:$PATH" nvcc -O3 -std=c++17 --expt-relaxed-constexpr -arch=sm_90 native/probes/marlin-check.cu -o /tmp/marlin-check >/dev/null 2>&1; then
+    for shape in "4096 6144" "4096 28672" "14336 4096"; do
+      timeout 60 /tmp/marlin-check $shape 1,16,64,128,200,512 16 20 2>&1 | tee -a "$OUT/marlin-check.txt"
+    done
+  else
+    say "marlin-check: nvcc failed or missing"
+  fi
+}
+
 # native/probes/gemv-bandwidth.cu built with the host's nvcc into /tmp/gemv-bandwidth (PHASE=H).
 build_gemv_probe() {
   PATH="/usr/local/cuda/bin:$PATH" nvcc -O3 -std=c++17 -arch=sm_90 native/probes/gemv-bandwidth.cu -ldl -o /tmp/gemv-bandwidth 2>&1 | tail -3
@@ -499,15 +512,7 @@ if [[ "$PHASE" == MA ]]; then
   # float16 and with ORT's MatMulNBits (MA_RUNS), then bench:gpu's int4 b128-sym with Marlin while time is left.
   cuda_ops_setup
   if [[ -z "${MA_SKIP_CHECK:-}" ]]; then
-    # Marlin outside ORT, each row count checked 20 times (its wrong elements came and went from run to run).
-    say "marlin-check (built here with the host's nvcc)"
-    if PATH="/usr/local/cuda/bin:/usr/local/cuda-13.0/bin:$PATH" nvcc -O3 -std=c++17 --expt-relaxed-constexpr -arch=sm_90 native/probes/marlin-check.cu -o /tmp/marlin-check >/dev/null 2>&1; then
-      for shape in "4096 6144" "4096 28672" "14336 4096"; do
-        timeout 60 /tmp/marlin-check $shape 1,16,64,128,200,512 16 20 2>&1 | tee -a "$OUT/marlin-check.txt"
-      done
-    else
-      say "marlin-check: nvcc failed or missing"
-    fi
+    marlin_check
   fi
   if [[ -z "${MA_SKIP_TEST:-}" ]]; then
     say "device test: chorus.Int4Linear's Marlin path against MatMulNBits"
@@ -549,14 +554,7 @@ if [[ "$PHASE" == T ]]; then
   # T_RUNS (SETTING:STREAMS), summarized by native/probes/kernel-steps.py into $OUT/steps-SETTING-STREAMS.txt.
   cuda_ops_setup
   if [[ "${T_MARLIN:-1}" == 1 ]]; then
-    say "marlin-check (built here with the host's nvcc), 20 runs a row count"
-    if PATH="/usr/local/cuda/bin:/usr/local/cuda-13.0/bin:$PATH" nvcc -O3 -std=c++17 --expt-relaxed-constexpr -arch=sm_90 native/probes/marlin-check.cu -o /tmp/marlin-check >/dev/null 2>&1; then
-      for shape in "4096 6144" "4096 28672" "14336 4096"; do
-        timeout 60 /tmp/marlin-check $shape 1,16,64,128,200,512 16 20 2>&1 | tee -a "$OUT/marlin-check.txt"
-      done
-    else
-      say "marlin-check: nvcc failed or missing"
-    fi
+    marlin_check
     say "device test: chorus.Int4Linear's Marlin path against MatMulNBits"
     device_test run-all-marlin 120 "" test/device/Int4MarlinDevice.test.ts
   fi

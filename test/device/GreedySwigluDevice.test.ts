@@ -9,31 +9,16 @@ import * as fs from "node:fs"
 import * as os from "node:os"
 import * as path from "node:path"
 import { afterAll, describe, expect, it } from "vitest"
-import { encodeFloat32, toFloat32 } from "../../src/checkpoint/FloatCodec.ts"
 import { cudaOpsLibrary, cudaOpsLibraryPath } from "../../src/core/native/CudaOps.ts"
 import { NativeOrt, type NativeSession } from "../../src/core/native/NativeOrt.ts"
 import { encodeModel, type NodeSpec } from "../../src/onnx/OnnxWriter.ts"
 import { deviceUnderTest } from "../support/greedyRuns.ts"
+import { asFloat, half, uniform } from "../support/halfData.ts"
 
 const root = fs.mkdtempSync(path.join(os.tmpdir(), "chorus-greedy-swiglu-"))
 afterAll(() => fs.rmSync(root, { recursive: true, force: true }))
 const { device } = deviceUnderTest()
 
-/** Deterministic uniform values in [-a, a] (an LCG: the test must not depend on Math.random). */
-const uniform = (n: number, a: number, seed: number): Float32Array => {
-  let s = seed >>> 0
-  const out = new Float32Array(n)
-  for (let i = 0; i < n; i++) {
-    s = (Math.imul(s, 1664525) + 1013904223) >>> 0
-    out[i] = (s / 2 ** 32 * 2 - 1) * a
-  }
-  return out
-}
-const half = (v: Float32Array): Uint16Array => {
-  const bytes = encodeFloat32("F16", v)
-  return new Uint16Array(bytes.buffer, bytes.byteOffset, v.length)
-}
-const asFloat = (bits: Uint16Array): Float32Array => toFloat32("F16", new Uint8Array(bits.buffer, bits.byteOffset, bits.byteLength))
 
 const session = (name: string, nodes: ReadonlyArray<NodeSpec>, inputs: ReadonlyArray<{ name: string; dims: ReadonlyArray<string | number> }>,
   outputs: ReadonlyArray<{ name: string; type: "float16" | "int64"; dims: ReadonlyArray<string | number> }>, inline: Parameters<typeof encodeModel>[0]["inline"] = []): NativeSession => {

@@ -14,11 +14,12 @@ import * as os from "node:os"
 import * as path from "node:path"
 import { afterAll, describe, expect, it } from "vitest"
 import { dequantizeInt4, type Int4Layout, quantizeInt4, scaleRounder } from "../../src/adapters/llama3/MatMulNBitsPacking.ts"
-import { encodeFloat32, toFloat32 } from "../../src/checkpoint/FloatCodec.ts"
+import { encodeFloat32 } from "../../src/checkpoint/FloatCodec.ts"
 import { cudaOpsLibrary, cudaOpsLibraryPath } from "../../src/core/native/CudaOps.ts"
 import { NativeOrt, type NativeSession } from "../../src/core/native/NativeOrt.ts"
 import { encodeModel, type ExternalInitializer, type NodeSpec } from "../../src/onnx/OnnxWriter.ts"
 import { deviceUnderTest } from "../support/greedyRuns.ts"
+import { asFloat, half, uniform } from "../support/halfData.ts"
 
 const root = fs.mkdtempSync(path.join(os.tmpdir(), "chorus-marlin-device-"))
 afterAll(() => fs.rmSync(root, { recursive: true, force: true }))
@@ -27,21 +28,6 @@ const { device } = deviceUnderTest()
 const K = 384, N = 768
 const ROWS = [1, 5, 16, 17, 64, 65, 130, 300]
 
-/** Deterministic uniform values in [-a, a] (a small LCG: the test must not depend on Math.random). */
-const uniform = (n: number, a: number, seed: number): Float32Array => {
-  let s = seed >>> 0
-  const out = new Float32Array(n)
-  for (let i = 0; i < n; i++) {
-    s = (Math.imul(s, 1664525) + 1013904223) >>> 0
-    out[i] = (s / 2 ** 32 * 2 - 1) * a
-  }
-  return out
-}
-const half = (v: Float32Array): Uint16Array => {
-  const bytes = encodeFloat32("F16", v)
-  return new Uint16Array(bytes.buffer, bytes.byteOffset, v.length)
-}
-const asFloat = (bits: Uint16Array): Float32Array => toFloat32("F16", new Uint8Array(bits.buffer, bits.byteOffset, bits.byteLength))
 
 const w = uniform(N * K, Math.sqrt(3 / K), 7) // [N, K], MatMulNBits' row order
 const sym: Int4Layout = { n: N, k: K, blockSize: 128, symmetric: true }
