@@ -154,7 +154,7 @@ export const modelFlags = {
   },
   "linear-kernels": {
     kind: "string",
-    description: "with --device cuda: auto (default: Chorus's float16 GEMV up to 2 rows where npm run build:cuda-ops built its library, 5-8% more tok/s at one stream on an H200; ONNX Runtime's kernels otherwise and for int4) | ort (ONNX Runtime's MatMul and MatMulNBits) | chorus (the library required, float16: the GEMV, and Chorus's tensor-core 4-bit kernel for int4 models, on an H200 faster than ort at 64 streams and slower at one; docs/native.md)"
+    description: "with --device cuda: auto (default: where npm run build:cuda-ops built its library, Chorus's float16 GEMV up to 2 rows with the MLP's SwiGLU inside, and Chorus's greedy ArgMax and SwiGLU kernels for float16 and int4 models (on an H200: the GEMV 5-8% more tok/s at one stream, the ArgMax and SwiGLU 7% less GPU time a step); ONNX Runtime's kernels otherwise, and for the 4-bit linears) | ort (ONNX Runtime's kernels only) | chorus (the library required, float16: the GEMV, and Chorus's tensor-core 4-bit kernel for int4 models, on an H200 faster than ort at 64 streams and slower at one; docs/native.md)"
   },
   "decode-attention": {
     kind: "string",

@@ -117,10 +117,10 @@ export interface EngineOptions {
    */
   readonly decodeAttention?: DecodeAttention
   /**
-   * CUDA: the kernels of the linears. `auto` (default): Chorus's float16 GEMV (`chorus.Linear`) where its custom-op
-   * library is built (`npm run build:cuda-ops`), ONNX Runtime's kernels otherwise and for 4-bit weights; `chorus`:
-   * Chorus's for float16 and 4-bit linears (float16 shards; the library required); `ort`: ONNX Runtime's
-   * (`src/core/native/CudaOps.ts`).
+   * CUDA: the kernels of the linears. `auto` (default): where its custom-op library is built (`npm run build:cuda-ops`),
+   * Chorus's float16 GEMV (`chorus.Linear`) and its greedy ArgMax and SwiGLU kernels, ONNX Runtime's kernels otherwise
+   * and for 4-bit linears; `chorus`: Chorus's for float16 and 4-bit linears too (float16 shards; the library
+   * required); `ort`: ONNX Runtime's only (`src/core/native/CudaOps.ts`).
    */
   readonly linearKernels?: LinearKernels
   /**
