@@ -108,7 +108,11 @@ const rewriteSwiglu = (
   const readers = new Map<string, Array<Node>>()
   for (const n of nodes) {
     for (const o of n.output ?? []) producer.set(o, n)
-    for (const i of n.input ?? []) readers.set(i, [...(readers.get(i) ?? []), n])
+    for (const i of n.input ?? []) {
+      const list = readers.get(i)
+      if (list === undefined) readers.set(i, [n])
+      else list.push(n)
+    }
   }
   const graphOutputs = new Set((graph.output ?? []).map((o) => o.name ?? ""))
   const readOnlyBy = (tensor: string, count: number) => !graphOutputs.has(tensor) && (readers.get(tensor)?.length ?? 0) === count
@@ -239,15 +243,17 @@ export const rewriteForChorusOps = (
     }
   }
   let swigluFolds = 0, swigluOps = 0, greedyArgmax = 0
-  // chorus.SwiGLU has a float16 kernel only: a float32 graph (no float16 initializer) keeps its nodes.
-  const halfGraph = (model.graph?.initializer ?? []).some((t) => t.dataType === onnx.TensorProto.DataType.FLOAT16)
+  // chorus.SwiGLU and chorus.GreedyArgMax have float16 kernels only: a float32 graph (no float16 initializer) or a
+  // bfloat16 one keeps its nodes.
+  const initializerTypes = new Set((model.graph?.initializer ?? []).map((t) => t.dataType))
+  const halfGraph = initializerTypes.has(onnx.TensorProto.DataType.FLOAT16) && !initializerTypes.has(onnx.TensorProto.DataType.BFLOAT16)
   if ((choice.swiglu || choice.swigluOp) && model.graph) {
     const rewritten = rewriteSwiglu(model.graph, model.graph.node ?? [], { fold: choice.swiglu && float16Linears > 0, op: choice.swigluOp && halfGraph })
     model.graph.node = rewritten.nodes
     swigluFolds = rewritten.folds
     swigluOps = rewritten.ops
   }
-  if (choice.greedyArgmax && model.graph) {
+  if (choice.greedyArgmax && halfGraph && model.graph) {
     const rewritten = rewriteGreedyArgmax(model.graph, model.graph.node ?? [])
     model.graph.node = rewritten.nodes
     greedyArgmax = rewritten.done ? 1 : 0

@@ -20,7 +20,7 @@ const { onnx } = onnxProto
 const root = fs.mkdtempSync(path.join(os.tmpdir(), "chorus-cuda-ops-"))
 afterAll(() => fs.rmSync(root, { recursive: true, force: true }))
 
-const convert = (name: string, quantize: boolean, dtype: "float16" | "float32" = "float16", attention: "fused" | "paged" = "fused") =>
+const convert = (name: string, quantize: boolean, dtype: "float16" | "float32" | "bfloat16" = "float16", attention: "fused" | "paged" = "fused") =>
   Effect.runPromise(convertCheckpoint({
     modelDir: fixtureDir("tiny-llama3-a"),
     outDir: path.join(root, name),
@@ -78,7 +78,7 @@ describe("rewriteForChorusOps", () => {
     expect(fs.readdirSync(path.dirname(graph)).filter((f) => f.endsWith(".tmp"))).toHaveLength(0)
   })
 
-  it("renames a float16 graph's MatMuls to chorus.Linear, and leaves a float32 graph as it is", async () => {
+  it("renames a float16 graph's MatMuls to chorus.Linear, and leaves a float32 or bfloat16 graph as it is", async () => {
     const graph = await convert("float", false)
     const before = nodesOf(graph)
     const matmuls = before.graph!.node!.filter((n) => n.opType === "MatMul").length
@@ -95,6 +95,9 @@ describe("rewriteForChorusOps", () => {
     const f32 = await convert("float32", false, "float32")
     // Nothing float16 to rename, no float16 SwiGLU or logits: the default choice leaves it as it is.
     expect(rewriteForChorusOps(f32)).toEqual({ path: f32, int4Linears: 0, float16Linears: 0, attentions: 0, swigluFolds: 0, swigluOps: 0, greedyArgmax: 0 })
+    // bfloat16 logits and SwiGLU: the float16 kernels do not take them either.
+    const bf16 = await convert("bfloat16", false, "bfloat16")
+    expect(rewriteForChorusOps(bf16, chorusOpsChoice("auto", false, true))).toEqual({ path: bf16, int4Linears: 0, float16Linears: 0, attentions: 0, swigluFolds: 0, swigluOps: 0, greedyArgmax: 0 })
     expect(fs.readdirSync(path.dirname(f32)).filter((f) => f.includes(".chorus-"))).toHaveLength(0)
   })
 
